@@ -1,0 +1,3 @@
+from lxsub.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""One trapped system call as a handler sees it: arguments, memory, caller.
+
+Handlers are platform-neutral: they decode arguments with the helpers here,
+work on the kernel's objects and return a value, a `NewFd`, a `Native`
+(let the host run the call, maybe with other arguments) or a `Blocking`
+(finish on a worker thread), or raise OSError with a Linux errno.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from lxsub.platform import memory
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.task import Task
+    from lxsub.platform.ptrace import Regs
+
+
+@dataclass(slots=True)
+class NewFd:
+    """Install this provider-side descriptor in the caller and return its number.
+    The provider's copy is closed afterwards."""
+    fd: int
+    cloexec: bool
+
+
+@dataclass(slots=True)
+class Native:
+    """Run the syscall on the host (in the caller) with the registers as
+    modified in `call.regs`; `on_exit(result) -> new result | None`."""
+    on_exit: Callable[[int], int | None] | None = None
+
+
+@dataclass(slots=True)
+class Blocking:
+    """Finish on a worker thread; `work()` returns what a handler would."""
+    work: Callable[[], object]
+
+
+def _signed(v: int, bits: int) -> int:
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+class Call:
+    __slots__ = ("inst", "task", "nr", "args", "regs")
+
+    def __init__(self, inst: "Instance", task: "Task", nr: int, args: tuple,
+                 regs: "Regs | None" = None) -> None:
+        self.inst = inst
+        self.task = task
+        self.nr = nr
+        self.args = args
+        self.regs = regs
+
+    # -- arguments ----------------------------------------------------------
+    def int(self, i: int) -> int:
+        """A C `int` argument (fds, flags, pids): low 32 bits, signed."""
+        return _signed(self.args[i], 32)
+
+    def uint(self, i: int) -> int:
+        return self.args[i] & 0xFFFFFFFF
+
+    def long(self, i: int) -> int:
+        return _signed(self.args[i], 64)
+
+    def ptr(self, i: int) -> int:
+        return self.args[i]
+
+    # -- caller memory ---------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.task.host_tid
+
+    def read(self, addr: int, n: int) -> bytes:
+        return memory.read(self.task.host_tid, addr, n)
+
+    def read_str(self, addr: int, limit: int = 4096) -> bytes:
+        return memory.read_cstr(self.task.host_tid, addr, limit)
+
+    def path(self, i: int) -> bytes:
+        return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
+
+    def write(self, addr: int, data: bytes) -> None:
+        memory.write(self.task.host_tid, addr, data)
+
+    def set_arg(self, i: int, value: int) -> None:
+        assert self.regs is not None, "only traced syscalls can change arguments"
+        self.regs.set_args(*[value if j == i else a for j, a in enumerate(self.regs.args())])

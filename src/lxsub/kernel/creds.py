@@ -1,0 +1,66 @@
+"""Credentials as the instance sees them: root inside is not root on the host.
+
+They live only in the provider: every pico process runs on the host as the
+invoking host user whatever its uid says here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# Linux capability numbers the provider checks itself.
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+CAP_FOWNER = 3
+CAP_FSETID = 4
+CAP_KILL = 5
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_MKNOD = 27
+CAP_SYS_ADMIN = 21
+CAP_SYS_CHROOT = 18
+
+CAP_LAST = 40
+ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
+
+
+@dataclass
+class Creds:
+    ruid: int = 0
+    euid: int = 0
+    suid: int = 0
+    fsuid: int = 0
+    rgid: int = 0
+    egid: int = 0
+    sgid: int = 0
+    fsgid: int = 0
+    groups: tuple[int, ...] = ()
+    cap_effective: int = ALL_CAPS
+    cap_permitted: int = ALL_CAPS
+    cap_inheritable: int = 0
+
+    @classmethod
+    def for_user(cls, uid: int, gid: int, groups: tuple[int, ...] = ()) -> "Creds":
+        caps = ALL_CAPS if uid == 0 else 0
+        return cls(uid, uid, uid, uid, gid, gid, gid, gid, groups, caps, caps, 0)
+
+    def copy(self) -> "Creds":
+        return replace(self)
+
+    def capable(self, cap: int) -> bool:
+        return bool(self.cap_effective >> cap & 1)
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.fsgid or gid in self.groups
+
+    def after_uid_change(self, old_r: int, old_e: int, old_s: int) -> None:
+        """The capability rules of setuid(2) for a root that becomes a user."""
+        was_root = 0 in (old_r, old_e, old_s)
+        if was_root and 0 not in (self.ruid, self.euid, self.suid):
+            self.cap_permitted = self.cap_effective = 0
+        elif old_e == 0 and self.euid != 0:
+            self.cap_effective = 0
+        elif old_e != 0 and self.euid == 0:
+            self.cap_effective = self.cap_permitted
+        self.fsuid = self.euid

@@ -1,0 +1,97 @@
+"""Turning a Linux execve into the host execve that runs it.
+
+The host kernel would look for a program's interpreter (PT_INTERP) and for
+`#!` interpreters in the *host* root, so the provider resolves the whole
+chain inside the instance and hands the host kernel one file: the program
+itself when it is static, else the instance's own dynamic loader, run as
+`ld.so --argv0 ARGV0 PROGRAM ARGS...` so the program still sees its argv[0].
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+from dataclasses import dataclass
+
+from lxsub.kernel.exec import binfmt
+from lxsub.kernel.vfs import perm
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.path import Walker
+
+MAX_INTERP_DEPTH = 5
+
+
+@dataclass
+class ExecPlan:
+    host_fd: int               # provider-side descriptor of what the host maps
+    identity: tuple[int, int]  # its (st_dev, st_ino), checked after exec
+    argv: list[bytes]          # host argv
+    exe: str                   # the program's path inside the instance
+    comm: str
+    via_loader: bool           # argv is ld.so's: [ld.so, --argv0, argv0, program, args...]
+
+    def close(self) -> None:
+        if self.host_fd >= 0:
+            os.close(self.host_fd)
+            self.host_fd = -1
+
+
+def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool) -> tuple[Node, int]:
+    node = walker.resolve(start, path, follow=follow)
+    try:
+        attr = node.fs.getattr(node)
+        if st.S_ISDIR(attr.mode) or not st.S_ISREG(attr.mode):
+            raise OSError(errno.EACCES, "not a regular file")
+        perm.check(walker.creds, attr.mode, attr.uid, attr.gid, perm.MAY_EXEC)
+        return node, node.fs.open(node, os.O_RDONLY, walker.creds)
+    except BaseException:
+        node.release()
+        raise
+
+
+def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
+         follow: bool = True) -> ExecPlan:
+    """Resolve `path` (and its interpreters) for an execve by the walker's caller."""
+    argv = list(argv) or [path]
+    for _ in range(MAX_INTERP_DEPTH):
+        node, fd = _open_executable(walker, start, path, follow)
+        try:
+            kind = binfmt.probe(fd)
+            exe = vpath_of(node)
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            node.release()
+        if isinstance(kind, binfmt.Script):
+            os.close(fd)
+            argv = [kind.interp] + ([kind.arg] if kind.arg else []) + [path] + argv[1:]
+            path, follow = kind.interp, True
+            continue
+        comm = os.path.basename(exe)[:15]
+        if kind.interp is None:
+            return ExecPlan(fd, _identity(fd), argv, exe, comm, False)
+        os.close(fd)
+        return _plan_with_loader(walker, start, kind.interp, argv, exe, comm)
+    raise OSError(errno.ELOOP, "too many levels of #! interpreters")
+
+
+def _plan_with_loader(walker: Walker, start: Node, interp: bytes, argv: list[bytes],
+                      exe: str, comm: str) -> ExecPlan:
+    node, fd = _open_executable(walker, start, interp, True)
+    node.release()
+    try:
+        kind = binfmt.probe(fd)
+        if not isinstance(kind, binfmt.Elf) or kind.interp is not None:
+            raise OSError(errno.ELIBBAD, "bad ELF interpreter")
+    except BaseException:
+        os.close(fd)
+        raise
+    host_argv = [interp, b"--argv0", argv[0], exe.encode()] + argv[1:]
+    return ExecPlan(fd, _identity(fd), host_argv, exe, comm, True)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    s = os.fstat(fd)
+    return (s.st_dev, s.st_ino)

@@ -1,0 +1,47 @@
+"""The mounts every instance starts with (like WSL's init mounting /proc...)."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.creds import Creds
+from lxsub.kernel.vfs.path import Walker
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+
+
+def mount_defaults(inst: "Instance") -> None:
+    for path, make, source in _defaults():
+        _mount_if_dir(inst, path, make(inst), source)
+
+
+def _defaults():
+    from lxsub.kernel.fs.devfs import DevFs
+    from lxsub.kernel.fs.procfs import ProcFs
+    from lxsub.kernel.fs.devpts import DevPts
+    return [
+        ("/proc", lambda inst: ProcFs(inst), "proc"),
+        ("/dev", lambda inst: DevFs(inst), "devfs"),
+        ("/dev/pts", lambda inst: DevPts(), "devpts"),
+    ]
+
+
+def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
+    root = inst.mounts.root_mount.root()
+    try:
+        at = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            inst.log.warn(f"{path} missing in the rootfs: not mounted")
+            return
+        raise
+    finally:
+        root.release()
+    try:
+        if at.is_dir():
+            inst.mounts.mount(fs, at, path, source)
+    finally:
+        at.release()
+

@@ -1,0 +1,384 @@
+"""A Linux instance: one provider owning a PID space, a mount table and every
+pico process started in it.
+
+The provider is the instance's PID 1 (`/init`): the user's commands are its
+children, and as host child subreaper it inherits and reaps orphans. It
+implements the platform's `Kernel` interface: clone/exec/exit events keep
+the process table, trapped syscalls go to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat as st
+import sys
+from dataclasses import dataclass, field
+
+from lxsub import LINUX_RELEASE
+from lxsub.kernel import dispatch, table
+from lxsub.kernel.creds import Creds
+from lxsub.kernel.exec.plan import ExecPlan
+from lxsub.kernel.fs.hostfs import HostFs
+from lxsub.kernel.fs.volfs import VolFs
+from lxsub.kernel.log import Log
+from lxsub.kernel.task import FsContext, PidSpace, Process, Task
+from lxsub.kernel.vfs.mount import MountTable
+from lxsub.kernel.vfs.node import Node
+from lxsub.platform import launcher, libc, memory, ptrace
+from lxsub.platform.engine import Engine
+from lxsub.platform.notify import Listener, Notification
+from lxsub.platform.ptrace import Regs
+
+CLONE_VM = 0x100
+CLONE_FS = 0x200
+CLONE_VFORK = 0x4000
+CLONE_PARENT = 0x8000
+CLONE_THREAD = 0x10000
+CLONE_PARENT_SETTID = 0x100000
+CLONE_CHILD_SETTID = 0x1000000
+
+SI_USER, SI_QUEUE, SI_TKILL = 0, -1, -6
+
+
+@dataclass
+class Launch:
+    """A pico process between fork and its first exec."""
+    report_fd: int
+    plan: ExecPlan | None = None
+
+
+@dataclass
+class UtsInfo:
+    hostname: str = "localhost"
+    domainname: str = "(none)"
+    release: str = LINUX_RELEASE
+
+
+class Instance:
+    def __init__(self, name: str, rootfs: str, hostname: str | None = None,
+                 log: Log | None = None) -> None:
+        self.name = name
+        self.rootfs = os.path.realpath(rootfs)
+        self.log = log or Log(None)
+        self.uts = UtsInfo(hostname or name)
+        self.pids = PidSpace()
+        self.mounts = MountTable(VolFs(self.rootfs), "rootfs")
+        self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
+        self.pids.add_process(self.init)
+        self.engine = Engine(self)
+        self.filter_prog = table.seccomp_program()
+        self.launches: dict[int, Launch] = {}
+        self.listeners: dict[int, Listener] = {}
+        self.main: Process | None = None
+        self.main_status: int | None = None
+        self._ending = False
+        from lxsub.kernel.fs import mounts as default_mounts
+        default_mounts.mount_defaults(self)
+
+    # -- starting processes -------------------------------------------------
+
+    def root_context(self, cwd: str = "/") -> FsContext:
+        root = self.mounts.root_mount.root()
+        from lxsub.kernel.vfs.path import Walker
+        try:
+            cwd_node = Walker(self.mounts, root, Creds()).resolve(root, cwd.encode())
+            if not cwd_node.is_dir():
+                cwd_node.release()
+                raise OSError(errno.ENOTDIR, "not a directory")
+        except OSError:
+            root.release()
+            raise
+        return FsContext(root, cwd_node)
+
+    def spawn(self, path: bytes, argv: list[bytes], envp: list[bytes], creds: Creds,
+              fs: FsContext, setup: launcher.ChildSetup) -> Process:
+        """Start a command as a child of /init. `path` is an instance path
+        already checked to be executable (see kernel/exec/plan.py)."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        mask.discard(signal.SIGCHLD)
+        host_pid, report = launcher.spawn(self.filter_prog, path, argv, envp, setup,
+                                          mask - {signal.SIGCHLD})
+        vpid = self.pids.allocate()
+        proc = Process(vpid, host_pid, self.init, exe=path.decode(errors="replace"),
+                       comm=os.path.basename(path.decode(errors="replace"))[:15])
+        self.init.children.add(proc)
+        self.pids.add_process(proc)
+        task = Task(vpid, host_pid, proc, creds, fs)
+        self.pids.add_task(task)
+        self.launches[host_pid] = Launch(report)
+        self.engine.known.add(host_pid)
+        return proc
+
+    def run(self, main: Process) -> int:
+        """Serve the instance until `main` exits; then end it. Returns the
+        wait status of `main`."""
+        self.main = main
+        self.engine.run()
+        assert self.main_status is not None
+        return self.main_status
+
+    # -- Kernel interface: the platform's events ------------------------------
+
+    def on_notification(self, listener: Listener, n: Notification) -> None:
+        task = self.pids.tasks_by_host.get(n.pid)
+        if task is None:
+            listener.reply(n.id, 0, -errno.ENOSYS)
+            return
+        dispatch.serve_notification(self, listener, task, n)
+
+    def on_trace_stop(self, tid: int, regs: Regs) -> None:
+        task = self.pids.tasks_by_host.get(tid)
+        if task is None:
+            self.engine.finish_syscall(tid, regs, -errno.ENOSYS)
+            return
+        launch = self.launches.get(tid)
+        if launch is not None and launch.report_fd >= 0:
+            self._adopt_listener(tid, launch)
+        dispatch.serve_trace_stop(self, task, regs)
+
+    def _adopt_listener(self, tid: int, launch: Launch) -> None:
+        fd = launcher.take_listener(tid, launch.report_fd)
+        launch.report_fd = -1
+        self.listeners[fd] = self.engine.add_listener(fd)
+        del self.launches[tid]
+
+    def on_clone(self, tid: int, child: int, event: int, regs: Regs) -> None:
+        parent = self.pids.tasks_by_host.get(tid)
+        if parent is None:
+            self.engine.resume(tid)
+            return
+        flags = self._clone_flags(event, regs)
+        task = self._new_task(parent, child, flags)
+        vid = task.tid
+
+        def fix_parent(ptid: int, r: Regs) -> None:
+            if r.rax == child:
+                r.rax = vid
+                ptrace.set_regs(ptid, r)
+                if flags & CLONE_PARENT_SETTID:
+                    self._poke_tid(ptid, r.rdx, vid)
+
+        settid = regs.r10 if flags & CLONE_CHILD_SETTID else 0
+        self.engine.exit_hooks[tid] = fix_parent
+        self.engine.resume(tid)
+        self.engine.task_known(child, lambda: settid and self._poke_tid(child, settid, vid))
+
+    def _clone_flags(self, event: int, regs: Regs) -> int:
+        if event == ptrace.EVENT_FORK:
+            return signal.SIGCHLD
+        if event == ptrace.EVENT_VFORK and regs.orig_rax == 58:   # vfork(2)
+            return CLONE_VM | CLONE_VFORK | signal.SIGCHLD
+        return regs.rdi
+
+    def _poke_tid(self, tid: int, addr: int, value: int) -> None:
+        try:
+            memory.write(tid, addr, value.to_bytes(4, "little", signed=True))
+        except OSError:
+            pass
+
+    def _new_task(self, parent: Task, host_tid: int, flags: int) -> Task:
+        vid = self.pids.allocate()
+        fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
+        if flags & CLONE_THREAD:
+            proc = parent.process
+        else:
+            pp = parent.process.parent if flags & CLONE_PARENT else parent.process
+            src = parent.process
+            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip)
+            if pp is not None:
+                pp.children.add(proc)
+            self.pids.add_process(proc)
+        task = Task(vid, host_tid, proc, parent.creds.copy(), fs)
+        self.pids.add_task(task)
+        return task
+
+    def on_exec(self, tid: int, former_tid: int) -> None:
+        task = self.pids.tasks_by_host.get(former_tid) or self.pids.tasks_by_host.get(tid)
+        if task is None:
+            return
+        proc = task.process
+        if former_tid != tid:
+            # A non-leader thread exec'd: it takes over the leader's host tid.
+            leader = proc.threads.get(tid)
+            if leader is not None and leader is not task:
+                self.pids.remove_task(leader)
+            self.pids.remove_task(task)
+            task.host_tid = tid
+            task.tid = proc.pid
+            self.pids.add_task(task)
+        for other in list(proc.threads.values()):
+            if other is not task:
+                self.pids.remove_task(other)
+        plan = task.exec_state
+        task.exec_state = None
+        if isinstance(plan, ExecPlan):
+            self._finish_exec(tid, proc, plan)
+
+    def _finish_exec(self, tid: int, proc: Process, plan: ExecPlan) -> None:
+        try:
+            s = os.stat(f"/proc/{tid}/exe")
+            same = (s.st_dev, s.st_ino) == plan.identity
+        except OSError:
+            same = False
+        plan.close()
+        if not same:
+            # Another thread rewrote the path we placed in its memory: refuse
+            # to let it run whatever it swapped in.
+            self.log.warn(f"pid {proc.pid}: exec target changed under us; killed")
+            os.kill(tid, signal.SIGKILL)
+            return
+        proc.exe = plan.exe
+        proc.comm = plan.comm
+        proc.argv_skip = 1 if plan.via_loader else 0
+
+    def on_exit(self, tid: int, status: int) -> None:
+        task = self.pids.tasks_by_host.get(tid)
+        if task is None:
+            return
+        proc = task.process
+        self.pids.remove_task(task)
+        if proc.threads and tid != proc.host_pid:
+            return
+        if proc.threads:
+            return  # leader gone first: the process lives on in its other threads
+        self._process_exited(proc, status)
+
+    def _process_exited(self, proc: Process, status: int) -> None:
+        proc.exited = True
+        proc.close_pidfd()
+        for child in list(proc.children):
+            child.parent = self.init
+            self.init.children.add(child)
+        proc.children.clear()
+        launch = self.launches.pop(proc.host_pid, None)
+        if launch is not None and launch.report_fd >= 0:
+            os.close(launch.report_fd)
+        if proc is self.main:
+            self.main_status = status
+            self._end_instance()
+        if proc.parent is self.init or proc.parent is None:
+            if proc.parent is not None:
+                proc.parent.children.discard(proc)
+            self.pids.forget_process(proc)
+        else:
+            self.pids.zombies_by_host[proc.host_pid] = proc
+
+    def reaped(self, host_pid: int) -> int | None:
+        """A parent's wait returned host_pid: forget it; return its virtual pid."""
+        proc = self.pids.zombies_by_host.pop(host_pid, None)
+        if proc is None:
+            return self.pids.vpid_of_host(host_pid)
+        if proc.parent is not None:
+            proc.parent.children.discard(proc)
+        self.pids.forget_process(proc)
+        return proc.pid
+
+    def on_signal(self, tid: int, sig: int) -> int:
+        self._translate_siginfo(tid, sig)
+        return sig
+
+    def _translate_siginfo(self, tid: int, sig: int) -> None:
+        try:
+            info = ptrace.get_siginfo(tid)
+        except OSError:
+            return
+        if not (info.si_code in (SI_USER, SI_QUEUE, SI_TKILL) or sig == signal.SIGCHLD):
+            return
+        if info.si_pid <= 0:
+            return
+        sender = self.pids.processes_by_host.get(info.si_pid)
+        vpid = sender.pid if sender is not None else self.reaped_or_none(info.si_pid)
+        uid = 0
+        if sender is not None:
+            t = next(iter(sender.threads.values()), None)
+            uid = t.creds.ruid if t is not None else 0
+        info.si_pid = vpid or 0
+        info.si_uid = uid
+        try:
+            ptrace.set_siginfo(tid, info)
+        except OSError:
+            pass
+
+    def reaped_or_none(self, host_pid: int) -> int | None:
+        proc = self.pids.zombies_by_host.get(host_pid)
+        return proc.pid if proc is not None else None
+
+    def on_idle(self) -> bool:
+        return self._ending and not self.pids.tasks_by_host
+
+    # -- ending ---------------------------------------------------------------
+
+    def _end_instance(self) -> None:
+        """The command is done: every process still in the instance goes too."""
+        self._ending = True
+        for tid in list(self.pids.tasks_by_host):
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def signal_main(self, sig: int) -> None:
+        """Forward a signal lx received to the command's process group."""
+        if self.main is not None and not self.main.exited:
+            try:
+                os.killpg(self.main.host_pid, sig)
+            except OSError:
+                try:
+                    os.kill(self.main.host_pid, sig)
+                except OSError:
+                    pass
+
+    # -- views used by syscalls and pseudo files ------------------------------
+
+    def node_of_host_fd(self, fd: int) -> Node:
+        """Make a Node (owning fd) for a provider-side descriptor."""
+        s = os.fstat(fd)
+        try:
+            host = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            host = ""
+        mount = self._mount_for_host_path(host)
+        if mount is None:
+            os.close(fd)
+            raise OSError(errno.ENOTDIR if not st.S_ISDIR(s.st_mode) else errno.ENOENT,
+                          "not a file of this instance")
+        return Node(mount, fd, s)
+
+    def _mount_for_host_path(self, host: str):
+        best, best_len = None, -1
+        for m in self.mounts.mounts:
+            fs = m.fs
+            if isinstance(fs, HostFs):
+                root = fs.host_root
+                if (host == root or host.startswith(root.rstrip("/") + "/")) and len(root) > best_len:
+                    best, best_len = m, len(root)
+            else:
+                owns = getattr(fs, "owns_host_path", None)
+                if owns is not None and owns(host):
+                    return m
+        return best
+
+    def vpath_of(self, node: Node) -> str:
+        """The path of a Node inside the instance, as getcwd would give it."""
+        fs = node.fs
+        if isinstance(fs, HostFs):
+            host = fs.host_path(node) or ""
+            rel = host[len(fs.host_root):].lstrip("/") if host.startswith(fs.host_root) else ""
+            if host.endswith(" (deleted)"):
+                rel = rel[: -len(" (deleted)")]
+            base = node.mount.path.rstrip("/")
+            return (base + "/" + rel) if rel else (node.mount.path or "/")
+        return fs.vpath(node)
+
+    def process_of_vpid(self, vpid: int) -> Process | None:
+        return self.pids.processes_by_vid.get(vpid)
+
+
+def debug_enabled() -> bool:
+    return bool(os.environ.get("LX_TRACE"))
+
+
+def eprint(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)

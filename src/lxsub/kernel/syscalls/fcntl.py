@@ -1,0 +1,116 @@
+"""<fcntl.h>: open, openat, openat2, creat and the fcntl commands that name PIDs."""
+
+from __future__ import annotations
+
+import errno
+import fcntl as _fcntl
+import os
+import struct
+
+from lxsub.kernel.call import Call, NewFd
+from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.open import O_CLOEXEC, O_CREAT, O_TMPFILE, open_at
+
+AT_FDCWD = lookup.AT_FDCWD
+_VALID_OPEN_FLAGS = 0o37777777
+
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 1, 2, 4
+RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 8, 16, 32
+
+
+def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int):
+    fd = open_at(c.inst, c.task, dirfd, path, flags, mode)
+    if isinstance(fd, int):
+        return NewFd(fd, bool(flags & O_CLOEXEC))
+    return _wrap_blocking(fd, flags)
+
+
+def _wrap_blocking(job, flags: int):
+    from lxsub.kernel.call import Blocking
+
+    def work():
+        return NewFd(job.work(), bool(flags & O_CLOEXEC))
+    return Blocking(work)
+
+
+def sys_open(c: Call):
+    return _open(c, AT_FDCWD, c.path(0), c.uint(1), c.uint(2))
+
+
+def sys_openat(c: Call):
+    return _open(c, c.int(0), c.path(1), c.uint(2), c.uint(3))
+
+
+def sys_creat(c: Call):
+    return _open(c, AT_FDCWD, c.path(0), os.O_WRONLY | O_CREAT | os.O_TRUNC, c.uint(1))
+
+
+def sys_openat2(c: Call):
+    size = c.args[3]
+    if size < 24:
+        raise OSError(errno.EINVAL, "open_how too small")
+    raw = c.read(c.ptr(2), min(size, 4096))
+    flags, mode, resolve = struct.unpack_from("<QQQ", raw)
+    if any(raw[24:]):
+        raise OSError(errno.E2BIG, "unknown open_how fields")
+    if flags & ~_VALID_OPEN_FLAGS or resolve & ~0x3F:
+        raise OSError(errno.EINVAL, "bad flags")
+    if mode and not (flags & O_CREAT or flags & O_TMPFILE == O_TMPFILE):
+        raise OSError(errno.EINVAL, "mode without O_CREAT")
+    if resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS):
+        # The provider's walk does not have these restrictions yet.
+        c.inst.log.once("openat2-resolve", "openat2 RESOLVE_* flags other than CACHED: EOPNOTSUPP")
+        raise OSError(errno.EOPNOTSUPP, "RESOLVE_* restrictions not supported")
+    if resolve & RESOLVE_CACHED:
+        raise OSError(errno.EAGAIN, "not cached")
+    return _open(c, c.int(0), c.path(1), flags, mode)
+
+
+F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
+F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
+
+
+def sys_fcntl(c: Call):
+    """Only the owner commands trap: their PIDs are virtual."""
+    fd, cmd = c.int(0), c.int(1)
+    local = lookup.copy_fd(c.task, fd)
+    try:
+        if cmd == F_GETOWN:
+            return _owner_to_virtual(c, _fcntl.fcntl(local, F_GETOWN))
+        if cmd == F_SETOWN:
+            return _fcntl.fcntl(local, F_SETOWN, _owner_to_host(c, c.int(2)))
+        if cmd == F_GETOWN_EX:
+            kind, pid = struct.unpack("<ii", _fcntl.fcntl(local, F_GETOWN_EX, bytes(8)))
+            vpid = abs(_owner_to_virtual(c, pid if kind != F_OWNER_PGRP else -pid))
+            c.write(c.ptr(2), struct.pack("<ii", kind, vpid))
+            return 0
+        if cmd == F_SETOWN_EX:
+            kind, pid = struct.unpack("<ii", c.read(c.ptr(2), 8))
+            host = abs(_owner_to_host(c, -pid if kind == F_OWNER_PGRP else pid))
+            if kind == F_OWNER_TID and pid:
+                host = c.inst.pids.host_of_vtid(pid) or _no_such(pid)
+            _fcntl.fcntl(local, F_SETOWN_EX, struct.pack("<ii", kind, host))
+            return 0
+        raise OSError(errno.EINVAL, "unexpected fcntl command")
+    finally:
+        os.close(local)
+
+
+def _no_such(_pid: int) -> int:
+    raise OSError(errno.ESRCH, "no such process")
+
+
+def _owner_to_host(c: Call, owner: int) -> int:
+    if owner == 0:
+        return 0
+    host = c.inst.pids.host_of_vpid(abs(owner))
+    if host is None:
+        raise OSError(errno.ESRCH, "no such process")
+    return host if owner > 0 else -host
+
+
+def _owner_to_virtual(c: Call, owner: int) -> int:
+    if owner == 0:
+        return 0
+    v = c.inst.pids.vpid_of_host(abs(owner)) or 0
+    return v if owner > 0 else -v

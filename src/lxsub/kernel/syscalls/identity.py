@@ -1,0 +1,239 @@
+"""<unistd.h>/<sys/capability.h> credentials: all emulated in the provider.
+
+Rules follow credentials(7): root (or CAP_SETUID) may set any id; others
+may only switch between their real, effective and saved ids.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from lxsub.kernel import creds as caps
+from lxsub.kernel.call import Call
+
+_ID_MAX = 0xFFFFFFFF
+NGROUPS_MAX = 65536
+
+
+def _id(c: Call, i: int) -> int:
+    v = c.uint(i)
+    return -1 if v == _ID_MAX else v
+
+
+def sys_getuid(c: Call) -> int:
+    return c.task.creds.ruid
+
+
+def sys_geteuid(c: Call) -> int:
+    return c.task.creds.euid
+
+
+def sys_getgid(c: Call) -> int:
+    return c.task.creds.rgid
+
+
+def sys_getegid(c: Call) -> int:
+    return c.task.creds.egid
+
+
+def _may(cr, new: int, cap: int, *allowed: int) -> bool:
+    return new == -1 or cr.capable(cap) or new in allowed
+
+
+def sys_setuid(c: Call) -> int:
+    cr = c.task.creds
+    uid = _id(c, 0)
+    if uid == -1:
+        raise OSError(errno.EINVAL, "bad uid")
+    old = (cr.ruid, cr.euid, cr.suid)
+    if cr.capable(caps.CAP_SETUID):
+        cr.ruid = cr.euid = cr.suid = uid
+    elif uid in (cr.ruid, cr.suid):
+        cr.euid = uid
+    else:
+        raise OSError(errno.EPERM, "not permitted")
+    cr.after_uid_change(*old)
+    return 0
+
+
+def sys_setreuid(c: Call) -> int:
+    cr = c.task.creds
+    r, e = _id(c, 0), _id(c, 1)
+    if not (_may(cr, r, caps.CAP_SETUID, cr.ruid, cr.euid)
+            and _may(cr, e, caps.CAP_SETUID, cr.ruid, cr.euid, cr.suid)):
+        raise OSError(errno.EPERM, "not permitted")
+    old = (cr.ruid, cr.euid, cr.suid)
+    if r != -1:
+        cr.ruid = r
+    if e != -1:
+        cr.euid = e
+    if r != -1 or (e != -1 and e != old[0]):
+        cr.suid = cr.euid
+    cr.after_uid_change(*old)
+    return 0
+
+
+def sys_setresuid(c: Call) -> int:
+    cr = c.task.creds
+    r, e, s = _id(c, 0), _id(c, 1), _id(c, 2)
+    mine = (cr.ruid, cr.euid, cr.suid)
+    if not all(_may(cr, v, caps.CAP_SETUID, *mine) for v in (r, e, s)):
+        raise OSError(errno.EPERM, "not permitted")
+    old = mine
+    if r != -1:
+        cr.ruid = r
+    if e != -1:
+        cr.euid = e
+    if s != -1:
+        cr.suid = s
+    cr.after_uid_change(*old)
+    return 0
+
+
+def sys_getresuid(c: Call) -> int:
+    cr = c.task.creds
+    for i, v in enumerate((cr.ruid, cr.euid, cr.suid)):
+        c.write(c.ptr(i), struct.pack("<I", v))
+    return 0
+
+
+def sys_setgid(c: Call) -> int:
+    cr = c.task.creds
+    gid = _id(c, 0)
+    if gid == -1:
+        raise OSError(errno.EINVAL, "bad gid")
+    if cr.capable(caps.CAP_SETGID):
+        cr.rgid = cr.egid = cr.sgid = gid
+    elif gid in (cr.rgid, cr.sgid):
+        cr.egid = gid
+    else:
+        raise OSError(errno.EPERM, "not permitted")
+    cr.fsgid = cr.egid
+    return 0
+
+
+def sys_setregid(c: Call) -> int:
+    cr = c.task.creds
+    r, e = _id(c, 0), _id(c, 1)
+    if not (_may(cr, r, caps.CAP_SETGID, cr.rgid, cr.egid)
+            and _may(cr, e, caps.CAP_SETGID, cr.rgid, cr.egid, cr.sgid)):
+        raise OSError(errno.EPERM, "not permitted")
+    old_r = cr.rgid
+    if r != -1:
+        cr.rgid = r
+    if e != -1:
+        cr.egid = e
+    if r != -1 or (e != -1 and e != old_r):
+        cr.sgid = cr.egid
+    cr.fsgid = cr.egid
+    return 0
+
+
+def sys_setresgid(c: Call) -> int:
+    cr = c.task.creds
+    r, e, s = _id(c, 0), _id(c, 1), _id(c, 2)
+    mine = (cr.rgid, cr.egid, cr.sgid)
+    if not all(_may(cr, v, caps.CAP_SETGID, *mine) for v in (r, e, s)):
+        raise OSError(errno.EPERM, "not permitted")
+    if r != -1:
+        cr.rgid = r
+    if e != -1:
+        cr.egid = e
+    if s != -1:
+        cr.sgid = s
+    cr.fsgid = cr.egid
+    return 0
+
+
+def sys_getresgid(c: Call) -> int:
+    cr = c.task.creds
+    for i, v in enumerate((cr.rgid, cr.egid, cr.sgid)):
+        c.write(c.ptr(i), struct.pack("<I", v))
+    return 0
+
+
+def sys_setfsuid(c: Call) -> int:
+    cr = c.task.creds
+    old, new = cr.fsuid, _id(c, 0)
+    if new != -1 and _may(cr, new, caps.CAP_SETUID, cr.ruid, cr.euid, cr.suid, cr.fsuid):
+        cr.fsuid = new
+    return old
+
+
+def sys_setfsgid(c: Call) -> int:
+    cr = c.task.creds
+    old, new = cr.fsgid, _id(c, 0)
+    if new != -1 and _may(cr, new, caps.CAP_SETGID, cr.rgid, cr.egid, cr.sgid, cr.fsgid):
+        cr.fsgid = new
+    return old
+
+
+def sys_getgroups(c: Call) -> int:
+    size = c.int(0)
+    groups = c.task.creds.groups
+    if size < 0:
+        raise OSError(errno.EINVAL, "bad size")
+    if size == 0:
+        return len(groups)
+    if size < len(groups):
+        raise OSError(errno.EINVAL, "buffer too small")
+    c.write(c.ptr(1), struct.pack(f"<{len(groups)}I", *groups))
+    return len(groups)
+
+
+def sys_setgroups(c: Call) -> int:
+    size = c.int(0)
+    if not 0 <= size <= NGROUPS_MAX:
+        raise OSError(errno.EINVAL, "bad size")
+    if not c.task.creds.capable(caps.CAP_SETGID):
+        raise OSError(errno.EPERM, "not permitted")
+    raw = c.read(c.ptr(1), 4 * size) if size else b""
+    c.task.creds.groups = tuple(sorted(set(struct.unpack(f"<{size}I", raw))))
+    return 0
+
+
+_CAP_V1, _CAP_V2, _CAP_V3 = 0x19980330, 0x20071026, 0x20080522
+
+
+def sys_capget(c: Call) -> int:
+    version, pid = struct.unpack("<Ii", c.read(c.ptr(0), 8))
+    if version not in (_CAP_V1, _CAP_V2, _CAP_V3):
+        c.write(c.ptr(0), struct.pack("<I", _CAP_V3))
+        raise OSError(errno.EINVAL, "bad version")
+    cr = c.task.creds
+    if pid not in (0, c.task.pid):
+        proc = c.inst.process_of_vpid(pid)
+        if proc is None or not proc.threads:
+            raise OSError(errno.ESRCH, "no such process")
+        cr = next(iter(proc.threads.values())).creds
+    if c.ptr(1):
+        words = 1 if version == _CAP_V1 else 2
+        data = b""
+        for i in range(words):
+            sh = 32 * i
+            data += struct.pack("<III", (cr.cap_effective >> sh) & _ID_MAX,
+                                (cr.cap_permitted >> sh) & _ID_MAX, (cr.cap_inheritable >> sh) & _ID_MAX)
+        c.write(c.ptr(1), data)
+    return 0
+
+
+def sys_capset(c: Call) -> int:
+    version, pid = struct.unpack("<Ii", c.read(c.ptr(0), 8))
+    if version not in (_CAP_V1, _CAP_V2, _CAP_V3):
+        raise OSError(errno.EINVAL, "bad version")
+    if pid not in (0, c.task.pid):
+        raise OSError(errno.EPERM, "not permitted")
+    words = 1 if version == _CAP_V1 else 2
+    raw = c.read(c.ptr(1), 12 * words)
+    eff = perm = inh = 0
+    for i in range(words):
+        e, p, h = struct.unpack_from("<III", raw, 12 * i)
+        eff |= e << (32 * i)
+        perm |= p << (32 * i)
+        inh |= h << (32 * i)
+    cr = c.task.creds
+    if perm & ~cr.cap_permitted or eff & ~perm:
+        raise OSError(errno.EPERM, "not permitted")
+    cr.cap_effective, cr.cap_permitted, cr.cap_inheritable = eff, perm, inh
+    return 0

@@ -1,0 +1,64 @@
+"""<sys/ioctl.h>: the terminal and socket requests that carry process ids.
+
+They must run in the caller (a terminal checks that it is the caller's
+controlling one), so the id is rewritten into a copy below the caller's
+stack and the request runs natively; ids coming back are translated.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from lxsub.kernel.call import Call, Native
+from lxsub.platform import memory
+
+TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
+FIOSETOWN, SIOCSPGRP, FIOGETOWN, SIOCGPGRP = 0x8901, 0x8902, 0x8903, 0x8904
+TIOCSTI = 0x5412
+
+SETTERS = (TIOCSPGRP, FIOSETOWN, SIOCSPGRP)
+GETTERS = (TIOCGPGRP, TIOCGSID, FIOGETOWN, SIOCGPGRP)
+TRAPPED = SETTERS + GETTERS
+
+
+def sys_ioctl(c: Call) -> Native:
+    cmd = c.uint(1)
+    if cmd in SETTERS:
+        return _set_id(c, cmd)
+    if cmd in GETTERS:
+        return _get_id(c)
+    raise OSError(errno.EINVAL, "unexpected ioctl")
+
+
+def _set_id(c: Call, cmd: int) -> Native:
+    vid = struct.unpack("<i", c.read(c.ptr(2), 4))[0]
+    pids = c.inst.pids
+    if cmd == TIOCSPGRP:
+        if vid < 0:
+            raise OSError(errno.EINVAL, "bad process group")
+        host = pids.group_to_host(vid)
+    elif vid < 0:                     # FIOSETOWN/SIOCSPGRP: negative is a group
+        g = pids.group_to_host(-vid)
+        host = -g if g is not None else None
+    else:
+        host = pids.host_of_vpid(vid) if vid else 0
+    if host is None:
+        raise OSError(errno.ESRCH if cmd != TIOCSPGRP else errno.EPERM, "no such process")
+    regs = c.regs
+    assert regs is not None
+    (addr,) = memory.write_below_sp(c.pid, regs.rsp, [struct.pack("<i", host)])
+    c.set_arg(2, addr)
+    return Native()
+
+
+def _get_id(c: Call) -> Native:
+    pid, addr, pids = c.pid, c.ptr(2), c.inst.pids
+
+    def translate(result: int):
+        if result == 0:
+            host = struct.unpack("<i", memory.read(pid, addr, 4))[0]
+            v = pids.group_to_virtual(host) if host > 0 else -pids.group_to_virtual(-host)
+            memory.write(pid, addr, struct.pack("<i", v))
+        return None
+    return Native(on_exit=translate)

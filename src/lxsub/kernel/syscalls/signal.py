@@ -1,0 +1,118 @@
+"""<signal.h>: sending signals by virtual PID; only instance processes are reachable.
+
+The signal itself is sent natively by the caller (so the receiver sees the
+sender's identity, translated at delivery); the provider only translates the
+target and refuses anything outside the instance with ESRCH.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from lxsub.kernel.call import Call, Native
+
+_NSIG = 65
+
+
+def _check_signal(sig: int) -> None:
+    if not 0 <= sig < _NSIG:
+        raise OSError(errno.EINVAL, "bad signal")
+
+
+def sys_kill(c: Call):
+    pid, sig = c.int(0), c.int(1)
+    _check_signal(sig)
+    pids = c.inst.pids
+    if pid == 1:
+        return 0      # /init takes no signals it has not asked for
+    if pid == -1:
+        return _kill_all(c, sig)
+    if pid > 0:
+        host = pids.host_of_vpid(pid)
+    elif pid < -1:
+        host = pids.group_to_host(-pid)
+        host = -host if host is not None else None
+    else:
+        host = 0
+    if host is None:
+        raise OSError(errno.ESRCH, "no such process")
+    c.set_arg(0, host)
+    return Native()
+
+
+def _kill_all(c: Call, sig: int) -> int:
+    """kill(-1): every instance process but init and the caller."""
+    hit = 0
+    for proc in list(c.inst.pids.processes_by_vid.values()):
+        if proc.is_init() or proc is c.task.process or proc.exited:
+            continue
+        try:
+            if sig:
+                os.kill(proc.host_pid, sig)
+            hit += 1
+        except OSError:
+            pass
+    if not hit:
+        raise OSError(errno.ESRCH, "no such process")
+    return 0
+
+
+def _thread(c: Call, vtid: int) -> int:
+    host = c.inst.pids.host_of_vtid(vtid)
+    if host is None or vtid <= 0:
+        raise OSError(errno.ESRCH if vtid > 0 else errno.EINVAL, "no such thread")
+    return host
+
+
+def sys_tkill(c: Call):
+    _check_signal(c.int(1))
+    c.set_arg(0, _thread(c, c.int(0)))
+    return Native()
+
+
+def sys_tgkill(c: Call):
+    tgid, tid = c.int(0), c.int(1)
+    _check_signal(c.int(2))
+    host_tid = _thread(c, tid)
+    task = c.inst.pids.tasks_by_host[host_tid]
+    if tgid <= 0:
+        raise OSError(errno.EINVAL, "bad tgid")
+    if task.pid != tgid:
+        raise OSError(errno.ESRCH, "no such thread in that group")
+    c.set_arg(0, task.host_pid)
+    c.set_arg(1, host_tid)
+    return Native()
+
+
+def sys_rt_sigqueueinfo(c: Call):
+    pid = c.int(0)
+    host = c.inst.pids.host_of_vpid(pid) if pid > 0 else None
+    if host is None:
+        raise OSError(errno.ESRCH, "no such process")
+    c.set_arg(0, host)
+    return Native()
+
+
+def sys_rt_tgsigqueueinfo(c: Call):
+    host_tid = _thread(c, c.int(1))
+    task = c.inst.pids.tasks_by_host[host_tid]
+    if task.pid != c.int(0):
+        raise OSError(errno.ESRCH, "no such thread in that group")
+    c.set_arg(0, task.host_pid)
+    c.set_arg(1, host_tid)
+    return Native()
+
+
+def sys_pidfd_open(c: Call):
+    pid = c.int(0)
+    host = c.inst.pids.host_of_vpid(pid) if pid > 0 else None
+    if host is None:
+        raise OSError(errno.ESRCH if pid > 0 else errno.EINVAL, "no such process")
+    c.set_arg(0, host)
+    return Native()
+
+
+def sys_deny(c: Call) -> int:
+    """Calls that would let a program reach past the provider."""
+    raise OSError(errno.EPERM, "not permitted in an lxsub instance")

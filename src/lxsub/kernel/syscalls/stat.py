@@ -1,0 +1,273 @@
+"""<sys/stat.h>, <sys/statfs.h> and friends: the stat family, readlink, access."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import struct
+
+from lxsub.kernel.call import Call
+from lxsub.kernel.vfs import fdview, lookup, perm
+from lxsub.kernel.vfs.lookup import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
+from lxsub.kernel.vfs.stat import LinuxStat
+
+_STATFS = struct.Struct("<qqQQQQQiiqqq4q")
+AT_EACCESS = 0x200
+ST_RDONLY = 1
+
+
+def _stat_at(c: Call, dirfd: int, path: bytes, flags: int) -> LinuxStat:
+    if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
+        return fdview.stat_of_fd(c.inst, c.task, dirfd)
+    node = lookup.resolve_at(c.inst, c.task, dirfd, path, flags)
+    try:
+        return node.fs.getattr(node)
+    finally:
+        node.release()
+
+
+def sys_stat(c: Call) -> int:
+    c.write(c.ptr(1), _stat_at(c, AT_FDCWD, c.path(0), 0).pack_stat())
+    return 0
+
+
+def sys_lstat(c: Call) -> int:
+    c.write(c.ptr(1), _stat_at(c, AT_FDCWD, c.path(0), AT_SYMLINK_NOFOLLOW).pack_stat())
+    return 0
+
+
+def sys_fstat(c: Call) -> int:
+    c.write(c.ptr(1), fdview.stat_of_fd(c.inst, c.task, c.int(0)).pack_stat())
+    return 0
+
+
+def sys_newfstatat(c: Call) -> int:
+    path = c.path(1) if c.ptr(1) else b""
+    c.write(c.ptr(2), _stat_at(c, c.int(0), path, c.int(3)).pack_stat())
+    return 0
+
+
+def sys_statx(c: Call) -> int:
+    path = c.path(1) if c.ptr(1) else b""
+    flags = c.int(2)
+    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | 0x800 | 0x6000):
+        raise OSError(errno.EINVAL, "bad statx flags")
+    s = _stat_at(c, c.int(0), path, flags)
+    c.write(c.ptr(4), s.pack_statx())
+    return 0
+
+
+def sys_readlink(c: Call) -> int:
+    return _readlink(c, AT_FDCWD, c.path(0), c.ptr(1), c.long(2))
+
+
+def sys_readlinkat(c: Call) -> int:
+    return _readlink(c, c.int(0), c.path(1), c.ptr(2), c.long(3))
+
+
+def _readlink(c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int:
+    if size <= 0:
+        raise OSError(errno.EINVAL, "bad size")
+    node = lookup.resolve_at(c.inst, c.task, dirfd, path, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
+    try:
+        target = node.fs.readlink(node)
+    finally:
+        node.release()
+    out = target[:size]
+    c.write(buf, out)
+    return len(out)
+
+
+def sys_access(c: Call) -> int:
+    return _access(c, AT_FDCWD, c.path(0), c.int(1), 0)
+
+
+def sys_faccessat(c: Call) -> int:
+    return _access(c, c.int(0), c.path(1), c.int(2), 0)
+
+
+def sys_faccessat2(c: Call) -> int:
+    return _access(c, c.int(0), c.path(1), c.int(2), c.int(3))
+
+
+def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
+    if mode & ~7:
+        raise OSError(errno.EINVAL, "bad mode")
+    node = lookup.resolve_at(c.inst, c.task, dirfd, path, flags)
+    try:
+        a = node.fs.getattr(node)
+        if mode == os.F_OK:
+            return 0
+        creds = c.task.creds
+        if not flags & AT_EACCESS:
+            creds = creds.copy()
+            creds.fsuid, creds.fsgid = creds.ruid, creds.rgid
+            if creds.ruid != 0:
+                creds.cap_effective = 0
+        if mode & os.W_OK and getattr(node.fs, "read_only", False):
+            raise OSError(errno.EROFS, "read-only file system")
+        want = (perm.MAY_READ if mode & os.R_OK else 0) | (perm.MAY_WRITE if mode & os.W_OK else 0) \
+            | (perm.MAY_EXEC if mode & os.X_OK else 0)
+        perm.check(creds, a.mode, a.uid, a.gid, want)
+        return 0
+    finally:
+        node.release()
+
+
+def _statfs_bytes(node) -> bytes:
+    v = node.fs.statfs(node)
+    if isinstance(v, bytes):
+        return v
+    return _STATFS.pack(node.fs.magic, v.f_bsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files,
+                        v.f_ffree, 0, 0, v.f_namemax, v.f_frsize, v.f_flag, 0, 0, 0, 0)
+
+
+def sys_statfs(c: Call) -> int:
+    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    try:
+        c.write(c.ptr(1), _statfs_bytes(node))
+    finally:
+        node.release()
+    return 0
+
+
+def sys_fstatfs(c: Call) -> int:
+    local = lookup.copy_fd(c.task, c.int(0))
+    try:
+        s = os.fstat(local)
+        node = fdview.node_or_none(c.inst, local, s)
+        if node is None:
+            v = os.statvfs(f"/proc/self/fd/{local}")
+            data = _STATFS.pack(0x50495045 if st.S_ISFIFO(s.st_mode) else 0x534F434B,
+                                v.f_bsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files,
+                                v.f_ffree, 0, 0, v.f_namemax, v.f_frsize, v.f_flag, 0, 0, 0, 0)
+        else:
+            data = _statfs_bytes(node)
+        c.write(c.ptr(1), data)
+        return 0
+    finally:
+        os.close(local)
+
+
+# -- creating and changing ----------------------------------------------------
+
+from lxsub.kernel.vfs import ops  # noqa: E402
+
+
+def sys_mkdir(c: Call) -> int:
+    ops.mkdir(c.inst, c.task, AT_FDCWD, c.path(0), c.uint(1))
+    return 0
+
+
+def sys_mkdirat(c: Call) -> int:
+    ops.mkdir(c.inst, c.task, c.int(0), c.path(1), c.uint(2))
+    return 0
+
+
+def sys_mknod(c: Call) -> int:
+    ops.mknod(c.inst, c.task, AT_FDCWD, c.path(0), c.uint(1), c.args[2])
+    return 0
+
+
+def sys_mknodat(c: Call) -> int:
+    ops.mknod(c.inst, c.task, c.int(0), c.path(1), c.uint(2), c.args[3])
+    return 0
+
+
+def _chmod_node(c: Call, node, mode: int) -> int:
+    try:
+        ops.chmod(c.task, node, mode)
+    finally:
+        node.release()
+    return 0
+
+
+def sys_chmod(c: Call) -> int:
+    return _chmod_node(c, lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0)), c.uint(1))
+
+
+def sys_fchmod(c: Call) -> int:
+    return _chmod_node(c, lookup.node_of_fd(c.inst, c.task, c.int(0)), c.uint(1))
+
+
+def sys_fchmodat(c: Call) -> int:
+    return _chmod_node(c, lookup.resolve_at(c.inst, c.task, c.int(0), c.path(1)), c.uint(2))
+
+
+def sys_fchmodat2(c: Call) -> int:
+    flags = c.int(3)
+    path = c.path(1) if c.ptr(1) else b""
+    node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
+    if node.is_symlink():
+        node.release()
+        raise OSError(errno.EOPNOTSUPP, "cannot chmod a symlink")
+    return _chmod_node(c, node, c.uint(2))
+
+
+def sys_umask(c: Call) -> int:
+    old = c.task.fs.umask
+    c.task.fs.umask = c.uint(0) & 0o777
+    return old
+
+
+_TIMESPEC2 = struct.Struct("<qqqq")
+_TIMEVAL2 = struct.Struct("<qqqq")
+
+
+def _now_pair() -> tuple[tuple[int, int], tuple[int, int]]:
+    return (0, ops.UTIME_NOW), (0, ops.UTIME_NOW)
+
+
+def _utimens_node(c: Call, node, times) -> int:
+    try:
+        ops.utimens(c.task, node, *times)
+    finally:
+        node.release()
+    return 0
+
+
+def sys_utimensat(c: Call) -> int:
+    dirfd, flags = c.int(0), c.int(3)
+    if c.ptr(2):
+        a_s, a_ns, m_s, m_ns = _TIMESPEC2.unpack(c.read(c.ptr(2), 32))
+        for ns in (a_ns, m_ns):
+            if not (0 <= ns < 10**9 or ns in (ops.UTIME_NOW, ops.UTIME_OMIT)):
+                raise OSError(errno.EINVAL, "bad nanoseconds")
+        times = ((a_s, a_ns), (m_s, m_ns))
+    else:
+        times = _now_pair()
+    if not c.ptr(1):   # futimens(fd, times)
+        node = lookup.node_of_fd(c.inst, c.task, dirfd)
+    else:
+        node = lookup.resolve_at(c.inst, c.task, dirfd, c.path(1), flags)
+    return _utimens_node(c, node, times)
+
+
+def _times_from_timevals(c: Call, addr: int):
+    if not addr:
+        return _now_pair()
+    a_s, a_us, m_s, m_us = _TIMEVAL2.unpack(c.read(addr, 32))
+    if not (0 <= a_us < 10**6 and 0 <= m_us < 10**6):
+        raise OSError(errno.EINVAL, "bad microseconds")
+    return (a_s, a_us * 1000), (m_s, m_us * 1000)
+
+
+def sys_utimes(c: Call) -> int:
+    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    return _utimens_node(c, node, _times_from_timevals(c, c.ptr(1)))
+
+
+def sys_futimesat(c: Call) -> int:
+    node = lookup.resolve_at(c.inst, c.task, c.int(0), c.path(1))
+    return _utimens_node(c, node, _times_from_timevals(c, c.ptr(2)))
+
+
+def sys_utime(c: Call) -> int:
+    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    if c.ptr(1):
+        atime, mtime = struct.unpack("<qq", c.read(c.ptr(1), 16))
+        times = ((atime, 0), (mtime, 0))
+    else:
+        times = _now_pair()
+    return _utimens_node(c, node, times)

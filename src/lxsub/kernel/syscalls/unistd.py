@@ -1,0 +1,165 @@
+"""<unistd.h>: links, directories, the working directory, owners, truncate."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from lxsub.kernel import creds as caps
+from lxsub.kernel.call import Call
+from lxsub.kernel.vfs import lookup, ops, perm
+from lxsub.kernel.vfs.lookup import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, \
+    AT_SYMLINK_NOFOLLOW
+
+
+def sys_unlink(c: Call) -> int:
+    ops.unlink(c.inst, c.task, AT_FDCWD, c.path(0), rmdir=False)
+    return 0
+
+
+def sys_rmdir(c: Call) -> int:
+    ops.unlink(c.inst, c.task, AT_FDCWD, c.path(0), rmdir=True)
+    return 0
+
+
+def sys_unlinkat(c: Call) -> int:
+    flags = c.int(2)
+    if flags & ~AT_REMOVEDIR:
+        raise OSError(errno.EINVAL, "bad flags")
+    ops.unlink(c.inst, c.task, c.int(0), c.path(1), rmdir=bool(flags & AT_REMOVEDIR))
+    return 0
+
+
+def sys_symlink(c: Call) -> int:
+    ops.symlink(c.inst, c.task, c.path(0), AT_FDCWD, c.path(1))
+    return 0
+
+
+def sys_symlinkat(c: Call) -> int:
+    ops.symlink(c.inst, c.task, c.path(0), c.int(1), c.path(2))
+    return 0
+
+
+def sys_link(c: Call) -> int:
+    ops.link(c.inst, c.task, AT_FDCWD, c.path(0), AT_FDCWD, c.path(1), 0)
+    return 0
+
+
+def sys_linkat(c: Call) -> int:
+    flags = c.int(4)
+    if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
+        raise OSError(errno.EINVAL, "bad flags")
+    old = c.path(1) if c.ptr(1) else b""
+    ops.link(c.inst, c.task, c.int(0), old, c.int(2), c.path(3), flags)
+    return 0
+
+
+# -- working directory and root -------------------------------------------------
+
+def _set_cwd(c: Call, node) -> int:
+    if not node.is_dir():
+        node.release()
+        raise OSError(errno.ENOTDIR, "not a directory")
+    if perm.needs_checks(c.task.creds):
+        a = node.fs.getattr(node)
+        try:
+            perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
+        except OSError:
+            node.release()
+            raise
+    c.task.fs.set_cwd(node)
+    return 0
+
+
+def sys_chdir(c: Call) -> int:
+    return _set_cwd(c, lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0)))
+
+
+def sys_fchdir(c: Call) -> int:
+    return _set_cwd(c, lookup.node_of_fd(c.inst, c.task, c.int(0)))
+
+
+def sys_getcwd(c: Call) -> int:
+    path = current_dir_path(c)
+    data = path.encode() + b"\0"
+    if len(data) > c.args[1]:
+        raise OSError(errno.ERANGE, "buffer too small")
+    c.write(c.ptr(0), data)
+    return len(data)
+
+
+def current_dir_path(c: Call) -> str:
+    cwd = c.task.fs.cwd
+    path = c.inst.vpath_of(cwd)
+    root = c.inst.vpath_of(c.task.fs.root)
+    if root != "/":
+        if path == root:
+            return "/"
+        if path.startswith(root + "/"):
+            return path[len(root):]
+        return "(unreachable)" + path
+    return path
+
+
+def sys_chroot(c: Call) -> int:
+    if not c.task.creds.capable(caps.CAP_SYS_CHROOT):
+        raise OSError(errno.EPERM, "not permitted")
+    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    if not node.is_dir():
+        node.release()
+        raise OSError(errno.ENOTDIR, "not a directory")
+    c.task.fs.set_root(node)
+    return 0
+
+
+# -- owners -------------------------------------------------------------------
+
+def _chown_node(c: Call, node, uid: int, gid: int) -> int:
+    try:
+        ops.chown(c.task, node, uid, gid)
+    finally:
+        node.release()
+    return 0
+
+
+def sys_chown(c: Call) -> int:
+    return _chown_node(c, lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0)), c.int(1), c.int(2))
+
+
+def sys_lchown(c: Call) -> int:
+    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0), AT_SYMLINK_NOFOLLOW)
+    return _chown_node(c, node, c.int(1), c.int(2))
+
+
+def sys_fchown(c: Call) -> int:
+    return _chown_node(c, lookup.node_of_fd(c.inst, c.task, c.int(0)), c.int(1), c.int(2))
+
+
+def sys_fchownat(c: Call) -> int:
+    flags = c.int(4)
+    path = c.path(1) if c.ptr(1) else b""
+    node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
+    return _chown_node(c, node, c.int(2), c.int(3))
+
+
+# -- sizes ----------------------------------------------------------------------
+
+def sys_truncate(c: Call) -> int:
+    length = c.long(1)
+    if length < 0:
+        raise OSError(errno.EINVAL, "negative length")
+    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    try:
+        a = node.fs.getattr(node)
+        if node.is_dir():
+            raise OSError(errno.EISDIR, "is a directory")
+        if perm.needs_checks(c.task.creds):
+            perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
+        fd = node.fs.open(node, os.O_WRONLY, c.task.creds)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+    finally:
+        node.release()
+    return 0

@@ -1,0 +1,44 @@
+"""<sys/utsname.h>: uname and the instance's own host and domain names."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from lxsub.kernel import creds as caps
+from lxsub.kernel.call import Call
+
+_FIELD = 65
+HOST_NAME_MAX = 64
+
+
+def _field(s: str) -> bytes:
+    b = s.encode()[:_FIELD - 1]
+    return b + bytes(_FIELD - len(b))
+
+
+def sys_uname(c: Call) -> int:
+    uts = c.inst.uts
+    host = os.uname()
+    data = b"".join(_field(s) for s in (
+        "Linux", uts.hostname, uts.release, host.version, host.machine, uts.domainname))
+    c.write(c.ptr(0), data)
+    return 0
+
+
+def _set_name(c: Call, attr: str) -> int:
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        raise OSError(errno.EPERM, "not permitted")
+    n = c.long(1)
+    if not 0 <= n <= HOST_NAME_MAX:
+        raise OSError(errno.EINVAL, "name too long")
+    setattr(c.inst.uts, attr, c.read(c.ptr(0), n).decode(errors="replace"))
+    return 0
+
+
+def sys_sethostname(c: Call) -> int:
+    return _set_name(c, "hostname")
+
+
+def sys_setdomainname(c: Call) -> int:
+    return _set_name(c, "domainname")

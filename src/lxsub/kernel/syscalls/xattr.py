@@ -1,0 +1,110 @@
+"""<sys/xattr.h>: extended attributes, minus the ones VolFs keeps for itself."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from lxsub.kernel.call import Call
+from lxsub.kernel.fs.lxattr import RESERVED_PREFIX
+from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.lookup import AT_FDCWD, AT_SYMLINK_NOFOLLOW
+
+XATTR_SIZE_MAX = 65536
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+
+
+def _node(c: Call, kind: str):
+    if kind == "f":
+        return lookup.node_of_fd(c.inst, c.task, c.int(0))
+    flags = AT_SYMLINK_NOFOLLOW if kind == "l" else 0
+    return lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0), flags)
+
+
+def _host_target(node) -> str:
+    if node.fd is None:
+        raise OSError(errno.EOPNOTSUPP, "no extended attributes here")
+    return f"/proc/self/fd/{node.fd}"
+
+
+def _name(c: Call) -> str:
+    name = c.read_str(c.ptr(1), 256).decode("utf-8", "surrogateescape")
+    if not name:
+        raise OSError(errno.ERANGE, "empty name")
+    return name
+
+
+def _get(c: Call, kind: str) -> int:
+    name = _name(c)
+    if name.startswith(RESERVED_PREFIX):
+        raise OSError(errno.ENODATA, "no such attribute")
+    node = _node(c, kind)
+    try:
+        value = os.getxattr(_host_target(node), name)
+    finally:
+        node.release()
+    size = c.long(3)
+    if size == 0:
+        return len(value)
+    if size < len(value):
+        raise OSError(errno.ERANGE, "buffer too small")
+    c.write(c.ptr(2), value)
+    return len(value)
+
+
+def _set(c: Call, kind: str) -> int:
+    name = _name(c)
+    if name.startswith(RESERVED_PREFIX):
+        raise OSError(errno.EPERM, "reserved attribute")
+    size, flags = c.long(3), c.int(4)
+    if not 0 <= size <= XATTR_SIZE_MAX:
+        raise OSError(errno.E2BIG, "value too large")
+    value = c.read(c.ptr(2), size)
+    node = _node(c, kind)
+    try:
+        os.setxattr(_host_target(node), name, value, flags)
+    finally:
+        node.release()
+    return 0
+
+
+def _list(c: Call, kind: str) -> int:
+    node = _node(c, kind)
+    try:
+        names = [n for n in os.listxattr(_host_target(node)) if not n.startswith(RESERVED_PREFIX)]
+    finally:
+        node.release()
+    data = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+    size = c.long(2)
+    if size == 0:
+        return len(data)
+    if size < len(data):
+        raise OSError(errno.ERANGE, "buffer too small")
+    c.write(c.ptr(1), data)
+    return len(data)
+
+
+def _remove(c: Call, kind: str) -> int:
+    name = _name(c)
+    if name.startswith(RESERVED_PREFIX):
+        raise OSError(errno.EPERM, "reserved attribute")
+    node = _node(c, kind)
+    try:
+        os.removexattr(_host_target(node), name)
+    finally:
+        node.release()
+    return 0
+
+
+def sys_getxattr(c): return _get(c, "p")
+def sys_lgetxattr(c): return _get(c, "l")
+def sys_fgetxattr(c): return _get(c, "f")
+def sys_setxattr(c): return _set(c, "p")
+def sys_lsetxattr(c): return _set(c, "l")
+def sys_fsetxattr(c): return _set(c, "f")
+def sys_listxattr(c): return _list(c, "p")
+def sys_llistxattr(c): return _list(c, "l")
+def sys_flistxattr(c): return _list(c, "f")
+def sys_removexattr(c): return _remove(c, "p")
+def sys_lremovexattr(c): return _remove(c, "l")
+def sys_fremovexattr(c): return _remove(c, "f")

@@ -1,0 +1,266 @@
+"""The syscall table: the one place that says what lxsub does with each call.
+
+Every x86_64 syscall has one row: how it reaches the provider (`native`:
+the host runs it untouched; `notify`: seccomp user-notify, the provider
+answers; `trace`: a ptrace stop, the provider rewrites registers; `errno`:
+the filter answers at once), its handler, its support level and a note.
+The seccomp filter, the dispatcher and docs/SYSCALLS.md are all made from
+this table (`python -m lxsub.kernel.table --markdown` writes the page).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Callable
+
+from lxsub.kernel.syscalls import (fcntl, identity, ioctl, net, process, sched, signal, stat,
+                                   stdio, unistd, utsname, xattr)
+from lxsub.kernel.sysno import NAMES, NUMBERS
+from lxsub.platform import bpf
+from lxsub.platform.bpf import ArgRule, ByArgs
+
+NATIVE, NOTIFY, TRACE, ERRNO = "native", "notify", "trace", "errno"
+FULL, PARTIAL, UNIMPLEMENTED, DENIED = "full", "partial", "unimplemented", "denied"
+
+_VIA_ACTION = {NATIVE: bpf.RET_ALLOW, NOTIFY: bpf.RET_USER_NOTIF, TRACE: bpf.RET_TRACE}
+
+
+@dataclass(frozen=True)
+class Syscall:
+    name: str
+    via: str
+    handler: Callable | None = None
+    level: str = FULL
+    note: str = ""
+    err: int = 0                     # for via == ERRNO
+    rules: tuple[ArgRule, ...] = ()  # argument tests that pick another action
+
+    @property
+    def nr(self) -> int:
+        return NUMBERS[self.name]
+
+    def action(self) -> bpf.Action:
+        base = bpf.errno_action(self.err) if self.via == ERRNO else _VIA_ACTION[self.via]
+        return ByArgs(self.rules, base) if self.rules else base
+
+
+def native(name: str, note: str = "", level: str = FULL) -> Syscall:
+    return Syscall(name, NATIVE, level=level, note=note)
+
+
+def notify(name: str, handler: Callable, note: str = "", level: str = FULL) -> Syscall:
+    return Syscall(name, NOTIFY, handler, level, note)
+
+
+def trace(name: str, handler: Callable, note: str = "", level: str = FULL) -> Syscall:
+    return Syscall(name, TRACE, handler, level, note)
+
+
+def denied(name: str, err: int = errno.EPERM, note: str = "") -> Syscall:
+    return Syscall(name, ERRNO, level=DENIED, note=note, err=err)
+
+
+def unimplemented(name: str, note: str = "") -> Syscall:
+    """Reaches the provider, which logs it once and answers ENOSYS."""
+    return Syscall(name, NOTIFY, None, UNIMPLEMENTED, note)
+
+
+def pid_arg(name: str, handler: Callable = sched.sys_pid_first, note: str = "") -> Syscall:
+    """A call naming a PID in its first argument: 0 (itself) stays native."""
+    rule = ArgRule(0, "eq", 0, bpf.RET_ALLOW)
+    return Syscall(name, TRACE, handler, FULL, note or "PID argument translated", rules=(rule,))
+
+
+def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
+    return tuple(ArgRule(index, "eq", v, action) for v in values)
+
+
+_CLONE_FORBIDDEN = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
+                    | 0x20000000 | 0x40000000 | 0x00800000)  # CLONE_NEW*, CLONE_UNTRACED
+
+ROWS: list[Syscall] = [
+    # -- I/O on descriptors the program holds: the host's own
+    *(native(n) for n in (
+        "read", "write", "close", "poll", "lseek", "pread64", "pwrite64", "readv", "writev",
+        "pipe", "pipe2", "select", "pselect6", "ppoll", "dup", "dup2", "dup3", "sendfile",
+        "flock", "fsync", "fdatasync", "ftruncate", "getdents", "getdents64", "readahead",
+        "fadvise64", "fallocate", "splice", "tee", "vmsplice", "sync_file_range",
+        "preadv", "pwritev", "preadv2", "pwritev2", "copy_file_range", "close_range",
+        "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
+        "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
+        "timerfd_settime", "timerfd_gettime", "inotify_init", "inotify_init1",
+        "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
+        "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
+        "memfd_secret")),
+    Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated",
+            rules=_when(1, (8, 9, 15, 16), bpf.RET_USER_NOTIF)),
+    Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
+            "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied",
+            rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
+                   *_when(1, ioctl.TRAPPED, bpf.RET_TRACE))),
+    # -- memory, time, scheduling of the caller itself
+    *(native(n) for n in (
+        "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
+        "mlock", "munlock", "mlockall", "munlockall", "mlock2", "mbind", "set_mempolicy",
+        "get_mempolicy", "set_mempolicy_home_node", "pkey_mprotect", "pkey_alloc", "pkey_free",
+        "membarrier", "mseal", "map_shadow_stack", "cachestat",
+        "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
+        "getitimer", "setitimer", "alarm", "pause", "timer_create", "timer_settime",
+        "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage", "sysinfo",
+        "sched_yield", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
+        "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
+        "getrandom", "personality", "restart_syscall", "exit", "exit_group",
+        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
+        "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
+        "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
+        "pidfd_send_signal", "pidfd_getfd")),
+    *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
+        "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
+        "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
+        "mq_timedreceive", "mq_notify", "mq_getsetattr")),
+    native("fork", "child's pid translated at the ptrace fork event"),
+    native("vfork", "child's pid translated at the ptrace vfork event"),
+    Syscall("clone", NATIVE, None, FULL, "new namespaces and CLONE_UNTRACED denied (EPERM); "
+            "child tid translated in the result and in PARENT/CHILD_SETTID memory",
+            rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),)),
+    denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
+    Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
+            "PR_SET/GET_NAME and PR_SET/GET_DUMPABLE emulated; PR_SET_MM denied",
+            rules=(ArgRule(0, "eq", 35, bpf.errno_action(errno.EPERM)),
+                   *_when(0, (3, 4, 15, 16), bpf.RET_USER_NOTIF))),
+    # -- sockets: addresses that name files are translated
+    *(native(n) for n in (
+        "socket", "socketpair", "listen", "accept", "accept4", "shutdown", "getsockname",
+        "getpeername", "setsockopt", "getsockopt", "recvfrom", "recvmsg", "recvmmsg")),
+    native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
+    native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
+    notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
+    notify("connect", net.sys_connect, "AF_UNIX paths resolved in the instance"),
+    Syscall("sendto", NATIVE, net.sys_sendto, FULL, "with an address: resolved like connect",
+            rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW),)),
+    # -- paths: all resolved by the provider inside the instance
+    notify("open", fcntl.sys_open),
+    notify("openat", fcntl.sys_openat),
+    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions: EOPNOTSUPP", PARTIAL),
+    notify("creat", fcntl.sys_creat),
+    notify("stat", stat.sys_stat),
+    notify("lstat", stat.sys_lstat),
+    notify("fstat", stat.sys_fstat, "VolFs owners and modes"),
+    notify("newfstatat", stat.sys_newfstatat),
+    notify("statx", stat.sys_statx, "no birth time"),
+    notify("statfs", stat.sys_statfs),
+    notify("fstatfs", stat.sys_fstatfs),
+    notify("readlink", stat.sys_readlink),
+    notify("readlinkat", stat.sys_readlinkat),
+    notify("access", stat.sys_access),
+    notify("faccessat", stat.sys_faccessat),
+    notify("faccessat2", stat.sys_faccessat2),
+    notify("mkdir", stat.sys_mkdir),
+    notify("mkdirat", stat.sys_mkdirat),
+    notify("mknod", stat.sys_mknod, "device nodes kept as VolFs metadata"),
+    notify("mknodat", stat.sys_mknodat, "device nodes kept as VolFs metadata"),
+    notify("chmod", stat.sys_chmod),
+    notify("fchmod", stat.sys_fchmod),
+    notify("fchmodat", stat.sys_fchmodat),
+    notify("fchmodat2", stat.sys_fchmodat2),
+    notify("umask", stat.sys_umask),
+    notify("utime", stat.sys_utime),
+    notify("utimes", stat.sys_utimes),
+    notify("futimesat", stat.sys_futimesat),
+    notify("utimensat", stat.sys_utimensat),
+    notify("unlink", unistd.sys_unlink),
+    notify("unlinkat", unistd.sys_unlinkat),
+    notify("rmdir", unistd.sys_rmdir),
+    notify("link", unistd.sys_link),
+    notify("linkat", unistd.sys_linkat),
+    notify("symlink", unistd.sys_symlink),
+    notify("symlinkat", unistd.sys_symlinkat),
+    notify("rename", stdio.sys_rename),
+    notify("renameat", stdio.sys_renameat),
+    notify("renameat2", stdio.sys_renameat2, "RENAME_WHITEOUT: EPERM"),
+    notify("chdir", unistd.sys_chdir),
+    notify("fchdir", unistd.sys_fchdir),
+    notify("getcwd", unistd.sys_getcwd),
+    notify("chroot", unistd.sys_chroot),
+    notify("chown", unistd.sys_chown),
+    notify("lchown", unistd.sys_lchown, "symlinks stay owned by root (no xattrs on host symlinks)",
+           PARTIAL),
+    notify("fchown", unistd.sys_fchown),
+    notify("fchownat", unistd.sys_fchownat),
+    notify("truncate", unistd.sys_truncate),
+    *(notify(n, getattr(xattr, "sys_" + n), "VolFs's own attributes are hidden")
+      for n in ("getxattr", "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr",
+                "listxattr", "llistxattr", "flistxattr", "removexattr", "lremovexattr",
+                "fremovexattr")),
+    # -- processes: virtual PIDs
+    trace("execve", process.sys_execve, "interpreters resolved in the instance; dynamic "
+          "programs run through the instance's ld.so"),
+    trace("execveat", process.sys_execveat),
+    trace("wait4", process.sys_wait4),
+    trace("waitid", process.sys_waitid),
+    notify("getpid", process.sys_getpid),
+    notify("gettid", process.sys_gettid),
+    notify("getppid", process.sys_getppid),
+    trace("set_tid_address", process.sys_set_tid_address),
+    notify("getpgid", process.sys_getpgid),
+    notify("getpgrp", process.sys_getpgrp),
+    notify("getsid", process.sys_getsid),
+    trace("setpgid", process.sys_setpgid),
+    trace("setsid", process.sys_setsid),
+    trace("kill", signal.sys_kill, "only instance processes; kill(1) is ignored like init's"),
+    trace("tkill", signal.sys_tkill),
+    trace("tgkill", signal.sys_tgkill),
+    trace("rt_sigqueueinfo", signal.sys_rt_sigqueueinfo),
+    trace("rt_tgsigqueueinfo", signal.sys_rt_tgsigqueueinfo),
+    trace("pidfd_open", signal.sys_pidfd_open),
+    *(pid_arg(n) for n in (
+        "sched_setaffinity", "sched_getaffinity", "sched_setparam", "sched_getparam",
+        "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",
+        "sched_getattr", "prlimit64", "get_robust_list", "migrate_pages", "move_pages")),
+    Syscall("getpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
+    Syscall("setpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
+    Syscall("ioprio_get", TRACE, sched.sys_ioprio, FULL, "PIDs translated"),
+    Syscall("ioprio_set", TRACE, sched.sys_ioprio, FULL, "PIDs translated"),
+    # -- identity: emulated, root inside is not root outside
+    *(notify(n, getattr(identity, "sys_" + n)) for n in (
+        "getuid", "geteuid", "getgid", "getegid", "setuid", "setgid", "setreuid", "setregid",
+        "setresuid", "setresgid", "getresuid", "getresgid", "setfsuid", "setfsgid",
+        "getgroups", "setgroups", "capget", "capset")),
+    notify("uname", utsname.sys_uname, "Linux, lxsub's release, the instance's hostname"),
+    notify("sethostname", utsname.sys_sethostname, "per instance"),
+    notify("setdomainname", utsname.sys_setdomainname, "per instance"),
+    # -- would step around the provider or change the host
+    denied("ptrace", note="a pico process cannot trace"),
+    denied("process_vm_readv"), denied("process_vm_writev"), denied("kcmp"),
+    denied("io_uring_setup", errno.ENOSYS, "would bypass the filter"),
+    denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
+    denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
+    denied("unshare"), denied("setns"),
+    denied("mount", note="see the VFS issue"), denied("umount2"), denied("pivot_root"),
+    denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
+    denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
+    denied("statmount"), denied("listmount"),
+    denied("swapon"), denied("swapoff"), denied("reboot"), denied("acct"),
+    denied("settimeofday"), denied("clock_settime"), denied("adjtimex"),
+    denied("clock_adjtime"), denied("init_module"), denied("finit_module"),
+    denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
+    denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
+    denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
+    denied("perf_event_open", errno.EACCES), denied("fanotify_init"), denied("fanotify_mark"),
+    denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
+    unimplemented("inotify_add_watch", "paths not yet resolved by the provider"),
+]
+
+BY_NR: dict[int, Syscall] = {}
+for _row in ROWS:
+    if _row.nr in BY_NR:
+        raise ValueError(f"syscall {_row.name} listed twice")
+    BY_NR[_row.nr] = _row
+for _nr, _name in NAMES.items():
+    BY_NR.setdefault(_nr, unimplemented(_name))
+
+
+def seccomp_program() -> bytes:
+    actions = {nr: row.action() for nr, row in BY_NR.items()}
+    return bpf.build_filter(actions, bpf.RET_USER_NOTIF)

@@ -1,0 +1,185 @@
+"""Tasks, processes and the instance's PID space.
+
+Each pico thread is a `Task`; each thread group a `Process`. Both carry a
+virtual id from the instance's own PID space, in which PID 1 is `/init`:
+the provider itself, which starts the user's commands and, as host child
+subreaper, inherits and reaps orphans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.creds import Creds
+
+if TYPE_CHECKING:
+    from lxsub.kernel.vfs.node import Node
+
+PID_MAX = 4194304
+
+
+@dataclass
+class FsContext:
+    """Root, working directory and umask: shared by CLONE_FS threads."""
+    root: "Node"
+    cwd: "Node"
+    umask: int = 0o022
+
+    def copy(self) -> "FsContext":
+        return FsContext(self.root.dup(), self.cwd.dup(), self.umask)
+
+    def set_cwd(self, node: "Node") -> None:
+        old, self.cwd = self.cwd, node
+        old.release()
+
+    def set_root(self, node: "Node") -> None:
+        old, self.root = self.root, node
+        old.release()
+
+
+@dataclass(eq=False)
+class Process:
+    pid: int                   # virtual
+    host_pid: int
+    parent: "Process | None"
+    exe: str = "/init"
+    comm: str = "init"
+    # Leading host argv words that are ours (ld.so and its options), not the program's.
+    argv_skip: int = 0
+    threads: dict[int, "Task"] = field(default_factory=dict)   # host tid -> Task
+    children: set["Process"] = field(default_factory=set)
+    exited: bool = False
+    dumpable: int = 1
+    _pidfd: int = -1
+
+    def is_init(self) -> bool:
+        return self.pid == 1
+
+    def pidfd(self) -> int:
+        """A host pidfd for the process, kept while it lives (pidfd_getfd needs one)."""
+        if self._pidfd < 0:
+            from lxsub.platform import libc
+            self._pidfd = libc.pidfd_open(self.host_pid)
+        return self._pidfd
+
+    def close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            import os
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+@dataclass(eq=False)
+class Task:
+    tid: int                   # virtual
+    host_tid: int
+    process: Process
+    creds: Creds
+    fs: FsContext
+    # Set while an execve the provider started is in flight.
+    exec_state: object | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def host_pid(self) -> int:
+        return self.process.host_pid
+
+
+class PidSpace:
+    """Virtual ids <-> host ids for one instance."""
+
+    def __init__(self) -> None:
+        self._next = 2
+        self.tasks_by_host: dict[int, Task] = {}
+        self.tasks_by_vid: dict[int, Task] = {}
+        self.processes_by_vid: dict[int, Process] = {}
+        self.processes_by_host: dict[int, Process] = {}
+        # Exited but not yet waited for: the parent's wait4 still names them.
+        self.zombies_by_host: dict[int, Process] = {}
+        # Host ids seen as process groups or sessions that are no instance
+        # process (the terminal's session, a leader that has exited).
+        self._alias_h2v: dict[int, int] = {}
+        self._alias_v2h: dict[int, int] = {}
+
+    def allocate(self) -> int:
+        for _ in range(PID_MAX):
+            vid = self._next
+            self._next = vid + 1 if vid + 1 < PID_MAX else 2
+            if (vid not in self.tasks_by_vid and vid not in self.processes_by_vid
+                    and vid not in self._alias_v2h):
+                return vid
+        raise OSError(11, "no free pid")   # EAGAIN
+
+    def add_process(self, proc: Process) -> None:
+        self.processes_by_vid[proc.pid] = proc
+        self.processes_by_host[proc.host_pid] = proc
+        self._drop_alias(proc.host_pid)
+
+    def _drop_alias(self, host: int) -> None:
+        v = self._alias_h2v.pop(host, None)
+        if v is not None:
+            self._alias_v2h.pop(v, None)
+
+    def add_task(self, task: Task) -> None:
+        self.tasks_by_host[task.host_tid] = task
+        self.tasks_by_vid[task.tid] = task
+        task.process.threads[task.host_tid] = task
+
+    def remove_task(self, task: Task) -> None:
+        self.tasks_by_host.pop(task.host_tid, None)
+        if self.tasks_by_vid.get(task.tid) is task:
+            del self.tasks_by_vid[task.tid]
+        task.process.threads.pop(task.host_tid, None)
+
+    def forget_process(self, proc: Process) -> None:
+        self.zombies_by_host.pop(proc.host_pid, None)
+        if self.processes_by_vid.get(proc.pid) is proc:
+            del self.processes_by_vid[proc.pid]
+        if self.processes_by_host.get(proc.host_pid) is proc:
+            del self.processes_by_host[proc.host_pid]
+        # Its pid may live on as a process group or session id.
+        self._alias_h2v[proc.host_pid] = proc.pid
+        self._alias_v2h[proc.pid] = proc.host_pid
+
+    # -- translation ------------------------------------------------------
+
+    def vpid_of_host(self, host_pid: int) -> int | None:
+        proc = self.processes_by_host.get(host_pid)
+        if proc is not None:
+            return proc.pid
+        task = self.tasks_by_host.get(host_pid)
+        return task.tid if task is not None else None
+
+    def host_of_vpid(self, vpid: int) -> int | None:
+        proc = self.processes_by_vid.get(vpid)
+        if proc is not None:
+            return proc.host_pid
+        return None
+
+    def group_to_virtual(self, host: int) -> int:
+        """A host process group or session id as the instance sees it."""
+        if host <= 0:
+            return host
+        v = self.vpid_of_host(host)
+        if v is not None:
+            return v
+        v = self._alias_h2v.get(host)
+        if v is None:
+            v = self.allocate()
+            self._alias_h2v[host] = v
+            self._alias_v2h[v] = host
+        return v
+
+    def group_to_host(self, vid: int) -> int | None:
+        if vid <= 0:
+            return vid
+        host = self.host_of_vpid(vid)
+        return host if host is not None else self._alias_v2h.get(vid)
+
+    def host_of_vtid(self, vtid: int) -> int | None:
+        task = self.tasks_by_vid.get(vtid)
+        return task.host_tid if task is not None else None

@@ -1,0 +1,66 @@
+"""The Linux view of any descriptor a program holds: instance files through
+their file system, host-only objects (pipes, sockets, memfds) as they are,
+with host owners mapped into the instance."""
+
+from __future__ import annotations
+
+import os
+import stat as st
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.stat import LinuxStat
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.task import Task
+
+OVERFLOW_ID = 65534
+_HOST_UID = os.getuid()
+_HOST_GID = os.getgid()
+
+
+def node_or_none(inst: "Instance", local: int, s: os.stat_result) -> Node | None:
+    """A Node for a provider-side fd if it is a file of a mounted file system."""
+    if st.S_ISFIFO(s.st_mode) or st.S_ISSOCK(s.st_mode):
+        return None          # pipes and sockets: only named ones live in file systems
+    try:
+        host = os.readlink(f"/proc/self/fd/{local}")
+    except OSError:
+        return None
+    if not host.startswith("/"):
+        return None          # anon_inode:..., pipe:[...], socket:[...]
+    mount = inst._mount_for_host_path(host)
+    if mount is None:
+        return None
+    return Node(mount, local, s)
+
+
+def stat_of_fd(inst: "Instance", task: "Task", fd: int) -> LinuxStat:
+    local = lookup.copy_fd(task, fd)
+    try:
+        s = os.fstat(local)
+        node = node_or_none(inst, local, s)
+        if node is not None:
+            return node.fs.getattr(node)
+        return host_object_stat(task, s)
+    finally:
+        os.close(local)
+
+
+def host_object_stat(task: "Task", s: os.stat_result) -> LinuxStat:
+    return LinuxStat.from_host(s, s.st_mode, map_host_uid(task, s.st_uid),
+                               map_host_gid(task, s.st_gid), s.st_rdev)
+
+
+def map_host_uid(task: "Task", uid: int) -> int:
+    if uid == _HOST_UID:
+        return task.creds.fsuid
+    return 0 if uid == 0 else OVERFLOW_ID
+
+
+def map_host_gid(task: "Task", gid: int) -> int:
+    if gid == _HOST_GID:
+        return task.creds.fsgid
+    return 0 if gid == 0 else OVERFLOW_ID

@@ -1,0 +1,66 @@
+"""The interface every file system plugin implements (VolFs, DrvFs, ProcFs...).
+
+Operations take resolved Nodes (and a name, for operations on a directory's
+entry) plus the caller's credentials; they raise OSError with a Linux errno.
+Permission checks that depend on the Linux view are the VFS's job
+(kernel/vfs/perm.py); plugins enforce only what is their own (read-only
+pseudo files, host rights on DrvFs).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.vfs.stat import LinuxStat
+
+if TYPE_CHECKING:
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.mount import Mount
+    from lxsub.kernel.vfs.node import Node
+
+
+def _nope(*_a, **_k):
+    raise OSError(errno.EROFS, "read-only file system")
+
+
+class FileSystem:
+    fstype = "none"          # as /proc/mounts shows it
+    magic = 0                # f_type of statfs(2)
+
+    def root(self, mount: "Mount") -> "Node":
+        raise NotImplementedError
+
+    # -- lookup -------------------------------------------------------------
+    def lookup(self, parent: "Node", name: bytes) -> "Node":
+        raise NotImplementedError
+
+    def parent_of(self, node: "Node") -> "Node":
+        raise NotImplementedError
+
+    def readlink(self, node: "Node") -> bytes:
+        raise OSError(errno.EINVAL, "not a symlink")
+
+    def host_path(self, node: "Node") -> str | None:
+        """Where the file is on the host, if it is a host file."""
+        return None
+
+    # -- attributes -----------------------------------------------------------
+    def getattr(self, node: "Node") -> LinuxStat:
+        raise NotImplementedError
+
+    def statfs(self, node: "Node") -> tuple:
+        raise NotImplementedError
+
+    chmod = chown = utimens = _nope
+
+    # -- opening --------------------------------------------------------------
+    def open(self, node: "Node", flags: int, creds: "Creds") -> int:
+        """A host descriptor (provider-side) for the open file."""
+        raise NotImplementedError
+
+    def create(self, parent: "Node", name: bytes, flags: int, mode: int, creds: "Creds") -> int:
+        _nope()
+
+    # -- directory entries ------------------------------------------------------
+    mkdir = mknod = symlink = link = unlink = rmdir = rename = _nope

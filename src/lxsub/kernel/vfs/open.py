@@ -1,0 +1,134 @@
+"""open(2) semantics over the VFS: O_CREAT/O_EXCL/O_NOFOLLOW/O_TMPFILE,
+permission checks against the Linux view, devices and FIFOs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.call import Blocking
+from lxsub.kernel.fs import devices
+from lxsub.kernel.vfs import lookup, perm
+from lxsub.kernel.vfs.node import Node
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.task import Task
+
+O_CREAT = 0o100
+O_EXCL = 0o200
+O_TRUNC = 0o1000
+O_NONBLOCK = 0o4000
+O_DIRECTORY = 0o200000
+O_NOFOLLOW = 0o400000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+O_TMPFILE = 0o20000000 | O_DIRECTORY
+
+
+def _access_wanted(flags: int) -> int:
+    acc = flags & os.O_ACCMODE
+    want = {os.O_RDONLY: perm.MAY_READ, os.O_WRONLY: perm.MAY_WRITE}.get(acc, perm.MAY_READ | perm.MAY_WRITE)
+    if flags & O_TRUNC:
+        want |= perm.MAY_WRITE
+    return want
+
+
+def open_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: int, mode: int):
+    """A provider-side host fd for the file (or a Blocking job for FIFOs)."""
+    if flags & O_TMPFILE == O_TMPFILE:
+        return _open_tmpfile(inst, task, dirfd, path, flags, mode)
+    if flags & O_CREAT and not flags & O_PATH:
+        node, created_fd = _lookup_or_create(inst, task, dirfd, path, flags, mode)
+        if created_fd is not None:
+            return created_fd
+    else:
+        node = lookup.resolve_at(inst, task, dirfd, path, follow_default=not flags & O_NOFOLLOW)
+    try:
+        return open_node(task, node, flags)
+    finally:
+        node.release()
+
+
+def _lookup_or_create(inst, task, dirfd, path, flags, mode) -> tuple[Node, int | None]:
+    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    try:
+        if name in (b".", b".."):
+            raise OSError(errno.EISDIR, "is a directory")
+        w = lookup.walker(inst, task)
+        try:
+            node = w.resolve(parent, name, follow=not (flags & (O_EXCL | O_NOFOLLOW)))
+        except FileNotFoundError:
+            node = None
+        if node is None:
+            if path.endswith(b"/"):
+                raise OSError(errno.EISDIR, "is a directory")
+            check_may_create(task, parent)
+            umask = task.fs.umask
+            return parent, parent.fs.create(parent, name, flags, mode & 0o7777 & ~umask, task.creds)
+        if flags & O_EXCL:
+            node.release()
+            raise OSError(errno.EEXIST, "file exists")
+        return node, None
+    finally:
+        # The (parent, fd) pair above is only used for its fd; release parent.
+        parent.release()
+
+
+def check_may_create(task: "Task", parent: Node) -> None:
+    if perm.needs_checks(task.creds):
+        a = parent.fs.getattr(parent)
+        perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+
+
+def open_node(task: "Task", node: Node, flags: int):
+    fs = node.fs
+    if flags & O_PATH:
+        if flags & O_DIRECTORY and not node.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return fs.open(node, O_PATH, task.creds)
+    attr = fs.getattr(node)
+    mode = attr.mode
+    if st.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, "is a symlink")
+    if flags & O_DIRECTORY and not st.S_ISDIR(mode):
+        raise OSError(errno.ENOTDIR, "not a directory")
+    if st.S_ISDIR(mode) and (flags & os.O_ACCMODE or flags & O_CREAT):
+        raise OSError(errno.EISDIR, "is a directory")
+    if perm.needs_checks(task.creds):
+        perm.check(task.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
+    if st.S_ISCHR(mode) or st.S_ISBLK(mode):
+        return devices.open_device(st.S_IFMT(mode), attr.rdev, flags)
+    if st.S_ISFIFO(mode) and not flags & O_NONBLOCK:
+        return _blocking_fifo_open(fs, node, flags, task)
+    if st.S_ISSOCK(mode):
+        raise OSError(errno.ENXIO, "no such device or address")
+    return fs.open(node, flags, task.creds)
+
+
+def _blocking_fifo_open(fs, node: Node, flags: int, task: "Task") -> Blocking:
+    # A FIFO open waits for the other end: do it off the provider's thread.
+    own = node.dup()
+
+    def work() -> int:
+        try:
+            return fs.open(own, flags, task.creds)
+        finally:
+            own.release()
+    return Blocking(work)
+
+
+def _open_tmpfile(inst, task, dirfd, path, flags, mode) -> int:
+    d = lookup.resolve_at(inst, task, dirfd, path)
+    try:
+        if not d.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        check_may_create(task, d)
+        opener = getattr(d.fs, "open_tmpfile", None)
+        if opener is None:
+            raise OSError(errno.EOPNOTSUPP, "O_TMPFILE not supported here")
+        return opener(d, flags, mode & 0o7777 & ~task.fs.umask, task.creds)
+    finally:
+        d.release()

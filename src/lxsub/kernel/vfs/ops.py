@@ -1,0 +1,216 @@
+"""Namespace and attribute operations with Linux permission rules.
+
+Syscall handlers decode arguments and call these; these check what Linux
+checks (directory write/search, sticky bit, ownership, capabilities) against
+the Linux view and then ask the file system to do it.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat as st
+from typing import TYPE_CHECKING
+
+from lxsub.kernel import creds as caps
+from lxsub.kernel.vfs import lookup, perm
+from lxsub.kernel.vfs.node import Node
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.task import Task
+
+
+def _e(code: int) -> OSError:
+    import os
+    return OSError(code, os.strerror(code))
+
+
+def _may_modify_dir(task: "Task", d: Node) -> None:
+    if perm.needs_checks(task.creds):
+        a = d.fs.getattr(d)
+        perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+
+
+def _sticky_allows(task: "Task", d: Node, victim: Node) -> None:
+    if task.creds.capable(caps.CAP_FOWNER):
+        return
+    da = d.fs.getattr(d)
+    if da.mode & st.S_ISVTX:
+        va = victim.fs.getattr(victim)
+        if task.creds.fsuid not in (va.uid, da.uid):
+            raise _e(errno.EPERM)
+
+
+def _entry(inst, task, parent: Node, name: bytes) -> Node:
+    return lookup.walker(inst, task).resolve(parent, name, follow=False)
+
+
+def mkdir(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
+    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    try:
+        if name in (b".", b".."):
+            raise _e(errno.EEXIST)
+        _may_modify_dir(task, parent)
+        parent.fs.mkdir(parent, name, mode & 0o7777 & ~task.fs.umask, task.creds)
+    finally:
+        parent.release()
+
+
+def mknod(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
+    kind = st.S_IFMT(mode)
+    if kind in (st.S_IFCHR, st.S_IFBLK) and not task.creds.capable(caps.CAP_MKNOD):
+        raise _e(errno.EPERM)
+    if kind == st.S_IFDIR or kind not in (0, st.S_IFREG, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
+        raise _e(errno.EINVAL)
+    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    try:
+        if name in (b".", b".."):
+            raise _e(errno.EEXIST)
+        _may_modify_dir(task, parent)
+        mode = (kind or st.S_IFREG) | (mode & 0o7777 & ~task.fs.umask)
+        parent.fs.mknod(parent, name, mode, rdev, task.creds)
+    finally:
+        parent.release()
+
+
+def unlink(inst: "Instance", task: "Task", dirfd: int, path: bytes, rmdir: bool) -> None:
+    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    try:
+        if name == b".":
+            raise _e(errno.EINVAL if rmdir else errno.EISDIR)
+        if name == b"..":
+            raise _e(errno.ENOTEMPTY if rmdir else errno.EISDIR)
+        victim = _entry(inst, task, parent, name)
+        try:
+            if inst.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
+                raise _e(errno.EBUSY)
+            _may_modify_dir(task, parent)
+            _sticky_allows(task, parent, victim)
+            if rmdir:
+                if not victim.is_dir():
+                    raise _e(errno.ENOTDIR)
+                parent.fs.rmdir(parent, name)
+            else:
+                if victim.is_dir():
+                    raise _e(errno.EISDIR)
+                if path.endswith(b"/"):
+                    raise _e(errno.ENOTDIR)
+                parent.fs.unlink(parent, name)
+        finally:
+            victim.release()
+    finally:
+        parent.release()
+
+
+def symlink(inst: "Instance", task: "Task", target: bytes, dirfd: int, path: bytes) -> None:
+    if not target:
+        raise _e(errno.ENOENT)
+    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    try:
+        if name in (b".", b".."):
+            raise _e(errno.EEXIST)
+        _may_modify_dir(task, parent)
+        parent.fs.symlink(parent, name, target, task.creds)
+    finally:
+        parent.release()
+
+
+def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+         flags: int) -> None:
+    src = lookup.resolve_at(inst, task, olddirfd, old, flags, follow_default=False)
+    try:
+        if src.is_dir():
+            raise _e(errno.EPERM)
+        parent, name = lookup.resolve_parent_at(inst, task, newdirfd, new)
+        try:
+            if name in (b".", b".."):
+                raise _e(errno.EEXIST)
+            if parent.mount is not src.mount:
+                raise _e(errno.EXDEV)
+            _may_modify_dir(task, parent)
+            parent.fs.link(src, parent, name)
+        finally:
+            parent.release()
+    finally:
+        src.release()
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+           flags: int) -> None:
+    if flags & ~7 or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
+        raise _e(errno.EINVAL)
+    if flags & RENAME_WHITEOUT:
+        raise _e(errno.EPERM)
+    op, oname = lookup.resolve_parent_at(inst, task, olddirfd, old)
+    try:
+        np, nname = lookup.resolve_parent_at(inst, task, newdirfd, new)
+        try:
+            if b"." in (oname, nname) or b".." in (oname, nname):
+                raise _e(errno.EBUSY if oname in (b".", b"..") else errno.EINVAL)
+            if op.mount is not np.mount:
+                raise _e(errno.EXDEV)
+            victim = _entry(inst, task, op, oname)
+            try:
+                if inst.mounts.mounted_on(victim):
+                    raise _e(errno.EBUSY)
+                _may_modify_dir(task, op)
+                _may_modify_dir(task, np)
+                _sticky_allows(task, op, victim)
+            finally:
+                victim.release()
+            op.fs.rename(op, oname, np, nname, flags)
+        finally:
+            np.release()
+    finally:
+        op.release()
+
+
+def chmod(task: "Task", node: Node, mode: int) -> None:
+    a = node.fs.getattr(node)
+    if task.creds.fsuid != a.uid and not task.creds.capable(caps.CAP_FOWNER):
+        raise _e(errno.EPERM)
+    mode &= 0o7777
+    if mode & st.S_ISGID and not task.creds.in_group(a.gid) and not task.creds.capable(caps.CAP_FSETID):
+        mode &= ~st.S_ISGID
+    node.fs.chmod(node, mode)
+
+
+def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
+    a = node.fs.getattr(node)
+    c = task.creds
+    if not c.capable(caps.CAP_CHOWN):
+        if uid != -1 and uid != a.uid:
+            raise _e(errno.EPERM)
+        if gid != -1 and (c.fsuid != a.uid or not c.in_group(gid)) and gid != a.gid:
+            raise _e(errno.EPERM)
+    if uid == -1 and gid == -1:
+        return
+    node.fs.chown(node, uid, gid)
+    if not st.S_ISDIR(a.mode) and a.mode & (st.S_ISUID | st.S_ISGID) and not st.S_ISLNK(a.mode):
+        # chown clears setuid (and group-executable setgid), as Linux does
+        keep = a.mode & 0o7777 & ~st.S_ISUID
+        if a.mode & st.S_IXGRP:
+            keep &= ~st.S_ISGID
+        if keep != a.mode & 0o7777:
+            node.fs.chmod(node, keep)
+
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    a = node.fs.getattr(node)
+    c = task.creds
+    owner = c.fsuid == a.uid or c.capable(caps.CAP_FOWNER)
+    both_now = atime[1] == UTIME_NOW and mtime[1] == UTIME_NOW
+    if not owner:
+        if not both_now:
+            raise _e(errno.EPERM)
+        perm.check(c, a.mode, a.uid, a.gid, perm.MAY_WRITE)
+    if atime[1] == UTIME_OMIT and mtime[1] == UTIME_OMIT:
+        return
+    node.fs.utimens(node, atime, mtime)

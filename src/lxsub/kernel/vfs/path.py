@@ -1,0 +1,147 @@
+"""Path walk inside the instance: symlinks, `..` and mounts never leave its root.
+
+Each step opens the next component relative to the previous one's
+provider-side descriptor (O_PATH|O_NOFOLLOW), so what a program does to the
+tree meanwhile can only change which file inside the instance is found.
+Symlinks are read and walked by us, absolute ones from the caller's root;
+`..` at the caller's root stays there, and at a mount's root it climbs to
+the directory the mount covers.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.vfs import perm
+from lxsub.kernel.vfs.node import Node
+
+if TYPE_CHECKING:
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.mount import MountTable
+
+MAXSYMLINKS = 40
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
+def _err(code: int) -> OSError:
+    import os
+    return OSError(code, os.strerror(code))
+
+
+@dataclass
+class Walker:
+    """Resolves paths for one caller: its mount table, root and credentials."""
+    mounts: "MountTable"
+    root: Node
+    creds: "Creds"
+
+    def resolve(self, start: Node, path: bytes, follow: bool = True) -> Node:
+        """The file `path` names; the caller owns the returned Node."""
+        if not path:
+            raise _err(errno.ENOENT)
+        if len(path) >= PATH_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        must_dir = path.endswith(b"/")
+        node = self._walk(start, path, follow or must_dir)
+        if must_dir and not node.is_dir():
+            node.release()
+            raise _err(errno.ENOTDIR)
+        return node
+
+    def resolve_parent(self, start: Node, path: bytes) -> tuple[Node, bytes]:
+        """The directory that holds (or would hold) `path`'s last component."""
+        if not path:
+            raise _err(errno.ENOENT)
+        if len(path) >= PATH_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        stripped = path.rstrip(b"/")
+        if not stripped:                     # "/" itself
+            return self.root.dup(), b"."
+        head, _, name = stripped.rpartition(b"/")
+        if len(name) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        if head == b"" and stripped.startswith(b"/"):
+            parent = self.root.dup()
+        elif not head:
+            parent = start.dup()
+        else:
+            parent = self._walk(start, head, True)
+        if not parent.is_dir():
+            parent.release()
+            raise _err(errno.ENOTDIR)
+        return parent, name
+
+    # -- the walk -----------------------------------------------------------
+
+    def _walk(self, start: Node, path: bytes, follow_last: bool) -> Node:
+        cur = self.root.dup() if path.startswith(b"/") else start.dup()
+        todo = deque(c for c in path.split(b"/") if c and c != b".")
+        links = 0
+        try:
+            while todo:
+                name = todo.popleft()
+                if name == b"..":
+                    cur = self._up(cur)
+                    continue
+                if len(name) > NAME_MAX:
+                    raise _err(errno.ENAMETOOLONG)
+                self._check_search(cur)
+                nxt = self._down(cur, name)
+                if nxt.is_symlink() and (todo or follow_last):
+                    links += 1
+                    if links > MAXSYMLINKS:
+                        nxt.release()
+                        raise _err(errno.ELOOP)
+                    target = nxt.fs.readlink(nxt)
+                    nxt.release()
+                    if not target:
+                        raise _err(errno.ENOENT)
+                    todo.extendleft(reversed([c for c in target.split(b"/") if c and c != b"."]))
+                    if target.startswith(b"/"):
+                        cur.release()
+                        cur = self.root.dup()
+                    continue
+                if todo and not nxt.is_dir():
+                    nxt.release()
+                    raise _err(errno.ENOTDIR)
+                cur.release()
+                cur = nxt
+            return cur
+        except BaseException:
+            cur.release()
+            raise
+
+    def _check_search(self, d: Node) -> None:
+        if not d.is_dir():
+            raise _err(errno.ENOTDIR)
+        if perm.needs_checks(self.creds):
+            a = d.fs.getattr(d)
+            perm.check(self.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
+
+    def _down(self, cur: Node, name: bytes) -> Node:
+        nxt = cur.fs.lookup(cur, name)
+        # A mount on the directory, or a stack of them: go to the top one's root.
+        while True:
+            m = self.mounts.mounted_on(nxt)
+            if m is None:
+                return nxt
+            nxt.release()
+            nxt = m.root()
+
+    def _up(self, cur: Node) -> Node:
+        while True:
+            if cur.key == self.root.key:
+                return cur                     # `..` of the caller's root is itself
+            m = cur.mount
+            if m.parent is not None and cur.key == m.root_key():
+                assert m.mountpoint is not None
+                cur.release()
+                cur = m.mountpoint.dup()       # climb out of the mount, then `..`
+                continue
+            up = cur.fs.parent_of(cur)
+            cur.release()
+            return up

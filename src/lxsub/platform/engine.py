@@ -1,0 +1,232 @@
+"""The provider's event loop: ptrace stops and seccomp notifications.
+
+One thread does everything (ptrace requests must come from the tracer
+thread). It sleeps in poll() on a signalfd for SIGCHLD and on every seccomp
+listener, and hands each event to the kernel through the small `Kernel`
+interface below. It never blocks inside one process's syscall: anything
+that would block runs natively in the pico process itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import signal
+from typing import Callable, Protocol
+
+from lxsub.platform import libc, ptrace
+from lxsub.platform.notify import Listener, Notification
+from lxsub.platform.ptrace import Regs
+
+_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+ExitHook = Callable[[int, Regs], None]
+
+
+class Kernel(Protocol):
+    """What the provider's kernel does with each kind of event."""
+
+    def on_notification(self, listener: Listener, n: Notification) -> None: ...
+    def on_trace_stop(self, tid: int, regs: Regs) -> None: ...
+    def on_clone(self, tid: int, child: int, event: int, regs: Regs) -> None: ...
+    def on_exec(self, tid: int, former_tid: int) -> None: ...
+    def on_exit(self, tid: int, status: int) -> None: ...
+    def on_signal(self, tid: int, sig: int) -> int: ...
+    def on_idle(self) -> bool: ...
+
+
+class _SigSet(ctypes.Structure):
+    _fields_ = [("val", ctypes.c_ulong * 16)]
+
+
+def _signalfd_for_sigchld() -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    mask = _SigSet()
+    mask.val[0] = 1 << (signal.SIGCHLD - 1)
+    fd = libc._libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "signalfd")
+    return fd
+
+
+class Engine:
+    """Owns the tracees' stops: decodes wait statuses and restarts tracees."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.regs = Regs()
+        self.exit_hooks: dict[int, ExitHook] = {}
+        self.listeners: dict[int, Listener] = {}
+        self.known: set[int] = set()          # tids the kernel has a Task for
+        self.parked: dict[int, int] = {}      # stopped before their parent's clone event
+        self.awaiting_first_stop: dict[int, Callable[[], object] | None] = {}
+        self.sigchld_fd = _signalfd_for_sigchld()
+        self.poller = select.poll()
+        self.poller.register(self.sigchld_fd, select.POLLIN)
+        self.extra_fds: dict[int, Callable[[], None]] = {}
+
+    # -- registration -----------------------------------------------------
+
+    def add_listener(self, fd: int) -> Listener:
+        lst = Listener(fd)
+        self.listeners[fd] = lst
+        self.poller.register(fd, select.POLLIN)
+        return lst
+
+    def remove_listener(self, fd: int) -> None:
+        if self.listeners.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+            os.close(fd)
+
+    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        self.extra_fds[fd] = callback
+        self.poller.register(fd, select.POLLIN)
+
+    def unwatch_fd(self, fd: int) -> None:
+        if self.extra_fds.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def task_known(self, tid: int, before_start: Callable[[], object] | None = None) -> None:
+        """The kernel made a Task for tid: let it run once it has stopped for
+        the first time, after `before_start` (e.g. fixing its tid in memory)."""
+        self.known.add(tid)
+        if tid in self.parked:
+            del self.parked[tid]
+            self._first_run(tid, before_start)
+        else:
+            self.awaiting_first_stop[tid] = before_start
+
+    def _first_run(self, tid: int, before_start: Callable[[], object] | None) -> None:
+        if before_start is not None:
+            before_start()
+        self.resume(tid)
+
+    # -- restarts -----------------------------------------------------------
+
+    def resume(self, tid: int, sig: int = 0) -> None:
+        try:
+            if tid in self.exit_hooks:
+                ptrace.cont_to_syscall_exit(tid, sig)
+            else:
+                ptrace.cont(tid, sig)
+        except ProcessLookupError:
+            pass
+
+    def finish_syscall(self, tid: int, regs: Regs, result: int) -> None:
+        """Skip the syscall at a seccomp stop and make `result` its return value."""
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        regs.rax = result & 0xFFFFFFFFFFFFFFFF
+        ptrace.set_regs(tid, regs)
+        self.resume(tid)
+
+    def run_natively(self, tid: int, regs: Regs | None, on_exit: ExitHook | None) -> None:
+        """Let the (maybe rewritten) syscall run in the tracee; see its result."""
+        if regs is not None:
+            ptrace.set_regs(tid, regs)
+        if on_exit is not None:
+            self.exit_hooks[tid] = on_exit
+        self.resume(tid)
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve events until the kernel says there is nothing left to serve."""
+        while True:
+            self._drain_waits()
+            if self.kernel.on_idle():
+                return
+            for fd, _ in self._poll():
+                if fd == self.sigchld_fd:
+                    self._drain_sigchld_fd()
+                elif fd in self.listeners:
+                    self._serve_notification(self.listeners[fd])
+                elif fd in self.extra_fds:
+                    self.extra_fds[fd]()
+
+    def _poll(self):
+        while True:
+            try:
+                return self.poller.poll()
+            except InterruptedError:
+                continue
+
+    def _drain_sigchld_fd(self) -> None:
+        try:
+            while os.read(self.sigchld_fd, 128 * 16):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _serve_notification(self, lst: Listener) -> None:
+        try:
+            n = lst.receive()
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINTR):
+                return   # the caller was interrupted (signal) before we read it
+            if e.errno == errno.EBADF:
+                self.remove_listener(lst.fd)
+                return
+            raise
+        self.kernel.on_notification(lst, n)
+
+    def _drain_waits(self) -> None:
+        while True:
+            try:
+                tid, status = os.waitpid(-1, os.WNOHANG | ptrace.__WALL)
+            except ChildProcessError:
+                return
+            if tid == 0:
+                return
+            self._on_wait_status(tid, status)
+
+    def _on_wait_status(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.exit_hooks.pop(tid, None)
+            self.known.discard(tid)
+            self.awaiting_first_stop.pop(tid, None)
+            self.parked.pop(tid, None)
+            self.kernel.on_exit(tid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        sig = (status >> 8) & 0xFF
+        event = status >> 16
+        try:
+            self._on_stop(tid, sig, event)
+        except ProcessLookupError:
+            pass   # killed while we looked at it (SIGKILL from a sibling, exit_group)
+
+    def _on_stop(self, tid: int, sig: int, event: int) -> None:
+        if sig == ptrace.SYSCALL_STOP:
+            hook = self.exit_hooks.pop(tid, None)
+            if hook is not None:
+                hook(tid, ptrace.get_regs(tid, self.regs))
+            self.resume(tid)
+        elif event == ptrace.EVENT_SECCOMP:
+            self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
+        elif event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
+            child = ptrace.event_msg(tid)
+            self.kernel.on_clone(tid, child, event, ptrace.get_regs(tid, self.regs))
+        elif event == ptrace.EVENT_EXEC:
+            former = ptrace.event_msg(tid)
+            if former != tid:
+                self.exit_hooks.pop(former, None)
+            self.exit_hooks.pop(tid, None)
+            self.kernel.on_exec(tid, former)
+            self.resume(tid)
+        elif event == ptrace.EVENT_STOP:
+            self._on_event_stop(tid, sig)
+        else:
+            self.resume(tid, self.kernel.on_signal(tid, sig))
+
+    def _on_event_stop(self, tid: int, sig: int) -> None:
+        if tid in self.awaiting_first_stop:
+            self._first_run(tid, self.awaiting_first_stop.pop(tid))
+        elif tid not in self.known:
+            self.parked[tid] = sig     # its parent's clone event is still to come
+        elif sig in _STOP_SIGNALS:
+            ptrace.listen(tid)         # group-stop: stay stopped until SIGCONT
+        else:
+            self.resume(tid)

@@ -1,0 +1,101 @@
+"""The host system calls Python's os module lacks, through ctypes.
+
+Only this package talks to the host kernel in host-specific ways; the rest of
+lxsub sees the small interfaces in platform/__init__.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# Host syscall numbers (x86_64).
+SYS_PROCESS_VM_READV = 310
+SYS_PROCESS_VM_WRITEV = 311
+SYS_SECCOMP = 317
+SYS_PIDFD_OPEN = 434
+SYS_OPENAT2 = 437
+SYS_PIDFD_GETFD = 438
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
+
+
+class iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class open_how(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def syscall(nr: int, *args: int) -> int:
+    return _check(_syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args]))
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                              ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)))
+
+
+_ptrace = _libc.ptrace
+_ptrace.restype = ctypes.c_long
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+
+
+def ptrace(request: int, pid: int, addr: int | None = 0, data=0) -> int:
+    ctypes.set_errno(0)
+    ret = _ptrace(request, pid, addr, data)
+    if ret == -1:
+        err = ctypes.get_errno()
+        if err:
+            raise OSError(err, os.strerror(err))
+    return ret
+
+
+def pidfd_open(pid: int) -> int:
+    return syscall(SYS_PIDFD_OPEN, pid, 0)
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    return syscall(SYS_PIDFD_GETFD, pidfd, targetfd, 0)
+
+
+def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    how = open_how(flags, mode, resolve)
+    buf = ctypes.create_string_buffer(path)
+    return _check(_syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_long(dirfd), buf,
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+
+
+def seccomp_set_filter(flags: int, prog_bytes: bytes) -> int:
+    """Install a BPF filter on the calling thread; returns the listener fd if asked."""
+    class sock_fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    buf = ctypes.create_string_buffer(prog_bytes, len(prog_bytes))
+    prog = sock_fprog(len(prog_bytes) // 8, ctypes.addressof(buf))
+    return _check(_syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(1),
+                           ctypes.c_long(flags), ctypes.byref(prog)))

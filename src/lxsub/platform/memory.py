@@ -1,0 +1,139 @@
+"""Reading and writing a pico process's memory with process_vm_readv/writev.
+
+One system call per transfer; no stop of the target needed, which is what
+seccomp user-notify handlers want (the caller thread is blocked, its
+siblings may run).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from lxsub.platform import libc
+
+_readv = libc._libc.process_vm_readv
+_readv.restype = ctypes.c_ssize_t
+_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong,
+                   ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+_writev = libc._libc.process_vm_writev
+_writev.restype = ctypes.c_ssize_t
+_writev.argtypes = _readv.argtypes
+
+PAGE = 4096
+_SCRATCH = ctypes.create_string_buffer(1 << 16)
+_local = libc.iovec()
+_remote = libc.iovec()
+
+
+class MemoryFault(OSError):
+    """The program handed us an address it cannot read or write: EFAULT."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EFAULT, "bad address")
+
+
+def _transfer(fn, pid: int, buf, addr: int, n: int) -> int:
+    _local.iov_base = ctypes.addressof(buf)
+    _local.iov_len = n
+    _remote.iov_base = addr
+    _remote.iov_len = n
+    got = fn(pid, ctypes.byref(_local), 1, ctypes.byref(_remote), 1, 0)
+    if got < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EFAULT, 0):
+            raise MemoryFault()
+        raise OSError(err, os.strerror(err))
+    return got
+
+
+def read(pid: int, addr: int, n: int) -> bytes:
+    if n == 0:
+        return b""
+    if not addr:
+        raise MemoryFault()
+    buf = _SCRATCH if n <= len(_SCRATCH) else ctypes.create_string_buffer(n)
+    got = _transfer(_readv, pid, buf, addr, n)
+    if got != n:
+        raise MemoryFault()
+    return buf.raw[:n]
+
+
+def read_cstr(pid: int, addr: int, limit: int = 4096) -> bytes:
+    """A NUL-terminated string; ENAMETOOLONG past `limit` like the kernel."""
+    if not addr:
+        raise MemoryFault()
+    out = b""
+    while True:
+        chunk = PAGE - (addr % PAGE)
+        got = _transfer(_readv, pid, _SCRATCH, addr, chunk)
+        data = _SCRATCH.raw[:got]
+        nul = data.find(b"\0")
+        if nul >= 0:
+            out += data[:nul]
+            if len(out) >= limit:
+                raise OSError(errno.ENAMETOOLONG, "name too long")
+            return out
+        out += data
+        if len(out) >= limit:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        addr += got
+
+
+def read_ptr_array(pid: int, addr: int, limit: int = 1 << 17) -> list[int]:
+    """A NULL-terminated array of pointers (argv, envp)."""
+    ptrs: list[int] = []
+    if not addr:
+        return ptrs
+    while True:
+        # Stop at page ends: the array may end right before an unmapped page.
+        raw = read(pid, addr, min(512, PAGE - addr % PAGE))
+        for i in range(0, len(raw), 8):
+            p = int.from_bytes(raw[i:i + 8], "little")
+            if p == 0:
+                return ptrs
+            ptrs.append(p)
+            if len(ptrs) > limit:
+                raise OSError(errno.E2BIG, "argument list too long")
+        addr += len(raw)
+
+
+def write(pid: int, addr: int, data: bytes) -> None:
+    n = len(data)
+    if n == 0:
+        return
+    if not addr:
+        raise MemoryFault()
+    buf = ctypes.create_string_buffer(data, n)
+    if _transfer(_writev, pid, buf, addr, n) != n:
+        raise MemoryFault()
+
+
+def write_via_proc(pid: int, addr: int, data: bytes) -> None:
+    """Write ignoring page protections; only for a ptrace-stopped tracee."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, addr)
+    finally:
+        os.close(fd)
+
+
+RED_ZONE = 128
+
+
+def write_below_sp(pid: int, sp: int, chunks: list[bytes]) -> list[int]:
+    """Place `chunks` just below a stopped thread's stack pointer (past the
+    red zone) and return their addresses. Only for a thread that is about to
+    replace its image or otherwise does not care about memory below its sp."""
+    total = sum((len(c) + 15) & ~15 for c in chunks)
+    base = (sp - RED_ZONE - 256 - total) & ~15
+    addrs, off = [], base
+    blob = bytearray()
+    for c in chunks:
+        addrs.append(off)
+        padded = (len(c) + 15) & ~15
+        blob += c + bytes(padded - len(c))
+        off += padded
+    write(pid, base, bytes(blob))
+    return addrs

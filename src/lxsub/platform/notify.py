@@ -1,0 +1,83 @@
+"""seccomp user notification: the provider answers a syscall for the caller.
+
+The caller's thread sleeps in the kernel while the provider works; the
+answer is a value or an errno, or a descriptor placed in the caller's table
+(SECCOMP_IOCTL_NOTIF_ADDFD with SEND: the descriptor and the syscall's
+return value in one atomic step, lowest free number, as open(2) would).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import struct
+
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+
+_RECV = 0xC0502100        # SECCOMP_IOCTL_NOTIF_RECV
+_SEND = 0xC0182101        # SECCOMP_IOCTL_NOTIF_SEND
+_ID_VALID = 0x40082102    # SECCOMP_IOCTL_NOTIF_ID_VALID
+_ADDFD = 0x40182103       # SECCOMP_IOCTL_NOTIF_ADDFD
+_SET_FLAGS = 0x40082104   # SECCOMP_IOCTL_NOTIF_SET_FLAGS
+
+ADDFD_FLAG_SETFD = 1
+ADDFD_FLAG_SEND = 2
+USER_NOTIF_FLAG_CONTINUE = 1
+USER_NOTIF_FD_SYNC_WAKE_UP = 1
+
+_NOTIF = struct.Struct("<QIIiIQ6Q")   # id, pid, flags, nr, arch, ip, args
+_RESP = struct.Struct("<QqiI")        # id, val, error, flags
+_ADDFD_ARG = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
+
+
+class Notification:
+    __slots__ = ("id", "pid", "nr", "args")
+
+    def __init__(self, nid: int, pid: int, nr: int, args: tuple) -> None:
+        self.id = nid
+        self.pid = pid
+        self.nr = nr
+        self.args = args
+
+
+class Listener:
+    """One seccomp listener descriptor (one per filter installed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = bytearray(_NOTIF.size)
+        try:
+            # Wake the caller on the CPU that answered: halves the round trip.
+            fcntl.ioctl(fd, _SET_FLAGS, struct.pack("<Q", USER_NOTIF_FD_SYNC_WAKE_UP))
+        except OSError:
+            pass
+
+    def receive(self) -> Notification:
+        buf = self._buf
+        buf[:] = bytes(len(buf))
+        fcntl.ioctl(self.fd, _RECV, buf, True)
+        nid, pid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack(buf)
+        return Notification(nid, pid, nr, tuple(args))
+
+    def reply(self, nid: int, val: int = 0, error: int = 0, flags: int = 0) -> None:
+        # error is the negative errno, as the kernel wants it.
+        fcntl.ioctl(self.fd, _SEND, bytearray(_RESP.pack(nid, val, error, flags)), True)
+
+    def reply_fd(self, nid: int, srcfd: int, cloexec: bool) -> int:
+        """Install srcfd in the caller and return its number as the syscall result."""
+        flags = 0o2000000 if cloexec else 0
+        arg = bytearray(_ADDFD_ARG.pack(nid, ADDFD_FLAG_SEND, srcfd, 0, flags))
+        return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+
+    def add_fd(self, nid: int, srcfd: int, cloexec: bool, newfd: int | None = None) -> int:
+        flags = 0o2000000 if cloexec else 0
+        how = ADDFD_FLAG_SETFD if newfd is not None else 0
+        arg = bytearray(_ADDFD_ARG.pack(nid, how, srcfd, newfd or 0, flags))
+        return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+
+    def still_valid(self, nid: int) -> bool:
+        try:
+            fcntl.ioctl(self.fd, _ID_VALID, struct.pack("<Q", nid))
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,119 @@
+"""ptrace(2) for the provider: seizing pico processes, registers, restarts.
+
+Every process of an instance is a tracee of the provider (PTRACE_SEIZE with
+EXITKILL: if the provider dies, the kernel kills the whole instance).
+Syscalls the seccomp filter marks TRACE stop here so the provider can change
+their registers; clone/fork/exec/exit arrive as ptrace events.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+
+from lxsub.platform import libc
+
+PTRACE_PEEKDATA = 2
+PTRACE_POKEDATA = 5
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SETSIGINFO = 0x4203
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+
+O_TRACESYSGOOD = 0x1
+O_TRACEFORK = 0x2
+O_TRACEVFORK = 0x4
+O_TRACECLONE = 0x8
+O_TRACEEXEC = 0x10
+O_TRACESECCOMP = 0x80
+O_EXITKILL = 0x100000
+
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_SECCOMP = 7
+EVENT_STOP = 128
+
+OPTIONS = (O_TRACESYSGOOD | O_TRACEFORK | O_TRACEVFORK | O_TRACECLONE
+           | O_TRACEEXEC | O_TRACESECCOMP | O_EXITKILL)
+
+__WALL = 0x40000000
+
+SYSCALL_STOP = signal.SIGTRAP | 0x80
+
+
+class Regs(ctypes.Structure):
+    """struct user_regs_struct (x86_64)."""
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+        "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+        "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")]
+
+    def args(self) -> tuple[int, int, int, int, int, int]:
+        return (self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9)
+
+    def set_args(self, *args: int) -> None:
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(self, name, value & 0xFFFFFFFFFFFFFFFF)
+
+
+class SigInfo(ctypes.Structure):
+    """The first fields of siginfo_t (128 bytes in all)."""
+    _fields_ = [("si_signo", ctypes.c_int), ("si_errno", ctypes.c_int),
+                ("si_code", ctypes.c_int), ("_pad0", ctypes.c_int),
+                ("si_pid", ctypes.c_int), ("si_uid", ctypes.c_uint),
+                ("rest", ctypes.c_byte * 104)]
+
+
+def seize(pid: int) -> None:
+    libc.ptrace(PTRACE_SEIZE, pid, 0, OPTIONS)
+
+
+def get_regs(tid: int, regs: Regs) -> Regs:
+    libc.ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    return regs
+
+
+def set_regs(tid: int, regs: Regs) -> None:
+    libc.ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    libc.ptrace(PTRACE_CONT, tid, 0, sig)
+
+
+def cont_to_syscall_exit(tid: int, sig: int = 0) -> None:
+    libc.ptrace(PTRACE_SYSCALL, tid, 0, sig)
+
+
+def listen(tid: int) -> None:
+    libc.ptrace(PTRACE_LISTEN, tid, 0, 0)
+
+
+def interrupt(tid: int) -> None:
+    libc.ptrace(PTRACE_INTERRUPT, tid, 0, 0)
+
+
+def event_msg(tid: int) -> int:
+    out = ctypes.c_ulong()
+    libc.ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(out))
+    return out.value
+
+
+def get_siginfo(tid: int) -> SigInfo:
+    info = SigInfo()
+    libc.ptrace(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(info))
+    return info
+
+
+def set_siginfo(tid: int, info: SigInfo) -> None:
+    libc.ptrace(PTRACE_SETSIGINFO, tid, 0, ctypes.addressof(info))
