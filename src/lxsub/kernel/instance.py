@@ -72,9 +72,14 @@ class Instance:
         self.launches: dict[int, Launch] = {}
         self.listeners: dict[int, Listener] = {}
         self.main: Process | None = None
+        self.current_task: Task | None = None
+        self._scratch: str | None = None
         self.main_status: int | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
+        from lxsub.kernel.fs.anon import HostObjectFs
+        from lxsub.kernel.vfs.mount import Mount
+        self.anon_mount = Mount(HostObjectFs(self), "anon")
         default_mounts.mount_defaults(self)
 
     # -- starting processes -------------------------------------------------
@@ -115,7 +120,10 @@ class Instance:
         """Serve the instance until `main` exits; then end it. Returns the
         wait status of `main`."""
         self.main = main
-        self.engine.run()
+        try:
+            self.engine.run()
+        finally:
+            self.cleanup()
         assert self.main_status is not None
         return self.main_status
 
@@ -335,18 +343,19 @@ class Instance:
     def node_of_host_fd(self, fd: int) -> Node:
         """Make a Node (owning fd) for a provider-side descriptor."""
         s = os.fstat(fd)
-        try:
-            host = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            host = ""
-        mount = self._mount_for_host_path(host)
-        if mount is None:
+        node = self.node_for_host_fd(fd, s)
+        if node is None:
             os.close(fd)
             raise OSError(errno.ENOTDIR if not st.S_ISDIR(s.st_mode) else errno.ENOENT,
                           "not a file of this instance")
-        return Node(mount, fd, s)
+        return node
 
-    def _mount_for_host_path(self, host: str):
+    def node_for_host_fd(self, fd: int, s: os.stat_result) -> Node | None:
+        """A Node using fd (not a copy) if it is a file of a mounted file system."""
+        try:
+            host = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
         best, best_len = None, -1
         for m in self.mounts.mounts:
             fs = m.fs
@@ -354,11 +363,17 @@ class Instance:
                 root = fs.host_root
                 if (host == root or host.startswith(root.rstrip("/") + "/")) and len(root) > best_len:
                     best, best_len = m, len(root)
-            else:
-                owns = getattr(fs, "owns_host_path", None)
-                if owns is not None and owns(host):
-                    return m
-        return best
+            elif hasattr(fs, "node_from_host"):
+                found = fs.node_from_host(m, fd, host, s)
+                if found is not None:
+                    return found
+        return Node(best, fd, s) if best is not None else None
+
+    def host_to_vpath(self, host: str) -> str:
+        """A host path as the instance names it (host paths outside stay as they are)."""
+        if host == self.rootfs or host.startswith(self.rootfs + "/"):
+            return host[len(self.rootfs):] or "/"
+        return host
 
     def vpath_of(self, node: Node) -> str:
         """The path of a Node inside the instance, as getcwd would give it."""
@@ -371,6 +386,20 @@ class Instance:
             base = node.mount.path.rstrip("/")
             return (base + "/" + rel) if rel else (node.mount.path or "/")
         return fs.vpath(node)
+
+    def scratch_dir(self) -> str:
+        """Where pseudo directories are materialized: memory, removed at the end."""
+        if self._scratch is None:
+            import tempfile
+            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            self._scratch = tempfile.mkdtemp(prefix=f"lxsub-{self.name}-", dir=base)
+        return self._scratch
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            import shutil
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def process_of_vpid(self, vpid: int) -> Process | None:
         return self.pids.processes_by_vid.get(vpid)

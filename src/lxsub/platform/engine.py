@@ -174,7 +174,7 @@ class Engine:
     def _drain_waits(self) -> None:
         while True:
             try:
-                tid, status = os.waitpid(-1, os.WNOHANG | ptrace.__WALL)
+                tid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
             except ChildProcessError:
                 return
             if tid == 0:

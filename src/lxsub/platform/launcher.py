@@ -85,7 +85,8 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
         listener = libc.seccomp_set_filter(SECCOMP_FILTER_FLAG_NEW_LISTENER, filter_prog)
         os.write(report_w, str(listener).encode())
         os.close(report_w)
-        os.execve(path, argv, envp)                # trapped: the provider runs it
+        env = dict(e.split(b"=", 1) if b"=" in e else (e, b"") for e in envp)
+        os.execve(path, argv, env)                 # trapped: the provider runs it
         os._exit(127)
     except BaseException as exc:
         try:

@@ -18,13 +18,12 @@ def mount_defaults(inst: "Instance") -> None:
 
 
 def _defaults():
-    from lxsub.kernel.fs.devfs import DevFs
+    from lxsub.kernel.fs.devfs import DevFs, DevPts
     from lxsub.kernel.fs.procfs import ProcFs
-    from lxsub.kernel.fs.devpts import DevPts
     return [
-        ("/proc", lambda inst: ProcFs(inst), "proc"),
-        ("/dev", lambda inst: DevFs(inst), "devfs"),
-        ("/dev/pts", lambda inst: DevPts(), "devpts"),
+        ("/proc", ProcFs, "proc"),
+        ("/dev", DevFs, "udev"),
+        ("/dev/pts", DevPts, "devpts"),
     ]
 
 

@@ -41,6 +41,10 @@ class FileSystem:
     def readlink(self, node: "Node") -> bytes:
         raise OSError(errno.EINVAL, "not a symlink")
 
+    def follow_magic(self, node: "Node") -> "Node | None":
+        """For a magic link (/proc/<pid>/fd/N): the file it stands for."""
+        return None
+
     def host_path(self, node: "Node") -> str | None:
         """Where the file is on the host, if it is a host file."""
         return None

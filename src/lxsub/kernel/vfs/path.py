@@ -92,6 +92,16 @@ class Walker:
                 self._check_search(cur)
                 nxt = self._down(cur, name)
                 if nxt.is_symlink() and (todo or follow_last):
+                    magic = nxt.fs.follow_magic(nxt)
+                    if magic is not None:          # /proc/<pid>/fd/N and friends
+                        nxt.release()
+                        nxt = magic
+                        if todo and not nxt.is_dir():
+                            nxt.release()
+                            raise _err(errno.ENOTDIR)
+                        cur.release()
+                        cur = nxt
+                        continue
                     links += 1
                     if links > MAXSYMLINKS:
                         nxt.release()

@@ -1,0 +1,34 @@
+"""Host objects with no file system of the instance: pipes, sockets, memfds,
+anonymous inodes, reached through /proc/<pid>/fd/N. Opening one reopens the
+object itself, as Linux's magic links do."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.stat import LinuxStat
+
+_KEEP = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_TRUNC | os.O_NOCTTY | os.O_PATH
+
+
+class HostObjectFs(FileSystem):
+    fstype = "anon_inodefs"
+
+    def __init__(self, inst) -> None:
+        self.inst = inst
+
+    def lookup(self, parent: Node, name: bytes) -> Node:
+        raise OSError(errno.ENOTDIR, "not a directory")
+
+    def getattr(self, node: Node) -> LinuxStat:
+        from lxsub.kernel.vfs.fdview import host_object_stat
+        return host_object_stat(self.inst.current_task, os.fstat(node.fd))
+
+    def open(self, node: Node, flags: int, creds) -> int:
+        return os.open(f"/proc/self/fd/{node.fd}", (flags & _KEEP) | os.O_CLOEXEC)
+
+    def statfs(self, node: Node):
+        return os.statvfs(f"/proc/self/fd/{node.fd}")

@@ -1,0 +1,265 @@
+"""Pseudo file systems (ProcFs, DevFs, SysFs): trees computed on demand.
+
+A pseudo file is handed to a program as a host object it can use natively:
+a regular file opens as a memfd holding the contents at open time, a
+directory as a freshly made scratch directory with the same entry names (so
+getdents64 runs on the host), a device as the host device it stands for.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import shutil
+import stat as st
+import tempfile
+import time
+from typing import TYPE_CHECKING, Callable
+
+from lxsub.kernel.fs import devices
+from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.stat import LinuxStat
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.task import Task
+
+_MAX_SCRATCH_DIRS = 256
+_MAX_MEMFDS = 4096
+
+
+class Entry:
+    """A file of a pseudo file system; `path` inside the fs is its identity."""
+    mode = st.S_IFREG | 0o444
+    uid = gid = 0
+    rdev = 0
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @property
+    def key(self) -> str:
+        return self.path
+
+    def parent_path(self) -> str:
+        return os.path.dirname(self.path) if self.path != "/" else "/"
+
+
+class File(Entry):
+    def __init__(self, path: str, read: Callable[["Task"], bytes],
+                 write: Callable[["Task", bytes], None] | None = None, mode: int = 0o444) -> None:
+        super().__init__(path)
+        self.read = read
+        self.write = write
+        self.mode = st.S_IFREG | (mode | (0o200 if write else 0))
+
+
+class Link(Entry):
+    mode = st.S_IFLNK | 0o777
+
+    def __init__(self, path: str, target: Callable[["Task"], str]) -> None:
+        super().__init__(path)
+        self.target = target
+
+
+class Device(Entry):
+    def __init__(self, path: str, kind: int, rdev: int, mode: int = 0o666) -> None:
+        super().__init__(path)
+        self.mode = kind | mode
+        self.rdev = rdev
+
+
+class Dir(Entry):
+    mode = st.S_IFDIR | 0o555
+
+    def __init__(self, path: str, children: Callable[["Task"], dict[str, Entry]] | None = None,
+                 mode: int = 0o555) -> None:
+        super().__init__(path)
+        self._children = children
+        self.mode = st.S_IFDIR | mode
+
+    def children(self, task: "Task") -> dict[str, Entry]:
+        return self._children(task) if self._children else {}
+
+    def lookup(self, task: "Task", name: str) -> Entry:
+        entry = self.children(task).get(name)
+        if entry is None:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        return entry
+
+    def child_path(self, name: str) -> str:
+        return (self.path.rstrip("/") + "/" + name) if self.path != "/" else "/" + name
+
+
+class StaticDir(Dir):
+    """A directory whose entries are fixed when the tree is built."""
+
+    def __init__(self, path: str, mode: int = 0o555) -> None:
+        super().__init__(path, None, mode)
+        self.entries: dict[str, Entry] = {}
+
+    def add(self, entry: Entry) -> Entry:
+        self.entries[os.path.basename(entry.path)] = entry
+        return entry
+
+    def children(self, task: "Task") -> dict[str, Entry]:
+        return self.entries
+
+
+class PseudoFs(FileSystem):
+    read_only = True
+
+    def __init__(self, inst: "Instance") -> None:
+        self.inst = inst
+        self.dev = os.makedev(0, 20 + len(inst.mounts.mounts) if hasattr(inst, "mounts") else 20)
+        self.born = time.time_ns()
+        self._scratch: collections.OrderedDict[str, Entry] = collections.OrderedDict()
+        self._memfds: collections.OrderedDict[tuple[int, int], Entry] = collections.OrderedDict()
+
+    # -- the tree ---------------------------------------------------------------
+
+    def root_entry(self) -> Dir:
+        raise NotImplementedError
+
+    def entry_at(self, path: str, task: "Task") -> Entry:
+        entry: Entry = self.root_entry()
+        for name in [p for p in path.split("/") if p]:
+            if not isinstance(entry, Dir):
+                raise OSError(errno.ENOTDIR, "not a directory")
+            entry = entry.lookup(task, name)
+        return entry
+
+    def task(self) -> "Task":
+        return self.inst.current_task
+
+    # -- FileSystem ---------------------------------------------------------------
+
+    def root(self, mount) -> Node:
+        return Node(mount, obj=self.root_entry())
+
+    def lookup(self, parent: Node, name: bytes) -> Node:
+        d = parent.obj
+        if not isinstance(d, Dir):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return Node(parent.mount, obj=d.lookup(self.task(), name.decode("utf-8", "surrogateescape")))
+
+    def parent_of(self, node: Node) -> Node:
+        return Node(node.mount, obj=self.entry_at(node.obj.parent_path(), self.task()))
+
+    def readlink(self, node: Node) -> bytes:
+        if not isinstance(node.obj, Link):
+            raise OSError(errno.EINVAL, "not a symlink")
+        return node.obj.target(self.task()).encode("utf-8", "surrogateescape")
+
+    def getattr(self, node: Node) -> LinuxStat:
+        e = node.obj
+        nlink = 2 if isinstance(e, Dir) else 1
+        return LinuxStat(self.dev, _ino(e.key), nlink, e.mode, e.uid, e.gid, e.rdev, 0, 1024, 0,
+                         self.born, self.born, self.born)
+
+    def statfs(self, node: Node) -> tuple:
+        import struct
+        return struct.pack("<qqQQQQQiiqqq4q", self.magic, 4096, 0, 0, 0, 0, 0, 0, 0, 255,
+                           4096, 1, 0, 0, 0, 0)
+
+    def vpath(self, node: Node) -> str:
+        base = node.mount.path.rstrip("/")
+        return (base + node.obj.path) if node.obj.path != "/" else (node.mount.path or "/")
+
+    def open(self, node: Node, flags: int, creds) -> int:
+        e = node.obj
+        if flags & 0o10000000:   # O_PATH: any host object of the right kind will do
+            return self._open_dir(node, e) if isinstance(e, Dir) else self._open_file(e, os.O_RDONLY)
+        if isinstance(e, Dir):
+            return self._open_dir(node, e)
+        if isinstance(e, Device):
+            return devices.open_device(st.S_IFMT(e.mode), e.rdev, flags)
+        if isinstance(e, File):
+            return self._open_file(e, flags)
+        raise OSError(errno.ENXIO, "no such device or address")
+
+    def _open_file(self, e: File, flags: int) -> int:
+        acc = flags & os.O_ACCMODE
+        if acc != os.O_RDONLY and e.write is None:
+            raise OSError(errno.EACCES, "read-only pseudo file")
+        if acc != os.O_RDONLY and e.write is not None:
+            return self._open_writable(e, flags)
+        data = e.read(self.task()) if isinstance(e, File) else b""
+        fd = os.memfd_create("lxsub:" + os.path.basename(e.path), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self._remember_memfd(fd, e)
+        # Read-only for the program: reopen through /proc as O_RDONLY.
+        ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        os.close(fd)
+        return ro
+
+    def _open_writable(self, e: File, flags: int) -> int:
+        """Writes to a pseudo file take effect when the provider next reads
+        the memfd: when the program closes it we are not told, so the write
+        handler runs right away on a pipe instead."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        task = self.task()
+        self.inst.engine.watch_fd(r, lambda: self._drain_write(r, e, task))
+        return w
+
+    def _drain_write(self, r: int, e: File, task) -> None:
+        try:
+            data = os.read(r, 65536)
+        except OSError:
+            data = b""
+        if data and e.write is not None:
+            try:
+                e.write(task, data)
+            except OSError:
+                pass
+        if not data:
+            self.inst.engine.unwatch_fd(r)
+            os.close(r)
+
+    def _remember_memfd(self, fd: int, e: Entry) -> None:
+        s = os.fstat(fd)
+        self._memfds[(s.st_dev, s.st_ino)] = e
+        while len(self._memfds) > _MAX_MEMFDS:
+            self._memfds.popitem(last=False)
+
+    def _open_dir(self, node: Node, d: Dir) -> int:
+        base = self.inst.scratch_dir()
+        path = tempfile.mkdtemp(dir=base)
+        for name, child in d.children(self.task()).items():
+            _materialize(path, name, child)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._scratch[path] = d
+        while len(self._scratch) > _MAX_SCRATCH_DIRS:
+            old, _ = self._scratch.popitem(last=False)
+            shutil.rmtree(old, ignore_errors=True)
+        return fd
+
+    # -- descriptors back to entries ----------------------------------------------
+
+    def owns_host_path(self, host: str) -> bool:
+        return host in self._scratch
+
+    def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
+        e = self._scratch.get(host) or self._memfds.get((s.st_dev, s.st_ino))
+        if e is None:
+            return None
+        return Node(mount, fd, None, e)
+
+
+def _ino(key: str) -> int:
+    return (hash(key) & 0x7FFFFFFF) | 1
+
+
+def _materialize(base: str, name: str, e: Entry) -> None:
+    if "/" in name or name in (".", ".."):
+        return
+    p = os.path.join(base, name)
+    if isinstance(e, Dir):
+        os.mkdir(p)
+    elif isinstance(e, Link):
+        os.symlink("/", p)
+    else:
+        os.close(os.open(p, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
