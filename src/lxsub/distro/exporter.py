@@ -1,0 +1,285 @@
+"""Export a distro's VolFs tree as a tarball: the inverse of the importer.
+
+Members carry the Linux view of each file (lxattr.linux_view: the VolFs
+attribute, or root and the host mode when a file has none), so importing
+the result gives the same tree. The archive is PAX, with exact nanosecond
+times, so nothing is rounded on the way.
+
+The rootfs may have been changed by hostile programs in the instance, so the
+walk never follows a symlink: directories come from os.fwalk (descriptors,
+no symlinks followed) and each entry is opened with O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from lxsub.errors import EXIT_CANTCREAT, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
+from lxsub.kernel.fs import lxattr
+from lxsub.state import Distro
+
+_COMPRESSION_BY_SUFFIX = {
+    ".gz": "gz", ".tgz": "gz",
+    ".xz": "xz", ".txz": "xz",
+    ".bz2": "bz2", ".tbz": "bz2", ".tbz2": "bz2",
+    ".tar": "",
+}
+_OPEN_ENTRY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DATA = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
+
+
+def export_tarball(
+    distro: Distro, dest: str | Path | BinaryIO, compression: str | None = None
+) -> None:
+    """Write `distro`'s rootfs as a tar archive to `dest` ('-' is stdout).
+
+    `compression` is "gz", "xz", "bz2" or "" (none); by default it follows
+    the suffix of a `dest` path, and is none for streams.
+    """
+    rootfs = Path(distro.rootfs)
+    if not rootfs.is_dir():
+        raise LxError(
+            f"the files of distro {distro.name!r} are missing ({rootfs}); "
+            f"'lx --unregister {distro.name}' removes the entry",
+            EXIT_UNAVAILABLE,
+        )
+    comp = compression if compression is not None else _compression_for(dest)
+    if comp not in ("", "gz", "xz", "bz2"):
+        raise LxError(f"unknown compression {comp!r} (use gz, xz, bz2 or none)", EXIT_USAGE)
+    try:
+        with _open_dest(dest) as out:
+            with tarfile.open(
+                fileobj=out, mode=f"w|{comp}", format=tarfile.PAX_FORMAT, errors="surrogateescape"
+            ) as archive:
+                _Writer(archive, rootfs).write_tree()
+    except OSError as e:
+        raise LxError(f"cannot export {distro.name!r}: {e}", EXIT_CANTCREAT) from e
+
+
+def _compression_for(dest: str | Path | BinaryIO) -> str:
+    if not isinstance(dest, (str, Path)) or str(dest) == "-":
+        return ""
+    return _COMPRESSION_BY_SUFFIX.get(Path(dest).suffix.lower(), "")
+
+
+@contextlib.contextmanager
+def _open_dest(dest: str | Path | BinaryIO) -> Iterator[BinaryIO]:
+    if not isinstance(dest, (str, Path)):
+        yield dest
+        return
+    if str(dest) == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with _atomic_file(Path(dest)) as out:
+        yield out
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `path` complete, or not at all."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".part")
+    except OSError as e:
+        raise LxError(f"cannot create {path}: {e.strerror}", EXIT_CANTCREAT) from e
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class _Writer:
+    def __init__(self, archive: tarfile.TarFile, rootfs: Path) -> None:
+        self.archive = archive
+        self.rootfs = rootfs
+        self.users = _id_names(rootfs, "passwd")
+        self.groups = _id_names(rootfs, "group")
+        self.first_link: dict[tuple[int, int], str] = {}
+
+    def write_tree(self) -> None:
+        for dirpath, dirnames, filenames, dir_fd in os.fwalk(self.rootfs):
+            dirnames.sort()  # a stable archive: same tree, same member order
+            rel = os.path.relpath(dirpath, self.rootfs)
+            prefix = "./" if rel == "." else f"./{rel}/"
+            if rel == ".":
+                self._write_dir_itself(dir_fd, "./")
+            # fwalk lists symlinks to directories among dirnames but does not
+            # descend into them; they are written here, as entries.
+            for name in sorted(filenames + dirnames):
+                self._write_entry(dir_fd, name, prefix + name)
+
+    def _write_dir_itself(self, dir_fd: int, arcname: str) -> None:
+        fd = os.open(".", _OPEN_ENTRY, dir_fd=dir_fd)
+        try:
+            self.archive.addfile(self._tarinfo(fd, arcname, os.fstat(fd)))
+        finally:
+            os.close(fd)
+
+    def _write_entry(self, dir_fd: int, name: str, arcname: str) -> None:
+        try:
+            fd = os.open(name, _OPEN_ENTRY, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return  # removed while we walked
+        try:
+            st = os.fstat(fd)
+            info = self._tarinfo(fd, arcname, st)
+            if info.isreg():
+                self._add_file(dir_fd, name, info, st)
+            else:
+                if info.issym():
+                    info.linkname = os.readlink(name, dir_fd=dir_fd)
+                self.archive.addfile(info)
+        finally:
+            os.close(fd)
+
+    def _add_file(self, dir_fd: int, name: str, info: tarfile.TarInfo, st: os.stat_result) -> None:
+        fd = os.open(name, _OPEN_DATA, dir_fd=dir_fd)
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                return  # replaced while we walked; skip rather than mix two files
+            info.size = now.st_size
+            with os.fdopen(os.dup(fd), "rb") as data:
+                self.archive.addfile(info, _Exact(data, info.size))
+        finally:
+            os.close(fd)
+
+    def _tarinfo(self, fd: int, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+        mode, uid, gid, rdev = _linux_view(st, lxattr.read_meta_fd(fd))
+        info = tarfile.TarInfo(arcname)
+        info.mode = stat.S_IMODE(mode)
+        info.uid, info.gid = uid, gid
+        info.uname = self.users.get(uid, "")
+        info.gname = self.groups.get(gid, "")
+        info.mtime = st.st_mtime_ns // 1_000_000_000
+        info.pax_headers = {
+            "mtime": _exact_seconds(st.st_mtime_ns),
+            "atime": _exact_seconds(st.st_atime_ns),
+        }
+        info.type = _tar_type(mode)
+        if info.ischr() or info.isblk():
+            info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            self._maybe_hardlink(info, st)
+        return info
+
+    def _maybe_hardlink(self, info: tarfile.TarInfo, st: os.stat_result) -> None:
+        key = (st.st_dev, st.st_ino)
+        first = self.first_link.get(key)
+        if first is None:
+            self.first_link[key] = info.name
+            return
+        info.type = tarfile.LNKTYPE
+        info.linkname = first
+        info.devmajor = info.devminor = 0
+
+
+class _Exact:
+    """Exactly `size` bytes of a file that may shrink or grow while it is read.
+
+    tarfile trusts the size in the header; if the file changes underneath,
+    pad or cut so the archive stays well formed.
+    """
+
+    def __init__(self, data: BinaryIO, size: int) -> None:
+        self.data = data
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        # tarfile needs full reads: it takes a short one for a truncated file.
+        if n < 0 or n > self.left:
+            n = self.left
+        chunks, want = [], n
+        while want:
+            chunk = self.data.read(want)
+            if not chunk:
+                chunks.append(bytes(want))
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        self.left -= n
+        return b"".join(chunks)
+
+
+def _linux_view(st: os.stat_result, meta: lxattr.LxMeta | None) -> tuple[int, int, int, int]:
+    mode, uid, gid, rdev = lxattr.linux_view(st, meta)
+    if lxattr.host_type_for(mode) != stat.S_IFMT(st.st_mode):
+        # The attribute disagrees with what is on disk (e.g. a host tool
+        # replaced the file): the host's type decides what can be archived.
+        mode = stat.S_IFMT(st.st_mode) | stat.S_IMODE(mode)
+    return mode, uid, gid, rdev
+
+
+def _tar_type(mode: int) -> bytes:
+    kinds = {
+        stat.S_IFDIR: tarfile.DIRTYPE,
+        stat.S_IFLNK: tarfile.SYMTYPE,
+        stat.S_IFCHR: tarfile.CHRTYPE,
+        stat.S_IFBLK: tarfile.BLKTYPE,
+        stat.S_IFIFO: tarfile.FIFOTYPE,
+    }
+    return kinds.get(stat.S_IFMT(mode), tarfile.REGTYPE)
+
+
+def _exact_seconds(ns: int) -> str:
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{sec}.{frac:09d}"
+
+
+def _id_names(rootfs: Path, table: str) -> dict[int, str]:
+    """uid/gid -> name from the distro's /etc/passwd or /etc/group, read safely."""
+    text = _read_inside(rootfs, ["etc", table])
+    names: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            names.setdefault(int(fields[2]), fields[0])
+    return names
+
+
+def _read_inside(rootfs: Path, parts: list[str]) -> str:
+    # The distro may have made /etc or the file a symlink to a host path:
+    # never follow one, and read nothing rather than a host file.
+    try:
+        fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return ""
+        return f.read(1 << 22).decode("utf-8", "replace")
+
+
+__all__ = ["export_tarball"]

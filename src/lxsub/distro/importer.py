@@ -1,0 +1,534 @@
+"""Import a root file system tarball as a VolFs tree and register it.
+
+Everything runs as the unprivileged host user: nothing is chowned and no
+device node is made on the host. The Linux view of each member (type, mode
+with setuid/setgid/sticky, owner, device number) goes into the VolFs
+extended attribute (see kernel/fs/lxattr.py); device nodes become empty
+regular files that carry it.
+
+The archive is read as a stream ('r|*'), so a pipe on stdin works and the
+compression (none, gzip, xz, bzip2) is recognised from the content.
+
+Hostile archives are expected. A member name may not contain '..'; a
+leading '/' is stripped as GNU tar does, which keeps the member inside the
+rootfs. Every member is created relative to a descriptor of its parent
+directory, and each parent is opened with O_NOFOLLOW, so no member can be
+written through a symlink, however the archive orders its entries.
+
+An import that fails or is interrupted removes everything it created and
+registers nothing; the registry entry is the very last step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import lzma
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import zlib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from lxsub.errors import EXIT_CANTCREAT, EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, LxError
+from lxsub.kernel.fs import lxattr
+from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.state import Distro, Registry, check_name
+
+ROOTFS_DIR = "rootfs"
+
+# Mount points the kernel needs, created when the archive lacks them.
+MOUNT_POINTS: tuple[tuple[str, int], ...] = (
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("dev", 0o755),
+    ("dev/pts", 0o755),
+    ("dev/shm", 0o1777),
+    ("tmp", 0o1777),
+    ("run", 0o755),
+    ("mnt", 0o755),
+)
+
+_COPY_CHUNK = 1 << 20
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to chown, so it is not a real id
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# What the archive's read side can raise for bad or truncated input.
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+
+
+class _BadArchive(Exception):
+    """The archive itself is at fault (corrupt, truncated or hostile)."""
+
+
+def import_tarball(
+    registry: Registry,
+    name: str,
+    target_dir: str | Path,
+    source: str | Path | BinaryIO,
+) -> Distro:
+    """Extract `source` into `target_dir`/rootfs and register it as `name`.
+
+    `source` is a path, '-' for stdin, or a readable binary file object.
+    """
+    check_name(name)
+    if name in registry:  # checked again, under the lock, when registering
+        raise LxError(
+            f"a distro named {name!r} already exists "
+            "(choose another name or 'lx --unregister' it first)",
+            EXIT_CANTCREAT,
+        )
+    label = _source_label(source)
+    target = Path(target_dir).expanduser().resolve()
+    with _open_source(source) as stream:
+        created_target = _claim_target(target)
+        rootfs = _claim_rootfs(target, created_target)
+        try:
+            _extract_into(rootfs, stream, label)
+            os.sync()  # the data must be on disk before the registry points at it
+            distro = Distro(name=name, rootfs=rootfs)
+            registry.add(distro)
+        except BaseException:
+            _remove_created(target if created_target else rootfs)
+            raise
+    return distro
+
+
+# -- source and target --
+
+
+def _source_label(source: str | Path | BinaryIO) -> str:
+    if isinstance(source, (str, Path)):
+        return "standard input" if str(source) == "-" else str(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else "the tarball stream"
+
+
+@contextlib.contextmanager
+def _open_source(source: str | Path | BinaryIO) -> Iterator[BinaryIO]:
+    if not isinstance(source, (str, Path)):
+        yield source
+        return
+    if str(source) == "-":
+        if sys.stdin.isatty():
+            raise LxError(
+                "refusing to read a tarball from a terminal; pipe one in or name a file",
+                EXIT_USAGE,
+            )
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(source, "rb")
+    except FileNotFoundError as e:
+        raise LxError(f"tarball {source} does not exist", EXIT_NOINPUT) from e
+    except IsADirectoryError as e:
+        raise LxError(f"tarball {source} is a directory, not a file", EXIT_NOINPUT) from e
+    except OSError as e:
+        raise LxError(f"cannot open tarball {source}: {e.strerror}", EXIT_NOINPUT) from e
+    with f:
+        yield f
+
+
+def _claim_target(target: Path) -> bool:
+    """Make sure `target` exists and is empty; True when this call created it."""
+    try:
+        target.mkdir(mode=0o700, parents=True)
+        return True
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise LxError(f"cannot create {target}: {e.strerror}", EXIT_CANTCREAT) from e
+    if not target.is_dir():
+        raise LxError(f"{target} exists and is not a directory", EXIT_CANTCREAT)
+    if any(target.iterdir()):
+        raise LxError(
+            f"{target} is not empty; import into a new or empty directory", EXIT_CANTCREAT
+        )
+    return False
+
+
+def _claim_rootfs(target: Path, created_target: bool) -> Path:
+    # Exclusive: of two imports racing into one empty directory, one wins
+    # here and the other leaves the winner's files alone.
+    rootfs = target / ROOTFS_DIR
+    try:
+        rootfs.mkdir(mode=0o700)
+    except OSError as e:
+        if created_target:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        raise LxError(f"cannot create {rootfs}: {e.strerror}", EXIT_CANTCREAT) from e
+    return rootfs
+
+
+def _remove_created(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+# -- extraction --
+
+
+def _extract_into(rootfs: Path, stream: BinaryIO, label: str) -> None:
+    root_fd = os.open(rootfs, _DIR_OPEN)
+    try:
+        _check_xattr_support(root_fd, rootfs)
+        tree = _Tree(root_fd)
+        try:
+            _extract_members(tree, stream)
+            _add_mount_points(tree)
+            tree.apply_directory_times()
+        except _BadArchive as e:
+            raise LxError(f"cannot import {label}: {e}", EXIT_DATAERR) from None
+        except OSError as e:  # the host side: disk full, quota, permissions
+            raise LxError(f"cannot import {label} into {rootfs}: {e}", EXIT_CANTCREAT) from e
+        finally:
+            tree.close()
+    finally:
+        os.close(root_fd)
+
+
+def _check_xattr_support(root_fd: int, rootfs: Path) -> None:
+    try:
+        lxattr.write_meta_fd(root_fd, LxMeta(stat.S_IFDIR | 0o755, 0, 0))
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise LxError(
+                f"the file system holding {rootfs} does not support extended attributes "
+                "(user.*), which lxsub needs for Linux file metadata; "
+                "import into a directory on ext4, xfs, btrfs or similar",
+                EXIT_CANTCREAT,
+            ) from e
+        raise LxError(f"cannot write metadata in {rootfs}: {e.strerror}", EXIT_CANTCREAT) from e
+
+
+def _extract_members(tree: "_Tree", stream: BinaryIO) -> None:
+    count = 0
+    for member, archive in _members(stream):
+        _extract_member(tree, member, archive)
+        count += 1
+    if count == 0:
+        raise _BadArchive("the archive has no members")
+
+
+def _members(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|*", errors="surrogateescape")
+    except _ARCHIVE_ERRORS as e:
+        raise _BadArchive(f"not a tar archive (plain, gzip, xz or bzip2): {e}") from e
+    with archive:
+        while True:
+            try:
+                member = archive.next()
+            except _ARCHIVE_ERRORS as e:
+                raise _BadArchive(f"corrupt or truncated archive: {e}") from e
+            if member is None:
+                return
+            yield member, archive
+
+
+def _extract_member(tree: "_Tree", member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+    parts = _member_parts(member.name)
+    if not parts:
+        if not member.isdir():
+            raise _BadArchive(f"member {member.name!r} would replace the root directory")
+        tree.set_directory(parts, _meta_for(member), _times_ns(member))
+        return
+    if member.isdir():
+        tree.make_directory(parts, _meta_for(member), _times_ns(member))
+    elif member.issym():
+        tree.make_symlink(parts, member.linkname, _times_ns(member))
+    elif member.islnk():
+        tree.make_hardlink(parts, _member_parts(member.linkname), member.name)
+    elif member.isfifo():
+        tree.make_fifo(parts, _meta_for(member), _times_ns(member))
+    elif member.ischr() or member.isblk():
+        tree.make_file(parts, _meta_for(member), _times_ns(member), None)
+    else:
+        # Regular files, and unknown types, which tar also extracts as files.
+        tree.make_file(parts, _meta_for(member), _times_ns(member), _Data(archive, member))
+
+
+def _member_parts(name: str) -> list[str]:
+    parts = [p for p in name.lstrip("/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _BadArchive(f"member {name!r} contains '..'; refusing to extract outside the rootfs")
+    return parts
+
+
+def _meta_for(member: tarfile.TarInfo) -> LxMeta:
+    for what, value in (("uid", member.uid), ("gid", member.gid)):
+        if not 0 <= value <= _MAX_ID:
+            raise _BadArchive(f"member {member.name!r} has an invalid {what} {value}")
+    rdev = 0
+    if member.ischr() or member.isblk():
+        try:
+            rdev = os.makedev(member.devmajor, member.devminor)
+        except (OverflowError, ValueError) as e:
+            raise _BadArchive(f"member {member.name!r} has an invalid device number") from e
+    return LxMeta(_linux_type(member) | (member.mode & 0o7777), member.uid, member.gid, rdev)
+
+
+def _linux_type(member: tarfile.TarInfo) -> int:
+    if member.isdir():
+        return stat.S_IFDIR
+    if member.ischr():
+        return stat.S_IFCHR
+    if member.isblk():
+        return stat.S_IFBLK
+    if member.isfifo():
+        return stat.S_IFIFO
+    return stat.S_IFREG
+
+
+def _times_ns(member: tarfile.TarInfo) -> tuple[int, int]:
+    """(atime, mtime) in ns; PAX headers keep sub-second digits a float would lose."""
+    mtime = _pax_time_ns(member, "mtime")
+    if mtime is None:
+        mtime = int(member.mtime) * 1_000_000_000
+    atime = _pax_time_ns(member, "atime")
+    return (mtime if atime is None else atime), mtime
+
+
+def _pax_time_ns(member: tarfile.TarInfo, key: str) -> int | None:
+    raw = member.pax_headers.get(key)
+    if raw is None:
+        return None
+    try:
+        return int(Decimal(raw) * 1_000_000_000)
+    except (InvalidOperation, ValueError, OverflowError):
+        raise _BadArchive(f"member {member.name!r} has an invalid {key} {raw!r}") from None
+
+
+class _Data:
+    """A member's contents, read from the archive stream in chunks."""
+
+    def __init__(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        self.archive = archive
+        self.member = member
+
+    def copy_to(self, fd: int) -> None:
+        source = self.archive.extractfile(self.member)
+        if source is None:
+            return
+        while True:
+            try:
+                chunk = source.read(_COPY_CHUNK)
+            except _ARCHIVE_ERRORS as e:
+                raise _BadArchive(f"corrupt or truncated data in {self.member.name!r}: {e}") from e
+            if not chunk:
+                return
+            _write_all(fd, chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Tree:
+    """The rootfs being built, reached only through directory descriptors."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._cached: tuple[tuple[str, ...], int] | None = None
+        # Directory times are set last: creating entries would change them.
+        self._dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
+
+    def close(self) -> None:
+        self._forget_cached()
+
+    # -- walking --
+
+    def parent_fd(self, parts: list[str]) -> int:
+        """Descriptor of the directory that holds `parts[-1]` (owned by the tree)."""
+        key = tuple(parts[:-1])
+        if self._cached and self._cached[0] == key:
+            return self._cached[1]
+        fd = self._open_dir(list(key))
+        self._forget_cached()
+        self._cached = (key, fd)
+        return fd
+
+    def _forget_cached_under(self, parts: list[str]) -> None:
+        # A descriptor of a removed directory would put later members into
+        # a directory that no longer has a name.
+        if self._cached and self._cached[0][: len(parts)] == tuple(parts):
+            self._forget_cached()
+
+    def _forget_cached(self) -> None:
+        if self._cached:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _open_dir(self, parts: list[str], create: bool = True) -> int:
+        fd = os.dup(self.root_fd)
+        try:
+            for i, part in enumerate(parts):
+                child = self._open_child_dir(fd, part, parts[: i + 1], create)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_child_dir(self, parent: int, name: str, path: list[str], create: bool) -> int:
+        try:
+            return os.open(name, _DIR_OPEN, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise _BadArchive(f"{'/'.join(path)!r} does not exist") from None
+            # Archives often omit parent directories; tar makes them as needed.
+            self.mkdir(parent, name, LxMeta(stat.S_IFDIR | 0o755, 0, 0))
+            return os.open(name, _DIR_OPEN, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _BadArchive(
+                    f"{'/'.join(path)!r} is a symlink or not a directory; "
+                    "refusing to extract through it"
+                ) from None
+            raise
+
+    # -- making entries --
+
+    def make_directory(self, parts: list[str], meta: LxMeta, times: tuple[int, int]) -> None:
+        parent = self.parent_fd(parts)
+        if not self._clear_slot(parent, parts, making_directory=True):
+            self.mkdir(parent, parts[-1], meta)
+        self.set_directory(parts, meta, times)
+
+    def set_directory(self, parts: list[str], meta: LxMeta, times: tuple[int, int]) -> None:
+        fd = self._open_dir(parts)
+        try:
+            os.fchmod(fd, lxattr.host_mode_for(meta.mode))
+            lxattr.write_meta_fd(fd, meta)
+        finally:
+            os.close(fd)
+        self._dir_times[tuple(parts)] = times
+
+    def make_file(
+        self, parts: list[str], meta: LxMeta, times: tuple[int, int], data: _Data | None
+    ) -> None:
+        parent = self.parent_fd(parts)
+        self._clear_slot(parent, parts, making_directory=False)
+        fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=parent)
+        try:
+            if data is not None:
+                data.copy_to(fd)
+            os.fchmod(fd, lxattr.host_mode_for(meta.mode))
+            lxattr.write_meta_fd(fd, meta)
+            os.utime(fd, ns=times)
+        finally:
+            os.close(fd)
+
+    def make_fifo(self, parts: list[str], meta: LxMeta, times: tuple[int, int]) -> None:
+        parent = self.parent_fd(parts)
+        self._clear_slot(parent, parts, making_directory=False)
+        os.mkfifo(parts[-1], 0o600, dir_fd=parent)
+        # Linux allows no user.* attribute on a FIFO, so only the permission
+        # bits survive, in the host mode (owner: root, as lxattr defaults).
+        os.chmod(parts[-1], lxattr.host_mode_for(meta.mode), dir_fd=parent)
+        os.utime(parts[-1], ns=times, dir_fd=parent, follow_symlinks=False)
+
+    def make_symlink(self, parts: list[str], target: str, times: tuple[int, int]) -> None:
+        # The target is stored verbatim: the kernel resolves it inside the
+        # instance root, and the importer never follows it.
+        parent = self.parent_fd(parts)
+        self._clear_slot(parent, parts, making_directory=False)
+        os.symlink(target, parts[-1], dir_fd=parent)
+        os.utime(parts[-1], ns=times, dir_fd=parent, follow_symlinks=False)
+
+    def make_hardlink(self, parts: list[str], target: list[str], name: str) -> None:
+        if not target:
+            raise _BadArchive(f"hard link {name!r} points at the root directory")
+        try:
+            target_parent = self._open_dir(target[:-1], create=False)
+        except _BadArchive as e:
+            raise _BadArchive(f"hard link {name!r} cannot point at {'/'.join(target)!r}: {e}")
+        try:
+            parent = self.parent_fd(parts)
+            if tuple(parts) == tuple(target):
+                return  # a link to itself: the file is already there
+            self._clear_slot(parent, parts, making_directory=False)
+            try:
+                os.link(
+                    target[-1], parts[-1],
+                    src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False,
+                )
+            except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+                raise _BadArchive(
+                    f"hard link {name!r} points at {'/'.join(target)!r}, "
+                    "which is not an earlier file of the archive"
+                ) from e
+        finally:
+            os.close(target_parent)
+
+    def mkdir(self, parent: int, name: str, meta: LxMeta) -> None:
+        os.mkdir(name, 0o700, dir_fd=parent)
+        fd = os.open(name, _DIR_OPEN, dir_fd=parent)
+        try:
+            os.fchmod(fd, lxattr.host_mode_for(meta.mode))
+            lxattr.write_meta_fd(fd, meta)
+        finally:
+            os.close(fd)
+
+    def _clear_slot(self, parent: int, parts: list[str], *, making_directory: bool) -> bool:
+        """Make room for a member, as tar does; True when a directory is kept."""
+        try:
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if making_directory:
+                return True
+            self._forget_cached_under(parts)
+            try:
+                os.rmdir(parts[-1], dir_fd=parent)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _BadArchive(
+                        f"member {'/'.join(parts)!r} would replace a non-empty directory"
+                    ) from None
+                raise
+            self._dir_times.pop(tuple(parts), None)
+            return False
+        os.unlink(parts[-1], dir_fd=parent)
+        return False
+
+    def exists(self, parts: list[str]) -> bool:
+        try:
+            os.stat(parts[-1], dir_fd=self.parent_fd(parts), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- finishing --
+
+    def apply_directory_times(self) -> None:
+        self._forget_cached()
+        for parts, times in self._dir_times.items():
+            fd = self._open_dir(list(parts))
+            try:
+                os.utime(fd, ns=times)
+            finally:
+                os.close(fd)
+
+
+def _add_mount_points(tree: _Tree) -> None:
+    for path, mode in MOUNT_POINTS:
+        parts = path.split("/")
+        try:
+            if tree.exists(parts):
+                continue
+        except _BadArchive:
+            continue  # e.g. /dev is a symlink: leave the distro's layout alone
+        tree.mkdir(tree.parent_fd(parts), parts[-1], LxMeta(stat.S_IFDIR | mode, 0, 0))
+
+
+__all__ = ["import_tarball", "MOUNT_POINTS", "ROOTFS_DIR"]
