@@ -246,7 +246,7 @@ def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None)
     distro = registry.get(opts.distribution) if opts.distribution else registry.default()
     command = command or _Command()
     try:
-        from lxsub.kernel.instance import run_command
+        from lxsub.kernel.session import run_command
     except ImportError as e:
         raise LxError(f"cannot start distro {distro.name!r}: {e}", EXIT_SOFTWARE) from e
     return run_command(distro, command.argv, user=opts.user, cwd=opts.cd, mode=command.mode)

@@ -1,0 +1,244 @@
+"""Running one command in a distro for `lx`: user, environment, program, terminal.
+
+This is what WSL's init does for a client: look the user up in the distro's
+own /etc/passwd, build a login environment, find the program on the
+distro's PATH, start it as a child of /init and give it the terminal.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from dataclasses import dataclass
+
+from lxsub.errors import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_NOUSER, EXIT_OSERR,
+                          EXIT_UNAVAILABLE, LxError)
+from lxsub.kernel.creds import Creds
+from lxsub.kernel.exec import binfmt
+from lxsub.kernel.exec import plan as exec_plan
+from lxsub.kernel.instance import Instance
+from lxsub.kernel.log import Log
+from lxsub.kernel.vfs.path import Walker
+from lxsub.platform.launcher import ChildSetup
+
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_HOST_ENV = ("TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "COLORTERM", "TZ")
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+    groups: tuple[int, ...] = ()
+
+
+def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, mode: str) -> int:
+    """Run a command in `distro`; returns the exit status for `lx` (128+N for signal N)."""
+    rootfs = str(distro.rootfs)
+    if not os.path.isdir(rootfs):
+        raise LxError(f"the root file system of '{distro.name}' is missing ({rootfs}); "
+                      f"re-import it or 'lx --unregister {distro.name}'", EXIT_UNAVAILABLE)
+    from lxsub.state import lx_home
+    log = Log(str(lx_home() / "lx.log") if lx_home().is_dir() else None)
+    inst = Instance(distro.name, rootfs, log=log)
+    try:
+        account = find_user(inst, user or getattr(distro, "default_user", "root") or "root")
+        creds = Creds.for_user(account.uid, account.gid, account.groups)
+        argv_b, path = _command_line(inst, account, creds, argv, mode)
+        fs = _start_dir(inst, account, cwd)
+        _check_runnable(inst, creds, fs, path, argv_b, distro.name)
+        env = login_environment(account, inst.uts.hostname)
+        proc = inst.spawn(path, argv_b, env, creds, fs, ChildSetup())
+    except BaseException:
+        inst.cleanup()
+        raise
+    return _exit_code(_serve(inst, proc))
+
+
+# -- users ----------------------------------------------------------------------
+
+def _read_instance_file(inst: Instance, path: str) -> bytes:
+    root = inst.mounts.root_mount.root()
+    try:
+        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+    finally:
+        root.release()
+    try:
+        fd = node.fs.open(node, os.O_RDONLY, Creds())
+    finally:
+        node.release()
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 22)
+
+
+def find_user(inst: Instance, name: str) -> User:
+    try:
+        passwd = _read_instance_file(inst, "/etc/passwd").decode(errors="replace")
+    except OSError:
+        passwd = ""
+    for line in passwd.splitlines():
+        f = line.split(":")
+        if len(f) >= 7 and (f[0] == name or (name.isdigit() and f[2] == name)):
+            u = User(f[0], int(f[2]), int(f[3]), f[5] or "/", f[6] or "/bin/sh")
+            u.groups = _groups_of(inst, u)
+            return u
+    if name in ("root", "0"):
+        return User("root", 0, 0, "/root", "/bin/sh")
+    raise LxError(f"no user '{name}' in distro '{inst.name}' (see its /etc/passwd)", EXIT_NOUSER)
+
+
+def _groups_of(inst: Instance, u: User) -> tuple[int, ...]:
+    try:
+        text = _read_instance_file(inst, "/etc/group").decode(errors="replace")
+    except OSError:
+        return (u.gid,)
+    gids = {u.gid}
+    for line in text.splitlines():
+        f = line.split(":")
+        if len(f) >= 4 and u.name in f[3].split(","):
+            try:
+                gids.add(int(f[2]))
+            except ValueError:
+                pass
+    return tuple(sorted(gids))
+
+
+def login_environment(u: User, hostname: str) -> list[bytes]:
+    env = {
+        "HOME": u.home, "USER": u.name, "LOGNAME": u.name, "SHELL": u.shell,
+        "PATH": ROOT_PATH if u.uid == 0 else USER_PATH, "HOSTNAME": hostname,
+    }
+    for key in _HOST_ENV:
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.setdefault("TERM", "dumb")
+    return [f"{k}={v}".encode() for k, v in env.items()]
+
+
+# -- the command ------------------------------------------------------------------
+
+def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: str):
+    if mode == "shell":
+        return [u.shell.encode(), b"-c", " ".join(argv).encode()], u.shell.encode()
+    if mode == "login":
+        return [b"-" + os.path.basename(u.shell).encode()], u.shell.encode()
+    if not argv:
+        raise LxError("no command given after -e", 64)
+    prog = argv[0]
+    path = prog if "/" in prog else _search_path(inst, creds, prog, u)
+    return [a.encode() for a in argv], path.encode()
+
+
+def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
+    root = inst.mounts.root_mount.root()
+    try:
+        w = Walker(inst.mounts, root, creds)
+        for d in (ROOT_PATH if u.uid == 0 else USER_PATH).split(":"):
+            candidate = f"{d}/{prog}"
+            try:
+                node = w.resolve(root, candidate.encode())
+            except OSError:
+                continue
+            try:
+                if not node.is_dir():
+                    return candidate
+            finally:
+                node.release()
+    finally:
+        root.release()
+    raise LxError(f"{prog}: command not found in distro '{inst.name}'", EXIT_NOT_FOUND)
+
+
+def _start_dir(inst: Instance, u: User, cwd: str | None):
+    want = cwd if cwd is not None else u.home
+    try:
+        return inst.root_context(want)
+    except OSError as e:
+        if cwd is not None:
+            raise LxError(f"--cd {cwd}: {os.strerror(e.errno or errno.ENOENT)} in distro "
+                          f"'{inst.name}'", EXIT_NOT_FOUND) from None
+        return inst.root_context("/")
+
+
+def _check_runnable(inst: Instance, creds: Creds, fs, path: bytes, argv: list[bytes], name: str) -> None:
+    """Refuse up front what the exec would refuse, with a message naming why."""
+    w = Walker(inst.mounts, fs.root, creds)
+    shown = path.decode(errors="replace")
+    try:
+        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vpath_of)
+        p.close()
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise LxError(f"{shown}: no such file in distro '{name}'", EXIT_NOT_FOUND) from None
+        if e.errno == errno.ENOEXEC:
+            raise LxError(f"{shown}: cannot execute: {_why_enoexec(inst, w, fs, path)} (ENOEXEC)",
+                          EXIT_CANNOT_EXEC) from None
+        raise LxError(f"{shown}: cannot execute: {os.strerror(e.errno or errno.EIO)}",
+                      EXIT_CANNOT_EXEC) from None
+
+
+def _why_enoexec(inst: Instance, w: Walker, fs, path: bytes) -> str:
+    try:
+        node = w.resolve(fs.cwd, path)
+        try:
+            fd = node.fs.open(node, os.O_RDONLY, w.creds)
+        finally:
+            node.release()
+        try:
+            return binfmt.describe_enoexec(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return "exec format error"
+
+
+# -- running it -------------------------------------------------------------------
+
+def _serve(inst: Instance, proc) -> int:
+    tty = _foreground_tty()
+    old = {s: signal.signal(s, lambda sig, _f: inst.signal_main(sig)) for s in _FORWARDED}
+    old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        if tty is not None:
+            _give_terminal(tty, proc.host_pid)
+        return inst.run(proc)
+    except OSError as e:
+        raise LxError(f"the provider failed: {e}", EXIT_OSERR) from e
+    finally:
+        if tty is not None:
+            _give_terminal(tty, os.getpgrp())
+        for s, h in old.items():
+            signal.signal(s, h)
+        signal.signal(signal.SIGTTOU, old_ttou)
+
+
+def _foreground_tty() -> int | None:
+    """stdin when it is our controlling terminal and we are in its foreground."""
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+            return 0
+    except OSError:
+        pass
+    return None
+
+
+def _give_terminal(fd: int, pgrp: int) -> None:
+    try:
+        os.tcsetpgrp(fd, pgrp)
+    except OSError:
+        pass
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 1
+
