@@ -5,13 +5,15 @@ the host runs it untouched; `notify`: seccomp user-notify, the provider
 answers; `trace`: a ptrace stop, the provider rewrites registers; `errno`:
 the filter answers at once), its handler, its support level and a note.
 The seccomp filter, the dispatcher and docs/SYSCALLS.md are all made from
-this table (`python -m lxsub.kernel.table --markdown` writes the page).
+this table (`python3 -m lxsub.kernel.table --markdown` prints the page,
+`--write` writes it).
 """
 
 from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from lxsub.kernel.syscalls import (fcntl, identity, ioctl, net, process, sched, signal, stat,
@@ -264,3 +266,84 @@ for _nr, _name in NAMES.items():
 def seccomp_program() -> bytes:
     actions = {nr: row.action() for nr, row in BY_NR.items()}
     return bpf.build_filter(actions, bpf.RET_USER_NOTIF)
+
+
+# -- docs/SYSCALLS.md -------------------------------------------------------
+
+_LEVELS = (FULL, PARTIAL, UNIMPLEMENTED, DENIED)
+_VIAS = (NATIVE, NOTIFY, TRACE, ERRNO)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _note(row: Syscall) -> str:
+    note = row.note
+    if row.via == ERRNO:
+        name = errno.errorcode.get(row.err, str(row.err))
+        note = f"returns {name}" + (f"; {note}" if note else "")
+    return note
+
+
+def markdown() -> str:
+    """The text of docs/SYSCALLS.md, made from BY_NR (deterministic)."""
+    rows = [BY_NR[nr] for nr in sorted(BY_NR)]
+    out = [
+        "# Syscall table",
+        "",
+        "Generated from `src/lxsub/kernel/table.py` by "
+        "`python3 -m lxsub.kernel.table --write`; do not edit by hand.",
+        "",
+        "Every x86_64 system call has one row. **via** says how the call reaches lxsub: "
+        "`native` — the host kernel runs it untouched; `notify` — a seccomp user-notify "
+        "event, answered by the provider; `trace` — a ptrace stop, where the provider "
+        "rewrites registers; `errno` — the seccomp filter answers at once with an error. "
+        "Calls with argument rules take another path for some argument values (see the "
+        "note). **level** is how complete the support is: `full`, `partial`, "
+        "`unimplemented` (the provider answers ENOSYS) or `denied` (refused on purpose). "
+        "Calls from other ABIs (i386 `int 0x80`, x32) get ENOSYS.",
+        "",
+        "## Summary",
+        "",
+        "| level | " + " | ".join(_VIAS) + " | total |",
+        "|---|" + "---:|" * (len(_VIAS) + 1),
+    ]
+    for level in _LEVELS:
+        counts = [sum(1 for r in rows if r.level == level and r.via == v) for v in _VIAS]
+        out.append(f"| {level} | " + " | ".join(map(str, counts)) + f" | {sum(counts)} |")
+    totals = [sum(1 for r in rows if r.via == v) for v in _VIAS]
+    out.append("| **total** | " + " | ".join(map(str, totals)) + f" | {len(rows)} |")
+    out += ["", "## Calls", "", "| nr | name | via | level | note |", "|---:|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r.nr} | `{r.name}` | {r.via} | {r.level} | {_cell(_note(r))} |")
+    return "\n".join(out) + "\n"
+
+
+def default_output() -> Path:
+    return Path(__file__).resolve().parents[3] / "docs" / "SYSCALLS.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python3 -m lxsub.kernel.table",
+                                 description="Print or write docs/SYSCALLS.md.")
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the page to stdout")
+    group.add_argument("--write", action="store_true", help="write the page to a file")
+    ap.add_argument("--output", type=Path, help="with --write: where (default docs/SYSCALLS.md)")
+    args = ap.parse_args(argv)
+    text = markdown()
+    if args.markdown:
+        import sys
+        sys.stdout.write(text)
+        return 0
+    path = args.output or default_output()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
