@@ -57,7 +57,7 @@ def read(pid: int, addr: int, n: int) -> bytes:
     got = _transfer(_readv, pid, buf, addr, n)
     if got != n:
         raise MemoryFault()
-    return buf.raw[:n]
+    return ctypes.string_at(buf, n)
 
 
 def read_cstr(pid: int, addr: int, limit: int = 4096) -> bytes:
@@ -65,10 +65,12 @@ def read_cstr(pid: int, addr: int, limit: int = 4096) -> bytes:
     if not addr:
         raise MemoryFault()
     out = b""
+    want = 256    # most paths are short: do not copy a whole page each time
     while True:
-        chunk = PAGE - (addr % PAGE)
+        chunk = min(want, PAGE - (addr % PAGE))
         got = _transfer(_readv, pid, _SCRATCH, addr, chunk)
-        data = _SCRATCH.raw[:got]
+        data = ctypes.string_at(_SCRATCH, got)
+        want = PAGE
         nul = data.find(b"\0")
         if nul >= 0:
             out += data[:nul]
