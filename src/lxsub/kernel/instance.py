@@ -68,6 +68,8 @@ class Instance:
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
+        # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
         self.launches: dict[int, Launch] = {}
         self.listeners: dict[int, Listener] = {}
