@@ -64,6 +64,10 @@ class MountTable:
     def mounted_on(self, node: Node) -> Mount | None:
         return self._by_point.get(node.key) if self._by_point else None
 
+    def other_mount_paths(self) -> list[str]:
+        """Where mounts other than the root one are, as written in the table."""
+        return [m.path for m in self.mounts if m is not self.root_mount]
+
     def by_path(self, path: str) -> Mount | None:
         for m in reversed(self.mounts):
             if m.path == path:
