@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""Time the same work natively (chroot), under lxsub and under proot.
+
+    python3 bench/run.py [--quick] [--runs N] [--only NAME,...] [--keep]
+
+Uses the cached Debian bookworm rootfs tarball of tests/fixtures/rootfs.py
+(built on first use; needs root and debootstrap). In a temporary directory it
+extracts one copy of the rootfs for `chroot` (needs root) and `proot -0 -r`
+(Debian package proot), and imports the tarball once into a bench-owned
+$LX_HOME for `python3 -m lxsub -d bench -e ...`. The C workloads are compiled
+once inside each rootfs with its own gcc. Each workload is timed with
+hyperfine (--export-json) when present, else by repeated subprocess timing;
+the table gives median wall times and the ratios lxsub/native, lxsub/proot.
+Results also go to bench/results.json (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CLEAN_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "HOME=/root", "LANG=C.UTF-8", "TERM=dumb"]
+TIMEOUT = 900  # seconds for one timing command (all runs of one workload)
+
+# -- the workloads' C programs ----------------------------------------------
+
+C_SOURCES = {
+    "compute": r"""
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 400000000L;
+    unsigned long x = 88172645463325252UL, s = 0;
+    for (long i = 0; i < n; i++) {      /* xorshift: no syscalls, no memory */
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17; s += x;
+    }
+    printf("%lu\n", s);
+    return 0;
+}
+""",
+    "native_sys": r"""
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {   /* a syscall the filter lets through */
+    long n = argc > 1 ? atol(argv[1]) : 1000000L;
+    struct rusage ru;
+    for (long i = 0; i < n; i++)
+        if (syscall(SYS_getrusage, RUSAGE_SELF, &ru) != 0) return 1;
+    return 0;
+}
+""",
+    "stat_loop": r"""
+#include <stdlib.h>
+#include <sys/stat.h>
+int main(int argc, char **argv) {   /* a path call the provider answers */
+    long n = argc > 1 ? atol(argv[1]) : 20000L;
+    struct stat st;
+    for (long i = 0; i < n; i++)
+        if (stat("/etc/passwd", &st) != 0) return 1;
+    return 0;
+}
+""",
+    "spawn": r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {   /* fork + exec /bin/true + wait */
+    long n = argc > 1 ? atol(argv[1]) : 200L;
+    for (long i = 0; i < n; i++) {
+        pid_t p = fork();
+        if (p < 0) return 1;
+        if (p == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
+        int st;
+        if (waitpid(p, &st, 0) != p || !WIFEXITED(st) || WEXITSTATUS(st)) return 1;
+    }
+    return 0;
+}
+""",
+}
+
+B = "/opt/bench"
+TAR_SRC = ["/usr/lib/python3.11", "/usr/share/perl"]   # ~50 MB, a few thousand files
+
+
+@dataclass
+class Workload:
+    name: str
+    label: str
+    argv: list[str]
+    prepare: list[str] | None = None   # untimed, before each run
+
+
+WORKLOADS = [
+    Workload("startup", "/bin/true (startup cost)", ["/bin/true"]),
+    Workload("compute", "compute loop (C)", [f"{B}/compute"]),
+    Workload("native_sys", "1M getrusage() syscalls (native)", [f"{B}/native_sys", "1000000"]),
+    Workload("stat_loop", "20k stat(\"/etc/passwd\") (trapped)", [f"{B}/stat_loop", "20000"]),
+    Workload("find", "find /usr > /dev/null", ["/usr/bin/find", "/usr"]),
+    Workload("spawn", "200 x fork+exec /bin/true", [f"{B}/spawn", "200"]),
+    Workload("tar", "tar -xf ~50 MB tarball", ["/bin/tar", "-xf", f"{B}/data.tar", "-C", "/tmp/bench-x"],
+             prepare=["/bin/sh", "-c", "rm -rf /tmp/bench-x && mkdir /tmp/bench-x"]),
+    Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
+]
+
+SETUP_SCRIPT = f"""
+set -e
+mkdir -p {B}
+cd {B}
+for f in {' '.join(C_SOURCES)}; do gcc -O2 -o $f $f.c; done
+./compute 1000 >/dev/null
+tar -cf {B}/data.tar {' '.join(TAR_SRC)} 2>/dev/null
+mkdir -p /tmp/bench-x
+ls -l {B}/data.tar
+"""
+
+
+# -- environments -----------------------------------------------------------
+
+@dataclass
+class Env:
+    name: str
+    prefix: list[str]
+    env: dict = field(default_factory=lambda: dict(os.environ))
+    skipped: str = ""
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        return self.prefix + cmd
+
+    def run(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(cmd), env=self.env, **kw)
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def write_sources(env: Env, root: Path | None) -> None:
+    """Put the C sources at /opt/bench inside the environment."""
+    if root is not None:
+        (root / B.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for name, src in C_SOURCES.items():
+            (root / B.lstrip("/") / f"{name}.c").write_text(src)
+        return
+    env.run(["/bin/mkdir", "-p", B], check=True)
+    for name, src in C_SOURCES.items():
+        env.run(["/bin/sh", "-c", f"cat > {B}/{name}.c"], input=src.encode(), check=True)
+
+
+def setup_env(env: Env, root: Path | None) -> None:
+    t = time.monotonic()
+    write_sources(env, root)
+    r = env.run(["/bin/sh", "-c", SETUP_SCRIPT], capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"setup in {env.name} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    log(f"{env.name}: compiled workloads, made tarball ({time.monotonic() - t:.1f} s): "
+        f"{r.stdout.strip().splitlines()[-1]}")
+
+
+def extract_rootfs(tarball: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    argv = ["tar", "-xzf", str(tarball), "-C", str(dest)]
+    if os.geteuid() != 0:
+        argv[1:1] = ["--no-same-owner", "--exclude=./dev/*"]
+    t = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode not in (0, 2) or not (dest / "usr/bin/gcc").exists():
+        raise RuntimeError(f"extracting {tarball} failed: {r.stderr[-2000:]}")
+    log(f"extracted rootfs to {dest} ({time.monotonic() - t:.1f} s)")
+
+
+def make_envs(work: Path, tarball: Path) -> list[Env]:
+    is_root = os.geteuid() == 0
+    proot = shutil.which("proot")
+    root = work / "rootfs"
+    envs = []
+
+    if is_root or proot:
+        extract_rootfs(tarball, root)
+    native = Env("native", ["chroot", str(root)] + CLEAN_ENV)
+    if not is_root:
+        native.skipped = "not root: chroot needs root"
+    envs.append(native)
+
+    lx_env = dict(os.environ)
+    lx_env["LX_HOME"] = str(work / "lxhome")
+    lx_env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + lx_env.get("PYTHONPATH", "")
+    lx = Env("lxsub", [sys.executable, "-m", "lxsub", "-d", "bench", "-e"], env=lx_env)
+    t = time.monotonic()
+    subprocess.run([sys.executable, "-m", "lxsub", "--import", "bench", str(work / "lxdistro"),
+                    str(tarball)], env=lx_env, check=True, stdout=subprocess.DEVNULL)
+    log(f"imported the Debian tarball into lxsub ({time.monotonic() - t:.1f} s)")
+    envs.append(lx)
+
+    pr = Env("proot", [proot or "proot", "-0", "-r", str(root), "-b", "/dev", "-b", "/proc",
+                       "-w", "/"] + CLEAN_ENV)
+    pr.env.pop("LD_PRELOAD", None)
+    if not proot:
+        pr.skipped = "proot not installed (apt-get install proot)"
+    envs.append(pr)
+
+    # compile and make the tarball in each rootfs: chroot's and proot's share one
+    if not native.skipped:
+        setup_env(native, root)
+    elif not pr.skipped:
+        setup_env(pr, root)
+    setup_env(lx, None)
+    return envs
+
+
+# -- timing -----------------------------------------------------------------
+
+def check_once(env: Env, w: Workload) -> str:
+    """Run once untimed: '' if fine, else why not."""
+    try:
+        if w.prepare:
+            env.run(w.prepare, check=True, capture_output=True, timeout=600)
+        r = env.run(w.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    except subprocess.TimeoutExpired:
+        return "timed out"
+    except subprocess.CalledProcessError as e:
+        return f"prepare failed ({e.returncode})"
+    if r.returncode != 0:
+        return f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[-200:]}"
+    return ""
+
+
+def time_hyperfine(env: Env, w: Workload, runs: int, warmup: int, work: Path) -> list[float]:
+    out = work / f"hf-{env.name}-{w.name}.json"
+    argv = ["hyperfine", "--runs", str(runs), "--warmup", str(warmup), "--style", "none",
+            "--export-json", str(out), "-N"]
+    if w.prepare:
+        argv += ["--prepare", shlex.join(env.argv(w.prepare))]
+    argv.append(shlex.join(env.argv(w.argv)))
+    subprocess.run(argv, env=env.env, check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    return list(json.loads(out.read_text())["results"][0]["times"])
+
+
+def time_loop(env: Env, w: Workload, runs: int, warmup: int) -> list[float]:
+    times = []
+    for i in range(warmup + runs):
+        if w.prepare:
+            env.run(w.prepare, check=True, capture_output=True)
+        t = time.perf_counter()
+        env.run(w.argv, check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def hyperfine_usable() -> bool:
+    if not shutil.which("hyperfine"):
+        return False
+    r = subprocess.run(["hyperfine", "--help"], capture_output=True, text=True)
+    return "--shell" in r.stdout and "-N" in r.stdout   # -N (no shell) since 1.13
+
+
+# -- output -----------------------------------------------------------------
+
+def fmt_time(t: float | None) -> str:
+    if t is None:
+        return "–"
+    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "–"
+    r = a / b
+    return f"{r:.0f}×" if r >= 10 else f"{r:.1f}×" if r >= 1 else f"{r:.2f}×"
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for w in WORKLOADS:
+        med = {e: results[e]["workloads"].get(w.name, {}).get("median") for e in results}
+        rows.append([w.label, fmt_time(med.get("native")), fmt_time(med.get("lxsub")),
+                     fmt_time(med.get("proot")), fmt_ratio(med.get("lxsub"), med.get("native")),
+                     fmt_ratio(med.get("lxsub"), med.get("proot"))])
+    return rows
+
+
+HEADER = ["workload", "native", "lxsub", "proot", "lxsub/native", "lxsub/proot"]
+
+
+def plain_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [HEADER] + rows) for i in range(len(HEADER))]
+    line = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
+                               for i, c in enumerate(r))
+    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(HEADER) + " |", "|---|" + "---:|" * (len(HEADER) - 1)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# -- main -------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    global WORKLOADS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 runs and no warm-up (default 5 runs after 1 warm-up)")
+    ap.add_argument("--runs", type=int, help="timed runs per workload (default 5, quick 2)")
+    ap.add_argument("--only", help="comma-separated workload names: "
+                    + ",".join(w.name for w in WORKLOADS))
+    ap.add_argument("--no-hyperfine", action="store_true", help="time with subprocess")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
+    args = ap.parse_args(argv)
+    runs = args.runs or (2 if args.quick else 5)
+    warmup = 0 if args.quick else 1
+    if args.only:
+        names = set(args.only.split(","))
+        WORKLOADS = [w for w in WORKLOADS if w.name in names]
+
+    from tests.fixtures.rootfs import FixtureUnavailable, debian_tarball
+    try:
+        tarball = debian_tarball()
+    except FixtureUnavailable as e:
+        print(f"cannot get the Debian rootfs tarball: {e}", file=sys.stderr)
+        return 2
+
+    use_hf = not args.no_hyperfine and hyperfine_usable()
+    work = Path(tempfile.mkdtemp(prefix="lxsub-bench-"))
+    log(f"work dir {work}; timing with {'hyperfine' if use_hf else 'subprocess'}, {runs} runs")
+    results: dict = {}
+    try:
+        envs = make_envs(work, tarball)
+        for env in envs:
+            results[env.name] = {"skipped": env.skipped, "workloads": {}}
+            if env.skipped:
+                log(f"{env.name}: skipped: {env.skipped}")
+                continue
+            for w in WORKLOADS:
+                entry: dict = {"label": w.label, "argv": w.argv}
+                try:
+                    times = (time_hyperfine(env, w, runs, warmup, work) if use_hf
+                             else time_loop(env, w, runs, warmup))
+                    entry.update(times=times, median=statistics.median(times))
+                    log(f"{env.name} {w.name}: median {fmt_time(entry['median'])}")
+                except (subprocess.SubprocessError, OSError) as e:
+                    problem = check_once(env, w) or str(e)   # run again to say why
+                    log(f"{env.name} {w.name}: FAILED: {problem}")
+                    entry["error"] = problem
+                results[env.name]["workloads"][w.name] = entry
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows = table_rows(results)
+    notes = [f"{e}: skipped ({r['skipped']})" for e, r in results.items() if r["skipped"]]
+    notes += [f"{e} {w}: failed ({d['error']})" for e, r in results.items()
+              for w, d in r["workloads"].items() if "error" in d]
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+            "kernel": platform.release(), "cpu": _cpu(), "runs": runs, "quick": args.quick,
+            "timer": "hyperfine" if use_hf else "subprocess", "tarball": str(tarball)}
+    print(f"\nMedian wall time of {runs} runs ({meta['timer']}); kernel {meta['kernel']}; "
+          f"{meta['cpu']}\n")
+    print(plain_table(rows))
+    for n in notes:
+        print(f"  note: {n}")
+    print("\nMarkdown:\n")
+    print(markdown_table(rows))
+    for n in notes:
+        print(f"\n*{n}*")
+    args.output.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    log(f"wrote {args.output}")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
