@@ -200,7 +200,7 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         calls.append((distro.name, argv, user, cwd, mode))
         return 42
 
-    monkeypatch.setitem(sys.modules, "lxsub.kernel.instance",
+    monkeypatch.setitem(sys.modules, "lxsub.kernel.session",
                         types.SimpleNamespace(run_command=run_command))
     return calls
 
@@ -236,6 +236,6 @@ def test_keyboard_interrupt_is_130(home: Path, tmp_path: Path, tarball: Path, ca
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(sys.modules, "lxsub.kernel.instance",
+    monkeypatch.setitem(sys.modules, "lxsub.kernel.session",
                         types.SimpleNamespace(run_command=interrupted))
     assert main(["--", "sleep", "100"]) == 130
