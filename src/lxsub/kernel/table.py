@@ -142,9 +142,12 @@ ROWS: list[Syscall] = [
     Syscall("sendto", NATIVE, net.sys_sendto, FULL, "with an address: resolved like connect",
             rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW),)),
     # -- paths: all resolved by the provider inside the instance
-    notify("open", fcntl.sys_open),
-    notify("openat", fcntl.sys_openat),
-    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions: EOPNOTSUPP", PARTIAL),
+    Syscall("open", NOTIFY, fcntl.sys_open, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",
+            rules=(ArgRule(1, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
+    Syscall("openat", NOTIFY, fcntl.sys_openat, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",
+            rules=(ArgRule(2, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
+    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions: EOPNOTSUPP; O_PATH gives a "
+           "read-only descriptor", PARTIAL),
     notify("creat", fcntl.sys_creat),
     notify("stat", stat.sys_stat),
     notify("lstat", stat.sys_lstat),

@@ -7,9 +7,12 @@ import fcntl as _fcntl
 import os
 import struct
 
-from lxsub.kernel.call import Call, NewFd
+from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.vfs import lookup
-from lxsub.kernel.vfs.open import O_CLOEXEC, O_CREAT, O_TMPFILE, open_at
+from lxsub.kernel.vfs.open import O_CLOEXEC, O_CREAT, O_PATH, O_TMPFILE, open_at
+from lxsub.platform import memory
+
+SYS_OPENAT = 257
 
 AT_FDCWD = lookup.AT_FDCWD
 _VALID_OPEN_FLAGS = 0o37777777
@@ -19,10 +22,48 @@ RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 8, 16, 32
 
 
 def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int):
+    if flags & O_PATH and c.regs is not None:
+        return _open_path_in_caller(c, dirfd, path, flags)
     fd = open_at(c.inst, c.task, dirfd, path, flags, mode)
     if isinstance(fd, int):
         return NewFd(fd, bool(flags & O_CLOEXEC))
     return _wrap_blocking(fd, flags)
+
+
+def _open_path_in_caller(c: Call, dirfd: int, path: bytes, flags: int) -> Native:
+    """O_PATH descriptors cannot be handed over by seccomp (ADDFD refuses
+    them), so these opens trap by ptrace: the provider resolves the file and
+    the caller opens the provider's descriptor through its /proc magic link.
+    A sibling thread could rewrite that path meanwhile; the result is checked
+    to be the file we resolved, and a caller that swapped it is killed."""
+    fd = open_at(c.inst, c.task, dirfd, path, flags, 0)
+    st = os.fstat(fd)
+    regs = c.regs
+    magic = f"/proc/{os.getpid()}/fd/{fd}".encode() + b"\0"
+    (addr,) = memory.write_below_sp(c.pid, regs.rsp, [magic])
+    regs.orig_rax = SYS_OPENAT
+    regs.set_args(AT_FDCWD & 0xFFFFFFFFFFFFFFFF, addr, O_PATH | (flags & O_CLOEXEC), 0)
+    task, inst = c.task, c.inst
+
+    def check(result: int):
+        os.close(fd)
+        if result >= 0 and not _same_file(task, result, st):
+            inst.log.warn(f"pid {task.pid}: O_PATH open target changed under us; killed")
+            os.kill(task.host_tid, 9)
+        return None
+    return Native(on_exit=check)
+
+
+def _same_file(task, fd: int, want: os.stat_result) -> bool:
+    try:
+        local = lookup.copy_fd(task, fd)
+    except OSError:
+        return False
+    try:
+        got = os.fstat(local)
+        return (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino)
+    finally:
+        os.close(local)
 
 
 def _wrap_blocking(job, flags: int):
@@ -63,6 +104,10 @@ def sys_openat2(c: Call):
         raise OSError(errno.EOPNOTSUPP, "RESOLVE_* restrictions not supported")
     if resolve & RESOLVE_CACHED:
         raise OSError(errno.EAGAIN, "not cached")
+    if flags & O_PATH:
+        # openat2's flags are in memory, out of the filter's sight, so this
+        # cannot be a traced O_PATH open: give a plain read-only descriptor.
+        flags = (flags & ~O_PATH) | os.O_RDONLY
     return _open(c, c.int(0), c.path(1), flags, mode)
 
 
