@@ -176,6 +176,9 @@ class Walker:
             if cur.key == self.root.key:
                 return cur                     # `..` of the caller's root is itself
             m = cur.mount
+            if m.parent is None and cur.key == m.root_key():
+                return cur                     # nor can a chroot'ed caller whose cwd
+                                               # lies outside its root climb past "/"
             if m.parent is not None and cur.key == m.root_key():
                 assert m.mountpoint is not None
                 cur.release()
