@@ -63,8 +63,8 @@ def _check(cp):
 
 @pytest.mark.parametrize("program", ["symlink_escape", "dotdot_escape", "race_escape"])
 def test_path_escapes(built, marker, program):
-    cp = built.exe(f"/opt/lxsec/{program}", str(marker), SECRET, timeout=400,
-                   env={"LXSEC_RACE_SECONDS": "10"})
+    cp = built.exe("env", "LXSEC_RACE_SECONDS=10", f"/opt/lxsec/{program}", str(marker), SECRET,
+                   timeout=400)
     _check(cp)
 
 
