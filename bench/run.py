@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO))
 
 CLEAN_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8", "TERM=dumb"]
-TIMEOUT = 900  # seconds for one timing command (all runs of one workload)
 
 # -- the workloads' C programs ----------------------------------------------
 
@@ -44,7 +43,7 @@ C_SOURCES = {
 #include <stdio.h>
 #include <stdlib.h>
 int main(int argc, char **argv) {
-    long n = argc > 1 ? atol(argv[1]) : 400000000L;
+    long n = argc > 1 ? atol(argv[1]) : 250000000L;
     unsigned long x = 88172645463325252UL, s = 0;
     for (long i = 0; i < n; i++) {      /* xorshift: no syscalls, no memory */
         x ^= x << 13; x ^= x >> 7; x ^= x << 17; s += x;
@@ -139,9 +138,11 @@ class Env:
     prefix: list[str]
     env: dict = field(default_factory=lambda: dict(os.environ))
     skipped: str = ""
+    limit: int = 0      # seconds a timed command may take (coreutils timeout), 0: none
 
     def argv(self, cmd: list[str]) -> list[str]:
-        return self.prefix + cmd
+        guard = ["timeout", "-k", "5", str(self.limit)] if self.limit else []
+        return guard + self.prefix + cmd
 
     def run(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(cmd), env=self.env, **kw)
@@ -231,11 +232,13 @@ def check_once(env: Env, w: Workload) -> str:
     try:
         if w.prepare:
             env.run(w.prepare, check=True, capture_output=True, timeout=600)
-        r = env.run(w.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        r = env.run(w.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
     except subprocess.TimeoutExpired:
         return "timed out"
     except subprocess.CalledProcessError as e:
         return f"prepare failed ({e.returncode})"
+    if r.returncode == 124:
+        return f"timed out after {env.limit} s (hung?)"
     if r.returncode != 0:
         return f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[-200:]}"
     return ""
@@ -248,7 +251,12 @@ def time_hyperfine(env: Env, w: Workload, runs: int, warmup: int, work: Path) ->
     if w.prepare:
         argv += ["--prepare", shlex.join(env.argv(w.prepare))]
     argv.append(shlex.join(env.argv(w.argv)))
-    subprocess.run(argv, env=env.env, check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    limit = (env.limit + 10) * (runs + warmup) * (2 if w.prepare else 1) + 60 if env.limit else None
+    r = subprocess.run(argv, env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, timeout=limit)
+    if r.returncode != 0:
+        why = " ".join(r.stderr.strip().splitlines()[-2:])[-300:]
+        raise RuntimeError(f"hyperfine: {why or f'exit {r.returncode}'}")
     return list(json.loads(out.read_text())["results"][0]["times"])
 
 
@@ -258,7 +266,7 @@ def time_loop(env: Env, w: Workload, runs: int, warmup: int) -> list[float]:
         if w.prepare:
             env.run(w.prepare, check=True, capture_output=True)
         t = time.perf_counter()
-        env.run(w.argv, check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+        env.run(w.argv, check=True, stdout=subprocess.DEVNULL)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return times
@@ -322,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated workload names: "
                     + ",".join(w.name for w in WORKLOADS))
     ap.add_argument("--no-hyperfine", action="store_true", help="time with subprocess")
+    ap.add_argument("--timeout", type=int, help="seconds one run may take (default 600, quick 120)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
     args = ap.parse_args(argv)
@@ -345,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         envs = make_envs(work, tarball)
         for env in envs:
+            env.limit = args.timeout or (120 if args.quick else 600)
             results[env.name] = {"skipped": env.skipped, "workloads": {}}
             if env.skipped:
                 log(f"{env.name}: skipped: {env.skipped}")
@@ -356,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                              else time_loop(env, w, runs, warmup))
                     entry.update(times=times, median=statistics.median(times))
                     log(f"{env.name} {w.name}: median {fmt_time(entry['median'])}")
-                except (subprocess.SubprocessError, OSError) as e:
-                    problem = check_once(env, w) or str(e)   # run again to say why
+                except (subprocess.SubprocessError, OSError, RuntimeError) as e:
+                    again = check_once(env, w)   # run again alone to say why
+                    problem = (f"{again} ({e})" if again else
+                               f"{e}; a lone re-run succeeded: intermittent")
                     log(f"{env.name} {w.name}: FAILED: {problem}")
                     entry["error"] = problem
                 results[env.name]["workloads"][w.name] = entry
