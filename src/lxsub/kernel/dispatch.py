@@ -69,8 +69,14 @@ def _answer(inst: "Instance", lst: "Listener", nid: int, result) -> None:
             lst.reply(nid, 0, -errno.EIO)
     except OSError as e:
         # ENOENT: the caller went away (killed) before the answer arrived.
-        if e.errno != errno.ENOENT:
-            inst.log.warn(f"reply failed: {e}")
+        if e.errno == errno.ENOENT:
+            return
+        inst.log.warn(f"reply failed: {e}")
+        # Never leave a caller waiting for an answer that will not come.
+        try:
+            lst.reply(nid, 0, -(e.errno or errno.EIO))
+        except OSError:
+            pass
 
 
 def _finish_blocking(inst: "Instance", lst: "Listener", nid: int, job: Blocking) -> None:
