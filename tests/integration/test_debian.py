@@ -97,13 +97,6 @@ def test_grep_sed_awk(debian):
                                      "bookworm"], describe(cp)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lxsub bug: `tar -x` hangs.  GNU tar restores directory metadata with "
-    "openat(dirfd, name, O_PATH|O_NOFOLLOW); in a process whose syscalls go through "
-    "seccomp user-notify (children of the shell: no ptrace regs) fcntl._open returns "
-    "NewFd for the O_PATH descriptor, SECCOMP_IOCTL_NOTIF_ADDFD refuses O_PATH files "
-    "(EBADF: 'WARN reply failed: [Errno 9] Bad file descriptor') and the notification "
-    "is never answered, so the caller blocks forever"))
 def test_tar_round_trip_of_etc(debian):
     cp = debian.sh(timeout=60, command=textwrap.dedent("""\
         set -e
