@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel import table
 from lxsub.kernel.call import Blocking, Call, Native, NewFd
 from lxsub.kernel.sysno import NAMES
+from lxsub.platform import ptrace
 from lxsub.platform.memory import MemoryFault
 
 if TYPE_CHECKING:
@@ -91,26 +92,49 @@ def _finish_blocking(inst: "Instance", lst: "Listener", nid: int, job: Blocking)
 
 
 def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
-    call = Call(inst, task, regs.orig_rax, regs.args(), regs)
+    original = (regs.orig_rax, regs.args())
+    call = Call(inst, task, regs.orig_rax, original[1], regs)
     result = _run_handler(inst, call)
     tid = task.host_tid
     if isinstance(result, Native):
-        hook = None
-        if result.on_exit is not None:
-            on_exit = result.on_exit
-
-            def hook(t: int, r: "Regs") -> None:
-                new = on_exit(_signed64(r.rax))
-                if new is not None:
-                    r.rax = new & 0xFFFFFFFFFFFFFFFF
-                    from lxsub.platform import ptrace
-                    ptrace.set_regs(t, r)
-        inst.engine.run_natively(tid, regs, hook)
+        rewritten = (regs.orig_rax, regs.args()) != original
+        inst.engine.run_natively(tid, regs, _exit_hook(result, original if rewritten else None))
     elif isinstance(result, int):
         inst.engine.finish_syscall(tid, regs, result)
     else:
         inst.log.warn(f"traced handler answered {result!r}")
         inst.engine.finish_syscall(tid, regs, -errno.EIO)
+
+
+# A syscall interrupted by a signal comes back with one of these and is
+# restarted by the kernel with the registers it has then.
+_RESTARTS = (-512, -513, -514)   # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+
+
+def _exit_hook(result: Native, original):
+    """The syscall-exit work for a Native answer: the handler's own, and,
+    when we rewrote the arguments, putting the program's own back if the
+    call is to be restarted, so that the restart traps and is translated
+    again instead of running with host ids."""
+    on_exit = result.on_exit
+    if on_exit is None and original is None:
+        return None
+
+    def hook(t: int, r: "Regs") -> None:
+        value = _signed64(r.rax)
+        if original is not None and value in _RESTARTS:
+            r.orig_rax = original[0]
+            r.set_args(*original[1])
+            ptrace.set_regs(t, r)
+            if on_exit is not None:
+                on_exit(value)     # let it clean up; the restart starts afresh
+            return
+        if on_exit is not None:
+            new = on_exit(value)
+            if new is not None:
+                r.rax = new & 0xFFFFFFFFFFFFFFFF
+                ptrace.set_regs(t, r)
+    return hook
 
 
 def _signed64(v: int) -> int:

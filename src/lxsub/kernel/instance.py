@@ -162,6 +162,7 @@ class Instance:
         flags = self._clone_flags(event, regs)
         task = self._new_task(parent, child, flags)
         vid = task.tid
+        self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {vid} (host {child})")
 
         def fix_parent(ptid: int, r: Regs) -> None:
             if r.rax == child:
