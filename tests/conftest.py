@@ -122,3 +122,26 @@ def lx_self() -> LxRunner:
     runner = _runner(current_user())
     yield runner
     runner.close()
+
+
+# -- distros imported once per host user, shared by integration and security tests
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_imported_distros():
+    yield
+    from tests.integration.distros import close_all
+    close_all()
+
+
+@pytest.fixture(scope="session")
+def busybox(host_user, busybox_tar):
+    """The BusyBox fixture imported as 'bb' for host_user (shared)."""
+    from tests.integration.distros import imported
+    return imported(host_user, "bb", busybox_tar)
+
+
+@pytest.fixture(scope="session")
+def debian(host_user, debian_tar):
+    """The Debian fixture imported as 'deb' for host_user (shared)."""
+    from tests.integration.distros import imported
+    return imported(host_user, "deb", debian_tar)

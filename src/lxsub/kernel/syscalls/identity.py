@@ -74,28 +74,40 @@ def sys_setreuid(c: Call) -> int:
     return 0
 
 
+_UIDS = ("ruid", "euid", "suid")
+_GIDS = ("rgid", "egid", "sgid")
+
+
+def _setres(c: Call, names: tuple[str, str, str], cap: int) -> None:
+    """setresuid/setresgid: each of three ids may become any of the three
+    current ones, or anything with the capability; -1 keeps it."""
+    cr = c.task.creds
+    mine = tuple(getattr(cr, n) for n in names)
+    new = (_id(c, 0), _id(c, 1), _id(c, 2))
+    if not all(_may(cr, v, cap, *mine) for v in new):
+        raise OSError(errno.EPERM, "not permitted")
+    for name, v in zip(names, new):
+        if v != -1:
+            setattr(cr, name, v)
+
+
+def _getres(c: Call, names: tuple[str, str, str]) -> int:
+    cr = c.task.creds
+    for i, name in enumerate(names):
+        c.write(c.ptr(i), struct.pack("<I", getattr(cr, name)))
+    return 0
+
+
 def sys_setresuid(c: Call) -> int:
     cr = c.task.creds
-    r, e, s = _id(c, 0), _id(c, 1), _id(c, 2)
-    mine = (cr.ruid, cr.euid, cr.suid)
-    if not all(_may(cr, v, caps.CAP_SETUID, *mine) for v in (r, e, s)):
-        raise OSError(errno.EPERM, "not permitted")
-    old = mine
-    if r != -1:
-        cr.ruid = r
-    if e != -1:
-        cr.euid = e
-    if s != -1:
-        cr.suid = s
+    old = (cr.ruid, cr.euid, cr.suid)
+    _setres(c, _UIDS, caps.CAP_SETUID)
     cr.after_uid_change(*old)
     return 0
 
 
 def sys_getresuid(c: Call) -> int:
-    cr = c.task.creds
-    for i, v in enumerate((cr.ruid, cr.euid, cr.suid)):
-        c.write(c.ptr(i), struct.pack("<I", v))
-    return 0
+    return _getres(c, _UIDS)
 
 
 def sys_setgid(c: Call) -> int:
@@ -131,26 +143,13 @@ def sys_setregid(c: Call) -> int:
 
 
 def sys_setresgid(c: Call) -> int:
-    cr = c.task.creds
-    r, e, s = _id(c, 0), _id(c, 1), _id(c, 2)
-    mine = (cr.rgid, cr.egid, cr.sgid)
-    if not all(_may(cr, v, caps.CAP_SETGID, *mine) for v in (r, e, s)):
-        raise OSError(errno.EPERM, "not permitted")
-    if r != -1:
-        cr.rgid = r
-    if e != -1:
-        cr.egid = e
-    if s != -1:
-        cr.sgid = s
-    cr.fsgid = cr.egid
+    _setres(c, _GIDS, caps.CAP_SETGID)
+    c.task.creds.fsgid = c.task.creds.egid
     return 0
 
 
 def sys_getresgid(c: Call) -> int:
-    cr = c.task.creds
-    for i, v in enumerate((cr.rgid, cr.egid, cr.sgid)):
-        c.write(c.ptr(i), struct.pack("<I", v))
-    return 0
+    return _getres(c, _GIDS)
 
 
 def sys_setfsuid(c: Call) -> int:

@@ -71,17 +71,21 @@ def sys_tkill(c: Call):
     return Native()
 
 
-def sys_tgkill(c: Call):
-    tgid, tid = c.int(0), c.int(1)
-    _check_signal(c.int(2))
-    host_tid = _thread(c, tid)
-    task = c.inst.pids.tasks_by_host[host_tid]
+def _thread_in_group(c: Call, tgid: int, tid: int) -> None:
+    """Point (tgid, tid) arguments 0 and 1 at the host thread."""
     if tgid <= 0:
         raise OSError(errno.EINVAL, "bad tgid")
+    host_tid = _thread(c, tid)
+    task = c.inst.pids.tasks_by_host[host_tid]
     if task.pid != tgid:
         raise OSError(errno.ESRCH, "no such thread in that group")
     c.set_arg(0, task.host_pid)
     c.set_arg(1, host_tid)
+
+
+def sys_tgkill(c: Call):
+    _check_signal(c.int(2))
+    _thread_in_group(c, c.int(0), c.int(1))
     return Native()
 
 
@@ -95,12 +99,7 @@ def sys_rt_sigqueueinfo(c: Call):
 
 
 def sys_rt_tgsigqueueinfo(c: Call):
-    host_tid = _thread(c, c.int(1))
-    task = c.inst.pids.tasks_by_host[host_tid]
-    if task.pid != c.int(0):
-        raise OSError(errno.ESRCH, "no such thread in that group")
-    c.set_arg(0, task.host_pid)
-    c.set_arg(1, host_tid)
+    _thread_in_group(c, c.int(0), c.int(1))
     return Native()
 
 
