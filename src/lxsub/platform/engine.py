@@ -133,13 +133,12 @@ class Engine:
 
     def run(self) -> None:
         """Serve events until the kernel says there is nothing left to serve."""
-        while True:
-            self._drain_waits()
-            if self.kernel.on_idle():
-                return
+        self._drain_waits()
+        while not self.kernel.on_idle():
             for fd, _ in self._poll():
                 if fd == self.sigchld_fd:
                     self._drain_sigchld_fd()
+                    self._drain_waits()
                 elif fd in self.listeners:
                     self._serve_notification(self.listeners[fd])
                 elif fd in self.extra_fds:

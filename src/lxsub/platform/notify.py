@@ -28,6 +28,7 @@ USER_NOTIF_FD_SYNC_WAKE_UP = 1
 _NOTIF = struct.Struct("<QIIiIQ6Q")   # id, pid, flags, nr, arch, ip, args
 _RESP = struct.Struct("<QqiI")        # id, val, error, flags
 _ADDFD_ARG = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
+_ZERO = bytes(_NOTIF.size)
 
 
 class Notification:
@@ -54,7 +55,7 @@ class Listener:
 
     def receive(self) -> Notification:
         buf = self._buf
-        buf[:] = bytes(len(buf))
+        buf[:] = _ZERO            # the kernel wants it zeroed
         fcntl.ioctl(self.fd, _RECV, buf, True)
         nid, pid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack(buf)
         return Notification(nid, pid, nr, tuple(args))

@@ -63,6 +63,9 @@ class HostFs(FileSystem):
         return os.readlink(fd_path(node.fd))
 
     def fresh_stat(self, node: Node) -> os.stat_result:
+        if node.fresh:
+            node.fresh = False    # good once: a change we make next must be seen
+            return node.host_st
         s = os.stat(node.fd)
         node.host_st = s
         return s

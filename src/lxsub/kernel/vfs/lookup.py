@@ -81,6 +81,8 @@ def resolve_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: i
         follow = False
     if flags & AT_SYMLINK_FOLLOW:
         follow = True
+    if path[:1] == b"/":      # the walk starts from the caller's root itself
+        return walker(inst, task).resolve(task.fs.root, path, follow)
     start = start_node(inst, task, dirfd, path)
     try:
         return walker(inst, task).resolve(start, path, follow)

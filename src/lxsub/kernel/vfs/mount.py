@@ -42,17 +42,20 @@ class MountTable:
         self.root_mount.root_node = root_fs.root(self.root_mount)
         self.mounts: list[Mount] = [self.root_mount]
         self._by_point: dict[tuple, Mount] = {}
+        self._paths: list[bytes] | None = None
 
     def mount(self, fs: FileSystem, at: Node, path: str, source: str, options: str = "rw") -> Mount:
         """Mount fs on the directory `at` (the table keeps its own reference)."""
         m = Mount(fs, source, options, parent=at.mount, mountpoint=at.dup(), path=path)
         m.root_node = fs.root(m)
         self.mounts.append(m)
+        self._paths = None
         self._by_point[at.key] = m
         return m
 
     def umount(self, m: Mount) -> None:
         self.mounts.remove(m)
+        self._paths = None
         if m.mountpoint is not None and self._by_point.get(m.mountpoint.key) is m:
             del self._by_point[m.mountpoint.key]
             # a mount stacked earlier on the same point shows again
@@ -64,9 +67,11 @@ class MountTable:
     def mounted_on(self, node: Node) -> Mount | None:
         return self._by_point.get(node.key) if self._by_point else None
 
-    def other_mount_paths(self) -> list[str]:
+    def other_mount_paths(self) -> list[bytes]:
         """Where mounts other than the root one are, as written in the table."""
-        return [m.path for m in self.mounts if m is not self.root_mount]
+        if self._paths is None:
+            self._paths = [m.path.encode() for m in self.mounts if m is not self.root_mount]
+        return self._paths
 
     def by_path(self, path: str) -> Mount | None:
         for m in reversed(self.mounts):

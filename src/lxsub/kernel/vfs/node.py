@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class Node:
-    __slots__ = ("mount", "fd", "host_st", "obj")
+    __slots__ = ("mount", "fd", "host_st", "obj", "fresh")
 
     def __init__(self, mount: "Mount", fd: int | None = None,
                  host_st: os.stat_result | None = None, obj: Any = None) -> None:
@@ -25,6 +25,8 @@ class Node:
         self.fd = fd              # provider-side O_PATH fd (host-backed fs)
         self.host_st = host_st    # host stat taken when the node was looked up
         self.obj = obj            # the file system's own object (pseudo fs)
+        # host_st was taken just now, in this syscall: no need to stat again.
+        self.fresh = host_st is not None
 
     @property
     def fs(self):
@@ -51,7 +53,9 @@ class Node:
 
     def dup(self) -> "Node":
         fd = os.dup(self.fd) if self.fd is not None else None
-        return Node(self.mount, fd, self.host_st, self.obj)
+        copy = Node(self.mount, fd, self.host_st, self.obj)
+        copy.fresh = False        # a kept node (cwd, root) may be long out of date
+        return copy
 
     def release(self) -> None:
         if self.fd is not None:

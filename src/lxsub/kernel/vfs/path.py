@@ -92,9 +92,11 @@ class Walker:
         root = mounts.root_mount
         if b"/.." in path or perm.needs_checks(self.creds) or self.root.key != root.root_key():
             return None
-        plain = "/" + "/".join(c for c in path.decode("utf-8", "surrogateescape").split("/") if c and c != ".")
+        plain = path
+        if b"//" in path or b"/./" in path or path.endswith((b"/.", b"/")):
+            plain = b"/" + b"/".join(c for c in path.split(b"/") if c and c != b".")
         for p in mounts.other_mount_paths():
-            if plain == p or plain.startswith(p + "/"):
+            if plain.startswith(p) and (len(plain) == len(p) or plain[len(p)] == 0x2F):
                 return None
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         try:
