@@ -103,10 +103,9 @@ class Instance:
               fs: FsContext, setup: launcher.ChildSetup) -> Process:
         """Start a command as a child of /init. `path` is an instance path
         already checked to be executable (see kernel/exec/plan.py)."""
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        mask.discard(signal.SIGCHLD)
-        host_pid, report = launcher.spawn(self.filter_prog, path, argv, envp, setup,
-                                          mask - {signal.SIGCHLD})
+        # The provider blocks SIGCHLD for its signalfd; the program must not inherit that.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) - {signal.SIGCHLD}
+        host_pid, report = launcher.spawn(self.filter_prog, path, argv, envp, setup, mask)
         vpid = self.pids.allocate()
         proc = Process(vpid, host_pid, self.init, exe=path.decode(errors="replace"),
                        comm=os.path.basename(path.decode(errors="replace"))[:15])
@@ -250,10 +249,8 @@ class Instance:
             return
         proc = task.process
         self.pids.remove_task(task)
-        if proc.threads and tid != proc.host_pid:
-            return
         if proc.threads:
-            return  # leader gone first: the process lives on in its other threads
+            return  # the process lives on in its other threads
         self._process_exited(proc, status)
 
     def _process_exited(self, proc: Process, status: int) -> None:
