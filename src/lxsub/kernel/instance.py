@@ -13,6 +13,7 @@ import errno
 import os
 import signal
 import stat as st
+import struct
 import sys
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ CLONE_PARENT_SETTID = 0x100000
 CLONE_CHILD_SETTID = 0x1000000
 
 SI_USER, SI_QUEUE, SI_TKILL = 0, -1, -6
+AT_EXECFN = 31
 
 
 @dataclass
@@ -242,6 +244,26 @@ class Instance:
         proc.exe = plan.exe
         proc.comm = plan.comm
         proc.argv_skip = 1 if plan.via_loader else 0
+        self._fix_execfn(tid, plan)
+
+    def _fix_execfn(self, tid: int, plan: ExecPlan) -> None:
+        """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""
+        name = plan.exe.encode()
+        if not plan.execfn_room or len(name) > plan.execfn_room:
+            return
+        try:
+            with open(f"/proc/{tid}/auxv", "rb") as f:
+                auxv = f.read()
+        except OSError:
+            return
+        for i in range(0, len(auxv) - 15, 16):
+            key, value = struct.unpack_from("<QQ", auxv, i)
+            if key == AT_EXECFN:
+                try:
+                    memory.write(tid, value, name.ljust(plan.execfn_room + 1, b"\0"))
+                except OSError:
+                    pass
+                return
 
     def on_exit(self, tid: int, status: int) -> None:
         task = self.pids.tasks_by_host.get(tid)

@@ -30,6 +30,7 @@ class ExecPlan:
     exe: str                   # the program's path inside the instance
     comm: str
     via_loader: bool           # argv is ld.so's: [ld.so, --argv0, argv0, program, args...]
+    execfn_room: int = 0       # bytes of the AT_EXECFN string the host exec will leave
 
     def close(self) -> None:
         if self.host_fd >= 0:

@@ -72,7 +72,12 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
 def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_argv: bool) -> None:
     regs = c.regs
     assert regs is not None
-    host_path = f"/proc/{os.getpid()}/fd/{p.host_fd}".encode() + b"\0"
+    host_path = f"/proc/{os.getpid()}/fd/{p.host_fd}".encode()
+    # The kernel copies this string to the new stack for AT_EXECFN; leading
+    # slashes make room to put the program's own path there after the exec.
+    host_path = b"/" * max(0, len(p.exe.encode()) - len(host_path)) + host_path
+    p.execfn_room = len(host_path)
+    host_path += b"\0"
     if rewrite_argv:
         strings = [a + b"\0" for a in p.argv]
         addrs = memory.write_below_sp(c.pid, regs.rsp, [host_path] + strings)
