@@ -314,22 +314,27 @@ class Instance:
             info = ptrace.get_siginfo(tid)
         except OSError:
             return
-        if not (info.si_code in (SI_USER, SI_QUEUE, SI_TKILL) or sig == signal.SIGCHLD):
-            return
+        if self.translate_sender(info):
+            try:
+                ptrace.set_siginfo(tid, info)
+            except OSError:
+                pass
+
+    def translate_sender(self, info: ptrace.SigInfo) -> bool:
+        """Make si_pid/si_uid of a signal sent by a process the instance's
+        view of the sender; False when there is nothing to change."""
+        if not (info.si_code in (SI_USER, SI_TKILL) or info.si_signo == signal.SIGCHLD):
+            return False
         if info.si_pid <= 0:
-            return
+            return False
         sender = self.pids.processes_by_host.get(info.si_pid)
         vpid = sender.pid if sender is not None else self.reaped_or_none(info.si_pid)
         uid = 0
-        if sender is not None:
-            t = next(iter(sender.threads.values()), None)
-            uid = t.creds.ruid if t is not None else 0
+        if sender is not None and sender.threads:
+            uid = next(iter(sender.threads.values())).creds.ruid
         info.si_pid = vpid or 0
         info.si_uid = uid
-        try:
-            ptrace.set_siginfo(tid, info)
-        except OSError:
-            pass
+        return True
 
     def reaped_or_none(self, host_pid: int) -> int | None:
         proc = self.pids.zombies_by_host.get(host_pid)

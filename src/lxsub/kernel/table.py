@@ -113,7 +113,7 @@ ROWS: list[Syscall] = [
         "sched_yield", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
-        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
+        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
         "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
         "pidfd_send_signal", "pidfd_getfd")),
@@ -219,6 +219,8 @@ ROWS: list[Syscall] = [
     trace("rt_sigqueueinfo", signal.sys_rt_sigqueueinfo),
     trace("rt_tgsigqueueinfo", signal.sys_rt_tgsigqueueinfo),
     trace("pidfd_open", signal.sys_pidfd_open),
+    trace("rt_sigtimedwait", signal.sys_rt_sigtimedwait, "the sender's pid and uid in the "
+          "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
     *(pid_arg(n) for n in (
         "sched_setaffinity", "sched_getaffinity", "sched_setparam", "sched_getparam",
         "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",

@@ -7,10 +7,14 @@ target and refuses anything outside the instance with ESRCH.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
+
 from lxsub.kernel.call import Call, Native
+from lxsub.platform import memory
+from lxsub.platform.ptrace import SigInfo
 
 _NSIG = 65
 
@@ -115,3 +119,18 @@ def sys_pidfd_open(c: Call):
 def sys_deny(c: Call) -> int:
     """Calls that would let a program reach past the provider."""
     raise OSError(errno.EPERM, "not permitted in an lxsub instance")
+
+
+def sys_rt_sigtimedwait(c: Call):
+    """A signal taken with sigwaitinfo is never delivered, so it passes no
+    ptrace signal stop: translate its sender in the siginfo it returns."""
+    info_addr, pid, inst = c.ptr(1), c.pid, c.inst
+
+    def translate(result: int):
+        if result > 0 and info_addr:
+            raw = memory.read(pid, info_addr, ctypes.sizeof(SigInfo))
+            info = SigInfo.from_buffer_copy(raw)
+            if inst.translate_sender(info):
+                memory.write(pid, info_addr, bytes(info))
+        return None
+    return Native(on_exit=translate)

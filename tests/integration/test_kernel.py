@@ -1,0 +1,145 @@
+"""The provider's Linux view, checked from inside with the distro's own programs:
+execve and the auxiliary vector, PIDs and orphans, identity, uname, devices,
+and no stray process once the provider is gone."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+
+import pytest
+
+from tests.integration.distros import describe
+
+AUXV_C = textwrap.dedent("""\
+    #include <stdio.h>
+    #include <sys/auxv.h>
+    #include <unistd.h>
+    int main(int argc, char **argv) {
+        char exe[256]; ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        exe[n > 0 ? n : 0] = 0;
+        printf("%s %s %s\\n", argv[0], (char *)getauxval(AT_EXECFN), exe);
+        return 0;
+    }
+    """)
+
+
+def test_execve_argv0_auxv_and_proc_self_exe(debian):
+    """Static and dynamic programs, through a relative path and a symlink."""
+    cp = debian.sh(
+        "set -e; mkdir -p /tmp/ax && cd /tmp/ax && cat > ax.c && "
+        "gcc -o dyn ax.c && gcc -static -o sta ax.c && ln -sf dyn link && "
+        "./dyn && /tmp/ax/sta && ./link", input=AUXV_C.encode(), timeout=180)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "./dyn /tmp/ax/dyn /tmp/ax/dyn",
+        "/tmp/ax/sta /tmp/ax/sta /tmp/ax/sta",
+        "./link /tmp/ax/dyn /tmp/ax/dyn",
+    ], describe(cp)
+
+
+def test_shebang_script_sees_its_own_path_as_dollar0(busybox):
+    cp = busybox.sh("printf '#!/bin/sh\\necho \"$0 $1\"\\n' > /tmp/s.sh && chmod +x /tmp/s.sh "
+                    "&& /tmp/s.sh arg && cd /tmp && ./s.sh two")
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["/tmp/s.sh arg", "./s.sh two"], describe(cp)
+
+
+def test_orphans_are_reparented_to_init(debian):
+    cp = debian.sh("(sleep 30 & echo $! > /tmp/orphan); sleep 0.3; "
+                   "ps -o ppid= -p $(cat /tmp/orphan)")
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["1"], describe(cp)
+
+
+def test_pids_are_the_instance_own(debian):
+    program = ("import os; p = os.fork()\n"
+               "if p == 0:\n    print('child', os.getpid(), os.getppid(), flush=True); os._exit(5)\n"
+               "q, st = os.waitpid(p, 0); print('parent', p == q, os.WEXITSTATUS(st), os.getpid())\n")
+    cp = debian.exe("python3", "-c", program)
+    assert cp.returncode == 0, describe(cp)
+    lines = dict(line.split(" ", 1) for line in cp.stdout.decode().splitlines())
+    child_pid, child_ppid = map(int, lines["child"].split())
+    same, status, parent_pid = lines["parent"].split()
+    assert same == "True" and status == "5", describe(cp)
+    assert child_ppid == int(parent_pid) and child_pid < 100 and int(parent_pid) < 100, describe(cp)
+
+
+def test_sessions_and_process_groups(debian):
+    cp = debian.sh("setsid -w sh -c 'echo $$; ps -o pid=,pgid=,sid= -p $$'")
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode().split()
+    assert lines[0] == lines[1] == lines[2] == lines[3], describe(cp)
+
+
+def test_signal_sender_pid_is_virtual(debian):
+    program = ("import os, signal\n"
+               "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+               "p = os.fork()\n"
+               "if p == 0:\n    os.kill(os.getppid(), signal.SIGUSR1); os._exit(0)\n"
+               "info = signal.sigwaitinfo({signal.SIGUSR1}); os.waitpid(p, 0)\n"
+               "print(info.si_pid == p, info.si_uid)\n")
+    cp = debian.exe("python3", "-c", program)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["True", "0"], describe(cp)
+
+
+def test_identity_changes_follow_linux_rules(debian):
+    program = ("import os\nos.setgroups([])\nos.setgid(65534); os.setuid(65534)\n"
+               "print(os.getuid(), os.geteuid(), os.getgid())\n"
+               "try:\n    os.setuid(0)\nexcept PermissionError:\n    print('EPERM')\n"
+               "try:\n    open('/etc/shadow')\nexcept PermissionError:\n    print('EACCES')\n")
+    cp = debian.exe("python3", "-c", program)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["65534", "65534", "65534", "EPERM", "EACCES"], describe(cp)
+
+
+def test_uname_and_hostname_are_the_instance_own(debian):
+    out = debian.out("uname -s; uname -r; hostname; cat /proc/sys/kernel/osrelease")
+    lines = out.splitlines()
+    assert lines[0] == "Linux" and "lxsub" in lines[1] and lines[3] == lines[1], out
+    assert lines[2] == debian.name, out
+
+
+def test_devices(debian):
+    out = debian.out("head -c 4096 /dev/urandom | wc -c; head -c 3 /dev/zero | od -An -tx1; "
+                     "echo x > /dev/null && echo null-ok; "
+                     "(echo x > /dev/full) 2>/dev/null || echo full-ENOSPC; "
+                     "ls -l /dev/null | cut -c1")
+    assert out.split() == ["4096", "00", "00", "00", "null-ok", "full-ENOSPC", "c"], out
+
+
+def test_killing_the_provider_leaves_no_process(busybox):
+    marker = f"{os.getpid() % 1000 + 1000}.5"     # a sleep argument no one else uses
+    runner = busybox.runner
+    proc = runner.popen(["-d", busybox.name, "--", f"sleep {marker} & (sleep {marker} &); sleep {marker}"])
+    try:
+        deadline = time.monotonic() + 30
+        while len(_sleepers(marker)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_sleepers(marker)) == 3, "the three sleeps did not start"
+        proc.kill()                      # SIGKILL the provider, nothing else
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _sleepers(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _sleepers(marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _sleepers(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"sleep" in b" ".join(words[:2]) and marker.encode() in words:
+            found.append(int(pid))
+    return found
