@@ -6,7 +6,7 @@ invoking host user whatever its uid says here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 # Linux capability numbers the provider checks itself.
 CAP_CHOWN = 0

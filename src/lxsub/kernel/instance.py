@@ -15,7 +15,7 @@ import signal
 import stat as st
 import struct
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lxsub import LINUX_RELEASE
 from lxsub.kernel import dispatch, table

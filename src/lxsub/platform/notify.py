@@ -8,7 +8,6 @@ return value in one atomic step, lowest free number, as open(2) would).
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import struct
 

@@ -7,7 +7,6 @@ A dirfd is a real descriptor in the pico process; the provider copies it
 from __future__ import annotations
 
 import errno
-import os
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.vfs.node import Node
@@ -45,12 +44,7 @@ def copy_fd(task: "Task", fd: int) -> int:
 
 def node_of_fd(inst: "Instance", task: "Task", fd: int) -> Node:
     """The file the caller's descriptor refers to, as a Node (caller owns it)."""
-    local = copy_fd(task, fd)
-    try:
-        return inst.node_of_host_fd(local)
-    except BaseException:
-        os.close(local)
-        raise
+    return inst.node_of_host_fd(copy_fd(task, fd))     # owns the copy, or closes it
 
 
 def start_node(inst: "Instance", task: "Task", dirfd: int, path: bytes) -> Node:
