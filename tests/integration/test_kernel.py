@@ -8,7 +8,6 @@ import os
 import textwrap
 import time
 
-import pytest
 
 from tests.integration.distros import describe
 
