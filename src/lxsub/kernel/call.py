@@ -82,7 +82,11 @@ class Call:
         return memory.read_cstr(self.task.host_tid, addr, limit)
 
     def path(self, i: int) -> bytes:
-        return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
+        try:
+            return memory.read_cstr_fd(self.task.process.memfd(), self.args[i], 4096)
+        except memory.MemoryFault:
+            # /proc/<pid>/mem may name an address space that an exec replaced.
+            return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
 
     def write(self, addr: int, data: bytes) -> None:
         memory.write(self.task.host_tid, addr, data)

@@ -241,6 +241,7 @@ class Instance:
             self.log.warn(f"pid {proc.pid}: exec target changed under us; killed")
             os.kill(tid, signal.SIGKILL)
             return
+        proc.forget_memory()        # the old address space is gone
         proc.exe = plan.exe
         proc.comm = plan.comm
         proc.argv_skip = 1 if plan.via_loader else 0

@@ -52,6 +52,7 @@ class Process:
     exited: bool = False
     dumpable: int = 1
     _pidfd: int = -1
+    _memfd: int = -1
 
     def is_init(self) -> bool:
         return self.pid == 1
@@ -63,7 +64,22 @@ class Process:
             self._pidfd = libc.pidfd_open(self.host_pid)
         return self._pidfd
 
+    def memfd(self) -> int:
+        """/proc/<pid>/mem, open while the process keeps its address space
+        (reading through it is one pread; reopened after an exec)."""
+        if self._memfd < 0:
+            import os
+            self._memfd = os.open(f"/proc/{self.host_pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        return self._memfd
+
+    def forget_memory(self) -> None:
+        if self._memfd >= 0:
+            import os
+            os.close(self._memfd)
+            self._memfd = -1
+
     def close_pidfd(self) -> None:
+        self.forget_memory()
         if self._pidfd >= 0:
             import os
             os.close(self._pidfd)

@@ -83,6 +83,34 @@ def read_cstr(pid: int, addr: int, limit: int = 4096) -> bytes:
         addr += got
 
 
+def read_cstr_fd(memfd: int, addr: int, limit: int = 4096) -> bytes:
+    """read_cstr through an open /proc/<pid>/mem: one plain pread, no ctypes."""
+    if not addr:
+        raise MemoryFault()
+    out = b""
+    want = 256
+    while True:
+        chunk = min(want, PAGE - (addr % PAGE))
+        try:
+            data = os.pread(memfd, chunk, addr)
+        except OSError:
+            raise MemoryFault() from None
+        if not data:
+            raise MemoryFault()
+        nul = data.find(b"\0")
+        if nul >= 0:
+            out += data[:nul]
+            break
+        out += data
+        if len(out) >= limit:
+            break
+        addr += len(data)
+        want = PAGE
+    if len(out) >= limit:
+        raise OSError(errno.ENAMETOOLONG, "name too long")
+    return out
+
+
 def read_ptr_array(pid: int, addr: int, limit: int = 1 << 17) -> list[int]:
     """A NULL-terminated array of pointers (argv, envp)."""
     ptrs: list[int] = []

@@ -17,6 +17,7 @@ from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
 EXT4_MAGIC = 0xEF53
+_META_CACHE_MAX = 65536
 
 
 class VolFs(HostFs):
@@ -25,12 +26,25 @@ class VolFs(HostFs):
 
     # -- the Linux view -----------------------------------------------------
 
+    def __init__(self, host_root: str) -> None:
+        super().__init__(host_root)
+        # (dev, ino) -> (ctime, meta): any change of the attribute changes
+        # the host ctime, so an entry with the same ctime is still true.
+        self._meta_cache: dict[tuple[int, int], tuple[int, LxMeta]] = {}
+
     def meta(self, node: Node, host: os.stat_result | None = None) -> LxMeta:
         s = host or node.host_st or os.stat(node.fd)
-        found = None if st.S_ISLNK(s.st_mode) else lxattr.read_meta_fd(node.fd)
-        if found is not None:
-            return found
-        return LxMeta(s.st_mode, 0, 0, 0)
+        if st.S_ISLNK(s.st_mode):
+            return LxMeta(s.st_mode, 0, 0, 0)
+        key = (s.st_dev, s.st_ino)
+        cached = self._meta_cache.get(key)
+        if cached is not None and cached[0] == s.st_ctime_ns:
+            return cached[1]
+        found = lxattr.read_meta_fd(node.fd) or LxMeta(s.st_mode, 0, 0, 0)
+        if len(self._meta_cache) >= _META_CACHE_MAX:
+            self._meta_cache.clear()
+        self._meta_cache[key] = (s.st_ctime_ns, found)
+        return found
 
     def getattr(self, node: Node) -> LinuxStat:
         s = self.fresh_stat(node)
@@ -51,14 +65,23 @@ class VolFs(HostFs):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev)
         os.chmod(fd_path(node.fd), lxattr.host_mode_for(new.mode))
-        lxattr.write_meta_fd(node.fd, new)
+        if _keeps_meta(m.mode):
+            self._write_meta(node, new)
 
     def chown(self, node: Node, uid: int, gid: int) -> None:
         m = self.meta(node, self.fresh_stat(node))
-        if st.S_ISLNK(m.mode):
-            return  # host symlinks carry no user xattrs: they stay root's
+        if not _keeps_meta(m.mode):
+            return  # no user xattrs on host symlinks, FIFOs, sockets: they stay root's
         new = LxMeta(m.mode, m.uid if uid < 0 else uid, m.gid if gid < 0 else gid, m.rdev)
-        lxattr.write_meta_fd(node.fd, new)
+        self._write_meta(node, new)
+
+    def _write_meta(self, node: Node, meta: LxMeta) -> None:
+        # ctime has a clock tick's grain: two changes in one tick look alike,
+        # so a change of ours drops the cached copy outright.
+        s = node.host_st
+        if s is not None:
+            self._meta_cache.pop((s.st_dev, s.st_ino), None)
+        lxattr.write_meta_fd(node.fd, meta)
 
     def host_mode(self, mode: int) -> int:
         return lxattr.host_mode_for(mode)
@@ -74,10 +97,18 @@ class VolFs(HostFs):
 
     def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
         os.setxattr(fd, lxattr.XATTR_NAME, self._new_meta(parent, mode, 0, creds).pack())
+        self._forget_inode(os.fstat(fd))
 
     def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
+        if not _keeps_meta(mode):
+            return
         path = fd_path(parent.fd).encode() + b"/" + name
         lxattr.write_meta_path(path, self._new_meta(parent, mode, rdev, creds), follow=False)
+        self._forget_inode(os.stat(path, follow_symlinks=False))
+
+    def _forget_inode(self, s: os.stat_result) -> None:
+        """A new file may reuse the inode number of one we had cached."""
+        self._meta_cache.pop((s.st_dev, s.st_ino), None)
 
     def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
         os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
@@ -89,3 +120,10 @@ class VolFs(HostFs):
         if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
             return st.S_IFMT(m.mode), m.rdev
         return None
+
+
+def _keeps_meta(mode: int) -> bool:
+    """Linux allows user.* attributes on regular files and directories only
+    (device nodes are regular files on the host): symlinks, FIFOs and sockets
+    keep their host mode and show as root's."""
+    return not (st.S_ISLNK(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode))
