@@ -202,6 +202,8 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
     lx_env = dict(os.environ)
     lx_env["LX_HOME"] = str(work / "lxhome")
     lx_env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + lx_env.get("PYTHONPATH", "")
+    # As for an installed lx: compiled modules are cached, not compiled at every start.
+    lx_env.pop("PYTHONDONTWRITEBYTECODE", None)
     lx = Env("lxsub", [sys.executable, "-m", "lxsub", "-d", "bench", "-e"], env=lx_env)
     t = time.monotonic()
     subprocess.run([sys.executable, "-m", "lxsub", "--import", "bench", str(work / "lxdistro"),
