@@ -41,41 +41,57 @@ def _may(cr, new: int, cap: int, *allowed: int) -> bool:
     return new == -1 or cr.capable(cap) or new in allowed
 
 
-def sys_setuid(c: Call) -> int:
+_UIDS = ("ruid", "euid", "suid")
+_GIDS = ("rgid", "egid", "sgid")
+
+
+def _set_one(c: Call, names: tuple[str, str, str], cap: int) -> None:
+    """setuid/setgid: with the capability all three ids, else the effective
+    one, to the real or saved id."""
     cr = c.task.creds
-    uid = _id(c, 0)
-    if uid == -1:
-        raise OSError(errno.EINVAL, "bad uid")
-    old = (cr.ruid, cr.euid, cr.suid)
-    if cr.capable(caps.CAP_SETUID):
-        cr.ruid = cr.euid = cr.suid = uid
-    elif uid in (cr.ruid, cr.suid):
-        cr.euid = uid
+    new = _id(c, 0)
+    if new == -1:
+        raise OSError(errno.EINVAL, "bad id")
+    real, eff, saved = names
+    if cr.capable(cap):
+        for n in names:
+            setattr(cr, n, new)
+    elif new in (getattr(cr, real), getattr(cr, saved)):
+        setattr(cr, eff, new)
     else:
         raise OSError(errno.EPERM, "not permitted")
+
+
+def _set_re(c: Call, names: tuple[str, str, str], cap: int) -> None:
+    """setreuid/setregid, with the saved id following the rules of credentials(7)."""
+    cr = c.task.creds
+    real, eff, saved = names
+    r_now, e_now, s_now = (getattr(cr, n) for n in names)
+    r, e = _id(c, 0), _id(c, 1)
+    if not (_may(cr, r, cap, r_now, e_now) and _may(cr, e, cap, r_now, e_now, s_now)):
+        raise OSError(errno.EPERM, "not permitted")
+    if r != -1:
+        setattr(cr, real, r)
+    if e != -1:
+        setattr(cr, eff, e)
+    if r != -1 or (e != -1 and e != r_now):
+        setattr(cr, saved, getattr(cr, eff))
+
+
+def sys_setuid(c: Call) -> int:
+    cr = c.task.creds
+    old = (cr.ruid, cr.euid, cr.suid)
+    _set_one(c, _UIDS, caps.CAP_SETUID)
     cr.after_uid_change(*old)
     return 0
 
 
 def sys_setreuid(c: Call) -> int:
     cr = c.task.creds
-    r, e = _id(c, 0), _id(c, 1)
-    if not (_may(cr, r, caps.CAP_SETUID, cr.ruid, cr.euid)
-            and _may(cr, e, caps.CAP_SETUID, cr.ruid, cr.euid, cr.suid)):
-        raise OSError(errno.EPERM, "not permitted")
     old = (cr.ruid, cr.euid, cr.suid)
-    if r != -1:
-        cr.ruid = r
-    if e != -1:
-        cr.euid = e
-    if r != -1 or (e != -1 and e != old[0]):
-        cr.suid = cr.euid
+    _set_re(c, _UIDS, caps.CAP_SETUID)
     cr.after_uid_change(*old)
     return 0
-
-
-_UIDS = ("ruid", "euid", "suid")
-_GIDS = ("rgid", "egid", "sgid")
 
 
 def _setres(c: Call, names: tuple[str, str, str], cap: int) -> None:
@@ -111,34 +127,14 @@ def sys_getresuid(c: Call) -> int:
 
 
 def sys_setgid(c: Call) -> int:
-    cr = c.task.creds
-    gid = _id(c, 0)
-    if gid == -1:
-        raise OSError(errno.EINVAL, "bad gid")
-    if cr.capable(caps.CAP_SETGID):
-        cr.rgid = cr.egid = cr.sgid = gid
-    elif gid in (cr.rgid, cr.sgid):
-        cr.egid = gid
-    else:
-        raise OSError(errno.EPERM, "not permitted")
-    cr.fsgid = cr.egid
+    _set_one(c, _GIDS, caps.CAP_SETGID)
+    c.task.creds.fsgid = c.task.creds.egid
     return 0
 
 
 def sys_setregid(c: Call) -> int:
-    cr = c.task.creds
-    r, e = _id(c, 0), _id(c, 1)
-    if not (_may(cr, r, caps.CAP_SETGID, cr.rgid, cr.egid)
-            and _may(cr, e, caps.CAP_SETGID, cr.rgid, cr.egid, cr.sgid)):
-        raise OSError(errno.EPERM, "not permitted")
-    old_r = cr.rgid
-    if r != -1:
-        cr.rgid = r
-    if e != -1:
-        cr.egid = e
-    if r != -1 or (e != -1 and e != old_r):
-        cr.sgid = cr.egid
-    cr.fsgid = cr.egid
+    _set_re(c, _GIDS, caps.CAP_SETGID)
+    c.task.creds.fsgid = c.task.creds.egid
     return 0
 
 

@@ -43,13 +43,17 @@ def _get(c: Call, kind: str) -> int:
         value = os.getxattr(_host_target(node), name)
     finally:
         node.release()
-    size = c.long(3)
+    return _copy_out(c, c.ptr(2), c.long(3), value)
+
+
+def _copy_out(c: Call, addr: int, size: int, data: bytes) -> int:
+    """The xattr calls' answer: the size alone when asked with size 0."""
     if size == 0:
-        return len(value)
-    if size < len(value):
+        return len(data)
+    if size < len(data):
         raise OSError(errno.ERANGE, "buffer too small")
-    c.write(c.ptr(2), value)
-    return len(value)
+    c.write(addr, data)
+    return len(data)
 
 
 def _set(c: Call, kind: str) -> int:
@@ -75,13 +79,7 @@ def _list(c: Call, kind: str) -> int:
     finally:
         node.release()
     data = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-    size = c.long(2)
-    if size == 0:
-        return len(data)
-    if size < len(data):
-        raise OSError(errno.ERANGE, "buffer too small")
-    c.write(c.ptr(1), data)
-    return len(data)
+    return _copy_out(c, c.ptr(1), c.long(2), data)
 
 
 def _remove(c: Call, kind: str) -> int:
