@@ -9,7 +9,8 @@ extracts one copy of the rootfs for `chroot` (needs root) and `proot -0 -r`
 (Debian package proot), and imports the tarball once into a bench-owned
 $LX_HOME for `python3 -m lxsub -d bench -e ...`. The C workloads are compiled
 once inside each rootfs with its own gcc. Each workload is timed with
-hyperfine (--export-json) when present, else by repeated subprocess timing;
+hyperfine (--export-json) when present, else by subprocess timing, one run of each
+environment per round (interleaved, so machine drift hits all alike);
 the table gives median wall times and the ratios lxsub/native, lxsub/proot.
 Results also go to bench/results.json (not committed).
 """
@@ -274,6 +275,37 @@ def time_loop(env: Env, w: Workload, runs: int, warmup: int) -> list[float]:
     return times
 
 
+def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, results: dict,
+                     use_hf: bool, work: Path) -> None:
+    """Round after round, one run in each environment: a machine whose speed
+    drifts (shared VMs do, by several times) then drifts for all of them alike,
+    and the ratios hold."""
+    times: dict[str, list[float]] = {e.name: [] for e in envs}
+    failed: dict[str, str] = {}
+    for i in range(warmup + runs):
+        for env in envs:
+            if env.name in failed:
+                continue
+            try:
+                t = (time_hyperfine(env, w, 1, 0, work) if use_hf else time_loop(env, w, 1, 0))
+            except (subprocess.SubprocessError, OSError, RuntimeError) as e:
+                again = check_once(env, w)   # run again alone to say why
+                failed[env.name] = (f"{again} ({e})" if again else
+                                    f"{e}; a lone re-run succeeded: intermittent")
+                log(f"{env.name} {w.name}: FAILED: {failed[env.name]}")
+                continue
+            if i >= warmup:
+                times[env.name] += t
+    for env in envs:
+        entry: dict = {"label": w.label, "argv": w.argv}
+        if env.name in failed:
+            entry["error"] = failed[env.name]
+        else:
+            entry.update(times=times[env.name], median=statistics.median(times[env.name]))
+            log(f"{env.name} {w.name}: median {fmt_time(entry['median'])}")
+        results[env.name]["workloads"][w.name] = entry
+
+
 def hyperfine_usable() -> bool:
     if not shutil.which("hyperfine"):
         return False
@@ -355,26 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     try:
         envs = make_envs(work, tarball)
+        live = []
         for env in envs:
             env.limit = args.timeout or (120 if args.quick else 600)
             results[env.name] = {"skipped": env.skipped, "workloads": {}}
             if env.skipped:
                 log(f"{env.name}: skipped: {env.skipped}")
-                continue
-            for w in WORKLOADS:
-                entry: dict = {"label": w.label, "argv": w.argv}
-                try:
-                    times = (time_hyperfine(env, w, runs, warmup, work) if use_hf
-                             else time_loop(env, w, runs, warmup))
-                    entry.update(times=times, median=statistics.median(times))
-                    log(f"{env.name} {w.name}: median {fmt_time(entry['median'])}")
-                except (subprocess.SubprocessError, OSError, RuntimeError) as e:
-                    again = check_once(env, w)   # run again alone to say why
-                    problem = (f"{again} ({e})" if again else
-                               f"{e}; a lone re-run succeeded: intermittent")
-                    log(f"{env.name} {w.name}: FAILED: {problem}")
-                    entry["error"] = problem
-                results[env.name]["workloads"][w.name] = entry
+            else:
+                live.append(env)
+        for w in WORKLOADS:
+            time_interleaved(live, w, runs, warmup, results, use_hf, work)
     finally:
         if args.keep:
             log(f"kept {work}")
