@@ -14,7 +14,6 @@ import os
 import signal
 import stat as st
 import struct
-import sys
 from dataclasses import dataclass
 
 from lxsub import LINUX_RELEASE
@@ -431,11 +430,3 @@ class Instance:
 
     def process_of_vpid(self, vpid: int) -> Process | None:
         return self.pids.processes_by_vid.get(vpid)
-
-
-def debug_enabled() -> bool:
-    return bool(os.environ.get("LX_TRACE"))
-
-
-def eprint(*a) -> None:
-    print(*a, file=sys.stderr, flush=True)

@@ -140,15 +140,6 @@ def write(pid: int, addr: int, data: bytes) -> None:
         raise MemoryFault()
 
 
-def write_via_proc(pid: int, addr: int, data: bytes) -> None:
-    """Write ignoring page protections; only for a ptrace-stopped tracee."""
-    fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, addr)
-    finally:
-        os.close(fd)
-
-
 RED_ZONE = 128
 
 

@@ -54,9 +54,6 @@ class VolFs(HostFs):
         out.size = size
         return out
 
-    def linux_mode(self, node: Node) -> int:
-        return self.meta(node).mode
-
     # -- changing it ------------------------------------------------------------
 
     def chmod(self, node: Node, mode: int) -> None:
@@ -113,13 +110,6 @@ class VolFs(HostFs):
     def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
         os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
                          dir_fd=parent.fd))
-
-    def device_of(self, node: Node) -> tuple[int, int] | None:
-        """(type bits, rdev) when the node is a Linux device node."""
-        m = self.meta(node)
-        if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
-            return st.S_IFMT(m.mode), m.rdev
-        return None
 
 
 def _keeps_meta(mode: int) -> bool:

@@ -73,8 +73,3 @@ class MountTable:
             self._paths = [m.path.encode() for m in self.mounts if m is not self.root_mount]
         return self._paths
 
-    def by_path(self, path: str) -> Mount | None:
-        for m in reversed(self.mounts):
-            if m.path == path:
-                return m
-        return None

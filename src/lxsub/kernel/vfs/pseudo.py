@@ -239,9 +239,6 @@ class PseudoFs(FileSystem):
 
     # -- descriptors back to entries ----------------------------------------------
 
-    def owns_host_path(self, host: str) -> bool:
-        return host in self._scratch
-
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
         e = self._scratch.get(host) or self._memfds.get((s.st_dev, s.st_ino))
         if e is None:
