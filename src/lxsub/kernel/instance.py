@@ -44,13 +44,6 @@ AT_EXECFN = 31
 
 
 @dataclass
-class Launch:
-    """A pico process between fork and its first exec."""
-    report_fd: int
-    plan: ExecPlan | None = None
-
-
-@dataclass
 class UtsInfo:
     hostname: str = "localhost"
     domainname: str = "(none)"
@@ -72,7 +65,9 @@ class Instance:
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
-        self.launches: dict[int, Launch] = {}
+        # Pico processes between fork and first exec: host pid -> the pipe
+        # on which they report their seccomp listener.
+        self.launches: dict[int, int] = {}
         self.listeners: dict[int, Listener] = {}
         self.main: Process | None = None
         self.current_task: Task | None = None
@@ -114,7 +109,7 @@ class Instance:
         self.pids.add_process(proc)
         task = Task(vpid, host_pid, proc, creds, fs)
         self.pids.add_task(task)
-        self.launches[host_pid] = Launch(report)
+        self.launches[host_pid] = report
         self.engine.known.add(host_pid)
         return proc
 
@@ -143,16 +138,14 @@ class Instance:
         if task is None:
             self.engine.finish_syscall(tid, regs, -errno.ENOSYS)
             return
-        launch = self.launches.get(tid)
-        if launch is not None and launch.report_fd >= 0:
-            self._adopt_listener(tid, launch)
+        report = self.launches.pop(tid, None)
+        if report is not None:
+            self._adopt_listener(tid, report)
         dispatch.serve_trace_stop(self, task, regs)
 
-    def _adopt_listener(self, tid: int, launch: Launch) -> None:
-        fd = launcher.take_listener(tid, launch.report_fd)
-        launch.report_fd = -1
+    def _adopt_listener(self, tid: int, report: int) -> None:
+        fd = launcher.take_listener(tid, report)
         self.listeners[fd] = self.engine.add_listener(fd)
-        del self.launches[tid]
 
     def on_clone(self, tid: int, child: int, event: int, regs: Regs) -> None:
         parent = self.pids.tasks_by_host.get(tid)
@@ -282,9 +275,9 @@ class Instance:
             child.parent = self.init
             self.init.children.add(child)
         proc.children.clear()
-        launch = self.launches.pop(proc.host_pid, None)
-        if launch is not None and launch.report_fd >= 0:
-            os.close(launch.report_fd)
+        report = self.launches.pop(proc.host_pid, None)
+        if report is not None:
+            os.close(report)
         if proc is self.main:
             self.main_status = status
             self._end_instance()

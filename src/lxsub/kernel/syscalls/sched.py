@@ -34,10 +34,15 @@ def sys_priority(c: Call) -> Native:
     if which == PRIO_PROCESS:
         return _translate_arg(c, 1)
     if which == PRIO_PGRP:
-        host = c.inst.pids.group_to_host(who)
-        if host is None:
-            raise OSError(errno.ESRCH, "no such process group")
-        c.set_arg(1, host)
+        return _translate_group(c, 1)
+    return Native()
+
+
+def _translate_group(c: Call, i: int) -> Native:
+    host = c.inst.pids.group_to_host(c.int(i))
+    if host is None:
+        raise OSError(errno.ESRCH, "no such process group")
+    c.set_arg(i, host)
     return Native()
 
 
@@ -50,8 +55,4 @@ def sys_ioprio(c: Call) -> Native:
         return Native()
     if which == IOPRIO_WHO_PROCESS:
         return _translate_arg(c, 1)
-    host = c.inst.pids.group_to_host(c.int(1))
-    if host is None:
-        raise OSError(errno.ESRCH, "no such process group")
-    c.set_arg(1, host)
-    return Native()
+    return _translate_group(c, 1)

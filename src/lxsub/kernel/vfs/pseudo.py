@@ -113,7 +113,7 @@ class PseudoFs(FileSystem):
 
     def __init__(self, inst: "Instance") -> None:
         self.inst = inst
-        self.dev = os.makedev(0, 20 + len(inst.mounts.mounts) if hasattr(inst, "mounts") else 20)
+        self.dev = os.makedev(0, 20 + len(inst.mounts.mounts))   # one device per pseudo fs
         self.born = time.time_ns()
         self._scratch: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memfds: collections.OrderedDict[tuple[int, int], Entry] = collections.OrderedDict()
