@@ -3,6 +3,7 @@
     lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS...]
     lx --import NAME DIR TARBALL|-      lx --export NAME TARBALL|-
     lx --list [-v]   lx --set-default NAME   lx --unregister NAME
+    lx --status      lx --terminate NAME     lx --shutdown
     lx --version     lx --help
 
 Everything after `--` or `-e CMD` belongs to the Linux command, so it is cut
@@ -12,12 +13,14 @@ off before argparse sees it (`lx -e ls -l` must not read `-l` as ours).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import NoReturn, Sequence
 
 import lxsub
-from lxsub.errors import EXIT_SOFTWARE, EXIT_USAGE, LxError
+from lxsub.errors import EXIT_USAGE, LxError
 from lxsub.state import Distro, Registry, delete_rootfs, lx_home
 
 # Options of ours that take a value: the value may look like `-e` or `--`.
@@ -38,6 +41,11 @@ Manage distros:
   lx --list [-v]                   list distros
   lx --set-default NAME            make NAME the default distro
   lx --unregister NAME             forget NAME and delete its files
+
+Instances (one per running distro, kept by the lx manager):
+  lx --status                      the manager, the default distro, running instances
+  lx --terminate NAME              end NAME's instance now (every process in it)
+  lx --shutdown                    end every instance and the manager
 
 State lives in $LX_HOME (default: $XDG_DATA_HOME/lx)."""
 
@@ -96,7 +104,13 @@ def _main(args: list[str]) -> int:
         return 0
     if opts.unregister is not None:
         return _unregister(registry, opts.unregister)
-    return _run(registry, opts, command)
+    if opts.status:
+        return _status()
+    if opts.terminate is not None:
+        return _terminate(registry, opts.terminate)
+    if opts.shutdown:
+        return _shutdown()
+    return _run(opts, command)
 
 
 def split_command(args: list[str]) -> tuple[list[str], _Command | None]:
@@ -138,6 +152,9 @@ def _parser() -> _Parser:
     manage.add_argument("-l", "--list", action="store_true", help="list distros")
     manage.add_argument("-s", "--set-default", metavar="NAME")
     manage.add_argument("--unregister", metavar="NAME")
+    manage.add_argument("--status", action="store_true", help="show the manager and running instances")
+    manage.add_argument("-t", "--terminate", metavar="NAME", help="end a distro's instance")
+    manage.add_argument("--shutdown", action="store_true", help="end every instance and the manager")
     manage.add_argument("--version", action="store_true")
     manage.add_argument("-h", "--help", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="with --list: name, state and version")
@@ -160,6 +177,8 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
         (flag for flag, value in (
             ("--import", opts.import_), ("--export", opts.export), ("--list", opts.list or None),
             ("--set-default", opts.set_default), ("--unregister", opts.unregister),
+            ("--status", opts.status or None), ("--terminate", opts.terminate),
+            ("--shutdown", opts.shutdown or None),
             ("--version", opts.version or None), ("--help", opts.help or None),
         ) if value is not None),
         None,
@@ -185,7 +204,7 @@ def _list(registry: Registry, verbose: bool) -> int:
         return 0
     default = _default_name(registry)
     if verbose:
-        _print_table(distros, default)
+        _print_table(distros, default, _running())
     else:
         print("Linux distributions:")
         for d in distros:
@@ -200,9 +219,9 @@ def _default_name(registry: Registry) -> str | None:
         return None
 
 
-def _print_table(distros: list[Distro], default: str | None) -> None:
+def _print_table(distros: list[Distro], default: str | None, running: set[str]) -> None:
     rows = [("NAME", "STATE", "VERSION")] + [
-        (d.name, _run_state(d), str(d.version)) for d in distros
+        (d.name, _run_state(d, running), str(d.version)) for d in distros
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for n, (name, state, version) in enumerate(rows):
@@ -210,10 +229,18 @@ def _print_table(distros: list[Distro], default: str | None) -> None:
         print(f"{mark} {name:<{widths[0]}}    {state:<{widths[1]}}    {version}")
 
 
-def _run_state(distro: Distro) -> str:
-    # Instances are not tracked yet (the manager will know); nothing runs
-    # between lx invocations today, so every distro is stopped.
-    return "Stopped"
+def _run_state(distro: Distro, running: set[str]) -> str:
+    if distro.state != "Installed":
+        return distro.state
+    return "Running" if distro.name in running else "Stopped"
+
+
+def _running() -> set[str]:
+    """Distros with a running instance (asks the manager only if it runs)."""
+    from lxsub.manager import client
+
+    reply = client.request("status", start=False)
+    return {i["distro"] for i in reply["instances"]} if reply else set()
 
 
 def _import(registry: Registry, name: str, directory: str, tarball: str) -> int:
@@ -242,14 +269,67 @@ def _unregister(registry: Registry, name: str) -> int:
 # -- running --
 
 
-def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
-    distro = registry.get(opts.distribution) if opts.distribution else registry.default()
+def _run(opts: argparse.Namespace, command: _Command | None) -> int:
+    from lxsub.cli import terminal
+    from lxsub.manager import client
+    from lxsub.manager.protocol import PASSED_ENV
+
     command = command or _Command()
-    try:
-        from lxsub.kernel.session import run_command
-    except ImportError as e:
-        raise LxError(f"cannot start distro {distro.name!r}: {e}", EXIT_SOFTWARE) from e
-    return run_command(distro, command.argv, user=opts.user, cwd=opts.cd, mode=command.mode)
+    tty = terminal.describe()
+    message = {
+        "distro": opts.distribution, "argv": command.argv, "mode": command.mode,
+        "user": opts.user, "cwd": opts.cd, "tty": tty,
+        "env": {k: v for k, v in os.environ.items() if k in PASSED_ENV},
+    }
+    conn, _started, fds = client.launch(message, (0, 1, 2))
+    return terminal.attend(conn, fds[0] if fds else None, tty)
+
+
+# -- instances --
+
+
+def _status() -> int:
+    from lxsub.manager import client
+
+    reply = client.request("status", start=False)
+    if reply is None:
+        print("The lx manager is not running (it starts with the next 'lx' command).")
+        return 0
+    m = reply["manager"]
+    print(f"Manager: pid {m['pid']}, up {_duration(time.time() - m['started'])}, socket {m['socket']}")
+    print(f"Default distro: {reply['default'] or '(none)'}")
+    if not reply["instances"]:
+        print("No instance is running.")
+        return 0
+    print(f"{'DISTRO':<16} {'PID':>7} {'CLIENTS':>7} {'PROCESSES':>9}  {'UP':<8} STATE")
+    for i in reply["instances"]:
+        print(f"{i['distro']:<16} {i['pid']:>7} {i['clients']:>7} {i['processes']:>9}  "
+              f"{_duration(time.time() - i['started']):<8} {i['state']}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _terminate(registry: Registry, name: str) -> int:
+    from lxsub.manager import client
+
+    registry.get(name)    # an unknown name is an error, not a no-op
+    client.request("terminate", start=False, distro=name)
+    return 0
+
+
+def _shutdown() -> int:
+    from lxsub.manager import client
+
+    client.shutdown()
+    return 0
 
 
 def _print_error(message: str) -> None:

@@ -15,6 +15,7 @@ import signal
 import stat as st
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from lxsub import LINUX_RELEASE
 from lxsub.kernel import dispatch, table
@@ -69,10 +70,10 @@ class Instance:
         # on which they report their seccomp listener.
         self.launches: dict[int, int] = {}
         self.listeners: dict[int, Listener] = {}
-        self.main: Process | None = None
+        # Processes whose exit someone waits for (a client's session leader).
+        self.exit_watchers: dict[Process, Callable[[int], None]] = {}
         self.current_task: Task | None = None
         self._scratch: str | None = None
-        self.main_status: int | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
         from lxsub.kernel.fs.anon import HostObjectFs
@@ -107,7 +108,7 @@ class Instance:
                        comm=os.path.basename(path.decode(errors="replace"))[:15])
         self.init.children.add(proc)
         self.pids.add_process(proc)
-        task = Task(vpid, host_pid, proc, creds, fs)
+        task = Task(vpid, host_pid, proc, creds, fs.attach())
         self.pids.add_task(task)
         self.launches[host_pid] = report
         self.engine.known.add(host_pid)
@@ -115,14 +116,23 @@ class Instance:
 
     def run(self, main: Process) -> int:
         """Serve the instance until `main` exits; then end it. Returns the
-        wait status of `main`."""
-        self.main = main
+        wait status of `main` (the in-process way, e.g. an installer's)."""
+        status: list[int] = []
+
+        def main_exited(s: int) -> None:
+            status.append(s)
+            self.end()
+
+        self.exit_watchers[main] = main_exited
+        self.serve()
+        return status[0]
+
+    def serve(self) -> None:
+        """Serve events until the instance has ended and every process is gone."""
         try:
             self.engine.run()
         finally:
             self.cleanup()
-        assert self.main_status is not None
-        return self.main_status
 
     # -- Kernel interface: the platform's events ------------------------------
 
@@ -194,7 +204,7 @@ class Instance:
             if pp is not None:
                 pp.children.add(proc)
             self.pids.add_process(proc)
-        task = Task(vid, host_tid, proc, parent.creds.copy(), fs)
+        task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach())
         self.pids.add_task(task)
         return task
 
@@ -207,14 +217,14 @@ class Instance:
             # A non-leader thread exec'd: it takes over the leader's host tid.
             leader = proc.threads.get(tid)
             if leader is not None and leader is not task:
-                self.pids.remove_task(leader)
+                self._drop_task(leader)
             self.pids.remove_task(task)
             task.host_tid = tid
             task.tid = proc.pid
             self.pids.add_task(task)
         for other in list(proc.threads.values()):
             if other is not task:
-                self.pids.remove_task(other)
+                self._drop_task(other)
         plan = task.exec_state
         task.exec_state = None
         if isinstance(plan, ExecPlan):
@@ -263,10 +273,14 @@ class Instance:
         if task is None:
             return
         proc = task.process
-        self.pids.remove_task(task)
+        self._drop_task(task)
         if proc.threads:
             return  # the process lives on in its other threads
         self._process_exited(proc, status)
+
+    def _drop_task(self, task: Task) -> None:
+        self.pids.remove_task(task)
+        task.fs.detach()
 
     def _process_exited(self, proc: Process, status: int) -> None:
         proc.exited = True
@@ -278,9 +292,9 @@ class Instance:
         report = self.launches.pop(proc.host_pid, None)
         if report is not None:
             os.close(report)
-        if proc is self.main:
-            self.main_status = status
-            self._end_instance()
+        watcher = self.exit_watchers.pop(proc, None)
+        if watcher is not None:
+            watcher(status)
         if proc.parent is self.init or proc.parent is None:
             if proc.parent is not None:
                 proc.parent.children.discard(proc)
@@ -338,8 +352,12 @@ class Instance:
 
     # -- ending ---------------------------------------------------------------
 
-    def _end_instance(self) -> None:
-        """The command is done: every process still in the instance goes too."""
+    @property
+    def ending(self) -> bool:
+        return self._ending
+
+    def end(self) -> None:
+        """End the instance: every process in it is killed, daemons included."""
         self._ending = True
         for tid in list(self.pids.tasks_by_host):
             try:
@@ -347,16 +365,17 @@ class Instance:
             except ProcessLookupError:
                 pass
 
-    def signal_main(self, sig: int) -> None:
-        """Forward a signal lx received to the command's process group."""
-        if self.main is not None and not self.main.exited:
+    def signal_group(self, proc: Process, sig: int) -> None:
+        """Forward a signal a client received to its command's process group."""
+        if proc.exited:
+            return
+        try:
+            os.killpg(proc.host_pid, sig)
+        except OSError:
             try:
-                os.killpg(self.main.host_pid, sig)
+                os.kill(proc.host_pid, sig)
             except OSError:
-                try:
-                    os.kill(self.main.host_pid, sig)
-                except OSError:
-                    pass
+                pass
 
     # -- views used by syscalls and pseudo files ------------------------------
 

@@ -20,12 +20,12 @@ from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
 from lxsub.kernel.vfs.path import Walker
+from lxsub.manager.protocol import PASSED_ENV
 from lxsub.platform.launcher import ChildSetup
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-_HOST_ENV = ("TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "COLORTERM", "TZ")
 
 
 @dataclass
@@ -38,27 +38,54 @@ class User:
     groups: tuple[int, ...] = ()
 
 
+@dataclass
+class Launch:
+    """What a client asks for: the command, as whom, where, with which host settings."""
+
+    argv: list[str]
+    mode: str = "login"                  # "exec", "shell" (through the login shell) or "login"
+    user: str | None = None              # None: the distro's default user
+    cwd: str | None = None               # None: the user's home
+    host_env: dict[str, str] | None = None   # the client's TERM, LANG... (None: ours)
+
+
 def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, mode: str) -> int:
-    """Run a command in `distro`; returns the exit status for `lx` (128+N for signal N)."""
-    rootfs = str(distro.rootfs)
-    if not os.path.isdir(rootfs):
-        raise LxError(f"the root file system of '{distro.name}' is missing ({rootfs}); "
-                      f"re-import it or 'lx --unregister {distro.name}'", EXIT_UNAVAILABLE)
-    from lxsub.state import lx_home
-    log = Log(str(lx_home() / "lx.log") if lx_home().is_dir() else None)
-    inst = Instance(distro.name, rootfs, log=log)
+    """Run a command in `distro` in this process, with our stdio, as its only
+    session (what an installer does before the distro is registered).
+    Returns the exit status for `lx` (128+N for signal N)."""
+    inst = open_instance(distro.name, str(distro.rootfs))
     try:
-        account = find_user(inst, user or getattr(distro, "default_user", "root") or "root")
-        creds = Creds.for_user(account.uid, account.gid, account.groups)
-        argv_b, path = _command_line(inst, account, creds, argv, mode)
-        fs = _start_dir(inst, account, cwd)
-        _check_runnable(inst, creds, fs, path, argv_b, distro.name)
-        env = login_environment(account, inst.uts.hostname)
-        proc = inst.spawn(path, argv_b, env, creds, fs, ChildSetup())
+        proc = start(inst, Launch(argv, mode, user, cwd),
+                     getattr(distro, "default_user", None), ChildSetup())
     except BaseException:
         inst.cleanup()
         raise
-    return _exit_code(_serve(inst, proc))
+    return exit_code(_serve(inst, proc))
+
+
+def open_instance(name: str, rootfs: str, hostname: str | None = None) -> Instance:
+    """The provider side of a distro: its PID space, mounts and /init."""
+    if not os.path.isdir(rootfs):
+        raise LxError(f"the root file system of '{name}' is missing ({rootfs}); "
+                      f"re-import it or 'lx --unregister {name}'", EXIT_UNAVAILABLE)
+    from lxsub.state import lx_home
+    log = Log(str(lx_home() / "lx.log") if lx_home().is_dir() else None)
+    return Instance(name, rootfs, hostname=hostname, log=log)
+
+
+def start(inst: Instance, launch: Launch, default_user: str | None, setup: ChildSetup):
+    """Start a client's command as a child of /init; LxError when it cannot run."""
+    account = find_user(inst, launch.user or default_user or "root")
+    creds = Creds.for_user(account.uid, account.gid, account.groups)
+    argv_b, path = _command_line(inst, account, creds, launch.argv, launch.mode)
+    fs = _start_dir(inst, account, launch.cwd)
+    try:
+        _check_runnable(inst, creds, fs, path, argv_b, inst.name)
+        env = login_environment(account, inst.uts.hostname, launch.host_env)
+        return inst.spawn(path, argv_b, env, creds, fs, setup)
+    except BaseException:
+        fs.release()
+        raise
 
 
 # -- users ----------------------------------------------------------------------
@@ -109,14 +136,15 @@ def _groups_of(inst: Instance, u: User) -> tuple[int, ...]:
     return tuple(sorted(gids))
 
 
-def login_environment(u: User, hostname: str) -> list[bytes]:
+def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = None) -> list[bytes]:
     env = {
         "HOME": u.home, "USER": u.name, "LOGNAME": u.name, "SHELL": u.shell,
         "PATH": ROOT_PATH if u.uid == 0 else USER_PATH, "HOSTNAME": hostname,
     }
-    for key in _HOST_ENV:
-        if key in os.environ:
-            env[key] = os.environ[key]
+    source = os.environ if host_env is None else host_env
+    for key in PASSED_ENV:
+        if key in source:
+            env[key] = source[key]
     env.setdefault("TERM", "dumb")
     return [f"{k}={v}".encode() for k, v in env.items()]
 
@@ -202,7 +230,7 @@ def _why_enoexec(inst: Instance, w: Walker, fs, path: bytes) -> str:
 
 def _serve(inst: Instance, proc) -> int:
     tty = _foreground_tty()
-    old = {s: signal.signal(s, lambda sig, _f: inst.signal_main(sig)) for s in _FORWARDED}
+    old = {s: signal.signal(s, lambda sig, _f: inst.signal_group(proc, sig)) for s in _FORWARDED}
     old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     try:
         if tty is not None:
@@ -235,7 +263,7 @@ def _give_terminal(fd: int, pgrp: int) -> None:
         pass
 
 
-def _exit_code(status: int) -> int:
+def exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     if os.WIFEXITED(status):

@@ -25,9 +25,19 @@ class FsContext:
     root: "Node"
     cwd: "Node"
     umask: int = 0o022
+    users: int = 0             # tasks sharing it; the nodes are released with the last
 
     def copy(self) -> "FsContext":
         return FsContext(self.root.dup(), self.cwd.dup(), self.umask)
+
+    def attach(self) -> "FsContext":
+        self.users += 1
+        return self
+
+    def detach(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.release()
 
     def set_cwd(self, node: "Node") -> None:
         old, self.cwd = self.cwd, node
@@ -36,6 +46,10 @@ class FsContext:
     def set_root(self, node: "Node") -> None:
         old, self.root = self.root, node
         old.release()
+
+    def release(self) -> None:
+        self.root.release()
+        self.cwd.release()
 
 
 @dataclass(eq=False)

@@ -14,6 +14,7 @@ import errno
 import os
 import select
 import signal
+import time
 from typing import Callable, Protocol
 
 from lxsub.platform import libc, ptrace
@@ -66,6 +67,7 @@ class Engine:
         self.poller = select.poll()
         self.poller.register(self.sigchld_fd, select.POLLIN)
         self.extra_fds: dict[int, Callable[[], None]] = {}
+        self.timers: list[tuple[float, Callable[[], None]]] = []
 
     # -- registration -----------------------------------------------------
 
@@ -87,6 +89,11 @@ class Engine:
     def unwatch_fd(self, fd: int) -> None:
         if self.extra_fds.pop(fd, None) is not None:
             self.poller.unregister(fd)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run callback from the loop after `delay` seconds (monotonic clock)."""
+        self.timers.append((time.monotonic() + delay, callback))
+        self.timers.sort(key=lambda t: t[0])
 
     def task_known(self, tid: int, before_start: Callable[[], object] | None = None) -> None:
         """The kernel made a Task for tid: let it run once it has stopped for
@@ -135,6 +142,7 @@ class Engine:
         """Serve events until the kernel says there is nothing left to serve."""
         self._drain_waits()
         while not self.kernel.on_idle():
+            self._run_due_timers()
             for fd, _ in self._poll():
                 if fd == self.sigchld_fd:
                     self._drain_sigchld_fd()
@@ -145,11 +153,20 @@ class Engine:
                     self.extra_fds[fd]()
 
     def _poll(self):
+        timeout = None
+        if self.timers:
+            timeout = max(0, int((self.timers[0][0] - time.monotonic()) * 1000) + 1)
         while True:
             try:
-                return self.poller.poll()
+                return self.poller.poll(timeout)
             except InterruptedError:
                 continue
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, callback = self.timers.pop(0)
+            callback()
 
     def _drain_sigchld_fd(self) -> None:
         try:

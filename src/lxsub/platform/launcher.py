@@ -65,7 +65,6 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
     try:
         os.close(report_r)
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        _arrange_stdio(setup, report_w)
         if setup.new_session:
             os.setsid()
             if setup.ctty is not None:
@@ -74,6 +73,7 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
                 fcntl.ioctl(setup.ctty, termios.TIOCSCTTY, 0)
         elif setup.new_pgrp:
             os.setpgid(0, 0)
+        _arrange_stdio(setup, report_w)
         os.chdir("/")
         signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,

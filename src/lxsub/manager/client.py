@@ -1,0 +1,150 @@
+"""The `lx` side of the manager protocol: find (or start) the manager, ask it.
+
+Kept light on purpose: `lx` imports this and the terminal code only, never
+the kernel, so starting a command costs a connection, not a provider.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import lxsub
+from lxsub.errors import EXIT_SOFTWARE, EXIT_UNAVAILABLE, LxError
+from lxsub.manager import paths, protocol
+from lxsub.manager.protocol import ProtocolError
+
+START_TIMEOUT = 20.0
+
+
+class ManagerGone(LxError):
+    """The manager closed the connection without answering."""
+
+
+def connect(start: bool = True) -> socket.socket | None:
+    """A connection to the manager; started first when it is not running
+    (None when it is not running and start is False)."""
+    path = str(paths.manager_socket())
+    deadline = time.monotonic() + START_TIMEOUT
+    started = False
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        if not start:
+            return None
+        if time.monotonic() > deadline:
+            raise LxError(f"the lx manager did not start (see {paths.runtime_dir()} and "
+                          "$LX_HOME/manager.log)", EXIT_UNAVAILABLE)
+        if not started:
+            _start_manager()
+            started = True
+        else:
+            time.sleep(0.02)   # another manager holds the lock and is getting ready
+
+
+def _start_manager() -> None:
+    """Start the manager detached from us; return once it listens (or has exited)."""
+    ready_r, ready_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lxsub.manager.daemon", "--ready-fd", str(ready_w)],
+            pass_fds=(ready_w,), start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", env=_manager_env())
+    finally:
+        os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready:
+        is_ready = ready.read(1) == b"1"
+    if is_ready:
+        proc.stderr.close()
+        return
+    # It exited without getting ready: another manager won the lock (fine), or it failed.
+    err = proc.stderr.read().decode(errors="replace").strip()
+    proc.stderr.close()
+    code = proc.wait()
+    if code != 0:
+        raise LxError(err.splitlines()[-1].removeprefix("lx: ") if err else
+                      f"the lx manager failed to start (exit status {code})", code or EXIT_SOFTWARE)
+
+
+def _manager_env() -> dict[str, str]:
+    """Our environment, with our own lxsub first on the path: the manager
+    runs the same code as the client that starts it."""
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(lxsub.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def request(op: str, start: bool = True, **fields: Any) -> dict[str, Any] | None:
+    """One request and its reply; LxError for an error reply. None when the
+    manager is not running and start is False."""
+    sock = connect(start)
+    if sock is None:
+        return None
+    with sock:
+        protocol.send(sock, {"v": protocol.VERSION, "op": op, **fields})
+        reply, fds = _receive(sock)
+        protocol.close_all(fds)
+    return reply
+
+
+def shutdown() -> bool:
+    """Ask the manager to end every instance and itself; returns once it
+    has exited (False when it was not running)."""
+    sock = connect(start=False)
+    if sock is None:
+        return False
+    with sock:
+        protocol.send(sock, {"v": protocol.VERSION, "op": "shutdown"})
+        _receive(sock)
+        sock.settimeout(START_TIMEOUT)
+        try:
+            while sock.recv(protocol.MAX_MESSAGE):   # its exit closes our connection
+                pass
+        except OSError:
+            pass
+    return True
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    try:
+        reply, fds = protocol.receive(sock)
+    except ProtocolError as e:
+        raise LxError(f"bad reply from the lx manager: {e.message}", EXIT_SOFTWARE) from None
+    if reply is None:
+        raise ManagerGone("the lx manager closed the connection; see $LX_HOME/manager.log",
+                      EXIT_SOFTWARE)
+    check_reply(reply)
+    return reply, fds
+
+
+def check_reply(reply: dict[str, Any]) -> None:
+    if reply.get("ok"):
+        return
+    err = reply.get("error") or {}
+    raise LxError(str(err.get("message", "the lx manager refused")), int(err.get("exit", EXIT_SOFTWARE)))
+
+
+def launch(message: dict[str, Any], stdio: tuple[int, int, int]) -> tuple[socket.socket, dict, list[int]]:
+    """Send a launch; returns the connection (now the instance's), the
+    'started' event and its descriptors (the pty master)."""
+    for attempt in range(2):
+        sock = connect()
+        protocol.send(sock, {"v": protocol.VERSION, "op": "launch", **message}, stdio)
+        try:
+            reply, fds = _receive(sock)
+            return sock, reply, fds
+        except ManagerGone:
+            sock.close()
+            # The manager may have been exiting (idle) as we connected: once more.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,405 @@
+"""The manager: one per host user and LX_HOME, started on demand by `lx`.
+
+Like WSL's LxssManager it brokers launches: it finds (or forks) the
+instance of a distro and hands the client's connection and stdio over to
+it; from then on the client and the instance talk directly, so a manager
+that dies does not take running sessions with it. A restarted manager finds
+the running instances again by their sockets. It exits after
+`[manager] idle_timeout` seconds with no instance and no client.
+
+One thread, one selector; a request never takes the manager down: a bad
+one gets an error reply, an unexpected failure is logged and answered with
+`failed`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+from lxsub.errors import LxError
+from lxsub.manager import paths, protocol
+from lxsub.manager.protocol import ProtocolError
+from lxsub.state import Distro, Registry, lx_home
+
+CLIENT_OPS = {"hello", "status", "launch", "terminate", "shutdown"}
+ASK_TIMEOUT = 15.0      # seconds an instance has to answer the manager
+END_TIMEOUT = 10.0      # seconds an ending instance has before SIGKILL
+
+
+@dataclass
+class ManagerSettings:
+    idle_timeout: float = 15.0           # [manager] idle_timeout
+    instance_idle_timeout: float = 8.0   # [instance] idle_timeout (WSL's "8 seconds")
+
+
+@dataclass
+class InstanceRef:
+    distro: str
+    pid: int
+    ctl: socket.socket           # our connection to the instance's socket
+    child: bool                  # forked by this manager (else found again after a restart)
+
+
+class Handed(Exception):
+    """The client's connection now belongs to an instance."""
+
+
+class Manager:
+    def __init__(self, listener: socket.socket, settings: ManagerSettings) -> None:
+        self.listener = listener
+        self.settings = settings
+        self.started = time.time()
+        self.selector = selectors.DefaultSelector()
+        self.clients: dict[int, socket.socket] = {}
+        self.instances: dict[str, InstanceRef] = {}
+        self.idle_since = time.monotonic()
+        self.stopping = False
+        self.selector.register(listener, selectors.EVENT_READ, self._accept)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def serve(self) -> None:
+        self._find_running_instances()
+        while not self.stopping:
+            for key, _ in self.selector.select(timeout=1.0):
+                key.data(key.fileobj)
+            self._reap_children()
+            if self._idle_for() >= self.settings.idle_timeout:
+                break
+
+    def _idle_for(self) -> float:
+        if self.clients or self.instances:
+            self.idle_since = time.monotonic()
+            return 0.0
+        return time.monotonic() - self.idle_since
+
+    def _reap_children(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    # -- clients --------------------------------------------------------------------
+
+    def _accept(self, _sock) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        from lxsub.manager.instance_host import same_user
+        if not same_user(conn):
+            conn.close()
+            return
+        self.clients[conn.fileno()] = conn
+        self.selector.register(conn, selectors.EVENT_READ, self._on_client)
+
+    def _on_client(self, conn: socket.socket) -> None:
+        try:
+            message, fds = protocol.receive(conn)
+        except ProtocolError as e:
+            self._send(conn, protocol.error_reply(e))
+            if e.code == "too-large":
+                self._drop_client(conn)
+            return
+        except OSError:
+            message, fds = None, []
+        if message is None:
+            self._drop_client(conn)
+            return
+        try:
+            spec = protocol.check_request(message, CLIENT_OPS, len(fds))
+            reply = getattr(self, "_op_" + spec.op)(conn, message, fds)
+        except Handed:
+            self._drop_client(conn)
+            return
+        except ProtocolError as e:
+            reply = protocol.error_reply(e)
+        except Exception as e:     # never die of a request: log it and say so
+            traceback.print_exc()
+            reply = protocol.error_reply(ProtocolError("failed", f"manager error: {e}"))
+        finally:
+            protocol.close_all(fds)
+        self._send(conn, reply)
+
+    def _drop_client(self, conn: socket.socket) -> None:
+        if self.clients.pop(conn.fileno(), None) is not None:
+            self.selector.unregister(conn)
+        conn.close()
+
+    @staticmethod
+    def _send(conn: socket.socket, reply: dict) -> None:
+        try:
+            protocol.send(conn, reply)
+        except OSError:
+            pass
+
+    # -- operations ---------------------------------------------------------------------
+
+    def _op_hello(self, _conn, _message: dict, _fds) -> dict:
+        return {"ok": True, "v": protocol.VERSION, "pid": os.getpid()}
+
+    def _op_status(self, _conn, _message: dict, _fds) -> dict:
+        instances = []
+        for ref in list(self.instances.values()):
+            reply = self._ask(ref, {"op": "info"})
+            if reply.get("ok"):
+                instances.append({k: reply[k] for k in
+                                  ("distro", "pid", "clients", "processes", "started", "state")})
+        try:
+            default = Registry(lx_home()).default().name
+        except LxError:
+            default = None
+        manager = {"pid": os.getpid(), "started": self.started,
+                   "socket": str(paths.manager_socket()), "lx_home": str(lx_home())}
+        return {"ok": True, "manager": manager, "default": default, "instances": instances}
+
+    def _op_terminate(self, _conn, message: dict, _fds) -> dict:
+        ref = self.instances.get(message["distro"])
+        if ref is None:
+            return {"ok": True, "ended": False}
+        self._end_instance(ref)
+        return {"ok": True, "ended": True}
+
+    def _op_shutdown(self, _conn, _message: dict, _fds) -> dict:
+        for ref in list(self.instances.values()):
+            self._end_instance(ref)
+        self.stopping = True
+        return {"ok": True}
+
+    def _op_launch(self, conn: socket.socket, message: dict, fds: list[int]) -> dict:
+        distro = _launchable(message.get("distro"))
+        session = {k: message.get(k) for k in protocol.LAUNCH_FIELDS}
+        session.update(op="session", distro=distro.name, default_user=distro.default_user)
+        for _attempt in range(3):
+            ref = self.instances.get(distro.name) or self._start_instance(distro)
+            reply = self._ask(ref, session, [conn.fileno(), *fds])
+            if reply.get("ok"):
+                raise Handed()
+            if reply.get("error", {}).get("code") != "ending":
+                err = reply.get("error", {})
+                raise ProtocolError(err.get("code", "failed"), err.get("message", "instance failed"),
+                                    err.get("exit", 70))
+            self._wait_gone(ref)
+        raise ProtocolError("failed", f"the instance of '{distro.name}' keeps ending; retry")
+
+    # -- instances --------------------------------------------------------------------------
+
+    def _start_instance(self, distro: Distro) -> InstanceRef:
+        from lxsub.manager import instance_host    # the kernel: imported once, before forks
+        path = paths.instance_socket(distro.name)
+        _unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(path))
+        listener.listen(64)
+        settings = instance_host.InstanceSettings(idle_timeout=self.settings.instance_idle_timeout)
+        pid = os.fork()
+        if pid == 0:   # pragma: no cover - the instance process
+            code = 70
+            try:
+                self._forget_in_child(keep=listener.fileno())
+                code = instance_host.run(distro.name, str(distro.rootfs), listener, settings)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        listener.close()
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ctl.connect(str(path))
+        return self._add_instance(InstanceRef(distro.name, pid, ctl, child=True))
+
+    def _forget_in_child(self, keep: int) -> None:
+        """The instance process keeps nothing of the manager's: not its
+        sockets, nor the stdio of a client whose launch is in flight (which
+        would keep that client's pipes open as long as the instance runs)."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+
+    def _add_instance(self, ref: InstanceRef) -> InstanceRef:
+        self.instances[ref.distro] = ref
+        self.selector.register(ref.ctl, selectors.EVENT_READ, lambda _s: self._instance_gone(ref))
+        return ref
+
+    def _instance_gone(self, ref: InstanceRef) -> None:
+        """The instance closed its end (it never speaks unasked): it has ended."""
+        if self.instances.get(ref.distro) is ref:
+            del self.instances[ref.distro]
+        try:
+            self.selector.unregister(ref.ctl)
+        except (KeyError, ValueError):
+            pass
+        ref.ctl.close()
+        _unlink(paths.instance_socket(ref.distro))
+
+    def _ask(self, ref: InstanceRef, message: dict, fds: list[int] | tuple[int, ...] = ()) -> dict:
+        try:
+            ref.ctl.settimeout(ASK_TIMEOUT)
+            protocol.send(ref.ctl, {"v": protocol.VERSION, **message}, fds)
+            reply, extra = protocol.receive(ref.ctl)
+            protocol.close_all(extra)
+        except (OSError, ProtocolError) as e:
+            reply = None
+            print(f"instance {ref.distro} ({ref.pid}) did not answer: {e}", file=sys.stderr)
+        if reply is None:
+            self._kill(ref)
+            self._instance_gone(ref)
+            return {"ok": False, "error": {"code": "failed",
+                                           "message": f"the instance of '{ref.distro}' failed"}}
+        return reply
+
+    def _end_instance(self, ref: InstanceRef) -> None:
+        self._ask(ref, {"op": "end"})
+        self._wait_gone(ref)
+
+    def _wait_gone(self, ref: InstanceRef) -> None:
+        """Wait until an ending instance has closed its socket; kill it if it hangs."""
+        if ref.ctl.fileno() < 0:
+            return
+        ref.ctl.settimeout(END_TIMEOUT)
+        try:
+            while ref.ctl.recv(protocol.MAX_MESSAGE):
+                pass
+        except OSError:
+            self._kill(ref)
+        self._instance_gone(ref)
+        self._reap_children()
+
+    @staticmethod
+    def _kill(ref: InstanceRef) -> None:
+        try:
+            os.kill(ref.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _find_running_instances(self) -> None:
+        """After a restart: the instances of the manager that died still run."""
+        for path in sorted(paths.instances_dir().glob("*.sock")):
+            ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                ctl.settimeout(ASK_TIMEOUT)
+                ctl.connect(str(path))
+                protocol.send(ctl, {"v": protocol.VERSION, "op": "info"})
+                reply, extra = protocol.receive(ctl)
+                protocol.close_all(extra)
+            except (OSError, ProtocolError):
+                reply = None
+            if not reply or not reply.get("ok") or reply.get("state") != "Running":
+                ctl.close()
+                if not reply:
+                    _unlink(path)
+                continue
+            self._add_instance(InstanceRef(reply["distro"], reply["pid"], ctl, child=False))
+
+
+def _launchable(name: str | None) -> Distro:
+    registry = Registry(lx_home())
+    try:
+        distro = registry.get(name) if name else registry.default()
+    except LxError as e:
+        raise ProtocolError("no-distro", e.message, e.exit_code) from None
+    if distro.state not in ("Installed",):
+        raise ProtocolError("busy", f"distro '{distro.name}' is {distro.state.lower()}; "
+                            "wait until that is done", 75)
+    return distro
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# -- starting ---------------------------------------------------------------------------------
+
+def _take_lock() -> int | None:
+    """The manager's lock: held for its whole life, so only one runs per LX_HOME."""
+    fd = os.open(paths.runtime_dir() / "manager.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return None
+        raise
+    return fd
+
+
+def _listen() -> socket.socket:
+    path = paths.manager_socket()
+    _unlink(path)        # a dead manager's; we hold the lock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+def _log_to_file() -> None:
+    home = lx_home()
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / "manager.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
+def main(argv: list[str]) -> int:
+    """`python3 -m lxsub.manager.daemon [--ready-fd N]`, normally run by `lx`."""
+    ready = int(argv[argv.index("--ready-fd") + 1]) if "--ready-fd" in argv else None
+    os.chdir("/")
+    lock = _take_lock()
+    if lock is None:
+        return 0          # another manager runs; the client will find it
+    from lxsub.manager.settings import manager_settings
+    try:
+        settings = manager_settings()
+    except LxError as e:
+        print(f"lx: {e.message}", file=sys.stderr)
+        return e.exit_code
+    listener = _listen()
+    _log_to_file()
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} manager {os.getpid()} listening on "
+          f"{paths.manager_socket()}", flush=True)
+    if ready is not None:
+        try:
+            os.write(ready, b"1")
+        except BrokenPipeError:
+            pass           # the lx that started us is gone; others will come
+        os.close(ready)
+    manager = Manager(listener, settings)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(manager, "stopping", True))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        manager.serve()
+    finally:
+        _unlink(paths.manager_socket())
+        os.close(lock)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit at once: the connections close when the process is gone, so a
+    # client waiting for that (lx --shutdown) does not see a manager still
+    # tearing its interpreter down.
+    os._exit(code)

@@ -1,0 +1,273 @@
+"""The process that hosts one running distro: its provider, /init and sessions.
+
+The manager forks it at the first launch into a distro. It listens on its
+own socket (so a restarted manager can find it again), serves the pico
+processes with the platform engine, and runs each client's command as a
+session: the client's stdio (or a pty whose master goes back to the
+client), its signals, its exit status. When the last client has gone and
+the grace period (`[instance] idle_timeout`) has passed with none coming
+back, the instance ends and every process in it is killed, daemons too.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+import termios
+import time
+from dataclasses import dataclass
+
+from lxsub.errors import LxError
+from lxsub.kernel import session as sessions
+from lxsub.kernel.instance import Instance
+from lxsub.manager import protocol
+from lxsub.manager.protocol import ProtocolError
+from lxsub.platform.launcher import ChildSetup
+
+MANAGER_OPS = {"session", "info", "end"}
+
+
+@dataclass
+class InstanceSettings:
+    idle_timeout: float = 0.0        # seconds the instance outlives its last client
+    boot_command: str | None = None  # [boot] command of the distro's /etc/lx.conf
+    hostname: str | None = None      # [network] hostname
+    default_user: str | None = None  # [user] default (wins over the registry's)
+
+
+class Session:
+    """One client's command: its connection and its leading process."""
+
+    def __init__(self, conn: socket.socket, proc) -> None:
+        self.conn = conn
+        self.proc = proc
+
+
+class InstanceHost:
+    def __init__(self, inst: Instance, listener: socket.socket, settings: InstanceSettings) -> None:
+        self.inst = inst
+        self.listener = listener
+        self.settings = settings
+        self.started = time.time()
+        self.sessions: dict[int, Session] = {}        # client connection fd -> session
+        self.peers: dict[int, socket.socket] = {}     # manager connections
+        self._idle_since: float | None = time.monotonic()
+        listener.setblocking(False)
+        inst.engine.watch_fd(listener.fileno(), self._accept)
+
+    # -- connections ------------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if not same_user(conn):
+            conn.close()
+            return
+        self.peers[conn.fileno()] = conn
+        self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_manager(conn))
+
+    def _on_manager(self, conn: socket.socket) -> None:
+        try:
+            message, fds = protocol.receive(conn)
+        except ProtocolError as e:
+            self._reply(conn, protocol.error_reply(e))
+            return
+        except OSError:
+            message, fds = None, []
+        if message is None:
+            self._drop_peer(conn)
+            return
+        try:
+            spec = protocol.check_request(message, MANAGER_OPS, len(fds))
+            reply = getattr(self, "_op_" + spec.op)(message, fds)
+        except ProtocolError as e:
+            protocol.close_all(fds)
+            reply = protocol.error_reply(e)
+        self._reply(conn, reply)
+
+    def _drop_peer(self, conn: socket.socket) -> None:
+        self.inst.engine.unwatch_fd(conn.fileno())
+        self.peers.pop(conn.fileno(), None)
+        conn.close()
+
+    @staticmethod
+    def _reply(conn: socket.socket, reply: dict, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        try:
+            protocol.send(conn, reply, fds)
+            return True
+        except OSError:
+            return False
+
+    # -- manager requests -----------------------------------------------------------
+
+    def _op_info(self, _message: dict, _fds: list[int]) -> dict:
+        return {"ok": True, **self.info()}
+
+    def info(self) -> dict:
+        return {
+            "distro": self.inst.name, "pid": os.getpid(), "clients": len(self.sessions),
+            "processes": len(self.inst.pids.processes_by_vid) - 1, "started": self.started,
+            "state": "Ending" if self.inst.ending else "Running",
+        }
+
+    def _op_end(self, _message: dict, _fds: list[int]) -> dict:
+        self.end()
+        return {"ok": True}
+
+    def _op_session(self, message: dict, fds: list[int]) -> dict:
+        if self.inst.ending:
+            protocol.close_all(fds)
+            raise ProtocolError("ending", f"the instance of '{self.inst.name}' is ending")
+        conn = socket.socket(fileno=fds[0])
+        try:
+            self._start_session(conn, message, fds[1:])
+        except LxError as e:
+            self._reply(conn, protocol.error_reply(ProtocolError("cannot-run", e.message, e.exit_code)))
+            conn.close()
+        return {"ok": True}
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _start_session(self, conn: socket.socket, message: dict, stdio: list[int]) -> None:
+        tty = message.get("tty")
+        master, setup = None, None
+        try:
+            if tty is not None:
+                master, setup = _pty_setup(stdio, tty)
+            else:
+                setup = ChildSetup(stdio=(stdio[0], stdio[1], stdio[2]), new_session=True)
+            launch = sessions.Launch(message["argv"], message["mode"], message.get("user"),
+                                     message.get("cwd"), message["env"])
+            default_user = self.settings.default_user or message.get("default_user")
+            proc = sessions.start(self.inst, launch, default_user, setup)
+        except BaseException:
+            if master is not None:
+                os.close(master)
+            raise
+        finally:
+            protocol.close_all(stdio)
+            if setup is not None and setup.ctty is not None:
+                os.close(setup.ctty)
+        session = Session(conn, proc)
+        started = {"ok": True, "event": "started", "pid": proc.pid, "pty": master is not None}
+        self._reply(conn, started, [master] if master is not None else [])
+        if master is not None:
+            os.close(master)
+        self.sessions[conn.fileno()] = session
+        self._idle_since = None
+        self.inst.exit_watchers[proc] = lambda status: self._session_exited(session, status)
+        self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_client(session))
+
+    def _on_client(self, session: Session) -> None:
+        try:
+            message, fds = protocol.receive(session.conn)
+        except (ProtocolError, OSError):
+            message, fds = None, []
+        protocol.close_all(fds)
+        if message is None:
+            # The client went away (killed, or its terminal closed): hang up
+            # its command as a terminal would, and forget the session.
+            self.inst.signal_group(session.proc, signal.SIGHUP)
+            self.inst.exit_watchers.pop(session.proc, None)
+            self._close_session(session)
+            return
+        if message.get("op") == "signal" and isinstance(message.get("signal"), int):
+            sig = message["signal"]
+            if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                self.inst.signal_group(session.proc, sig)
+
+    def _session_exited(self, session: Session, status: int) -> None:
+        self._reply(session.conn, {"ok": True, "event": "exit", "status": sessions.exit_code(status)})
+        self._close_session(session)
+
+    def _close_session(self, session: Session) -> None:
+        fd = session.conn.fileno()
+        if self.sessions.pop(fd, None) is None:
+            return
+        self.inst.engine.unwatch_fd(fd)
+        session.conn.close()
+        if not self.sessions:
+            self._idle_since = time.monotonic()
+            self.inst.engine.call_later(self.settings.idle_timeout, self._end_if_idle)
+
+    def _end_if_idle(self) -> None:
+        idle = self._idle_since
+        if idle is not None and time.monotonic() - idle >= self.settings.idle_timeout - 0.01:
+            self.end()
+
+    # -- life -------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Run the distro's [boot] command as root, detached from any client."""
+        command = self.settings.boot_command
+        if not command:
+            return
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            sessions.start(self.inst, sessions.Launch([command], "shell", "root", "/", {}),
+                           "root", ChildSetup(stdio=(null, null, null), new_session=True))
+        except LxError as e:
+            self.inst.log.warn(f"[boot] command not started: {e.message}")
+        finally:
+            os.close(null)
+
+    def end(self) -> None:
+        if not self.inst.ending:
+            self.inst.end()
+
+    def serve(self) -> None:
+        if self.settings.idle_timeout >= 0 and not self.sessions:
+            # Started and nobody came (the manager died before handing over).
+            self.inst.engine.call_later(max(self.settings.idle_timeout, 5.0), self._end_if_idle)
+        self.inst.serve()
+
+
+def _pty_setup(stdio: list[int], tty: dict) -> tuple[int, ChildSetup]:
+    """A pty standing in for those of the client's stdio that are terminals."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", tty["rows"], tty["cols"], 0, 0))
+    which = (tty["stdin"], tty["stdout"], tty["stderr"])
+    fds = tuple(slave if is_tty else fd for is_tty, fd in zip(which, stdio))
+    return master, ChildSetup(stdio=fds, new_session=True, ctty=slave)
+
+
+def set_process_name(name: str) -> None:
+    """What ps shows for us (comm, 15 bytes)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
+def same_user(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
+def run(name: str, rootfs: str, listener: socket.socket, settings: InstanceSettings) -> int:
+    """The body of an instance process (after the manager's fork)."""
+    os.setsid()
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    set_process_name(f"lx:{name}")
+    try:
+        inst = sessions.open_instance(name, rootfs, settings.hostname)
+    except LxError:
+        return 1
+    host = InstanceHost(inst, listener, settings)
+    signal.signal(signal.SIGTERM, lambda *_: host.end())
+    host.boot()
+    try:
+        host.serve()
+    except OSError as e:
+        if e.errno != errno.EINTR:
+            raise
+    return 0
