@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import tarfile
-import types
 from pathlib import Path
 
 import pytest
@@ -189,53 +188,22 @@ def test_split_command(argv, ours, mode, command) -> None:
         assert (got.mode, got.argv) == (mode, command)
 
 
-# -- running (with a stand-in for the kernel, which lives elsewhere) --
+# -- running: the real manager (started on demand in the test's LX_HOME) --
 
 
 @pytest.fixture
-def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    calls: list[tuple] = []
-
-    def run_command(distro, argv, *, user, cwd, mode):
-        calls.append((distro.name, argv, user, cwd, mode))
-        return 42
-
-    monkeypatch.setitem(sys.modules, "lxsub.kernel.session",
-                        types.SimpleNamespace(run_command=run_command))
-    return calls
+def manager(home: Path):
+    yield
+    main(["--shutdown"])
 
 
-def test_run_modes_reach_the_kernel(home: Path, tmp_path: Path, tarball: Path, capsys,
-                                    fake_kernel: list[tuple]) -> None:
-    imported(capsys, tmp_path, tarball, "a", "b")
-    assert main(["-e", "ls", "-l"]) == 42
-    assert main(["-d", "b", "-u", "bob", "--cd", "/tmp", "--", "echo", "hi", "there"]) == 42
-    assert main([]) == 42
-    assert fake_kernel == [
-        ("a", ["ls", "-l"], None, None, "exec"),
-        ("b", ["echo hi there"], "bob", "/tmp", "shell"),
-        ("a", [], None, None, "login"),
-    ]
-
-
-def test_run_unknown_distro(home: Path, capsys, fake_kernel: list[tuple]) -> None:
+def test_run_unknown_distro(home: Path, capsys, manager) -> None:
     code, _, err = run(capsys, "-d", "ghost", "--", "true")
     assert code == EXIT_UNAVAILABLE and "no distro named 'ghost'" in err
-    assert fake_kernel == []
 
 
-def test_run_without_any_distro(home: Path, capsys, fake_kernel: list[tuple]) -> None:
+def test_run_without_any_distro(home: Path, capsys, manager) -> None:
     code, _, err = run(capsys)
     assert code == EXIT_UNAVAILABLE and "lx --import" in err
 
 
-def test_keyboard_interrupt_is_130(home: Path, tmp_path: Path, tarball: Path, capsys,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    imported(capsys, tmp_path, tarball, "a")
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(sys.modules, "lxsub.kernel.session",
-                        types.SimpleNamespace(run_command=interrupted))
-    assert main(["--", "sleep", "100"]) == 130
