@@ -12,9 +12,15 @@ if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
 
 
-def mount_defaults(inst: "Instance") -> None:
+def mount_defaults(inst: "Instance", automount=None) -> None:
+    """`automount`: the [automount] settings of /etc/lx.conf for DrvFs
+    (see drvfs.AutomountSettings; None: the defaults)."""
     for path, make, source in _defaults():
         _mount_if_dir(inst, path, make(inst), source)
+    from lxsub.kernel.fs.drvfs import mount_drvfs
+    from lxsub.kernel.fs.tmpfs import mount_default_tmpfs
+    mount_default_tmpfs(inst)
+    mount_drvfs(inst, automount)
 
 
 def _defaults():
@@ -44,3 +50,23 @@ def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
     finally:
         at.release()
 
+
+
+def resolve_dir(inst: "Instance", path: str):
+    """The directory at instance path `path` (walked as root), or None with a
+    warning if it is missing; the caller owns the Node."""
+    root = inst.mounts.root_mount.root()
+    try:
+        at = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            inst.log.warn(f"{path} missing in the rootfs: not mounted")
+            return None
+        raise
+    finally:
+        root.release()
+    if not at.is_dir():
+        at.release()
+        inst.log.warn(f"{path} is not a directory: not mounted")
+        return None
+    return at
