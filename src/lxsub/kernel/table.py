@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lxsub.kernel.syscalls import (fcntl, identity, ioctl, net, process, sched, signal, stat,
-                                   stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (fcntl, identity, ioctl, mount, net, process, sched, signal,
+                                   stat, stdio, unistd, utsname, xattr)
 from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -244,7 +244,11 @@ ROWS: list[Syscall] = [
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
     denied("unshare"), denied("setns"),
-    denied("mount", note="see the VFS issue"), denied("umount2"), denied("pivot_root"),
+    notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
+           "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
+    notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
+           "them busy", PARTIAL),
+    denied("pivot_root"),
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
