@@ -150,8 +150,11 @@ class HostTree(FileSystem):
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
         if flags:
-            libc.syscall(SYS_RENAMEAT2, oldp.fd, ctypes.addressof(ctypes.create_string_buffer(old)),
-                         newp.fd, ctypes.addressof(ctypes.create_string_buffer(new)), flags)
+            # The buffers must outlive the call: a temporary's address is freed
+            # memory by the time the syscall runs (both names became the last).
+            old_buf, new_buf = ctypes.create_string_buffer(old), ctypes.create_string_buffer(new)
+            libc.syscall(SYS_RENAMEAT2, oldp.fd, ctypes.addressof(old_buf),
+                         newp.fd, ctypes.addressof(new_buf), flags)
         else:
             os.rename(old, new, src_dir_fd=oldp.fd, dst_dir_fd=newp.fd)
 
