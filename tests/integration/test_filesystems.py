@@ -253,7 +253,7 @@ def test_openpty_talks_both_ways(debian):
 
 def test_device_links_and_mknod_devices(debian):
     out = debian.out("readlink /dev/fd /dev/stdin /dev/stdout /dev/stderr; "
-                     "echo via-fd > /dev/fd/1; "
+                     "{ echo via-fd > /dev/fd/1; } | cat; "   # a pipe of the instance's own
                      "rm -f /root/mynull /root/myzero && mknod /root/mynull c 1 3 && "
                      "mknod /root/myzero c 1 5 && echo x > /root/mynull && "
                      "head -c 2 /root/myzero | od -An -tx1; (echo x > /dev/full) 2>&1 | "
