@@ -12,14 +12,14 @@ if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
 
 
-def mount_defaults(inst: "Instance", automount=None) -> None:
+def mount_defaults(inst: "Instance", automount=None, tmp: bool = False) -> None:
     """`automount`: the [automount] settings of /etc/lx.conf for DrvFs
-    (see drvfs.AutomountSettings; None: the defaults)."""
+    (see drvfs.AutomountSettings; None: the defaults); `tmp`: /tmp as tmpfs."""
     for path, make, source in _defaults():
         _mount_if_dir(inst, path, make(inst), source)
     from lxsub.kernel.fs.drvfs import mount_drvfs
     from lxsub.kernel.fs.tmpfs import mount_default_tmpfs
-    mount_default_tmpfs(inst)
+    mount_default_tmpfs(inst, tmp)
     mount_drvfs(inst, automount)
 
 
