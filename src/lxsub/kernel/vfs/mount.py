@@ -102,6 +102,15 @@ class MountTable:
             if done is not None:
                 done()
 
+    def close(self) -> None:
+        """The instance ends: unmount everything (freeing what the file
+        systems hold, e.g. a TmpFs's memory once no descriptor is open)."""
+        for m in reversed(self.mounts[1:]):
+            self.umount(m)
+            for node in (m.root_node, m.mountpoint):
+                if node is not None:
+                    node.release()
+
     def children(self, m: Mount) -> list[Mount]:
         return [c for c in self.mounts if c.parent is m]
 
