@@ -26,10 +26,14 @@ def mount_defaults(inst: "Instance", automount=None, tmp: bool = False) -> None:
 def _defaults():
     from lxsub.kernel.fs.devfs import DevFs, DevPts
     from lxsub.kernel.fs.procfs import ProcFs
+    from lxsub.kernel.fs.sysfs import SysFs
+    from lxsub.kernel.fs.cgroupfs import CgroupFs
     return [
         ("/proc", ProcFs, "proc"),
         ("/dev", DevFs, "udev"),
         ("/dev/pts", DevPts, "devpts"),
+        ("/sys", SysFs, "sysfs"),
+        ("/sys/fs/cgroup", CgroupFs, "cgroup2"),
     ]
 
 
@@ -46,10 +50,9 @@ def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
         root.release()
     try:
         if at.is_dir():
-            inst.mounts.mount(fs, at, path, source)
+            inst.mounts.mount(fs, at, path, source, getattr(fs, "mount_options", None) or "rw")
     finally:
         at.release()
-
 
 
 def resolve_dir(inst: "Instance", path: str):
