@@ -116,7 +116,7 @@ ROWS: list[Syscall] = [
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
         "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
-        "pidfd_send_signal", "pidfd_getfd")),
+        "pidfd_getfd")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
         "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
         "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
@@ -219,6 +219,8 @@ ROWS: list[Syscall] = [
     trace("rt_sigqueueinfo", signal.sys_rt_sigqueueinfo),
     trace("rt_tgsigqueueinfo", signal.sys_rt_tgsigqueueinfo),
     trace("pidfd_open", signal.sys_pidfd_open),
+    trace("pidfd_send_signal", signal.sys_pidfd_send_signal,
+          "a pidfd natively; a /proc/<pid> directory (as psmisc uses it) as kill of that process"),
     trace("rt_sigtimedwait", signal.sys_rt_sigtimedwait, "the sender's pid and uid in the "
           "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
     *(pid_arg(n) for n in (

@@ -307,6 +307,21 @@ class ProcRoot(Dir):
         return entry
 
 
+def process_of_dir(inst, fd: int) -> "Process | None":
+    """The process whose /proc/<pid> directory the provider-side descriptor
+    fd is (as opened by a program), or None."""
+    try:
+        node = inst.node_for_host_fd(fd, os.fstat(fd))
+    except OSError:
+        return None
+    e = node.obj if node is not None else None
+    if isinstance(e, ProcessDir) and e.thread is None:
+        return e.proc
+    if isinstance(e, InitDir) and e.path == "/1":
+        return inst.init
+    return None
+
+
 def _main_thread(proc: "Process"):
     return proc.threads.get(proc.host_pid) or next(iter(proc.threads.values()), None)
 
