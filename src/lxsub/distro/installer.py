@@ -34,6 +34,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Iterable
 
 from lxsub.distro.importer import ROOTFS_DIR, RootfsWriter
-from lxsub.distro.progress import Progress
+from lxsub.distro.progress import Progress, start_quiet_thread
 from lxsub.errors import EXIT_CANTCREAT, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.state import Distro, Registry, check_name, lx_home
@@ -747,13 +748,15 @@ def stage_two(registry: Registry, name: str, work: Path, packages: list[tuple[st
         writer.close()
     log = work / INSTALL_LOG.lstrip("/")
     watcher = _LogWatcher(log, progress, len(packages))
-    watcher.start()
+    start_quiet_thread(watcher)
     distro = Distro(name=name, rootfs=work)
     try:
         status = run_inside(distro, ["/bin/sh", SECOND_STAGE])
     finally:
         watcher.stop.set()
         watcher.join()
+    if status == 128 + signal.SIGINT:
+        raise KeyboardInterrupt  # Ctrl-C reached dpkg: clean up as for any interrupt
     if status != 0:
         kept = _keep_log(registry, name, log)
         detail = _last_log_line(log)

@@ -14,8 +14,36 @@ it gets the quiet behaviour rather than an error.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from typing import Any, TextIO
+import threading
+from typing import Any, Iterator, TextIO
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Threads started inside inherit a mask blocking every signal.
+
+    The kernel provider reads SIGCHLD from a signalfd, which works only
+    while no thread can take the signal; helper threads (bar refresh, log
+    watcher) must therefore never have it unblocked. Ctrl-C still reaches
+    the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def start_quiet_thread(thread: threading.Thread) -> None:
+    """thread.start() with every signal blocked in the new thread."""
+    with signals_blocked():
+        thread.start()
 
 
 class Task:
@@ -96,7 +124,8 @@ class _RichProgress(Progress):
         self.bars = Bars(*columns, console=self.console, transient=False)
 
     def __enter__(self) -> "Progress":
-        self.bars.start()
+        with signals_blocked():  # rich refreshes from a thread of its own
+            self.bars.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -147,4 +176,4 @@ def _Amount(mofn: Any, download: Any) -> Any:
     return Amount()
 
 
-__all__ = ["Progress", "Task"]
+__all__ = ["Progress", "Task", "signals_blocked", "start_quiet_thread"]
