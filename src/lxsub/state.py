@@ -196,6 +196,18 @@ class Registry:
             EXIT_UNAVAILABLE,
         )
 
+    def check_new_name(self, name: str) -> None:
+        """Fail early when `name` is taken by a complete distro (one being
+        installed or removed is left to the lock, which says it is busy)."""
+        check_name(name)
+        for d in self.list():
+            if d.name == name and d.state == INSTALLED:
+                raise LxError(
+                    f"a distro named {name!r} already exists "
+                    "(choose another name or 'lx --unregister' it first)",
+                    EXIT_CANTCREAT,
+                )
+
     def __contains__(self, name: str) -> bool:
         return any(d.name == name for d in self.list())
 
@@ -335,13 +347,9 @@ class Registry:
                               EXIT_CANTCREAT) from e
             entry = Distro(name=name, rootfs=rootfs, state=INSTALLING, work=str(work),
                            made_parent=made_parent, source=source)
-            try:
-                self.add(entry)
-            except BaseException:
-                _remove_leftovers(entry)
-                raise
             placed = False
             try:
+                self.add(entry)
                 yield work
                 os.replace(work, rootfs)
                 placed = True
@@ -352,7 +360,7 @@ class Registry:
                     if placed:
                         remove_tree(rootfs)
                     _remove_leftovers(entry)
-                    self._drop(name)
+                    self._drop(name, work=str(work))
                 raise
 
     def unregister(self, name: str) -> Distro:
@@ -411,8 +419,11 @@ class Registry:
         finally:
             lock.__exit__(None, None, None)
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, name: str, work: str | None = None) -> None:
+        """Remove entry `name` (only if it is the one building in `work`, if given)."""
         with contextlib.suppress(LxError):
+            if work is not None and self.get(name).work != work:
+                return
             self.remove(name)
 
     @contextlib.contextmanager

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 from lxsub.errors import EXIT_CANTCREAT, EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, LxError
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.lxattr import LxMeta
-from lxsub.state import Distro, Registry, check_name
+from lxsub.state import Distro, Registry
 
 if TYPE_CHECKING:
     from lxsub.distro.progress import Progress
@@ -82,13 +82,7 @@ def import_tarball(
     The tree is built in a temporary directory next to rootfs while the
     distro is registered as Installing (see Registry.creating).
     """
-    check_name(name)
-    if name in registry:  # checked again, under the lock, when registering
-        raise LxError(
-            f"a distro named {name!r} already exists "
-            "(choose another name or 'lx --unregister' it first)",
-            EXIT_CANTCREAT,
-        )
+    registry.check_new_name(name)  # checked again, under the lock, when registering
     label = _source_label(source)
     target = Path(target_dir).expanduser().resolve()
     _check_target(target)

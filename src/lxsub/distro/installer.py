@@ -49,7 +49,7 @@ from typing import Iterable
 
 from lxsub.distro.importer import ROOTFS_DIR, RootfsWriter
 from lxsub.distro.progress import Progress, start_quiet_thread
-from lxsub.errors import EXIT_CANTCREAT, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
+from lxsub.errors import EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.state import Distro, Registry, check_name, lx_home
 
@@ -106,12 +106,7 @@ def install(
     progress = progress or Progress()
     base = Path(location).expanduser().resolve() if location else lx_home() / "distros" / name
     rootfs = base / ROOTFS_DIR
-    if name in registry:  # checked again under the lock
-        raise LxError(
-            f"a distro named {name!r} already exists "
-            f"(choose another with --name, or 'lx --unregister {name}' first)",
-            EXIT_CANTCREAT,
-        )
+    registry.check_new_name(name)  # checked again under the lock
     with progress:
         with registry.creating(name, rootfs, action="install", source=kind) as work:
             if kind == "busybox":
