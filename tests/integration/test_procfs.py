@@ -368,3 +368,25 @@ def test_reading_every_file_under_proc_self_and_sys(debian):
     # and the instance still works
     cp = debian.sh("ps -eo pid= | wc -l; cat /proc/self/stat | cut -d' ' -f2")
     assert cp.returncode == 0 and text(cp).split() == ["4", "(cat)"], describe(cp)   # init bash ps wc
+
+
+def test_busybox_tools_see_the_instance(busybox):
+    """BusyBox's ps/top read /proc; its uptime and free ask sysinfo(2)."""
+    cp = busybox.exe("sh", "-s", input=textwrap.dedent("""
+        sleep 304 &
+        echo "== ps"; ps -o pid,ppid,comm
+        echo "== uptime"; uptime
+        echo "== top"; top -b -n1 | grep -E '^ *1 '
+        echo "== killall"; killall sleep; wait; echo $?
+        """).encode())
+    assert cp.returncode == 0, describe(cp)
+    s = sections(text(cp))
+    rows = [line.split() for line in s["ps"][1:]]
+    assert rows[0] == ["1", "0", "init"] and all(int(r[0]) < 100 for r in rows), describe(cp)
+    # named after the file exec'd (the applet's symlink), not /bin/busybox
+    assert {r[2] for r in rows} == {"init", "sh", "sleep", "ps"}, describe(cp)
+    import re
+    m = re.search(r"up\s+(\d+) min", s["uptime"][0])
+    assert m and int(m.group(1)) < 2, describe(cp)          # not the host's uptime
+    assert s["top"][0].split()[-1] == "/init", describe(cp)
+    assert s["killall"] == ["0"], describe(cp)

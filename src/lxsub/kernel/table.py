@@ -109,7 +109,7 @@ ROWS: list[Syscall] = [
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
         "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
         "getitimer", "setitimer", "alarm", "pause", "timer_create", "timer_settime",
-        "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage", "sysinfo",
+        "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
         "sched_yield", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
@@ -237,6 +237,7 @@ ROWS: list[Syscall] = [
         "setresuid", "setresgid", "getresuid", "getresgid", "setfsuid", "setfsgid",
         "getgroups", "setgroups", "capget", "capset")),
     notify("uname", utsname.sys_uname, "Linux, lxsub's release, the instance's hostname"),
+    notify("sysinfo", utsname.sys_sysinfo, "uptime since the instance started, its own task count"),
     notify("sethostname", utsname.sys_sethostname, "per instance"),
     notify("setdomainname", utsname.sys_setdomainname, "per instance"),
     # -- would step around the provider or change the host

@@ -55,6 +55,9 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
          follow: bool = True) -> ExecPlan:
     """Resolve `path` (and its interpreters) for an execve by the walker's caller."""
     argv = list(argv) or [path]
+    # Linux names the process after the file execve was given (a symlink's
+    # own name, a script's rather than its interpreter's): /proc/<pid>/comm.
+    comm = os.path.basename(path).decode(errors="replace")[:15]
     for _ in range(MAX_INTERP_DEPTH):
         node, fd = _open_executable(walker, start, path, follow)
         try:
@@ -70,7 +73,6 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
             argv = [kind.interp] + ([kind.arg] if kind.arg else []) + [path] + argv[1:]
             path, follow = kind.interp, True
             continue
-        comm = os.path.basename(exe)[:15]
         if kind.interp is None:
             return ExecPlan(fd, _identity(fd), argv, exe, comm, False)
         os.close(fd)

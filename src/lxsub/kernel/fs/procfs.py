@@ -16,6 +16,7 @@ import errno
 import os
 import time
 import uuid
+import weakref
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.task import PID_MAX
@@ -50,6 +51,39 @@ _PID_HOST = {"statm": 0o444, "limits": 0o444, "io": 0o400, "personality": 0o400,
 _ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
 
 
+class Boot:
+    """When the instance "booted": the first time anyone asked (its default
+    /proc is mounted when it starts). Uptime, boot time, process start
+    times and the boot id are the instance's, whichever /proc shows them."""
+
+    def __init__(self) -> None:
+        self.mono = time.monotonic()
+        self.wall = time.time()
+        host_up = read_host("/proc/uptime").split()
+        self.jiffies = int(float(host_up[0]) * HZ)     # host uptime then, in ticks
+        self.idle = float(host_up[1])
+        self.boot_id = str(uuid.uuid4())
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.mono
+
+
+_boots: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def boot_of(inst) -> Boot:
+    boot = _boots.get(inst)
+    if boot is None:
+        boot = _boots[inst] = Boot()
+    return boot
+
+
+def task_count(inst) -> int:
+    """Threads of the instance, /init included (sysinfo's procs, pids.current)."""
+    return 1 + sum(len(p.threads) for p in list(inst.pids.processes_by_vid.values())
+                   if not p.exited and not p.is_init())
+
+
 class ProcFs(PseudoFs):
     fstype = "proc"
     magic = PROC_SUPER_MAGIC
@@ -57,12 +91,9 @@ class ProcFs(PseudoFs):
 
     def __init__(self, inst) -> None:
         super().__init__(inst)
-        self.start_mono = time.monotonic()
-        self.start_wall = time.time()
-        host_up = read_host("/proc/uptime").split()
-        self.start_jiffies = int(float(host_up[0]) * HZ)
-        self.start_idle = float(host_up[1])
-        self.boot_id = str(uuid.uuid4())          # one boot per instance
+        boot = self.boot = boot_of(inst)
+        self.start_mono, self.start_wall = boot.mono, boot.wall
+        self.start_jiffies, self.start_idle, self.boot_id = boot.jiffies, boot.idle, boot.boot_id
         self._static = self._build_static()
         self._root = ProcRoot(self)
 
