@@ -234,19 +234,32 @@ def test_proc_pid_files(debian):
     assert str(debian.rootfs) not in text(cp), describe(cp)
 
 
-def test_fd_links_name_instance_paths(debian):
+def test_fd_links_and_maps_name_instance_paths(debian):
     cp = script(debian, """
         exec 3</etc/hostname 4<>/tmp/procfs-fd-test
         ls -l /proc/$$/fd | awk '{print $9, $11}'
         rm /tmp/procfs-fd-test
         readlink /proc/$$/fd/4
         cat /proc/self/fdinfo/3 | grep -c '^mnt_id'
+        python3 -c 'import mmap, os
+        keep = []
+        f = open("/dev/shm/procfs-maps", "wb+"); f.truncate(4096)
+        keep.append(mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ))
+        if os.path.exists("/mnt/host/etc/passwd"):           # DrvFs, read only
+            g = open("/mnt/host/etc/passwd", "rb")
+            keep.append(mmap.mmap(g.fileno(), 0, prot=mmap.PROT_READ))
+        print("maps", *sorted({l.split(None, 5)[5].strip() for l in open("/proc/self/maps")
+                               if "procfs-maps" in l or "/mnt/host" in l or "passwd" in l}))
+        os.unlink("/dev/shm/procfs-maps")' 2>&1
         """)
     assert cp.returncode == 0, describe(cp)
     out = text(cp).splitlines()
     assert "3 /etc/hostname" in out and "4 /tmp/procfs-fd-test" in out, describe(cp)
-    assert "/tmp/procfs-fd-test (deleted)" in out and out[-1] == "1", describe(cp)
+    assert "/tmp/procfs-fd-test (deleted)" in out and out[-2] == "1", describe(cp)
     assert str(debian.rootfs) not in text(cp), describe(cp)
+    maps = out[-1].split()
+    assert maps[0] == "maps" and "/dev/shm/procfs-maps" in maps, describe(cp)
+    assert set(maps[1:]) <= {"/dev/shm/procfs-maps", "/mnt/host/etc/passwd"}, describe(cp)
 
 
 def test_proc_sys_and_system_files(debian):

@@ -246,7 +246,8 @@ class ProcFs(PseudoFs):
             extra = [o for o in opts if o not in _PER_MOUNT and o not in ("rw", "ro")]
             if extra:
                 super_opts += "," + ",".join(extra)
-            lines.append(f"{m.id} {parent} {os.major(dev)}:{os.minor(dev)} / {_esc(m.path)} "
+            lines.append(f"{m.id} {parent} {os.major(dev)}:{os.minor(dev)} {_esc(_mount_root(m))} "
+                         f"{_esc(m.path)} "
                          f"{mount_opts} - {m.fs.fstype} {_esc(m.source)} {super_opts}")
         return ("\n".join(lines) + "\n").encode()
 
@@ -265,6 +266,26 @@ _PER_MOUNT = ("rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "n
 
 def _esc(s: str) -> str:
     return s.translate(_ESCAPES)
+
+
+def _mount_root(m: "Mount") -> str:
+    """Which directory of its file system a mount shows ("/" but for bind
+    mounts of a subdirectory)."""
+    node, fs = m.root_node, m.fs
+    if node is None:
+        return "/"
+    if node.obj is not None and isinstance(getattr(node.obj, "path", None), str):
+        return node.obj.path
+    host_root = getattr(fs, "host_root", None)
+    if node.fd is None or not host_root:
+        return "/"
+    try:
+        host = os.readlink(f"/proc/self/fd/{node.fd}")
+    except OSError:
+        return "/"
+    if host.startswith(host_root.rstrip("/") + "/"):
+        return "/" + host[len(host_root):].lstrip("/")
+    return "/"
 
 
 def _mount_dev(m: "Mount") -> int:
@@ -336,6 +357,52 @@ class ProcRoot(Dir):
         if entry is None:
             raise OSError(errno.ENOENT, "no such file or directory")
         return entry
+
+
+def host_roots(inst) -> list[tuple[str, "Mount"]]:
+    """The host directory at the root of each host-backed mount, deepest
+    first; only those the host can name by path (a private tmpfs has none)."""
+    roots = []
+    for m in list(inst.mounts.mounts):
+        node = m.root_node
+        if node is None or node.fd is None or not hasattr(m.fs, "host_root"):
+            continue
+        try:
+            path = os.readlink(f"/proc/self/fd/{node.fd}")
+            a, b = os.stat(path), os.fstat(node.fd)
+        except OSError:
+            continue
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            roots.append((path, m))
+    roots.sort(key=lambda rm: len(rm[0]), reverse=True)
+    return roots
+
+
+def detached_mounts(inst) -> dict[int, "Mount"]:
+    """Host-backed mounts on a file system of their own that the host names
+    by no path (private tmpfs): device number -> mount."""
+    named = {id(m) for _, m in host_roots(inst)}
+    out = {}
+    for m in list(inst.mounts.mounts):
+        node = m.root_node
+        if node is None or node.fd is None or id(m) in named or not hasattr(m.fs, "host_root"):
+            continue
+        try:
+            out[os.fstat(node.fd).st_dev] = m
+        except OSError:
+            continue
+    return out
+
+
+def host_to_vpath(roots: list[tuple[str, "Mount"]], host: str) -> str | None:
+    """A host path as the instance names it, through the mount whose host
+    directory holds it; None if no mount shows it."""
+    for root, m in roots:
+        if host == root or host.startswith(root.rstrip("/") + "/"):
+            rel = host[len(root):].lstrip("/")
+            base = m.path.rstrip("/")
+            return (base + "/" + rel) if rel else (m.path or "/")
+    return None
 
 
 def process_of_dir(inst, fd: int) -> "Process | None":
@@ -521,9 +588,27 @@ class ProcessDir(Dir):
         return ("\n".join(out) + "\n").encode()
 
     def _maps(self, name: str) -> bytes:
-        root = self.fs.inst.rootfs
-        text = read_host(f"{self.hp}/{name}").decode(errors="surrogateescape")
-        return text.replace(" " + root + "/", " /").encode(errors="surrogateescape")
+        """Mapped files named by their instance paths (the distro's under /,
+        host files under their DrvFs mount, tmpfs files under theirs)."""
+        roots = host_roots(self.fs.inst)
+        detached = detached_mounts(self.fs.inst)
+        out = []
+        for line in read_host(f"{self.hp}/{name}").decode(errors="surrogateescape").splitlines():
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                path = parts[5]
+                deleted = path.endswith(" (deleted)")
+                plain = path[: -len(" (deleted)")] if deleted else path
+                major, _, minor = parts[3].partition(":")
+                m = detached.get(os.makedev(int(major, 16), int(minor, 16))) if minor else None
+                if m is not None:         # the path is below that file system's root
+                    v = m.path.rstrip("/") + plain if plain != "/" else m.path
+                else:
+                    v = host_to_vpath(roots, plain)
+                if v is not None:
+                    line = line[: len(line) - len(path)] + v + (" (deleted)" if deleted else "")
+            out.append(line)
+        return ("\n".join(out) + "\n").encode(errors="surrogateescape")
 
     def _host_fds(self) -> list[str]:
         try:
@@ -670,20 +755,24 @@ class FdLink(Link):
         if not host.startswith("/"):
             return host                   # pipe:[...], socket:[...], anon_inode:...
         deleted = host.endswith(" (deleted)")
+        def by_path() -> str:
+            plain = host[: -len(" (deleted)")] if deleted else host
+            v = host_to_vpath(host_roots(inst), plain)
+            return host if v is None else v + (" (deleted)" if deleted else "")
         try:
             local = os.open(f"/proc/{self.proc.host_pid}/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
         except OSError:
-            return inst.host_to_vpath(host)
+            return by_path()
         try:
             node = inst.node_for_host_fd(local, os.fstat(local))
             if node is None:
-                return inst.host_to_vpath(host)
+                return by_path()
             path = inst.vpath_of(node)
             if deleted and not path.endswith(" (deleted)"):
                 path += " (deleted)"
             return path
         except OSError:
-            return inst.host_to_vpath(host)
+            return by_path()
         finally:
             os.close(local)
 
