@@ -6,6 +6,20 @@ over the old one, so a reader sees either the old or the new registry, never
 a torn one. Writers serialise read-modify-write cycles with an flock on
 `$LX_HOME/registry.lock`, so two `lx --import` runs cannot lose each other's
 entry.
+
+One change to a distro at a time (like the LXSS manager): install, import,
+export and unregister hold a per-distro flock, `$LX_HOME/locks/NAME.lock`,
+for their whole run (`Registry.distro_lock`); a second one waits a little,
+then fails with EXIT_TEMPFAIL naming what holds the lock.
+
+A distro being made or removed is in the registry with state "Installing"
+or "Uninstalling", with the temporary directory it is being built in; a
+launch into it is refused (`check_launchable`). The entry becomes
+"Installed" only when the files are complete and in place
+(`Registry.creating`). A run that dies half way (SIGKILL, power loss)
+leaves such an entry with nobody holding its lock: `Registry.recover`,
+called at the start of every `lx` command, removes the leftovers and says
+what happened.
 """
 
 from __future__ import annotations
@@ -18,13 +32,15 @@ import re
 import shutil
 import stat
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lxsub.errors import (
     EXIT_CANTCREAT,
     EXIT_DATAERR,
+    EXIT_TEMPFAIL,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     LxError,
@@ -32,6 +48,15 @@ from lxsub.errors import (
 
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = "registry.lock"
+LOCKS_DIR = "locks"
+
+INSTALLED = "Installed"
+INSTALLING = "Installing"
+UNINSTALLING = "Uninstalling"
+
+# How long a second install/import/export/unregister of a distro waits for
+# the first before giving up.
+LOCK_WAIT_SECONDS = 2.0
 _FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -52,12 +77,20 @@ class Distro:
     name: str
     rootfs: Path
     default_user: str = "root"
-    state: str = "Installed"
+    state: str = INSTALLED
     version: int = 1
+    # While Installing: the directory being built (renamed to rootfs at the
+    # end) and whether the directory around rootfs was made for it.
+    work: str | None = None
+    made_parent: bool = False
+    # What it was made from ("busybox 1:1.35.0-4", "debian bookworm", "import").
+    source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rootfs"] = str(self.rootfs)
+        if self.work is None:
+            del data["work"], data["made_parent"]
         return data
 
     @classmethod
@@ -66,8 +99,11 @@ class Distro:
             name=str(data["name"]),
             rootfs=Path(data["rootfs"]),
             default_user=str(data.get("default_user", "root")),
-            state=str(data.get("state", "Installed")),
+            state=str(data.get("state", INSTALLED)),
             version=int(data.get("version", 1)),
+            work=str(data["work"]) if data.get("work") else None,
+            made_parent=bool(data.get("made_parent", False)),
+            source=str(data.get("source", "")),
         )
 
 
@@ -78,6 +114,46 @@ def check_name(name: str) -> None:
             f"invalid distro name {name!r}: use only letters, digits, '.', '_' and '-'",
             EXIT_USAGE,
         )
+
+
+def check_launchable(distro: Distro) -> None:
+    """Refuse a launch into a distro that is being installed or removed,
+    or whose files are gone. Every run path calls this before starting."""
+    if distro.state == INSTALLING:
+        raise LxError(
+            f"distro {distro.name!r} is still being installed; "
+            "wait for the install to finish (see 'lx --list -v')",
+            EXIT_TEMPFAIL,
+        )
+    if distro.state == UNINSTALLING:
+        raise LxError(
+            f"distro {distro.name!r} is being unregistered; it cannot be started",
+            EXIT_TEMPFAIL,
+        )
+    if not Path(distro.rootfs).is_dir():
+        raise LxError(
+            f"the files of distro {distro.name!r} are missing ({distro.rootfs}); "
+            f"'lx --unregister {distro.name}' removes the entry",
+            EXIT_UNAVAILABLE,
+        )
+
+
+# Which distros have a running instance. The manager daemon knows; until it
+# is asked, nothing runs between lx invocations.
+_running_provider: Callable[[], Iterable[str]] | None = None
+
+
+def set_running_provider(provider: Callable[[], Iterable[str]] | None) -> None:
+    """Install the function that says which distros are running (None: none)."""
+    global _running_provider
+    _running_provider = provider
+
+
+def running_distros() -> frozenset[str]:
+    """Names of the distros with a running instance."""
+    if _running_provider is None:
+        return frozenset()
+    return frozenset(_running_provider())
 
 
 def _unknown(name: str) -> LxError:
@@ -120,6 +196,18 @@ class Registry:
             EXIT_UNAVAILABLE,
         )
 
+    def check_new_name(self, name: str) -> None:
+        """Fail early when `name` is taken by a complete distro (one being
+        installed or removed is left to the lock, which says it is busy)."""
+        check_name(name)
+        for d in self.list():
+            if d.name == name and d.state == INSTALLED:
+                raise LxError(
+                    f"a distro named {name!r} already exists "
+                    "(choose another name or 'lx --unregister' it first)",
+                    EXIT_CANTCREAT,
+                )
+
     def __contains__(self, name: str) -> bool:
         return any(d.name == name for d in self.list())
 
@@ -155,8 +243,188 @@ class Registry:
     def set_default(self, name: str) -> None:
         with self.locked():
             _, distros = self._load()
-            self._find(distros, name)
+            found = self._find(distros, name)
+            if found.state != INSTALLED:
+                raise LxError(
+                    f"distro {name!r} is {found.state.lower()}; it cannot be the default",
+                    EXIT_TEMPFAIL,
+                )
             self._store(name, distros)
+
+    def update(self, name: str, **changes: Any) -> Distro:
+        """Change fields of one entry (e.g. default_user); returns the new entry."""
+        with self.locked():
+            default_name, distros = self._load()
+            old = self._find(distros, name)
+            new = replace(old, **changes)
+            distros[distros.index(old)] = new
+            self._store(default_name, distros)
+        return new
+
+    # -- one change to a distro at a time --
+
+    @contextlib.contextmanager
+    def distro_lock(self, name: str, action: str, wait: float | None = None) -> Iterator[None]:
+        """Hold distro `name`'s change lock for `action` ("install", "import",
+        "export", "unregister"); waits up to `wait` seconds for another holder,
+        then fails with EXIT_TEMPFAIL."""
+        check_name(name)
+        wait = LOCK_WAIT_SECONDS if wait is None else wait
+        locks = self.home / LOCKS_DIR
+        self._ensure_home()
+        locks.mkdir(mode=0o700, exist_ok=True)
+        path = locks / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = _read_holder(fd)
+                        raise LxError(
+                            f"distro {name!r} is busy: {holder or 'another lx command'} "
+                            "is changing it; try again when it has finished",
+                            EXIT_TEMPFAIL,
+                        ) from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{action} (pid {os.getpid()})\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def is_busy(self, name: str) -> bool:
+        """Whether some process holds distro `name`'s change lock."""
+        path = self.home / LOCKS_DIR / f"{name}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def creating(self, name: str, rootfs: Path, action: str = "install",
+                 source: str = "") -> Iterator[Path]:
+        """Make distro `name` at `rootfs`, all or nothing.
+
+        Yields a new empty directory next to `rootfs` to build the tree in.
+        Meanwhile the distro is registered as Installing (launches refused);
+        when the body returns, the directory is renamed to `rootfs` and the
+        entry becomes Installed. If the body fails, or is interrupted, the
+        directory and the entry are removed (and the parent of `rootfs`, if
+        this made it). A run killed outright is cleaned up by `recover`.
+        """
+        check_name(name)
+        rootfs = Path(rootfs)
+        with self.distro_lock(name, action):
+            self.recover(only=name)
+            if name in self:
+                raise LxError(
+                    f"a distro named {name!r} already exists "
+                    "(choose another name or 'lx --unregister' it first)",
+                    EXIT_CANTCREAT,
+                )
+            if os.path.lexists(rootfs):
+                raise LxError(f"{rootfs} already exists; install into a new directory",
+                              EXIT_CANTCREAT)
+            made_parent = _make_parent(rootfs.parent)
+            try:
+                work = Path(tempfile.mkdtemp(prefix=f".{rootfs.name}.partial-",
+                                             dir=rootfs.parent))
+            except OSError as e:
+                if made_parent:
+                    _rmdir_quietly(rootfs.parent)
+                raise LxError(f"cannot create a directory in {rootfs.parent}: {e.strerror}",
+                              EXIT_CANTCREAT) from e
+            entry = Distro(name=name, rootfs=rootfs, state=INSTALLING, work=str(work),
+                           made_parent=made_parent, source=source)
+            placed = False
+            try:
+                self.add(entry)
+                yield work
+                os.replace(work, rootfs)
+                placed = True
+                fsync_dir(rootfs.parent)
+                self.update(name, state=INSTALLED, work=None, made_parent=False)
+            except BaseException:
+                with _signals_deferred():
+                    if placed:
+                        remove_tree(rootfs)
+                    _remove_leftovers(entry)
+                    self._drop(name, work=str(work))
+                raise
+
+    def unregister(self, name: str) -> Distro:
+        """Delete distro `name`'s files, then its entry (state Uninstalling meanwhile)."""
+        with self.distro_lock(name, "unregister"):
+            self.recover(only=name)
+            distro = self.get(name)
+            if name in running_distros():
+                raise LxError(
+                    f"distro {name!r} is running; end it first with 'lx --terminate {name}'",
+                    EXIT_TEMPFAIL,
+                )
+            distro = self.update(name, state=UNINSTALLING)
+            delete_rootfs(distro)
+            self._drop(name)
+        return distro
+
+    def recover(self, only: str | None = None) -> list[str]:
+        """Clean up after install/import/unregister runs that died half way.
+
+        Returns one message per distro cleaned up, for the user.
+        """
+        messages = []
+        for distro in self.list():
+            if distro.state == INSTALLED or (only is not None and distro.name != only):
+                continue
+            if self.is_busy(distro.name):
+                continue  # in progress right now
+            current = self._recover_one(distro)
+            if current:
+                messages.append(current)
+        return messages
+
+    def _recover_one(self, distro: Distro) -> str | None:
+        try:
+            lock = self.distro_lock(distro.name, "recover", wait=0)
+            lock.__enter__()
+        except LxError:
+            return None  # someone else got there first
+        try:
+            try:
+                current = self.get(distro.name)
+            except LxError:
+                return None
+            if current.state == INSTALLING:
+                _remove_leftovers(current)
+                self._drop(current.name)
+                return (f"an earlier install of {current.name!r} was interrupted; "
+                        "its files were removed")
+            if current.state == UNINSTALLING:
+                delete_rootfs(current)
+                self._drop(current.name)
+                return (f"an earlier unregister of {current.name!r} was interrupted; "
+                        "it has now been completed")
+            return None
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _drop(self, name: str, work: str | None = None) -> None:
+        """Remove entry `name` (only if it is the one building in `work`, if given)."""
+        with contextlib.suppress(LxError):
+            if work is not None and self.get(name).work != work:
+                return
+            self.remove(name)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -213,6 +481,77 @@ class Registry:
         atomic_write(self.path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _make_parent(parent: Path) -> bool:
+    """Create `parent` (and above) if missing; True when this call made it."""
+    if parent.is_dir():
+        return False
+    try:
+        parent.mkdir(mode=0o700, parents=True)
+        return True
+    except FileExistsError:
+        if parent.is_dir():
+            return False
+        raise LxError(f"{parent} exists and is not a directory", EXIT_CANTCREAT) from None
+    except OSError as e:
+        raise LxError(f"cannot create {parent}: {e.strerror}", EXIT_CANTCREAT) from e
+
+
+def _rmdir_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _remove_leftovers(distro: Distro) -> None:
+    """Remove what an unfinished install of `distro` made."""
+    if distro.work:
+        work = Path(distro.work)
+        if work.parent == Path(distro.rootfs).parent and work.name.startswith("."):
+            remove_tree(work)
+    if distro.made_parent:
+        _rmdir_quietly(Path(distro.rootfs).parent)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Let a clean-up finish even if the user presses Ctrl-C again."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, lambda n, _f: pending.append(n))
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that copes with directories lacking owner permissions."""
+    if not os.path.lexists(path):
+        return
+    try:
+        shutil.rmtree(path)
+    except PermissionError:
+        _give_owner_access_to_dirs(path)
+        shutil.rmtree(path)
+
+
 def atomic_write(path: Path, content: bytes) -> None:
     """Replace `path` with `content` so that a crash leaves the old or the new file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -249,11 +588,7 @@ def delete_rootfs(distro: Distro) -> None:
     if not os.path.lexists(rootfs):
         return
     try:
-        try:
-            shutil.rmtree(rootfs)
-        except PermissionError:
-            _give_owner_access_to_dirs(rootfs)
-            shutil.rmtree(rootfs)
+        remove_tree(rootfs)
     except OSError as e:
         raise LxError(
             f"could not delete all of {rootfs} ({e.strerror}); remove it by hand", EXIT_CANTCREAT

@@ -354,3 +354,39 @@ def test_interactive_shell_on_a_pty(lx, busybox_tar):
     finally:
         child.close(force=True)
     assert child.exitstatus == 9, (child.exitstatus, child.signalstatus)
+
+
+# -- /etc/lx.conf --------------------------------------------------------------------------------
+
+def _write_lx_conf(lx: LxRunner, text: str) -> None:
+    cp = lx.run(["-d", "bb", "-u", "root", "-e", "sh", "-c", 'cat > /etc/lx.conf'], input=text.encode())
+    assert cp.returncode == 0, describe(cp)
+
+
+def test_lx_conf_sets_user_hostname_and_boot_command(lx, busybox_tar):
+    _import_bb(lx, busybox_tar)
+    _write_lx_conf(lx, "[user]\ndefault = user\n[network]\nhostname = bbhost\n"
+                       "[boot]\ncommand = echo booted > /tmp/boot-marker; exec sleep 1008\n")
+    cp = lx.run(["-d", "bb", "--", "sleep 0.5; id -un; hostname; cat /tmp/boot-marker; "
+                                   "ps -o user,args | grep '[s]leep 1008'"])
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode().splitlines()
+    assert lines[:3] == ["user", "bbhost", "booted"], describe(cp)
+    assert lines[3].split()[0] == "root", describe(cp)       # the boot command runs as root
+    _wait_for(lambda: not _sleepers(lx, "1008"), what="the boot command to end with the instance")
+
+
+def test_bad_lx_conf_is_reported_with_file_line_and_key(lx, busybox_tar):
+    """A bad value is a warning naming file, line and key, and its default is
+    used: the distro still starts, so the file can be fixed from inside."""
+    _import_bb(lx, busybox_tar)
+    _write_lx_conf(lx, "[network]\n# a comment\nhostname = not a hostname!\n[user]\ndefault = user\n")
+    cp = lx.run(["-d", "bb", "--", "hostname; id -un"])
+    assert cp.returncode == 0 and cp.stdout == b"bb\nuser\n", describe(cp)
+    err = cp.stderr.decode().strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lx: warning: /etc/lx.conf:3"), err
+    assert "hostname" in err, err
+    _write_lx_conf(lx, "[network\n")
+    cp = lx.run(["-d", "bb", "-e", "id", "-un"])
+    assert cp.returncode == 0 and cp.stdout == b"root\n", describe(cp)
+    assert b"/etc/lx.conf:1" in cp.stderr and b"ignored" in cp.stderr, describe(cp)

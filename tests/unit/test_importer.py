@@ -568,3 +568,84 @@ def test_failed_export_leaves_no_partial_file(registry: Registry, rich_tar: Path
         export_tarball(distro, out_dir / "x.tar.gz")
     assert info.value.exit_code == EXIT_CANTCREAT and "No space left" in info.value.message
     assert os.listdir(out_dir) == []
+
+
+# -- RootfsWriter: several archives into one tree (the installer's .deb unpacking) --
+
+
+def test_rootfs_writer_merges_archives_with_renames(tmp_path: Path) -> None:
+    from lxsub.distro.importer import RootfsWriter
+    from lxsub.distro.installer import merged_usr
+
+    D, F = tarfile.DIRTYPE, tarfile.REGTYPE
+    one = write_tar(tmp_path / "one.tar", [
+        (_member("./", D, 0o755), None),
+        (_member("./bin/", D, 0o755), None),
+        (_member("./bin/bash", F, 0o755), b"bash"),
+        (_member("./bin/rbash", tarfile.LNKTYPE, 0o755, linkname="./bin/bash"), None),
+    ])
+    two = write_tar(tmp_path / "two.tar", [
+        (_member("./usr/bin/passwd", F, 0o4755, 0, 0), b"passwd"),
+        (_member("./var/mail/", D, 0o2775, 0, 8), None),
+    ])
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    writer = RootfsWriter(rootfs)
+    try:
+        writer.make_directory("usr", LxMeta(stat.S_IFDIR | 0o755, 0, 0))
+        writer.make_directory("usr/bin", LxMeta(stat.S_IFDIR | 0o755, 0, 0))
+        writer.make_symlink("bin", "usr/bin")
+        for tar in (one, two):
+            with open(tar, "rb") as f:
+                writer.add_archive(f, tar.name, rename=merged_usr)
+        writer.finish()
+    finally:
+        writer.close()
+    assert os.readlink(rootfs / "bin") == "usr/bin"
+    assert (rootfs / "usr/bin/bash").read_bytes() == b"bash"
+    assert os.stat(rootfs / "usr/bin/rbash").st_ino == os.stat(rootfs / "usr/bin/bash").st_ino
+    assert read_meta_path(str(rootfs / "usr/bin/passwd")) == LxMeta(stat.S_IFREG | 0o4755, 0, 0)
+    assert read_meta_path(str(rootfs / "var/mail")) == LxMeta(stat.S_IFDIR | 0o2775, 0, 8)
+    assert (rootfs / "proc").is_dir() and (rootfs / "tmp").is_dir()  # mount points added
+
+
+def test_busybox_entries_layout(tmp_path: Path) -> None:
+    from lxsub.distro.importer import RootfsWriter
+    from lxsub.distro.installer import (BUSYBOX_ACCOUNTS, BUSYBOX_GROUPS, busybox_entries,
+                                        busybox_etc, write_entries)
+
+    etc = busybox_etc(BUSYBOX_ACCOUNTS, BUSYBOX_GROUPS, "bb")
+    entries = busybox_entries(b"\x7fELF", ["bin/sh", "usr/bin/env", "sbin/x/y"], etc,
+                              dirs={"home/u": (0o750, 1000, 1000)}, mtime=T0, files_mtime=T0 + 1)
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    writer = RootfsWriter(rootfs)
+    try:
+        write_entries(entries, writer)
+        writer.finish()
+    finally:
+        writer.close()
+    assert os.readlink(rootfs / "bin/sh") == "/bin/busybox"
+    assert os.readlink(rootfs / "sbin/x/y") == "/bin/busybox"  # parents made
+    assert os.stat(rootfs / "bin/busybox").st_mtime == T0
+    assert read_meta_path(str(rootfs / "tmp")) == LxMeta(stat.S_IFDIR | 0o1777, 0, 0)
+    assert read_meta_path(str(rootfs / "root")) == LxMeta(stat.S_IFDIR | 0o700, 0, 0)
+    assert read_meta_path(str(rootfs / "home/u")) == LxMeta(stat.S_IFDIR | 0o750, 1000, 1000)
+    assert read_meta_path(str(rootfs / "etc/shadow")) == LxMeta(stat.S_IFREG | 0o600, 0, 0)
+    assert (rootfs / "etc/passwd").read_text().startswith("root:x:0:0:root:/root:/bin/sh\n")
+    assert "nogroup:x:65534:" in (rootfs / "etc/group").read_text()
+    assert (rootfs / "etc/hostname").read_text() == "bb\n"
+
+
+def test_second_stage_script_installs_core_packages_first(tmp_path: Path) -> None:
+    from lxsub.distro.installer import second_stage_script
+
+    names = ["base-passwd", "base-files", "dpkg", "libc6", "perl-base", "mawk", "debconf", "bash"]
+    packages = [(n, "1:2.0" if n == "dpkg" else "1.0", "amd64") for n in names]
+    debs = [tmp_path / f"{n}_1.0_amd64.deb" for n in names]
+    script = second_stage_script(packages, debs)
+    order = [script.index(f"--install {n}_1.0_amd64.deb") for n in names[:-1]]
+    assert order == sorted(order)
+    assert "Version: %s" in script and "1:2.0 > /var/lib/dpkg/status" in script
+    assert script.index("--unpack base-passwd_1.0_amd64.deb") > order[-1]
+    assert "dpkg --configure -a" in script and "set -e" in script

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lxsub.errors import EXIT_CANTCREAT, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
-from lxsub.state import Distro, Registry, delete_rootfs, lx_home
+from lxsub import state
+from lxsub.errors import (EXIT_CANTCREAT, EXIT_DATAERR, EXIT_TEMPFAIL, EXIT_UNAVAILABLE,
+                          EXIT_USAGE, LxError)
+from lxsub.state import (INSTALLED, INSTALLING, UNINSTALLING, Distro, Registry, check_launchable,
+                         delete_rootfs, lx_home, running_distros, set_running_provider)
 
 
 @pytest.fixture
@@ -246,3 +249,206 @@ def test_delete_rootfs_refuses_silly_paths(bad: str) -> None:
 def test_missing_rootfs_is_fine(tmp_path: Path) -> None:
     delete_rootfs(Distro("x", tmp_path / "gone" / "rootfs"))
     assert not (tmp_path / "gone").exists()
+
+
+# -- one change at a time: creating, locks, recovery --
+
+
+def _hold_lock_in_child(home: str, name: str, ready, release) -> None:
+    reg = Registry(Path(home))
+    with reg.distro_lock(name, "install"):
+        ready.set()
+        release.wait(30)
+
+
+@pytest.fixture
+def lock_holder(registry: Registry):
+    """Start a process holding distro NAME's lock; yields a starter."""
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+
+    def start(name: str):
+        ready, release = ctx.Event(), ctx.Event()
+        proc = ctx.Process(target=_hold_lock_in_child, args=(str(registry.home), name, ready, release))
+        proc.start()
+        assert ready.wait(10)
+        procs.append((proc, release))
+        return release
+
+    yield start
+    for proc, release in procs:
+        release.set()
+        proc.join(10)
+
+
+def test_creating_registers_only_when_done(registry: Registry, tmp_path: Path) -> None:
+    rootfs = tmp_path / "d" / "rootfs"
+    with registry.creating("new", rootfs) as work:
+        entry = registry.get("new")
+        assert entry.state == INSTALLING and entry.work == str(work)
+        assert work.parent == rootfs.parent and work.name.startswith(".rootfs.partial-")
+        with pytest.raises(LxError) as info:
+            check_launchable(entry)
+        assert info.value.exit_code == EXIT_TEMPFAIL
+        assert "still being installed" in info.value.message
+        (work / "etc").mkdir()
+    done = registry.get("new")
+    assert done.state == INSTALLED and done.work is None
+    assert (rootfs / "etc").is_dir() and not work.exists()
+    assert "work" not in json.loads(registry.path.read_text())["distros"][0]
+    check_launchable(done)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_creating_failure_leaves_nothing(registry: Registry, tmp_path: Path, error) -> None:
+    rootfs = tmp_path / "d" / "rootfs"
+    with pytest.raises(type(error)):
+        with registry.creating("new", rootfs) as work:
+            (work / "file").write_text("x")
+            raise error
+    assert registry.list() == []
+    assert not (tmp_path / "d").exists()
+
+
+def test_creating_keeps_an_existing_parent(registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(RuntimeError):
+        with registry.creating("new", tmp_path / "d" / "rootfs"):
+            raise RuntimeError
+    assert (tmp_path / "d").is_dir() and list((tmp_path / "d").iterdir()) == []
+
+
+def test_creating_refuses_existing_rootfs_and_name(registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "d" / "rootfs").mkdir(parents=True)
+    with pytest.raises(LxError) as info:
+        with registry.creating("x", tmp_path / "d" / "rootfs"):
+            pass
+    assert info.value.exit_code == EXIT_CANTCREAT and "already exists" in info.value.message
+    registry.add(distro("taken", tmp_path))
+    with pytest.raises(LxError) as info:
+        with registry.creating("taken", tmp_path / "e" / "rootfs"):
+            pass
+    assert info.value.exit_code == EXIT_CANTCREAT
+    assert not (tmp_path / "e").exists()
+
+
+def test_second_change_waits_then_fails_clearly(registry: Registry, lock_holder,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "LOCK_WAIT_SECONDS", 0.3)
+    lock_holder("busy")
+    assert registry.is_busy("busy")
+    with pytest.raises(LxError) as info:
+        with registry.distro_lock("busy", "export"):
+            pass
+    assert info.value.exit_code == EXIT_TEMPFAIL
+    assert info.value.message.startswith("distro 'busy' is busy: install (pid ")
+    assert "try again" in info.value.message
+    with registry.distro_lock("other", "export"):  # other distros are not affected
+        pass
+
+
+def test_lock_waits_for_a_short_holder(registry: Registry, lock_holder) -> None:
+    release = lock_holder("brief")
+    import threading
+    threading.Timer(0.3, release.set).start()
+    with registry.distro_lock("brief", "import", wait=10):
+        pass
+
+
+def test_recover_removes_an_interrupted_install(registry: Registry, tmp_path: Path) -> None:
+    rootfs = tmp_path / "d" / "rootfs"
+    work = tmp_path / "d" / ".rootfs.partial-abc"
+    (work / "etc").mkdir(parents=True)
+    registry.add(Distro("half", rootfs, state=INSTALLING, work=str(work), made_parent=True))
+    registry.add(distro("whole", tmp_path))
+    assert registry.recover() == [
+        "an earlier install of 'half' was interrupted; its files were removed"]
+    assert [d.name for d in registry.list()] == ["whole"]
+    assert registry.default().name == "whole"
+    assert not (tmp_path / "d").exists()
+    assert registry.recover() == []
+
+
+def test_recover_leaves_a_running_install_alone(registry: Registry, tmp_path: Path,
+                                               lock_holder) -> None:
+    work = tmp_path / "d" / ".rootfs.partial-abc"
+    work.mkdir(parents=True)
+    registry.add(Distro("live", tmp_path / "d" / "rootfs", state=INSTALLING, work=str(work)))
+    lock_holder("live")
+    assert registry.recover() == []
+    assert registry.get("live").state == INSTALLING and work.exists()
+
+
+def test_recover_finishes_an_interrupted_unregister(registry: Registry, tmp_path: Path) -> None:
+    rootfs = tmp_path / "d" / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    registry.add(Distro("going", rootfs, state=UNINSTALLING))
+    assert registry.recover() == [
+        "an earlier unregister of 'going' was interrupted; it has now been completed"]
+    assert registry.list() == [] and not (tmp_path / "d").exists()
+
+
+def test_recover_never_deletes_outside_the_distro_directory(registry: Registry,
+                                                           tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    registry.add(Distro("odd", tmp_path / "d" / "rootfs", state=INSTALLING, work=str(precious)))
+    registry.recover()
+    assert precious.is_dir() and registry.list() == []
+
+
+def test_unregister_removes_files_then_entry(registry: Registry, tmp_path: Path) -> None:
+    d = distro("gone", tmp_path)
+    (d.rootfs / "etc").mkdir(parents=True)
+    registry.add(d)
+    removed = registry.unregister("gone")
+    assert removed.state == UNINSTALLING
+    assert registry.list() == [] and not d.rootfs.parent.exists()
+
+
+def test_unregister_refuses_a_running_distro(registry: Registry, tmp_path: Path) -> None:
+    d = distro("busy", tmp_path)
+    d.rootfs.mkdir(parents=True)
+    registry.add(d)
+    set_running_provider(lambda: ["busy"])
+    try:
+        assert running_distros() == frozenset({"busy"})
+        with pytest.raises(LxError) as info:
+            registry.unregister("busy")
+        assert info.value.exit_code == EXIT_TEMPFAIL and "lx --terminate busy" in info.value.message
+    finally:
+        set_running_provider(None)
+    assert running_distros() == frozenset()
+    assert registry.get("busy").state == INSTALLED
+
+
+def test_check_launchable(tmp_path: Path) -> None:
+    d = distro("x", tmp_path)
+    with pytest.raises(LxError) as info:
+        check_launchable(d)
+    assert info.value.exit_code == EXIT_UNAVAILABLE and "are missing" in info.value.message
+    d.rootfs.mkdir(parents=True)
+    check_launchable(d)
+    d.state = UNINSTALLING
+    with pytest.raises(LxError, match="being unregistered") as info:
+        check_launchable(d)
+    assert info.value.exit_code == EXIT_TEMPFAIL
+
+
+def test_update_and_set_default_rules(registry: Registry, tmp_path: Path) -> None:
+    registry.add(distro("a", tmp_path))
+    registry.add(Distro("b", tmp_path / "b", state=INSTALLING, work=str(tmp_path / ".b")))
+    assert registry.update("a", default_user="alice").default_user == "alice"
+    assert registry.get("a").default_user == "alice"
+    with pytest.raises(LxError) as info:
+        registry.set_default("b")
+    assert info.value.exit_code == EXIT_TEMPFAIL
+
+
+def test_old_registry_entries_still_load(registry: Registry) -> None:
+    registry.home.mkdir(parents=True)
+    registry.path.write_text(json.dumps({"format": 1, "default": "a", "distros": [
+        {"name": "a", "rootfs": "/x/rootfs", "default_user": "root", "state": "Installed",
+         "version": 1}]}))
+    d = registry.get("a")
+    assert (d.state, d.work, d.made_parent, d.source) == (INSTALLED, None, False, "")

@@ -1,6 +1,7 @@
 """The `lx` command: wsl.exe's habits for running Linux distros on a Linux host.
 
     lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS...]
+    lx --install [busybox|debian] [--name NAME] [--location DIR] [--user USER]
     lx --import NAME DIR TARBALL|-      lx --export NAME TARBALL|-
     lx --list [-v]   lx --set-default NAME   lx --unregister NAME
     lx --status      lx --terminate NAME     lx --shutdown
@@ -21,7 +22,9 @@ from typing import NoReturn, Sequence
 
 import lxsub
 from lxsub.errors import EXIT_USAGE, LxError
-from lxsub.state import Distro, Registry, delete_rootfs, lx_home
+from lxsub.cli import distro_cmds
+from lxsub.manager import client
+from lxsub.state import Registry, lx_home, set_running_provider
 
 # Options of ours that take a value: the value may look like `-e` or `--`.
 _OPTIONS_WITH_VALUE = {"-d", "--distribution", "-u", "--user", "--cd"}
@@ -36,6 +39,8 @@ Run a command (default distro and user unless -d/-u say otherwise):
   lx -e CMD ARGS...       execute CMD directly, without a shell
 
 Manage distros:
+  lx --install [busybox|debian]    install a distro from Debian's packages
+       [--name NAME] [--location DIR] [--user USER]   (USER: default user to create)
   lx --import NAME DIR TARBALL|-   import a rootfs tarball into DIR
   lx --export NAME TARBALL|-       write a distro as a tarball (.gz/.xz by suffix)
   lx --list [-v]                   list distros
@@ -93,24 +98,28 @@ def _main(args: list[str]) -> int:
         print(f"lx (lxsub) {lxsub.__version__}\nLinux kernel interface: {lxsub.LINUX_RELEASE}")
         return 0
     registry = Registry(lx_home())
+    set_running_provider(client.running_distros)
+    distro_cmds.recover(registry)
     if opts.list:
-        return _list(registry, opts.verbose)
+        return distro_cmds.list_(registry, opts.verbose)
+    if opts.install:
+        return distro_cmds.install(registry, opts.install, name=opts.name,
+                                   location=opts.location, user=opts.user)
     if opts.import_:
-        return _import(registry, *opts.import_)
+        return distro_cmds.import_(registry, *opts.import_)
     if opts.export:
-        return _export(registry, *opts.export)
+        return distro_cmds.export(registry, *opts.export)
     if opts.set_default is not None:
-        registry.set_default(opts.set_default)
-        return 0
+        return distro_cmds.set_default(registry, opts.set_default)
     if opts.unregister is not None:
-        return _unregister(registry, opts.unregister)
+        return distro_cmds.unregister(registry, opts.unregister)
     if opts.status:
         return _status()
     if opts.terminate is not None:
         return _terminate(registry, opts.terminate)
     if opts.shutdown:
         return _shutdown()
-    return _run(opts, command)
+    return _run(registry, opts, command)
 
 
 def split_command(args: list[str]) -> tuple[list[str], _Command | None]:
@@ -147,6 +156,8 @@ def _parser() -> _Parser:
     run.add_argument("-u", "--user", metavar="USER", help="user to run as (default: the distro's default user)")
     run.add_argument("--cd", metavar="DIR", help="working directory inside the distro")
     manage = p.add_argument_group("managing distros").add_mutually_exclusive_group()
+    manage.add_argument("--install", nargs="?", const="busybox", choices=("busybox", "debian"),
+                        metavar="KIND")
     manage.add_argument("--import", dest="import_", nargs=3, metavar=("NAME", "DIR", "TARBALL"))
     manage.add_argument("--export", nargs=2, metavar=("NAME", "TARBALL"))
     manage.add_argument("-l", "--list", action="store_true", help="list distros")
@@ -158,6 +169,8 @@ def _parser() -> _Parser:
     manage.add_argument("--version", action="store_true")
     manage.add_argument("-h", "--help", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="with --list: name, state and version")
+    p.add_argument("--name", metavar="NAME", help="with --install: the distro's name")
+    p.add_argument("--location", metavar="DIR", help="with --install: where its files go")
     return p
 
 
@@ -175,6 +188,7 @@ def _parse(ours: list[str]) -> argparse.Namespace:
 def _check_combination(opts: argparse.Namespace, command: _Command | None) -> None:
     managing = next(
         (flag for flag, value in (
+            ("--install", opts.install),
             ("--import", opts.import_), ("--export", opts.export), ("--list", opts.list or None),
             ("--set-default", opts.set_default), ("--unregister", opts.unregister),
             ("--status", opts.status or None), ("--terminate", opts.terminate),
@@ -186,102 +200,35 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
     if managing and command is not None:
         raise _UsageError(f"{managing} does not take a command")
     running = [flag for flag, value in (
-        ("-d", opts.distribution), ("-u", opts.user), ("--cd", opts.cd),
+        ("-d", opts.distribution), ("-u", None if opts.install else opts.user), ("--cd", opts.cd),
     ) if value is not None]
+    for flag, value in (("--name", opts.name), ("--location", opts.location)):
+        if value is not None and not opts.install:
+            raise _UsageError(f"{flag} only goes with --install")
     if managing and running:
         raise _UsageError(f"{running[0]} cannot be combined with {managing}")
     if opts.verbose and not opts.list:
         raise _UsageError("-v only goes with --list")
 
 
-# -- managing --
-
-
-def _list(registry: Registry, verbose: bool) -> int:
-    distros = registry.list()
-    if not distros:
-        print("lx has no distros. Import one with 'lx --import NAME DIR TARBALL'.")
-        return 0
-    default = _default_name(registry)
-    if verbose:
-        _print_table(distros, default, _running())
-    else:
-        print("Linux distributions:")
-        for d in distros:
-            print(f"{d.name} (Default)" if d.name == default else d.name)
-    return 0
-
-
-def _default_name(registry: Registry) -> str | None:
-    try:
-        return registry.default().name
-    except LxError:
-        return None
-
-
-def _print_table(distros: list[Distro], default: str | None, running: set[str]) -> None:
-    rows = [("NAME", "STATE", "VERSION")] + [
-        (d.name, _run_state(d, running), str(d.version)) for d in distros
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for n, (name, state, version) in enumerate(rows):
-        mark = "*" if n and distros[n - 1].name == default else " "
-        print(f"{mark} {name:<{widths[0]}}    {state:<{widths[1]}}    {version}")
-
-
-def _run_state(distro: Distro, running: set[str]) -> str:
-    if distro.state != "Installed":
-        return distro.state
-    return "Running" if distro.name in running else "Stopped"
-
-
-def _running() -> set[str]:
-    """Distros with a running instance (asks the manager only if it runs)."""
-    from lxsub.manager import client
-
-    reply = client.request("status", start=False)
-    return {i["distro"] for i in reply["instances"]} if reply else set()
-
-
-def _import(registry: Registry, name: str, directory: str, tarball: str) -> int:
-    from lxsub.distro.importer import import_tarball
-
-    import_tarball(registry, name, directory, tarball)
-    return 0
-
-
-def _export(registry: Registry, name: str, tarball: str) -> int:
-    from lxsub.distro.exporter import export_tarball
-
-    distro = registry.get(name)
-    if tarball == "-" and sys.stdout.isatty():
-        raise _UsageError("refusing to write a tarball to a terminal; redirect stdout or name a file")
-    export_tarball(distro, tarball)
-    return 0
-
-
-def _unregister(registry: Registry, name: str) -> int:
-    distro = registry.remove(name)
-    delete_rootfs(distro)
-    return 0
-
-
 # -- running --
 
 
-def _run(opts: argparse.Namespace, command: _Command | None) -> int:
+def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
     from lxsub.cli import terminal
-    from lxsub.manager import client
     from lxsub.manager.protocol import PASSED_ENV
 
+    distro = distro_cmds.launch_distro(registry, opts.distribution)
     command = command or _Command()
     tty = terminal.describe()
     message = {
-        "distro": opts.distribution, "argv": command.argv, "mode": command.mode,
+        "distro": distro.name, "argv": command.argv, "mode": command.mode,
         "user": opts.user, "cwd": opts.cd, "tty": tty,
         "env": {k: v for k, v in os.environ.items() if k in PASSED_ENV},
     }
-    conn, _started, fds = client.launch(message, (0, 1, 2))
+    conn, started, fds = client.launch(message, (0, 1, 2))
+    for warning in started.get("warnings", ()):
+        _print_error(f"warning: {warning}")
     return terminal.attend(conn, fds[0] if fds else None, tty)
 
 
@@ -289,8 +236,6 @@ def _run(opts: argparse.Namespace, command: _Command | None) -> int:
 
 
 def _status() -> int:
-    from lxsub.manager import client
-
     reply = client.request("status", start=False)
     if reply is None:
         print("The lx manager is not running (it starts with the next 'lx' command).")
@@ -318,16 +263,12 @@ def _duration(seconds: float) -> str:
 
 
 def _terminate(registry: Registry, name: str) -> int:
-    from lxsub.manager import client
-
     registry.get(name)    # an unknown name is an error, not a no-op
     client.request("terminate", start=False, distro=name)
     return 0
 
 
 def _shutdown() -> int:
-    from lxsub.manager import client
-
     client.shutdown()
     return 0
 

@@ -19,11 +19,14 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from lxsub.errors import EXIT_CANTCREAT, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.fs import lxattr
 from lxsub.state import Distro
+
+if TYPE_CHECKING:
+    from lxsub.distro.progress import Progress
 
 _COMPRESSION_BY_SUFFIX = {
     ".gz": "gz", ".tgz": "gz",
@@ -37,7 +40,8 @@ _COPY_CHUNK = 1 << 20
 
 
 def export_tarball(
-    distro: Distro, dest: str | Path | BinaryIO, compression: str | None = None
+    distro: Distro, dest: str | Path | BinaryIO, compression: str | None = None,
+    progress: "Progress | None" = None,
 ) -> None:
     """Write `distro`'s rootfs as a tar archive to `dest` ('-' is stdout).
 
@@ -59,7 +63,12 @@ def export_tarball(
             with tarfile.open(
                 fileobj=out, mode=f"w|{comp}", format=tarfile.PAX_FORMAT, errors="surrogateescape"
             ) as archive:
-                _Writer(archive, rootfs).write_tree()
+                report = None
+                if progress is not None:
+                    task = progress.task(f"Exporting {distro.name}", total=_tree_bytes(rootfs),
+                                         unit="bytes")
+                    report = task.advance
+                _Writer(archive, rootfs, report).write_tree()
     except OSError as e:
         raise LxError(f"cannot export {distro.name!r}: {e}", EXIT_CANTCREAT) from e
 
@@ -109,8 +118,21 @@ def _umask() -> int:
     return mask
 
 
+def _tree_bytes(rootfs: Path) -> int:
+    """Bytes of regular files under rootfs (for the progress bar's total)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(rootfs):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
 class _Writer:
-    def __init__(self, archive: tarfile.TarFile, rootfs: Path) -> None:
+    def __init__(self, archive: tarfile.TarFile, rootfs: Path, report=None) -> None:
+        self.report = report
         self.archive = archive
         self.rootfs = rootfs
         self.users = _id_names(rootfs, "passwd")
@@ -161,7 +183,7 @@ class _Writer:
                 return  # replaced while we walked; skip rather than mix two files
             info.size = now.st_size
             with os.fdopen(os.dup(fd), "rb") as data:
-                self.archive.addfile(info, _Exact(data, info.size))
+                self.archive.addfile(info, _Exact(data, info.size, self.report))
         finally:
             os.close(fd)
 
@@ -202,9 +224,10 @@ class _Exact:
     pad or cut so the archive stays well formed.
     """
 
-    def __init__(self, data: BinaryIO, size: int) -> None:
+    def __init__(self, data: BinaryIO, size: int, report=None) -> None:
         self.data = data
         self.left = size
+        self.report = report
 
     def read(self, n: int = -1) -> bytes:
         # tarfile needs full reads: it takes a short one for a truncated file.
@@ -219,6 +242,8 @@ class _Exact:
             chunks.append(chunk)
             want -= len(chunk)
         self.left -= n
+        if self.report is not None and n:
+            self.report(n)
         return b"".join(chunks)
 
 

@@ -23,21 +23,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import lzma
 import os
-import shutil
 import stat
 import sys
 import tarfile
+import time
 import zlib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from lxsub.errors import EXIT_CANTCREAT, EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, LxError
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.lxattr import LxMeta
-from lxsub.state import Distro, Registry, check_name
+from lxsub.state import Distro, Registry
+
+if TYPE_CHECKING:
+    from lxsub.distro.progress import Progress
 
 ROOTFS_DIR = "rootfs"
 
@@ -70,32 +74,124 @@ def import_tarball(
     name: str,
     target_dir: str | Path,
     source: str | Path | BinaryIO,
+    progress: "Progress | None" = None,
 ) -> Distro:
     """Extract `source` into `target_dir`/rootfs and register it as `name`.
 
     `source` is a path, '-' for stdin, or a readable binary file object.
+    The tree is built in a temporary directory next to rootfs while the
+    distro is registered as Installing (see Registry.creating).
     """
-    check_name(name)
-    if name in registry:  # checked again, under the lock, when registering
-        raise LxError(
-            f"a distro named {name!r} already exists "
-            "(choose another name or 'lx --unregister' it first)",
-            EXIT_CANTCREAT,
-        )
+    registry.check_new_name(name)  # checked again, under the lock, when registering
     label = _source_label(source)
     target = Path(target_dir).expanduser().resolve()
+    _check_target(target)
     with _open_source(source) as stream:
-        created_target = _claim_target(target)
-        rootfs = _claim_rootfs(target, created_target)
-        try:
-            _extract_into(rootfs, stream, label)
+        total = _stream_size(stream)
+        with registry.creating(name, target / ROOTFS_DIR, action="import", source="import") as work:
+            reader = stream
+            if progress is not None:
+                task = progress.task(f"Importing {name}", total=total, unit="bytes")
+                reader = _CountingReader(stream, task.advance)
+            writer = RootfsWriter(work)
+            try:
+                writer.add_archive(reader, label)
+                writer.finish()
+            finally:
+                writer.close()
             os.sync()  # the data must be on disk before the registry points at it
-            distro = Distro(name=name, rootfs=rootfs)
-            registry.add(distro)
+    return registry.get(name)
+
+
+def _stream_size(stream: BinaryIO) -> int | None:
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
+
+
+class _CountingReader(io.RawIOBase):
+    """Passes reads through, reporting how many bytes went by."""
+
+    def __init__(self, stream: BinaryIO, report) -> None:
+        self.stream = stream
+        self.report = report
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.stream.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        if n:
+            self.report(n)
+        return n
+
+
+class RootfsWriter:
+    """A VolFs tree under construction: archives are extracted into it one
+    after another (a tarball, or the data of each .deb of a distro).
+
+    `rename` maps a member's path components to where they go (e.g. /bin to
+    /usr/bin on a merged-/usr system); hard link targets are mapped the same.
+    """
+
+    def __init__(self, rootfs: Path) -> None:
+        self.rootfs = Path(rootfs)
+        self.root_fd = os.open(self.rootfs, _DIR_OPEN)
+        try:
+            _check_xattr_support(self.root_fd, self.rootfs)
         except BaseException:
-            _remove_created(target if created_target else rootfs)
+            os.close(self.root_fd)
             raise
-    return distro
+        self.tree = _Tree(self.root_fd)
+
+    def add_archive(self, stream: BinaryIO, label: str, rename=None) -> int:
+        """Extract one tar stream; returns the number of members."""
+        try:
+            return _extract_members(self.tree, stream, rename)
+        except _BadArchive as e:
+            raise LxError(f"cannot import {label}: {e}", EXIT_DATAERR) from None
+        except OSError as e:  # the host side: disk full, quota, permissions
+            raise LxError(f"cannot import {label} into {self.rootfs}: {e}", EXIT_CANTCREAT) from e
+
+    def make_directory(self, path: str, meta: LxMeta, times: tuple[int, int] | None = None) -> None:
+        parts = _member_parts(path)
+        self.tree.make_directory(parts, meta, times or _now_ns())
+
+    def make_file(self, path: str, meta: LxMeta, data: bytes,
+                  times: tuple[int, int] | None = None) -> None:
+        self.tree.make_file(_member_parts(path), meta, times or _now_ns(), _Bytes(data))
+
+    def make_symlink(self, path: str, target: str, times: tuple[int, int] | None = None) -> None:
+        self.tree.make_symlink(_member_parts(path), target, times or _now_ns())
+
+    def finish(self) -> None:
+        """Add missing mount points and set the directory times."""
+        try:
+            _add_mount_points(self.tree)
+            self.tree.apply_directory_times()
+        except OSError as e:
+            raise LxError(f"cannot finish {self.rootfs}: {e}", EXIT_CANTCREAT) from e
+
+    def close(self) -> None:
+        self.tree.close()
+        os.close(self.root_fd)
+
+
+def _now_ns() -> tuple[int, int]:
+    now = time.time_ns()
+    return now, now
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def copy_to(self, fd: int) -> None:
+        _write_all(fd, self.data)
 
 
 # -- source and target --
@@ -133,63 +229,19 @@ def _open_source(source: str | Path | BinaryIO) -> Iterator[BinaryIO]:
         yield f
 
 
-def _claim_target(target: Path) -> bool:
-    """Make sure `target` exists and is empty; True when this call created it."""
-    try:
-        target.mkdir(mode=0o700, parents=True)
-        return True
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise LxError(f"cannot create {target}: {e.strerror}", EXIT_CANTCREAT) from e
+def _check_target(target: Path) -> None:
+    """`target` must be new, or an empty directory."""
+    if not os.path.lexists(target):
+        return
     if not target.is_dir():
         raise LxError(f"{target} exists and is not a directory", EXIT_CANTCREAT)
     if any(target.iterdir()):
         raise LxError(
             f"{target} is not empty; import into a new or empty directory", EXIT_CANTCREAT
         )
-    return False
-
-
-def _claim_rootfs(target: Path, created_target: bool) -> Path:
-    # Exclusive: of two imports racing into one empty directory, one wins
-    # here and the other leaves the winner's files alone.
-    rootfs = target / ROOTFS_DIR
-    try:
-        rootfs.mkdir(mode=0o700)
-    except OSError as e:
-        if created_target:
-            with contextlib.suppress(OSError):
-                target.rmdir()
-        raise LxError(f"cannot create {rootfs}: {e.strerror}", EXIT_CANTCREAT) from e
-    return rootfs
-
-
-def _remove_created(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)
 
 
 # -- extraction --
-
-
-def _extract_into(rootfs: Path, stream: BinaryIO, label: str) -> None:
-    root_fd = os.open(rootfs, _DIR_OPEN)
-    try:
-        _check_xattr_support(root_fd, rootfs)
-        tree = _Tree(root_fd)
-        try:
-            _extract_members(tree, stream)
-            _add_mount_points(tree)
-            tree.apply_directory_times()
-        except _BadArchive as e:
-            raise LxError(f"cannot import {label}: {e}", EXIT_DATAERR) from None
-        except OSError as e:  # the host side: disk full, quota, permissions
-            raise LxError(f"cannot import {label} into {rootfs}: {e}", EXIT_CANTCREAT) from e
-        finally:
-            tree.close()
-    finally:
-        os.close(root_fd)
 
 
 def _check_xattr_support(root_fd: int, rootfs: Path) -> None:
@@ -206,13 +258,14 @@ def _check_xattr_support(root_fd: int, rootfs: Path) -> None:
         raise LxError(f"cannot write metadata in {rootfs}: {e.strerror}", EXIT_CANTCREAT) from e
 
 
-def _extract_members(tree: "_Tree", stream: BinaryIO) -> None:
+def _extract_members(tree: "_Tree", stream: BinaryIO, rename=None) -> int:
     count = 0
     for member, archive in _members(stream):
-        _extract_member(tree, member, archive)
+        _extract_member(tree, member, archive, rename)
         count += 1
     if count == 0:
         raise _BadArchive("the archive has no members")
+    return count
 
 
 def _members(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
@@ -231,8 +284,11 @@ def _members(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFil
             yield member, archive
 
 
-def _extract_member(tree: "_Tree", member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+def _extract_member(tree: "_Tree", member: tarfile.TarInfo, archive: tarfile.TarFile,
+                    rename=None) -> None:
     parts = _member_parts(member.name)
+    if rename is not None:
+        parts = rename(parts)
     if not parts:
         if not member.isdir():
             raise _BadArchive(f"member {member.name!r} would replace the root directory")
@@ -243,7 +299,8 @@ def _extract_member(tree: "_Tree", member: tarfile.TarInfo, archive: tarfile.Tar
     elif member.issym():
         tree.make_symlink(parts, member.linkname, _times_ns(member))
     elif member.islnk():
-        tree.make_hardlink(parts, _member_parts(member.linkname), member.name)
+        target = _member_parts(member.linkname)
+        tree.make_hardlink(parts, rename(target) if rename else target, member.name)
     elif member.isfifo():
         tree.make_fifo(parts, _meta_for(member), _times_ns(member))
     elif member.ischr() or member.isblk():
@@ -531,4 +588,4 @@ def _add_mount_points(tree: _Tree) -> None:
         tree.mkdir(tree.parent_fd(parts), parts[-1], LxMeta(stat.S_IFDIR | mode, 0, 0))
 
 
-__all__ = ["import_tarball", "MOUNT_POINTS", "ROOTFS_DIR"]
+__all__ = ["import_tarball", "RootfsWriter", "MOUNT_POINTS", "ROOTFS_DIR"]

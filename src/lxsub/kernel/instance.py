@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
+from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
+from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.log import Log
@@ -51,13 +53,21 @@ class UtsInfo:
     release: str = LINUX_RELEASE
 
 
+def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
+    """[automount] of lx.conf as DrvFs takes it: the host's / at <root>host."""
+    return AutomountSettings(enabled=automount.enabled,
+                             root=automount.root.rstrip("/") + "/host",
+                             options=automount.options)
+
+
 class Instance:
-    def __init__(self, name: str, rootfs: str, hostname: str | None = None,
+    def __init__(self, name: str, rootfs: str, config: DistroConfig | None = None,
                  log: Log | None = None) -> None:
         self.name = name
         self.rootfs = os.path.realpath(rootfs)
+        self.config = config or DistroConfig()
         self.log = log or Log(None)
-        self.uts = UtsInfo(hostname or name)
+        self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
         self.mounts = MountTable(VolFs(self.rootfs), "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
@@ -79,7 +89,8 @@ class Instance:
         from lxsub.kernel.fs.anon import HostObjectFs
         from lxsub.kernel.vfs.mount import Mount
         self.anon_mount = Mount(HostObjectFs(self), "anon")
-        default_mounts.mount_defaults(self)
+        default_mounts.mount_defaults(self, _drvfs_settings(self.config.automount),
+                                      tmp=self.config.automount.tmp)
 
     # -- starting processes -------------------------------------------------
 

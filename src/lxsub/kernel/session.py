@@ -12,6 +12,7 @@ import os
 import signal
 from dataclasses import dataclass
 
+from lxsub.config import DistroConfig, load_distro_config
 from lxsub.errors import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_NOUSER, EXIT_OSERR,
                           EXIT_UNAVAILABLE, LxError)
 from lxsub.kernel.creds import Creds
@@ -55,22 +56,27 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
     Returns the exit status for `lx` (128+N for signal N)."""
     inst = open_instance(distro.name, str(distro.rootfs))
     try:
-        proc = start(inst, Launch(argv, mode, user, cwd),
-                     getattr(distro, "default_user", None), ChildSetup())
+        default_user = inst.config.user.default or getattr(distro, "default_user", None)
+        proc = start(inst, Launch(argv, mode, user, cwd), default_user, ChildSetup())
     except BaseException:
         inst.cleanup()
         raise
     return exit_code(_serve(inst, proc))
 
 
-def open_instance(name: str, rootfs: str, hostname: str | None = None) -> Instance:
-    """The provider side of a distro: its PID space, mounts and /init."""
+def open_instance(name: str, rootfs: str, config: DistroConfig | None = None) -> Instance:
+    """The provider side of a distro: its PID space, mounts and /init, set
+    up as its /etc/lx.conf says (read here when not given)."""
     if not os.path.isdir(rootfs):
         raise LxError(f"the root file system of '{name}' is missing ({rootfs}); "
                       f"re-import it or 'lx --unregister {name}'", EXIT_UNAVAILABLE)
     from lxsub.state import lx_home
     log = Log(str(lx_home() / "lx.log") if lx_home().is_dir() else None)
-    return Instance(name, rootfs, hostname=hostname, log=log)
+    if config is None:
+        config = load_distro_config(rootfs)
+    for warning in config.warnings:
+        log.warn(warning)
+    return Instance(name, rootfs, config, log=log)
 
 
 def start(inst: Instance, launch: Launch, default_user: str | None, setup: ChildSetup):

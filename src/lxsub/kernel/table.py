@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lxsub.kernel.syscalls import (fcntl, identity, ioctl, net, process, sched, signal, stat,
-                                   stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (fcntl, identity, ioctl, mount, net, process, sched, signal,
+                                   stat, stdio, unistd, utsname, xattr)
 from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -109,14 +109,14 @@ ROWS: list[Syscall] = [
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
         "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
         "getitimer", "setitimer", "alarm", "pause", "timer_create", "timer_settime",
-        "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage", "sysinfo",
+        "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
         "sched_yield", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
         "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
-        "pidfd_send_signal", "pidfd_getfd")),
+        "pidfd_getfd")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
         "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
         "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
@@ -219,6 +219,8 @@ ROWS: list[Syscall] = [
     trace("rt_sigqueueinfo", signal.sys_rt_sigqueueinfo),
     trace("rt_tgsigqueueinfo", signal.sys_rt_tgsigqueueinfo),
     trace("pidfd_open", signal.sys_pidfd_open),
+    trace("pidfd_send_signal", signal.sys_pidfd_send_signal,
+          "a pidfd natively; a /proc/<pid> directory (as psmisc uses it) as kill of that process"),
     trace("rt_sigtimedwait", signal.sys_rt_sigtimedwait, "the sender's pid and uid in the "
           "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
     *(pid_arg(n) for n in (
@@ -235,6 +237,7 @@ ROWS: list[Syscall] = [
         "setresuid", "setresgid", "getresuid", "getresgid", "setfsuid", "setfsgid",
         "getgroups", "setgroups", "capget", "capset")),
     notify("uname", utsname.sys_uname, "Linux, lxsub's release, the instance's hostname"),
+    notify("sysinfo", utsname.sys_sysinfo, "uptime since the instance started, its own task count"),
     notify("sethostname", utsname.sys_sethostname, "per instance"),
     notify("setdomainname", utsname.sys_setdomainname, "per instance"),
     # -- would step around the provider or change the host
@@ -244,7 +247,11 @@ ROWS: list[Syscall] = [
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
     denied("unshare"), denied("setns"),
-    denied("mount", note="see the VFS issue"), denied("umount2"), denied("pivot_root"),
+    notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
+           "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
+    notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
+           "them busy", PARTIAL),
+    denied("pivot_root"),
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),

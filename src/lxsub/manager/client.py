@@ -96,6 +96,12 @@ def request(op: str, start: bool = True, **fields: Any) -> dict[str, Any] | None
     return reply
 
 
+def running_distros() -> set[str]:
+    """Distros with a running instance (asks the manager only if it runs)."""
+    reply = request("status", start=False)
+    return {i["distro"] for i in reply["instances"]} if reply else set()
+
+
 def shutdown() -> bool:
     """Ask the manager to end every instance and itself; returns once it
     has exited (False when it was not running)."""

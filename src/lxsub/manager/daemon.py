@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from lxsub.errors import LxError
 from lxsub.manager import paths, protocol
 from lxsub.manager.protocol import ProtocolError
-from lxsub.state import Distro, Registry, lx_home
+from lxsub.config import load_distro_config, load_host_config
+from lxsub.state import Distro, Registry, check_launchable, lx_home
 
 CLIENT_OPS = {"hello", "status", "launch", "terminate", "shutdown"}
 ASK_TIMEOUT = 15.0      # seconds an instance has to answer the manager
@@ -37,8 +38,8 @@ END_TIMEOUT = 10.0      # seconds an ending instance has before SIGKILL
 
 @dataclass
 class ManagerSettings:
-    idle_timeout: float = 15.0           # [manager] idle_timeout
-    instance_idle_timeout: float = 8.0   # [instance] idle_timeout (WSL's "8 seconds")
+    idle_timeout: float                  # [manager] idle_timeout
+    instance_idle_timeout: float         # [instance] idle_timeout
 
 
 @dataclass
@@ -203,13 +204,18 @@ class Manager:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind(str(path))
         listener.listen(64)
-        settings = instance_host.InstanceSettings(idle_timeout=self.settings.instance_idle_timeout)
+        try:
+            config = load_distro_config(distro.rootfs, lenient=True)
+        except LxError as e:          # a bad /etc/lx.conf: the client is told where
+            listener.close()
+            raise ProtocolError("bad-config", e.message, e.exit_code) from None
         pid = os.fork()
         if pid == 0:   # pragma: no cover - the instance process
             code = 70
             try:
                 self._forget_in_child(keep=listener.fileno())
-                code = instance_host.run(distro.name, str(distro.rootfs), listener, settings)
+                code = instance_host.run(distro.name, str(distro.rootfs), listener,
+                                         self.settings.instance_idle_timeout, config)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -309,9 +315,10 @@ def _launchable(name: str | None) -> Distro:
         distro = registry.get(name) if name else registry.default()
     except LxError as e:
         raise ProtocolError("no-distro", e.message, e.exit_code) from None
-    if distro.state not in ("Installed",):
-        raise ProtocolError("busy", f"distro '{distro.name}' is {distro.state.lower()}; "
-                            "wait until that is done", 75)
+    try:
+        check_launchable(distro)
+    except LxError as e:
+        raise ProtocolError("busy", e.message, e.exit_code) from None
     return distro
 
 
@@ -367,9 +374,9 @@ def main(argv: list[str]) -> int:
     lock = _take_lock()
     if lock is None:
         return 0          # another manager runs; the client will find it
-    from lxsub.manager.settings import manager_settings
     try:
-        settings = manager_settings()
+        host = load_host_config()
+        settings = ManagerSettings(host.manager_idle_timeout, host.instance_idle_timeout)
     except LxError as e:
         print(f"lx: {e.message}", file=sys.stderr)
         return e.exit_code

@@ -18,9 +18,10 @@ import signal
 import socket
 import struct
 import termios
+import sys
 import time
-from dataclasses import dataclass
 
+from lxsub.config import DistroConfig
 from lxsub.errors import LxError
 from lxsub.kernel import session as sessions
 from lxsub.kernel.instance import Instance
@@ -29,14 +30,6 @@ from lxsub.manager.protocol import ProtocolError
 from lxsub.platform.launcher import ChildSetup
 
 MANAGER_OPS = {"session", "info", "end"}
-
-
-@dataclass
-class InstanceSettings:
-    idle_timeout: float = 0.0        # seconds the instance outlives its last client
-    boot_command: str | None = None  # [boot] command of the distro's /etc/lx.conf
-    hostname: str | None = None      # [network] hostname
-    default_user: str | None = None  # [user] default (wins over the registry's)
 
 
 class Session:
@@ -48,14 +41,15 @@ class Session:
 
 
 class InstanceHost:
-    def __init__(self, inst: Instance, listener: socket.socket, settings: InstanceSettings) -> None:
+    def __init__(self, inst: Instance, listener: socket.socket, idle_timeout: float) -> None:
         self.inst = inst
         self.listener = listener
-        self.settings = settings
+        self.idle_timeout = idle_timeout     # seconds the instance outlives its last client
         self.started = time.time()
         self.sessions: dict[int, Session] = {}        # client connection fd -> session
         self.peers: dict[int, socket.socket] = {}     # manager connections
         self._idle_since: float | None = time.monotonic()
+        self.told_warnings = False
         listener.setblocking(False)
         inst.engine.watch_fd(listener.fileno(), self._accept)
 
@@ -144,7 +138,8 @@ class InstanceHost:
                 setup = ChildSetup(stdio=(stdio[0], stdio[1], stdio[2]), new_session=True)
             launch = sessions.Launch(message["argv"], message["mode"], message.get("user"),
                                      message.get("cwd"), message["env"])
-            default_user = self.settings.default_user or message.get("default_user")
+            # [user] default of /etc/lx.conf wins over the registry's, as in WSL.
+            default_user = self.inst.config.user.default or message.get("default_user")
             proc = sessions.start(self.inst, launch, default_user, setup)
         except BaseException:
             if master is not None:
@@ -155,7 +150,9 @@ class InstanceHost:
             if setup is not None and setup.ctty is not None:
                 os.close(setup.ctty)
         session = Session(conn, proc)
-        started = {"ok": True, "event": "started", "pid": proc.pid, "pty": master is not None}
+        started = {"ok": True, "event": "started", "pid": proc.pid, "pty": master is not None,
+                   "warnings": [] if self.told_warnings else list(self.inst.config.warnings)}
+        self.told_warnings = True      # the client that started the instance hears them
         self._reply(conn, started, [master] if master is not None else [])
         if master is not None:
             os.close(master)
@@ -194,18 +191,18 @@ class InstanceHost:
         session.conn.close()
         if not self.sessions:
             self._idle_since = time.monotonic()
-            self.inst.engine.call_later(self.settings.idle_timeout, self._end_if_idle)
+            self.inst.engine.call_later(self.idle_timeout, self._end_if_idle)
 
     def _end_if_idle(self) -> None:
         idle = self._idle_since
-        if idle is not None and time.monotonic() - idle >= self.settings.idle_timeout - 0.01:
+        if idle is not None and time.monotonic() - idle >= self.idle_timeout - 0.01:
             self.end()
 
     # -- life -------------------------------------------------------------------------
 
     def boot(self) -> None:
         """Run the distro's [boot] command as root, detached from any client."""
-        command = self.settings.boot_command
+        command = self.inst.config.boot.command
         if not command:
             return
         null = os.open("/dev/null", os.O_RDWR)
@@ -222,9 +219,9 @@ class InstanceHost:
             self.inst.end()
 
     def serve(self) -> None:
-        if self.settings.idle_timeout >= 0 and not self.sessions:
+        if not self.sessions:
             # Started and nobody came (the manager died before handing over).
-            self.inst.engine.call_later(max(self.settings.idle_timeout, 5.0), self._end_if_idle)
+            self.inst.engine.call_later(max(self.idle_timeout, 5.0), self._end_if_idle)
         self.inst.serve()
 
 
@@ -252,17 +249,19 @@ def same_user(conn: socket.socket) -> bool:
     return uid == os.getuid()
 
 
-def run(name: str, rootfs: str, listener: socket.socket, settings: InstanceSettings) -> int:
+def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
+        config: DistroConfig) -> int:
     """The body of an instance process (after the manager's fork)."""
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     set_process_name(f"lx:{name}")
     try:
-        inst = sessions.open_instance(name, rootfs, settings.hostname)
-    except LxError:
+        inst = sessions.open_instance(name, rootfs, config)
+    except LxError as e:
+        print(f"instance {name}: {e.message}", file=sys.stderr)
         return 1
-    host = InstanceHost(inst, listener, settings)
+    host = InstanceHost(inst, listener, idle_timeout)
     signal.signal(signal.SIGTERM, lambda *_: host.end())
     host.boot()
     try:

@@ -33,7 +33,8 @@ ERROR_CODES = {
     "version": "the client speaks another protocol version (run 'lx --shutdown' after an upgrade)",
     "unknown-op": "no such operation",
     "no-distro": "the distro is not registered",
-    "busy": "the distro is being installed or removed",
+    "busy": "the distro is being installed or removed, or its files are missing",
+    "bad-config": "the distro's /etc/lx.conf has a bad line (the message names file, line and key)",
     "cannot-run": "the command cannot be started (no such user, program or directory)",
     "ending": "the instance is ending and takes no new sessions",
     "failed": "the manager or the instance failed; the message says how",
@@ -79,8 +80,9 @@ SCHEMA: list[Message] = [
             "Run a command in a distro's instance (created if not running). On success the "
             "manager hands the connection to the instance, which answers from then on.",
             LAUNCH_FIELDS, fds="the client's stdin, stdout, stderr",
-            reply="{ok, event: 'started', pid, pty: bool} with the pty master as descriptor when "
-                  "pty; later {ok, event: 'exit', status} (status as lx exits: 128+N for signal N)"),
+            reply="{ok, event: 'started', pid, pty: bool, warnings: [str]} with the pty master as "
+                  "descriptor when pty (warnings: what /etc/lx.conf got wrong, to the client that "
+                  "started the instance); later {ok, event: 'exit', status} (status as lx exits: 128+N for signal N)"),
     Message("signal", "client -> instance", "Deliver a signal the client got to its command's "
             "process group (SIGINT, SIGTERM, SIGHUP, SIGQUIT). The client resizes a pty "
             "itself, on the master it holds.", {"signal": "int"}, reply="none"),

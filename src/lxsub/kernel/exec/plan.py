@@ -55,8 +55,8 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
          follow: bool = True) -> ExecPlan:
     """Resolve `path` (and its interpreters) for an execve by the walker's caller."""
     argv = list(argv) or [path]
-    # Linux names the task after the path given to execve, not what it
-    # resolves to (a busybox applet link is "sleep", a script its own name).
+    # Linux names the process after the file execve was given (a symlink's
+    # own name, a script's rather than its interpreter's): /proc/<pid>/comm.
     comm = os.path.basename(path).decode(errors="replace")[:15]
     for _ in range(MAX_INTERP_DEPTH):
         node, fd = _open_executable(walker, start, path, follow)

@@ -38,12 +38,20 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-class HostFs(FileSystem):
+class HostTree(FileSystem):
+    """The walk and I/O over a host directory. Subclasses that the instance
+    finds by host path prefix are HostFs; the others (DrvFs, TmpFs) say
+    themselves which host descriptors are theirs (`node_from_host`)."""
+    root_fd: int | None = None     # a held directory to use instead of host_root
+
     def __init__(self, host_root: str) -> None:
         self.host_root = os.path.realpath(host_root)
 
     def root(self, mount) -> Node:
-        fd = os.open(self.host_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self.root_fd is not None:
+            fd = os.open(fd_path(self.root_fd), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = os.open(self.host_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         return Node(mount, fd, os.fstat(fd))
 
     def lookup(self, parent: Node, name: bytes) -> Node:
@@ -142,8 +150,11 @@ class HostFs(FileSystem):
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
         if flags:
-            libc.syscall(SYS_RENAMEAT2, oldp.fd, ctypes.addressof(ctypes.create_string_buffer(old)),
-                         newp.fd, ctypes.addressof(ctypes.create_string_buffer(new)), flags)
+            # The buffers must outlive the call: a temporary's address is freed
+            # memory by the time the syscall runs (both names became the last).
+            old_buf, new_buf = ctypes.create_string_buffer(old), ctypes.create_string_buffer(new)
+            libc.syscall(SYS_RENAMEAT2, oldp.fd, ctypes.addressof(old_buf),
+                         newp.fd, ctypes.addressof(new_buf), flags)
         else:
             os.rename(old, new, src_dir_fd=oldp.fd, dst_dir_fd=newp.fd)
 
@@ -163,3 +174,7 @@ class HostFs(FileSystem):
 
     def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
         pass
+
+
+class HostFs(HostTree):
+    """A host tree the instance recognises by its host path (VolFs, devpts)."""

@@ -2,7 +2,12 @@
 
 Per-process files are the host's (/proc/<host pid>/...) with every id,
 path and credential rewritten to what the instance sees; system-wide files
-are computed for the instance (uptime since it started, its hostname).
+are computed for the instance (uptime and boot time since it started, its
+hostname, its mount table, its process counts) or are the host's where the
+instance shares the host's (CPUs, memory, kernel tunables).
+
+/init (PID 1) is the provider itself: it shows as a process of its own,
+without the host details of the Python process behind it.
 """
 
 from __future__ import annotations
@@ -10,249 +15,241 @@ from __future__ import annotations
 import errno
 import os
 import time
+import uuid
+import weakref
 from typing import TYPE_CHECKING
 
+from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
-from lxsub.kernel.vfs.pseudo import Dir, File, Link, PseudoFs, StaticDir
+from lxsub.kernel.vfs.pseudo import (
+    Dir, Entry, File, HostDir, HostFile, Link, PseudoFs, StaticDir, read_host,
+)
 
 if TYPE_CHECKING:
     from lxsub.kernel.task import Process, Task
+    from lxsub.kernel.vfs.mount import Mount
 
 PROC_SUPER_MAGIC = 0x9FA0
 HZ = os.sysconf("SC_CLK_TCK")
-_PASSTHROUGH = ("meminfo", "cpuinfo", "loadavg", "version", "filesystems", "swaps",
-                "partitions", "diskstats", "vmstat", "zoneinfo", "interrupts", "softirqs",
-                "crypto", "devices", "misc", "buddyinfo", "kallsyms_not")
+# Host-wide files the instance shares as they are: its CPUs, memory, devices.
+_PASSTHROUGH = ("meminfo", "cpuinfo", "swaps", "partitions", "diskstats", "vmstat", "zoneinfo",
+                "interrupts", "softirqs", "crypto", "devices", "misc", "buddyinfo", "pagetypeinfo")
+# /proc/sys/kernel files that are the host's and mean the same inside.
+_SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid", "overflowgid",
+                    "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
+                    "randomize_va_space", "sched_child_runs_first", "pty/max", "pty/nr",
+                    "random/entropy_avail", "random/poolsize", "random/write_wakeup_threshold",
+                    "random/urandom_min_reseed_secs", "keys/maxkeys", "keys/maxbytes")
+_SYS_FS = ("file-max", "file-nr", "nr_open", "pipe-max-size", "pipe-user-pages-hard",
+           "pipe-user-pages-soft", "aio-max-nr", "aio-nr", "dentry-state", "inode-nr",
+           "inode-state", "overflowuid", "overflowgid", "lease-break-time", "leases-enable",
+           "inotify", "epoll", "mqueue", "protected_symlinks", "protected_hardlinks",
+           "protected_fifos", "protected_regular", "suid_dumpable")
+# Per-process files passed through from the host as they are (numbers only).
+_PID_HOST = {"statm": 0o444, "limits": 0o444, "io": 0o400, "personality": 0o400,
+             "oom_score": 0o444, "schedstat": 0o444, "wchan": 0o444, "auxv": 0o400}
+_ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
 
 
-def _read_host(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise OSError(e.errno or errno.ENOENT, "gone") from None
+class Boot:
+    """When the instance "booted": the first time anyone asked (its default
+    /proc is mounted when it starts). Uptime, boot time, process start
+    times and the boot id are the instance's, whichever /proc shows them."""
+
+    def __init__(self) -> None:
+        self.mono = time.monotonic()
+        self.wall = time.time()
+        host_up = read_host("/proc/uptime").split()
+        self.jiffies = int(float(host_up[0]) * HZ)     # host uptime then, in ticks
+        self.idle = float(host_up[1])
+        self.boot_id = str(uuid.uuid4())
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.mono
+
+
+_boots: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def boot_of(inst) -> Boot:
+    boot = _boots.get(inst)
+    if boot is None:
+        boot = _boots[inst] = Boot()
+    return boot
+
+
+def task_count(inst) -> int:
+    """Threads of the instance, /init included (sysinfo's procs, pids.current)."""
+    return 1 + sum(len(p.threads) for p in list(inst.pids.processes_by_vid.values())
+                   if not p.exited and not p.is_init())
 
 
 class ProcFs(PseudoFs):
     fstype = "proc"
     magic = PROC_SUPER_MAGIC
+    mount_options = "rw,nosuid,nodev,noexec,relatime"
 
     def __init__(self, inst) -> None:
         super().__init__(inst)
-        self.start_mono = time.monotonic()
-        self.start_wall = time.time()
-        self.start_jiffies = int(float(_read_host("/proc/uptime").split()[0]) * HZ)
-        self._root = self._build_root()
+        boot = self.boot = boot_of(inst)
+        self.start_mono, self.start_wall = boot.mono, boot.wall
+        self.start_jiffies, self.start_idle, self.boot_id = boot.jiffies, boot.idle, boot.boot_id
+        self._static = self._build_static()
+        self._root = ProcRoot(self)
 
     def root_entry(self) -> Dir:
         return self._root
 
     # -- the tree ---------------------------------------------------------------
 
-    def _build_root(self) -> Dir:
+    def _build_static(self) -> StaticDir:
         static = StaticDir("/")
         static.add(Link("/self", lambda t: str(t.pid)))
         static.add(Link("/thread-self", lambda t: f"{t.pid}/task/{t.tid}"))
         static.add(Link("/mounts", lambda t: "self/mounts"))
+        static.add(Link("/net", lambda t: "self/net"))
         static.add(File("/uptime", self._uptime))
         static.add(File("/stat", self._stat))
-        static.add(File("/cmdline", lambda t: b"BOOT_IMAGE=/lxsub\n"))
+        static.add(File("/loadavg", self._loadavg))
+        static.add(File("/version", lambda t: self._version()))
+        static.add(File("/filesystems", lambda t: _filesystems()))
+        static.add(File("/cgroups", lambda t: _cgroups()))
+        static.add(File("/cmdline", lambda t: b"BOOT_IMAGE=/lxsub init=/init\n"))
         for name in _PASSTHROUGH:
             if os.path.exists("/proc/" + name):
-                static.add(File("/" + name, lambda t, n=name: _read_host("/proc/" + n)))
+                static.add(HostFile("/" + name, "/proc/" + name))
         static.add(self._sys_tree())
-        inst = self.inst
-
-        def children(task: "Task") -> dict:
-            out = dict(static.entries)
-            for proc in list(inst.pids.processes_by_vid.values()):
-                if not proc.exited:
-                    out[str(proc.pid)] = self._process_dir(f"/{proc.pid}", proc, None)
-            return out
-        return Dir("/", children)
+        return static
 
     def _sys_tree(self) -> StaticDir:
         inst = self.inst
         sys_ = StaticDir("/sys")
         kernel = sys_.add(StaticDir("/sys/kernel"))
+
+        def set_uts(attr: str):
+            def write(t, data: bytes) -> None:
+                from lxsub.kernel.creds import CAP_SYS_ADMIN
+                if t is not None and t.creds.capable(CAP_SYS_ADMIN):
+                    setattr(inst.uts, attr, data.decode(errors="replace").strip()[:64])
+            return write
         kernel.add(File("/sys/kernel/hostname", lambda t: inst.uts.hostname.encode() + b"\n",
-                        write=lambda t, d: setattr(inst.uts, "hostname", d.decode().strip())))
-        kernel.add(File("/sys/kernel/domainname", lambda t: inst.uts.domainname.encode() + b"\n"))
+                        write=set_uts("hostname"), mode=0o444))
+        kernel.add(File("/sys/kernel/domainname", lambda t: inst.uts.domainname.encode() + b"\n",
+                        write=set_uts("domainname"), mode=0o444))
         kernel.add(File("/sys/kernel/osrelease", lambda t: inst.uts.release.encode() + b"\n"))
         kernel.add(File("/sys/kernel/ostype", lambda t: b"Linux\n"))
-        kernel.add(File("/sys/kernel/pid_max", lambda t: b"4194304\n"))
-        for name in ("ngroups_max", "random/boot_id", "random/uuid", "cap_last_cap", "threads-max"):
-            p = "/proc/sys/kernel/" + name
-            if os.path.exists(p):
-                if "/" in name:
-                    d = kernel.entries.get("random") or kernel.add(StaticDir("/sys/kernel/random"))
-                    d.add(File("/sys/kernel/" + name, lambda t, p=p: _read_host(p)))
-                else:
-                    kernel.add(File("/sys/kernel/" + name, lambda t, p=p: _read_host(p)))
-        fs = sys_.add(StaticDir("/sys/fs"))
-        for name in ("file-max", "nr_open", "pipe-max-size"):
-            p = "/proc/sys/fs/" + name
-            if os.path.exists(p):
-                fs.add(File("/sys/fs/" + name, lambda t, p=p: _read_host(p)))
-        vm = sys_.add(StaticDir("/sys/vm"))
-        for name in ("overcommit_memory", "max_map_count", "mmap_min_addr"):
-            p = "/proc/sys/vm/" + name
-            if os.path.exists(p):
-                vm.add(File("/sys/vm/" + name, lambda t, p=p: _read_host(p)))
+        kernel.add(File("/sys/kernel/version", lambda t: os.uname().version.encode() + b"\n"))
+        kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
+        kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode()))
+        random = kernel.add(StaticDir("/sys/kernel/random"))
+        random.add(File("/sys/kernel/random/boot_id", lambda t: self.boot_id.encode() + b"\n"))
+        random.add(File("/sys/kernel/random/uuid", lambda t: str(uuid.uuid4()).encode() + b"\n"))
+        for name in _SYS_KERNEL_HOST:
+            host = "/proc/sys/kernel/" + name
+            if not os.path.exists(host) or not os.stat(host).st_mode & 0o004:
+                continue
+            parent = kernel
+            if "/" in name:
+                sub = name.split("/")[0]
+                parent = kernel.entries.get(sub) or kernel.add(StaticDir("/sys/kernel/" + sub))
+            parent.add(HostFile("/sys/kernel/" + name, host))
+        sys_.add(HostDir("/sys/fs", "/proc/sys/fs", keep=lambda n: n in _SYS_FS))
+        for sub in ("vm", "net"):
+            if os.path.isdir("/proc/sys/" + sub):
+                sys_.add(HostDir("/sys/" + sub, "/proc/sys/" + sub))
         return sys_
 
-    def _process_dir(self, path: str, proc: "Process", thread: "Task | None") -> Dir:
-        host = thread.host_tid if thread else proc.host_pid
-        hp = f"/proc/{proc.host_pid}/task/{host}" if thread else f"/proc/{host}"
-        inst = self.inst
-        main = (lambda: thread) if thread else (lambda: _main_thread(proc))
+    def process_dir(self, proc: "Process", thread: "Task | None" = None,
+                    path: str | None = None) -> "Dir":
+        if path is None:
+            path = f"/{proc.pid}"
         if proc.is_init():
-            return self._init_dir(path)
-        entries = {
-            "exe": Link(path + "/exe", lambda t: proc.exe),
-            "cwd": Link(path + "/cwd", lambda t: inst.vpath_of(_need(main()).fs.cwd)),
-            "root": Link(path + "/root", lambda t: inst.vpath_of(_need(main()).fs.root)),
-            "cmdline": File(path + "/cmdline", lambda t: self._cmdline(proc, hp)),
-            "comm": File(path + "/comm", lambda t: proc.comm.encode() + b"\n",
-                         write=lambda t, d: setattr(proc, "comm", d.decode(errors="replace").strip()[:15])),
-            "stat": File(path + "/stat", lambda t: self._pid_stat(proc, thread, hp)),
-            "status": File(path + "/status", lambda t: self._pid_status(proc, thread, hp)),
-            "maps": File(path + "/maps", lambda t: self._maps(hp)),
-            "environ": File(path + "/environ", lambda t: _read_host(hp + "/environ"), mode=0o400),
-            "limits": File(path + "/limits", lambda t: _read_host(hp + "/limits")),
-            "statm": File(path + "/statm", lambda t: _read_host(hp + "/statm")),
-            "mounts": File(path + "/mounts", lambda t: self._mounts()),
-            "fd": Dir(path + "/fd", lambda t: self._fds(path + "/fd", proc, hp), 0o500),
-        }
-        if thread is None:
-            entries["task"] = Dir(path + "/task", lambda t: {
-                str(th.tid): self._process_dir(f"{path}/task/{th.tid}", proc, th)
-                for th in list(proc.threads.values())})
-        return Dir(path, lambda t: entries)
+            return InitDir(self, path)
+        return ProcessDir(self, path, proc, thread)
 
-    def _init_dir(self, path: str) -> Dir:
-        entries = {
-            "exe": Link(path + "/exe", lambda t: "/init"),
-            "cwd": Link(path + "/cwd", lambda t: "/"),
-            "root": Link(path + "/root", lambda t: "/"),
-            "cmdline": File(path + "/cmdline", lambda t: b"/init\0"),
-            "comm": File(path + "/comm", lambda t: b"init\n"),
-            "stat": File(path + "/stat", lambda t: self._init_stat()),
-            "status": File(path + "/status", lambda t: self._init_status()),
-            "fd": Dir(path + "/fd", lambda t: {}, 0o500),
-            "maps": File(path + "/maps", lambda t: b""),
-            "environ": File(path + "/environ", lambda t: b"", mode=0o400),
-            "mounts": File(path + "/mounts", lambda t: self._mounts()),
-            "task": Dir(path + "/task", lambda t: {"1": Dir(path + "/task/1", lambda t: {})}),
-        }
-        return Dir(path, lambda t: entries)
+    # -- system-wide contents ---------------------------------------------------
 
-    # -- contents ---------------------------------------------------------------
+    def _last_pid(self) -> int:
+        nxt = getattr(self.inst.pids, "_next", 2)
+        return nxt - 1 if nxt > 2 else PID_MAX - 1
+
+    def _tasks(self):
+        for proc in list(self.inst.pids.processes_by_vid.values()):
+            if proc.exited or proc.is_init():
+                continue
+            for task in list(proc.threads.values()):
+                yield proc, task
+
+    def _task_states(self) -> list[str]:
+        """The state letter of each instance task (and S for /init); the
+        caller is running."""
+        states = ["S"]
+        caller = self.task()
+        for proc, task in self._tasks():
+            if task is caller:
+                states.append("R")
+                continue
+            try:
+                raw = read_host(f"/proc/{proc.host_pid}/task/{task.host_tid}/stat")
+                states.append(raw.rpartition(b")")[2].split()[0].decode())
+            except (OSError, IndexError):
+                continue
+        return states
 
     def _uptime(self, t) -> bytes:
         up = time.monotonic() - self.start_mono
-        return f"{up:.2f} {up * os.cpu_count():.2f}\n".encode()
+        try:
+            idle = max(0.0, float(read_host("/proc/uptime").split()[1]) - self.start_idle)
+        except (OSError, IndexError, ValueError):
+            idle = 0.0
+        return f"{up:.2f} {idle:.2f}\n".encode()
+
+    def _loadavg(self, t) -> bytes:
+        loads = read_host("/proc/loadavg").decode().split()[:3]
+        states = self._task_states()
+        running = sum(1 for s in states if s == "R")
+        return f"{' '.join(loads)} {running}/{len(states)} {self._last_pid()}\n".encode()
 
     def _stat(self, t) -> bytes:
+        states = None
         lines = []
-        for line in _read_host("/proc/stat").decode().splitlines():
-            if line.startswith("btime "):
+        for line in read_host("/proc/stat").decode().splitlines():
+            key = line.split(" ", 1)[0]
+            if key == "btime":
                 line = f"btime {int(self.start_wall)}"
-            elif line.startswith("processes "):
-                line = f"processes {len(self.inst.pids.processes_by_vid)}"
+            elif key == "processes":
+                line = f"processes {self._last_pid()}"
+            elif key in ("procs_running", "procs_blocked"):
+                states = states or self._task_states()
+                want = "R" if key == "procs_running" else "D"
+                line = f"{key} {sum(1 for s in states if s == want)}"
             lines.append(line)
         return ("\n".join(lines) + "\n").encode()
 
-    def _cmdline(self, proc: "Process", hp: str) -> bytes:
-        raw = _read_host(hp + "/cmdline")
-        if proc.argv_skip and raw:
-            words = raw.split(b"\0")
-            # ld.so --argv0 ARGV0 PROGRAM ARGS...: show ARGV0 ARGS...
-            if len(words) >= 4 and words[1] == b"--argv0":
-                raw = b"\0".join([words[2]] + words[4:])
-        return raw
+    def _version(self) -> bytes:
+        host = os.uname()
+        return f"Linux version {self.inst.uts.release} (lxsub) {host.version}\n".encode()
 
-    def _pid_stat(self, proc: "Process", thread, hp: str) -> bytes:
-        raw = _read_host(hp + "/stat").decode()
-        head, _, rest = raw.rpartition(")")
-        f = rest.split()
-        pids = self.inst.pids
-        f[1] = str(proc.parent.pid if proc.parent else 0)
-        f[2] = str(pids.group_to_virtual(int(f[2])))
-        f[3] = str(pids.group_to_virtual(int(f[3])))
-        tpgid = int(f[5])
-        f[5] = str(pids.group_to_virtual(tpgid) if tpgid > 0 else tpgid)
-        f[19] = str(max(0, int(f[19]) - self.start_jiffies))
-        vid = thread.tid if thread else proc.pid
-        return f"{vid} ({proc.comm}) {' '.join(f)}\n".encode()
-
-    def _pid_status(self, proc: "Process", thread, hp: str) -> bytes:
-        task = thread or _main_thread(proc)
-        c = task.creds if task else None
-        pids = self.inst.pids
-        out = []
-        for line in _read_host(hp + "/status").decode().splitlines():
-            key, _, val = line.partition(":")
-            if key == "Name":
-                val = "\t" + proc.comm
-            elif key in ("Tgid", "NStgid"):
-                val = f"\t{proc.pid}"
-            elif key in ("Pid", "NSpid"):
-                val = f"\t{thread.tid if thread else proc.pid}"
-            elif key == "PPid":
-                val = f"\t{proc.parent.pid if proc.parent else 0}"
-            elif key == "TracerPid":
-                val = "\t0"
-            elif key == "NSpgid":
-                val = f"\t{pids.group_to_virtual(int(val.split()[-1]))}"
-            elif key == "NSsid":
-                val = f"\t{pids.group_to_virtual(int(val.split()[-1]))}"
-            elif key == "Uid" and c:
-                val = f"\t{c.ruid}\t{c.euid}\t{c.suid}\t{c.fsuid}"
-            elif key == "Gid" and c:
-                val = f"\t{c.rgid}\t{c.egid}\t{c.sgid}\t{c.fsgid}"
-            elif key == "Groups" and c:
-                val = "\t" + " ".join(str(g) for g in c.groups) + " "
-            elif key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") and c:
-                v = {"CapInh": c.cap_inheritable, "CapPrm": c.cap_permitted,
-                     "CapEff": c.cap_effective, "CapBnd": (1 << 41) - 1, "CapAmb": 0}[key]
-                val = f"\t{v:016x}"
-            elif key in ("Seccomp", "Seccomp_filters", "NoNewPrivs"):
-                val = "\t0"
-            elif key == "Umask" and task:
-                val = f"\t{task.fs.umask:04o}"
-            out.append(f"{key}:{val}")
-        return ("\n".join(out) + "\n").encode()
-
-    def _maps(self, hp: str) -> bytes:
-        root = self.inst.rootfs
-        text = _read_host(hp + "/maps").decode(errors="surrogateescape")
-        return text.replace(" " + root + "/", " /").encode(errors="surrogateescape")
-
-    def _mounts(self) -> bytes:
-        lines = [f"{m.source} {m.path} {m.fs.fstype} {m.options} 0 0" for m in self.inst.mounts.mounts]
+    def mounts_text(self) -> bytes:
+        lines = [f"{_esc(m.source)} {_esc(m.path)} {m.fs.fstype} {m.options} 0 0"
+                 for m in self.inst.mounts.mounts]
         return ("\n".join(lines) + "\n").encode()
 
-    def _fds(self, path: str, proc: "Process", hp: str) -> dict:
-        try:
-            names = os.listdir(hp + "/fd")
-        except OSError:
-            return {}
-        out = {}
-        for n in names:
-            out[n] = FdLink(f"{path}/{n}", proc, int(n), self)
-        return out
-
-    def _init_stat(self) -> bytes:
-        # state ppid pgrp session tty tpgid flags, 8 fault/time counters,
-        # cutime cstime priority nice threads itreal starttime, then zeros.
-        fields = ["S", "0", "1", "1", "0", "-1", "4194560"] + ["0"] * 8 \
-            + ["0", "0", "20", "0", "1", "0", "0"] + ["0"] * 30
-        return f"1 (init) {' '.join(fields)}\n".encode()
-
-    def _init_status(self) -> bytes:
-        return (b"Name:\tinit\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\nPid:\t1\n"
-                b"PPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nThreads:\t1\n")
+    def mountinfo_text(self) -> bytes:
+        lines = []
+        for m in self.inst.mounts.mounts:
+            parent = m.parent.id if m.parent is not None else 1
+            dev = _mount_dev(m)
+            opts = m.options.split(",")
+            mount_opts = ",".join(o for o in opts if o in _PER_MOUNT) or "rw"
+            super_opts = "ro" if "ro" in opts else "rw"
+            extra = [o for o in opts if o not in _PER_MOUNT and o not in ("rw", "ro")]
+            if extra:
+                super_opts += "," + ",".join(extra)
+            lines.append(f"{m.id} {parent} {os.major(dev)}:{os.minor(dev)} {_esc(_mount_root(m))} "
+                         f"{_esc(m.path)} "
+                         f"{mount_opts} - {m.fs.fstype} {_esc(m.source)} {super_opts}")
+        return ("\n".join(lines) + "\n").encode()
 
     # -- magic links ---------------------------------------------------------
 
@@ -263,18 +260,521 @@ class ProcFs(PseudoFs):
         return None
 
 
+_PER_MOUNT = ("rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "nodiratime",
+              "strictatime", "sync", "dirsync", "mand")
+
+
+def _esc(s: str) -> str:
+    return s.translate(_ESCAPES)
+
+
+def _mount_root(m: "Mount") -> str:
+    """Which directory of its file system a mount shows ("/" but for bind
+    mounts of a subdirectory)."""
+    node, fs = m.root_node, m.fs
+    if node is None:
+        return "/"
+    if node.obj is not None and isinstance(getattr(node.obj, "path", None), str):
+        return node.obj.path
+    host_root = getattr(fs, "host_root", None)
+    if node.fd is None or not host_root:
+        return "/"
+    try:
+        host = os.readlink(f"/proc/self/fd/{node.fd}")
+    except OSError:
+        return "/"
+    if host.startswith(host_root.rstrip("/") + "/"):
+        return "/" + host[len(host_root):].lstrip("/")
+    return "/"
+
+
+def _mount_dev(m: "Mount") -> int:
+    dev = getattr(m.fs, "dev", None)
+    if isinstance(dev, int):
+        return dev
+    try:
+        return m.fs.getattr(m.root_node).dev
+    except (OSError, AttributeError, AssertionError):
+        return 0
+
+
+def _filesystems() -> bytes:
+    """The file system types lxsub has, as /proc/filesystems lists them."""
+    import importlib
+
+    from lxsub.kernel.fs.hostfs import HostFs
+    from lxsub.kernel.vfs.filesystem import FileSystem
+    seen: dict[str, bool] = {}
+    for mod in ("volfs", "drvfs", "tmpfs", "procfs", "sysfs", "cgroupfs", "devfs"):
+        try:
+            m = importlib.import_module("lxsub.kernel.fs." + mod)
+        except ImportError:
+            continue
+        for obj in vars(m).values():
+            if (isinstance(obj, type) and issubclass(obj, FileSystem) and obj.__module__ == m.__name__
+                    and obj.fstype not in ("none", "")):
+                backed = issubclass(obj, HostFs) and obj.fstype != "devpts"
+                seen.setdefault(obj.fstype, not backed)
+    return "".join(f"{'nodev' if nodev else ''}\t{name}\n" for name, nodev in seen.items()).encode()
+
+
+def _cgroups() -> bytes:
+    """/proc/cgroups: the controllers, all on the cgroup2 hierarchy (0)."""
+    from lxsub.kernel.fs.cgroupfs import CONTROLLERS
+    rows = "".join(f"{c}\t0\t1\t1\n" for c in CONTROLLERS)
+    return ("#subsys_name\thierarchy\tnum_cgroups\tenabled\n" + rows).encode()
+
+
+class ProcRoot(Dir):
+    """/proc: the static files, then a directory per instance process in
+    ascending pid order; /proc/<tid> of any thread can be looked up too."""
+
+    def __init__(self, fs: ProcFs) -> None:
+        super().__init__("/")
+        self.fs = fs
+
+    def children(self, task) -> dict[str, Entry]:
+        out = dict(self.fs._static.entries)
+        procs = self.fs.inst.pids.processes_by_vid
+        for vid in sorted(procs):
+            proc = procs[vid]
+            if not proc.exited:
+                out[str(vid)] = self.fs.process_dir(proc)
+        return out
+
+    def lookup(self, task, name: str) -> Entry:
+        if name.isdigit() and name[0] != "0":
+            vid = int(name)
+            pids = self.fs.inst.pids
+            proc = pids.processes_by_vid.get(vid)
+            if proc is not None and not proc.exited:
+                return self.fs.process_dir(proc)
+            thread = pids.tasks_by_vid.get(vid)
+            if thread is not None and not thread.process.exited:
+                return self.fs.process_dir(thread.process, thread, f"/{vid}")
+            raise OSError(errno.ENOENT, "no such process")
+        entry = self.fs._static.entries.get(name)
+        if entry is None:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        return entry
+
+
+def host_roots(inst) -> list[tuple[str, "Mount"]]:
+    """The host directory at the root of each host-backed mount, deepest
+    first; only those the host can name by path (a private tmpfs has none)."""
+    roots = []
+    for m in list(inst.mounts.mounts):
+        node = m.root_node
+        if node is None or node.fd is None or not hasattr(m.fs, "host_root"):
+            continue
+        try:
+            path = os.readlink(f"/proc/self/fd/{node.fd}")
+            a, b = os.stat(path), os.fstat(node.fd)
+        except OSError:
+            continue
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            roots.append((path, m))
+    roots.sort(key=lambda rm: len(rm[0]), reverse=True)
+    return roots
+
+
+def detached_mounts(inst) -> dict[int, "Mount"]:
+    """Host-backed mounts on a file system of their own that the host names
+    by no path (private tmpfs): device number -> mount."""
+    named = {id(m) for _, m in host_roots(inst)}
+    out = {}
+    for m in list(inst.mounts.mounts):
+        node = m.root_node
+        if node is None or node.fd is None or id(m) in named or not hasattr(m.fs, "host_root"):
+            continue
+        try:
+            out[os.fstat(node.fd).st_dev] = m
+        except OSError:
+            continue
+    return out
+
+
+def host_to_vpath(roots: list[tuple[str, "Mount"]], host: str) -> str | None:
+    """A host path as the instance names it, through the mount whose host
+    directory holds it; None if no mount shows it."""
+    for root, m in roots:
+        if host == root or host.startswith(root.rstrip("/") + "/"):
+            rel = host[len(root):].lstrip("/")
+            base = m.path.rstrip("/")
+            return (base + "/" + rel) if rel else (m.path or "/")
+    return None
+
+
+def process_of_dir(inst, fd: int) -> "Process | None":
+    """The process whose /proc/<pid> directory the provider-side descriptor
+    fd is (as opened by a program), or None."""
+    try:
+        node = inst.node_for_host_fd(fd, os.fstat(fd))
+    except OSError:
+        return None
+    e = node.obj if node is not None else None
+    if isinstance(e, ProcessDir) and e.thread is None:
+        return e.proc
+    if isinstance(e, InitDir) and e.path == "/1":
+        return inst.init
+    return None
+
+
+def _main_thread(proc: "Process"):
+    return proc.threads.get(proc.host_pid) or next(iter(proc.threads.values()), None)
+
+
+def _need(task):
+    if task is None:
+        raise OSError(errno.ENOENT, "process is gone")
+    return task
+
+
+class ProcessDir(Dir):
+    """/proc/<pid> (thread None) or /proc/<pid>/task/<tid> of a pico process."""
+
+    def __init__(self, fs: ProcFs, path: str, proc: "Process", thread: "Task | None") -> None:
+        super().__init__(path, None, 0o555)
+        self.fs = fs
+        self.proc = proc
+        self.thread = thread
+        host = thread.host_tid if thread else proc.host_pid
+        self.hp = f"/proc/{proc.host_pid}/task/{host}" if thread else f"/proc/{host}"
+        self.owner_of = self._owner
+
+    def _task(self):
+        return _need(self.thread or _main_thread(self.proc))
+
+    def _owner(self) -> tuple[int, int]:
+        c = self._task().creds
+        return c.euid, c.egid
+
+    def children(self, task) -> dict[str, Entry]:
+        p, proc, fs, inst, hp = self.path, self.proc, self.fs, self.fs.inst, self.hp
+
+        def mine(e: Entry) -> Entry:
+            e.owner_of = self._owner
+            return e
+        entries: dict[str, Entry] = {
+            "exe": Link(p + "/exe", lambda t: proc.exe),
+            "cwd": Link(p + "/cwd", lambda t: inst.vpath_of(self._task().fs.cwd)),
+            "root": Link(p + "/root", lambda t: inst.vpath_of(self._task().fs.root)),
+            "cmdline": File(p + "/cmdline", lambda t: self._cmdline()),
+            "comm": File(p + "/comm", lambda t: proc.comm.encode() + b"\n",
+                         write=self._set_comm, mode=0o444),
+            "stat": File(p + "/stat", lambda t: self._stat()),
+            "status": File(p + "/status", lambda t: self._status()),
+            "maps": File(p + "/maps", lambda t: self._maps("maps")),
+            "smaps": File(p + "/smaps", lambda t: self._maps("smaps")),
+            "smaps_rollup": File(p + "/smaps_rollup", lambda t: self._maps("smaps_rollup")),
+            "environ": File(p + "/environ", lambda t: read_host(hp + "/environ"), mode=0o400),
+            "oom_score_adj": File(p + "/oom_score_adj", lambda t: read_host(hp + "/oom_score_adj"),
+                                  write=self._set_oom_score_adj, mode=0o444),
+            "mounts": File(p + "/mounts", lambda t: fs.mounts_text()),
+            "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
+            "cgroup": File(p + "/cgroup", lambda t: b"0::/\n"),
+            "fd": Dir(p + "/fd", lambda t: self._fds(), 0o500),
+            "fdinfo": Dir(p + "/fdinfo", lambda t: self._fdinfos(), 0o500),
+            "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
+        }
+        for name, mode in _PID_HOST.items():
+            entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
+        if self.thread is None:
+            entries["task"] = Dir(p + "/task", lambda t: self._threads())
+        else:
+            entries["children"] = File(p + "/children", lambda t: self._children())
+        for e in entries.values():
+            mine(e)
+        return dict(sorted(entries.items()))
+
+    def lookup(self, task, name: str) -> Entry:
+        entry = self.children(task).get(name)
+        if entry is None:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        return entry
+
+    # -- contents -------------------------------------------------------------
+
+    def _is_caller(self) -> bool:
+        """Whether this is the task reading the file: it is running (in
+        the system call the provider is answering), whatever the host says."""
+        return (self.thread or _main_thread(self.proc)) is self.fs.task()
+
+    def _threads(self) -> dict[str, Entry]:
+        out = {}
+        for th in sorted(list(self.proc.threads.values()), key=lambda th: th.tid):
+            out[str(th.tid)] = ProcessDir(self.fs, f"{self.path}/task/{th.tid}", self.proc, th)
+        return out
+
+    def _children(self) -> bytes:
+        # Children are the process's (lxsub keeps no per-thread parent): the
+        # main thread lists them, as Linux does when the main thread forked.
+        if self.thread is not None and self.thread.tid != self.proc.pid:
+            return b""
+        kids = sorted(c.pid for c in list(self.proc.children) if not c.exited)
+        return "".join(f"{k} " for k in kids).encode()
+
+    def _set_comm(self, t, data: bytes) -> None:
+        self.proc.comm = data.decode(errors="replace").rstrip("\n")[:15]
+
+    def _set_oom_score_adj(self, t, data: bytes) -> None:
+        with open(self.hp + "/oom_score_adj", "wb") as f:
+            f.write(data)
+
+    def _cmdline(self) -> bytes:
+        raw = read_host(self.hp + "/cmdline")
+        if self.proc.argv_skip and raw:
+            words = raw.split(b"\0")
+            # ld.so --argv0 ARGV0 PROGRAM ARGS...: show ARGV0 ARGS...
+            if len(words) >= 4 and words[1] == b"--argv0":
+                raw = b"\0".join([words[2]] + words[4:])
+        return raw
+
+    def _stat(self) -> bytes:
+        raw = read_host(self.hp + "/stat").decode()
+        _head, _, rest = raw.rpartition(")")
+        f = rest.split()
+        pids = self.fs.inst.pids
+        proc = self.proc
+        f[1] = str(proc.parent.pid if proc.parent else 0)
+        f[2] = str(pids.group_to_virtual(int(f[2])))
+        f[3] = str(pids.group_to_virtual(int(f[3])))
+        tpgid = int(f[5])
+        f[5] = str(pids.group_to_virtual(tpgid) if tpgid > 0 else tpgid)
+        f[19] = str(max(0, int(f[19]) - self.fs.start_jiffies))
+        if self._is_caller():
+            f[0] = "R"
+        vid = self.thread.tid if self.thread else proc.pid
+        return f"{vid} ({proc.comm}) {' '.join(f)}\n".encode()
+
+    def _status(self) -> bytes:
+        proc, thread = self.proc, self.thread
+        task = thread or _main_thread(proc)
+        c = task.creds if task else None
+        pids = self.fs.inst.pids
+        vid = thread.tid if thread else proc.pid
+        out = []
+        for line in read_host(self.hp + "/status").decode().splitlines():
+            key, _, val = line.partition(":")
+            if key == "Name":
+                val = "\t" + proc.comm
+            elif key in ("Tgid", "NStgid"):
+                val = f"\t{proc.pid}"
+            elif key in ("Pid", "NSpid"):
+                val = f"\t{vid}"
+            elif key == "PPid":
+                val = f"\t{proc.parent.pid if proc.parent else 0}"
+            elif key in ("TracerPid", "Ngid"):
+                val = "\t0"
+            elif key in ("NSpgid", "NSsid"):
+                val = f"\t{pids.group_to_virtual(int(val.split()[-1]))}"
+            elif key == "Uid" and c:
+                val = f"\t{c.ruid}\t{c.euid}\t{c.suid}\t{c.fsuid}"
+            elif key == "Gid" and c:
+                val = f"\t{c.rgid}\t{c.egid}\t{c.sgid}\t{c.fsgid}"
+            elif key == "Groups" and c:
+                val = "\t" + " ".join(str(g) for g in c.groups) + " "
+            elif key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") and c:
+                v = {"CapInh": c.cap_inheritable, "CapPrm": c.cap_permitted,
+                     "CapEff": c.cap_effective, "CapBnd": _cap_bound(), "CapAmb": 0}[key]
+                val = f"\t{v:016x}"
+            elif key in ("Seccomp", "Seccomp_filters", "NoNewPrivs"):
+                val = "\t0"
+            elif key == "Umask" and task:
+                val = f"\t{task.fs.umask:04o}"
+            elif key == "State" and self._is_caller():
+                val = "\tR (running)"
+            out.append(f"{key}:{val}")
+        return ("\n".join(out) + "\n").encode()
+
+    def _maps(self, name: str) -> bytes:
+        """Mapped files named by their instance paths (the distro's under /,
+        host files under their DrvFs mount, tmpfs files under theirs)."""
+        roots = host_roots(self.fs.inst)
+        detached = detached_mounts(self.fs.inst)
+        out = []
+        for line in read_host(f"{self.hp}/{name}").decode(errors="surrogateescape").splitlines():
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                path = parts[5]
+                deleted = path.endswith(" (deleted)")
+                plain = path[: -len(" (deleted)")] if deleted else path
+                major, _, minor = parts[3].partition(":")
+                m = detached.get(os.makedev(int(major, 16), int(minor, 16))) if minor else None
+                if m is not None:         # the path is below that file system's root
+                    v = m.path.rstrip("/") + plain if plain != "/" else m.path
+                else:
+                    v = host_to_vpath(roots, plain)
+                if v is not None:
+                    line = line[: len(line) - len(path)] + v + (" (deleted)" if deleted else "")
+            out.append(line)
+        return ("\n".join(out) + "\n").encode(errors="surrogateescape")
+
+    def _host_fds(self) -> list[str]:
+        try:
+            names = os.listdir(self.hp + "/fd")
+        except OSError:
+            return []
+        return sorted(names, key=int)
+
+    def _fds(self) -> dict[str, Entry]:
+        return {n: FdLink(f"{self.path}/fd/{n}", self.proc, int(n), self.fs, self._owner)
+                for n in self._host_fds()}
+
+    def _fdinfos(self) -> dict[str, Entry]:
+        return {n: File(f"{self.path}/fdinfo/{n}", lambda t, n=n: self._fdinfo(int(n)))
+                for n in self._host_fds()}
+
+    def _fdinfo(self, fd: int) -> bytes:
+        """The host's fdinfo with ids rewritten: the mount the file is on in
+        the instance, the virtual pid of a pidfd."""
+        inst = self.fs.inst
+        text = read_host(f"/proc/{self.proc.host_pid}/fdinfo/{fd}").decode(errors="replace")
+        mnt_id = None
+        try:
+            local = os.open(f"/proc/{self.proc.host_pid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            local = -1
+        if local >= 0:
+            try:
+                node = inst.node_for_host_fd(local, os.fstat(local))
+                mnt_id = node.mount.id if node is not None else inst.anon_mount.id
+            finally:
+                os.close(local)
+        out = []
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            if key == "mnt_id" and mnt_id is not None:
+                val = f"\t{mnt_id}"
+            elif key in ("Pid", "NSpid"):
+                host = int(val.split()[-1]) if val.split() else 0
+                vid = inst.pids.vpid_of_host(host) if host > 0 else host
+                val = f"\t{vid if vid is not None else -1}"
+            out.append(f"{key}:{val}")
+        return ("\n".join(out) + "\n").encode()
+
+
+class InitDir(Dir):
+    """/proc/1: /init, the provider. Its numbers are its own (it is a host
+    process like the others), its files and memory the provider's business."""
+
+    def __init__(self, fs: ProcFs, path: str) -> None:
+        super().__init__(path, None, 0o555)
+        self.fs = fs
+
+    def children(self, task) -> dict[str, Entry]:
+        p, fs = self.path, self.fs
+        entries: dict[str, Entry] = {
+            "exe": Link(p + "/exe", lambda t: "/init"),
+            "cwd": Link(p + "/cwd", lambda t: "/"),
+            "root": Link(p + "/root", lambda t: "/"),
+            "cmdline": File(p + "/cmdline", lambda t: b"/init\0"),
+            "comm": File(p + "/comm", lambda t: b"init\n"),
+            "stat": File(p + "/stat", lambda t: self._stat()),
+            "status": File(p + "/status", lambda t: self._status()),
+            "statm": File(p + "/statm", lambda t: b"0 0 0 0 0 0 0\n"),
+            "fd": Dir(p + "/fd", lambda t: {}, 0o500),
+            "fdinfo": Dir(p + "/fdinfo", lambda t: {}, 0o500),
+            "maps": File(p + "/maps", lambda t: b""),
+            "environ": File(p + "/environ", lambda t: b"", mode=0o400),
+            "limits": HostFile(p + "/limits", "/proc/self/limits"),
+            "mounts": File(p + "/mounts", lambda t: fs.mounts_text()),
+            "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
+            "cgroup": File(p + "/cgroup", lambda t: b"0::/\n"),
+            "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
+        }
+        if "/task/" in p:
+            entries["children"] = File(p + "/children", lambda t: self._children())
+        else:
+            entries["task"] = Dir(p + "/task", lambda t: {"1": InitDir(fs, p + "/task/1")})
+        return dict(sorted(entries.items()))
+
+    def lookup(self, task, name: str) -> Entry:
+        entry = self.children(task).get(name)
+        if entry is None:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        return entry
+
+    def _children(self) -> bytes:
+        kids = sorted(c.pid for c in list(self.fs.inst.init.children) if not c.exited)
+        return "".join(f"{k} " for k in kids).encode()
+
+    def _stat(self) -> bytes:
+        # state ppid pgrp session tty tpgid flags, 8 fault/time counters,
+        # cutime cstime priority nice threads itreal starttime, then zeros.
+        fields = ["S", "0", "1", "1", "0", "-1", "4194560"] + ["0"] * 8 \
+            + ["0", "0", "20", "0", "1", "0", "0"] + ["0"] * 30
+        return f"1 (init) {' '.join(fields)}\n".encode()
+
+    def _status(self) -> bytes:
+        return (b"Name:\tinit\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\nPid:\t1\n"
+                b"PPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n"
+                b"NStgid:\t1\nNSpid:\t1\nNSpgid:\t1\nNSsid:\t1\nThreads:\t1\n")
+
+
+def _net_entries(path: str) -> dict[str, Entry]:
+    """/proc/<pid>/net: the interface tables of the host's network, which
+    the instance shares (the socket tables are left out: they list every
+    host process's sockets)."""
+    out: dict[str, Entry] = {}
+    for name in ("dev", "if_inet6", "route", "ipv6_route", "netstat", "snmp", "snmp6",
+                 "sockstat", "sockstat6", "dev_mcast", "igmp", "igmp6", "arp"):
+        if os.path.exists("/proc/net/" + name):
+            out[name] = HostFile(f"{path}/{name}", "/proc/self/net/" + name)
+    return out
+
+
+_cap_bnd: int | None = None
+
+
+def _cap_bound() -> int:
+    """Every capability the kernel knows: CapBnd as /proc/sys/kernel/cap_last_cap says."""
+    global _cap_bnd
+    if _cap_bnd is None:
+        try:
+            last = int(read_host("/proc/sys/kernel/cap_last_cap"))
+        except (OSError, ValueError):
+            last = 40
+        _cap_bnd = (1 << (last + 1)) - 1
+    return _cap_bnd
+
+
 class FdLink(Link):
     """/proc/<pid>/fd/N: reads as the file's path, opens the file itself."""
 
-    def __init__(self, path: str, proc: "Process", fd: int, fs: ProcFs) -> None:
+    def __init__(self, path: str, proc: "Process", fd: int, fs: ProcFs, owner=None) -> None:
         super().__init__(path, self._target)
         self.proc = proc
         self.fd = fd
         self.fs = fs
+        self.owner_of = owner
 
     def _target(self, t) -> str:
+        inst = self.fs.inst
         host = os.readlink(f"/proc/{self.proc.host_pid}/fd/{self.fd}")
-        return self.fs.inst.host_to_vpath(host)
+        if not host.startswith("/"):
+            return host                   # pipe:[...], socket:[...], anon_inode:...
+        deleted = host.endswith(" (deleted)")
+        def by_path() -> str:
+            plain = host[: -len(" (deleted)")] if deleted else host
+            v = host_to_vpath(host_roots(inst), plain)
+            return host if v is None else v + (" (deleted)" if deleted else "")
+        try:
+            local = os.open(f"/proc/{self.proc.host_pid}/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return by_path()
+        try:
+            node = inst.node_for_host_fd(local, os.fstat(local))
+            if node is None:
+                return by_path()
+            path = inst.vpath_of(node)
+            if deleted and not path.endswith(" (deleted)"):
+                path += " (deleted)"
+            return path
+        except OSError:
+            return by_path()
+        finally:
+            os.close(local)
 
     def open_target(self, inst) -> Node:
         try:
@@ -286,13 +786,3 @@ class FdLink(Link):
         if node is None:
             node = Node(inst.anon_mount, fd, s)
         return node
-
-
-def _main_thread(proc: "Process"):
-    return proc.threads.get(proc.host_pid) or next(iter(proc.threads.values()), None)
-
-
-def _need(task):
-    if task is None:
-        raise OSError(errno.ENOENT, "process is gone")
-    return task

@@ -116,6 +116,40 @@ def sys_pidfd_open(c: Call):
     return Native()
 
 
+SYS_KILL, SYS_RT_SIGQUEUEINFO = 62, 129
+
+
+def sys_pidfd_send_signal(c: Call):
+    """A real pidfd (from pidfd_open) runs natively. A /proc/<pid> directory
+    is a pidfd too on Linux (psmisc's killall signals through them), but an
+    instance's /proc directory is the provider's: the call becomes kill (or
+    rt_sigqueueinfo with a siginfo) of that process's host pid, sent by the
+    caller itself as kill(2) is."""
+    from lxsub.kernel.fs.procfs import process_of_dir
+    from lxsub.kernel.vfs import lookup
+    fd, sig, info, flags = c.int(0), c.int(1), c.ptr(2), c.uint(3)
+    _check_signal(sig)
+    local = lookup.copy_fd(c.task, fd)
+    try:
+        if os.readlink(f"/proc/self/fd/{local}") == "anon_inode:[pidfd]":
+            return Native()
+        proc = process_of_dir(c.inst, local)
+    finally:
+        os.close(local)
+    if proc is None:
+        raise OSError(errno.EBADF, "not a pidfd")
+    if flags:
+        raise OSError(errno.EINVAL, "bad flags")
+    if proc.exited:
+        raise OSError(errno.ESRCH, "no such process")
+    if proc.is_init():
+        return 0      # as kill(1)
+    assert c.regs is not None
+    c.regs.orig_rax = SYS_RT_SIGQUEUEINFO if info else SYS_KILL
+    c.regs.set_args(proc.host_pid, sig, info, 0, 0, 0)
+    return Native()
+
+
 def sys_deny(c: Call) -> int:
     """Calls that would let a program reach past the provider."""
     raise OSError(errno.EPERM, "not permitted in an lxsub instance")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -23,6 +24,33 @@ def sys_uname(c: Call) -> int:
     data = b"".join(_field(s) for s in (
         "Linux", uts.hostname, uts.release, host.version, host.machine, uts.domainname))
     c.write(c.ptr(0), data)
+    return 0
+
+
+class _SysInfo(ctypes.Structure):
+    _fields_ = [("uptime", ctypes.c_long), ("loads", ctypes.c_ulong * 3),
+                ("totalram", ctypes.c_ulong), ("freeram", ctypes.c_ulong),
+                ("sharedram", ctypes.c_ulong), ("bufferram", ctypes.c_ulong),
+                ("totalswap", ctypes.c_ulong), ("freeswap", ctypes.c_ulong),
+                ("procs", ctypes.c_ushort), ("pad", ctypes.c_ushort),
+                ("totalhigh", ctypes.c_ulong), ("freehigh", ctypes.c_ulong),
+                ("mem_unit", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sys_sysinfo(c: Call) -> int:
+    """The host's memory and load (the instance shares them); the uptime
+    since the instance started and its own number of tasks, as /proc says."""
+    from lxsub.kernel.fs.procfs import boot_of, task_count
+    info = _SysInfo()
+    if _libc.sysinfo(ctypes.byref(info)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    info.uptime = int(boot_of(c.inst).uptime())
+    info.procs = min(task_count(c.inst), 0xFFFF)
+    c.write(c.ptr(0), bytes(info))
     return 0
 
 

@@ -1,13 +1,24 @@
 """The instance's mount table: which file system answers below which directory.
 
-Mount points are directories identified by their Node key (device and inode
-on the host), as the Linux VFS does with dentries, so a path walk crosses
-into a mount however the directory was reached (symlinks, `..`, dirfds).
+A mount point is a directory (or, for bind mounts, a file) identified as
+Linux does with (vfsmount, dentry) pairs: the mount it was reached in and
+its Node key (device and inode on the host, or the pseudo file's key). So a
+path walk crosses into a mount however the directory was reached
+(symlinks, `..`, dirfds), a mount stacked on another one covers its root,
+and a bind mount of a directory onto itself does not loop.
+
+This table is the instance's only mount namespace. /proc/mounts,
+/proc/<pid>/mountinfo and df render from it:
+
+    for m in inst.mounts.mounts:        # in mount order, the root mount first
+        m.id, m.parent_id, m.path, m.root_path, m.fs.fstype, m.source,
+        m.options, m.device()            # (major, minor) for mountinfo
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 
 from lxsub.kernel.vfs.filesystem import FileSystem
@@ -22,10 +33,11 @@ class Mount:
     source: str
     options: str = "rw"
     parent: "Mount | None" = None
-    mountpoint: Node | None = None      # the covered directory, in the parent mount
-    path: str = "/"                     # where it is, for /proc/mounts
+    mountpoint: Node | None = None      # the covered file, in the parent mount
+    path: str = "/"                     # where it is, from the instance root
     id: int = field(default_factory=lambda: next(_ids))
     root_node: Node | None = None
+    root_path: str = "/"                # its root inside the file system (bind mounts)
 
     def root(self) -> Node:
         assert self.root_node is not None
@@ -34,6 +46,20 @@ class Mount:
     def root_key(self) -> tuple:
         assert self.root_node is not None
         return self.root_node.key
+
+    @property
+    def parent_id(self) -> int:
+        """The parent's id; the root mount is its own parent, as in mountinfo."""
+        return self.parent.id if self.parent is not None else self.id
+
+    def device(self) -> tuple[int, int]:
+        """(major, minor) of the file system, as stat shows its files."""
+        node = self.root_node
+        if node is not None and node.host_st is not None:
+            dev = node.host_st.st_dev
+        else:
+            dev = getattr(self.fs, "dev", 0)
+        return os.major(dev), os.minor(dev)
 
 
 class MountTable:
@@ -44,28 +70,67 @@ class MountTable:
         self._by_point: dict[tuple, Mount] = {}
         self._paths: list[bytes] | None = None
 
-    def mount(self, fs: FileSystem, at: Node, path: str, source: str, options: str = "rw") -> Mount:
-        """Mount fs on the directory `at` (the table keeps its own reference)."""
-        m = Mount(fs, source, options, parent=at.mount, mountpoint=at.dup(), path=path)
-        m.root_node = fs.root(m)
+    def mount(self, fs: FileSystem, at: Node, path: str, source: str, options: str = "rw",
+              root: Node | None = None, root_path: str = "/") -> Mount:
+        """Mount fs on `at` (the table keeps its own reference). `root`, for a
+        bind mount, is the file of fs that becomes the mount's root (copied;
+        the caller keeps its Node); else the file system's own root."""
+        m = Mount(fs, source, options, parent=at.mount, mountpoint=at.dup(), path=path,
+                  root_path=root_path)
+        if root is None:
+            m.root_node = fs.root(m)
+        else:
+            r = root.dup()
+            r.mount = m
+            m.root_node = r
         self.mounts.append(m)
         self._paths = None
-        self._by_point[at.key] = m
+        self._by_point[_point(at)] = m
         return m
 
     def umount(self, m: Mount) -> None:
+        """Take m out of the table (its children must be gone first)."""
         self.mounts.remove(m)
         self._paths = None
-        if m.mountpoint is not None and self._by_point.get(m.mountpoint.key) is m:
-            del self._by_point[m.mountpoint.key]
-            # a mount stacked earlier on the same point shows again
-            for other in reversed(self.mounts):
-                if other.mountpoint is not None and other.mountpoint.key == m.mountpoint.key:
-                    self._by_point[m.mountpoint.key] = other
-                    break
+        if m.mountpoint is not None:
+            key = _point(m.mountpoint)
+            if self._by_point.get(key) is m:
+                del self._by_point[key]
+        fs = m.fs
+        if not any(other.fs is fs for other in self.mounts):
+            done = getattr(fs, "unmounted", None)
+            if done is not None:
+                done()
+
+    def close(self) -> None:
+        """The instance ends: unmount everything (freeing what the file
+        systems hold, e.g. a TmpFs's memory once no descriptor is open)."""
+        for m in reversed(self.mounts[1:]):
+            self.umount(m)
+            for node in (m.root_node, m.mountpoint):
+                if node is not None:
+                    node.release()
+
+    def children(self, m: Mount) -> list[Mount]:
+        return [c for c in self.mounts if c.parent is m]
+
+    def descendants(self, m: Mount) -> list[Mount]:
+        """Every mount below m, deepest first (the order to unmount them)."""
+        out: list[Mount] = []
+        for c in self.children(m):
+            out.extend(self.descendants(c))
+            out.append(c)
+        return out
+
+    def mount_of_root(self, node: Node) -> Mount | None:
+        """The mount whose root `node` is (None if it is not a mount's root)."""
+        m = node.mount
+        if m.root_node is not None and node.key == m.root_key():
+            return m
+        return None
 
     def mounted_on(self, node: Node) -> Mount | None:
-        return self._by_point.get(node.key) if self._by_point else None
+        return self._by_point.get(_point(node)) if self._by_point else None
 
     def other_mount_paths(self) -> list[bytes]:
         """Where mounts other than the root one are, as written in the table."""
@@ -73,3 +138,6 @@ class MountTable:
             self._paths = [m.path.encode() for m in self.mounts if m is not self.root_mount]
         return self._paths
 
+
+def _point(node: Node) -> tuple:
+    return (id(node.mount), node.key)

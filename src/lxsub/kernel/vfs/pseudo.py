@@ -35,9 +35,15 @@ class Entry:
     mode = st.S_IFREG | 0o444
     uid = gid = 0
     rdev = 0
+    # (uid, gid) computed when asked, for files owned by someone that can
+    # change (/proc/<pid>/... belongs to the process's effective ids).
+    owner_of: Callable[[], tuple[int, int]] | None = None
 
     def __init__(self, path: str) -> None:
         self.path = path
+
+    def owner(self) -> tuple[int, int]:
+        return self.owner_of() if self.owner_of is not None else (self.uid, self.gid)
 
     @property
     def key(self) -> str:
@@ -108,8 +114,75 @@ class StaticDir(Dir):
         return self.entries
 
 
+def read_host(path: str) -> bytes:
+    """A host file's contents; a file that went away reads as ENOENT."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise OSError(e.errno or errno.ENOENT, os.strerror(e.errno or errno.ENOENT)) from None
+
+
+class HostFile(File):
+    """A read-only file with a host file's contents, read when it is opened."""
+
+    def __init__(self, path: str, host: str, mode: int = 0o444) -> None:
+        super().__init__(path, lambda _t: read_host(host), mode=mode)
+        self.host = host
+
+
+class HostDir(Dir):
+    """A read-only view of a host directory (sysfs, /proc/sys): its
+    subdirectories and the regular files any host user may read. Host
+    symlinks are left out: they lead out of what is shown (sysfs links
+    point all over /sys). `keep` filters the names of this directory."""
+
+    def __init__(self, path: str, host: str, keep: Callable[[str], bool] | None = None,
+                 mode: int = 0o555) -> None:
+        super().__init__(path, None, mode)
+        self.host = host
+        self.keep = keep
+
+    def children(self, task: "Task") -> dict[str, Entry]:
+        out: dict[str, Entry] = {}
+        try:
+            it = os.scandir(self.host)
+        except OSError:
+            return out
+        with it:
+            for de in sorted(it, key=lambda d: d.name):
+                if self.keep is not None and not self.keep(de.name):
+                    continue
+                try:
+                    s = de.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                child = self.child_path(de.name)
+                if st.S_ISDIR(s.st_mode):
+                    out[de.name] = HostDir(child, de.path)
+                elif st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
+                    out[de.name] = HostFile(child, de.path, st.S_IMODE(s.st_mode) & 0o444)
+        return out
+
+    def lookup(self, task: "Task", name: str) -> Entry:
+        if "/" in name or name in (".", "..") or (self.keep is not None and not self.keep(name)):
+            raise OSError(errno.ENOENT, "no such file or directory")
+        host = os.path.join(self.host, name)
+        try:
+            s = os.lstat(host)
+        except OSError:
+            raise OSError(errno.ENOENT, "no such file or directory") from None
+        if st.S_ISDIR(s.st_mode):
+            return HostDir(self.child_path(name), host)
+        if st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
+            return HostFile(self.child_path(name), host, st.S_IMODE(s.st_mode) & 0o444)
+        raise OSError(errno.ENOENT, "no such file or directory")
+
+
 class PseudoFs(FileSystem):
     read_only = True
+    # How the default mount table mounts it (kernel/fs/mounts.py).
+    mount_options = "rw"
 
     def __init__(self, inst: "Instance") -> None:
         self.inst = inst
@@ -117,6 +190,7 @@ class PseudoFs(FileSystem):
         self.born = time.time_ns()
         self._scratch: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memfds: collections.OrderedDict[tuple[int, int], Entry] = collections.OrderedDict()
+        self._writers: dict[int, tuple[File, "Task | None"]] = {}   # pipe -> file written
 
     # -- the tree ---------------------------------------------------------------
 
@@ -156,13 +230,17 @@ class PseudoFs(FileSystem):
     def getattr(self, node: Node) -> LinuxStat:
         e = node.obj
         nlink = 2 if isinstance(e, Dir) else 1
-        return LinuxStat(self.dev, _ino(e.key), nlink, e.mode, e.uid, e.gid, e.rdev, 0, 1024, 0,
+        try:
+            uid, gid = e.owner()
+        except OSError:          # the process it belongs to is gone
+            uid, gid = e.uid, e.gid
+        return LinuxStat(self.dev, _ino(e.key), nlink, e.mode, uid, gid, e.rdev, 0, 1024, 0,
                          self.born, self.born, self.born)
 
     def statfs(self, node: Node) -> tuple:
         import struct
         return struct.pack("<qqQQQQQiiqqq4q", self.magic, 4096, 0, 0, 0, 0, 0, 0, 0, 255,
-                           4096, 1, 0, 0, 0, 0)
+                           4096, mount_flags(node.mount.options), 0, 0, 0, 0)
 
     def vpath(self, node: Node) -> str:
         base = node.mount.path.rstrip("/")
@@ -183,9 +261,13 @@ class PseudoFs(FileSystem):
     def _open_file(self, e: File, flags: int) -> int:
         acc = flags & os.O_ACCMODE
         if acc != os.O_RDONLY and e.write is None:
+            if self.mount_options.startswith("ro"):
+                raise OSError(errno.EROFS, "read-only file system")
             raise OSError(errno.EACCES, "read-only pseudo file")
         if acc != os.O_RDONLY and e.write is not None:
             return self._open_writable(e, flags)
+        if self._writers:
+            self._flush_writes()
         data = e.read(self.task()) if isinstance(e, File) else b""
         fd = os.memfd_create("lxsub:" + os.path.basename(e.path), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.write(fd, data)
@@ -199,25 +281,41 @@ class PseudoFs(FileSystem):
     def _open_writable(self, e: File, flags: int) -> int:
         """Writes to a pseudo file take effect when the provider next reads
         the memfd: when the program closes it we are not told, so the write
-        handler runs right away on a pipe instead."""
+        handler runs right away on a pipe instead (and before any later
+        open of a file of this file system, so that a program reading back
+        what it wrote finds it)."""
         r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(r, False)
         task = self.task()
-        self.inst.engine.watch_fd(r, lambda: self._drain_write(r, e, task))
+        self._writers[r] = (e, task)
+        self.inst.engine.watch_fd(r, lambda: self._drain_write(r))
         return w
 
-    def _drain_write(self, r: int, e: File, task) -> None:
-        try:
-            data = os.read(r, 65536)
-        except OSError:
-            data = b""
-        if data and e.write is not None:
+    def _drain_write(self, r: int) -> None:
+        e, task = self._writers.get(r, (None, None))
+        if e is None:
+            return
+        while True:
             try:
-                e.write(task, data)
+                data = os.read(r, 65536)
+            except BlockingIOError:
+                return
             except OSError:
-                pass
-        if not data:
-            self.inst.engine.unwatch_fd(r)
-            os.close(r)
+                data = b""
+            if not data:
+                self.inst.engine.unwatch_fd(r)
+                self._writers.pop(r, None)
+                os.close(r)
+                return
+            if e.write is not None:
+                try:
+                    e.write(task, data)
+                except OSError:
+                    pass
+
+    def _flush_writes(self) -> None:
+        for r in list(self._writers):
+            self._drain_write(r)
 
     def _remember_memfd(self, fd: int, e: Entry) -> None:
         s = os.fstat(fd)
@@ -228,7 +326,10 @@ class PseudoFs(FileSystem):
     def _open_dir(self, node: Node, d: Dir) -> int:
         base = self.inst.scratch_dir()
         path = tempfile.mkdtemp(dir=base)
-        for name, child in d.children(self.task()).items():
+        children = list(d.children(self.task()).items())
+        if _listing_reversed(base):
+            children.reverse()
+        for name, child in children:
             _materialize(path, name, child)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._scratch[path] = d
@@ -244,6 +345,41 @@ class PseudoFs(FileSystem):
         if e is None:
             return None
         return Node(mount, fd, None, e)
+
+
+_ST_FLAGS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "sync": 0x10,
+             "mand": 0x40, "noatime": 0x400, "nodiratime": 0x800, "relatime": 0x1000}
+
+
+def mount_flags(options: str) -> int:
+    """statfs(2) f_flags for a mount's options (ST_VALID always set, as Linux does)."""
+    flags = 0x20
+    for opt in options.split(","):
+        flags |= _ST_FLAGS.get(opt, 0)
+    return flags
+
+
+_reversed_by_dir: dict[str, bool] = {}
+
+
+def _listing_reversed(base: str) -> bool:
+    """Whether the host lists a fresh directory newest entry first (tmpfs
+    before Linux 6.6 does): then entries are made in reverse, so that a
+    program reading a pseudo directory sees them in the order Linux gives
+    (/proc: its files, then the pids in ascending order)."""
+    found = _reversed_by_dir.get(base)
+    if found is None:
+        probe = tempfile.mkdtemp(dir=base)
+        try:
+            for name in ("a", "b", "c"):
+                os.mkdir(os.path.join(probe, name))
+            with os.scandir(probe) as it:
+                order = [e.name for e in it]
+            found = order == ["c", "b", "a"]
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+        _reversed_by_dir[base] = found
+    return found
 
 
 def _ino(key: str) -> int:

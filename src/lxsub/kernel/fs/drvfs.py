@@ -1,0 +1,370 @@
+"""DrvFs: host directories mounted inside the instance (by default the host's
+`/` at /mnt/host), like WSL's /mnt/c.
+
+Host rules apply. Every lookup and open is the provider's own `openat`
+on the host, as the host user, so root inside can read or write only what
+the host user can; the Linux-view checks (kernel/vfs/perm.py) come on top
+for non-root users inside.
+
+The walk stays in the mount: each step is `openat(dir, name,
+O_PATH|O_NOFOLLOW)` from the previous directory, symlinks are read and
+followed by the provider (an absolute target is taken from the caller's
+root, as for any bind mount: `/etc/x` means the instance's /etc/x), `..` at
+the mount's root climbs to the directory the mount covers, and `..` below
+it must land under the mount's host root (a directory moved out of it by a
+host program cannot be used to step outside). Host pseudo file systems
+(/proc, /sys, debugfs, cgroup...) are not entered: they are the host's
+processes and kernel, not files (EACCES).
+
+Owners: a file of the host user shows as owned by the caller (or by
+`uid=`/`gid=` from the mount options), a file of host root as root's, any
+other host user's as 65534 (nobody). chmod and chown are EPERM unless the
+mount has the `metadata` option; then the Linux owner, group and mode are
+kept in the `user.lxsub.meta` extended attribute as on VolFs, and chmod's
+permission bits also go to the host file when the host allows it.
+
+No caching: every stat, lookup and open asks the host, so a host program's
+changes are seen at once and the instance's are on the host at once.
+
+Deletion: the host is Linux, so host deletion semantics are Linux's. A file
+deleted (by the host or inside) while open stays readable and writable
+through its open descriptors until the last one closes; a directory removed
+by the host while it is a process's cwd leaves that cwd deleted (`getcwd`
+still names it; creating files in it fails with ENOENT). Unlike on Windows'
+DrvFs, an open file does not block its deletion or renaming.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat as st
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.creds import Creds
+from lxsub.kernel.fs import lxattr
+from lxsub.kernel.fs.hostfs import HostTree, fd_path
+from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.stat import LinuxStat
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+
+OVERFLOW_ID = 65534
+_HOST_UID = os.getuid()
+_HOST_GID = os.getgid()
+
+# Host file systems that are the host's kernel and processes, not files.
+_PSEUDO_MAGICS = {
+    0x9FA0,        # proc
+    0x62656572,    # sysfs
+    0x64626720,    # debugfs
+    0x74726163,    # tracefs
+    0x73636673,    # securityfs
+    0xCAFE4A11,    # bpf
+    0x27E0EB,      # cgroup
+    0x63677270,    # cgroup2
+    0x62656570,    # configfs
+    0xDE5E81E4,    # efivarfs
+    0x6165676C,    # pstore
+    0x65735543,    # fusectl
+    0x42494E4D,    # binfmt_misc
+    0x6E736673,    # nsfs
+    0xF97CFF8C,    # selinuxfs
+    0x43415D53,    # smackfs
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_STATFS_SIZE = 120
+
+
+def host_statfs(fd: int) -> bytes:
+    """The host's struct statfs for a descriptor (O_PATH ones too)."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return buf.raw
+
+
+def _fs_type(fd: int) -> int:
+    return int.from_bytes(host_statfs(fd)[:8], "little", signed=True)
+
+
+def _under(path: str, root: str) -> bool:
+    return root == "/" and path.startswith("/") or path == root or path.startswith(root + "/")
+
+
+@dataclass
+class DrvFsOptions:
+    metadata: bool = False
+    uid: int | None = None
+    gid: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, log=None) -> "DrvFsOptions":
+        out = cls()
+        for item in (p.strip() for p in (text or "").split(",")):
+            if not item or item in ("rw", "defaults", "nometadata"):
+                continue
+            key, eq, value = item.partition("=")
+            try:
+                if key == "metadata" and not eq:
+                    out.metadata = True
+                elif key in ("uid", "gid") and eq:
+                    setattr(out, key, int(value))
+                else:
+                    raise ValueError(item)
+            except ValueError:
+                if log is not None:
+                    log.warn(f"drvfs: unknown mount option {item!r} ignored")
+        return out
+
+    def render(self) -> str:
+        parts = ["rw"]
+        if self.metadata:
+            parts.append("metadata")
+        if self.uid is not None:
+            parts.append(f"uid={self.uid}")
+        if self.gid is not None:
+            parts.append(f"gid={self.gid}")
+        return ",".join(parts)
+
+
+class DrvFs(HostTree):
+    fstype = "drvfs"
+
+    def __init__(self, inst: "Instance", host_root: str, options: str = "") -> None:
+        super().__init__(host_root)
+        self.inst = inst
+        self.opts = DrvFsOptions.parse(options, inst.log)
+        self.options = self.opts.render()
+
+    def root(self, mount) -> Node:
+        node = super().root(mount)
+        try:
+            if _fs_type(node.fd) in _PSEUDO_MAGICS:
+                raise OSError(errno.EACCES, "host pseudo file system")
+        except BaseException:
+            node.release()
+            raise
+        return node
+
+    # -- the walk: stay on host files, inside the mount --------------------------
+
+    def lookup(self, parent: Node, name: bytes) -> Node:
+        node = super().lookup(parent, name)
+        if parent.host_st is None or node.host_st.st_dev != parent.host_st.st_dev:
+            try:
+                if _fs_type(node.fd) in _PSEUDO_MAGICS:
+                    raise OSError(errno.EACCES, "host pseudo file system: not entered")
+            except BaseException:
+                node.release()
+                raise
+        return node
+
+    def parent_of(self, node: Node) -> Node:
+        up = super().parent_of(node)
+        if self.host_root != "/":
+            try:
+                where = os.readlink(fd_path(up.fd))
+            except OSError:
+                where = ""
+            if not _under(where, self.host_root):
+                up.release()
+                raise OSError(errno.EACCES, "outside the mount")
+        return up
+
+    def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
+        """Is a host descriptor a file of this mount? Only if no other file
+        system of the instance claims it (the rootfs, a longer DrvFs root, a
+        tmpfs, a pseudo file) and its path leads to it on the host."""
+        if not _under(host, self.host_root):
+            return None
+        for m in self.inst.mounts.mounts:
+            fs = m.fs
+            if fs is self:
+                continue
+            root = getattr(fs, "host_root", None)
+            if isinstance(fs, DrvFs) or not hasattr(fs, "node_from_host"):
+                if root and len(root) > len(self.host_root) and _under(host, root):
+                    return None
+            elif fs.node_from_host(m, fd, host, s) is not None:
+                return None
+        try:
+            here = os.stat(host, follow_symlinks=False)
+        except OSError:
+            return None
+        if (here.st_dev, here.st_ino) != (s.st_dev, s.st_ino):
+            return None
+        return Node(mount, fd, s)
+
+    def vpath(self, node: Node) -> str:
+        from lxsub.kernel.fs.tmpfs import vpath_in_mount
+        return vpath_in_mount(self, node)
+
+    # -- attributes ----------------------------------------------------------------
+
+    def _owner(self, s: os.stat_result) -> tuple[int, int]:
+        task = self.inst.current_task
+        if s.st_uid == _HOST_UID:
+            uid = self.opts.uid if self.opts.uid is not None else (task.creds.fsuid if task else 0)
+        else:
+            uid = 0 if s.st_uid == 0 else OVERFLOW_ID
+        if s.st_gid == _HOST_GID:
+            gid = self.opts.gid if self.opts.gid is not None else (task.creds.fsgid if task else 0)
+        else:
+            gid = 0 if s.st_gid == 0 else OVERFLOW_ID
+        return uid, gid
+
+    def _meta(self, node: Node, s: os.stat_result) -> LxMeta | None:
+        if not self.opts.metadata or not _keeps_meta(s.st_mode):
+            return None
+        m = lxattr.read_meta_fd(node.fd)
+        if m is not None and lxattr.host_type_for(m.mode) == st.S_IFMT(s.st_mode):
+            return m
+        return None
+
+    def getattr(self, node: Node) -> LinuxStat:
+        s = self.fresh_stat(node)
+        m = self._meta(node, s)
+        if m is not None:
+            out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
+            if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
+                out.size = 0
+            return out
+        uid, gid = self._owner(s)
+        return LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
+
+    def statfs(self, node: Node) -> bytes:
+        return host_statfs(node.fd)
+
+    def chmod(self, node: Node, mode: int) -> None:
+        if not self.opts.metadata:
+            raise OSError(errno.EPERM, "chmod on drvfs needs the metadata mount option")
+        a = self.getattr(node)
+        if st.S_ISLNK(a.mode):
+            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
+        self._write_meta(node, LxMeta(st.S_IFMT(a.mode) | (mode & 0o7777), a.uid, a.gid, a.rdev))
+        try:
+            os.chmod(fd_path(node.fd), mode & 0o777)
+        except OSError:
+            pass          # not the host user's file: the host keeps its own bits
+
+    def chown(self, node: Node, uid: int, gid: int) -> None:
+        if not self.opts.metadata:
+            raise OSError(errno.EPERM, "chown on drvfs needs the metadata mount option")
+        a = self.getattr(node)
+        self._write_meta(node, LxMeta(a.mode, a.uid if uid < 0 else uid,
+                                      a.gid if gid < 0 else gid, a.rdev))
+
+    def _write_meta(self, node: Node, meta: LxMeta) -> None:
+        if not _keeps_meta(meta.mode):
+            raise OSError(errno.EPERM, "no Linux metadata on host symlinks, FIFOs, sockets")
+        try:
+            lxattr.write_meta_fd(node.fd, meta)
+        except OSError as e:
+            raise OSError(errno.EPERM, f"host refused the metadata: {e.strerror}") from None
+
+    # -- creating --------------------------------------------------------------------
+
+    def host_mode(self, mode: int) -> int:
+        return mode & 0o777
+
+    def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
+        if self.opts.metadata:
+            lxattr.write_meta_fd(fd, LxMeta(mode, creds.fsuid, creds.fsgid, 0))
+
+    def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
+        if self.opts.metadata and _keeps_meta(mode):
+            path = fd_path(parent.fd).encode() + b"/" + name
+            lxattr.write_meta_path(path, LxMeta(mode, creds.fsuid, creds.fsgid, rdev))
+
+    def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
+        if not self.opts.metadata:
+            raise OSError(errno.EPERM, "device nodes on drvfs need the metadata mount option")
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent.fd))
+
+
+def _keeps_meta(mode: int) -> bool:
+    return not (st.S_ISLNK(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode))
+
+
+# -- mounting: [automount] of /etc/lx.conf ------------------------------------------
+
+@dataclass
+class AutomountSettings:
+    """The `[automount]` section of /etc/lx.conf, as plain values.
+
+    enabled: mount DrvFs at all; root: where the host's `/` appears;
+    options: DrvFs options for it (`metadata`, `uid=`, `gid=`);
+    mounts: extra (host directory, instance directory, options) triples.
+    """
+    enabled: bool = True
+    root: str = "/mnt/host"
+    options: str = ""
+    mounts: tuple[tuple[str, str, str], ...] = ()
+
+
+def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" = None) -> list:
+    """Mount the host directories `automount` asks for (defaults: host `/`
+    at /mnt/host). Missing mount points are made in the rootfs, as WSL makes
+    /mnt/c. Returns the mounts made."""
+    if automount is None:
+        settings = AutomountSettings()
+    elif isinstance(automount, dict):
+        settings = AutomountSettings(**automount)
+    else:
+        settings = automount
+    if not settings.enabled:
+        return []
+    made = []
+    for host, path, options in (("/", settings.root, settings.options), *settings.mounts):
+        try:
+            at = _make_mount_point(inst, path)
+        except OSError as e:
+            inst.log.warn(f"drvfs: cannot make mount point {path}: {e.strerror}; not mounted")
+            continue
+        try:
+            fs = DrvFs(inst, host, options)
+            made.append(inst.mounts.mount(fs, at, _normal(path), host, fs.options))
+        except OSError as e:
+            inst.log.warn(f"drvfs: cannot mount host {host} at {path}: {e.strerror}")
+        finally:
+            at.release()
+    return made
+
+
+def _normal(path: str) -> str:
+    return "/" + "/".join(p for p in path.split("/") if p and p != ".")
+
+
+def _make_mount_point(inst: "Instance", path: str) -> Node:
+    from lxsub.kernel.vfs.path import Walker
+    if ".." in path.split("/") or not path.startswith("/") or _normal(path) == "/":
+        raise OSError(errno.EINVAL, "mount point must be an absolute path below /")
+    creds = Creds()
+    root = inst.mounts.root_mount.root()
+    walker = Walker(inst.mounts, root, creds)
+    cur = root.dup()
+    try:
+        for name in (p.encode() for p in _normal(path).split("/") if p):
+            try:
+                nxt = walker.resolve(cur, name)
+            except FileNotFoundError:
+                cur.fs.mkdir(cur, name, 0o755, creds)
+                nxt = walker.resolve(cur, name)
+            cur.release()
+            cur = nxt
+            if not cur.is_dir():
+                raise OSError(errno.ENOTDIR, "not a directory")
+        out, cur = cur, None
+        return out
+    finally:
+        if cur is not None:
+            cur.release()
+        root.release()

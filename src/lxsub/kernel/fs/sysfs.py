@@ -1,0 +1,78 @@
+"""SysFs: a read-only /sys with what common programs probe.
+
+The instance runs on the host's CPUs, memory and network (it shares the
+host's network namespace), so these parts are the host's own files, shown
+read-only and only where any host user may read them:
+
+    /sys/devices/system/cpu     online, possible, present, cpuN/ (glibc's
+                                get_nprocs, lscpu, nproc, JVMs)
+    /sys/devices/system/node    NUMA nodes (libnuma)
+    /sys/class/net/<iface>/     the host's interfaces (address, mtu, operstate...)
+    /sys/kernel/mm/transparent_hugepage   (allocators, JVMs)
+    /sys/class/dmi/id           hardware names (systemd-detect-virt, lshw)
+    /sys/fs/cgroup              where CgroupFs is mounted
+
+Everything else is absent (ENOENT): no block devices, buses, modules or
+firmware are faked. Host symlinks are not shown (they lead all over the
+host's /sys); an interface under class/net is its device's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from lxsub.kernel.vfs.pseudo import Dir, Entry, HostDir, PseudoFs, StaticDir
+
+SYSFS_MAGIC = 0x62656572
+_CPU_TOP = re.compile(r"cpu\d+|online|possible|present|offline|kernel_max|isolated|smt"
+                      r"|vulnerabilities|modalias")
+
+
+class SysFs(PseudoFs):
+    fstype = "sysfs"
+    magic = SYSFS_MAGIC
+    mount_options = "ro,nosuid,nodev,noexec,relatime"
+
+    def __init__(self, inst, host: str = "/sys") -> None:
+        super().__init__(inst)
+        self.host = host
+        root = StaticDir("/", 0o555)
+        devices = root.add(StaticDir("/devices"))
+        system = devices.add(StaticDir("/devices/system"))
+        self._mirror(system, "/devices/system/cpu", keep=_CPU_TOP.fullmatch)
+        self._mirror(system, "/devices/system/node")
+        cls = root.add(StaticDir("/class"))
+        cls.add(Dir("/class/net", self._net))
+        if os.path.isdir(host + "/class/dmi/id"):
+            dmi = cls.add(StaticDir("/class/dmi"))
+            dmi.add(HostDir("/class/dmi/id", os.path.realpath(host + "/class/dmi/id")))
+        kernel = root.add(StaticDir("/kernel"))
+        if os.path.isdir(host + "/kernel/mm/transparent_hugepage"):
+            mm = kernel.add(StaticDir("/kernel/mm"))
+            self._mirror(mm, "/kernel/mm/transparent_hugepage")
+        fs = root.add(StaticDir("/fs"))
+        fs.add(StaticDir("/fs/cgroup", 0o555))
+        self._root = root
+
+    def root_entry(self) -> Dir:
+        return self._root
+
+    def _mirror(self, parent: StaticDir, path: str, keep=None) -> None:
+        if os.path.isdir(self.host + path):
+            parent.add(HostDir(path, self.host + path, keep=lambda n: bool(keep(n)) if keep else True))
+
+    def _net(self, _task) -> dict[str, Entry]:
+        """One directory per host interface: the device directory the host's
+        /sys/class/net/<iface> symlink points to."""
+        out: dict[str, Entry] = {}
+        base = self.host + "/class/net"
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            return out
+        for name in names:
+            real = os.path.realpath(os.path.join(base, name))
+            if os.path.isdir(real) and os.path.exists(os.path.join(real, "ifindex")):
+                out[name] = HostDir("/class/net/" + name, real)
+        return out

@@ -1,0 +1,392 @@
+"""TmpFs: in-memory file systems (/dev/shm, /run, /tmp on request, `mount -t tmpfs`).
+
+Each TmpFs is a real host tmpfs of its own, made for the instance: a short
+helper process forked by the provider enters a new user and mount namespace
+(an unprivileged user may mount tmpfs there), creates a *detached* tmpfs
+mount with the asked `size=` and `nr_inodes=` (fsopen/fsconfig/fsmount:
+no mount point, nothing in any directory tree), hands its root directory
+back over a socket and exits. From then on the provider walks it like any
+host tree, and programs use its files natively:
+
+- size limits are the host kernel's own: a `write` past the limit is short
+  or ENOSPC, `fallocate` is ENOSPC, a page fault on a shared mapping past it
+  is SIGBUS; `ftruncate` grows a file sparsely without error, as Linux's
+  tmpfs does. No accounting in the provider, nothing to race.
+- `mmap(MAP_SHARED)` of its files is shared between processes (POSIX shared
+  memory, multiprocessing).
+- nothing touches a disk; no host path names it, so no host program finds
+  it by walking directories; and it is freed by the host kernel when the
+  last descriptor on it closes: when the instance ends (the provider and
+  its processes exit) or when it is unmounted and no file of it is open.
+
+The Linux view (owner, group, mode bits, device numbers; all file types)
+lives in the provider's memory, by inode number, since the file system
+lives no longer than the provider. Host files keep the owner's rw bits so
+the provider can always open them (as on VolFs).
+
+Fallback: if the host refuses user namespaces, a TmpFs is a directory
+under the instance's scratch directory in the host's /dev/shm (memory, and
+removed when the instance ends), and its `size=` is *not* enforced (the
+limit is the host /dev/shm's); the provider logs that once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import stat as st
+import tempfile
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.fs import lxattr
+from lxsub.kernel.fs.hostfs import HostTree, fd_path
+from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.stat import LinuxStat
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+
+TMPFS_MAGIC = 0x01021994
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNS = 0x00020000
+_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
+_FSOPEN_CLOEXEC = 1
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_FSMOUNT_CLOEXEC = 1
+
+# Options passed to the host's tmpfs; the rest are the Linux view's.
+_HOST_OPTIONS = ("size", "nr_inodes", "nr_blocks", "huge")
+_VIEW_OPTIONS = ("mode", "uid", "gid")
+_IGNORED = {"rw", "nosuid", "nodev", "noexec", "relatime", "noatime", "strictatime",
+            "nodiratime", "defaults", "inode64", "inode32", "lazytime", "sync", "async",
+            "suid", "dev", "exec", "atime", "diratime", "silent"}
+
+
+def parse_options(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """`size=10m,mode=1777,uid=0` -> (host options, view options); EINVAL
+    for an option tmpfs does not have."""
+    host: dict[str, str] = {}
+    view: dict[str, str] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item or item in _IGNORED:
+            continue
+        key, eq, value = item.partition("=")
+        if key in _HOST_OPTIONS and eq:
+            host[key] = value
+        elif key in _VIEW_OPTIONS and eq:
+            try:
+                int(value, 8 if key == "mode" else 10)
+            except ValueError:
+                raise OSError(errno.EINVAL, f"tmpfs: bad value for {key}") from None
+            view[key] = value
+        else:
+            raise OSError(errno.EINVAL, f"tmpfs: unknown option {item}")
+    return host, view
+
+
+# -- the host tmpfs ------------------------------------------------------------
+
+def _sys(libc, nr: int, *args) -> int:
+    r = libc.syscall(ctypes.c_long(nr), *args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+def _child_make_tmpfs(sock: socket.socket, options: dict[str, str]) -> None:
+    """In the forked helper: never returns."""
+    code = 1
+    try:
+        uid, gid = os.getuid(), os.getgid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        fs = _sys(libc, _SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
+        opts = dict(options)
+        opts["mode"] = "700"     # the host directory: the Linux mode is kept by the provider
+        for key, value in opts.items():
+            _sys(libc, _SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_SET_STRING),
+                 ctypes.c_char_p(key.encode()), ctypes.c_char_p(value.encode()), ctypes.c_long(0))
+        _sys(libc, _SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_CMD_CREATE),
+             ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_long(0))
+        mnt = _sys(libc, _SYS_FSMOUNT, ctypes.c_long(fs), ctypes.c_long(_FSMOUNT_CLOEXEC),
+                   ctypes.c_long(0))
+        root = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mnt)
+        socket.send_fds(sock, [b"ok"], [root])
+        code = 0
+    except OSError as e:
+        try:
+            sock.send(b"err %d" % (e.errno or errno.EINVAL))
+        except OSError:
+            pass
+    except BaseException:
+        pass
+    finally:
+        os._exit(code)
+
+
+def host_tmpfs(options: dict[str, str]) -> int:
+    """A directory descriptor on the root of a new detached host tmpfs."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            _child_make_tmpfs(child, options)
+        child.close()
+        try:
+            msg, fds, _, _ = socket.recv_fds(parent, 64, 1)
+        finally:
+            os.waitpid(pid, 0)
+    finally:
+        parent.close()
+        if child.fileno() >= 0:
+            child.close()
+    if msg == b"ok" and fds:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    if msg.startswith(b"err "):
+        code = int(msg[4:])
+        raise OSError(code, os.strerror(code))
+    raise OSError(errno.ENOSYS, "tmpfs helper failed")
+
+
+# -- the file system -------------------------------------------------------------
+
+class TmpFs(HostTree):
+    fstype = "tmpfs"
+    magic = TMPFS_MAGIC
+
+    def __init__(self, inst: "Instance", options: str = "") -> None:
+        host_opts, view = parse_options(options)
+        self.inst = inst
+        self.enforced = True
+        try:
+            dirfd = host_tmpfs(host_opts)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                raise                       # a bad size= and the like
+            inst.log.once("tmpfs-fallback",
+                          f"tmpfs: no private host tmpfs ({e.strerror}); using the host's "
+                          "/dev/shm without size limits")
+            self.enforced = False
+            path = tempfile.mkdtemp(prefix="tmpfs-", dir=inst.scratch_dir())
+            dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.root_fd = dirfd
+        self.host_root = os.readlink(fd_path(dirfd))
+        s = os.fstat(dirfd)
+        self.dev = s.st_dev
+        self._meta: dict[int, LxMeta] = {}
+        mode = int(view.get("mode", "1777"), 8) & 0o7777
+        self._meta[s.st_ino] = LxMeta(st.S_IFDIR | mode, int(view.get("uid", 0)),
+                                      int(view.get("gid", 0)))
+        self.options = _render_options(dirfd, host_opts, view)
+
+    def unmounted(self) -> None:
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+            self.root_fd = None
+
+    # -- which host descriptors are ours -------------------------------------
+
+    def owns(self, s: os.stat_result, host: str) -> bool:
+        if self.enforced:
+            return s.st_dev == self.dev
+        return host == self.host_root or host.startswith(self.host_root + "/")
+
+    def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
+        return Node(mount, fd, s) if self.owns(s, host) else None
+
+    def vpath(self, node: Node) -> str:
+        return vpath_in_mount(self, node)
+
+    # -- the Linux view --------------------------------------------------------
+
+    def meta(self, s: os.stat_result) -> LxMeta:
+        found = self._meta.get(s.st_ino)
+        if found is not None and lxattr.host_type_for(found.mode) == st.S_IFMT(s.st_mode):
+            return found
+        return LxMeta(s.st_mode, 0, 0, 0)
+
+    def getattr(self, node: Node) -> LinuxStat:
+        s = self.fresh_stat(node)
+        m = self.meta(s)
+        out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
+        if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
+            out.size = 0
+        return out
+
+    def statfs(self, node: Node):
+        return os.statvfs(fd_path(node.fd))
+
+    def chmod(self, node: Node, mode: int) -> None:
+        s = self.fresh_stat(node)
+        m = self.meta(s)
+        if st.S_ISLNK(m.mode):
+            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
+        new = LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev)
+        os.chmod(fd_path(node.fd), lxattr.host_mode_for(new.mode))
+        self._meta[s.st_ino] = new
+
+    def chown(self, node: Node, uid: int, gid: int) -> None:
+        s = self.fresh_stat(node)
+        m = self.meta(s)
+        self._meta[s.st_ino] = LxMeta(m.mode, m.uid if uid < 0 else uid,
+                                      m.gid if gid < 0 else gid, m.rdev)
+
+    # -- creating ------------------------------------------------------------------
+
+    def host_mode(self, mode: int) -> int:
+        return lxattr.host_mode_for(mode)
+
+    def _new_meta(self, parent: Node, mode: int, rdev: int, creds) -> LxMeta:
+        pm = self.meta(parent.host_st or os.stat(parent.fd))
+        gid = creds.fsgid
+        if pm.mode & st.S_ISGID:
+            gid = pm.gid
+            if st.S_ISDIR(mode):
+                mode |= st.S_ISGID
+        return LxMeta(mode, creds.fsuid, gid, rdev)
+
+    def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
+        self._meta[os.fstat(fd).st_ino] = self._new_meta(parent, mode, 0, creds)
+
+    def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
+        s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        self._meta[s.st_ino] = self._new_meta(parent, mode, rdev, creds)
+
+    def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent.fd))
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, creds) -> None:
+        super().symlink(parent, name, target, creds)
+        self.after_create_name(parent, name, st.S_IFLNK | 0o777, 0, creds)
+
+    # -- removing: forget the Linux view of inodes that are gone -------------------
+
+    def _gone_after(self, parent: Node, name: bytes, op) -> None:
+        try:
+            s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            s = None
+        op()
+        if s is not None and (s.st_nlink <= 1 or st.S_ISDIR(s.st_mode)):
+            self._meta.pop(s.st_ino, None)
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        self._gone_after(parent, name, lambda: super(TmpFs, self).unlink(parent, name))
+
+    def rmdir(self, parent: Node, name: bytes) -> None:
+        self._gone_after(parent, name, lambda: super(TmpFs, self).rmdir(parent, name))
+
+    def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
+        if flags & 2:      # RENAME_EXCHANGE: both stay
+            return super().rename(oldp, old, newp, new, flags)
+        try:
+            src = os.stat(old, dir_fd=oldp.fd, follow_symlinks=False).st_ino
+        except OSError:
+            src = None
+        try:
+            victim = os.stat(new, dir_fd=newp.fd, follow_symlinks=False)
+        except OSError:
+            victim = None
+        super().rename(oldp, old, newp, new, flags)
+        if victim is not None and victim.st_ino != src and \
+                (victim.st_nlink <= 1 or st.S_ISDIR(victim.st_mode)):
+            self._meta.pop(victim.st_ino, None)
+
+
+def _render_options(dirfd: int, host: dict[str, str], view: dict[str, str]) -> str:
+    """As Linux shows them in /proc/mounts: the size in kilobytes."""
+    parts = ["rw"]
+    v = os.statvfs(fd_path(dirfd))
+    parts.append(f"size={v.f_blocks * v.f_frsize // 1024}k")
+    if "nr_inodes" in host:
+        parts.append(f"nr_inodes={v.f_files}")
+    mode = int(view.get("mode", "1777"), 8) & 0o7777
+    if mode != 0o1777:
+        parts.append(f"mode={mode:o}")
+    for key in ("uid", "gid"):
+        if key in view and int(view[key]) != 0:
+            parts.append(f"{key}={int(view[key])}")
+    return ",".join(parts)
+
+
+def vpath_in_mount(fs, node: Node) -> str:
+    """A host-tree node's path in the instance: its mount's path plus the
+    node's host path below the mount's root."""
+    m = node.mount
+    try:
+        host = os.readlink(fd_path(node.fd))
+        base = os.readlink(fd_path(m.root_node.fd)) if m.root_node is not None else fs.host_root
+    except OSError:
+        return m.path or "/"
+    if host.endswith(" (deleted)"):
+        host = host[: -len(" (deleted)")]
+    if host == base:
+        return m.path or "/"
+    prefix = base.rstrip("/") + "/"
+    if not host.startswith(prefix):
+        return m.path or "/"
+    return m.path.rstrip("/") + "/" + host[len(prefix):]
+
+
+def mount_tmpfs(inst: "Instance", path: str, options: str = "", source: str = "tmpfs",
+                fs: TmpFs | None = None):
+    """Mount a new TmpFs at an existing directory `path` of the instance."""
+    from lxsub.kernel.fs.mounts import resolve_dir
+    at = resolve_dir(inst, path)
+    if at is None:
+        return None
+    try:
+        fs = fs or TmpFs(inst, options)
+        return inst.mounts.mount(fs, at, path, source, fs.options)
+    finally:
+        at.release()
+
+
+# Like a Linux system's: /dev/shm the kernel's default half of memory; /run
+# systemd's 20% with the /run/lock that Debian expects (/var/lock links to it).
+DEFAULT_TMPFS = (
+    ("/dev/shm", "size=50%,mode=1777", ()),
+    ("/run", "size=20%,mode=755", (("lock", 0o1777),)),
+)
+TMP_OPTIONS = "size=50%,mode=1777"
+
+
+def mount_default_tmpfs(inst: "Instance", tmp: bool = False) -> None:
+    """/dev/shm and /run; /tmp too when asked (the lead wires that to lx.conf)."""
+    from lxsub.kernel.creds import Creds
+    todo = list(DEFAULT_TMPFS)
+    if tmp:
+        todo.append(("/tmp", TMP_OPTIONS, ()))
+    for path, options, subdirs in todo:
+        m = mount_tmpfs(inst, path, options)
+        if m is None:
+            continue
+        root = m.root()
+        try:
+            for name, mode in subdirs:
+                m.fs.mkdir(root, name.encode(), mode, Creds())
+                sub = m.fs.lookup(root, name.encode())
+                try:
+                    m.fs.chmod(sub, mode)      # mkdir had no umask, but be exact
+                finally:
+                    sub.release()
+        finally:
+            root.release()

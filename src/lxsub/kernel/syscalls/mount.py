@@ -1,0 +1,189 @@
+"""mount(2) and umount2(2) inside the instance: its own mount table only.
+
+Root inside (CAP_SYS_ADMIN in the instance's credentials) may mount the
+file systems lxsub has: `tmpfs` (a new private host tmpfs, see
+kernel/fs/tmpfs.py), `proc`, `sysfs` (when the SysFs plugin is present),
+`devpts`, and bind mounts of instance files and directories. Nothing
+reaches the host's mount table. Propagation changes (`--make-private`...)
+are accepted on mount points and change nothing: the instance has one
+mount namespace, so there is no peer to propagate to.
+
+Not done (EINVAL): MS_MOVE, MS_REMOUNT, read-only mounts (MS_RDONLY);
+MS_REC with MS_BIND binds the tree without the mounts below it. nosuid,
+nodev, noexec are accepted and shown in /proc/mounts but not enforced.
+umount refuses (EBUSY) a mount with mounts below it or with a process's
+cwd or root in it, unless MNT_DETACH; open files do not keep it busy.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+
+from lxsub.kernel import creds as caps
+from lxsub.kernel.call import Call
+from lxsub.kernel.fs.hostfs import HostFs
+from lxsub.kernel.vfs import lookup
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_SYNCHRONOUS, MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC = 16, 32, 64, 128
+MS_NOSYMFOLLOW, MS_NOATIME, MS_NODIRATIME = 256, 1024, 2048
+MS_BIND, MS_MOVE, MS_REC, MS_SILENT = 4096, 8192, 16384, 32768
+MS_POSIXACL, MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED = 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20
+MS_RELATIME, MS_KERNMOUNT, MS_I_VERSION, MS_STRICTATIME, MS_LAZYTIME = 1 << 21, 1 << 22, 1 << 23, 1 << 24, 1 << 25
+MS_MGC_MSK, MS_MGC_VAL = 0xFFFF0000, 0xC0ED0000
+_PROPAGATION = MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
+
+MNT_FORCE, MNT_DETACH, MNT_EXPIRE, UMOUNT_NOFOLLOW = 1, 2, 4, 8
+
+_SHOWN = ((MS_NOSUID, "nosuid"), (MS_NODEV, "nodev"), (MS_NOEXEC, "noexec"),
+          (MS_SYNCHRONOUS, "sync"), (MS_DIRSYNC, "dirsync"), (MS_NOATIME, "noatime"),
+          (MS_NODIRATIME, "nodiratime"))
+_ACCEPTED = (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_SYNCHRONOUS | MS_DIRSYNC | MS_NOATIME
+             | MS_NODIRATIME | MS_SILENT | MS_RELATIME | MS_STRICTATIME | MS_LAZYTIME | MS_MANDLOCK
+             | MS_I_VERSION | MS_POSIXACL | MS_NOSYMFOLLOW)
+
+
+def _e(code: int, what: str = "") -> OSError:
+    return OSError(code, what or os.strerror(code))
+
+
+def _string(c: Call, i: int, limit: int = 4096) -> bytes:
+    return c.read_str(c.ptr(i), limit) if c.ptr(i) else b""
+
+
+def sys_mount(c: Call) -> int:
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        raise _e(errno.EPERM)
+    flags = c.args[3] & 0xFFFFFFFFFFFFFFFF
+    if flags & MS_MGC_MSK == MS_MGC_VAL:
+        flags &= ~MS_MGC_MSK
+    inst, task = c.inst, c.task
+    target = c.path(1)
+    if flags & _PROPAGATION:
+        node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+        try:
+            if inst.mounts.mount_of_root(node) is None:
+                raise _e(errno.EINVAL, "not a mount point")
+        finally:
+            node.release()
+        return 0
+    if flags & (MS_REMOUNT | MS_MOVE | MS_RDONLY):
+        inst.log.once("mount-flags", "mount: MS_REMOUNT, MS_MOVE and MS_RDONLY are not supported")
+        raise _e(errno.EINVAL, "unsupported mount flags")
+    if flags & MS_BIND:
+        return _bind(c, c.path(0), target, flags)
+    fstype = _string(c, 2, 256).decode(errors="replace")
+    data = _string(c, 4, 4096).decode(errors="replace")
+    source = _string(c, 0, 4096).decode(errors="replace") or "none"
+    if flags & ~_ACCEPTED:
+        raise _e(errno.EINVAL, "unknown mount flags")
+    at = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+    try:
+        if not at.is_dir():
+            raise _e(errno.ENOTDIR)
+        fs, options = _new_fs(inst, fstype, data)
+        options = _with_flags(options, flags)
+        inst.mounts.mount(fs, at, inst.vpath_of(at), source, options)
+    finally:
+        at.release()
+    return 0
+
+
+def _new_fs(inst, fstype: str, data: str):
+    if fstype == "tmpfs":
+        from lxsub.kernel.fs.tmpfs import TmpFs
+        fs = TmpFs(inst, data)
+        return fs, fs.options
+    if fstype == "proc":
+        from lxsub.kernel.fs.procfs import ProcFs
+        fs = ProcFs(inst)
+    elif fstype == "sysfs":
+        try:
+            from lxsub.kernel.fs.sysfs import SysFs
+        except ImportError:
+            raise _e(errno.ENODEV, "no sysfs") from None
+        fs = SysFs(inst)
+    elif fstype == "devpts":
+        from lxsub.kernel.fs.devfs import DevPts
+        fs = DevPts(inst)
+    else:
+        raise _e(errno.ENODEV, f"unknown file system type {fstype!r}")
+    return fs, getattr(fs, "mount_options", None) or "rw"
+
+
+def _with_flags(options: str, flags: int) -> str:
+    parts = options.split(",") if options else ["rw"]
+    for bit, name in _SHOWN:
+        if flags & bit and name not in parts:
+            parts.insert(1, name)
+    return ",".join(parts)
+
+
+def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
+    inst, task = c.inst, c.task
+    src = lookup.resolve_at(inst, task, lookup.AT_FDCWD, source)
+    try:
+        at = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+        try:
+            if src.is_dir() != at.is_dir():
+                raise _e(errno.ENOTDIR if src.is_dir() else errno.EISDIR)
+            src_path = inst.vpath_of(src)
+            m = src.mount
+            base = m.path.rstrip("/")
+            inside = src_path[len(base):] if src_path.startswith(base) else "/"
+            root_path = (m.root_path.rstrip("/") + "/" + inside.lstrip("/")).rstrip("/") or "/"
+            options = _with_flags(m.options, flags & _ACCEPTED)
+            fs = m.fs
+            if isinstance(fs, HostFs):
+                # The instance finds HostFs files by host path: a bind mount
+                # of one is the same tree from another host directory.
+                fs = copy.copy(fs)
+                fs.host_root = os.readlink(f"/proc/self/fd/{src.fd}")
+            inst.mounts.mount(fs, at, inst.vpath_of(at), m.source, options,
+                              root=src, root_path=root_path)
+        finally:
+            at.release()
+    finally:
+        src.release()
+    return 0
+
+
+def sys_umount2(c: Call) -> int:
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        raise _e(errno.EPERM)
+    flags = c.int(1)
+    if flags & ~(MNT_FORCE | MNT_DETACH | MNT_EXPIRE | UMOUNT_NOFOLLOW) or \
+            flags & MNT_EXPIRE and flags & (MNT_FORCE | MNT_DETACH):
+        raise _e(errno.EINVAL)
+    inst, task = c.inst, c.task
+    node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, c.path(0),
+                             follow_default=not flags & UMOUNT_NOFOLLOW)
+    try:
+        m = inst.mounts.mount_of_root(node)
+    finally:
+        node.release()
+    if m is None:
+        raise _e(errno.EINVAL, "not a mount point")
+    if m is inst.mounts.root_mount:
+        raise _e(errno.EBUSY)
+    if flags & MNT_EXPIRE:
+        raise _e(errno.EAGAIN)     # never marked expired before: Linux's first answer
+    below = inst.mounts.descendants(m)
+    if not flags & MNT_DETACH:
+        if below or _in_use(inst, m):
+            raise _e(errno.EBUSY)
+    for child in below:
+        inst.mounts.umount(child)
+    inst.mounts.umount(m)
+    return 0
+
+
+def _in_use(inst, m) -> bool:
+    """A process has its cwd or root in the mount."""
+    for task in inst.pids.tasks_by_host.values():
+        fs = task.fs
+        if fs.cwd.mount is m or fs.root.mount is m:
+            return True
+    return False

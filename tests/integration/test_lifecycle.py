@@ -1,0 +1,215 @@
+"""Distribution life cycle through the real `lx` command, as root and as an
+unprivileged host user: install, default user, list, export, unregister,
+import, one change at a time, interrupted changes.
+
+The Debian install (every required package configured by dpkg inside lxsub;
+about a minute and a half here, marked slow) runs as the current user only.
+Its package lists and .debs are kept in $LXSUB_TEST_CACHE/lx-cache (the
+runner's XDG_CACHE_HOME) so a CI cache of that directory saves the download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.runner import LxRunner, describe
+
+EXIT_TEMPFAIL = 75
+EXIT_CANTCREAT = 73
+
+# Every file's Linux metadata, as `find -printf '%M %u %g %s %T@ %p %l'` shows
+# it (BusyBox's find has no -printf; its stat gives the same fields with
+# nanosecond times). Mount points of the instance (/proc, /dev, /sys, /run,
+# the host under /mnt) are not part of the distro's files.
+LISTING = (
+    "find / -xdev \\( -path /proc -o -path /dev -o -path /sys -o -path /run -o -path '/mnt/*' \\) "
+    "-prune -o -exec stat -c '%A %U %G %s %y %n %N' {} + | sort"
+)
+
+
+def listing(lx: LxRunner, name: str) -> list[str]:
+    cp = lx.run(["-d", name, "-u", "root", "--", LISTING], timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode(errors="replace").splitlines()
+    assert len(lines) > 100, describe(cp)
+    return lines
+
+
+def registry(lx: LxRunner) -> dict:
+    return json.loads((lx.lx_home / "registry.json").read_text())
+
+
+def test_busybox_install_export_unregister_import(lx: LxRunner, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    cp = lx.run(["--install", "busybox", "--user", "alice"], timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    assert time.monotonic() - t0 < 60, "installing busybox should take seconds"
+    assert cp.stdout == b"", "quiet when not on a terminal"
+
+    cp = lx.run(["--list", "-v"], check=True)
+    assert cp.stdout.decode().split() == ["NAME", "STATE", "VERSION", "*", "busybox", "Stopped", "1"]
+    entry = registry(lx)["distros"][0]
+    assert entry["default_user"] == "alice" and entry["state"] == "Installed"
+    assert entry["source"].startswith("busybox 1:")
+
+    # The default user exists inside, owns its home; root's things are root's.
+    cp = lx.run(["--", "id -un; id -u; stat -c '%U %G %a' ~ /root /tmp /etc/shadow; "
+                 "ls -l /bin/sh; cat /etc/hostname"], check=True)
+    out = cp.stdout.decode().splitlines()
+    assert out[:2] == ["alice", "1000"]
+    assert out[2:6] == ["alice alice 755", "root root 700", "root root 1777", "root root 600"]
+    assert out[6].endswith("/bin/sh -> /bin/busybox")
+
+    before = listing(lx, "busybox")
+    tarball = lx.root / "bb.tar.gz"
+    cp = lx.run(["--export", "busybox", str(tarball)], timeout=300)
+    assert cp.returncode == 0 and cp.stdout == b"", describe(cp)
+    assert tarball.stat().st_size > 500_000
+
+    rootfs = Path(entry["rootfs"])
+    assert rootfs.is_dir()
+    cp = lx.run(["--unregister", "busybox"], check=True)
+    assert not rootfs.exists() and not rootfs.parent.exists(), "files removed"
+    assert registry(lx)["distros"] == []
+    assert b"lx has no distros" in lx.run(["--list"], check=True).stdout
+
+    cp = lx.run(["--import", "busybox", str(lx.distros / "again"), str(tarball)], timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    after = listing(lx, "busybox")
+    assert after == before
+
+    # And through a pipe: export to stdout, import from stdin.
+    data = lx.run(["--export", "busybox", "-"], check=True, timeout=300).stdout
+    cp = lx.run(["--import", "piped", str(lx.distros / "piped"), "-"], input=data, timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    assert listing(lx, "piped") == before
+
+
+def test_install_name_location_and_duplicates(lx: LxRunner) -> None:
+    where = lx.distros / "custom"
+    cp = lx.run(["--install", "--name", "tiny", "--location", str(where)], timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    assert (where / "rootfs" / "bin" / "busybox").is_file()
+    assert lx.run(["-d", "tiny", "-e", "whoami"], check=True).stdout == b"root\n"
+    cp = lx.run(["--install", "busybox", "--name", "tiny"], timeout=300)
+    assert cp.returncode == EXIT_CANTCREAT, describe(cp)
+    assert cp.stderr.decode().startswith("lx: a distro named 'tiny' already exists")
+    assert cp.stderr.count(b"\n") == 1
+    cp = lx.run(["--install", "busybox", "--name", "x", "--user", "Bad User"])
+    assert cp.returncode == 64 and b"invalid user name" in cp.stderr
+    cp = lx.run(["--install", "fedora"])
+    assert cp.returncode == 64 and b"invalid choice" in cp.stderr
+
+
+def _start_import_from_pipe(lx: LxRunner, name: str, tarball: bytes) -> subprocess.Popen:
+    """An `lx --import NAME DIR -` that has read part of a tarball and waits
+    for the rest: a change in progress, for as long as the test likes."""
+    proc = lx.popen(["--import", name, str(lx.distros / name), "-"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc.stdin.write(tarball[: len(tarball) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reg = lx.lx_home / "registry.json"
+        if reg.exists() and any(d["name"] == name for d in json.loads(reg.read_text())["distros"]):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the import never registered as Installing: {proc.communicate()}")
+
+
+@pytest.fixture
+def plain_tar(lx: LxRunner) -> bytes:
+    cp = lx.run(["--install", "busybox", "--name", "src"], timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    return lx.run(["--export", "src", "-"], check=True, timeout=300).stdout
+
+
+def test_one_change_at_a_time_and_no_launch_while_installing(lx: LxRunner, plain_tar: bytes) -> None:
+    proc = _start_import_from_pipe(lx, "busy", plain_tar)
+    try:
+        cp = lx.run(["--list", "-v"], check=True)
+        assert "busy" in cp.stdout.decode() and "Installing" in cp.stdout.decode()
+
+        cp = lx.run(["-d", "busy", "--", "true"])
+        assert cp.returncode == EXIT_TEMPFAIL, describe(cp)
+        assert cp.stderr == b"lx: distro 'busy' is still being installed; wait for the install " \
+                            b"to finish (see 'lx --list -v')\n"
+
+        copy = lx.root / "copy.tar"
+        copy.write_bytes(plain_tar)
+        lx.user.give(copy)
+        t0 = time.monotonic()
+        for args in (["--unregister", "busy"], ["--export", "busy", str(lx.root / "x.tar")],
+                     ["--import", "busy", str(lx.distros / "other"), str(copy)]):
+            cp = lx.run(args)
+            assert cp.returncode == EXIT_TEMPFAIL, describe(cp)
+            err = cp.stderr.decode()
+            assert err.startswith("lx: distro 'busy' is busy: import (pid ") and err.count("\n") == 1
+        assert time.monotonic() - t0 >= 3 * 1.5, "a second change waits a little first"
+        assert not (lx.distros / "other").exists()
+
+        # The rest of the archive arrives: the import completes normally.
+        proc.stdin.write(plain_tar[len(plain_tar) // 2:])
+        proc.stdin.close()
+        assert proc.wait(120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert lx.run(["-d", "busy", "-e", "true"]).returncode == 0
+
+
+def test_killed_import_is_cleaned_up_by_the_next_command(lx: LxRunner, plain_tar: bytes) -> None:
+    proc = _start_import_from_pipe(lx, "half", plain_tar)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (lx.distros / "half").exists(), "the killed import left its partial tree"
+    cp = lx.run(["--list"])
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stderr == b"lx: an earlier install of 'half' was interrupted; its files were removed\n"
+    assert b"half" not in cp.stdout
+    assert not (lx.distros / "half").exists()
+    assert lx.run(["--list"]).stderr == b"", "said once"
+
+
+def test_interrupted_install_leaves_nothing(lx: LxRunner) -> None:
+    proc = lx.popen(["--install", "busybox", "--name", "ctrlc"], stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (lx.lx_home / "registry.json").exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the install finished before Ctrl-C arrived")
+    assert proc.returncode == 130, err
+    assert registry(lx)["distros"] == []
+    assert not (lx.lx_home / "distros" / "ctrlc").exists()
+    assert lx.run(["--list"]).stderr == b""
+
+
+@pytest.mark.slow
+def test_debian_install_runs_apt_and_dpkg(lx_self: LxRunner) -> None:
+    from tests.fixtures.rootfs import cache_dir
+
+    lx = lx_self
+    env = {"XDG_CACHE_HOME": str(cache_dir() / "lx-cache")}
+    cp = lx.run(["--install", "debian", "--user", "bob"], timeout=3600, env=env)
+    assert cp.returncode == 0, describe(cp)
+    cp = lx.run(["-d", "debian", "--", "id -un; apt-get --version | head -1; "
+                 "dpkg -l | grep -c '^ii'; stat -c '%U %G %a' /etc/shadow ~; "
+                 "dpkg --audit && echo audit-clean"], timeout=300, check=True)
+    out = cp.stdout.decode().splitlines()
+    assert out[0] == "bob"
+    assert out[1].startswith("apt 2.6")
+    assert int(out[2]) >= 90
+    assert out[3:5] == ["root shadow 640", "bob bob 755"]
+    assert out[5] == "audit-clean"
