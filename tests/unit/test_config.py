@@ -202,3 +202,20 @@ def test_host_config_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_host_config(path)
     assert info.value.message == f"{path}:2: not UTF-8 text"
+
+
+def test_host_default_distro_chooses_the_launch_distro(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    from lxsub.cli.distro_cmds import launch_distro
+    from lxsub.state import Distro, Registry
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    registry = Registry(tmp_path / "home")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        registry.add(Distro(name, tmp_path / name))
+    assert launch_distro(registry, None).name == "first"  # the registry's default
+    (tmp_path / "cfg" / "lx").mkdir(parents=True)
+    (tmp_path / "cfg" / "lx" / "config").write_text("[manager]\ndefault_distro = second\n")
+    assert launch_distro(registry, None).name == "second"
+    assert launch_distro(registry, "first").name == "first"  # -d wins
