@@ -19,9 +19,13 @@ def text(cp) -> str:
     return cp.stdout.decode(errors="replace")
 
 
+# A background job is a forked shell until it has exec'd: wait for its name.
+EXECED = 'execed() { while [ "$(cat /proc/$1/comm 2>/dev/null)" != "$2" ]; do sleep 0.05; done; }\n'
+
+
 def script(debian, body: str, **kw):
     """Run a bash script (not `bash -c`: its command line would be in ps)."""
-    cp = debian.exe("bash", "-s", input=textwrap.dedent(body).encode(), **kw)
+    cp = debian.exe("bash", "-s", input=(EXECED + textwrap.dedent(body)).encode(), **kw)
     return cp
 
 
@@ -39,7 +43,7 @@ def sections(out: str) -> dict[str, list[str]]:
 
 def test_ps_shows_the_instance_processes_only(debian):
     cp = script(debian, """
-        sleep 300 & s=$!
+        sleep 300 & s=$!; execed $s sleep
         echo "== ids"; echo "$$ $s"
         echo "== ps"; ps -eo pid=,ppid=,user=,args=
         echo "== psef"; ps -ef
@@ -86,8 +90,8 @@ def test_ps_shows_the_instance_processes_only(debian):
 def test_pgrep_pkill_killall_and_kill_of_a_host_pid(debian):
     host_pid = os.getpid()               # the test runner: a host process
     cp = script(debian, f"""
-        sleep 301 & a=$!
-        sleep 302 & b=$!
+        sleep 301 & a=$!; execed $a sleep
+        sleep 302 & b=$!; execed $b sleep
         echo "== pgrep"; pgrep -x sleep | sort -n; echo "$a $b"
         pkill -f 'sleep 301'; wait $a; r=$?; echo "== pkill"; echo $r
         killall sleep; wait $b; r=$?; echo "== killall"; echo $r
@@ -312,7 +316,7 @@ def test_sysfs_shows_host_cpus_and_interfaces(debian):
 
 def test_cgroupfs_is_the_instance_cgroup(debian):
     cp = script(debian, """
-        sleep 303 & s=$!
+        sleep 303 & s=$!; execed $s sleep
         echo "== ids"; echo "$$ $s"
         echo "== procs"; cat /sys/fs/cgroup/cgroup.procs
         echo "== files"
@@ -385,13 +389,13 @@ def test_reading_every_file_under_proc_self_and_sys(debian):
 
 def test_busybox_tools_see_the_instance(busybox):
     """BusyBox's ps/top read /proc; its uptime and free ask sysinfo(2)."""
-    cp = busybox.exe("sh", "-s", input=textwrap.dedent("""
-        sleep 304 &
+    cp = busybox.exe("sh", "-s", input=(EXECED + textwrap.dedent("""
+        sleep 304 & execed $! sleep
         echo "== ps"; ps -o pid,ppid,comm
         echo "== uptime"; uptime
         echo "== top"; top -b -n1 | grep -E '^ *1 '
         echo "== killall"; killall sleep; wait; echo $?
-        """).encode())
+        """)).encode())
     assert cp.returncode == 0, describe(cp)
     s = sections(text(cp))
     rows = [line.split() for line in s["ps"][1:]]

@@ -211,3 +211,20 @@ def test_lenient_distro_config_warns_and_keeps_defaults():
     assert len(config.warnings) == 1 and config.warnings[0].startswith("/etc/lx.conf:2:")
     broken = parse_distro_config("[user\n", lenient=True)
     assert broken == DistroConfig(warnings=broken.warnings) and "ignored" in broken.warnings[0]
+
+
+def test_host_default_distro_chooses_the_launch_distro(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    from lxsub.cli.distro_cmds import launch_distro
+    from lxsub.state import Distro, Registry
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    registry = Registry(tmp_path / "home")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        registry.add(Distro(name, tmp_path / name))
+    assert launch_distro(registry, None).name == "first"  # the registry's default
+    (tmp_path / "cfg" / "lx").mkdir(parents=True)
+    (tmp_path / "cfg" / "lx" / "config").write_text("[manager]\ndefault_distro = second\n")
+    assert launch_distro(registry, None).name == "second"
+    assert launch_distro(registry, "first").name == "first"  # -d wins

@@ -51,7 +51,7 @@ from lxsub.distro.importer import ROOTFS_DIR, RootfsWriter
 from lxsub.distro.progress import Progress, start_quiet_thread
 from lxsub.errors import EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.fs.lxattr import LxMeta
-from lxsub.state import Distro, Registry, check_name, lx_home
+from lxsub.state import Distro, Registry, atomic_write, check_name, lx_home
 
 KINDS = ("busybox", "debian")
 DEBIAN_SUITE = "bookworm"
@@ -73,9 +73,10 @@ _MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 def run_inside(distro: Distro, argv: list[str]) -> int:
     """Run `argv` (no shell) as root in `distro`, cwd /; returns its exit status.
 
-    `distro` is not launchable yet (it is being installed), so this goes
-    straight to the kernel rather than through `lx`'s launch checks. When
-    lx's run path moves to the manager, point this at it.
+    `distro` is not launchable yet (it is being installed), so this runs a
+    private provider in this process (kernel.session.run_command) instead of
+    asking the manager: nothing else may join an instance of a half-made
+    distro.
     """
     from lxsub.kernel.session import run_command
 
@@ -177,9 +178,29 @@ class PrivateApt:
         for d in (self.dir / "lists" / "partial", self.archives / "partial", self.dir / "parts"):
             d.mkdir(parents=True, exist_ok=True)
         self.status = self.dir / "status"  # empty: apt resolves everything
-        self.status.write_bytes(b"")
         signed = f"[signed-by={DEBIAN_KEYRING}] " if os.path.exists(DEBIAN_KEYRING) else ""
-        (self.dir / "sources.list").write_text(f"deb {signed}{self.mirror} {suite} main\n")
+        # Rewritten only when different: another lx may be reading them.
+        for path, content in ((self.status, b""),
+                              (self.dir / "sources.list",
+                               f"deb {signed}{self.mirror} {suite} main\n".encode())):
+            try:
+                same = path.read_bytes() == content
+            except OSError:
+                same = False
+            if not same:
+                atomic_write(path, content)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Serialise lx processes sharing this cache (apt runs with NoLocking)."""
+        import fcntl
+
+        fd = os.open(self.dir / "lx.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def options(self) -> list[str]:
         d = self.dir
@@ -275,7 +296,8 @@ def fetch_deb(package: str, dest: Path) -> Path:
         if attempt == "private":
             try:
                 apt = PrivateApt()
-                apt.update()
+                with apt.locked():
+                    apt.update()
             except LxError as e:
                 problems.append(e.message)
                 continue
@@ -575,14 +597,15 @@ def install_debian(registry: Registry, name: str, work: Path, progress: Progress
             raise LxError(f"{tool} is not installed on the host; lx --install debian needs "
                           "apt and dpkg", EXIT_UNAVAILABLE)
     apt = PrivateApt()
-    task = progress.task(f"Reading the Debian {apt.suite} package lists", total=None)
-    apt.update()
-    packages = apt.resolve([*apt.with_priority("required"), *DEBIAN_EXTRA])
-    task.done()
-    task = progress.task(f"Downloading {len(packages)} packages", total=None)
-    debs = apt.download(packages)
-    task.done()
-    stage_one(work, apt, packages, debs, progress)
+    with apt.locked():
+        task = progress.task(f"Reading the Debian {apt.suite} package lists", total=None)
+        apt.update()
+        packages = apt.resolve([*apt.with_priority("required"), *DEBIAN_EXTRA])
+        task.done()
+        task = progress.task(f"Downloading {len(packages)} packages", total=None)
+        debs = apt.download(packages)
+        task.done()
+        stage_one(work, apt, packages, debs, progress)  # reads the .debs from the cache
     stage_two(registry, name, work, packages, debs, progress)
     if user and user != "root":
         add_debian_user(name, work, user, progress)

@@ -700,10 +700,11 @@ class InitDir(Dir):
         return "".join(f"{k} " for k in kids).encode()
 
     def _stat(self) -> bytes:
-        # state ppid pgrp session tty tpgid flags, 8 fault/time counters,
-        # cutime cstime priority nice threads itreal starttime, then zeros.
+        # state ppid pgrp session tty tpgid flags; minflt cminflt majflt
+        # cmajflt utime stime cutime cstime; priority nice threads itreal
+        # starttime; then vsize rss... (52 fields in all).
         fields = ["S", "0", "1", "1", "0", "-1", "4194560"] + ["0"] * 8 \
-            + ["0", "0", "20", "0", "1", "0", "0"] + ["0"] * 30
+            + ["20", "0", "1", "0", "0"] + ["0"] * 30
         return f"1 (init) {' '.join(fields)}\n".encode()
 
     def _status(self) -> bytes:
