@@ -390,3 +390,36 @@ def test_bad_lx_conf_is_reported_with_file_line_and_key(lx, busybox_tar):
     cp = lx.run(["-d", "bb", "-e", "id", "-un"])
     assert cp.returncode == 0 and cp.stdout == b"root\n", describe(cp)
     assert b"/etc/lx.conf:1" in cp.stderr and b"ignored" in cp.stderr, describe(cp)
+
+
+def test_full_screen_programs_on_the_pty(debian):
+    """top, less and vi (vim.tiny) draw, take keys and quit on lx's pty."""
+    pexpect = pytest.importorskip("pexpect")
+    argv = debian.runner.command(["-d", debian.name, "-u", "root"])
+    child = pexpect.spawn(argv[0], argv[1:], env={**debian.runner.env(), "TERM": "xterm"},
+                          dimensions=(30, 100), timeout=30, encoding="utf-8")
+    try:
+        child.expect(r"# ")
+        child.sendline("top -d 1")
+        child.expect(r"PID\s+USER")
+        child.expect("init")
+        child.send("q")
+        child.expect(r"# ")
+        child.sendline("seq 1000 | less")
+        child.expect(r"\r\n1\r\n2\r\n")
+        child.send("G")
+        child.expect(r"1000")
+        child.send("q")
+        child.expect(r"# ")
+        child.sendline("rm -f /tmp/vi-pty; vi /tmp/vi-pty")
+        child.expect(r"vi-pty")
+        child.send("ihello from vi\x1b")
+        child.send(":wq\r")
+        child.expect(r"# ")
+        child.sendline("cat /tmp/vi-pty; echo status=$?")
+        child.expect(r"hello from vi\r\nstatus=0")
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
