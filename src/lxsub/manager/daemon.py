@@ -261,8 +261,10 @@ class Manager:
         if reply is None:
             self._kill(ref)
             self._instance_gone(ref)
-            return {"ok": False, "error": {"code": "failed",
-                                           "message": f"the instance of '{ref.distro}' failed"}}
+            log = lx_home() / "manager.log"
+            return {"ok": False, "error": {"code": "failed", "exit": 70,
+                                           "message": f"the instance of '{ref.distro}' failed "
+                                                      f"(see {log})"}}
         return reply
 
     def _end_instance(self, ref: InstanceRef) -> None:
