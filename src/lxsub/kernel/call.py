@@ -36,8 +36,12 @@ class Native:
 
 @dataclass(slots=True)
 class Blocking:
-    """Finish on a worker thread; `work()` returns what a handler would."""
+    """Finish on a worker thread; `work()` returns what a handler would.
+    A notification's dispatcher sets `still_wanted()`: False once the
+    caller has gone or a signal interrupted the call (long waits poll it
+    and give up)."""
     work: Callable[[], object]
+    still_wanted: Callable[[], bool] | None = None
 
 
 def _signed(v: int, bits: int) -> int:

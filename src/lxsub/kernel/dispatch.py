@@ -63,6 +63,7 @@ def _answer(inst: "Instance", lst: "Listener", nid: int, result) -> None:
             finally:
                 os.close(result.fd)
         elif isinstance(result, Blocking):
+            result.still_wanted = lambda: lst.still_valid(nid)
             threading.Thread(target=_finish_blocking, args=(inst, lst, nid, result),
                              daemon=True).start()
         else:

@@ -98,9 +98,11 @@ ROWS: list[Syscall] = [
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated",
             rules=_when(1, (8, 9, 15, 16), bpf.RET_USER_NOTIF)),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
-            "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied",
+            "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
+            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md)",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
-                   *_when(1, ioctl.TRAPPED, bpf.RET_TRACE))),
+                   *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
+                   *_when(1, ioctl.LXBUS_REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",

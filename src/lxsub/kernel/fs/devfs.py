@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import stat as st
 
+from lxsub.kernel.fs import devices
 from lxsub.kernel.fs.hostfs import HostFs
+from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Device, Link, PseudoFs, StaticDir
 
 TMPFS_MAGIC = 0x01021994
@@ -33,6 +35,8 @@ class DevFs(PseudoFs):
             root.add(Device("/" + name, st.S_IFCHR, os.makedev(major, minor), mode))
         for name, target in _LINKS.items():
             root.add(Link("/" + name, lambda _t, target=target: target))
+        # LxBus (docs/LXBUS.md): any user of the instance may open it.
+        self._lxbus = root.add(Device("/lxbus", st.S_IFCHR, devices.LXBUS_RDEV, 0o666))
         root.add(StaticDir("/pts", 0o755))
         root.add(StaticDir("/shm", 0o1777))
         root.add(StaticDir("/mqueue", 0o1777))
@@ -40,6 +44,11 @@ class DevFs(PseudoFs):
 
     def root_entry(self) -> StaticDir:
         return self._root
+
+    def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
+        if devices.is_lxbus(s):          # fstat and /proc/<pid>/fd show /dev/lxbus
+            return Node(mount, fd, None, self._lxbus)
+        return super().node_from_host(mount, fd, host, s)
 
 
 class DevPts(HostFs):
