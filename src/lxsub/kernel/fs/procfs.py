@@ -115,9 +115,12 @@ class ProcFs(PseudoFs):
         static.add(File("/filesystems", lambda t: _filesystems()))
         static.add(File("/cgroups", lambda t: _cgroups()))
         static.add(File("/cmdline", lambda t: b"BOOT_IMAGE=/lxsub init=/init\n"))
-        for name in _PASSTHROUGH:
-            if os.path.exists("/proc/" + name):
-                static.add(HostFile("/" + name, "/proc/" + name))
+        for name in _PASSTHROUGH:         # those any host user may read
+            try:
+                if os.stat("/proc/" + name).st_mode & 0o004:
+                    static.add(HostFile("/" + name, "/proc/" + name))
+            except OSError:
+                continue
         static.add(self._sys_tree())
         return static
 

@@ -312,6 +312,8 @@ class PseudoFs(FileSystem):
                     e.write(task, data)
                 except OSError:
                     pass
+                except Exception as exc:     # never let a pseudo file end the provider
+                    self.inst.log.warn(f"write to {e.path}: {exc!r}")
 
     def _flush_writes(self) -> None:
         for r in list(self._writers):
