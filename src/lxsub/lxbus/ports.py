@@ -29,7 +29,7 @@ import socket
 import time
 from typing import Iterable
 
-from lxsub.errors import LxError
+from lxsub.errors import EXIT_UNAVAILABLE, LxError
 from lxsub.lxbus import bus
 
 MAX_MESSAGE = 1 << 18     # the largest message recv() takes (SEQPACKET: one send)
@@ -59,8 +59,15 @@ def _check_distro(distro: str) -> None:
     from lxsub.state import Registry, lx_home
     try:
         Registry(lx_home()).get(distro)
-    except LxError as e:
-        raise LxBusError(errno.ENOENT, f"lxbus: {e.message}") from None
+    except LxError as e:      # no such distro (or an unreadable registry)
+        if e.exit_code == EXIT_UNAVAILABLE:
+            raise LxBusError(errno.ENOENT, f"lxbus: {e.message}") from None
+        raise LxBusError(errno.EACCES, f"lxbus: cannot reach the bus of distro {distro!r}: "
+                         f"{e.message}") from None
+    except OSError as e:      # another user's LX_HOME
+        raise LxBusError(e.errno or errno.EACCES, f"lxbus: cannot reach the bus of distro "
+                         f"{distro!r}: cannot read its registry in {lx_home()}: "
+                         f"{e.strerror}") from None
 
 
 def _fail(e: OSError, distro: str, name: bytes, doing: str) -> LxBusError:

@@ -19,6 +19,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 
 from lxsub.kernel.call import Blocking, Call, Native, NewFd
@@ -154,6 +155,38 @@ def _connect(c: Call, distro: str, name: bytes, cloexec: bool) -> Blocking:
     return job
 
 
+class _ServerState:
+    """Per server port (by socket inode): one worker accepts at a time (the
+    others would block in accept(2) once the first took the connection), and
+    a connection accepted for a caller that a signal took away meanwhile is
+    kept for the next wait instead of being lost."""
+    __slots__ = ("lock", "users", "kept")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.kept: list[socket.socket] = []
+
+
+_servers: dict[tuple[int, int], _ServerState] = {}
+_servers_lock = threading.Lock()
+_MAX_KEPT = 16
+
+
+def _server_state(key: tuple[int, int]) -> _ServerState:
+    with _servers_lock:
+        state = _servers.setdefault(key, _ServerState())
+        state.users += 1
+        return state
+
+
+def _server_done(key: tuple[int, int], state: _ServerState) -> None:
+    with _servers_lock:
+        state.users -= 1
+        if state.users == 0 and not state.kept:
+            _servers.pop(key, None)
+
+
 def _wait_for_connection(c: Call, local: int) -> Blocking:
     """Accept on the caller's server port (any listening AF_UNIX SEQPACKET
     socket it holds): a connection from our own host user becomes the result."""
@@ -170,21 +203,42 @@ def _wait_for_connection(c: Call, local: int) -> Blocking:
         (flags,) = struct.unpack("<I", c.read(c.ptr(2), 4))
         if flags & ~LXBUS_CLOEXEC:
             raise OSError(errno.EINVAL, "bad flags")
+        st = os.fstat(local)
     except BaseException:
         sock.close()
         raise
     cloexec = bool(flags & LXBUS_CLOEXEC)
     log = c.inst.log
+    key = (st.st_dev, st.st_ino)
     job: Blocking
+
+    def wanted() -> bool:
+        return job.still_wanted is None or job.still_wanted()
 
     def work():
         from lxsub.lxbus import bus
+        state = _server_state(key)
+        try:
+            while not state.lock.acquire(timeout=_POLL_MS / 1000):
+                if not wanted():
+                    raise OSError(errno.EINTR, "interrupted")
+            try:
+                return _accept_loop(bus, state)
+            finally:
+                state.lock.release()
+        finally:
+            sock.close()
+            _server_done(key, state)
+
+    def _accept_loop(bus, state: _ServerState):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        try:
-            while True:
-                if job.still_wanted is not None and not job.still_wanted():
-                    raise OSError(errno.EINTR, "interrupted")
+        while True:
+            if not wanted():
+                raise OSError(errno.EINTR, "interrupted")
+            if state.kept:
+                conn = state.kept.pop(0)
+            else:
                 if not poller.poll(_POLL_MS):
                     continue
                 try:
@@ -194,8 +248,12 @@ def _wait_for_connection(c: Call, local: int) -> Blocking:
                 if conn is None:
                     log.warn("lxbus: refused a connection from another host user")
                     continue
-                return NewFd(conn.detach(), cloexec)
-        finally:
-            sock.close()
+            if not wanted():                 # interrupted while we accepted
+                if len(state.kept) < _MAX_KEPT:
+                    state.kept.append(conn)
+                else:
+                    conn.close()
+                raise OSError(errno.EINTR, "interrupted")
+            return NewFd(conn.detach(), cloexec)
     job = Blocking(work)
     return job
