@@ -407,3 +407,36 @@ def test_busybox_tools_see_the_instance(busybox):
     assert m and int(m.group(1)) < 2, describe(cp)          # not the host's uptime
     assert s["top"][0].split()[-1] == "/init", describe(cp)
     assert s["killall"] == ["0"], describe(cp)
+
+
+def test_other_users_processes_are_not_inspected(debian):
+    """Memory maps, environment, descriptors and links of another user's
+    process need the right to ptrace it (as on Linux); stat and status do not."""
+    program = textwrap.dedent(r"""
+        import os, subprocess
+        victim = subprocess.Popen(["sleep", "100"]); pid = victim.pid
+        while open(f"/proc/{pid}/comm").read().strip() != "sleep":
+            pass
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setgroups([]); os.setgid(65534); os.setuid(65534)
+            out = []
+            for name in ("maps", "environ", "fd", "exe", "stat", "status", "cmdline"):
+                p = f"/proc/{pid}/{name}"
+                try:
+                    os.listdir(p) if name == "fd" else os.readlink(p) if name == "exe" else open(p).read()
+                    out.append(f"{name}=ok")
+                except PermissionError:
+                    out.append(f"{name}=EACCES")
+            own = open("/proc/self/maps").read() != "" and os.readlink("/proc/self/exe")
+            out.append(f"self={own}")
+            os.write(w, " ".join(out).encode()); os._exit(0)
+        os.close(w); os.wait()
+        print(os.read(r, 4096).decode())
+        victim.kill(); victim.wait()
+        """)
+    cp = debian.exe("python3", "-c", program)
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).split() == ["maps=EACCES", "environ=EACCES", "fd=EACCES", "exe=EACCES",
+                                "stat=ok", "status=ok", "cmdline=ok",
+                                "self=/usr/bin/python3.11"], describe(cp)

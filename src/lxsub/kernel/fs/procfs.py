@@ -48,6 +48,9 @@ _SYS_FS = ("file-max", "file-nr", "nr_open", "pipe-max-size", "pipe-user-pages-h
 # Per-process files passed through from the host as they are (numbers only).
 _PID_HOST = {"statm": 0o444, "limits": 0o444, "io": 0o400, "personality": 0o400,
              "oom_score": 0o444, "schedstat": 0o444, "wchan": 0o444, "auxv": 0o400}
+# ... of which these need the right to inspect the process (ptrace read).
+_PID_INSPECT = ("io", "personality", "auxv", "wchan")
+CAP_SYS_PTRACE = 19
 _ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
 
 
@@ -459,29 +462,34 @@ class ProcessDir(Dir):
             e.owner_of = self._owner
             return e
         entries: dict[str, Entry] = {
-            "exe": Link(p + "/exe", lambda t: proc.exe),
-            "cwd": Link(p + "/cwd", lambda t: inst.vpath_of(self._task().fs.cwd)),
-            "root": Link(p + "/root", lambda t: inst.vpath_of(self._task().fs.root)),
+            "exe": Link(p + "/exe", lambda t: self._inspect(t) or proc.exe),
+            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vpath_of(self._task().fs.cwd)),
+            "root": Link(p + "/root",
+                         lambda t: self._inspect(t) or inst.vpath_of(self._task().fs.root)),
             "cmdline": File(p + "/cmdline", lambda t: self._cmdline()),
             "comm": File(p + "/comm", lambda t: proc.comm.encode() + b"\n",
                          write=self._set_comm, mode=0o444),
             "stat": File(p + "/stat", lambda t: self._stat()),
             "status": File(p + "/status", lambda t: self._status()),
-            "maps": File(p + "/maps", lambda t: self._maps("maps")),
-            "smaps": File(p + "/smaps", lambda t: self._maps("smaps")),
-            "smaps_rollup": File(p + "/smaps_rollup", lambda t: self._maps("smaps_rollup")),
-            "environ": File(p + "/environ", lambda t: read_host(hp + "/environ"), mode=0o400),
+            "maps": File(p + "/maps", lambda t: self._inspect(t) or self._maps("maps")),
+            "smaps": File(p + "/smaps", lambda t: self._inspect(t) or self._maps("smaps")),
+            "smaps_rollup": File(p + "/smaps_rollup",
+                                 lambda t: self._inspect(t) or self._maps("smaps_rollup")),
+            "environ": File(p + "/environ", lambda t: self._inspect(t) or read_host(hp + "/environ"),
+                            mode=0o400),
             "oom_score_adj": File(p + "/oom_score_adj", lambda t: read_host(hp + "/oom_score_adj"),
                                   write=self._set_oom_score_adj, mode=0o444),
             "mounts": File(p + "/mounts", lambda t: fs.mounts_text()),
             "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
             "cgroup": File(p + "/cgroup", lambda t: b"0::/\n"),
-            "fd": Dir(p + "/fd", lambda t: self._fds(), 0o500),
-            "fdinfo": Dir(p + "/fdinfo", lambda t: self._fdinfos(), 0o500),
+            "fd": Dir(p + "/fd", lambda t: self._inspect(t) or self._fds(), 0o500),
+            "fdinfo": Dir(p + "/fdinfo", lambda t: self._inspect(t) or self._fdinfos(), 0o500),
             "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
         }
         for name, mode in _PID_HOST.items():
             entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
+            if name in _PID_INSPECT:
+                entries[name].read = lambda t, h=f"{hp}/{name}": self._inspect(t) or read_host(h)
         if self.thread is None:
             entries["task"] = Dir(p + "/task", lambda t: self._threads())
         else:
@@ -497,6 +505,21 @@ class ProcessDir(Dir):
         return entry
 
     # -- contents -------------------------------------------------------------
+
+    def _inspect(self, t) -> None:
+        """Linux lets a process look into another's memory map, environment,
+        descriptors and links only if it could ptrace it for reading (same
+        fsuid/fsgid as all of its ids, and dumpable; or CAP_SYS_PTRACE)."""
+        if t is None or t.process is self.proc:
+            return None
+        c = t.creds
+        if c.capable(CAP_SYS_PTRACE):
+            return None
+        tc = self._task().creds
+        if (self.proc.dumpable and c.fsuid == tc.ruid == tc.euid == tc.suid
+                and c.fsgid == tc.rgid == tc.egid == tc.sgid):
+            return None
+        raise OSError(errno.EACCES, "permission denied")
 
     def _is_caller(self) -> bool:
         """Whether this is the task reading the file: it is running (in
