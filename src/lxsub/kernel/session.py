@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from lxsub.config import DistroConfig, load_distro_config
 from lxsub.errors import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_NOUSER, EXIT_OSERR,
                           EXIT_UNAVAILABLE, LxError)
+from lxsub.kernel import interop
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec import binfmt
 from lxsub.kernel.exec import plan as exec_plan
@@ -87,7 +88,7 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
     fs = _start_dir(inst, account, launch.cwd)
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
-        env = login_environment(account, inst.uts.hostname, launch.host_env)
+        env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
         return inst.spawn(path, argv_b, env, creds, fs, setup)
     except BaseException:
         fs.release()
@@ -142,7 +143,12 @@ def _groups_of(inst: Instance, u: User) -> tuple[int, ...]:
     return tuple(sorted(gids))
 
 
-def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = None) -> list[bytes]:
+def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = None,
+                      inst: Instance | None = None) -> list[bytes]:
+    """The environment a client's command starts with: a login one, the
+    client's terminal and locale settings (PASSED_ENV) and, given the
+    instance, what interop adds (LXENV variables, the host PATH appended;
+    see kernel/interop.py)."""
     env = {
         "HOME": u.home, "USER": u.name, "LOGNAME": u.name, "SHELL": u.shell,
         "PATH": ROOT_PATH if u.uid == 0 else USER_PATH, "HOSTNAME": hostname,
@@ -152,6 +158,8 @@ def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = 
         if key in source:
             env[key] = source[key]
     env.setdefault("TERM", "dumb")
+    if inst is not None:
+        env = interop.session_env(inst, env, dict(source))
     return [f"{k}={v}".encode() for k, v in env.items()]
 
 
@@ -205,7 +213,8 @@ def _check_runnable(inst: Instance, creds: Creds, fs, path: bytes, argv: list[by
     w = Walker(inst.mounts, fs.root, creds)
     shown = path.decode(errors="replace")
     try:
-        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vpath_of)
+        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vpath_of,
+                           host_exec=interop.host_target(inst))
         p.close()
     except OSError as e:
         if e.errno == errno.ENOENT:

@@ -23,6 +23,7 @@ import time
 
 from lxsub.config import DistroConfig
 from lxsub.errors import LxError
+from lxsub.kernel import interop
 from lxsub.kernel import session as sessions
 from lxsub.kernel.instance import Instance
 from lxsub.manager import protocol
@@ -263,6 +264,10 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
         return 1
     host = InstanceHost(inst, listener, idle_timeout)
     signal.signal(signal.SIGTERM, lambda *_: host.end())
+    try:
+        interop.install_lxpath(inst)       # /usr/local/bin/lxpath when interop is on
+    except OSError as e:
+        inst.log.warn(f"interop: cannot write {interop.LXPATH}: {e.strerror}")
     host.boot()
     try:
         host.serve()

@@ -63,6 +63,21 @@ class Message:
 
 # What of the client's environment a command sees (the rest is a login environment).
 PASSED_ENV = ("TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "COLORTERM", "TZ")
+# What else the client sends for interop: its PATH (appended, translated, to
+# the Linux PATH with [interop] appendHostPath) and LXENV with the variables
+# it names (see kernel/interop.py).
+INTEROP_ENV = ("PATH", "LXENV")
+
+
+def launch_env(environ) -> dict[str, str]:
+    """The `env` of a launch: PASSED_ENV, INTEROP_ENV and what LXENV names."""
+    names = set(PASSED_ENV) | set(INTEROP_ENV)
+    for item in environ.get("LXENV", "").split(":"):
+        name = item.partition("/")[0]
+        if name:
+            names.add(name)
+    return {k: v for k, v in environ.items() if k in names}
+
 
 TTY_FIELDS = "{stdin: bool, stdout: bool, stderr: bool, rows: int, cols: int}"
 LAUNCH_FIELDS = {
@@ -78,7 +93,9 @@ SCHEMA: list[Message] = [
                   "instances: [{distro, pid, clients, processes, started, state}]}"),
     Message("launch", "client -> manager",
             "Run a command in a distro's instance (created if not running). On success the "
-            "manager hands the connection to the instance, which answers from then on.",
+            "manager hands the connection to the instance, which answers from then on. "
+            "`env`: the client's " + ", ".join(PASSED_ENV) + ", and for interop its PATH, "
+            "LXENV and the variables LXENV names.",
             LAUNCH_FIELDS, fds="the client's stdin, stdout, stderr",
             reply="{ok, event: 'started', pid, pty: bool, warnings: [str]} with the pty master as "
                   "descriptor when pty (warnings: what /etc/lx.conf got wrong, to the client that "

@@ -68,6 +68,11 @@ class Engine:
         self.poller.register(self.sigchld_fd, select.POLLIN)
         self.extra_fds: dict[int, Callable[[], None]] = {}
         self.timers: list[tuple[float, Callable[[], None]]] = []
+        # Hooks for interop (kernel/interop.py): a host child's end, the
+        # signals of a parked tracee, and the stop a PTRACE_INTERRUPT brings.
+        self.child_watchers: dict[int, Callable[[int], None]] = {}
+        self.signal_hooks: dict[int, Callable[[int], int]] = {}
+        self.interrupt_hooks: dict[int, Callable[[int, Regs], None]] = {}
 
     # -- registration -----------------------------------------------------
 
@@ -89,6 +94,35 @@ class Engine:
     def unwatch_fd(self, fd: int) -> None:
         if self.extra_fds.pop(fd, None) is not None:
             self.poller.unregister(fd)
+
+    def watch_child(self, pid: int, on_exit: Callable[[int], None]) -> None:
+        """Call on_exit(wait status) when our child (or tracee) `pid` ends.
+        The loop reaps every child with waitpid(-1), so this, not a pidfd,
+        is how the status of a host child is seen."""
+        self.child_watchers[pid] = on_exit
+
+    def hook_signals(self, tid: int, hook: Callable[[int], int] | None) -> None:
+        """At tid's signal-delivery stops, deliver hook(sig) (0: suppress)
+        instead of asking the kernel; None removes the hook."""
+        if hook is None:
+            self.signal_hooks.pop(tid, None)
+        else:
+            self.signal_hooks[tid] = hook
+
+    def interrupt(self, tid: int, at_stop: Callable[[int, Regs], None]) -> bool:
+        """PTRACE_INTERRUPT tid; at the stop it brings, call at_stop(tid,
+        regs) (which may change the registers) and let it run on.
+        That stop is a syscall-exit stop when PTRACE_SYSCALL is in effect
+        (a blocked syscall is interrupted), a signal-delivery stop if a
+        signal comes at the same time, else PTRACE_EVENT_STOP: at_stop runs
+        at the first of them. False if tid is gone."""
+        self.interrupt_hooks[tid] = at_stop
+        try:
+            ptrace.interrupt(tid)
+        except ProcessLookupError:
+            self.interrupt_hooks.pop(tid, None)
+            return False
+        return True
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Run callback from the loop after `delay` seconds (monotonic clock)."""
@@ -203,7 +237,12 @@ class Engine:
             self.known.discard(tid)
             self.awaiting_first_stop.pop(tid, None)
             self.parked.pop(tid, None)
+            self.signal_hooks.pop(tid, None)
+            self.interrupt_hooks.pop(tid, None)
             self.kernel.on_exit(tid, status)
+            watcher = self.child_watchers.pop(tid, None)
+            if watcher is not None:
+                watcher(status)
             return
         if not os.WIFSTOPPED(status):
             return
@@ -219,6 +258,7 @@ class Engine:
             hook = self.exit_hooks.pop(tid, None)
             if hook is not None:
                 hook(tid, ptrace.get_regs(tid, self.regs))
+            self._interrupted(tid)
             self.resume(tid)
         elif event == ptrace.EVENT_SECCOMP:
             self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
@@ -235,10 +275,20 @@ class Engine:
         elif event == ptrace.EVENT_STOP:
             self._on_event_stop(tid, sig)
         else:
-            self.resume(tid, self.kernel.on_signal(tid, sig))
+            self._interrupted(tid)
+            hook = self.signal_hooks.get(tid)
+            self.resume(tid, hook(sig) if hook is not None else self.kernel.on_signal(tid, sig))
+
+    def _interrupted(self, tid: int) -> None:
+        at_stop = self.interrupt_hooks.pop(tid, None)
+        if at_stop is not None:
+            at_stop(tid, ptrace.get_regs(tid, self.regs))
 
     def _on_event_stop(self, tid: int, sig: int) -> None:
-        if tid in self.awaiting_first_stop:
+        if tid in self.interrupt_hooks and sig not in _STOP_SIGNALS:
+            self._interrupted(tid)
+            self.resume(tid)
+        elif tid in self.awaiting_first_stop:
             self._first_run(tid, self.awaiting_first_stop.pop(tid))
         elif tid not in self.known:
             self.parked[tid] = sig     # its parent's clone event is still to come

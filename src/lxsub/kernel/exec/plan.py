@@ -5,6 +5,10 @@ The host kernel would look for a program's interpreter (PT_INTERP) and for
 chain inside the instance and hands the host kernel one file: the program
 itself when it is static, else the instance's own dynamic loader, run as
 `ld.so --argv0 ARGV0 PROGRAM ARGS...` so the program still sees its argv[0].
+
+With interop (kernel/interop.py), a file that `host_exec` says runs on the
+host (a DrvFs file) ends the chain: the plan is a `HostPlan`, its host
+path and the argv as built so far.
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ class ExecPlan:
             self.host_fd = -1
 
 
+@dataclass
+class HostPlan:
+    """Run a host program instead (interop): nothing is loaded in the caller."""
+    host_path: bytes           # the file's host path
+    argv: list[bytes]
+    exe: str                   # its path inside the instance
+
+    def close(self) -> None:
+        pass
+
+
 def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool) -> tuple[Node, int]:
     node = walker.resolve(start, path, follow=follow)
     try:
@@ -52,14 +67,27 @@ def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool) -> 
 
 
 def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
-         follow: bool = True) -> ExecPlan:
-    """Resolve `path` (and its interpreters) for an execve by the walker's caller."""
+         follow: bool = True, host_exec=None) -> ExecPlan | HostPlan:
+    """Resolve `path` (and its interpreters) for an execve by the walker's caller.
+    `host_exec(node) -> host path | None`: files that run on the host."""
     argv = list(argv) or [path]
     # Linux names the process after the file execve was given (a symlink's
     # own name, a script's rather than its interpreter's): /proc/<pid>/comm.
     comm = os.path.basename(path).decode(errors="replace")[:15]
     for _ in range(MAX_INTERP_DEPTH):
         node, fd = _open_executable(walker, start, path, follow)
+        if host_exec is not None:
+            try:
+                host = host_exec(node)
+                exe = vpath_of(node) if host is not None else ""
+            except BaseException:
+                os.close(fd)
+                node.release()
+                raise
+            if host is not None:
+                os.close(fd)
+                node.release()
+                return HostPlan(os.fsencode(host), argv, exe)
         try:
             kind = binfmt.probe(fd)
             exe = vpath_of(node)

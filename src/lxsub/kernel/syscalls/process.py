@@ -11,6 +11,7 @@ import errno
 import os
 import struct
 
+from lxsub.kernel import interop
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
@@ -40,6 +41,9 @@ def _read_argv(c: Call, addr: int) -> list[bytes]:
 
 
 def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flags: int):
+    waiting = interop.parked(c)     # its host program runs: the restart parks again
+    if waiting is not None:
+        return waiting
     argv = _read_argv(c, argv_ptr)
     inst, task = c.inst, c.task
     if not path and flags & AT_EMPTY_PATH:
@@ -50,9 +54,12 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
         start = lookup.start_node(inst, task, dirfd, path)
         follow = not flags & AT_SYMLINK_NOFOLLOW
     try:
-        p = exec_plan.plan(lookup.walker(inst, task), start, path, argv, inst.vpath_of, follow)
+        p = exec_plan.plan(lookup.walker(inst, task), start, path, argv, inst.vpath_of, follow,
+                           host_exec=interop.host_target(inst))
     finally:
         start.release()
+    if isinstance(p, exec_plan.HostPlan):
+        return interop.run_host(c, p, envp_ptr)
     try:
         _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv)
     except BaseException:

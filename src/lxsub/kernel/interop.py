@@ -1,0 +1,603 @@
+"""Interop: host programs run from Linux, paths and environment across.
+
+Running a host program (WSL 1 runs Windows programs from bash the same way)
+---------------------------------------------------------------------------
+An execve whose target (after symlinks and `#!` chains, see
+kernel/exec/plan.py) is a file on a DrvFs mount, in an instance whose
+`[interop] enabled` is true, does not load the file into the pico process.
+The provider starts the file as an ordinary *host* process
+(platform/hostexec.py): outside the instance, not traced, no seccomp
+filter, as the host user, with
+
+- argv as the caller gave it; the environment of the instance process (the
+  host environment the manager was started with) plus the variables the
+  caller's `LXENV` lists (below);
+- the caller's descriptors 0, 1, 2 (copied with pidfd_getfd: pipes, files,
+  the pty; a closed one stays closed);
+- as working directory the host directory behind the caller's, when that is
+  on DrvFs; else (VolFs, tmpfs... have no host path a host program may
+  write through) the host user's home directory ($HOME), else `/`;
+- the caller's signal mask, and its ignored signals ignored (as an exec
+  keeps them); every other disposition default.
+
+The caller stays in the instance as the host program's stand-in (a Linux
+parent waits for *it*). Its execve is turned into `pause()`; while the
+host program runs, every signal that comes for the caller (Ctrl-C on its
+terminal, `kill` from another Linux process, `lx` forwarding SIGINT) is
+suppressed at its signal-delivery stop and sent to the host program's
+process group instead (a signal the caller ignored is dropped, as it would
+be ignored after an exec). A signal that interrupts `pause` restarts the
+caller's original execve, which traps again and parks again without
+starting anything.
+
+When the host program ends (the provider's wait loop reaps it:
+Engine.watch_child), the caller is made to end the same way: an exit code
+N becomes `exit_group(N)` (PTRACE_INTERRUPT; at that stop the syscall to be
+restarted becomes exit_group); death by signal S becomes death by S (the
+caller is sent S and the hook lets it through; if the caller catches,
+blocks or ignores S, which would run old code or not end it, SIGKILL).
+If the caller dies first (SIGKILL, the instance ending), the host
+program's process group is killed: no strays.
+
+Not done: other threads of a multi-threaded caller keep running while the
+host program runs (a Linux exec would end them first).
+
+Paths
+-----
+A host path is translated to the instance by the DrvFs mounts: the longest
+host directory that contains it, replaced by its mount point (`/usr/bin` ->
+`/mnt/host/usr/bin`); a Linux path back by the longest mount point. Only
+names are translated (`.` and `..` folded, symlinks not followed). A Linux
+path on VolFs or another instance file system has no host name (editing
+VolFs files from the host breaks their metadata): translation fails.
+
+Environment (`LXENV`, like WSL's WSLENV)
+---------------------------------------
+`LXENV=NAME[/flags]:NAME[/flags]...` names the variables that cross the
+boundary, in both directions: from `lx` on the host into the Linux login
+environment, and from a Linux program into the host programs it runs.
+Flags: `p` the value is one path, translated; `l` a `:`-separated list of
+paths, each translated; `u` only host -> Linux; `w` only Linux -> host.
+LXENV itself always crosses. With `[interop] appendHostPath` (default
+true) the host's PATH, translated, is appended to the Linux PATH.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.call import Call, Native
+from lxsub.platform import hostexec, libc, memory
+
+if TYPE_CHECKING:
+    from lxsub.kernel.exec.plan import HostPlan
+    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.vfs.node import Node
+    from lxsub.platform.ptrace import Regs
+
+SYS_PAUSE = 34
+SYS_EXIT_GROUP = 231
+MAX_ENV_STRLEN = 131072
+
+
+# -- paths ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HostMount:
+    """A host directory mounted in the instance (DrvFs)."""
+    host: str       # host directory
+    path: str       # its Linux mount point
+
+
+def normalize(path: str) -> str:
+    """An absolute path with `.`, `..` and repeated slashes folded."""
+    out = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" + out.lstrip("/")
+
+
+def _inside(path: str, top: str) -> str | None:
+    """The rest of `path` below `top` ('' for top itself), or None."""
+    if top == "/":
+        return path.lstrip("/")
+    if path == top:
+        return ""
+    if path.startswith(top + "/"):
+        return path[len(top) + 1:]
+    return None
+
+
+def _join(top: str, rest: str) -> str:
+    return top if not rest else top.rstrip("/") + "/" + rest
+
+
+def to_linux(host_path: str, mounts: list[HostMount]) -> str | None:
+    """The Linux path of an absolute host path, or None if no mount shows it."""
+    if not host_path.startswith("/"):
+        return None
+    path = normalize(host_path)
+    best: tuple[int, str] | None = None
+    for m in mounts:
+        rest = _inside(path, m.host)
+        if rest is not None and (best is None or len(m.host) > best[0]):
+            best = (len(m.host), _join(m.path, rest))
+    return best[1] if best else None
+
+
+def to_host(linux_path: str, mounts: list[HostMount], cwd: str = "/") -> str | None:
+    """The host path of a Linux path (relative ones from `cwd`), or None if
+    it is not on a host mount."""
+    path = normalize(linux_path if linux_path.startswith("/") else cwd.rstrip("/") + "/" + linux_path)
+    best: tuple[int, str] | None = None
+    for m in mounts:
+        rest = _inside(path, m.path)
+        if rest is not None and (best is None or len(m.path) > best[0]):
+            best = (len(m.path), _join(m.host, rest))
+    return best[1] if best else None
+
+
+def mounts_of(inst: "Instance") -> list[HostMount]:
+    """The instance's DrvFs mounts as they are now."""
+    from lxsub.kernel.fs.drvfs import DrvFs
+    out = []
+    for m in inst.mounts.mounts:
+        if isinstance(m.fs, DrvFs):
+            out.append(HostMount(normalize(_join(m.fs.host_root, m.root_path.lstrip("/"))),
+                                 normalize(m.path)))
+    return out
+
+
+def mounts_from_config(config) -> list[HostMount]:
+    """The DrvFs mounts a distro's /etc/lx.conf asks for (what an instance
+    of it mounts at start): the host's / at <[automount] root>host."""
+    automount = config.automount
+    if not automount.enabled:
+        return []
+    return [HostMount("/", normalize(automount.root.rstrip("/") + "/host"))]
+
+
+# -- environment ------------------------------------------------------------------
+
+def parse_lxenv(value: str) -> list[tuple[str, str]]:
+    """LXENV as (name, flags) pairs; empty names are skipped."""
+    out = []
+    for item in value.split(":"):
+        name, _, flags = item.partition("/")
+        if name:
+            out.append((name, flags))
+    return out
+
+
+def _translate_value(value: str, flags: str, one) -> str:
+    if "l" in flags:
+        return ":".join(one(p) or p for p in value.split(":"))
+    if "p" in flags:
+        return one(value) or value
+    return value
+
+
+def env_to_linux(host_env: dict[str, str], mounts: list[HostMount]) -> dict[str, str]:
+    """What of a host environment crosses into Linux by LXENV (LXENV too)."""
+    spec = host_env.get("LXENV")
+    if spec is None:
+        return {}
+    out = {"LXENV": spec}
+    for name, flags in parse_lxenv(spec):
+        if "w" in flags or name not in host_env:
+            continue
+        out[name] = _translate_value(host_env[name], flags, lambda p: to_linux(p, mounts))
+    return out
+
+
+def env_to_host(linux_env: dict[str, str], mounts: list[HostMount], cwd: str = "/") -> dict[str, str]:
+    """What of a Linux environment crosses into a host program by LXENV."""
+    spec = linux_env.get("LXENV")
+    if spec is None:
+        return {}
+    out = {"LXENV": spec}
+    for name, flags in parse_lxenv(spec):
+        if "u" in flags or name not in linux_env:
+            continue
+        out[name] = _translate_value(linux_env[name], flags,
+                                     lambda p: to_host(p, mounts, cwd) if p else None)
+    return out
+
+
+def host_path_suffix(host_path: str, mounts: list[HostMount]) -> str:
+    """The host PATH translated for appending to the Linux PATH."""
+    parts = []
+    for p in host_path.split(":"):
+        t = to_linux(p, mounts) if p.startswith("/") else None
+        if t is not None and t not in parts:
+            parts.append(t)
+    return ":".join(parts)
+
+
+def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str]) -> dict[str, str]:
+    """A login environment with what interop adds from the client's host
+    environment (LXENV variables; the host PATH appended)."""
+    mounts = mounts_of(inst)
+    out = dict(env)
+    out.update(env_to_linux(host_env, mounts))
+    cfg = inst.config.interop
+    if cfg.enabled and cfg.append_host_path and host_env.get("PATH"):
+        suffix = host_path_suffix(host_env["PATH"], mounts)
+        if suffix:
+            out["PATH"] = (out["PATH"] + ":" + suffix) if out.get("PATH") else suffix
+    return out
+
+
+# -- running host programs --------------------------------------------------------
+
+def host_target(inst: "Instance"):
+    """For kernel/exec/plan.py: a function giving the host path of an
+    executable that runs on the host, or None (interop off: nothing does)."""
+    if not inst.config.interop.enabled:
+        return None
+    from lxsub.kernel.fs.drvfs import DrvFs
+
+    def target(node: "Node") -> str | None:
+        if isinstance(node.fs, DrvFs):
+            return node.fs.host_path(node)
+        return None
+    return target
+
+
+@dataclass(eq=False)
+class HostCall:
+    """A Linux process standing in for the host program it executed."""
+    tid: int                  # the caller's host tid
+    host_pid: int             # the host program (leader of its process group)
+    ignored: set[int] = field(default_factory=set)
+    ended: bool = False       # the host program has ended
+    dying_by: int = 0         # the signal the caller is being killed with
+    exit_code: int | None = None   # the host program's exit code, once it has one
+
+
+def _calls(inst: "Instance") -> dict[int, HostCall]:
+    calls = getattr(inst, "_interop_calls", None)
+    if calls is None:
+        calls = {}
+        inst._interop_calls = calls
+    return calls
+
+
+def parked(c: Call):
+    """A re-trapped execve of a caller whose host program runs: park it
+    again; once the program has ended, end the caller the same way."""
+    calls = getattr(c.inst, "_interop_calls", None)
+    call = calls.get(c.task.host_tid) if calls else None
+    if call is None:
+        return None
+    if not call.ended:
+        return _park(c)
+    assert c.regs is not None
+    if not call.dying_by:
+        c.regs.orig_rax = SYS_EXIT_GROUP
+        c.regs.rdi = call.exit_code or 0
+        return Native()
+    return _die_by(c, call)
+
+
+def _park(c: Call) -> Native:
+    assert c.regs is not None
+    c.regs.orig_rax = SYS_PAUSE
+    # The dispatcher puts the execve back when pause is interrupted, so
+    # that the restart traps here again (parked()).
+    return Native()
+
+
+def _signal_set(mask_hex: str) -> set[int]:
+    mask = int(mask_hex, 16)
+    return {s for s in range(1, 65) if mask >> (s - 1) & 1}
+
+
+def _signal_state(tid: int) -> dict[str, set[int]]:
+    out = {"SigBlk": set(), "SigIgn": set(), "SigCgt": set()}
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in out:
+                    out[key] = _signal_set(value.strip())
+    except OSError:
+        pass
+    return out
+
+
+def _read_env(c: Call, envp_ptr: int) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for p in memory.read_ptr_array(c.pid, envp_ptr):
+        k, eq, v = c.read_str(p, MAX_ENV_STRLEN).decode(errors="surrogateescape").partition("=")
+        if eq and k not in env:
+            env[k] = v
+    return env
+
+
+def _host_cwd(inst: "Instance", task) -> tuple[str, str]:
+    """(host working directory, Linux cwd) for a host program."""
+    from lxsub.kernel.fs.drvfs import DrvFs
+    node = task.fs.cwd
+    linux_cwd = "/"
+    try:
+        linux_cwd = inst.vpath_of(node)
+    except OSError:
+        pass
+    if isinstance(node.fs, DrvFs):
+        try:
+            host = node.fs.host_path(node)
+            if host and not host.endswith(" (deleted)"):
+                return host, linux_cwd
+        except OSError:
+            pass
+    home = os.environ.get("HOME")
+    if home and os.path.isdir(home):
+        return home, linux_cwd
+    return "/", linux_cwd
+
+
+def _caller_stdio(task) -> list[int | None]:
+    fds: list[int | None] = []
+    pidfd = task.process.pidfd()
+    for n in (0, 1, 2):
+        try:
+            fds.append(libc.pidfd_getfd(pidfd, n))
+        except OSError:
+            fds.append(None)
+    return fds
+
+
+def run_host(c: Call, plan: "HostPlan", envp_ptr: int):
+    """The caller's execve runs `plan` on the host (see the module's doc)."""
+    inst, task = c.inst, c.task
+    linux_env = _read_env(c, envp_ptr)
+    host_cwd, linux_cwd = _host_cwd(inst, task)
+    env = dict(os.environ)
+    env.update(env_to_host(linux_env, mounts_of(inst), linux_cwd))
+    sig = _signal_state(task.host_tid)
+    stdio = _caller_stdio(task)
+    try:
+        pid = hostexec.spawn(
+            plan.host_path, plan.argv,
+            {k.encode(errors="surrogateescape"): v.encode(errors="surrogateescape")
+             for k, v in env.items()},
+            host_cwd.encode(), (stdio[0], stdio[1], stdio[2]),
+            sig["SigBlk"], sig["SigIgn"])
+    finally:
+        for fd in stdio:
+            if fd is not None:
+                os.close(fd)
+    inst.log.syscall(task.tid, f"interop: {plan.host_path.decode(errors='replace')} runs on "
+                               f"the host as pid {pid} (cwd {host_cwd})")
+    call = HostCall(task.host_tid, pid, sig["SigIgn"])
+    _calls(inst)[task.host_tid] = call
+    proc = task.process
+    proc.exe = plan.exe
+    proc.comm = os.path.basename(plan.exe)[:15]
+    engine = inst.engine
+    engine.watch_child(pid, lambda status: _host_ended(inst, call, status))
+    engine.watch_child(task.host_tid, lambda _status: _caller_ended(inst, call))
+    engine.hook_signals(task.host_tid, lambda s: _forward(call, s))
+    return _park(c)
+
+
+def _forward(call: HostCall, sig: int) -> int:
+    """A signal for the caller: the host program's (0: not the caller's)."""
+    if call.dying_by and sig == call.dying_by:
+        return sig
+    if call.ended or sig == signal.SIGCHLD or sig in call.ignored:
+        return 0
+    try:
+        os.killpg(call.host_pid, sig)
+    except OSError:
+        try:
+            os.kill(call.host_pid, sig)
+        except OSError:
+            pass
+    return 0
+
+
+def _host_ended(inst: "Instance", call: HostCall, status: int) -> None:
+    """The host program has ended: make its stand-in end the same way. The
+    interrupt ends the caller's pause; the restart of its execve traps and
+    parked() does the rest, at a syscall entry whatever the caller was doing."""
+    call.ended = True
+    if _calls(inst).get(call.tid) is not call:
+        return      # the caller is gone already
+    if os.WIFSIGNALED(status):
+        call.dying_by = os.WTERMSIG(status)
+        if call.dying_by == signal.SIGKILL:
+            try:
+                os.kill(call.tid, signal.SIGKILL)
+            except OSError:
+                pass
+            return
+    else:
+        call.exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+    inst.engine.interrupt(call.tid, lambda _tid, _regs: None)
+
+
+SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK = 13, 14
+SIG_UNBLOCK = 1
+
+
+def _die_by(c: Call, call: HostCall) -> Native:
+    """Kill the caller with the host program's signal as an exec'd program
+    would die of it: the disposition is made default (an exec would have
+    reset a handler), the signal unblocked, then sent and let through."""
+    from lxsub.platform import ptrace
+    sig = call.dying_by
+    regs = c.regs
+    assert regs is not None
+    act, sigset = memory.write_below_sp(c.pid, regs.rsp, [bytes(32), (1 << (sig - 1)).to_bytes(8, "little")])
+    regs.orig_rax = SYS_RT_SIGACTION
+    regs.set_args(sig, act, 0, 8)
+    engine = c.inst.engine
+    tid = c.pid
+
+    def sent(_tid: int, _r: "Regs") -> None:
+        try:
+            os.kill(tid, sig)
+        except OSError:
+            pass
+
+    def unblock(_result: int) -> None:
+        # At rt_sigaction's exit: run rt_sigprocmask from the same syscall instruction.
+        r = ptrace.get_regs(tid, ptrace.Regs())
+        r.rax = SYS_RT_SIGPROCMASK
+        r.set_args(SIG_UNBLOCK, sigset, 0, 8)
+        r.rip -= 2
+        ptrace.set_regs(tid, r)
+        engine.exit_hooks[tid] = sent
+        return None
+    return Native(on_exit=unblock)
+
+
+def _caller_ended(inst: "Instance", call: HostCall) -> None:
+    calls = _calls(inst)
+    if calls.get(call.tid) is call:
+        del calls[call.tid]
+    if not call.ended:
+        # The stand-in was killed (SIGKILL, the instance ending): so is the program.
+        try:
+            os.killpg(call.host_pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# -- lxpath: path translation inside the instance -----------------------------------
+
+LXPATH = "/usr/local/bin/lxpath"
+
+LXPATH_SCRIPT = r'''#!/bin/sh
+# lxpath: translate paths between the host and this lxsub distro (like wslpath).
+#   lxpath [-u] HOSTPATH    host path -> Linux path (the default)
+#   lxpath -w LINUXPATH     Linux path -> host path
+# Written by lxsub when the instance starts (interop enabled); do not edit.
+# Exit status: 0 done, 1 the path has no translation, 2 bad usage.
+usage() { echo "usage: lxpath [-u|-w] PATH" >&2; exit 2; }
+mode=u
+case "$1" in
+    -u) mode=u; shift ;;
+    -w) mode=w; shift ;;
+    -h|--help) echo "usage: lxpath [-u|-w] PATH"; exit 0 ;;
+    --) shift ;;
+    -*) echo "lxpath: unknown option $1" >&2; usage ;;
+esac
+[ "$1" = "--" ] && shift
+[ $# -eq 1 ] || usage
+[ -n "$1" ] || { echo "lxpath: empty path" >&2; exit 1; }
+
+# Fold ".", ".." and repeated slashes of an absolute path (no symlinks followed).
+norm() {
+    out=
+    rest=$1
+    while [ -n "$rest" ]; do
+        case "$rest" in
+            */*) part=${rest%%/*}; rest=${rest#*/} ;;
+            *) part=$rest; rest= ;;
+        esac
+        case "$part" in
+            ''|.) ;;
+            ..) out=${out%/*} ;;
+            *) out="$out/$part" ;;
+        esac
+    done
+    echo "${out:-/}"
+}
+
+# The rest of $1 below directory $2, in $rest; false if it is not below.
+below() {
+    if [ "$2" = / ]; then rest=${1#/}; return 0; fi
+    case "$1" in
+        "$2") rest=; return 0 ;;
+        "$2"/*) rest=${1#"$2"/}; return 0 ;;
+    esac
+    return 1
+}
+
+if [ "$mode" = u ]; then
+    case "$1" in
+        /*) ;;
+        *) echo "lxpath: $1: not an absolute host path" >&2; exit 1 ;;
+    esac
+fi
+case "$1" in
+    /*) path=$(norm "$1") ;;
+    *) path=$(norm "$PWD/$1") ;;
+esac
+
+best=; bestlen=-1
+while read -r src mnt fstype _rest; do
+    [ "$fstype" = drvfs ] || continue
+    src=$(printf '%b' "$src"); mnt=$(printf '%b' "$mnt")
+    if [ "$mode" = u ]; then from=$src; to=$mnt; else from=$mnt; to=$src; fi
+    if below "$path" "$from" && [ ${#from} -gt $bestlen ]; then
+        bestlen=${#from}
+        if [ -z "$rest" ]; then best=$to
+        elif [ "$to" = / ]; then best="/$rest"
+        else best="$to/$rest"; fi
+    fi
+done < /proc/mounts
+
+if [ "$bestlen" -lt 0 ]; then
+    if [ "$mode" = u ]; then
+        echo "lxpath: $1: no host mount of this distro shows it" >&2
+    else
+        echo "lxpath: $1: not on a host (drvfs) mount; it has no host path" >&2
+    fi
+    exit 1
+fi
+echo "$best"
+'''
+
+
+def install_lxpath(inst: "Instance") -> bool:
+    """Write /usr/local/bin/lxpath (root:root 0755) through the VFS when
+    interop is on and it is missing or differs. True if written."""
+    if not inst.config.interop.enabled:
+        return False
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.path import Walker
+    data = LXPATH_SCRIPT.encode()
+    creds = Creds()
+    root = inst.mounts.root_mount.root()
+    walker = Walker(inst.mounts, root, creds)
+    cur = root.dup()
+    try:
+        for name in (b"usr", b"local", b"bin"):
+            try:
+                nxt = walker.resolve(cur, name)
+            except FileNotFoundError:
+                cur.fs.mkdir(cur, name, 0o755, creds)
+                nxt = walker.resolve(cur, name)
+            cur.release()
+            cur = nxt
+        try:
+            node = walker.resolve(cur, b"lxpath", follow=False)
+        except FileNotFoundError:
+            node = None
+        if node is not None:
+            try:
+                attr = node.fs.getattr(node)
+                same = False
+                if not node.is_symlink() and not node.is_dir():
+                    fd = node.fs.open(node, os.O_RDONLY, creds)
+                    with os.fdopen(fd, "rb") as f:
+                        same = f.read(len(data) + 1) == data
+                if same and attr.mode & 0o7777 == 0o755 and attr.uid == 0 and attr.gid == 0:
+                    return False
+            finally:
+                node.release()
+            cur.fs.unlink(cur, b"lxpath")
+        fd = cur.fs.create(cur, b"lxpath", os.O_WRONLY, 0o755, creds)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    finally:
+        cur.release()
+        root.release()
