@@ -23,6 +23,13 @@ def text(cp) -> str:
 EXECED = 'execed() { while [ "$(cat /proc/$1/comm 2>/dev/null)" != "$2" ]; do sleep 0.05; done; }\n'
 
 
+def fresh(inst) -> None:
+    """Start from a new instance (pids from 2, uptime from 0): an instance
+    outlives its last command for a while and the tests share it."""
+    cp = inst.runner.run(["--terminate", inst.name], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+
+
 def script(debian, body: str, **kw):
     """Run a bash script (not `bash -c`: its command line would be in ps)."""
     cp = debian.exe("bash", "-s", input=(EXECED + textwrap.dedent(body)).encode(), **kw)
@@ -42,6 +49,7 @@ def sections(out: str) -> dict[str, list[str]]:
 
 
 def test_ps_shows_the_instance_processes_only(debian):
+    fresh(debian)
     cp = script(debian, """
         sleep 300 & s=$!; execed $s sleep
         echo "== ids"; echo "$$ $s"
@@ -65,6 +73,10 @@ def test_ps_shows_the_instance_processes_only(debian):
     assert by_pid[sleeper][1] == str(shell) and by_pid[sleeper][3] == "sleep 300", describe(cp)
     assert by_pid[ps_pid][1] == str(shell), describe(cp)
     assert max(by_pid) < 100, describe(cp)            # the instance's own small pids
+    # a closed tree: every parent is an instance process; no host process
+    # (this test, lx, its manager) is among them
+    assert all(r[1] == "0" or int(r[1]) in by_pid for r in rows), describe(cp)
+    assert not any("pytest" in r[3] or "lxsub" in r[3] for r in rows), describe(cp)
     # ps -ef and ps aux: the same processes, PID 1 first (readdir order, as on Linux)
     # (each ps is a new process: the fourth pid is its own)
     psef = [line.split(None, 7) for line in s["psef"][1:]]
@@ -88,6 +100,7 @@ def test_ps_shows_the_instance_processes_only(debian):
 
 
 def test_pgrep_pkill_killall_and_kill_of_a_host_pid(debian):
+    fresh(debian)
     host_pid = os.getpid()               # the test runner: a host process
     cp = script(debian, f"""
         sleep 301 & a=$!; execed $a sleep
@@ -117,6 +130,7 @@ def test_pgrep_pkill_killall_and_kill_of_a_host_pid(debian):
 
 
 def test_free_uptime_are_the_instance_view(debian):
+    fresh(debian)
     cp = script(debian, """
         echo "== free"; free -m
         echo "== uptime"; cat /proc/uptime; uptime
@@ -175,6 +189,7 @@ def test_mounts_df_findmnt(debian):
 
 
 def test_proc_pid_files(debian):
+    fresh(debian)
     program = textwrap.dedent(r"""
         import os, subprocess, threading, time
         me = os.getpid()
@@ -315,6 +330,7 @@ def test_sysfs_shows_host_cpus_and_interfaces(debian):
 
 
 def test_cgroupfs_is_the_instance_cgroup(debian):
+    fresh(debian)
     cp = script(debian, """
         sleep 303 & s=$!; execed $s sleep
         echo "== ids"; echo "$$ $s"
@@ -347,6 +363,7 @@ def test_cgroupfs_is_the_instance_cgroup(debian):
 
 
 def test_reading_every_file_under_proc_self_and_sys(debian):
+    fresh(debian)
     cp = script(debian, """
         find /proc/self /proc/thread-self/ /proc/1 /sys -type f -exec cat {} + >/dev/null 2>/tmp/walk-errors
         echo "walk $?"
@@ -389,6 +406,7 @@ def test_reading_every_file_under_proc_self_and_sys(debian):
 
 def test_busybox_tools_see_the_instance(busybox):
     """BusyBox's ps/top read /proc; its uptime and free ask sysinfo(2)."""
+    fresh(busybox)
     cp = busybox.exe("sh", "-s", input=(EXECED + textwrap.dedent("""
         sleep 304 & execed $! sleep
         echo "== ps"; ps -o pid,ppid,comm

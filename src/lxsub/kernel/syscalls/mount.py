@@ -2,7 +2,7 @@
 
 Root inside (CAP_SYS_ADMIN in the instance's credentials) may mount the
 file systems lxsub has: `tmpfs` (a new private host tmpfs, see
-kernel/fs/tmpfs.py), `proc`, `sysfs` (when the SysFs plugin is present),
+kernel/fs/tmpfs.py), `proc`, `sysfs` (when the SysFs plugin is present), `cgroup2`,
 `devpts`, and bind mounts of instance files and directories. Nothing
 reaches the host's mount table. Propagation changes (`--make-private`...)
 are accepted on mount points and change nothing: the instance has one
@@ -105,6 +105,9 @@ def _new_fs(inst, fstype: str, data: str):
         except ImportError:
             raise _e(errno.ENODEV, "no sysfs") from None
         fs = SysFs(inst)
+    elif fstype == "cgroup2":
+        from lxsub.kernel.fs.cgroupfs import CgroupFs
+        fs = CgroupFs(inst)
     elif fstype == "devpts":
         from lxsub.kernel.fs.devfs import DevPts
         fs = DevPts(inst)
