@@ -22,7 +22,7 @@ from typing import NoReturn, Sequence
 
 import lxsub
 from lxsub.errors import EXIT_USAGE, LxError
-from lxsub.cli import distro_cmds
+from lxsub.cli import distro_cmds, pathcmd
 from lxsub.manager import client
 from lxsub.state import Registry, lx_home, set_running_provider
 
@@ -51,6 +51,10 @@ Instances (one per running distro, kept by the lx manager):
   lx --status                      the manager, the default distro, running instances
   lx --terminate NAME              end NAME's instance now (every process in it)
   lx --shutdown                    end every instance and the manager
+
+Paths (like wslpath; inside a distro: lxpath [-u|-w] PATH):
+  lx --path [-d NAME] [-u|-w] PATH -u: host path -> Linux path (default),
+                                   -w: Linux path -> host path
 
 State lives in $LX_HOME (default: $XDG_DATA_HOME/lx)."""
 
@@ -89,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: list[str]) -> int:
     ours, command = split_command(args)
+    if pathcmd.wanted(ours):       # its own small grammar: -u there is not --user
+        if command is not None:
+            raise _UsageError("--path does not take a command")
+        return pathcmd.main(ours)
     opts = _parse(ours)
     _check_combination(opts, command)
     if opts.help:
@@ -216,7 +224,7 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
 
 def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
     from lxsub.cli import terminal
-    from lxsub.manager.protocol import PASSED_ENV
+    from lxsub.manager.protocol import launch_env
 
     distro = distro_cmds.launch_distro(registry, opts.distribution)
     command = command or _Command()
@@ -224,7 +232,7 @@ def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None)
     message = {
         "distro": distro.name, "argv": command.argv, "mode": command.mode,
         "user": opts.user, "cwd": opts.cd, "tty": tty,
-        "env": {k: v for k, v in os.environ.items() if k in PASSED_ENV},
+        "env": launch_env(os.environ),
     }
     conn, started, fds = client.launch(message, (0, 1, 2))
     for warning in started.get("warnings", ()):
