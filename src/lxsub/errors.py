@@ -15,6 +15,7 @@ EXIT_NOUSER = 67         # -u names a user the distro does not have
 EXIT_UNAVAILABLE = 69    # unknown or unusable distro
 EXIT_SOFTWARE = 70       # a bug in lxsub
 EXIT_OSERR = 71          # the host cannot run pico processes (seccomp/ptrace)
+EXIT_OSFILE = 72         # a host facility lx needs is missing (FUSE for --mount)
 EXIT_CANTCREAT = 73      # target exists or cannot be written
 EXIT_TEMPFAIL = 75       # busy: another change to the distro is in progress
 EXIT_CANNOT_EXEC = 126   # found but not executable (ENOEXEC, EACCES)

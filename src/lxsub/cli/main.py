@@ -56,6 +56,11 @@ Paths (like wslpath; inside a distro: lxpath [-u|-w] PATH):
   lx --path [-d NAME] [-u|-w] PATH -u: host path -> Linux path (default),
                                    -w: Linux path -> host path
 
+Host access to a distro's files, Linux owners and modes kept (FUSE):
+  lx --mount NAME DIR [-u USER]    show NAME's files at DIR; new files are
+                                   USER's (default root's); returns once mounted
+  lx --umount DIR                  end it
+
 State lives in $LX_HOME (default: $XDG_DATA_HOME/lx)."""
 
 
@@ -127,6 +132,12 @@ def _main(args: list[str]) -> int:
         return _terminate(registry, opts.terminate)
     if opts.shutdown:
         return _shutdown()
+    if opts.mount or opts.umount:
+        from lxsub.distro import fusemount
+        if opts.umount:
+            return fusemount.umount(opts.umount)
+        return fusemount.mount(registry.get(opts.mount[0]).rootfs, opts.mount[0], opts.mount[1],
+                               opts.user)
     return _run(registry, opts, command)
 
 
@@ -174,6 +185,8 @@ def _parser() -> _Parser:
     manage.add_argument("--status", action="store_true", help="show the manager and running instances")
     manage.add_argument("-t", "--terminate", metavar="NAME", help="end a distro's instance")
     manage.add_argument("--shutdown", action="store_true", help="end every instance and the manager")
+    manage.add_argument("--mount", nargs=2, metavar=("NAME", "DIR"), help="show NAME's files at DIR (FUSE)")
+    manage.add_argument("--umount", metavar="DIR", help="end an 'lx --mount' at DIR")
     manage.add_argument("--version", action="store_true")
     manage.add_argument("-h", "--help", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="with --list: name, state and version")
@@ -200,7 +213,7 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
             ("--import", opts.import_), ("--export", opts.export), ("--list", opts.list or None),
             ("--set-default", opts.set_default), ("--unregister", opts.unregister),
             ("--status", opts.status or None), ("--terminate", opts.terminate),
-            ("--shutdown", opts.shutdown or None),
+            ("--shutdown", opts.shutdown or None), ("--mount", opts.mount), ("--umount", opts.umount),
             ("--version", opts.version or None), ("--help", opts.help or None),
         ) if value is not None),
         None,
@@ -208,7 +221,8 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
     if managing and command is not None:
         raise _UsageError(f"{managing} does not take a command")
     running = [flag for flag, value in (
-        ("-d", opts.distribution), ("-u", None if opts.install else opts.user), ("--cd", opts.cd),
+        ("-d", opts.distribution), ("-u", None if opts.install or opts.mount else opts.user),
+        ("--cd", opts.cd),
     ) if value is not None]
     for flag, value in (("--name", opts.name), ("--location", opts.location)):
         if value is not None and not opts.install:
