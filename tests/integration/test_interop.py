@@ -332,3 +332,17 @@ def test_lx_path_on_the_host(busybox):
         assert cp.returncode == 64 and len(cp.stderr.splitlines()) == 1, describe(cp)
     cp = runner.run(["--path", "-d", "no-such-distro", "/x"])
     assert cp.returncode == 69, describe(cp)
+
+
+def test_popen_of_a_host_program_returns_at_once(debian):
+    """The caller really executes (a stand-in): Python's subprocess, which
+    waits on a close-on-exec pipe (and may vfork), returns before the host
+    program ends, and can read its output through a pipe."""
+    cp = debian.exe("python3", "-c", f"""
+import subprocess, time
+t = time.monotonic()
+p = subprocess.Popen(["{HOST}/bin/sh", "-c", "sleep 2; echo done $0", "x"], stdout=subprocess.PIPE)
+started = time.monotonic() - t
+print(started < 1.5, p.communicate()[0].decode().strip(), p.returncode)
+""")
+    assert _ok(cp).split() == ["True", "done", "x", "0"], describe(cp)

@@ -21,23 +21,23 @@ filter, as the host user, with
   keeps them); every other disposition default.
 
 The caller stays in the instance as the host program's stand-in (a Linux
-parent waits for *it*). Its execve is turned into `pause()`; while the
-host program runs, every signal that comes for the caller (Ctrl-C on its
+parent waits for *it*): its execve really executes a tiny static program
+(in a sealed memfd; see _STANDIN_CODE) that waits in pause(), so that, as
+with any exec, its close-on-exec descriptors close and a vfork parent goes
+on; /proc shows the host program's path and argv for it. While the host
+program runs, every signal that comes for the stand-in (Ctrl-C on its
 terminal, `kill` from another Linux process, `lx` forwarding SIGINT) is
 suppressed at its signal-delivery stop and sent to the host program's
 process group instead (a signal the caller ignored is dropped, as it would
-be ignored after an exec). A signal that interrupts `pause` restarts the
-caller's original execve, which traps again and parks again without
-starting anything.
+be ignored after an exec).
 
 When the host program ends (the provider's wait loop reaps it:
-Engine.watch_child), the caller is made to end the same way: an exit code
-N becomes `exit_group(N)` (PTRACE_INTERRUPT; at that stop the syscall to be
-restarted becomes exit_group); death by signal S becomes death by S (the
-caller is sent S and the hook lets it through; if the caller catches,
-blocks or ignores S, which would run old code or not end it, SIGKILL).
-If the caller dies first (SIGKILL, the instance ending), the host
-program's process group is killed: no strays.
+Engine.watch_child), the stand-in is made to end the same way: at the stop
+a PTRACE_INTERRUPT brings, it is sent to `exit_group(N)` for an exit code
+N, or, for death by signal S, to code that makes S's action the default,
+unblocks it and sends it to itself (the hook lets S through). If the
+stand-in dies first (SIGKILL, the instance ending), the host program's
+process group is killed: no strays.
 
 Not done: other threads of a multi-threaded caller keep running while the
 host program runs (a Linux exec would end them first).
@@ -71,7 +71,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.call import Call, Native
+from lxsub.kernel.call import Call
 from lxsub.platform import hostexec, libc, memory
 
 if TYPE_CHECKING:
@@ -80,8 +80,6 @@ if TYPE_CHECKING:
     from lxsub.kernel.vfs.node import Node
     from lxsub.platform.ptrace import Regs
 
-SYS_PAUSE = 34
-SYS_EXIT_GROUP = 231
 MAX_ENV_STRLEN = 131072
 
 
@@ -253,9 +251,10 @@ class HostCall:
     tid: int                  # the caller's host tid
     host_pid: int             # the host program (leader of its process group)
     ignored: set[int] = field(default_factory=set)
+    ready: bool = False       # the caller runs the stand-in program
     ended: bool = False       # the host program has ended
-    dying_by: int = 0         # the signal the caller is being killed with
-    exit_code: int | None = None   # the host program's exit code, once it has one
+    exit_code: int = 0
+    dying_by: int = 0         # the signal the caller is to die of
 
 
 def _calls(inst: "Instance") -> dict[int, HostCall]:
@@ -266,29 +265,50 @@ def _calls(inst: "Instance") -> dict[int, HostCall]:
     return calls
 
 
-def parked(c: Call):
-    """A re-trapped execve of a caller whose host program runs: park it
-    again; once the program has ended, end the caller the same way."""
-    calls = getattr(c.inst, "_interop_calls", None)
-    call = calls.get(c.task.host_tid) if calls else None
-    if call is None:
-        return None
-    if not call.ended:
-        return _park(c)
-    assert c.regs is not None
-    if not call.dying_by:
-        c.regs.orig_rax = SYS_EXIT_GROUP
-        c.regs.rdi = call.exit_code or 0
-        return Native()
-    return _die_by(c, call)
+# The stand-in: a static x86-64 program that the caller really executes
+# (so that close-on-exec descriptors close and a vfork parent goes on, as
+# with any exec). Assembled from (intel syntax, position independent):
+#
+#   _start:    mov eax, 34; syscall; jmp _start           # pause() forever
+#   exit_stub: mov eax, 231; syscall; jmp exit_stub       # exit_group(rdi)
+#   die_stub:  mov r12, rdi                                # rdi = signal
+#              rt_sigaction(r12, &dfl, NULL, 8)            # default action
+#              rt_sigprocmask(SIG_UNBLOCK, &all, NULL, 8)  # nothing blocked
+#              kill(getpid(), r12); jmp _start
+#   dfl: .quad 0, 0, 0, 0;  all: .quad -1                  (at 0x60, 0x80)
+_STANDIN_CODE = bytes.fromhex(
+    "b8220000000f05ebf7b8e70000000f05ebf74989fcb80d000000488d353f00000031d2"
+    "41ba080000000f05b80e000000bf01000000488d354400000031d241ba080000000f05"
+    "b8270000000f0589c74c89e6b83e0000000f05eba50f1f44000000000000000000000000"
+    "00000000000000000000000000000000000000000000ffffffffffffffff")
+_STANDIN_BASE = 0x400000
+_CODE_AT = 128                              # file offset of the code
+_EXIT_STUB, _DIE_STUB = 0x09, 0x12
 
 
-def _park(c: Call) -> Native:
-    assert c.regs is not None
-    c.regs.orig_rax = SYS_PAUSE
-    # The dispatcher puts the execve back when pause is interrupted, so
-    # that the restart traps here again (parked()).
-    return Native()
+def _standin_elf() -> bytes:
+    import struct
+    size = _CODE_AT + len(_STANDIN_CODE)
+    ehdr = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0,
+                       2, 62, 1, _STANDIN_BASE + _CODE_AT, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, _STANDIN_BASE, _STANDIN_BASE, size, size, 0x1000)
+    return (ehdr + phdr).ljust(_CODE_AT, b"\0") + _STANDIN_CODE
+
+
+def _standin_fd(inst: "Instance") -> int:
+    """A sealed memfd holding the stand-in, one per instance (callers get a dup)."""
+    fd = getattr(inst, "_interop_standin", None)
+    if fd is None:
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        try:
+            fd = os.memfd_create("lxsub-interop", flags | 0x10)      # MFD_EXEC
+        except OSError:
+            fd = os.memfd_create("lxsub-interop", flags)
+        os.write(fd, _standin_elf())
+        import fcntl
+        fcntl.fcntl(fd, 1033, 0x1 | 0x2 | 0x4 | 0x8)   # F_ADD_SEALS: seal, shrink, grow, write
+        inst._interop_standin = fd
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _signal_set(mask_hex: str) -> set[int]:
@@ -352,13 +372,17 @@ def _caller_stdio(task) -> list[int | None]:
 
 
 def run_host(c: Call, plan: "HostPlan", envp_ptr: int):
-    """The caller's execve runs `plan` on the host (see the module's doc)."""
+    """Start `plan` on the host for the caller's execve (see the module's
+    doc); returns (the ExecPlan of the stand-in the caller executes
+    instead, what to call with the result if that execve fails)."""
+    from lxsub.kernel.exec.plan import ExecPlan
     inst, task = c.inst, c.task
     linux_env = _read_env(c, envp_ptr)
     host_cwd, linux_cwd = _host_cwd(inst, task)
     env = dict(os.environ)
     env.update(env_to_host(linux_env, mounts_of(inst), linux_cwd))
     sig = _signal_state(task.host_tid)
+    standin = _standin_fd(inst)
     stdio = _caller_stdio(task)
     try:
         pid = hostexec.spawn(
@@ -367,6 +391,9 @@ def run_host(c: Call, plan: "HostPlan", envp_ptr: int):
              for k, v in env.items()},
             host_cwd.encode(), (stdio[0], stdio[1], stdio[2]),
             sig["SigBlk"], sig["SigIgn"])
+    except BaseException:
+        os.close(standin)
+        raise
     finally:
         for fd in stdio:
             if fd is not None:
@@ -375,19 +402,32 @@ def run_host(c: Call, plan: "HostPlan", envp_ptr: int):
                                f"the host as pid {pid} (cwd {host_cwd})")
     call = HostCall(task.host_tid, pid, sig["SigIgn"])
     _calls(inst)[task.host_tid] = call
-    proc = task.process
-    proc.exe = plan.exe
-    proc.comm = os.path.basename(plan.exe)[:15]
     engine = inst.engine
     engine.watch_child(pid, lambda status: _host_ended(inst, call, status))
     engine.watch_child(task.host_tid, lambda _status: _caller_ended(inst, call))
     engine.hook_signals(task.host_tid, lambda s: _forward(call, s))
-    return _park(c)
+    s = os.fstat(standin)
+    exe_plan = ExecPlan(standin, (s.st_dev, s.st_ino), plan.argv, plan.exe,
+                        os.path.basename(plan.exe)[:15], False)
+
+    def exec_done(_tid: int) -> None:
+        # The exec event of the stand-in: it runs now.
+        call.ready = True
+        if call.ended:
+            _finish(inst, call)
+
+    def exec_failed(result: int) -> None:
+        # The syscall exit of an execve that did not happen (E2BIG, ENOMEM...):
+        # the caller stays in its old program with the error; no host program.
+        if result < 0:
+            _cancel(inst, call)
+    engine.after_exec(task.host_tid, exec_done)
+    return exe_plan, exec_failed
 
 
 def _forward(call: HostCall, sig: int) -> int:
     """A signal for the caller: the host program's (0: not the caller's)."""
-    if call.dying_by and sig == call.dying_by:
+    if call.dying_by and sig == call.dying_by and call.ended:
         return sig
     if call.ended or sig == signal.SIGCHLD or sig in call.ignored:
         return 0
@@ -402,59 +442,52 @@ def _forward(call: HostCall, sig: int) -> int:
 
 
 def _host_ended(inst: "Instance", call: HostCall, status: int) -> None:
-    """The host program has ended: make its stand-in end the same way. The
-    interrupt ends the caller's pause; the restart of its execve traps and
-    parked() does the rest, at a syscall entry whatever the caller was doing."""
     call.ended = True
     if _calls(inst).get(call.tid) is not call:
         return      # the caller is gone already
     if os.WIFSIGNALED(status):
         call.dying_by = os.WTERMSIG(status)
-        if call.dying_by == signal.SIGKILL:
-            try:
-                os.kill(call.tid, signal.SIGKILL)
-            except OSError:
-                pass
-            return
     else:
         call.exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
-    inst.engine.interrupt(call.tid, lambda _tid, _regs: None)
+    if call.ready:
+        _finish(inst, call)
 
 
-SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK = 13, 14
-SIG_UNBLOCK = 1
-
-
-def _die_by(c: Call, call: HostCall) -> Native:
-    """Kill the caller with the host program's signal as an exec'd program
-    would die of it: the disposition is made default (an exec would have
-    reset a handler), the signal unblocked, then sent and let through."""
-    from lxsub.platform import ptrace
-    sig = call.dying_by
-    regs = c.regs
-    assert regs is not None
-    act, sigset = memory.write_below_sp(c.pid, regs.rsp, [bytes(32), (1 << (sig - 1)).to_bytes(8, "little")])
-    regs.orig_rax = SYS_RT_SIGACTION
-    regs.set_args(sig, act, 0, 8)
-    engine = c.inst.engine
-    tid = c.pid
-
-    def sent(_tid: int, _r: "Regs") -> None:
+def _finish(inst: "Instance", call: HostCall) -> None:
+    """End the stand-in as the host program ended: at its next stop it
+    jumps to exit_group(code), or to making `sig` deadly and sending it."""
+    if call.dying_by == signal.SIGKILL:
         try:
-            os.kill(tid, sig)
+            os.kill(call.tid, signal.SIGKILL)
         except OSError:
             pass
+        return
 
-    def unblock(_result: int) -> None:
-        # At rt_sigaction's exit: run rt_sigprocmask from the same syscall instruction.
-        r = ptrace.get_regs(tid, ptrace.Regs())
-        r.rax = SYS_RT_SIGPROCMASK
-        r.set_args(SIG_UNBLOCK, sigset, 0, 8)
-        r.rip -= 2
-        ptrace.set_regs(tid, r)
-        engine.exit_hooks[tid] = sent
-        return None
-    return Native(on_exit=unblock)
+    def at_stop(tid: int, regs: "Regs") -> None:
+        from lxsub.platform import ptrace
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF      # no syscall restart: run from rip
+        if call.dying_by:
+            regs.rip = _STANDIN_BASE + _CODE_AT + _DIE_STUB
+            regs.rdi = call.dying_by
+        else:
+            regs.rip = _STANDIN_BASE + _CODE_AT + _EXIT_STUB
+            regs.rdi = call.exit_code
+        ptrace.set_regs(tid, regs)
+    inst.engine.interrupt(call.tid, at_stop)
+
+
+def _cancel(inst: "Instance", call: HostCall) -> None:
+    calls = _calls(inst)
+    if calls.get(call.tid) is call:
+        del calls[call.tid]
+    inst.engine.hook_signals(call.tid, None)
+    inst.engine.child_watchers.pop(call.tid, None)
+    inst.engine.exec_hooks.pop(call.tid, None)
+    if not call.ended:
+        try:
+            os.killpg(call.host_pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _caller_ended(inst: "Instance", call: HostCall) -> None:

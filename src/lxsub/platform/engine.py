@@ -73,6 +73,7 @@ class Engine:
         self.child_watchers: dict[int, Callable[[int], None]] = {}
         self.signal_hooks: dict[int, Callable[[int], int]] = {}
         self.interrupt_hooks: dict[int, Callable[[int, Regs], None]] = {}
+        self.exec_hooks: dict[int, Callable[[int], None]] = {}
 
     # -- registration -----------------------------------------------------
 
@@ -108,6 +109,11 @@ class Engine:
             self.signal_hooks.pop(tid, None)
         else:
             self.signal_hooks[tid] = hook
+
+    def after_exec(self, tid: int, hook: Callable[[int], None]) -> None:
+        """Call hook(new tid) at tid's next successful exec (its exec event,
+        after the kernel's on_exec). A failed exec does not call it."""
+        self.exec_hooks[tid] = hook
 
     def interrupt(self, tid: int, at_stop: Callable[[int, Regs], None]) -> bool:
         """PTRACE_INTERRUPT tid; at the stop it brings, call at_stop(tid,
@@ -239,6 +245,7 @@ class Engine:
             self.parked.pop(tid, None)
             self.signal_hooks.pop(tid, None)
             self.interrupt_hooks.pop(tid, None)
+            self.exec_hooks.pop(tid, None)
             self.kernel.on_exit(tid, status)
             watcher = self.child_watchers.pop(tid, None)
             if watcher is not None:
@@ -271,6 +278,9 @@ class Engine:
                 self.exit_hooks.pop(former, None)
             self.exit_hooks.pop(tid, None)
             self.kernel.on_exec(tid, former)
+            hook = self.exec_hooks.pop(former, None) or self.exec_hooks.pop(tid, None)
+            if hook is not None:
+                hook(tid)
             self.resume(tid)
         elif event == ptrace.EVENT_STOP:
             self._on_event_stop(tid, sig)

@@ -41,9 +41,6 @@ def _read_argv(c: Call, addr: int) -> list[bytes]:
 
 
 def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flags: int):
-    waiting = interop.parked(c)     # its host program runs: the restart parks again
-    if waiting is not None:
-        return waiting
     argv = _read_argv(c, argv_ptr)
     inst, task = c.inst, c.task
     if not path and flags & AT_EMPTY_PATH:
@@ -58,12 +55,16 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
                            host_exec=interop.host_target(inst))
     finally:
         start.release()
+    host_done = None
     if isinstance(p, exec_plan.HostPlan):
-        return interop.run_host(c, p, envp_ptr)
+        # It runs on the host; the caller executes a stand-in (kernel/interop.py).
+        p, host_done = interop.run_host(c, p, envp_ptr)
     try:
-        _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv)
+        _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv or host_done is not None)
     except BaseException:
         p.close()
+        if host_done is not None:
+            host_done(-1)          # the host program is not left running
         raise
     task.exec_state = p
 
@@ -72,6 +73,8 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
         if task.exec_state is p:
             task.exec_state = None
         p.close()
+        if host_done is not None:
+            host_done(result)
         return None
     return Native(on_exit=failed)
 
