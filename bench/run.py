@@ -105,6 +105,9 @@ class Workload:
     label: str
     argv: list[str]
     prepare: list[str] | None = None   # untimed, before each run
+    # A host shell line around the command: {cmd} is the environment's command
+    # line, {data} the host file PIPE_DATA (made once): e.g. a host pipeline.
+    shell: str = ""
 
 
 WORKLOADS = [
@@ -117,7 +120,15 @@ WORKLOADS = [
     Workload("tar", "tar -xf ~50 MB tarball", ["/bin/tar", "-xf", f"{B}/data.tar", "-C", "/tmp/bench-x"],
              prepare=["/bin/sh", "-c", "rm -rf /tmp/bench-x && mkdir /tmp/bench-x"]),
     Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
+    # 100 MB from a host file through the environment's cat into a host pipe:
+    # the data path should be the host kernel's alone (cat reads and writes
+    # lx's own descriptors), so lxsub should be near native.
+    Workload("pipe", "100 MB: host file > cat > host pipe", ["/bin/cat"],
+             shell="{cmd} < {data} | cat > /dev/null"),
 ]
+
+PIPE_MB = 100
+PIPE_DATA: Path | None = None
 
 SETUP_SCRIPT = f"""
 set -e
@@ -147,6 +158,13 @@ class Env:
 
     def run(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(cmd), env=self.env, **kw)
+
+    def command(self, w: "Workload") -> list[str]:
+        """The timed command line of workload w."""
+        if not w.shell:
+            return self.argv(w.argv)
+        line = w.shell.format(cmd=shlex.join(self.argv(w.argv)), data=shlex.quote(str(PIPE_DATA)))
+        return ["/bin/sh", "-c", line]
 
 
 def log(msg: str) -> None:
@@ -235,7 +253,8 @@ def check_once(env: Env, w: Workload) -> str:
     try:
         if w.prepare:
             env.run(w.prepare, check=True, capture_output=True, timeout=600)
-        r = env.run(w.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+        r = subprocess.run(env.command(w), env=env.env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=900)
     except subprocess.TimeoutExpired:
         return "timed out"
     except subprocess.CalledProcessError as e:
@@ -253,7 +272,7 @@ def time_hyperfine(env: Env, w: Workload, runs: int, warmup: int, work: Path) ->
             "--export-json", str(out), "-N"]
     if w.prepare:
         argv += ["--prepare", shlex.join(env.argv(w.prepare))]
-    argv.append(shlex.join(env.argv(w.argv)))
+    argv.append(shlex.join(env.command(w)))
     limit = (env.limit + 10) * (runs + warmup) * (2 if w.prepare else 1) + 60 if env.limit else None
     r = subprocess.run(argv, env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        text=True, timeout=limit)
@@ -269,7 +288,7 @@ def time_loop(env: Env, w: Workload, runs: int, warmup: int) -> list[float]:
         if w.prepare:
             env.run(w.prepare, check=True, capture_output=True)
         t = time.perf_counter()
-        env.run(w.argv, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(env.command(w), env=env.env, check=True, stdout=subprocess.DEVNULL)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return times
@@ -372,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 0 if args.quick else 1
     if args.only:
         names = set(args.only.split(","))
+        if "pipe" in names:
+            names.add("startup")   # the pipe's throughput is net of starting the command
         WORKLOADS = [w for w in WORKLOADS if w.name in names]
 
     from tests.fixtures.rootfs import FixtureUnavailable, debian_tarball
@@ -386,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work dir {work}; timing with {'hyperfine' if use_hf else 'subprocess'}, {runs} runs")
     results: dict = {}
     try:
+        global PIPE_DATA
+        if any(w.shell for w in WORKLOADS):
+            PIPE_DATA = work / "pipe.bin"
+            with open(PIPE_DATA, "wb") as f:
+                for _ in range(PIPE_MB):
+                    f.write(os.urandom(1 << 20))
         envs = make_envs(work, tarball)
         live = []
         for env in envs:
@@ -407,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"{e}: skipped ({r['skipped']})" for e, r in results.items() if r["skipped"]]
     notes += [f"{e} {w}: failed ({d['error']})" for e, r in results.items()
               for w, d in r["workloads"].items() if "error" in d]
+    notes += throughput_notes(results)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
             "kernel": platform.release(), "cpu": _cpu(), "runs": runs, "quick": args.quick,
             "timer": "hyperfine" if use_hf else "subprocess", "tarball": str(tarball)}
@@ -422,6 +450,34 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     log(f"wrote {args.output}")
     return 0
+
+
+def throughput_notes(results: dict) -> list[str]:
+    """MB/s of the pipe workload in each environment, and lxsub's share of native."""
+    speed = {}
+    for e, r in results.items():
+        median = r["workloads"].get("pipe", {}).get("median")
+        if median:
+            speed[e] = PIPE_MB / median
+    if not speed:
+        return []
+    parts = [f"{e} {v:.0f} MB/s" for e, v in speed.items()]
+    if "lxsub" in speed and "native" in speed:
+        parts.append(f"lxsub/native {speed['lxsub'] / speed['native']:.2f}")
+    notes = ["pipe throughput, start-up included: " + ", ".join(parts)]
+    # Net of each environment's own start-up (the /bin/true workload): the data path.
+    net = {}
+    for e, r in results.items():
+        median = r["workloads"].get("pipe", {}).get("median")
+        start = r["workloads"].get("startup", {}).get("median")
+        if median and start is not None and median > start:
+            net[e] = PIPE_MB / (median - start)
+    if net:
+        parts = [f"{e} {v:.0f} MB/s" for e, v in net.items()]
+        if "lxsub" in net and "native" in net:
+            parts.append(f"lxsub/native {net['lxsub'] / net['native']:.2f} (target >= 0.5)")
+        notes.append("pipe throughput, start-up (/bin/true) subtracted: " + ", ".join(parts))
+    return notes
 
 
 def _cpu() -> str:
