@@ -310,6 +310,14 @@ class AutomountSettings:
     mounts: tuple[tuple[str, str, str], ...] = ()
 
 
+def _mount_source(host: str) -> str:
+    """What /proc/mounts shows as the source. Not a path with a slash: df
+    would take the host's / for a device and show it instead of the
+    instance's own / (both are on the same host file system), as WSL's
+    `C:\\` does not either."""
+    return "host" if host == "/" else "host:" + host.strip("/").replace("/", "\\")
+
+
 def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" = None) -> list:
     """Mount the host directories `automount` asks for (defaults: host `/`
     at /mnt/host). Missing mount points are made in the rootfs, as WSL makes
@@ -331,7 +339,7 @@ def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" =
             continue
         try:
             fs = DrvFs(inst, host, options)
-            made.append(inst.mounts.mount(fs, at, _normal(path), host, fs.options))
+            made.append(inst.mounts.mount(fs, at, _normal(path), _mount_source(host), fs.options))
         except OSError as e:
             inst.log.warn(f"drvfs: cannot mount host {host} at {path}: {e.strerror}")
         finally:
