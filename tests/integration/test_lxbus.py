@@ -427,3 +427,25 @@ def _runtime_dir_of(lx: LxRunner) -> Path:
 def _port_path(runtime: Path, distro: str, name: bytes) -> str:
     d = hashlib.sha256(distro.encode()).hexdigest()[:12]
     return str(runtime / "bus" / d / (hashlib.sha256(name).hexdigest()[:16] + ".s"))
+
+
+def test_example_built_inside_debian_with_its_own_gcc(debian):
+    """The demo compiled by the instance's gcc (dynamic, the instance's
+    libc) talks to the host the same way."""
+    header = (EXAMPLES / "lxbus.h").read_bytes()
+    source = (EXAMPLES / "lxbus_demo.c").read_bytes()
+    for name, data in (("lxbus.h", header), ("lxbus_demo.c", source)):
+        cp = debian.sh(f"mkdir -p {DIR}/src && cat > {DIR}/src/{name}", input=data)
+        assert cp.returncode == 0, describe(cp)
+    cp = debian.sh(f"cd {DIR}/src && gcc -O2 -Wall -o lxbus_demo lxbus_demo.c && echo built",
+                   timeout=300)
+    assert cp.returncode == 0 and cp.stdout.endswith(b"built\n"), describe(cp)
+    runner = debian.runner
+    script = runner.readable(EXAMPLES / "lxbus_host.py")
+    cp = runner.run_host(runner.user.wrap([runner.python, str(script), debian.name,
+                                           f"{DIR}/src/lxbus_demo", "--lx",
+                                           f"{runner.python} -m lxsub"]), timeout=180)
+    assert cp.returncode == 0, describe(cp)
+    out = cp.stdout.decode()
+    assert "into the host's pipe: hello from the host\n" in out, describe(cp)
+    assert "host read from the Linux pipe: a line from Linux through a pipe it made\n" in out
