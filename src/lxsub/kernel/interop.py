@@ -568,6 +568,11 @@ best=; bestlen=-1
 while read -r src mnt fstype _rest; do
     [ "$fstype" = drvfs ] || continue
     src=$(printf '%b' "$src"); mnt=$(printf '%b' "$mnt")
+    # The source names the host directory as "host" (its /) or "host:a\b" (/a/b).
+    case "$src" in
+        host) src=/ ;;
+        host:*) src="/$(printf '%s' "${src#host:}" | tr '\\' /)" ;;
+    esac
     if [ "$mode" = u ]; then from=$src; to=$mnt; else from=$mnt; to=$src; fi
     if below "$path" "$from" && [ ${#from} -gt $bestlen ]; then
         bestlen=${#from}
