@@ -124,6 +124,17 @@ def lx_self() -> LxRunner:
     runner.close()
 
 
+@pytest.fixture
+def lx_other_user() -> LxRunner:
+    """A runner as the unprivileged host user while the tests run as root:
+    for checks that another host user (root, here) is kept out."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run lx as another host user")
+    runner = _runner(unprivileged_user())
+    yield runner
+    runner.close()
+
+
 # -- distros imported once per host user, shared by integration and security tests
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from contextlib import contextmanager
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 import lxsub
 from lxsub.kernel import interop
 from lxsub.kernel.interop import HostMount
-from tests.fixtures.runner import LxRunner, describe
+from tests.fixtures.runner import describe, wait_for
 
 HOST = "/mnt/host"
 
@@ -27,16 +26,6 @@ HOST = "/mnt/host"
 def _ok(cp: subprocess.CompletedProcess) -> str:
     assert cp.returncode == 0, describe(cp)
     return cp.stdout.decode()
-
-
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _host_processes(argv: list[str], uid: int) -> list[int]:
@@ -177,7 +166,7 @@ def test_sigint_to_lx_ends_the_host_program(busybox):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         uid = busybox.user.uid
-        pids = _wait_for(lambda: _host_processes([f"{HOST}/usr/bin/sleep", "1011"], uid),
+        pids = wait_for(lambda: _host_processes([f"{HOST}/usr/bin/sleep", "1011"], uid),
                          what="the host sleep")
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)
@@ -185,7 +174,7 @@ def test_sigint_to_lx_ends_the_host_program(busybox):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 130 and b"after" not in out, (p.returncode, out, err)
-    _wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and
                               _host_processes([f"{HOST}/usr/bin/sleep", "1011"], uid)
                               for pid in pids),
               what="the host sleep to end")
@@ -200,11 +189,11 @@ def test_ctrl_c_on_the_terminal_reaches_the_host_program(busybox):
     try:
         child.expect(r"[#$] ")
         child.sendline(f"{HOST}/usr/bin/sleep 1012; echo status=$?")
-        _wait_for(lambda: _host_processes([f"{HOST}/usr/bin/sleep", "1012"], uid),
+        wait_for(lambda: _host_processes([f"{HOST}/usr/bin/sleep", "1012"], uid),
                   what="the host sleep")
         child.sendcontrol("c")
         child.expect(r"[#$] ")
-        _wait_for(lambda: not _host_processes([f"{HOST}/usr/bin/sleep", "1012"], uid),
+        wait_for(lambda: not _host_processes([f"{HOST}/usr/bin/sleep", "1012"], uid),
                   what="Ctrl-C to end the host sleep")
         child.sendline("echo still-here")
         child.expect("still-here")
@@ -222,7 +211,7 @@ def test_killing_the_linux_caller_kills_the_host_program(busybox):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and out.split() == [b"137"], (out, err)
-    _wait_for(lambda: not _host_processes([f"{HOST}/usr/bin/sleep", "1013"], uid),
+    wait_for(lambda: not _host_processes([f"{HOST}/usr/bin/sleep", "1013"], uid),
               what="the host sleep to be killed with its Linux stand-in")
 
 

@@ -9,15 +9,10 @@ instance's own host user (a helper process with the runner's environment).
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -309,18 +304,11 @@ def test_odd_ioctls_never_crash_the_provider(bb):
 # -- another host user --------------------------------------------------------------
 
 @pytest.fixture
-def lx_lxtest(busybox_tar, linux_programs):
-    from tests.fixtures.runner import UserUnavailable, unprivileged_user
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run lx as another host user")
-    try:
-        user = unprivileged_user()
-    except UserUnavailable as e:
-        pytest.fail(str(e))
-    with LxRunner(user) as runner:
-        runner.import_distro("bb", busybox_tar)
-        _install(lambda args, data: runner.run(["-d", "bb", *args], input=data), linux_programs)
-        yield runner
+def lx_lxtest(lx_other_user, busybox_tar, linux_programs):
+    runner = lx_other_user
+    runner.import_distro("bb", busybox_tar)
+    _install(lambda args, data: runner.run(["-d", "bb", *args], input=data), linux_programs)
+    return runner
 
 
 def _nobody() -> HostUser:

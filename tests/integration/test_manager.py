@@ -12,12 +12,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.fixtures.runner import LxRunner, describe
+from tests.fixtures.runner import LxRunner, describe, wait_for
 
 
 def _import_bb(lx: LxRunner, busybox_tar) -> None:
@@ -33,16 +31,6 @@ def _status(lx: LxRunner) -> str:
     cp = lx.run(["--status"])
     assert cp.returncode == 0, describe(cp)
     return cp.stdout.decode()
-
-
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _instance_pids(lx: LxRunner) -> list[int]:
@@ -83,7 +71,7 @@ def test_two_sessions_share_one_instance(lx, busybox_tar):
     _import_bb(lx, busybox_tar)
     first = _spawn(lx, ["-d", "bb", "-e", "sleep", "1001"])
     try:
-        _wait_for(lambda: _sleepers(lx, "1001"), what="the first session's sleep")
+        wait_for(lambda: _sleepers(lx, "1001"), what="the first session's sleep")
         cp = lx.run(["-d", "bb", "--", "ps -o pid,comm,args"])
         assert cp.returncode == 0, describe(cp)
         lines = [line.split(None, 2) for line in cp.stdout.decode().splitlines()[1:]]
@@ -99,7 +87,7 @@ def test_two_sessions_share_one_instance(lx, busybox_tar):
     finally:
         first.kill()
         first.wait()
-    _wait_for(lambda: not _instance_pids(lx), what="the instance to end")
+    wait_for(lambda: not _instance_pids(lx), what="the instance to end")
     assert not _sleepers(lx, "1001")
 
 
@@ -107,7 +95,7 @@ def test_background_job_dies_with_its_instance(lx, busybox_tar):
     _import_bb(lx, busybox_tar)
     cp = lx.run(["-d", "bb", "--", "sleep 1002 > /dev/null 2>&1 &"])
     assert cp.returncode == 0, describe(cp)
-    _wait_for(lambda: not _sleepers(lx, "1002"), what="the background sleep to be killed")
+    wait_for(lambda: not _sleepers(lx, "1002"), what="the background sleep to be killed")
     assert not _instance_pids(lx)
 
 
@@ -118,7 +106,7 @@ def test_grace_period_keeps_the_instance_for_the_next_client(lx, busybox_tar):
     assert cp.returncode == 0, describe(cp)
     cp = lx.run(["-d", "bb", "--", "ps -o comm,args | grep '^sleep.*1003'"])
     assert cp.returncode == 0, describe(cp)     # the same instance: its job is there
-    _wait_for(lambda: not _sleepers(lx, "1003"), timeout=30, what="the grace period to end")
+    wait_for(lambda: not _sleepers(lx, "1003"), timeout=30, what="the grace period to end")
     assert "No instance is running" in _status(lx)
 
 
@@ -126,7 +114,7 @@ def test_terminate_ends_the_instance_now(lx, busybox_tar):
     _import_bb(lx, busybox_tar)
     session = _spawn(lx, ["-d", "bb", "-e", "sleep", "1004"])
     try:
-        _wait_for(lambda: _sleepers(lx, "1004"), what="the sleep")
+        wait_for(lambda: _sleepers(lx, "1004"), what="the sleep")
         assert "bb" in _status(lx)
         cp = lx.run(["--terminate", "bb"])
         assert cp.returncode == 0, describe(cp)
@@ -144,7 +132,7 @@ def test_manager_killed_then_restarted_finds_the_instance(lx, busybox_tar):
     _import_bb(lx, busybox_tar)
     session = _spawn(lx, ["-d", "bb", "--", "sleep 1005; echo survived"])
     try:
-        _wait_for(lambda: _sleepers(lx, "1005"), what="the sleep")
+        wait_for(lambda: _sleepers(lx, "1005"), what="the sleep")
         manager = int(_status(lx).split("pid ", 1)[1].split(",")[0])
         os.kill(manager, signal.SIGKILL)
         # The next lx starts a new manager, which finds the running instance.
@@ -161,7 +149,7 @@ def test_manager_killed_then_restarted_finds_the_instance(lx, busybox_tar):
         session.wait()
     cp = lx.run(["--list", "-v"])
     assert cp.returncode == 0 and b"bb" in cp.stdout, describe(cp)
-    _wait_for(lambda: not _instance_pids(lx), what="the instance to end")
+    wait_for(lambda: not _instance_pids(lx), what="the instance to end")
 
 
 def test_status_and_list_show_running_instances(lx, busybox_tar):
@@ -169,7 +157,7 @@ def test_status_and_list_show_running_instances(lx, busybox_tar):
     assert "not running" in _status(lx)
     session = _spawn(lx, ["-d", "bb", "-e", "sleep", "1006"])
     try:
-        _wait_for(lambda: _sleepers(lx, "1006"), what="the sleep")
+        wait_for(lambda: _sleepers(lx, "1006"), what="the sleep")
         status = _status(lx)
         assert "Default distro: bb" in status and "Running" in status, status
         cp = lx.run(["--list", "-v"])
@@ -179,7 +167,7 @@ def test_status_and_list_show_running_instances(lx, busybox_tar):
     finally:
         session.send_signal(signal.SIGTERM)     # lx forwards it to its command
         assert session.wait(timeout=20) == 128 + signal.SIGTERM
-    _wait_for(lambda: "Stopped" in lx.run(["--list", "-v"]).stdout.decode(), what="Stopped")
+    wait_for(lambda: "Stopped" in lx.run(["--list", "-v"]).stdout.decode(), what="Stopped")
 
 
 def test_manager_exits_when_idle(lx, busybox_tar):
@@ -188,7 +176,7 @@ def test_manager_exits_when_idle(lx, busybox_tar):
     cp = lx.run(["-d", "bb", "-e", "true"])
     assert cp.returncode == 0, describe(cp)
     manager = int(_status(lx).split("pid ", 1)[1].split(",")[0])
-    _wait_for(lambda: not _alive(manager), what="the manager to exit")
+    wait_for(lambda: not _alive(manager), what="the manager to exit")
     assert "not running" in _status(lx)
     assert not lx.strays()
 
@@ -235,8 +223,8 @@ def _connect_as_runner_user(lx: LxRunner, path: str) -> socket.socket:
     return s
 
 
-def test_another_host_user_cannot_connect(lx_unprivileged_or_skip, busybox_tar):
-    lx = lx_unprivileged_or_skip
+def test_another_host_user_cannot_connect(lx_other_user, busybox_tar):
+    lx = lx_other_user
     _import_bb(lx, busybox_tar)
     path = _manager_socket(lx)
     # We (root) may pass the directory's mode, but the manager checks who we are.
@@ -255,19 +243,6 @@ def test_another_host_user_cannot_connect(lx_unprivileged_or_skip, busybox_tar):
         s.close()
     cp = lx.run(["--status"])
     assert cp.returncode == 0 and b"Manager: pid" in cp.stdout, describe(cp)
-
-
-@pytest.fixture
-def lx_unprivileged_or_skip():
-    from tests.fixtures.runner import UserUnavailable, unprivileged_user
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run lx as another host user")
-    try:
-        user = unprivileged_user()
-    except UserUnavailable as e:
-        pytest.fail(str(e))
-    with LxRunner(user) as runner:
-        yield runner
 
 
 def test_fuzzed_requests_never_take_the_manager_down(lx_self, busybox_tar):
@@ -342,10 +317,10 @@ def test_interactive_shell_on_a_pty(lx, busybox_tar):
         child.sendline("stty size; tty")
         child.expect(r"33 101\r\n/dev/pts/\d+")
         child.sendline("sleep 1007")
-        _wait_for(lambda: _sleepers(lx, "1007"), what="the sleep")
+        wait_for(lambda: _sleepers(lx, "1007"), what="the sleep")
         child.sendcontrol("c")
         child.expect(r"[#$] ")
-        _wait_for(lambda: not _sleepers(lx, "1007"), what="Ctrl-C to end the sleep")
+        wait_for(lambda: not _sleepers(lx, "1007"), what="Ctrl-C to end the sleep")
         child.setwinsize(44, 120)                # SIGWINCH reaches the shell's pty
         child.sendline("stty size")
         child.expect(r"44 120")
@@ -373,7 +348,7 @@ def test_lx_conf_sets_user_hostname_and_boot_command(lx, busybox_tar):
     lines = cp.stdout.decode().splitlines()
     assert lines[:3] == ["user", "bbhost", "booted"], describe(cp)
     assert lines[3].split()[0] == "root", describe(cp)       # the boot command runs as root
-    _wait_for(lambda: not _sleepers(lx, "1008"), what="the boot command to end with the instance")
+    wait_for(lambda: not _sleepers(lx, "1008"), what="the boot command to end with the instance")
 
 
 def test_bad_lx_conf_is_reported_with_file_line_and_key(lx, busybox_tar):

@@ -64,7 +64,6 @@ true) the host's PATH, translated, is appended to the Linux PATH.
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
 import signal
@@ -600,21 +599,13 @@ def install_lxpath(inst: "Instance") -> bool:
     if not inst.config.interop.enabled:
         return False
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.fs.mounts import make_dirs
     from lxsub.kernel.vfs.path import Walker
     data = LXPATH_SCRIPT.encode()
     creds = Creds()
-    root = inst.mounts.root_mount.root()
-    walker = Walker(inst.mounts, root, creds)
-    cur = root.dup()
+    cur = make_dirs(inst, "/usr/local/bin")
+    walker = Walker(inst.mounts, cur, creds)
     try:
-        for name in (b"usr", b"local", b"bin"):
-            try:
-                nxt = walker.resolve(cur, name)
-            except FileNotFoundError:
-                cur.fs.mkdir(cur, name, 0o755, creds)
-                nxt = walker.resolve(cur, name)
-            cur.release()
-            cur = nxt
         try:
             node = walker.resolve(cur, b"lxpath", follow=False)
         except FileNotFoundError:
@@ -638,4 +629,3 @@ def install_lxpath(inst: "Instance") -> bool:
         return True
     finally:
         cur.release()
-        root.release()

@@ -95,13 +95,8 @@ class Manager:
     # -- clients --------------------------------------------------------------------
 
     def _accept(self, _sock) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        from lxsub.manager.instance_host import same_user
-        if not same_user(conn):
-            conn.close()
+        conn = protocol.accept_own_user(self.listener)
+        if conn is None:
             return
         self.clients[conn.fileno()] = conn
         self.selector.register(conn, selectors.EVENT_READ, self._on_client)

@@ -57,12 +57,8 @@ class InstanceHost:
     # -- connections ------------------------------------------------------------
 
     def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if not same_user(conn):
-            conn.close()
+        conn = protocol.accept_own_user(self.listener)
+        if conn is None:
             return
         self.peers[conn.fileno()] = conn
         self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_manager(conn))
@@ -242,12 +238,6 @@ def set_process_name(name: str) -> None:
             f.write(name[:15])
     except OSError:
         pass
-
-
-def same_user(conn: socket.socket) -> bool:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid == os.getuid()
 
 
 def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,

@@ -17,6 +17,7 @@ import array
 import json
 import os
 import socket
+import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,20 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
         close_all(received)
         raise
     return message, received
+
+
+def accept_own_user(listener: socket.socket) -> socket.socket | None:
+    """The next connection if it comes from our own host user (others are
+    closed unanswered); None when there is none or it was refused."""
+    try:
+        conn, _ = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    if struct.unpack("3i", creds)[1] != os.getuid():
+        conn.close()
+        return None
+    return conn
 
 
 def close_all(fds: list[int]) -> None:

@@ -43,7 +43,6 @@ import stat as st
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
@@ -352,27 +351,7 @@ def _normal(path: str) -> str:
 
 
 def _make_mount_point(inst: "Instance", path: str) -> Node:
-    from lxsub.kernel.vfs.path import Walker
-    if ".." in path.split("/") or not path.startswith("/") or _normal(path) == "/":
+    from lxsub.kernel.fs.mounts import make_dirs
+    if _normal(path) == "/":
         raise OSError(errno.EINVAL, "mount point must be an absolute path below /")
-    creds = Creds()
-    root = inst.mounts.root_mount.root()
-    walker = Walker(inst.mounts, root, creds)
-    cur = root.dup()
-    try:
-        for name in (p.encode() for p in _normal(path).split("/") if p):
-            try:
-                nxt = walker.resolve(cur, name)
-            except FileNotFoundError:
-                cur.fs.mkdir(cur, name, 0o755, creds)
-                nxt = walker.resolve(cur, name)
-            cur.release()
-            cur = nxt
-            if not cur.is_dir():
-                raise OSError(errno.ENOTDIR, "not a directory")
-        out, cur = cur, None
-        return out
-    finally:
-        if cur is not None:
-            cur.release()
-        root.release()
+    return make_dirs(inst, path)

@@ -10,6 +10,7 @@ from lxsub.kernel.vfs.path import Walker
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
+    from lxsub.kernel.vfs.node import Node
 
 
 def mount_defaults(inst: "Instance", automount=None, tmp: bool = False) -> None:
@@ -73,3 +74,32 @@ def resolve_dir(inst: "Instance", path: str):
         inst.log.warn(f"{path} is not a directory: not mounted")
         return None
     return at
+
+
+def make_dirs(inst: "Instance", path: str) -> "Node":
+    """The directory at absolute instance path `path`, made (0755, root's)
+    where missing, as root walks it; the caller owns the Node."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts or not path.startswith("/"):
+        raise OSError(errno.EINVAL, f"{path}: not an absolute path without '..'")
+    creds = Creds()
+    root = inst.mounts.root_mount.root()
+    walker = Walker(inst.mounts, root, creds)
+    cur = root.dup()
+    try:
+        for name in (p.encode() for p in parts):
+            try:
+                nxt = walker.resolve(cur, name)
+            except FileNotFoundError:
+                cur.fs.mkdir(cur, name, 0o755, creds)
+                nxt = walker.resolve(cur, name)
+            cur.release()
+            cur = nxt
+            if not cur.is_dir():
+                raise OSError(errno.ENOTDIR, f"{path}: not a directory")
+        out, cur = cur, None
+        return out
+    finally:
+        if cur is not None:
+            cur.release()
+        root.release()
