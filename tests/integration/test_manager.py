@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import time
 import subprocess
 
 import pytest
@@ -398,3 +399,25 @@ def test_full_screen_programs_on_the_pty(debian):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0, child.before
+
+
+def test_an_idle_instance_sleeps(lx, busybox_tar):
+    """After its processes are gone an instance waits without spinning (a
+    dead filter's listener left in the poll set once kept it at 100 % CPU)."""
+    lx.configure("[instance]\nidle_timeout = 30\n")
+    _import_bb(lx, busybox_tar)
+    for _ in range(3):
+        cp = lx.run(["-d", "bb", "--", "true | cat; sh -c true"])
+        assert cp.returncode == 0, describe(cp)
+    (pid,) = _instance_pids(lx)
+    time.sleep(0.5)
+    before = _cpu_ticks(pid)
+    time.sleep(2)
+    used = _cpu_ticks(pid) - before
+    assert used < os.sysconf("SC_CLK_TCK") // 5, f"idle instance used {used} ticks in 2 s"
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])      # utime + stime

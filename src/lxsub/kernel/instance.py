@@ -79,7 +79,6 @@ class Instance:
         # Pico processes between fork and first exec: host pid -> the pipe
         # on which they report their seccomp listener.
         self.launches: dict[int, int] = {}
-        self.listeners: dict[int, Listener] = {}
         # Processes whose exit someone waits for (a client's session leader).
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
         self.current_task: Task | None = None
@@ -166,7 +165,7 @@ class Instance:
 
     def _adopt_listener(self, tid: int, report: int) -> None:
         fd = launcher.take_listener(tid, report)
-        self.listeners[fd] = self.engine.add_listener(fd)
+        self.engine.add_listener(fd)
 
     def on_clone(self, tid: int, child: int, event: int, regs: Regs) -> None:
         parent = self.pids.tasks_by_host.get(tid)

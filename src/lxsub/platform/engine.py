@@ -183,12 +183,17 @@ class Engine:
         self._drain_waits()
         while not self.kernel.on_idle():
             self._run_due_timers()
-            for fd, _ in self._poll():
+            for fd, events in self._poll():
                 if fd == self.sigchld_fd:
                     self._drain_sigchld_fd()
                     self._drain_waits()
                 elif fd in self.listeners:
-                    self._serve_notification(self.listeners[fd])
+                    if events & select.POLLIN:
+                        self._serve_notification(self.listeners[fd])
+                    elif events & (select.POLLHUP | select.POLLERR):
+                        # Every process of its filter is gone: a listener
+                        # left in the set would wake poll forever.
+                        self.remove_listener(fd)
                 elif fd in self.extra_fds:
                     self.extra_fds[fd]()
 
