@@ -100,6 +100,15 @@ def test_background_job_dies_with_its_instance(lx, busybox_tar):
     assert not _instance_pids(lx)
 
 
+def test_instance_ends_with_its_last_command(lx, busybox_tar):
+    """Nothing left running, grace period 0: the instance process exits."""
+    _import_bb(lx, busybox_tar)
+    cp = lx.run(["-d", "bb", "-e", "true"])
+    assert cp.returncode == 0, describe(cp)
+    wait_for(lambda: not _instance_pids(lx), timeout=15, what="the instance to exit")
+    wait_for(lambda: "No instance is running" in _status(lx), timeout=15, what="the manager to see it")
+
+
 def test_grace_period_keeps_the_instance_for_the_next_client(lx, busybox_tar):
     lx.configure("[instance]\nidle_timeout = 3\n")
     _import_bb(lx, busybox_tar)

@@ -377,15 +377,8 @@ class Instance:
 
     def signal_group(self, proc: Process, sig: int) -> None:
         """Forward a signal a client received to its command's process group."""
-        if proc.exited:
-            return
-        try:
-            os.killpg(proc.host_pid, sig)
-        except OSError:
-            try:
-                os.kill(proc.host_pid, sig)
-            except OSError:
-                pass
+        if not proc.exited:
+            libc.kill_group_or_process(proc.host_pid, sig)
 
     # -- views used by syscalls and pseudo files ------------------------------
 

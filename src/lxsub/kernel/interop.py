@@ -430,13 +430,7 @@ def _forward(call: HostCall, sig: int) -> int:
         return sig
     if call.ended or sig == signal.SIGCHLD or sig in call.ignored:
         return 0
-    try:
-        os.killpg(call.host_pid, sig)
-    except OSError:
-        try:
-            os.kill(call.host_pid, sig)
-        except OSError:
-            pass
+    libc.kill_group_or_process(call.host_pid, sig)
     return 0
 
 

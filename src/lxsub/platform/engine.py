@@ -181,8 +181,12 @@ class Engine:
     def run(self) -> None:
         """Serve events until the kernel says there is nothing left to serve."""
         self._drain_waits()
-        while not self.kernel.on_idle():
+        while True:
             self._run_due_timers()
+            # After the timers: one may have ended the kernel's work (an
+            # instance's grace period), and nothing else would wake poll.
+            if self.kernel.on_idle():
+                return
             for fd, events in self._poll():
                 if fd == self.sigchld_fd:
                     self._drain_sigchld_fd()

@@ -99,3 +99,14 @@ def seccomp_set_filter(flags: int, prog_bytes: bytes) -> int:
     prog = sock_fprog(len(prog_bytes) // 8, ctypes.addressof(buf))
     return _check(_syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(1),
                            ctypes.c_long(flags), ctypes.byref(prog)))
+
+
+def kill_group_or_process(pid: int, sig: int) -> None:
+    """Signal pid's process group (it leads one), else pid alone; gone is fine."""
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass

@@ -39,19 +39,11 @@ def _defaults():
 
 
 def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
-    root = inst.mounts.root_mount.root()
+    at = resolve_dir(inst, path)
+    if at is None:
+        return
     try:
-        at = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
-    except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            inst.log.warn(f"{path} missing in the rootfs: not mounted")
-            return
-        raise
-    finally:
-        root.release()
-    try:
-        if at.is_dir():
-            inst.mounts.mount(fs, at, path, source, getattr(fs, "mount_options", None) or "rw")
+        inst.mounts.mount(fs, at, path, source, getattr(fs, "mount_options", None) or "rw")
     finally:
         at.release()
 
