@@ -143,26 +143,14 @@ class DrvFs(HostTree):
         self.options = self.opts.render()
 
     def root(self, mount) -> Node:
-        node = super().root(mount)
-        try:
-            if _fs_type(node.fd) in _PSEUDO_MAGICS:
-                raise OSError(errno.EACCES, "host pseudo file system")
-        except BaseException:
-            node.release()
-            raise
-        return node
+        return _not_pseudo(super().root(mount), "host pseudo file system")
 
     # -- the walk: stay on host files, inside the mount --------------------------
 
     def lookup(self, parent: Node, name: bytes) -> Node:
         node = super().lookup(parent, name)
         if parent.host_st is None or node.host_st.st_dev != parent.host_st.st_dev:
-            try:
-                if _fs_type(node.fd) in _PSEUDO_MAGICS:
-                    raise OSError(errno.EACCES, "host pseudo file system: not entered")
-            except BaseException:
-                node.release()
-                raise
+            return _not_pseudo(node, "host pseudo file system: not entered")
         return node
 
     def parent_of(self, node: Node) -> Node:
@@ -307,6 +295,18 @@ class AutomountSettings:
     root: str = "/mnt/host"
     options: str = ""
     mounts: tuple[tuple[str, str, str], ...] = ()
+
+
+def _not_pseudo(node: Node, why: str) -> Node:
+    """node, unless it is on a host pseudo file system (/proc, /sys...): then
+    EACCES, and the node is released."""
+    try:
+        if _fs_type(node.fd) in _PSEUDO_MAGICS:
+            raise OSError(errno.EACCES, why)
+    except BaseException:
+        node.release()
+        raise
+    return node
 
 
 def _mount_source(host: str) -> str:

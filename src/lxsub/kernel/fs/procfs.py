@@ -498,12 +498,6 @@ class ProcessDir(Dir):
             mine(e)
         return dict(sorted(entries.items()))
 
-    def lookup(self, task, name: str) -> Entry:
-        entry = self.children(task).get(name)
-        if entry is None:
-            raise OSError(errno.ENOENT, "no such file or directory")
-        return entry
-
     # -- contents -------------------------------------------------------------
 
     def _inspect(self, t) -> None:
@@ -714,12 +708,6 @@ class InitDir(Dir):
         else:
             entries["task"] = Dir(p + "/task", lambda t: {"1": InitDir(fs, p + "/task/1")})
         return dict(sorted(entries.items()))
-
-    def lookup(self, task, name: str) -> Entry:
-        entry = self.children(task).get(name)
-        if entry is None:
-            raise OSError(errno.ENOENT, "no such file or directory")
-        return entry
 
     def _children(self) -> bytes:
         kids = sorted(c.pid for c in list(self.fs.inst.init.children) if not c.exited)
