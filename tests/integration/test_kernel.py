@@ -109,6 +109,40 @@ def test_devices(debian):
     assert out.split() == ["4096", "00", "00", "00", "null-ok", "full-ENOSPC", "c"], out
 
 
+CPU_MASKS_PY = textwrap.dedent("""\
+    import os, sys
+    expected = set(map(int, sys.argv[1].split(",")))
+    seen = []
+    for i in range(60):             # trapped calls, descriptors and forks, as the provider
+        os.stat("/etc/passwd")      # moves threads around them
+        os.close(os.open("/etc/hostname", os.O_RDONLY))
+        seen.append(os.sched_getaffinity(0))
+        if i % 10 == 0:
+            p = os.fork()
+            if p == 0:
+                os._exit(0 if os.sched_getaffinity(0) == expected else 1)
+            seen.append(expected if os.waitpid(p, 0)[1] == 0 else "child differs")
+    print(all(m == expected for m in seen))
+    os.sched_setaffinity(0, {min(expected)})     # a mask of its own is kept
+    for i in range(30):
+        os.close(os.open("/etc/hostname", os.O_RDONLY))
+    print(os.sched_getaffinity(0) == {min(expected)})
+    """)
+
+
+def test_programs_see_their_own_cpu_mask(debian):
+    """The provider pins threads to its CPU for wake-ups and back: a program
+    never sees that, its children inherit its own mask, and a mask it sets
+    stays; host programs started through interop get the whole mask too."""
+    mask = sorted(os.sched_getaffinity(0))
+    cp = debian.exe("python3", "-c", CPU_MASKS_PY, ",".join(map(str, mask)))
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["True", "True"], describe(cp)
+    out = debian.out("for i in 1 2 3 4 5 6; do nproc; done; taskset -c 0 nproc; "
+                     "/mnt/host/usr/bin/nproc")
+    assert out.split() == [str(len(mask))] * 6 + ["1", str(len(mask))], out
+
+
 def test_killing_the_provider_leaves_no_process(busybox):
     marker = f"{os.getpid() % 1000 + 1000}.5"     # a sleep argument no one else uses
     runner = busybox.runner

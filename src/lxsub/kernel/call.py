@@ -30,8 +30,11 @@ class NewFd:
 @dataclass(slots=True)
 class Native:
     """Run the syscall on the host (in the caller) with the registers as
-    modified in `call.regs`; `on_exit(result) -> new result | None`."""
+    modified in `call.regs`; `on_exit(result) -> new result | None`.
+    `own_cpu_mask`: the call reads or sets CPU masks, so the caller must
+    run it with its own (the platform may move threads for a wake-up)."""
     on_exit: Callable[[int], int | None] | None = None
+    own_cpu_mask: bool = False
 
 
 @dataclass(slots=True)
@@ -93,7 +96,8 @@ class Call:
             return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
 
     def write(self, addr: int, data: bytes) -> None:
-        memory.write(self.task.host_tid, addr, data)
+        if data:
+            memory.write_fd(self.task.process.memfd(), self.task.host_tid, addr, data)
 
     def set_arg(self, i: int, value: int) -> None:
         assert self.regs is not None, "only traced syscalls can change arguments"

@@ -50,16 +50,16 @@ def _run_handler(inst: "Instance", call: Call):
 
 def serve_notification(inst: "Instance", lst: "Listener", task: "Task", n: "Notification") -> None:
     call = Call(inst, task, n.nr, n.args)
-    _answer(inst, lst, n.id, _run_handler(inst, call))
+    _answer(inst, lst, n.id, _run_handler(inst, call), n.pid)
 
 
-def _answer(inst: "Instance", lst: "Listener", nid: int, result) -> None:
+def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0) -> None:
     try:
         if isinstance(result, int):
             lst.reply(nid, result if result >= 0 else 0, result if result < 0 else 0)
         elif isinstance(result, NewFd):
             try:
-                lst.reply_fd(nid, result.fd, result.cloexec)
+                lst.reply_fd(nid, result.fd, result.cloexec, tid)
             finally:
                 os.close(result.fd)
         elif isinstance(result, Blocking):
@@ -99,7 +99,8 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
     tid = task.host_tid
     if isinstance(result, Native):
         rewritten = (regs.orig_rax, regs.args()) != original
-        inst.engine.run_natively(tid, regs, _exit_hook(result, original if rewritten else None))
+        inst.engine.run_natively(tid, regs, _exit_hook(result, original if rewritten else None),
+                                 wake_here=not result.own_cpu_mask)
     elif isinstance(result, int):
         inst.engine.finish_syscall(tid, regs, result)
     else:

@@ -392,24 +392,27 @@ class Instance:
                           "not a file of this instance")
         return node
 
-    def node_for_host_fd(self, fd: int, s: os.stat_result) -> Node | None:
-        """A Node using fd (not a copy) if it is a file of a mounted file system."""
-        try:
-            host = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return None
-        best, best_len = None, -1
-        for m in self.mounts.mounts:
-            fs = m.fs
-            if isinstance(fs, HostFs):
-                root = fs.host_root
-                if (host == root or host.startswith(root.rstrip("/") + "/")) and len(root) > best_len:
-                    best, best_len = m, len(root)
-            elif hasattr(fs, "node_from_host"):
-                found = fs.node_from_host(m, fd, host, s)
-                if found is not None:
-                    return found
-        return Node(best, fd, s) if best is not None else None
+    def node_for_host_fd(self, fd: int, s: os.stat_result, host: str | None = None) -> Node | None:
+        """A Node using fd (not a copy) if it is a file of a mounted file
+        system. `host` is fd's host path if the caller has read it already."""
+        if host is None:
+            try:
+                host = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                return None
+        claimers, by_root, last = self.mounts.host_index()
+        for m in claimers:
+            found = m.fs.node_from_host(m, fd, host, s)
+            if found is not None:
+                return found
+        for prefix, root, m in by_root:
+            if host.startswith(prefix) or host == root:
+                return Node(m, fd, s)
+        for m in last:
+            found = m.fs.node_from_host(m, fd, host, s)
+            if found is not None:
+                return found
+        return None
 
     def host_to_vpath(self, host: str) -> str:
         """A host path as the instance names it (host paths outside stay as they are)."""

@@ -225,8 +225,14 @@ ROWS: list[Syscall] = [
           "a pidfd natively; a /proc/<pid> directory (as psmisc uses it) as kill of that process"),
     trace("rt_sigtimedwait", signal.sys_rt_sigtimedwait, "the sender's pid and uid in the "
           "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
+    # Always stopped, for the caller's own thread too: the provider may hold a
+    # thread on its CPU for a wake-up, and at a stop that is over.
+    trace("sched_setaffinity", sched.sys_pid_first, "PID argument translated; the caller's "
+          "own mask, never the provider's temporary one"),
+    trace("sched_getaffinity", sched.sys_pid_first, "PID argument translated; the caller's "
+          "own mask, never the provider's temporary one"),
     *(pid_arg(n) for n in (
-        "sched_setaffinity", "sched_getaffinity", "sched_setparam", "sched_getparam",
+        "sched_setparam", "sched_getparam",
         "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",
         "sched_getattr", "prlimit64", "get_robust_list", "migrate_pages", "move_pages")),
     Syscall("getpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),

@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.platform import libc, ptrace
+from lxsub.platform import affinity, libc, ptrace
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
 
@@ -57,6 +57,7 @@ class Engine:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
+        affinity.settle()
         self.regs = Regs()
         self.exit_hooks: dict[int, ExitHook] = {}
         self.listeners: dict[int, Listener] = {}
@@ -152,14 +153,24 @@ class Engine:
 
     # -- restarts -----------------------------------------------------------
 
-    def resume(self, tid: int, sig: int = 0) -> None:
+    def resume(self, tid: int, sig: int = 0, wake_here: bool = True) -> None:
+        """Let tid run on (to its syscall exit if an exit hook waits there).
+        It wakes on the provider's CPU unless wake_here is False (for
+        calls that read or set CPU masks: they must see the thread's own)."""
         try:
-            if tid in self.exit_hooks:
-                ptrace.cont_to_syscall_exit(tid, sig)
-            else:
-                ptrace.cont(tid, sig)
+            if not wake_here:
+                self._cont(tid, sig)
+                return
+            with affinity.WakeHere(tid):
+                self._cont(tid, sig)
         except ProcessLookupError:
             pass
+
+    def _cont(self, tid: int, sig: int) -> None:
+        if tid in self.exit_hooks:
+            ptrace.cont_to_syscall_exit(tid, sig)
+        else:
+            ptrace.cont(tid, sig)
 
     def finish_syscall(self, tid: int, regs: Regs, result: int) -> None:
         """Skip the syscall at a seccomp stop and make `result` its return value."""
@@ -168,13 +179,14 @@ class Engine:
         ptrace.set_regs(tid, regs)
         self.resume(tid)
 
-    def run_natively(self, tid: int, regs: Regs | None, on_exit: ExitHook | None) -> None:
+    def run_natively(self, tid: int, regs: Regs | None, on_exit: ExitHook | None,
+                     wake_here: bool = True) -> None:
         """Let the (maybe rewritten) syscall run in the tracee; see its result."""
         if regs is not None:
             ptrace.set_regs(tid, regs)
         if on_exit is not None:
             self.exit_hooks[tid] = on_exit
-        self.resume(tid)
+        self.resume(tid, wake_here=wake_here)
 
     # -- the loop -----------------------------------------------------------
 
@@ -280,6 +292,7 @@ class Engine:
             self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
         elif event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
             child = ptrace.event_msg(tid)
+            affinity.inherit(tid, child)
             self.kernel.on_clone(tid, child, event, ptrace.get_regs(tid, self.regs))
         elif event == ptrace.EVENT_EXEC:
             former = ptrace.event_msg(tid)

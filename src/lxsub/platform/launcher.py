@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-from lxsub.platform import libc, ptrace
+from lxsub.platform import affinity, libc, ptrace
 from lxsub.platform.notify import SECCOMP_FILTER_FLAG_NEW_LISTENER
 
 
@@ -80,6 +80,7 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
                     signal.SIGTTOU, signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM,
                     signal.SIGHUP, signal.SIGWINCH):
             signal.signal(sig, signal.SIG_DFL)
+        affinity.release_child()
         os.kill(os.getpid(), signal.SIGSTOP)       # wait to be seized
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
         listener = libc.seccomp_set_filter(SECCOMP_FILTER_FLAG_NEW_LISTENER, filter_prog)

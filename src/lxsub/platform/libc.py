@@ -80,15 +80,38 @@ def pidfd_open(pid: int) -> int:
     return syscall(SYS_PIDFD_OPEN, pid, 0)
 
 
+_int3_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_uint, use_errno=True)(("syscall", _libc))
+
+
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
-    return syscall(SYS_PIDFD_GETFD, pidfd, targetfd, 0)
+    # On every call that names a descriptor: a fixed prototype, no wrapping.
+    ret = _int3_syscall(SYS_PIDFD_GETFD, pidfd, targetfd, 0)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+# openat2 is on every path lookup: a prototype with fixed argument types and
+# one open_how per (flags, mode, resolve) keep ctypes' per-call work small.
+_openat2 = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_void_p, ctypes.c_size_t, use_errno=True)(("syscall", _libc))
+_HOWS: dict[tuple[int, int, int], tuple[open_how, int]] = {}
+_HOW_SIZE = ctypes.sizeof(open_how)
 
 
 def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    how = open_how(flags, mode, resolve)
-    buf = ctypes.create_string_buffer(path)
-    return _check(_syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_long(dirfd), buf,
-                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+    key = (flags, mode, resolve)
+    how = _HOWS.get(key)
+    if how is None:
+        h = open_how(flags, mode, resolve)
+        how = _HOWS[key] = (h, ctypes.addressof(h))
+    ret = _openat2(SYS_OPENAT2, dirfd, path, how[1], _HOW_SIZE)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
 
 
 def seccomp_set_filter(flags: int, prog_bytes: bytes) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.sysno import NUMBERS
 
 
 def _translate_arg(c: Call, i: int) -> Native:
@@ -18,9 +19,14 @@ def _translate_arg(c: Call, i: int) -> Native:
     return Native()
 
 
+_CPU_MASK_CALLS = (NUMBERS["sched_setaffinity"], NUMBERS["sched_getaffinity"])
+
+
 def sys_pid_first(c: Call) -> Native:
     """sched_*, prlimit64, get_robust_list, migrate_pages, move_pages."""
-    return _translate_arg(c, 0)
+    native = _translate_arg(c, 0)
+    native.own_cpu_mask = c.nr in _CPU_MASK_CALLS
+    return native
 
 
 PRIO_PROCESS, PRIO_PGRP = 0, 1

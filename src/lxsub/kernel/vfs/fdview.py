@@ -31,7 +31,7 @@ def node_or_none(inst: "Instance", local: int, s: os.stat_result) -> Node | None
         return None
     if not host.startswith("/"):
         return None          # anon_inode:..., pipe:[...], socket:[...]
-    return inst.node_for_host_fd(local, s)
+    return inst.node_for_host_fd(local, s, host)
 
 
 def stat_of_fd(inst: "Instance", task: "Task", fd: int) -> LinuxStat:

@@ -68,7 +68,8 @@ class MountTable:
         self.root_mount.root_node = root_fs.root(self.root_mount)
         self.mounts: list[Mount] = [self.root_mount]
         self._by_point: dict[tuple, Mount] = {}
-        self._paths: list[bytes] | None = None
+        self._paths: tuple[frozenset[bytes], list[bytes]] | None = None
+        self._index: tuple[list, list, list] | None = None
 
     def mount(self, fs: FileSystem, at: Node, path: str, source: str, options: str = "rw",
               root: Node | None = None, root_path: str = "/") -> Mount:
@@ -84,14 +85,14 @@ class MountTable:
             r.mount = m
             m.root_node = r
         self.mounts.append(m)
-        self._paths = None
+        self._paths = self._index = None
         self._by_point[_point(at)] = m
         return m
 
     def umount(self, m: Mount) -> None:
         """Take m out of the table (its children must be gone first)."""
         self.mounts.remove(m)
-        self._paths = None
+        self._paths = self._index = None
         if m.mountpoint is not None:
             key = _point(m.mountpoint)
             if self._by_point.get(key) is m:
@@ -132,11 +133,40 @@ class MountTable:
     def mounted_on(self, node: Node) -> Mount | None:
         return self._by_point.get(_point(node)) if self._by_point else None
 
-    def other_mount_paths(self) -> list[bytes]:
-        """Where mounts other than the root one are, as written in the table."""
+    def host_index(self) -> tuple[list, list, list]:
+        """How a host descriptor's path finds its mount, in the order asked:
+        file systems that claim their own descriptors (pseudo files, TmpFs),
+        then the host-backed ones by longest root, then DrvFs, which takes
+        what no other claims."""
+        if self._index is None:
+            from lxsub.kernel.fs.drvfs import DrvFs
+            from lxsub.kernel.fs.hostfs import HostFs
+            claimers, by_root, last = [], [], []
+            for m in self.mounts:
+                fs = m.fs
+                if isinstance(fs, HostFs):
+                    by_root.append((fs.host_root.rstrip("/") + "/", fs.host_root, m))
+                elif isinstance(fs, DrvFs):
+                    last.append(m)
+                elif hasattr(fs, "node_from_host"):
+                    claimers.append(m)
+            by_root.sort(key=lambda e: -len(e[1]))
+            self._index = (claimers, by_root, last)
+        return self._index
+
+    def may_cross_mount(self, plain: bytes) -> bool:
+        """Whether the normalised absolute path `plain` ends on or passes
+        through a mount other than the root one, as written in the table."""
         if self._paths is None:
-            self._paths = [m.path.encode() for m in self.mounts if m is not self.root_mount]
-        return self._paths
+            paths = [m.path.encode() for m in self.mounts if m is not self.root_mount]
+            self._paths = (frozenset(p.split(b"/", 2)[1] for p in paths), paths)
+        tops, paths = self._paths
+        if plain[1:].split(b"/", 1)[0] not in tops:
+            return False
+        for p in paths:
+            if plain.startswith(p) and (len(plain) == len(p) or plain[len(p)] == 0x2F):
+                return True
+        return False
 
 
 def _point(node: Node) -> tuple:

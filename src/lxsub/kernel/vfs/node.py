@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class Node:
-    __slots__ = ("mount", "fd", "host_st", "obj", "fresh")
+    __slots__ = ("mount", "fd", "host_st", "obj", "fresh", "_key")
 
     def __init__(self, mount: "Mount", fd: int | None = None,
                  host_st: os.stat_result | None = None, obj: Any = None) -> None:
@@ -27,6 +27,7 @@ class Node:
         self.obj = obj            # the file system's own object (pseudo fs)
         # host_st was taken just now, in this syscall: no need to stat again.
         self.fresh = host_st is not None
+        self._key: tuple | None = None
 
     @property
     def fs(self):
@@ -34,10 +35,15 @@ class Node:
 
     @property
     def key(self) -> tuple:
-        """Identity for mount points and root checks."""
-        if self.host_st is not None:
-            return (self.host_st.st_dev, self.host_st.st_ino)
-        return (id(self.mount.fs), self.obj.key)
+        """Identity for mount points and root checks (it never changes)."""
+        k = self._key
+        if k is None:
+            if self.host_st is not None:
+                k = (self.host_st.st_dev, self.host_st.st_ino)
+            else:
+                k = (id(self.mount.fs), self.obj.key)
+            self._key = k
+        return k
 
     def mode(self) -> int:
         """Host type bits, or the pseudo file's mode."""
@@ -54,6 +60,7 @@ class Node:
     def dup(self) -> "Node":
         fd = os.dup(self.fd) if self.fd is not None else None
         copy = Node(self.mount, fd, self.host_st, self.obj)
+        copy._key = self._key
         copy.fresh = False        # a kept node (cwd, root) may be long out of date
         return copy
 

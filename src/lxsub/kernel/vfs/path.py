@@ -95,9 +95,8 @@ class Walker:
         plain = path
         if b"//" in path or b"/./" in path or path.endswith((b"/.", b"/")):
             plain = b"/" + b"/".join(c for c in path.split(b"/") if c and c != b".")
-        for p in mounts.other_mount_paths():
-            if plain.startswith(p) and (len(plain) == len(p) or plain[len(p)] == 0x2F):
-                return None
+        if mounts.may_cross_mount(plain):
+            return None
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         try:
             fd = libc.openat2(root.root_node.fd, path.lstrip(b"/") or b".", flags, 0,

@@ -41,6 +41,9 @@ def is_owner_or_capable(c: Creds, uid: int) -> bool:
     return c.fsuid == uid or c.capable(caps.CAP_FOWNER)
 
 
+_DAC_BYPASS = (1 << caps.CAP_DAC_OVERRIDE) | (1 << caps.CAP_DAC_READ_SEARCH)
+
+
 def needs_checks(c: Creds) -> bool:
     """Root with full capabilities passes every DAC check but exec bits."""
-    return not (c.capable(caps.CAP_DAC_OVERRIDE) and c.capable(caps.CAP_DAC_READ_SEARCH))
+    return c.cap_effective & _DAC_BYPASS != _DAC_BYPASS
