@@ -96,8 +96,7 @@ class Call:
             return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
 
     def write(self, addr: int, data: bytes) -> None:
-        if data:
-            memory.write_fd(self.task.process.memfd(), self.task.host_tid, addr, data)
+        memory.write(self.task.host_tid, addr, data)
 
     def set_arg(self, i: int, value: int) -> None:
         assert self.regs is not None, "only traced syscalls can change arguments"
