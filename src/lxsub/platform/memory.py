@@ -157,22 +157,6 @@ def write(pid: int, addr: int, data: bytes) -> None:
         raise MemoryFault()
 
 
-def write_fd(memfd: int, pid: int, addr: int, data: bytes) -> None:
-    """write() through an open /proc/<pid>/mem: one pwrite, a third of
-    process_vm_writev's cost. Unlike it (and the kernel's copy_to_user) it
-    would also write into the caller's read-only pages; that is the
-    caller's own memory, so nothing leaks, but a result written to a
-    read-only buffer succeeds instead of failing with EFAULT."""
-    if not addr:
-        raise MemoryFault()
-    try:
-        if os.pwrite(memfd, data, addr) == len(data):
-            return
-    except OSError:
-        pass
-    write(pid, addr, data)    # unmapped, or a stale address space: decide exactly
-
-
 RED_ZONE = 128
 
 
