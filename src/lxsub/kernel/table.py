@@ -227,10 +227,8 @@ ROWS: list[Syscall] = [
           "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
     # Always stopped, for the caller's own thread too: the provider may hold a
     # thread on its CPU for a wake-up, and at a stop that is over.
-    trace("sched_setaffinity", sched.sys_pid_first, "PID argument translated; the caller's "
-          "own mask, never the provider's temporary one"),
-    trace("sched_getaffinity", sched.sys_pid_first, "PID argument translated; the caller's "
-          "own mask, never the provider's temporary one"),
+    *(trace(n, sched.sys_cpu_mask, "PID argument translated; the caller's own mask, never "
+            "the provider's temporary one") for n in ("sched_setaffinity", "sched_getaffinity")),
     *(pid_arg(n) for n in (
         "sched_setparam", "sched_getparam",
         "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",

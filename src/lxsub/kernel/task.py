@@ -80,11 +80,10 @@ class Process:
 
     def memfd(self) -> int:
         """/proc/<pid>/mem, open while the process keeps its address space
-        (reading or writing through it is one pread/pwrite; reopened after
-        an exec)."""
+        (reading through it is one pread; reopened after an exec)."""
         if self._memfd < 0:
             import os
-            self._memfd = os.open(f"/proc/{self.host_pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self._memfd = os.open(f"/proc/{self.host_pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         return self._memfd
 
     def forget_memory(self) -> None:

@@ -86,11 +86,7 @@ _int3_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, cty
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     # On every call that names a descriptor: a fixed prototype, no wrapping.
-    ret = _int3_syscall(SYS_PIDFD_GETFD, pidfd, targetfd, 0)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
+    return _check(_int3_syscall(SYS_PIDFD_GETFD, pidfd, targetfd, 0))
 
 
 # openat2 is on every path lookup: a prototype with fixed argument types and
@@ -107,11 +103,7 @@ def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0
     if how is None:
         h = open_how(flags, mode, resolve)
         how = _HOWS[key] = (h, ctypes.addressof(h))
-    ret = _openat2(SYS_OPENAT2, dirfd, path, how[1], _HOW_SIZE)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
+    return _check(_openat2(SYS_OPENAT2, dirfd, path, how[1], _HOW_SIZE))
 
 
 def seccomp_set_filter(flags: int, prog_bytes: bytes) -> int:

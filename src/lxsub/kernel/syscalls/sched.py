@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.sysno import NUMBERS
 
 
 def _translate_arg(c: Call, i: int) -> Native:
@@ -19,13 +18,15 @@ def _translate_arg(c: Call, i: int) -> Native:
     return Native()
 
 
-_CPU_MASK_CALLS = (NUMBERS["sched_setaffinity"], NUMBERS["sched_getaffinity"])
-
-
 def sys_pid_first(c: Call) -> Native:
     """sched_*, prlimit64, get_robust_list, migrate_pages, move_pages."""
+    return _translate_arg(c, 0)
+
+
+def sys_cpu_mask(c: Call) -> Native:
+    """sched_setaffinity/sched_getaffinity: run with the caller's own mask."""
     native = _translate_arg(c, 0)
-    native.own_cpu_mask = c.nr in _CPU_MASK_CALLS
+    native.own_cpu_mask = True
     return native
 
 
