@@ -196,6 +196,15 @@ def test_interrupted_install_leaves_nothing(lx: LxRunner) -> None:
     assert lx.run(["--list"]).stderr == b""
 
 
+def _log_tail(log: Path, lines: int = 40) -> str:
+    """The end of a kept install log, for a failure's report (CI keeps no files)."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"\n--- the last {len(tail)} lines of {log.name}\n" + "\n".join(tail)
+
+
 @pytest.mark.slow
 def test_debian_install_runs_apt_and_dpkg(lx_self: LxRunner) -> None:
     from tests.fixtures.rootfs import cache_dir
@@ -203,7 +212,7 @@ def test_debian_install_runs_apt_and_dpkg(lx_self: LxRunner) -> None:
     lx = lx_self
     env = {"XDG_CACHE_HOME": str(cache_dir() / "lx-cache")}
     cp = lx.run(["--install", "debian", "--user", "bob"], timeout=3600, env=env)
-    assert cp.returncode == 0, describe(cp)
+    assert cp.returncode == 0, describe(cp) + _log_tail(lx.lx_home / "install-debian.log")
     cp = lx.run(["-d", "debian", "--", "id -un; apt-get --version | head -1; "
                  "dpkg -l | grep -c '^ii'; stat -c '%U %G %a' /etc/shadow ~; "
                  "dpkg --audit && echo audit-clean"], timeout=300, check=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cbuild import gcc_static
 from tests.fixtures.runner import REPO_ROOT, HostUser, LxRunner, describe
 
 EXAMPLES = REPO_ROOT / "examples"
@@ -123,27 +124,13 @@ int main(void) {
 
 # -- building and installing the Linux programs ---------------------------------------
 
-def _gcc_static(tmp: Path, name: str, source: Path) -> Path:
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is not installed on the host")
-    out = tmp / name
-    cp = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-I", str(EXAMPLES), "-o", str(out),
-                         str(source)], capture_output=True)
-    if cp.returncode != 0:
-        err = cp.stderr.decode(errors="replace")
-        if "cannot find -lc" in err:
-            pytest.skip("no static libc on the host (libc6-dev's libc.a)")
-        pytest.fail(f"gcc failed:\n{err}")
-    return out
-
-
 @pytest.fixture(scope="module")
 def linux_programs(tmp_path_factory) -> dict[str, bytes]:
     tmp = tmp_path_factory.mktemp("lxbus")
     prober = tmp / "prober.c"
     prober.write_text(PROBER_C)
-    return {"lxbus_demo": _gcc_static(tmp, "lxbus_demo", EXAMPLES / "lxbus_demo.c").read_bytes(),
-            "prober": _gcc_static(tmp, "prober", prober).read_bytes()}
+    return {"lxbus_demo": gcc_static(tmp, "lxbus_demo", EXAMPLES / "lxbus_demo.c", EXAMPLES).read_bytes(),
+            "prober": gcc_static(tmp, "prober", prober, EXAMPLES).read_bytes()}
 
 
 def _install(run_lx, programs: dict[str, bytes]) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel import table
 from lxsub.kernel.call import Blocking, Call, Native, NewFd
 from lxsub.kernel.sysno import NAMES
-from lxsub.platform import ptrace
+from lxsub.platform import hostproc, ptrace
 from lxsub.platform.memory import MemoryFault
 
 if TYPE_CHECKING:
@@ -49,47 +49,139 @@ def _run_handler(inst: "Instance", call: Call):
 
 
 def serve_notification(inst: "Instance", lst: "Listener", task: "Task", n: "Notification") -> None:
-    call = Call(inst, task, n.nr, n.args)
-    _answer(inst, lst, n.id, _run_handler(inst, call), n.pid)
+    if task.lost_fd is not None and _replay_lost_fd(inst, lst, task, n):
+        return
+    result = _run_handler(inst, Call(inst, task, n.nr, n.args))
+    if not _answer(inst, lst, n.id, result, n.pid, keep_lost_fd=True):
+        _remember_lost(inst, task, n, result)
 
 
-def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0) -> None:
+def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,
+            keep_lost_fd: bool = False) -> bool:
+    """Deliver a handler's result. False if the caller was no longer
+    waiting for it (killed, or woken by a signal); a NewFd's descriptor
+    is then left open if keep_lost_fd."""
     try:
         if isinstance(result, int):
             lst.reply(nid, result if result >= 0 else 0, result if result < 0 else 0)
         elif isinstance(result, NewFd):
             try:
                 lst.reply_fd(nid, result.fd, result.cloexec, tid)
-            finally:
-                os.close(result.fd)
+            except OSError as e:
+                if not (keep_lost_fd and e.errno == errno.ENOENT):
+                    os.close(result.fd)
+                raise
+            os.close(result.fd)
         elif isinstance(result, Blocking):
-            result.still_wanted = lambda: lst.still_valid(nid)
-            threading.Thread(target=_finish_blocking, args=(inst, lst, nid, result),
-                             daemon=True).start()
+            _BlockingAnswer(inst, lst, nid, tid).start(result)
         else:
             inst.log.warn(f"handler answered {result!r} to a notification")
             lst.reply(nid, 0, -errno.EIO)
     except OSError as e:
-        # ENOENT: the caller went away (killed) before the answer arrived.
+        # ENOENT: the caller went away (killed), or a signal woke it, before
+        # the answer arrived.
         if e.errno == errno.ENOENT:
-            return
+            return False
         inst.log.warn(f"reply failed: {e}")
         # Never leave a caller waiting for an answer that will not come.
         try:
             lst.reply(nid, 0, -(e.errno or errno.EIO))
         except OSError:
             pass
+    return True
 
 
-def _finish_blocking(inst: "Instance", lst: "Listener", nid: int, job: Blocking) -> None:
-    try:
-        result = job.work()
-    except OSError as e:
-        result = -(e.errno or errno.EIO)
-    except Exception:
-        inst.log.warn(f"provider bug in blocking call: {traceback.format_exc()}")
-        result = -errno.EIO
-    _answer(inst, lst, nid, result)
+def _remember_lost(inst: "Instance", task: "Task", n: "Notification", result) -> None:
+    """The call's work is done but its caller did not get the answer: the
+    kernel will restart it (or fail it with EINTR), and doing it again
+    would be seen (a second mkdir fails with EEXIST, a second rename with
+    ENOENT). A number goes back at the stop the signal brings; a new
+    descriptor, which only an answer can install, waits for the restart."""
+    if isinstance(result, int):
+        if result not in ptrace.RESTARTS:
+            inst.engine.result_at_next_stop(n.pid, n.nr, result)
+    elif isinstance(result, NewFd):
+        drop_lost_fd(task)
+        task.lost_fd = (n.nr, n.args, result)
+
+
+def _replay_lost_fd(inst: "Instance", lst: "Listener", task: "Task", n: "Notification") -> bool:
+    """Answer a restarted call with the descriptor its first run opened.
+    The first later call of the same kind settles it: a different one
+    means the program gave up on the first (EINTR) and the copy is closed."""
+    nr, args, result = task.lost_fd
+    if nr != n.nr:
+        return False
+    task.lost_fd = None
+    if args != n.args:
+        os.close(result.fd)
+        return False
+    if not _answer(inst, lst, n.id, result, n.pid, keep_lost_fd=True):
+        task.lost_fd = (nr, args, result)     # lost again: keep it for the next restart
+    return True
+
+
+def drop_lost_fd(task: "Task") -> None:
+    """Close a kept descriptor no restart will ask for (exit, exec)."""
+    if task.lost_fd is not None:
+        os.close(task.lost_fd[2].fd)
+        task.lost_fd = None
+
+
+class _BlockingAnswer:
+    """A Blocking job's answer: its result, unless a signal comes for the
+    caller first. Then the caller gets ERESTARTSYS, as from an interrupted
+    wait in Linux: the kernel's signal code restarts the call or fails it
+    with EINTR, by the handler's SA_RESTART. (The caller's own wait cannot
+    see the signal: only a deadly one wakes it once the provider has read
+    the call, see notify.install_filter.) A result that comes too late is
+    dropped."""
+
+    POLL_S = 0.02
+
+    def __init__(self, inst: "Instance", lst: "Listener", nid: int, tid: int) -> None:
+        self.inst, self.lst, self.nid, self.tid = inst, lst, nid, tid
+        self.lock = threading.Lock()
+        self.open = True
+        self.finished = threading.Event()
+
+    def start(self, job: Blocking) -> None:
+        job.still_wanted = self.wanted
+        threading.Thread(target=self._work, args=(job,), daemon=True).start()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def wanted(self) -> bool:
+        return self.open and self.lst.still_valid(self.nid)
+
+    def _close(self) -> bool:
+        """Take the right to answer; False if the other side has it."""
+        with self.lock:
+            mine, self.open = self.open, False
+        return mine
+
+    def _work(self, job: Blocking) -> None:
+        try:
+            result = job.work()
+        except OSError as e:
+            result = -(e.errno or errno.EIO)
+        except Exception:
+            self.inst.log.warn(f"provider bug in blocking call: {traceback.format_exc()}")
+            result = -errno.EIO
+        self.finished.set()
+        if self._close():
+            _answer(self.inst, self.lst, self.nid, result, self.tid)
+        elif isinstance(result, NewFd):
+            os.close(result.fd)
+
+    def _watch(self) -> None:
+        while not self.finished.wait(self.POLL_S):
+            if not self.lst.still_valid(self.nid):
+                self._close()             # killed, or (older kernels) interrupted
+                return
+            if hostproc.signal_pending(self.tid):
+                if self._close():
+                    _answer(self.inst, self.lst, self.nid, ptrace.ERESTARTSYS)
+                return
 
 
 def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
@@ -108,11 +200,6 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
         inst.engine.finish_syscall(tid, regs, -errno.EIO)
 
 
-# A syscall interrupted by a signal comes back with one of these and is
-# restarted by the kernel with the registers it has then.
-_RESTARTS = (-512, -513, -514)   # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
-
-
 def _exit_hook(result: Native, original):
     """The syscall-exit work for a Native answer: the handler's own, and,
     when we rewrote the arguments, putting the program's own back if the
@@ -123,8 +210,8 @@ def _exit_hook(result: Native, original):
         return None
 
     def hook(t: int, r: "Regs") -> None:
-        value = _signed64(r.rax)
-        if original is not None and value in _RESTARTS:
+        value = ptrace.signed64(r.rax)
+        if original is not None and value in ptrace.RESTARTS:
             r.orig_rax = original[0]
             r.set_args(*original[1])
             ptrace.set_regs(t, r)
@@ -137,7 +224,3 @@ def _exit_hook(result: Native, original):
                 r.rax = new & 0xFFFFFFFFFFFFFFFF
                 ptrace.set_regs(t, r)
     return hook
-
-
-def _signed64(v: int) -> int:
-    return v - (1 << 64) if v >> 63 else v

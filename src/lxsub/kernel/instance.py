@@ -235,6 +235,7 @@ class Instance:
         for other in list(proc.threads.values()):
             if other is not task:
                 self._drop_task(other)
+        dispatch.drop_lost_fd(task)
         plan = task.exec_state
         task.exec_state = None
         if isinstance(plan, ExecPlan):
@@ -289,6 +290,7 @@ class Instance:
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:
+        dispatch.drop_lost_fd(task)
         self.pids.remove_task(task)
         task.fs.detach()
 

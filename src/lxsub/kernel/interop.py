@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.call import Call
-from lxsub.platform import hostexec, libc, memory
+from lxsub.platform import hostexec, hostproc, libc, memory
 
 if TYPE_CHECKING:
     from lxsub.kernel.exec.plan import HostPlan
@@ -310,22 +310,10 @@ def _standin_fd(inst: "Instance") -> int:
     return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _signal_set(mask_hex: str) -> set[int]:
-    mask = int(mask_hex, 16)
-    return {s for s in range(1, 65) if mask >> (s - 1) & 1}
-
-
 def _signal_state(tid: int) -> dict[str, set[int]]:
-    out = {"SigBlk": set(), "SigIgn": set(), "SigCgt": set()}
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in out:
-                    out[key] = _signal_set(value.strip())
-    except OSError:
-        pass
-    return out
+    masks = hostproc.signal_masks(tid)
+    return {key: {s for s in range(1, 65) if masks[key] >> (s - 1) & 1}
+            for key in ("SigBlk", "SigIgn", "SigCgt")}
 
 
 def _read_env(c: Call, envp_ptr: int) -> dict[str, str]:

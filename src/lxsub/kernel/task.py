@@ -109,6 +109,9 @@ class Task:
     fs: FsContext
     # Set while an execve the provider started is in flight.
     exec_state: object | None = None
+    # (nr, args, NewFd): a descriptor opened for a call whose answer a
+    # signal kept from the caller, waiting for the call's restart (dispatch).
+    lost_fd: tuple | None = None
 
     @property
     def pid(self) -> int:

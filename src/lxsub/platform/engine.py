@@ -75,6 +75,8 @@ class Engine:
         self.signal_hooks: dict[int, Callable[[int], int]] = {}
         self.interrupt_hooks: dict[int, Callable[[int, Regs], None]] = {}
         self.exec_hooks: dict[int, Callable[[int], None]] = {}
+        # tid -> (syscall nr, result): answers a signal kept from their caller.
+        self.lost_results: dict[int, tuple[int, int]] = {}
 
     # -- registration -----------------------------------------------------
 
@@ -130,6 +132,21 @@ class Engine:
             self.interrupt_hooks.pop(tid, None)
             return False
         return True
+
+    def result_at_next_stop(self, tid: int, nr: int, result: int) -> None:
+        """tid's trapped syscall `nr` has done its work, but a signal woke
+        the caller before the answer came: the kernel will restart the
+        call (done twice: EEXIST, ENOENT) or fail it with EINTR. The signal
+        brings tid to a stop; there, make the call return `result`, as
+        Linux does for a call that completes before its signal is handled."""
+        self.lost_results[tid] = (nr, result)
+
+    def _give_lost_result(self, tid: int) -> None:
+        nr, result = self.lost_results.pop(tid)
+        regs = ptrace.get_regs(tid, self.regs)
+        if regs.orig_rax == nr and ptrace.signed64(regs.rax) in ptrace.RESTARTS:
+            regs.rax = result & 0xFFFFFFFFFFFFFFFF
+            ptrace.set_regs(tid, regs)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Run callback from the loop after `delay` seconds (monotonic clock)."""
@@ -267,6 +284,7 @@ class Engine:
             self.signal_hooks.pop(tid, None)
             self.interrupt_hooks.pop(tid, None)
             self.exec_hooks.pop(tid, None)
+            self.lost_results.pop(tid, None)
             self.kernel.on_exit(tid, status)
             watcher = self.child_watchers.pop(tid, None)
             if watcher is not None:
@@ -282,6 +300,8 @@ class Engine:
             pass   # killed while we looked at it (SIGKILL from a sibling, exit_group)
 
     def _on_stop(self, tid: int, sig: int, event: int) -> None:
+        if self.lost_results and tid in self.lost_results:
+            self._give_lost_result(tid)
         if sig == ptrace.SYSCALL_STOP:
             hook = self.exit_hooks.pop(tid, None)
             if hook is not None:

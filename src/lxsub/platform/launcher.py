@@ -12,7 +12,7 @@ import os
 import signal
 
 from lxsub.platform import affinity, libc, ptrace
-from lxsub.platform.notify import SECCOMP_FILTER_FLAG_NEW_LISTENER
+from lxsub.platform.notify import install_filter
 
 
 class ChildSetup:
@@ -83,7 +83,7 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
         affinity.release_child()
         os.kill(os.getpid(), signal.SIGSTOP)       # wait to be seized
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-        listener = libc.seccomp_set_filter(SECCOMP_FILTER_FLAG_NEW_LISTENER, filter_prog)
+        listener = install_filter(filter_prog)
         os.write(report_w, str(listener).encode())
         os.close(report_w)
         env = dict(e.split(b"=", 1) if b"=" in e else (e, b"") for e in envp)

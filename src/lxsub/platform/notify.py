@@ -8,12 +8,16 @@ return value in one atomic step, lowest free number, as open(2) would).
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import os
 import struct
 
+from lxsub.platform import libc
 from lxsub.platform.affinity import WakeHere
 
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 _RECV = 0xC0502100        # SECCOMP_IOCTL_NOTIF_RECV
 _SEND = 0xC0182101        # SECCOMP_IOCTL_NOTIF_SEND
@@ -30,6 +34,26 @@ _NOTIF = struct.Struct("<QIIiIQ6Q")   # id, pid, flags, nr, arch, ip, args
 _RESP = struct.Struct("<QqiI")        # id, val, error, flags
 _ADDFD_ARG = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _ZERO = bytes(_NOTIF.size)
+
+
+def install_filter(prog: bytes) -> int:
+    """Install the filter on the calling thread; returns its listener.
+
+    With WAIT_KILLABLE_RECV (Linux 5.19), once the provider has read a
+    call only a deadly signal wakes the caller before the answer. Without
+    it any signal does, and the kernel restarts a call whose work the
+    provider has already done: a second mkdir fails with EEXIST, a second
+    rename with ENOENT (dpkg stumbles on that). Older kernels go without;
+    dispatch then repairs what it can. LX_NO_KILLABLE_WAIT=1 forces that
+    path (for its tests)."""
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER
+    if not os.environ.get("LX_NO_KILLABLE_WAIT"):
+        try:
+            return libc.seccomp_set_filter(flags | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, prog)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    return libc.seccomp_set_filter(flags, prog)
 
 
 class Notification:

@@ -50,6 +50,17 @@ WALL = 0x40000000
 
 SYSCALL_STOP = signal.SIGTRAP | 0x80
 
+# A syscall a signal interrupted returns one of these to the kernel's
+# signal code, which restarts it with the registers it has then (or, for
+# a handler without SA_RESTART, turns it into EINTR).
+ERESTARTSYS = -512
+RESTARTS = (ERESTARTSYS, -513, -514)   # and ERESTARTNOINTR, ERESTARTNOHAND
+
+
+def signed64(v: int) -> int:
+    """A register's value as the signed number a syscall returns."""
+    return v - (1 << 64) if v >> 63 else v
+
 
 class Regs(ctypes.Structure):
     """struct user_regs_struct (x86_64)."""
