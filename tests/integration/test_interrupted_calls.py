@@ -34,22 +34,24 @@ def _install(run_lx, programs: dict[str, bytes]) -> None:
         assert cp.returncode == 0, describe(cp)
 
 
-def _exactly_once(run_lx, scratch: str, rounds: int) -> tuple[int, str]:
+def _exactly_once(run_lx, scratch: str, rounds: int, max_failures: int = 20
+                  ) -> tuple[int, int, str]:
+    """(calls, failures, report) of exactly_once in a fresh scratch directory."""
     cp = run_lx(["--", f"rm -rf {scratch} && mkdir -p {scratch} && cd {scratch} && "
-                 f"{DIR}/exactly_once {rounds}"], None)
+                 f"{DIR}/exactly_once {rounds} {max_failures}"], None)
     out = cp.stdout.decode(errors="replace")
     last = out.strip().splitlines()[-1] if out.strip() else ""
     assert last.startswith("rounds "), describe(cp)
-    fields = last.split()
-    assert int(fields[1]) > 0 and int(fields[5]) > 0, f"no signal came: {last}"
-    return int(fields[3]), describe(cp)
+    fields = dict(zip(last.split()[::2], map(int, last.split()[1::2])))
+    assert fields["calls"] > 0 and fields["signals"] > 0, f"no signal came: {last}"
+    return fields["calls"], fields["failures"], describe(cp)
 
 
 def test_calls_take_effect_once_under_a_rain_of_signals(busybox, programs):
     def run_lx(args, data):
         return busybox.lx(args, input=data, timeout=300)
     _install(run_lx, programs)
-    failures, report = _exactly_once(run_lx, f"{DIR}/once", 3000)
+    _, failures, report = _exactly_once(run_lx, f"{DIR}/once", 3000)
     assert failures == 0, report
 
 
@@ -57,18 +59,18 @@ def test_without_killable_waits_lost_answers_are_repaired(lx_self: LxRunner, bus
                                                          programs, monkeypatch):
     """Kernels before 5.19 lack SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV:
     there the provider gives a lost number back at the signal's stop and
-    keeps a lost descriptor for the restart. One window stays open (the
-    answer arrives just as the signal wakes the caller), so this asks for
-    a few failures at most in 30000 calls, where nothing repaired fails
-    twenty times within the first few hundred."""
+    keeps a lost descriptor for the restart. One window stays open (an
+    answer that arrives as the signal wakes the caller counts as given),
+    so this asks for at most 1 call in 1000 done twice: nothing repaired,
+    about 1 in 80 is; repaired, about 1 in 20000 here."""
     monkeypatch.setenv("LX_NO_KILLABLE_WAIT", "1")
     lx_self.import_distro("bb", busybox_tar)
 
     def run_lx(args, data):
         return lx_self.run(["-d", "bb", *args], input=data, timeout=300)
     _install(run_lx, programs)
-    failures, report = _exactly_once(run_lx, f"{DIR}/once", 3000)
-    assert failures <= 3, report
+    calls, failures, report = _exactly_once(run_lx, f"{DIR}/once", 3000, max_failures=100)
+    assert failures * 1000 <= calls, report
 
 
 def test_a_signal_interrupts_a_waiting_open(busybox, programs):

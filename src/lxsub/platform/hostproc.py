@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 _MASKS = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
 
 
@@ -20,8 +22,16 @@ def signal_masks(tid: int) -> dict[str, int]:
     return out
 
 
+# Signals whose default action is to do nothing: uncaught, they never
+# interrupt a call in Linux (a tracer still gets them queued).
+_QUIET_BY_DEFAULT = sum(1 << (s - 1) for s in (signal.SIGCHLD, signal.SIGCONT, signal.SIGURG,
+                                               signal.SIGWINCH))
+
+
 def signal_pending(tid: int) -> bool:
-    """Whether a signal waits for tid that it neither blocks nor ignores:
-    one that would interrupt a blocking call of tid's."""
+    """Whether a signal waits for tid that would interrupt a blocking call
+    of tid's in Linux: not blocked, not ignored, and caught or with a
+    default action that does something (end, stop)."""
     m = signal_masks(tid)
-    return bool((m["SigPnd"] | m["ShdPnd"]) & ~(m["SigBlk"] | m["SigIgn"]))
+    pending = (m["SigPnd"] | m["ShdPnd"]) & ~(m["SigBlk"] | m["SigIgn"])
+    return bool(pending & (m["SigCgt"] | ~_QUIET_BY_DEFAULT))
