@@ -146,3 +146,39 @@ def test_arg_rules_need_high_half_zero(prog):
     # a 64-bit argument whose low half matches a rule but high half does not
     data = seccomp_data(N["ioctl"], (0, (1 << 32) | TIOCSPGRP, 0))
     assert run_bpf(prog, data) == bpf.RET_ALLOW
+
+
+def kernel_caches_allow(prog: bytes, nr: int) -> bool:
+    """The kernel's seccomp action cache (kernel/seccomp.c,
+    seccomp_is_const_allow): a number is answered ALLOW without running the
+    filter if the filter reaches RET ALLOW for it having loaded nothing but
+    the number and the architecture."""
+    insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
+    acc = pc = 0
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        if code == 0x20:
+            if k not in (0, 4):
+                return False                       # an argument: not constant
+            acc = nr if k == 0 else bpf.AUDIT_ARCH_X86_64
+        elif code == 0x06:
+            return k == bpf.RET_ALLOW
+        elif code == 0x05:
+            pc += k
+        elif code in (0x15, 0x35, 0x45):
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += jt if taken else jf
+        else:
+            return False
+        pc += 1
+    return False
+
+
+def test_native_calls_skip_the_filter_through_the_kernel_cache(prog):
+    """A native call then costs only the filtered syscall entry (see
+    docs/ARCHITECTURE.md): the filter must not load an argument on the way
+    to a plain ALLOW."""
+    native = [row.name for row in table.BY_NR.values() if row.action() == bpf.RET_ALLOW]
+    assert "read" in native and "futex" in native
+    assert [name for name in native if not kernel_caches_allow(prog, N[name])] == []
+    assert not kernel_caches_allow(prog, N["ioctl"])      # split by argument rules
