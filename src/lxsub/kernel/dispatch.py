@@ -168,10 +168,25 @@ class _BlockingAnswer:
             self.inst.log.warn(f"provider bug in blocking call: {traceback.format_exc()}")
             result = -errno.EIO
         self.finished.set()
-        if self._close():
-            _answer(self.inst, self.lst, self.nid, result, self.tid)
-        elif isinstance(result, NewFd):
-            os.close(result.fd)
+        if not self._close():
+            if isinstance(result, NewFd):
+                os.close(result.fd)
+            return
+        if isinstance(result, NewFd):
+            result = self._install(result)
+        _answer(self.inst, self.lst, self.nid, result, self.tid)
+
+    def _install(self, new: NewFd) -> int:
+        """Put the descriptor in the caller, and close ours, before the
+        answer wakes it: off the loop our close can wait for the GIL while
+        the caller goes on, and a second holder shows (a server port
+        closed by the program would still be listening)."""
+        try:
+            return self.lst.add_fd(self.nid, new.fd, new.cloexec)
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        finally:
+            os.close(new.fd)
 
     def _watch(self) -> None:
         while not self.finished.wait(self.POLL_S):
