@@ -174,7 +174,7 @@ class _BlockingAnswer:
             return
         if isinstance(result, NewFd):
             result = self._install(result)
-        _answer(self.inst, self.lst, self.nid, result, self.tid)
+        _answer(self.inst, self.lst, self.nid, result)
 
     def _install(self, new: NewFd) -> int:
         """Put the descriptor in the caller, and close ours, before the
