@@ -8,11 +8,13 @@ test says otherwise.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import socket
 import time
 import subprocess
+import tempfile
 
 import pytest
 
@@ -430,3 +432,42 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])      # utime + stime
+
+
+@pytest.fixture
+def private_python():
+    """A system Python copied into a 0700 directory owned by root, as a pyenv
+    build under Debian's private /root is: the unprivileged user can be
+    started in it by setpriv, but cannot execute it from its own processes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the private directory belongs to another user")
+    private = tempfile.mkdtemp(prefix="lx-root-like-", dir="/tmp")  # mode 0700, like /root
+    os.mkdir(os.path.join(private, "bin"))
+    python = os.path.join(private, "bin", "python3")
+    shutil.copy2(os.path.realpath("/usr/bin/python3"), python)
+    yield python
+    shutil.rmtree(private, ignore_errors=True)
+
+
+def test_harness_python_probe_rejects_a_python_under_a_private_directory(private_python):
+    from tests.fixtures.runner import python_for, python_usable_by, unprivileged_user
+    user = unprivileged_user()
+    assert not python_usable_by(user, private_python)
+    chosen = python_for(user)
+    assert python_usable_by(user, chosen)
+    assert not chosen.startswith(os.path.dirname(os.path.dirname(private_python)))
+
+
+def test_lx_says_when_its_python_cannot_start_the_manager(private_python, lx_other_user,
+                                                          busybox_tar):
+    _import_bb(lx_other_user, busybox_tar)
+    argv = lx_other_user.user.wrap([private_python, "-m", "lxsub", "-d", "bb", "-e", "true"])
+    cp = lx_other_user.run_host(argv, timeout=60)
+    assert cp.returncode == 72, describe(cp)
+    err = cp.stderr.decode()
+    assert "cannot start the lx manager" in err and private_python in err, describe(cp)
+    assert "Traceback" not in err, describe(cp)
+    assert len(err.strip().splitlines()) == 1, describe(cp)
+    # The same command with a Python the user can execute again works.
+    cp = lx_other_user.run(["-d", "bb", "-e", "true"])
+    assert cp.returncode == 0, describe(cp)

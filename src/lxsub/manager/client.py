@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import lxsub
-from lxsub.errors import EXIT_SOFTWARE, EXIT_UNAVAILABLE, LxError
+from lxsub.errors import EXIT_OSFILE, EXIT_SOFTWARE, EXIT_UNAVAILABLE, LxError
 from lxsub.manager import paths, protocol
 from lxsub.manager.protocol import ProtocolError
 
@@ -52,10 +52,11 @@ def connect(start: bool = True) -> socket.socket | None:
 
 def _start_manager() -> None:
     """Start the manager detached from us; return once it listens (or has exited)."""
+    python = manager_interpreter()
     ready_r, ready_w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lxsub.manager.daemon", "--ready-fd", str(ready_w)],
+            [python, "-m", "lxsub.manager.daemon", "--ready-fd", str(ready_w)],
             pass_fds=(ready_w,), start_new_session=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", env=_manager_env())
     finally:
@@ -72,6 +73,26 @@ def _start_manager() -> None:
     if code != 0:
         raise LxError(err.splitlines()[-1].removeprefix("lx: ") if err else
                       f"the lx manager failed to start (exit status {code})", code or EXIT_SOFTWARE)
+
+
+def manager_interpreter() -> str:
+    """The Python that runs the manager: ours, once checked that this user may
+    execute it again.  A Python under a directory the user cannot search (a
+    pyenv build under a 0700 /root, started by a tool that had the rights)
+    runs this client but cannot start a second interpreter."""
+    tried = []
+    for candidate in (sys.executable, getattr(sys, "_base_executable", ""),
+                      os.path.realpath(sys.executable) if sys.executable else ""):
+        if not candidate or candidate in tried:
+            continue
+        tried.append(candidate)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    where = " or ".join(tried) or "its path is unknown"
+    raise LxError(f"cannot start the lx manager: this Python ({where}) cannot be executed "
+                  f"again by uid {os.getuid()} (is a directory above it private?); run lx "
+                  "with a Python this user can execute, e.g. /usr/bin/python3 -m lxsub",
+                  EXIT_OSFILE)
 
 
 def _manager_env() -> dict[str, str]:
