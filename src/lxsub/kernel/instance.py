@@ -210,7 +210,9 @@ class Instance:
         else:
             pp = parent.process.parent if flags & CLONE_PARENT else parent.process
             src = parent.process
-            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip)
+            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip,
+                           oom_score_adj=src.oom_score_adj,
+                           oom_score_adj_min=src.oom_score_adj_min)
             if pp is not None:
                 pp.children.add(proc)
             self.pids.add_process(proc)

@@ -65,6 +65,11 @@ class Process:
     children: set["Process"] = field(default_factory=set)
     exited: bool = False
     dumpable: int = 1
+    # /proc/<pid>/oom_score_adj and the floor below which only
+    # CAP_SYS_RESOURCE may go (Linux's signal->oom_score_adj{,_min}; both
+    # inherited at fork).
+    oom_score_adj: int = 0
+    oom_score_adj_min: int = 0
     _pidfd: int = -1
     _memfd: int = -1
 

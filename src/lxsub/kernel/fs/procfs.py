@@ -19,6 +19,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
+from lxsub.kernel.creds import CAP_SYS_PTRACE, CAP_SYS_RESOURCE
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import (
@@ -50,7 +51,6 @@ _PID_HOST = {"statm": 0o444, "limits": 0o444, "io": 0o400, "personality": 0o400,
              "oom_score": 0o444, "schedstat": 0o444, "wchan": 0o444, "auxv": 0o400}
 # ... of which these need the right to inspect the process (ptrace read).
 _PID_INSPECT = ("io", "personality", "auxv", "wchan")
-CAP_SYS_PTRACE = 19
 _ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
 
 
@@ -477,7 +477,7 @@ class ProcessDir(Dir):
                                  lambda t: self._inspect(t) or self._maps("smaps_rollup")),
             "environ": File(p + "/environ", lambda t: self._inspect(t) or read_host(hp + "/environ"),
                             mode=0o400),
-            "oom_score_adj": File(p + "/oom_score_adj", lambda t: read_host(hp + "/oom_score_adj"),
+            "oom_score_adj": File(p + "/oom_score_adj", lambda t: b"%d\n" % proc.oom_score_adj,
                                   write=self._set_oom_score_adj, mode=0o444),
             "mounts": File(p + "/mounts", lambda t: fs.mounts_text()),
             "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
@@ -538,8 +538,28 @@ class ProcessDir(Dir):
         self.proc.comm = data.decode(errors="replace").rstrip("\n")[:15]
 
     def _set_oom_score_adj(self, t, data: bytes) -> None:
-        with open(self.hp + "/oom_score_adj", "wb") as f:
-            f.write(data)
+        """fs/proc/base.c oom_score_adj_write and __set_oom_adj: a number in
+        [-1000, 1000]; going below the process's floor needs
+        CAP_SYS_RESOURCE, which also moves the floor.  The host gets the
+        value where it allows (a host user may only raise its own)."""
+        try:
+            value = int(data.strip() or b"x", 10)
+        except ValueError:
+            raise OSError(errno.EINVAL, "not a number") from None
+        if not -1000 <= value <= 1000:
+            raise OSError(errno.EINVAL, "out of range")
+        proc = self.proc
+        privileged = t is not None and t.creds.capable(CAP_SYS_RESOURCE)
+        if value < proc.oom_score_adj_min and not privileged:
+            raise OSError(errno.EACCES, "permission denied")
+        if privileged:
+            proc.oom_score_adj_min = value
+        proc.oom_score_adj = value
+        try:
+            with open(self.hp + "/oom_score_adj", "wb") as f:
+                f.write(b"%d" % value)
+        except OSError:
+            pass  # kept inside: the host refuses to lower an unprivileged user's value
 
     def _cmdline(self) -> bytes:
         raw = read_host(self.hp + "/cmdline")
