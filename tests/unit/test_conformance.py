@@ -1,0 +1,45 @@
+"""The conformance harness's own logic: how an LTP run is read and reported."""
+
+from __future__ import annotations
+
+from tools.conformance import report
+from tools.conformance.run import classify
+
+
+def test_ltp_exit_statuses():
+    assert classify("a01", 0, b"TPASS", 1.0, False).status == "pass"
+    assert classify("a01", 32, b"TCONF: not here", 1.0, False).status == "conf"
+    assert classify("a01", 127, b"sh: 1: exec: a01: not found", 0.1, False).status == "missing"
+    assert classify("a01", -9, b"", 60.0, True).status == "timeout"
+    res = classify("a01", 1, b"tst_test.c:1: TINFO: x\nopen02.c:47: TFAIL: open() succeeded\n"
+                   b"x.c:2: TBROK: later\n", 0.3, False)
+    assert res.status == "fail"
+    assert res.problem == "open02.c:47: TFAIL: open() succeeded"
+
+
+def test_a_failure_without_tfail_keeps_the_output_end():
+    res = classify("a01", 2, b"one\ntwo\nthree\nfour\n", 0.3, False)
+    assert res.problem == "two | three | four"
+
+
+def test_areas():
+    assert report.area_of("open01") == "open"
+    assert report.area_of("accept4_01") == "accept4"
+    assert report.area_of("futex_wait_bitset01") == "futex_wait_bitset"
+
+
+def test_report_counts_natively_passing_tests_and_block_devices_apart():
+    def r(name, status, problem=""):
+        return {"name": name, "status": status, "exit": 0, "seconds": 0.1, "problem": problem}
+    data = {"native": [r("open01", "pass"), r("open02", "pass"), r("mount01", "pass"),
+                       r("kill01", "fail")],
+            "lxsub": [r("open01", "pass"), r("open02", "fail", "TFAIL: x | y"),
+                      r("mount01", "fail", "TBROK: no loop"), r("kill01", "pass")]}
+    text = report.render(data, {"mount01"}, {"date": "d", "commit": "c"})
+    assert "passing natively: **3**; under lxsub: **1** (33%)" in text
+    assert "without the block-device tests: **1 of 2** (50%)" in text
+    assert "block-device tests: 0 of 1" in text
+    assert "| open02 | fail | `TFAIL: x \\| y` |" in text
+    assert "| mount01 (block device) | fail | `TBROK: no loop` |" in text
+    assert "kill01" not in text.split("## Passing natively")[1]
+    assert "| open | 2 | 1 | 50% |" in text
