@@ -281,6 +281,10 @@ def test_fd_links_and_maps_name_instance_paths(debian):
     assert set(maps[1:]) <= {"/dev/shm/procfs-maps", "/mnt/host/etc/passwd"}, describe(cp)
 
 
+def out_of(cp) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in text(cp).splitlines())
+
+
 def test_proc_sys_and_system_files(debian):
     cp = script(debian, """
         for f in hostname ostype osrelease pid_max; do echo "$f $(cat /proc/sys/kernel/$f)"; done
@@ -290,8 +294,14 @@ def test_proc_sys_and_system_files(debian):
         echo "fs $(grep -c . /proc/filesystems) $(grep -w proc /proc/filesystems | tr '\\t' ' ')"
         echo "cpuinfo $(grep -c ^processor /proc/cpuinfo)"
         echo "meminfo $(grep ^MemTotal /proc/meminfo | awk '{print $2}')"
+        echo "config $(test -e /proc/config.gz && (gzip -dc < /proc/config.gz | md5sum | cut -c1-32))"
         """)
     assert cp.returncode == 0, describe(cp)
+    if os.access("/proc/config.gz", os.R_OK):  # the host kernel's build options
+        import gzip
+        import hashlib
+        with gzip.open("/proc/config.gz") as f:
+            assert out_of(cp)["config"] == hashlib.md5(f.read()).hexdigest(), describe(cp)
     out = dict(line.split(" ", 1) for line in text(cp).splitlines())
     uname_host, uname_r = out["uname"].split()
     assert out["hostname"] == uname_host and out["osrelease"] == uname_r, describe(cp)

@@ -34,7 +34,9 @@ PROC_SUPER_MAGIC = 0x9FA0
 HZ = os.sysconf("SC_CLK_TCK")
 # Host-wide files the instance shares as they are: its CPUs, memory, devices.
 _PASSTHROUGH = ("meminfo", "cpuinfo", "swaps", "partitions", "diskstats", "vmstat", "zoneinfo",
-                "interrupts", "softirqs", "crypto", "devices", "misc", "buddyinfo", "pagetypeinfo")
+                "interrupts", "softirqs", "crypto", "devices", "misc", "buddyinfo", "pagetypeinfo",
+                # The host kernel's build options: native calls meet that kernel.
+                "config.gz")
 # /proc/sys/kernel files that are the host's and mean the same inside.
 _SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid", "overflowgid",
                     "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
