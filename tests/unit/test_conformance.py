@@ -8,7 +8,8 @@ from tools.conformance.run import classify
 
 def test_ltp_exit_statuses():
     assert classify("a01", 0, b"TPASS", 1.0, False).status == "pass"
-    assert classify("a01", 32, b"TCONF: not here", 1.0, False).status == "conf"
+    conf = classify("a01", 32, b"x.c:1: TINFO: hi\nx.c:2: TCONF: needs 6.9\n", 1.0, False)
+    assert (conf.status, conf.problem) == ("conf", "x.c:2: TCONF: needs 6.9")
     assert classify("a01", 127, b"sh: 1: exec: a01: not found", 0.1, False).status == "missing"
     assert classify("a01", -9, b"", 60.0, True).status == "timeout"
     res = classify("a01", 1, b"tst_test.c:1: TINFO: x\nopen02.c:47: TFAIL: open() succeeded\n"

@@ -75,7 +75,7 @@ def _areas(names, native, lxsub) -> list[str]:
 
 def _differences(names, native, lxsub, block_device) -> list[str]:
     lines = ["## Passing natively, not under lxsub", "",
-             "| test | lxsub | first TFAIL/TBROK (or the output's end) |", "|---|---|---|"]
+             "| test | lxsub | first TFAIL/TBROK, or TCONF, or the output's end |", "|---|---|---|"]
     for n in names:
         if native.get(n, {}).get("status") == "pass" and lxsub[n]["status"] != "pass":
             note = " (block device)" if n in block_device else ""

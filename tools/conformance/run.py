@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 PREFIX = "/opt/ltp"
 SHELL_SETUP = f"cd /tmp; PATH={PREFIX}/testcases/bin:$PATH LTPROOT={PREFIX} TMPDIR=/tmp; export PATH LTPROOT TMPDIR; "
 FIRST_PROBLEM = re.compile(rb"^.*\b(TFAIL|TBROK)\b.*$", re.M)
+FIRST_TCONF = re.compile(rb"^.*\bTCONF\b.*$", re.M)
 OUTPUT_LIMIT = 4000
 
 
@@ -61,7 +62,7 @@ def read_runtest(root: Path) -> list[tuple[str, str]]:
 def classify(name: str, code: int | None, output: bytes, seconds: float,
              timed_out: bool) -> Result:
     """LTP's exit status: 0 pass, 32 TCONF, anything else a failure."""
-    found = FIRST_PROBLEM.search(output)
+    found = (FIRST_TCONF if code == 32 and not timed_out else FIRST_PROBLEM).search(output)
     problem = found.group(0).decode(errors="replace").strip() if found else ""
     if timed_out:
         status = "timeout"
