@@ -44,3 +44,32 @@ def test_report_counts_natively_passing_tests_and_block_devices_apart():
     assert "| mount01 (block device) | fail | `TBROK: no loop` |" in text
     assert "kill01" not in text.split("## Passing natively")[1]
     assert "| open | 2 | 1 | 50% |" in text
+
+
+def test_runtest_lines_split_at_blanks_or_tabs():
+    from tools.conformance.build import parse_runtest
+    text = "# comment\n\nopen01 open01\nsetdomainname01\tsetdomainname01\nfoo bar -i 5\n"
+    assert parse_runtest(text) == [("open01", "open01"), ("setdomainname01", "setdomainname01"),
+                                   ("foo", "bar -i 5")]
+
+
+def test_the_guard_fails_when_an_expected_pass_does_not_pass(tmp_path, capsys):
+    from tools.conformance.__main__ import _check_expectations
+    expect = tmp_path / "guard.txt"
+    expect.write_text("# comment\nopen01 pass\nkill01 pass\n")
+    data = {"lxsub": [{"name": "open01", "status": "pass", "problem": ""},
+                      {"name": "kill01", "status": "fail", "problem": "TFAIL: no"}]}
+    assert _check_expectations(data, expect) == 1
+    assert "kill01: fail TFAIL: no" in capsys.readouterr().err
+    data["lxsub"][1]["status"] = "pass"
+    assert _check_expectations(data, expect) == 0
+
+
+def test_the_guard_list_names_runtest_entries_once():
+    from pathlib import Path
+    lines = [line.split() for line in
+             (Path(__file__).parents[2] / "tools/conformance/guard.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    names = [words[0] for words in lines]
+    assert 100 <= len(names) == len(set(names))
+    assert all(words[1] == "pass" for words in lines)

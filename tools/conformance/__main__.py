@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,11 @@ def cmd_run(args) -> int:
     finally:
         for env in envs:
             env.close()
+        log.close()
+        # Keep the results and the log, not the trees (hundreds of MB each).
+        for bulky in (work / "tree", work / "lx"):
+            shutil.rmtree(bulky, ignore_errors=True)
+        (work / "tree.tar").unlink(missing_ok=True)
     data = {env: [r.as_dict() for r in rs] for env, rs in results.items()}
     data["meta"] = {**_meta(tarball), "seconds": round(time.monotonic() - t0)}
     out = work / "results.json"

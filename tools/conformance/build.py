@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,24 +47,37 @@ def _key(tarball: Path, names: list[str] | None) -> str:
     return h.hexdigest()[:12]
 
 
+def parse_runtest(text: str) -> list[tuple[str, str]]:
+    """(name, command) for each entry of a runtest file: NAME COMMAND, with
+    blanks or tabs between, # comments."""
+    entries = []
+    for line in text.splitlines():
+        words = line.strip().split(None, 1)
+        if words and not words[0].startswith("#"):
+            entries.append((words[0], words[1] if len(words) > 1 else words[0]))
+    return entries
+
+
 def _source_dirs(src: Path, names: list[str]) -> list[str]:
     """The directories of testcases/kernel/syscalls that build the programs
     these runtest entries run (a program PROG is built from PROG.c)."""
-    commands = {}
-    for line in (src / "runtest" / "syscalls").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            entry, _, command = line.partition(" ")
-            commands[entry] = command.split()[0] if command.split() else entry
+    commands = {entry: command.split()[0] for entry, command in
+                parse_runtest((src / "runtest" / "syscalls").read_text())}
     syscalls = src / "testcases" / "kernel" / "syscalls"
     dirs = []
     for entry in names:
         if entry not in commands:
             raise SystemExit(f"ltp build: {entry} is not an entry of runtest/syscalls")
         name = commands[entry]
-        found = sorted(syscalls.glob(f"**/{name}.c"))
+        # NAME_64 and NAME_16 are NAME.c built again (64-bit offsets, 16-bit ids).
+        base = name.removesuffix("_64").removesuffix("_16")
+        found = [c.parent for c in (sorted(syscalls.glob(f"**/{name}.c"))
+                                    or sorted(syscalls.glob(f"**/{base}.c")))]
+        # Else a directory named after it whose Makefile builds it from elsewhere.
+        found += [d for d in (syscalls / re.sub(r"_?\d+$", "", base),) if d.is_dir()]
         if not found:
             raise SystemExit(f"ltp build: no source for test {name} under {syscalls}")
-        dirs.append(str(found[0].parent.relative_to(src)))
+        dirs.append(str(found[0].relative_to(src)))
     return list(dict.fromkeys(dirs))
 
 
@@ -129,9 +143,9 @@ def _strip(tree: Path) -> None:
 def build(tarball: Path, cache: Path, jobs: int | None = None,
           names: list[str] | None = None) -> Path:
     """The cached build for tarball (built first when missing): a tree to lay
-    over a Debian bookworm root.  With binaries, only the directories that
-    build those tests (a CI-sized build)."""
-    final = cache / f"ltp-{_key(tarball, binaries)}"
+    over a Debian bookworm root.  With names (runtest entries), only the
+    directories that build those tests (a CI-sized build)."""
+    final = cache / f"ltp-{_key(tarball, names)}"
     if (final / "root" / PREFIX.lstrip("/") / "runtest" / "syscalls").exists():
         return final / "root"
     install_build_packages()
@@ -143,11 +157,11 @@ def build(tarball: Path, cache: Path, jobs: int | None = None,
         src.mkdir()
         log(f"unpacking {tarball.name}")
         _run(["tar", "-xJf", str(tarball), "-C", str(src)])
+        dirs = _source_dirs(src, names) if names else ["testcases/kernel/syscalls"]
         jobs = jobs or os.cpu_count() or 1
         log(f"building (make -j{jobs}; several minutes; log: {build_log})")
         _run(["make", "autotools"], cwd=src, log_to=build_log)
         _run(["./configure", f"--prefix={PREFIX}"], cwd=src, log_to=build_log)
-        dirs = _source_dirs(src, names) if names else ["testcases/kernel/syscalls"]
         if names:
             _run(["make", f"-j{jobs}", "-C", "lib"], cwd=src, log_to=build_log)
         root = work / "out" / "root"

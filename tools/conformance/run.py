@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from tools.conformance.build import parse_runtest
+
 PREFIX = "/opt/ltp"
 SHELL_SETUP = f"cd /tmp; PATH={PREFIX}/testcases/bin:$PATH LTPROOT={PREFIX} TMPDIR=/tmp; export PATH LTPROOT TMPDIR; "
 FIRST_PROBLEM = re.compile(rb"^.*\b(TFAIL|TBROK)\b.*$", re.M)
@@ -48,15 +50,8 @@ class Result:
 
 
 def read_runtest(root: Path) -> list[tuple[str, str]]:
-    """(name, command) for each entry of runtest/syscalls."""
-    entries = []
-    for line in (root / PREFIX.lstrip("/") / "runtest" / "syscalls").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, command = line.partition(" ")
-        entries.append((name, command.strip()))
-    return entries
+    """(name, command) for each entry of the build's runtest/syscalls."""
+    return parse_runtest((root / PREFIX.lstrip("/") / "runtest" / "syscalls").read_text())
 
 
 def classify(name: str, code: int | None, output: bytes, seconds: float,
