@@ -42,8 +42,9 @@ def _key(tarball: Path, names: list[str] | None) -> str:
     with open(tarball, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    h.update(repr((RECIPE_VERSION, BUILD_PACKAGES, RUNTIME_PACKAGES,
-                   sorted(names) if names else None)).encode())
+    h.update(repr((RECIPE_VERSION, BUILD_PACKAGES, RUNTIME_PACKAGES)).encode())
+    if names:
+        h.update(repr(sorted(names)).encode())
     return h.hexdigest()[:12]
 
 
@@ -145,9 +146,15 @@ def build(tarball: Path, cache: Path, jobs: int | None = None,
     """The cached build for tarball (built first when missing): a tree to lay
     over a Debian bookworm root.  With names (runtest entries), only the
     directories that build those tests (a CI-sized build)."""
+    def built(key: str) -> Path | None:
+        root = cache / f"ltp-{key}" / "root"
+        return root if (root / PREFIX.lstrip("/") / "runtest" / "syscalls").exists() else None
+
+    # A whole build serves any subset.
+    found = built(_key(tarball, None)) or (names and built(_key(tarball, names)))
+    if found:
+        return found
     final = cache / f"ltp-{_key(tarball, names)}"
-    if (final / "root" / PREFIX.lstrip("/") / "runtest" / "syscalls").exists():
-        return final / "root"
     install_build_packages()
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".ltp-build-", dir=cache))
