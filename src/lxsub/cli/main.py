@@ -238,14 +238,15 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
 
 def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
     from lxsub.cli import terminal
-    from lxsub.manager.protocol import launch_env
+    from lxsub.manager.protocol import launch_env, wire_str
 
     distro = distro_cmds.launch_distro(registry, opts.distribution)
     command = command or _Command()
     tty = terminal.describe()
     message = {
-        "distro": distro.name, "argv": command.argv, "mode": command.mode,
-        "user": opts.user, "cwd": opts.cd, "tty": tty,
+        "distro": distro.name, "argv": [wire_str(a) for a in command.argv],
+        "mode": command.mode, "user": opts.user and wire_str(opts.user),
+        "cwd": opts.cd and wire_str(opts.cd), "tty": tty,
         "env": launch_env(os.environ),
     }
     conn, started, fds = client.launch(message, (0, 1, 2))

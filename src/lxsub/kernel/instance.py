@@ -97,7 +97,10 @@ class Instance:
         root = self.mounts.root_mount.root()
         from lxsub.kernel.vfs.path import Walker
         try:
-            cwd_node = Walker(self.mounts, root, Creds()).resolve(root, cwd.encode())
+            # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
+            # surrogateescape string (manager/protocol.py, wire_bytes).
+            cwd_node = Walker(self.mounts, root, Creds()).resolve(
+                root, cwd.encode("utf-8", "surrogateescape"))
             if not cwd_node.is_dir():
                 cwd_node.release()
                 raise OSError(errno.ENOTDIR, "not a directory")

@@ -21,6 +21,7 @@ import struct
 import termios
 import sys
 import time
+import traceback
 
 from lxsub.config import DistroConfig
 from lxsub.errors import LxError
@@ -121,6 +122,12 @@ class InstanceHost:
             self._start_session(conn, message, fds[1:])
         except LxError as e:
             self._reply(conn, protocol.error_reply(ProtocolError("cannot-run", e.message, e.exit_code)))
+            conn.close()
+        except Exception as e:       # a session never takes the instance down: log it, say so
+            traceback.print_exc()
+            self._reply(conn, protocol.error_reply(ProtocolError(
+                "failed", f"the instance of '{self.inst.name}' could not start the command: {e!r} "
+                "(see $LX_HOME/manager.log)")))
             conn.close()
         return {"ok": True}
 

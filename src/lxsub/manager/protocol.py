@@ -71,13 +71,34 @@ INTEROP_ENV = ("PATH", "LXENV")
 
 
 def launch_env(environ) -> dict[str, str]:
-    """The `env` of a launch: PASSED_ENV, INTEROP_ENV and what LXENV names."""
+    """The `env` of a launch: PASSED_ENV, INTEROP_ENV and what LXENV names
+    (as wire strings: bytes that are not UTF-8 stay bytes)."""
     names = set(PASSED_ENV) | set(INTEROP_ENV)
     for item in environ.get("LXENV", "").split(":"):
         name = item.partition("/")[0]
         if name:
             names.add(name)
-    return {k: v for k, v in environ.items() if k in names}
+    return {wire_str(k): wire_str(v) for k, v in environ.items() if k in names}
+
+
+# -- bytes on the wire -----------------------------------------------------------------
+# In Linux argv, the environment and paths are bytes, not text.  JSON carries
+# text, so a host byte string travels as its UTF-8 decoding with
+# surrogateescape: every byte that is not part of valid UTF-8 becomes a lone
+# surrogate U+DC80..U+DCFF (escaped as \udcXX by json), and wire_bytes gives
+# the very bytes back.  Strings a peer sends that cannot be turned back into
+# bytes (other lone surrogates) are refused by check_type.
+
+def wire_str(value: str | bytes) -> str:
+    """Host bytes (or a str Python decoded from them: sys.argv, os.environ)
+    as a protocol string."""
+    raw = value if isinstance(value, bytes) else os.fsencode(value)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def wire_bytes(value: str) -> bytes:
+    """The bytes a protocol string stands for (see wire_str)."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 TTY_FIELDS = "{stdin: bool, stdout: bool, stderr: bool, rows: int, cols: int}"
@@ -214,6 +235,15 @@ def _fd_count(spec: Message) -> int:
     return len(spec.fds.split(",")) if spec.fds else 0
 
 
+def _is_wire(value: str) -> bool:
+    """Whether a string stands for bytes (see wire_bytes)."""
+    try:
+        wire_bytes(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_type(value: Any, kind: str) -> bool:
     """Whether value matches a schema type: str, int, bool, [T], {str: T},
     a|b|c (one of these strings), {a: T, ...} (an object), T? (or null)."""
@@ -221,7 +251,7 @@ def check_type(value: Any, kind: str) -> bool:
     if kind.endswith("?"):
         return value is None or check_type(value, kind[:-1])
     if kind == "str":
-        return isinstance(value, str) and "\0" not in value and len(value) <= 4096
+        return isinstance(value, str) and "\0" not in value and len(value) <= 4096 and _is_wire(value)
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31
     if kind == "bool":

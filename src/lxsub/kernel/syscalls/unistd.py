@@ -81,7 +81,7 @@ def sys_fchdir(c: Call) -> int:
 
 def sys_getcwd(c: Call) -> int:
     path = current_dir_path(c)
-    data = path.encode() + b"\0"
+    data = os.fsencode(path) + b"\0"   # a str from the host: fsdecoded bytes
     if len(data) > c.args[1]:
         raise OSError(errno.ERANGE, "buffer too small")
     c.write(c.ptr(0), data)
