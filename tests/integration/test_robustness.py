@@ -46,3 +46,76 @@ def test_non_utf8_cd_arrives_byte_exact(busybox):
     assert cp.stdout == b"/tmp/robust-cd/" + NOT_UTF8_BYTES + b"\n"
     # The instance survived all of it: a plain command still runs.
     assert busybox.exe("true").returncode == 0
+
+
+# -- 2. the manager and instances survive any bytes, serve clients independently ---------
+
+def _as_user_python(lx, code: str, timeout: float = 60):
+    """Run Python code as the runner's user, with its LX_HOME and lxsub."""
+    return lx.run_host(lx.user.wrap([lx.python, "-c", code]), timeout=timeout)
+
+
+_HOSTILE_CLIENTS = r'''
+import socket, time, json
+from lxsub.manager import paths, protocol
+path = str(paths.manager_socket())
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(5); s.connect(path); return s
+for data in (b"[" * 65000, b'{"v":1,"op":"hello","x":' + b"[" * 60000 + b"]" * 60000 + b"}",
+             b'{"v":true,"op":"hello"}', b"\xff" * 100):
+    s = conn(); s.send(data[:65536]); print(json.loads(s.recv(70000))["error"]["code"]); s.close()
+slow = conn(); slow.setblocking(False)
+for _ in range(500):
+    try: slow.send(b'{"v":1,"op":"status"}')
+    except BlockingIOError: break
+t0 = time.monotonic(); s = conn(); protocol.send(s, {"v": 1, "op": "hello"})
+reply, _ = protocol.receive(s)
+print("hello", reply["ok"], round(time.monotonic() - t0, 2))
+'''
+
+
+def test_manager_survives_hostile_requests_and_slow_readers(lx, busybox_tar):
+    lx.import_distro("bb", busybox_tar)
+    assert lx.run(["-d", "bb", "-e", "true"]).returncode == 0       # the manager runs
+    cp = _as_user_python(lx, _HOSTILE_CLIENTS)
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode().split("\n")
+    assert lines[:4] == ["bad-request", "bad-request", "version", "bad-request"], describe(cp)
+    hello = lines[4].split()
+    assert hello[:2] == ["hello", "True"] and float(hello[2]) < 2.0, describe(cp)
+    cp = lx.run(["-d", "bb", "-e", "echo", "served"])
+    assert cp.stdout == b"served\n", describe(cp)
+    assert "Traceback" not in (lx.lx_home / "manager.log").read_text()
+
+
+# -- 3. Linux-sized command lines, Linux's E2BIG -------------------------------------------
+
+def test_linux_sized_command_line_runs(busybox):
+    big = ["x" * 131071] * 12                  # 12 strings at MAX_ARG_STRLEN: 1.5 MiB
+    cp = busybox.exe("sh", "-c", 'echo $#; for a; do echo ${#a}; done', "sh", *big)
+    assert cp.returncode == 0, cp.stderr[-400:]
+    assert cp.stdout.split() == [b"12"] + [b"131071"] * 12
+
+
+def test_a_string_past_max_arg_strlen_is_e2big(busybox):
+    # `lx -- ARGS` joins ARGS into the one string `sh -c` gets: 140 KB here.
+    cp = busybox.lx(["--", "echo", "x" * 70000, "y" * 70000])
+    assert cp.returncode == 126, (cp.returncode, cp.stderr[-400:])
+    err = cp.stderr.decode()
+    assert err.startswith("lx: argument list too long") and "MAX_ARG_STRLEN" in err
+    assert err.count("\n") == 1
+
+
+def test_a_command_line_past_the_instances_limit_is_e2big(busybox):
+    """The instance's own limit (a quarter of its stack limit) decides: an
+    lx with a larger stack limit passes its own check, the instance refuses."""
+    assert busybox.exe("true").returncode == 0          # the instance runs, 8 MiB stack
+    args = busybox.runner.root / "big-args"
+    args.write_text(" ".join(["x" * 131000] * 20))       # 2.6 MB: over 2 MiB
+    # The host shell reads them: our own exec could not pass them (E2BIG).
+    cp = busybox.runner.run_host(["sh", "-c", 'ulimit -s 32768; exec "$@" $(cat "$0")', str(args),
+                                  *busybox.runner.command(["-d", busybox.name, "-e", "echo"])])
+    assert cp.returncode == 126, (cp.returncode, cp.stderr[-400:])
+    err = cp.stderr.decode()
+    assert err.startswith("lx: argument list too long") and "E2BIG" in err and err.count("\n") == 1
+    assert busybox.exe("true").returncode == 0

@@ -238,17 +238,21 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
 
 def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
     from lxsub.cli import terminal
-    from lxsub.manager.protocol import launch_env, wire_str
+    from lxsub.manager.protocol import (LAUNCH_FIELDS, LaunchRequest, ProtocolError, launch_env,
+                                         wire_str)
 
     distro = distro_cmds.launch_distro(registry, opts.distribution)
     command = command or _Command()
     tty = terminal.describe()
-    message = {
-        "distro": distro.name, "argv": [wire_str(a) for a in command.argv],
-        "mode": command.mode, "user": opts.user and wire_str(opts.user),
-        "cwd": opts.cd and wire_str(opts.cd), "tty": tty,
-        "env": launch_env(os.environ),
-    }
+    launch = LaunchRequest(
+        distro=distro.name, argv=[wire_str(a) for a in command.argv], mode=command.mode,
+        user=opts.user and wire_str(opts.user), cwd=opts.cd and wire_str(opts.cd),
+        env=launch_env(os.environ), tty=tty)
+    try:
+        launch.check_size()       # Linux's E2BIG, said before anything starts
+    except ProtocolError as e:
+        raise LxError(e.message, e.exit_code) from None
+    message = {k: getattr(launch, k) for k in LAUNCH_FIELDS}
     conn, started, fds = client.launch(message, (0, 1, 2))
     for warning in started.get("warnings", ()):
         _print_error(f"warning: {warning}")

@@ -18,6 +18,7 @@ from lxsub.errors import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_NOUSER, EXIT_OS
 from lxsub.kernel import interop
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec import binfmt
+from lxsub.kernel.exec import limits
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
@@ -89,6 +90,10 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
         env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
+        try:
+            limits.check(argv_b, env)
+        except OSError as e:
+            raise LxError(f"argument list too long: {e.strerror} (E2BIG)", EXIT_CANNOT_EXEC) from None
         return inst.spawn(path, argv_b, env, creds, fs, setup)
     except BaseException:
         fs.release()

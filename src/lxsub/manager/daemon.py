@@ -32,6 +32,7 @@ from lxsub.config import load_distro_config, load_host_config
 from lxsub.state import Distro, Registry, check_launchable, lx_home
 
 CLIENT_OPS = {"hello", "status", "launch", "terminate", "shutdown"}
+MAX_CLIENTS = 256       # connections served at once; more wait in the backlog or are refused
 ASK_TIMEOUT = 15.0      # seconds an instance has to answer the manager
 END_TIMEOUT = 10.0      # seconds an ending instance has before SIGKILL
 
@@ -95,8 +96,19 @@ class Manager:
     # -- clients --------------------------------------------------------------------
 
     def _accept(self, _sock) -> None:
-        conn = protocol.accept_own_user(self.listener)
+        try:
+            conn = protocol.accept_own_user(self.listener)
+        except OSError as e:
+            # Out of descriptors (EMFILE, ENFILE, ENOBUFS): the pending
+            # connection waits in the backlog until a client goes.
+            _log(f"cannot accept a client: {e.strerror}")
+            time.sleep(0.05)
+            return
         if conn is None:
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            _log(f"{MAX_CLIENTS} clients connected: refusing one more")
+            conn.close()
             return
         self.clients[conn.fileno()] = conn
         self.selector.register(conn, selectors.EVENT_READ, self._on_client)
@@ -105,8 +117,7 @@ class Manager:
         try:
             message, fds = protocol.receive(conn)
         except ProtocolError as e:
-            self._send(conn, protocol.error_reply(e))
-            if e.code == "too-large":
+            if not self._send(conn, protocol.error_reply(e)) or e.code == "too-large":
                 self._drop_client(conn)
             return
         except OSError:
@@ -127,7 +138,8 @@ class Manager:
             reply = protocol.error_reply(ProtocolError("failed", f"manager error: {e}"))
         finally:
             protocol.close_all(fds)
-        self._send(conn, reply)
+        if not self._send(conn, reply):
+            self._drop_client(conn)
 
     def _drop_client(self, conn: socket.socket) -> None:
         if self.clients.pop(conn.fileno(), None) is not None:
@@ -135,11 +147,17 @@ class Manager:
         conn.close()
 
     @staticmethod
-    def _send(conn: socket.socket, reply: dict) -> None:
+    def _send(conn: socket.socket, reply: dict) -> bool:
+        """Reply without waiting: a client that does not read its replies
+        must not hold up the others (False: it is to be dropped)."""
         try:
-            protocol.send(conn, reply)
-        except OSError:
-            pass
+            protocol.send(conn, reply, wait=False)
+            return True
+        except BlockingIOError:
+            _log("dropping a client that does not read its replies")
+            return False
+        except (OSError, ProtocolError):
+            return False
 
     # -- operations ---------------------------------------------------------------------
 
@@ -175,9 +193,9 @@ class Manager:
         return {"ok": True}
 
     def _op_launch(self, conn: socket.socket, message: dict, fds: list[int]) -> dict:
-        distro = _launchable(message.get("distro"))
-        session = {k: message.get(k) for k in protocol.LAUNCH_FIELDS}
-        session.update(op="session", distro=distro.name, default_user=distro.default_user)
+        launch = protocol.LaunchRequest.from_message(message)
+        distro = _launchable(launch.distro)
+        session = launch.session(distro.name, distro.default_user)
         for _attempt in range(3):
             ref = self.instances.get(distro.name) or self._start_instance(distro)
             reply = self._ask(ref, session, [conn.fileno(), *fds])
@@ -350,6 +368,11 @@ def _listen() -> socket.socket:
     sock.listen(64)
     sock.setblocking(False)
     return sock
+
+
+def _log(line: str) -> None:
+    """One line in manager.log (our stderr), with the time."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def _log_to_file() -> None:

@@ -33,6 +33,7 @@ from lxsub.manager.protocol import ProtocolError
 from lxsub.platform.launcher import ChildSetup
 
 MANAGER_OPS = {"session", "info", "end"}
+MAX_PEERS = 64        # connections to the instance's socket at once (the manager needs one)
 
 
 class Session:
@@ -59,8 +60,15 @@ class InstanceHost:
     # -- connections ------------------------------------------------------------
 
     def _accept(self) -> None:
-        conn = protocol.accept_own_user(self.listener)
+        try:
+            conn = protocol.accept_own_user(self.listener)
+        except OSError as e:      # out of descriptors: it waits in the backlog
+            self.inst.log.warn(f"instance socket: cannot accept: {e.strerror}")
+            return
         if conn is None:
+            return
+        if len(self.peers) >= MAX_PEERS:
+            conn.close()
             return
         self.peers[conn.fileno()] = conn
         self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_manager(conn))
@@ -69,7 +77,8 @@ class InstanceHost:
         try:
             message, fds = protocol.receive(conn)
         except ProtocolError as e:
-            self._reply(conn, protocol.error_reply(e))
+            if not self._reply(conn, protocol.error_reply(e)) or e.code == "too-large":
+                self._drop_peer(conn)
             return
         except OSError:
             message, fds = None, []
@@ -82,7 +91,11 @@ class InstanceHost:
         except ProtocolError as e:
             protocol.close_all(fds)
             reply = protocol.error_reply(e)
-        self._reply(conn, reply)
+        except Exception as e:     # never die of a request: log it and say so
+            traceback.print_exc()
+            reply = protocol.error_reply(ProtocolError("failed", f"instance error: {e!r}"))
+        if not self._reply(conn, reply):
+            self._drop_peer(conn)
 
     def _drop_peer(self, conn: socket.socket) -> None:
         self.inst.engine.unwatch_fd(conn.fileno())
@@ -91,10 +104,12 @@ class InstanceHost:
 
     @staticmethod
     def _reply(conn: socket.socket, reply: dict, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        """Send without waiting: a peer that does not read must not stop the
+        instance's loop (and every program in it)."""
         try:
-            protocol.send(conn, reply, fds)
+            protocol.send(conn, reply, fds, wait=False)
             return True
-        except OSError:
+        except (OSError, ProtocolError):
             return False
 
     # -- manager requests -----------------------------------------------------------
@@ -117,9 +132,20 @@ class InstanceHost:
         if self.inst.ending:
             protocol.close_all(fds)
             raise ProtocolError("ending", f"the instance of '{self.inst.name}' is ending")
-        conn = socket.socket(fileno=fds[0])
         try:
-            self._start_session(conn, message, fds[1:])
+            conn = socket.socket(fileno=fds[0])
+        except OSError:
+            protocol.close_all(fds)
+            raise ProtocolError("bad-request", "session: the first descriptor is not a connection")
+        try:
+            req = protocol.LaunchRequest.from_message(message)
+        except ProtocolError as e:
+            self._reply(conn, protocol.error_reply(e))
+            protocol.close_all(fds[1:])
+            conn.close()
+            return {"ok": True}
+        try:
+            self._start_session(conn, req, fds[1:])
         except LxError as e:
             self._reply(conn, protocol.error_reply(ProtocolError("cannot-run", e.message, e.exit_code)))
             conn.close()
@@ -133,18 +159,18 @@ class InstanceHost:
 
     # -- sessions ---------------------------------------------------------------------
 
-    def _start_session(self, conn: socket.socket, message: dict, stdio: list[int]) -> None:
-        tty = message.get("tty")
+    def _start_session(self, conn: socket.socket, req: protocol.LaunchRequest,
+                       stdio: list[int]) -> None:
+        tty = req.tty
         master, setup = None, None
         try:
             if tty is not None:
                 master, setup = _pty_setup(stdio, tty)
             else:
                 setup = ChildSetup(stdio=(stdio[0], stdio[1], stdio[2]), new_session=True)
-            launch = sessions.Launch(message["argv"], message["mode"], message.get("user"),
-                                     message.get("cwd"), message["env"])
+            launch = sessions.Launch(req.argv, req.mode, req.user, req.cwd, req.env)
             # [user] default of /etc/lx.conf wins over the registry's, as in WSL.
-            default_user = self.inst.config.user.default or message.get("default_user")
+            default_user = self.inst.config.user.default or req.default_user
             proc = sessions.start(self.inst, launch, default_user, setup)
         except BaseException:
             if master is not None:
