@@ -9,6 +9,11 @@ working afterwards.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from tests.fixtures.runner import describe
@@ -119,3 +124,53 @@ def test_a_command_line_past_the_instances_limit_is_e2big(busybox):
     err = cp.stderr.decode()
     assert err.startswith("lx: argument list too long") and "E2BIG" in err and err.count("\n") == 1
     assert busybox.exe("true").returncode == 0
+
+
+# -- 4. every pointer argument of every trapped call: EFAULT where Linux says so ---------
+
+# Calls the probe must not make: they replace, end or duplicate the probe itself.
+_NOT_PROBED = {"fork", "vfork", "clone", "clone3", "exit", "exit_group", "execve", "execveat",
+               "rt_sigreturn", "ptrace"}
+
+
+@pytest.fixture(scope="module")
+def bad_pointers_probe(tmp_path_factory):
+    from tests.fixtures.cbuild import PROGRAMS, gcc_static
+    out = tmp_path_factory.mktemp("probe")
+    os.chmod(out, 0o755)
+    return gcc_static(out, "bad_pointers", PROGRAMS / "bad_pointers.c")
+
+
+def _probe_results(text: str) -> dict[tuple[str, str], list[str]]:
+    return {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines() if line}
+
+
+def test_every_pointer_argument_is_efault(busybox, bad_pointers_probe):
+    """Each trapped call with a handler, each argument in turn (void *)-1 (the
+    others 0): wherever Linux answers EFAULT, so does lxsub; and no handler
+    fails with a provider bug. Linux's answers come from the same program
+    run natively by an unprivileged host user."""
+    from lxsub.kernel import table
+    from tests.fixtures.runner import current_user, unprivileged_user
+    nrs = sorted(r.nr for r in table.BY_NR.values()
+                 if r.via in ("notify", "trace") and r.handler is not None
+                 and r.name not in _NOT_PROBED)
+    native_user = unprivileged_user() if os.geteuid() == 0 else current_user()
+    native = subprocess.run(native_user.wrap([str(bad_pointers_probe), *map(str, nrs)]),
+                            capture_output=True, timeout=300, cwd="/")
+    assert native.returncode == 0, native.stderr
+    inside = busybox.rootfs / "tmp" / "bad_pointers"
+    shutil.copyfile(bad_pointers_probe, inside)
+    os.chmod(inside, 0o755)
+    log = busybox.runner.lx_home / "lx.log"
+    before = log.read_text(errors="replace") if log.exists() else ""
+    cp = busybox.lx(["-u", "user", "-e", "/tmp/bad_pointers", *map(str, nrs)], timeout=600)
+    assert cp.returncode == 0, describe(cp)
+    linux, ours = _probe_results(native.stdout.decode()), _probe_results(cp.stdout.decode())
+    efault = str(errno.EFAULT)
+    wrong = [(table.BY_NR[int(nr)].name, int(i), ours.get((nr, i)))
+             for (nr, i), result in linux.items()
+             if result[0] != "gone" and result[1] == efault and ours.get((nr, i), ["", ""])[1] != efault]
+    assert len(linux) == 6 * len(nrs) and not wrong, wrong
+    after = log.read_text(errors="replace") if log.exists() else ""
+    assert "provider bug" not in after[len(before):]

@@ -32,7 +32,7 @@ def sys_execveat(c: Call):
     flags = c.int(4)
     if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
         raise OSError(errno.EINVAL, "bad flags")
-    path = c.path(1) if c.ptr(1) else b""
+    path = c.path_or_empty(1, flags)
     return _execve(c, c.int(0), path, c.ptr(2), c.ptr(3), flags)
 
 
