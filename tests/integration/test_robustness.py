@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -174,3 +175,47 @@ def test_every_pointer_argument_is_efault(busybox, bad_pointers_probe):
     assert len(linux) == 6 * len(nrs) and not wrong, wrong
     after = log.read_text(errors="replace") if log.exists() else ""
     assert "provider bug" not in after[len(before):]
+
+
+# -- 8. manager.log says why every instance ended ------------------------------------------
+
+def _instance_pid(lx) -> int:
+    from tests.fixtures.runner import wait_for
+
+    def find():
+        for pid in lx.strays():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().startswith("lx:"):
+                        return pid
+            except OSError:
+                pass
+        return None
+    return wait_for(find, what="the instance process")
+
+
+def test_manager_log_says_why_each_instance_ended(lx, busybox_tar):
+    from tests.fixtures.runner import wait_for
+    lx.import_distro("bb", busybox_tar)
+    lx.configure("[instance]\nidle_timeout = 1\n")
+    log = lx.lx_home / "manager.log"
+    assert lx.run(["-d", "bb", "-e", "true"]).returncode == 0          # ends idle
+    wait_for(lambda: "ended: exit status 0" in log.read_text(), what="the idle end in manager.log")
+    text = log.read_text()
+    assert "instance bb" in text and "ending: idle" in text, text
+    sleeper = lx.popen(["-d", "bb", "-e", "sleep", "1000"])              # killed
+    try:
+        os.kill(_instance_pid(lx), signal.SIGKILL)
+        wait_for(lambda: "ended: killed by SIGKILL" in log.read_text(), what="the kill in manager.log")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    sleeper = lx.popen(["-d", "bb", "-e", "sleep", "1000"])              # terminated
+    try:
+        _instance_pid(lx)
+        assert lx.run(["--terminate", "bb"]).returncode == 0
+        wait_for(lambda: "ending: the manager asked" in log.read_text(), what="the terminate")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert "Traceback" not in log.read_text()

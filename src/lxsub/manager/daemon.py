@@ -63,6 +63,7 @@ class Manager:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, socket.socket] = {}
         self.instances: dict[str, InstanceRef] = {}
+        self.children: dict[int, str] = {}      # instance processes we forked: pid -> distro
         self.idle_since = time.monotonic()
         self.stopping = False
         self.selector.register(listener, selectors.EVENT_READ, self._accept)
@@ -87,11 +88,14 @@ class Manager:
     def _reap_children(self) -> None:
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            distro = self.children.pop(pid, None)
+            if distro is not None:
+                _log(f"instance {distro} ({pid}) ended: {_describe_status(status)}")
 
     # -- clients --------------------------------------------------------------------
 
@@ -234,6 +238,8 @@ class Manager:
             finally:
                 os._exit(code)
         listener.close()
+        self.children[pid] = distro.name
+        _log(f"instance {distro.name} ({pid}) started")
         ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctl.connect(str(path))
         return self._add_instance(InstanceRef(distro.name, pid, ctl, child=True))
@@ -261,6 +267,8 @@ class Manager:
             pass
         ref.ctl.close()
         _unlink(paths.instance_socket(ref.distro))
+        if not ref.child:       # not ours to reap: its status is its own parent's
+            _log(f"instance {ref.distro} ({ref.pid}) ended (started by an earlier manager)")
 
     def _ask(self, ref: InstanceRef, message: dict, fds: list[int] | tuple[int, ...] = ()) -> dict:
         try:
@@ -270,9 +278,9 @@ class Manager:
             protocol.close_all(extra)
         except (OSError, ProtocolError) as e:
             reply = None
-            print(f"instance {ref.distro} ({ref.pid}) did not answer: {e}", file=sys.stderr)
+            _log(f"instance {ref.distro} ({ref.pid}) did not answer: {e}")
         if reply is None:
-            self._kill(ref)
+            self._kill(ref, "it did not answer the manager")
             self._instance_gone(ref)
             log = lx_home() / "manager.log"
             return {"ok": False, "error": {"code": "failed", "exit": 70,
@@ -293,12 +301,13 @@ class Manager:
             while ref.ctl.recv(protocol.MAX_MESSAGE):
                 pass
         except OSError:
-            self._kill(ref)
+            self._kill(ref, f"it did not end within {END_TIMEOUT:g} s")
         self._instance_gone(ref)
         self._reap_children()
 
     @staticmethod
-    def _kill(ref: InstanceRef) -> None:
+    def _kill(ref: InstanceRef, cause: str) -> None:
+        _log(f"killing instance {ref.distro} ({ref.pid}): {cause}")
         try:
             os.kill(ref.pid, signal.SIGKILL)
         except OSError:
@@ -335,6 +344,19 @@ def _launchable(name: str | None) -> Distro:
     except LxError as e:
         raise ProtocolError("busy", e.message, e.exit_code) from None
     return distro
+
+
+def _describe_status(status: int) -> str:
+    """A wait status as manager.log says it (why an instance ended)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name}"
+    code = os.WEXITSTATUS(status)
+    return "exit status 0" if code == 0 else f"exit status {code} (failed: see above)"
 
 
 def _unlink(path) -> None:

@@ -125,7 +125,7 @@ class InstanceHost:
         }
 
     def _op_end(self, _message: dict, _fds: list[int]) -> dict:
-        self.end()
+        self.end("the manager asked (lx --terminate or --shutdown)")
         return {"ok": True}
 
     def _op_session(self, message: dict, fds: list[int]) -> dict:
@@ -227,7 +227,7 @@ class InstanceHost:
     def _end_if_idle(self) -> None:
         idle = self._idle_since
         if idle is not None and time.monotonic() - idle >= self.idle_timeout - 0.01:
-            self.end()
+            self.end(f"idle: no client for {self.idle_timeout:g} s ([instance] idle_timeout)")
 
     # -- life -------------------------------------------------------------------------
 
@@ -245,8 +245,9 @@ class InstanceHost:
         finally:
             os.close(null)
 
-    def end(self) -> None:
+    def end(self, cause: str) -> None:
         if not self.inst.ending:
+            log_line(f"instance {self.inst.name} ({os.getpid()}) ending: {cause}")
             self.inst.end()
 
     def serve(self) -> None:
@@ -263,6 +264,11 @@ def _pty_setup(stdio: list[int], tty: dict) -> tuple[int, ChildSetup]:
     which = (tty["stdin"], tty["stdout"], tty["stderr"])
     fds = tuple(slave if is_tty else fd for is_tty, fd in zip(which, stdio))
     return master, ChildSetup(stdio=fds, new_session=True, ctty=slave)
+
+
+def log_line(line: str) -> None:
+    """One line in manager.log (the instance's stderr is the manager's)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def set_process_name(name: str) -> None:
@@ -287,7 +293,7 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
         print(f"instance {name}: {e.message}", file=sys.stderr)
         return 1
     host = InstanceHost(inst, listener, idle_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: host.end())
+    signal.signal(signal.SIGTERM, lambda *_: host.end("SIGTERM"))
     try:
         interop.install_lxpath(inst)       # /usr/local/bin/lxpath when interop is on
     except OSError as e:
