@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -219,3 +220,65 @@ def test_manager_log_says_why_each_instance_ended(lx, busybox_tar):
         sleeper.kill()
         sleeper.wait()
     assert "Traceback" not in log.read_text()
+
+
+# -- 5. the CLI: one line for odd names and unwritable state, nothing left behind ----------
+
+def _one_line_error(cp, code: int) -> str:
+    err = cp.stderr.decode()
+    assert cp.returncode == code, describe(cp)
+    assert err.startswith("lx: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("name", ["a" * 300, ".", "..", "a/b", "../up"])
+def test_bad_distro_names_are_refused_in_one_line(lx, busybox_tar, name):
+    cp = lx.run(["--import", name, str(lx.distros / "odd"), str(lx.readable(busybox_tar))])
+    _one_line_error(cp, 64)
+    assert not (lx.distros / "odd").exists()
+    assert not any((lx.lx_home / "locks").glob("*")) if (lx.lx_home / "locks").exists() else True
+
+
+def test_import_with_unwritable_state_is_one_line(lx, busybox_tar):
+    assert lx.run(["--list"]).returncode == 0                 # LX_HOME exists
+    if lx.user.uid == 0:
+        # Root writes through modes: make lx's lock directory a file instead.
+        (lx.lx_home / "locks").write_text("")
+        code = 73
+    else:
+        os.chmod(lx.lx_home, 0o555)
+        code = 73
+    try:
+        cp = lx.run(["--import", "ro", str(lx.distros / "ro" / "rootfs"), str(lx.readable(busybox_tar))])
+    finally:
+        os.chmod(lx.lx_home, 0o700)
+    err = _one_line_error(cp, code)
+    assert str(lx.lx_home) in err
+    assert not (lx.distros / "ro").exists()
+
+
+def test_failed_import_removes_every_directory_it_made(lx):
+    bad = lx.root / "bad.tar"
+    bad.write_bytes(b"not a tarball" * 100)
+    lx.user.give(bad)
+    target = lx.distros / "new1" / "new2" / "rootfs"
+    cp = lx.run(["--import", "bad", str(target), str(bad)])
+    _one_line_error(cp, 65)
+    assert not (lx.distros / "new1").exists()
+    assert not (lx.lx_home / "locks" / "bad.lock").exists()
+
+
+def test_lock_file_of_an_unregistered_distro_is_deleted(lx, busybox_tar):
+    lx.import_distro("gone", busybox_tar)
+    assert (lx.lx_home / "locks" / "gone.lock").exists()
+    assert lx.run(["--unregister", "gone"]).returncode == 0
+    assert not (lx.lx_home / "locks" / "gone.lock").exists()
+
+
+def test_mount_hint_names_a_command_that_installs_fusepy():
+    from lxsub.distro import fusemount
+    fix = fusemount._fusepy_fix()
+    assert "lxsub[mount]" not in fix
+    assert f"{sys.executable} -m pip install" in fix
+    if sys.prefix == sys.base_prefix:
+        assert "apt-get install python3-fusepy" in fix

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Sequence
 
 import lxsub
-from lxsub.errors import EXIT_USAGE, LxError
+from lxsub.errors import EXIT_IOERR, EXIT_USAGE, LxError
 from lxsub.cli import distro_cmds, pathcmd
 from lxsub.manager import client
 from lxsub.state import Registry, lx_home, set_running_provider
@@ -94,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0  # e.g. `lx --list | head -1`: the reader is satisfied
+    except OSError as e:
+        # What no check foresaw (a full disk, a file made read-only meanwhile):
+        # still one line naming the file and the reason, never a traceback.
+        where = f": {e.filename}" if e.filename else ""
+        _print_error(f"{e.strerror or e}{where}")
+        return EXIT_IOERR
 
 
 def _main(args: list[str]) -> int:
