@@ -9,6 +9,7 @@ working afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -282,3 +283,45 @@ def test_mount_hint_names_a_command_that_installs_fusepy():
     assert f"{sys.executable} -m pip install" in fix
     if sys.prefix == sys.base_prefix:
         assert "apt-get install python3-fusepy" in fix
+
+
+# -- 6. export: sockets skipped with a note, a killed export's .part removed ---------------
+
+def test_export_skips_a_unix_socket_with_a_note(busybox):
+    runner = busybox.runner
+    # A daemon's socket left in the tree (bound from the host: BusyBox has
+    # no program that binds a named Unix socket).
+    import socket as sk
+    held = busybox.rootfs / "tmp" / "held.sock"
+    with contextlib.suppress(FileNotFoundError):
+        held.unlink()
+    s = sk.socket(sk.AF_UNIX)
+    s.bind(str(held))
+    s.close()
+    out = runner.root / "bb.tar"
+    cp = runner.run(["--export", busybox.name, str(out)])
+    assert cp.returncode == 0, describe(cp)
+    assert b"./tmp/held.sock: socket ignored" in cp.stderr
+    import tarfile
+    with tarfile.open(out) as t:
+        names = t.getnames()
+    assert "./tmp/held.sock" not in names and "./bin/busybox" in names
+
+
+def test_killed_export_leaves_no_part_file(busybox):
+    runner = busybox.runner
+    out = runner.root / "killed.tar.xz"        # xz: slow enough to be killed mid-way
+    p = runner.popen(["--export", busybox.name, str(out)], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    from tests.fixtures.runner import wait_for
+    try:
+        wait_for(lambda: list(runner.root.glob(".killed.tar.xz.*.part")), timeout=30,
+                 what="the export's .part file")
+    finally:
+        p.kill()          # SIGKILL: no clean-up of its own
+        p.wait()
+    assert list(runner.root.glob(".killed.tar.xz.*.part"))
+    cp = runner.run(["--list"])
+    assert cp.returncode == 0, describe(cp)
+    assert b"export was interrupted" in cp.stderr
+    assert not list(runner.root.glob(".killed.tar.xz.*.part")) and not out.exists()
