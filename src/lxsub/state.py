@@ -647,6 +647,11 @@ def delete_rootfs(distro: Distro) -> None:
         raise LxError(
             f"could not delete all of {rootfs} ({e.strerror}); remove it by hand", EXIT_CANTCREAT
         ) from e
+    # What a killed provider left in VolFs's staging directory (kernel/fs/volfs.py).
+    staging = rootfs.parent / f".{rootfs.name}.staging"
+    if os.path.isdir(staging) and not os.path.islink(staging):
+        with contextlib.suppress(OSError):
+            remove_tree(staging)
     with contextlib.suppress(OSError):
         rootfs.parent.rmdir()  # only succeeds when the import directory is now empty
 

@@ -14,6 +14,8 @@ import errno
 import os
 import shutil
 import signal
+import stat
+import time
 import subprocess
 import sys
 
@@ -325,3 +327,45 @@ def test_killed_export_leaves_no_part_file(busybox):
     assert cp.returncode == 0, describe(cp)
     assert b"export was interrupted" in cp.stderr
     assert not list(runner.root.glob(".killed.tar.xz.*.part")) and not out.exists()
+
+
+# -- 7. a new object never exists without its Linux metadata -------------------------------
+
+_CREATE_LOOP = "cd /born && i=$$; while :; do echo > f$i; mkdir d$i; i=$((i+1)); done"
+
+
+def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, busybox_tar):
+    """A non-root user's create loop, the provider SIGKILLed at random moments
+    many times: every file and directory shows its creator as owner and its
+    mode (umask 022), as Linux makes them, none without its attribute."""
+    import random
+    from lxsub.kernel.fs import lxattr
+    lx.import_distro("bb", busybox_tar)
+    rootfs = lx.distros / "bb" / "rootfs"
+    cp = lx.run(["-d", "bb", "-u", "root", "--", "mkdir /born && chown user:user /born"])
+    assert cp.returncode == 0, describe(cp)
+    rng = random.Random(18)
+    for _ in range(12):
+        loop = lx.popen(["-d", "bb", "-u", "user", "--", _CREATE_LOOP],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            pid = _instance_pid(lx)
+            time.sleep(0.3 + rng.random() * 0.5)
+            os.kill(pid, signal.SIGKILL)
+            loop.wait(timeout=30)
+        finally:
+            if loop.poll() is None:
+                loop.kill()
+                loop.wait()
+    born = rootfs / "born"
+    names = os.listdir(born)
+    assert len(names) > 24
+    wrong = []
+    for name in names:
+        st = os.lstat(born / name)
+        meta = lxattr.read_meta_path(str(born / name))
+        want = (stat.S_IFDIR | 0o755) if name.startswith("d") else (stat.S_IFREG | 0o644)
+        if meta is None or (meta.mode, meta.uid, meta.gid) != (want, 1000, 1000):
+            wrong.append((name, None if meta is None else (oct(meta.mode), meta.uid, meta.gid), oct(st.st_mode)))
+    assert not wrong, wrong
+    assert not [n for n in names if not n[1:].isdigit()], names     # no half-made stray

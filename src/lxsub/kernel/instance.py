@@ -69,7 +69,8 @@ class Instance:
         self.log = log or Log(None)
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
-        self.mounts = MountTable(VolFs(self.rootfs), "rootfs")
+        self.volfs = VolFs(self.rootfs)
+        self.mounts = MountTable(self.volfs, "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
@@ -446,6 +447,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        self.volfs.remove_staging()
         if self._scratch is not None:
             import shutil
             shutil.rmtree(self._scratch, ignore_errors=True)
