@@ -369,3 +369,65 @@ def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, bus
             wrong.append((name, None if meta is None else (oct(meta.mode), meta.uid, meta.gid), oct(st.st_mode)))
     assert not wrong, wrong
     assert not [n for n in names if not n[1:].isdigit()], names     # no half-made stray
+
+
+# -- the fuzzers (tools/fuzz), about half a minute each in CI ------------------------------
+
+FUZZ_SECONDS = float(os.environ.get("LXSUB_FUZZ_SECONDS", "25"))
+
+
+def _tools_for(runner) -> None:
+    """tools/ where the runner's user can read it (the repository may not be)."""
+    from tests.fixtures.runner import REPO_ROOT
+    dest = runner.root / "tools"
+    shutil.copytree(REPO_ROOT / "tools", dest, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, _dirs, files in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+
+
+def _fuzz(runner, *args: str):
+    import json
+    _tools_for(runner)
+    cp = runner.run_host(runner.user.wrap([runner.python, "-m", "tools.fuzz", *args]),
+                         cwd=runner.root, timeout=FUZZ_SECONDS * 4 + 120)
+    assert cp.returncode == 0, describe(cp)
+    return json.loads(cp.stdout.decode().strip().splitlines()[-1])
+
+
+def test_request_fuzzer_keeps_manager_and_instance_up(lx, busybox_tar):
+    lx.import_distro("bb", busybox_tar)
+    lx.configure("[instance]\nidle_timeout = 600\n")
+    session = lx.popen(["-d", "bb", "-e", "sleep", "1000"])        # an instance to fuzz too
+    try:
+        _instance_pid(lx)
+        summary = _fuzz(lx, "requests", "--seconds", str(FUZZ_SECONDS), "--seed", "18")
+        assert summary["sent"] > 100 and len(summary["pids"]) == 2 and not summary["lost"]
+        for start, end in summary["rss_kib"].values():
+            assert start and end - start < 8 * 1024, summary      # flat: no leak per request
+        assert session.poll() is None                          # the session survived
+        cp = lx.run(["-d", "bb", "-e", "echo", "still"])
+        assert cp.stdout == b"still\n", describe(cp)
+    finally:
+        session.kill()
+        session.wait()
+    for log in ("manager.log", "lx.log"):
+        path = lx.lx_home / log
+        assert not path.exists() or "Traceback" not in path.read_text(errors="replace")
+
+
+def test_syscall_fuzzer_as_a_non_root_user(lx, busybox_tar):
+    from tests.fixtures.cbuild import gcc_static
+    from tests.fixtures.runner import REPO_ROOT
+    lx.import_distro("bb", busybox_tar)
+    lx.configure("[instance]\nidle_timeout = 600\n")
+    prog = gcc_static(lx.root, "sysfuzz", REPO_ROOT / "tools" / "fuzz" / "sysfuzz.c")
+    os.chmod(prog, 0o755)
+    summary = _fuzz(lx, "syscalls", "--distro", "bb", "--user", "user",
+                    "--seconds", str(FUZZ_SECONDS), "--seed", "18", "--program", str(prog))
+    assert not summary["problems"], summary
+    assert summary["second_session_runs"] >= FUZZ_SECONDS / 4, summary
+    batches = int(summary["fuzzer"].split()[1])
+    assert batches >= 5, summary
