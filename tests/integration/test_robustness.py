@@ -107,6 +107,16 @@ def test_linux_sized_command_line_runs(busybox):
     assert cp.stdout.split() == [b"12"] + [b"131071"] * 12
 
 
+def test_linux_sized_command_line_runs_through_the_loader(debian):
+    """A dynamic program starts through the distro's ld.so, whose own
+    arguments are added to the caller's: 1.5 MiB still goes through."""
+    big = ["y" * 131071] * 12
+    cp = debian.exe("sh", "-c", 'echo $#; for a; do echo ${#a}; done; '
+                    r'exec /usr/bin/env sh -c "echo \$#" sh "$@"', "sh", *big)
+    assert cp.returncode == 0, cp.stderr[-400:]
+    assert cp.stdout.split() == [b"12"] + [b"131071"] * 12 + [b"12"]
+
+
 def test_a_string_past_max_arg_strlen_is_e2big(busybox):
     # `lx -- ARGS` joins ARGS into the one string `sh -c` gets: 140 KB here.
     cp = busybox.lx(["--", "echo", "x" * 70000, "y" * 70000])

@@ -68,7 +68,7 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
         p, host_done = interop.run_host(c, p, envp_ptr)
     try:
         _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv or host_done is not None,
-                            in_place=dict(zip(argv, argv_ptrs)))
+                            in_place={id(a): ptr for a, ptr in zip(argv, argv_ptrs)})
     except BaseException:
         p.close()
         if host_done is not None:
@@ -88,12 +88,14 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
 
 
 def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_argv: bool,
-                        in_place: dict[bytes, int]) -> None:
-    """Point execve at our host path and the planned argv. Strings the
-    caller already has (in_place: string -> its address) are used where
-    they are: only new ones and the pointer table go below the stack
-    pointer, whose mapping a remote write does not grow (a Linux-sized
-    command line would not fit there)."""
+                        in_place: dict[int, int]) -> None:
+    """Point execve at our host path and the planned argv. The caller's
+    own argument strings (in_place: id of the string read -> its address)
+    are used where they are: only what the plan added and the pointer
+    table go below the stack pointer, whose mapping a remote write does not
+    grow (a Linux-sized command line would not fit there). By identity, not
+    value: what the plan made (the loader's program path) is always ours,
+    never memory another thread of the caller could change."""
     regs = c.regs
     assert regs is not None
     host_path = f"/proc/{os.getpid()}/fd/{p.host_fd}".encode()
@@ -103,10 +105,11 @@ def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_a
     p.execfn_room = len(host_path)
     host_path += b"\0"
     if rewrite_argv:
-        new = list(dict.fromkeys(a for a in p.argv if a not in in_place))
+        new = [a for a in p.argv if id(a) not in in_place]
         addrs = memory.write_below_sp(c.pid, regs.rsp, [host_path] + [a + b"\0" for a in new])
-        where = {**in_place, **dict(zip(new, addrs[1:]))}
-        table = b"".join(struct.pack("<Q", where[a]) for a in p.argv) + bytes(8)
+        placed = iter(addrs[1:])
+        table = b"".join(struct.pack("<Q", in_place[id(a)] if id(a) in in_place else next(placed))
+                         for a in p.argv) + bytes(8)
         (argv_addr,) = memory.write_below_sp(c.pid, addrs[0], [table])
         path_addr = addrs[0]
     else:
