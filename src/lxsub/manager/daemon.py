@@ -105,13 +105,13 @@ class Manager:
         except OSError as e:
             # Out of descriptors (EMFILE, ENFILE, ENOBUFS): the pending
             # connection waits in the backlog until a client goes.
-            _log(f"cannot accept a client: {e.strerror}")
+            _log_rarely(f"cannot accept a client: {e.strerror}")
             time.sleep(0.05)
             return
         if conn is None:
             return
         if len(self.clients) >= MAX_CLIENTS:
-            _log(f"{MAX_CLIENTS} clients connected: refusing one more")
+            _log_rarely(f"connections refused: {MAX_CLIENTS} clients connected")
             conn.close()
             return
         self.clients[conn.fileno()] = conn
@@ -158,7 +158,7 @@ class Manager:
             protocol.send(conn, reply, wait=False)
             return True
         except BlockingIOError:
-            _log("dropping a client that does not read its replies")
+            _log_rarely("dropped clients that do not read their replies")
             return False
         except (OSError, ProtocolError):
             return False
@@ -395,6 +395,21 @@ def _listen() -> socket.socket:
 def _log(line: str) -> None:
     """One line in manager.log (our stderr), with the time."""
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
+
+
+_rare: dict[str, list[float]] = {}     # what -> [last logged, count since]
+RARE_EVERY = 10.0
+
+
+def _log_rarely(what: str) -> None:
+    """Count an event a hostile client can repeat at will; one line per
+    RARE_EVERY seconds at most, so that it cannot flood manager.log."""
+    seen = _rare.setdefault(what, [0.0, 0])
+    seen[1] += 1
+    now = time.monotonic()
+    if now - seen[0] >= RARE_EVERY:
+        _log(f"{what}: {seen[1]}")
+        seen[0], seen[1] = now, 0
 
 
 def _log_to_file() -> None:
