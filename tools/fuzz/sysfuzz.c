@@ -5,9 +5,10 @@
  * 64-bit values, NULL, addresses no program can map, the last page of a
  * mapping, and a valid buffer holding a path.  Calls that would end or
  * multiply the fuzzer itself (fork and friends, exec, signals to others)
- * are not made.  Prints one summary line: batches, calls, crashed batches.
+ * are not made.  Prints one summary line: batches, calls made at most (a batch may end early), crashed batches.
  * Part of lxsub's tools/fuzz (see syscalls.py). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,45 +66,69 @@ static void batch(int calls) {
     }
 }
 
+#define PARALLEL 4           /* batches running at once */
+#define BATCH_LIMIT_NS (3LL * 1000 * 1000 * 1000)
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: sysfuzz SEED SECONDS [CALLS]\n"); return 64; }
     uint64_t seed = strtoull(argv[1], NULL, 0);
-    double seconds = atof(argv[2]);
+    long long end = now_ns() + (long long)(atof(argv[2]) * 1e9);
     int calls = argc > 3 ? atoi(argv[3]) : 200;
     buf = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     edge = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     munmap(edge + 4096, 4096);                 /* edge's page is followed by a hole */
     memset(edge, 'a', 4096);
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pid_t running[PARALLEL] = {0};
+    long long started[PARALLEL] = {0};
     long batches = 0, crashed = 0;
+    struct timespec tick = {0, 5 * 1000 * 1000};
     for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 >= seconds) break;
-        state = seed + (uint64_t)batches * 0x9E3779B97F4A7C15ULL + 1;
-        strcpy(buf, (next() & 1) ? "/tmp/fuzz-file" : ".");
-        pid_t pid = fork();
-        if (pid < 0) { sleep(1); continue; }
-        if (pid == 0) {
-            setpgid(0, 0);
-            batch(calls);
-            _exit(0);
-        }
-        /* The batch may block, ignore or cancel its alarm: 3 s, then SIGKILL. */
-        int status = 0;
-        struct timespec tick = {0, 10 * 1000 * 1000};
-        for (int waited = 0; waitpid(pid, &status, WNOHANG) == 0; waited++) {
-            if (waited == 300) {
-                kill(pid, SIGKILL);
-                waitpid(pid, &status, 0);
-                break;
+        int busy = 0;
+        for (int k = 0; k < PARALLEL; k++) {
+            if (!running[k]) continue;
+            int status;
+            pid_t got = waitpid(running[k], &status, WNOHANG);
+            if (got == 0 && now_ns() - started[k] > BATCH_LIMIT_NS) {
+                /* It blocked, or ignored or cancelled its alarm. */
+                kill(running[k], SIGKILL);
+                got = waitpid(running[k], &status, 0);
             }
-            nanosleep(&tick, NULL);
+            if (got == running[k] || (got < 0 && errno == ECHILD)) {
+                kill(-running[k], SIGKILL);    /* whatever the batch left running */
+                if (got > 0 && WIFSIGNALED(status)) crashed++;
+                running[k] = 0;
+                batches++;
+            } else {
+                busy++;
+            }
         }
-        kill(-pid, SIGKILL);                   /* whatever the batch left running */
-        batches++;
-        if (WIFSIGNALED(status)) crashed++;
+        if (now_ns() >= end) {
+            if (!busy) break;
+            nanosleep(&tick, NULL);
+            continue;
+        }
+        for (int k = 0; k < PARALLEL; k++) {
+            if (running[k]) continue;
+            state = seed + (uint64_t)(batches + k + 1) * 0x9E3779B97F4A7C15ULL;
+            strcpy(buf, (next() & 1) ? "/tmp/fuzz-file" : ".");
+            pid_t pid = fork();
+            if (pid < 0) break;
+            if (pid == 0) {
+                setpgid(0, 0);
+                batch(calls);
+                _exit(0);
+            }
+            running[k] = pid;
+            started[k] = now_ns();
+        }
+        nanosleep(&tick, NULL);
     }
-    printf("batches %ld calls %ld crashed %ld\n", batches, batches * calls, crashed);
+    printf("batches %ld calls_up_to %ld crashed %ld\n", batches, batches * calls, crashed);
     return 0;
 }
