@@ -63,7 +63,8 @@ class InstanceHost:
         try:
             conn = protocol.accept_own_user(self.listener)
         except OSError as e:      # out of descriptors: it waits in the backlog
-            self.inst.log.warn(f"instance socket: cannot accept: {e.strerror}")
+            self.inst.log.once(f"accept:{e.errno}",
+                               f"instance socket: cannot accept: {e.strerror}")
             return
         if conn is None:
             return
