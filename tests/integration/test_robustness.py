@@ -376,7 +376,8 @@ def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, bus
         meta = lxattr.read_meta_path(str(born / name))
         want = (stat.S_IFDIR | 0o755) if name.startswith("d") else (stat.S_IFREG | 0o644)
         if meta is None or (meta.mode, meta.uid, meta.gid) != (want, 1000, 1000):
-            wrong.append((name, None if meta is None else (oct(meta.mode), meta.uid, meta.gid), oct(st.st_mode)))
+            shown = None if meta is None else (oct(meta.mode), meta.uid, meta.gid)
+            wrong.append((name, shown, oct(st.st_mode)))
     assert not wrong, wrong
     assert not [n for n in names if not n[1:].isdigit()], names     # no half-made stray
 

@@ -149,9 +149,15 @@ def run(distro: str, user: str, seconds: float, seed: int, program: Path | None)
     if rss_start and rss_end and rss_end - rss_start > RSS_GROWTH_KIB:
         problems.append(f"provider memory grew from {rss_start} to {rss_end} KiB")
     return {"seed": seed, "seconds": round(time.monotonic() - t0, 1),
-            "fuzzer": fuzz.stdout.decode(errors="replace").strip(),
+            "fuzzer": _summary_line(fuzz.stdout),
             "second_session_runs": second.runs, "second_session_worst_s": round(second.worst, 2),
             "provider_rss_kib": [rss_start, rss_end], "problems": problems}
+
+
+def _summary_line(out: bytes) -> str:
+    """sysfuzz's own last line (random writes to its stdout come before it)."""
+    lines = [line for line in out.split(b"\n") if line.startswith(b"batches ")]
+    return lines[-1].decode() if lines else "(no summary: the fuzzer did not finish)"
 
 
 def main(argv: list[str]) -> int:
