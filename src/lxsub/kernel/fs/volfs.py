@@ -140,11 +140,12 @@ class VolFs(HostFs):
         try:
             os.setxattr(fd, lxattr.XATTR_NAME, meta.pack())
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=parent.fd, follow_symlinks=True)
-            self._forget_inode(os.fstat(fd))
-            return _with_flags(fd, flags)
+            born = os.fstat(fd)
+            self._forget_inode(born)
         except BaseException:
             os.close(fd)
             raise
+        return _open_as_asked(fd, born, parent, name, flags)
 
     def _create_staged(self, parent: Node, name: bytes, flags: int, meta: LxMeta) -> int:
         def make(where: int, tmp: bytes) -> None:
@@ -201,16 +202,26 @@ class VolFs(HostFs):
         self._forget_inode(os.stat(name, dir_fd=parent.fd, follow_symlinks=False))
 
 
-def _with_flags(fd: int, flags: int) -> int:
-    """A descriptor of the new file opened as the caller asked: the O_RDWR
-    one itself, else a reopen with the caller's access mode and flags."""
-    want = flags & _HOST_OPEN_FLAGS & ~_NOT_REOPENED
-    if want == os.O_RDWR:
-        return fd
+def _open_as_asked(tmp_fd: int, born: os.stat_result, parent: Node, name: bytes,
+                   flags: int) -> int:
+    """The new file opened by its name with the caller's flags: the
+    O_TMPFILE descriptor itself would keep its anonymous name ("/#123" in
+    /proc/<pid>/fd). If the name was replaced meanwhile (by another
+    process), the creator still gets the file it created, reopened."""
+    want = (flags & _HOST_OPEN_FLAGS & ~_NOT_REOPENED) | os.O_CLOEXEC
     try:
-        return os.open(f"/proc/self/fd/{fd}", want | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, want | os.O_NOFOLLOW, dir_fd=parent.fd)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (born.st_dev, born.st_ino):
+                return fd
+            os.close(fd)
+        return os.open(f"/proc/self/fd/{tmp_fd}", want)
     finally:
-        os.close(fd)
+        os.close(tmp_fd)
 
 
 def _open_staging(host_root: str) -> int | None:
