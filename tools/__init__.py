@@ -1,0 +1,1 @@
+"""Developer tools of lxsub (run from the repository root: python3 -m tools.NAME)."""

@@ -80,9 +80,10 @@ class Distro:
     state: str = INSTALLED
     version: int = 1
     # While Installing: the directory being built (renamed to rootfs at the
-    # end) and whether the directory around rootfs was made for it.
+    # end) and the top-most directory made around rootfs for it (True, in
+    # entries of older versions: just the directory around rootfs).
     work: str | None = None
-    made_parent: bool = False
+    made_parent: str | bool = False
     # What it was made from ("busybox 1:1.35.0-4", "debian bookworm", "import").
     source: str = ""
 
@@ -102,18 +103,27 @@ class Distro:
             state=str(data.get("state", INSTALLED)),
             version=int(data.get("version", 1)),
             work=str(data["work"]) if data.get("work") else None,
-            made_parent=bool(data.get("made_parent", False)),
+            made_parent=(data["made_parent"] if isinstance(data.get("made_parent"), str)
+                         else bool(data.get("made_parent", False))),
             source=str(data.get("source", "")),
         )
 
 
+MAX_NAME = 64
+
+
 def check_name(name: str) -> None:
-    """Reject distro names that would be awkward in paths, shells and listings."""
-    if not _NAME_RE.fullmatch(name or ""):
+    """Reject distro names that would be awkward in paths, shells and listings
+    (the name becomes a file name: `.` and `..` would be directories)."""
+    if not _NAME_RE.fullmatch(name or "") or name in (".", ".."):
         raise LxError(
-            f"invalid distro name {name!r}: use only letters, digits, '.', '_' and '-'",
+            f"invalid distro name {name!r}: use only letters, digits, '.', '_' and '-' "
+            "(and not '.' or '..' alone)",
             EXIT_USAGE,
         )
+    if len(name) > MAX_NAME:
+        raise LxError(f"invalid distro name: {len(name)} characters, at most {MAX_NAME}",
+                      EXIT_USAGE)
 
 
 def check_launchable(distro: Distro) -> None:
@@ -272,28 +282,23 @@ class Registry:
         wait = LOCK_WAIT_SECONDS if wait is None else wait
         locks = self.home / LOCKS_DIR
         self._ensure_home()
-        locks.mkdir(mode=0o700, exist_ok=True)
         path = locks / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = _read_holder(fd)
-                        raise LxError(
-                            f"distro {name!r} is busy: {holder or 'another lx command'} "
-                            "is changing it; try again when it has finished",
-                            EXIT_TEMPFAIL,
-                        ) from None
-                    time.sleep(0.05)
+            locks.mkdir(mode=0o700, exist_ok=True)
+            fd = _take_file_lock(path, name, time.monotonic() + wait)
+        except OSError as e:
+            raise LxError(f"cannot take the lock {path}: {e.strerror}", EXIT_CANTCREAT) from None
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{action} (pid {os.getpid()})\n".encode(), 0)
             yield
         finally:
+            # A distro that no longer exists (unregistered, a failed import)
+            # leaves no lock behind: unlinked while held, so a waiter that
+            # opened the old file sees it is gone and takes a new one.
+            with contextlib.suppress(OSError, LxError):
+                if name not in self:
+                    os.unlink(path)
             os.close(fd)  # releases the flock
 
     def is_busy(self, name: str) -> bool:
@@ -342,7 +347,7 @@ class Registry:
                                              dir=rootfs.parent))
             except OSError as e:
                 if made_parent:
-                    _rmdir_quietly(rootfs.parent)
+                    _remove_made_parents(rootfs, made_parent)
                 raise LxError(f"cannot create a directory in {rootfs.parent}: {e.strerror}",
                               EXIT_CANTCREAT) from e
             entry = Distro(name=name, rootfs=rootfs, state=INSTALLING, work=str(work),
@@ -454,6 +459,10 @@ class Registry:
                 f"cannot create lx state directory {self.home}: {e.strerror}",
                 EXIT_CANTCREAT,
             ) from e
+        if not os.access(self.home, os.W_OK | os.X_OK):
+            raise LxError(
+                f"lx state directory {self.home} is not writable; fix its permissions "
+                "or set LX_HOME to a directory you can write", EXIT_CANTCREAT)
 
     def _load(self) -> tuple[str | None, list[Distro]]:
         try:
@@ -488,13 +497,17 @@ def _read_holder(fd: int) -> str:
         return ""
 
 
-def _make_parent(parent: Path) -> bool:
-    """Create `parent` (and above) if missing; True when this call made it."""
+def _make_parent(parent: Path) -> str | bool:
+    """Create `parent` (and above) if missing; the top-most directory this
+    call made (all it made is removed if the install fails), or False."""
     if parent.is_dir():
         return False
+    top = parent
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
     try:
         parent.mkdir(mode=0o700, parents=True)
-        return True
+        return str(top)
     except FileExistsError:
         if parent.is_dir():
             return False
@@ -503,9 +516,50 @@ def _make_parent(parent: Path) -> bool:
         raise LxError(f"cannot create {parent}: {e.strerror}", EXIT_CANTCREAT) from e
 
 
-def _rmdir_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()
+def _remove_made_parents(rootfs: Path, made: str | bool) -> None:
+    """rmdir the (empty) directories _make_parent made for rootfs."""
+    top = Path(made) if isinstance(made, str) else Path(rootfs).parent
+    d = Path(rootfs).parent
+    while True:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        if d == top or top not in d.parents:
+            return
+        d = d.parent
+
+
+def _take_file_lock(path: Path, name: str, deadline: float) -> int:
+    """An flock on `path` (created if missing), held on the file the path
+    names when we get it (a lock file unlinked meanwhile is retried)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = _read_holder(fd)
+                        raise LxError(
+                            f"distro {name!r} is busy: {holder or 'another lx command'} "
+                            "is changing it; try again when it has finished",
+                            EXIT_TEMPFAIL,
+                        ) from None
+                    time.sleep(0.05)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)     # removed or replaced while we waited: lock the new one
 
 
 def _remove_leftovers(distro: Distro) -> None:
@@ -515,7 +569,7 @@ def _remove_leftovers(distro: Distro) -> None:
         if work.parent == Path(distro.rootfs).parent and work.name.startswith("."):
             remove_tree(work)
     if distro.made_parent:
-        _rmdir_quietly(Path(distro.rootfs).parent)
+        _remove_made_parents(Path(distro.rootfs), distro.made_parent)
 
 
 @contextlib.contextmanager
@@ -593,6 +647,11 @@ def delete_rootfs(distro: Distro) -> None:
         raise LxError(
             f"could not delete all of {rootfs} ({e.strerror}); remove it by hand", EXIT_CANTCREAT
         ) from e
+    # What a killed provider left in VolFs's staging directory (kernel/fs/volfs.py).
+    staging = rootfs.parent / f".{rootfs.name}.staging"
+    if os.path.isdir(staging) and not os.path.islink(staging):
+        with contextlib.suppress(OSError):
+            remove_tree(staging)
     with contextlib.suppress(OSError):
         rootfs.parent.rmdir()  # only succeeds when the import directory is now empty
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import socket
 
 import pytest
@@ -67,3 +70,77 @@ def test_messages_and_descriptors_round_trip():
         assert e.value.code == "too-large"
         a.close()
         assert protocol.receive(b) == (None, [])
+
+
+# -- issue 18: any bytes, typed requests, Linux-sized messages --------------------------
+
+def _pair():
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+@pytest.mark.parametrize("data", [
+    b"[" * 60000, b'{"a":' * 13000, b"\xff\xfe", b"", b"[1]", b'"x"', b"{", b"null",
+])
+def test_any_bytes_give_a_protocol_error(data):
+    a, b = _pair()
+    with a, b:
+        a.send(data or b"\0")
+        with pytest.raises(ProtocolError) as e:
+            protocol.receive(b)
+        assert e.value.code == "bad-request"
+
+
+def test_version_true_is_not_one():
+    with pytest.raises(ProtocolError) as e:
+        check_request({**LAUNCH, "v": True}, {"launch"}, nfds=3)
+    assert e.value.code == "version"
+
+
+def test_lone_surrogates_that_stand_for_no_bytes_are_refused():
+    assert check_type("A\udcff", "str") and protocol.wire_bytes("A\udcff") == b"A\xff"
+    assert not check_type("\ud800", "str") and not check_type(["\udfff"], "[arg]")
+    assert protocol.wire_str(b"A\xff\xfeB") == "A\udcff\udcfeB"
+
+
+def test_a_linux_sized_message_travels_as_a_sealed_body():
+    argv = ["x" * (protocol.limits.MAX_ARG_STRLEN - 1)] * 12      # 1.5 MiB
+    a, b = _pair()
+    r, w = os.pipe()
+    with a, b:
+        protocol.send(a, {**LAUNCH, "argv": argv}, [r])
+        message, fds = protocol.receive(b)
+        assert message["argv"] == argv and len(fds) == 1
+        protocol.close_all(fds + [r, w])
+
+
+@pytest.mark.parametrize("body", ["pipe", "unsealed", "none", "wrong-size"])
+def test_a_body_that_is_not_a_sealed_memfd_is_refused(body):
+    a, b = _pair()
+    fds = []
+    if body == "pipe":
+        r, w = os.pipe()     # reading it would block the manager for ever
+        fds = [r]
+    elif body in ("unsealed", "wrong-size"):
+        fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
+        os.write(fd, b"{}" * 40000)
+        if body == "wrong-size":
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, protocol._SEALS)
+        fds = [fd]
+    with a, b:
+        frame = json.dumps({"body": 100000}).encode()
+        socket.send_fds(a, [frame], fds) if fds else a.send(frame)
+        with pytest.raises(ProtocolError):
+            protocol.receive(b)
+    protocol.close_all(fds)
+
+
+def test_launch_request_checks_linux_limits():
+    ok = protocol.LaunchRequest.from_message({**LAUNCH, "argv": ["a" * 131071]})
+    assert ok.argv == ["a" * 131071]
+    assert not check_type(["a" * 131072], "[arg]")      # MAX_ARG_STRLEN, NUL included
+    with pytest.raises(ProtocolError) as e:               # ~2.6 MiB in all: E2BIG
+        protocol.LaunchRequest.from_message({**LAUNCH, "argv": ["a" * 131000] * 20})
+    assert e.value.code == "cannot-run" and "E2BIG" in e.value.message and e.value.exit_code == 126
+    with pytest.raises(ProtocolError):
+        protocol.LaunchRequest.from_message(
+            {**LAUNCH, "tty": {"stdin": True, "stdout": True, "stderr": True, "rows": -1, "cols": 80}})

@@ -26,6 +26,11 @@ def recover(registry: Registry) -> None:
         return
     for message in registry.recover():
         _warn(message)
+    exports = registry.home / "exports"      # markers of exports in progress
+    if exports.is_dir() and any(exports.glob("*.part-of")):
+        from lxsub.distro.exporter import recover_exports
+        for message in recover_exports():
+            _warn(message)
 
 
 def launch_distro(registry: Registry, name: str | None) -> Distro:

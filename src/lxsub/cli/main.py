@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Sequence
 
 import lxsub
-from lxsub.errors import EXIT_USAGE, LxError
+from lxsub.errors import EXIT_IOERR, EXIT_USAGE, LxError
 from lxsub.cli import distro_cmds, pathcmd
 from lxsub.manager import client
 from lxsub.state import Registry, lx_home, set_running_provider
@@ -94,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0  # e.g. `lx --list | head -1`: the reader is satisfied
+    except OSError as e:
+        # What no check foresaw (a full disk, a file made read-only meanwhile):
+        # still one line naming the file and the reason, never a traceback.
+        where = f": {e.filename}" if e.filename else ""
+        _print_error(f"{e.strerror or e}{where}")
+        return EXIT_IOERR
 
 
 def _main(args: list[str]) -> int:
@@ -238,16 +244,21 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
 
 def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
     from lxsub.cli import terminal
-    from lxsub.manager.protocol import launch_env
+    from lxsub.manager.protocol import (LAUNCH_FIELDS, LaunchRequest, ProtocolError, launch_env,
+                                         wire_str)
 
     distro = distro_cmds.launch_distro(registry, opts.distribution)
     command = command or _Command()
     tty = terminal.describe()
-    message = {
-        "distro": distro.name, "argv": command.argv, "mode": command.mode,
-        "user": opts.user, "cwd": opts.cd, "tty": tty,
-        "env": launch_env(os.environ),
-    }
+    launch = LaunchRequest(
+        distro=distro.name, argv=[wire_str(a) for a in command.argv], mode=command.mode,
+        user=opts.user and wire_str(opts.user), cwd=opts.cd and wire_str(opts.cd),
+        env=launch_env(os.environ), tty=tty)
+    try:
+        launch.check_size()       # Linux's E2BIG, said before anything starts
+    except ProtocolError as e:
+        raise LxError(e.message, e.exit_code) from None
+    message = {k: getattr(launch, k) for k in LAUNCH_FIELDS}
     conn, started, fds = client.launch(message, (0, 1, 2))
     for warning in started.get("warnings", ()):
         _print_error(f"warning: {warning}")

@@ -13,6 +13,7 @@ no symlinks followed) and each entry is opened with O_NOFOLLOW.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import sys
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from lxsub.errors import EXIT_CANTCREAT, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.fs import lxattr
-from lxsub.state import Distro
+from lxsub.state import Distro, lx_home
 
 if TYPE_CHECKING:
     from lxsub.distro.progress import Progress
@@ -94,11 +95,18 @@ def _open_dest(dest: str | Path | BinaryIO) -> Iterator[BinaryIO]:
 
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A file that appears at `path` complete, or not at all."""
+    """A file that appears at `path` complete, or not at all (a killed
+    export's .part file is removed by the next lx: see recover_exports)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".part")
     except OSError as e:
         raise LxError(f"cannot create {path}: {e.strerror}", EXIT_CANTCREAT) from e
+    try:
+        marker = _mark_in_progress(tmp)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
@@ -110,6 +118,72 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        _unmark(marker)
+
+
+# -- exports in progress: $LX_HOME/exports/*.part-of, each flocked by its export ------------
+
+def _exports_dir() -> Path:
+    return lx_home() / "exports"
+
+
+def _mark_in_progress(tmp: str) -> tuple[int, Path]:
+    """Record where this export writes, under a lock held until it ends."""
+    where = _exports_dir()
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, marker = tempfile.mkstemp(dir=where, suffix=".part-of")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, os.fsencode(os.path.abspath(tmp)))
+    except OSError as e:
+        raise LxError(f"cannot record the export in {where}: {e.strerror}", EXIT_CANTCREAT) from e
+    return fd, Path(marker)
+
+
+def _unmark(marker: tuple[int, Path]) -> None:
+    fd, path = marker
+    with contextlib.suppress(OSError):
+        path.unlink()
+    os.close(fd)
+
+
+def recover_exports() -> list[str]:
+    """Remove the .part files of exports that were killed (their marker's
+    lock is free), as an interrupted import is cleaned up; one message each."""
+    messages = []
+    try:
+        markers = sorted(_exports_dir().glob("*.part-of"))
+    except OSError:
+        return messages
+    for marker in markers:
+        try:
+            fd = os.open(marker, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue                         # that export is still running
+        try:
+            part = Path(os.fsdecode(os.read(fd, 1 << 16)))
+            # Only ever a file named like ours: a marker names nothing else.
+            if part.name.startswith(".") and part.name.endswith(".part"):
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+                    messages.append(f"an earlier export was interrupted; its partial file "
+                                    f"{part} was removed")
+            marker.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return messages
+
+
+def _note(message: str) -> None:
+    print(f"lx: export: {message}", file=sys.stderr)
 
 
 def _umask() -> int:
@@ -165,6 +239,10 @@ class _Writer:
             return  # removed while we walked
         try:
             st = os.fstat(fd)
+            if stat.S_ISSOCK(st.st_mode):
+                # A socket is no file: tar skips it with a note, and so do we.
+                _note(f"{arcname}: socket ignored")
+                return
             info = self._tarinfo(fd, arcname, st)
             if info.isreg():
                 self._add_file(dir_fd, name, info, st)

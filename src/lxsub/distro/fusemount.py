@@ -51,6 +51,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,9 +88,19 @@ def load_fusepy():
             mod = candidate
             break
     if mod is None:
-        raise _unavailable("the Python package fusepy is not installed",
-                           "install it: pip install 'lxsub[mount]' (or apt-get install python3-fusepy)")
+        raise _unavailable("the Python package fusepy is not installed", _fusepy_fix())
     return mod
+
+
+def _fusepy_fix() -> str:
+    """A command that installs fusepy for the Python running lx: pip into
+    a virtualenv; Debian's package for the system Python, whose pip refuses
+    (PEP 668). lxsub itself is on no package index: 'lxsub[mount]' would fail."""
+    python = sys.executable or "python3"
+    if sys.prefix != sys.base_prefix:
+        return f"install it: {python} -m pip install fusepy"
+    return (f"install it: apt-get install python3-fusepy (Debian, Ubuntu), "
+            f"or {python} -m pip install --user fusepy")
 
 
 def find_fusermount() -> str:

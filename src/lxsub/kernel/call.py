@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Callable
 
 from lxsub.platform import memory
 
+AT_EMPTY_PATH = 0x1000
+
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
     from lxsub.kernel.task import Task
@@ -94,6 +96,13 @@ class Call:
         except memory.MemoryFault:
             # /proc/<pid>/mem may name an address space that an exec replaced.
             return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
+
+    def path_or_empty(self, i: int, flags: int) -> bytes:
+        """The path of an *at() call that may be NULL with AT_EMPTY_PATH
+        (Linux 6.11+, getname_maybe_null); NULL otherwise is EFAULT."""
+        if not self.args[i] and flags & AT_EMPTY_PATH:
+            return b""
+        return self.path(i)
 
     def write(self, addr: int, data: bytes) -> None:
         memory.write(self.task.host_tid, addr, data)

@@ -69,7 +69,8 @@ class Instance:
         self.log = log or Log(None)
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
-        self.mounts = MountTable(VolFs(self.rootfs), "rootfs")
+        self.volfs = VolFs(self.rootfs)
+        self.mounts = MountTable(self.volfs, "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
@@ -97,7 +98,10 @@ class Instance:
         root = self.mounts.root_mount.root()
         from lxsub.kernel.vfs.path import Walker
         try:
-            cwd_node = Walker(self.mounts, root, Creds()).resolve(root, cwd.encode())
+            # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
+            # surrogateescape string (manager/protocol.py, wire_bytes).
+            cwd_node = Walker(self.mounts, root, Creds()).resolve(
+                root, cwd.encode("utf-8", "surrogateescape"))
             if not cwd_node.is_dir():
                 cwd_node.release()
                 raise OSError(errno.ENOTDIR, "not a directory")
@@ -445,6 +449,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        self.volfs.remove_staging()
         if self._scratch is not None:
             import shutil
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -18,11 +18,12 @@ from lxsub.errors import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_NOUSER, EXIT_OS
 from lxsub.kernel import interop
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec import binfmt
+from lxsub.kernel.exec import limits
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
 from lxsub.kernel.vfs.path import Walker
-from lxsub.manager.protocol import PASSED_ENV
+from lxsub.manager.protocol import PASSED_ENV, wire_bytes
 from lxsub.platform.launcher import ChildSetup
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -89,6 +90,10 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
         env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
+        try:
+            limits.check(argv_b, env)
+        except OSError as e:
+            raise LxError(f"argument list too long: {e.strerror} (E2BIG)", EXIT_CANNOT_EXEC) from None
         return inst.spawn(path, argv_b, env, creds, fs, setup)
     except BaseException:
         fs.release()
@@ -160,21 +165,21 @@ def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = 
     env.setdefault("TERM", "dumb")
     if inst is not None:
         env = interop.session_env(inst, env, dict(source))
-    return [f"{k}={v}".encode() for k, v in env.items()]
+    return [wire_bytes(f"{k}={v}") for k, v in env.items()]
 
 
 # -- the command ------------------------------------------------------------------
 
 def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: str):
     if mode == "shell":
-        return [u.shell.encode(), b"-c", " ".join(argv).encode()], u.shell.encode()
+        return [u.shell.encode(), b"-c", wire_bytes(" ".join(argv))], u.shell.encode()
     if mode == "login":
         return [b"-" + os.path.basename(u.shell).encode()], u.shell.encode()
     if not argv:
         raise LxError("no command given after -e", 64)
     prog = argv[0]
     path = prog if "/" in prog else _search_path(inst, creds, prog, u)
-    return [a.encode() for a in argv], path.encode()
+    return [wire_bytes(a) for a in argv], wire_bytes(path)
 
 
 def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
@@ -184,7 +189,7 @@ def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
         for d in (ROOT_PATH if u.uid == 0 else USER_PATH).split(":"):
             candidate = f"{d}/{prog}"
             try:
-                node = w.resolve(root, candidate.encode())
+                node = w.resolve(root, wire_bytes(candidate))
             except OSError:
                 continue
             try:

@@ -32,6 +32,7 @@ from lxsub.config import load_distro_config, load_host_config
 from lxsub.state import Distro, Registry, check_launchable, lx_home
 
 CLIENT_OPS = {"hello", "status", "launch", "terminate", "shutdown"}
+MAX_CLIENTS = 256       # connections served at once; more wait in the backlog or are refused
 ASK_TIMEOUT = 15.0      # seconds an instance has to answer the manager
 END_TIMEOUT = 10.0      # seconds an ending instance has before SIGKILL
 
@@ -62,6 +63,7 @@ class Manager:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, socket.socket] = {}
         self.instances: dict[str, InstanceRef] = {}
+        self.children: dict[int, str] = {}      # instance processes we forked: pid -> distro
         self.idle_since = time.monotonic()
         self.stopping = False
         self.selector.register(listener, selectors.EVENT_READ, self._accept)
@@ -86,17 +88,31 @@ class Manager:
     def _reap_children(self) -> None:
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            distro = self.children.pop(pid, None)
+            if distro is not None:
+                _log(f"instance {distro} ({pid}) ended: {_describe_status(status)}")
 
     # -- clients --------------------------------------------------------------------
 
     def _accept(self, _sock) -> None:
-        conn = protocol.accept_own_user(self.listener)
+        try:
+            conn = protocol.accept_own_user(self.listener)
+        except OSError as e:
+            # Out of descriptors (EMFILE, ENFILE, ENOBUFS): the pending
+            # connection waits in the backlog until a client goes.
+            _log_rarely(f"cannot accept a client: {e.strerror}")
+            time.sleep(0.05)
+            return
         if conn is None:
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            _log_rarely(f"connections refused: {MAX_CLIENTS} clients connected")
+            conn.close()
             return
         self.clients[conn.fileno()] = conn
         self.selector.register(conn, selectors.EVENT_READ, self._on_client)
@@ -105,8 +121,7 @@ class Manager:
         try:
             message, fds = protocol.receive(conn)
         except ProtocolError as e:
-            self._send(conn, protocol.error_reply(e))
-            if e.code == "too-large":
+            if not self._send(conn, protocol.error_reply(e)) or e.code == "too-large":
                 self._drop_client(conn)
             return
         except OSError:
@@ -127,7 +142,8 @@ class Manager:
             reply = protocol.error_reply(ProtocolError("failed", f"manager error: {e}"))
         finally:
             protocol.close_all(fds)
-        self._send(conn, reply)
+        if not self._send(conn, reply):
+            self._drop_client(conn)
 
     def _drop_client(self, conn: socket.socket) -> None:
         if self.clients.pop(conn.fileno(), None) is not None:
@@ -135,11 +151,17 @@ class Manager:
         conn.close()
 
     @staticmethod
-    def _send(conn: socket.socket, reply: dict) -> None:
+    def _send(conn: socket.socket, reply: dict) -> bool:
+        """Reply without waiting: a client that does not read its replies
+        must not hold up the others (False: it is to be dropped)."""
         try:
-            protocol.send(conn, reply)
-        except OSError:
-            pass
+            protocol.send(conn, reply, wait=False)
+            return True
+        except BlockingIOError:
+            _log_rarely("dropped clients that do not read their replies")
+            return False
+        except (OSError, ProtocolError):
+            return False
 
     # -- operations ---------------------------------------------------------------------
 
@@ -175,9 +197,9 @@ class Manager:
         return {"ok": True}
 
     def _op_launch(self, conn: socket.socket, message: dict, fds: list[int]) -> dict:
-        distro = _launchable(message.get("distro"))
-        session = {k: message.get(k) for k in protocol.LAUNCH_FIELDS}
-        session.update(op="session", distro=distro.name, default_user=distro.default_user)
+        launch = protocol.LaunchRequest.from_message(message)
+        distro = _launchable(launch.distro)
+        session = launch.session(distro.name, distro.default_user)
         for _attempt in range(3):
             ref = self.instances.get(distro.name) or self._start_instance(distro)
             reply = self._ask(ref, session, [conn.fileno(), *fds])
@@ -216,6 +238,8 @@ class Manager:
             finally:
                 os._exit(code)
         listener.close()
+        self.children[pid] = distro.name
+        _log(f"instance {distro.name} ({pid}) started")
         ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctl.connect(str(path))
         return self._add_instance(InstanceRef(distro.name, pid, ctl, child=True))
@@ -243,6 +267,8 @@ class Manager:
             pass
         ref.ctl.close()
         _unlink(paths.instance_socket(ref.distro))
+        if not ref.child:       # not ours to reap: its status is its own parent's
+            _log(f"instance {ref.distro} ({ref.pid}) ended (started by an earlier manager)")
 
     def _ask(self, ref: InstanceRef, message: dict, fds: list[int] | tuple[int, ...] = ()) -> dict:
         try:
@@ -252,9 +278,9 @@ class Manager:
             protocol.close_all(extra)
         except (OSError, ProtocolError) as e:
             reply = None
-            print(f"instance {ref.distro} ({ref.pid}) did not answer: {e}", file=sys.stderr)
+            _log(f"instance {ref.distro} ({ref.pid}) did not answer: {e}")
         if reply is None:
-            self._kill(ref)
+            self._kill(ref, "it did not answer the manager")
             self._instance_gone(ref)
             log = lx_home() / "manager.log"
             return {"ok": False, "error": {"code": "failed", "exit": 70,
@@ -275,12 +301,13 @@ class Manager:
             while ref.ctl.recv(protocol.MAX_MESSAGE):
                 pass
         except OSError:
-            self._kill(ref)
+            self._kill(ref, f"it did not end within {END_TIMEOUT:g} s")
         self._instance_gone(ref)
         self._reap_children()
 
     @staticmethod
-    def _kill(ref: InstanceRef) -> None:
+    def _kill(ref: InstanceRef, cause: str) -> None:
+        _log(f"killing instance {ref.distro} ({ref.pid}): {cause}")
         try:
             os.kill(ref.pid, signal.SIGKILL)
         except OSError:
@@ -319,6 +346,19 @@ def _launchable(name: str | None) -> Distro:
     return distro
 
 
+def _describe_status(status: int) -> str:
+    """A wait status as manager.log says it (why an instance ended)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name}"
+    code = os.WEXITSTATUS(status)
+    return "exit status 0" if code == 0 else f"exit status {code} (failed: see above)"
+
+
 def _unlink(path) -> None:
     try:
         os.unlink(path)
@@ -350,6 +390,26 @@ def _listen() -> socket.socket:
     sock.listen(64)
     sock.setblocking(False)
     return sock
+
+
+def _log(line: str) -> None:
+    """One line in manager.log (our stderr), with the time."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
+
+
+_rare: dict[str, list[float]] = {}     # what -> [last logged, count since]
+RARE_EVERY = 10.0
+
+
+def _log_rarely(what: str) -> None:
+    """Count an event a hostile client can repeat at will; one line per
+    RARE_EVERY seconds at most, so that it cannot flood manager.log."""
+    seen = _rare.setdefault(what, [0.0, 0])
+    seen[1] += 1
+    now = time.monotonic()
+    if now - seen[0] >= RARE_EVERY:
+        _log(f"{what}: {seen[1]}")
+        seen[0], seen[1] = now, 0
 
 
 def _log_to_file() -> None:

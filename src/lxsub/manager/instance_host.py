@@ -21,6 +21,7 @@ import struct
 import termios
 import sys
 import time
+import traceback
 
 from lxsub.config import DistroConfig
 from lxsub.errors import LxError
@@ -32,6 +33,7 @@ from lxsub.manager.protocol import ProtocolError
 from lxsub.platform.launcher import ChildSetup
 
 MANAGER_OPS = {"session", "info", "end"}
+MAX_PEERS = 64        # connections to the instance's socket at once (the manager needs one)
 
 
 class Session:
@@ -58,8 +60,16 @@ class InstanceHost:
     # -- connections ------------------------------------------------------------
 
     def _accept(self) -> None:
-        conn = protocol.accept_own_user(self.listener)
+        try:
+            conn = protocol.accept_own_user(self.listener)
+        except OSError as e:      # out of descriptors: it waits in the backlog
+            self.inst.log.once(f"accept:{e.errno}",
+                               f"instance socket: cannot accept: {e.strerror}")
+            return
         if conn is None:
+            return
+        if len(self.peers) >= MAX_PEERS:
+            conn.close()
             return
         self.peers[conn.fileno()] = conn
         self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_manager(conn))
@@ -68,7 +78,8 @@ class InstanceHost:
         try:
             message, fds = protocol.receive(conn)
         except ProtocolError as e:
-            self._reply(conn, protocol.error_reply(e))
+            if not self._reply(conn, protocol.error_reply(e)) or e.code == "too-large":
+                self._drop_peer(conn)
             return
         except OSError:
             message, fds = None, []
@@ -81,7 +92,11 @@ class InstanceHost:
         except ProtocolError as e:
             protocol.close_all(fds)
             reply = protocol.error_reply(e)
-        self._reply(conn, reply)
+        except Exception as e:     # never die of a request: log it and say so
+            traceback.print_exc()
+            reply = protocol.error_reply(ProtocolError("failed", f"instance error: {e!r}"))
+        if not self._reply(conn, reply):
+            self._drop_peer(conn)
 
     def _drop_peer(self, conn: socket.socket) -> None:
         self.inst.engine.unwatch_fd(conn.fileno())
@@ -90,10 +105,12 @@ class InstanceHost:
 
     @staticmethod
     def _reply(conn: socket.socket, reply: dict, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        """Send without waiting: a peer that does not read must not stop the
+        instance's loop (and every program in it)."""
         try:
-            protocol.send(conn, reply, fds)
+            protocol.send(conn, reply, fds, wait=False)
             return True
-        except OSError:
+        except (OSError, ProtocolError):
             return False
 
     # -- manager requests -----------------------------------------------------------
@@ -109,35 +126,52 @@ class InstanceHost:
         }
 
     def _op_end(self, _message: dict, _fds: list[int]) -> dict:
-        self.end()
+        self.end("the manager asked (lx --terminate or --shutdown)")
         return {"ok": True}
 
     def _op_session(self, message: dict, fds: list[int]) -> dict:
         if self.inst.ending:
             protocol.close_all(fds)
             raise ProtocolError("ending", f"the instance of '{self.inst.name}' is ending")
-        conn = socket.socket(fileno=fds[0])
         try:
-            self._start_session(conn, message, fds[1:])
+            conn = socket.socket(fileno=fds[0])
+        except OSError:
+            protocol.close_all(fds)
+            raise ProtocolError("bad-request", "session: the first descriptor is not a connection")
+        try:
+            req = protocol.LaunchRequest.from_message(message)
+        except ProtocolError as e:
+            self._reply(conn, protocol.error_reply(e))
+            protocol.close_all(fds[1:])
+            conn.close()
+            return {"ok": True}
+        try:
+            self._start_session(conn, req, fds[1:])
         except LxError as e:
             self._reply(conn, protocol.error_reply(ProtocolError("cannot-run", e.message, e.exit_code)))
+            conn.close()
+        except Exception as e:       # a session never takes the instance down: log it, say so
+            traceback.print_exc()
+            self._reply(conn, protocol.error_reply(ProtocolError(
+                "failed", f"the instance of '{self.inst.name}' could not start the command: {e!r} "
+                "(see $LX_HOME/manager.log)")))
             conn.close()
         return {"ok": True}
 
     # -- sessions ---------------------------------------------------------------------
 
-    def _start_session(self, conn: socket.socket, message: dict, stdio: list[int]) -> None:
-        tty = message.get("tty")
+    def _start_session(self, conn: socket.socket, req: protocol.LaunchRequest,
+                       stdio: list[int]) -> None:
+        tty = req.tty
         master, setup = None, None
         try:
             if tty is not None:
                 master, setup = _pty_setup(stdio, tty)
             else:
                 setup = ChildSetup(stdio=(stdio[0], stdio[1], stdio[2]), new_session=True)
-            launch = sessions.Launch(message["argv"], message["mode"], message.get("user"),
-                                     message.get("cwd"), message["env"])
+            launch = sessions.Launch(req.argv, req.mode, req.user, req.cwd, req.env)
             # [user] default of /etc/lx.conf wins over the registry's, as in WSL.
-            default_user = self.inst.config.user.default or message.get("default_user")
+            default_user = self.inst.config.user.default or req.default_user
             proc = sessions.start(self.inst, launch, default_user, setup)
         except BaseException:
             if master is not None:
@@ -194,7 +228,7 @@ class InstanceHost:
     def _end_if_idle(self) -> None:
         idle = self._idle_since
         if idle is not None and time.monotonic() - idle >= self.idle_timeout - 0.01:
-            self.end()
+            self.end(f"idle: no client for {self.idle_timeout:g} s ([instance] idle_timeout)")
 
     # -- life -------------------------------------------------------------------------
 
@@ -212,8 +246,9 @@ class InstanceHost:
         finally:
             os.close(null)
 
-    def end(self) -> None:
+    def end(self, cause: str) -> None:
         if not self.inst.ending:
+            log_line(f"instance {self.inst.name} ({os.getpid()}) ending: {cause}")
             self.inst.end()
 
     def serve(self) -> None:
@@ -230,6 +265,11 @@ def _pty_setup(stdio: list[int], tty: dict) -> tuple[int, ChildSetup]:
     which = (tty["stdin"], tty["stdout"], tty["stderr"])
     fds = tuple(slave if is_tty else fd for is_tty, fd in zip(which, stdio))
     return master, ChildSetup(stdio=fds, new_session=True, ctty=slave)
+
+
+def log_line(line: str) -> None:
+    """One line in manager.log (the instance's stderr is the manager's)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def set_process_name(name: str) -> None:
@@ -254,7 +294,7 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
         print(f"instance {name}: {e.message}", file=sys.stderr)
         return 1
     host = InstanceHost(inst, listener, idle_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: host.end())
+    signal.signal(signal.SIGTERM, lambda *_: host.end("SIGTERM"))
     try:
         interop.install_lxpath(inst)       # /usr/local/bin/lxpath when interop is on
     except OSError as e:

@@ -14,6 +14,7 @@ so there is no framing to get wrong and a peer cannot desynchronise us.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import os
 import socket
@@ -23,14 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lxsub.errors import EXIT_CANNOT_EXEC
+from lxsub.kernel.exec import limits
+
 VERSION = 1
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 8
+# A larger message (a Linux-sized command line: 2 MiB of argv and
+# environment, up to 6 JSON characters a byte) travels as a body: a sealed
+# memfd sent with a frame {"body": size} as its first descriptor.
+MAX_BODY = 16 * 1024 * 1024
+BODY = "body"
+MAX_ARGS = limits.total_limit() // limits.POINTER    # strings in argv or env
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 # Error codes of replies (code -> meaning), part of the published schema.
 ERROR_CODES = {
     "bad-request": "not a JSON object, a missing or mistyped field, or descriptors it does not take",
-    "too-large": f"the message is larger than {MAX_MESSAGE} bytes",
+    "too-large": f"the message is larger than {MAX_MESSAGE} bytes (or its body than {MAX_BODY})",
     "version": "the client speaks another protocol version (run 'lx --shutdown' after an upgrade)",
     "unknown-op": "no such operation",
     "no-distro": "the distro is not registered",
@@ -71,19 +82,40 @@ INTEROP_ENV = ("PATH", "LXENV")
 
 
 def launch_env(environ) -> dict[str, str]:
-    """The `env` of a launch: PASSED_ENV, INTEROP_ENV and what LXENV names."""
+    """The `env` of a launch: PASSED_ENV, INTEROP_ENV and what LXENV names
+    (as wire strings: bytes that are not UTF-8 stay bytes)."""
     names = set(PASSED_ENV) | set(INTEROP_ENV)
     for item in environ.get("LXENV", "").split(":"):
         name = item.partition("/")[0]
         if name:
             names.add(name)
-    return {k: v for k, v in environ.items() if k in names}
+    return {wire_str(k): wire_str(v) for k, v in environ.items() if k in names}
+
+
+# -- bytes on the wire -----------------------------------------------------------------
+# In Linux argv, the environment and paths are bytes, not text.  JSON carries
+# text, so a host byte string travels as its UTF-8 decoding with
+# surrogateescape: every byte that is not part of valid UTF-8 becomes a lone
+# surrogate U+DC80..U+DCFF (escaped as \udcXX by json), and wire_bytes gives
+# the very bytes back.  Strings a peer sends that cannot be turned back into
+# bytes (other lone surrogates) are refused by check_type.
+
+def wire_str(value: str | bytes) -> str:
+    """Host bytes (or a str Python decoded from them: sys.argv, os.environ)
+    as a protocol string."""
+    raw = value if isinstance(value, bytes) else os.fsencode(value)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def wire_bytes(value: str) -> bytes:
+    """The bytes a protocol string stands for (see wire_str)."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 TTY_FIELDS = "{stdin: bool, stdout: bool, stderr: bool, rows: int, cols: int}"
 LAUNCH_FIELDS = {
-    "distro": "str?", "argv": "[str]", "mode": "exec|shell|login", "user": "str?",
-    "cwd": "str?", "env": "{str: str}", "tty": f"{TTY_FIELDS}?",
+    "distro": "str?", "argv": "[arg]", "mode": "exec|shell|login", "user": "str?",
+    "cwd": "str?", "env": "{str: arg}", "tty": f"{TTY_FIELDS}?",
 }
 
 SCHEMA: list[Message] = [
@@ -119,23 +151,86 @@ SCHEMA: list[Message] = [
 OPS = {m.op: m for m in SCHEMA}
 
 
+@dataclass(frozen=True)
+class LaunchRequest:
+    """A `launch` (or the `session` the manager makes of it), typed and
+    checked beyond the schema: window size in range, Linux's E2BIG."""
+
+    distro: str | None
+    argv: list[str]
+    mode: str
+    user: str | None
+    cwd: str | None
+    env: dict[str, str]
+    tty: dict[str, Any] | None
+    default_user: str | None = None
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> "LaunchRequest":
+        """From a message check_request has accepted."""
+        req = cls(**{k: message.get(k) for k in LAUNCH_FIELDS},
+                  default_user=message.get("default_user"))
+        if req.tty is not None and not all(0 <= req.tty[k] <= 0xFFFF for k in ("rows", "cols")):
+            raise ProtocolError("bad-request", "launch: tty rows and cols are 0..65535")
+        req.check_size()
+        return req
+
+    def check_size(self) -> None:
+        """ProtocolError(cannot-run) when Linux would refuse this command line (E2BIG)."""
+        try:
+            limits.check([wire_bytes(a) for a in self.argv],
+                         [wire_bytes(f"{k}={v}") for k, v in self.env.items()])
+        except OSError as e:
+            raise ProtocolError("cannot-run", f"argument list too long: {e.strerror} (E2BIG)",
+                                EXIT_CANNOT_EXEC) from None
+
+    def session(self, distro: str, default_user: str | None) -> dict[str, Any]:
+        """The `session` message handing this launch to an instance."""
+        fields = {k: getattr(self, k) for k in LAUNCH_FIELDS}
+        return {**fields, "op": "session", "distro": distro, "default_user": default_user}
+
+
 # -- sending and receiving ----------------------------------------------------------
 
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = (),
+         wait: bool = True) -> None:
+    """Send one message. Larger than a frame, it goes as a body in a sealed
+    memfd (see receive). wait=False: never block on a peer that does not
+    read (BlockingIOError instead; the manager and instances drop it)."""
     data = json.dumps(message, separators=(",", ":")).encode()
-    if len(data) > MAX_MESSAGE:
-        raise ValueError("message too large")
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.sendall(data)
+    flags = 0 if wait else socket.MSG_DONTWAIT
+    if len(data) <= MAX_MESSAGE:
+        socket.send_fds(sock, [data], list(fds), flags) if fds else sock.send(data, flags)
+        return
+    if len(data) > MAX_BODY:
+        raise ProtocolError("too-large", f"message of {len(data)} bytes, more than {MAX_BODY}")
+    body = _sealed_memfd(data)
+    try:
+        frame = json.dumps({BODY: len(data)}).encode()
+        socket.send_fds(sock, [frame], [body, *fds], flags)
+    finally:
+        os.close(body)
+
+
+def _sealed_memfd(data: bytes) -> int:
+    fd = os.memfd_create("lx-message", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and its descriptors; (None, []) at end of stream.
 
     Raises ProtocolError for what is not a JSON object or too large; the
-    descriptors of a refused message are closed.
+    descriptors of a refused message are closed. Whatever the bytes, only
+    ProtocolError or OSError (the connection) comes out.
     """
     fds = array.array("i")
     data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
@@ -149,16 +244,48 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE:
             raise ProtocolError("too-large", f"message larger than {MAX_MESSAGE} bytes "
                                 "(or with too many descriptors)")
-        try:
-            message = json.loads(data.decode())
-        except (UnicodeDecodeError, ValueError):
-            raise ProtocolError("bad-request", "not a JSON message") from None
-        if not isinstance(message, dict):
-            raise ProtocolError("bad-request", "a message is a JSON object")
+        message = _parse(data)
+        if set(message) == {BODY}:
+            message = _parse(_read_body(message[BODY], received))
+            os.close(received.pop(0))
+            if BODY in message:
+                raise ProtocolError("bad-request", "a message body holds another body")
     except ProtocolError:
         close_all(received)
         raise
     return message, received
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: arrays or objects nested too deep for the parser.
+        raise ProtocolError("bad-request", "not a JSON message (or nested too deep)") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad-request", "a message is a JSON object")
+    return message
+
+
+def _read_body(size: Any, fds: list[int]) -> bytes:
+    """The body a frame announces, from its first descriptor: a memfd sealed
+    against writes and size changes, so that reading it can neither block
+    (a pipe, a FIFO, a file on a stuck mount) nor see it change."""
+    if not (isinstance(size, int) and not isinstance(size, bool) and MAX_MESSAGE < size <= MAX_BODY):
+        raise ProtocolError("too-large" if isinstance(size, int) and size > MAX_BODY else "bad-request",
+                            f"a message body is {MAX_MESSAGE + 1}..{MAX_BODY} bytes")
+    if not fds:
+        raise ProtocolError("bad-request", "a message body comes as a descriptor")
+    try:
+        seals = fcntl.fcntl(fds[0], fcntl.F_GET_SEALS)
+        if seals & _SEALS != _SEALS or os.fstat(fds[0]).st_size != size:
+            raise ProtocolError("bad-request", "a message body is a sealed memfd of its size")
+        data = os.pread(fds[0], size, 0)
+    except OSError:
+        raise ProtocolError("bad-request", "a message body is a sealed memfd of its size") from None
+    if len(data) != size:
+        raise ProtocolError("bad-request", "a message body is shorter than announced")
+    return data
 
 
 def accept_own_user(listener: socket.socket) -> socket.socket | None:
@@ -191,7 +318,8 @@ def error_reply(err: ProtocolError) -> dict[str, Any]:
 
 def check_request(message: dict[str, Any], allowed: set[str], nfds: int = 0) -> Message:
     """The schema entry of a valid request; ProtocolError otherwise."""
-    if message.get("v") != VERSION:
+    v = message.get("v")
+    if type(v) is not int or v != VERSION:      # true == 1 in Python, not in the schema
         raise ProtocolError("version", f"protocol version {message.get('v')!r} is not "
                             f"{VERSION}; end the old manager with 'lx --shutdown'")
     op = message.get("op")
@@ -214,6 +342,15 @@ def _fd_count(spec: Message) -> int:
     return len(spec.fds.split(",")) if spec.fds else 0
 
 
+def _is_wire(value: str) -> bool:
+    """Whether a string stands for bytes (see wire_bytes)."""
+    try:
+        wire_bytes(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_type(value: Any, kind: str) -> bool:
     """Whether value matches a schema type: str, int, bool, [T], {str: T},
     a|b|c (one of these strings), {a: T, ...} (an object), T? (or null)."""
@@ -221,16 +358,20 @@ def check_type(value: Any, kind: str) -> bool:
     if kind.endswith("?"):
         return value is None or check_type(value, kind[:-1])
     if kind == "str":
-        return isinstance(value, str) and "\0" not in value and len(value) <= 4096
+        return isinstance(value, str) and "\0" not in value and len(value) <= 4096 and _is_wire(value)
+    if kind == "arg":
+        return (isinstance(value, str) and "\0" not in value and len(value) < limits.MAX_ARG_STRLEN
+                and _is_wire(value))
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31
     if kind == "bool":
         return isinstance(value, bool)
     if kind.startswith("["):
-        return (isinstance(value, list) and len(value) <= 4096
+        most = MAX_ARGS if kind == "[arg]" else 4096
+        return (isinstance(value, list) and len(value) <= most
                 and all(check_type(v, kind[1:-1]) for v in value))
     if kind.startswith("{str:"):
-        return (isinstance(value, dict) and len(value) <= 256
+        return (isinstance(value, dict) and len(value) <= 4096
                 and all(check_type(k, "str") and check_type(v, kind[5:-1]) for k, v in value.items()))
     if kind.startswith("{"):
         fields = dict(part.split(":") for part in kind[1:-1].split(","))
@@ -260,8 +401,12 @@ def render_doc() -> str:
         "`{\"ok\": false, \"error\": {\"code\", \"message\", \"exit\"}}` and the connection stays "
         "usable, except after `too-large` or a launch handed to an instance.",
         "",
-        "Types: `str`, `int`, `bool`, `[T]` (list), `{str: T}` (map), `a|b` (one of), "
-        "`T?` (or null).",
+        "Types: `str` (at most 4096 characters), `arg` (a command-line string, less than "
+        f"{limits.MAX_ARG_STRLEN} characters), `int`, `bool`, `[T]` (list), `{{str: T}}` (map), "
+        "`a|b` (one of), `T?` (or null). Strings stand for bytes: what is not UTF-8 travels as "
+        "lone surrogates U+DC80..U+DCFF (Python's surrogateescape). A message larger than "
+        f"{MAX_MESSAGE} bytes (at most {MAX_BODY}) is sent as the frame `{{\"body\": SIZE}}` with "
+        "a sealed memfd holding it as its first descriptor.",
         "",
         "| op | direction | fields | descriptors | reply | what |",
         "|---|---|---|---|---|---|",

@@ -24,6 +24,9 @@ _writev.argtypes = _readv.argtypes
 
 PAGE = 4096
 _SCRATCH_SIZE = 1 << 16
+# Above every user address space (x86-64: 47 bits, 56 with 5-level paging):
+# what reaches past it is a kernel address, EFAULT like access_ok() says.
+USER_END = 1 << 56
 
 
 class _PerThread(threading.local):
@@ -48,7 +51,15 @@ class MemoryFault(OSError):
         super().__init__(errno.EFAULT, "bad address")
 
 
+def _check_range(addr: int, n: int) -> None:
+    """access_ok(): a range that is not all below USER_END is EFAULT (also
+    keeps huge lengths from being allocated here and pread offsets valid)."""
+    if addr <= 0 or n < 0 or addr + n > USER_END:
+        raise MemoryFault()
+
+
 def _transfer(fn, pid: int, buf, addr: int, n: int) -> int:
+    _check_range(addr, n)
     t = _tls
     t.local.iov_base = ctypes.addressof(buf)
     t.local.iov_len = n
@@ -66,8 +77,7 @@ def _transfer(fn, pid: int, buf, addr: int, n: int) -> int:
 def read(pid: int, addr: int, n: int) -> bytes:
     if n == 0:
         return b""
-    if not addr:
-        raise MemoryFault()
+    _check_range(addr, n)
     buf = _tls.scratch if n <= _SCRATCH_SIZE else ctypes.create_string_buffer(n)
     got = _transfer(_readv, pid, buf, addr, n)
     if got != n:
@@ -77,8 +87,7 @@ def read(pid: int, addr: int, n: int) -> bytes:
 
 def read_cstr(pid: int, addr: int, limit: int = 4096) -> bytes:
     """A NUL-terminated string; ENAMETOOLONG past `limit` like the kernel."""
-    if not addr:
-        raise MemoryFault()
+    _check_range(addr, 1)
     out = b""
     want = 256    # most paths are short: do not copy a whole page each time
     while True:
@@ -101,15 +110,14 @@ def read_cstr(pid: int, addr: int, limit: int = 4096) -> bytes:
 
 def read_cstr_fd(memfd: int, addr: int, limit: int = 4096) -> bytes:
     """read_cstr through an open /proc/<pid>/mem: one plain pread, no ctypes."""
-    if not addr:
-        raise MemoryFault()
+    _check_range(addr, 1)
     out = b""
     want = 256
     while True:
         chunk = min(want, PAGE - (addr % PAGE))
         try:
             data = os.pread(memfd, chunk, addr)
-        except OSError:
+        except (OSError, OverflowError):
             raise MemoryFault() from None
         if not data:
             raise MemoryFault()
@@ -149,8 +157,7 @@ def write(pid: int, addr: int, data: bytes) -> None:
     n = len(data)
     if n == 0:
         return
-    if not addr:
-        raise MemoryFault()
+    _check_range(addr, n)
     buf = _tls.scratch if n <= _SCRATCH_SIZE else ctypes.create_string_buffer(n)
     ctypes.memmove(buf, data, n)
     if _transfer(_writev, pid, buf, addr, n) != n:

@@ -25,6 +25,18 @@ UTIME_OMIT = (1 << 30) - 2
 SYS_RENAMEAT2 = 316
 
 # Flags we pass to the host when opening; the rest are the provider's business.
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
+    """rename(2) between directory descriptors, with renameat2's flags."""
+    if not flags:
+        os.rename(old, new, src_dir_fd=olddirfd, dst_dir_fd=newdirfd)
+        return
+    # The buffers must outlive the call: a temporary's address is freed
+    # memory by the time the syscall runs (both names became the last).
+    old_buf, new_buf = ctypes.create_string_buffer(old), ctypes.create_string_buffer(new)
+    libc.syscall(SYS_RENAMEAT2, olddirfd, ctypes.addressof(old_buf),
+                 newdirfd, ctypes.addressof(new_buf), flags)
+
+
 _HOST_OPEN_FLAGS = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECTORY | os.O_TRUNC
                     | os.O_NOATIME | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | os.O_PATH
                     | os.O_NOCTTY | 0o40000 | os.O_LARGEFILE)
@@ -149,14 +161,7 @@ class HostTree(FileSystem):
         os.rmdir(name, dir_fd=parent.fd)
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        if flags:
-            # The buffers must outlive the call: a temporary's address is freed
-            # memory by the time the syscall runs (both names became the last).
-            old_buf, new_buf = ctypes.create_string_buffer(old), ctypes.create_string_buffer(new)
-            libc.syscall(SYS_RENAMEAT2, oldp.fd, ctypes.addressof(old_buf),
-                         newp.fd, ctypes.addressof(new_buf), flags)
-        else:
-            os.rename(old, new, src_dir_fd=oldp.fd, dst_dir_fd=newp.fd)
+        renameat2(oldp.fd, old, newp.fd, new, flags)
 
     def utimens(self, node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
         times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))

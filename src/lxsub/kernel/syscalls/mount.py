@@ -54,6 +54,11 @@ def _string(c: Call, i: int, limit: int = 4096) -> bytes:
 
 
 def sys_mount(c: Call) -> int:
+    # Linux copies the strings (copy_mount_string) and looks the target up
+    # before may_mount(): a bad pointer is EFAULT even for the unprivileged.
+    for i in (0, 2):
+        _string(c, i)
+    c.path(1)
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
         raise _e(errno.EPERM)
     flags = c.args[3] & 0xFFFFFFFFFFFFFFFF
@@ -154,15 +159,17 @@ def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
 
 
 def sys_umount2(c: Call) -> int:
-    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
-        raise _e(errno.EPERM)
     flags = c.int(1)
     if flags & ~(MNT_FORCE | MNT_DETACH | MNT_EXPIRE | UMOUNT_NOFOLLOW) or \
             flags & MNT_EXPIRE and flags & (MNT_FORCE | MNT_DETACH):
         raise _e(errno.EINVAL)
     inst, task = c.inst, c.task
+    # ksys_umount looks the path up before may_mount() (EFAULT before EPERM).
     node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, c.path(0),
                              follow_default=not flags & UMOUNT_NOFOLLOW)
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        node.release()
+        raise _e(errno.EPERM)
     try:
         m = inst.mounts.mount_of_root(node)
     finally:

@@ -32,16 +32,23 @@ def sys_execveat(c: Call):
     flags = c.int(4)
     if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
         raise OSError(errno.EINVAL, "bad flags")
-    path = c.path(1) if c.ptr(1) else b""
+    path = c.path_or_empty(1, flags)
     return _execve(c, c.int(0), path, c.ptr(2), c.ptr(3), flags)
 
 
-def _read_argv(c: Call, addr: int) -> list[bytes]:
-    return [c.read_str(p, MAX_ARG_STRLEN) for p in memory.read_ptr_array(c.pid, addr)]
+def _read_argv(c: Call, addr: int) -> tuple[list[bytes], list[int]]:
+    """The argv strings and where they are in the caller."""
+    try:
+        ptrs = memory.read_ptr_array(c.pid, addr)
+        return [c.read_str(p, MAX_ARG_STRLEN) for p in ptrs], ptrs
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:    # a string past MAX_ARG_STRLEN: copy_strings' E2BIG
+            raise OSError(errno.E2BIG, "argument too long") from None
+        raise
 
 
 def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flags: int):
-    argv = _read_argv(c, argv_ptr)
+    argv, argv_ptrs = _read_argv(c, argv_ptr)
     inst, task = c.inst, c.task
     if not path and flags & AT_EMPTY_PATH:
         start = lookup.node_of_fd(inst, task, dirfd)
@@ -60,7 +67,8 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
         # It runs on the host; the caller executes a stand-in (kernel/interop.py).
         p, host_done = interop.run_host(c, p, envp_ptr)
     try:
-        _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv or host_done is not None)
+        _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv or host_done is not None,
+                            in_place={id(a): ptr for a, ptr in zip(argv, argv_ptrs)})
     except BaseException:
         p.close()
         if host_done is not None:
@@ -79,7 +87,15 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
     return Native(on_exit=failed)
 
 
-def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_argv: bool) -> None:
+def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_argv: bool,
+                        in_place: dict[int, int]) -> None:
+    """Point execve at our host path and the planned argv. The caller's
+    own argument strings (in_place: id of the string read -> its address)
+    are used where they are: only what the plan added and the pointer
+    table go below the stack pointer, whose mapping a remote write does not
+    grow (a Linux-sized command line would not fit there). By identity, not
+    value: what the plan made (the loader's program path) is always ours,
+    never memory another thread of the caller could change."""
     regs = c.regs
     assert regs is not None
     host_path = f"/proc/{os.getpid()}/fd/{p.host_fd}".encode()
@@ -89,9 +105,11 @@ def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_a
     p.execfn_room = len(host_path)
     host_path += b"\0"
     if rewrite_argv:
-        strings = [a + b"\0" for a in p.argv]
-        addrs = memory.write_below_sp(c.pid, regs.rsp, [host_path] + strings)
-        table = b"".join(struct.pack("<Q", a) for a in addrs[1:]) + bytes(8)
+        new = [a for a in p.argv if id(a) not in in_place]
+        addrs = memory.write_below_sp(c.pid, regs.rsp, [host_path] + [a + b"\0" for a in new])
+        placed = iter(addrs[1:])
+        table = b"".join(struct.pack("<Q", in_place[id(a)] if id(a) in in_place else next(placed))
+                         for a in p.argv) + bytes(8)
         (argv_addr,) = memory.write_below_sp(c.pid, addrs[0], [table])
         path_addr = addrs[0]
     else:

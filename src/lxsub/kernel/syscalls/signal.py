@@ -93,7 +93,11 @@ def sys_tgkill(c: Call):
     return Native()
 
 
+SIGINFO_SIZE = 128
+
+
 def sys_rt_sigqueueinfo(c: Call):
+    c.read(c.ptr(2), SIGINFO_SIZE)      # copy_siginfo_from_user comes first: EFAULT
     pid = c.int(0)
     host = c.inst.pids.host_of_vpid(pid) if pid > 0 else None
     if host is None:
@@ -103,6 +107,7 @@ def sys_rt_sigqueueinfo(c: Call):
 
 
 def sys_rt_tgsigqueueinfo(c: Call):
+    c.read(c.ptr(3), SIGINFO_SIZE)
     _thread_in_group(c, c.int(0), c.int(1))
     return Native()
 

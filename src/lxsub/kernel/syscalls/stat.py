@@ -43,14 +43,14 @@ def sys_fstat(c: Call) -> int:
 
 
 def sys_newfstatat(c: Call) -> int:
-    path = c.path(1) if c.ptr(1) else b""
+    path = c.path_or_empty(1, c.int(3))
     c.write(c.ptr(2), _stat_at(c, c.int(0), path, c.int(3)).pack_stat())
     return 0
 
 
 def sys_statx(c: Call) -> int:
-    path = c.path(1) if c.ptr(1) else b""
     flags = c.int(2)
+    path = c.path_or_empty(1, flags)
     if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | 0x800 | 0x6000):
         raise OSError(errno.EINVAL, "bad statx flags")
     s = _stat_at(c, c.int(0), path, flags)
@@ -197,7 +197,7 @@ def sys_fchmodat(c: Call) -> int:
 
 def sys_fchmodat2(c: Call) -> int:
     flags = c.int(3)
-    path = c.path(1) if c.ptr(1) else b""
+    path = c.path_or_empty(1, flags)
     node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
     if node.is_symlink():
         node.release()

@@ -49,7 +49,7 @@ def sys_linkat(c: Call) -> int:
     flags = c.int(4)
     if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
         raise OSError(errno.EINVAL, "bad flags")
-    old = c.path(1) if c.ptr(1) else b""
+    old = c.path_or_empty(1, flags)
     ops.link(c.inst, c.task, c.int(0), old, c.int(2), c.path(3), flags)
     return 0
 
@@ -81,7 +81,7 @@ def sys_fchdir(c: Call) -> int:
 
 def sys_getcwd(c: Call) -> int:
     path = current_dir_path(c)
-    data = path.encode() + b"\0"
+    data = os.fsencode(path) + b"\0"   # a str from the host: fsdecoded bytes
     if len(data) > c.args[1]:
         raise OSError(errno.ERANGE, "buffer too small")
     c.write(c.ptr(0), data)
@@ -102,9 +102,11 @@ def current_dir_path(c: Call) -> str:
 
 
 def sys_chroot(c: Call) -> int:
-    if not c.task.creds.capable(caps.CAP_SYS_CHROOT):
-        raise OSError(errno.EPERM, "not permitted")
+    # ksys_chroot: the path is looked up before the capability is checked.
     node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    if not c.task.creds.capable(caps.CAP_SYS_CHROOT):
+        node.release()
+        raise OSError(errno.EPERM, "not permitted")
     if not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
@@ -137,7 +139,7 @@ def sys_fchown(c: Call) -> int:
 
 def sys_fchownat(c: Call) -> int:
     flags = c.int(4)
-    path = c.path(1) if c.ptr(1) else b""
+    path = c.path_or_empty(1, flags)
     node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
     return _chown_node(c, node, c.int(2), c.int(3))
 
