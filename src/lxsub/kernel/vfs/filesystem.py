@@ -27,6 +27,12 @@ def _nope(*_a, **_k):
 class FileSystem:
     fstype = "none"          # as /proc/mounts shows it
     magic = 0                # f_type of statfs(2)
+    # POSIX ACLs (system.posix_acl_*): only where permissions are the host's
+    # (DrvFs). Elsewhere the Linux mode lives in the provider, and a host ACL
+    # would change the host file's rights instead; those file systems have
+    # no ACLs, like one mounted `noacl` (acl(5)): EOPNOTSUPP, and programs
+    # (cp -p, tar, rsync -A) fall back to chmod.
+    host_acls = False
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
