@@ -135,7 +135,7 @@ class InstanceHost:
             else:
                 setup = ChildSetup(stdio=(stdio[0], stdio[1], stdio[2]), new_session=True)
             launch = sessions.Launch(message["argv"], message["mode"], message.get("user"),
-                                     message.get("cwd"), message["env"])
+                                     message.get("cwd"), message["env"], message.get("host_cwd"))
             # [user] default of /etc/lx.conf wins over the registry's, as in WSL.
             default_user = self.inst.config.user.default or message.get("default_user")
             proc = sessions.start(self.inst, launch, default_user, setup)

@@ -83,7 +83,7 @@ def launch_env(environ) -> dict[str, str]:
 TTY_FIELDS = "{stdin: bool, stdout: bool, stderr: bool, rows: int, cols: int}"
 LAUNCH_FIELDS = {
     "distro": "str?", "argv": "[str]", "mode": "exec|shell|login", "user": "str?",
-    "cwd": "str?", "env": "{str: str}", "tty": f"{TTY_FIELDS}?",
+    "cwd": "str?", "host_cwd": "str?", "env": "{str: str}", "tty": f"{TTY_FIELDS}?",
 }
 
 SCHEMA: list[Message] = [
