@@ -146,3 +146,20 @@ def test_setpriv_to_a_user_keeps_capabilities_as_asked(probes):
     # Through an exec to a non-root program, capabilities are gone (capabilities(7)).
     assert cp.stdout.decode().split() == [str(uid), "CapPrm:", "0" * 16, "CapEff:", "0" * 16], \
         describe(cp)
+
+
+def test_set_user_id_bit_does_not_count_on_a_nosuid_mount(probes):
+    """mount(2) MS_NOSUID: the bit is shown but an exec ignores it (one
+    session: the mount lives as long as the instance)."""
+    debian, uid = probes
+    cp = debian.lx(["-u", "root", "--", "mkdir -p /mnt/fh-ns && "
+                    "(grep -q ' /mnt/fh-ns ' /proc/mounts || mount -t tmpfs -o nosuid fh /mnt/fh-ns) && "
+                    "cp -p /opt/fh/suid /mnt/fh-ns/suid && stat -c %A /mnt/fh-ns/suid && "
+                    f"setpriv --reuid {USER} --regid {USER} --init-groups /mnt/fh-ns/suid && "
+                    f"setpriv --reuid {USER} --regid {USER} --init-groups /opt/fh/suid"])
+    assert cp.returncode == 0, describe(cp)
+    out = cp.stdout.decode().splitlines()
+    assert out[0] == "-rwsr-xr-x", describe(cp)
+    on_nosuid, on_root = out[1:1 + len(out) // 2], out[1 + len(out) // 2:]
+    assert f"uids={uid},{uid},{uid}" in on_nosuid and "secure=0" in on_nosuid, describe(cp)
+    assert f"uids={uid},0,0" in on_root and "secure=1" in on_root, describe(cp)

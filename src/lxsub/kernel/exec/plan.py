@@ -74,8 +74,8 @@ def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool):
 def _set_ids(node: Node, attr) -> tuple[int | None, int | None]:
     """Linux's bprm_fill_uid: set-user-ID takes the owner; set-group-ID the
     group only with group execute (without it the bit means mandatory
-    locking); neither on a nosuid mount."""
-    if "nosuid" in node.mount.options.split(","):
+    locking); neither on a nosuid mount nor on host files (DrvFs)."""
+    if not node.fs.set_id_bits or "nosuid" in node.mount.options.split(","):
         return None, None
     uid = attr.uid if attr.mode & st.S_ISUID else None
     gid = attr.gid if attr.mode & st.S_ISGID and attr.mode & st.S_IXGRP else None

@@ -33,6 +33,10 @@ class FileSystem:
     # no ACLs, like one mounted `noacl` (acl(5)): EOPNOTSUPP, and programs
     # (cp -p, tar, rsync -A) fall back to chmod.
     host_acls = False
+    # Whether a set-user-ID/set-group-ID bit makes an exec take the file's
+    # owner (kernel/exec/plan.py). Not on DrvFs: its owners are the host's,
+    # which mean nothing inside (host root is not the instance's root).
+    set_id_bits = True
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
