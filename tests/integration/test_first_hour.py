@@ -163,3 +163,29 @@ def test_set_user_id_bit_does_not_count_on_a_nosuid_mount(probes):
     on_nosuid, on_root = out[1:1 + len(out) // 2], out[1 + len(out) // 2:]
     assert f"uids={uid},{uid},{uid}" in on_nosuid and "secure=0" in on_nosuid, describe(cp)
     assert f"uids={uid},0,0" in on_root and "secure=1" in on_root, describe(cp)
+
+
+PTY_PY = b"""
+import ctypes, os
+c = ctypes.CDLL(None, use_errno=True)
+c.ptsname.restype = ctypes.c_char_p
+m = c.posix_openpt(os.O_RDWR | os.O_NOCTTY)
+assert m >= 0 and c.grantpt(m) == 0 and c.unlockpt(m) == 0
+name = c.ptsname(m)
+s = os.open(name, os.O_RDWR | os.O_NOCTTY)
+os.write(m, b"through\\n")
+print(name.decode() == os.ttyname(s), os.major(os.fstat(s).st_rdev), os.read(s, 64))
+"""
+
+
+def test_pty_slave_opens_by_its_name(probes):
+    """posix_openpt, grantpt, unlockpt, then open(ptsname()) as apt (root)
+    does for its dpkg log (without it: "E: Can not write log (Is /dev/pts
+    mounted?)"). A non-root user under the unprivileged host user still
+    gets EACCES (the pty shows as root's): a known gap, see issue 12's report."""
+    debian, _ = probes
+    users = ("root", USER) if debian.user.is_self else ("root",)
+    for user in users:
+        cp = debian.lx(["-u", user, "-e", "python3", "-"], input=PTY_PY)
+        assert cp.returncode == 0, describe(cp)
+        assert cp.stdout.decode().split() == ["True", "136", "b'through\\n'"], describe(cp)

@@ -321,6 +321,24 @@ def _manifest(tar) -> dict[str, tuple]:
 
 
 @pytest.mark.slow
+def test_debian_user_installs_file_with_sudo_and_it_reads_his_files(debian_install) -> None:
+    """The WSL habit: `sudo apt-get install file` as the default user, then
+    file(1), which sandboxes itself with its own seccomp filter, on files he
+    made (issue 12, items 1 and 3)."""
+    lx, _ = debian_install
+    cp = lx.run(["-d", "debian", "--",
+                 "sudo -S -p '' sh -c 'export DEBIAN_FRONTEND=noninteractive; "
+                 "apt-get update -q && apt-get install -y -q file' >/dev/null && "
+                 "cd && printf 'hi\\n' > a1 && "
+                 "command -v file && file a1 && file /tmp && file /etc/passwd"],
+                input=(BOB_PASSWORD + "\n").encode(), timeout=900)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "/usr/bin/file", "a1: ASCII text", "/tmp: sticky, directory",
+        "/etc/passwd: ASCII text"], describe(cp)
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="man-db's postinst also runs `install -m 644 /dev/null "
                    "FILE`, which needs stat and fstat of /dev/null to agree (issue 19, on "
                    "another branch); the setpriv part is fixed here (test_first_hour.py)")
