@@ -189,3 +189,45 @@ def test_pty_slave_opens_by_its_name(probes):
         cp = debian.lx(["-u", user, "-e", "python3", "-"], input=PTY_PY)
         assert cp.returncode == 0, describe(cp)
         assert cp.stdout.decode().split() == ["True", "136", "b'through\\n'"], describe(cp)
+
+
+@pytest.fixture(scope="session")
+def sudo_deb(tmp_path_factory) -> bytes:
+    """Debian's sudo package, fetched by the host's apt (`apt-get download`)."""
+    import os
+    import shutil
+    import subprocess
+
+    where = tmp_path_factory.mktemp("sudo-deb")
+    os.chmod(where, 0o777)        # apt's _apt sandbox user writes here when we are root
+    cp = subprocess.run(["apt-get", "download", "-q", "sudo"], cwd=where, capture_output=True,
+                        timeout=300) if shutil.which("apt-get") else None
+    debs = sorted(where.glob("sudo_*.deb"))
+    if not debs:
+        why = "`apt-get download sudo` failed: " + (cp.stderr.decode()[-300:] if cp else "no apt-get")
+        if os.environ.get("CI") and not os.environ.get("LXSUB_ALLOW_SKIP"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return debs[0].read_bytes()
+
+
+def test_sudo_from_a_user_is_quiet_and_runs_as_root(probes, sudo_deb):
+    """Debian's sudo (set-user-ID root) from a non-root user: no "no new
+    privileges" refusal, no "unable to send audit message" (the instance has
+    no audit: NETLINK_AUDIT is EPROTONOSUPPORT, which sudo takes as audit
+    not configured)."""
+    debian, uid = probes
+    cp = debian.lx(["-u", "root", "--", "cat > /tmp/fh-sudo.deb && "
+                    "DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/fh-sudo.deb >/dev/null && "
+                    f"echo '{USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/fh && "
+                    "chmod 440 /etc/sudoers.d/fh && stat -c '%A %U' /usr/bin/sudo"],
+                   input=sudo_deb, timeout=300)
+    assert cp.returncode == 0 and cp.stdout.decode().split() == ["-rwsr-xr-x", "root"], describe(cp)
+    cp = debian.lx(["-u", USER, "--", "sudo -n true && sudo -n id -u && "
+                    "sudo -n -u nobody id -un && sudo -n grep NoNewPrivs /proc/self/status"])
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["0", "nobody", "NoNewPrivs:\t0"], describe(cp)
+    # The fixture's /etc/hosts does not name its hostname: sudo says so, as on
+    # Linux; nothing else may be said.
+    said = [l for l in cp.stderr.decode().splitlines() if "unable to resolve host" not in l]
+    assert said == [], describe(cp)
