@@ -150,12 +150,13 @@ def test_version_and_help(home: Path, capsys) -> None:
     (["--bogus"], "unknown option '--bogus'"),
     (["--import", "only-name"], "expected 3 arguments"),
     (["--export"], "expected 2 arguments"),
+    (["--export", "x", "x.zip"], "unknown archive type"),
+    (["--list", "extra"], "--list does not take a command"),
     (["--list", "--unregister", "x"], "not allowed with"),
     (["--list", "--", "ls"], "--list does not take a command"),
     (["-d", "x", "--list"], "-d cannot be combined with --list"),
     (["-v"], "-v only goes with --list"),
     (["-e"], "-e needs a command"),
-    (["ls", "-l"], "lx -- CMD ARGS"),
     (["-d"], "expected one argument"),
     (["--import", "bad/name", "dir", "t.tar"], "invalid distro name"),
 ])
@@ -178,6 +179,19 @@ def test_usage_errors(home: Path, capsys, argv: list[str], hint: str) -> None:
     (["--cd", "/tmp", "--"], ["--cd", "/tmp"], "login", []),
     (["-u", "-e", "--", "ls"], ["-u", "-e"], "shell", ["ls"]),  # -e here is the user's name
     (["--exec", "/bin/true"], [], "exec", ["/bin/true"]),
+    # The first word no option takes starts the command, as with wsl.
+    (["ls", "-la"], [], "shell", ["ls -la"]),
+    (["-d", "deb", "--cd", "~", "ls", "-l", "--", "x"], ["-d", "deb", "--cd", "~"], "shell",
+     ["ls -l -- x"]),
+    (["--install", "debian", "--user", "bob"], ["--install", "debian", "--user", "bob"], None, None),
+    (["--install", "--name", "x"], ["--install", "--name", "x"], None, None),
+    (["--import", "n", "d", "t.tar", "-v"], ["--import", "n", "d", "t.tar", "-v"], None, None),
+    (["--export", "n", "-"], ["--export", "n", "-"], None, None),
+    (["--mount", "n", "/mnt", "-u", "bob"], ["--mount", "n", "/mnt", "-u", "bob"], None, None),
+    (["-s", "n"], ["-s", "n"], None, None),
+    (["--unregister", "n"], ["--unregister", "n"], None, None),
+    (["--path", "-u", "/tmp"], ["--path", "-u", "/tmp"], None, None),
+    (["--list", "extra"], ["--list"], "shell", ["extra"]),
 ])
 def test_split_command(argv, ours, mode, command) -> None:
     got_ours, got = split_command(argv)
@@ -207,3 +221,40 @@ def test_run_without_any_distro(home: Path, capsys, manager) -> None:
     assert code == EXIT_UNAVAILABLE and "lx --import" in err
 
 
+
+
+# -- man page, help, first password (issue 12)
+
+MAN_PAGE = Path(__file__).resolve().parents[2] / "share" / "man" / "man1" / "lx.1"
+
+
+def test_man_page_names_every_option_of_the_help(capsys) -> None:
+    """share/man/man1/lx.1 documents every option `lx --help` lists, and man
+    renders it without a warning."""
+    import re
+    import shutil
+    import subprocess
+
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", help_text))
+    page = MAN_PAGE.read_text().replace("\\-", "-")
+    missing = sorted(o for o in options if o not in page)
+    assert missing == [], missing
+    if not shutil.which("man"):
+        pytest.skip("man is not installed on the host")
+    cp = subprocess.run(["man", "--warnings=all", "-l", str(MAN_PAGE)], capture_output=True,
+                        env={"MANWIDTH": "80", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin",
+                             "MANPAGER": "cat", "PAGER": "cat"})
+    assert cp.returncode == 0 and cp.stderr == b"", cp.stderr.decode()
+    assert b"run Linux programs from a distro" in cp.stdout
+
+
+def test_install_without_a_terminal_says_how_to_set_the_password(home: Path, capsys) -> None:
+    from lxsub.cli import main as cli_main
+
+    registry = Registry(home)
+    assert cli_main._first_password(registry, "deb", "bob") == 0
+    err = capsys.readouterr().err
+    assert err == ("lx: bob has no password yet (sudo asks for it); set one with: "
+                   "lx -d deb -u root passwd bob\n")

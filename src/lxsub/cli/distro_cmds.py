@@ -9,6 +9,7 @@ refuse launches into one that is being installed or removed.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lxsub.distro.progress import Progress
@@ -67,8 +68,9 @@ def import_(registry: Registry, name: str, directory: str, tarball: str) -> int:
 
 
 def export(registry: Registry, name: str, tarball: str) -> int:
-    from lxsub.distro.exporter import export_tarball
+    from lxsub.distro.exporter import compression_for, export_tarball
 
+    compression_for(tarball)   # a name that is no tar archive's fails first
     registry.get(name)  # unknown names fail before taking a lock
     if tarball == "-" and sys.stdout.isatty():
         raise LxError("refusing to write a tarball to a terminal; redirect stdout or name a file",
@@ -81,11 +83,18 @@ def export(registry: Registry, name: str, tarball: str) -> int:
                           EXIT_TEMPFAIL)
         with Progress.for_terminal() as progress:
             export_tarball(distro, tarball, progress=progress)
+        if progress.verbose and tarball != "-":
+            size = os.stat(tarball).st_size
+            print(f"Exported {name} to {tarball} ({size / 2**20:.1f} MiB).", file=progress.stream)
     return 0
 
 
 def unregister(registry: Registry, name: str) -> int:
+    """As `wsl --unregister`: a running distro is terminated first."""
     registry.get(name)
+    if name in running_distros():
+        from lxsub.manager import client
+        client.request("terminate", start=False, distro=name)   # returns once it has ended
     registry.unregister(name)
     return 0
 

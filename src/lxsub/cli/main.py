@@ -1,14 +1,15 @@
 """The `lx` command: wsl.exe's habits for running Linux distros on a Linux host.
 
-    lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS...]
+    lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS... | CMD ARGS...]
     lx --install [busybox|debian] [--name NAME] [--location DIR] [--user USER]
     lx --import NAME DIR TARBALL|-      lx --export NAME TARBALL|-
     lx --list [-v]   lx --set-default NAME   lx --unregister NAME
     lx --status      lx --terminate NAME     lx --shutdown
     lx --version     lx --help
 
-Everything after `--` or `-e CMD` belongs to the Linux command, so it is cut
-off before argparse sees it (`lx -e ls -l` must not read `-l` as ours).
+Everything after `--`, `-e CMD` or the first word no option takes belongs to
+the Linux command, so it is cut off before argparse sees it (`lx -e ls -l`
+and `lx ls -l` must not read `-l` as ours).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from lxsub.state import Registry, lx_home, set_running_provider
 # Options of ours that take a value: the value may look like `-e` or `--`.
 _OPTIONS_WITH_VALUE = {"-d", "--distribution", "-u", "--user", "--cd"}
 _EXEC_OPTIONS = {"-e", "--exec"}
+# How many words the other options take: a word no option takes starts the
+# Linux command (`lx ls -la`, as `wsl ls -la`).
+_OPTION_WORDS = {
+    "-s": 1, "--set-default": 1, "--unregister": 1, "-t": 1, "--terminate": 1,
+    "--umount": 1, "--name": 1, "--location": 1, "--export": 2, "--mount": 2, "--import": 3,
+}
 
 _DESCRIPTION = """\
 Run Linux programs from a distro's root file system as pico processes.
@@ -36,16 +43,22 @@ Run Linux programs from a distro's root file system as pico processes.
 Run a command (default distro and user unless -d/-u say otherwise):
   lx                      interactive login shell
   lx -- CMD ARGS...       run 'CMD ARGS...' through the user's shell
+  lx CMD ARGS...          the same: the first word that is not an option
   lx -e CMD ARGS...       execute CMD directly, without a shell
+  It starts in --cd DIR (~: the user's home), else in the caller's directory
+  when a host mount shows it (/mnt/host/...), else in the user's home.
 
 Manage distros:
   lx --install [busybox|debian]    install a distro from Debian's packages
-       [--name NAME] [--location DIR] [--user USER]   (USER: default user to create)
+       [--name NAME] [--location DIR] [--user USER]   (USER: default user to
+       create; debian: with sudo, in group sudo, asked for a password)
   lx --import NAME DIR TARBALL|-   import a rootfs tarball into DIR
-  lx --export NAME TARBALL|-       write a distro as a tarball (.gz/.xz by suffix)
+  lx --export NAME TARBALL|-       write a distro as a tar archive, its format
+                                   by suffix: .tar .tar.gz .tgz .tar.xz
+                                   .tar.bz2 .tar.zst (- : plain tar on stdout)
   lx --list [-v]                   list distros
   lx --set-default NAME            make NAME the default distro
-  lx --unregister NAME             forget NAME and delete its files
+  lx --unregister NAME             end NAME if running, forget it, delete its files
 
 Instances (one per running distro, kept by the lx manager):
   lx --status                      the manager, the default distro, running instances
@@ -61,7 +74,7 @@ Host access to a distro's files, Linux owners and modes kept (FUSE):
                                    USER's (default root's); returns once mounted
   lx --umount DIR                  end it
 
-State lives in $LX_HOME (default: $XDG_DATA_HOME/lx)."""
+State lives in $LX_HOME (default: $XDG_DATA_HOME/lx). See also lx(1)."""
 
 
 class _UsageError(LxError):
@@ -103,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
+    if args[:1] == ["--complete"]:     # for the shell completion only (cli/complete.py)
+        from lxsub.cli import complete
+        return complete.main(args[1:])
     ours, command = split_command(args)
     if pathcmd.wanted(ours):       # its own small grammar: -u there is not --user
         if command is not None:
@@ -122,8 +138,11 @@ def _main(args: list[str]) -> int:
     if opts.list:
         return distro_cmds.list_(registry, opts.verbose)
     if opts.install:
-        return distro_cmds.install(registry, opts.install, name=opts.name,
+        code = distro_cmds.install(registry, opts.install, name=opts.name,
                                    location=opts.location, user=opts.user)
+        if code == 0 and opts.install == "debian" and opts.user not in (None, "root"):
+            return _first_password(registry, opts.name or opts.install, opts.user)
+        return code
     if opts.import_:
         return distro_cmds.import_(registry, *opts.import_)
     if opts.export:
@@ -148,13 +167,25 @@ def _main(args: list[str]) -> int:
 
 
 def split_command(args: list[str]) -> tuple[list[str], _Command | None]:
-    """Split argv into lx's own options and the Linux command after `--`/`-e`."""
+    """Split argv into lx's own options and the Linux command: after `--`,
+    after `-e CMD`, or from the first word that is no option's value (run
+    through the user's shell, as after `--`)."""
     i = 0
     while i < len(args):
         arg = args[i]
         if arg in _OPTIONS_WITH_VALUE:
             i += 2
             continue
+        if arg == "--path":
+            return args, None          # its own grammar (cli/pathcmd.py)
+        if arg in _OPTION_WORDS:
+            i += 1 + _OPTION_WORDS[arg]
+            continue
+        if arg == "--install":
+            i += 2 if i + 1 < len(args) and not args[i + 1].startswith("-") else 1
+            continue
+        if not arg.startswith("-") or arg == "-":
+            return args[:i], _Command("shell", [" ".join(args[i:])])
         if arg == "--":
             rest = args[i + 1:]
             return args[:i], _Command("shell", [" ".join(rest)]) if rest else _Command()
@@ -170,7 +201,7 @@ def split_command(args: list[str]) -> tuple[list[str], _Command | None]:
 def _parser() -> _Parser:
     p = _Parser(
         prog="lx",
-        usage="lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS...]",
+        usage="lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS... | CMD ARGS...]",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
@@ -179,7 +210,7 @@ def _parser() -> _Parser:
     run = p.add_argument_group("running")
     run.add_argument("-d", "--distribution", metavar="NAME", help="distro to run (default: the default distro)")
     run.add_argument("-u", "--user", metavar="USER", help="user to run as (default: the distro's default user)")
-    run.add_argument("--cd", metavar="DIR", help="working directory inside the distro")
+    run.add_argument("--cd", metavar="DIR", help="working directory inside the distro (~: home)")
     manage = p.add_argument_group("managing distros").add_mutually_exclusive_group()
     manage.add_argument("--install", nargs="?", const="busybox", choices=("busybox", "debian"),
                         metavar="KIND")
@@ -243,17 +274,38 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
 
 
 def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
+    distro = distro_cmds.launch_distro(registry, opts.distribution)
+    return _launch(distro.name, opts.user, _cd(opts.cd), command or _Command())
+
+
+def _first_password(registry: Registry, name: str, user: str) -> int:
+    """After `lx --install debian --user USER`: USER is in group sudo and
+    needs a password for it. On a terminal passwd asks for one now (as WSL's
+    first start does); without one, say how to set it later."""
+    default = distro_cmds._default_name(registry)
+    how = f"lx {'' if default == name else f'-d {name} '}-u root passwd {user}"
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        _print_error(f"{user} has no password yet (sudo asks for it); set one with: {how}")
+        return 0
+    print(f"Set a password for {user} (sudo asks for it):", file=sys.stderr)
+    for _attempt in range(3):
+        if _launch(name, "root", "/", _Command("exec", ["passwd", user])) == 0:
+            return 0
+    _print_error(f"no password set for {user}; set one later with: {how}")
+    return 0
+
+
+def _launch(distro: str, user: str | None, cwd: str | None, command: _Command) -> int:
     from lxsub.cli import terminal
     from lxsub.manager.protocol import (LAUNCH_FIELDS, LaunchRequest, ProtocolError, launch_env,
                                          wire_str)
 
-    distro = distro_cmds.launch_distro(registry, opts.distribution)
-    command = command or _Command()
     tty = terminal.describe()
+    host_cwd = _host_cwd()
     launch = LaunchRequest(
-        distro=distro.name, argv=[wire_str(a) for a in command.argv], mode=command.mode,
-        user=opts.user and wire_str(opts.user), cwd=opts.cd and wire_str(opts.cd),
-        env=launch_env(os.environ), tty=tty)
+        distro=distro, argv=[wire_str(a) for a in command.argv], mode=command.mode,
+        user=user and wire_str(user), cwd=cwd and wire_str(cwd),
+        host_cwd=host_cwd and wire_str(host_cwd), env=launch_env(os.environ), tty=tty)
     try:
         launch.check_size()       # Linux's E2BIG, said before anything starts
     except ProtocolError as e:
@@ -263,6 +315,22 @@ def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None)
     for warning in started.get("warnings", ()):
         _print_error(f"warning: {warning}")
     return terminal.attend(conn, fds[0] if fds else None, tty)
+
+
+def _cd(value: str | None) -> str | None:
+    """--cd's value: `~` (quoted, or as the host shell expands it, the host
+    $HOME) is the Linux user's home, as with `wsl --cd ~`."""
+    home = os.environ.get("HOME")
+    if value is not None and home and home != "/" and os.path.normpath(value) == os.path.normpath(home):
+        return "~"
+    return value
+
+
+def _host_cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:         # removed under us: start in the home
+        return None
 
 
 # -- instances --

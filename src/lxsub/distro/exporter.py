@@ -13,9 +13,12 @@ no symlinks followed) and each entry is opened with O_NOFOLLOW.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -29,11 +32,13 @@ from lxsub.state import Distro, lx_home
 if TYPE_CHECKING:
     from lxsub.distro.progress import Progress
 
+# The archive's format from the file name's suffix, as tar -a does.
 _COMPRESSION_BY_SUFFIX = {
-    ".gz": "gz", ".tgz": "gz",
-    ".xz": "xz", ".txz": "xz",
-    ".bz2": "bz2", ".tbz": "bz2", ".tbz2": "bz2",
     ".tar": "",
+    ".tar.gz": "gz", ".tgz": "gz",
+    ".tar.xz": "xz", ".txz": "xz",
+    ".tar.bz2": "bz2", ".tbz": "bz2", ".tbz2": "bz2",
+    ".tar.zst": "zst", ".tzst": "zst",
 }
 _OPEN_ENTRY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DATA = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -56,13 +61,15 @@ def export_tarball(
             f"'lx --unregister {distro.name}' removes the entry",
             EXIT_UNAVAILABLE,
         )
-    comp = compression if compression is not None else _compression_for(dest)
-    if comp not in ("", "gz", "xz", "bz2"):
-        raise LxError(f"unknown compression {comp!r} (use gz, xz, bz2 or none)", EXIT_USAGE)
+    comp = compression if compression is not None else compression_for(dest)
+    if comp not in ("", "gz", "xz", "bz2", "zst"):
+        raise LxError(f"unknown compression {comp!r} (use gz, xz, bz2, zst or none)", EXIT_USAGE)
+    zstd = _zstd_program() if comp == "zst" else None
     try:
-        with _open_dest(dest) as out:
+        with _open_dest(dest) as out, _compressed(out, zstd) as raw:
             with tarfile.open(
-                fileobj=out, mode=f"w|{comp}", format=tarfile.PAX_FORMAT, errors="surrogateescape"
+                fileobj=raw, mode=f"w|{'' if zstd else comp}", format=tarfile.PAX_FORMAT,
+                errors="surrogateescape"
             ) as archive:
                 report = None
                 if progress is not None:
@@ -70,14 +77,53 @@ def export_tarball(
                                          unit="bytes")
                     report = task.advance
                 _Writer(archive, rootfs, report).write_tree()
+                if progress is not None:
+                    task.done()         # the bar ends full, not on a spinner
     except OSError as e:
         raise LxError(f"cannot export {distro.name!r}: {e}", EXIT_CANTCREAT) from e
 
 
-def _compression_for(dest: str | Path | BinaryIO) -> str:
+def compression_for(dest: str | Path | BinaryIO) -> str:
+    """The compression a destination's name asks for ("" for a plain tar
+    and for streams); LxError for a name that is no tar archive's."""
     if not isinstance(dest, (str, Path)) or str(dest) == "-":
         return ""
-    return _COMPRESSION_BY_SUFFIX.get(Path(dest).suffix.lower(), "")
+    name = Path(dest).name.lower()
+    for suffix, comp in _COMPRESSION_BY_SUFFIX.items():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return comp
+    raise LxError(f"{dest}: unknown archive type; name it .tar, .tar.gz (.tgz), .tar.xz, "
+                  ".tar.bz2 or .tar.zst, or use - for a plain tar on stdout", EXIT_USAGE)
+
+
+def _zstd_program() -> str:
+    program = shutil.which("zstd")
+    if program is None:
+        raise LxError("a .tar.zst export needs the zstd program (apt-get install zstd); "
+                      "or name the file .tar.xz or .tar.gz", EXIT_UNAVAILABLE)
+    return program
+
+
+@contextlib.contextmanager
+def _compressed(out: BinaryIO, zstd: str | None) -> Iterator[BinaryIO]:
+    """`out` itself, or the input of a `zstd` writing to it (tarfile has no zstd)."""
+    if zstd is None:
+        yield out
+        return
+    out.flush()
+    proc = subprocess.Popen([zstd, "-q", "-c", "-T0"], stdin=subprocess.PIPE, stdout=out,
+                            stderr=subprocess.PIPE)
+    try:
+        yield proc.stdin
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.stdin.close()
+        err = proc.stderr.read()
+        proc.wait()
+    if proc.returncode != 0:
+        raise OSError(errno.EIO, f"zstd failed: {err.decode(errors='replace').strip()}")
 
 
 @contextlib.contextmanager

@@ -59,6 +59,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # debootstrap --variant=minbase: the required packages, and apt.
 DEBIAN_EXTRA = ("apt",)
+# With a default user, as WSL's Debian: sudo, and the user in group sudo.
+DEBIAN_USER_EXTRA = ("sudo",)
+ADMIN_GROUP = "sudo"
 INSTALL_LOG = "/var/log/lx-install.log"
 SECOND_STAGE = "/lx-second-stage"
 
@@ -600,7 +603,8 @@ def install_debian(registry: Registry, name: str, work: Path, progress: Progress
     with apt.locked():
         task = progress.task(f"Reading the Debian {apt.suite} package lists", total=None)
         apt.update()
-        packages = apt.resolve([*apt.with_priority("required"), *DEBIAN_EXTRA])
+        with_user = DEBIAN_USER_EXTRA if user and user != "root" else ()
+        packages = apt.resolve([*apt.with_priority("required"), *DEBIAN_EXTRA, *with_user])
         task.done()
         task = progress.task(f"Downloading {len(packages)} packages", total=None)
         debs = apt.download(packages)
@@ -808,11 +812,13 @@ def _last_log_line(log: Path) -> str:
 
 
 def add_debian_user(name: str, work: Path, user: str, progress: Progress) -> None:
-    """useradd inside the distro: home, group, shell as Debian does it."""
+    """useradd inside the distro: home, group, shell as Debian does it, and
+    group sudo (an administrator, as WSL's default user). No password yet:
+    `lx --install` asks for one afterwards on a terminal (cli/distro_cmds.py)."""
     task = progress.task(f"Creating user {user}", total=None)
     distro = Distro(name=name, rootfs=work)
     status = run_inside(distro, ["/usr/sbin/useradd", "--create-home", "--user-group",
-                                 "--shell", "/bin/bash", user])
+                                 "--groups", ADMIN_GROUP, "--shell", "/bin/bash", user])
     if status != 0:
         raise LxError(f"useradd {user} failed inside the distro (exit {status})", EXIT_SOFTWARE)
     task.done()

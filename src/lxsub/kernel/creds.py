@@ -41,6 +41,7 @@ class Creds:
     cap_effective: int = ALL_CAPS
     cap_permitted: int = ALL_CAPS
     cap_inheritable: int = 0
+    keep_caps: bool = False      # prctl(2) PR_SET_KEEPCAPS; cleared by execve
 
     @classmethod
     def for_user(cls, uid: int, gid: int, groups: tuple[int, ...] = ()) -> "Creds":
@@ -57,12 +58,42 @@ class Creds:
         return gid == self.fsgid or gid in self.groups
 
     def after_uid_change(self, old_r: int, old_e: int, old_s: int) -> None:
-        """The capability rules of setuid(2) for a root that becomes a user."""
+        """The capability rules of setuid(2) for a root that becomes a user
+        (Linux's cap_emulate_setxuid): with keep_caps (PR_SET_KEEPCAPS) the
+        permitted set stays, the effective one is cleared all the same."""
         was_root = 0 in (old_r, old_e, old_s)
-        if was_root and 0 not in (self.ruid, self.euid, self.suid):
+        if was_root and 0 not in (self.ruid, self.euid, self.suid) and not self.keep_caps:
             self.cap_permitted = self.cap_effective = 0
-        elif old_e == 0 and self.euid != 0:
+        if old_e == 0 and self.euid != 0:
             self.cap_effective = 0
         elif old_e != 0 and self.euid == 0:
             self.cap_effective = self.cap_permitted
         self.fsuid = self.euid
+
+    def after_exec(self, file_uid: int | None, file_gid: int | None) -> bool:
+        """The credentials execve(2) gives: `file_uid`/`file_gid` are the
+        program's owner and group when its set-user-ID / set-group-ID bit
+        counts (None otherwise). Returns whether the exec is secure
+        (getauxval(AT_SECURE)): the ids changed or differ from the real ones.
+
+        As Linux's bprm_fill_uid and cap_bprm_creds_from_file: the saved ids
+        become the effective ones; without file capabilities, root (real or
+        effective, after the change) gets the full permitted set and, when
+        effective root, the effective set; anyone else loses them
+        (capabilities(7), "Capabilities and execution of programs by root").
+        """
+        old_euid, old_egid = self.euid, self.egid
+        self.keep_caps = False
+        if file_uid is not None:
+            self.euid = file_uid
+        if file_gid is not None:
+            self.egid = file_gid
+        self.suid = self.fsuid = self.euid
+        self.sgid = self.fsgid = self.egid
+        if 0 in (self.ruid, self.euid):
+            self.cap_permitted = ALL_CAPS | self.cap_inheritable
+            self.cap_effective = self.cap_permitted if self.euid == 0 else 0
+        else:
+            self.cap_permitted = self.cap_effective = 0
+        changed = self.euid != old_euid or self.egid != old_egid
+        return changed or self.euid != self.ruid or self.egid != self.rgid

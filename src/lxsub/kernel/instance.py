@@ -43,7 +43,7 @@ CLONE_PARENT_SETTID = 0x100000
 CLONE_CHILD_SETTID = 0x1000000
 
 SI_USER, SI_QUEUE, SI_TKILL = 0, -1, -6
-AT_EXECFN = 31
+AT_NULL, AT_SECURE, AT_EXECFN = 0, 23, 31
 
 
 @dataclass
@@ -220,7 +220,9 @@ class Instance:
             if pp is not None:
                 pp.children.add(proc)
             self.pids.add_process(proc)
-        task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach())
+        task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
+                    no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
+                    seccomp_filters=parent.seccomp_filters)
         self.pids.add_task(task)
         return task
 
@@ -245,9 +247,47 @@ class Instance:
         plan = task.exec_state
         task.exec_state = None
         if isinstance(plan, ExecPlan):
-            self._finish_exec(tid, proc, plan)
+            self._finish_exec(tid, task, plan)
 
-    def _finish_exec(self, tid: int, proc: Process, plan: ExecPlan) -> None:
+    def _exec_creds(self, task: Task, plan: ExecPlan) -> None:
+        """The new program's credentials, dumpability and AT_SECURE (execve(2)).
+        no_new_privs (the program's own) makes the set-ID bits not count."""
+        if task.no_new_privs:
+            secure = task.creds.after_exec(None, None)
+        else:
+            secure = task.creds.after_exec(plan.set_uid, plan.set_gid)
+        c = task.creds
+        # begin_new_exec: dumpable again unless the ids differ (suid_dumpable 0).
+        task.process.dumpable = int(c.euid == c.ruid and c.egid == c.rgid)
+        if secure:
+            self._set_at_secure(task.host_tid)
+
+    def _set_at_secure(self, tid: int) -> None:
+        """AT_SECURE = 1 in the new program's auxiliary vector, before its
+        loader reads it: the host kernel set it from the host's ids. It is
+        on the initial stack after argv and envp (the stop is at the exec
+        event, rsp at argc)."""
+        try:
+            sp = ptrace.get_regs(tid, ptrace.Regs()).rsp
+            argc = struct.unpack("<Q", memory.read(tid, sp, 8))[0]
+            envp = sp + 8 * (argc + 2)
+            at = envp + 8 * (len(memory.read_ptr_array(tid, envp)) + 1)
+            for _ in range(64):
+                key, _value = struct.unpack("<QQ", memory.read(tid, at, 16))
+                if key == AT_NULL:
+                    break
+                if key == AT_SECURE:
+                    memory.write(tid, at + 8, struct.pack("<Q", 1))
+                    return
+                at += 16
+        except OSError:
+            pass
+        # A program whose secure state cannot be set must not run with it unset.
+        self.log.warn(f"tid {tid}: AT_SECURE not found on the new stack; killed")
+        os.kill(tid, signal.SIGKILL)
+
+    def _finish_exec(self, tid: int, task: Task, plan: ExecPlan) -> None:
+        proc = task.process
         try:
             s = os.stat(f"/proc/{tid}/exe")
             same = (s.st_dev, s.st_ino) == plan.identity
@@ -265,6 +305,7 @@ class Instance:
         proc.comm = plan.comm
         proc.argv_skip = 1 if plan.via_loader else 0
         self._fix_execfn(tid, plan)
+        self._exec_creds(task, plan)
 
     def _fix_execfn(self, tid: int, plan: ExecPlan) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""

@@ -48,8 +48,11 @@ class Launch:
     argv: list[str]
     mode: str = "login"                  # "exec", "shell" (through the login shell) or "login"
     user: str | None = None              # None: the distro's default user
-    cwd: str | None = None               # None: the user's home
+    cwd: str | None = None               # --cd; None: see host_cwd
     host_env: dict[str, str] | None = None   # the client's TERM, LANG... (None: ours)
+    # The client's own directory on the host: where the command starts when
+    # a host mount (DrvFs) shows it, as WSL starts in /mnt/c/...; else home.
+    host_cwd: str | None = None
 
 
 def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, mode: str) -> int:
@@ -86,7 +89,7 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
     account = find_user(inst, launch.user or default_user or "root")
     creds = Creds.for_user(account.uid, account.gid, account.groups)
     argv_b, path = _command_line(inst, account, creds, launch.argv, launch.mode)
-    fs = _start_dir(inst, account, launch.cwd)
+    fs = _start_dir(inst, account, launch.cwd, launch.host_cwd)
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
         env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
@@ -202,14 +205,27 @@ def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
     raise LxError(f"{prog}: command not found in distro '{inst.name}'", EXIT_NOT_FOUND)
 
 
-def _start_dir(inst: Instance, u: User, cwd: str | None):
-    want = cwd if cwd is not None else u.home
-    try:
-        return inst.root_context(want)
-    except OSError as e:
-        if cwd is not None:
+def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = None):
+    """--cd DIR (`~` and `~/...` are the user's home, as with wsl --cd); else
+    the client's host directory as a DrvFs mount shows it; else the home."""
+    if cwd is not None:
+        want = u.home + cwd[1:] if cwd == "~" or cwd.startswith("~/") else cwd
+        try:
+            return inst.root_context(want)
+        except OSError as e:
             raise LxError(f"--cd {cwd}: {os.strerror(e.errno or errno.ENOENT)} in distro "
                           f"'{inst.name}'", EXIT_NOT_FOUND) from None
+    if host_cwd:
+        from lxsub.kernel import interop
+        on_mount = interop.to_linux(host_cwd, interop.mounts_of(inst))
+        if on_mount is not None:
+            try:
+                return inst.root_context(on_mount)
+            except OSError:
+                pass            # not there (or not mounted): the home, as WSL does
+    try:
+        return inst.root_context(u.home)
+    except OSError:
         return inst.root_context("/")
 
 

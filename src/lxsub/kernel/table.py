@@ -116,7 +116,7 @@ ROWS: list[Syscall] = [
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
-        "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
+        "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
         "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
         "pidfd_getfd")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
@@ -130,12 +130,23 @@ ROWS: list[Syscall] = [
             rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),)),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
-            "PR_SET/GET_NAME and PR_SET/GET_DUMPABLE emulated; PR_SET_MM denied",
+            "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS "
+            "and PR_GET_SECCOMP "
+            "emulated (the host's no_new_privs and filter are not the program's); "
+            "PR_SET_SECCOMP checked like seccomp; PR_SET_MM denied",
             rules=(ArgRule(0, "eq", 35, bpf.errno_action(errno.EPERM)),
-                   *_when(0, (3, 4, 15, 16), bpf.RET_USER_NOTIF))),
+                   *_when(0, (3, 4, 7, 8, 15, 16, 21, 38, 39), bpf.RET_USER_NOTIF),
+                   ArgRule(0, "eq", 22, bpf.RET_TRACE))),
+    Syscall("seccomp", NATIVE, process.sys_seccomp, FULL,
+            "filters run natively, stacked on the provider's; installing one needs the "
+            "program's own no_new_privs or CAP_SYS_ADMIN (EACCES)",
+            rules=_when(0, (0, 1), bpf.RET_TRACE)),
     # -- sockets: addresses that name files are translated
+    Syscall("socket", NATIVE, net.sys_socket, FULL,
+            "AF_NETLINK stops: NETLINK_AUDIT answers EPROTONOSUPPORT (no audit subsystem)",
+            rules=(ArgRule(0, "eq", net.AF_NETLINK, bpf.RET_TRACE),)),
     *(native(n) for n in (
-        "socket", "socketpair", "listen", "accept", "accept4", "shutdown", "getsockname",
+        "socketpair", "listen", "accept", "accept4", "shutdown", "getsockname",
         "getpeername", "setsockopt", "getsockopt", "recvfrom", "recvmsg", "recvmmsg")),
     native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),

@@ -117,6 +117,13 @@ class Task:
     # (nr, args, NewFd): a descriptor opened for a call whose answer a
     # signal kept from the caller, waiting for the call's restart (dispatch).
     lost_fd: tuple | None = None
+    # What the Linux program set, not the host's: every pico process runs
+    # with the host's no_new_privs and the provider's filter
+    # (prctl(2) PR_SET_NO_NEW_PRIVS, seccomp(2)); both are inherited by
+    # fork and clone and kept across execve, as Linux does.
+    no_new_privs: bool = False
+    seccomp_mode: int = 0
+    seccomp_filters: int = 0
 
     @property
     def pid(self) -> int:

@@ -169,7 +169,7 @@ class InstanceHost:
                 master, setup = _pty_setup(stdio, tty)
             else:
                 setup = ChildSetup(stdio=(stdio[0], stdio[1], stdio[2]), new_session=True)
-            launch = sessions.Launch(req.argv, req.mode, req.user, req.cwd, req.env)
+            launch = sessions.Launch(req.argv, req.mode, req.user, req.cwd, req.env, req.host_cwd)
             # [user] default of /etc/lx.conf wins over the registry's, as in WSL.
             default_user = self.inst.config.user.default or req.default_user
             proc = sessions.start(self.inst, launch, default_user, setup)

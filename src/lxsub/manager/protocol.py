@@ -115,7 +115,7 @@ def wire_bytes(value: str) -> bytes:
 TTY_FIELDS = "{stdin: bool, stdout: bool, stderr: bool, rows: int, cols: int}"
 LAUNCH_FIELDS = {
     "distro": "str?", "argv": "[arg]", "mode": "exec|shell|login", "user": "str?",
-    "cwd": "str?", "env": "{str: arg}", "tty": f"{TTY_FIELDS}?",
+    "cwd": "str?", "host_cwd": "str?", "env": "{str: arg}", "tty": f"{TTY_FIELDS}?",
 }
 
 SCHEMA: list[Message] = [
@@ -161,6 +161,7 @@ class LaunchRequest:
     mode: str
     user: str | None
     cwd: str | None
+    host_cwd: str | None
     env: dict[str, str]
     tty: dict[str, Any] | None
     default_user: str | None = None

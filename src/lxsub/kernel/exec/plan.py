@@ -35,6 +35,10 @@ class ExecPlan:
     comm: str
     via_loader: bool           # argv is ld.so's: [ld.so, --argv0, argv0, program, args...]
     execfn_room: int = 0       # bytes of the AT_EXECFN string the host exec will leave
+    # The program's owner / group when its set-user-ID / set-group-ID bit
+    # counts (kernel/creds.py Creds.after_exec applies them at the exec).
+    set_uid: int | None = None
+    set_gid: int | None = None
 
     def close(self) -> None:
         if self.host_fd >= 0:
@@ -53,17 +57,29 @@ class HostPlan:
         pass
 
 
-def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool) -> tuple[Node, int]:
+def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool):
+    """(node, provider descriptor, (set_uid, set_gid)) of an executable file."""
     node = walker.resolve(start, path, follow=follow)
     try:
         attr = node.fs.getattr(node)
         if st.S_ISDIR(attr.mode) or not st.S_ISREG(attr.mode):
             raise OSError(errno.EACCES, "not a regular file")
         perm.check(walker.creds, attr.mode, attr.uid, attr.gid, perm.MAY_EXEC)
-        return node, node.fs.open(node, os.O_RDONLY, walker.creds)
+        return node, node.fs.open(node, os.O_RDONLY, walker.creds), _set_ids(node, attr)
     except BaseException:
         node.release()
         raise
+
+
+def _set_ids(node: Node, attr) -> tuple[int | None, int | None]:
+    """Linux's bprm_fill_uid: set-user-ID takes the owner; set-group-ID the
+    group only with group execute (without it the bit means mandatory
+    locking); neither on a nosuid mount nor on host files (DrvFs)."""
+    if not node.fs.set_id_bits or "nosuid" in node.mount.options.split(","):
+        return None, None
+    uid = attr.uid if attr.mode & st.S_ISUID else None
+    gid = attr.gid if attr.mode & st.S_ISGID and attr.mode & st.S_IXGRP else None
+    return uid, gid
 
 
 def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
@@ -75,7 +91,7 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
     # own name, a script's rather than its interpreter's): /proc/<pid>/comm.
     comm = os.path.basename(path).decode(errors="replace")[:15]
     for _ in range(MAX_INTERP_DEPTH):
-        node, fd = _open_executable(walker, start, path, follow)
+        node, fd, set_ids = _open_executable(walker, start, path, follow)
         if host_exec is not None:
             try:
                 host = host_exec(node)
@@ -101,16 +117,20 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
             argv = [kind.interp] + ([kind.arg] if kind.arg else []) + [path] + argv[1:]
             path, follow = kind.interp, True
             continue
+        # For a script Linux takes the interpreter's bits (bprm->file), never
+        # the script's; for an ELF program its own, not its loader's.
         if kind.interp is None:
-            return ExecPlan(fd, _identity(fd), argv, exe, comm, False)
+            return ExecPlan(fd, _identity(fd), argv, exe, comm, False, 0, *set_ids)
         os.close(fd)
-        return _plan_with_loader(walker, start, kind.interp, argv, exe, comm)
+        p = _plan_with_loader(walker, start, kind.interp, argv, exe, comm)
+        p.set_uid, p.set_gid = set_ids
+        return p
     raise OSError(errno.ELOOP, "too many levels of #! interpreters")
 
 
 def _plan_with_loader(walker: Walker, start: Node, interp: bytes, argv: list[bytes],
                       exe: str, comm: str) -> ExecPlan:
-    node, fd = _open_executable(walker, start, interp, True)
+    node, fd, _ = _open_executable(walker, start, interp, True)
     node.release()
     try:
         kind = binfmt.probe(fd)

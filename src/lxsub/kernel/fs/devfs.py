@@ -65,6 +65,10 @@ class DevPts(HostFs):
     def getattr(self, node):
         from lxsub.kernel.vfs.fdview import map_host_gid, map_host_uid
         a = super().getattr(node)
+        # A pty's device number is the host's (136 + N / 256, N % 256): it is
+        # what opening the node reaches (kernel/fs/devices.py), and what
+        # ttyname(3) and apt's pty log compare; without it the open is ENXIO.
+        a.rdev = node.host_st.st_rdev
         task = self.inst.current_task
         if task is not None:
             a.uid = map_host_uid(task, a.uid)

@@ -135,6 +135,8 @@ class DrvFsOptions:
 
 class DrvFs(HostTree):
     fstype = "drvfs"
+    host_acls = True
+    set_id_bits = False
 
     def __init__(self, inst: "Instance", host_root: str, options: str = "") -> None:
         super().__init__(host_root)

@@ -621,7 +621,10 @@ class ProcessDir(Dir):
                      "CapEff": c.cap_effective, "CapBnd": _cap_bound(), "CapAmb": 0}[key]
                 val = f"\t{v:016x}"
             elif key in ("Seccomp", "Seccomp_filters", "NoNewPrivs"):
-                val = "\t0"
+                # The program's own, not the host's (kernel/syscalls/process.py).
+                val = "\t%d" % ({"Seccomp": task.seccomp_mode, "Seccomp_filters":
+                                  task.seccomp_filters, "NoNewPrivs": int(task.no_new_privs)}
+                                 [key] if task else 0)
             elif key == "Umask" and task:
                 val = f"\t{task.fs.umask:04o}"
             elif key == "State" and self._is_caller():

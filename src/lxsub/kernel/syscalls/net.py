@@ -14,13 +14,15 @@ import os
 import stat as st
 import struct
 
-from lxsub.kernel.call import Blocking, Call
+from lxsub.kernel.call import Blocking, Call, Native
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.lookup import AT_FDCWD
 from lxsub.kernel.vfs.open import check_may_create
 from lxsub.platform import libc
 
 AF_UNIX = 1
+AF_NETLINK = 16
+NETLINK_AUDIT = 9
 _SUN_PATH = 108
 _c = libc._libc
 
@@ -31,6 +33,17 @@ def _sys(fn, *args) -> int:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return r
+
+
+def sys_socket(c: Call):
+    """socket(AF_NETLINK, ...) stops here (ptrace). The instance has no
+    audit subsystem: NETLINK_AUDIT answers EPROTONOSUPPORT, as a kernel
+    built without CONFIG_AUDIT does (netlink(7)), which libaudit's users
+    (sudo, login, su) take as "auditing not configured" and stay quiet,
+    instead of writing to the host's audit log. Other families run natively."""
+    if c.int(2) == NETLINK_AUDIT:
+        return -errno.EPROTONOSUPPORT
+    return Native()
 
 
 def _unix_addr(path: bytes) -> bytes:

@@ -13,6 +13,7 @@ import struct
 
 from lxsub.kernel import interop
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.lookup import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
@@ -67,7 +68,11 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
         # It runs on the host; the caller executes a stand-in (kernel/interop.py).
         p, host_done = interop.run_host(c, p, envp_ptr)
     try:
-        _point_registers_at(c, p, envp_ptr, rewrite_argv=p.argv is not argv or host_done is not None,
+        sp = c.regs.rsp
+        if isinstance(p, exec_plan.ExecPlan) and _glibc_loader_runs_secure(task, p):
+            envp_ptr, sp = _without_unsecure_env(c, envp_ptr, sp)
+        _point_registers_at(c, p, envp_ptr, sp,
+                            rewrite_argv=p.argv is not argv or host_done is not None,
                             in_place={id(a): ptr for a, ptr in zip(argv, argv_ptrs)})
     except BaseException:
         p.close()
@@ -87,15 +92,60 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
     return Native(on_exit=failed)
 
 
-def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_argv: bool,
-                        in_place: dict[int, int]) -> None:
-    """Point execve at our host path and the planned argv. The caller's
-    own argument strings (in_place: id of the string read -> its address)
-    are used where they are: only what the plan added and the pointer
-    table go below the stack pointer, whose mapping a remote write does not
-    grow (a Linux-sized command line would not fit there). By identity, not
-    value: what the plan made (the loader's program path) is always ours,
-    never memory another thread of the caller could change."""
+# glibc's sysdeps/generic/unsecvars.h, and the environment aliases of the
+# tunables it erases in secure mode (elf/dl-tunables.list, SXID_ERASE).
+_GLIBC_UNSECURE_ENV = frozenset((
+    b"GCONV_PATH", b"GETCONF_DIR", b"HOSTALIASES", b"LD_AUDIT", b"LD_DEBUG",
+    b"LD_DEBUG_OUTPUT", b"LD_DYNAMIC_WEAK", b"LD_HWCAP_MASK", b"LD_LIBRARY_PATH",
+    b"LD_ORIGIN_PATH", b"LD_PRELOAD", b"LD_PROFILE", b"LD_SHOW_AUXV", b"LD_USE_LOAD_BIAS",
+    b"LOCALDOMAIN", b"LOCPATH", b"MALLOC_TRACE", b"NIS_PATH", b"NLSPATH", b"RESOLV_HOST_CONF",
+    b"RES_OPTIONS", b"TMPDIR", b"TZDIR", b"MALLOC_CHECK_", b"MALLOC_TOP_PAD_",
+    b"MALLOC_PERTURB_", b"MALLOC_MMAP_THRESHOLD_", b"MALLOC_TRIM_THRESHOLD_",
+    b"MALLOC_MMAP_MAX_", b"MALLOC_ARENA_MAX", b"MALLOC_ARENA_TEST"))
+
+
+def _glibc_loader_runs_secure(task, p: exec_plan.ExecPlan) -> bool:
+    """A set-ID exec (AT_SECURE) of a program that glibc's ld.so loads."""
+    if not p.via_loader or not os.path.basename(p.argv[0]).startswith(b"ld-linux"):
+        return False
+    if task.no_new_privs:
+        return False
+    return task.creds.copy().after_exec(p.set_uid, p.set_gid)
+
+
+def _without_unsecure_env(c: Call, envp_ptr: int, sp: int) -> tuple[int, int]:
+    """The environment without what glibc's loader removes in secure mode.
+
+    The loader would remove them itself, but run as a program (`ld.so
+    --argv0 ...`, kernel/exec/plan.py) glibc 2.36 then finds its shifted
+    environment one slot short of the auxiliary vector and aborts
+    (rtld.c _dl_start_args_adjust: "auxv == sp + 1"). Removing them
+    first gives the program the environment Linux would give it.
+    Returns (envp, sp): a new pointer array (the strings stay where they
+    are) and the stack address below which to write next; or the arguments
+    as they were when nothing is to go."""
+    if not envp_ptr:
+        return envp_ptr, sp
+    ptrs = memory.read_ptr_array(c.pid, envp_ptr)
+    kept = [a for a in ptrs
+            if c.read_str(a, MAX_ARG_STRLEN).partition(b"=")[0] not in _GLIBC_UNSECURE_ENV]
+    if len(kept) == len(ptrs):
+        return envp_ptr, sp
+    table = b"".join(struct.pack("<Q", a) for a in kept) + bytes(8)
+    (addr,) = memory.write_below_sp(c.pid, sp, [table])
+    return addr, addr
+
+
+def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, sp: int,
+                        rewrite_argv: bool, in_place: dict[int, int]) -> None:
+    """Point execve at our host path and the planned argv; what it needs in
+    memory goes below sp. The caller's own argument strings (in_place: id
+    of the string read -> its address) are used where they are: only what
+    the plan added and the pointer table go below the stack pointer, whose
+    mapping a remote write does not grow (a Linux-sized command line would
+    not fit there). By identity, not value: what the plan made (the
+    loader's program path) is always ours, never memory another thread of
+    the caller could change."""
     regs = c.regs
     assert regs is not None
     host_path = f"/proc/{os.getpid()}/fd/{p.host_fd}".encode()
@@ -106,14 +156,14 @@ def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, rewrite_a
     host_path += b"\0"
     if rewrite_argv:
         new = [a for a in p.argv if id(a) not in in_place]
-        addrs = memory.write_below_sp(c.pid, regs.rsp, [host_path] + [a + b"\0" for a in new])
+        addrs = memory.write_below_sp(c.pid, sp, [host_path] + [a + b"\0" for a in new])
         placed = iter(addrs[1:])
         table = b"".join(struct.pack("<Q", in_place[id(a)] if id(a) in in_place else next(placed))
                          for a in p.argv) + bytes(8)
         (argv_addr,) = memory.write_below_sp(c.pid, addrs[0], [table])
         path_addr = addrs[0]
     else:
-        (path_addr,) = memory.write_below_sp(c.pid, regs.rsp, [host_path])
+        (path_addr,) = memory.write_below_sp(c.pid, sp, [host_path])
         argv_addr = regs.rsi if regs.orig_rax == SYS_EXECVE else regs.rdx
     regs.orig_rax = SYS_EXECVE
     regs.set_args(path_addr, argv_addr, envp_ptr)
@@ -231,17 +281,34 @@ def sys_waitid(c: Call):
 # -- prctl ----------------------------------------------------------------------
 
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+PR_GET_KEEPCAPS, PR_SET_KEEPCAPS = 7, 8
 PR_SET_NAME, PR_GET_NAME = 15, 16
+PR_GET_SECCOMP, PR_SET_SECCOMP = 21, 22
+PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
+SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2
+SECCOMP_SET_MODE_STRICT, SECCOMP_SET_MODE_FILTER = 0, 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
 
 
-def sys_prctl(c: Call) -> int:
+def sys_prctl(c: Call):
     option = c.int(0)
     proc = c.task.process
+    if option in (PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_SET_SECCOMP):
+        return _prctl_privs(c, option)
     if option == PR_SET_NAME:
         proc.comm = c.read_str(c.ptr(1), 4096)[:15].decode(errors="replace")
         return 0
     if option == PR_GET_NAME:
         c.write(c.ptr(1), proc.comm.encode()[:15] + b"\0")
+        return 0
+    if option == PR_GET_KEEPCAPS:
+        return int(c.task.creds.keep_caps)
+    if option == PR_SET_KEEPCAPS:
+        # Kept in the emulated credentials: the host's would keep nothing
+        # that the provider checks (kernel/creds.py after_uid_change).
+        if c.args[1] not in (0, 1):
+            raise OSError(errno.EINVAL, "bad value")
+        c.task.creds.keep_caps = bool(c.args[1])
         return 0
     if option == PR_GET_DUMPABLE:
         return proc.dumpable
@@ -253,3 +320,59 @@ def sys_prctl(c: Call) -> int:
         proc.dumpable = c.args[1]
         return 0
     raise OSError(errno.EINVAL, "unexpected prctl option")
+
+
+def _prctl_privs(c: Call, option: int):
+    """no_new_privs and the seccomp mode as the program set them: every pico
+    process has the host's (the provider's filter needs them), so the host
+    would answer 1 and 2 to a program that set nothing (prctl(2))."""
+    task = c.task
+    if option == PR_SET_NO_NEW_PRIVS:
+        if c.args[1] != 1 or any(c.args[2:5]):
+            raise OSError(errno.EINVAL, "bad arguments")
+        task.no_new_privs = True        # the host's is set already: nothing to run
+        return 0
+    if option == PR_GET_NO_NEW_PRIVS:
+        if any(c.args[1:5]):
+            raise OSError(errno.EINVAL, "bad arguments")
+        return int(task.no_new_privs)
+    if option == PR_GET_SECCOMP:
+        return task.seccomp_mode
+    mode = c.args[1]                    # PR_SET_SECCOMP, by ptrace
+    if mode == SECCOMP_MODE_FILTER:
+        return _install_filter(c, 0)
+    if mode == SECCOMP_MODE_STRICT:
+        return _enter_mode(c, SECCOMP_MODE_STRICT, 0)
+    raise OSError(errno.EINVAL, "bad seccomp mode")
+
+
+def sys_seccomp(c: Call):
+    """seccomp(2) SECCOMP_SET_MODE_STRICT / _FILTER (the other operations
+    run natively without a stop). The program's filter is stacked on the
+    provider's by the host kernel; the mode it reads back is its own."""
+    if c.int(0) == SECCOMP_SET_MODE_FILTER:
+        return _install_filter(c, c.args[1])
+    return _enter_mode(c, SECCOMP_MODE_STRICT, 0)
+
+
+def _install_filter(c: Call, flags: int):
+    # seccomp(2): "the caller must have the CAP_SYS_ADMIN capability in its
+    # user namespace, or the thread must already have the no_new_privs bit
+    # set" -- the program's own bit, not the host's.
+    if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
+        raise OSError(errno.EACCES, "no_new_privs unset and no CAP_SYS_ADMIN")
+    return _enter_mode(c, SECCOMP_MODE_FILTER, flags)
+
+
+def _enter_mode(c: Call, mode: int, flags: int) -> Native:
+    task = c.task
+
+    def done(result: int) -> None:
+        if result >= 0:
+            filters = task.seccomp_filters + (mode == SECCOMP_MODE_FILTER)
+            threads = (task.process.threads.values() if flags & SECCOMP_FILTER_FLAG_TSYNC
+                       else (task,))
+            for t in list(threads):
+                t.seccomp_mode, t.seccomp_filters = mode, filters
+        return None
+    return Native(on_exit=done)

@@ -12,6 +12,7 @@ from lxsub.kernel.vfs.lookup import AT_FDCWD, AT_SYMLINK_NOFOLLOW
 
 XATTR_SIZE_MAX = 65536
 XATTR_CREATE, XATTR_REPLACE = 1, 2
+POSIX_ACLS = ("system.posix_acl_access", "system.posix_acl_default")
 
 
 def _node(c: Call, kind: str):
@@ -21,10 +22,16 @@ def _node(c: Call, kind: str):
     return lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0), flags)
 
 
-def _host_target(node) -> str:
+def _host_target(node, name: str | None = None) -> str:
     if node.fd is None:
         raise OSError(errno.EOPNOTSUPP, "no extended attributes here")
+    if name in POSIX_ACLS and not node.fs.host_acls:
+        raise OSError(errno.EOPNOTSUPP, "no POSIX ACLs on this file system")
     return f"/proc/self/fd/{node.fd}"
+
+
+def _shown(node, name: str) -> bool:
+    return not name.startswith(RESERVED_PREFIX) and (node.fs.host_acls or name not in POSIX_ACLS)
 
 
 def _name(c: Call) -> str:
@@ -40,7 +47,7 @@ def _get(c: Call, kind: str) -> int:
         raise OSError(errno.ENODATA, "no such attribute")
     node = _node(c, kind)
     try:
-        value = os.getxattr(_host_target(node), name)
+        value = os.getxattr(_host_target(node, name), name)
     finally:
         node.release()
     return _copy_out(c, c.ptr(2), c.long(3), value)
@@ -66,7 +73,7 @@ def _set(c: Call, kind: str) -> int:
     value = c.read(c.ptr(2), size)
     node = _node(c, kind)
     try:
-        os.setxattr(_host_target(node), name, value, flags)
+        os.setxattr(_host_target(node, name), name, value, flags)
     finally:
         node.release()
     return 0
@@ -75,7 +82,7 @@ def _set(c: Call, kind: str) -> int:
 def _list(c: Call, kind: str) -> int:
     node = _node(c, kind)
     try:
-        names = [n for n in os.listxattr(_host_target(node)) if not n.startswith(RESERVED_PREFIX)]
+        names = [n for n in os.listxattr(_host_target(node)) if _shown(node, n)]
     finally:
         node.release()
     data = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
@@ -88,7 +95,7 @@ def _remove(c: Call, kind: str) -> int:
         raise OSError(errno.EPERM, "reserved attribute")
     node = _node(c, kind)
     try:
-        os.removexattr(_host_target(node), name)
+        os.removexattr(_host_target(node, name), name)
     finally:
         node.release()
     return 0

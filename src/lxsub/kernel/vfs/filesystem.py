@@ -27,6 +27,16 @@ def _nope(*_a, **_k):
 class FileSystem:
     fstype = "none"          # as /proc/mounts shows it
     magic = 0                # f_type of statfs(2)
+    # POSIX ACLs (system.posix_acl_*): only where permissions are the host's
+    # (DrvFs). Elsewhere the Linux mode lives in the provider, and a host ACL
+    # would change the host file's rights instead; those file systems have
+    # no ACLs, like one mounted `noacl` (acl(5)): EOPNOTSUPP, and programs
+    # (cp -p, tar, rsync -A) fall back to chmod.
+    host_acls = False
+    # Whether a set-user-ID/set-group-ID bit makes an exec take the file's
+    # owner (kernel/exec/plan.py). Not on DrvFs: its owners are the host's,
+    # which mean nothing inside (host root is not the instance's root).
+    set_id_bits = True
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
