@@ -58,8 +58,9 @@ boundary, in both directions: from `lx` on the host into the Linux login
 environment, and from a Linux program into the host programs it runs.
 Flags: `p` the value is one path, translated; `l` a `:`-separated list of
 paths, each translated; `u` only host -> Linux; `w` only Linux -> host.
-LXENV itself always crosses. With `[interop] appendHostPath` (default
-true) the host's PATH, translated, is appended to the Linux PATH.
+LXENV itself always crosses. With `[interop] appendHostPath = true` (the
+default is false) the host's PATH, translated, is appended to the Linux
+PATH, for the users who may run host programs.
 """
 
 from __future__ import annotations
@@ -214,14 +215,20 @@ def host_path_suffix(host_path: str, mounts: list[HostMount]) -> str:
     return ":".join(parts)
 
 
-def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str]) -> dict[str, str]:
+def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str],
+                creds=None) -> dict[str, str]:
     """A login environment with what interop adds from the client's host
-    environment (LXENV variables; the host PATH appended)."""
+    environment (LXENV variables; the host PATH appended when
+    `appendHostPath` asks for it and the user, `creds`, may run host
+    programs: a PATH of directories one may not enter only turns
+    'command not found' into 'Permission denied')."""
     mounts = mounts_of(inst)
     out = dict(env)
     out.update(env_to_linux(host_env, mounts))
     cfg = inst.config.interop
-    if cfg.enabled and cfg.append_host_path and host_env.get("PATH"):
+    may_run = creds is None or (inst.interop_door.allows(creds)
+                                and inst.drvfs_door.allows(creds))
+    if cfg.enabled and cfg.append_host_path and may_run and host_env.get("PATH"):
         suffix = host_path_suffix(host_env["PATH"], mounts)
         if suffix:
             out["PATH"] = (out["PATH"] + ":" + suffix) if out.get("PATH") else suffix
@@ -232,13 +239,19 @@ def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str])
 
 def host_target(inst: "Instance"):
     """For kernel/exec/plan.py: a function giving the host path of an
-    executable that runs on the host, or None (interop off: nothing does)."""
+    executable that runs on the host, or None (interop off: nothing does).
+
+    Only a caller holding the interop door (`[interop] users`, see
+    kernel/doors.py) may run one: for the others the execve is EACCES,
+    however the file was reached (its path, a symlink to it, PATH, a
+    script's `#!` line naming it)."""
     if not inst.config.interop.enabled:
         return None
     from lxsub.kernel.fs.drvfs import DrvFs
 
-    def target(node: "Node") -> str | None:
+    def target(node: "Node", creds) -> str | None:
         if isinstance(node.fs, DrvFs):
+            inst.interop_door.check(creds)
             return node.fs.host_path(node)
         return None
     return target

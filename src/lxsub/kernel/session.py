@@ -55,7 +55,8 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
     """Run a command in `distro` in this process, with our stdio, as its only
     session (what an installer does before the distro is registered).
     Returns the exit status for `lx` (128+N for signal N)."""
-    inst = open_instance(distro.name, str(distro.rootfs))
+    inst = open_instance(distro.name, str(distro.rootfs),
+                         default_user=getattr(distro, "default_user", None))
     try:
         default_user = inst.config.user.default or getattr(distro, "default_user", None)
         proc = start(inst, Launch(argv, mode, user, cwd), default_user, ChildSetup())
@@ -65,9 +66,11 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
     return exit_code(_serve(inst, proc))
 
 
-def open_instance(name: str, rootfs: str, config: DistroConfig | None = None) -> Instance:
+def open_instance(name: str, rootfs: str, config: DistroConfig | None = None,
+                  default_user: str | None = None) -> Instance:
     """The provider side of a distro: its PID space, mounts and /init, set
-    up as its /etc/lx.conf says (read here when not given)."""
+    up as its /etc/lx.conf says (read here when not given). `default_user`:
+    the registry's, which holds the host doors by default (kernel/doors.py)."""
     if not os.path.isdir(rootfs):
         raise LxError(f"the root file system of '{name}' is missing ({rootfs}); "
                       f"re-import it or 'lx --unregister {name}'", EXIT_UNAVAILABLE)
@@ -77,7 +80,7 @@ def open_instance(name: str, rootfs: str, config: DistroConfig | None = None) ->
         config = load_distro_config(rootfs)
     for warning in config.warnings:
         log.warn(warning)
-    return Instance(name, rootfs, config, log=log)
+    return Instance(name, rootfs, config, log=log, default_user=default_user)
 
 
 def start(inst: Instance, launch: Launch, default_user: str | None, setup: ChildSetup):
@@ -159,7 +162,8 @@ def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = 
             env[key] = source[key]
     env.setdefault("TERM", "dumb")
     if inst is not None:
-        env = interop.session_env(inst, env, dict(source))
+        env = interop.session_env(inst, env, dict(source),
+                                  Creds.for_user(u.uid, u.gid, u.groups))
     return [f"{k}={v}".encode() for k, v in env.items()]
 
 

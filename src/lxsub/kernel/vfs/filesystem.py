@@ -27,6 +27,9 @@ def _nope(*_a, **_k):
 class FileSystem:
     fstype = "none"          # as /proc/mounts shows it
     magic = 0                # f_type of statfs(2)
+    # A host door (kernel/doors.py) the walk checks before every lookup in
+    # a directory of this file system (DrvFs); None: no door.
+    door = None
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
