@@ -87,7 +87,8 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
     """Start a client's command as a child of /init; LxError when it cannot run."""
     account = find_user(inst, launch.user or default_user or "root")
     creds = Creds.for_user(account.uid, account.gid, account.groups)
-    argv_b, path = _command_line(inst, account, creds, launch.argv, launch.mode)
+    argv_b, path = _command_line(inst, account, creds, launch.argv, launch.mode,
+                                 launch.host_env)
     fs = _start_dir(inst, account, launch.cwd)
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
@@ -169,7 +170,8 @@ def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = 
 
 # -- the command ------------------------------------------------------------------
 
-def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: str):
+def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: str,
+                  host_env: dict[str, str] | None = None):
     if mode == "shell":
         return [u.shell.encode(), b"-c", " ".join(argv).encode()], u.shell.encode()
     if mode == "login":
@@ -177,11 +179,12 @@ def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: 
     if not argv:
         raise LxError("no command given after -e", 64)
     prog = argv[0]
-    path = prog if "/" in prog else _search_path(inst, creds, prog, u)
+    path = prog if "/" in prog else _search_path(inst, creds, prog, u, host_env)
     return [a.encode() for a in argv], path.encode()
 
 
-def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
+def _search_path(inst: Instance, creds: Creds, prog: str, u: User,
+                 host_env: dict[str, str] | None = None) -> str:
     root = inst.mounts.root_mount.root()
     try:
         w = Walker(inst.mounts, root, creds)
@@ -198,7 +201,29 @@ def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
                 node.release()
     finally:
         root.release()
-    raise LxError(f"{prog}: command not found in distro '{inst.name}'", EXIT_NOT_FOUND)
+    raise LxError(f"{prog}: command not found in distro '{inst.name}'"
+                  f"{_host_command_hint(inst, creds, prog, host_env)}", EXIT_NOT_FOUND)
+
+
+def _host_command_hint(inst: Instance, creds: Creds, prog: str,
+                       host_env: dict[str, str] | None) -> str:
+    """'; the host has /usr/bin/ps...' when a host program of that name is
+    on the client's PATH and the user may run host programs: host programs
+    are ELF files like the distro's, so one is never run in a missing
+    command's place unasked (appendHostPath is off by default)."""
+    if not inst.config.interop.enabled or not (
+            inst.interop_door.allows(creds) and inst.drvfs_door.allows(creds)):
+        return ""
+    host_path = (host_env if host_env is not None else os.environ).get("PATH", "")
+    mounts = interop.mounts_of(inst)
+    for d in host_path.split(":"):
+        candidate = os.path.join(d, prog)
+        if d.startswith("/") and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            linux = interop.to_linux(candidate, mounts)
+            if linux is not None:
+                return (f"; the host has {candidate}: run it as {linux}, or set "
+                        f"appendHostPath = true under [interop] in /etc/lx.conf")
+    return ""
 
 
 def _start_dir(inst: Instance, u: User, cwd: str | None):
