@@ -261,3 +261,19 @@ def test_a_daemon_as_www_data_cannot_reach_the_host(debian, door_users):
     out = _ok(debian.lx(["-u", "root", "--cd", "/", "-e", "sh", "-c", script])).splitlines()
     # The daemon is refused; root, which started it, still holds its doors.
     assert out == ["www-data", "no-list", "no-read", "no-exec", "host note"], out
+
+
+# -- host commands are not silently run in place of missing ones (issue 12, item 9) ----
+
+def test_a_missing_command_is_not_the_hosts(busybox):
+    """python3 is not in BusyBox; the host has one. Without appendHostPath
+    (the default) it is `not found`, and lx names the host's for whoever
+    means it."""
+    cp = busybox.sh("python3 -c 'print(12345)'")
+    assert cp.returncode == 127 and b"12345" not in cp.stdout, describe(cp)
+    cp = busybox.lx(["-e", "python3", "-c", "print(12345)"])
+    assert cp.returncode == 127 and cp.stdout == b"", describe(cp)
+    err = cp.stderr.decode()
+    assert "python3: command not found in distro" in err, describe(cp)
+    assert "the host has /" in err and f"run it as {HOST}/" in err, describe(cp)
+    assert "appendHostPath = true" in err and err.count("\n") == 1, describe(cp)

@@ -66,6 +66,10 @@ def test_busybox_install_export_unregister_import(lx: LxRunner, tmp_path: Path) 
     assert out[:2] == ["alice", "1000"]
     assert out[2:6] == ["alice alice 755", "root root 700", "root root 1777", "root root 600"]
     assert out[6].endswith("/bin/sh -> /bin/busybox")
+    # The default user is in group lxhost: it holds the host doors (docs/SECURITY.md).
+    cp = lx.run(["--", "id -Gn; grep ^lxhost: /etc/group; "
+                 "cat /mnt/host/etc/hostname >/dev/null && echo host"], check=True)
+    assert cp.stdout.decode().splitlines() == ["alice lxhost", "lxhost:x:999:alice", "host"]
 
     before = listing(lx, "busybox")
     tarball = lx.root / "bb.tar.gz"
