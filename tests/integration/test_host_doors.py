@@ -277,3 +277,22 @@ def test_a_missing_command_is_not_the_hosts(busybox):
     assert "python3: command not found in distro" in err, describe(cp)
     assert "the host has /" in err and f"run it as {HOST}/" in err, describe(cp)
     assert "appendHostPath = true" in err and err.count("\n") == 1, describe(cp)
+
+
+# -- lx inside reaches the host's lx (issue 12, item 12) ---------------------------------
+
+def test_lx_inside_is_the_hosts_lx(debian, door_users):
+    """With interop, `lx` inside runs the host's lx (as wsl.exe inside WSL):
+    it lists the host user's distros and starts sessions; only for users
+    holding the interop door."""
+    out = _ok(debian.lx(["-u", "root", "--cd", "/", "-e", "sh", "-c",
+                         "command -v lx; lx --list; lx -d deb -u doorless -e id -un"]))
+    lines = out.splitlines()
+    assert lines[0] == "/usr/local/bin/lx", out
+    assert "deb" in " ".join(lines[1:-1]).split(), out
+    assert lines[-1] == "doorless", out
+    cp = debian.lx(["-u", "doorless", "--cd", "/", "-e", "sh", "-c", "lx --list"])
+    assert cp.returncode == EXIT_CANNOT_EXEC and b"Permission denied" in cp.stderr, describe(cp)
+    with _lx_conf(debian, "[interop]\nenabled = false\n"):
+        cp = debian.lx(["-u", "root", "--cd", "/", "-e", "sh", "-c", "lx --list"])
+        assert cp.returncode == 127, describe(cp)       # interop off: no host lx to reach

@@ -593,32 +593,119 @@ def install_lxpath(inst: "Instance") -> bool:
     interop is on and it is missing or differs. True if written."""
     if not inst.config.interop.enabled:
         return False
+    return _install_script(inst, b"lxpath", LXPATH_SCRIPT.encode())
+
+
+# -- lx inside: the host's lx (as wsl.exe runs inside WSL) ---------------------------
+
+LX_COMMAND = "/usr/local/bin/lx"
+
+
+def lx_command_script(inst: "Instance") -> str | None:
+    """A POSIX sh script that runs the host's lx (this very lxsub, with the
+    Python running it) on the host through interop, or None when no DrvFs
+    mount shows that Python. The host lx gets the environment of the
+    instance (LX_HOME, the runtime directory: the same manager) and the
+    caller's terminal, so `lx -d other -- cmd` inside starts a session in
+    another distro. Only users holding the interop door may run it: it is
+    a host program."""
+    import json
+    import shlex
+    import sys
+    python = to_linux(os.path.realpath(sys.executable), mounts_of(inst))
+    if python is None:
+        return None
+    # The host Python is run by its real path (interop executes the file a
+    # symlink leads to), so a virtual environment's directories are given
+    # explicitly, as this process has them.
+    path = [p for p in sys.path if p and os.path.isdir(p)]
+    code = (f"import sys; sys.path[:0] = {json.dumps(path)}; "
+            "from lxsub.cli.main import main; raise SystemExit(main())")
+    return ("#!/bin/sh\n"
+            "# lx: the host's lx, run on the host through interop (like wsl.exe inside WSL).\n"
+            "# Written by lxsub when the instance starts (interop enabled); do not edit.\n"
+            f"exec {shlex.quote(python)} -c {shlex.quote(code)} \"$@\"\n")
+
+
+def install_lx_command(inst: "Instance") -> bool:
+    """Write /usr/local/bin/lx (root:root 0755) when interop is on and the
+    distro has no `lx` of its own there; remove ours when interop is off
+    (there is no host lx to reach then). True if written."""
+    script = lx_command_script(inst) if inst.config.interop.enabled else None
+    if script is None:
+        _remove_ours(inst, b"lx", _OURS)
+        return False
+    return _install_script(inst, b"lx", script.encode(), only_ours=_OURS)
+
+
+_OURS = b"# Written by lxsub"
+
+
+def _remove_ours(inst: "Instance", name: bytes, marker: bytes) -> None:
+    """Remove /usr/local/bin/NAME if it is a file lxsub wrote (has `marker`)."""
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.path import Walker
+    creds = Creds()
+    root = inst.mounts.root_mount.root()
+    try:
+        cur = Walker(inst.mounts, root, creds).resolve(root, b"/usr/local/bin")
+    except OSError:
+        return
+    finally:
+        root.release()
+    try:
+        try:
+            node = Walker(inst.mounts, cur, creds).resolve(cur, name, follow=False)
+        except OSError:
+            return
+        try:
+            if node.is_symlink() or node.is_dir():
+                return
+            fd = node.fs.open(node, os.O_RDONLY, creds)
+            with os.fdopen(fd, "rb") as f:
+                if marker not in f.read(4096):
+                    return
+        finally:
+            node.release()
+        cur.fs.unlink(cur, name)
+    finally:
+        cur.release()
+
+
+def _install_script(inst: "Instance", name: bytes, data: bytes,
+                    only_ours: bytes | None = None) -> bool:
+    """Write /usr/local/bin/NAME (root:root 0755) through the VFS when it is
+    missing or differs; with `only_ours`, a file that does not contain it is
+    the distro's own and is left alone. True if written."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.fs.mounts import make_dirs
     from lxsub.kernel.vfs.path import Walker
-    data = LXPATH_SCRIPT.encode()
     creds = Creds()
     cur = make_dirs(inst, "/usr/local/bin")
     walker = Walker(inst.mounts, cur, creds)
     try:
         try:
-            node = walker.resolve(cur, b"lxpath", follow=False)
+            node = walker.resolve(cur, name, follow=False)
         except FileNotFoundError:
             node = None
         if node is not None:
             try:
                 attr = node.fs.getattr(node)
                 same = False
+                old = b""
                 if not node.is_symlink() and not node.is_dir():
                     fd = node.fs.open(node, os.O_RDONLY, creds)
                     with os.fdopen(fd, "rb") as f:
-                        same = f.read(len(data) + 1) == data
+                        old = f.read(max(len(data) + 1, 4096))
+                    same = old == data
                 if same and attr.mode & 0o7777 == 0o755 and attr.uid == 0 and attr.gid == 0:
+                    return False
+                if only_ours is not None and only_ours not in old:
                     return False
             finally:
                 node.release()
-            cur.fs.unlink(cur, b"lxpath")
-        fd = cur.fs.create(cur, b"lxpath", os.O_WRONLY, 0o755, creds)
+            cur.fs.unlink(cur, name)
+        fd = cur.fs.create(cur, name, os.O_WRONLY, 0o755, creds)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True
