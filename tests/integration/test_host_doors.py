@@ -49,6 +49,9 @@ PROBE = textwrap.dedent("""
             elif op == "connect":
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 s.connect(path)
+            elif op == "bind":
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.bind(path)
             elif op == "chdir":
                 os.chdir(path)
                 os.listdir(".")
@@ -241,6 +244,14 @@ def test_users_lists_and_the_default_user(debian, door_users):
         assert _door_probe(debian, "doorless", door_users) == _expect_open(debian)
         assert _door_probe(debian, "doorkeeper", door_users) == CLOSED
         assert _door_probe(debian, "root", door_users) == CLOSED
+        # Not even a socket right under the DrvFs root (no lookup inside on the way).
+        sock = Path(f"/doors-{os.getpid()}.sock")
+        try:
+            out = _probe(debian, "root", [("bind", f"{HOST}{sock}", "bind")])
+            assert out == {"bind": "EACCES"} and not sock.exists(), out
+        finally:
+            if sock.exists():
+                sock.unlink()
     # The distro's default user holds the doors by default.
     with _lx_conf(debian, "[user]\ndefault = doorless\n"):
         assert _door_probe(debian, "doorless", door_users) == _expect_open(debian)
