@@ -183,6 +183,12 @@ class DrvFs(HostTree):
         if self.storage.is_blank(node.host_st):
             raise OSError(code, "lxsub's own storage is not shown")
 
+    def check_enter(self, node: Node, creds) -> None:
+        """chdir/fchdir into a directory here: search permission is the door's,
+        and nobody enters sealed storage (chdir(2): EACCES, search denied)."""
+        self._caller_passes(creds)
+        self._not_blank(node)
+
     def _entry_not_sealed(self, parent: Node, name: bytes) -> None:
         """Renaming or removing a sealed directory by its name is refused too."""
         self._not_blank(parent)
