@@ -219,10 +219,11 @@ def test_debian_install_runs_apt_and_dpkg(lx_self: LxRunner) -> None:
     assert cp.returncode == 0, describe(cp) + _log_tail(lx.lx_home / "install-debian.log")
     cp = lx.run(["-d", "debian", "--", "id -un; apt-get --version | head -1; "
                  "dpkg -l | grep -c '^ii'; stat -c '%U %G %a' /etc/shadow ~; "
-                 "dpkg --audit && echo audit-clean"], timeout=300, check=True)
+                 "dpkg --audit && echo audit-clean; id -Gn"], timeout=300, check=True)
     out = cp.stdout.decode().splitlines()
     assert out[0] == "bob"
     assert out[1].startswith("apt 2.6")
     assert int(out[2]) >= 90
     assert out[3:5] == ["root shadow 640", "bob bob 755"]
     assert out[5] == "audit-clean"
+    assert "lxhost" in out[6].split(), out       # the host doors' group (docs/SECURITY.md)
