@@ -201,7 +201,8 @@ def _door_probe(debian, user: str, host_dir: Path) -> list[str]:
 
 def _expect_open(debian) -> list[str]:
     uid = str(debian.user.uid)         # the host programs run as the host user
-    return ["list", "host note", "write", uid, uid, "from-host-echo /usr/local/bin/doors-hostscript"]
+    return ["list", "host note", "write", uid, uid,
+            "from-host-echo /usr/local/bin/doors-hostscript"]
 
 
 CLOSED = ["no-list", "no-read", "no-write", "no-exec", "no-path-exec", "no-shebang-exec"]
@@ -262,7 +263,8 @@ def test_a_daemon_as_www_data_cannot_reach_the_host(debian, door_users):
     script = textwrap.dedent(f"""\
         rm -f /tmp/doors-daemon.out /tmp/doors-daemon.pid
         start-stop-daemon --start --background --chuid www-data --chdir / \\
-            --make-pidfile --pidfile /tmp/doors-daemon.pid --startas /bin/sh -- -c '{{ id -un; ls {HOST}/ >/dev/null 2>&1 && echo list || echo no-list; \\
+            --make-pidfile --pidfile /tmp/doors-daemon.pid --startas /bin/sh -- -c '{{ id -un; \\
+            ls {HOST}/ >/dev/null 2>&1 && echo list || echo no-list; \\
             cat {HOST}{door_users}/note 2>/dev/null || echo no-read; \\
             {HOST}/usr/bin/id -u 2>/dev/null || echo no-exec; }} > /tmp/doors-daemon.part; \\
             mv /tmp/doors-daemon.part /tmp/doors-daemon.out'
