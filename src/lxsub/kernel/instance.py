@@ -449,6 +449,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        self.storage.close()
         if self._scratch is not None:
             import shutil
             shutil.rmtree(self._scratch, ignore_errors=True)
