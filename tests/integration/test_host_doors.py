@@ -310,3 +310,22 @@ def test_lx_inside_is_the_hosts_lx(debian, door_users):
     with _lx_conf(debian, "[interop]\nenabled = false\n"):
         cp = debian.lx(["-u", "root", "--cd", "/", "-e", "sh", "-c", "lx --list"])
         assert cp.returncode == 127, describe(cp)       # interop off: no host lx to reach
+
+
+def test_a_missing_command_in_a_login_shell_names_the_hosts(debian):
+    """The Debian fixture has no strace; the host has. A login shell says
+    `command not found` and where the host's is; it does not run it."""
+    if not os.access("/usr/bin/strace", os.X_OK):
+        pytest.skip("the host has no /usr/bin/strace to name")
+    cp = debian.lx(["-u", "root"], input=b"strace -V; echo status=$?\n")
+    assert cp.stdout.decode().splitlines() == ["status=127"], describe(cp)   # no host ps ran
+    err = cp.stderr.decode()
+    assert "strace: command not found" in err, describe(cp)
+    assert f"lx: the host has {HOST}/usr/bin/strace; run it by that path" in err, describe(cp)
+    # A user without the doors is told nothing about the host.
+    _ok(debian.exe("sh", "-c", USERS_SETUP))
+    cp = debian.lx(["-u", "doorless"],
+                   input=b"strace -V; echo status=$?; echo ${LX_HOST_PATH-unset}\n")
+    assert cp.stdout.decode().splitlines() == ["status=127", "unset"], describe(cp)
+    assert "strace: not found" in cp.stderr.decode(), describe(cp)    # its shell is dash
+    assert HOST not in cp.stderr.decode(), describe(cp)

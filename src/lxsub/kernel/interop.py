@@ -228,11 +228,56 @@ def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str],
     cfg = inst.config.interop
     may_run = creds is None or (inst.interop_door.allows(creds)
                                 and inst.drvfs_door.allows(creds))
-    if cfg.enabled and cfg.append_host_path and may_run and host_env.get("PATH"):
+    if cfg.enabled and may_run and host_env.get("PATH"):
         suffix = host_path_suffix(host_env["PATH"], mounts)
-        if suffix:
+        if suffix and cfg.append_host_path:
             out["PATH"] = (out["PATH"] + ":" + suffix) if out.get("PATH") else suffix
+        elif suffix:
+            # Not searched; only named by the shell hook when a command is
+            # missing (HOST_COMMANDS_HOOK).
+            out[HOST_PATH_VAR] = suffix
     return out
+
+
+# -- a missing command names the host's program of that name -------------------------
+
+HOST_PATH_VAR = "LX_HOST_PATH"
+HOST_COMMANDS_HOOK = "/etc/profile.d/lx-host-commands.sh"
+
+HOST_COMMANDS_SCRIPT = r'''# lx: a command missing from this distro is "command not found" and is
+# not looked for on the host (interop's appendHostPath is off); when the host
+# has a program of that name, this says where, for whoever means to run it.
+# Written by lxsub when the instance starts (interop enabled); do not edit.
+if [ -n "${BASH_VERSION-}" ] && ! declare -F command_not_found_handle >/dev/null 2>&1; then
+    command_not_found_handle() {
+        printf '%s: command not found\n' "$1" >&2
+        case "$1" in */*) return 127 ;; esac
+        _lx_ifs=$IFS; IFS=:
+        for _lx_dir in ${LX_HOST_PATH-}; do
+            if [ -f "$_lx_dir/$1" ] && [ -x "$_lx_dir/$1" ]; then
+                printf 'lx: the host has %s; run it by that path, or set %s\n' \
+                    "$_lx_dir/$1" "appendHostPath = true under [interop] in /etc/lx.conf" >&2
+                break
+            fi
+        done
+        IFS=$_lx_ifs
+        return 127
+    }
+fi
+'''
+
+
+def install_host_commands_hook(inst: "Instance") -> bool:
+    """Write HOST_COMMANDS_HOOK (read by login shells) when interop is on and
+    the host's PATH is not appended; remove ours otherwise. True if written."""
+    cfg = inst.config.interop
+    if not cfg.enabled or cfg.append_host_path:
+        _remove_ours(inst, b"lx-host-commands.sh", _OURS, "/etc/profile.d")
+        return False
+    if not _is_dir(inst, "/etc/profile.d"):
+        return False            # a distro whose shells do not read it (BusyBox)
+    return _install_script(inst, b"lx-host-commands.sh", HOST_COMMANDS_SCRIPT.encode(),
+                           only_ours=_OURS, where="/etc/profile.d", mode=0o644)
 
 
 # -- running host programs --------------------------------------------------------
@@ -641,14 +686,31 @@ def install_lx_command(inst: "Instance") -> bool:
 _OURS = b"# Written by lxsub"
 
 
-def _remove_ours(inst: "Instance", name: bytes, marker: bytes) -> None:
-    """Remove /usr/local/bin/NAME if it is a file lxsub wrote (has `marker`)."""
+def _is_dir(inst: "Instance", path: str) -> bool:
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.path import Walker
+    root = inst.mounts.root_mount.root()
+    try:
+        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+    except OSError:
+        return False
+    finally:
+        root.release()
+    try:
+        return node.is_dir()
+    finally:
+        node.release()
+
+
+def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
+                 where: str = "/usr/local/bin") -> None:
+    """Remove WHERE/NAME if it is a file lxsub wrote (has `marker`)."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
     root = inst.mounts.root_mount.root()
     try:
-        cur = Walker(inst.mounts, root, creds).resolve(root, b"/usr/local/bin")
+        cur = Walker(inst.mounts, root, creds).resolve(root, where.encode())
     except OSError:
         return
     finally:
@@ -673,15 +735,16 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes) -> None:
 
 
 def _install_script(inst: "Instance", name: bytes, data: bytes,
-                    only_ours: bytes | None = None) -> bool:
-    """Write /usr/local/bin/NAME (root:root 0755) through the VFS when it is
+                    only_ours: bytes | None = None, where: str = "/usr/local/bin",
+                    mode: int = 0o755) -> bool:
+    """Write WHERE/NAME (root:root, `mode`) through the VFS when it is
     missing or differs; with `only_ours`, a file that does not contain it is
     the distro's own and is left alone. True if written."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.fs.mounts import make_dirs
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
-    cur = make_dirs(inst, "/usr/local/bin")
+    cur = make_dirs(inst, where)
     walker = Walker(inst.mounts, cur, creds)
     try:
         try:
@@ -698,14 +761,14 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
                     with os.fdopen(fd, "rb") as f:
                         old = f.read(max(len(data) + 1, 4096))
                     same = old == data
-                if same and attr.mode & 0o7777 == 0o755 and attr.uid == 0 and attr.gid == 0:
+                if same and attr.mode & 0o7777 == mode and attr.uid == 0 and attr.gid == 0:
                     return False
                 if only_ours is not None and only_ours not in old:
                     return False
             finally:
                 node.release()
             cur.fs.unlink(cur, name)
-        fd = cur.fs.create(cur, name, os.O_WRONLY, 0o755, creds)
+        fd = cur.fs.create(cur, name, os.O_WRONLY, mode, creds)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True

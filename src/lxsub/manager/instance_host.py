@@ -263,6 +263,10 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
         interop.install_lx_command(inst)   # /usr/local/bin/lx: the host's lx
     except OSError as e:
         inst.log.warn(f"interop: cannot write {interop.LX_COMMAND}: {e.strerror}")
+    try:
+        interop.install_host_commands_hook(inst)    # names host programs of missing commands
+    except OSError as e:
+        inst.log.warn(f"interop: cannot write {interop.HOST_COMMANDS_HOOK}: {e.strerror}")
     host.boot()
     # What the manager and the kernel hold now lives as long as the instance:
     # keep it out of the collector's scans, which otherwise grow with it and
