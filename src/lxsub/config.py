@@ -12,8 +12,15 @@ to case, the last of a repeated key wins, a value may be quoted ("...").
     [automount]  enabled = true|false       mount host directories under root
                  root = /mnt/               where (an absolute path)
                  options = a,b=c            DrvFs mount options
+                 users = @lxhost, alice     Linux users who may use DrvFs
     [interop]    enabled = true|false       run host programs from the distro
-                 appendHostPath = true      add the host's PATH to the distro's
+                 users = @lxhost            Linux users who may run host programs
+                 appendHostPath = false     add the host's PATH to the distro's
+
+`users` (a host door, see kernel/doors.py and docs/SECURITY.md): names of
+users, `@group` for the members of a group, `*` for every user; separated
+by commas or blanks. Without it: root, the distro's default user and the
+members of group `lxhost`.
 
 $XDG_CONFIG_HOME/lx/config (default ~/.config/lx/config), on the host:
 
@@ -85,6 +92,7 @@ class AutomountSection:
     root: str = "/mnt/"      # the host's / appears at <root>host (WSL: drives at <root>c)
     options: str = ""
     tmp: bool = False         # a tmpfs on /tmp (memory, gone with the instance)
+    users: tuple[str, ...] | None = None   # who may use DrvFs (None: the default rule)
 
     @property
     def option_map(self) -> dict[str, str | None]:
@@ -99,7 +107,10 @@ class AutomountSection:
 @dataclass(frozen=True)
 class InteropSection:
     enabled: bool = True
-    append_host_path: bool = True
+    # Off by default: host programs are ELF files like the distro's, so a
+    # command missing from the distro would silently be the host's.
+    append_host_path: bool = False
+    users: tuple[str, ...] | None = None   # who may run host programs (None: the default)
 
 
 @dataclass(frozen=True)
@@ -238,6 +249,18 @@ def _user_name(value: str) -> str:
     return value
 
 
+def _door_users(value: str) -> tuple[str, ...]:
+    """`@lxhost, alice bob` -> ("@lxhost", "alice", "bob"); `*` is everyone."""
+    items = tuple(item for item in re.split(r"[\s,]+", value.strip()) if item)
+    if not items:
+        raise _Bad("empty list; name users, @groups or * (everyone), or remove the line")
+    for item in items:
+        name = item[1:] if item.startswith("@") else item
+        if item != "*" and not _USER_RE.fullmatch(name):
+            raise _Bad(f"{item!r} is not a user name, @group or *")
+    return items
+
+
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -288,10 +311,12 @@ _DISTRO_SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "root": ("root", _absolute_dir),
         "options": ("options", _mount_options),
         "tmp": ("tmp", _boolean),
+        "users": ("users", _door_users),
     },
     "interop": {
         "enabled": ("enabled", _boolean),
         "appendhostpath": ("append_host_path", _boolean),
+        "users": ("users", _door_users),
     },
 }
 _DISTRO_SECTIONS = {

@@ -235,14 +235,15 @@ def test_interop_off_runs_the_file_inside(debian, busybox):
 def test_append_host_path(busybox):
     extra = "/opt/lxsub-interop-test/bin"
     env = {"PATH": busybox.runner.env()["PATH"] + ":" + extra}
+    # Off by default: a command missing from the distro is not silently the host's.
     path = _ok(busybox.sh("echo $PATH", env=env)).strip()
-    assert path.endswith(f":{HOST}{extra}"), path
-    assert f":{HOST}/usr/bin:" in path + ":", path
-    linux = path.split(":")
-    assert linux.index("/bin") < linux.index(f"{HOST}/usr/bin"), path   # Linux's own first
-    with _lx_conf(busybox, "[interop]\nappendHostPath = false\n"):
+    assert HOST not in path, path
+    with _lx_conf(busybox, "[interop]\nappendHostPath = true\n"):
         path = _ok(busybox.sh("echo $PATH", env=env)).strip()
-        assert HOST not in path, path
+        assert path.endswith(f":{HOST}{extra}"), path
+        assert f":{HOST}/usr/bin:" in path + ":", path
+        linux = path.split(":")
+        assert linux.index("/bin") < linux.index(f"{HOST}/usr/bin"), path   # Linux's own first
 
 
 def test_automount_root_moves_host_programs(busybox):

@@ -67,6 +67,10 @@ def test_busybox_install_export_unregister_import(lx: LxRunner, tmp_path: Path) 
     assert out[:2] == ["alice", "1000"]
     assert out[2:6] == ["alice alice 755", "root root 700", "root root 1777", "root root 600"]
     assert out[6].endswith("/bin/sh -> /bin/busybox")
+    # The default user is in group lxhost: it holds the host doors (docs/SECURITY.md).
+    cp = lx.run(["--", "id -Gn; grep ^lxhost: /etc/group; "
+                 "cat /mnt/host/etc/hostname >/dev/null && echo host"], check=True)
+    assert cp.stdout.decode().splitlines() == ["alice lxhost", "lxhost:x:999:alice", "host"]
 
     before = listing(lx, "busybox")
     tarball = lx.root / "bb.tar.gz"
@@ -242,13 +246,14 @@ def test_debian_install_runs_apt_and_dpkg(debian_install) -> None:
     lx, _ = debian_install
     cp = lx.run(["-d", "debian", "--", "id -un; apt-get --version | head -1; "
                  "dpkg -l | grep -c '^ii'; stat -c '%U %G %a' /etc/shadow ~; "
-                 "dpkg --audit && echo audit-clean"], timeout=300, check=True)
+                 "dpkg --audit && echo audit-clean; id -Gn"], timeout=300, check=True)
     out = cp.stdout.decode().splitlines()
     assert out[0] == "bob"
     assert out[1].startswith("apt 2.6")
     assert int(out[2]) >= 90
     assert out[3:5] == ["root shadow 640", "bob bob 755"]
     assert out[5] == "audit-clean"
+    assert "lxhost" in out[6].split(), out       # the host doors' group (docs/SECURITY.md)
 
 
 @pytest.mark.slow
@@ -263,8 +268,9 @@ def test_debian_default_user_is_an_administrator_with_sudo(debian_install) -> No
                  "sudo -n sudo -n true && echo nested"],
                 input=(BOB_PASSWORD + "\n").encode(), timeout=120)
     assert cp.returncode == 0, describe(cp)
-    assert cp.stdout.decode().splitlines() == [
-        "bob sudo", "-rwsr-xr-x root", "root", "NoNewPrivs:\t0", "nested"], describe(cp)
+    lines = cp.stdout.decode().splitlines()
+    assert set(lines[0].split()) == {"bob", "sudo", "lxhost"}, describe(cp)
+    assert lines[1:] == ["-rwsr-xr-x root", "root", "NoNewPrivs:\t0", "nested"], describe(cp)
     assert cp.stderr == b"", describe(cp)
     cp = lx.run(["-d", "debian", "--", "sudo -k; sudo -S -p '' true"], input=b"wrong\n",
                 timeout=120)

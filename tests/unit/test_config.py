@@ -33,6 +33,7 @@ options = "metadata,uid=1000,umask=022"
 [interop]
 Enabled = no
 appendHostPath = off
+users = @lxhost, alice
 """
 
 
@@ -43,7 +44,11 @@ def test_defaults_when_empty() -> None:
     assert config.boot.command is None
     assert config.network.hostname is None
     assert config.automount == AutomountSection(enabled=True, root="/mnt/", options="")
-    assert config.interop.enabled is True and config.interop.append_host_path is True
+    assert config.interop.enabled is True
+    # No silent shadowing of missing commands by host programs (issue 12, item 9).
+    assert config.interop.append_host_path is False
+    # No `users =`: the default rule of kernel/doors.py (root, default user, @lxhost).
+    assert config.automount.users is None and config.interop.users is None
 
 
 def test_full_file() -> None:
@@ -57,7 +62,15 @@ def test_full_file() -> None:
     assert config.automount.option_map == {"metadata": None, "uid": "1000", "umask": "022"}
     assert config.interop.enabled is False
     assert config.interop.append_host_path is False
+    assert config.interop.users == ("@lxhost", "alice")
     assert config.warnings == ()
+
+
+def test_door_users_lists() -> None:
+    config = parse_distro_config("[automount]\nusers = root  alice,@staff\n"
+                                 "[interop]\nusers = *\n")
+    assert config.automount.users == ("root", "alice", "@staff")
+    assert config.interop.users == ("*",)
 
 
 def test_last_repeated_key_wins_and_keys_ignore_case() -> None:
@@ -79,6 +92,8 @@ def test_quoted_value_keeps_hash() -> None:
     ("[automount]\nroot = /mnt/../etc\n", "/etc/lx.conf:2:", "may not contain '..'"),
     ("[automount]\noptions = uid=1000,,x y\n", "/etc/lx.conf:2:", "[automount] options: '' is not a mount option"),
     ("[interop]\nappendHostPath = 2\n", "/etc/lx.conf:2:", "[interop] appendhostpath: '2' is not true or false"),
+    ("[interop]\nusers = @\n", "/etc/lx.conf:2:", "[interop] users: '@' is not a user name"),
+    ("[automount]\nusers = ,\n", "/etc/lx.conf:2:", "[automount] users: empty list"),
     ("default = alice\n", "/etc/lx.conf:1:", "outside any section"),
     ("[user\n", "/etc/lx.conf:1:", "malformed section header"),
     ("[user]\njust words\n", "/etc/lx.conf:2:", "is not 'key = value'"),

@@ -50,6 +50,7 @@ from typing import Iterable
 from lxsub.distro.importer import ROOTFS_DIR, RootfsWriter
 from lxsub.distro.progress import Progress, start_quiet_thread
 from lxsub.errors import EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
+from lxsub.kernel.doors import DOOR_GROUP
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.state import Distro, Registry, atomic_write, check_name, lx_home
 
@@ -424,14 +425,18 @@ BUSYBOX_ACCOUNTS = (
     Account("root", 0, 0, "/root", gecos="root"),
     Account("nobody", 65534, 65534, "/nonexistent", "/bin/false", "nobody"),
 )
+DOOR_GROUP_BUSYBOX_GID = 999      # a system group, as groupadd --system picks first
 BUSYBOX_GROUPS = (("root", 0), ("tty", 5), ("users", 100), ("nogroup", 65534))
 
 
 def busybox_etc(accounts: Iterable[Account], groups: Iterable[tuple[str, int]],
-                hostname: str) -> dict[str, tuple[int, bytes]]:
-    """/etc files of a BusyBox distro: path -> (mode, content)."""
+                hostname: str, members: dict[str, list[str]] | None = None
+                ) -> dict[str, tuple[int, bytes]]:
+    """/etc files of a BusyBox distro: path -> (mode, content). `members`:
+    supplementary members of groups, by group name."""
     accounts = list(accounts)
-    group_lines = [f"{g}:x:{gid}:" for g, gid in groups]
+    members = members or {}
+    group_lines = [f"{g}:x:{gid}:{','.join(members.get(g, []))}" for g, gid in groups]
     passwd = "".join(f"{a.name}:x:{a.uid}:{a.gid}:{a.gecos}:{a.home}:{a.shell}\n"
                      for a in accounts)
     shadow = "".join(f"{a.name}:{'*' if a.uid == 0 else '!'}:19000:0:99999:7:::\n"
@@ -465,9 +470,12 @@ _LX_CONF_TEMPLATE = """\
 # [automount]
 # enabled = true
 # root = /mnt/
+# users = @lxhost          # who may use /mnt/host (default: root, the default
+#                          # user and group lxhost; * for everyone)
 # [interop]
 # enabled = true
-# appendHostPath = true
+# users = @lxhost          # who may run host programs (same default)
+# appendHostPath = false   # true: host commands found by name after the distro's
 """
 
 
@@ -559,14 +567,19 @@ def install_busybox(work: Path, progress: Progress, user: str | None = None) -> 
         accounts = list(BUSYBOX_ACCOUNTS)
         groups = list(BUSYBOX_GROUPS)
         dirs: dict[str, tuple[int, int, int]] = {}
+        # The host doors' group (kernel/doors.py), with the default user in it.
+        groups.insert(-1, (DOOR_GROUP, DOOR_GROUP_BUSYBOX_GID))
+        members: dict[str, list[str]] = {}
         if user and user != "root":
             uid = 1000
             accounts.insert(1, Account(user, uid, uid, f"/home/{user}", gecos=user))
             groups.insert(-1, (user, uid))
             dirs[f"home/{user}"] = (0o755, uid, uid)
+            members[DOOR_GROUP] = [user]
         now = int(time.time())
         entries = busybox_entries(
-            binary.read_bytes(), applets, busybox_etc(accounts, groups, BUSYBOX_HOSTNAME),
+            binary.read_bytes(), applets,
+            busybox_etc(accounts, groups, BUSYBOX_HOSTNAME, members),
             copyright_=copyright_.read_bytes() if copyright_ else None, dirs=dirs,
             mtime=int(binary.stat().st_mtime), files_mtime=now)
         task = progress.task("Installing busybox", total=len(entries))
@@ -613,6 +626,7 @@ def install_debian(registry: Registry, name: str, work: Path, progress: Progress
     stage_two(registry, name, work, packages, debs, progress)
     if user and user != "root":
         add_debian_user(name, work, user, progress)
+    add_door_group(name, work, user, progress)
     return f"debian {apt.suite}"
 
 
@@ -821,6 +835,22 @@ def add_debian_user(name: str, work: Path, user: str, progress: Progress) -> Non
                                  "--groups", ADMIN_GROUP, "--shell", "/bin/bash", user])
     if status != 0:
         raise LxError(f"useradd {user} failed inside the distro (exit {status})", EXIT_SOFTWARE)
+    task.done()
+
+
+def add_door_group(name: str, work: Path, user: str | None, progress: Progress) -> None:
+    """The group of the host doors (`lxhost`, see kernel/doors.py), a system
+    group, with the default user in it: members may use /mnt/host and run
+    host programs."""
+    task = progress.task(f"Creating group {DOOR_GROUP}", total=None)
+    distro = Distro(name=name, rootfs=work)
+    status = run_inside(distro, ["/usr/sbin/groupadd", "--force", "--system", DOOR_GROUP])
+    if status == 0 and user and user != "root":
+        status = run_inside(distro, ["/usr/sbin/usermod", "--append", "--groups", DOOR_GROUP,
+                                     user])
+    if status != 0:
+        raise LxError(f"making group {DOOR_GROUP} for {user or 'root'} failed inside the "
+                      f"distro (exit {status})", EXIT_SOFTWARE)
     task.done()
 
 

@@ -62,11 +62,18 @@ def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
 
 class Instance:
     def __init__(self, name: str, rootfs: str, config: DistroConfig | None = None,
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, default_user: str | None = None) -> None:
         self.name = name
         self.rootfs = os.path.realpath(rootfs)
         self.config = config or DistroConfig()
         self.log = log or Log(None)
+        self._scratch: str | None = None
+        # Host doors: who may use DrvFs and interop; lxsub's own storage,
+        # which DrvFs never shows (kernel/doors.py, kernel/fs/sealed.py).
+        from lxsub.kernel.doors import make_doors
+        from lxsub.kernel.fs.sealed import Storage
+        self.drvfs_door, self.interop_door = make_doors(self, default_user)
+        self.storage = Storage(self)
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs)
@@ -83,7 +90,6 @@ class Instance:
         # Processes whose exit someone waits for (a client's session leader).
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
         self.current_task: Task | None = None
-        self._scratch: str | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
         from lxsub.kernel.fs.anon import HostObjectFs
@@ -491,6 +497,7 @@ class Instance:
 
     def cleanup(self) -> None:
         self.volfs.remove_staging()
+        self.storage.close()
         if self._scratch is not None:
             import shutil
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -58,8 +58,9 @@ boundary, in both directions: from `lx` on the host into the Linux login
 environment, and from a Linux program into the host programs it runs.
 Flags: `p` the value is one path, translated; `l` a `:`-separated list of
 paths, each translated; `u` only host -> Linux; `w` only Linux -> host.
-LXENV itself always crosses. With `[interop] appendHostPath` (default
-true) the host's PATH, translated, is appended to the Linux PATH.
+LXENV itself always crosses. With `[interop] appendHostPath = true` (the
+default is false) the host's PATH, translated, is appended to the Linux
+PATH, for the users who may run host programs.
 """
 
 from __future__ import annotations
@@ -214,31 +215,88 @@ def host_path_suffix(host_path: str, mounts: list[HostMount]) -> str:
     return ":".join(parts)
 
 
-def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str]) -> dict[str, str]:
+def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str],
+                creds=None) -> dict[str, str]:
     """A login environment with what interop adds from the client's host
-    environment (LXENV variables; the host PATH appended)."""
+    environment (LXENV variables; the host PATH appended when
+    `appendHostPath` asks for it and the user, `creds`, may run host
+    programs: a PATH of directories one may not enter only turns
+    'command not found' into 'Permission denied')."""
     mounts = mounts_of(inst)
     out = dict(env)
     out.update(env_to_linux(host_env, mounts))
     cfg = inst.config.interop
-    if cfg.enabled and cfg.append_host_path and host_env.get("PATH"):
+    may_run = creds is None or (inst.interop_door.allows(creds)
+                                and inst.drvfs_door.allows(creds))
+    if cfg.enabled and may_run and host_env.get("PATH"):
         suffix = host_path_suffix(host_env["PATH"], mounts)
-        if suffix:
+        if suffix and cfg.append_host_path:
             out["PATH"] = (out["PATH"] + ":" + suffix) if out.get("PATH") else suffix
+        elif suffix:
+            # Not searched; only named by the shell hook when a command is
+            # missing (HOST_COMMANDS_HOOK).
+            out[HOST_PATH_VAR] = suffix
     return out
+
+
+# -- a missing command names the host's program of that name -------------------------
+
+HOST_PATH_VAR = "LX_HOST_PATH"
+HOST_COMMANDS_HOOK = "/etc/profile.d/lx-host-commands.sh"
+
+HOST_COMMANDS_SCRIPT = r'''# lx: a command missing from this distro is "command not found" and is
+# not looked for on the host (interop's appendHostPath is off); when the host
+# has a program of that name, this says where, for whoever means to run it.
+# Written by lxsub when the instance starts (interop enabled); do not edit.
+if [ -n "${BASH_VERSION-}" ] && ! declare -F command_not_found_handle >/dev/null 2>&1; then
+    command_not_found_handle() {
+        printf '%s: command not found\n' "$1" >&2
+        case "$1" in */*) return 127 ;; esac
+        _lx_ifs=$IFS; IFS=:
+        for _lx_dir in ${LX_HOST_PATH-}; do
+            if [ -f "$_lx_dir/$1" ] && [ -x "$_lx_dir/$1" ]; then
+                printf 'lx: the host has %s; run it by that path, or set %s\n' \
+                    "$_lx_dir/$1" "appendHostPath = true under [interop] in /etc/lx.conf" >&2
+                break
+            fi
+        done
+        IFS=$_lx_ifs
+        return 127
+    }
+fi
+'''
+
+
+def install_host_commands_hook(inst: "Instance") -> bool:
+    """Write HOST_COMMANDS_HOOK (read by login shells) when interop is on and
+    the host's PATH is not appended; remove ours otherwise. True if written."""
+    cfg = inst.config.interop
+    if not cfg.enabled or cfg.append_host_path:
+        _remove_ours(inst, b"lx-host-commands.sh", _OURS, "/etc/profile.d")
+        return False
+    if not _is_dir(inst, "/etc/profile.d"):
+        return False            # a distro whose shells do not read it (BusyBox)
+    return _install_script(inst, b"lx-host-commands.sh", HOST_COMMANDS_SCRIPT.encode(),
+                           only_ours=_OURS, where="/etc/profile.d", mode=0o644)
 
 
 # -- running host programs --------------------------------------------------------
 
 def host_target(inst: "Instance"):
     """For kernel/exec/plan.py: a function giving the host path of an
-    executable that runs on the host, or None (interop off: nothing does)."""
+    executable that runs on the host, or None (interop off: nothing does).
+
+    Only a caller holding the interop door (`[interop] users`, see
+    kernel/doors.py) may run one: for the others the execve is EACCES,
+    however the file was reached (its path, a symlink to it, PATH, a
+    script's `#!` line naming it)."""
     if not inst.config.interop.enabled:
         return None
     from lxsub.kernel.fs.drvfs import DrvFs
 
-    def target(node: "Node") -> str | None:
+    def target(node: "Node", creds) -> str | None:
         if isinstance(node.fs, DrvFs):
+            inst.interop_door.check(creds)
             return node.fs.host_path(node)
         return None
     return target
@@ -580,32 +638,137 @@ def install_lxpath(inst: "Instance") -> bool:
     interop is on and it is missing or differs. True if written."""
     if not inst.config.interop.enabled:
         return False
+    return _install_script(inst, b"lxpath", LXPATH_SCRIPT.encode())
+
+
+# -- lx inside: the host's lx (as wsl.exe runs inside WSL) ---------------------------
+
+LX_COMMAND = "/usr/local/bin/lx"
+
+
+def lx_command_script(inst: "Instance") -> str | None:
+    """A POSIX sh script that runs the host's lx (this very lxsub, with the
+    Python running it) on the host through interop, or None when no DrvFs
+    mount shows that Python. The host lx gets the environment of the
+    instance (LX_HOME, the runtime directory: the same manager) and the
+    caller's terminal, so `lx -d other -- cmd` inside starts a session in
+    another distro. Only users holding the interop door may run it: it is
+    a host program."""
+    import json
+    import shlex
+    import sys
+    python = to_linux(os.path.realpath(sys.executable), mounts_of(inst))
+    if python is None:
+        return None
+    # The host Python is run by its real path (interop executes the file a
+    # symlink leads to), so a virtual environment's directories are given
+    # explicitly, as this process has them.
+    path = [p for p in sys.path if p and os.path.isdir(p)]
+    code = (f"import sys; sys.path[:0] = {json.dumps(path)}; "
+            "from lxsub.cli.main import main; raise SystemExit(main())")
+    return ("#!/bin/sh\n"
+            "# lx: the host's lx, run on the host through interop (like wsl.exe inside WSL).\n"
+            "# Written by lxsub when the instance starts (interop enabled); do not edit.\n"
+            f"exec {shlex.quote(python)} -c {shlex.quote(code)} \"$@\"\n")
+
+
+def install_lx_command(inst: "Instance") -> bool:
+    """Write /usr/local/bin/lx (root:root 0755) when interop is on and the
+    distro has no `lx` of its own there; remove ours when interop is off
+    (there is no host lx to reach then). True if written."""
+    script = lx_command_script(inst) if inst.config.interop.enabled else None
+    if script is None:
+        _remove_ours(inst, b"lx", _OURS)
+        return False
+    return _install_script(inst, b"lx", script.encode(), only_ours=_OURS)
+
+
+_OURS = b"# Written by lxsub"
+
+
+def _is_dir(inst: "Instance", path: str) -> bool:
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.path import Walker
+    root = inst.mounts.root_mount.root()
+    try:
+        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+    except OSError:
+        return False
+    finally:
+        root.release()
+    try:
+        return node.is_dir()
+    finally:
+        node.release()
+
+
+def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
+                 where: str = "/usr/local/bin") -> None:
+    """Remove WHERE/NAME if it is a file lxsub wrote (has `marker`)."""
+    from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.path import Walker
+    creds = Creds()
+    root = inst.mounts.root_mount.root()
+    try:
+        cur = Walker(inst.mounts, root, creds).resolve(root, where.encode())
+    except OSError:
+        return
+    finally:
+        root.release()
+    try:
+        try:
+            node = Walker(inst.mounts, cur, creds).resolve(cur, name, follow=False)
+        except OSError:
+            return
+        try:
+            if node.is_symlink() or node.is_dir():
+                return
+            fd = node.fs.open(node, os.O_RDONLY, creds)
+            with os.fdopen(fd, "rb") as f:
+                if marker not in f.read(4096):
+                    return
+        finally:
+            node.release()
+        cur.fs.unlink(cur, name)
+    finally:
+        cur.release()
+
+
+def _install_script(inst: "Instance", name: bytes, data: bytes,
+                    only_ours: bytes | None = None, where: str = "/usr/local/bin",
+                    mode: int = 0o755) -> bool:
+    """Write WHERE/NAME (root:root, `mode`) through the VFS when it is
+    missing or differs; with `only_ours`, a file that does not contain it is
+    the distro's own and is left alone. True if written."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.fs.mounts import make_dirs
     from lxsub.kernel.vfs.path import Walker
-    data = LXPATH_SCRIPT.encode()
     creds = Creds()
-    cur = make_dirs(inst, "/usr/local/bin")
+    cur = make_dirs(inst, where)
     walker = Walker(inst.mounts, cur, creds)
     try:
         try:
-            node = walker.resolve(cur, b"lxpath", follow=False)
+            node = walker.resolve(cur, name, follow=False)
         except FileNotFoundError:
             node = None
         if node is not None:
             try:
                 attr = node.fs.getattr(node)
                 same = False
+                old = b""
                 if not node.is_symlink() and not node.is_dir():
                     fd = node.fs.open(node, os.O_RDONLY, creds)
                     with os.fdopen(fd, "rb") as f:
-                        same = f.read(len(data) + 1) == data
-                if same and attr.mode & 0o7777 == 0o755 and attr.uid == 0 and attr.gid == 0:
+                        old = f.read(max(len(data) + 1, 4096))
+                    same = old == data
+                if same and attr.mode & 0o7777 == mode and attr.uid == 0 and attr.gid == 0:
+                    return False
+                if only_ours is not None and only_ours not in old:
                     return False
             finally:
                 node.release()
-            cur.fs.unlink(cur, b"lxpath")
-        fd = cur.fs.create(cur, b"lxpath", os.O_WRONLY, 0o755, creds)
+            cur.fs.unlink(cur, name)
+        fd = cur.fs.create(cur, name, os.O_WRONLY, mode, creds)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True

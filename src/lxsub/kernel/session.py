@@ -59,7 +59,8 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
     """Run a command in `distro` in this process, with our stdio, as its only
     session (what an installer does before the distro is registered).
     Returns the exit status for `lx` (128+N for signal N)."""
-    inst = open_instance(distro.name, str(distro.rootfs))
+    inst = open_instance(distro.name, str(distro.rootfs),
+                         default_user=getattr(distro, "default_user", None))
     try:
         default_user = inst.config.user.default or getattr(distro, "default_user", None)
         proc = start(inst, Launch(argv, mode, user, cwd), default_user, ChildSetup())
@@ -69,9 +70,11 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
     return exit_code(_serve(inst, proc))
 
 
-def open_instance(name: str, rootfs: str, config: DistroConfig | None = None) -> Instance:
+def open_instance(name: str, rootfs: str, config: DistroConfig | None = None,
+                  default_user: str | None = None) -> Instance:
     """The provider side of a distro: its PID space, mounts and /init, set
-    up as its /etc/lx.conf says (read here when not given)."""
+    up as its /etc/lx.conf says (read here when not given). `default_user`:
+    the registry's, which holds the host doors by default (kernel/doors.py)."""
     if not os.path.isdir(rootfs):
         raise LxError(f"the root file system of '{name}' is missing ({rootfs}); "
                       f"re-import it or 'lx --unregister {name}'", EXIT_UNAVAILABLE)
@@ -81,15 +84,16 @@ def open_instance(name: str, rootfs: str, config: DistroConfig | None = None) ->
         config = load_distro_config(rootfs)
     for warning in config.warnings:
         log.warn(warning)
-    return Instance(name, rootfs, config, log=log)
+    return Instance(name, rootfs, config, log=log, default_user=default_user)
 
 
 def start(inst: Instance, launch: Launch, default_user: str | None, setup: ChildSetup):
     """Start a client's command as a child of /init; LxError when it cannot run."""
     account = find_user(inst, launch.user or default_user or "root")
     creds = Creds.for_user(account.uid, account.gid, account.groups)
-    argv_b, path = _command_line(inst, account, creds, launch.argv, launch.mode)
-    fs = _start_dir(inst, account, launch.cwd, launch.host_cwd)
+    argv_b, path = _command_line(inst, account, creds, launch.argv, launch.mode,
+                                 launch.host_env)
+    fs = _start_dir(inst, account, launch.cwd, launch.host_cwd, creds)
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
         env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
@@ -167,13 +171,15 @@ def login_environment(u: User, hostname: str, host_env: dict[str, str] | None = 
             env[key] = source[key]
     env.setdefault("TERM", "dumb")
     if inst is not None:
-        env = interop.session_env(inst, env, dict(source))
+        env = interop.session_env(inst, env, dict(source),
+                                  Creds.for_user(u.uid, u.gid, u.groups))
     return [wire_bytes(f"{k}={v}") for k, v in env.items()]
 
 
 # -- the command ------------------------------------------------------------------
 
-def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: str):
+def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: str,
+                  host_env: dict[str, str] | None = None):
     if mode == "shell":
         return [u.shell.encode(), b"-c", wire_bytes(" ".join(argv))], u.shell.encode()
     if mode == "login":
@@ -181,11 +187,12 @@ def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: 
     if not argv:
         raise LxError("no command given after -e", 64)
     prog = argv[0]
-    path = prog if "/" in prog else _search_path(inst, creds, prog, u)
+    path = prog if "/" in prog else _search_path(inst, creds, prog, u, host_env)
     return [wire_bytes(a) for a in argv], wire_bytes(path)
 
 
-def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
+def _search_path(inst: Instance, creds: Creds, prog: str, u: User,
+                 host_env: dict[str, str] | None = None) -> str:
     root = inst.mounts.root_mount.root()
     try:
         w = Walker(inst.mounts, root, creds)
@@ -202,12 +209,36 @@ def _search_path(inst: Instance, creds: Creds, prog: str, u: User) -> str:
                 node.release()
     finally:
         root.release()
-    raise LxError(f"{prog}: command not found in distro '{inst.name}'", EXIT_NOT_FOUND)
+    raise LxError(f"{prog}: command not found in distro '{inst.name}'"
+                  f"{_host_command_hint(inst, creds, prog, host_env)}", EXIT_NOT_FOUND)
 
 
-def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = None):
+def _host_command_hint(inst: Instance, creds: Creds, prog: str,
+                       host_env: dict[str, str] | None) -> str:
+    """'; the host has /usr/bin/ps...' when a host program of that name is
+    on the client's PATH and the user may run host programs: host programs
+    are ELF files like the distro's, so one is never run in a missing
+    command's place unasked (appendHostPath is off by default)."""
+    if not inst.config.interop.enabled or not (
+            inst.interop_door.allows(creds) and inst.drvfs_door.allows(creds)):
+        return ""
+    host_path = (host_env if host_env is not None else os.environ).get("PATH", "")
+    mounts = interop.mounts_of(inst)
+    for d in host_path.split(":"):
+        candidate = os.path.join(d, prog)
+        if d.startswith("/") and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            linux = interop.to_linux(candidate, mounts)
+            if linux is not None:
+                return (f"; the host has {candidate}: run it as {linux}, or set "
+                        f"appendHostPath = true under [interop] in /etc/lx.conf")
+    return ""
+
+
+def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = None,
+               creds: Creds | None = None):
     """--cd DIR (`~` and `~/...` are the user's home, as with wsl --cd); else
-    the client's host directory as a DrvFs mount shows it; else the home."""
+    the client's host directory as a DrvFs mount shows it, to a user who
+    holds the DrvFs door; else the home."""
     if cwd is not None:
         want = u.home + cwd[1:] if cwd == "~" or cwd.startswith("~/") else cwd
         try:
@@ -215,7 +246,7 @@ def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = 
         except OSError as e:
             raise LxError(f"--cd {cwd}: {os.strerror(e.errno or errno.ENOENT)} in distro "
                           f"'{inst.name}'", EXIT_NOT_FOUND) from None
-    if host_cwd:
+    if host_cwd and creds is not None and inst.drvfs_door.allows(creds):
         from lxsub.kernel import interop
         on_mount = interop.to_linux(host_cwd, interop.mounts_of(inst))
         if on_mount is not None:

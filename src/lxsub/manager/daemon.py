@@ -232,7 +232,8 @@ class Manager:
             try:
                 self._forget_in_child(keep=listener.fileno())
                 code = instance_host.run(distro.name, str(distro.rootfs), listener,
-                                         self.settings.instance_idle_timeout, config)
+                                         self.settings.instance_idle_timeout, config,
+                                         distro.default_user)
             except BaseException:
                 traceback.print_exc()
             finally:

@@ -282,14 +282,14 @@ def set_process_name(name: str) -> None:
 
 
 def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
-        config: DistroConfig) -> int:
+        config: DistroConfig, default_user: str | None = None) -> int:
     """The body of an instance process (after the manager's fork)."""
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     set_process_name(f"lx:{name}")
     try:
-        inst = sessions.open_instance(name, rootfs, config)
+        inst = sessions.open_instance(name, rootfs, config, default_user)
     except LxError as e:
         print(f"instance {name}: {e.message}", file=sys.stderr)
         return 1
@@ -299,6 +299,14 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
         interop.install_lxpath(inst)       # /usr/local/bin/lxpath when interop is on
     except OSError as e:
         inst.log.warn(f"interop: cannot write {interop.LXPATH}: {e.strerror}")
+    try:
+        interop.install_lx_command(inst)   # /usr/local/bin/lx: the host's lx
+    except OSError as e:
+        inst.log.warn(f"interop: cannot write {interop.LX_COMMAND}: {e.strerror}")
+    try:
+        interop.install_host_commands_hook(inst)    # names host programs of missing commands
+    except OSError as e:
+        inst.log.warn(f"interop: cannot write {interop.HOST_COMMANDS_HOOK}: {e.strerror}")
     host.boot()
     # What the manager and the kernel hold now lives as long as the instance:
     # keep it out of the collector's scans, which otherwise grow with it and

@@ -20,13 +20,18 @@ from lxsub.state import lx_home
 _SUN_PATH_MAX = 107   # sockaddr_un.sun_path less the terminating NUL
 
 
-def runtime_dir() -> Path:
-    """The private directory of this LX_HOME's manager (created if missing)."""
+def runtime_dir_candidates() -> list[Path]:
+    """Where runtime_dir() may be, in order of preference (nothing is created)."""
     home = lx_home().resolve()
     tag = hashlib.sha256(str(home).encode()).hexdigest()[:10]
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     candidates = [Path(xdg) / f"lxsub-{tag}"] if xdg and os.path.isdir(xdg) else []
-    candidates += [home / "run", Path(f"/tmp/lxsub-{os.getuid()}") / tag]
+    return candidates + [home / "run", Path(f"/tmp/lxsub-{os.getuid()}") / tag]
+
+
+def runtime_dir() -> Path:
+    """The private directory of this LX_HOME's manager (created if missing)."""
+    candidates = runtime_dir_candidates()
     for d in candidates:
         if len(str(d / "instances" / ("x" * 24 + ".sock"))) <= _SUN_PATH_MAX:
             return _private_dir(d)

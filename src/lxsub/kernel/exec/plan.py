@@ -85,7 +85,8 @@ def _set_ids(node: Node, attr) -> tuple[int | None, int | None]:
 def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
          follow: bool = True, host_exec=None) -> ExecPlan | HostPlan:
     """Resolve `path` (and its interpreters) for an execve by the walker's caller.
-    `host_exec(node) -> host path | None`: files that run on the host."""
+    `host_exec(node, creds) -> host path | None`: files that run on the host
+    (it raises EACCES for a caller who may not run them)."""
     argv = list(argv) or [path]
     # Linux names the process after the file execve was given (a symlink's
     # own name, a script's rather than its interpreter's): /proc/<pid>/comm.
@@ -94,7 +95,7 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
         node, fd, set_ids = _open_executable(walker, start, path, follow)
         if host_exec is not None:
             try:
-                host = host_exec(node)
+                host = host_exec(node, walker.creds)
                 exe = vpath_of(node) if host is not None else ""
             except BaseException:
                 os.close(fd)

@@ -23,6 +23,17 @@ mount has the `metadata` option; then the Linux owner, group and mode are
 kept in the `user.lxsub.meta` extended attribute as on VolFs, and chmod's
 permission bits also go to the host file when the host allows it.
 
+Host doors (kernel/doors.py): only the Linux users `[automount] users`
+names may use a DrvFs mount; for the others every lookup, open, creation,
+removal and change below its root is EACCES, whatever their capabilities.
+Lookups are checked by the walk (kernel/vfs/path.py, which knows whose walk
+it is); operations on a resolved file or directory here, with the caller's
+credentials (or the current syscall's caller).
+
+lxsub's own storage (kernel/fs/sealed.py) is never shown: a host directory
+that is one of it is replaced in the walk by an empty, dead directory that
+every operation refuses (EACCES), root included.
+
 No caching: every stat, lookup and open asks the host, so a host program's
 changes are seen at once and the instance's are on the host at once.
 
@@ -143,19 +154,64 @@ class DrvFs(HostTree):
         self.inst = inst
         self.opts = DrvFsOptions.parse(options, inst.log)
         self.options = self.opts.render()
+        self.door = inst.drvfs_door          # checked by the walk, see kernel/vfs/path.py
+        self.storage = inst.storage
 
     def root(self, mount) -> Node:
-        return _not_pseudo(super().root(mount), "host pseudo file system")
+        return self._sealed(_not_pseudo(super().root(mount), "host pseudo file system"))
+
+    # -- doors and sealed storage ------------------------------------------------
+
+    def _caller_passes(self, creds=None) -> None:
+        """EACCES unless the caller (given, or the current syscall's) holds the door."""
+        if creds is None:
+            task = self.inst.current_task
+            if task is None:
+                return           # the provider's own work (mounting, lxpath)
+            creds = task.creds
+        self.door.check(creds)
+
+    def _sealed(self, node: Node) -> Node:
+        """node, or the blank in its place if it is lxsub's own storage."""
+        s = node.host_st
+        if s is None or not st.S_ISDIR(s.st_mode) or not self.storage.is_sealed(s):
+            return node
+        real = (os.readlink(fd_path(node.fd)), s)
+        node.release()
+        fd, blank = self.storage.blank()
+        return Node(node.mount, fd, blank, obj=real)
+
+    def _not_blank(self, node: Node, code: int = errno.EACCES) -> None:
+        if self.storage.is_blank(node.host_st):
+            raise OSError(code, "lxsub's own storage is not shown")
+
+    def check_enter(self, node: Node, creds) -> None:
+        """chdir/fchdir into a directory here: search permission is the door's,
+        and nobody enters sealed storage (chdir(2): EACCES, search denied)."""
+        self._caller_passes(creds)
+        self._not_blank(node)
+
+    def _entry_not_sealed(self, parent: Node, name: bytes) -> None:
+        """Renaming or removing a sealed directory by its name is refused too."""
+        self._not_blank(parent)
+        try:
+            s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return                # the host's own error comes with the operation
+        if st.S_ISDIR(s.st_mode) and self.storage.is_sealed(s):
+            raise OSError(errno.EACCES, "lxsub's own storage is not shown")
 
     # -- the walk: stay on host files, inside the mount --------------------------
 
     def lookup(self, parent: Node, name: bytes) -> Node:
+        self._not_blank(parent)
         node = super().lookup(parent, name)
         if parent.host_st is None or node.host_st.st_dev != parent.host_st.st_dev:
-            return _not_pseudo(node, "host pseudo file system: not entered")
-        return node
+            node = _not_pseudo(node, "host pseudo file system: not entered")
+        return self._sealed(node)
 
     def parent_of(self, node: Node) -> Node:
+        self._not_blank(node)
         up = super().parent_of(node)
         if self.host_root != "/":
             try:
@@ -165,13 +221,15 @@ class DrvFs(HostTree):
             if not _under(where, self.host_root):
                 up.release()
                 raise OSError(errno.EACCES, "outside the mount")
-        return up
+        return self._sealed(up)
 
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
         """Is a host descriptor a file of this mount? Only if no other file
         system of the instance claims it (the rootfs, a longer DrvFs root, a
         tmpfs, a pseudo file) and its path leads to it on the host."""
-        if not _under(host, self.host_root):
+        if self.storage.is_blank(s):
+            return Node(mount, fd, s)
+        if not _under(host, self.host_root) or self.storage.under(host):
             return None
         for m in self.inst.mounts.mounts:
             fs = m.fs
@@ -193,7 +251,18 @@ class DrvFs(HostTree):
 
     def vpath(self, node: Node) -> str:
         from lxsub.kernel.fs.tmpfs import vpath_in_mount
+        if self.storage.is_blank(node.host_st) and node.obj is not None:
+            from lxsub.kernel.interop import HostMount, to_linux
+            m = node.mount
+            shown = to_linux(node.obj[0], [HostMount(_join_root(self.host_root, m.root_path),
+                                                     m.path)])
+            return shown or m.path or "/"
         return vpath_in_mount(self, node)
+
+    def host_path(self, node: Node) -> str | None:
+        if self.storage.is_blank(node.host_st):
+            return None           # no host program is given lxsub's storage as its cwd
+        return super().host_path(node)
 
     # -- attributes ----------------------------------------------------------------
 
@@ -218,6 +287,12 @@ class DrvFs(HostTree):
         return None
 
     def getattr(self, node: Node) -> LinuxStat:
+        if self.storage.is_blank(node.host_st):
+            # An empty directory nobody may enter: d--------- root root.
+            shown = node.obj[1] if node.obj is not None else node.host_st
+            out = LinuxStat.from_host(shown, st.S_IFDIR, 0, 0, 0)
+            out.nlink, out.size = 2, 0
+            return out
         s = self.fresh_stat(node)
         m = self._meta(node, s)
         if m is not None:
@@ -232,6 +307,8 @@ class DrvFs(HostTree):
         return host_statfs(node.fd)
 
     def chmod(self, node: Node, mode: int) -> None:
+        self._caller_passes()
+        self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chmod on drvfs needs the metadata mount option")
         a = self.getattr(node)
@@ -244,6 +321,8 @@ class DrvFs(HostTree):
             pass          # not the host user's file: the host keeps its own bits
 
     def chown(self, node: Node, uid: int, gid: int) -> None:
+        self._caller_passes()
+        self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chown on drvfs needs the metadata mount option")
         a = self.getattr(node)
@@ -257,6 +336,67 @@ class DrvFs(HostTree):
             lxattr.write_meta_fd(node.fd, meta)
         except OSError as e:
             raise OSError(errno.EPERM, f"host refused the metadata: {e.strerror}") from None
+
+    def utimens(self, node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+        self._caller_passes()
+        self._not_blank(node, errno.EPERM)
+        super().utimens(node, atime, mtime)
+
+    # -- opening and directory entries: the door, never in sealed storage -------------
+
+    def open(self, node: Node, flags: int, creds) -> int:
+        if flags & os.O_PATH:
+            return super().open(node, flags, creds)     # no access to the file (open(2))
+        self._caller_passes(creds)
+        self._not_blank(node)
+        return super().open(node, flags, creds)
+
+    def create(self, parent: Node, name: bytes, flags: int, mode: int, creds) -> int:
+        self._caller_passes(creds)
+        self._not_blank(parent)
+        return super().create(parent, name, flags, mode, creds)
+
+    def open_tmpfile(self, parent: Node, flags: int, mode: int, creds) -> int:
+        self._caller_passes(creds)
+        self._not_blank(parent)
+        return super().open_tmpfile(parent, flags, mode, creds)
+
+    def mkdir(self, parent: Node, name: bytes, mode: int, creds) -> None:
+        self._caller_passes(creds)
+        self._not_blank(parent)
+        super().mkdir(parent, name, mode, creds)
+
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
+        self._caller_passes(creds)
+        self._not_blank(parent)
+        super().mknod(parent, name, mode, rdev, creds)
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, creds) -> None:
+        self._caller_passes(creds)
+        self._not_blank(parent)
+        super().symlink(parent, name, target, creds)
+
+    def link(self, node: Node, parent: Node, name: bytes) -> None:
+        self._caller_passes()
+        self._not_blank(node)
+        self._not_blank(parent)
+        super().link(node, parent, name)
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        self._caller_passes()
+        self._entry_not_sealed(parent, name)
+        super().unlink(parent, name)
+
+    def rmdir(self, parent: Node, name: bytes) -> None:
+        self._caller_passes()
+        self._entry_not_sealed(parent, name)
+        super().rmdir(parent, name)
+
+    def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
+        self._caller_passes()
+        self._entry_not_sealed(oldp, old)
+        self._entry_not_sealed(newp, new)      # RENAME_EXCHANGE, or over an empty one
+        super().rename(oldp, old, newp, new, flags)
 
     # -- creating --------------------------------------------------------------------
 
@@ -309,6 +449,11 @@ def _not_pseudo(node: Node, why: str) -> Node:
         node.release()
         raise
     return node
+
+
+def _join_root(host_root: str, root_path: str) -> str:
+    """The host directory a DrvFs mount shows: its host root plus its bind path."""
+    return os.path.normpath(host_root.rstrip("/") + "/" + root_path.lstrip("/"))
 
 
 def _mount_source(host: str) -> str:

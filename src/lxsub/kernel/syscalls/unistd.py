@@ -60,6 +60,13 @@ def _set_cwd(c: Call, node) -> int:
     if not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
+    enter = getattr(node.fs, "check_enter", None)    # DrvFs: its door, sealed storage
+    if enter is not None:
+        try:
+            enter(node, c.task.creds)
+        except OSError:
+            node.release()
+            raise
     if perm.needs_checks(c.task.creds):
         a = node.fs.getattr(node)
         try:

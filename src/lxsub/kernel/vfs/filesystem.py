@@ -37,6 +37,9 @@ class FileSystem:
     # owner (kernel/exec/plan.py). Not on DrvFs: its owners are the host's,
     # which mean nothing inside (host root is not the instance's root).
     set_id_bits = True
+    # A host door (kernel/doors.py) the walk checks before every lookup in
+    # a directory of this file system (DrvFs); None: no door.
+    door = None
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError

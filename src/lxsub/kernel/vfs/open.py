@@ -78,6 +78,9 @@ def _lookup_or_create(inst, task, dirfd, path, flags, mode) -> tuple[Node, int |
 
 
 def check_may_create(task: "Task", parent: Node) -> None:
+    door = parent.fs.door
+    if door is not None:        # DrvFs: a socket bound there is a host file too
+        door.check(task.creds)
     if perm.needs_checks(task.creds):
         a = parent.fs.getattr(parent)
         perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)

@@ -158,6 +158,9 @@ class Walker:
     def _check_search(self, d: Node) -> None:
         if not d.is_dir():
             raise _err(errno.ENOTDIR)
+        door = d.fs.door
+        if door is not None:          # DrvFs: only for the users holding its door
+            door.check(self.creds)
         if perm.needs_checks(self.creds):
             a = d.fs.getattr(d)
             perm.check(self.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
