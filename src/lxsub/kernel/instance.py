@@ -81,6 +81,8 @@ class Instance:
         self.launches: dict[int, int] = {}
         # Processes whose exit someone waits for (a client's session leader).
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
+        # A session's leading process getting Ctrl-Z: its client suspends too.
+        self.stop_watchers: dict[Process, Callable[[int], None]] = {}
         self.current_task: Task | None = None
         self._scratch: str | None = None
         self._ending = False
@@ -304,6 +306,7 @@ class Instance:
         report = self.launches.pop(proc.host_pid, None)
         if report is not None:
             os.close(report)
+        self.stop_watchers.pop(proc, None)
         watcher = self.exit_watchers.pop(proc, None)
         if watcher is not None:
             watcher(status)
@@ -325,8 +328,27 @@ class Instance:
         return proc.pid
 
     def on_signal(self, tid: int, sig: int) -> int:
+        if self._suspends_session(tid, sig):
+            return 0
         self._translate_siginfo(tid, sig)
         return sig
+
+    def _suspends_session(self, tid: int, sig: int) -> bool:
+        """A job-control stop signal for a session lx started, which Linux
+        would discard: the session's process group has no parent in the
+        session (it is orphaned, signal(7)), so SIGTSTP, SIGTTIN and SIGTTOU
+        at their default action do nothing. The host shell's job control
+        takes it instead: the whole group stops (SIGSTOP) and its client is
+        told, which stops lx until `fg` continues both."""
+        if sig not in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            return False
+        proc = self.pids.processes_by_host.get(tid)      # the leader's main thread only
+        watcher = self.stop_watchers.get(proc) if proc is not None else None
+        if watcher is None or not _default_action(tid, sig):
+            return False
+        libc.kill_group_or_process(proc.host_pid, signal.SIGSTOP)
+        watcher(sig)
+        return True
 
     def _translate_siginfo(self, tid: int, sig: int) -> None:
         try:
@@ -450,3 +472,16 @@ class Instance:
 
     def process_of_vpid(self, vpid: int) -> Process | None:
         return self.pids.processes_by_vid.get(vpid)
+
+
+def _default_action(tid: int, sig: int) -> bool:
+    """Whether tid's process neither catches nor ignores sig (proc(5): SigIgn, SigCgt)."""
+    bit = 1 << (sig - 1)
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith(("SigIgn:", "SigCgt:")) and int(line.split()[1], 16) & bit:
+                    return False
+    except OSError:
+        return False
+    return True
