@@ -6,8 +6,9 @@ where it is reachable), as root and as an unprivileged host user."""
 from __future__ import annotations
 
 import os
-import re
+import subprocess
 import textwrap
+import time
 
 import pytest
 
@@ -58,7 +59,6 @@ def multi(debian):
 def alive(multi):
     """The instance kept running for the test (it ends with its last client
     otherwise, taking servers such as tmux with it)."""
-    import subprocess
     keeper = multi.runner.popen(["-d", multi.name, "-e", "sleep", "1020"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cp = multi.sh("true")            # the instance is up once a command ran in it
@@ -120,3 +120,76 @@ def test_socket_and_fifo_modes_follow_umask_chmod_and_chown(alive):
     cp = multi.lx(["-u", "root", "--", f"cd {d} && chown other:other sock && chown -h other link && "
                    "stat -c '%n %U %G' sock link"])
     assert cp.returncode == 0 and text(cp) == "sock other other\nlink other user\n", describe(cp)
+
+
+# -- 4. devpts as Linux's --------------------------------------------------------------------
+
+def _login(inst, user: str, pexpect):
+    argv = inst.runner.command(["-d", inst.name, "-u", user])
+    child = pexpect.spawn(argv[0], argv[1:], env={**inst.runner.env(), "TERM": "xterm"},
+                          dimensions=(24, 80), timeout=30, encoding="utf-8")
+    child.expect(r"[#$] ")
+    return child
+
+
+def test_a_users_terminal_is_theirs_and_ps_names_it(multi):
+    """The session's pty is the user's, group tty, 0620, with its real
+    device number, so ps shows pts/N (it showed ? with 0:0) and screen
+    runs, detaches and reattaches as the user."""
+    pexpect = pytest.importorskip("pexpect")
+    child = _login(multi, USER, pexpect)
+    try:
+        child.sendline("echo \"[$(tty) $(ps -o tty= -p $$) $(stat -c '%U %G %a %t:%T' $(tty))]\"")
+        child.expect(r"\[/dev/pts/(\d+) pts/(\d+) user tty 620 88:([0-9a-f]+)\]")
+        n, ps_n, minor = child.match.groups()
+        assert n == ps_n and int(minor, 16) == int(n) % 256
+        # screen (SCREENDIR: /run/screen is made by an init script at boot).
+        child.sendline("export SCREENDIR=$HOME/.screen; screen -dmS work sleep 1041 && screen -r work")
+        time.sleep(1.5)
+        child.sendcontrol("a")
+        child.send("d")
+        child.expect(r"\[detached")
+        child.expect(r"\$ ")
+        child.sendline("echo \"count=$(screen -ls | grep -c 'work.*Detached')\"; screen -S work -X quit")
+        child.expect(r"count=1")
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+
+
+def test_a_new_pty_is_the_openers_and_its_owner_and_root_may_change_it(alive):
+    """posix_openpt as a user: the slave is the user's, group tty, 0620,
+    stat and fstat agree; the owner may chmod it but not give it away;
+    root may chown it (sshd's chown of the login's pty was EROFS)."""
+    multi = alive
+    probe = textwrap.dedent("""\
+        import os, sys
+        m, s = os.openpty()
+        n = os.ttyname(s)
+        a, b = os.stat(n), os.fstat(s)
+        print(n, a.st_uid, a.st_gid, oct(a.st_mode & 0o7777), (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+        os.chmod(n, 0o600)
+        print(oct(os.stat(n).st_mode & 0o7777))
+        try:
+            os.chown(n, 1001, -1)
+        except PermissionError:
+            print("EPERM")
+        sys.stdout.flush()
+        print("hold", flush=True)
+        sys.stdin.readline()
+        """)
+    proc = multi.runner.popen(["-d", multi.name, "-u", USER, "-e", "python3", "-c", probe],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        lines = [proc.stdout.readline().decode() for _ in range(4)]
+        name, uid, gid, mode, same = lines[0].split()
+        assert (uid, gid, mode, same) == ("1000", "5", "0o620", "True"), lines
+        assert lines[1:] == ["0o600\n", "EPERM\n", "hold\n"], lines
+        cp = multi.lx(["-u", "root", "--", f"chown other {name} && chmod 620 {name} && stat -c '%U %G %a' {name}"])
+        assert cp.returncode == 0 and text(cp) == "other tty 620\n", describe(cp)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)

@@ -22,6 +22,7 @@ from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
+from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
@@ -83,6 +84,7 @@ class Instance:
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
         # A session's leading process getting Ctrl-Z: its client suspends too.
         self.stop_watchers: dict[Process, Callable[[int], None]] = {}
+        self.ptys = PtyOwners()          # the Linux owners of the ptys (devpts)
         self.current_task: Task | None = None
         self._scratch: str | None = None
         self._ending = False

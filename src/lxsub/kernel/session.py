@@ -89,6 +89,8 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
     try:
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
         env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
+        if setup.ctty is not None:       # the session's pty is its user's, as login(1) makes it
+            inst.ptys.opened(int(os.ttyname(setup.ctty).rpartition("/")[2]), account.uid)
         return inst.spawn(path, argv_b, env, creds, fs, setup)
     except BaseException:
         fs.release()
