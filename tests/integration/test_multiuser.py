@@ -193,3 +193,31 @@ def test_a_new_pty_is_the_openers_and_its_owner_and_root_may_change_it(alive):
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+# -- 6. one file, one identity -----------------------------------------------------------------
+
+SAME_FILE = textwrap.dedent("""\
+    import os, sys
+    for p in sys.argv[1:]:
+        fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(p) else 0))
+        fp = os.open(p, os.O_PATH)
+        views = [os.stat(p), os.fstat(fd), os.stat(f"/proc/self/fd/{fd}"), os.fstat(fp)]
+        keys = {(s.st_dev, s.st_ino, s.st_mode, s.st_rdev) for s in views}
+        print(p, "same" if len(keys) == 1 else f"DIFFER {sorted(keys)}")
+    """)
+
+
+def test_stat_and_fstat_of_one_file_agree_and_install_copies_dev_null(multi):
+    """stat, fstat, stat of /proc/self/fd/N and fstat of an O_PATH descriptor
+    give one (st_dev, st_ino) for each kind of file (/dev/null differed, so
+    `install -m 644 /dev/null x`, which man-db's configuration runs, failed)."""
+    paths = ["/", "/etc/passwd", "/dev", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/full",
+             "/dev/ptmx", "/dev/pts", "/proc", "/proc/self/status", "/proc/cpuinfo", "/sys",
+             "/sys/fs/cgroup", "/dev/shm", "/run", "/tmp", "/mnt/host", "/mnt/host/tmp",
+             "/usr/bin/ls"]
+    cp = multi.lx(["-u", USER, "-e", "python3", "-c", SAME_FILE, *paths])
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).splitlines() == [f"{p} same" for p in paths], describe(cp)
+    cp = as_user(multi, "d=$(mktemp -d) && install -m 644 /dev/null $d/x && stat -c '%U %a %s' $d/x")
+    assert cp.returncode == 0 and text(cp) == "user 644 0\n", describe(cp)

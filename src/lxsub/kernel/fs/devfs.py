@@ -37,9 +37,13 @@ class DevFs(PseudoFs):
     def __init__(self, inst) -> None:
         super().__init__(inst)
         root = StaticDir("/", 0o755)
+        # An open device is a host device: fstat of it must be the node
+        # stat gives (one file, one identity: install(1) compares them).
+        self._by_rdev: dict[int, Device] = {}
         for name, (major, minor) in _CHAR_DEVICES.items():
             mode = 0o620 if name == "console" else 0o666
-            root.add(Device("/" + name, st.S_IFCHR, os.makedev(major, minor), mode))
+            dev = root.add(Device("/" + name, st.S_IFCHR, os.makedev(major, minor), mode))
+            self._by_rdev.setdefault(dev.rdev, dev)
         for name, target in _LINKS.items():
             root.add(Link("/" + name, lambda _t, target=target: target))
         # LxBus (docs/LXBUS.md): any user of the instance may open it.
@@ -55,6 +59,10 @@ class DevFs(PseudoFs):
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
         if devices.is_lxbus(s):          # fstat and /proc/<pid>/fd show /dev/lxbus
             return Node(mount, fd, None, self._lxbus)
+        if st.S_ISCHR(s.st_mode) and devices.host_path_of(st.S_IFCHR, s.st_rdev) == host:
+            dev = self._by_rdev.get(s.st_rdev)
+            if dev is not None:
+                return Node(mount, fd, None, dev)
         return super().node_from_host(mount, fd, host, s)
 
 
