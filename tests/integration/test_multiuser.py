@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.fixtures.cbuild import PROGRAMS
 from tests.integration.distros import describe
 
 pytestmark = [pytest.mark.debian, pytest.mark.slow]
@@ -221,3 +222,25 @@ def test_stat_and_fstat_of_one_file_agree_and_install_copies_dev_null(multi):
     assert text(cp).splitlines() == [f"{p} same" for p in paths], describe(cp)
     cp = as_user(multi, "d=$(mktemp -d) && install -m 644 /dev/null $d/x && stat -c '%U %a %s' $d/x")
     assert cp.returncode == 0 and text(cp) == "user 644 0\n", describe(cp)
+
+
+# -- 8. virtual ids inside structures ------------------------------------------------------
+
+def test_ids_inside_structures_are_the_instances(multi):
+    """timer_create(SIGEV_THREAD_ID, gettid()) (vim's E1286 was its EINVAL),
+    F_SETOWN_EX/F_GETOWN_EX with a tid, F_GETLK and F_OFD_GETLK's holder,
+    mq_notify's sender and waitid's si_pid/si_uid: a C probe built inside
+    with the distro's gcc, run as a user."""
+    source = (PROGRAMS / "virtual_ids.c").read_bytes()
+    cp = as_user(multi, "d=$(mktemp -d) && cd $d && cat > ids.c && gcc -O2 -Wall -o ids ids.c && "
+                        "./ids $d/lockfile /lxsub-ids-$$", input=source, timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).splitlines() == [
+        "timer_create THREAD_ID ok code=SI_TIMER",
+        "timer_create other tid Invalid argument",
+        "F_GETOWN_EX tid same",
+        "F_GETLK l_pid is the holder",
+        "F_OFD_GETLK l_pid is the holder",
+        "mq_notify si_pid is the sender",
+        "waitid si_pid is the child si_uid is the child's status 7",
+    ], describe(cp)

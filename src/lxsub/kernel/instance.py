@@ -43,7 +43,7 @@ CLONE_THREAD = 0x10000
 CLONE_PARENT_SETTID = 0x100000
 CLONE_CHILD_SETTID = 0x1000000
 
-SI_USER, SI_QUEUE, SI_TKILL = 0, -1, -6
+SI_USER, SI_QUEUE, SI_MESGQ, SI_TKILL = 0, -1, -3, -6
 AT_EXECFN = 31
 
 
@@ -291,6 +291,7 @@ class Instance:
         self._drop_task(task)
         if proc.threads:
             return  # the process lives on in its other threads
+        proc.exit_ruid = task.creds.ruid
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:
@@ -366,18 +367,25 @@ class Instance:
     def translate_sender(self, info: ptrace.SigInfo) -> bool:
         """Make si_pid/si_uid of a signal sent by a process the instance's
         view of the sender; False when there is nothing to change."""
-        if not (info.si_code in (SI_USER, SI_TKILL) or info.si_signo == signal.SIGCHLD):
+        # The kernel fills in the sender for kill/tkill, a message queue's
+        # notification and SIGCHLD; sigqueue's siginfo is the sender's own
+        # (glibc writes its getpid()/getuid(), virtual already).
+        if not (info.si_code in (SI_USER, SI_TKILL, SI_MESGQ) or info.si_signo == signal.SIGCHLD):
             return False
         if info.si_pid <= 0:
             return False
         sender = self.pids.processes_by_host.get(info.si_pid)
         vpid = sender.pid if sender is not None else self.reaped_or_none(info.si_pid)
-        uid = 0
-        if sender is not None and sender.threads:
-            uid = next(iter(sender.threads.values())).creds.ruid
+        uid = self.ruid_of(sender) if sender is not None else 0
         info.si_pid = vpid or 0
         info.si_uid = uid
         return True
+
+    def ruid_of(self, proc: Process) -> int:
+        """A process's real uid, a zombie's as it was when it exited."""
+        if proc.threads:
+            return next(iter(proc.threads.values())).creds.ruid
+        return proc.exit_ruid
 
     def reaped_or_none(self, host_pid: int) -> int | None:
         proc = self.pids.zombies_by_host.get(host_pid)

@@ -65,6 +65,7 @@ class Process:
     children: set["Process"] = field(default_factory=set)
     exited: bool = False
     dumpable: int = 1
+    exit_ruid: int = 0         # its real uid when its last thread exited (waitid, SIGCHLD)
     _pidfd: int = -1
     _memfd: int = -1
 
