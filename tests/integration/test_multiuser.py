@@ -244,3 +244,46 @@ def test_ids_inside_structures_are_the_instances(multi):
         "mq_notify si_pid is the sender",
         "waitid si_pid is the child si_uid is the child's status 7",
     ], describe(cp)
+
+
+# -- 9. ping -------------------------------------------------------------------------------------
+
+PING_RANGE = "/proc/sys/net/ipv4/ping_group_range"
+
+
+@pytest.fixture
+def ping_range():
+    """Set the host's net.ipv4.ping_group_range for the test (root only),
+    then put the original back."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change the host's ping_group_range")
+    with open(PING_RANGE) as f:
+        saved = f.read().strip()
+
+    def set_range(value: str) -> None:
+        with open(PING_RANGE, "w") as f:
+            f.write(value)
+    yield set_range
+    set_range(saved)
+
+
+def test_ping_uses_icmp_datagram_sockets_where_the_host_allows_them(multi, ping_range):
+    """Linux root and a Linux user ping 127.0.0.1 through ICMP datagram
+    sockets when the host's ping_group_range holds the host user's group;
+    where it does not (and the host user has no CAP_NET_RAW), ping fails
+    with EPERM, as docs/ARCHITECTURE.md says."""
+    gid = multi.user.gid
+    ping_range(f"{gid} {gid}")
+    for user in ("root", USER):
+        cp = multi.lx(["-u", user, "--", "ping -n -c1 -W2 127.0.0.1"])
+        assert cp.returncode == 0 and b"1 received" in cp.stdout, describe(cp)
+    probe = ("python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM, "
+             "socket.IPPROTO_ICMP); print(\"icmp datagram socket\")'")
+    cp = as_user(multi, probe)
+    assert cp.returncode == 0 and text(cp) == "icmp datagram socket\n", describe(cp)
+    ping_range("1 0")
+    cp = as_user(multi, probe)
+    assert cp.returncode != 0 and b"Permission denied" in cp.stderr, describe(cp)
+    if multi.user.uid != 0:       # the host root still has raw sockets
+        cp = as_user(multi, "ping -n -c1 -W2 127.0.0.1")
+        assert cp.returncode != 0 and b"Operation not permitted" in cp.stderr, describe(cp)
