@@ -222,3 +222,20 @@ def test_debian_install_runs_apt_and_dpkg(lx_self: LxRunner) -> None:
     assert int(out[2]) >= 90
     assert out[3:5] == ["root shadow 640", "bob bob 755"]
     assert out[5] == "audit-clean"
+
+
+def test_install_says_where_it_is_and_names_an_unreachable_mirror(lx: LxRunner) -> None:
+    """Not on a terminal (`lx --install ... 2>&1 | cat`), each step is a
+    plain line on stderr; a mirror that does not answer is named as such
+    (it was "the package lists name no required packages")."""
+    cp = lx.run(["--install", "busybox", "--name", "steps"], timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    err = cp.stderr.decode().splitlines()
+    assert "Fetching busybox-static..." in err and "Fetching busybox-static: done" in err, describe(cp)
+    assert any(line.startswith("Installed 'steps'") for line in err), describe(cp)
+    cp = lx.run(["--install", "debian", "--name", "nomirror"], timeout=300,
+                env={"LX_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"})
+    assert cp.returncode == 69, describe(cp)
+    last = cp.stderr.decode().splitlines()[-1]
+    assert last.startswith("lx: the Debian mirror http://127.0.0.1:9/debian is unreachable"), describe(cp)
+    assert "LX_DEBIAN_MIRROR" in last, describe(cp)
