@@ -271,7 +271,7 @@ def test_ping_uses_icmp_datagram_sockets_where_the_host_allows_them(multi, ping_
     """Linux root and a Linux user ping 127.0.0.1 through ICMP datagram
     sockets when the host's ping_group_range holds the host user's group;
     where it does not (and the host user has no CAP_NET_RAW), ping fails
-    with EPERM, as docs/ARCHITECTURE.md says."""
+    with EPERM, as the README says (known limits)."""
     gid = multi.user.gid
     ping_range(f"{gid} {gid}")
     for user in ("root", USER):
