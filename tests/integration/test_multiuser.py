@@ -287,3 +287,40 @@ def test_ping_uses_icmp_datagram_sockets_where_the_host_allows_them(multi, ping_
     if multi.user.uid != 0:       # the host root still has raw sockets
         cp = as_user(multi, "ping -n -c1 -W2 127.0.0.1")
         assert cp.returncode != 0 and b"Operation not permitted" in cp.stderr, describe(cp)
+
+
+# -- 7. every mount its own st_dev -------------------------------------------------------------
+
+MOUNT_IDS = textwrap.dedent("""\
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    mounts = {}
+    for line in open("/proc/self/mountinfo"):
+        f = line.split()
+        mounts[f[4]] = (int(f[0]), f[2])
+    for path in sys.argv[1:]:
+        buf = ctypes.create_string_buffer(256)
+        assert libc.statx(-100, path.encode(), 0, 0x1000 | 0x7FF, buf) == 0, path
+        mnt_id = int.from_bytes(buf.raw[144:152], "little")
+        dev = f"{int.from_bytes(buf.raw[136:140], 'little')}:{int.from_bytes(buf.raw[140:144], 'little')}"
+        s = os.stat(path)
+        agree = mounts[path] == (mnt_id, dev) and s.st_dev == os.makedev(*map(int, dev.split(":")))
+        print(path, "agree" if agree else f"DIFFER {mounts[path]} {(mnt_id, dev)} {s.st_dev}")
+    devs = [os.stat(p).st_dev for p in sys.argv[1:]]
+    print("distinct" if len(set(devs)) == len(devs) else f"SHARED {devs}")
+    """)
+
+
+def test_every_mount_has_its_own_dev_and_find_xdev_stays_inside(multi):
+    """st_dev, /proc/self/mountinfo and statx's stx_mnt_id agree for each
+    mount, no two mounts share a device (the rootfs and /mnt/host did: both
+    are the host's /), so `find / -xdev` lists /mnt/host but not below it."""
+    mounts = ["/", "/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup", "/dev/shm", "/run",
+              "/mnt/host"]
+    cp = multi.lx(["-u", USER, "-e", "python3", "-c", MOUNT_IDS, *mounts])
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).splitlines() == [f"{m} agree" for m in mounts] + ["distinct"], describe(cp)
+    cp = multi.sh("find / -xdev -path '/mnt/host*' -print; find / -xdev -path '/proc/*' -print | head -1; "
+                  "find /mnt/host/etc -maxdepth 0 -xdev", timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp) == "/mnt/host\n/mnt/host/etc\n", describe(cp)

@@ -133,6 +133,13 @@ class DrvFsOptions:
         return ",".join(parts)
 
 
+# Device numbers DrvFs gives the host file systems it shows: anonymous ones
+# (major 0, as Linux gives 9p, fuse, WSL's drvfs), from a range no pseudo
+# file system of the instance uses, one per (mount, host file system).
+_DEV_MINOR_BASE = 1 << 18
+_devs_given: dict[tuple[int, int], int] = {}
+
+
 class DrvFs(HostTree):
     fstype = "drvfs"
 
@@ -215,6 +222,16 @@ class DrvFs(HostTree):
             return m
         return None
 
+    def linux_dev(self, host_dev: int) -> int:
+        """Every mount has its own st_dev (stat(2)): the host tree under
+        /mnt/host must not share the distro's, or `find / -xdev` walks the
+        host (the rootfs and the host's / are often one host file system)."""
+        key = (id(self), host_dev)
+        dev = _devs_given.get(key)
+        if dev is None:
+            dev = _devs_given[key] = os.makedev(0, _DEV_MINOR_BASE + len(_devs_given))
+        return dev
+
     def getattr(self, node: Node) -> LinuxStat:
         s = self.fresh_stat(node)
         m = self._meta(node, s)
@@ -222,9 +239,11 @@ class DrvFs(HostTree):
             out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
             if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
                 out.size = 0
-            return out
-        uid, gid = self._owner(s)
-        return LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
+        else:
+            uid, gid = self._owner(s)
+            out = LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
+        out.dev = self.linux_dev(s.st_dev)
+        return out
 
     def statfs(self, node: Node) -> bytes:
         return host_statfs(node.fd)
