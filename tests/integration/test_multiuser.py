@@ -324,3 +324,39 @@ def test_every_mount_has_its_own_dev_and_find_xdev_stays_inside(multi):
                   "find /mnt/host/etc -maxdepth 0 -xdev", timeout=300)
     assert cp.returncode == 0, describe(cp)
     assert text(cp) == "/mnt/host\n/mnt/host/etc\n", describe(cp)
+
+
+def test_find_goes_on_when_host_directories_vanish_under_it(multi):
+    """A host tree changing under `find /mnt/host/...`: the directories that
+    vanish are reported (ENOENT, as natively) and find walks on to the end."""
+    import shutil
+    import tempfile
+    import threading
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp(prefix="lxsub-vanish-"))
+    os.chmod(top, 0o755)               # the unprivileged host user walks it too
+    tree = top / "vanishing"
+    for i in range(200):
+        (tree / f"d{i}" / "a" / "b").mkdir(parents=True)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for i in range(200):
+                shutil.rmtree(tree / f"d{i}", ignore_errors=True)
+                (tree / f"d{i}" / "a" / "b").mkdir(parents=True, exist_ok=True)
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        cp = multi.sh(f"for k in 1 2 3; do find /mnt/host{tree} > /dev/null; echo rc=$?; done; "
+                      f"find /mnt/host{tree} -maxdepth 0", timeout=300)
+    finally:
+        stop.set()
+        worker.join()
+        shutil.rmtree(top, ignore_errors=True)
+    assert cp.returncode == 0, describe(cp)
+    out = text(cp).splitlines()
+    assert out[-1] == f"/mnt/host{tree}" and len(out) == 4, describe(cp)
+    assert all(line in ("rc=0", "rc=1") for line in out[:3]), describe(cp)
+    for line in cp.stderr.decode().splitlines():
+        assert line.startswith("find: ") and line.endswith("No such file or directory"), describe(cp)
