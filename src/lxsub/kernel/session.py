@@ -90,11 +90,18 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
         _check_runnable(inst, creds, fs, path, argv_b, inst.name)
         env = login_environment(account, inst.uts.hostname, launch.host_env, inst)
         if setup.ctty is not None:       # the session's pty is its user's, as login(1) makes it
-            inst.ptys.opened(int(os.ttyname(setup.ctty).rpartition("/")[2]), account.uid)
+            _give_pty(inst, setup.ctty, account.uid)
         return inst.spawn(path, argv_b, env, creds, fs, setup)
     except BaseException:
         fs.release()
         raise
+
+
+def _give_pty(inst: Instance, slave: int, uid: int) -> None:
+    try:
+        inst.ptys.opened(int(os.ttyname(slave).rpartition("/")[2]), uid)
+    except (OSError, ValueError):
+        pass      # not a /dev/pts terminal: it shows with its host owner
 
 
 # -- users ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import stat as st
 import struct
 
 from lxsub.kernel.fs import devices
-from lxsub.kernel.fs.hostfs import HostFs, fd_path
+from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Device, Link, PseudoFs, StaticDir
@@ -96,6 +96,7 @@ class PtyOwners:
 
     def set(self, s: os.stat_result, meta: LxMeta) -> None:
         if len(self._by_ino) > 4096:      # ptys of the past: drop those that are gone
+            # (devpts numbers its inodes pty index + 3)
             self._by_ino = {k: v for k, v in self._by_ino.items() if os.path.exists(f"/dev/pts/{k - 3}")}
         self._by_ino[s.st_ino] = (s.st_ctime_ns, meta)
 
