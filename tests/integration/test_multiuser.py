@@ -274,6 +274,9 @@ def test_ping_uses_icmp_datagram_sockets_where_the_host_allows_them(multi, ping_
     with EPERM, as the README says (known limits)."""
     gid = multi.user.gid
     ping_range(f"{gid} {gid}")
+    view = "cat /proc/sys/net/ipv4/ping_group_range"     # in the instance's groups
+    cp = multi.sh(view)
+    assert cp.returncode == 0 and text(cp) == "0\t2147483647\n", describe(cp)
     for user in ("root", USER):
         cp = multi.lx(["-u", user, "--", "ping -n -c1 -W2 127.0.0.1"])
         assert cp.returncode == 0 and b"1 received" in cp.stdout, describe(cp)
@@ -282,6 +285,8 @@ def test_ping_uses_icmp_datagram_sockets_where_the_host_allows_them(multi, ping_
     cp = as_user(multi, probe)
     assert cp.returncode == 0 and text(cp) == "icmp datagram socket\n", describe(cp)
     ping_range("1 0")
+    cp = multi.sh(view)
+    assert cp.returncode == 0 and text(cp) == "1\t0\n", describe(cp)
     cp = as_user(multi, probe)
     assert cp.returncode != 0 and b"Permission denied" in cp.stderr, describe(cp)
     if multi.user.uid != 0:       # the host root still has raw sockets
