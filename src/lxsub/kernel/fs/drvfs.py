@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -133,10 +134,8 @@ class DrvFsOptions:
         return ",".join(parts)
 
 
-# Device numbers DrvFs gives the host file systems it shows: anonymous ones
-# (major 0, as Linux gives 9p, fuse, WSL's drvfs), from a range no pseudo
-# file system of the instance uses, one per (mount, host file system).
-_DEV_MINOR_BASE = 1 << 18
+# Device numbers DrvFs gives the host file systems it shows, one per
+# (mount, host file system): anonymous ones (vfs/mount.py anon_dev).
 _devs_given: dict[tuple[int, int], int] = {}
 
 
@@ -229,7 +228,7 @@ class DrvFs(HostTree):
         key = (id(self), host_dev)
         dev = _devs_given.get(key)
         if dev is None:
-            dev = _devs_given[key] = os.makedev(0, _DEV_MINOR_BASE + len(_devs_given))
+            dev = _devs_given[key] = anon_dev()
         return dev
 
     def getattr(self, node: Node) -> LinuxStat:

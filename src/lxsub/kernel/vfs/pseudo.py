@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -195,7 +196,7 @@ class PseudoFs(FileSystem):
 
     def __init__(self, inst: "Instance") -> None:
         self.inst = inst
-        self.dev = os.makedev(0, 20 + len(inst.mounts.mounts))   # one device per pseudo fs
+        self.dev = anon_dev()          # one device per pseudo file system
         self.born = time.time_ns()
         self._scratch: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memfds: collections.OrderedDict[tuple[int, int], Entry] = collections.OrderedDict()
