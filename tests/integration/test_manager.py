@@ -131,6 +131,9 @@ def test_terminate_ends_the_instance_now(lx, busybox_tar):
         cp = lx.run(["--terminate", "bb"])
         assert cp.returncode == 0, describe(cp)
         assert session.wait(timeout=20) == 128 + signal.SIGKILL
+        # The attached client says what happened, in one line.
+        assert session.stderr.read().decode() == (
+            "lx: lx --terminate ended the instance; the command was killed\n")
     finally:
         session.kill()
         session.wait()
@@ -341,6 +344,73 @@ def test_interactive_shell_on_a_pty(lx, busybox_tar):
     finally:
         child.close(force=True)
     assert child.exitstatus == 9, (child.exitstatus, child.signalstatus)
+
+
+def _host_shell(lx: LxRunner, pexpect, command: str = ""):
+    """bash on a pty of its own (job control on), with LX set to the runner's lx."""
+    import shlex
+    env = {**lx.env(), "LX": shlex.join(lx.command([])), "PS1": "host$ "}
+    args = ["--norc", "--noprofile", "-i"] if not command else ["--norc", "--noprofile", "-c", command]
+    return pexpect.spawn("/bin/bash", args, env=env, dimensions=(24, 80), timeout=30,
+                         encoding="utf-8")
+
+
+def test_lx_in_a_host_pipeline_leaves_the_terminal_alone(lx, busybox_tar):
+    """`lx -- seq 3 | cat` from a terminal: stdout is a pipe, so as ssh
+    without -t lx gives no pty and keeps its terminal's mode; cat's lines
+    reach the terminal flush left (a raw terminal drew a staircase)."""
+    pexpect = pytest.importorskip("pexpect")
+    _import_bb(lx, busybox_tar)
+    child = _host_shell(lx, pexpect, '$LX -d bb -- "seq 3" | cat; echo "done=$?"')
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.before == "1\r\n2\r\n3\r\ndone=0\r\n", repr(child.before)
+
+
+def test_ctrl_z_suspends_lx_with_its_command(lx, busybox_tar):
+    """Ctrl-Z stops the command inside and lx with it (the host shell gets
+    its prompt back); fg continues both; Ctrl-C then ends the command."""
+    pexpect = pytest.importorskip("pexpect")
+    _import_bb(lx, busybox_tar)
+    child = _host_shell(lx, pexpect)
+    try:
+        child.expect(r"host\$ ")
+        child.sendline("$LX -d bb -e sleep 1011")
+        sleeper = wait_for(lambda: _sleepers(lx, "1011"), what="the sleep")[0]
+        child.sendcontrol("z")
+        child.expect(r"Stopped")
+        child.expect(r"host\$ ")
+        assert _state(sleeper) in "tT"           # stopped (t: seen by its tracer)
+        child.sendline("fg; echo status=$?")    # a stopped job's list is abandoned: ask fg
+        wait_for(lambda: _state(sleeper) == "S", what="fg to continue the sleep")
+        time.sleep(0.3)
+        child.sendcontrol("c")
+        child.expect(r"status=130")
+        child.expect(r"host\$ ")
+        child.sendline("$LX -d bb -e sleep 1012 < /dev/null | cat")
+        sleeper = wait_for(lambda: _sleepers(lx, "1012"), what="the sleep without a pty")[0]
+        time.sleep(0.3)
+        child.sendcontrol("z")                   # SIGTSTP to lx, forwarded
+        child.expect(r"Stopped")
+        assert _state(sleeper) in "tT"           # stopped (t: seen by its tracer)
+        child.sendline("fg")
+        wait_for(lambda: _state(sleeper) == "S", what="fg to continue the sleep")
+        time.sleep(0.3)
+        child.sendcontrol("c")                   # cat dies of it too: bash drops the line
+        child.expect(r"host\$ ")
+        wait_for(lambda: not _sleepers(lx, "1012"), what="Ctrl-C to end the sleep")
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    wait_for(lambda: not _sleepers(lx, "1011") and not _sleepers(lx, "1012"), what="the sleeps to end")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
 
 
 # -- /etc/lx.conf --------------------------------------------------------------------------------

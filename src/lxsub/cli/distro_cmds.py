@@ -55,7 +55,7 @@ def install(registry: Registry, kind: str, *, name: str | None = None,
     from lxsub.distro.installer import install as do_install
 
     do_install(registry, kind, name=name, location=location, user=user,
-               progress=Progress.for_terminal(verbose=False))
+               progress=Progress.for_terminal(verbose=True))
     return 0
 
 

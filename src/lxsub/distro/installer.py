@@ -230,12 +230,16 @@ class PrivateApt:
         cp = _run(["apt-get", *self.options(), "-q", "update"],
                   f"fetching the package lists of Debian {self.suite} from {self.mirror}",
                   timeout=900, check=False)
-        if cp.returncode != 0 or b"\nW: Failed" in cp.stderr or b"\nE:" in cp.stderr:
+        # apt-get update exits 0 when a mirror cannot be reached: its "Err:"
+        # lines (stdout) and "W: Failed to fetch" (stderr, maybe the first line) say so.
+        failed = re.search(rb"(^|\n)(Err:|W: Failed|E: )", cp.stdout + b"\n" + cp.stderr)
+        if cp.returncode != 0 or failed:
             if any((self.dir / "lists").glob("*Packages*")):
                 return  # offline, but earlier lists are cached: use them
             raise LxError(
-                f"cannot fetch the Debian {self.suite} package lists from {self.mirror}: "
-                f"{_last_line(cp.stderr)}; check the network or set LX_DEBIAN_MIRROR",
+                f"the Debian mirror {self.mirror} is unreachable (cannot fetch the {self.suite} "
+                f"package lists: {_last_line(cp.stderr) or _last_line(cp.stdout)}); check the "
+                "network or set LX_DEBIAN_MIRROR to a mirror that answers",
                 EXIT_UNAVAILABLE,
             )
 

@@ -6,9 +6,9 @@
         task.advance()
         progress.note("Configuring packages inside the distro")
 
-When stderr is not a terminal (scripts, CI logs) nothing is drawn: `note`
-prints its line plainly only if `verbose` is set, so scripted runs stay
-quiet. rich is imported only when a bar is actually drawn; a Python without
+When stderr is not a terminal (scripts, CI logs) nothing is drawn: with
+`verbose` set, each step and note is one plain line (`lx --install ... 2>&1
+| cat` shows where it is), else scripted runs stay quiet. rich is imported only when a bar is actually drawn; a Python without
 it gets the quiet behaviour rather than an error.
 """
 
@@ -90,7 +90,8 @@ class Progress:
         pass
 
     def task(self, description: str, total: float | None = None, unit: str = "") -> Task:
-        return Task(self, None)
+        self.note(f"{description}...")
+        return Task(self, description)
 
     def note(self, message: str) -> None:
         if self.verbose:
@@ -104,7 +105,8 @@ class Progress:
         pass
 
     def _done(self, handle: Any) -> None:
-        pass
+        if handle is not None:
+            self.note(f"{handle}: done")
 
 
 class _RichProgress(Progress):

@@ -22,6 +22,7 @@ from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
+from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
@@ -42,7 +43,7 @@ CLONE_THREAD = 0x10000
 CLONE_PARENT_SETTID = 0x100000
 CLONE_CHILD_SETTID = 0x1000000
 
-SI_USER, SI_QUEUE, SI_TKILL = 0, -1, -6
+SI_USER, SI_QUEUE, SI_MESGQ, SI_TKILL = 0, -1, -3, -6
 AT_NULL, AT_SECURE, AT_EXECFN = 0, 23, 31
 
 
@@ -89,6 +90,9 @@ class Instance:
         self.launches: dict[int, int] = {}
         # Processes whose exit someone waits for (a client's session leader).
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
+        # A session's leading process getting Ctrl-Z: its client suspends too.
+        self.stop_watchers: dict[Process, Callable[[int], None]] = {}
+        self.ptys = PtyOwners()          # the Linux owners of the ptys (devpts)
         self.current_task: Task | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
@@ -340,6 +344,7 @@ class Instance:
         self._drop_task(task)
         if proc.threads:
             return  # the process lives on in its other threads
+        proc.exit_ruid = task.creds.ruid
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:
@@ -357,6 +362,7 @@ class Instance:
         report = self.launches.pop(proc.host_pid, None)
         if report is not None:
             os.close(report)
+        self.stop_watchers.pop(proc, None)
         watcher = self.exit_watchers.pop(proc, None)
         if watcher is not None:
             watcher(status)
@@ -378,8 +384,27 @@ class Instance:
         return proc.pid
 
     def on_signal(self, tid: int, sig: int) -> int:
+        if self._suspends_session(tid, sig):
+            return 0
         self._translate_siginfo(tid, sig)
         return sig
+
+    def _suspends_session(self, tid: int, sig: int) -> bool:
+        """A job-control stop signal for a session lx started, which Linux
+        would discard: the session's process group has no parent in the
+        session (it is orphaned, signal(7)), so SIGTSTP, SIGTTIN and SIGTTOU
+        at their default action do nothing. The host shell's job control
+        takes it instead: the whole group stops (SIGSTOP) and its client is
+        told, which stops lx until `fg` continues both."""
+        if sig not in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            return False
+        proc = self.pids.processes_by_host.get(tid)      # the leader's main thread only
+        watcher = self.stop_watchers.get(proc) if proc is not None else None
+        if watcher is None or not _default_action(tid, sig):
+            return False
+        libc.kill_group_or_process(proc.host_pid, signal.SIGSTOP)
+        watcher(sig)
+        return True
 
     def _translate_siginfo(self, tid: int, sig: int) -> None:
         try:
@@ -395,18 +420,25 @@ class Instance:
     def translate_sender(self, info: ptrace.SigInfo) -> bool:
         """Make si_pid/si_uid of a signal sent by a process the instance's
         view of the sender; False when there is nothing to change."""
-        if not (info.si_code in (SI_USER, SI_TKILL) or info.si_signo == signal.SIGCHLD):
+        # The kernel fills in the sender for kill/tkill, a message queue's
+        # notification and SIGCHLD; sigqueue's siginfo is the sender's own
+        # (glibc writes its getpid()/getuid(), virtual already).
+        if not (info.si_code in (SI_USER, SI_TKILL, SI_MESGQ) or info.si_signo == signal.SIGCHLD):
             return False
         if info.si_pid <= 0:
             return False
         sender = self.pids.processes_by_host.get(info.si_pid)
         vpid = sender.pid if sender is not None else self.reaped_or_none(info.si_pid)
-        uid = 0
-        if sender is not None and sender.threads:
-            uid = next(iter(sender.threads.values())).creds.ruid
+        uid = self.ruid_of(sender) if sender is not None else 0
         info.si_pid = vpid or 0
         info.si_uid = uid
         return True
+
+    def ruid_of(self, proc: Process) -> int:
+        """A process's real uid, a zombie's as it was when it exited."""
+        if proc.threads:
+            return next(iter(proc.threads.values())).creds.ruid
+        return proc.exit_ruid
 
     def reaped_or_none(self, host_pid: int) -> int | None:
         proc = self.pids.zombies_by_host.get(host_pid)
@@ -505,3 +537,16 @@ class Instance:
 
     def process_of_vpid(self, vpid: int) -> Process | None:
         return self.pids.processes_by_vid.get(vpid)
+
+
+def _default_action(tid: int, sig: int) -> bool:
+    """Whether tid's process neither catches nor ignores sig (proc(5): SigIgn, SigCgt)."""
+    bit = 1 << (sig - 1)
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith(("SigIgn:", "SigCgt:")) and int(line.split()[1], 16) & bit:
+                    return False
+    except OSError:
+        return False
+    return True

@@ -101,10 +101,19 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
             limits.check(argv_b, env)
         except OSError as e:
             raise LxError(f"argument list too long: {e.strerror} (E2BIG)", EXIT_CANNOT_EXEC) from None
+        if setup.ctty is not None:       # the session's pty is its user's, as login(1) makes it
+            _give_pty(inst, setup.ctty, account.uid)
         return inst.spawn(path, argv_b, env, creds, fs, setup)
     except BaseException:
         fs.release()
         raise
+
+
+def _give_pty(inst: Instance, slave: int, uid: int) -> None:
+    try:
+        inst.ptys.opened(int(os.ttyname(slave).rpartition("/")[2]), uid)
+    except (OSError, ValueError):
+        pass      # not a /dev/pts terminal: it shows with its host owner
 
 
 # -- users ----------------------------------------------------------------------

@@ -187,12 +187,12 @@ class Manager:
         ref = self.instances.get(message["distro"])
         if ref is None:
             return {"ok": True, "ended": False}
-        self._end_instance(ref)
+        self._end_instance(ref, "terminate")
         return {"ok": True, "ended": True}
 
     def _op_shutdown(self, _conn, _message: dict, _fds) -> dict:
         for ref in list(self.instances.values()):
-            self._end_instance(ref)
+            self._end_instance(ref, "shutdown")
         self.stopping = True
         return {"ok": True}
 
@@ -289,8 +289,8 @@ class Manager:
                                                       f"(see {log})"}}
         return reply
 
-    def _end_instance(self, ref: InstanceRef) -> None:
-        self._ask(ref, {"op": "end"})
+    def _end_instance(self, ref: InstanceRef, reason: str) -> None:
+        self._ask(ref, {"op": "end", "reason": reason})
         self._wait_gone(ref)
 
     def _wait_gone(self, ref: InstanceRef) -> None:

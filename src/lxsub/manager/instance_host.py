@@ -42,6 +42,7 @@ class Session:
     def __init__(self, conn: socket.socket, proc) -> None:
         self.conn = conn
         self.proc = proc
+        self.stopped = False      # told the client its command stopped; until it continues it
 
 
 class InstanceHost:
@@ -125,8 +126,9 @@ class InstanceHost:
             "state": "Ending" if self.inst.ending else "Running",
         }
 
-    def _op_end(self, _message: dict, _fds: list[int]) -> dict:
-        self.end("the manager asked (lx --terminate or --shutdown)")
+    def _op_end(self, message: dict, _fds: list[int]) -> dict:
+        reason = message.get("reason") or "terminate"
+        self.end(reason, f"the manager asked (lx --{reason})")
         return {"ok": True}
 
     def _op_session(self, message: dict, fds: list[int]) -> dict:
@@ -191,6 +193,7 @@ class InstanceHost:
         self.sessions[conn.fileno()] = session
         self._idle_since = None
         self.inst.exit_watchers[proc] = lambda status: self._session_exited(session, status)
+        self.inst.stop_watchers[proc] = lambda sig: self._session_stopped(session, sig)
         self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_client(session))
 
     def _on_client(self, session: Session) -> None:
@@ -204,12 +207,22 @@ class InstanceHost:
             # its command as a terminal would, and forget the session.
             self.inst.signal_group(session.proc, signal.SIGHUP)
             self.inst.exit_watchers.pop(session.proc, None)
+            self.inst.stop_watchers.pop(session.proc, None)
             self._close_session(session)
             return
         if message.get("op") == "signal" and isinstance(message.get("signal"), int):
             sig = message["signal"]
-            if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            if sig in protocol.CLIENT_SIGNALS:
+                if sig == signal.SIGCONT:
+                    session.stopped = False
                 self.inst.signal_group(session.proc, sig)
+
+    def _session_stopped(self, session: Session, sig: int) -> None:
+        """The leading process entered a group-stop: the client stops too
+        (once: a stopped process reports each signal it gets)."""
+        if not session.stopped:
+            session.stopped = True
+            self._reply(session.conn, {"ok": True, "event": "stopped", "signal": sig})
 
     def _session_exited(self, session: Session, status: int) -> None:
         self._reply(session.conn, {"ok": True, "event": "exit", "status": sessions.exit_code(status)})
@@ -228,7 +241,7 @@ class InstanceHost:
     def _end_if_idle(self) -> None:
         idle = self._idle_since
         if idle is not None and time.monotonic() - idle >= self.idle_timeout - 0.01:
-            self.end(f"idle: no client for {self.idle_timeout:g} s ([instance] idle_timeout)")
+            self.end("idle", f"idle: no client for {self.idle_timeout:g} s ([instance] idle_timeout)")
 
     # -- life -------------------------------------------------------------------------
 
@@ -246,10 +259,18 @@ class InstanceHost:
         finally:
             os.close(null)
 
-    def end(self, cause: str) -> None:
-        if not self.inst.ending:
-            log_line(f"instance {self.inst.name} ({os.getpid()}) ending: {cause}")
-            self.inst.end()
+    def end(self, reason: str, cause: str | None = None) -> None:
+        """End the instance; attached clients hear why (reason: terminate,
+        shutdown, signal, idle) and manager.log says so (cause, in words)."""
+        if self.inst.ending:
+            return
+        log_line(f"instance {self.inst.name} ({os.getpid()}) ending: {cause or reason}")
+        for session in list(self.sessions.values()):
+            self._reply(session.conn, {"ok": True, "event": "ended", "reason": reason})
+            self.inst.exit_watchers.pop(session.proc, None)
+            self.inst.stop_watchers.pop(session.proc, None)
+            self._close_session(session)
+        self.inst.end()
 
     def serve(self) -> None:
         if not self.sessions:
@@ -294,7 +315,7 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
         print(f"instance {name}: {e.message}", file=sys.stderr)
         return 1
     host = InstanceHost(inst, listener, idle_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: host.end("SIGTERM"))
+    signal.signal(signal.SIGTERM, lambda *_: host.end("signal", "SIGTERM"))
     try:
         interop.install_lxpath(inst)       # /usr/local/bin/lxpath when interop is on
     except OSError as e:

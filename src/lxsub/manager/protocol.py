@@ -17,6 +17,7 @@ import array
 import fcntl
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -112,6 +113,9 @@ def wire_bytes(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+# What a client may forward to its command's process group (SIGCONT: lx continued after a stop).
+CLIENT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
+                  signal.SIGCONT)
 TTY_FIELDS = "{stdin: bool, stdout: bool, stderr: bool, rows: int, cols: int}"
 LAUNCH_FIELDS = {
     "distro": "str?", "argv": "[arg]", "mode": "exec|shell|login", "user": "str?",
@@ -132,10 +136,14 @@ SCHEMA: list[Message] = [
             LAUNCH_FIELDS, fds="the client's stdin, stdout, stderr",
             reply="{ok, event: 'started', pid, pty: bool, warnings: [str]} with the pty master as "
                   "descriptor when pty (warnings: what /etc/lx.conf got wrong, to the client that "
-                  "started the instance); later {ok, event: 'exit', status} (status as lx exits: 128+N for signal N)"),
+                  "started the instance); later {ok, event: 'exit', status} (status as lx exits: "
+                  "128+N for signal N), {ok, event: 'stopped', signal} when the command's leading "
+                  "process stops (the client stops too, then sends SIGCONT), or {ok, event: 'ended', "
+                  "reason: terminate|shutdown|signal} when the instance is ended under it"),
     Message("signal", "client -> instance", "Deliver a signal the client got to its command's "
-            "process group (SIGINT, SIGTERM, SIGHUP, SIGQUIT). The client resizes a pty "
-            "itself, on the master it holds.", {"signal": "int"}, reply="none"),
+            "process group (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP; SIGCONT once it was "
+            "continued after a stop). The client resizes a pty itself, on the master it holds.",
+            {"signal": "int"}, reply="none"),
     Message("terminate", "client -> manager", "End a distro's instance now (every process killed).",
             {"distro": "str"}, reply="{ok, ended: bool}"),
     Message("shutdown", "client -> manager", "End every instance, then the manager.",
@@ -145,7 +153,8 @@ SCHEMA: list[Message] = [
             fds="the client's connection, stdin, stdout, stderr", reply="{ok} or an error"),
     Message("info", "manager -> instance", "The instance's state for status and reattaching.",
             reply="{ok, distro, pid, clients, processes, started, state}"),
-    Message("end", "manager -> instance", "End the instance now.", reply="{ok}"),
+    Message("end", "manager -> instance", "End the instance now; its clients are told the reason.",
+            {"reason": "terminate|shutdown?"}, reply="{ok}"),
 ]
 
 OPS = {m.op: m for m in SCHEMA}

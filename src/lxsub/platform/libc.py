@@ -125,3 +125,24 @@ def kill_group_or_process(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except OSError:
             pass
+
+
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+STATX_BTIME = 0x800
+_STATX_SIZE = 256
+_STX_BTIME_OFFSET = 80     # struct statx: stx_btime (tv_sec s64, tv_nsec u32)
+
+
+def birth_time_ns(dir_fd: int, name: bytes = b"") -> int:
+    """statx(2) stx_btime of name in dir_fd (of dir_fd itself, O_PATH ones
+    too, when name is empty); 0 where the host file system keeps none."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    flags = AT_SYMLINK_NOFOLLOW | (0 if name else AT_EMPTY_PATH)
+    _check(_libc.statx(dir_fd, name, flags, STATX_BTIME, buf))
+    mask = int.from_bytes(buf.raw[0:4], "little")
+    if not mask & STATX_BTIME:
+        return 0
+    sec = int.from_bytes(buf.raw[_STX_BTIME_OFFSET:_STX_BTIME_OFFSET + 8], "little", signed=True)
+    nsec = int.from_bytes(buf.raw[_STX_BTIME_OFFSET + 8:_STX_BTIME_OFFSET + 12], "little")
+    return sec * 1_000_000_000 + nsec

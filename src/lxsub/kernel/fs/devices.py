@@ -22,6 +22,7 @@ _CHAR = {
     (5, 2): "/dev/ptmx",
 }
 PTS_MAJORS = range(136, 144)
+PTMX_RDEV = os.makedev(5, 2)
 
 # /dev/lxbus (docs/LXBUS.md): a misc device (major 10) with no host device
 # behind it. It opens as a read-only reopen of one sealed, empty memfd of

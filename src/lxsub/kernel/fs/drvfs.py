@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -142,6 +143,11 @@ class DrvFsOptions:
         if self.gid is not None:
             parts.append(f"gid={self.gid}")
         return ",".join(parts)
+
+
+# Device numbers DrvFs gives the host file systems it shows, one per
+# (mount, host file system): anonymous ones (vfs/mount.py anon_dev).
+_devs_given: dict[tuple[int, int], int] = {}
 
 
 class DrvFs(HostTree):
@@ -286,6 +292,16 @@ class DrvFs(HostTree):
             return m
         return None
 
+    def linux_dev(self, host_dev: int) -> int:
+        """Every mount has its own st_dev (stat(2)): the host tree under
+        /mnt/host must not share the distro's, or `find / -xdev` walks the
+        host (the rootfs and the host's / are often one host file system)."""
+        key = (id(self), host_dev)
+        dev = _devs_given.get(key)
+        if dev is None:
+            dev = _devs_given[key] = anon_dev()
+        return dev
+
     def getattr(self, node: Node) -> LinuxStat:
         if self.storage.is_blank(node.host_st):
             # An empty directory nobody may enter: d--------- root root.
@@ -299,9 +315,11 @@ class DrvFs(HostTree):
             out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
             if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
                 out.size = 0
-            return out
-        uid, gid = self._owner(s)
-        return LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
+        else:
+            uid, gid = self._owner(s)
+            out = LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
+        out.dev = self.linux_dev(s.st_dev)
+        return out
 
     def statfs(self, node: Node) -> bytes:
         return host_statfs(node.fd)

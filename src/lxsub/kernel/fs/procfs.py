@@ -164,7 +164,7 @@ class ProcFs(PseudoFs):
         sys_.add(HostDir("/sys/fs", "/proc/sys/fs", keep=lambda n: n in _SYS_FS))
         for sub in ("vm", "net"):
             if os.path.isdir("/proc/sys/" + sub):
-                sys_.add(HostDir("/sys/" + sub, "/proc/sys/" + sub))
+                sys_.add(HostDir("/sys/" + sub, "/proc/sys/" + sub, views=_SYSCTL_VIEWS))
         return sys_
 
     def process_dir(self, proc: "Process", thread: "Task | None" = None,
@@ -294,6 +294,20 @@ def _mount_root(m: "Mount") -> str:
     if host.startswith(host_root.rstrip("/") + "/"):
         return "/" + host[len(host_root):].lstrip("/")
     return "/"
+
+
+def _ping_group_range(host: bytes) -> bytes:
+    """net.ipv4.ping_group_range in the instance's groups: the host's range
+    is in host gids, and every pico process has the host user's, so either
+    every Linux group may open ICMP datagram sockets or none (icmp(7))."""
+    try:
+        low, high = (int(x) for x in host.split())
+    except ValueError:
+        return host
+    return b"0\t2147483647\n" if low <= os.getgid() <= high else b"1\t0\n"
+
+
+_SYSCTL_VIEWS = {"/proc/sys/net/ipv4/ping_group_range": _ping_group_range}
 
 
 def _mount_dev(m: "Mount") -> int:

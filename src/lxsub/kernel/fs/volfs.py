@@ -9,6 +9,12 @@ and then linked into place; a directory or device node is made in a
 staging directory beside the rootfs (emptied when an instance starts),
 given its attribute and renamed into place (RENAME_NOREPLACE keeps
 mkdir's EEXIST). In Linux a new inode is born with its owner and mode.
+
+Sockets, FIFOs and symlinks cannot carry user.* attributes on the host
+(xattr(7)), so what the instance gives them (a socket bind() made as a user,
+a FIFO's mode, an lchown) is kept in the provider for the instance's life,
+keyed by inode and checked by birth time; after a restart they show as
+root's with the host's mode, as files a host tool made.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from lxsub.kernel.fs.hostfs import _HOST_OPEN_FLAGS, HostFs, fd_path, renameat2
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
+from lxsub.platform import libc
 
 EXT4_MAGIC = 0xEF53
 _META_CACHE_MAX = 65536
@@ -46,11 +53,13 @@ class VolFs(HostFs):
         # the host ctime, so an entry with the same ctime is still true.
         self._meta_cache: dict[tuple[int, int], tuple[int, LxMeta]] = {}
         self._staging = _open_staging(host_root)    # O_PATH dir, or None: in-place temp names
+        # (dev, ino) -> (birth time, meta) of sockets, FIFOs and symlinks (see above).
+        self._special: dict[tuple[int, int], tuple[int, LxMeta]] = {}
 
     def meta(self, node: Node, host: os.stat_result | None = None) -> LxMeta:
         s = host or node.host_st or os.stat(node.fd)
-        if st.S_ISLNK(s.st_mode):
-            return LxMeta(s.st_mode, 0, 0, 0)
+        if not _keeps_meta(s.st_mode):
+            return self._special_meta(node.fd, b"", s)
         key = (s.st_dev, s.st_ino)
         cached = self._meta_cache.get(key)
         if cached is not None and cached[0] == s.st_ctime_ns:
@@ -71,21 +80,40 @@ class VolFs(HostFs):
 
     # -- changing it ------------------------------------------------------------
 
+    def _special_meta(self, dir_fd: int, name: bytes, s: os.stat_result) -> LxMeta:
+        found = self._special.get((s.st_dev, s.st_ino))
+        if found is not None and found[0] == libc.birth_time_ns(dir_fd, name):
+            return found[1]
+        mode = s.st_mode if not st.S_ISLNK(s.st_mode) else st.S_IFLNK | 0o777
+        return LxMeta(mode, 0, 0, 0)
+
+    def _set_special(self, dir_fd: int, name: bytes, meta: LxMeta) -> None:
+        s = os.stat(name, dir_fd=dir_fd, follow_symlinks=False) if name else os.stat(dir_fd)
+        key = (s.st_dev, s.st_ino)
+        if meta.uid == 0 and meta.gid == 0 and meta.mode == s.st_mode:
+            self._special.pop(key, None)          # what an unknown one shows anyway
+        else:
+            self._special[key] = (libc.birth_time_ns(dir_fd, name), meta)
+
     def chmod(self, node: Node, mode: int) -> None:
         m = self.meta(node, self.fresh_stat(node))
         if st.S_ISLNK(m.mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev)
-        os.chmod(fd_path(node.fd), lxattr.host_mode_for(new.mode))
+        host = lxattr.host_mode_for(new.mode)
+        os.chmod(fd_path(node.fd), host)
         if _keeps_meta(m.mode):
             self._write_meta(node, new)
+        else:
+            self._set_special(node.fd, b"", new)
 
     def chown(self, node: Node, uid: int, gid: int) -> None:
         m = self.meta(node, self.fresh_stat(node))
-        if not _keeps_meta(m.mode):
-            return  # no user xattrs on host symlinks, FIFOs, sockets: they stay root's
         new = LxMeta(m.mode, m.uid if uid < 0 else uid, m.gid if gid < 0 else gid, m.rdev)
-        self._write_meta(node, new)
+        if _keeps_meta(m.mode):
+            self._write_meta(node, new)
+        else:
+            self._set_special(node.fd, b"", new)
 
     def _write_meta(self, node: Node, meta: LxMeta) -> None:
         # ctime has a clock tick's grain: two changes in one tick look alike,
@@ -113,6 +141,9 @@ class VolFs(HostFs):
 
     def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
         if not _keeps_meta(mode):
+            if not st.S_ISLNK(mode):      # the host file takes the Linux permissions as they are
+                os.chmod(name, lxattr.host_mode_for(mode), dir_fd=parent.fd, follow_symlinks=True)
+            self._set_special(parent.fd, name, self._new_meta(parent, mode, rdev, creds))
             return
         path = fd_path(parent.fd).encode() + b"/" + name
         lxattr.write_meta_path(path, self._new_meta(parent, mode, rdev, creds), follow=False)
@@ -121,6 +152,22 @@ class VolFs(HostFs):
     def _forget_inode(self, s: os.stat_result) -> None:
         """A new file may reuse the inode number of one we had cached."""
         self._meta_cache.pop((s.st_dev, s.st_ino), None)
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, creds) -> None:
+        super().symlink(parent, name, target, creds)
+        self.after_create_name(parent, name, st.S_IFLNK | 0o777, 0, creds)
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        gone = None
+        if self._special:
+            try:
+                s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                gone = (s.st_dev, s.st_ino) if s.st_nlink <= 1 else None
+            except OSError:
+                pass
+        super().unlink(parent, name)
+        if gone is not None:
+            self._special.pop(gone, None)
 
     def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
         os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,

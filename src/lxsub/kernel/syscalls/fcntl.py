@@ -113,11 +113,18 @@ def sys_openat2(c: Call):
 
 F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
 F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
+F_GETLK, F_OFD_GETLK = 5, 36
+F_UNLCK = 2
+_FLOCK_L_PID = 24          # struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid
 
 
 def sys_fcntl(c: Call):
-    """Only the owner commands trap: their PIDs are virtual."""
+    """Only the commands that carry PIDs trap: the owner commands (by
+    notify, done on a copy of the descriptor) and the lock tests (traced:
+    a POSIX lock test must be the caller's own, see below)."""
     fd, cmd = c.int(0), c.int(1)
+    if cmd in (F_GETLK, F_OFD_GETLK):
+        return _lock_test(c)
     local = lookup.copy_fd(c.task, fd)
     try:
         if cmd == F_GETOWN:
@@ -126,7 +133,11 @@ def sys_fcntl(c: Call):
             return _fcntl.fcntl(local, F_SETOWN, _owner_to_host(c, c.int(2)))
         if cmd == F_GETOWN_EX:
             kind, pid = struct.unpack("<ii", _fcntl.fcntl(local, F_GETOWN_EX, bytes(8)))
-            vpid = abs(_owner_to_virtual(c, pid if kind != F_OWNER_PGRP else -pid))
+            if kind == F_OWNER_TID:
+                task = c.inst.pids.tasks_by_host.get(pid)
+                vpid = task.tid if task is not None else 0
+            else:
+                vpid = abs(_owner_to_virtual(c, pid if kind != F_OWNER_PGRP else -pid))
             c.write(c.ptr(2), struct.pack("<ii", kind, vpid))
             return 0
         if cmd == F_SETOWN_EX:
@@ -139,6 +150,23 @@ def sys_fcntl(c: Call):
         raise OSError(errno.EINVAL, "unexpected fcntl command")
     finally:
         os.close(local)
+
+
+def _lock_test(c: Call):
+    """F_GETLK / F_OFD_GETLK run in the caller (its own locks never conflict
+    with it, which a test from the provider would not know); the holder's
+    l_pid the host wrote is then made the instance's: fcntl(2) gives 0 for
+    a holder outside the caller's PID namespace, and -1 stays for OFD locks."""
+    pid, addr, inst = c.pid, c.ptr(2), c.inst
+
+    def translate(result: int):
+        if result == 0 and addr:
+            l_type = struct.unpack("<h", memory.read(pid, addr, 2))[0]
+            host = struct.unpack("<i", memory.read(pid, addr + _FLOCK_L_PID, 4))[0]
+            if l_type != F_UNLCK and host > 0:
+                memory.write(pid, addr + _FLOCK_L_PID, struct.pack("<i", inst.pids.vpid_of_host(host) or 0))
+        return None
+    return Native(on_exit=translate)
 
 
 def _no_such(_pid: int) -> int:

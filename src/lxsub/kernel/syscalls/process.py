@@ -268,12 +268,15 @@ def sys_waitid(c: Call):
     inst, pid = c.inst, c.pid
 
     def translate(result: int):
+        # siginfo_t: si_pid at 16, si_uid at 20 (the child's, as waitid(2) says).
         if result == 0 and infop:
             raw = memory.read(pid, infop + 16, 4)
             host = struct.unpack("<i", raw)[0]
             if host > 0:
+                child = inst.pids.zombies_by_host.get(host) or inst.pids.processes_by_host.get(host)
+                uid = inst.ruid_of(child) if child is not None else 0
                 v = inst.reaped(host) if not options & _WNOWAIT else inst.pids.vpid_of_host(host)
-                memory.write(pid, infop + 16, struct.pack("<i", v or host))
+                memory.write(pid, infop + 16, struct.pack("<iI", v or host, uid))
         return None
     return Native(on_exit=translate)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 
 
 from lxsub.kernel.call import Call, Native
@@ -152,6 +153,33 @@ def sys_pidfd_send_signal(c: Call):
     assert c.regs is not None
     c.regs.orig_rax = SYS_RT_SIGQUEUEINFO if info else SYS_KILL
     c.regs.set_args(proc.host_pid, sig, info, 0, 0, 0)
+    return Native()
+
+
+SIGEV_THREAD_ID = 4
+_SIGEV_NOTIFY, _SIGEV_TID = 12, 16    # struct sigevent: value, signo, notify, then _tid
+_SIGEVENT_SIZE = 64
+
+
+def sys_timer_create(c: Call):
+    """A SIGEV_THREAD_ID timer names its thread by tid (glibc's SIGEV_THREAD
+    timers too: their helper thread): the program's tid is virtual, the host
+    kernel wants the host tid of a thread of the caller's group, else EINVAL
+    (timer_create(2), good_sigevent()). The call runs on a translated copy."""
+    addr = c.ptr(1)
+    if not addr:
+        return Native()
+    event = bytearray(c.read(addr, _SIGEVENT_SIZE))
+    notify = struct.unpack_from("<i", event, _SIGEV_NOTIFY)[0]
+    if notify & SIGEV_THREAD_ID:
+        vtid = struct.unpack_from("<i", event, _SIGEV_TID)[0]
+        task = c.inst.pids.tasks_by_vid.get(vtid)
+        if task is None or task.process is not c.task.process:
+            raise OSError(errno.EINVAL, "not a thread of the caller")
+        struct.pack_into("<i", event, _SIGEV_TID, task.host_tid)
+        assert c.regs is not None
+        (copy,) = memory.write_below_sp(c.pid, c.regs.rsp, [bytes(event)])
+        c.set_arg(1, copy)
     return Native()
 
 

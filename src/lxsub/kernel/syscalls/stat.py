@@ -18,11 +18,17 @@ ST_RDONLY = 1
 
 
 def _stat_at(c: Call, dirfd: int, path: bytes, flags: int) -> LinuxStat:
+    return _stat_and_mount_at(c, dirfd, path, flags)[0]
+
+
+def _stat_and_mount_at(c: Call, dirfd: int, path: bytes, flags: int) -> tuple[LinuxStat, int]:
+    """The file's attributes and the id of the mount it is on (0 for a host
+    object: a pipe, a socket)."""
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        return fdview.stat_of_fd(c.inst, c.task, dirfd)
+        return fdview.stat_and_mount_of_fd(c.inst, c.task, dirfd)
     node = lookup.resolve_at(c.inst, c.task, dirfd, path, flags)
     try:
-        return node.fs.getattr(node)
+        return node.fs.getattr(node), node.mount.id
     finally:
         node.release()
 
@@ -53,8 +59,8 @@ def sys_statx(c: Call) -> int:
     path = c.path_or_empty(1, flags)
     if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | 0x800 | 0x6000):
         raise OSError(errno.EINVAL, "bad statx flags")
-    s = _stat_at(c, c.int(0), path, flags)
-    c.write(c.ptr(4), s.pack_statx())
+    s, mnt_id = _stat_and_mount_at(c, c.int(0), path, flags)
+    c.write(c.ptr(4), s.pack_statx(mnt_id))    # stx_mnt_id: /proc/self/mountinfo's first field
     return 0
 
 

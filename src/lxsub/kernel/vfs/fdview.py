@@ -35,13 +35,18 @@ def node_or_none(inst: "Instance", local: int, s: os.stat_result) -> Node | None
 
 
 def stat_of_fd(inst: "Instance", task: "Task", fd: int) -> LinuxStat:
+    return stat_and_mount_of_fd(inst, task, fd)[0]
+
+
+def stat_and_mount_of_fd(inst: "Instance", task: "Task", fd: int) -> tuple[LinuxStat, int]:
+    """fstat of a caller's descriptor, and the id of the mount its file is on (0: none)."""
     local = lookup.copy_fd(task, fd)
     try:
         s = os.fstat(local)
         node = node_or_none(inst, local, s)
         if node is not None:
-            return node.fs.getattr(node)
-        return host_object_stat(task, s)
+            return node.fs.getattr(node), node.mount.id
+        return host_object_stat(task, s), 0
     finally:
         os.close(local)
 

@@ -24,6 +24,19 @@ from dataclasses import dataclass, field
 from lxsub.kernel.vfs.filesystem import FileSystem
 from lxsub.kernel.vfs.node import Node
 
+# Device numbers of the file systems the instance makes up (pseudo file
+# systems, DrvFs's views of host file systems): anonymous ones (major 0, as
+# Linux gives proc, sysfs, 9p), from a range far above the small minors the
+# host's own anonymous devices take (its tmpfs mounts show here as they are),
+# so that no two mounts share an st_dev.
+_ANON_MINOR_BASE = 1 << 18
+_anon_minors = itertools.count(_ANON_MINOR_BASE)
+
+
+def anon_dev() -> int:
+    """A new anonymous device number for a made-up file system."""
+    return os.makedev(0, next(_anon_minors))
+
 _ids = itertools.count(21)
 
 

@@ -47,7 +47,7 @@ def open_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: int,
     else:
         node = lookup.resolve_at(inst, task, dirfd, path, follow_default=not flags & O_NOFOLLOW)
     try:
-        return open_node(task, node, flags)
+        return open_node(task, node, flags, inst)
     finally:
         node.release()
 
@@ -86,7 +86,7 @@ def check_may_create(task: "Task", parent: Node) -> None:
         perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
 
 
-def open_node(task: "Task", node: Node, flags: int):
+def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = None):
     fs = node.fs
     if flags & O_PATH:
         if flags & O_DIRECTORY and not node.is_dir():
@@ -103,7 +103,10 @@ def open_node(task: "Task", node: Node, flags: int):
     if perm.needs_checks(task.creds):
         perm.check(task.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
-        return devices.open_device(st.S_IFMT(mode), attr.rdev, flags)
+        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags)
+        if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode) and inst is not None:
+            inst.ptys.opened_master(fd, task.creds.fsuid)
+        return fd
     if st.S_ISFIFO(mode) and not flags & O_NONBLOCK:
         return _blocking_fifo_open(fs, node, flags, task)
     if st.S_ISSOCK(mode):

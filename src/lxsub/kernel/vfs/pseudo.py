@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -135,13 +136,22 @@ class HostDir(Dir):
     """A read-only view of a host directory (sysfs, /proc/sys): its
     subdirectories and the regular files any host user may read. Host
     symlinks are left out: they lead out of what is shown (sysfs links
-    point all over /sys). `keep` filters the names of this directory."""
+    point all over /sys). `keep` filters the names of this directory;
+    `views` maps host file paths below it to what the instance reads
+    instead (a function of the host file's contents)."""
 
     def __init__(self, path: str, host: str, keep: Callable[[str], bool] | None = None,
-                 mode: int = 0o555) -> None:
+                 mode: int = 0o555, views: dict[str, Callable[[bytes], bytes]] | None = None) -> None:
         super().__init__(path, None, mode)
         self.host = host
         self.keep = keep
+        self.views = views or {}
+
+    def _file(self, path: str, host: str, mode: int) -> "File":
+        view = self.views.get(host)
+        if view is None:
+            return HostFile(path, host, mode)
+        return File(path, lambda _t: view(read_host(host)), mode=mode)
 
     def children(self, task: "Task") -> dict[str, Entry]:
         out: dict[str, Entry] = {}
@@ -159,9 +169,9 @@ class HostDir(Dir):
                     continue
                 child = self.child_path(de.name)
                 if st.S_ISDIR(s.st_mode):
-                    out[de.name] = HostDir(child, de.path)
+                    out[de.name] = HostDir(child, de.path, views=self.views)
                 elif st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
-                    out[de.name] = HostFile(child, de.path, st.S_IMODE(s.st_mode) & 0o444)
+                    out[de.name] = self._file(child, de.path, st.S_IMODE(s.st_mode) & 0o444)
         return out
 
     def lookup(self, task: "Task", name: str) -> Entry:
@@ -173,9 +183,9 @@ class HostDir(Dir):
         except OSError:
             raise OSError(errno.ENOENT, "no such file or directory") from None
         if st.S_ISDIR(s.st_mode):
-            return HostDir(self.child_path(name), host)
+            return HostDir(self.child_path(name), host, views=self.views)
         if st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
-            return HostFile(self.child_path(name), host, st.S_IMODE(s.st_mode) & 0o444)
+            return self._file(self.child_path(name), host, st.S_IMODE(s.st_mode) & 0o444)
         raise OSError(errno.ENOENT, "no such file or directory")
 
 
@@ -186,7 +196,7 @@ class PseudoFs(FileSystem):
 
     def __init__(self, inst: "Instance") -> None:
         self.inst = inst
-        self.dev = os.makedev(0, 20 + len(inst.mounts.mounts))   # one device per pseudo fs
+        self.dev = anon_dev()          # one device per pseudo file system
         self.born = time.time_ns()
         self._scratch: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memfds: collections.OrderedDict[tuple[int, int], Entry] = collections.OrderedDict()
