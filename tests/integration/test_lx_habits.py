@@ -241,12 +241,17 @@ def test_zsh_completion_of_distros_users_and_options(busybox):
     assert _zsh_complete(runner, "lx --terminate ") == sorted(distros)
     assert _zsh_complete(runner, f"lx -d {busybox.name} -u ") == ["root", "user"]
     assert _zsh_complete(runner, f"lx --distribution={busybox.name} --user ") == ["root", "user"]
+    assert _zsh_complete(runner, "lx -d no-such-distro -u ") == []  # -d's distro, not the default
     assert _zsh_complete(runner, "lx --ins") == ["--install"]
     assert _zsh_complete(runner, "lx --install ") == ["busybox", "debian"]
     assert _zsh_complete(runner, "lx --cd ") == ["~"]
-    assert {"--distribution", "--user", "--cd", "--exec", "--mount", "--umount", "--path",
-            "--set-default", "--shutdown", "--status", "--version"} <= set(_zsh_complete(runner, "lx --"))
+    # Every option `lx --help` lists (its argparse part, and -e/--exec and
+    # --path, which lx parses before argparse).
+    help_text = runner.run(["--help"], check=True).stdout.decode()
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", help_text.split("\noptions:\n", 1)[1]))
+    options |= {"-e", "--exec", "--path"}
+    assert len(options) > 25 and options - set(_zsh_complete(runner, "lx -")) == set()
     # After the command starts, the words are the command's: nothing of lx's.
-    for line in ("lx -e ls --ins", "lx -- ls --ins", "lx ls --ins"):
+    for line in ("lx -e ls --ins", "lx -- ls --ins", "lx ls --ins", "lx -- --ins"):
         assert "--install" not in _zsh_complete(runner, line), line
     assert "ls" in _zsh_complete(runner, "lx -e l")
