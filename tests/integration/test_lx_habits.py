@@ -18,6 +18,7 @@ from tests.fixtures.runner import REPO_ROOT, wait_for
 from tests.integration.distros import describe
 
 COMPLETION = REPO_ROOT / "share" / "bash-completion" / "lx"
+ZSH_FUNCTIONS = REPO_ROOT / "share" / "zsh" / "site-functions"
 
 
 def lines(cp) -> list[str]:
@@ -143,8 +144,8 @@ def test_export_progress_ends_with_a_final_line(busybox):
 
 # -- bash completion (share/bash-completion/lx) with the real bash and lx
 
-def _complete(runner, *words: str) -> list[str]:
-    """COMPREPLY for the command line `words` (the last is the one completed)."""
+def _lx_on_path(runner) -> dict[str, str]:
+    """The environment in which `lx` (as the completions call it) is this runner's."""
     bindir = runner.root / "bin"
     bindir.mkdir(exist_ok=True)
     wrapper = bindir / "lx"
@@ -152,10 +153,15 @@ def _complete(runner, *words: str) -> list[str]:
     wrapper.chmod(0o755)
     runner.user.give(bindir)
     runner.user.give(wrapper)
+    return {"PATH": f"{bindir}:{runner.env()['PATH']}"}
+
+
+def _complete(runner, *words: str) -> list[str]:
+    """COMPREPLY for the command line `words` (the last is the one completed)."""
+    env = _lx_on_path(runner)
     quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
     script = (f"source {COMPLETION}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
               "_lx; printf '%s\\n' \"${COMPREPLY[@]}\"")
-    env = {"PATH": f"{bindir}:{runner.env()['PATH']}"}
     cp = runner.run_host(runner.user.wrap(["bash", "-c", script]), env=env, timeout=60)
     assert cp.returncode == 0, describe(cp)
     return sorted(filter(None, lines(cp)))
@@ -172,3 +178,80 @@ def test_bash_completion_of_distros_users_and_options(busybox):
     assert _complete(runner, "lx", "--cd", "") == ["~"]
     # After the command starts, the words are the command's: nothing of lx's.
     assert "--install" not in _complete(runner, "lx", "-e", "ls", "--ins")
+
+
+# -- zsh completion (share/zsh/site-functions/_lx) with the real zsh and lx.
+# Completion widgets only run inside zle, so an interactive `zsh -f -i` on a
+# pty gets the line and a Tab bound to a widget that runs the completion
+# system (_main_complete) and records every word offered (compadd calls that
+# add matches; -O/-A/-D only compute) into a file, then an end marker.
+
+_ZSH_CAPTURE = r"""
+fpath=($LX_ZSH_FPATH $fpath)
+autoload -Uz compinit && compinit -u -D
+compadd() {
+    if [[ ${@[1,(i)(-|--)]} == *-[OAD]\ * ]]; then builtin compadd "$@"; return; fi
+    local -a offered
+    builtin compadd -O offered "$@"
+    (( $#offered )) && print -rl -- $offered >> $LX_ZSH_CAPTURE
+    builtin compadd "$@"
+}
+_lx_test_complete() { _main_complete; print -r -- '--end--' >> $LX_ZSH_CAPTURE }
+zle -C lx-test-complete complete-word _lx_test_complete
+bindkey '^I' lx-test-complete
+"""
+
+
+def _zsh_complete(runner, line: str) -> list[str]:
+    """The words zsh offers when Tab is pressed at the end of `line`."""
+    import pexpect
+    setup, capture = runner.root / "capture.zsh", runner.root / "zsh-offered"
+    setup.write_text(_ZSH_CAPTURE)
+    capture.write_text("")
+    runner.user.give(setup)
+    runner.user.give(capture)
+    env = runner.env({**_lx_on_path(runner), "LX_ZSH_FPATH": str(ZSH_FUNCTIONS),
+                      "LX_ZSH_CAPTURE": str(capture)})
+    argv = runner.user.wrap(["zsh", "-f", "-i"])
+    child = pexpect.spawn(argv[0], argv[1:], env=env, cwd=str(runner.root), timeout=60)
+    try:
+        child.sendline(f"source {setup}")
+        child.send(line + "\t")
+        deadline = time.monotonic() + 60
+        while "--end--" not in capture.read_text():
+            assert time.monotonic() < deadline, f"no completion for {line!r}: {child.before!r}"
+            try:
+                child.expect(pexpect.EOF, timeout=0.1)
+                raise AssertionError(f"zsh ended: {child.before!r}")
+            except pexpect.TIMEOUT:
+                pass
+    finally:
+        child.close(force=True)
+    return sorted({w for w in capture.read_text().splitlines() if w != "--end--"})
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed (apt-get install zsh)")
+def test_zsh_completion_of_distros_users_and_options(busybox):
+    runner = busybox.runner
+    distros = lines(runner.run(["--complete", "distros"]))
+    assert busybox.name in distros
+    assert _zsh_complete(runner, "lx -d ") == sorted(distros)
+    assert _zsh_complete(runner, f"lx --unregister {busybox.name[:1]}") == \
+        sorted(n for n in distros if n.startswith(busybox.name[:1]))
+    assert _zsh_complete(runner, "lx --terminate ") == sorted(distros)
+    assert _zsh_complete(runner, f"lx -d {busybox.name} -u ") == ["root", "user"]
+    assert _zsh_complete(runner, f"lx --distribution={busybox.name} --user ") == ["root", "user"]
+    assert _zsh_complete(runner, "lx -d no-such-distro -u ") == []  # -d's distro, not the default
+    assert _zsh_complete(runner, "lx --ins") == ["--install"]
+    assert _zsh_complete(runner, "lx --install ") == ["busybox", "debian"]
+    assert _zsh_complete(runner, "lx --cd ") == ["~"]
+    # Every option `lx --help` lists (its argparse part, and -e/--exec and
+    # --path, which lx parses before argparse).
+    help_text = runner.run(["--help"], check=True).stdout.decode()
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", help_text.split("\noptions:\n", 1)[1]))
+    options |= {"-e", "--exec", "--path"}
+    assert len(options) > 25 and options - set(_zsh_complete(runner, "lx -")) == set()
+    # After the command starts, the words are the command's: nothing of lx's.
+    for line in ("lx -e ls --ins", "lx -- ls --ins", "lx ls --ins", "lx -- --ins"):
+        assert "--install" not in _zsh_complete(runner, line), line
+    assert "ls" in _zsh_complete(runner, "lx -e l")

@@ -1,7 +1,7 @@
-"""`lx --complete distros|users [NAME]`: words for the shell completion
-(share/bash-completion/lx), one a line, nothing on error. Read from the
-registry and the distro's /etc/passwd on the host: no instance is started
-to complete a word."""
+"""`lx --complete distros|users [NAME]`: words for the shell completions
+(share/bash-completion/lx, share/zsh/site-functions/_lx), one a line,
+nothing on error. Read from the registry and the distro's /etc/passwd on
+the host: no instance is started to complete a word."""
 
 from __future__ import annotations
 
