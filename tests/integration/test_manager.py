@@ -382,7 +382,8 @@ def test_ctrl_z_suspends_lx_with_its_command(lx, busybox_tar):
         child.sendcontrol("z")
         child.expect(r"Stopped")
         child.expect(r"host\$ ")
-        assert _state(sleeper) in "tT"           # stopped (t: seen by its tracer)
+        # stopped (t: seen by its tracer); the stop reaches it as a signal does, a moment later
+        wait_for(lambda: _state(sleeper) in "tT", what="the sleep to stop")
         child.sendline("fg; echo status=$?")    # a stopped job's list is abandoned: ask fg
         wait_for(lambda: _state(sleeper) == "S", what="fg to continue the sleep")
         time.sleep(0.3)
@@ -394,7 +395,8 @@ def test_ctrl_z_suspends_lx_with_its_command(lx, busybox_tar):
         time.sleep(0.3)
         child.sendcontrol("z")                   # SIGTSTP to lx, forwarded
         child.expect(r"Stopped")
-        assert _state(sleeper) in "tT"           # stopped (t: seen by its tracer)
+        # stopped (t: seen by its tracer); the stop reaches it as a signal does, a moment later
+        wait_for(lambda: _state(sleeper) in "tT", what="the sleep to stop")
         child.sendline("fg")
         wait_for(lambda: _state(sleeper) == "S", what="fg to continue the sleep")
         time.sleep(0.3)
