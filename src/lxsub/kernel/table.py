@@ -141,8 +141,10 @@ ROWS: list[Syscall] = [
     native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
     notify("connect", net.sys_connect, "AF_UNIX paths resolved in the instance"),
-    Syscall("sendto", NATIVE, net.sys_sendto, FULL, "with an address: resolved like connect",
-            rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW),)),
+    # The address is a pointer: all 64 bits tell whether there is one.
+    Syscall("sendto", NOTIFY, net.sys_sendto, FULL, "without an address native; with one "
+            "resolved like connect",
+            rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW, wide=True),)),
     # -- paths: all resolved by the provider inside the instance
     Syscall("open", NOTIFY, fcntl.sys_open, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",
             rules=(ArgRule(1, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
