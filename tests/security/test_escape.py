@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.debian, pytest.mark.slow]
 SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
-            "host_signal", "bypass_syscalls"]
+            "host_signal", "bypass_syscalls", "high_bits"]
 
 
 @pytest.fixture(scope="session")
@@ -83,5 +83,15 @@ def test_host_signal_own_pid(built):
 
 def test_host_signal_victim(built, victim):
     cp = built.exe("/opt/lxsec/host_signal", str(victim.pid), timeout=400)
+    _check(cp)
+    assert victim.poll() is None, "the host process was signalled"
+
+
+def test_high_bits_step_around_no_rule(built, victim):
+    """Argument rules read the bits the kernel reads (issue 11, item 1):
+    clone(CLONE_UNTRACED|CLONE_NEWUSER | 1<<32), F_SETOWN/FIOSETOWN | 1<<32
+    naming a host process, TIOCSTI | 1<<32. Natively all of them work and
+    the victim dies of SIGIO (tests/unit/test_fixtures.py)."""
+    cp = built.exe("/opt/lxsec/high_bits", str(victim.pid), timeout=400)
     _check(cp)
     assert victim.poll() is None, "the host process was signalled"

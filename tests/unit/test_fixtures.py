@@ -298,6 +298,22 @@ def test_proc_and_signal_detectors(security_bin, tmp_path, marker, host_sleep):
     assert cp.returncode == 1 and f"kill({host_sleep}, 0) succeeded" in cp.stdout, cp.stdout
 
 
+def test_high_bits_detector_reaches_the_host(security_bin, tmp_path):
+    """Natively every high-bit attempt works, and the host process given as
+    the owner is sent SIGIO and ends: the detector can see an escape."""
+    victim = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        cp = _run_native(security_bin, tmp_path, ["high_bits", victim.pid])
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        for what in ("clone(CLONE_UNTRACED", "F_SETOWN |", "FIOSETOWN |", "TIOCSTI |"):
+            assert f"ESCAPED: {what}" in cp.stdout or f"ESCAPED: fcntl({what}" in cp.stdout \
+                or f"ESCAPED: ioctl({what}" in cp.stdout, (what, cp.stdout)
+        assert victim.wait(timeout=10) == -signal.SIGIO
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def test_bypass_detector_runs(security_bin, tmp_path, marker, host_sleep):
     """bypass_syscalls completes natively and finds at least io_uring or
     process_vm_*.  As root it runs in a private mount namespace (it tries
