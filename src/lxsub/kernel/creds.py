@@ -20,6 +20,7 @@ CAP_SETUID = 7
 CAP_MKNOD = 27
 CAP_SYS_ADMIN = 21
 CAP_SYS_CHROOT = 18
+CAP_SYS_PTRACE = 19
 
 CAP_LAST = 40
 ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
@@ -64,3 +65,21 @@ class Creds:
         elif old_e != 0 and self.euid == 0:
             self.cap_effective = self.cap_permitted
         self.fsuid = self.euid
+
+
+def may_ptrace(caller: "Creds", target: "Creds", dumpable: bool, fscreds: bool) -> bool:
+    """kernel/ptrace.c __ptrace_may_access: the caller's fs (or real) ids
+    equal all of the target's ids, and the target is dumpable; or the
+    caller has CAP_SYS_PTRACE."""
+    if caller.capable(CAP_SYS_PTRACE):
+        return True
+    uid, gid = (caller.fsuid, caller.fsgid) if fscreds else (caller.ruid, caller.rgid)
+    return bool(dumpable and uid == target.ruid == target.euid == target.suid
+                and gid == target.rgid == target.egid == target.sgid)
+
+
+def may_signal(sender: "Creds", target: "Creds") -> bool:
+    """kernel/signal.c kill_ok_by_cred: the sender's real or effective uid
+    is the target's real or saved uid, or the sender has CAP_KILL."""
+    return (sender.euid in (target.suid, target.ruid) or sender.ruid in (target.suid, target.ruid)
+            or sender.capable(CAP_KILL))

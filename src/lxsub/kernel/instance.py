@@ -33,6 +33,7 @@ from lxsub.platform import launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
+from lxsub.platform.unixns import UnixNamespace
 
 CLONE_VM = 0x100
 CLONE_FS = 0x200
@@ -76,6 +77,11 @@ class Instance:
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
+        # Before any pico process: the helper must not inherit one.
+        self.unix = UnixNamespace()
+        if not self.unix.available:
+            self.log.warn("no private network namespace for Unix sockets (user namespaces "
+                          "disabled?): socket(AF_UNIX) fails with EAFNOSUPPORT")
         # Pico processes between fork and first exec: host pid -> the pipe
         # on which they report their seccomp listener.
         self.launches: dict[int, int] = {}

@@ -117,8 +117,7 @@ ROWS: list[Syscall] = [
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
-        "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
-        "pidfd_getfd")),
+        "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
         "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
         "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
@@ -134,9 +133,16 @@ ROWS: list[Syscall] = [
             rules=(ArgRule(0, "eq", 35, bpf.errno_action(errno.EPERM)),
                    *_when(0, (3, 4, 15, 16), bpf.RET_USER_NOTIF))),
     # -- sockets: addresses that name files are translated
+    *(Syscall(n, NATIVE, getattr(net, "sys_" + n), FULL, "AF_UNIX: made in the instance's own "
+              "network namespace (abstract names are the instance's)",
+              rules=(ArgRule(0, "eq", net.AF_UNIX, bpf.RET_USER_NOTIF),))
+      for n in ("socket", "socketpair")),
+    Syscall("getsockopt", NATIVE, net.sys_getsockopt, FULL, "SO_PEERCRED, SO_PEERGROUPS, "
+            "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
+            rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
     *(native(n) for n in (
-        "socket", "socketpair", "listen", "accept", "accept4", "shutdown", "getsockname",
-        "getpeername", "setsockopt", "getsockopt", "recvfrom", "recvmsg", "recvmmsg")),
+        "listen", "accept", "accept4", "shutdown", "getsockname",
+        "getpeername", "setsockopt", "recvfrom", "recvmsg", "recvmmsg")),
     native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
@@ -224,7 +230,10 @@ ROWS: list[Syscall] = [
     trace("rt_tgsigqueueinfo", signal.sys_rt_tgsigqueueinfo),
     trace("pidfd_open", signal.sys_pidfd_open),
     trace("pidfd_send_signal", signal.sys_pidfd_send_signal,
-          "a pidfd natively; a /proc/<pid> directory (as psmisc uses it) as kill of that process"),
+          "kill of the process a pidfd or a /proc/<pid> directory (as psmisc uses it) names; "
+          "a process outside the instance: EINVAL"),
+    notify("pidfd_getfd", signal.sys_pidfd_getfd, "only processes of the instance, by ptrace's "
+           "rule; outside: EPERM"),
     trace("rt_sigtimedwait", signal.sys_rt_sigtimedwait, "the sender's pid and uid in the "
           "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
     # Always stopped, for the caller's own thread too: the provider may hold a

@@ -19,6 +19,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
+from lxsub.kernel.creds import may_ptrace
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import (
@@ -50,7 +51,6 @@ _PID_HOST = {"statm": 0o444, "limits": 0o444, "io": 0o400, "personality": 0o400,
              "oom_score": 0o444, "schedstat": 0o444, "wchan": 0o444, "auxv": 0o400}
 # ... of which these need the right to inspect the process (ptrace read).
 _PID_INSPECT = ("io", "personality", "auxv", "wchan")
-CAP_SYS_PTRACE = 19
 _ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
 
 
@@ -506,12 +506,7 @@ class ProcessDir(Dir):
         fsuid/fsgid as all of its ids, and dumpable; or CAP_SYS_PTRACE)."""
         if t is None or t.process is self.proc:
             return None
-        c = t.creds
-        if c.capable(CAP_SYS_PTRACE):
-            return None
-        tc = self._task().creds
-        if (self.proc.dumpable and c.fsuid == tc.ruid == tc.euid == tc.suid
-                and c.fsgid == tc.rgid == tc.egid == tc.sgid):
+        if may_ptrace(t.creds, self._task().creds, bool(self.proc.dumpable), fscreds=True):
             return None
         raise OSError(errno.EACCES, "permission denied")
 
