@@ -349,6 +349,23 @@ def test_signal_perm_expects_what_linux_does(security_bin, tmp_path):
     assert cp.stdout.count("Operation not permitted") == 15, cp.stdout
 
 
+def test_survivors_detector_sees_an_untraced_child(security_bin, tmp_path):
+    """Natively nothing refuses CLONE_UNTRACED: the program says so."""
+    marker = f"lxsec-native-survivor-{os.getpid()}"
+    try:
+        cp = _run_native(security_bin, tmp_path, ["survivors", marker])
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        assert "with CLONE_UNTRACED made child" in cp.stdout, cp.stdout
+    finally:
+        for pid in filter(str.isdigit, os.listdir("/proc")):   # only what it started
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read().split(b"\0"):
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def test_bypass_detector_runs(security_bin, tmp_path, marker, host_sleep):
     """bypass_syscalls completes natively and finds at least io_uring or
     process_vm_*.  As root it runs in a private mount namespace (it tries

@@ -31,6 +31,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 _REQ = struct.Struct("<iiiB")         # family, type, protocol, pair
 
@@ -56,7 +57,10 @@ def _serve(sock: socket.socket) -> None:
     """The helper's loop: one request, one answer; ends with the provider."""
     code = 1
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # Not the provider's name ("lx:DISTRO"), which says "an instance".
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(b"lx-unix-sockets"), 0, 0, 0)
         unshare_as_self(CLONE_NEWUSER | CLONE_NEWNET)
         sock.send(b"ready")
         while True:
