@@ -117,7 +117,9 @@ ROWS: list[Syscall] = [
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "seccomp", "landlock_create_ruleset",
-        "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease")),
+        "landlock_add_rule", "landlock_restrict_self")),
+    *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
+             "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
         "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
         "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
@@ -140,9 +142,12 @@ ROWS: list[Syscall] = [
     Syscall("getsockopt", NATIVE, net.sys_getsockopt, FULL, "SO_PEERCRED, SO_PEERGROUPS, "
             "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
             rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
+    Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
+            "would give pidfds of host senders)",
+            rules=(ArgRule(2, "eq", net.SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
     *(native(n) for n in (
         "listen", "accept", "accept4", "shutdown", "getsockname",
-        "getpeername", "setsockopt", "recvfrom", "recvmsg", "recvmmsg")),
+        "getpeername", "recvfrom", "recvmsg", "recvmmsg")),
     native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),

@@ -29,7 +29,7 @@ from lxsub.platform import libc, unixns
 AF_UNIX = 1
 _SUN_PATH = 108
 SOCK_CLOEXEC = 0o2000000
-SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD = 1, 17, 59, 77
+SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, SO_PASSPIDFD, SO_PEERPIDFD = 1, 17, 59, 76, 77
 PEER_OPTIONS = (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD)
 OVERFLOW_ID = 65534          # /proc/sys/kernel/overflowuid: an id with no name here
 _RECORDS_MAX = 4096
@@ -286,3 +286,21 @@ def _getsockopt(fd: int, level: int, name: int, size: int) -> bytes:
     length = ctypes.c_uint(size)
     _sys(_c.getsockopt, fd, level, name, buf, ctypes.byref(length))
     return buf.raw[:length.value]
+
+
+def sys_setsockopt(c: Call) -> int:
+    """Only SO_PASSPIDFD's number traps: with it, recvmsg would hand the
+    caller a pidfd (SCM_PIDFD) of whoever sent, a host process too. It
+    is refused as by a kernel without it (ENOPROTOOPT; SCM_CREDENTIALS
+    remain). The same number at other levels is set as asked."""
+    fd, level, name, optval, optlen = c.int(0), c.int(1), c.int(2), c.ptr(3), c.int(4)
+    if level == SOL_SOCKET and name == SO_PASSPIDFD:
+        raise OSError(errno.ENOPROTOOPT, "SO_PASSPIDFD is not available in an instance")
+    if not 0 <= optlen <= 4096:
+        raise OSError(errno.EINVAL, "bad option length")
+    value = c.read(optval, optlen) if optlen else b""
+    local = lookup.copy_fd(c.task, fd)
+    try:
+        return _sys(_c.setsockopt, local, level, name, value, len(value))
+    finally:
+        os.close(local)

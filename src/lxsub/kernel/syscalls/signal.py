@@ -283,6 +283,50 @@ def sys_pidfd_getfd(c: Call):
     return NewFd(lookup.copy_fd(owner, target), True)   # always O_CLOEXEC
 
 
+def sys_process_madvise(c: Call) -> int:
+    """process_madvise(2) on a pidfd: done by the provider for a process of
+    the instance (EINVAL outside, as a pidfd of another pid namespace); the
+    iovec names the target's memory, so it is passed on as it is."""
+    from lxsub.platform import libc
+    fd, iov, vlen, advice, flags = c.int(0), c.ptr(1), c.uint(2), c.int(3), c.uint(4)
+    if vlen > 1024:
+        raise OSError(errno.EINVAL, "too many iovecs")       # UIO_MAXIOV
+    vec = c.read(iov, 16 * vlen) if vlen else b""
+    with _own_pidfd(c, fd) as local:
+        buf = ctypes.create_string_buffer(vec, max(len(vec), 1))
+        return libc.syscall(SYS_PROCESS_MADVISE, local, ctypes.addressof(buf), vlen, advice,
+                            flags)
+
+
+def sys_process_mrelease(c: Call) -> int:
+    from lxsub.platform import libc
+    with _own_pidfd(c, c.int(0)) as local:
+        return libc.syscall(SYS_PROCESS_MRELEASE, local, c.uint(1))
+
+
+SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE = 440, 448
+
+
+class _own_pidfd:
+    """A provider-side copy of the caller's pidfd, checked to name a
+    process of the instance."""
+
+    def __init__(self, c: Call, fd: int) -> None:
+        from lxsub.kernel.vfs import lookup
+        self.local = lookup.copy_fd(c.task, fd)
+        try:
+            process_of_pidfd(c, self.local, errno.EINVAL)
+        except BaseException:
+            os.close(self.local)
+            raise
+
+    def __enter__(self) -> int:
+        return self.local
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.local)
+
+
 def sys_deny(c: Call) -> int:
     """Calls that would let a program reach past the provider."""
     raise OSError(errno.EPERM, "not permitted in an lxsub instance")
