@@ -77,11 +77,7 @@ class Instance:
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
-        # Before any pico process: the helper must not inherit one.
         self.unix = UnixNamespace()
-        if not self.unix.available:
-            self.log.warn("no private network namespace for Unix sockets (user namespaces "
-                          "disabled?): socket(AF_UNIX) fails with EAFNOSUPPORT")
         # Pico processes between fork and first exec: host pid -> the pipe
         # on which they report their seccomp listener.
         self.launches: dict[int, int] = {}

@@ -57,6 +57,11 @@ def _serve(sock: socket.socket) -> None:
     """The helper's loop: one request, one answer; ends with the provider."""
     code = 1
     try:
+        # Forked at any time: keep none of the provider's descriptors (a
+        # copy of a program's pipe or socket would keep it open).
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # Not the provider's name ("lx:DISTRO"), which says "an instance".
@@ -90,24 +95,28 @@ def _serve(sock: socket.socket) -> None:
 
 
 class UnixNamespace:
-    """The helper, as the provider sees it. `available` is False where the
-    host allows no unprivileged user namespaces."""
+    """The helper, as the provider sees it, started at the first use (an
+    instance whose programs make no Unix socket pays nothing). `available`
+    is False where the host allows no unprivileged user namespaces."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._tried = False
         self.helper_pid = 0
         self.cookie = 0
         self._diag = -1
         # socket inode -> what its maker recorded (see kernel/syscalls/net.py)
         self.made_by: dict[int, tuple] = {}
-        try:
-            self._start()
-        except OSError:
-            self.close()
 
     @property
     def available(self) -> bool:
+        if not self._tried:
+            self._tried = True
+            try:
+                self._start()
+            except OSError:
+                self.close()
         return self._sock is not None
 
     def _start(self) -> None:

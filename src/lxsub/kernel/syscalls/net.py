@@ -204,6 +204,8 @@ def sys_socketpair(c: Call) -> NewFds:
 def _namespace(c: Call) -> "unixns.UnixNamespace":
     ns = c.inst.unix
     if not ns.available:
+        c.inst.log.once("unixns", "no private network namespace for Unix sockets (user "
+                        "namespaces disabled?): socket(AF_UNIX) fails with EAFNOSUPPORT")
         raise OSError(errno.EAFNOSUPPORT, "no private namespace for Unix sockets")
     return ns
 
