@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -18,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from lxsub.manager import protocol
 from tests.integration.distros import describe
 
 pytestmark = [pytest.mark.debian, pytest.mark.slow]
@@ -202,93 +199,3 @@ def _attack_control_sockets(built, socks: list[str]) -> None:
         shutil.rmtree(bindir, ignore_errors=True)
     cp = built.exe("/opt/lxsec/control_socket", *("/mnt/host" + s for s in socks), timeout=120)
     _check(cp)
-
-
-def _marked(marker: str) -> list[int]:
-    """Host pids whose command line holds marker (a word)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
-def _provider_pids(built) -> list[int]:
-    name = (protocol.INSTANCE_NAME_PREFIX + built.name)[:15]
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == name and os.stat(f"/proc/{pid}").st_uid == built.user.uid:
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
-
-
-def _wait(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
-@pytest.mark.parametrize("how", ["terminate", "shutdown", "sigkill"])
-def test_nothing_outlives_its_instance(built, how):
-    """Issue 11, item 2: daemons made with every combination of the clone
-    flags that decide tracing and reaping (CLONE_UNTRACED refused, high
-    bits or not), setsid and double fork, and vfork: none is left on the
-    host after lx --terminate, lx --shutdown or SIGKILL of the provider."""
-    marker = f"lxsec-survivor-{uuid.uuid4().hex[:12]}"
-    p = built.runner.popen(["-d", built.name, "-e", "/opt/lxsec/survivors", marker],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = b""
-    try:
-        deadline = time.monotonic() + 120
-        while b"started" not in out and time.monotonic() < deadline:
-            if select.select([p.stdout], [], [], 1)[0]:
-                chunk = os.read(p.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                out += chunk
-        assert b"ESCAPED" not in out and b"started" in out, out
-        started = int(out.split(b"started ")[1].split()[0])
-        assert started == 17, out               # 16 clones without CLONE_UNTRACED, vfork
-        # Each daemon is a child and a grandchild, the vfork child one: 33
-        # in all. What matters is that none survives; at least the vfork
-        # child and one daemon pair must be there to end.
-        _wait(lambda: len(_marked(marker)) >= 33, 60)
-        assert len(_marked(marker)) >= 3, (out, _marked(marker))
-        if how == "sigkill":
-            # the provider these daemons were orphaned to (the subreaper)
-            parents = {_ppid(pid) for pid in _marked(marker)}
-            providers = [pid for pid in _provider_pids(built) if pid in parents]
-            assert len(providers) == 1, (providers, _provider_pids(built))
-            os.kill(providers[0], signal.SIGKILL)
-        else:
-            cp = built.runner.run(["--terminate", built.name] if how == "terminate"
-                                  else ["--shutdown"], timeout=120)
-            assert cp.returncode == 0, describe(cp)
-        assert _wait(lambda: not _marked(marker), 20), _marked(marker)
-    finally:
-        for pid in _marked(marker):     # only what this test started
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        p.kill()
-        p.wait()
