@@ -5,7 +5,13 @@ CONFINED and exit 0."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import subprocess
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,8 @@ pytestmark = [pytest.mark.debian, pytest.mark.slow]
 SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
-            "host_signal", "bypass_syscalls"]
+            "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
+            "control_socket", "survivors"]
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +92,110 @@ def test_host_signal_victim(built, victim):
     cp = built.exe("/opt/lxsec/host_signal", str(victim.pid), timeout=400)
     _check(cp)
     assert victim.poll() is None, "the host process was signalled"
+
+
+def test_high_bits_step_around_no_rule(built, victim):
+    """Argument rules read the bits the kernel reads (issue 11, item 1):
+    clone(CLONE_UNTRACED|CLONE_NEWUSER | 1<<32), F_SETOWN/FIOSETOWN | 1<<32
+    naming a host process, TIOCSTI | 1<<32. Natively all of them work and
+    the victim dies of SIGIO (tests/unit/test_fixtures.py)."""
+    cp = built.exe("/opt/lxsec/high_bits", str(victim.pid), timeout=400)
+    _check(cp)
+    assert victim.poll() is None, "the host process was signalled"
+
+
+@pytest.fixture
+def unix_victim(built):
+    """A host program on an abstract socket and a path socket, holding a
+    secret file open (tests/fixtures/security/unix_victim.py), running as
+    the test's host user; yields it and a client socket connected to its
+    path socket."""
+    d = Path(tempfile.mkdtemp(prefix="lxsec-victim-"))     # the host user must reach it
+    os.chmod(d, 0o755)
+    secret = d / "secret"
+    secret.write_text(f"the host program's own file: {SECRET}\n")
+    built.user.give(d)
+    built.user.give(secret)
+    name = f"lxsec-{uuid.uuid4().hex[:12]}"
+    p = subprocess.Popen(built.user.wrap([built.runner.python, str(SRC / "unix_victim.py"), name,
+                                          str(d / "sock"), str(secret)]),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(d / "sock"))
+        yield p, name, client
+        client.close()
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unix_sockets_reach_no_host_program(built, unix_victim):
+    """Issue 11, item 3: the host program's abstract names are not the
+    instance's, its peer credentials show no host pid, and no pidfd of it
+    gives its descriptors or a signal, also through a socket connected to
+    it that lx passes in as standard input. Natively every one of these
+    works (tests/unit/test_fixtures.py)."""
+    victim, name, client = unix_victim
+    p = built.runner.popen(["-d", built.name, "-e", "/opt/lxsec/unix_peer", str(victim.pid),
+                            name, SECRET], stdin=client, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    out, err = p.communicate(timeout=400)
+    _check(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    assert b"standard input: SO_PEERCRED gives pid 0 uid 65534" in out, out
+    assert victim.poll() is None
+
+
+def test_users_inside_cannot_signal_root(built):
+    """Issue 11, item 5: Linux's permission rule with the instance's
+    credentials (kill_ok_by_cred, SIGCONT within a session) for kill,
+    group kill, tkill, tgkill, rt_(tg)sigqueueinfo and pidfd_send_signal.
+    Natively as root the program gets the same answers from the kernel
+    (tests/unit/test_fixtures.py)."""
+    cp = built.exe("/opt/lxsec/signal_perm", timeout=400)
+    _check(cp)
+    assert cp.stdout.count(b"Operation not permitted") == 15, describe(cp)
+
+
+def _control_sockets(built) -> list[str]:
+    """The manager's socket (from its log) and the running instances'."""
+    log = (built.runner.lx_home / "manager.log").read_text()
+    manager = Path(re.findall(r"listening on (\S+)", log)[-1])
+    return [str(manager), *map(str, sorted((manager.parent / "instances").glob("*.sock")))]
+
+
+def test_control_sockets_take_no_request_from_inside(built):
+    """Issue 11, item 6: through /mnt/host (automount on) a Linux program
+    reaches the manager's and the instance's sockets, but no request of
+    its is answered. The same program run natively as the same host user
+    gets answers: the test can fail."""
+    assert built.sh("test -d /mnt/host/tmp").returncode == 0, "automount is off"
+    keep = built.runner.popen(["-d", built.name, "-e", "sleep", "120"])   # the instance runs
+    try:
+        for _ in range(100):
+            socks = _control_sockets(built)
+            if len(socks) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(socks) >= 2, socks
+        _attack_control_sockets(built, socks)
+    finally:
+        keep.kill()
+        keep.wait()
+
+
+def _attack_control_sockets(built, socks: list[str]) -> None:
+    bindir = Path(tempfile.mkdtemp(prefix="lxsec-native-"))
+    try:
+        os.chmod(bindir, 0o755)
+        prog = bindir / "control_socket"
+        subprocess.run(["gcc", "-O2", "-o", str(prog), str(SRC / "control_socket.c")], check=True)
+        native = subprocess.run(built.user.wrap([str(prog), *socks]), capture_output=True,
+                                timeout=60)
+        assert native.returncode == 1 and b"answered" in native.stdout, describe(native)
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+    cp = built.exe("/opt/lxsec/control_socket", *("/mnt/host" + s for s in socks), timeout=120)
+    _check(cp)

@@ -298,6 +298,74 @@ def test_proc_and_signal_detectors(security_bin, tmp_path, marker, host_sleep):
     assert cp.returncode == 1 and f"kill({host_sleep}, 0) succeeded" in cp.stdout, cp.stdout
 
 
+def test_high_bits_detector_reaches_the_host(security_bin, tmp_path):
+    """Natively every high-bit attempt works, and the host process given as
+    the owner is sent SIGIO and ends: the detector can see an escape."""
+    victim = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        cp = _run_native(security_bin, tmp_path, ["high_bits", victim.pid])
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        for what in ("clone(CLONE_UNTRACED", "F_SETOWN |", "FIOSETOWN |", "TIOCSTI |"):
+            assert f"ESCAPED: {what}" in cp.stdout or f"ESCAPED: fcntl({what}" in cp.stdout \
+                or f"ESCAPED: ioctl({what}" in cp.stdout, (what, cp.stdout)
+        assert victim.wait(timeout=10) == -signal.SIGIO
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_unix_peer_detector_reaches_the_host(security_bin, tmp_path, marker):
+    """Natively the abstract name is the host program's, its peer
+    credentials and pidfd are had, its secret descriptor taken."""
+    name = f"lxsec-{os.getpid()}-native"
+    victim = subprocess.Popen([sys.executable, str(SECURITY_DIR / "unix_victim.py"), name,
+                               str(tmp_path / "sock"), str(marker)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        assert victim.stdout.readline() == b"ready\n"
+        import socket
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(tmp_path / "sock"))
+            cp = subprocess.run([str(security_bin / "unix_peer"), str(victim.pid), name],
+                                stdin=client, capture_output=True, text=True, timeout=120)
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        for what in ("connect to the host's abstract socket", "SO_PEERCRED names host pid",
+                     "took the host program's secret file", "pidfd_send_signal(peer, 0) reached",
+                     "sendto @", "EADDRINUSE"):
+            assert what in cp.stdout, (what, cp.stdout)
+        assert "standard input: pidfd_getfd(peer, " in cp.stdout
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_signal_perm_expects_what_linux_does(security_bin, tmp_path):
+    """signal_perm's expectations are the kernel's: natively, as root, every
+    attempt on the daemon is EPERM and the allowed signals work."""
+    if os.geteuid() != 0:
+        pytest.skip("signal_perm drops from root to uid 1000")
+    cp = _run_native(security_bin, tmp_path, ["signal_perm"])
+    assert cp.returncode == 0 and cp.stdout.rstrip().endswith("CONFINED"), cp.stdout
+    assert cp.stdout.count("Operation not permitted") == 15, cp.stdout
+
+
+def test_survivors_detector_sees_an_untraced_child(security_bin, tmp_path):
+    """Natively nothing refuses CLONE_UNTRACED: the program says so."""
+    marker = f"lxsec-native-survivor-{os.getpid()}"
+    try:
+        cp = _run_native(security_bin, tmp_path, ["survivors", marker])
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        assert "with CLONE_UNTRACED made child" in cp.stdout, cp.stdout
+    finally:
+        for pid in filter(str.isdigit, os.listdir("/proc")):   # only what it started
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read().split(b"\0"):
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def test_bypass_detector_runs(security_bin, tmp_path, marker, host_sleep):
     """bypass_syscalls completes natively and finds at least io_uring or
     process_vm_*.  As root it runs in a private mount namespace (it tries

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from lxsub.kernel import table
-from lxsub.kernel.sysno import NUMBERS
+from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
 
 
@@ -107,6 +107,7 @@ ENOSYS = bpf.errno_action(errno.ENOSYS)
 N = NUMBERS
 CLONE_THREAD_FLAGS = 0x3D0F00   # VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|PARENT_SETTID|CHILD_CLEARTID
 CLONE_NEWUSER = 0x10000000
+CLONE_UNTRACED = 0x00800000
 TCGETS = 0x5401
 TIOCSPGRP = 0x5410
 
@@ -142,10 +143,160 @@ def test_filter_matches_table_for_every_plain_row(prog):
             assert run_bpf(prog, seccomp_data(nr)) == act, row.name
 
 
-def test_arg_rules_need_high_half_zero(prog):
-    # a 64-bit argument whose low half matches a rule but high half does not
-    data = seccomp_data(N["ioctl"], (0, (1 << 32) | TIOCSPGRP, 0))
-    assert run_bpf(prog, data) == bpf.RET_ALLOW
+# How many bits of each argument an argument rule tests the kernel reads,
+# from the kernel's own prototypes: `unsigned int cmd` (fs/fcntl.c, fs/ioctl.c),
+# `int option` (kernel/sys.c prctl), `int flags` (fs/open.c open/openat),
+# `pid_t` (sched_*, prlimit64, ...), clone's flags through `lower_32_bits()`
+# (kernel/fork.c), and sendto's address, a whole pointer (net/socket.c).
+KERNEL_ARG_BITS = {
+    ("fcntl", 1): 32, ("ioctl", 1): 32, ("prctl", 0): 32, ("clone", 0): 32,
+    ("open", 1): 32, ("openat", 2): 32, ("sendto", 4): 64,
+    ("socket", 0): 32, ("socketpair", 0): 32, ("getsockopt", 2): 32, ("setsockopt", 2): 32,    # int family, optname
+    **{(name, 0): 32 for name in (
+        "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",
+        "sched_rr_get_interval", "sched_setattr", "sched_getattr", "prlimit64",
+        "get_robust_list", "migrate_pages", "move_pages")},
+}
+
+
+def _rule_rows():
+    return [(row, rule) for row in table.BY_NR.values() for rule in row.rules]
+
+
+def test_every_argument_rule_tests_the_bits_the_kernel_reads():
+    """A new rule needs its kernel width above, and must use it."""
+    for row, rule in _rule_rows():
+        bits = KERNEL_ARG_BITS.get((row.name, rule.index))
+        assert bits is not None, f"{row.name} arg {rule.index}: add its kernel width"
+        assert rule.wide == (bits == 64), f"{row.name} arg {rule.index} is {bits}-bit"
+
+
+def _matching(rule) -> int:
+    return rule.value if rule.op == "eq" else rule.value & -rule.value   # one of its bits
+
+
+def _args(index: int, value: int) -> tuple[int, ...]:
+    args = [0] * 6
+    args[index] = value
+    return tuple(args)
+
+
+HIGH_HALVES = (1 << 32, 0xFFFFFFFF << 32, 1 << 63)
+
+
+@pytest.mark.parametrize("row, rule", _rule_rows(),
+                         ids=[f"{r.name}-{u.index}-{u.value:#x}" for r, u in _rule_rows()])
+def test_argument_rules_with_high_bits_set_and_cleared(prog, row, rule):
+    """The filter through the kernel's rules (seccomp_data, classic BPF) for
+    every argument rule: a 32-bit argument gives the same action whatever
+    its high half holds, for a value matching the rule and for one that does
+    not; a 64-bit one matches only when all its bits do."""
+    nr = row.nr
+    hit = _matching(rule)
+    miss = 0 if hit else 1
+    for value in (hit, miss):
+        want = run_bpf(prog, seccomp_data(nr, _args(rule.index, value)))
+        for high in HIGH_HALVES:
+            got = run_bpf(prog, seccomp_data(nr, _args(rule.index, value | high)))
+            if not rule.wide:
+                assert got == want, f"{row.name}: {value | high:#x}"
+            elif rule.op == "eq":
+                assert got != rule.action or (value | high) == rule.value, row.name
+    # the first rule that matches decides (earlier rules may shadow a later one)
+    first = next(r for r in row.rules if (r.op == "eq" and hit == r.value)
+                 or (r.op == "any_bit" and hit & r.value))
+    assert run_bpf(prog, seccomp_data(nr, _args(rule.index, hit))) == first.action
+
+
+@pytest.mark.parametrize("name, index, value, expected", [
+    ("clone", 0, CLONE_UNTRACED | 17 | 1 << 32, EPERM),
+    ("clone", 0, CLONE_NEWUSER | 17 | 1 << 32, EPERM),
+    ("fcntl", 1, 8 | 1 << 32, bpf.RET_USER_NOTIF),            # F_SETOWN
+    ("ioctl", 1, 0x8901 | 1 << 32, bpf.RET_TRACE),             # FIOSETOWN
+    ("ioctl", 1, 0x5412 | 1 << 32, EPERM),                     # TIOCSTI
+    ("prctl", 0, 35 | 1 << 32, EPERM),                         # PR_SET_MM
+    ("sendto", 4, 1 << 32, bpf.RET_USER_NOTIF),                # a pointer above 4 GiB
+    ("sendto", 4, 0, bpf.RET_ALLOW),                           # no address
+], ids=["clone-untraced", "clone-newuser", "f_setown", "fiosetown", "tiocsti", "pr_set_mm",
+        "sendto-addr", "sendto-null"])
+def test_high_bits_do_not_step_around_a_rule(prog, name, index, value, expected):
+    """The attacks of issue 11: the kernel ignores these high halves."""
+    assert run_bpf(prog, seccomp_data(N[name], _args(index, value))) == expected
+
+
+def test_wide_rule_tests_both_halves():
+    f = bpf.build_filter({1: bpf.ByArgs((bpf.ArgRule(0, "eq", 0x1_0000_0005, 7, wide=True),
+                                        bpf.ArgRule(1, "any_bit", 1 << 40, 9, wide=True)),
+                                       bpf.RET_ALLOW)}, bpf.RET_ALLOW)
+    assert run_bpf(f, seccomp_data(1, (0x1_0000_0005,))) == 7
+    assert run_bpf(f, seccomp_data(1, (0x5,))) == bpf.RET_ALLOW
+    assert run_bpf(f, seccomp_data(1, (0x2_0000_0005,))) == bpf.RET_ALLOW
+    assert run_bpf(f, seccomp_data(1, (0, 1 << 40))) == 9
+    assert run_bpf(f, seccomp_data(1, (0, 1 << 41))) == bpf.RET_ALLOW
+    with pytest.raises(ValueError):
+        bpf.ArgRule(0, "eq", 1 << 32, 7)
+
+
+def _as_errnos(act: bpf.Action, codes: dict[int, int]) -> bpf.Action:
+    """The same rules with each action replaced by its own ERRNO value, so
+    that the kernel tells which one it took and the call itself never runs."""
+    def code(a: int) -> int:
+        return bpf.errno_action(codes.setdefault(a, len(codes) + 1))
+    return bpf.ByArgs(tuple(bpf.ArgRule(r.index, r.op, r.value, code(r.action), r.wide)
+                            for r in act.rules), code(act.default))
+
+
+def _probes() -> list[tuple[int, tuple[int, ...]]]:
+    probes = []
+    for row, rule in _rule_rows():
+        for value in (_matching(rule), 0, 1):
+            for high in (0, *HIGH_HALVES):
+                probes.append((row.nr, _args(rule.index, value | high)))
+    return probes
+
+
+def test_interpreter_agrees_with_the_kernel():
+    """The interpreter above is the kernel's reading: the table's argument
+    rules (actions made distinct errnos) loaded into a forked child and
+    probed with real system calls, high halves set and cleared."""
+    import ctypes
+    import os
+
+    from lxsub.platform import libc
+
+    codes: dict[int, int] = {}
+    rows = {row.nr: _as_errnos(row.action(), codes) for row, _ in _rule_rows()}
+    prog = bpf.build_filter(rows, bpf.RET_ALLOW)
+    probes = _probes()
+    expected = [run_bpf(prog, seccomp_data(nr, args)) & 0xFFFF for nr, args in probes]
+    assert len(set(expected)) > 3, "the probes must reach several different actions"
+    sysc = ctypes.CDLL(None, use_errno=True).syscall
+    sysc.restype = ctypes.c_long
+    got = [0] * len(probes)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                       # the child: nothing allocated below
+        try:
+            libc.prctl(38, 1)                          # PR_SET_NO_NEW_PRIVS
+            libc.seccomp_set_filter(0, prog)
+            for i, (nr, args) in enumerate(probes):
+                ctypes.set_errno(0)
+                sysc(ctypes.c_long(nr), *(ctypes.c_ulong(a) for a in args))
+                got[i] = ctypes.get_errno()
+            os.write(w, struct.pack(f"<{len(got)}i", *got))
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(data) == 4 * len(probes), "the child could not install the filter"
+    kernel = list(struct.unpack(f"<{len(probes)}i", data))
+    wrong = [(NAMES[nr], [hex(a) for a in args], e, k)
+             for (nr, args), e, k in zip(probes, expected, kernel) if e != k]
+    assert wrong == []
 
 
 def kernel_caches_allow(prog: bytes, nr: int) -> bool:

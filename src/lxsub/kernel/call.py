@@ -30,6 +30,16 @@ class NewFd:
 
 
 @dataclass(slots=True)
+class NewFds:
+    """Install provider-side descriptors in the caller, write their numbers
+    as ints at `addr` in its memory (socketpair's array, SO_PEERPIDFD's
+    value) and return 0. The provider's copies are closed afterwards."""
+    fds: tuple[int, ...]
+    cloexec: bool
+    addr: int
+
+
+@dataclass(slots=True)
 class Native:
     """Run the syscall on the host (in the caller) with the registers as
     modified in `call.regs`; `on_exit(result) -> new result | None`.

@@ -97,3 +97,20 @@ class Creds:
             self.cap_permitted = self.cap_effective = 0
         changed = self.euid != old_euid or self.egid != old_egid
         return changed or self.euid != self.ruid or self.egid != self.rgid
+
+def may_ptrace(caller: "Creds", target: "Creds", dumpable: bool, fscreds: bool) -> bool:
+    """kernel/ptrace.c __ptrace_may_access: the caller's fs (or real) ids
+    equal all of the target's ids, and the target is dumpable; or the
+    caller has CAP_SYS_PTRACE."""
+    if caller.capable(CAP_SYS_PTRACE):
+        return True
+    uid, gid = (caller.fsuid, caller.fsgid) if fscreds else (caller.ruid, caller.rgid)
+    return bool(dumpable and uid == target.ruid == target.euid == target.suid
+                and gid == target.rgid == target.egid == target.sgid)
+
+
+def may_signal(sender: "Creds", target: "Creds") -> bool:
+    """kernel/signal.c kill_ok_by_cred: the sender's real or effective uid
+    is the target's real or saved uid, or the sender has CAP_KILL."""
+    return (sender.euid in (target.suid, target.ruid) or sender.ruid in (target.suid, target.ruid)
+            or sender.capable(CAP_KILL))

@@ -15,7 +15,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from lxsub.kernel import table
-from lxsub.kernel.call import Blocking, Call, Native, NewFd
+from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.sysno import NAMES
 from lxsub.platform import hostproc, ptrace
 from lxsub.platform.memory import MemoryFault
@@ -72,6 +72,8 @@ def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,
                     os.close(result.fd)
                 raise
             os.close(result.fd)
+        elif isinstance(result, NewFds):
+            _answer_fds(lst, nid, result, tid)
         elif isinstance(result, Blocking):
             _BlockingAnswer(inst, lst, nid, tid).start(result)
         else:
@@ -89,6 +91,24 @@ def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,
         except OSError:
             pass
     return True
+
+
+def _answer_fds(lst: "Listener", nid: int, pair: NewFds, tid: int) -> None:
+    """The descriptors go in first (ADDFD without SEND), then their
+    numbers into the caller's memory, then the answer."""
+    import struct
+    from lxsub.platform import memory
+    try:
+        numbers = [lst.add_fd(nid, fd, pair.cloexec) for fd in pair.fds]
+    finally:
+        for fd in pair.fds:
+            os.close(fd)
+    try:
+        memory.write(tid, pair.addr, struct.pack(f"<{len(numbers)}i", *numbers))
+    except OSError:                        # MemoryFault too
+        lst.reply(nid, 0, -errno.EFAULT)
+        return
+    lst.reply(nid, 0, 0)
 
 
 def _remember_lost(inst: "Instance", task: "Task", n: "Notification", result) -> None:

@@ -34,6 +34,7 @@ from lxsub.platform import launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
+from lxsub.platform.unixns import UnixNamespace
 
 CLONE_VM = 0x100
 CLONE_FS = 0x200
@@ -85,6 +86,7 @@ class Instance:
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
+        self.unix = UnixNamespace()
         # Pico processes between fork and first exec: host pid -> the pipe
         # on which they report their seccomp listener.
         self.launches: dict[int, int] = {}

@@ -119,8 +119,9 @@ ROWS: list[Syscall] = [
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
-        "landlock_add_rule", "landlock_restrict_self", "process_madvise", "process_mrelease",
-        "pidfd_getfd")),
+        "landlock_add_rule", "landlock_restrict_self")),
+    *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
+             "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
         "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
         "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
@@ -145,17 +146,31 @@ ROWS: list[Syscall] = [
             rules=_when(0, (0, 1), bpf.RET_TRACE)),
     # -- sockets: addresses that name files are translated
     Syscall("socket", NATIVE, net.sys_socket, FULL,
-            "AF_NETLINK stops: NETLINK_AUDIT answers EPROTONOSUPPORT (no audit subsystem)",
-            rules=(ArgRule(0, "eq", net.AF_NETLINK, bpf.RET_TRACE),)),
+            "AF_UNIX: made in the instance's own network namespace (abstract names are the "
+            "instance's); AF_NETLINK stops: NETLINK_AUDIT answers EPROTONOSUPPORT (no audit "
+            "subsystem)",
+            rules=(ArgRule(0, "eq", net.AF_UNIX, bpf.RET_USER_NOTIF),
+                   ArgRule(0, "eq", net.AF_NETLINK, bpf.RET_TRACE))),
+    Syscall("socketpair", NATIVE, net.sys_socketpair, FULL, "AF_UNIX: made in the instance's "
+            "own network namespace (abstract names are the instance's)",
+            rules=(ArgRule(0, "eq", net.AF_UNIX, bpf.RET_USER_NOTIF),)),
+    Syscall("getsockopt", NATIVE, net.sys_getsockopt, FULL, "SO_PEERCRED, SO_PEERGROUPS, "
+            "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
+            rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
+    Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
+            "would give pidfds of host senders)",
+            rules=(ArgRule(2, "eq", net.SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
     *(native(n) for n in (
-        "socketpair", "listen", "accept", "accept4", "shutdown", "getsockname",
-        "getpeername", "setsockopt", "getsockopt", "recvfrom", "recvmsg", "recvmmsg")),
+        "listen", "accept", "accept4", "shutdown", "getsockname",
+        "getpeername", "recvfrom", "recvmsg", "recvmmsg")),
     native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
     notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
     notify("connect", net.sys_connect, "AF_UNIX paths resolved in the instance"),
-    Syscall("sendto", NATIVE, net.sys_sendto, FULL, "with an address: resolved like connect",
-            rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW),)),
+    # The address is a pointer: all 64 bits tell whether there is one.
+    Syscall("sendto", NOTIFY, net.sys_sendto, FULL, "without an address native; with one "
+            "resolved like connect",
+            rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW, wide=True),)),
     # -- paths: all resolved by the provider inside the instance
     Syscall("open", NOTIFY, fcntl.sys_open, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",
             rules=(ArgRule(1, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
@@ -236,7 +251,10 @@ ROWS: list[Syscall] = [
     trace("rt_tgsigqueueinfo", signal.sys_rt_tgsigqueueinfo),
     trace("pidfd_open", signal.sys_pidfd_open),
     trace("pidfd_send_signal", signal.sys_pidfd_send_signal,
-          "a pidfd natively; a /proc/<pid> directory (as psmisc uses it) as kill of that process"),
+          "kill of the process a pidfd or a /proc/<pid> directory (as psmisc uses it) names; "
+          "a process outside the instance: EINVAL"),
+    notify("pidfd_getfd", signal.sys_pidfd_getfd, "only processes of the instance, by ptrace's "
+           "rule; outside: EPERM"),
     trace("rt_sigtimedwait", signal.sys_rt_sigtimedwait, "the sender's pid and uid in the "
           "returned siginfo are translated; signalfd reads are not (partial)", PARTIAL),
     # Always stopped, for the caller's own thread too: the provider may hold a

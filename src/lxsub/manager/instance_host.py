@@ -308,7 +308,7 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    set_process_name(f"lx:{name}")
+    set_process_name(protocol.INSTANCE_NAME_PREFIX + name)   # see protocol.inside_an_instance
     try:
         inst = sessions.open_instance(name, rootfs, config, default_user)
     except LxError as e:

@@ -306,10 +306,41 @@ def accept_own_user(listener: socket.socket) -> socket.socket | None:
     except (BlockingIOError, InterruptedError):
         return None
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    if struct.unpack("3i", creds)[1] != os.getuid():
+    pid, uid, _ = struct.unpack("3i", creds)
+    if uid != os.getuid() or inside_an_instance(pid):
         conn.close()
         return None
     return conn
+
+
+INSTANCE_NAME_PREFIX = "lx:"     # an instance's host process name (instance_host.run)
+
+
+def inside_an_instance(pid: int) -> bool:
+    """Whether the peer is an instance's provider, which makes the
+    connections of its pico processes (kernel/syscalls/net.py), or a
+    process one traces (a pico process): no request from a Linux program
+    is taken, whatever path (/mnt/host, a descriptor) reached the socket.
+    A pico process cannot rename its provider, and its own host name is
+    never its to set (PR_SET_NAME and /proc/self/comm are the provider's)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return True                   # gone already: nobody to answer
+    tracer = 0
+    for line in status.splitlines():
+        if line.startswith(b"TracerPid:"):
+            tracer = int(line.split()[1])
+    return any(_named_instance(p) for p in (pid, tracer) if p)
+
+
+def _named_instance(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().startswith(INSTANCE_NAME_PREFIX)
+    except OSError:
+        return False
 
 
 def close_all(fds: list[int]) -> None:

@@ -42,12 +42,22 @@ def errno_action(err: int) -> int:
 
 @dataclass(frozen=True)
 class ArgRule:
-    """`if args[index] (op) value: return action` — on the low 32 bits,
-    and the high 32 bits must be zero for a match (ints, flags, fds)."""
+    """`if args[index] (op) value: return action`, on exactly the bits the
+    kernel reads. Most arguments are C `int`s or `unsigned int`s (fcntl's
+    cmd, ioctl's request, prctl's option, open's flags, a pid_t) or are
+    truncated by the kernel (clone's flags: `lower_32_bits()` in
+    kernel/fork.c): the kernel ignores their high half, so the rule must
+    too, or a program sets a high bit to step around it. Pointers and
+    sizes are read whole (`wide`)."""
     index: int
     op: str          # "eq" or "any_bit" (value & arg != 0)
     value: int
     action: int
+    wide: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.wide and self.value >> 32:
+            raise ValueError("a 32-bit argument rule cannot test the high half")
 
 
 @dataclass(frozen=True)
@@ -97,16 +107,30 @@ def _emit_action(p: _Prog, act: Action, labels: _Labels) -> None:
         p.emit(_RET, k=act)
         return
     for rule in act.rules:
+        _emit_rule(p, rule, labels)
+    p.emit(_RET, k=act.default)
+
+
+def _emit_rule(p: _Prog, rule: ArgRule, labels: _Labels) -> None:
+    low, high = rule.value & 0xFFFFFFFF, rule.value >> 32
+    if rule.op == "eq":
         nxt = labels.new()
-        p.emit(_LD_ABS, k=_off_arg(rule.index, high=True))
-        p.emit(_JEQ, 1, 0, 0)       # high half zero: go on testing
-        p.jump(nxt)
+        if rule.wide:               # the high half must match too
+            p.emit(_LD_ABS, k=_off_arg(rule.index, high=True))
+            p.emit(_JEQ, 1, 0, high)
+            p.jump(nxt)
         p.emit(_LD_ABS, k=_off_arg(rule.index))
-        code = _JEQ if rule.op == "eq" else _JSET
-        p.emit(code, 0, 1, rule.value)
+        p.emit(_JEQ, 0, 1, low)
         p.emit(_RET, k=rule.action)
         p.label(nxt)
-    p.emit(_RET, k=act.default)
+    elif rule.op == "any_bit":      # a bit set in either tested half
+        halves = [(False, low)] + ([(True, high)] if rule.wide and high else [])
+        for is_high, bits in halves:
+            p.emit(_LD_ABS, k=_off_arg(rule.index, high=is_high))
+            p.emit(_JSET, 0, 1, bits)
+            p.emit(_RET, k=rule.action)
+    else:
+        raise ValueError(f"unknown argument rule operator {rule.op!r}")
 
 
 def _emit_tree(p: _Prog, ranges: list[tuple[int, Action]], labels: _Labels) -> None:

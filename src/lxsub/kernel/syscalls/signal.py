@@ -1,8 +1,11 @@
 """<signal.h>: sending signals by virtual PID; only instance processes are reachable.
 
 The signal itself is sent natively by the caller (so the receiver sees the
-sender's identity, translated at delivery); the provider only translates the
-target and refuses anything outside the instance with ESRCH.
+sender's identity, translated at delivery); the provider translates the
+target, refuses anything outside the instance with ESRCH, and applies
+Linux's permission rule with the instance's credentials (the host would
+only see that every pico process runs as the same host user):
+kernel/signal.c check_kill_permission.
 """
 
 from __future__ import annotations
@@ -13,16 +16,52 @@ import os
 import struct
 
 
+from typing import TYPE_CHECKING
+
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.creds import may_signal
 from lxsub.platform import memory
 from lxsub.platform.ptrace import SigInfo
 
+if TYPE_CHECKING:
+    from lxsub.kernel.task import Process, Task
+
 _NSIG = 65
+SIGCONT = 18
 
 
 def _check_signal(sig: int) -> None:
     if not 0 <= sig < _NSIG:
         raise OSError(errno.EINVAL, "bad signal")
+
+
+def _may_send(c: Call, target: "Task | None", sig: int) -> bool:
+    """check_kill_permission: the sender's own thread group, the
+    kill_ok_by_cred rule (creds.may_signal), or SIGCONT within the
+    sender's session."""
+    if target is None or target.process is c.task.process:
+        return True
+    if may_signal(c.task.creds, target.creds):
+        return True
+    if sig == SIGCONT:
+        try:
+            return os.getsid(target.host_tid) == os.getsid(c.task.host_tid)
+        except OSError:
+            return False
+    return False
+
+
+def _leader(proc: "Process") -> "Task | None":
+    """The task a signal to the process is checked against (its leader)."""
+    for task in proc.threads.values():
+        if task.tid == proc.pid:
+            return task
+    return next(iter(proc.threads.values()), None)
+
+
+def _check_permission(c: Call, target: "Task | None", sig: int) -> None:
+    if not _may_send(c, target, sig):
+        raise OSError(errno.EPERM, "operation not permitted")
 
 
 def sys_kill(c: Call):
@@ -32,25 +71,52 @@ def sys_kill(c: Call):
     if pid == 1:
         return 0      # /init takes no signals it has not asked for
     if pid == -1:
-        return _kill_all(c, sig)
+        return _kill_each(c, sig, _others(c))
     if pid > 0:
         host = pids.host_of_vpid(pid)
-    elif pid < -1:
-        host = pids.group_to_host(-pid)
-        host = -host if host is not None else None
+        if host is not None:
+            _check_permission(c, _leader(pids.processes_by_vid[pid]), sig)
     else:
-        host = 0
+        host = pids.group_to_host(-pid) if pid < -1 else os.getpgid(c.task.host_tid)
+        if host is None:
+            raise OSError(errno.ESRCH, "no such process")
+        members = _group(c, host)
+        if not all(_may_send(c, _leader(p), sig) for p in members):
+            return _kill_each(c, sig, members)
+        host = -host if pid < -1 else 0
     if host is None:
         raise OSError(errno.ESRCH, "no such process")
     c.set_arg(0, host)
     return Native()
 
 
-def _kill_all(c: Call, sig: int) -> int:
+def _others(c: Call) -> list["Process"]:
     """kill(-1): every instance process but init and the caller."""
-    hit = 0
-    for proc in list(c.inst.pids.processes_by_vid.values()):
-        if proc.is_init() or proc is c.task.process or proc.exited:
+    return [p for p in list(c.inst.pids.processes_by_vid.values())
+            if not (p.is_init() or p is c.task.process or p.exited)]
+
+
+def _group(c: Call, host_pgid: int) -> list["Process"]:
+    out = []
+    for p in list(c.inst.pids.processes_by_vid.values()):
+        if p.exited or p.is_init():
+            continue
+        try:
+            if os.getpgid(p.host_pid) == host_pgid:
+                out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+def _kill_each(c: Call, sig: int, procs: list["Process"]) -> int:
+    """Signal each process the caller may signal, from the provider: as
+    Linux's group kill, success if one was signalled, else EPERM if one
+    was refused, else ESRCH."""
+    hit = refused = 0
+    for proc in procs:
+        if not _may_send(c, _leader(proc), sig):
+            refused += 1
             continue
         try:
             if sig:
@@ -58,29 +124,30 @@ def _kill_all(c: Call, sig: int) -> int:
             hit += 1
         except OSError:
             pass
-    if not hit:
-        raise OSError(errno.ESRCH, "no such process")
-    return 0
+    if hit:
+        return 0
+    raise OSError(errno.EPERM if refused else errno.ESRCH, "no process signalled")
 
 
-def _thread(c: Call, vtid: int) -> int:
+def _thread(c: Call, vtid: int, sig: int) -> int:
     host = c.inst.pids.host_of_vtid(vtid)
     if host is None or vtid <= 0:
         raise OSError(errno.ESRCH if vtid > 0 else errno.EINVAL, "no such thread")
+    _check_permission(c, c.inst.pids.tasks_by_host.get(host), sig)
     return host
 
 
 def sys_tkill(c: Call):
     _check_signal(c.int(1))
-    c.set_arg(0, _thread(c, c.int(0)))
+    c.set_arg(0, _thread(c, c.int(0), c.int(1)))
     return Native()
 
 
-def _thread_in_group(c: Call, tgid: int, tid: int) -> None:
+def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> None:
     """Point (tgid, tid) arguments 0 and 1 at the host thread."""
     if tgid <= 0:
         raise OSError(errno.EINVAL, "bad tgid")
-    host_tid = _thread(c, tid)
+    host_tid = _thread(c, tid, sig)
     task = c.inst.pids.tasks_by_host[host_tid]
     if task.pid != tgid:
         raise OSError(errno.ESRCH, "no such thread in that group")
@@ -90,7 +157,7 @@ def _thread_in_group(c: Call, tgid: int, tid: int) -> None:
 
 def sys_tgkill(c: Call):
     _check_signal(c.int(2))
-    _thread_in_group(c, c.int(0), c.int(1))
+    _thread_in_group(c, c.int(0), c.int(1), c.int(2))
     return Native()
 
 
@@ -99,17 +166,18 @@ SIGINFO_SIZE = 128
 
 def sys_rt_sigqueueinfo(c: Call):
     c.read(c.ptr(2), SIGINFO_SIZE)      # copy_siginfo_from_user comes first: EFAULT
-    pid = c.int(0)
+    pid, sig = c.int(0), c.int(1)
     host = c.inst.pids.host_of_vpid(pid) if pid > 0 else None
     if host is None:
         raise OSError(errno.ESRCH, "no such process")
+    _check_permission(c, _leader(c.inst.pids.processes_by_vid[pid]), sig)
     c.set_arg(0, host)
     return Native()
 
 
 def sys_rt_tgsigqueueinfo(c: Call):
     c.read(c.ptr(3), SIGINFO_SIZE)
-    _thread_in_group(c, c.int(0), c.int(1))
+    _thread_in_group(c, c.int(0), c.int(1), c.int(2))
     return Native()
 
 
@@ -125,21 +193,59 @@ def sys_pidfd_open(c: Call):
 SYS_KILL, SYS_RT_SIGQUEUEINFO = 62, 129
 
 
+def pidfd_host_pid(local: int) -> int | None:
+    """The host pid a pidfd (a provider-side copy) names: its fdinfo's
+    `Pid:` line, -1 once the process has been reaped (fs/pidfs.c); None if
+    `local` is no pidfd."""
+    if os.readlink(f"/proc/self/fd/{local}") != "anon_inode:[pidfd]":
+        return None
+    with open(f"/proc/self/fdinfo/{local}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pid:"):
+                return int(line.split()[1])
+    return -1
+
+
+def process_of_pidfd(c: Call, local: int, outside: int):
+    """The instance process a pidfd names. A pidfd of a process outside the
+    instance (a peer's SO_PEERPIDFD, one inherited from the host) names
+    nothing here: `outside` is the errno Linux gives for a process of
+    another pid namespace."""
+    host = pidfd_host_pid(local)
+    if host is None:
+        raise OSError(errno.EBADF, "not a pidfd")
+    if host <= 0:
+        raise OSError(errno.ESRCH, "the process has exited")
+    pids = c.inst.pids
+    proc = pids.processes_by_host.get(host)
+    if proc is None:
+        task = pids.tasks_by_host.get(host)
+        proc = task.process if task is not None else None
+    if proc is None or proc.exited:
+        raise OSError(outside, "not a process of this instance")
+    return proc
+
+
 def sys_pidfd_send_signal(c: Call):
-    """A real pidfd (from pidfd_open) runs natively. A /proc/<pid> directory
-    is a pidfd too on Linux (psmisc's killall signals through them), but an
-    instance's /proc directory is the provider's: the call becomes kill (or
+    """A pidfd, or a /proc/<pid> directory, which is a pidfd too on Linux
+    (psmisc's killall signals through them; an instance's /proc directory
+    is the provider's). Either way the call becomes kill (or
     rt_sigqueueinfo with a siginfo) of that process's host pid, sent by the
-    caller itself as kill(2) is."""
+    caller itself as kill(2) is, after the provider has checked the process
+    is the instance's: the descriptor number is not used again, so another
+    thread cannot swap in a pidfd of a host process meanwhile. Linux answers
+    EINVAL for a pidfd of a process outside the caller's pid namespace
+    (kernel/signal.c access_pidfd_pidns)."""
     from lxsub.kernel.fs.procfs import process_of_dir
     from lxsub.kernel.vfs import lookup
     fd, sig, info, flags = c.int(0), c.int(1), c.ptr(2), c.uint(3)
     _check_signal(sig)
     local = lookup.copy_fd(c.task, fd)
     try:
-        if os.readlink(f"/proc/self/fd/{local}") == "anon_inode:[pidfd]":
-            return Native()
-        proc = process_of_dir(c.inst, local)
+        if pidfd_host_pid(local) is not None:
+            proc = process_of_pidfd(c, local, errno.EINVAL)
+        else:
+            proc = process_of_dir(c.inst, local)
     finally:
         os.close(local)
     if proc is None:
@@ -150,6 +256,7 @@ def sys_pidfd_send_signal(c: Call):
         raise OSError(errno.ESRCH, "no such process")
     if proc.is_init():
         return 0      # as kill(1)
+    _check_permission(c, _leader(proc), sig)
     assert c.regs is not None
     c.regs.orig_rax = SYS_RT_SIGQUEUEINFO if info else SYS_KILL
     c.regs.set_args(proc.host_pid, sig, info, 0, 0, 0)
@@ -181,6 +288,76 @@ def sys_timer_create(c: Call):
         (copy,) = memory.write_below_sp(c.pid, c.regs.rsp, [bytes(event)])
         c.set_arg(1, copy)
     return Native()
+
+
+def sys_pidfd_getfd(c: Call):
+    """pidfd_getfd(2): a duplicate of another process's descriptor, taken
+    by the provider and installed in the caller. Only a process of the
+    instance, and only under ptrace's rule (PTRACE_MODE_ATTACH_REALCREDS,
+    kernel/pid.c pidfd_getfd): a pidfd of a host process gives EPERM, as
+    ptrace_may_access does across user namespaces."""
+    from lxsub.kernel.call import NewFd
+    from lxsub.kernel.creds import may_ptrace
+    from lxsub.kernel.vfs import lookup
+    fd, target, flags = c.int(0), c.int(1), c.uint(2)
+    if flags:
+        raise OSError(errno.EINVAL, "bad flags")
+    local = lookup.copy_fd(c.task, fd)
+    try:
+        proc = process_of_pidfd(c, local, errno.EPERM)
+    finally:
+        os.close(local)
+    owner = next(iter(proc.threads.values()), None)
+    if owner is None:
+        raise OSError(errno.ESRCH, "the process has exited")
+    if proc is not c.task.process and not may_ptrace(c.task.creds, owner.creds,
+                                                      bool(proc.dumpable), fscreds=False):
+        raise OSError(errno.EPERM, "not permitted")
+    return NewFd(lookup.copy_fd(owner, target), True)   # always O_CLOEXEC
+
+
+def sys_process_madvise(c: Call) -> int:
+    """process_madvise(2) on a pidfd: done by the provider for a process of
+    the instance (EINVAL outside, as a pidfd of another pid namespace); the
+    iovec names the target's memory, so it is passed on as it is."""
+    from lxsub.platform import libc
+    fd, iov, vlen, advice, flags = c.int(0), c.ptr(1), c.uint(2), c.int(3), c.uint(4)
+    if vlen > 1024:
+        raise OSError(errno.EINVAL, "too many iovecs")       # UIO_MAXIOV
+    vec = c.read(iov, 16 * vlen) if vlen else b""
+    with _own_pidfd(c, fd) as local:
+        buf = ctypes.create_string_buffer(vec, max(len(vec), 1))
+        return libc.syscall(SYS_PROCESS_MADVISE, local, ctypes.addressof(buf), vlen, advice,
+                            flags)
+
+
+def sys_process_mrelease(c: Call) -> int:
+    from lxsub.platform import libc
+    with _own_pidfd(c, c.int(0)) as local:
+        return libc.syscall(SYS_PROCESS_MRELEASE, local, c.uint(1))
+
+
+SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE = 440, 448
+
+
+class _own_pidfd:
+    """A provider-side copy of the caller's pidfd, checked to name a
+    process of the instance."""
+
+    def __init__(self, c: Call, fd: int) -> None:
+        from lxsub.kernel.vfs import lookup
+        self.local = lookup.copy_fd(c.task, fd)
+        try:
+            process_of_pidfd(c, self.local, errno.EINVAL)
+        except BaseException:
+            os.close(self.local)
+            raise
+
+    def __enter__(self) -> int:
+        return self.local
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.local)
 
 
 def sys_deny(c: Call) -> int:

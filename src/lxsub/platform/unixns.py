@@ -1,0 +1,213 @@
+"""An instance's own network namespace for its Unix sockets.
+
+Linux keeps abstract Unix socket names (`\\0name`) per network namespace
+(net/unix/af_unix.c looks them up in the socket's `sock_net()`), so a
+program in a container cannot reach the host's abstract sockets. lxsub
+shares the host's network, but the AF_UNIX sockets of an instance are made
+in a namespace of their own: a helper process, forked by the provider
+into a new user and network namespace, creates them on request and hands
+them over (SCM_RIGHTS). Abstract names bound, connected to or sent to on
+those sockets are then the instance's alone, whatever call uses them
+(`sendmsg` included, which the filter cannot read). Path names are not
+namespaced (the kernel finds them by inode), and the provider resolves
+those inside the instance itself.
+
+The helper also makes the NETLINK_SOCK_DIAG socket through which the
+provider asks which socket is another's peer (`peer_inode`): sock_diag
+answers only about sockets of its own namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import socket
+import struct
+import threading
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+_REQ = struct.Struct("<iiiB")         # family, type, protocol, pair
+
+
+def unshare_as_self(flags: int) -> None:
+    """In a forked helper: new namespaces (CLONE_NEWUSER among `flags`) in
+    which the caller keeps its own host uid and gid (user_namespaces(7):
+    an unprivileged process may map its own ids)."""
+    uid, gid = os.getuid(), os.getgid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def _serve(sock: socket.socket) -> None:
+    """The helper's loop: one request, one answer; ends with the provider."""
+    code = 1
+    try:
+        # Forked at any time: keep none of the provider's descriptors (a
+        # copy of a program's pipe or socket would keep it open).
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # Not the provider's name ("lx:DISTRO"), which says "an instance".
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(b"lx-unix-sockets"), 0, 0, 0)
+        unshare_as_self(CLONE_NEWUSER | CLONE_NEWNET)
+        sock.send(b"ready")
+        while True:
+            req = sock.recv(_REQ.size)
+            if len(req) != _REQ.size:
+                break
+            family, type_, proto, pair = _REQ.unpack(req)
+            try:
+                if pair:
+                    a, b = socket.socketpair(family, type_, proto)
+                    fds = [a.detach(), b.detach()]
+                else:
+                    fds = [socket.socket(family, type_, proto).detach()]
+            except OSError as e:
+                sock.send(b"err %d" % (e.errno or errno.EINVAL))
+                continue
+            try:
+                socket.send_fds(sock, [b"ok"], fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        code = 0
+    except BaseException:
+        pass
+    finally:
+        os._exit(code)
+
+
+class UnixNamespace:
+    """The helper, as the provider sees it, started at the first use (an
+    instance whose programs make no Unix socket pays nothing). `available`
+    is False where the host allows no unprivileged user namespaces."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._tried = False
+        self.helper_pid = 0
+        self.cookie = 0
+        self._diag = -1
+        # socket inode -> what its maker recorded (see kernel/syscalls/net.py)
+        self.made_by: dict[int, tuple] = {}
+
+    @property
+    def available(self) -> bool:
+        if not self._tried:
+            self._tried = True
+            try:
+                self._start()
+            except OSError:
+                self.close()
+        return self._sock is not None
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            _serve(child)
+        child.close()
+        self.helper_pid = pid
+        self._sock = parent
+        if parent.recv(16) != b"ready":
+            raise OSError(errno.ENOSYS, "no private network namespace")
+        probe = self.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0)
+        try:
+            self.cookie = netns_cookie(probe)
+        finally:
+            os.close(probe)
+        self._diag = self.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                 | socket.SOCK_NONBLOCK, 4)     # NETLINK_SOCK_DIAG
+
+    def _ask(self, family: int, type_: int, proto: int, pair: bool) -> list[int]:
+        assert self._sock is not None
+        with self._lock:
+            self._sock.send(_REQ.pack(family, type_, proto, int(pair)))
+            msg, fds, _, _ = socket.recv_fds(self._sock, 64, 2)
+        if msg == b"ok" and len(fds) == (2 if pair else 1):
+            return fds
+        for fd in fds:
+            os.close(fd)
+        if msg.startswith(b"err "):
+            code = int(msg[4:])
+            raise OSError(code, os.strerror(code))
+        raise OSError(errno.ENOMEM, "the socket helper has gone")
+
+    def socket(self, family: int, type_: int, proto: int) -> int:
+        return self._ask(family, type_, proto, False)[0]
+
+    def socketpair(self, family: int, type_: int, proto: int) -> tuple[int, int]:
+        a, b = self._ask(family, type_, proto, True)
+        return a, b
+
+    def peer_inode(self, ino: int) -> int | None:
+        """The inode of the peer of Unix socket `ino` (sock_diag,
+        UDIAG_SHOW_PEER), None if it has none or is unknown here."""
+        if self._diag < 0:
+            return None
+        req = struct.pack("<BBHIII2I", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, 4,
+                          0xFFFFFFFF, 0xFFFFFFFF)
+        msg = struct.pack("<IHHII", 16 + len(req), 20, 1, 1, 0) + req   # SOCK_DIAG_BY_FAMILY
+        with self._lock:
+            os.write(self._diag, msg)
+            try:          # the kernel answers within the write; never wait here
+                reply = os.read(self._diag, 8192)
+            except BlockingIOError:
+                return None
+        if len(reply) < 32 or struct.unpack_from("<H", reply, 4)[0] != 20:
+            return None
+        length = struct.unpack_from("<I", reply)[0]
+        off = 16 + 16                             # nlmsghdr, unix_diag_msg
+        while off + 4 <= length:
+            alen, atype = struct.unpack_from("<HH", reply, off)
+            if alen < 4:
+                break
+            if atype == 2 and alen >= 8:          # UNIX_DIAG_PEER
+                return struct.unpack_from("<I", reply, off + 4)[0]
+            off += (alen + 3) & ~3
+        return None
+
+    def close(self) -> None:
+        if self._diag >= 0:
+            os.close(self._diag)
+            self._diag = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self.helper_pid:
+            try:
+                os.kill(self.helper_pid, signal.SIGKILL)
+                os.waitpid(self.helper_pid, 0)
+            except ChildProcessError:
+                pass
+            except ProcessLookupError:
+                pass
+            self.helper_pid = 0
+
+
+def netns_cookie(fd: int) -> int:
+    """The cookie of the network namespace socket `fd` lives in (Linux 5.14)."""
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        return struct.unpack("<Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    finally:
+        s.close()
