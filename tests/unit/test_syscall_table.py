@@ -152,6 +152,7 @@ KERNEL_ARG_BITS = {
     ("fcntl", 1): 32, ("ioctl", 1): 32, ("prctl", 0): 32, ("clone", 0): 32,
     ("open", 1): 32, ("openat", 2): 32, ("sendto", 4): 64,
     ("socket", 0): 32, ("socketpair", 0): 32, ("getsockopt", 2): 32, ("setsockopt", 2): 32,    # int family, optname
+    ("seccomp", 0): 32,     # unsigned int operation (kernel/seccomp.c)
     **{(name, 0): 32 for name in (
         "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",
         "sched_rr_get_interval", "sched_setattr", "sched_getattr", "prlimit64",
