@@ -25,21 +25,13 @@ import sys
 import time
 
 from lxsub.manager import paths, protocol
+from tools.fuzz.syscalls import rss_kib
 
 LIVENESS_TIMEOUT = 5.0
 SLOW_READERS = 8
 IDLE_CONNECTIONS = 40
 
 
-def _rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class Fuzzer:
@@ -250,7 +242,7 @@ class Fuzzer:
                 checks += 1
                 for p in pids.values():
                     if p not in rss_start and time.monotonic() - started > min(5.0, seconds / 4):
-                        rss_start[p] = _rss_kib(p) or 0
+                        rss_start[p] = rss_kib(p) or 0
                 next_check = time.monotonic() + 1.0
         pids = self.alive()
         lost = set(start_pids.values()) - set(pids.values())
@@ -258,7 +250,7 @@ class Fuzzer:
             s.close()
         return {"sent": self.sent, "kinds": self.kinds, "liveness_checks": checks,
                 "pids": sorted(pids.values()), "lost": sorted(lost),
-                "rss_kib": {p: [rss_start.get(p), _rss_kib(p)] for p in pids.values()}}
+                "rss_kib": {p: [rss_start.get(p), rss_kib(p)] for p in pids.values()}}
 
 
 class _Closer:

@@ -55,7 +55,8 @@ def _instance_pid(distro: str) -> int | None:
     return None
 
 
-def _rss_kib(pid: int | None) -> int | None:
+def rss_kib(pid: int | None) -> int | None:
+    """A process's resident memory in KiB (None: gone or unknown)."""
     if pid is None:
         return None
     try:
@@ -123,7 +124,7 @@ def run(distro: str, user: str, seconds: float, seed: int, program: Path | None)
         raise RuntimeError(f"cannot run in {distro}: {warm.stderr.decode(errors='replace')}")
     logs = _log_sizes()
     pid = _instance_pid(distro)
-    rss_start = _rss_kib(pid)
+    rss_start = rss_kib(pid)
     second = SecondSession(distro)
     second.start()
     t0 = time.monotonic()
@@ -132,7 +133,7 @@ def run(distro: str, user: str, seconds: float, seed: int, program: Path | None)
                           capture_output=True, timeout=seconds + 120, stdin=subprocess.DEVNULL)
     second.stop.set()
     second.join(ALIVE_TIMEOUT + 5)
-    rss_end = _rss_kib(_instance_pid(distro))
+    rss_end = rss_kib(_instance_pid(distro))
     log_text = _new_log_text(logs)
     problems = []
     if fuzz.returncode != 0:

@@ -103,17 +103,9 @@ def _child_make_tmpfs(sock: socket.socket, options: dict[str, str]) -> None:
     """In the forked helper: never returns."""
     code = 1
     try:
-        uid, gid = os.getuid(), os.getgid()
+        from lxsub.platform.unixns import unshare_as_self
+        unshare_as_self(_CLONE_NEWUSER | _CLONE_NEWNS)
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
-            raise OSError(ctypes.get_errno(), "unshare")
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")):
-            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
         fs = _sys(libc, _SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
         opts = dict(options)
         opts["mode"] = "700"     # the host directory: the Linux mode is kept by the provider
