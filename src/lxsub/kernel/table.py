@@ -106,13 +106,13 @@ ROWS: list[Syscall] = [
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
-        "mlock", "munlock", "mlockall", "munlockall", "mlock2", "mbind", "set_mempolicy",
+        "mlock", "munlock", "mlockall", "munlockall", "mlock2", "remap_file_pages", "mbind", "set_mempolicy",
         "get_mempolicy", "set_mempolicy_home_node", "pkey_mprotect", "pkey_alloc", "pkey_free",
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
         "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
         "getitimer", "setitimer", "alarm", "pause", "timer_create", "timer_settime",
         "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
-        "sched_yield", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
+        "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
@@ -168,6 +168,7 @@ ROWS: list[Syscall] = [
     notify("newfstatat", stat.sys_newfstatat),
     notify("statx", stat.sys_statx, "no birth time"),
     notify("statfs", stat.sys_statfs),
+    notify("ustat", stat.sys_ustat, "the instance's mounts, by the st_dev stat gives"),
     notify("fstatfs", stat.sys_fstatfs),
     notify("readlink", stat.sys_readlink),
     notify("readlinkat", stat.sys_readlinkat),
@@ -266,6 +267,7 @@ ROWS: list[Syscall] = [
     denied("unshare"), denied("setns"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
+    notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
     notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
            "them busy", PARTIAL),
     denied("pivot_root"),

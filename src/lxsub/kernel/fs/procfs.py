@@ -308,6 +308,14 @@ def _mount_dev(m: "Mount") -> int:
 
 def _filesystems() -> bytes:
     """The file system types lxsub has, as /proc/filesystems lists them."""
+    return "".join(f"{'nodev' if nodev else ''}\t{name}\n"
+                   for name, nodev in filesystem_types()).encode()
+
+
+def filesystem_types() -> list[tuple[str, bool]]:
+    """(type name, nodev) of each file system type lxsub has, in the order
+    /proc/filesystems and sysfs(2) number them (the kernel's file_systems
+    list)."""
     import importlib
 
     from lxsub.kernel.fs.hostfs import HostFs
@@ -323,7 +331,7 @@ def _filesystems() -> bytes:
                     and obj.fstype not in ("none", "")):
                 backed = issubclass(obj, HostFs) and obj.fstype != "devpts"
                 seen.setdefault(obj.fstype, not backed)
-    return "".join(f"{'nodev' if nodev else ''}\t{name}\n" for name, nodev in seen.items()).encode()
+    return list(seen.items())
 
 
 def _cgroups() -> bytes:

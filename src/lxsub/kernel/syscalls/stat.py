@@ -271,3 +271,40 @@ def sys_utime(c: Call) -> int:
     else:
         times = _now_pair()
     return _utimens_node(c, node, times)
+
+
+_USTAT = struct.Struct("<IIQ6s6s4x")   # struct ustat: f_tfree, pad, f_tinode, f_fname, f_fpack
+
+
+def _new_decode_dev(dev: int) -> int:
+    """The dev_t an old 32-bit device number names (Linux new_decode_dev)."""
+    dev &= 0xFFFFFFFF
+    return os.makedev((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
+
+
+def _mounted_root_with_dev(c: Call, dev: int):
+    """The root node of a mounted file system whose st_dev is `dev` (Linux
+    user_get_super), or None."""
+    for m in c.inst.mounts.mounts:
+        if m.root_node is None:
+            continue
+        try:
+            if m.fs.getattr(m.root_node).dev == dev:
+                return m.root_node
+        except OSError:
+            continue
+    return None
+
+
+def sys_ustat(c: Call) -> int:
+    """ustat(2): free blocks and inodes of the mounted file system `dev`
+    (Linux fs/statfs.c: EINVAL when none is mounted, EFAULT on the buffer)."""
+    node = _mounted_root_with_dev(c, _new_decode_dev(c.uint(0)))
+    if node is None:
+        raise OSError(errno.EINVAL, "no mounted file system has this device number")
+    raw = _statfs_bytes(node)
+    fields = _STATFS.unpack(raw[:_STATFS.size])
+    bfree, ffree = fields[3], fields[6]
+    # f_tfree is an int: the kernel stores the low 32 bits of f_bfree.
+    c.write(c.ptr(1), _USTAT.pack(bfree & 0xFFFFFFFF, 0, ffree, b"", b""))
+    return 0

@@ -1,0 +1,66 @@
+"""Kernel calls that query without privilege, as LTP's syscall tests check
+them: sched_get_priority_min/max (sched_get_priority_max(2)),
+remap_file_pages (the kernel still emulates it), sysfs(2) over the
+instance's /proc/filesystems, ustat(2) over the instance's mounts. The
+program is tests/fixtures/programs/kernel_queries.c, built static on the
+host and run in BusyBox; before these calls were implemented each answered
+ENOSYS (-38)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.fixtures.cbuild import PROGRAMS, gcc_static
+from tests.integration.distros import describe
+
+DIR = "/kernel-queries"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("queries")
+    return gcc_static(tmp, "kernel_queries", PROGRAMS / "kernel_queries.c").read_bytes()
+
+
+def _run(busybox, program: bytes) -> dict[str, str]:
+    """{first two words: the rest} of the program's lines."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    out = {}
+    for line in cp.stdout.decode().splitlines():
+        words = line.split(" ", 2)
+        out[" ".join(words[:2])] = words[2] if len(words) > 2 else ""
+    return out
+
+
+def test_priority_ranges_and_remap_file_pages(busybox, program):
+    out = _run(busybox, program)
+    einval = -errno.EINVAL
+    # sched(7): static priorities 1..99 for the real-time policies, 0 otherwise
+    assert out["prio fifo"] == "1 99" and out["prio rr"] == "1 99", out
+    assert out["prio other"] == "0 0", out
+    assert out["prio bad"] == f"{einval} {einval}", out
+    # remap_file_pages(2): the first page of the window now shows file page 3
+    assert out["remap 0"] == "DB", out
+
+
+def test_sysfs_numbers_the_types_of_proc_filesystems(busybox, program):
+    out = _run(busybox, program)
+    cp = busybox.lx(["--", "cat /proc/filesystems"], timeout=60)
+    types = [line.split()[-1] for line in cp.stdout.decode().splitlines() if line.strip()]
+    assert out["sysfs count"] == str(len(types)), out
+    # option 2 names each index in /proc/filesystems order; option 1 maps it back
+    assert out["sysfs names"].split() == types, out
+    assert out["sysfs errors"] == " ".join(
+        str(-e) for e in (errno.EINVAL, errno.EINVAL, errno.EINVAL, errno.EFAULT)), out
+
+
+def test_ustat_of_the_root_device(busybox, program):
+    out = _run(busybox, program)
+    assert out["ustat 0"] == "inodes_close 1 fname_zero 1", out
+    assert out["ustat errors"] == f"{-errno.EINVAL} {-errno.EFAULT}", out
