@@ -1,10 +1,12 @@
 """Kernel calls that query without privilege, as LTP's syscall tests check
 them: sched_get_priority_min/max (sched_get_priority_max(2)),
 remap_file_pages (the kernel still emulates it), sysfs(2) over the
-instance's /proc/filesystems, ustat(2) over the instance's mounts. The
+instance's /proc/filesystems, ustat(2) over the instance's mounts; and
+the host clock, which anyone may read (adjtimex(2) modes 0 or
+ADJ_OFFSET_SS_READ) and no instance may set. The
 program is tests/fixtures/programs/kernel_queries.c, built static on the
 host and run in BusyBox; before these calls were implemented each answered
-ENOSYS (-38)."""
+ENOSYS (-38), and every adjtimex/clock_adjtime EPERM."""
 
 from __future__ import annotations
 
@@ -24,12 +26,12 @@ def program(tmp_path_factory) -> bytes:
     return gcc_static(tmp, "kernel_queries", PROGRAMS / "kernel_queries.c").read_bytes()
 
 
-def _run(busybox, program: bytes) -> dict[str, str]:
+def _run(busybox, program: bytes, *args: str) -> dict[str, str]:
     """{first two words: the rest} of the program's lines."""
     cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
                     input=program, timeout=60)
     assert cp.returncode == 0, describe(cp)
-    cp = busybox.lx(["--", f"{DIR}/q"], timeout=60)
+    cp = busybox.lx(["--", f"{DIR}/q", *args], timeout=60)
     assert cp.returncode == 0, describe(cp)
     out = {}
     for line in cp.stdout.decode().splitlines():
@@ -64,3 +66,27 @@ def test_ustat_of_the_root_device(busybox, program):
     out = _run(busybox, program)
     assert out["ustat 0"] == "inodes_close 1 fname_zero 1", out
     assert out["ustat errors"] == f"{-errno.EINVAL} {-errno.EFAULT}", out
+
+
+
+def test_the_clock_is_read_by_anyone_and_set_by_no_instance(busybox, program):
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q clock"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    einval, eperm, efault, eopnotsupp = (-e for e in (errno.EINVAL, errno.EPERM, errno.EFAULT,
+                                                       errno.EOPNOTSUPP))
+    # adjust: ADJ_ADJTIME without the single-shot bit (EINVAL for anyone), a
+    # far-off ADJ_TICK (EINVAL for a caller with CAP_SYS_TIME, as root inside
+    # has; EPERM for others), a real change (EPERM: the host clock is not the
+    # instance's), CLOCK_MONOTONIC (no clock_adj), clock 1234, a bad pointer.
+    # settime: CLOCK_MONOTONIC (no clock_set), NULL, tv_nsec -1, a real change.
+    expected = []
+    for who, tick_err in (("root", einval), ("user", eperm)):
+        expected += [
+            f"clock {who} query 1 ss_read 1 adjtimex 1",
+            f"clock {who} adjust {einval} {tick_err} {eperm} {eopnotsupp} {einval} {efault}",
+            f"clock {who} settime {einval} {efault} {einval} {eperm}",
+        ]
+    assert cp.stdout.decode().splitlines() == expected, describe(cp)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lxsub.kernel.syscalls import (fcntl, identity, ioctl, mount, net, process, sched, signal,
+from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, mount, net, process, sched, signal,
                                    stat, stdio, unistd, utsname, xattr)
 from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
@@ -275,8 +275,13 @@ ROWS: list[Syscall] = [
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
     denied("swapon"), denied("swapoff"), denied("reboot"), denied("acct"),
-    denied("settimeofday"), denied("clock_settime"), denied("adjtimex"),
-    denied("clock_adjtime"), denied("init_module"), denied("finit_module"),
+    denied("settimeofday"),
+    notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
+           "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),
+    notify("clock_adjtime", clock.sys_clock_adjtime, "like adjtimex", PARTIAL),
+    notify("clock_settime", clock.sys_clock_settime, "arguments checked like Linux, then EPERM "
+           "(the host clock)", PARTIAL),
+    denied("init_module"), denied("finit_module"),
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
     denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
