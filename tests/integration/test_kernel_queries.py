@@ -90,3 +90,21 @@ def test_the_clock_is_read_by_anyone_and_set_by_no_instance(busybox, program):
             f"clock {who} settime {einval} {efault} {einval} {eperm}",
         ]
     assert cp.stdout.decode().splitlines() == expected, describe(cp)
+
+
+def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
+    """getpriority(2) of a negative pid finds no process (ESRCH, not EINVAL);
+    get_robust_list(2) of another process needs the ptrace read check with
+    real ids (EPERM for an unprivileged user reading root's, including
+    /init's), and a missing process is ESRCH."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q pids"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    esrch, eperm = -errno.ESRCH, -errno.EPERM
+    assert cp.stdout.decode().splitlines() == [
+        f"getpriority {esrch}",
+        f"robust root 0 0 {esrch}",
+        f"robust user {eperm} {eperm} 0",
+    ], describe(cp)

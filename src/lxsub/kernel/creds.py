@@ -55,6 +55,16 @@ class Creds:
     def capable(self, cap: int) -> bool:
         return bool(self.cap_effective >> cap & 1)
 
+    def may_ptrace_read(self, target: "Creds", dumpable: bool, realcreds: bool = False) -> bool:
+        """Linux __ptrace_may_access for another process: the caller's
+        fsuid/fsgid (its real ids with PTRACE_MODE_REALCREDS) equal all of
+        the target's ids and the target is dumpable; or CAP_SYS_PTRACE."""
+        if self.capable(CAP_SYS_PTRACE):
+            return True
+        uid, gid = (self.ruid, self.rgid) if realcreds else (self.fsuid, self.fsgid)
+        return bool(dumpable) and uid == target.ruid == target.euid == target.suid \
+            and gid == target.rgid == target.egid == target.sgid
+
     def in_group(self, gid: int) -> bool:
         return gid == self.fsgid or gid in self.groups
 

@@ -244,7 +244,9 @@ ROWS: list[Syscall] = [
     *(pid_arg(n) for n in (
         "sched_setparam", "sched_getparam",
         "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",
-        "sched_getattr", "prlimit64", "get_robust_list", "migrate_pages", "move_pages")),
+        "sched_getattr", "prlimit64", "migrate_pages", "move_pages")),
+    pid_arg("get_robust_list", sched.sys_get_robust_list, "PID translated; EPERM unless the "
+            "caller may read the target like ptrace"),
     Syscall("getpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
     Syscall("setpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
     Syscall("ioprio_get", TRACE, sched.sys_ioprio, FULL, "PIDs translated"),

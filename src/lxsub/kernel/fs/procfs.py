@@ -19,7 +19,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.creds import CAP_SYS_PTRACE, CAP_SYS_RESOURCE
+from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import (
@@ -516,12 +516,7 @@ class ProcessDir(Dir):
         fsuid/fsgid as all of its ids, and dumpable; or CAP_SYS_PTRACE)."""
         if t is None or t.process is self.proc:
             return None
-        c = t.creds
-        if c.capable(CAP_SYS_PTRACE):
-            return None
-        tc = self._task().creds
-        if (self.proc.dumpable and c.fsuid == tc.ruid == tc.euid == tc.suid
-                and c.fsgid == tc.rgid == tc.egid == tc.sgid):
+        if t.creds.may_ptrace_read(self._task().creds, self.proc.dumpable):
             return None
         raise OSError(errno.EACCES, "permission denied")
 
