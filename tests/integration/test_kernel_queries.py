@@ -108,3 +108,22 @@ def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
         f"robust root 0 0 {esrch}",
         f"robust user {eperm} {eperm} 0",
     ], describe(cp)
+
+
+def test_capget_and_capset_check_their_arguments_like_linux(busybox, program):
+    """kernel/capability.c: a bad version writes the preferred one back
+    (and capget with no data pointer then answers 0); a negative pid is
+    EINVAL; cap_capset: without CAP_SETPCAP the inheritable set may not
+    grow beyond the old inheritable and permitted sets."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q caps"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "capget badversion-null 0 0x20080522",
+        f"capset badversion {-errno.EINVAL} 0x20080522",
+        f"capget negative-pid {-errno.EINVAL}",
+        "capset kill-only 0",
+        f"capset raise-inheritable {-errno.EPERM}",
+    ], describe(cp)
