@@ -127,3 +127,15 @@ def test_capget_and_capset_check_their_arguments_like_linux(busybox, program):
         "capset kill-only 0",
         f"capset raise-inheritable {-errno.EPERM}",
     ], describe(cp)
+
+
+def test_chroot_checks_the_directory_before_the_capability(busybox, program):
+    """ksys_chroot: lookup (ENOTDIR), search permission (EACCES), then
+    CAP_SYS_CHROOT (EPERM), for a user without privilege."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q chroot"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        f"chroot user {-errno.EACCES} {-errno.ENOTDIR} {-errno.EPERM}"], describe(cp)

@@ -56,7 +56,9 @@ def sys_linkat(c: Call) -> int:
 
 # -- working directory and root -------------------------------------------------
 
-def _set_cwd(c: Call, node) -> int:
+def _searchable_dir(c: Call, node) -> None:
+    """What chdir and chroot ask of their directory (LOOKUP_DIRECTORY, then
+    path_permission MAY_EXEC): ENOTDIR, EACCES. Releases the node on error."""
     if not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
@@ -67,6 +69,10 @@ def _set_cwd(c: Call, node) -> int:
         except OSError:
             node.release()
             raise
+
+
+def _set_cwd(c: Call, node) -> int:
+    _searchable_dir(c, node)
     c.task.fs.set_cwd(node)
     return 0
 
@@ -102,14 +108,13 @@ def current_dir_path(c: Call) -> str:
 
 
 def sys_chroot(c: Call) -> int:
-    # ksys_chroot: the path is looked up before the capability is checked.
+    # ksys_chroot: the directory is looked up and must be searchable
+    # before the capability is checked.
     node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    _searchable_dir(c, node)
     if not c.task.creds.capable(caps.CAP_SYS_CHROOT):
         node.release()
         raise OSError(errno.EPERM, "not permitted")
-    if not node.is_dir():
-        node.release()
-        raise OSError(errno.ENOTDIR, "not a directory")
     c.task.fs.set_root(node)
     return 0
 
