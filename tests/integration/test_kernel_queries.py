@@ -139,3 +139,17 @@ def test_chroot_checks_the_directory_before_the_capability(busybox, program):
     assert cp.returncode == 0, describe(cp)
     assert cp.stdout.decode().splitlines() == [
         f"chroot user {-errno.EACCES} {-errno.ENOTDIR} {-errno.EPERM}"], describe(cp)
+
+
+def test_a_path_in_unreadable_memory_is_efault(busybox, program):
+    """A path in a PROT_NONE page (which /proc/<pid>/mem reads through, as
+    zeros: an empty name, ENOENT) or in no mapping is EFAULT, as
+    strncpy_from_user faults on both."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q badpath"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    efault = " ".join([str(-errno.EFAULT)] * 4)
+    assert cp.stdout.decode().splitlines() == [
+        f"badpath prot_none {efault}", f"badpath unmapped {efault}"], describe(cp)
