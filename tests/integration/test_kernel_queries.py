@@ -153,3 +153,22 @@ def test_a_path_in_unreadable_memory_is_efault(busybox, program):
     efault = " ".join([str(-errno.EFAULT)] * 4)
     assert cp.stdout.decode().splitlines() == [
         f"badpath prot_none {efault}", f"badpath unmapped {efault}"], describe(cp)
+
+
+def test_flags_masks_and_the_file_size_limit(busybox, program):
+    """do_faccessat and do_fchmodat refuse unknown flags (EINVAL), statx a
+    reserved mask bit and both sync types at once; truncate growing a file
+    past the caller's RLIMIT_FSIZE is EFBIG (inode_newsize_ok), shrinking
+    it is not."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q args"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    einval = -errno.EINVAL
+    assert cp.stdout.decode().splitlines() == [
+        f"faccessat2 {einval} {einval}",
+        f"fchmodat2 {einval} 0",
+        f"statx {einval} {einval} 0",
+        f"truncate {-errno.EFBIG} 0",
+    ], describe(cp)

@@ -48,11 +48,17 @@ def sys_newfstatat(c: Call) -> int:
     return 0
 
 
+AT_NO_AUTOMOUNT, AT_STATX_SYNC_TYPE, STATX__RESERVED = 0x800, 0x6000, 0x80000000
+
+
 def sys_statx(c: Call) -> int:
     flags = c.int(2)
     path = c.path_or_empty(1, flags)
-    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | 0x800 | 0x6000):
-        raise OSError(errno.EINVAL, "bad statx flags")
+    # do_statx and vfs_statx: both sync types at once, unknown flags and the
+    # reserved mask bit are EINVAL.
+    if (flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE)
+            or flags & AT_STATX_SYNC_TYPE == AT_STATX_SYNC_TYPE or c.uint(3) & STATX__RESERVED):
+        raise OSError(errno.EINVAL, "bad statx flags or mask")
     s = _stat_at(c, c.int(0), path, flags)
     c.write(c.ptr(4), s.pack_statx())
     return 0
@@ -88,7 +94,13 @@ def sys_faccessat(c: Call) -> int:
 
 
 def sys_faccessat2(c: Call) -> int:
-    return _access(c, c.int(0), c.path(1), c.int(2), c.int(3))
+    # do_faccessat checks the mode and flags before it reads the path.
+    mode, flags = c.int(2), c.int(3)
+    if mode & ~7:
+        raise OSError(errno.EINVAL, "bad mode")
+    if flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise OSError(errno.EINVAL, "bad flags")
+    return _access(c, c.int(0), c.path_or_empty(1, flags), mode, flags)
 
 
 def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
@@ -197,6 +209,8 @@ def sys_fchmodat(c: Call) -> int:
 
 def sys_fchmodat2(c: Call) -> int:
     flags = c.int(3)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):    # do_fchmodat
+        raise OSError(errno.EINVAL, "bad flags")
     path = c.path_or_empty(1, flags)
     node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
     if node.is_symlink():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+import signal
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
@@ -151,6 +153,16 @@ def sys_fchownat(c: Call) -> int:
 
 # -- sizes ----------------------------------------------------------------------
 
+def _check_file_size_limit(c: Call, size: int) -> None:
+    """inode_newsize_ok: growing a file past the caller's RLIMIT_FSIZE is
+    EFBIG with SIGXFSZ to the caller. The provider truncates in its own
+    process, under its own limit, so the caller's is looked up here."""
+    limit = resource.prlimit(c.task.process.host_pid, resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and size > limit:
+        os.kill(c.task.process.host_pid, signal.SIGXFSZ)
+        raise OSError(errno.EFBIG, "file size limit exceeded")
+
+
 def sys_truncate(c: Call) -> int:
     length = c.long(1)
     if length < 0:
@@ -162,6 +174,8 @@ def sys_truncate(c: Call) -> int:
             raise OSError(errno.EISDIR, "is a directory")
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
+        if length > a.size:
+            _check_file_size_limit(c, length)
         fd = node.fs.open(node, os.O_WRONLY, c.task.creds)
         try:
             os.ftruncate(fd, length)
