@@ -172,3 +172,19 @@ def test_flags_masks_and_the_file_size_limit(busybox, program):
         f"statx {einval} {einval} 0",
         f"truncate {-errno.EFBIG} 0",
     ], describe(cp)
+
+
+def test_execveat_of_a_descriptor_and_its_errors(busybox, program):
+    """execveat(2) with AT_EMPTY_PATH runs the descriptor's file (Python's
+    os.fexecve; an O_PATH descriptor too) -- it gave ENOTDIR; with
+    AT_SYMLINK_NOFOLLOW a symlink is ELOOP; a relative path from a file's
+    descriptor is ENOTDIR; an empty path without the flag ENOENT. The child
+    exits 7 when the exec worked, 100 + errno when it did not."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q exec {DIR}/q"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        f"execveat fd 7 opath 7 nofollow {100 + errno.ELOOP} notdir {100 + errno.ENOTDIR} "
+        f"empty {100 + errno.ENOENT}"], describe(cp)
