@@ -96,7 +96,8 @@ def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
     """getpriority(2) of a negative pid finds no process (ESRCH, not EINVAL);
     get_robust_list(2) of another process needs the ptrace read check with
     real ids (EPERM for an unprivileged user reading root's, including
-    /init's), and a missing process is ESRCH."""
+    /init's), and a missing process is ESRCH; setpriority(2) checks each
+    target like set_one_prio (the host sees one user)."""
     cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
                     input=program, timeout=60)
     assert cp.returncode == 0, describe(cp)
@@ -107,6 +108,8 @@ def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
         f"getpriority {esrch}",
         f"robust root 0 0 {esrch}",
         f"robust user {eperm} {eperm} 0",
+        # the group holds root's parent too: its EPERM comes last
+        f"setpriority user {-errno.EACCES} {eperm} {eperm} 0",
     ], describe(cp)
 
 
