@@ -9,5 +9,12 @@ Layout (see docs/ARCHITECTURE.md):
 
 __version__ = "0.1.0"
 
-# The release string `uname -r` reports inside an instance.
-LINUX_RELEASE = "6.1.0-lxsub"
+# The release string `uname -r` reports inside an instance: the newest Linux
+# whose new system calls lxsub has (programs and test suites check the
+# release before they use what it brought). 6.2-6.7 added cachestat, fchmodat2,
+# map_shadow_stack and futex_wake/wait/requeue (all implemented); 6.8 adds
+# statmount, listmount (denied) and the lsm_* calls (not implemented), so
+# lxsub is not 6.8 (tests/unit/test_syscall_table.py holds this).
+LINUX_RELEASE = "6.7.0-lxsub"
+# The last syscall number LINUX_RELEASE introduced (futex_requeue, 6.7).
+LINUX_RELEASE_LAST_SYSCALL = 456

@@ -102,10 +102,17 @@ class Call:
 
     def path(self, i: int) -> bytes:
         try:
-            return memory.read_cstr_fd(self.task.process.memfd(), self.args[i], 4096)
+            name = memory.read_cstr_fd(self.task.process.memfd(), self.args[i], 4096)
         except memory.MemoryFault:
             # /proc/<pid>/mem may name an address space that an exec replaced.
             return memory.read_cstr(self.task.host_tid, self.args[i], 4096)
+        if not name:
+            # /proc/<pid>/mem reads through PROT_NONE pages (FOLL_FORCE) and
+            # finds zeros there; Linux's strncpy_from_user faults: EFAULT,
+            # not the ENOENT of an empty name. Checked the way the program
+            # itself could read it, only for empty names (off the hot path).
+            memory.read_cstr(self.task.host_tid, self.args[i], 1)
+        return name
 
     def path_or_empty(self, i: int, flags: int) -> bytes:
         """The path of an *at() call that may be NULL with AT_EMPTY_PATH

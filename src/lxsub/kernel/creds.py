@@ -17,11 +17,14 @@ CAP_FSETID = 4
 CAP_KILL = 5
 CAP_SETGID = 6
 CAP_SETUID = 7
+CAP_SETPCAP = 8
 CAP_MKNOD = 27
 CAP_SYS_ADMIN = 21
 CAP_SYS_CHROOT = 18
 CAP_SYS_PTRACE = 19
 CAP_SYS_RESOURCE = 24
+CAP_SYS_NICE = 23
+CAP_SYS_TIME = 25
 
 CAP_LAST = 40
 ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
@@ -53,6 +56,16 @@ class Creds:
 
     def capable(self, cap: int) -> bool:
         return bool(self.cap_effective >> cap & 1)
+
+    def may_ptrace_read(self, target: "Creds", dumpable: bool, realcreds: bool = False) -> bool:
+        """Linux __ptrace_may_access for another process: the caller's
+        fsuid/fsgid (its real ids with PTRACE_MODE_REALCREDS) equal all of
+        the target's ids and the target is dumpable; or CAP_SYS_PTRACE."""
+        if self.capable(CAP_SYS_PTRACE):
+            return True
+        uid, gid = (self.ruid, self.rgid) if realcreds else (self.fsuid, self.fsgid)
+        return bool(dumpable) and uid == target.ruid == target.euid == target.suid \
+            and gid == target.rgid == target.egid == target.sgid
 
     def in_group(self, gid: int) -> bool:
         return gid == self.fsgid or gid in self.groups
@@ -97,17 +110,6 @@ class Creds:
             self.cap_permitted = self.cap_effective = 0
         changed = self.euid != old_euid or self.egid != old_egid
         return changed or self.euid != self.ruid or self.egid != self.rgid
-
-def may_ptrace(caller: "Creds", target: "Creds", dumpable: bool, fscreds: bool) -> bool:
-    """kernel/ptrace.c __ptrace_may_access: the caller's fs (or real) ids
-    equal all of the target's ids, and the target is dumpable; or the
-    caller has CAP_SYS_PTRACE."""
-    if caller.capable(CAP_SYS_PTRACE):
-        return True
-    uid, gid = (caller.fsuid, caller.fsgid) if fscreds else (caller.ruid, caller.rgid)
-    return bool(dumpable and uid == target.ruid == target.euid == target.suid
-                and gid == target.rgid == target.egid == target.sgid)
-
 
 def may_signal(sender: "Creds", target: "Creds") -> bool:
     """kernel/signal.c kill_ok_by_cred: the sender's real or effective uid

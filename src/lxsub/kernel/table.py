@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lxsub.kernel.syscalls import (fcntl, identity, ioctl, mount, net, process, sched, signal,
+from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, mount, net, process, sched, signal,
                                    stat, stdio, unistd, utsname, xattr)
 from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
@@ -108,13 +108,13 @@ ROWS: list[Syscall] = [
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
-        "mlock", "munlock", "mlockall", "munlockall", "mlock2", "mbind", "set_mempolicy",
+        "mlock", "munlock", "mlockall", "munlockall", "mlock2", "remap_file_pages", "mbind", "set_mempolicy",
         "get_mempolicy", "set_mempolicy_home_node", "pkey_mprotect", "pkey_alloc", "pkey_free",
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
         "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
         "getitimer", "setitimer", "alarm", "pause", "timer_settime",
         "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
-        "sched_yield", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
+        "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
@@ -185,6 +185,7 @@ ROWS: list[Syscall] = [
     notify("newfstatat", stat.sys_newfstatat),
     notify("statx", stat.sys_statx, "no birth time"),
     notify("statfs", stat.sys_statfs),
+    notify("ustat", stat.sys_ustat, "the instance's mounts, by the st_dev stat gives"),
     notify("fstatfs", stat.sys_fstatfs),
     notify("readlink", stat.sys_readlink),
     notify("readlinkat", stat.sys_readlinkat),
@@ -264,7 +265,9 @@ ROWS: list[Syscall] = [
     *(pid_arg(n) for n in (
         "sched_setparam", "sched_getparam",
         "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",
-        "sched_getattr", "prlimit64", "get_robust_list", "migrate_pages", "move_pages")),
+        "sched_getattr", "prlimit64", "migrate_pages", "move_pages")),
+    pid_arg("get_robust_list", sched.sys_get_robust_list, "PID translated; EPERM unless the "
+            "caller may read the target like ptrace"),
     Syscall("getpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
     Syscall("setpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
     Syscall("ioprio_get", TRACE, sched.sys_ioprio, FULL, "PIDs translated"),
@@ -287,6 +290,7 @@ ROWS: list[Syscall] = [
     denied("unshare"), denied("setns"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
+    notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
     notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
            "them busy", PARTIAL),
     denied("pivot_root"),
@@ -294,8 +298,13 @@ ROWS: list[Syscall] = [
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
     denied("swapon"), denied("swapoff"), denied("reboot"), denied("acct"),
-    denied("settimeofday"), denied("clock_settime"), denied("adjtimex"),
-    denied("clock_adjtime"), denied("init_module"), denied("finit_module"),
+    denied("settimeofday"),
+    notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
+           "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),
+    notify("clock_adjtime", clock.sys_clock_adjtime, "like adjtimex", PARTIAL),
+    notify("clock_settime", clock.sys_clock_settime, "arguments checked like Linux, then EPERM "
+           "(the host clock)", PARTIAL),
+    denied("init_module"), denied("finit_module"),
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
     denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),

@@ -16,6 +16,7 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 # Host syscall numbers (x86_64).
+SYS_CLOCK_ADJTIME = 305
 SYS_PROCESS_VM_READV = 310
 SYS_PROCESS_VM_WRITEV = 311
 SYS_SECCOMP = 317
@@ -74,6 +75,14 @@ def ptrace(request: int, pid: int, addr: int | None = 0, data=0) -> int:
         if err:
             raise OSError(err, os.strerror(err))
     return ret
+
+
+def clock_adjtime(clockid: int, timex: bytearray) -> int:
+    """The host's clock_adjtime(2) on a struct timex buffer, which it
+    updates in place; returns the clock state."""
+    buf = (ctypes.c_char * len(timex)).from_buffer(timex)
+    return _check(_syscall(ctypes.c_long(SYS_CLOCK_ADJTIME), ctypes.c_long(clockid),
+                           ctypes.c_void_p(ctypes.addressof(buf))))
 
 
 def pidfd_open(pid: int) -> int:

@@ -59,9 +59,12 @@ class HostPlan:
 
 def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool):
     """(node, provider descriptor, (set_uid, set_gid)) of an executable file."""
-    node = walker.resolve(start, path, follow=follow)
+    # An empty path is execveat's AT_EMPTY_PATH: the file `start` itself.
+    node = walker.resolve(start, path, follow=follow) if path else start.dup()
     try:
         attr = node.fs.getattr(node)
+        if st.S_ISLNK(attr.mode):     # AT_SYMLINK_NOFOLLOW on a symlink (do_open_execat)
+            raise OSError(errno.ELOOP, "a symbolic link")
         if st.S_ISDIR(attr.mode) or not st.S_ISREG(attr.mode):
             raise OSError(errno.EACCES, "not a regular file")
         perm.check(walker.creds, attr.mode, attr.uid, attr.gid, perm.MAY_EXEC)
@@ -83,14 +86,17 @@ def _set_ids(node: Node, attr) -> tuple[int | None, int | None]:
 
 
 def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
-         follow: bool = True, host_exec=None) -> ExecPlan | HostPlan:
+         follow: bool = True, host_exec=None, fd_name: bytes = b"") -> ExecPlan | HostPlan:
     """Resolve `path` (and its interpreters) for an execve by the walker's caller.
     `host_exec(node, creds) -> host path | None`: files that run on the host
-    (it raises EACCES for a caller who may not run them)."""
-    argv = list(argv) or [path]
+    (it raises EACCES for a caller who may not run them). An empty path
+    executes `start` itself (execveat AT_EMPTY_PATH), which Linux names
+    `fd_name` ("/dev/fd/N", alloc_bprm)."""
+    name = path or fd_name
+    argv = list(argv) or [name]
     # Linux names the process after the file execve was given (a symlink's
     # own name, a script's rather than its interpreter's): /proc/<pid>/comm.
-    comm = os.path.basename(path).decode(errors="replace")[:15]
+    comm = os.path.basename(name).decode(errors="replace")[:15]
     for _ in range(MAX_INTERP_DEPTH):
         node, fd, set_ids = _open_executable(walker, start, path, follow)
         if host_exec is not None:
@@ -115,7 +121,7 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
             node.release()
         if isinstance(kind, binfmt.Script):
             os.close(fd)
-            argv = [kind.interp] + ([kind.arg] if kind.arg else []) + [path] + argv[1:]
+            argv = [kind.interp] + ([kind.arg] if kind.arg else []) + [path or fd_name] + argv[1:]
             path, follow = kind.interp, True
             continue
         # For a script Linux takes the interpreter's bits (bprm->file), never

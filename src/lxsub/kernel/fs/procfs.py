@@ -19,7 +19,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.creds import CAP_SYS_RESOURCE, may_ptrace
+from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import (
@@ -322,6 +322,14 @@ def _mount_dev(m: "Mount") -> int:
 
 def _filesystems() -> bytes:
     """The file system types lxsub has, as /proc/filesystems lists them."""
+    return "".join(f"{'nodev' if nodev else ''}\t{name}\n"
+                   for name, nodev in filesystem_types()).encode()
+
+
+def filesystem_types() -> list[tuple[str, bool]]:
+    """(type name, nodev) of each file system type lxsub has, in the order
+    /proc/filesystems and sysfs(2) number them (the kernel's file_systems
+    list)."""
     import importlib
 
     from lxsub.kernel.fs.hostfs import HostFs
@@ -337,7 +345,7 @@ def _filesystems() -> bytes:
                     and obj.fstype not in ("none", "")):
                 backed = issubclass(obj, HostFs) and obj.fstype != "devpts"
                 seen.setdefault(obj.fstype, not backed)
-    return "".join(f"{'nodev' if nodev else ''}\t{name}\n" for name, nodev in seen.items()).encode()
+    return list(seen.items())
 
 
 def _cgroups() -> bytes:
@@ -522,7 +530,7 @@ class ProcessDir(Dir):
         fsuid/fsgid as all of its ids, and dumpable; or CAP_SYS_PTRACE)."""
         if t is None or t.process is self.proc:
             return None
-        if may_ptrace(t.creds, self._task().creds, bool(self.proc.dumpable), fscreds=True):
+        if t.creds.may_ptrace_read(self._task().creds, self.proc.dumpable):
             return None
         raise OSError(errno.EACCES, "permission denied")
 

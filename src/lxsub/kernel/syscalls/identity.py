@@ -191,32 +191,50 @@ def sys_setgroups(c: Call) -> int:
 _CAP_V1, _CAP_V2, _CAP_V3 = 0x19980330, 0x20071026, 0x20080522
 
 
-def sys_capget(c: Call) -> int:
-    version, pid = struct.unpack("<Ii", c.read(c.ptr(0), 8))
+def _cap_version(c: Call) -> int:
+    """cap_validate_magic: the header's version, or EINVAL after writing
+    the preferred one (_LINUX_CAPABILITY_VERSION_3) back into the header."""
+    version = struct.unpack("<I", c.read(c.ptr(0), 4))[0]
     if version not in (_CAP_V1, _CAP_V2, _CAP_V3):
         c.write(c.ptr(0), struct.pack("<I", _CAP_V3))
         raise OSError(errno.EINVAL, "bad version")
+    return version
+
+
+def sys_capget(c: Call) -> int:
+    """kernel/capability.c: with a NULL data pointer only the version is
+    checked (a bad one still answers 0, having written the preferred one);
+    a negative pid is EINVAL, a missing one ESRCH."""
+    try:
+        version = _cap_version(c)
+    except OSError as e:
+        if e.errno == errno.EINVAL and not c.ptr(1):
+            return 0
+        raise
+    if not c.ptr(1):
+        return 0
+    pid = struct.unpack("<i", c.read(c.ptr(0) + 4, 4))[0]
+    if pid < 0:
+        raise OSError(errno.EINVAL, "negative pid")
     cr = c.task.creds
     if pid not in (0, c.task.pid):
         proc = c.inst.process_of_vpid(pid)
         if proc is None or not proc.threads:
             raise OSError(errno.ESRCH, "no such process")
         cr = next(iter(proc.threads.values())).creds
-    if c.ptr(1):
-        words = 1 if version == _CAP_V1 else 2
-        data = b""
-        for i in range(words):
-            sh = 32 * i
-            data += struct.pack("<III", (cr.cap_effective >> sh) & _ID_MAX,
-                                (cr.cap_permitted >> sh) & _ID_MAX, (cr.cap_inheritable >> sh) & _ID_MAX)
-        c.write(c.ptr(1), data)
+    words = 1 if version == _CAP_V1 else 2
+    data = b""
+    for i in range(words):
+        sh = 32 * i
+        data += struct.pack("<III", (cr.cap_effective >> sh) & _ID_MAX,
+                            (cr.cap_permitted >> sh) & _ID_MAX, (cr.cap_inheritable >> sh) & _ID_MAX)
+    c.write(c.ptr(1), data)
     return 0
 
 
 def sys_capset(c: Call) -> int:
-    version, pid = struct.unpack("<Ii", c.read(c.ptr(0), 8))
-    if version not in (_CAP_V1, _CAP_V2, _CAP_V3):
-        raise OSError(errno.EINVAL, "bad version")
+    version = _cap_version(c)
+    pid = struct.unpack("<i", c.read(c.ptr(0) + 4, 4))[0]
     if pid not in (0, c.task.pid):
         raise OSError(errno.EPERM, "not permitted")
     words = 1 if version == _CAP_V1 else 2
@@ -228,6 +246,10 @@ def sys_capset(c: Call) -> int:
         perm |= p << (32 * i)
         inh |= h << (32 * i)
     cr = c.task.creds
+    # cap_capset: without CAP_SETPCAP the new inheritable set stays within
+    # the old inheritable and permitted ones.
+    if not cr.capable(caps.CAP_SETPCAP) and inh & ~(cr.cap_inheritable | cr.cap_permitted):
+        raise OSError(errno.EPERM, "not permitted")
     if perm & ~cr.cap_permitted or eff & ~perm:
         raise OSError(errno.EPERM, "not permitted")
     cr.cap_effective, cr.cap_permitted, cr.cap_inheritable = eff, perm, inh

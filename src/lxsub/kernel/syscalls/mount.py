@@ -197,3 +197,26 @@ def _in_use(inst, m) -> bool:
         if fs.cwd.mount is m or fs.root.mount is m:
             return True
     return False
+
+
+def sys_sysfs(c: Call) -> int:
+    """sysfs(2), Linux fs/filesystems.c: option 1 maps a type name to its
+    index, 2 copies the name of an index to a buffer, 3 counts the types;
+    the types and their order are /proc/filesystems'. Anything else EINVAL."""
+    from lxsub.kernel.fs.procfs import filesystem_types
+    names = [name for name, _nodev in filesystem_types()]
+    option = c.int(0)
+    if option == 1:
+        name = c.read_str(c.ptr(1)).decode(errors="surrogateescape")
+        if name not in names:
+            raise OSError(errno.EINVAL, "no such file system type")
+        return names.index(name)
+    if option == 2:
+        index = c.uint(1)
+        if index >= len(names):
+            raise OSError(errno.EINVAL, "no file system type with this index")
+        c.write(c.ptr(2), names[index].encode() + b"\0")
+        return 0
+    if option == 3:
+        return len(names)
+    raise OSError(errno.EINVAL, "bad sysfs option")

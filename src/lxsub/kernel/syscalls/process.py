@@ -53,14 +53,15 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
     inst, task = c.inst, c.task
     if not path and flags & AT_EMPTY_PATH:
         start = lookup.node_of_fd(inst, task, dirfd)
-        path = b"."
         follow = True
+    elif not path:
+        raise OSError(errno.ENOENT, "empty path")
     else:
         start = lookup.start_node(inst, task, dirfd, path)
         follow = not flags & AT_SYMLINK_NOFOLLOW
     try:
         p = exec_plan.plan(lookup.walker(inst, task), start, path, argv, inst.vpath_of, follow,
-                           host_exec=interop.host_target(inst))
+                           host_exec=interop.host_target(inst), fd_name=b"/dev/fd/%d" % dirfd)
     finally:
         start.release()
     host_done = None

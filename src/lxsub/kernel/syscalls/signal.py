@@ -297,7 +297,6 @@ def sys_pidfd_getfd(c: Call):
     kernel/pid.c pidfd_getfd): a pidfd of a host process gives EPERM, as
     ptrace_may_access does across user namespaces."""
     from lxsub.kernel.call import NewFd
-    from lxsub.kernel.creds import may_ptrace
     from lxsub.kernel.vfs import lookup
     fd, target, flags = c.int(0), c.int(1), c.uint(2)
     if flags:
@@ -310,8 +309,8 @@ def sys_pidfd_getfd(c: Call):
     owner = next(iter(proc.threads.values()), None)
     if owner is None:
         raise OSError(errno.ESRCH, "the process has exited")
-    if proc is not c.task.process and not may_ptrace(c.task.creds, owner.creds,
-                                                      bool(proc.dumpable), fscreds=False):
+    if proc is not c.task.process and not c.task.creds.may_ptrace_read(
+            owner.creds, bool(proc.dumpable), realcreds=True):
         raise OSError(errno.EPERM, "not permitted")
     return NewFd(lookup.copy_fd(owner, target), True)   # always O_CLOEXEC
 

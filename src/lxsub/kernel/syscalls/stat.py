@@ -54,11 +54,17 @@ def sys_newfstatat(c: Call) -> int:
     return 0
 
 
+AT_NO_AUTOMOUNT, AT_STATX_SYNC_TYPE, STATX__RESERVED = 0x800, 0x6000, 0x80000000
+
+
 def sys_statx(c: Call) -> int:
     flags = c.int(2)
     path = c.path_or_empty(1, flags)
-    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | 0x800 | 0x6000):
-        raise OSError(errno.EINVAL, "bad statx flags")
+    # do_statx and vfs_statx: both sync types at once, unknown flags and the
+    # reserved mask bit are EINVAL.
+    if (flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE)
+            or flags & AT_STATX_SYNC_TYPE == AT_STATX_SYNC_TYPE or c.uint(3) & STATX__RESERVED):
+        raise OSError(errno.EINVAL, "bad statx flags or mask")
     s, mnt_id = _stat_and_mount_at(c, c.int(0), path, flags)
     c.write(c.ptr(4), s.pack_statx(mnt_id))    # stx_mnt_id: /proc/self/mountinfo's first field
     return 0
@@ -94,7 +100,13 @@ def sys_faccessat(c: Call) -> int:
 
 
 def sys_faccessat2(c: Call) -> int:
-    return _access(c, c.int(0), c.path(1), c.int(2), c.int(3))
+    # do_faccessat checks the mode and flags before it reads the path.
+    mode, flags = c.int(2), c.int(3)
+    if mode & ~7:
+        raise OSError(errno.EINVAL, "bad mode")
+    if flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise OSError(errno.EINVAL, "bad flags")
+    return _access(c, c.int(0), c.path_or_empty(1, flags), mode, flags)
 
 
 def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
@@ -203,6 +215,8 @@ def sys_fchmodat(c: Call) -> int:
 
 def sys_fchmodat2(c: Call) -> int:
     flags = c.int(3)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):    # do_fchmodat
+        raise OSError(errno.EINVAL, "bad flags")
     path = c.path_or_empty(1, flags)
     node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
     if node.is_symlink():
@@ -277,3 +291,40 @@ def sys_utime(c: Call) -> int:
     else:
         times = _now_pair()
     return _utimens_node(c, node, times)
+
+
+_USTAT = struct.Struct("<IIQ6s6s4x")   # struct ustat: f_tfree, pad, f_tinode, f_fname, f_fpack
+
+
+def _new_decode_dev(dev: int) -> int:
+    """The dev_t an old 32-bit device number names (Linux new_decode_dev)."""
+    dev &= 0xFFFFFFFF
+    return os.makedev((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
+
+
+def _mounted_root_with_dev(c: Call, dev: int):
+    """The root node of a mounted file system whose st_dev is `dev` (Linux
+    user_get_super), or None."""
+    for m in c.inst.mounts.mounts:
+        if m.root_node is None:
+            continue
+        try:
+            if m.fs.getattr(m.root_node).dev == dev:
+                return m.root_node
+        except OSError:
+            continue
+    return None
+
+
+def sys_ustat(c: Call) -> int:
+    """ustat(2): free blocks and inodes of the mounted file system `dev`
+    (Linux fs/statfs.c: EINVAL when none is mounted, EFAULT on the buffer)."""
+    node = _mounted_root_with_dev(c, _new_decode_dev(c.uint(0)))
+    if node is None:
+        raise OSError(errno.EINVAL, "no mounted file system has this device number")
+    raw = _statfs_bytes(node)
+    fields = _STATFS.unpack(raw[:_STATFS.size])
+    bfree, ffree = fields[3], fields[6]
+    # f_tfree is an int: the kernel stores the low 32 bits of f_bfree.
+    c.write(c.ptr(1), _USTAT.pack(bfree & 0xFFFFFFFF, 0, ffree, b"", b""))
+    return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+import signal
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
@@ -56,7 +58,9 @@ def sys_linkat(c: Call) -> int:
 
 # -- working directory and root -------------------------------------------------
 
-def _set_cwd(c: Call, node) -> int:
+def _searchable_dir(c: Call, node) -> None:
+    """What chdir and chroot ask of their directory (LOOKUP_DIRECTORY, then
+    path_permission MAY_EXEC): ENOTDIR, EACCES. Releases the node on error."""
     if not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
@@ -74,6 +78,10 @@ def _set_cwd(c: Call, node) -> int:
         except OSError:
             node.release()
             raise
+
+
+def _set_cwd(c: Call, node) -> int:
+    _searchable_dir(c, node)
     c.task.fs.set_cwd(node)
     return 0
 
@@ -109,14 +117,13 @@ def current_dir_path(c: Call) -> str:
 
 
 def sys_chroot(c: Call) -> int:
-    # ksys_chroot: the path is looked up before the capability is checked.
+    # ksys_chroot: the directory is looked up and must be searchable
+    # before the capability is checked.
     node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    _searchable_dir(c, node)
     if not c.task.creds.capable(caps.CAP_SYS_CHROOT):
         node.release()
         raise OSError(errno.EPERM, "not permitted")
-    if not node.is_dir():
-        node.release()
-        raise OSError(errno.ENOTDIR, "not a directory")
     c.task.fs.set_root(node)
     return 0
 
@@ -153,6 +160,16 @@ def sys_fchownat(c: Call) -> int:
 
 # -- sizes ----------------------------------------------------------------------
 
+def _check_file_size_limit(c: Call, size: int) -> None:
+    """inode_newsize_ok: growing a file past the caller's RLIMIT_FSIZE is
+    EFBIG with SIGXFSZ to the caller. The provider truncates in its own
+    process, under its own limit, so the caller's is looked up here."""
+    limit = resource.prlimit(c.task.process.host_pid, resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and size > limit:
+        os.kill(c.task.process.host_pid, signal.SIGXFSZ)
+        raise OSError(errno.EFBIG, "file size limit exceeded")
+
+
 def sys_truncate(c: Call) -> int:
     length = c.long(1)
     if length < 0:
@@ -164,6 +181,8 @@ def sys_truncate(c: Call) -> int:
             raise OSError(errno.EISDIR, "is a directory")
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
+        if length > a.size:
+            _check_file_size_limit(c, length)
         fd = node.fs.open(node, os.O_WRONLY, c.task.creds)
         try:
             os.ftruncate(fd, length)

@@ -1,0 +1,193 @@
+"""Kernel calls that query without privilege, as LTP's syscall tests check
+them: sched_get_priority_min/max (sched_get_priority_max(2)),
+remap_file_pages (the kernel still emulates it), sysfs(2) over the
+instance's /proc/filesystems, ustat(2) over the instance's mounts; and
+the host clock, which anyone may read (adjtimex(2) modes 0 or
+ADJ_OFFSET_SS_READ) and no instance may set. The
+program is tests/fixtures/programs/kernel_queries.c, built static on the
+host and run in BusyBox; before these calls were implemented each answered
+ENOSYS (-38), and every adjtimex/clock_adjtime EPERM."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.fixtures.cbuild import PROGRAMS, gcc_static
+from tests.integration.distros import describe
+
+DIR = "/kernel-queries"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("queries")
+    return gcc_static(tmp, "kernel_queries", PROGRAMS / "kernel_queries.c").read_bytes()
+
+
+def _run(busybox, program: bytes, *args: str) -> dict[str, str]:
+    """{first two words: the rest} of the program's lines."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q", *args], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    out = {}
+    for line in cp.stdout.decode().splitlines():
+        words = line.split(" ", 2)
+        out[" ".join(words[:2])] = words[2] if len(words) > 2 else ""
+    return out
+
+
+def test_priority_ranges_and_remap_file_pages(busybox, program):
+    out = _run(busybox, program)
+    einval = -errno.EINVAL
+    # sched(7): static priorities 1..99 for the real-time policies, 0 otherwise
+    assert out["prio fifo"] == "1 99" and out["prio rr"] == "1 99", out
+    assert out["prio other"] == "0 0", out
+    assert out["prio bad"] == f"{einval} {einval}", out
+    # remap_file_pages(2): the first page of the window now shows file page 3
+    assert out["remap 0"] == "DB", out
+
+
+def test_sysfs_numbers_the_types_of_proc_filesystems(busybox, program):
+    out = _run(busybox, program)
+    cp = busybox.lx(["--", "cat /proc/filesystems"], timeout=60)
+    types = [line.split()[-1] for line in cp.stdout.decode().splitlines() if line.strip()]
+    assert out["sysfs count"] == str(len(types)), out
+    # option 2 names each index in /proc/filesystems order; option 1 maps it back
+    assert out["sysfs names"].split() == types, out
+    assert out["sysfs errors"] == " ".join(
+        str(-e) for e in (errno.EINVAL, errno.EINVAL, errno.EINVAL, errno.EFAULT)), out
+
+
+def test_ustat_of_the_root_device(busybox, program):
+    out = _run(busybox, program)
+    assert out["ustat 0"] == "inodes_close 1 fname_zero 1", out
+    assert out["ustat errors"] == f"{-errno.EINVAL} {-errno.EFAULT}", out
+
+
+
+def test_the_clock_is_read_by_anyone_and_set_by_no_instance(busybox, program):
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q clock"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    einval, eperm, efault, eopnotsupp = (-e for e in (errno.EINVAL, errno.EPERM, errno.EFAULT,
+                                                       errno.EOPNOTSUPP))
+    # adjust: ADJ_ADJTIME without the single-shot bit (EINVAL for anyone), a
+    # far-off ADJ_TICK (EINVAL for a caller with CAP_SYS_TIME, as root inside
+    # has; EPERM for others), a real change (EPERM: the host clock is not the
+    # instance's), CLOCK_MONOTONIC (no clock_adj), clock 1234, a bad pointer.
+    # settime: CLOCK_MONOTONIC (no clock_set), NULL, tv_nsec -1, a real change.
+    expected = []
+    for who, tick_err in (("root", einval), ("user", eperm)):
+        expected += [
+            f"clock {who} query 1 ss_read 1 adjtimex 1",
+            f"clock {who} adjust {einval} {tick_err} {eperm} {eopnotsupp} {einval} {efault}",
+            f"clock {who} settime {einval} {efault} {einval} {eperm}",
+        ]
+    assert cp.stdout.decode().splitlines() == expected, describe(cp)
+
+
+def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
+    """getpriority(2) of a negative pid finds no process (ESRCH, not EINVAL);
+    get_robust_list(2) of another process needs the ptrace read check with
+    real ids (EPERM for an unprivileged user reading root's, including
+    /init's), and a missing process is ESRCH; setpriority(2) checks each
+    target like set_one_prio (the host sees one user)."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q pids"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    esrch, eperm = -errno.ESRCH, -errno.EPERM
+    assert cp.stdout.decode().splitlines() == [
+        f"getpriority {esrch}",
+        f"robust root 0 0 {esrch}",
+        f"robust user {eperm} {eperm} 0",
+        # the group holds root's parent too: its EPERM comes last
+        f"setpriority user {-errno.EACCES} {eperm} {eperm} 0",
+    ], describe(cp)
+
+
+def test_capget_and_capset_check_their_arguments_like_linux(busybox, program):
+    """kernel/capability.c: a bad version writes the preferred one back
+    (and capget with no data pointer then answers 0); a negative pid is
+    EINVAL; cap_capset: without CAP_SETPCAP the inheritable set may not
+    grow beyond the old inheritable and permitted sets."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q caps"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "capget badversion-null 0 0x20080522",
+        f"capset badversion {-errno.EINVAL} 0x20080522",
+        f"capget negative-pid {-errno.EINVAL}",
+        "capset kill-only 0",
+        f"capset raise-inheritable {-errno.EPERM}",
+    ], describe(cp)
+
+
+def test_chroot_checks_the_directory_before_the_capability(busybox, program):
+    """ksys_chroot: lookup (ENOTDIR), search permission (EACCES), then
+    CAP_SYS_CHROOT (EPERM), for a user without privilege."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q chroot"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        f"chroot user {-errno.EACCES} {-errno.ENOTDIR} {-errno.EPERM}"], describe(cp)
+
+
+def test_a_path_in_unreadable_memory_is_efault(busybox, program):
+    """A path in a PROT_NONE page (which /proc/<pid>/mem reads through, as
+    zeros: an empty name, ENOENT) or in no mapping is EFAULT, as
+    strncpy_from_user faults on both."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q badpath"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    efault = " ".join([str(-errno.EFAULT)] * 4)
+    assert cp.stdout.decode().splitlines() == [
+        f"badpath prot_none {efault}", f"badpath unmapped {efault}"], describe(cp)
+
+
+def test_flags_masks_and_the_file_size_limit(busybox, program):
+    """do_faccessat and do_fchmodat refuse unknown flags (EINVAL), statx a
+    reserved mask bit and both sync types at once; truncate growing a file
+    past the caller's RLIMIT_FSIZE is EFBIG (inode_newsize_ok), shrinking
+    it is not."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q args"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    einval = -errno.EINVAL
+    assert cp.stdout.decode().splitlines() == [
+        f"faccessat2 {einval} {einval}",
+        f"fchmodat2 {einval} 0",
+        f"statx {einval} {einval} 0",
+        f"truncate {-errno.EFBIG} 0",
+    ], describe(cp)
+
+
+def test_execveat_of_a_descriptor_and_its_errors(busybox, program):
+    """execveat(2) with AT_EMPTY_PATH runs the descriptor's file (Python's
+    os.fexecve; an O_PATH descriptor too) -- it gave ENOTDIR; with
+    AT_SYMLINK_NOFOLLOW a symlink is ELOOP; a relative path from a file's
+    descriptor is ENOTDIR; an empty path without the flag ENOENT. The child
+    exits 7 when the exec worked, 100 + errno when it did not."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["--", f"{DIR}/q exec {DIR}/q"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        f"execveat fd 7 opath 7 nofollow {100 + errno.ELOOP} notdir {100 + errno.ENOTDIR} "
+        f"empty {100 + errno.ENOENT}"], describe(cp)
