@@ -277,17 +277,51 @@ class Manager:
             protocol.send(ref.ctl, {"v": protocol.VERSION, **message}, fds)
             reply, extra = protocol.receive(ref.ctl)
             protocol.close_all(extra)
+            if reply is None:          # it closed its end without a word
+                return self._ended_meanwhile(ref) or self._failed(ref, "closed the connection")
+        except (BrokenPipeError, ConnectionResetError):
+            return self._ended_meanwhile(ref) or self._failed(ref, "closed the connection")
         except (OSError, ProtocolError) as e:
             reply = None
             _log(f"instance {ref.distro} ({ref.pid}) did not answer: {e}")
         if reply is None:
             self._kill(ref, "it did not answer the manager")
             self._instance_gone(ref)
-            log = lx_home() / "manager.log"
-            return {"ok": False, "error": {"code": "failed", "exit": 70,
-                                           "message": f"the instance of '{ref.distro}' failed "
-                                                      f"(see {log})"}}
+            return self._failed(ref, "did not answer")
         return reply
+
+    @staticmethod
+    def _failed(ref: InstanceRef, what: str) -> dict:
+        _log(f"instance {ref.distro} ({ref.pid}) failed: {what}")
+        log = lx_home() / "manager.log"
+        return {"ok": False, "error": {"code": "failed", "exit": 70,
+                                       "message": f"the instance of '{ref.distro}' failed "
+                                                  f"(see {log})"}}
+
+    def _ended_meanwhile(self, ref: InstanceRef) -> dict | None:
+        """The instance closed its end as we asked: it ended (idle) before
+        reading the request, which it answers "ending" when it did read it
+        (InstanceHost.refuse_pending). An "ending" answer, so the launch
+        goes to a new instance; None (a failure) if it did not end cleanly."""
+        self._instance_gone(ref)
+        ending = {"ok": False, "error": {"code": "ending", "message": "ended"}}
+        if not ref.child:
+            return ending
+        deadline = time.monotonic() + END_TIMEOUT
+        while True:
+            try:
+                pid, status = os.waitpid(ref.pid, os.WNOHANG)
+            except ChildProcessError:      # already reaped: its end was logged
+                return ending
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self._kill(ref, f"it did not end within {END_TIMEOUT:g} s")
+                return None
+            time.sleep(0.01)
+        self.children.pop(pid, None)
+        _log(f"instance {ref.distro} ({pid}) ended: {_describe_status(status)}")
+        return ending if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else None
 
     def _end_instance(self, ref: InstanceRef, reason: str) -> None:
         self._ask(ref, {"op": "end", "reason": reason})

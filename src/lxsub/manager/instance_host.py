@@ -272,6 +272,25 @@ class InstanceHost:
             self._close_session(session)
         self.inst.end()
 
+    def refuse_pending(self) -> None:
+        """Once ended: answer what the manager sent meanwhile (a launch that
+        met the idle end) "ending", so that it starts a new instance for it
+        rather than take the closed connection for a failure. Nothing of
+        such a request has run."""
+        self.listener.close()
+        for conn in list(self.peers.values()):
+            conn.setblocking(False)
+            while True:
+                try:
+                    message, fds = protocol.receive(conn)
+                except (OSError, ProtocolError):
+                    break
+                protocol.close_all(fds)
+                if message is None:
+                    break
+                self._reply(conn, protocol.error_reply(ProtocolError(
+                    "ending", f"the instance of '{self.inst.name}' is ending")))
+
     def serve(self) -> None:
         if not self.sessions:
             # Started and nobody came (the manager died before handing over).
@@ -338,4 +357,6 @@ def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
     except OSError as e:
         if e.errno != errno.EINTR:
             raise
+    finally:
+        host.refuse_pending()
     return 0
