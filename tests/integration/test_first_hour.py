@@ -39,7 +39,7 @@ def _fields(cp) -> dict[str, str]:
 def probes(debian):
     """/opt/fh/{suid,sgid,plain}: the probe set-user-ID root, set-group-ID
     mail (gid 8), and neither; the user fhuser to run them."""
-    cp = debian.lx(["-u", "root", "--", f"id -u {USER} >/dev/null 2>&1 || useradd -m {USER}; "
+    cp = debian.lx(["-u", "root", "--", f"id -u {USER} >/dev/null 2>&1 || useradd -m -u 2001 {USER}; "
                     "set -e; mkdir -p /opt/fh && cd /opt/fh && cat > probe.c && "
                     "gcc -O2 -Wall -o plain probe.c && cp plain suid && cp plain sgid && "
                     "chmod 4755 suid && chgrp mail sgid && chmod 2755 sgid && id -u " + USER],

@@ -163,8 +163,9 @@ def test_own_storage_behind_another_host_mount_point(debian, tmp_path):
 
 USERS_SETUP = (
     "getent group lxhost >/dev/null || groupadd --system lxhost; "
-    "id doorless >/dev/null 2>&1 || useradd -m doorless; "
-    "id doorkeeper >/dev/null 2>&1 || useradd -m -G lxhost doorkeeper; "
+    # Fixed uids: the Debian distro is shared, and other tests create uid 1000.
+    "id doorless >/dev/null 2>&1 || useradd -m -u 2101 doorless; "
+    "id doorkeeper >/dev/null 2>&1 || useradd -m -u 2102 -G lxhost doorkeeper; "
     # A host program reached through a distro symlink on PATH, and a script
     # whose #! interpreter is a host program.
     f"ln -sfn {HOST}/usr/bin/id /usr/local/bin/doors-hostid; "

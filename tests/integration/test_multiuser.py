@@ -38,6 +38,7 @@ def _unavailable(reason: str) -> None:
 def multi(debian):
     """The Debian instance with two Linux users and PACKAGES installed (once)."""
     key = (debian.user.kind, debian.name)
+    # uids 1000 and 1001 are these users' (the other tests' users have their own)
     if key not in _prepared:
         cp = debian.lx(["-u", "root", "--", textwrap.dedent(f"""\
             set -e
