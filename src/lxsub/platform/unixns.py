@@ -36,6 +36,20 @@ PR_SET_NAME = 15
 _REQ = struct.Struct("<iiiB")         # family, type, protocol, pair
 
 
+def helper_reply(msg: bytes, fds: list[int], count: int, gone: OSError) -> list[int]:
+    """The descriptors a forked helper sent with "ok"; its "err ERRNO" as
+    that OSError; `gone` for anything else (it died). Descriptors that come
+    with a refusal are closed."""
+    if msg == b"ok" and len(fds) == count:
+        return fds
+    for fd in fds:
+        os.close(fd)
+    if msg.startswith(b"err "):
+        code = int(msg[4:])
+        raise OSError(code, os.strerror(code))
+    raise gone
+
+
 def unshare_as_self(flags: int) -> None:
     """In a forked helper: new namespaces (CLONE_NEWUSER among `flags`) in
     which the caller keeps its own host uid and gid (user_namespaces(7):
@@ -143,14 +157,8 @@ class UnixNamespace:
         with self._lock:
             self._sock.send(_REQ.pack(family, type_, proto, int(pair)))
             msg, fds, _, _ = socket.recv_fds(self._sock, 64, 2)
-        if msg == b"ok" and len(fds) == (2 if pair else 1):
-            return fds
-        for fd in fds:
-            os.close(fd)
-        if msg.startswith(b"err "):
-            code = int(msg[4:])
-            raise OSError(code, os.strerror(code))
-        raise OSError(errno.ENOMEM, "the socket helper has gone")
+        return helper_reply(msg, fds, 2 if pair else 1,
+                            OSError(errno.ENOMEM, "the socket helper has gone"))
 
     def socket(self, family: int, type_: int, proto: int) -> int:
         return self._ask(family, type_, proto, False)[0]

@@ -147,14 +147,8 @@ def host_tmpfs(options: dict[str, str]) -> int:
         parent.close()
         if child.fileno() >= 0:
             child.close()
-    if msg == b"ok" and fds:
-        return fds[0]
-    for fd in fds:
-        os.close(fd)
-    if msg.startswith(b"err "):
-        code = int(msg[4:])
-        raise OSError(code, os.strerror(code))
-    raise OSError(errno.ENOSYS, "tmpfs helper failed")
+    from lxsub.platform.unixns import helper_reply
+    return helper_reply(msg, fds, 1, OSError(errno.ENOSYS, "tmpfs helper failed"))[0]
 
 
 # -- the file system -------------------------------------------------------------
