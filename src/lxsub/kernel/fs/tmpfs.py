@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 TMPFS_MAGIC = 0x01021994
 
-_CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNS = 0x00020000
 _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
 _FSOPEN_CLOEXEC = 1
@@ -103,8 +102,8 @@ def _child_make_tmpfs(sock: socket.socket, options: dict[str, str]) -> None:
     """In the forked helper: never returns."""
     code = 1
     try:
-        from lxsub.platform.unixns import unshare_as_self
-        unshare_as_self(_CLONE_NEWUSER | _CLONE_NEWNS)
+        from lxsub.platform.unixns import CLONE_NEWUSER, unshare_as_self
+        unshare_as_self(CLONE_NEWUSER | _CLONE_NEWNS)
         libc = ctypes.CDLL(None, use_errno=True)
         fs = _sys(libc, _SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
         opts = dict(options)
