@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, mount, net, process, sched, signal,
                                    stat, stdio, unistd, utsname, xattr)
 from lxsub.kernel.sysno import NAMES, NUMBERS
@@ -104,7 +105,7 @@ ROWS: list[Syscall] = [
             "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md)",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
-                   *_when(1, ioctl.LXBUS_REQUESTS, bpf.RET_USER_NOTIF))),
+                   *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",

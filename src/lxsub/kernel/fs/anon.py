@@ -32,3 +32,9 @@ class HostObjectFs(FileSystem):
 
     def statfs(self, node: Node):
         return os.statvfs(f"/proc/self/fd/{node.fd}")
+
+    def ioctl(self, node: Node, c, cmd: int) -> object:
+        # Of host objects, only the provider's LxBus ones have a trapped
+        # request: the device's memfd (where no DevFs claims it) and server ports.
+        from lxsub.kernel.fs import lxbusdev
+        return lxbusdev.host_object_ioctl(c, cmd, node.fd, node.host_st or os.fstat(node.fd))

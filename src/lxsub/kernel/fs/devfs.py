@@ -8,7 +8,7 @@ import os
 import stat as st
 import struct
 
-from lxsub.kernel.fs import devices
+from lxsub.kernel.fs import devices, lxbusdev
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
@@ -47,7 +47,7 @@ class DevFs(PseudoFs):
         for name, target in _LINKS.items():
             root.add(Link("/" + name, lambda _t, target=target: target))
         # LxBus (docs/LXBUS.md): any user of the instance may open it.
-        self._lxbus = root.add(Device("/lxbus", st.S_IFCHR, devices.LXBUS_RDEV, 0o666))
+        self._lxbus = root.add(lxbusdev.LxBusDevice("/lxbus"))
         root.add(StaticDir("/pts", 0o755))
         root.add(StaticDir("/shm", 0o1777))
         root.add(StaticDir("/mqueue", 0o1777))
@@ -57,7 +57,7 @@ class DevFs(PseudoFs):
         return self._root
 
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
-        if devices.is_lxbus(s):          # fstat and /proc/<pid>/fd show /dev/lxbus
+        if lxbusdev.is_device(s):          # fstat and /proc/<pid>/fd show /dev/lxbus
             return Node(mount, fd, None, self._lxbus)
         if st.S_ISCHR(s.st_mode) and devices.host_path_of(st.S_IFCHR, s.st_rdev) == host:
             dev = self._by_rdev.get(s.st_rdev)

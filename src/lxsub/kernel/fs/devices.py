@@ -25,28 +25,8 @@ PTS_MAJORS = range(136, 144)
 PTMX_RDEV = os.makedev(5, 2)
 
 # /dev/lxbus (docs/LXBUS.md): a misc device (major 10) with no host device
-# behind it. It opens as a read-only reopen of one sealed, empty memfd of
-# the provider, so that its ioctls (which trap) can tell it by identity.
+# behind it; its driver is the provider's own (kernel/fs/lxbusdev.py).
 LXBUS_RDEV = os.makedev(10, 250)
-_lxbus_fd: int | None = None
-_lxbus_id: tuple[int, int] | None = None
-
-
-def _lxbus_object() -> int:
-    global _lxbus_fd, _lxbus_id
-    if _lxbus_fd is None:
-        import fcntl
-        fd = os.memfd_create("lxbus", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-        s = os.fstat(fd)
-        _lxbus_fd, _lxbus_id = fd, (s.st_dev, s.st_ino)
-    return _lxbus_fd
-
-
-def is_lxbus(s: os.stat_result) -> bool:
-    """Whether a host object (its fstat) is an open /dev/lxbus."""
-    return _lxbus_id is not None and (s.st_dev, s.st_ino) == _lxbus_id
 
 
 def host_path_of(kind: int, rdev: int) -> str | None:
@@ -60,7 +40,8 @@ def host_path_of(kind: int, rdev: int) -> str | None:
 
 def open_device(kind: int, rdev: int, flags: int) -> int:
     if kind == st.S_IFCHR and rdev == LXBUS_RDEV:
-        return os.open(f"/proc/self/fd/{_lxbus_object()}", os.O_RDONLY | os.O_CLOEXEC)
+        from lxsub.kernel.fs import lxbusdev     # imported here: it imports vfs, which imports us
+        return lxbusdev.open_device()
     path = host_path_of(kind, rdev)
     if path is None:
         raise OSError(errno.ENXIO, "no such device")

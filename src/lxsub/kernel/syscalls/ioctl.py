@@ -1,28 +1,25 @@
 """<sys/ioctl.h>: the terminal and socket requests that carry process ids,
-and the LxBus requests of /dev/lxbus.
+and the requests of the provider's own drivers.
 
 The process-id requests must run in the caller (a terminal checks that it
 is the caller's controlling one), so the id is rewritten into a copy below
 the caller's stack and the request runs natively; ids coming back are
 translated.
 
-The LxBus requests (docs/LXBUS.md, examples/lxbus.h) trap by user-notify:
-the answer is a new descriptor (a server port or a message port) installed
-in the caller; waiting for a connection and connecting finish on a worker
-thread, so the provider's loop never waits for a peer.
+A driver's requests (LxBus: kernel/fs/lxbusdev.py) trap by user-notify and
+go to the open file's own ioctl (FileSystem.ioctl), as Linux's vfs_ioctl
+calls the file's f_op->unlocked_ioctl.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import select
-import socket
 import struct
-import threading
-import time
 
-from lxsub.kernel.call import Blocking, Call, Native, NewFd
+from lxsub.kernel.call import Call, Native
+from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.node import Node
 from lxsub.platform import memory
 
 TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
@@ -34,29 +31,13 @@ GETTERS = (TIOCGPGRP, TIOCGSID, FIOGETOWN, SIOCGPGRP)
 TRAPPED = SETTERS + GETTERS
 
 
-def _IOW(kind: str, nr: int, size: int) -> int:
-    return (1 << 30) | (size << 16) | (ord(kind) << 8) | nr
-
-
-# struct lxbus_name { char name[64]; uint32_t flags; uint32_t reserved; }
-LXBUS_NAME = struct.Struct("<64sII")
-LXBUS_CLOEXEC = 1
-LXBUS_REGISTER_SERVER = _IOW("L", 0xB1, LXBUS_NAME.size)     # 0x40484cb1
-LXBUS_CONNECT = _IOW("L", 0xB2, LXBUS_NAME.size)             # 0x40484cb2
-LXBUS_WAIT_FOR_CONNECTION = _IOW("L", 0xB3, 4)               # 0x40044cb3 (uint32_t flags)
-LXBUS_REQUESTS = (LXBUS_REGISTER_SERVER, LXBUS_CONNECT, LXBUS_WAIT_FOR_CONNECTION)
-_POLL_MS = 200           # how often a waiting worker checks that its caller still waits
-
-
 def sys_ioctl(c: Call):
     cmd = c.uint(1)
-    if cmd in LXBUS_REQUESTS:
-        return _lxbus(c, cmd)
     if cmd in SETTERS:
         return _set_id(c, cmd)
     if cmd in GETTERS:
         return _get_id(c)
-    raise OSError(errno.EINVAL, "unexpected ioctl")
+    return _file_ioctl(c, cmd)          # the filter traps no other but drivers' requests
 
 
 def _set_id(c: Call, cmd: int) -> Native:
@@ -92,168 +73,19 @@ def _get_id(c: Call) -> Native:
     return Native(on_exit=translate)
 
 
-# -- LxBus ------------------------------------------------------------------------
+# -- the provider's drivers -------------------------------------------------------
 
-def _lxbus(c: Call, cmd: int):
-    from lxsub.kernel.vfs import lookup
+def _file_ioctl(c: Call, cmd: int):
+    """The open file's own ioctl (Linux do_vfs_ioctl -> vfs_ioctl ->
+    f_op->unlocked_ioctl): its file system's, or the host object's."""
     local = lookup.copy_fd(c.task, c.int(0))
-    if cmd == LXBUS_WAIT_FOR_CONNECTION:
-        return _wait_for_connection(c, local)      # owns local
     try:
-        _check_lxbus_device(local)
-    finally:
-        os.close(local)
-    raw, flags, reserved = LXBUS_NAME.unpack(c.read(c.ptr(2), LXBUS_NAME.size))
-    if b"\0" not in raw or flags & ~LXBUS_CLOEXEC or reserved:
-        raise OSError(errno.EINVAL, "bad struct lxbus_name")
-    name = raw.split(b"\0", 1)[0]
-    from lxsub.lxbus import bus
-    bus.check_name(name)
-    cloexec = bool(flags & LXBUS_CLOEXEC)
-    distro = c.inst.name
-    if cmd == LXBUS_REGISTER_SERVER:
-        def register():
-            sock, _path = bus.register(distro, name)
-            return NewFd(sock.detach(), cloexec)
-        return _blocking(c, register)
-    return _connect(c, distro, name, cloexec)
-
-
-def _check_lxbus_device(local: int) -> None:
-    from lxsub.kernel.fs import devices
-    if not devices.is_lxbus(os.fstat(local)):
-        raise OSError(errno.ENOTTY, "not /dev/lxbus")
-
-
-def _blocking(c: Call, work) -> Blocking:
-    """Off the provider's loop (the bus lock, a peer's backlog), with
-    host errors that are not Linux ones (LxError: no runtime dir) as EIO."""
-    def run():
-        from lxsub.errors import LxError
-        try:
-            return work()
-        except LxError as e:
-            c.inst.log.warn(f"lxbus: {e.message}")
-            raise OSError(errno.EIO, e.message) from None
-    return Blocking(run)
-
-
-def _connect(c: Call, distro: str, name: bytes, cloexec: bool) -> Blocking:
-    from lxsub.lxbus import bus
-    job: Blocking
-
-    def work():
-        while True:
-            try:
-                sock = bus.connect(distro, name, blocking=False)
-                return NewFd(sock.detach(), cloexec)
-            except BlockingIOError:          # the server's backlog is full: wait
-                if job.still_wanted is not None and not job.still_wanted():
-                    raise OSError(errno.EINTR, "interrupted") from None
-                time.sleep(_POLL_MS / 1000)
-    job = _blocking(c, work)
-    return job
-
-
-class _ServerState:
-    """Per server port (by socket inode): one worker accepts at a time (the
-    others would block in accept(2) once the first took the connection), and
-    a connection accepted for a caller that a signal took away meanwhile is
-    kept for the next wait instead of being lost."""
-    __slots__ = ("lock", "users", "kept")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.kept: list[socket.socket] = []
-
-
-_servers: dict[tuple[int, int], _ServerState] = {}
-_servers_lock = threading.Lock()
-_MAX_KEPT = 16
-
-
-def _server_state(key: tuple[int, int]) -> _ServerState:
-    with _servers_lock:
-        state = _servers.setdefault(key, _ServerState())
-        state.users += 1
-        return state
-
-
-def _server_done(key: tuple[int, int], state: _ServerState) -> None:
-    with _servers_lock:
-        state.users -= 1
-        if state.users == 0 and not state.kept:
-            _servers.pop(key, None)
-
-
-def _wait_for_connection(c: Call, local: int) -> Blocking:
-    """Accept on the caller's server port (any listening AF_UNIX SEQPACKET
-    socket it holds): a connection from our own host user becomes the result."""
-    try:
-        sock = socket.socket(fileno=local)
-    except OSError:
-        os.close(local)
-        raise OSError(errno.ENOTTY, "not an LxBus server port") from None
-    try:
-        ok = (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET
-              and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-        if not ok:
-            raise OSError(errno.ENOTTY, "not an LxBus server port")
-        (flags,) = struct.unpack("<I", c.read(c.ptr(2), 4))
-        if flags & ~LXBUS_CLOEXEC:
-            raise OSError(errno.EINVAL, "bad flags")
-        st = os.fstat(local)
+        s = os.fstat(local)
     except BaseException:
-        sock.close()
+        os.close(local)
         raise
-    cloexec = bool(flags & LXBUS_CLOEXEC)
-    log = c.inst.log
-    key = (st.st_dev, st.st_ino)
-    job: Blocking
-
-    def wanted() -> bool:
-        return job.still_wanted is None or job.still_wanted()
-
-    def work():
-        from lxsub.lxbus import bus
-        state = _server_state(key)
-        try:
-            while not state.lock.acquire(timeout=_POLL_MS / 1000):
-                if not wanted():
-                    raise OSError(errno.EINTR, "interrupted")
-            try:
-                return _accept_loop(bus, state)
-            finally:
-                state.lock.release()
-        finally:
-            sock.close()
-            _server_done(key, state)
-
-    def _accept_loop(bus, state: _ServerState):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        while True:
-            if not wanted():
-                raise OSError(errno.EINTR, "interrupted")
-            if state.kept:
-                conn = state.kept.pop(0)
-            else:
-                if not poller.poll(_POLL_MS):
-                    continue
-                try:
-                    conn = bus.accept(sock)
-                except (BlockingIOError, InterruptedError):
-                    continue                 # the program accepted it itself
-                if conn is None:
-                    log.warn("lxbus: refused a connection from another host user")
-                    continue
-            if not wanted():                 # interrupted while we accepted
-                if len(state.kept) < _MAX_KEPT:
-                    state.kept.append(conn)
-                else:
-                    conn.close()
-                raise OSError(errno.EINTR, "interrupted")
-            return NewFd(conn.detach(), cloexec)
-    job = Blocking(work)
-    return job
+    node = c.inst.node_for_host_fd(local, s) or Node(c.inst.anon_mount, local, s)
+    try:
+        return node.fs.ioctl(node, c, cmd)
+    finally:
+        node.release()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
+    from lxsub.kernel.call import Call
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.mount import Mount
     from lxsub.kernel.vfs.node import Node
@@ -78,6 +79,13 @@ class FileSystem:
 
     def create(self, parent: "Node", name: bytes, flags: int, mode: int, creds: "Creds") -> int:
         _nope()
+
+    def ioctl(self, node: "Node", c: "Call", cmd: int) -> object:
+        """A request the filter traps for the provider's own driver
+        (kernel/syscalls/ioctl.py), on an open file of this file system;
+        what a handler returns. None here: ENOTTY, as vfs_ioctl() answers
+        for a file whose f_op has no unlocked_ioctl (ioctl(2))."""
+        raise OSError(errno.ENOTTY, "inappropriate ioctl for device")
 
     # -- directory entries ------------------------------------------------------
     mkdir = mknod = symlink = link = unlink = rmdir = rename = _nope

@@ -24,6 +24,7 @@ from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
+    from lxsub.kernel.call import Call
     from lxsub.kernel.instance import Instance
     from lxsub.kernel.task import Task
 
@@ -52,6 +53,10 @@ class Entry:
 
     def parent_path(self) -> str:
         return os.path.dirname(self.path) if self.path != "/" else "/"
+
+    def ioctl(self, c: "Call", cmd: int, fd: int) -> object:
+        """The file's own ioctl (PseudoFs.ioctl); a driver's Device overrides it."""
+        raise OSError(errno.ENOTTY, "inappropriate ioctl for device")
 
 
 class File(Entry):
@@ -349,6 +354,9 @@ class PseudoFs(FileSystem):
             old, _ = self._scratch.popitem(last=False)
             shutil.rmtree(old, ignore_errors=True)
         return fd
+
+    def ioctl(self, node: Node, c: "Call", cmd: int) -> object:
+        return node.obj.ioctl(c, cmd, node.fd)
 
     # -- descriptors back to entries ----------------------------------------------
 
