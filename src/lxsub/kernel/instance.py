@@ -111,7 +111,7 @@ class Instance:
         from lxsub.kernel.vfs.path import Walker
         try:
             # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
-            # surrogateescape string (manager/protocol.py, wire_bytes).
+            # surrogateescape string (lxsub/wire.py, wire_bytes).
             cwd_node = Walker(self.mounts, root, Creds()).resolve(
                 root, cwd.encode("utf-8", "surrogateescape"))
             if not cwd_node.is_dir():

@@ -23,8 +23,8 @@ from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
 from lxsub.kernel.vfs.path import Walker
-from lxsub.manager.protocol import PASSED_ENV, wire_bytes
 from lxsub.platform.launcher import ChildSetup
+from lxsub.wire import PASSED_ENV, wire_bytes
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"

@@ -27,6 +27,7 @@ from typing import Any
 
 from lxsub.errors import EXIT_CANNOT_EXEC
 from lxsub.kernel.exec import limits
+from lxsub.wire import INTEROP_ENV, PASSED_ENV, wire_bytes, wire_str  # noqa: F401 (part of the protocol)
 
 VERSION = 1
 MAX_MESSAGE = 64 * 1024
@@ -74,14 +75,6 @@ class Message:
     reply: str = ""
 
 
-# What of the client's environment a command sees (the rest is a login environment).
-PASSED_ENV = ("TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "COLORTERM", "TZ")
-# What else the client sends for interop: its PATH (appended, translated, to
-# the Linux PATH with [interop] appendHostPath) and LXENV with the variables
-# it names (see kernel/interop.py).
-INTEROP_ENV = ("PATH", "LXENV")
-
-
 def launch_env(environ) -> dict[str, str]:
     """The `env` of a launch: PASSED_ENV, INTEROP_ENV and what LXENV names
     (as wire strings: bytes that are not UTF-8 stay bytes)."""
@@ -91,26 +84,6 @@ def launch_env(environ) -> dict[str, str]:
         if name:
             names.add(name)
     return {wire_str(k): wire_str(v) for k, v in environ.items() if k in names}
-
-
-# -- bytes on the wire -----------------------------------------------------------------
-# In Linux argv, the environment and paths are bytes, not text.  JSON carries
-# text, so a host byte string travels as its UTF-8 decoding with
-# surrogateescape: every byte that is not part of valid UTF-8 becomes a lone
-# surrogate U+DC80..U+DCFF (escaped as \udcXX by json), and wire_bytes gives
-# the very bytes back.  Strings a peer sends that cannot be turned back into
-# bytes (other lone surrogates) are refused by check_type.
-
-def wire_str(value: str | bytes) -> str:
-    """Host bytes (or a str Python decoded from them: sys.argv, os.environ)
-    as a protocol string."""
-    raw = value if isinstance(value, bytes) else os.fsencode(value)
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def wire_bytes(value: str) -> bytes:
-    """The bytes a protocol string stands for (see wire_str)."""
-    return value.encode("utf-8", "surrogateescape")
 
 
 # What a client may forward to its command's process group (SIGCONT: lx continued after a stop).
