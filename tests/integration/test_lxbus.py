@@ -245,6 +245,35 @@ def test_unregistered_names_fail_clearly_on_both_sides(bb):
     assert second.startswith("LxBusError 2 | lxbus: no distro named 'no-such-distro'"), second
 
 
+def test_no_server_says_whether_the_instance_runs(bb):
+    """The hint of NoSuchServer comes from the bus itself (is the instance's
+    socket listening?), not from asking the manager: lxbus sits below it."""
+    code = """
+        import sys
+        from lxsub import lxbus
+        try:
+            lxbus.connect(sys.argv[1], "nobody-serves-this")
+        except lxbus.NoSuchServer as e:
+            print(e)
+    """
+    cp = bb.runner.run(["--terminate", bb.name])
+    assert cp.returncode == 0, describe(cp)
+    cp = _host_python(bb.runner, code, bb.name)
+    assert cp.stdout.decode().endswith("(its instance is not running, so no Linux program "
+                                       "serves it)\n"), describe(cp)
+    # A running command keeps the instance up (the tests' instances end when idle).
+    sleeper = bb.runner.popen(["-d", bb.name, "-e", "sh", "-c", "echo up; exec sleep 60"],
+                              stdout=subprocess.PIPE)
+    try:
+        assert sleeper.stdout.readline() == b"up\n"
+        cp = _host_python(bb.runner, code, bb.name)
+        assert cp.stdout.decode().endswith("(no Linux program of it has registered that "
+                                           "name)\n"), describe(cp)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_host_server_refuses_a_taken_name_and_frees_it_on_close(bb):
     cp = _host_python(bb.runner, """
         import sys

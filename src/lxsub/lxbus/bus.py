@@ -82,6 +82,13 @@ def listening(path: str) -> bool:
     return False
 
 
+def instance_running(distro: str) -> bool:
+    """Whether the distro's instance runs: it listens on its socket for its
+    whole life (manager/daemon.py), so the socket table says, without
+    asking the manager (lxbus sits below it)."""
+    return listening(str(paths.instance_socket(distro)))
+
+
 def peer_uid(sock: socket.socket) -> int:
     _pid, uid, _gid = _PEERCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))

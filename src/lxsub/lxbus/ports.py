@@ -75,9 +75,8 @@ def _fail(e: OSError, distro: str, name: bytes, doing: str) -> LxBusError:
     err = e.errno or errno.EIO
     if err == errno.ENOENT:
         try:
-            from lxsub.manager import client
-            running = distro in client.running_distros()
-        except Exception:
+            running = bus.instance_running(distro)
+        except (OSError, LxError):
             running = None
         hint = {True: "no Linux program of it has registered that name",
                 False: "its instance is not running, so no Linux program serves it",
