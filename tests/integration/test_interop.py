@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import pytest
 
 import lxsub
-from lxsub.kernel import interop
-from lxsub.kernel.interop import HostMount
+from lxsub import hostpath
+from lxsub.hostpath import HostMount
 from tests.fixtures.runner import describe, wait_for
 
 HOST = "/mnt/host"
@@ -73,31 +73,31 @@ MOUNTS = [HostMount("/", "/mnt/host"), HostMount("/srv/data", "/data")]
 
 
 def test_path_translation_rules():
-    assert interop.to_linux("/usr/bin", MOUNTS) == "/mnt/host/usr/bin"
-    assert interop.to_linux("/", MOUNTS) == "/mnt/host"
-    assert interop.to_linux("/srv/data/x", MOUNTS) == "/data/x"         # the longest host root
-    assert interop.to_linux("/usr//lib/../bin/.", MOUNTS) == "/mnt/host/usr/bin"
-    assert interop.to_linux("relative", MOUNTS) is None
-    assert interop.to_host("/mnt/host/tmp", MOUNTS) == "/tmp"
-    assert interop.to_host("/mnt/host", MOUNTS) == "/"
-    assert interop.to_host("/data/x", MOUNTS) == "/srv/data/x"
-    assert interop.to_host("/mnt/hostile", MOUNTS) is None              # not below /mnt/host
-    assert interop.to_host("/etc/passwd", MOUNTS) is None               # VolFs: no host path
-    assert interop.to_host("x/../y", MOUNTS, cwd="/mnt/host/tmp") == "/tmp/y"
+    assert hostpath.to_linux("/usr/bin", MOUNTS) == "/mnt/host/usr/bin"
+    assert hostpath.to_linux("/", MOUNTS) == "/mnt/host"
+    assert hostpath.to_linux("/srv/data/x", MOUNTS) == "/data/x"         # the longest host root
+    assert hostpath.to_linux("/usr//lib/../bin/.", MOUNTS) == "/mnt/host/usr/bin"
+    assert hostpath.to_linux("relative", MOUNTS) is None
+    assert hostpath.to_host("/mnt/host/tmp", MOUNTS) == "/tmp"
+    assert hostpath.to_host("/mnt/host", MOUNTS) == "/"
+    assert hostpath.to_host("/data/x", MOUNTS) == "/srv/data/x"
+    assert hostpath.to_host("/mnt/hostile", MOUNTS) is None              # not below /mnt/host
+    assert hostpath.to_host("/etc/passwd", MOUNTS) is None               # VolFs: no host path
+    assert hostpath.to_host("x/../y", MOUNTS, cwd="/mnt/host/tmp") == "/tmp/y"
 
 
 def test_lxenv_rules():
     env = {"LXENV": "A:P/p:L/l:U/u:W/w:MISSING", "A": "1", "P": "/usr", "L": "/a:/b",
            "U": "u", "W": "w", "OTHER": "x"}
-    assert interop.env_to_linux(env, MOUNTS) == {
+    assert hostpath.env_to_linux(env, MOUNTS) == {
         "LXENV": env["LXENV"], "A": "1", "P": "/mnt/host/usr", "L": "/mnt/host/a:/mnt/host/b",
         "U": "u"}
     linux = {"LXENV": "A:P/p:L/l:U/u:W/w", "A": "1", "P": "/mnt/host/usr", "L": "/data:/mnt/host/b",
              "U": "u", "W": "w", "OTHER": "x"}
-    assert interop.env_to_host(linux, MOUNTS) == {
+    assert hostpath.env_to_host(linux, MOUNTS) == {
         "LXENV": linux["LXENV"], "A": "1", "P": "/usr", "L": "/srv/data:/b", "W": "w"}
-    assert interop.env_to_linux({"A": "1"}, MOUNTS) == {}
-    assert interop.host_path_suffix("/usr/bin:rel:/bin:/usr/bin", MOUNTS) == "/mnt/host/usr/bin:/mnt/host/bin"
+    assert hostpath.env_to_linux({"A": "1"}, MOUNTS) == {}
+    assert hostpath.host_path_suffix("/usr/bin:rel:/bin:/usr/bin", MOUNTS) == "/mnt/host/usr/bin:/mnt/host/bin"
 
 
 # -- host programs from Linux -------------------------------------------------------------

@@ -4,9 +4,10 @@
     -w            Linux path -> host path (/mnt/host/tmp -> /tmp)
 
 The translation is the one `lxpath` does inside the instance
-(kernel/interop.py): by the host mounts the distro's /etc/lx.conf
-`[automount]` asks for (an instance need not be running). A relative host
-path is taken from the current directory; a Linux path must be absolute.
+(lxsub/hostpath.py, which kernel/interop.py uses too; no kernel imported
+here): by the host mounts the distro's /etc/lx.conf `[automount]` asks for
+(an instance need not be running). A relative host path is taken from the
+current directory; a Linux path must be absolute.
 Only names are translated: `.` and `..` are folded, symlinks not followed.
 A Linux path that is not on a host mount (VolFs: the distro's own files)
 has no host path; use `lx --mount` to see those from the host.
@@ -64,21 +65,21 @@ def parse(ours: list[str]) -> tuple[str | None, str, str]:
 
 def translate(rootfs: str, mode: str, path: str, cwd: str | None = None) -> str:
     """The translation of `path` for the distro at `rootfs`; LxError if none."""
+    from lxsub import hostpath
     from lxsub.config import load_distro_config
-    from lxsub.kernel import interop
 
-    mounts = interop.mounts_from_config(load_distro_config(rootfs))
+    mounts = hostpath.mounts_from_config(load_distro_config(rootfs))
     if mode == "u":
         if not path.startswith("/"):
             path = os.path.join(cwd or os.getcwd(), path)
-        out = interop.to_linux(path, mounts)
+        out = hostpath.to_linux(path, mounts)
         if out is None:
             raise LxError(f"{path}: the distro has no host mount showing it "
                           "([automount] of its /etc/lx.conf)", EXIT_DATAERR)
         return out
     if not path.startswith("/"):
         raise LxError(f"{path}: give an absolute Linux path", EXIT_USAGE)
-    out = interop.to_host(path, mounts)
+    out = hostpath.to_host(path, mounts)
     if out is None:
         raise LxError(f"{path}: not on a host mount of the distro, so it has no host path "
                       "(lx --mount shows the distro's own files on the host)", EXIT_DATAERR)

@@ -26,6 +26,7 @@ from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
+from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task
 from lxsub.kernel.vfs.mount import MountTable
@@ -95,6 +96,7 @@ class Instance:
         # A session's leading process getting Ctrl-Z: its client suspends too.
         self.stop_watchers: dict[Process, Callable[[int], None]] = {}
         self.ptys = PtyOwners()          # the Linux owners of the ptys (devpts)
+        self.host_programs = HostPrograms()    # interop's running host programs
         self.current_task: Task | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts

@@ -42,35 +42,21 @@ process group is killed: no strays.
 Not done: other threads of a multi-threaded caller keep running while the
 host program runs (a Linux exec would end them first).
 
-Paths
------
-A host path is translated to the instance by the DrvFs mounts: the longest
-host directory that contains it, replaced by its mount point (`/usr/bin` ->
-`/mnt/host/usr/bin`); a Linux path back by the longest mount point. Only
-names are translated (`.` and `..` folded, symlinks not followed). A Linux
-path on VolFs or another instance file system has no host name (editing
-VolFs files from the host breaks their metadata): translation fails.
-
-Environment (`LXENV`, like WSL's WSLENV)
----------------------------------------
-`LXENV=NAME[/flags]:NAME[/flags]...` names the variables that cross the
-boundary, in both directions: from `lx` on the host into the Linux login
-environment, and from a Linux program into the host programs it runs.
-Flags: `p` the value is one path, translated; `l` a `:`-separated list of
-paths, each translated; `u` only host -> Linux; `w` only Linux -> host.
-LXENV itself always crosses. With `[interop] appendHostPath = true` (the
-default is false) the host's PATH, translated, is appended to the Linux
-PATH, for the users who may run host programs.
+Paths and environment
+---------------------
+Translated by lxsub/hostpath.py (`lx --path` uses it without the kernel),
+here over the instance's DrvFs mounts as they are (mounts_of).
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lxsub.hostpath import (HostMount, env_to_host, env_to_linux, host_path_suffix, join,
+                             normalize, to_linux)
 from lxsub.kernel.call import Call
 from lxsub.platform import hostexec, hostproc, libc, memory
 
@@ -85,134 +71,15 @@ MAX_ENV_STRLEN = 131072
 
 # -- paths ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class HostMount:
-    """A host directory mounted in the instance (DrvFs)."""
-    host: str       # host directory
-    path: str       # its Linux mount point
-
-
-def normalize(path: str) -> str:
-    """An absolute path with `.`, `..` and repeated slashes folded."""
-    out = posixpath.normpath("/" + path.lstrip("/"))
-    return "/" + out.lstrip("/")
-
-
-def _inside(path: str, top: str) -> str | None:
-    """The rest of `path` below `top` ('' for top itself), or None."""
-    if top == "/":
-        return path.lstrip("/")
-    if path == top:
-        return ""
-    if path.startswith(top + "/"):
-        return path[len(top) + 1:]
-    return None
-
-
-def _join(top: str, rest: str) -> str:
-    return top if not rest else top.rstrip("/") + "/" + rest
-
-
-def to_linux(host_path: str, mounts: list[HostMount]) -> str | None:
-    """The Linux path of an absolute host path, or None if no mount shows it."""
-    if not host_path.startswith("/"):
-        return None
-    path = normalize(host_path)
-    best: tuple[int, str] | None = None
-    for m in mounts:
-        rest = _inside(path, m.host)
-        if rest is not None and (best is None or len(m.host) > best[0]):
-            best = (len(m.host), _join(m.path, rest))
-    return best[1] if best else None
-
-
-def to_host(linux_path: str, mounts: list[HostMount], cwd: str = "/") -> str | None:
-    """The host path of a Linux path (relative ones from `cwd`), or None if
-    it is not on a host mount."""
-    path = normalize(linux_path if linux_path.startswith("/") else cwd.rstrip("/") + "/" + linux_path)
-    best: tuple[int, str] | None = None
-    for m in mounts:
-        rest = _inside(path, m.path)
-        if rest is not None and (best is None or len(m.path) > best[0]):
-            best = (len(m.path), _join(m.host, rest))
-    return best[1] if best else None
-
-
 def mounts_of(inst: "Instance") -> list[HostMount]:
     """The instance's DrvFs mounts as they are now."""
     from lxsub.kernel.fs.drvfs import DrvFs
     out = []
     for m in inst.mounts.mounts:
         if isinstance(m.fs, DrvFs):
-            out.append(HostMount(normalize(_join(m.fs.host_root, m.root_path.lstrip("/"))),
+            out.append(HostMount(normalize(join(m.fs.host_root, m.root_path.lstrip("/"))),
                                  normalize(m.path)))
     return out
-
-
-def mounts_from_config(config) -> list[HostMount]:
-    """The DrvFs mounts a distro's /etc/lx.conf asks for (what an instance
-    of it mounts at start): the host's / at <[automount] root>host."""
-    automount = config.automount
-    if not automount.enabled:
-        return []
-    return [HostMount("/", normalize(automount.root.rstrip("/") + "/host"))]
-
-
-# -- environment ------------------------------------------------------------------
-
-def parse_lxenv(value: str) -> list[tuple[str, str]]:
-    """LXENV as (name, flags) pairs; empty names are skipped."""
-    out = []
-    for item in value.split(":"):
-        name, _, flags = item.partition("/")
-        if name:
-            out.append((name, flags))
-    return out
-
-
-def _translate_value(value: str, flags: str, one) -> str:
-    if "l" in flags:
-        return ":".join(one(p) or p for p in value.split(":"))
-    if "p" in flags:
-        return one(value) or value
-    return value
-
-
-def env_to_linux(host_env: dict[str, str], mounts: list[HostMount]) -> dict[str, str]:
-    """What of a host environment crosses into Linux by LXENV (LXENV too)."""
-    spec = host_env.get("LXENV")
-    if spec is None:
-        return {}
-    out = {"LXENV": spec}
-    for name, flags in parse_lxenv(spec):
-        if "w" in flags or name not in host_env:
-            continue
-        out[name] = _translate_value(host_env[name], flags, lambda p: to_linux(p, mounts))
-    return out
-
-
-def env_to_host(linux_env: dict[str, str], mounts: list[HostMount], cwd: str = "/") -> dict[str, str]:
-    """What of a Linux environment crosses into a host program by LXENV."""
-    spec = linux_env.get("LXENV")
-    if spec is None:
-        return {}
-    out = {"LXENV": spec}
-    for name, flags in parse_lxenv(spec):
-        if "u" in flags or name not in linux_env:
-            continue
-        out[name] = _translate_value(linux_env[name], flags,
-                                     lambda p: to_host(p, mounts, cwd) if p else None)
-    return out
-
-
-def host_path_suffix(host_path: str, mounts: list[HostMount]) -> str:
-    """The host PATH translated for appending to the Linux PATH."""
-    parts = []
-    for p in host_path.split(":"):
-        t = to_linux(p, mounts) if p.startswith("/") else None
-        if t is not None and t not in parts:
-            parts.append(t)
-    return ":".join(parts)
 
 
 def session_env(inst: "Instance", env: dict[str, str], host_env: dict[str, str],
@@ -314,12 +181,32 @@ class HostCall:
     dying_by: int = 0         # the signal the caller is to die of
 
 
-def _calls(inst: "Instance") -> dict[int, HostCall]:
-    calls = getattr(inst, "_interop_calls", None)
-    if calls is None:
-        calls = {}
-        inst._interop_calls = calls
-    return calls
+class HostPrograms:
+    """An instance's interop state: the host programs running for Linux
+    callers (by the caller's host tid) and the stand-in program's memfd."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, HostCall] = {}
+        self._standin: int | None = None
+
+    def forget(self, call: HostCall) -> None:
+        """The caller no longer stands in for `call`."""
+        if self.calls.get(call.tid) is call:
+            del self.calls[call.tid]
+
+    def standin_fd(self) -> int:
+        """A new read-only open of the stand-in (a sealed memfd made once)."""
+        if self._standin is None:
+            flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+            try:
+                fd = os.memfd_create("lxsub-interop", flags | 0x10)      # MFD_EXEC
+            except OSError:
+                fd = os.memfd_create("lxsub-interop", flags)
+            os.write(fd, _standin_elf())
+            import fcntl
+            fcntl.fcntl(fd, 1033, 0x1 | 0x2 | 0x4 | 0x8)   # F_ADD_SEALS: seal, shrink, grow, write
+            self._standin = fd
+        return os.open(f"/proc/self/fd/{self._standin}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 # The stand-in: a static x86-64 program that the caller really executes
@@ -350,22 +237,6 @@ def _standin_elf() -> bytes:
                        2, 62, 1, _STANDIN_BASE + _CODE_AT, 64, 0, 0, 64, 56, 1, 0, 0, 0)
     phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, _STANDIN_BASE, _STANDIN_BASE, size, size, 0x1000)
     return (ehdr + phdr).ljust(_CODE_AT, b"\0") + _STANDIN_CODE
-
-
-def _standin_fd(inst: "Instance") -> int:
-    """A sealed memfd holding the stand-in, one per instance (callers get a dup)."""
-    fd = getattr(inst, "_interop_standin", None)
-    if fd is None:
-        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-        try:
-            fd = os.memfd_create("lxsub-interop", flags | 0x10)      # MFD_EXEC
-        except OSError:
-            fd = os.memfd_create("lxsub-interop", flags)
-        os.write(fd, _standin_elf())
-        import fcntl
-        fcntl.fcntl(fd, 1033, 0x1 | 0x2 | 0x4 | 0x8)   # F_ADD_SEALS: seal, shrink, grow, write
-        inst._interop_standin = fd
-    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _signal_state(tid: int) -> dict[str, set[int]]:
@@ -427,7 +298,8 @@ def run_host(c: Call, plan: "HostPlan", envp_ptr: int):
     env = dict(os.environ)
     env.update(env_to_host(linux_env, mounts_of(inst), linux_cwd))
     sig = _signal_state(task.host_tid)
-    standin = _standin_fd(inst)
+    programs = inst.host_programs
+    standin = programs.standin_fd()
     stdio = _caller_stdio(task)
     try:
         pid = hostexec.spawn(
@@ -446,7 +318,7 @@ def run_host(c: Call, plan: "HostPlan", envp_ptr: int):
     inst.log.syscall(task.tid, f"interop: {plan.host_path.decode(errors='replace')} runs on "
                                f"the host as pid {pid} (cwd {host_cwd})")
     call = HostCall(task.host_tid, pid, sig["SigIgn"])
-    _calls(inst)[task.host_tid] = call
+    programs.calls[task.host_tid] = call
     engine = inst.engine
     engine.watch_child(pid, lambda status: _host_ended(inst, call, status))
     engine.watch_child(task.host_tid, lambda _status: _caller_ended(inst, call))
@@ -482,7 +354,7 @@ def _forward(call: HostCall, sig: int) -> int:
 
 def _host_ended(inst: "Instance", call: HostCall, status: int) -> None:
     call.ended = True
-    if _calls(inst).get(call.tid) is not call:
+    if inst.host_programs.calls.get(call.tid) is not call:
         return      # the caller is gone already
     if os.WIFSIGNALED(status):
         call.dying_by = os.WTERMSIG(status)
@@ -516,9 +388,7 @@ def _finish(inst: "Instance", call: HostCall) -> None:
 
 
 def _cancel(inst: "Instance", call: HostCall) -> None:
-    calls = _calls(inst)
-    if calls.get(call.tid) is call:
-        del calls[call.tid]
+    inst.host_programs.forget(call)
     inst.engine.hook_signals(call.tid, None)
     inst.engine.child_watchers.pop(call.tid, None)
     inst.engine.exec_hooks.pop(call.tid, None)
@@ -530,9 +400,7 @@ def _cancel(inst: "Instance", call: HostCall) -> None:
 
 
 def _caller_ended(inst: "Instance", call: HostCall) -> None:
-    calls = _calls(inst)
-    if calls.get(call.tid) is call:
-        del calls[call.tid]
+    inst.host_programs.forget(call)
     if not call.ended:
         # The stand-in was killed (SIGKILL, the instance ending): so is the program.
         try:

@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass
 
 from lxsub.config import DistroConfig, load_distro_config
+from lxsub import hostpath
 from lxsub.errors import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_NOUSER, EXIT_OSERR,
                           EXIT_UNAVAILABLE, LxError)
 from lxsub.kernel import interop
@@ -236,7 +237,7 @@ def _host_command_hint(inst: Instance, creds: Creds, prog: str,
     for d in host_path.split(":"):
         candidate = os.path.join(d, prog)
         if d.startswith("/") and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            linux = interop.to_linux(candidate, mounts)
+            linux = hostpath.to_linux(candidate, mounts)
             if linux is not None:
                 return (f"; the host has {candidate}: run it as {linux}, or set "
                         f"appendHostPath = true under [interop] in /etc/lx.conf")
@@ -257,7 +258,7 @@ def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = 
                           f"'{inst.name}'", EXIT_NOT_FOUND) from None
     if host_cwd and creds is not None and inst.drvfs_door.allows(creds):
         from lxsub.kernel import interop
-        on_mount = interop.to_linux(host_cwd, interop.mounts_of(inst))
+        on_mount = hostpath.to_linux(host_cwd, interop.mounts_of(inst))
         if on_mount is not None:
             try:
                 return inst.root_context(on_mount)
