@@ -144,3 +144,87 @@ def test_launch_request_checks_linux_limits():
     with pytest.raises(ProtocolError):
         protocol.LaunchRequest.from_message(
             {**LAUNCH, "tty": {"stdin": True, "stdout": True, "stderr": True, "rows": -1, "cols": 80}})
+
+
+# -- typed requests and the one request loop (protocol.serve_request) -------------------
+
+def test_requests_are_typed():
+    assert protocol.parse_request({"v": 1, "op": "terminate", "distro": "deb"}, {"terminate"}) \
+        == ("terminate", protocol.TerminateRequest("deb"))
+    assert protocol.parse_request({"v": 1, "op": "end", "reason": None}, {"end"}) \
+        == ("end", protocol.EndRequest("terminate"))
+    assert protocol.parse_request({"v": 1, "op": "signal", "signal": 2}, {"signal"}) \
+        == ("signal", protocol.SignalRequest(2))
+    op, launch = protocol.parse_request(LAUNCH, {"launch"}, 3)
+    assert op == "launch" and isinstance(launch, protocol.LaunchRequest) and launch.argv == ["ls", "-l"]
+    assert protocol.parse_request({"v": 1, "op": "hello"}, {"hello"}) == ("hello", None)
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse_request({"v": 1, "op": "signal", "signal": "INT"}, {"signal"})
+    assert e.value.code == "bad-request"
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _serve(message: dict, handlers: dict, fds: list[int] = ()) -> tuple[dict | None, bool]:
+    """(the reply, whether the peer was dropped) of one request."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dropped = []
+    try:
+        protocol.send(b, message, fds)
+        protocol.serve_request(a, handlers, lambda c, r: protocol.send(c, r) or True,
+                               dropped.append, "test")
+        b.setblocking(False)
+        try:
+            reply, extra = protocol.receive(b)
+            protocol.close_all(extra)
+        except BlockingIOError:
+            reply = None
+        return reply, bool(dropped)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_request_loop_answers_and_owns_untaken_descriptors():
+    r, w = os.pipe()
+    kept: list[int] = []
+    try:
+        def session(_conn, req, held):
+            assert isinstance(req, protocol.LaunchRequest)
+            kept.extend(held.take())
+            return {"ok": True}
+        message = {**LAUNCH, "op": "session", "default_user": None}
+        reply, dropped = _serve(message, {"session": session}, [r, r, r, r])
+        assert reply == {"ok": True} and not dropped
+        assert len(kept) == 4 and all(_fd_open(fd) for fd in kept)      # taken: the handler's
+
+        seen: list[int] = []
+
+        def launch(_conn, _req, held):
+            seen.extend(held)                  # only read: the loop closes them
+            raise ProtocolError("no-distro", "no such distro", 3)
+        reply, dropped = _serve(LAUNCH, {"launch": launch}, [r, r, r])
+        assert reply["error"] == {"code": "no-distro", "message": "no such distro", "exit": 3}
+        assert len(seen) == 3 and not any(_fd_open(fd) for fd in seen)
+    finally:
+        protocol.close_all([r, w, *kept])
+
+
+def test_request_loop_never_dies_of_a_request():
+    def broken(_conn, _req, _held):
+        raise KeyError("x")
+
+    def handed(_conn, _req, _held):
+        raise protocol.Handed()
+    hello = {"v": 1, "op": "hello"}
+    reply, dropped = _serve(hello, {"hello": broken})
+    assert reply["error"]["code"] == "failed" and "test error: KeyError" in reply["error"]["message"]
+    assert _serve(hello, {"hello": handed}) == (None, True)           # no reply, forgotten
+    reply, _ = _serve({"v": 1, "op": "status"}, {"hello": broken})
+    assert reply["error"]["code"] == "unknown-op"

@@ -31,7 +31,6 @@ from lxsub.manager.protocol import ProtocolError
 from lxsub.config import load_distro_config, load_host_config
 from lxsub.state import Distro, Registry, check_launchable, lx_home
 
-CLIENT_OPS = {"hello", "status", "launch", "terminate", "shutdown"}
 MAX_CLIENTS = 256       # connections served at once; more wait in the backlog or are refused
 ASK_TIMEOUT = 15.0      # seconds an instance has to answer the manager
 END_TIMEOUT = 10.0      # seconds an ending instance has before SIGKILL
@@ -51,10 +50,6 @@ class InstanceRef:
     child: bool                  # forked by this manager (else found again after a restart)
 
 
-class Handed(Exception):
-    """The client's connection now belongs to an instance."""
-
-
 class Manager:
     def __init__(self, listener: socket.socket, settings: ManagerSettings) -> None:
         self.listener = listener
@@ -67,6 +62,10 @@ class Manager:
         self.idle_since = time.monotonic()
         self.stopping = False
         self.selector.register(listener, selectors.EVENT_READ, self._accept)
+        # The operations clients may ask for (protocol.SCHEMA, "client -> manager").
+        self.handlers: dict[str, protocol.Handler] = {
+            "hello": self._op_hello, "status": self._op_status, "launch": self._op_launch,
+            "terminate": self._op_terminate, "shutdown": self._op_shutdown}
 
     # -- the loop -----------------------------------------------------------------
 
@@ -118,32 +117,7 @@ class Manager:
         self.selector.register(conn, selectors.EVENT_READ, self._on_client)
 
     def _on_client(self, conn: socket.socket) -> None:
-        try:
-            message, fds = protocol.receive(conn)
-        except ProtocolError as e:
-            if not self._send(conn, protocol.error_reply(e)) or e.code == "too-large":
-                self._drop_client(conn)
-            return
-        except OSError:
-            message, fds = None, []
-        if message is None:
-            self._drop_client(conn)
-            return
-        try:
-            spec = protocol.check_request(message, CLIENT_OPS, len(fds))
-            reply = getattr(self, "_op_" + spec.op)(conn, message, fds)
-        except Handed:
-            self._drop_client(conn)
-            return
-        except ProtocolError as e:
-            reply = protocol.error_reply(e)
-        except Exception as e:     # never die of a request: log it and say so
-            traceback.print_exc()
-            reply = protocol.error_reply(ProtocolError("failed", f"manager error: {e}"))
-        finally:
-            protocol.close_all(fds)
-        if not self._send(conn, reply):
-            self._drop_client(conn)
+        protocol.serve_request(conn, self.handlers, self._send, self._drop_client, "manager")
 
     def _drop_client(self, conn: socket.socket) -> None:
         if self.clients.pop(conn.fileno(), None) is not None:
@@ -165,10 +139,10 @@ class Manager:
 
     # -- operations ---------------------------------------------------------------------
 
-    def _op_hello(self, _conn, _message: dict, _fds) -> dict:
+    def _op_hello(self, _conn, _request: None, _fds) -> dict:
         return {"ok": True, "v": protocol.VERSION, "pid": os.getpid()}
 
-    def _op_status(self, _conn, _message: dict, _fds) -> dict:
+    def _op_status(self, _conn, _request: None, _fds) -> dict:
         instances = []
         for ref in list(self.instances.values()):
             reply = self._ask(ref, {"op": "info"})
@@ -183,28 +157,28 @@ class Manager:
                    "socket": str(paths.manager_socket()), "lx_home": str(lx_home())}
         return {"ok": True, "manager": manager, "default": default, "instances": instances}
 
-    def _op_terminate(self, _conn, message: dict, _fds) -> dict:
-        ref = self.instances.get(message["distro"])
+    def _op_terminate(self, _conn, request: protocol.TerminateRequest, _fds) -> dict:
+        ref = self.instances.get(request.distro)
         if ref is None:
             return {"ok": True, "ended": False}
         self._end_instance(ref, "terminate")
         return {"ok": True, "ended": True}
 
-    def _op_shutdown(self, _conn, _message: dict, _fds) -> dict:
+    def _op_shutdown(self, _conn, _request: None, _fds) -> dict:
         for ref in list(self.instances.values()):
             self._end_instance(ref, "shutdown")
         self.stopping = True
         return {"ok": True}
 
-    def _op_launch(self, conn: socket.socket, message: dict, fds: list[int]) -> dict:
-        launch = protocol.LaunchRequest.from_message(message)
+    def _op_launch(self, conn: socket.socket, launch: protocol.LaunchRequest,
+                   fds: protocol.Descriptors) -> dict:
         distro = _launchable(launch.distro)
         session = launch.session(distro.name, distro.default_user)
         for _attempt in range(3):
             ref = self.instances.get(distro.name) or self._start_instance(distro)
             reply = self._ask(ref, session, [conn.fileno(), *fds])
             if reply.get("ok"):
-                raise Handed()
+                raise protocol.Handed()   # our copies of the descriptors are closed
             if reply.get("error", {}).get("code") != "ending":
                 err = reply.get("error", {})
                 raise ProtocolError(err.get("code", "failed"), err.get("message", "instance failed"),

@@ -32,7 +32,6 @@ from lxsub.manager import protocol
 from lxsub.manager.protocol import ProtocolError
 from lxsub.platform.launcher import ChildSetup
 
-MANAGER_OPS = {"session", "info", "end"}
 MAX_PEERS = 64        # connections to the instance's socket at once (the manager needs one)
 
 
@@ -55,6 +54,9 @@ class InstanceHost:
         self.peers: dict[int, socket.socket] = {}     # manager connections
         self._idle_since: float | None = time.monotonic()
         self.told_warnings = False
+        # The operations the manager may ask for (protocol.SCHEMA, "manager -> instance").
+        self.handlers: dict[str, protocol.Handler] = {
+            "session": self._op_session, "info": self._op_info, "end": self._op_end}
         listener.setblocking(False)
         inst.engine.watch_fd(listener.fileno(), self._accept)
 
@@ -76,28 +78,7 @@ class InstanceHost:
         self.inst.engine.watch_fd(conn.fileno(), lambda: self._on_manager(conn))
 
     def _on_manager(self, conn: socket.socket) -> None:
-        try:
-            message, fds = protocol.receive(conn)
-        except ProtocolError as e:
-            if not self._reply(conn, protocol.error_reply(e)) or e.code == "too-large":
-                self._drop_peer(conn)
-            return
-        except OSError:
-            message, fds = None, []
-        if message is None:
-            self._drop_peer(conn)
-            return
-        try:
-            spec = protocol.check_request(message, MANAGER_OPS, len(fds))
-            reply = getattr(self, "_op_" + spec.op)(message, fds)
-        except ProtocolError as e:
-            protocol.close_all(fds)
-            reply = protocol.error_reply(e)
-        except Exception as e:     # never die of a request: log it and say so
-            traceback.print_exc()
-            reply = protocol.error_reply(ProtocolError("failed", f"instance error: {e!r}"))
-        if not self._reply(conn, reply):
-            self._drop_peer(conn)
+        protocol.serve_request(conn, self.handlers, self._reply, self._drop_peer, "instance")
 
     def _drop_peer(self, conn: socket.socket) -> None:
         self.inst.engine.unwatch_fd(conn.fileno())
@@ -116,7 +97,7 @@ class InstanceHost:
 
     # -- manager requests -----------------------------------------------------------
 
-    def _op_info(self, _message: dict, _fds: list[int]) -> dict:
+    def _op_info(self, _conn, _request: None, _fds) -> dict:
         return {"ok": True, **self.info()}
 
     def info(self) -> dict:
@@ -126,12 +107,14 @@ class InstanceHost:
             "state": "Ending" if self.inst.ending else "Running",
         }
 
-    def _op_end(self, message: dict, _fds: list[int]) -> dict:
-        reason = message.get("reason") or "terminate"
+    def _op_end(self, _conn, request: protocol.EndRequest, _fds) -> dict:
+        reason = request.reason
         self.end(reason, f"the manager asked (lx --{reason})")
         return {"ok": True}
 
-    def _op_session(self, message: dict, fds: list[int]) -> dict:
+    def _op_session(self, _manager, req: protocol.LaunchRequest,
+                    held: protocol.Descriptors) -> dict:
+        fds = held.take()
         if self.inst.ending:
             protocol.close_all(fds)
             raise ProtocolError("ending", f"the instance of '{self.inst.name}' is ending")
@@ -140,13 +123,6 @@ class InstanceHost:
         except OSError:
             protocol.close_all(fds)
             raise ProtocolError("bad-request", "session: the first descriptor is not a connection")
-        try:
-            req = protocol.LaunchRequest.from_message(message)
-        except ProtocolError as e:
-            self._reply(conn, protocol.error_reply(e))
-            protocol.close_all(fds[1:])
-            conn.close()
-            return {"ok": True}
         try:
             self._start_session(conn, req, fds[1:])
         except LxError as e:
@@ -210,12 +186,16 @@ class InstanceHost:
             self.inst.stop_watchers.pop(session.proc, None)
             self._close_session(session)
             return
-        if message.get("op") == "signal" and isinstance(message.get("signal"), int):
-            sig = message["signal"]
-            if sig in protocol.CLIENT_SIGNALS:
-                if sig == signal.SIGCONT:
-                    session.stopped = False
-                self.inst.signal_group(session.proc, sig)
+        try:
+            _op, request = protocol.parse_request(message, {"signal"}, len(fds))
+        except ProtocolError:
+            return                  # the client only ever sends signals: nothing else is done
+        assert isinstance(request, protocol.SignalRequest)
+        sig = request.signal
+        if sig in protocol.CLIENT_SIGNALS:
+            if sig == signal.SIGCONT:
+                session.stopped = False
+            self.inst.signal_group(session.proc, sig)
 
     def _session_stopped(self, session: Session, sig: int) -> None:
         """The leading process entered a group-stop: the client stops too

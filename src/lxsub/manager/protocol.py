@@ -21,9 +21,10 @@ import signal
 import socket
 import struct
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lxsub.errors import EXIT_CANNOT_EXEC
 from lxsub.kernel.exec import limits
@@ -171,6 +172,52 @@ class LaunchRequest:
         """The `session` message handing this launch to an instance."""
         fields = {k: getattr(self, k) for k in LAUNCH_FIELDS}
         return {**fields, "op": "session", "distro": distro, "default_user": default_user}
+
+
+@dataclass(frozen=True)
+class TerminateRequest:
+    """`terminate`: end a distro's instance now."""
+    distro: str
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> "TerminateRequest":
+        return cls(message["distro"])
+
+
+@dataclass(frozen=True)
+class EndRequest:
+    """`end`: the manager ends an instance (lx --terminate or --shutdown)."""
+    reason: str
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> "EndRequest":
+        return cls(message.get("reason") or "terminate")
+
+
+@dataclass(frozen=True)
+class SignalRequest:
+    """`signal`: a signal the client got, for its command's process group."""
+    signal: int
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> "SignalRequest":
+        return cls(message["signal"])
+
+
+# The typed request of each operation that carries fields (the others: None).
+REQUEST_TYPES: dict[str, Any] = {
+    "launch": LaunchRequest, "session": LaunchRequest, "terminate": TerminateRequest,
+    "end": EndRequest, "signal": SignalRequest,
+}
+Request = LaunchRequest | TerminateRequest | EndRequest | SignalRequest | None
+
+
+def parse_request(message: dict[str, Any], allowed: set[str], nfds: int = 0) -> tuple[str, Request]:
+    """(op, its typed request) of a message; ProtocolError when the schema
+    refuses it (check_request) or its type does (LaunchRequest's limits)."""
+    op = check_request(message, allowed, nfds).op
+    kind = REQUEST_TYPES.get(op)
+    return op, kind.from_message(message) if kind is not None else None
 
 
 # -- sending and receiving ----------------------------------------------------------
@@ -326,6 +373,76 @@ def close_all(fds: list[int]) -> None:
 
 def error_reply(err: ProtocolError) -> dict[str, Any]:
     return {"ok": False, "error": {"code": err.code, "message": err.message, "exit": err.exit_code}}
+
+
+# -- the request loop of the manager and of an instance -------------------------------
+
+class Handed(Exception):
+    """The handler gave the connection away (the manager, a launch to an
+    instance): no reply, and the server forgets it."""
+
+
+class Descriptors:
+    """The descriptors that came with a request. The loop closes what its
+    handler did not take (take()); what it only reads (list()) is closed."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self._fds = fds
+
+    def __iter__(self):
+        return iter(self._fds)
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def take(self) -> list[int]:
+        """The descriptors, now the handler's to close or keep."""
+        fds, self._fds = self._fds, []
+        return fds
+
+    def close(self) -> None:
+        close_all(self.take())
+
+
+# A request's handler: (the connection, its typed request, its descriptors) -> the reply.
+Handler = Callable[[socket.socket, Request, Descriptors], dict]
+
+
+def serve_request(conn: socket.socket, handlers: dict[str, Handler],
+                  reply: Callable[[socket.socket, dict], bool],
+                  drop: Callable[[socket.socket], None], who: str) -> None:
+    """Read one request from `conn` and answer it: the manager's loop for
+    its clients and an instance's for the manager, written once. `reply`
+    sends without waiting (False: drop the peer); a request never takes the
+    server down: a bad one gets an error reply, an unexpected failure is
+    logged and answered `failed`."""
+    try:
+        message, fds = receive(conn)
+    except ProtocolError as e:
+        if not reply(conn, error_reply(e)) or e.code == "too-large":
+            drop(conn)
+        return
+    except OSError:
+        message, fds = None, []
+    if message is None:
+        drop(conn)
+        return
+    held = Descriptors(fds)
+    try:
+        op, request = parse_request(message, set(handlers), len(fds))
+        answer = handlers[op](conn, request, held)
+    except Handed:
+        drop(conn)
+        return
+    except ProtocolError as e:
+        answer = error_reply(e)
+    except Exception as e:     # never die of a request: log it and say so
+        traceback.print_exc()
+        answer = error_reply(ProtocolError("failed", f"{who} error: {e!r}"))
+    finally:
+        held.close()
+    if not reply(conn, answer):
+        drop(conn)
 
 
 # -- checking requests against the schema ---------------------------------------------
