@@ -1,0 +1,80 @@
+"""/proc/sys: the instance's own kernel names (hostname, domainname,
+release), pid numbers and boot id; the host's tunables where the instance
+shares the host's kernel (ProcFs mixes SysTree in)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from lxsub.kernel.task import PID_MAX
+from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
+
+
+# /proc/sys/kernel files that are the host's and mean the same inside.
+_SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid", "overflowgid",
+                    "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
+                    "randomize_va_space", "sched_child_runs_first", "pty/max", "pty/nr",
+                    "random/entropy_avail", "random/poolsize", "random/write_wakeup_threshold",
+                    "random/urandom_min_reseed_secs", "keys/maxkeys", "keys/maxbytes")
+_SYS_FS = ("file-max", "file-nr", "nr_open", "pipe-max-size", "pipe-user-pages-hard",
+           "pipe-user-pages-soft", "aio-max-nr", "aio-nr", "dentry-state", "inode-nr",
+           "inode-state", "overflowuid", "overflowgid", "lease-break-time", "leases-enable",
+           "inotify", "epoll", "mqueue", "protected_symlinks", "protected_hardlinks",
+           "protected_fifos", "protected_regular", "suid_dumpable")
+
+
+class SysTree:
+    """The /proc/sys tree of a ProcFs."""
+
+    def _sys_tree(self) -> StaticDir:
+        inst = self.inst
+        sys_ = StaticDir("/sys")
+        kernel = sys_.add(StaticDir("/sys/kernel"))
+
+        def set_uts(attr: str):
+            def write(t, data: bytes) -> None:
+                from lxsub.kernel.creds import CAP_SYS_ADMIN
+                if t is not None and t.creds.capable(CAP_SYS_ADMIN):
+                    setattr(inst.uts, attr, data.decode(errors="replace").strip()[:64])
+            return write
+        kernel.add(File("/sys/kernel/hostname", lambda t: inst.uts.hostname.encode() + b"\n",
+                        write=set_uts("hostname"), mode=0o444))
+        kernel.add(File("/sys/kernel/domainname", lambda t: inst.uts.domainname.encode() + b"\n",
+                        write=set_uts("domainname"), mode=0o444))
+        kernel.add(File("/sys/kernel/osrelease", lambda t: inst.uts.release.encode() + b"\n"))
+        kernel.add(File("/sys/kernel/ostype", lambda t: b"Linux\n"))
+        kernel.add(File("/sys/kernel/version", lambda t: os.uname().version.encode() + b"\n"))
+        kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
+        kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode()))
+        random = kernel.add(StaticDir("/sys/kernel/random"))
+        random.add(File("/sys/kernel/random/boot_id", lambda t: self.boot_id.encode() + b"\n"))
+        random.add(File("/sys/kernel/random/uuid", lambda t: str(uuid.uuid4()).encode() + b"\n"))
+        for name in _SYS_KERNEL_HOST:
+            host = "/proc/sys/kernel/" + name
+            if not os.path.exists(host) or not os.stat(host).st_mode & 0o004:
+                continue
+            parent = kernel
+            if "/" in name:
+                sub = name.split("/")[0]
+                parent = kernel.entries.get(sub) or kernel.add(StaticDir("/sys/kernel/" + sub))
+            parent.add(HostFile("/sys/kernel/" + name, host))
+        sys_.add(HostDir("/sys/fs", "/proc/sys/fs", keep=lambda n: n in _SYS_FS))
+        for sub in ("vm", "net"):
+            if os.path.isdir("/proc/sys/" + sub):
+                sys_.add(HostDir("/sys/" + sub, "/proc/sys/" + sub, views=_SYSCTL_VIEWS))
+        return sys_
+
+
+def _ping_group_range(host: bytes) -> bytes:
+    """net.ipv4.ping_group_range in the instance's groups: the host's range
+    is in host gids, and every pico process has the host user's, so either
+    every Linux group may open ICMP datagram sockets or none (icmp(7))."""
+    try:
+        low, high = (int(x) for x in host.split())
+    except ValueError:
+        return host
+    return b"0\t2147483647\n" if low <= os.getgid() <= high else b"1\t0\n"
+
+
+_SYSCTL_VIEWS = {"/proc/sys/net/ipv4/ping_group_range": _ping_group_range}
