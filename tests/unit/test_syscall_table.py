@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
+from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
-from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
 
 

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
+from lxsub.abi.auxvec import AT_EXECFN, AT_NULL, AT_SECURE
+from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
+from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
+                              CLONE_VM)
+from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, table
 from lxsub.kernel.creds import Creds
@@ -35,17 +40,6 @@ from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
 from lxsub.platform.unixns import UnixNamespace
-
-CLONE_VM = 0x100
-CLONE_FS = 0x200
-CLONE_VFORK = 0x4000
-CLONE_PARENT = 0x8000
-CLONE_THREAD = 0x10000
-CLONE_PARENT_SETTID = 0x100000
-CLONE_CHILD_SETTID = 0x1000000
-
-SI_USER, SI_QUEUE, SI_MESGQ, SI_TKILL = 0, -1, -3, -6
-AT_NULL, AT_SECURE, AT_EXECFN = 0, 23, 31
 
 
 @dataclass
@@ -84,7 +78,7 @@ class Instance:
         self.pids.add_process(self.init)
         self.engine = Engine(self)
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
-        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
         self.unix = UnixNamespace()
         # Pico processes between fork and first exec: host pid -> the pipe

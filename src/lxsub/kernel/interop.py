@@ -71,6 +71,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lxsub.abi.limits import MAX_ARG_STRLEN
 from lxsub.kernel.call import Call
 from lxsub.platform import hostexec, hostproc, libc, memory
 
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
     from lxsub.kernel.vfs.node import Node
     from lxsub.platform.ptrace import Regs
 
-MAX_ENV_STRLEN = 131072
+MAX_ENV_STRLEN = MAX_ARG_STRLEN
 
 
 # -- paths ----------------------------------------------------------------------

@@ -13,11 +13,9 @@ import fcntl
 import os
 import struct
 
+from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 from lxsub.platform import libc
 from lxsub.platform.affinity import WakeHere
-
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 _RECV = 0xC0502100        # SECCOMP_IOCTL_NOTIF_RECV
 _SEND = 0xC0182101        # SECCOMP_IOCTL_NOTIF_SEND

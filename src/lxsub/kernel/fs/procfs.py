@@ -19,6 +19,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
+from lxsub.abi.magic import PROC_SUPER_MAGIC
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from lxsub.kernel.task import Process, Task
     from lxsub.kernel.vfs.mount import Mount
 
-PROC_SUPER_MAGIC = 0x9FA0
 HZ = os.sysconf("SC_CLK_TCK")
 # Host-wide files the instance shares as they are: its CPUs, memory, devices.
 _PASSTHROUGH = ("meminfo", "cpuinfo", "swaps", "partitions", "diskstats", "vmstat", "zoneinfo",

@@ -11,6 +11,7 @@ import errno
 import stat as st
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, UTIME_NOW, UTIME_OMIT
 from lxsub.kernel import creds as caps
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
@@ -135,9 +136,6 @@ def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: in
         src.release()
 
 
-RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
-
-
 def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
            flags: int) -> None:
     if flags & ~7 or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
@@ -196,10 +194,6 @@ def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
             keep &= ~st.S_ISGID
         if keep != a.mode & 0o7777:
             node.fs.chmod(node, keep)
-
-
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
 
 
 def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
