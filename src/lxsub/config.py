@@ -96,15 +96,6 @@ class AutomountSection:
     tmp: bool = False         # a tmpfs on /tmp (memory, gone with the instance)
     users: tuple[str, ...] | None = None   # who may use DrvFs (None: the default rule)
 
-    @property
-    def option_map(self) -> dict[str, str | None]:
-        """options as {name: value or None}, in order ("metadata,uid=1000")."""
-        result: dict[str, str | None] = {}
-        for item in filter(None, self.options.split(",")):
-            name, sep, value = item.partition("=")
-            result[name] = value if sep else None
-        return result
-
 
 @dataclass(frozen=True)
 class InteropSection:

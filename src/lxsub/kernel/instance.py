@@ -497,12 +497,6 @@ class Instance:
                 return found
         return None
 
-    def host_to_vpath(self, host: str) -> str:
-        """A host path as the instance names it (host paths outside stay as they are)."""
-        if host == self.rootfs or host.startswith(self.rootfs + "/"):
-            return host[len(self.rootfs):] or "/"
-        return host
-
     def vpath_of(self, node: Node) -> str:
         """The path of a Node inside the instance, as getcwd would give it."""
         fs = node.fs

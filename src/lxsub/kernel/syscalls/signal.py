@@ -352,11 +352,6 @@ class _own_pidfd:
         os.close(self.local)
 
 
-def sys_deny(c: Call) -> int:
-    """Calls that would let a program reach past the provider."""
-    raise OSError(errno.EPERM, "not permitted in an lxsub instance")
-
-
 def sys_rt_sigtimedwait(c: Call):
     """A signal taken with sigwaitinfo is never delivered, so it passes no
     ptrace signal stop: translate its sender in the siginfo it returns."""
