@@ -12,7 +12,7 @@ import os
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.seccomp import SECCOMP_SET_MODE_FILTER
-from lxsub.abi.stat import STATX_BTIME, STATX_SIZE
+from lxsub.abi.stat import SIZEOF_STATX, STATX_BTIME
 from lxsub.abi.sysno import SYS_CLOCK_ADJTIME, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN, SYS_SECCOMP
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -126,7 +126,7 @@ _STX_BTIME_OFFSET = 80     # struct statx: stx_btime (tv_sec s64, tv_nsec u32)
 def birth_time_ns(dir_fd: int, name: bytes = b"") -> int:
     """statx(2) stx_btime of name in dir_fd (of dir_fd itself, O_PATH ones
     too, when name is empty); 0 where the host file system keeps none."""
-    buf = ctypes.create_string_buffer(STATX_SIZE)
+    buf = ctypes.create_string_buffer(SIZEOF_STATX)
     flags = AT_SYMLINK_NOFOLLOW | (0 if name else AT_EMPTY_PATH)
     _check(_libc.statx(dir_fd, name, flags, STATX_BTIME, buf))
     mask = int.from_bytes(buf.raw[0:4], "little")

@@ -6,7 +6,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from lxsub.abi.stat import STATX_BASIC_STATS, STATX_MNT_ID, STATX_SIZE
+from lxsub.abi.stat import SIZEOF_STATX, STATX_BASIC_STATS, STATX_MNT_ID
 
 _STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")     # struct stat, x86_64: 144 bytes
 _STATX_HEAD = struct.Struct("<IIQIIIHHQQQQ")          # up to stx_attributes_mask
@@ -50,4 +50,4 @@ class LinuxStat:
         tail = _STATX_TAIL.pack(os.major(self.rdev), os.minor(self.rdev),
                                 os.major(self.dev), os.minor(self.dev), mnt_id)
         out = head + times + tail
-        return out + bytes(STATX_SIZE - len(out))
+        return out + bytes(SIZEOF_STATX - len(out))
