@@ -46,6 +46,21 @@ def _entry(inst, task, parent: Node, name: bytes) -> Node:
     return lookup.walker(inst, task).resolve(parent, name, follow=False)
 
 
+def _sticky_allows_target(inst, task: "Task", d: Node, name: bytes) -> None:
+    """rename(2) over an existing entry deletes it too: vfs_rename() calls
+    may_delete() on the target, so a sticky directory protects it (EPERM)."""
+    if task.creds.capable(caps.CAP_FOWNER) or not d.fs.getattr(d).mode & st.S_ISVTX:
+        return
+    try:
+        target = _entry(inst, task, d, name)
+    except FileNotFoundError:
+        return
+    try:
+        _sticky_allows(task, d, target)
+    finally:
+        target.release()
+
+
 def mkdir(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
     parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
     try:
@@ -159,6 +174,7 @@ def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: 
                 _sticky_allows(task, op, victim)
             finally:
                 victim.release()
+            _sticky_allows_target(inst, task, np, nname)
             op.fs.rename(op, oname, np, nname, flags)
         finally:
             np.release()
