@@ -40,6 +40,7 @@ import stat as st
 import tempfile
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import RENAME_EXCHANGE
 from lxsub.abi.magic import TMPFS_MAGIC
 from lxsub.abi.sched import CLONE_NEWNS, CLONE_NEWUSER
 from lxsub.abi.sysno import SYS_FSCONFIG, SYS_FSMOUNT, SYS_FSOPEN
@@ -280,7 +281,7 @@ class TmpFs(HostTree):
         self._gone_after(parent, name, lambda: super(TmpFs, self).rmdir(parent, name))
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        if flags & 2:      # RENAME_EXCHANGE: both stay
+        if flags & RENAME_EXCHANGE:      # both stay
             return super().rename(oldp, old, newp, new, flags)
         try:
             src = os.stat(old, dir_fd=oldp.fd, follow_symlinks=False).st_ino

@@ -16,7 +16,6 @@ from lxsub.kernel.vfs import fdview, lookup, perm
 from lxsub.kernel.vfs.stat import LinuxStat
 
 _STATFS = struct.Struct("<qqQQQQQiiqqq4q")
-ST_RDONLY = 1
 
 
 def _stat_at(c: Call, dirfd: int, path: bytes, flags: int) -> LinuxStat:
