@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lxsub.abi.fcntl import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
+from lxsub.abi.sysno import SYS_OPENAT2
 from lxsub.errors import EXIT_DATAERR, LxError
 
 DISTRO_CONFIG_PATH = "/etc/lx.conf"
@@ -93,15 +95,6 @@ class AutomountSection:
     options: str = ""
     tmp: bool = False         # a tmpfs on /tmp (memory, gone with the instance)
     users: tuple[str, ...] | None = None   # who may use DrvFs (None: the default rule)
-
-    @property
-    def option_map(self) -> dict[str, str | None]:
-        """options as {name: value or None}, in order ("metadata,uid=1000")."""
-        result: dict[str, str | None] = {}
-        for item in filter(None, self.options.split(",")):
-            name, sep, value = item.partition("=")
-            result[name] = value if sep else None
-        return result
 
 
 @dataclass(frozen=True)
@@ -451,10 +444,6 @@ def _decode(raw: bytes, label: str) -> str:
 
 # -- reading a file inside a distro --
 
-_SYS_OPENAT2 = 437
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
@@ -463,8 +452,8 @@ class _OpenHow(ctypes.Structure):
 def _openat2_in_root(root_fd: int, path: str) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     how = _OpenHow(os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, 0,
-                   _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(path), ctypes.byref(how),
+                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    fd = libc.syscall(SYS_OPENAT2, root_fd, os.fsencode(path), ctypes.byref(how),
                       ctypes.sizeof(how))
     if fd < 0:
         err = ctypes.get_errno()

@@ -303,3 +303,29 @@ def test_mount_is_eperm_for_a_non_root_user(debian):
     cp = debian.lx(["-u", "nobody", "--cd", "/", "-e", "python3", "-c", program])
     assert cp.returncode == 0, describe(cp)
     assert text(cp).split() == ["-1", "1"] * 3, describe(cp)
+
+
+def test_sticky_tmp_keeps_another_users_file_from_being_replaced(debian):
+    """rename(2) EPERM: in a sticky directory a file may be replaced only
+    by its owner, the directory's owner or a privileged process (Linux's
+    vfs_rename() runs may_delete() on the target). Natively, uid 1 renaming
+    over a file of nobody's in /tmp gets EPERM."""
+    name = f"/tmp/sticky-{uuid.uuid4().hex[:8]}"
+    cp = debian.lx(["-u", "nobody", "--cd", "/", "-e", "python3", "-c", f"open('{name}', 'w').write('mine')"])
+    assert cp.returncode == 0, describe(cp)
+    program = textwrap.dedent(f"""
+        import errno, os
+        open('{name}.x', 'w').write('theirs')
+        for how in (os.rename, os.replace):
+            try:
+                how('{name}.x', '{name}')
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+            else:
+                print('replaced')
+        os.unlink('{name}.x')
+        """)
+    cp = debian.lx(["-u", "daemon", "--cd", "/", "-e", "python3", "-c", program])
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).split() == ["EPERM", "EPERM"], describe(cp)
+    assert debian.out(f"cat {name}; rm {name}") == "mine"

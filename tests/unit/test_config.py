@@ -59,7 +59,6 @@ def test_full_file() -> None:
     assert config.automount.enabled is False
     assert config.automount.root == "/host/"
     assert config.automount.options == "metadata,uid=1000,umask=022"
-    assert config.automount.option_map == {"metadata": None, "uid": "1000", "umask": "022"}
     assert config.interop.enabled is False
     assert config.interop.append_host_path is False
     assert config.interop.users == ("@lxhost", "alice")

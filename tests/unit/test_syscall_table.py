@@ -7,9 +7,10 @@ import struct
 
 import pytest
 
+from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
-from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
+from tests.fixtures.bpf import run_bpf, seccomp_data
 
 
 def test_docs_are_up_to_date():
@@ -58,43 +59,6 @@ def test_seccomp_program_fits():
     prog = table.seccomp_program()
     assert len(prog) % 8 == 0
     assert 0 < len(prog) // 8 < 4096
-
-
-# -- a classic BPF interpreter for the subset bpf.py emits -----------------
-
-_BPF_CLASS = 0x07
-_BPF_LD, _BPF_JMP, _BPF_RET = 0x00, 0x05, 0x06
-
-
-def run_bpf(prog: bytes, data: bytes) -> int:
-    insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
-    acc = 0
-    pc = 0
-    for _ in range(100_000):
-        code, jt, jf, k = insns[pc]
-        pc += 1
-        if code == 0x20:                           # LD W ABS
-            assert k % 4 == 0 and k + 4 <= len(data), k
-            acc = struct.unpack_from("<I", data, k)[0]
-        elif code == 0x05:                         # JA
-            pc += k
-        elif code == 0x15:                         # JEQ K
-            pc += jt if acc == k else jf
-        elif code == 0x35:                         # JGE K
-            pc += jt if acc >= k else jf
-        elif code == 0x45:                         # JSET K
-            pc += jt if acc & k else jf
-        elif code == 0x06:                         # RET K
-            return k
-        else:
-            raise AssertionError(f"unexpected BPF opcode {code:#x} at {pc - 1}")
-        assert 0 <= pc < len(insns), "jump out of the program"
-    raise AssertionError("BPF program does not terminate")
-
-
-def seccomp_data(nr: int, args=(), arch: int = bpf.AUDIT_ARCH_X86_64, ip: int = 0x401000) -> bytes:
-    args = list(args) + [0] * (6 - len(args))
-    return struct.pack("<IIQ6Q", nr & 0xFFFFFFFF, arch, ip, *args)
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lxsub.abi.fcntl import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS
 from lxsub.errors import (EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOUSER, EXIT_OSFILE,
                           EXIT_TEMPFAIL, LxError)
 from lxsub.kernel.fs import lxattr
@@ -168,7 +169,7 @@ def _open_beneath(root_fd: int, rel: bytes, flags: int, mode: int = 0) -> int:
     flags |= os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         return libc.openat2(root_fd, rel, flags, mode,
-                            libc.RESOLVE_BENEATH | libc.RESOLVE_NO_SYMLINKS)
+                            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
     except OSError as e:
         if e.errno != errno.ENOSYS:
             raise

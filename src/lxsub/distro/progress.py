@@ -117,7 +117,6 @@ class _RichProgress(Progress):
                                    Progress as Bars, SpinnerColumn, TextColumn,
                                    TimeElapsedColumn)
 
-        self._units: dict[Any, str] = {}
         self._mofn = MofNCompleteColumn()
         self._bytes = DownloadColumn()
         columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),

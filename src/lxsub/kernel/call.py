@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from lxsub.abi.fcntl import AT_EMPTY_PATH
 from lxsub.platform import memory
-
-AT_EMPTY_PATH = 0x1000
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance

@@ -14,9 +14,9 @@ import threading
 import traceback
 from typing import TYPE_CHECKING
 
+from lxsub.abi.sysno import NAMES
 from lxsub.kernel import table
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
-from lxsub.kernel.sysno import NAMES
 from lxsub.platform import hostproc, ptrace
 from lxsub.platform.memory import MemoryFault
 

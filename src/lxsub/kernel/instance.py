@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
+from lxsub.abi.auxvec import AT_EXECFN, AT_NULL, AT_SECURE
+from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
+from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
+                              CLONE_VM)
+from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, table
 from lxsub.kernel.creds import Creds
@@ -36,17 +41,6 @@ from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
 from lxsub.platform.unixns import UnixNamespace
-
-CLONE_VM = 0x100
-CLONE_FS = 0x200
-CLONE_VFORK = 0x4000
-CLONE_PARENT = 0x8000
-CLONE_THREAD = 0x10000
-CLONE_PARENT_SETTID = 0x100000
-CLONE_CHILD_SETTID = 0x1000000
-
-SI_USER, SI_QUEUE, SI_MESGQ, SI_TKILL = 0, -1, -3, -6
-AT_NULL, AT_SECURE, AT_EXECFN = 0, 23, 31
 
 
 @dataclass
@@ -85,7 +79,7 @@ class Instance:
         self.pids.add_process(self.init)
         self.engine = Engine(self)
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
-        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
         self.unix = UnixNamespace()
         # Pico processes between fork and first exec: host pid -> the pipe
@@ -504,12 +498,6 @@ class Instance:
             if found is not None:
                 return found
         return None
-
-    def host_to_vpath(self, host: str) -> str:
-        """A host path as the instance names it (host paths outside stay as they are)."""
-        if host == self.rootfs or host.startswith(self.rootfs + "/"):
-            return host[len(self.rootfs):] or "/"
-        return host
 
     def vpath_of(self, node: Node) -> str:
         """The path of a Node inside the instance, as getcwd would give it."""

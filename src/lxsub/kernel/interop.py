@@ -55,6 +55,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lxsub.abi.limits import MAX_ARG_STRLEN
 from lxsub.hostpath import (HostMount, env_to_host, env_to_linux, host_path_suffix, join,
                              normalize, to_linux)
 from lxsub.kernel.call import Call
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from lxsub.kernel.vfs.node import Node
     from lxsub.platform.ptrace import Regs
 
-MAX_ENV_STRLEN = 131072
+MAX_ENV_STRLEN = MAX_ARG_STRLEN
 
 
 # -- paths ----------------------------------------------------------------------

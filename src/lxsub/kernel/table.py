@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
+                              CLONE_NEWUTS, CLONE_UNTRACED)
+from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, mount, net, process, sched, signal,
                                    stat, stdio, unistd, utsname, xattr)
-from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -79,8 +81,8 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
     return tuple(ArgRule(index, "eq", v, action) for v in values)
 
 
-_CLONE_FORBIDDEN = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
-                    | 0x20000000 | 0x40000000 | 0x00800000)  # CLONE_NEW*, CLONE_UNTRACED
+_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
+                    | CLONE_NEWNET | CLONE_UNTRACED)
 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own

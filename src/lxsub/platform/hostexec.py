@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 
+from lxsub.abi.prctl import PR_SET_PDEATHSIG
 from lxsub.platform import affinity, libc
 
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
@@ -53,7 +54,7 @@ def _child(path, argv, env, cwd, stdio, sigmask, ignored, report_r, report_w):  
     try:
         os.close(report_r)
         os.setsid()
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         affinity.release_child()
         # Move the sources above 2 first so dup2 onto 0..2 cannot clobber one.
         moved = [os.dup(fd) if fd is not None else None for fd in stdio]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
+from lxsub.abi.prctl import PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
 from lxsub.platform import affinity, libc, ptrace
 from lxsub.platform.notify import install_filter
 
@@ -64,7 +65,7 @@ def take_listener(pid: int, report_r: int) -> int:
 def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  # pragma: no cover
     try:
         os.close(report_r)
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if setup.new_session:
             os.setsid()
             if setup.ctty is not None:
@@ -82,7 +83,7 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
             signal.signal(sig, signal.SIG_DFL)
         affinity.release_child()
         os.kill(os.getpid(), signal.SIGSTOP)       # wait to be seized
-        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
         listener = install_filter(filter_prog)
         os.write(report_w, str(listener).encode())
         os.close(report_w)

@@ -10,24 +10,15 @@ import ctypes
 import ctypes.util
 import os
 
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.seccomp import SECCOMP_SET_MODE_FILTER
+from lxsub.abi.stat import SIZEOF_STATX, STATX_BTIME
+from lxsub.abi.sysno import SYS_CLOCK_ADJTIME, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN, SYS_SECCOMP
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-
-# Host syscall numbers (x86_64).
-SYS_CLOCK_ADJTIME = 305
-SYS_PROCESS_VM_READV = 310
-SYS_PROCESS_VM_WRITEV = 311
-SYS_SECCOMP = 317
-SYS_PIDFD_OPEN = 434
-SYS_OPENAT2 = 437
-SYS_PIDFD_GETFD = 438
-
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-PR_SET_DUMPABLE = 4
 
 
 class iovec(ctypes.Structure):
@@ -37,13 +28,6 @@ class iovec(ctypes.Structure):
 class open_how(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64)]
-
-
-RESOLVE_NO_XDEV = 0x01
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-RESOLVE_IN_ROOT = 0x10
 
 
 def _check(ret: int) -> int:
@@ -121,7 +105,7 @@ def seccomp_set_filter(flags: int, prog_bytes: bytes) -> int:
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
     buf = ctypes.create_string_buffer(prog_bytes, len(prog_bytes))
     prog = sock_fprog(len(prog_bytes) // 8, ctypes.addressof(buf))
-    return _check(_syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(1),
+    return _check(_syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
                            ctypes.c_long(flags), ctypes.byref(prog)))
 
 
@@ -136,17 +120,13 @@ def kill_group_or_process(pid: int, sig: int) -> None:
             pass
 
 
-AT_EMPTY_PATH = 0x1000
-AT_SYMLINK_NOFOLLOW = 0x100
-STATX_BTIME = 0x800
-_STATX_SIZE = 256
 _STX_BTIME_OFFSET = 80     # struct statx: stx_btime (tv_sec s64, tv_nsec u32)
 
 
 def birth_time_ns(dir_fd: int, name: bytes = b"") -> int:
     """statx(2) stx_btime of name in dir_fd (of dir_fd itself, O_PATH ones
     too, when name is empty); 0 where the host file system keeps none."""
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    buf = ctypes.create_string_buffer(SIZEOF_STATX)
     flags = AT_SYMLINK_NOFOLLOW | (0 if name else AT_EMPTY_PATH)
     _check(_libc.statx(dir_fd, name, flags, STATX_BTIME, buf))
     mask = int.from_bytes(buf.raw[0:4], "little")

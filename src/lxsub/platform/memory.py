@@ -12,6 +12,7 @@ import errno
 import os
 import threading
 
+from lxsub.abi.limits import PAGE_SIZE as PAGE
 from lxsub.platform import libc
 
 _readv = libc._libc.process_vm_readv
@@ -22,7 +23,6 @@ _writev = libc._libc.process_vm_writev
 _writev.restype = ctypes.c_ssize_t
 _writev.argtypes = _readv.argtypes
 
-PAGE = 4096
 _SCRATCH_SIZE = 1 << 16
 # Above every user address space (x86-64: 47 bits, 56 with 5-level paging):
 # what reaches past it is a kernel address, EFAULT like access_ok() says.

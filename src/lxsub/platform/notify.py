@@ -13,11 +13,10 @@ import fcntl
 import os
 import struct
 
+from lxsub.abi.fcntl import O_CLOEXEC
+from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 from lxsub.platform import libc
 from lxsub.platform.affinity import WakeHere
-
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 _RECV = 0xC0502100        # SECCOMP_IOCTL_NOTIF_RECV
 _SEND = 0xC0182101        # SECCOMP_IOCTL_NOTIF_SEND
@@ -95,7 +94,7 @@ class Listener:
     def reply_fd(self, nid: int, srcfd: int, cloexec: bool, tid: int = 0) -> int:
         """Install srcfd in the caller (thread `tid`, if known) and return its
         number as the syscall result."""
-        flags = 0o2000000 if cloexec else 0
+        flags = O_CLOEXEC if cloexec else 0
         arg = bytearray(_ADDFD_ARG.pack(nid, ADDFD_FLAG_SEND, srcfd, 0, flags))
         if not tid:
             return fcntl.ioctl(self.fd, _ADDFD, arg, True)
@@ -105,7 +104,7 @@ class Listener:
             return fcntl.ioctl(self.fd, _ADDFD, arg, True)
 
     def add_fd(self, nid: int, srcfd: int, cloexec: bool, newfd: int | None = None) -> int:
-        flags = 0o2000000 if cloexec else 0
+        flags = O_CLOEXEC if cloexec else 0
         how = ADDFD_FLAG_SETFD if newfd is not None else 0
         arg = bytearray(_ADDFD_ARG.pack(nid, how, srcfd, newfd or 0, flags))
         return fcntl.ioctl(self.fd, _ADDFD, arg, True)

@@ -27,11 +27,10 @@ import socket
 import struct
 import threading
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
+from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
+from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWUSER
+
 SO_NETNS_COOKIE = 71
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 
 _REQ = struct.Struct("<iiiB")         # family, type, protocol, pair
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import resource
 
-PAGE = 4096
-MAX_ARG_STRLEN = 32 * PAGE           # include/uapi/linux/binfmts.h
+from lxsub.abi.limits import MAX_ARG_STRLEN, PAGE_SIZE as PAGE
+
 ARG_MAX = 32 * PAGE                  # the floor of the total
 _STK_LIM = 8 * 1024 * 1024
 POINTER = 8

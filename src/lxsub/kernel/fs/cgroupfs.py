@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from lxsub.abi.magic import CGROUP2_SUPER_MAGIC
 from lxsub.kernel.vfs.pseudo import Dir, File, PseudoFs, StaticDir, read_host
 
 if TYPE_CHECKING:
     from lxsub.kernel.task import Process
 
-CGROUP2_SUPER_MAGIC = 0x63677270
 # v1 reports "no limit" as the largest page-aligned signed 64-bit number.
 _V1_UNLIMITED = 1 << 62
 _HZ = os.sysconf("SC_CLK_TCK")

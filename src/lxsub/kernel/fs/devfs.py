@@ -8,14 +8,14 @@ import os
 import stat as st
 import struct
 
+from lxsub.abi.limits import OVERFLOW_ID
+from lxsub.abi.magic import DEVPTS_SUPER_MAGIC as DEVPTS_MAGIC, TMPFS_MAGIC
 from lxsub.kernel.fs import devices, lxbusdev
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Device, Link, PseudoFs, StaticDir
 
-TMPFS_MAGIC = 0x01021994
-DEVPTS_MAGIC = 0x1CD1
 TTY_GID = 5            # devpts mounted gid=5,mode=620, as Debian's does: group tty
 PTY_MODE = 0o620
 TIOCGPTN = 0x80045430  # _IOR('T', 0x30, unsigned int): not in Python's termios
@@ -120,7 +120,6 @@ class DevPts(HostFs):
         self.inst = inst
 
     def _meta(self, s: os.stat_result) -> LxMeta:
-        from lxsub.kernel.vfs.fdview import OVERFLOW_ID
         found = self.inst.ptys.view(s)
         if found is not None:
             return found

@@ -54,6 +54,8 @@ import stat as st
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lxsub.abi import magic
+from lxsub.abi.limits import OVERFLOW_ID
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
@@ -64,28 +66,15 @@ from lxsub.kernel.vfs.stat import LinuxStat
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
 
-OVERFLOW_ID = 65534
 _HOST_UID = os.getuid()
 _HOST_GID = os.getgid()
 
 # Host file systems that are the host's kernel and processes, not files.
 _PSEUDO_MAGICS = {
-    0x9FA0,        # proc
-    0x62656572,    # sysfs
-    0x64626720,    # debugfs
-    0x74726163,    # tracefs
-    0x73636673,    # securityfs
-    0xCAFE4A11,    # bpf
-    0x27E0EB,      # cgroup
-    0x63677270,    # cgroup2
-    0x62656570,    # configfs
-    0xDE5E81E4,    # efivarfs
-    0x6165676C,    # pstore
-    0x65735543,    # fusectl
-    0x42494E4D,    # binfmt_misc
-    0x6E736673,    # nsfs
-    0xF97CFF8C,    # selinuxfs
-    0x43415D53,    # smackfs
+    magic.PROC_SUPER_MAGIC, magic.SYSFS_MAGIC, magic.DEBUGFS_MAGIC, magic.TRACEFS_MAGIC,
+    magic.SECURITYFS_MAGIC, magic.BPF_FS_MAGIC, magic.CGROUP_SUPER_MAGIC, magic.CGROUP2_SUPER_MAGIC,
+    magic.CONFIGFS_MAGIC, magic.EFIVARFS_MAGIC, magic.PSTOREFS_MAGIC, magic.FUSECTL_SUPER_MAGIC,
+    magic.BINFMTFS_MAGIC, magic.NSFS_MAGIC, magic.SELINUX_MAGIC, magic.SMACK_MAGIC,
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)

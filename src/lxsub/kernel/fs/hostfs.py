@@ -13,16 +13,14 @@ import errno
 import os
 import stat as st
 
+from lxsub.abi.fcntl import AT_EMPTY_PATH
+from lxsub.abi.sysno import SYS_RENAMEAT2
 from lxsub.kernel.vfs.filesystem import FileSystem
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 from lxsub.platform import libc
 
 O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-AT_EMPTY_PATH = 0x1000
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
-SYS_RENAMEAT2 = 316
 
 # Flags we pass to the host when opening; the rest are the provider's business.
 def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:

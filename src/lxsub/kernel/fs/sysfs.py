@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import re
 
+from lxsub.abi.magic import SYSFS_MAGIC
 from lxsub.kernel.vfs.pseudo import Dir, Entry, HostDir, PseudoFs, StaticDir
 
-SYSFS_MAGIC = 0x62656572
 _CPU_TOP = re.compile(r"cpu\d+|online|possible|present|offline|kernel_max|isolated|smt"
                       r"|vulnerabilities|modalias")
 

@@ -40,6 +40,10 @@ import stat as st
 import tempfile
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import RENAME_EXCHANGE
+from lxsub.abi.magic import TMPFS_MAGIC
+from lxsub.abi.sched import CLONE_NEWNS, CLONE_NEWUSER
+from lxsub.abi.sysno import SYS_FSCONFIG, SYS_FSMOUNT, SYS_FSOPEN
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
@@ -49,10 +53,7 @@ from lxsub.kernel.vfs.stat import LinuxStat
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
 
-TMPFS_MAGIC = 0x01021994
 
-_CLONE_NEWNS = 0x00020000
-_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
 _FSOPEN_CLOEXEC = 1
 _FSCONFIG_SET_STRING = 1
 _FSCONFIG_CMD_CREATE = 6
@@ -102,18 +103,18 @@ def _child_make_tmpfs(sock: socket.socket, options: dict[str, str]) -> None:
     """In the forked helper: never returns."""
     code = 1
     try:
-        from lxsub.platform.unixns import CLONE_NEWUSER, unshare_as_self
-        unshare_as_self(CLONE_NEWUSER | _CLONE_NEWNS)
+        from lxsub.platform.unixns import unshare_as_self
+        unshare_as_self(CLONE_NEWUSER | CLONE_NEWNS)
         libc = ctypes.CDLL(None, use_errno=True)
-        fs = _sys(libc, _SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
+        fs = _sys(libc, SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
         opts = dict(options)
         opts["mode"] = "700"     # the host directory: the Linux mode is kept by the provider
         for key, value in opts.items():
-            _sys(libc, _SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_SET_STRING),
+            _sys(libc, SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_SET_STRING),
                  ctypes.c_char_p(key.encode()), ctypes.c_char_p(value.encode()), ctypes.c_long(0))
-        _sys(libc, _SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_CMD_CREATE),
+        _sys(libc, SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_CMD_CREATE),
              ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_long(0))
-        mnt = _sys(libc, _SYS_FSMOUNT, ctypes.c_long(fs), ctypes.c_long(_FSMOUNT_CLOEXEC),
+        mnt = _sys(libc, SYS_FSMOUNT, ctypes.c_long(fs), ctypes.c_long(_FSMOUNT_CLOEXEC),
                    ctypes.c_long(0))
         root = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mnt)
         socket.send_fds(sock, [b"ok"], [root])
@@ -280,7 +281,7 @@ class TmpFs(HostTree):
         self._gone_after(parent, name, lambda: super(TmpFs, self).rmdir(parent, name))
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        if flags & 2:      # RENAME_EXCHANGE: both stay
+        if flags & RENAME_EXCHANGE:      # both stay
             return super().rename(oldp, old, newp, new, flags)
         try:
             src = os.stat(old, dir_fd=oldp.fd, follow_symlinks=False).st_ino

@@ -25,6 +25,8 @@ import os
 import shutil
 import stat as st
 
+from lxsub.abi.fcntl import RENAME_NOREPLACE
+from lxsub.abi.magic import EXT4_SUPER_MAGIC as EXT4_MAGIC
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import _HOST_OPEN_FLAGS, HostFs, fd_path, renameat2
 from lxsub.kernel.fs.lxattr import LxMeta
@@ -32,9 +34,7 @@ from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 from lxsub.platform import libc
 
-EXT4_MAGIC = 0xEF53
 _META_CACHE_MAX = 65536
-RENAME_NOREPLACE = 1
 # Creation flags, and O_NOFOLLOW, which a reopen through /proc/self/fd/N
 # (a symlink) must not carry.
 _NOT_REOPENED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC

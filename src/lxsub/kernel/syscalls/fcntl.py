@@ -7,18 +7,17 @@ import fcntl as _fcntl
 import os
 import struct
 
+from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_OFD_GETLK, F_OWNER_PGRP, F_OWNER_TID,
+                              F_SETOWN, F_SETOWN_EX, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH, O_TMPFILE, RESOLVE_BENEATH,
+                              RESOLVE_CACHED, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
+                              RESOLVE_NO_XDEV)
+from lxsub.abi.sysno import SYS_OPENAT
 from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.vfs import lookup
-from lxsub.kernel.vfs.open import O_CLOEXEC, O_CREAT, O_PATH, O_TMPFILE, open_at
+from lxsub.kernel.vfs.open import open_at
 from lxsub.platform import memory
 
-SYS_OPENAT = 257
-
-AT_FDCWD = lookup.AT_FDCWD
 _VALID_OPEN_FLAGS = 0o37777777
-
-RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 1, 2, 4
-RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 8, 16, 32
 
 
 def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int):
@@ -111,10 +110,6 @@ def sys_openat2(c: Call):
     return _open(c, c.int(0), c.path(1), flags, mode)
 
 
-F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
-F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
-F_GETLK, F_OFD_GETLK = 5, 36
-F_UNLCK = 2
 _FLOCK_L_PID = 24          # struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid
 
 

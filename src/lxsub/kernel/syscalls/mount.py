@@ -21,6 +21,7 @@ import copy
 import errno
 import os
 
+from lxsub.abi.fcntl import AT_FDCWD
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs.hostfs import HostFs
@@ -67,7 +68,7 @@ def sys_mount(c: Call) -> int:
     inst, task = c.inst, c.task
     target = c.path(1)
     if flags & _PROPAGATION:
-        node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+        node = lookup.resolve_at(inst, task, AT_FDCWD, target)
         try:
             if inst.mounts.mount_of_root(node) is None:
                 raise _e(errno.EINVAL, "not a mount point")
@@ -84,7 +85,7 @@ def sys_mount(c: Call) -> int:
     source = _string(c, 0, 4096).decode(errors="replace") or "none"
     if flags & ~_ACCEPTED:
         raise _e(errno.EINVAL, "unknown mount flags")
-    at = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+    at = lookup.resolve_at(inst, task, AT_FDCWD, target)
     try:
         if not at.is_dir():
             raise _e(errno.ENOTDIR)
@@ -131,9 +132,9 @@ def _with_flags(options: str, flags: int) -> str:
 
 def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
     inst, task = c.inst, c.task
-    src = lookup.resolve_at(inst, task, lookup.AT_FDCWD, source)
+    src = lookup.resolve_at(inst, task, AT_FDCWD, source)
     try:
-        at = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+        at = lookup.resolve_at(inst, task, AT_FDCWD, target)
         try:
             if src.is_dir() != at.is_dir():
                 raise _e(errno.ENOTDIR if src.is_dir() else errno.EISDIR)
@@ -165,7 +166,7 @@ def sys_umount2(c: Call) -> int:
         raise _e(errno.EINVAL)
     inst, task = c.inst, c.task
     # ksys_umount looks the path up before may_mount() (EFAULT before EPERM).
-    node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, c.path(0),
+    node = lookup.resolve_at(inst, task, AT_FDCWD, c.path(0),
                              follow_default=not flags & UMOUNT_NOFOLLOW)
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
         node.release()

@@ -20,9 +20,10 @@ import os
 import stat as st
 import struct
 
+from lxsub.abi.fcntl import AT_FDCWD, O_CLOEXEC
+from lxsub.abi.limits import OVERFLOW_ID
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.vfs import lookup, perm
-from lxsub.kernel.vfs.lookup import AT_FDCWD
 from lxsub.kernel.vfs.open import check_may_create
 from lxsub.platform import libc, unixns
 
@@ -30,10 +31,9 @@ AF_UNIX = 1
 AF_NETLINK = 16
 NETLINK_AUDIT = 9
 _SUN_PATH = 108
-SOCK_CLOEXEC = 0o2000000
+SOCK_CLOEXEC = O_CLOEXEC
 SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, SO_PASSPIDFD, SO_PEERPIDFD = 1, 17, 59, 76, 77
 PEER_OPTIONS = (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD)
-OVERFLOW_ID = 65534          # /proc/sys/kernel/overflowuid: an id with no name here
 _RECORDS_MAX = 4096
 _c = libc._libc
 

@@ -11,16 +11,19 @@ import errno
 import os
 import struct
 
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.limits import MAX_ARG_STRLEN
+from lxsub.abi.prctl import (PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP,
+                              PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
+from lxsub.abi.seccomp import (SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
+                               SECCOMP_SET_MODE_FILTER)
+from lxsub.abi.sysno import SYS_EXECVE
 from lxsub.kernel import interop
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
-from lxsub.kernel.vfs.lookup import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.platform import memory
-
-SYS_EXECVE = 59
-MAX_ARG_STRLEN = 131072
 
 
 # -- execve -------------------------------------------------------------------
@@ -284,14 +287,6 @@ def sys_waitid(c: Call):
 
 # -- prctl ----------------------------------------------------------------------
 
-PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
-PR_GET_KEEPCAPS, PR_SET_KEEPCAPS = 7, 8
-PR_SET_NAME, PR_GET_NAME = 15, 16
-PR_GET_SECCOMP, PR_SET_SECCOMP = 21, 22
-PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
-SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2
-SECCOMP_SET_MODE_STRICT, SECCOMP_SET_MODE_FILTER = 0, 1
-SECCOMP_FILTER_FLAG_TSYNC = 1
 
 
 def sys_prctl(c: Call):

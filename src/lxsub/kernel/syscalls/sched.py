@@ -7,9 +7,9 @@ import errno
 import os
 import resource
 
+from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_SYS_NICE, Creds
-from lxsub.kernel.sysno import NUMBERS
 
 
 def _translate_arg(c: Call, i: int) -> Native:

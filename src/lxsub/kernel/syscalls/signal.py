@@ -18,6 +18,8 @@ import struct
 
 from typing import TYPE_CHECKING
 
+from lxsub.abi.signal import NSIG as _NSIG, SIGCONT
+from lxsub.abi.sysno import SYS_KILL, SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE, SYS_RT_SIGQUEUEINFO
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import may_signal
 from lxsub.platform import memory
@@ -25,9 +27,6 @@ from lxsub.platform.ptrace import SigInfo
 
 if TYPE_CHECKING:
     from lxsub.kernel.task import Process, Task
-
-_NSIG = 65
-SIGCONT = 18
 
 
 def _check_signal(sig: int) -> None:
@@ -190,9 +189,6 @@ def sys_pidfd_open(c: Call):
     return Native()
 
 
-SYS_KILL, SYS_RT_SIGQUEUEINFO = 62, 129
-
-
 def pidfd_host_pid(local: int) -> int | None:
     """The host pid a pidfd (a provider-side copy) names: its fdinfo's
     `Pid:` line, -1 once the process has been reaped (fs/pidfs.c); None if
@@ -336,9 +332,6 @@ def sys_process_mrelease(c: Call) -> int:
         return libc.syscall(SYS_PROCESS_MRELEASE, local, c.uint(1))
 
 
-SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE = 440, 448
-
-
 class _own_pidfd:
     """A provider-side copy of the caller's pidfd, checked to name a
     process of the instance."""
@@ -357,11 +350,6 @@ class _own_pidfd:
 
     def __exit__(self, *exc) -> None:
         os.close(self.local)
-
-
-def sys_deny(c: Call) -> int:
-    """Calls that would let a program reach past the provider."""
-    raise OSError(errno.EPERM, "not permitted in an lxsub instance")
 
 
 def sys_rt_sigtimedwait(c: Call):

@@ -7,14 +7,15 @@ import os
 import stat as st
 import struct
 
+from lxsub.abi.fcntl import (AT_EACCESS, AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_STATX_SYNC_TYPE,
+                              AT_SYMLINK_NOFOLLOW, UTIME_NOW, UTIME_OMIT)
+from lxsub.abi.magic import PIPEFS_MAGIC, SOCKFS_MAGIC
+from lxsub.abi.stat import STATX__RESERVED
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import fdview, lookup, perm
-from lxsub.kernel.vfs.lookup import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel.vfs.stat import LinuxStat
 
 _STATFS = struct.Struct("<qqQQQQQiiqqq4q")
-AT_EACCESS = 0x200
-ST_RDONLY = 1
 
 
 def _stat_at(c: Call, dirfd: int, path: bytes, flags: int) -> LinuxStat:
@@ -52,9 +53,6 @@ def sys_newfstatat(c: Call) -> int:
     path = c.path_or_empty(1, c.int(3))
     c.write(c.ptr(2), _stat_at(c, c.int(0), path, c.int(3)).pack_stat())
     return 0
-
-
-AT_NO_AUTOMOUNT, AT_STATX_SYNC_TYPE, STATX__RESERVED = 0x800, 0x6000, 0x80000000
 
 
 def sys_statx(c: Call) -> int:
@@ -157,7 +155,7 @@ def sys_fstatfs(c: Call) -> int:
         node = fdview.node_or_none(c.inst, local, s)
         if node is None:
             v = os.statvfs(f"/proc/self/fd/{local}")
-            data = _STATFS.pack(0x50495045 if st.S_ISFIFO(s.st_mode) else 0x534F434B,
+            data = _STATFS.pack(PIPEFS_MAGIC if st.S_ISFIFO(s.st_mode) else SOCKFS_MAGIC,
                                 v.f_bsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files,
                                 v.f_ffree, 0, 0, v.f_namemax, v.f_frsize, v.f_flag, 0, 0, 0, 0)
         else:
@@ -236,7 +234,7 @@ _TIMEVAL2 = struct.Struct("<qqqq")
 
 
 def _now_pair() -> tuple[tuple[int, int], tuple[int, int]]:
-    return (0, ops.UTIME_NOW), (0, ops.UTIME_NOW)
+    return (0, UTIME_NOW), (0, UTIME_NOW)
 
 
 def _utimens_node(c: Call, node, times) -> int:
@@ -252,7 +250,7 @@ def sys_utimensat(c: Call) -> int:
     if c.ptr(2):
         a_s, a_ns, m_s, m_ns = _TIMESPEC2.unpack(c.read(c.ptr(2), 32))
         for ns in (a_ns, m_ns):
-            if not (0 <= ns < 10**9 or ns in (ops.UTIME_NOW, ops.UTIME_OMIT)):
+            if not (0 <= ns < 10**9 or ns in (UTIME_NOW, UTIME_OMIT)):
                 raise OSError(errno.EINVAL, "bad nanoseconds")
         times = ((a_s, a_ns), (m_s, m_ns))
     else:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from lxsub.abi.fcntl import AT_FDCWD
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import ops
-from lxsub.kernel.vfs.lookup import AT_FDCWD
 
 
 def sys_rename(c: Call) -> int:

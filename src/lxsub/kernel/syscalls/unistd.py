@@ -7,11 +7,10 @@ import os
 import resource
 import signal
 
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import lookup, ops, perm
-from lxsub.kernel.vfs.lookup import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, \
-    AT_SYMLINK_NOFOLLOW
 
 
 def sys_unlink(c: Call) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import errno
 import os
 
+from lxsub.abi.fcntl import AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs.lxattr import RESERVED_PREFIX
 from lxsub.kernel.vfs import lookup
-from lxsub.kernel.vfs.lookup import AT_FDCWD, AT_SYMLINK_NOFOLLOW
 
 XATTR_SIZE_MAX = 65536
 XATTR_CREATE, XATTR_REPLACE = 1, 2

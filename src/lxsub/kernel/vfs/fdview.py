@@ -8,6 +8,7 @@ import os
 import stat as st
 from typing import TYPE_CHECKING
 
+from lxsub.abi.limits import OVERFLOW_ID
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
     from lxsub.kernel.task import Task
 
-OVERFLOW_ID = 65534
 _HOST_UID = os.getuid()
 _HOST_GID = os.getgid()
 

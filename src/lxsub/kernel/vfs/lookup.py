@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
 from lxsub.platform import libc
@@ -16,13 +17,6 @@ from lxsub.platform import libc
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
     from lxsub.kernel.task import Task
-
-AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-AT_REMOVEDIR = 0x200
-AT_SYMLINK_FOLLOW = 0x400
-AT_NO_AUTOMOUNT = 0x800
-AT_EMPTY_PATH = 0x1000
 
 
 def walker(inst: "Instance", task: "Task") -> Walker:

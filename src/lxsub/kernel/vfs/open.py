@@ -8,6 +8,7 @@ import os
 import stat as st
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_PATH, O_TMPFILE, O_TRUNC
 from lxsub.kernel.call import Blocking
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs import lookup, perm
@@ -16,16 +17,6 @@ from lxsub.kernel.vfs.node import Node
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
     from lxsub.kernel.task import Task
-
-O_CREAT = 0o100
-O_EXCL = 0o200
-O_TRUNC = 0o1000
-O_NONBLOCK = 0o4000
-O_DIRECTORY = 0o200000
-O_NOFOLLOW = 0o400000
-O_CLOEXEC = 0o2000000
-O_PATH = 0o10000000
-O_TMPFILE = 0o20000000 | O_DIRECTORY
 
 
 def _access_wanted(flags: int) -> int:

@@ -11,6 +11,7 @@ import errno
 import stat as st
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, UTIME_NOW, UTIME_OMIT
 from lxsub.kernel import creds as caps
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
@@ -43,6 +44,21 @@ def _sticky_allows(task: "Task", d: Node, victim: Node) -> None:
 
 def _entry(inst, task, parent: Node, name: bytes) -> Node:
     return lookup.walker(inst, task).resolve(parent, name, follow=False)
+
+
+def _sticky_allows_target(inst, task: "Task", d: Node, name: bytes) -> None:
+    """rename(2) over an existing entry deletes it too: vfs_rename() calls
+    may_delete() on the target, so a sticky directory protects it (EPERM)."""
+    if task.creds.capable(caps.CAP_FOWNER) or not d.fs.getattr(d).mode & st.S_ISVTX:
+        return
+    try:
+        target = _entry(inst, task, d, name)
+    except FileNotFoundError:
+        return
+    try:
+        _sticky_allows(task, d, target)
+    finally:
+        target.release()
 
 
 def mkdir(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
@@ -135,9 +151,6 @@ def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: in
         src.release()
 
 
-RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
-
-
 def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
            flags: int) -> None:
     if flags & ~7 or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
@@ -161,6 +174,7 @@ def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: 
                 _sticky_allows(task, op, victim)
             finally:
                 victim.release()
+            _sticky_allows_target(inst, task, np, nname)
             op.fs.rename(op, oname, np, nname, flags)
         finally:
             np.release()
@@ -196,10 +210,6 @@ def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
             keep &= ~st.S_ISGID
         if keep != a.mode & 0o7777:
             node.fs.chmod(node, keep)
-
-
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
 
 
 def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:

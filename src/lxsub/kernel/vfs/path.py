@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lxsub.abi.fcntl import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS
+from lxsub.abi.limits import MAXSYMLINKS, NAME_MAX, PATH_MAX
 from lxsub.kernel.vfs import perm
 from lxsub.kernel.vfs.node import Node
 from lxsub.platform import libc
@@ -23,10 +25,6 @@ from lxsub.platform import libc
 if TYPE_CHECKING:
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.mount import MountTable
-
-MAXSYMLINKS = 40
-PATH_MAX = 4096
-NAME_MAX = 255
 
 
 def _err(code: int) -> OSError:
@@ -100,7 +98,7 @@ class Walker:
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         try:
             fd = libc.openat2(root.root_node.fd, path.lstrip(b"/") or b".", flags, 0,
-                              libc.RESOLVE_BENEATH | libc.RESOLVE_NO_SYMLINKS)
+                              RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
                 raise

@@ -37,10 +37,6 @@ def check(c: Creds, mode: int, uid: int, gid: int, want: int) -> None:
         raise OSError(errno.EACCES, "permission denied")
 
 
-def is_owner_or_capable(c: Creds, uid: int) -> bool:
-    return c.fsuid == uid or c.capable(caps.CAP_FOWNER)
-
-
 _DAC_BYPASS = (1 << caps.CAP_DAC_OVERRIDE) | (1 << caps.CAP_DAC_READ_SEARCH)
 
 

@@ -17,6 +17,9 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Callable
 
+from lxsub.abi.fcntl import O_PATH
+from lxsub.abi.statfs import (ST_MANDLOCK, ST_NOATIME, ST_NODEV, ST_NODIRATIME, ST_NOEXEC, ST_NOSUID, ST_RDONLY,
+                               ST_RELATIME, ST_SYNCHRONOUS, ST_VALID)
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs.filesystem import FileSystem
 from lxsub.kernel.vfs.mount import anon_dev
@@ -263,7 +266,7 @@ class PseudoFs(FileSystem):
 
     def open(self, node: Node, flags: int, creds) -> int:
         e = node.obj
-        if flags & 0o10000000:   # O_PATH: any host object of the right kind will do
+        if flags & O_PATH:   # any host object of the right kind will do
             return self._open_dir(node, e) if isinstance(e, Dir) else self._open_file(e, os.O_RDONLY)
         if isinstance(e, Dir):
             return self._open_dir(node, e)
@@ -367,13 +370,14 @@ class PseudoFs(FileSystem):
         return Node(mount, fd, None, e)
 
 
-_ST_FLAGS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "sync": 0x10,
-             "mand": 0x40, "noatime": 0x400, "nodiratime": 0x800, "relatime": 0x1000}
+_ST_FLAGS = {"ro": ST_RDONLY, "nosuid": ST_NOSUID, "nodev": ST_NODEV, "noexec": ST_NOEXEC,
+             "sync": ST_SYNCHRONOUS, "mand": ST_MANDLOCK, "noatime": ST_NOATIME,
+             "nodiratime": ST_NODIRATIME, "relatime": ST_RELATIME}
 
 
 def mount_flags(options: str) -> int:
     """statfs(2) f_flags for a mount's options (ST_VALID always set, as Linux does)."""
-    flags = 0x20
+    flags = ST_VALID
     for opt in options.split(","):
         flags |= _ST_FLAGS.get(opt, 0)
     return flags

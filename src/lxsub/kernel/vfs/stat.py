@@ -6,14 +6,12 @@ import os
 import struct
 from dataclasses import dataclass
 
+from lxsub.abi.stat import SIZEOF_STATX, STATX_BASIC_STATS, STATX_MNT_ID
+
 _STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")     # struct stat, x86_64: 144 bytes
 _STATX_HEAD = struct.Struct("<IIQIIIHHQQQQ")          # up to stx_attributes_mask
 _STATX_TS = struct.Struct("<qIi")
 _STATX_TAIL = struct.Struct("<IIIIQ")                 # rdev, dev majors/minors, mnt_id
-STATX_SIZE = 256
-
-STATX_BASIC_STATS = 0x7FF
-STATX_MNT_ID = 0x1000
 
 
 @dataclass(slots=True)
@@ -52,4 +50,4 @@ class LinuxStat:
         tail = _STATX_TAIL.pack(os.major(self.rdev), os.minor(self.rdev),
                                 os.major(self.dev), os.minor(self.dev), mnt_id)
         out = head + times + tail
-        return out + bytes(STATX_SIZE - len(out))
+        return out + bytes(SIZEOF_STATX - len(out))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from lxsub.abi.magic import PROC_SUPER_MAGIC
 from lxsub.kernel.fs.procfs.sys import SysTree
 from lxsub.kernel.fs.procfs.task import InitDir, ProcessDir, process_of_dir
 from lxsub.kernel.fs.procfs.task_files import FdLink, MountFiles
@@ -33,7 +34,6 @@ __all__ = ["PROC_SUPER_MAGIC", "HZ", "Boot", "FdLink", "InitDir", "ProcFs", "Pro
            "boot_of", "detached_mounts", "filesystem_types", "host_roots", "host_to_vpath",
            "process_of_dir", "task_count"]
 
-PROC_SUPER_MAGIC = 0x9FA0
 
 
 class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):

@@ -1,6 +1,8 @@
 """x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl, common + 64).
 
-Data, not logic: kernel/table.py says what lxsub does with each one.
+Data, not logic: kernel/table.py says what lxsub does with each one. The
+one home of syscall numbers: code that makes or rewrites a call by number
+takes its SYS_* name from here.
 """
 
 NUMBERS: dict[str, int] = {
@@ -388,3 +390,20 @@ NUMBERS: dict[str, int] = {
 }
 
 NAMES: dict[int, str] = {n: s for s, n in NUMBERS.items()}
+
+# The calls lxsub itself makes or rewrites by number.
+SYS_EXECVE = NUMBERS["execve"]
+SYS_KILL = NUMBERS["kill"]
+SYS_RT_SIGQUEUEINFO = NUMBERS["rt_sigqueueinfo"]
+SYS_OPENAT = NUMBERS["openat"]
+SYS_CLOCK_ADJTIME = NUMBERS["clock_adjtime"]
+SYS_SECCOMP = NUMBERS["seccomp"]
+SYS_RENAMEAT2 = NUMBERS["renameat2"]
+SYS_FSOPEN = NUMBERS["fsopen"]
+SYS_FSCONFIG = NUMBERS["fsconfig"]
+SYS_FSMOUNT = NUMBERS["fsmount"]
+SYS_PIDFD_OPEN = NUMBERS["pidfd_open"]
+SYS_PIDFD_GETFD = NUMBERS["pidfd_getfd"]
+SYS_OPENAT2 = NUMBERS["openat2"]
+SYS_PROCESS_MADVISE = NUMBERS["process_madvise"]
+SYS_PROCESS_MRELEASE = NUMBERS["process_mrelease"]

@@ -1,0 +1,109 @@
+"""PidSpace: the instance's own process ids and their host counterparts."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from lxsub.kernel import task as task_mod
+from lxsub.kernel.creds import Creds
+from lxsub.kernel.task import FsContext, PidSpace, Process, Task
+
+
+def _process(pids: PidSpace, host_pid: int, parent: Process | None = None) -> Process:
+    proc = Process(pids.allocate(), host_pid, parent)
+    pids.add_process(proc)
+    return proc
+
+
+def _thread(pids: PidSpace, proc: Process, host_tid: int) -> Task:
+    t = Task(pids.allocate(), host_tid, proc, Creds(), FsContext(None, None))
+    pids.add_task(t)
+    return t
+
+
+def test_ids_start_at_2_and_are_not_given_twice():
+    """1 is the instance's init (the provider), so the first program is 2."""
+    pids = PidSpace()
+    a = _process(pids, 5001)
+    b = _process(pids, 5002)
+    t = _thread(pids, b, 5003)
+    assert (a.pid, b.pid, t.tid) == (2, 3, 4)
+    assert pids.vpid_of_host(5001) == 2 and pids.host_of_vpid(3) == 5002
+    assert pids.vpid_of_host(5003) == 4           # a thread's host tid: its own id
+    assert pids.host_of_vpid(4) is None           # ... which names no process
+    assert pids.host_of_vtid(4) == 5003
+    assert pids.vpid_of_host(9999) is None
+
+
+def test_allocation_wraps_past_pid_max_and_skips_ids_in_use(monkeypatch):
+    """alloc_pid() wraps at pid_max to the bottom of the range, past ids
+    still held (kernel/pid.c)."""
+    monkeypatch.setattr(task_mod, "PID_MAX", 6)
+    pids = PidSpace()
+    leader = _process(pids, 6000)                   # 2
+    thread = _thread(pids, leader, 6001)            # 3
+    assert (_process(pids, 6002).pid, _process(pids, 6003).pid) == (4, 5)
+    pids.forget_process(leader)                     # 2 lives on as a group id
+    pids.remove_task(thread)                        # 3 is free
+    assert pids.allocate() == 3                     # wrapped; 2 skipped, 4 and 5 in use
+
+
+def test_a_full_space_is_eagain(monkeypatch):
+    monkeypatch.setattr(task_mod, "PID_MAX", 4)
+    pids = PidSpace()
+    _process(pids, 1)
+    _process(pids, 2)
+    with pytest.raises(OSError) as e:
+        pids.allocate()
+    assert e.value.errno == errno.EAGAIN
+
+
+def test_a_gone_leader_keeps_its_id_as_group_and_session():
+    """setsid(); exit(): the session id stays the leader's pid."""
+    pids = PidSpace()
+    leader = _process(pids, 8000)
+    member = _process(pids, 8001, leader)
+    pids.forget_process(leader)
+    assert pids.vpid_of_host(8000) is None
+    assert pids.group_to_virtual(8000) == leader.pid
+    assert pids.group_to_host(leader.pid) == 8000
+    assert _process(pids, 8002).pid not in (leader.pid, member.pid)
+
+
+def test_foreign_group_ids_get_a_stable_virtual_id():
+    """A host group no instance process leads (the terminal's session) gets
+    one id, the same each time, that names it back."""
+    pids = PidSpace()
+    v = pids.group_to_virtual(4242)
+    assert v == pids.group_to_virtual(4242)
+    assert pids.group_to_host(v) == 4242
+    assert _process(pids, 9000).pid != v
+
+
+def test_a_reused_host_pid_drops_the_old_alias():
+    pids = PidSpace()
+    v = pids.group_to_virtual(4242)
+    proc = _process(pids, 4242)
+    assert pids.group_to_virtual(4242) == proc.pid != v
+    assert pids.group_to_host(v) is None
+
+
+def test_zero_and_negative_ids_pass_through():
+    """0 means the caller's own group and -1 every process (kill(2))."""
+    pids = PidSpace()
+    for v in (0, -1):
+        assert pids.group_to_virtual(v) == v
+        assert pids.group_to_host(v) == v
+
+
+def test_removing_a_task_keeps_a_newer_owner_of_its_id():
+    pids = PidSpace()
+    proc = _process(pids, 100)
+    old = _thread(pids, proc, 101)
+    newer = Task(old.tid, 102, proc, Creds(), FsContext(None, None))
+    pids.add_task(newer)                 # same virtual id, another host thread
+    pids.remove_task(old)
+    assert pids.host_of_vtid(old.tid) == 102
+    assert 101 not in proc.threads and 102 in proc.threads
