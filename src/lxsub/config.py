@@ -44,7 +44,6 @@ are listed in `warnings`, in the same file:line form.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import math
 import os
@@ -55,8 +54,8 @@ from pathlib import Path
 from typing import Callable
 
 from lxsub.abi.fcntl import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
-from lxsub.abi.sysno import SYS_OPENAT2
 from lxsub.errors import EXIT_DATAERR, LxError
+from lxsub.platform import libc
 
 DISTRO_CONFIG_PATH = "/etc/lx.conf"
 _MAX_CONFIG_BYTES = 1 << 20
@@ -445,20 +444,9 @@ def _decode(raw: bytes, label: str) -> str:
 # -- reading a file inside a distro --
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
 def _openat2_in_root(root_fd: int, path: str) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    how = _OpenHow(os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, 0,
-                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = libc.syscall(SYS_OPENAT2, root_fd, os.fsencode(path), ctypes.byref(how),
-                      ctypes.sizeof(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return fd
+    return libc.openat2(root_fd, os.fsencode(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, 0,
+                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 
 
 def read_in_root(rootfs: str | Path, path: str, limit: int = _MAX_CONFIG_BYTES) -> str | None:

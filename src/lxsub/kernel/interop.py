@@ -205,7 +205,8 @@ class HostPrograms:
                 fd = os.memfd_create("lxsub-interop", flags)
             os.write(fd, _standin_elf())
             import fcntl
-            fcntl.fcntl(fd, 1033, 0x1 | 0x2 | 0x4 | 0x8)   # F_ADD_SEALS: seal, shrink, grow, write
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
             self._standin = fd
         return os.open(f"/proc/self/fd/{self._standin}", os.O_RDONLY | os.O_CLOEXEC)
 
