@@ -40,11 +40,11 @@ import stat as st
 import tempfile
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.fs import lxattr
-from lxsub.kernel.fs.hostfs import HostTree, fd_path
+from lxsub.kernel.fs.hostfs import fd_path
+from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, MemoryStore
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.fs.metatree import MetaTree
 from lxsub.kernel.vfs.node import Node
-from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -152,7 +152,7 @@ def host_tmpfs(options: dict[str, str]) -> int:
 
 # -- the file system -------------------------------------------------------------
 
-class TmpFs(HostTree):
+class TmpFs(MetaTree):
     fstype = "tmpfs"
     magic = TMPFS_MAGIC
 
@@ -175,10 +175,12 @@ class TmpFs(HostTree):
         self.host_root = os.readlink(fd_path(dirfd))
         s = os.fstat(dirfd)
         self.dev = s.st_dev
-        self._meta: dict[int, LxMeta] = {}
+        # All types, by inode; removals report every inode's end (MetaTree).
+        self.linux = LinuxMeta(MemoryStore())
         mode = int(view.get("mode", "1777"), 8) & 0o7777
-        self._meta[s.st_ino] = LxMeta(st.S_IFDIR | mode, int(view.get("uid", 0)),
-                                      int(view.get("gid", 0)))
+        self.linux.store.save(HostFile.of_fd(dirfd, s),
+                              LxMeta(st.S_IFDIR | mode, int(view.get("uid", 0)),
+                                     int(view.get("gid", 0))))
         self.options = _render_options(dirfd, host_opts, view)
 
     def unmounted(self) -> None:
@@ -199,101 +201,8 @@ class TmpFs(HostTree):
     def vpath(self, node: Node) -> str:
         return vpath_in_mount(self, node)
 
-    # -- the Linux view --------------------------------------------------------
-
-    def meta(self, s: os.stat_result) -> LxMeta:
-        found = self._meta.get(s.st_ino)
-        if found is not None and lxattr.host_type_for(found.mode) == st.S_IFMT(s.st_mode):
-            return found
-        return LxMeta(s.st_mode, 0, 0, 0)
-
-    def getattr(self, node: Node) -> LinuxStat:
-        s = self.fresh_stat(node)
-        m = self.meta(s)
-        out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
-        if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
-            out.size = 0
-        return out
-
     def statfs(self, node: Node):
         return os.statvfs(fd_path(node.fd))
-
-    def chmod(self, node: Node, mode: int) -> None:
-        s = self.fresh_stat(node)
-        m = self.meta(s)
-        if st.S_ISLNK(m.mode):
-            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-        new = LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev)
-        os.chmod(fd_path(node.fd), lxattr.host_mode_for(new.mode))
-        self._meta[s.st_ino] = new
-
-    def chown(self, node: Node, uid: int, gid: int) -> None:
-        s = self.fresh_stat(node)
-        m = self.meta(s)
-        self._meta[s.st_ino] = LxMeta(m.mode, m.uid if uid < 0 else uid,
-                                      m.gid if gid < 0 else gid, m.rdev)
-
-    # -- creating ------------------------------------------------------------------
-
-    def host_mode(self, mode: int) -> int:
-        return lxattr.host_mode_for(mode)
-
-    def _new_meta(self, parent: Node, mode: int, rdev: int, creds) -> LxMeta:
-        pm = self.meta(parent.host_st or os.stat(parent.fd))
-        gid = creds.fsgid
-        if pm.mode & st.S_ISGID:
-            gid = pm.gid
-            if st.S_ISDIR(mode):
-                mode |= st.S_ISGID
-        return LxMeta(mode, creds.fsuid, gid, rdev)
-
-    def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
-        self._meta[os.fstat(fd).st_ino] = self._new_meta(parent, mode, 0, creds)
-
-    def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
-        s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        self._meta[s.st_ino] = self._new_meta(parent, mode, rdev, creds)
-
-    def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
-        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent.fd))
-
-    def symlink(self, parent: Node, name: bytes, target: bytes, creds) -> None:
-        super().symlink(parent, name, target, creds)
-        self.after_create_name(parent, name, st.S_IFLNK | 0o777, 0, creds)
-
-    # -- removing: forget the Linux view of inodes that are gone -------------------
-
-    def _gone_after(self, parent: Node, name: bytes, op) -> None:
-        try:
-            s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        except OSError:
-            s = None
-        op()
-        if s is not None and (s.st_nlink <= 1 or st.S_ISDIR(s.st_mode)):
-            self._meta.pop(s.st_ino, None)
-
-    def unlink(self, parent: Node, name: bytes) -> None:
-        self._gone_after(parent, name, lambda: super(TmpFs, self).unlink(parent, name))
-
-    def rmdir(self, parent: Node, name: bytes) -> None:
-        self._gone_after(parent, name, lambda: super(TmpFs, self).rmdir(parent, name))
-
-    def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        if flags & 2:      # RENAME_EXCHANGE: both stay
-            return super().rename(oldp, old, newp, new, flags)
-        try:
-            src = os.stat(old, dir_fd=oldp.fd, follow_symlinks=False).st_ino
-        except OSError:
-            src = None
-        try:
-            victim = os.stat(new, dir_fd=newp.fd, follow_symlinks=False)
-        except OSError:
-            victim = None
-        super().rename(oldp, old, newp, new, flags)
-        if victim is not None and victim.st_ino != src and \
-                (victim.st_nlink <= 1 or st.S_ISDIR(victim.st_mode)):
-            self._meta.pop(victim.st_ino, None)
 
 
 def _render_options(dirfd: int, host: dict[str, str], view: dict[str, str]) -> str:
