@@ -152,10 +152,13 @@ def root_owned(f: "HostFile") -> LxMeta:
     return LxMeta(mode, 0, 0, 0)
 
 
+_NO_USER_XATTRS = frozenset((st.S_IFLNK, st.S_IFIFO, st.S_IFSOCK))
+
+
 def xattr_capable(mode: int) -> bool:
     """Linux allows user.* attributes on regular files and directories only
     (xattr(7)); device nodes are regular files on the host."""
-    return not (st.S_ISLNK(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode))
+    return mode & 0o170000 not in _NO_USER_XATTRS
 
 
 # -- host files as the stores see them -----------------------------------------------
@@ -252,7 +255,7 @@ class XattrStore(MetaStore):
             return None
         cache = self._cache
         if cache is not None:
-            hit = cache.get(f.key)
+            hit = cache.get((f.st.st_dev, f.st.st_ino))
             if hit is not None and hit[0] == f.st.st_ctime_ns:
                 return hit[1]
         found = _right_type(lxattr.read_meta_path(f.proc_path(), follow=not f.name), f.st)
@@ -306,12 +309,15 @@ class ByType(MetaStore):
 
     def __init__(self, *stores: MetaStore) -> None:
         self.stores = stores
+        self._route: dict[int, MetaStore | None] = {}     # file type -> its store
 
     def _for(self, mode: int) -> MetaStore | None:
-        for s in self.stores:
-            if s.keeps(mode):
-                return s
-        return None
+        kind = mode & 0o170000
+        try:
+            return self._route[kind]
+        except KeyError:
+            found = self._route[kind] = next((s for s in self.stores if s.keeps(kind)), None)
+            return found
 
     def keeps(self, mode: int) -> bool:
         return self._for(mode) is not None

@@ -29,14 +29,14 @@ class MetaTree(HostTree):
     # -- the Linux view -----------------------------------------------------------
 
     def host_file(self, node: Node, s: os.stat_result | None = None) -> HostFile:
-        return HostFile.of_fd(node.fd, s or node.host_st or os.stat(node.fd))
+        return HostFile(node.fd, b"", s or node.host_st or os.stat(node.fd))
 
     def meta(self, node: Node, s: os.stat_result | None = None) -> LxMeta:
         return self.linux.get(self.host_file(node, s))
 
     def getattr(self, node: Node) -> LinuxStat:
         s = self.fresh_stat(node)
-        m = self.meta(node, s)
+        m = self.linux.get(HostFile(node.fd, b"", s))       # every stat: kept short
         out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
         out.size = shown_size(m, s)
         return out
