@@ -179,3 +179,23 @@ def test_stores_keep_what_they_can(tmp_path):
         assert (view.mode, view.uid) == (dir_.st.st_mode, 0)
     finally:
         os.close(fd)
+
+
+def test_roots_symlinks_leave_nothing_to_track(tmp_path):
+    """VolFs keeps symlinks' views in memory, but one that shows what any
+    host-made symlink shows (root's) is no record: dpkg's symlinks do not
+    make every later unlink stat its victim first."""
+    (tmp_path / "root").mkdir()
+    fs = VolFs(str(tmp_path / "root"))
+    root = MountTable(fs, "volfs").root_mount.root()
+    try:
+        fs.symlink(root, b"by-root", b"target", ROOT)
+        assert not fs.linux.store.tracks_inodes()
+        fs.symlink(root, b"by-alice", b"target", ALICE)
+        assert fs.linux.store.tracks_inodes()
+        assert attr(fs, root, b"by-alice").uid == 1000
+        fs.unlink(root, b"by-alice")
+        assert not fs.linux.store.tracks_inodes()
+    finally:
+        root.release()
+        fs.remove_staging()

@@ -280,11 +280,18 @@ class MemoryStore(MetaStore):
     """Records in the provider's memory, by inode. With `check_birth` each
     record also holds the inode's birth time and is taken only for that
     inode (an inode number reused by a host program is another file);
-    without it, the file system reports every inode's end (`forget`)."""
+    without it, the file system reports every inode's end (`forget`).
 
-    def __init__(self, check_birth: bool = False) -> None:
+    A record that says what a file without one shows anyway (`plain`: root's
+    symlinks, FIFOs made by root with owner rw) is not kept: the store stays
+    empty for root's work (dpkg's thousands of symlinks), and removals need
+    no stat while it is (tracks_inodes)."""
+
+    def __init__(self, check_birth: bool = False,
+                 plain: Callable[[HostFile], LxMeta] = root_owned) -> None:
         self._records: dict[tuple[int, int], tuple[int, LxMeta]] = {}
         self._check_birth = check_birth
+        self._plain = plain
 
     def load(self, f: HostFile) -> LxMeta | None:
         found = self._records.get(f.key)
@@ -295,7 +302,10 @@ class MemoryStore(MetaStore):
         return _right_type(found[1], f.st)
 
     def save(self, f: HostFile, meta: LxMeta) -> None:
-        self._records[f.key] = (f.birth_ns() if self._check_birth else 0, meta)
+        if meta == self._plain(f):
+            self._records.pop(f.key, None)
+        else:
+            self._records[f.key] = (f.birth_ns() if self._check_birth else 0, meta)
 
     def forget(self, s: os.stat_result) -> None:
         self._records.pop((s.st_dev, s.st_ino), None)
