@@ -199,3 +199,21 @@ def test_roots_symlinks_leave_nothing_to_track(tmp_path):
     finally:
         root.release()
         fs.remove_staging()
+
+
+def test_chmod_of_a_host_made_fifo_to_its_own_mode_sticks(tmp_path):
+    """A FIFO a host tool made 0444 shows 0444; root's chmod 0444 must not
+    leave the host's 0644 (the bits the provider needs) showing instead."""
+    (tmp_path / "root").mkdir()
+    os.mkfifo(tmp_path / "root" / "p")
+    os.chmod(tmp_path / "root" / "p", 0o444)
+    fs = VolFs(str(tmp_path / "root"))
+    root = MountTable(fs, "volfs").root_mount.root()
+    try:
+        assert attr(fs, root, b"p").mode == st.S_IFIFO | 0o444
+        change(fs, root, b"p", lambda n: fs.chmod(n, 0o444))
+        assert attr(fs, root, b"p").mode == st.S_IFIFO | 0o444
+        assert os.stat(tmp_path / "root" / "p").st_mode & 0o777 == 0o644
+    finally:
+        root.release()
+        fs.remove_staging()

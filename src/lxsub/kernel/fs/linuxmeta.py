@@ -181,6 +181,10 @@ class HostFile:
             s = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return cls(dir_fd, name, s)
 
+    def restat(self) -> "HostFile":
+        """The same file with its host stat taken now."""
+        return HostFile.in_dir(self.fd, self.name) if self.name else HostFile.of_fd(self.fd)
+
     @property
     def key(self) -> tuple[int, int]:
         return self.st.st_dev, self.st.st_ino
@@ -395,13 +399,13 @@ class LinuxMeta:
         if st.S_ISLNK(old.mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(old.mode) | (mode & 0o7777), old.uid, old.gid, old.rdev)
-        if self.store.keeps(f.st.st_mode):
-            self.store.save(f, new)
         try:
             os.chmod(f.proc_path(), self.host_mode(new.mode))
         except OSError:
             if self.host_chmod_strict:
                 raise      # else: not the host user's file, the host keeps its bits
+        if self.store.keeps(f.st.st_mode):
+            self.store.save(f.restat(), new)    # as the host file is now (MemoryStore compares)
         return new
 
     def chown(self, f: HostFile, uid: int, gid: int) -> LxMeta:
