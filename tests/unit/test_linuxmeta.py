@@ -1,6 +1,7 @@
-"""The Linux view over a host tree (kernel/fs/linuxmeta.py), against both
-stores: VolFs (the user.lxsub.meta attribute, and memory for FIFOs) and
-TmpFs (memory). Each test drives the real file system over real host files."""
+"""The Linux view over a host tree (kernel/fs/linuxmeta.py), against its
+stores: VolFs (the user.lxsub.meta attribute, and memory for FIFOs), TmpFs
+(memory) and VolFs over a SQLite database (for hosts without user xattrs).
+Each test drives the real file system over real host files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs import linuxmeta
-from lxsub.kernel.fs.linuxmeta import ByType, HostFile, MemoryStore, XattrStore
+from lxsub.kernel.fs.linuxmeta import ByType, HostFile, MemoryStore, SqliteStore, XattrStore
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.tmpfs import TmpFs
 from lxsub.kernel.fs.volfs import VolFs
@@ -38,21 +39,22 @@ class _Host:
         return self._scratch
 
 
-@pytest.fixture(params=["volfs", "tmpfs"])
+@pytest.fixture(params=["volfs", "tmpfs", "volfs-sqlite"])
 def tree(request, tmp_path):
-    if request.param == "volfs":
-        (tmp_path / "root").mkdir()
-        fs = VolFs(str(tmp_path / "root"))
-    else:
+    if request.param == "tmpfs":
         fs = TmpFs(_Host(str(tmp_path)), "size=1m,mode=755")
+    else:
+        (tmp_path / "root").mkdir()
+        store = SqliteStore(tmp_path / "meta.db") if request.param == "volfs-sqlite" else None
+        fs = VolFs(str(tmp_path / "root"), store)
     mounts = MountTable(fs, request.param)
     root = mounts.root_mount.root()
     yield fs, root
     root.release()
-    if request.param == "volfs":
-        fs.remove_staging()
-    else:
+    if request.param == "tmpfs":
         fs.unmounted()
+    else:
+        fs.remove_staging()
 
 
 def attr(fs, parent, name: bytes):
@@ -214,6 +216,43 @@ def test_chmod_of_a_host_made_fifo_to_its_own_mode_sticks(tmp_path):
         change(fs, root, b"p", lambda n: fs.chmod(n, 0o444))
         assert attr(fs, root, b"p").mode == st.S_IFIFO | 0o444
         assert os.stat(tmp_path / "root" / "p").st_mode & 0o777 == 0o644
+    finally:
+        root.release()
+        fs.remove_staging()
+
+
+def test_sqlite_records_outlive_the_provider_and_belong_to_one_inode(tmp_path):
+    """No user xattrs needed: the records are in the database, found again
+    by a new provider, and not given to a new file that reuses an inode
+    number (its birth time differs) or kept for a removed one."""
+    (tmp_path / "root").mkdir()
+    db = tmp_path / "meta.db"
+    fs = VolFs(str(tmp_path / "root"), SqliteStore(db))
+    root = MountTable(fs, "volfs").root_mount.root()
+    fs.mknod(root, b"fifo", st.S_IFIFO | 0o640, 0, ALICE)
+    fs.symlink(root, b"link", b"fifo", ALICE)
+    make_file(fs, root, b"f", 0o4755, ALICE)
+    root.release()
+    fs.linux.store.close()
+    assert not os.listxattr(tmp_path / "root" / "f")        # nothing on the host file
+
+    fs = VolFs(str(tmp_path / "root"), SqliteStore(db))
+    root = MountTable(fs, "volfs").root_mount.root()
+    try:
+        for name, mode in ((b"fifo", st.S_IFIFO | 0o640), (b"link", st.S_IFLNK | 0o777),
+                           (b"f", st.S_IFREG | 0o4755)):
+            a = attr(fs, root, name)
+            assert (a.mode, a.uid, a.gid) == (mode, 1000, 1000), name
+        # A host program replaces the file (ext4 hands the freed inode
+        # number straight back): the new file is root's.
+        os.unlink(tmp_path / "root" / "f")
+        (tmp_path / "root" / "f").write_text("host made")
+        os.chmod(tmp_path / "root" / "f", 0o644)
+        assert (attr(fs, root, b"f").mode, attr(fs, root, b"f").uid) == (st.S_IFREG | 0o644, 0)
+        fifo = os.stat(tmp_path / "root" / "fifo").st_ino
+        fs.unlink(root, b"fifo")
+        rows = fs.linux.store._db.execute("SELECT count(*) FROM meta WHERE ino = ?", (fifo,))
+        assert rows.fetchone()[0] == 0
     finally:
         root.release()
         fs.remove_staging()

@@ -26,7 +26,8 @@ import shutil
 import stat as st
 
 from lxsub.kernel.fs.hostfs import _HOST_OPEN_FLAGS, HostFs, fd_path, renameat2
-from lxsub.kernel.fs.linuxmeta import ByType, HostFile, LinuxMeta, MemoryStore, XattrStore
+from lxsub.kernel.fs.linuxmeta import (ByType, HostFile, LinuxMeta, MemoryStore, MetaStore,
+                                       XattrStore)
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.metatree import MetaTree
 from lxsub.kernel.vfs.node import Node
@@ -43,12 +44,13 @@ class VolFs(MetaTree, HostFs):
     fstype = "lxfs"
     magic = EXT4_MAGIC
 
-    def __init__(self, host_root: str) -> None:
+    def __init__(self, host_root: str, store: MetaStore | None = None) -> None:
         super().__init__(host_root)
-        # Regular files, directories, device nodes: the attribute (cached by
-        # host ctime); sockets, FIFOs, symlinks: memory, by inode and birth
-        # time (see above).
-        self.linux = LinuxMeta(ByType(XattrStore(cache=True), MemoryStore(check_birth=True)))
+        # By default regular files, directories, device nodes: the attribute
+        # (cached by host ctime); sockets, FIFOs, symlinks: memory, by inode
+        # and birth time (see above).
+        self.linux = LinuxMeta(store or ByType(XattrStore(cache=True),
+                                               MemoryStore(check_birth=True)))
         self._staging = _open_staging(host_root)    # O_PATH dir, or None: in-place temp names
 
     # -- new objects, born with their metadata ------------------------------------
