@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.distros import describe
+from tests.integration.test_interop import _lx_conf
 
 pytestmark = [pytest.mark.debian, pytest.mark.slow]
 
@@ -93,6 +94,32 @@ def test_drvfs_chmod_and_chown_are_eperm_without_metadata(debian):
     assert cp.returncode == 0, describe(cp)
     assert text(cp).split() == ["chmod", "1", "chown", "1", "0o644"], describe(cp)
     assert f.stat().st_mode & 0o777 == 0o644
+
+
+def test_drvfs_metadata_follows_the_linux_rules(debian):
+    """With `[automount] options = metadata` chmod and chown are kept in the
+    attribute, by the rules VolFs follows (kernel/fs/linuxmeta.py): a setgid
+    directory gives new files its group (inode_init_owner), chown clears
+    setuid, a device node is an empty host file that shows as one."""
+    d = _host_dir(debian, "drvmeta")
+    script = textwrap.dedent(f"""\
+        set -e
+        cd {_inside(d)}
+        mkdir shared && chown 0:50 shared && chmod 2775 shared
+        mkdir shared/sub && touch shared/f
+        touch x && chmod 4755 x && chown 1000:1000 x
+        mknod null c 1 3
+        stat -c '%n %a %u %g %F' shared/sub shared/f x null
+        """)
+    with _lx_conf(debian, "[automount]\noptions = metadata\n"):
+        cp = debian.lx(["-u", "root", "-e", "sh", "-c", "umask 022; " + script])
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).splitlines() == [
+        "shared/sub 2755 0 50 directory",
+        "shared/f 644 0 50 regular empty file",
+        "x 755 1000 1000 regular empty file",
+        "null 644 0 0 character special file"], describe(cp)
+    assert (d / "null").is_file() and (d / "x").stat().st_mode & 0o7777 == 0o755
 
 
 def test_drvfs_host_permissions_bind_root_inside(debian):

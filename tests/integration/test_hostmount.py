@@ -9,7 +9,6 @@ and as an unprivileged host user.
 from __future__ import annotations
 
 import os
-import shlex
 import stat
 import subprocess
 import uuid

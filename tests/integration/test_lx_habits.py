@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 

@@ -59,7 +59,9 @@ from pathlib import Path
 from lxsub.abi.fcntl import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS
 from lxsub.errors import (EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOUSER, EXIT_OSFILE,
                           EXIT_TEMPFAIL, LxError)
+from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs import lxattr
+from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, XattrStore, shown_size
 from lxsub.kernel.fs.lxattr import LxMeta
 
 FS_TYPE = "fuse.lxsub"
@@ -156,6 +158,10 @@ class _Dir:
     def proc(self) -> bytes:
         return b"/proc/self/fd/%d/%s" % (self.fd, self.name)
 
+    def file(self) -> HostFile:
+        """The entry itself, as the metadata store sees it."""
+        return HostFile.in_dir(self.fd, self.name)
+
     def __enter__(self) -> "_Dir":
         return self
 
@@ -188,10 +194,6 @@ def _open_beneath(root_fd: int, rel: bytes, flags: int, mode: int = 0) -> int:
         os.close(fd)
 
 
-def _keeps_meta(mode: int) -> bool:
-    return not (stat.S_ISLNK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode))
-
-
 def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
     """The fusepy Operations object serving `rootfs` (new files: owner uid, gid)."""
     Operations = _ops_base()
@@ -201,38 +203,35 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
 
         def __init__(self) -> None:
             self.root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.uid, self.gid = owner
+            # New files are the -u user's; the mounting user acts as root
+            # (capabilities: a setgid file in a setgid directory keeps its bit).
+            uid, gid = owner
+            self.creator = Creds(uid, uid, uid, uid, gid, gid, gid, gid)
+            self.linux = LinuxMeta(XattrStore())
             self.on_ready = None
 
         # -- reading the Linux view
 
-        def _meta(self, d: _Dir, s: os.stat_result) -> LxMeta | None:
-            if stat.S_ISLNK(s.st_mode):
-                return None
-            return lxattr.read_meta_path(d.proc(), follow=False)
-
-        def _attrs(self, s: os.stat_result, meta: LxMeta | None) -> dict:
-            mode, uid, gid, rdev = lxattr.linux_view(s, meta)
-            device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        def _attrs(self, f: HostFile) -> dict:
+            s, meta = f.st, self.linux.get(f)
+            device = stat.S_ISCHR(meta.mode) or stat.S_ISBLK(meta.mode)
             return {
-                "st_mode": mode, "st_ino": s.st_ino, "st_nlink": s.st_nlink,
-                "st_uid": uid, "st_gid": gid, "st_rdev": rdev,
-                "st_size": 0 if device else s.st_size,
+                "st_mode": meta.mode, "st_ino": s.st_ino, "st_nlink": s.st_nlink,
+                "st_uid": meta.uid, "st_gid": meta.gid, "st_rdev": meta.rdev,
+                "st_size": shown_size(meta, s),
                 "st_blocks": 0 if device else s.st_blocks, "st_blksize": s.st_blksize,
                 "st_atime": s.st_atime_ns, "st_mtime": s.st_mtime_ns, "st_ctime": s.st_ctime_ns,
             }
 
         def getattr(self, path, fh=None):
             if fh is not None:
-                return self._attrs(os.fstat(fh), lxattr.read_meta_fd(fh))
+                return self._attrs(HostFile.of_fd(fh))
             with _Dir(self.root_fd, path) as d:
-                s = os.stat(d.name, dir_fd=d.fd, follow_symlinks=False)
-                return self._attrs(s, self._meta(d, s))
+                return self._attrs(d.file())
 
         def _current(self, d: _Dir) -> tuple[os.stat_result, LxMeta]:
-            s = os.stat(d.name, dir_fd=d.fd, follow_symlinks=False)
-            meta = self._meta(d, s) or LxMeta(s.st_mode, 0, 0, 0)
-            return s, meta
+            f = d.file()
+            return f.st, self.linux.get(f)
 
         def access(self, path, amode):
             # The mounting user is root inside: anything goes, but executing
@@ -266,32 +265,15 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
         # -- metadata changes: the attribute, not the host owner
 
         def chmod(self, path, mode):
+            # FIFOs, sockets: no record on the host, the host mode is all they have.
             with _Dir(self.root_fd, path) as d:
-                s, meta = self._current(d)
-                if stat.S_ISLNK(s.st_mode):
-                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-                new = LxMeta(stat.S_IFMT(meta.mode) | (mode & 0o7777), meta.uid, meta.gid, meta.rdev)
-                if _keeps_meta(new.mode):
-                    os.chmod(d.proc(), lxattr.host_mode_for(new.mode))
-                    lxattr.write_meta_path(d.proc(), new)
-                else:   # FIFOs, sockets: the host mode is all they have
-                    os.chmod(d.proc(), (mode & 0o777) | 0o600)
+                self.linux.chmod(d.file(), mode)
             return 0
 
         def chown(self, path, uid, gid):
+            # Nothing kept for host symlinks, FIFOs, sockets (no user xattrs).
             with _Dir(self.root_fd, path) as d:
-                s, meta = self._current(d)
-                if not _keeps_meta(s.st_mode):
-                    return 0      # no user xattrs on host symlinks, FIFOs, sockets
-                mode = meta.mode
-                if stat.S_ISREG(mode) and (uid >= 0 or gid >= 0):
-                    # As Linux: chown clears setuid, and setgid where it means one.
-                    mode &= ~stat.S_ISUID
-                    if mode & stat.S_IXGRP:
-                        mode &= ~stat.S_ISGID
-                new = LxMeta(mode, meta.uid if uid < 0 else uid, meta.gid if gid < 0 else gid,
-                             meta.rdev)
-                lxattr.write_meta_path(d.proc(), new)
+                self.linux.chown(d.file(), uid, gid)
             return 0
 
         def utimens(self, path, times=None):
@@ -314,23 +296,22 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
         # -- new names
 
         def _new_meta(self, d: _Dir, mode: int, rdev: int = 0) -> LxMeta:
-            # The parent's attribute: setgid directories give their group (BSD semantics).
-            parent = lxattr.read_meta_path(b"/proc/self/fd/%d" % d.fd, follow=True)
-            gid = self.gid
-            if parent is not None and parent.mode & stat.S_ISGID:
-                gid = parent.gid
-                if stat.S_ISDIR(mode):
-                    mode |= stat.S_ISGID
-            return LxMeta(mode, self.uid, gid, rdev)
+            """The view of a new file in d's directory (setgid directories
+            give their group: linuxmeta.new_meta)."""
+            return self.linux.new(HostFile.of_fd(d.fd), mode, rdev, self.creator)
+
+        def _record(self, fd: int, meta: LxMeta) -> None:
+            """A new file's host bits (past the umask) and record."""
+            os.fchmod(fd, self.linux.host_mode(meta.mode))
+            self.linux.store.save(HostFile.of_fd(fd), meta)
 
         def create(self, path, mode, fi=None):
             with _Dir(self.root_fd, path) as d:
                 meta = self._new_meta(d, stat.S_IFREG | (mode & 0o7777))
                 fd = os.open(d.name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             lxattr.host_mode_for(meta.mode), dir_fd=d.fd)
+                             self.linux.host_mode(meta.mode), dir_fd=d.fd)
             try:
-                os.fchmod(fd, lxattr.host_mode_for(meta.mode))   # past the umask
-                os.setxattr(fd, lxattr.XATTR_NAME, meta.pack())
+                self._record(fd, meta)
             except OSError:
                 os.close(fd)
                 raise
@@ -339,25 +320,28 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
         def mkdir(self, path, mode):
             with _Dir(self.root_fd, path) as d:
                 meta = self._new_meta(d, stat.S_IFDIR | (mode & 0o7777))
-                os.mkdir(d.name, lxattr.host_mode_for(meta.mode), dir_fd=d.fd)
-                os.chmod(d.proc(), lxattr.host_mode_for(meta.mode))
-                lxattr.write_meta_path(d.proc(), meta)
+                os.mkdir(d.name, self.linux.host_mode(meta.mode), dir_fd=d.fd)
+                fd = os.open(d.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=d.fd)
+                try:
+                    self._record(fd, meta)
+                finally:
+                    os.close(fd)
             return 0
 
         def mknod(self, path, mode, dev):
             with _Dir(self.root_fd, path) as d:
                 if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISREG(mode):
-                    # Device nodes are empty regular host files; the attribute says what they are.
-                    meta = self._new_meta(d, mode, dev if not stat.S_ISREG(mode) else 0)
+                    # Device nodes are empty regular host files; the record says what they are.
+                    meta = self._new_meta(d, mode, dev)
                     fd = os.open(d.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                                  os.O_CLOEXEC, 0o600, dir_fd=d.fd)
                     try:
-                        os.fchmod(fd, lxattr.host_mode_for(meta.mode))
-                        os.setxattr(fd, lxattr.XATTR_NAME, meta.pack())
+                        self._record(fd, meta)
                     finally:
                         os.close(fd)
                 elif stat.S_ISFIFO(mode):
-                    os.mkfifo(d.name, (mode & 0o777) | 0o600, dir_fd=d.fd)
+                    os.mkfifo(d.name, self.linux.host_mode(mode), dir_fd=d.fd)
                 else:
                     raise OSError(errno.EPERM, "sockets are made by bind()")
             return 0

@@ -51,14 +51,16 @@ import ctypes
 import errno
 import os
 import stat as st
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lxsub.abi import magic
 from lxsub.abi.limits import OVERFLOW_ID
-from lxsub.kernel.fs import lxattr
-from lxsub.kernel.fs.hostfs import HostTree, fd_path
+from lxsub.kernel.fs.hostfs import fd_path
+from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, NoStore, XattrStore, xattr_capable
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.fs.metatree import MetaTree
 from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -139,7 +141,7 @@ class DrvFsOptions:
 _devs_given: dict[tuple[int, int], int] = {}
 
 
-class DrvFs(HostTree):
+class DrvFs(MetaTree):
     fstype = "drvfs"
     host_acls = True
     set_id_bits = False
@@ -149,6 +151,11 @@ class DrvFs(HostTree):
         self.inst = inst
         self.opts = DrvFsOptions.parse(options, inst.log)
         self.options = self.opts.render()
+        # Host permissions apply: chmod's bits go to the host file when the
+        # host lets us; without a record a file shows its host owner.
+        self.linux = LinuxMeta(XattrStore() if self.opts.metadata else NoStore(),
+                               host_mode=_host_bits, host_chmod_strict=False,
+                               unknown=self._host_view)
         self.door = inst.drvfs_door          # checked by the walk, see kernel/vfs/path.py
         self.storage = inst.storage
 
@@ -273,13 +280,10 @@ class DrvFs(HostTree):
             gid = 0 if s.st_gid == 0 else OVERFLOW_ID
         return uid, gid
 
-    def _meta(self, node: Node, s: os.stat_result) -> LxMeta | None:
-        if not self.opts.metadata or not _keeps_meta(s.st_mode):
-            return None
-        m = lxattr.read_meta_fd(node.fd)
-        if m is not None and lxattr.host_type_for(m.mode) == st.S_IFMT(s.st_mode):
-            return m
-        return None
+    def _host_view(self, f: HostFile) -> LxMeta:
+        """A file with no record: host type and bits, host owner as _owner maps it."""
+        uid, gid = self._owner(f.st)
+        return LxMeta(f.st.st_mode, uid, gid, f.st.st_rdev)
 
     def linux_dev(self, host_dev: int) -> int:
         """Every mount has its own st_dev (stat(2)): the host tree under
@@ -298,16 +302,8 @@ class DrvFs(HostTree):
             out = LinuxStat.from_host(shown, st.S_IFDIR, 0, 0, 0)
             out.nlink, out.size = 2, 0
             return out
-        s = self.fresh_stat(node)
-        m = self._meta(node, s)
-        if m is not None:
-            out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
-            if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
-                out.size = 0
-        else:
-            uid, gid = self._owner(s)
-            out = LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
-        out.dev = self.linux_dev(s.st_dev)
+        out = super().getattr(node)
+        out.dev = self.linux_dev(out.dev)
         return out
 
     def statfs(self, node: Node) -> bytes:
@@ -318,31 +314,19 @@ class DrvFs(HostTree):
         self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chmod on drvfs needs the metadata mount option")
-        a = self.getattr(node)
-        if st.S_ISLNK(a.mode):
+        s = self.fresh_stat(node)
+        if st.S_ISLNK(s.st_mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-        self._write_meta(node, LxMeta(st.S_IFMT(a.mode) | (mode & 0o7777), a.uid, a.gid, a.rdev))
-        try:
-            os.chmod(fd_path(node.fd), mode & 0o777)
-        except OSError:
-            pass          # not the host user's file: the host keeps its own bits
+        with _refused_as_eperm(s):
+            super().chmod(node, mode)
 
     def chown(self, node: Node, uid: int, gid: int) -> None:
         self._caller_passes()
         self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chown on drvfs needs the metadata mount option")
-        a = self.getattr(node)
-        self._write_meta(node, LxMeta(a.mode, a.uid if uid < 0 else uid,
-                                      a.gid if gid < 0 else gid, a.rdev))
-
-    def _write_meta(self, node: Node, meta: LxMeta) -> None:
-        if not _keeps_meta(meta.mode):
-            raise OSError(errno.EPERM, "no Linux metadata on host symlinks, FIFOs, sockets")
-        try:
-            lxattr.write_meta_fd(node.fd, meta)
-        except OSError as e:
-            raise OSError(errno.EPERM, f"host refused the metadata: {e.strerror}") from None
+        with _refused_as_eperm(self.fresh_stat(node)):
+            super().chown(node, uid, gid)
 
     def utimens(self, node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
         self._caller_passes()
@@ -407,27 +391,27 @@ class DrvFs(HostTree):
 
     # -- creating --------------------------------------------------------------------
 
-    def host_mode(self, mode: int) -> int:
-        return mode & 0o777
-
-    def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
-        if self.opts.metadata:
-            lxattr.write_meta_fd(fd, LxMeta(mode, creds.fsuid, creds.fsgid, 0))
-
-    def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
-        if self.opts.metadata and _keeps_meta(mode):
-            path = fd_path(parent.fd).encode() + b"/" + name
-            lxattr.write_meta_path(path, LxMeta(mode, creds.fsuid, creds.fsgid, rdev))
-
     def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "device nodes on drvfs need the metadata mount option")
-        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent.fd))
+        super().make_device(parent, name, mode, rdev)
 
 
-def _keeps_meta(mode: int) -> bool:
-    return not (st.S_ISLNK(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode))
+def _host_bits(mode: int) -> int:
+    """The host file's bits on DrvFs: the Linux permission bits as they are."""
+    return mode & 0o777
+
+
+@contextmanager
+def _refused_as_eperm(s: os.stat_result):
+    """chmod/chown with `metadata`: EPERM where the host keeps no record
+    (symlinks, FIFOs, sockets) or refuses to write one (not its user's file)."""
+    if not xattr_capable(s.st_mode):
+        raise OSError(errno.EPERM, "no Linux metadata on host symlinks, FIFOs, sockets")
+    try:
+        yield
+    except OSError as e:
+        raise OSError(errno.EPERM, f"host refused the metadata: {e.strerror}") from None
 
 
 # -- mounting: [automount] of /etc/lx.conf ------------------------------------------

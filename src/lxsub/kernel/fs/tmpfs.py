@@ -45,10 +45,11 @@ from lxsub.abi.magic import TMPFS_MAGIC
 from lxsub.abi.sched import CLONE_NEWNS, CLONE_NEWUSER
 from lxsub.abi.sysno import SYS_FSCONFIG, SYS_FSMOUNT, SYS_FSOPEN
 from lxsub.kernel.fs import lxattr
-from lxsub.kernel.fs.hostfs import HostTree, fd_path
+from lxsub.kernel.fs.hostfs import fd_path
+from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, MemoryStore
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.fs.metatree import MetaTree
 from lxsub.kernel.vfs.node import Node
-from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -153,7 +154,7 @@ def host_tmpfs(options: dict[str, str]) -> int:
 
 # -- the file system -------------------------------------------------------------
 
-class TmpFs(HostTree):
+class TmpFs(MetaTree):
     fstype = "tmpfs"
     magic = TMPFS_MAGIC
 
@@ -176,10 +177,12 @@ class TmpFs(HostTree):
         self.host_root = os.readlink(fd_path(dirfd))
         s = os.fstat(dirfd)
         self.dev = s.st_dev
-        self._meta: dict[int, LxMeta] = {}
+        # All types, by inode; removals report every inode's end (MetaTree).
+        self.linux = LinuxMeta(MemoryStore())
         mode = int(view.get("mode", "1777"), 8) & 0o7777
-        self._meta[s.st_ino] = LxMeta(st.S_IFDIR | mode, int(view.get("uid", 0)),
-                                      int(view.get("gid", 0)))
+        self.linux.store.save(HostFile.of_fd(dirfd, s),
+                              LxMeta(st.S_IFDIR | mode, int(view.get("uid", 0)),
+                                     int(view.get("gid", 0))))
         self.options = _render_options(dirfd, host_opts, view)
 
     def unmounted(self) -> None:
@@ -199,22 +202,6 @@ class TmpFs(HostTree):
 
     def vpath(self, node: Node) -> str:
         return vpath_in_mount(self, node)
-
-    # -- the Linux view --------------------------------------------------------
-
-    def meta(self, s: os.stat_result) -> LxMeta:
-        found = self._meta.get(s.st_ino)
-        if found is not None and lxattr.host_type_for(found.mode) == st.S_IFMT(s.st_mode):
-            return found
-        return LxMeta(s.st_mode, 0, 0, 0)
-
-    def getattr(self, node: Node) -> LinuxStat:
-        s = self.fresh_stat(node)
-        m = self.meta(s)
-        out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
-        if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
-            out.size = 0
-        return out
 
     def statfs(self, node: Node):
         return os.statvfs(fd_path(node.fd))

@@ -27,156 +27,52 @@ import stat as st
 
 from lxsub.abi.fcntl import RENAME_NOREPLACE
 from lxsub.abi.magic import EXT4_SUPER_MAGIC as EXT4_MAGIC
-from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import _HOST_OPEN_FLAGS, HostFs, fd_path, renameat2
+from lxsub.kernel.fs.linuxmeta import (ByType, HostFile, LinuxMeta, MemoryStore, MetaStore,
+                                       XattrStore)
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.fs.metatree import MetaTree
 from lxsub.kernel.vfs.node import Node
-from lxsub.kernel.vfs.stat import LinuxStat
-from lxsub.platform import libc
 
-_META_CACHE_MAX = 65536
 # Creation flags, and O_NOFOLLOW, which a reopen through /proc/self/fd/N
 # (a symlink) must not carry.
 _NOT_REOPENED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _names = itertools.count()
 
 
-class VolFs(HostFs):
+class VolFs(MetaTree, HostFs):
     fstype = "lxfs"
     magic = EXT4_MAGIC
 
-    # -- the Linux view -----------------------------------------------------
-
-    def __init__(self, host_root: str) -> None:
+    def __init__(self, host_root: str, store: MetaStore | None = None) -> None:
         super().__init__(host_root)
-        # (dev, ino) -> (ctime, meta): any change of the attribute changes
-        # the host ctime, so an entry with the same ctime is still true.
-        self._meta_cache: dict[tuple[int, int], tuple[int, LxMeta]] = {}
+        # By default regular files, directories, device nodes: the attribute
+        # (cached by host ctime); sockets, FIFOs, symlinks: memory, by inode
+        # and birth time (see above).
+        self.linux = LinuxMeta(store or ByType(XattrStore(cache=True),
+                                               MemoryStore(check_birth=True)))
         self._staging = _open_staging(host_root)    # O_PATH dir, or None: in-place temp names
-        # (dev, ino) -> (birth time, meta) of sockets, FIFOs and symlinks (see above).
-        self._special: dict[tuple[int, int], tuple[int, LxMeta]] = {}
-
-    def meta(self, node: Node, host: os.stat_result | None = None) -> LxMeta:
-        s = host or node.host_st or os.stat(node.fd)
-        if not _keeps_meta(s.st_mode):
-            return self._special_meta(node.fd, b"", s)
-        key = (s.st_dev, s.st_ino)
-        cached = self._meta_cache.get(key)
-        if cached is not None and cached[0] == s.st_ctime_ns:
-            return cached[1]
-        found = lxattr.read_meta_fd(node.fd) or LxMeta(s.st_mode, 0, 0, 0)
-        if len(self._meta_cache) >= _META_CACHE_MAX:
-            self._meta_cache.clear()
-        self._meta_cache[key] = (s.st_ctime_ns, found)
-        return found
-
-    def getattr(self, node: Node) -> LinuxStat:
-        s = self.fresh_stat(node)
-        m = self.meta(node, s)
-        size = 0 if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode) else s.st_size
-        out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
-        out.size = size
-        return out
-
-    # -- changing it ------------------------------------------------------------
-
-    def _special_meta(self, dir_fd: int, name: bytes, s: os.stat_result) -> LxMeta:
-        found = self._special.get((s.st_dev, s.st_ino))
-        if found is not None and found[0] == libc.birth_time_ns(dir_fd, name):
-            return found[1]
-        mode = s.st_mode if not st.S_ISLNK(s.st_mode) else st.S_IFLNK | 0o777
-        return LxMeta(mode, 0, 0, 0)
-
-    def _set_special(self, dir_fd: int, name: bytes, meta: LxMeta) -> None:
-        s = os.stat(name, dir_fd=dir_fd, follow_symlinks=False) if name else os.stat(dir_fd)
-        key = (s.st_dev, s.st_ino)
-        if meta.uid == 0 and meta.gid == 0 and meta.mode == s.st_mode:
-            self._special.pop(key, None)          # what an unknown one shows anyway
-        else:
-            self._special[key] = (libc.birth_time_ns(dir_fd, name), meta)
-
-    def chmod(self, node: Node, mode: int) -> None:
-        m = self.meta(node, self.fresh_stat(node))
-        if st.S_ISLNK(m.mode):
-            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-        new = LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev)
-        host = lxattr.host_mode_for(new.mode)
-        os.chmod(fd_path(node.fd), host)
-        if _keeps_meta(m.mode):
-            self._write_meta(node, new)
-        else:
-            self._set_special(node.fd, b"", new)
-
-    def chown(self, node: Node, uid: int, gid: int) -> None:
-        m = self.meta(node, self.fresh_stat(node))
-        new = LxMeta(m.mode, m.uid if uid < 0 else uid, m.gid if gid < 0 else gid, m.rdev)
-        if _keeps_meta(m.mode):
-            self._write_meta(node, new)
-        else:
-            self._set_special(node.fd, b"", new)
-
-    def _write_meta(self, node: Node, meta: LxMeta) -> None:
-        # ctime has a clock tick's grain: two changes in one tick look alike,
-        # so a change of ours drops the cached copy outright.
-        s = node.host_st
-        if s is not None:
-            self._meta_cache.pop((s.st_dev, s.st_ino), None)
-        lxattr.write_meta_fd(node.fd, meta)
-
-    def host_mode(self, mode: int) -> int:
-        return lxattr.host_mode_for(mode)
-
-    def _new_meta(self, parent: Node, mode: int, rdev: int, creds) -> LxMeta:
-        pm = self.meta(parent)
-        gid = creds.fsgid
-        if pm.mode & st.S_ISGID:
-            gid = pm.gid               # BSD group semantics of setgid directories
-            if st.S_ISDIR(mode):
-                mode |= st.S_ISGID
-        return LxMeta(mode, creds.fsuid, gid, rdev)
-
-    def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
-        os.setxattr(fd, lxattr.XATTR_NAME, self._new_meta(parent, mode, 0, creds).pack())
-        self._forget_inode(os.fstat(fd))
-
-    def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
-        if not _keeps_meta(mode):
-            if not st.S_ISLNK(mode):      # the host file takes the Linux permissions as they are
-                os.chmod(name, lxattr.host_mode_for(mode), dir_fd=parent.fd, follow_symlinks=True)
-            self._set_special(parent.fd, name, self._new_meta(parent, mode, rdev, creds))
-            return
-        path = fd_path(parent.fd).encode() + b"/" + name
-        lxattr.write_meta_path(path, self._new_meta(parent, mode, rdev, creds), follow=False)
-        self._forget_inode(os.stat(path, follow_symlinks=False))
-
-    def _forget_inode(self, s: os.stat_result) -> None:
-        """A new file may reuse the inode number of one we had cached."""
-        self._meta_cache.pop((s.st_dev, s.st_ino), None)
-
-    def symlink(self, parent: Node, name: bytes, target: bytes, creds) -> None:
-        super().symlink(parent, name, target, creds)
-        self.after_create_name(parent, name, st.S_IFLNK | 0o777, 0, creds)
-
-    def unlink(self, parent: Node, name: bytes) -> None:
-        gone = None
-        if self._special:
-            try:
-                s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-                gone = (s.st_dev, s.st_ino) if s.st_nlink <= 1 else None
-            except OSError:
-                pass
-        super().unlink(parent, name)
-        if gone is not None:
-            self._special.pop(gone, None)
-
-    def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
-        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent.fd))
 
     # -- new objects, born with their metadata ------------------------------------
 
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
+        kind = st.S_IFMT(mode)
+        if kind in (st.S_IFIFO, st.S_IFSOCK):
+            super().mknod(parent, name, mode, rdev, creds)     # no attribute: nothing to wait for
+            return
+        if kind == 0:
+            mode |= st.S_IFREG
+        meta = self.new_meta(parent, mode, rdev, creds)
+
+        def make(where: int, tmp: bytes) -> None:
+            # Device nodes are regular files on the host (see lxattr.host_type_for).
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                             self.host_mode(meta.mode) if kind == st.S_IFREG else 0o600,
+                             dir_fd=where))
+        self._born(parent, name, meta, make)
+
     def create(self, parent: Node, name: bytes, flags: int, mode: int, creds) -> int:
-        meta = self._new_meta(parent, st.S_IFREG | mode, 0, creds)
+        meta = self.new_meta(parent, st.S_IFREG | mode, 0, creds)
         try:
             fd = os.open(fd_path(parent.fd), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
                          self.host_mode(meta.mode))
@@ -185,10 +81,10 @@ class VolFs(HostFs):
                 raise
             return self._create_staged(parent, name, flags, meta)   # no O_TMPFILE here
         try:
-            os.setxattr(fd, lxattr.XATTR_NAME, meta.pack())
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=parent.fd, follow_symlinks=True)
             born = os.fstat(fd)
-            self._forget_inode(born)
+            self.linux.store.reborn(born)
+            self.linux.store.save(HostFile.of_fd(fd, born), meta)
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=parent.fd, follow_symlinks=True)
         except BaseException:
             os.close(fd)
             raise
@@ -203,25 +99,9 @@ class VolFs(HostFs):
         return os.open(name, host_flags, dir_fd=parent.fd)
 
     def mkdir(self, parent: Node, name: bytes, mode: int, creds) -> None:
-        meta = self._new_meta(parent, st.S_IFDIR | mode, 0, creds)
+        meta = self.new_meta(parent, st.S_IFDIR | mode, 0, creds)
         self._born(parent, name, meta,
                    lambda where, tmp: os.mkdir(tmp, self.host_mode(meta.mode), dir_fd=where))
-
-    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
-        kind = st.S_IFMT(mode)
-        if kind in (st.S_IFIFO, st.S_IFSOCK):
-            super().mknod(parent, name, mode, rdev, creds)     # no attribute: nothing to wait for
-            return
-        if kind == 0:
-            mode |= st.S_IFREG
-        meta = self._new_meta(parent, mode, rdev if kind != st.S_IFREG else 0, creds)
-
-        def make(where: int, tmp: bytes) -> None:
-            # Device nodes are regular files on the host (see lxattr.host_type_for).
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
-                             self.host_mode(meta.mode) if kind == st.S_IFREG else 0o600,
-                             dir_fd=where))
-        self._born(parent, name, meta, make)
 
     def remove_staging(self) -> None:
         """At the instance's end: the staging directory goes (it is empty
@@ -239,14 +119,14 @@ class VolFs(HostFs):
         where = self._staging if self._staging is not None else parent.fd
         tmp = f".lxsub-new-{os.getpid()}-{next(_names)}".encode()
         make(where, tmp)
-        path = fd_path(where).encode() + b"/" + tmp
         try:
-            lxattr.write_meta_path(path, meta, follow=False)
+            f = HostFile.in_dir(where, tmp)
+            self.linux.store.reborn(f.st)
+            self.linux.store.save(f, meta)
             renameat2(where, tmp, parent.fd, name, RENAME_NOREPLACE)
         except BaseException:
             _remove_quietly(where, tmp)
             raise
-        self._forget_inode(os.stat(name, dir_fd=parent.fd, follow_symlinks=False))
 
 
 def _open_as_asked(tmp_fd: int, born: os.stat_result, parent: Node, name: bytes,
@@ -303,9 +183,3 @@ def _remove_quietly(dir_fd: int, name: bytes) -> None:
     except OSError:
         pass
 
-
-def _keeps_meta(mode: int) -> bool:
-    """Linux allows user.* attributes on regular files and directories only
-    (device nodes are regular files on the host): symlinks, FIFOs and sockets
-    keep their host mode and show as root's."""
-    return not (st.S_ISLNK(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode))

@@ -38,6 +38,10 @@ class FileSystem:
     # owner (kernel/exec/plan.py). Not on DrvFs: its owners are the host's,
     # which mean nothing inside (host root is not the instance's root).
     set_id_bits = True
+    # Whether chown() itself clears the set-id bits as chown(2) does, in the
+    # same metadata write (kernel/fs/linuxmeta.py); else the VFS follows it
+    # with a chmod.
+    chown_clears_set_id = False
     # A host door (kernel/doors.py) the walk checks before every lookup in
     # a directory of this file system (DrvFs); None: no door.
     door = None

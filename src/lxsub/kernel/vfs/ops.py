@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.fcntl import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, UTIME_NOW, UTIME_OMIT
 from lxsub.kernel import creds as caps
+from lxsub.kernel.fs import linuxmeta
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
 
@@ -186,10 +187,7 @@ def chmod(task: "Task", node: Node, mode: int) -> None:
     a = node.fs.getattr(node)
     if task.creds.fsuid != a.uid and not task.creds.capable(caps.CAP_FOWNER):
         raise _e(errno.EPERM)
-    mode &= 0o7777
-    if mode & st.S_ISGID and not task.creds.in_group(a.gid) and not task.creds.capable(caps.CAP_FSETID):
-        mode &= ~st.S_ISGID
-    node.fs.chmod(node, mode)
+    node.fs.chmod(node, linuxmeta.chmod_mode(mode, a.gid, task.creds))
 
 
 def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
@@ -203,13 +201,9 @@ def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
     if uid == -1 and gid == -1:
         return
     node.fs.chown(node, uid, gid)
-    if not st.S_ISDIR(a.mode) and a.mode & (st.S_ISUID | st.S_ISGID) and not st.S_ISLNK(a.mode):
-        # chown clears setuid (and group-executable setgid), as Linux does
-        keep = a.mode & 0o7777 & ~st.S_ISUID
-        if a.mode & st.S_IXGRP:
-            keep &= ~st.S_ISGID
-        if keep != a.mode & 0o7777:
-            node.fs.chmod(node, keep)
+    keep = linuxmeta.chown_mode(a.mode)
+    if keep != a.mode and not node.fs.chown_clears_set_id:
+        node.fs.chmod(node, keep & 0o7777)
 
 
 def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
