@@ -40,11 +40,9 @@ import stat as st
 import tempfile
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import RENAME_EXCHANGE
 from lxsub.abi.magic import TMPFS_MAGIC
 from lxsub.abi.sched import CLONE_NEWNS, CLONE_NEWUSER
 from lxsub.abi.sysno import SYS_FSCONFIG, SYS_FSMOUNT, SYS_FSOPEN
-from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import fd_path
 from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, MemoryStore
 from lxsub.kernel.fs.lxattr import LxMeta
@@ -205,83 +203,6 @@ class TmpFs(MetaTree):
 
     def statfs(self, node: Node):
         return os.statvfs(fd_path(node.fd))
-
-    def chmod(self, node: Node, mode: int) -> None:
-        s = self.fresh_stat(node)
-        m = self.meta(s)
-        if st.S_ISLNK(m.mode):
-            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-        new = LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev)
-        os.chmod(fd_path(node.fd), lxattr.host_mode_for(new.mode))
-        self._meta[s.st_ino] = new
-
-    def chown(self, node: Node, uid: int, gid: int) -> None:
-        s = self.fresh_stat(node)
-        m = self.meta(s)
-        self._meta[s.st_ino] = LxMeta(m.mode, m.uid if uid < 0 else uid,
-                                      m.gid if gid < 0 else gid, m.rdev)
-
-    # -- creating ------------------------------------------------------------------
-
-    def host_mode(self, mode: int) -> int:
-        return lxattr.host_mode_for(mode)
-
-    def _new_meta(self, parent: Node, mode: int, rdev: int, creds) -> LxMeta:
-        pm = self.meta(parent.host_st or os.stat(parent.fd))
-        gid = creds.fsgid
-        if pm.mode & st.S_ISGID:
-            gid = pm.gid
-            if st.S_ISDIR(mode):
-                mode |= st.S_ISGID
-        return LxMeta(mode, creds.fsuid, gid, rdev)
-
-    def after_create_fd(self, fd: int, parent: Node, mode: int, creds) -> None:
-        self._meta[os.fstat(fd).st_ino] = self._new_meta(parent, mode, 0, creds)
-
-    def after_create_name(self, parent: Node, name: bytes, mode: int, rdev: int, creds) -> None:
-        s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        self._meta[s.st_ino] = self._new_meta(parent, mode, rdev, creds)
-
-    def make_device(self, parent: Node, name: bytes, mode: int, rdev: int) -> None:
-        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent.fd))
-
-    def symlink(self, parent: Node, name: bytes, target: bytes, creds) -> None:
-        super().symlink(parent, name, target, creds)
-        self.after_create_name(parent, name, st.S_IFLNK | 0o777, 0, creds)
-
-    # -- removing: forget the Linux view of inodes that are gone -------------------
-
-    def _gone_after(self, parent: Node, name: bytes, op) -> None:
-        try:
-            s = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        except OSError:
-            s = None
-        op()
-        if s is not None and (s.st_nlink <= 1 or st.S_ISDIR(s.st_mode)):
-            self._meta.pop(s.st_ino, None)
-
-    def unlink(self, parent: Node, name: bytes) -> None:
-        self._gone_after(parent, name, lambda: super(TmpFs, self).unlink(parent, name))
-
-    def rmdir(self, parent: Node, name: bytes) -> None:
-        self._gone_after(parent, name, lambda: super(TmpFs, self).rmdir(parent, name))
-
-    def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        if flags & RENAME_EXCHANGE:      # both stay
-            return super().rename(oldp, old, newp, new, flags)
-        try:
-            src = os.stat(old, dir_fd=oldp.fd, follow_symlinks=False).st_ino
-        except OSError:
-            src = None
-        try:
-            victim = os.stat(new, dir_fd=newp.fd, follow_symlinks=False)
-        except OSError:
-            victim = None
-        super().rename(oldp, old, newp, new, flags)
-        if victim is not None and victim.st_ino != src and \
-                (victim.st_nlink <= 1 or st.S_ISDIR(victim.st_mode)):
-            self._meta.pop(victim.st_ino, None)
 
 
 def _render_options(dirfd: int, host: dict[str, str], view: dict[str, str]) -> str:
