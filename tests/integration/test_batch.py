@@ -194,6 +194,38 @@ def test_a_long_lx_home_and_a_long_xdg_runtime_dir_still_work(lx, busybox_tar):
         shutdown(lx, env)
 
 
+# A manager on its way out (idle, or lx --shutdown) still holds manager.lock
+# for a moment after its socket has gone.
+HOLD_MANAGER_LOCK = """
+import fcntl, os, sys, time
+from lxsub.manager import paths
+fd = os.open(paths.runtime_dir() / "manager.lock", os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_launch_meeting_an_exiting_manager_starts_the_next_one(lx, busybox_tar):
+    """The manager that `lx` starts gives up at once while the lock is held;
+    `lx` must try again when it is let go, not wait for a manager that
+    nobody starts."""
+    lx.import_distro("bb", busybox_tar)
+    env = batch_env(lx)
+    holder = subprocess.Popen(lx.user.wrap([lx.python, "-c", HOLD_MANAGER_LOCK, "2"]), env=env,
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        started = time.monotonic()
+        cp = run_job(lx, ["-d", "bb", "-e", "echo", "after"], env)
+        assert cp.returncode == 0 and cp.stdout == b"after\n", describe(cp)
+        assert time.monotonic() - started < 15
+    finally:
+        holder.kill()
+        holder.wait()
+        shutdown(lx, env)
+
+
 # -- job end -------------------------------------------------------------------------------------------
 
 # A command that outlives the polite end of a job: it ignores SIGTERM and
