@@ -89,7 +89,8 @@ def _start_time(pid: int) -> int | None:
 
 def lx_processes(lx_home: Path) -> tuple[list[int], list[int]]:
     """(managers, instances) of this LX_HOME: host processes with it in their
-    environment, the instance named by its comm (protocol.INSTANCE_NAME_PREFIX)."""
+    environment, the instance named by its comm (protocol.INSTANCE_NAME_PREFIX),
+    the manager by its command line (which its forks share)."""
     needle = b"LX_HOME=" + os.fsencode(lx_home)
     managers, instances = [], []
     for entry in os.listdir("/proc"):
@@ -102,8 +103,8 @@ def lx_processes(lx_home: Path) -> tuple[list[int], list[int]]:
         cmdline = _read(f"/proc/{entry}/cmdline", binary=True) or b""
         if comm.startswith("lx:"):
             instances.append(int(entry))
-        elif b"lxsub.manager.daemon" in cmdline:
-            managers.append(int(entry))
+        elif b"lxsub.manager.daemon" in cmdline and not comm.startswith("lx-"):
+            managers.append(int(entry))       # (an instance's helpers are named lx-...)
     return managers, instances
 
 
