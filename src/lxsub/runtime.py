@@ -13,7 +13,8 @@ LX_HOME, keyed by the uid and a digest of the resolved LX_HOME:
    batch job often inherits the login node's value, naming a directory
    that does not exist on the compute node: then it is passed over.
 2. `$TMPDIR/lxsub-<uid>/<digest>`, then `/tmp/lxsub-<uid>/<digest>`: a
-   private directory made on first use (as tmux's `/tmp/tmux-<uid>`).
+   private directory made on first use (as tmux's `/tmp/tmux-<uid>`); a
+   TMPDIR that others may write in without the sticky bit is passed over.
    Schedulers that give each job its own TMPDIR (or a private /tmp) so
    give each job its own manager. Not /run/user/<uid>: systemd-logind
    removes it at the user's last logout, pulling the sockets from under a
@@ -68,12 +69,24 @@ def _xdg_runtime_dir() -> Path | None:
 
 
 def _tmp_bases() -> list[Path]:
-    """$TMPDIR (if it names a directory) and /tmp, in that order, without duplicates."""
+    """$TMPDIR and /tmp, in that order, where they are safe bases."""
     bases = []
     for base in (os.environ.get("TMPDIR", ""), "/tmp"):
-        if base.startswith("/") and os.path.isdir(base) and Path(base) not in bases:
+        if base.startswith("/") and _safe_base(base) and Path(base) not in bases:
             bases.append(Path(base))
     return bases
+
+
+def _safe_base(base: str) -> bool:
+    """A directory where nobody else can rename our directory away and put
+    theirs in its place between our check and our use: not writable by
+    others, or sticky as /tmp is (unlink(2), rename(2): EPERM in a sticky
+    directory for a file the caller does not own)."""
+    try:
+        s = os.stat(base)
+    except OSError:
+        return False
+    return stat.S_ISDIR(s.st_mode) and (not s.st_mode & 0o022 or bool(s.st_mode & stat.S_ISVTX))
 
 
 def candidates() -> list[Path]:

@@ -40,6 +40,16 @@ def test_a_private_xdg_runtime_dir_is_used(env):
     assert d.parent == env / "xdg" and d.name.startswith("lxsub-") and _mode(d) == 0o700
 
 
+def test_a_tmpdir_others_may_write_in_without_the_sticky_bit_is_passed_over(env, monkeypatch):
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    os.chmod(env / "tmp", 0o777)       # anyone could rename our directory away
+    in_tmp = runtime.runtime_dir()
+    os.rmdir(in_tmp)
+    assert in_tmp.parent == Path(f"/tmp/lxsub-{os.getuid()}")
+    os.chmod(env / "tmp", 0o1777)      # sticky, as /tmp: safe
+    assert runtime.runtime_dir().parent == env / "tmp" / f"lxsub-{os.getuid()}"
+
+
 @pytest.mark.parametrize("problem", ["missing", "relative", "others-may-write"])
 def test_an_unusable_xdg_runtime_dir_is_passed_over_for_tmpdir(env, monkeypatch, problem):
     if problem == "missing":         # a login node's value in a batch job
