@@ -19,6 +19,7 @@ EXIT_OSFILE = 72         # a host facility lx needs is missing (FUSE for --mount
 EXIT_CANTCREAT = 73      # target exists or cannot be written
 EXIT_IOERR = 74          # an input/output error no check foresaw (disk full...)
 EXIT_TEMPFAIL = 75       # busy: another change to the distro is in progress
+EXIT_NOPERM = 77         # a directory lx must trust is not private (runtime.py)
 EXIT_CANNOT_EXEC = 126   # found but not executable (ENOEXEC, EACCES)
 EXIT_NOT_FOUND = 127     # command not found in the distro
 

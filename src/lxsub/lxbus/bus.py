@@ -2,7 +2,7 @@
 
 A distro's bus is a private directory (mode 0700, its host user's):
 `<runtime dir>/bus/<digest of the distro name>/` under the manager's
-runtime directory (see manager/paths.py). A *server port* is a listening
+runtime directory (see lxsub/runtime.py). A *server port* is a listening
 Unix SOCK_SEQPACKET socket in it, its file named by a digest of the port
 name; a *message port* is one end of a connection to it. SEQPACKET keeps
 message boundaries, and SCM_RIGHTS carries descriptors, natively on both
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from lxsub.manager import paths
+from lxsub import runtime
 
 NAME_MAX = 63            # bytes of a port name (the C struct holds 64 with the NUL)
 BACKLOG = 64
@@ -46,10 +46,10 @@ def check_name(name: bytes) -> None:
 
 def bus_dir(distro: str) -> Path:
     """The distro's private bus directory (created, mode 0700, must be ours)."""
-    bus = paths._private_dir(paths.runtime_dir() / "bus")
-    # Short digests: the socket paths must fit in sockaddr_un (manager/paths.py
+    bus = runtime.bus_root()
+    # Short digests: the socket paths must fit in sockaddr_un (lxsub/runtime.py
     # guarantees 39 bytes below the runtime directory; this takes 35).
-    return paths._private_dir(bus / hashlib.sha256(distro.encode()).hexdigest()[:12])
+    return runtime.private_dir(bus / hashlib.sha256(distro.encode()).hexdigest()[:12])
 
 
 def port_path(bus: Path, name: bytes) -> str:

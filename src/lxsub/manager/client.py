@@ -6,12 +6,14 @@ the kernel, so starting a command costs a connection, not a provider.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import lxsub
 from lxsub.errors import EXIT_OSFILE, EXIT_SOFTWARE, EXIT_UNAVAILABLE, LxError
@@ -27,31 +29,67 @@ class ManagerGone(LxError):
 
 def connect(start: bool = True) -> socket.socket | None:
     """A connection to the manager; started first when it is not running
-    (None when it is not running and start is False)."""
+    (None when it is not running and start is False).
+
+    Many `lx` may find no manager at the same moment (a job array's tasks
+    starting together): they queue on an flock of the runtime directory's
+    start.lock, and whoever holds it looks again and, only if no manager
+    answers still, starts one and waits until it listens. So one manager
+    is started, and nobody decides by whether a socket file exists (a
+    killed manager's file stays behind; the lock dies with its holder)."""
     path = str(paths.manager_socket())
+    sock = _connect(path)
+    if sock is not None or not start:
+        return sock
     deadline = time.monotonic() + START_TIMEOUT
-    started = False
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.connect(path)
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-        if not start:
-            return None
-        if time.monotonic() > deadline:
-            raise LxError(f"the lx manager did not start (see {paths.runtime_dir()} and "
-                          "$LX_HOME/manager.log)", EXIT_UNAVAILABLE)
-        if not started:
-            _start_manager()
-            started = True
-        else:
-            time.sleep(0.02)   # another manager holds the lock and is getting ready
+    with _start_lock(deadline):
+        while True:
+            sock = _connect(path)
+            if sock is not None:
+                return sock
+            if time.monotonic() > deadline:
+                raise LxError(f"the lx manager did not start (see {paths.runtime_dir()} and "
+                              "$LX_HOME/manager.log)", EXIT_UNAVAILABLE)
+            if not _start_manager():
+                time.sleep(0.05)   # a manager that is exiting still holds its lock
 
 
-def _start_manager() -> None:
-    """Start the manager detached from us; return once it listens (or has exited)."""
+def _connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+        return sock
+    except (FileNotFoundError, ConnectionRefusedError):
+        # No file, or a file no socket listens on (its manager was killed).
+        sock.close()
+        return None
+
+
+@contextmanager
+def _start_lock(deadline: float) -> Iterator[None]:
+    """The right to start the manager (flock(2) on start.lock, released when
+    we are done or die). Polled, so that a holder that hangs (stopped) costs
+    the others an error at the deadline, not a hang."""
+    fd = os.open(paths.start_lock(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LxError(f"another lx has been starting the manager for {START_TIMEOUT:g} s "
+                                  f"and holds {paths.start_lock()}; see $LX_HOME/manager.log",
+                                  EXIT_UNAVAILABLE) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _start_manager() -> bool:
+    """Start the manager detached from us; True once it listens, False if it
+    exited at once because another manager holds the manager lock."""
     python = manager_interpreter()
     ready_r, ready_w = os.pipe()
     try:
@@ -65,14 +103,16 @@ def _start_manager() -> None:
         is_ready = ready.read(1) == b"1"
     if is_ready:
         proc.stderr.close()
-        return
-    # It exited without getting ready: another manager won the lock (fine), or it failed.
+        return True
+    # It exited without getting ready: another manager has the lock (one
+    # that is exiting: the caller tries again), or it failed.
     err = proc.stderr.read().decode(errors="replace").strip()
     proc.stderr.close()
     code = proc.wait()
     if code != 0:
         raise LxError(err.splitlines()[-1].removeprefix("lx: ") if err else
                       f"the lx manager failed to start (exit status {code})", code or EXIT_SOFTWARE)
+    return False
 
 
 def manager_interpreter() -> str:

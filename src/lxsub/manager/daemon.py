@@ -379,7 +379,7 @@ def _unlink(path) -> None:
 
 def _take_lock() -> int | None:
     """The manager's lock: held for its whole life, so only one runs per LX_HOME."""
-    fd = os.open(paths.runtime_dir() / "manager.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(paths.manager_lock(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

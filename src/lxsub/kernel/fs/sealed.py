@@ -9,7 +9,7 @@ root included:
 
 - `$LX_HOME` (registry, distros, logs, locks);
 - the runtime directories (manager and instance sockets), every place
-  manager/paths.py may put them;
+  lxsub/runtime.py may put them;
 - every registered distro's root file system (an imported one may live
   outside `$LX_HOME`), the one being built, and this instance's own;
 - the scratch directories of running instances (pseudo files, tmpfs
@@ -55,11 +55,11 @@ def _blank_dir() -> int:
 
 def storage_paths(inst: "Instance") -> set[str]:
     """Host directories of lxsub's own storage (see the module's doc)."""
-    from lxsub.manager.paths import runtime_dir_candidates
+    from lxsub.runtime import storage_dirs
     from lxsub.state import Registry, lx_home
     home = lx_home()
-    paths = {str(home), inst.rootfs, f"/tmp/lxsub-{os.getuid()}"}
-    paths.update(str(d) for d in runtime_dir_candidates())
+    paths = {str(home), inst.rootfs}
+    paths.update(str(d) for d in storage_dirs())
     names = {inst.name}
     try:
         for distro in Registry(home).list():
