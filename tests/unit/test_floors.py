@@ -39,5 +39,4 @@ def test_session_and_lxbus_do_not_import_the_manager():
     loaded = _loaded_after("import lxsub.kernel.session, lxsub.lxbus.ports")
     assert "lxsub.wire" in loaded
     upward = [m for m in loaded if m.startswith(("lxsub.manager", "lxsub.cli"))]
-    # manager.paths (runtime paths) is being moved to a bottom floor by another branch.
-    assert upward in ([], ["lxsub.manager", "lxsub.manager.paths"]), upward
+    assert upward == [], upward

@@ -86,7 +86,7 @@ def instance_running(distro: str) -> bool:
     """Whether the distro's instance runs: it listens on its socket for its
     whole life (manager/daemon.py), so the socket table says, without
     asking the manager (lxbus sits below it)."""
-    return listening(str(paths.instance_socket(distro)))
+    return listening(str(runtime.instance_socket(distro)))
 
 
 def peer_uid(sock: socket.socket) -> int:
