@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -19,9 +20,21 @@ from lxsub.kernel.task import FsContext, PidSpace, Process, Task
 def sleeper():
     """A real host process leading its own session and process group."""
     p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    _wait_asleep(p.pid)      # its fault counters and times stop moving once it sleeps
     yield p
     p.kill()
     p.wait()
+
+
+def _wait_asleep(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            comm, _, rest = f.read().rpartition(")")
+        if comm.endswith("(sleep") and rest.split()[0] == "S":
+            return
+        assert time.monotonic() < deadline, "sleep never went to sleep"
+        time.sleep(0.01)
 
 
 def _host_stat(pid: int) -> list[str]:
