@@ -19,7 +19,7 @@ from typing import Callable
 
 from lxsub import LINUX_RELEASE
 from lxsub.config import AutomountSection, DistroConfig
-from lxsub.kernel import dispatch, table
+from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.devfs import PtyOwners
@@ -235,6 +235,7 @@ class Instance:
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
                     seccomp_filters=parent.seccomp_filters)
+        keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
         self.pids.add_task(task)
         return task
 
@@ -268,6 +269,7 @@ class Instance:
             secure = task.creds.after_exec(None, None)
         else:
             secure = task.creds.after_exec(plan.set_uid, plan.set_gid)
+        keys.service(self).exec_creds(task.creds)
         c = task.creds
         # begin_new_exec: dumpable again unless the ids differ (suid_dumpable 0).
         task.process.dumpable = int(c.euid == c.ruid and c.egid == c.rgid)

@@ -19,6 +19,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
+from lxsub.kernel import keys
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.node import Node
@@ -42,7 +43,7 @@ _SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid",
                     "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
                     "randomize_va_space", "sched_child_runs_first", "pty/max", "pty/nr",
                     "random/entropy_avail", "random/poolsize", "random/write_wakeup_threshold",
-                    "random/urandom_min_reseed_secs", "keys/maxkeys", "keys/maxbytes")
+                    "random/urandom_min_reseed_secs")
 _SYS_FS = ("file-max", "file-nr", "nr_open", "pipe-max-size", "pipe-user-pages-hard",
            "pipe-user-pages-soft", "aio-max-nr", "aio-nr", "dentry-state", "inode-nr",
            "inode-state", "overflowuid", "overflowgid", "lease-break-time", "leases-enable",
@@ -127,6 +128,8 @@ class ProcFs(PseudoFs):
             except OSError:
                 continue
         static.add(self._sys_tree())
+        for entry in keys.proc_entries(self.inst):
+            static.add(entry)
         return static
 
     def _sys_tree(self) -> StaticDir:
@@ -149,6 +152,7 @@ class ProcFs(PseudoFs):
         kernel.add(File("/sys/kernel/version", lambda t: os.uname().version.encode() + b"\n"))
         kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
         kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode()))
+        kernel.add(keys.sysctl_dir(inst))
         random = kernel.add(StaticDir("/sys/kernel/random"))
         random.add(File("/sys/kernel/random/boot_id", lambda t: self.boot_id.encode() + b"\n"))
         random.add(File("/sys/kernel/random/uuid", lambda t: str(uuid.uuid4()).encode() + b"\n"))
