@@ -197,9 +197,13 @@ class Instance:
             if r.rax == child:
                 r.rax = vid
                 ptrace.set_regs(ptid, r)
-                if flags & CLONE_PARENT_SETTID:
-                    self._poke_tid(ptid, r.rdx, vid)
 
+        if flags & CLONE_PARENT_SETTID:
+            # Now, while both are stopped: a thread that runs first may exit
+            # and clear this same word (glibc's pd->tid, CLONE_CHILD_CLEARTID)
+            # before its parent's syscall exit; writing it then would leave
+            # pthread_join waiting for a thread that is gone.
+            self._poke_tid(tid, regs.rdx, vid)
         settid = regs.r10 if flags & CLONE_CHILD_SETTID else 0
         self.engine.exit_hooks[tid] = fix_parent
         self.engine.resume(tid)
