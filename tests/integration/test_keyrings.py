@@ -3,7 +3,8 @@ tests/fixtures/programs/keyrings.c, built static on the host and run as root
 in BusyBox. It joins a named session keyring, adds keys, forks and execs
 itself (the session keyring is inherited and kept, the thread keyring not),
 reads keys as another user with and without possessing them, fills a
-non-root user's byte quota to EDQUOT and finds its key in /proc/keys.
+non-root user's byte quota to EDQUOT, lowers maxkeys through
+/proc/sys/kernel/keys and finds its key in /proc/keys.
 Before keyrings were implemented every call answered ENOSYS."""
 
 from __future__ import annotations
@@ -57,10 +58,18 @@ def test_permissions_of_another_user(out):
     assert out["other read"] == str(-errno.EACCES), out
     assert out["other describe"] == str(-errno.EACCES), out
     assert out["other shared"] == "open", out
+    assert out["other sysctl"] == str(-errno.EACCES), out
 
 
 def test_byte_quota_and_proc_keys(out):
     # 20000 bytes: the thread keyring (_tid: 4 + 1 + 16) and 19 keys of
     # 3 + 1 + 1000 bytes fit, the 20th is EDQUOT.
-    assert out["quota keys"] == f"19,{-errno.EDQUOT}", out
+    assert out["quota bytes"] == f"19,{-errno.EDQUOT}", out
     assert out["proc keys"] == "1", out
+
+
+def test_key_count_quota_from_proc_sys(out):
+    # root may write /proc/sys/kernel/keys/maxkeys; with 5, the thread
+    # keyring and 4 keys fit (key_alloc: qnkeys + 1 > maxkeys is EDQUOT).
+    assert out["sysctl access"] == "0", out
+    assert out["quota keys"] == f"4,{-errno.EDQUOT}", out
