@@ -159,6 +159,9 @@ def test_revoke_expire_negative_errors(svc, live):
     r = svc.add_key(root, "keyring", "rev", b"", KEY_SPEC_THREAD_KEYRING)
     svc.revoke(svc.keys[r])
     assert _errno(svc.read, root, r) == errno.EKEYREVOKED
+    # Revoked reads as expired in /proc/keys, yet a search names the revocation.
+    assert _errno(svc.request_key, root, "keyring", "rev", None, 0) == errno.EKEYREVOKED
+    assert f"{r:08x} IR-Q---     1 expd " in svc.proc_keys(root).decode()
     e = svc.add_key(root, "user", "exp", b"x", KEY_SPEC_THREAD_KEYRING)
     svc.keys[e].expiry = 1.0
     assert _errno(svc.read, root, e) == errno.EKEYEXPIRED

@@ -335,8 +335,9 @@ class KeyService:
         self._garbage = True
 
     def revoke(self, key: Key) -> None:
-        """key_revoke(): the payload goes (user_revoke, keyring_revoke) and the
-        collector may take the key gc_delay seconds from now."""
+        """key_revoke(): the payload goes (user_revoke, keyring_revoke); the key
+        counts as expired from now on (/proc/keys "expd") and keyrings let go
+        of it gc_delay seconds later."""
         if key.revoked:
             return
         key.revoked = True
@@ -345,7 +346,9 @@ class KeyService:
             key.links.clear()
         elif key.type.max_payload:
             self.reserve(key, 0)
-        key.expiry = time.time() + self.quotas.gc_delay
+        now = time.time()
+        if key.expiry is None or key.expiry > now:
+            key.expiry = now
         self._garbage = True
 
     def invalidate(self, key: Key) -> None:
@@ -368,6 +371,8 @@ class KeyService:
     def collect(self) -> None:
         """Drop every key nothing reaches, and links to dead keys; give back their quota."""
         self._garbage = False
+        # key_is_dead(): invalidated, or expired or revoked gc_delay ago.
+        limit = time.time() - self.quotas.gc_delay
         live: set[int] = set()
         stack = list(self._roots())
         while stack:
@@ -377,7 +382,7 @@ class KeyService:
             live.add(id(key))
             if key.is_keyring:
                 for index, k in list(key.links.items()):
-                    if k.invalidated or k.dead:
+                    if k.invalidated or k.dead or (k.expiry is not None and k.expiry <= limit):
                         del key.links[index]       # keyring_gc: dead links go
                     else:
                         stack.append(k)
@@ -552,8 +557,9 @@ class KeyService:
                     skipped.append(errno.EACCES)
                 continue
             if check_state:
-                error = (errno.EKEYEXPIRED if key.invalidated or key.expired(now)
-                         else errno.EKEYREVOKED if key.revoked else key.reject_error)
+                # keyring_search_iterator: revoked or invalidated, then expired.
+                error = (errno.EKEYREVOKED if key.invalidated or key.revoked
+                         else errno.EKEYEXPIRED if key.expired(now) else key.reject_error)
                 if error:
                     if skipped is not None:
                         skipped.append(error)
