@@ -896,7 +896,7 @@ _SYSCTLS = ("gc_delay", "maxbytes", "maxkeys", "persistent_keyring_expiry",
 def proc_entries(inst: "Instance") -> list:
     """/proc/keys and /proc/key-users."""
     from lxsub.kernel.vfs.pseudo import File
-    return [File("/keys", lambda t: service(inst).proc_keys(t.creds)),
+    return [File("/keys", lambda t: service(inst).proc_keys(t.creds if t is not None else Creds())),
             File("/key-users", lambda t: service(inst).proc_key_users())]
 
 
