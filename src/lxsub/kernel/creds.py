@@ -45,6 +45,13 @@ class Creds:
     cap_permitted: int = ALL_CAPS
     cap_inheritable: int = 0
     keep_caps: bool = False      # prctl(2) PR_SET_KEEPCAPS; cleared by execve
+    # keyrings(7): the thread, process and session keyrings and the
+    # request_key(2) default destination, as Linux keeps them in struct cred
+    # (kernel/keys.py: clone_creds, exec_creds).
+    thread_keyring: object = None
+    process_keyring: object = None
+    session_keyring: object = None
+    reqkey_default: int = 0
 
     @classmethod
     def for_user(cls, uid: int, gid: int, groups: tuple[int, ...] = ()) -> "Creds":

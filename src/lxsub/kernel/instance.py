@@ -24,7 +24,7 @@ from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_P
                               CLONE_VM)
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.config import AutomountSection, DistroConfig
-from lxsub.kernel import dispatch, table
+from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.devfs import PtyOwners
@@ -193,9 +193,13 @@ class Instance:
             if r.rax == child:
                 r.rax = vid
                 ptrace.set_regs(ptid, r)
-                if flags & CLONE_PARENT_SETTID:
-                    self._poke_tid(ptid, r.rdx, vid)
 
+        if flags & CLONE_PARENT_SETTID:
+            # Now, while both are stopped: a thread that runs first may exit
+            # and clear this same word (glibc's pd->tid, CLONE_CHILD_CLEARTID)
+            # before its parent's syscall exit; writing it then would leave
+            # pthread_join waiting for a thread that is gone.
+            self._poke_tid(tid, regs.rdx, vid)
         settid = regs.r10 if flags & CLONE_CHILD_SETTID else 0
         self.engine.exit_hooks[tid] = fix_parent
         self.engine.resume(tid)
@@ -231,6 +235,7 @@ class Instance:
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
                     seccomp_filters=parent.seccomp_filters)
+        keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
         self.pids.add_task(task)
         return task
 
@@ -264,6 +269,7 @@ class Instance:
             secure = task.creds.after_exec(None, None)
         else:
             secure = task.creds.after_exec(plan.set_uid, plan.set_gid)
+        keys.service(self).exec_creds(task.creds)
         c = task.creds
         # begin_new_exec: dumpable again unless the ids differ (suid_dumpable 0).
         task.process.dumpable = int(c.euid == c.ruid and c.egid == c.rgid)

@@ -20,7 +20,7 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
                               CLONE_NEWUTS, CLONE_UNTRACED)
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, mount, net, process, sched, signal,
+from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, keys, mount, net, process, sched, signal,
                                    stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -314,6 +314,14 @@ ROWS: list[Syscall] = [
     denied("perf_event_open", errno.EACCES), denied("fanotify_init"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
     unimplemented("inotify_add_watch", "paths not yet resolved by the provider"),
+    # -- the key retention service (keyrings(7)), the instance's own
+    notify("add_key", keys.sys_add_key, "types user, logon, keyring, big_key; others ENODEV"),
+    notify("request_key", keys.sys_request_key, "no /sbin/request-key upcall: a key not found "
+           "is ENOKEY (with callout info a negative key is left for 60 s, as when the upcall "
+           "fails)", PARTIAL),
+    notify("keyctl", keys.sys_keyctl, "instantiation by an upcall's authority (EPERM), "
+           "DH/public-key operations, RESTRICT_KEYRING and WATCH_KEY (EOPNOTSUPP) aside",
+           PARTIAL),
 ]
 
 BY_NR: dict[int, Syscall] = {}

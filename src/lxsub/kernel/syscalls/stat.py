@@ -121,7 +121,10 @@ def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
             creds.fsuid, creds.fsgid = creds.ruid, creds.rgid
             if creds.ruid != 0:
                 creds.cap_effective = 0
-        if mode & os.W_OK and getattr(node.fs, "read_only", False):
+        # A pseudo file system refuses writes but to files that take them
+        # (sysctls, oom_score_adj): those answer by their mode, as in Linux.
+        if mode & os.W_OK and getattr(node.fs, "read_only", False) \
+                and getattr(node.obj, "write", None) is None:
             raise OSError(errno.EROFS, "read-only file system")
         want = (perm.MAY_READ if mode & os.R_OK else 0) | (perm.MAY_WRITE if mode & os.W_OK else 0) \
             | (perm.MAY_EXEC if mode & os.X_OK else 0)

@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from lxsub.abi.magic import PROC_SUPER_MAGIC
+from lxsub.kernel import keys
 from lxsub.kernel.fs.procfs.sys import SysTree
 from lxsub.kernel.fs.procfs.task import InitDir, ProcessDir, process_of_dir
 from lxsub.kernel.fs.procfs.task_files import FdLink, MountFiles
@@ -74,6 +75,8 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
             except OSError:
                 continue
         static.add(self._sys_tree())
+        for entry in keys.proc_entries(self.inst):
+            static.add(entry)
         return static
 
     def process_dir(self, proc: "Process", thread: "Task | None" = None,

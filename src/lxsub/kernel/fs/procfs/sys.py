@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 
+from lxsub.kernel import keys
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
 
@@ -16,7 +17,7 @@ _SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid",
                     "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
                     "randomize_va_space", "sched_child_runs_first", "pty/max", "pty/nr",
                     "random/entropy_avail", "random/poolsize", "random/write_wakeup_threshold",
-                    "random/urandom_min_reseed_secs", "keys/maxkeys", "keys/maxbytes")
+                    "random/urandom_min_reseed_secs")
 _SYS_FS = ("file-max", "file-nr", "nr_open", "pipe-max-size", "pipe-user-pages-hard",
            "pipe-user-pages-soft", "aio-max-nr", "aio-nr", "dentry-state", "inode-nr",
            "inode-state", "overflowuid", "overflowgid", "lease-break-time", "leases-enable",
@@ -47,6 +48,7 @@ class SysTree:
         kernel.add(File("/sys/kernel/version", lambda t: os.uname().version.encode() + b"\n"))
         kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
         kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode()))
+        kernel.add(keys.sysctl_dir(inst))
         random = kernel.add(StaticDir("/sys/kernel/random"))
         random.add(File("/sys/kernel/random/boot_id", lambda t: self.boot_id.encode() + b"\n"))
         random.add(File("/sys/kernel/random/uuid", lambda t: str(uuid.uuid4()).encode() + b"\n"))
