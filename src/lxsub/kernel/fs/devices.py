@@ -22,6 +22,7 @@ _CHAR = {
     (5, 2): "/dev/ptmx",
 }
 PTS_MAJORS = range(136, 144)
+TTY_RDEV = os.makedev(5, 0)
 PTMX_RDEV = os.makedev(5, 2)
 
 # /dev/lxbus (docs/LXBUS.md): a misc device (major 10) with no host device
@@ -58,9 +59,32 @@ def host_path_of(kind: int, rdev: int) -> str | None:
     return _CHAR.get((major, minor))
 
 
-def open_device(kind: int, rdev: int, flags: int) -> int:
+def controlling_tty_path(host_pid: int) -> str:
+    """The host path of a task's controlling terminal, what /dev/tty opens
+    for it (drivers/tty/tty_io.c tty_open_current_tty: ENXIO without one).
+    A task is a host process in a host session of its own, so its terminal
+    is tty_nr in its /proc/PID/stat (proc(5)); the provider's own /dev/tty
+    is not the task's. Only the ptys the instance has are reachable."""
+    try:
+        with open(f"/proc/{host_pid}/stat", "rb") as f:
+            tail = f.read().rpartition(b")")[2].split()
+        tty_nr = int(tail[4])            # fields 3..: state ppid pgrp session tty_nr
+    except (OSError, IndexError, ValueError):
+        raise OSError(errno.ENXIO, "no controlling terminal") from None
+    if tty_nr == 0 or os.major(tty_nr) not in PTS_MAJORS:
+        raise OSError(errno.ENXIO, "no controlling terminal")
+    return host_path_of(st.S_IFCHR, tty_nr)
+
+
+def open_device(kind: int, rdev: int, flags: int, host_pid: int | None = None) -> int:
+    """Open the host device behind a device node for a task (host_pid: the
+    opener's host process, for /dev/tty)."""
     if kind == st.S_IFCHR and rdev == LXBUS_RDEV:
         return os.open(f"/proc/self/fd/{_lxbus_object()}", os.O_RDONLY | os.O_CLOEXEC)
+    if kind == st.S_IFCHR and rdev == TTY_RDEV and host_pid is not None:
+        path = controlling_tty_path(host_pid)
+        keep = os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND
+        return os.open(path, (flags & keep) | os.O_NOCTTY | os.O_CLOEXEC)
     path = host_path_of(kind, rdev)
     if path is None:
         raise OSError(errno.ENXIO, "no such device")

@@ -103,7 +103,7 @@ def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = No
     if perm.needs_checks(task.creds):
         perm.check(task.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
-        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags)
+        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags, task.host_pid)
         if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode) and inst is not None:
             inst.ptys.opened_master(fd, task.creds.fsuid)
         return fd
