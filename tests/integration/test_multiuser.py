@@ -6,6 +6,7 @@ apt-get from the fixture's mirror where it is reachable), as root and as an unpr
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -324,6 +325,30 @@ def test_a_new_pty_is_the_openers_and_its_owner_and_root_may_change_it(alive):
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("user", [USER, "root"])
+def test_vim_opens_a_file_with_no_error_and_no_prompt(multi, user):
+    """vim on a terminal opens a file straight to its text (timer_create's
+    EINVAL made it say 'E1286: Could not set timeout' and wait for ENTER),
+    edits it and writes it."""
+    pexpect = pytest.importorskip("pexpect")
+    cp = as_user(multi, "d=$(mktemp -d) && printf 'alpha\\nbeta\\n' > $d/f.txt && echo $d/f.txt", user=user)
+    assert cp.returncode == 0, describe(cp)
+    path = text(cp).strip()
+    child = _spawn(multi, user, f"vim.tiny {path}", pexpect)
+    try:
+        child.expect(f'"{re.escape(path)}" (2 lines, 11 bytes|2L, 11B)')   # its message line, then the text
+        child.expect("beta")
+        shown = child.before
+        child.send("Gogamma\x1b:wq\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert not re.search(r"E\d+:|Press ENTER|Error", shown), shown
+    cp = as_user(multi, f"cat {path}", user=user)
+    assert text(cp) == "alpha\nbeta\ngamma\n", describe(cp)
 
 
 # -- 6. one file, one identity -----------------------------------------------------------------
