@@ -383,6 +383,31 @@ def test_stat_and_fstat_of_one_file_agree_and_install_copies_dev_null(multi):
     assert cp.returncode == 0 and text(cp) == "user 644 0\n", describe(cp)
 
 
+def test_a_device_node_made_by_mknod_is_one_file_for_stat_and_fstat(multi):
+    """Character devices made by root with mknod on the distro's tree and on
+    a tmpfs: stat, fstat, stat of /proc/self/fd/N and fstat of O_PATH agree
+    on (st_dev, st_ino, st_mode, st_rdev), the node's (fstat gave /dev's
+    node); /proc/self/fd/N names it and fchmod changes it; it is the device
+    (a read of zero gives zeros, null takes a write)."""
+    probe = SAME_FILE + textwrap.dedent("""\
+        for p in sys.argv[1:3]:           # the made ones (not /dev/null: the others' too)
+            fd = os.open(p, os.O_RDWR)
+            os.fchmod(fd, 0o600)
+            print(p, os.readlink(f"/proc/self/fd/{fd}"), oct(os.stat(p).st_mode), os.write(fd, b"xy"),
+                  os.read(fd, 3))
+        """)
+    cp = multi.lx(["-u", "root", "--", "d=$(mktemp -d) && mknod $d/zero c 1 5 && mknod /dev/shm/null-$$ c 1 3 && "
+                   "python3 - $d/zero /dev/shm/null-$$ /dev/null && rm /dev/shm/null-$$ && echo d=$d"],
+                  input=probe.encode())
+    assert cp.returncode == 0, describe(cp)
+    out = text(cp).splitlines()
+    d = out[-1].partition("=")[2]
+    null = [line.split()[0] for line in out if line.startswith("/dev/shm/null-")][0]
+    assert out[:-1] == [f"{d}/zero same", f"{null} same", "/dev/null same",
+                        f"{d}/zero {d}/zero 0o20600 2 b'\\x00\\x00\\x00'",
+                        f"{null} {null} 0o20600 2 b''"], describe(cp)
+
+
 # -- 8. virtual ids inside structures ------------------------------------------------------
 
 def test_ids_inside_structures_are_the_instances(multi):

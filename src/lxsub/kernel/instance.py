@@ -23,6 +23,7 @@ from lxsub.kernel import dispatch, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.devfs import PtyOwners
+from lxsub.kernel.fs.devices import OpenedDevices
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
@@ -95,6 +96,7 @@ class Instance:
         # A session's leading process getting Ctrl-Z: its client suspends too.
         self.stop_watchers: dict[Process, Callable[[int], None]] = {}
         self.ptys = PtyOwners()          # the Linux owners of the ptys (devpts)
+        self.opened_devices = OpenedDevices()   # devices opened through a mknod'd node
         self.current_task: Task | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
@@ -489,6 +491,10 @@ class Instance:
                 host = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 return None
+        if st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode):
+            node = self.opened_devices.node_of(fd, s)
+            if node is not None:
+                return node
         claimers, by_root, last = self.mounts.host_index()
         for m in claimers:
             found = m.fs.node_from_host(m, fd, host, s)

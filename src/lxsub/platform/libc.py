@@ -20,6 +20,8 @@ SYS_CLOCK_ADJTIME = 305
 SYS_PROCESS_VM_READV = 310
 SYS_PROCESS_VM_WRITEV = 311
 SYS_SECCOMP = 317
+SYS_KCMP = 312
+KCMP_FILE = 0
 SYS_PIDFD_OPEN = 434
 SYS_OPENAT2 = 437
 SYS_PIDFD_GETFD = 438
@@ -91,6 +93,13 @@ def pidfd_open(pid: int) -> int:
 
 _int3_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int,
                                  ctypes.c_uint, use_errno=True)(("syscall", _libc))
+
+
+def same_open_file(fd1: int, fd2: int) -> bool:
+    """Whether two of our descriptors share one open file description
+    (kcmp(2) KCMP_FILE)."""
+    pid = os.getpid()
+    return syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lxsub.kernel.vfs.node import Node
 
 # (major, minor) -> host device path
 _CHAR = {
@@ -90,3 +94,52 @@ def open_device(kind: int, rdev: int, flags: int, host_pid: int | None = None) -
         raise OSError(errno.ENXIO, "no such device")
     keep = os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND | os.O_NOCTTY
     return os.open(path, (flags & keep) | os.O_CLOEXEC)
+
+
+# Terminals: majors of the tty, console, vt and pty drivers.
+_TERMINAL_MAJORS = frozenset({4, 5, *PTS_MAJORS})
+OPENED_DEVICES_KEPT = 256
+
+
+class OpenedDevices:
+    """The node each device was opened through, when that node is a file of
+    a host-backed file system (mknod(2) on the distro's tree or a tmpfs):
+    the open file is the host device, but Linux's file is the node's
+    inode, so fstat, fchmod and /proc/PID/fd/N name the node (stat(2):
+    stat and fstat of one file agree; the node's st_dev and st_ino, not
+    /dev/null's).
+
+    Each entry keeps a provider reference to the open file description, to
+    know it again with kcmp(2); the oldest are let go past
+    OPENED_DEVICES_KEPT (those then show as the host device, /dev's node).
+    Terminals are not kept: a reference held here would keep a terminal
+    from its hangup when its last user closes it (tty_release)."""
+
+    def __init__(self) -> None:
+        self._kept: list[tuple[int, int, "Node"]] = []     # (device fd, rdev, node)
+
+    def opened(self, fd: int, rdev: int, node: "Node") -> None:
+        if node.fd is None or os.major(rdev) in _TERMINAL_MAJORS:
+            return                        # /dev's own nodes are found by rdev (DevFs)
+        if len(self._kept) >= OPENED_DEVICES_KEPT:
+            old_fd, _, old_node = self._kept.pop(0)
+            os.close(old_fd)
+            old_node.release()
+        self._kept.append((os.dup(fd), rdev, node.dup()))
+
+    def node_of(self, fd: int, s: os.stat_result) -> "Node | None":
+        """The node device descriptor fd (ours, the caller's to close) was
+        opened through, using fd: fd is made a handle of that node."""
+        from lxsub.kernel.vfs.node import Node
+        from lxsub.platform import libc
+        for kept, rdev, node in self._kept:
+            if rdev == s.st_rdev and libc.same_open_file(fd, kept):
+                os.dup2(node.fd, fd, inheritable=False)
+                return Node(node.mount, fd, os.fstat(fd))
+        return None
+
+    def close(self) -> None:
+        for fd, _, node in self._kept:
+            os.close(fd)
+            node.release()
+        self._kept.clear()
