@@ -137,9 +137,3 @@ class OpenedDevices:
                 os.dup2(node.fd, fd, inheritable=False)
                 return Node(node.mount, fd, os.fstat(fd))
         return None
-
-    def close(self) -> None:
-        for fd, _, node in self._kept:
-            os.close(fd)
-            node.release()
-        self._kept.clear()
