@@ -210,24 +210,31 @@ def test_tmux_session_is_listed_and_shared_by_two_later_lx_sessions(alive, user)
         as_user(multi, "tmux kill-server", user=user)
 
 
-def test_a_users_terminal_is_theirs_and_ps_names_it(multi):
+@pytest.mark.parametrize("user", [USER, "root"])
+def test_a_users_terminal_is_theirs_and_ps_names_it(multi, user):
     """The session's pty is the user's, group tty, 0620, with its real
-    device number, so ps shows pts/N (it showed ? with 0:0) and screen
-    runs, detaches and reattaches as the user."""
+    device number, so ps shows pts/N (it showed ? with 0:0); /dev/tty is
+    that terminal, and no terminal in a new session (setsid); screen runs,
+    detaches and reattaches as the user and as root."""
     pexpect = pytest.importorskip("pexpect")
-    child = _login(multi, USER, pexpect)
+    child = _login(multi, user, pexpect)
     try:
         child.sendline("echo \"[$(tty) $(ps -o tty= -p $$) $(stat -c '%U %G %a %t:%T' $(tty))]\"")
-        child.expect(r"\[/dev/pts/(\d+) pts/(\d+) user tty 620 88:([0-9a-f]+)\]")
+        mode = "600" if user == "root" else "620"      # root's ~/.profile on Debian runs `mesg n`
+        child.expect(rf"\[/dev/pts/(\d+) pts/(\d+) {user} tty {mode} 88:([0-9a-f]+)\]")
         n, ps_n, minor = child.match.groups()
         assert n == ps_n and int(minor, 16) == int(n) % 256
+        child.sendline("echo to-$((6*7)) > /dev/tty && echo ctty=$?")
+        child.expect(r"to-42\r\nctty=0")
+        child.sendline("setsid -w sh -c 'exec 2>&1; : > /dev/tty'; echo setsid=$?")
+        child.expect(r"/dev/tty: No such device or address\r\nsetsid=2")
         # screen (SCREENDIR: /run/screen is made by an init script at boot).
         child.sendline("export SCREENDIR=$HOME/.screen; screen -dmS work sleep 1041 && screen -r work")
         time.sleep(1.5)
         child.sendcontrol("a")
         child.send("d")
         child.expect(r"\[detached")
-        child.expect(r"\$ ")
+        child.expect(r"[#$] ")
         child.sendline("echo \"count=$(screen -ls | grep -c 'work.*Detached')\"; screen -S work -X quit")
         child.expect(r"count=1")
         child.sendline("exit 0")
