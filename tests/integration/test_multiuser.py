@@ -181,7 +181,8 @@ def test_tmux_session_is_listed_and_shared_by_two_later_lx_sessions(alive, user)
     theirs (a user's got 'Permission denied')."""
     pexpect = pytest.importorskip("pexpect")
     multi = alive
-    as_user(multi, "tmux kill-server 2>/dev/null; true", user=user)
+    # a fresh socket directory (tmux refuses one another test left 0755)
+    as_user(multi, "tmux kill-server 2>/dev/null; rm -rf /tmp/tmux-$(id -u)", user=user)
     cp = as_user(multi, "tmux new -d -s work", user=user)
     assert cp.returncode == 0, describe(cp)
     clients = []
