@@ -1,11 +1,12 @@
 """A multi-user Linux inside (issue 19): a non-root Linux user's sockets,
 terminals and session tools, with the real programs of the Debian fixture
-(tmux, screen and ping are installed with apt-get from the fixture's mirror
-where it is reachable), as root and as an unprivileged host user."""
+(tmux, screen, ping, the OpenSSH client and server are installed with
+apt-get from the fixture's mirror where it is reachable), as root and as an unprivileged host user."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.debian, pytest.mark.slow]
 
 USER = "user"           # the non-root Linux user the tests work as (uid 1000)
 OTHER = "other"         # a second one (uid 1001)
-PACKAGES = ("tmux", "screen", "iputils-ping")
+PACKAGES = ("tmux", "screen", "iputils-ping", "openssh-client", "openssh-server")
 
 _prepared: set[tuple[str, str]] = set()
 
@@ -124,6 +125,35 @@ def test_socket_and_fifo_modes_follow_umask_chmod_and_chown(alive):
     assert cp.returncode == 0 and text(cp) == "sock other other\nlink other user\n", describe(cp)
 
 
+@pytest.mark.parametrize("user", [USER, "root"])
+def test_ssh_agent_holds_a_key_that_ssh_add_added(alive, user):
+    """ssh-agent's socket is its user's (ssh-add got 'Error connecting to
+    agent: Permission denied'): ssh-add -l lists nothing, then the key
+    ssh-add added, by ssh-keygen's fingerprint; another user is kept out."""
+    multi = alive
+    cp = as_user(multi, textwrap.dedent("""\
+        eval "$(ssh-agent -s)" >/dev/null
+        ssh-add -l; echo "empty rc=$?"
+        d=$(mktemp -d) && ssh-keygen -q -t ed25519 -N '' -C agent-test -f $d/key
+        ssh-add -q $d/key; echo "add rc=$?"
+        ssh-add -l | cut -d' ' -f2 > $d/listed
+        ssh-keygen -lf $d/key.pub | cut -d' ' -f2 | cmp - $d/listed && echo "listed is the key"
+        stat -c '%U %a' "$SSH_AUTH_SOCK"
+        chmod 755 "$(dirname "$SSH_AUTH_SOCK")"
+        echo "SSH_AUTH_SOCK=$SSH_AUTH_SOCK SSH_AGENT_PID=$SSH_AGENT_PID"
+        """), user=user)
+    agent = text(cp).splitlines()[-1] if cp.stdout else ""
+    try:
+        assert text(cp).splitlines()[:-1] == [
+            "The agent has no identities.", "empty rc=1", "add rc=0", "listed is the key",
+            f"{user} 600"], describe(cp)
+        assert agent.startswith("SSH_AUTH_SOCK=/tmp/ssh-"), describe(cp)
+        cp = as_user(multi, f"{agent} ssh-add -l", user=OTHER)
+        assert cp.returncode == 2 and b"Permission denied" in cp.stderr, describe(cp)
+    finally:
+        as_user(multi, f"{agent} ssh-agent -k", user=user)
+
+
 # -- 4. devpts as Linux's --------------------------------------------------------------------
 
 def _login(inst, user: str, pexpect):
@@ -134,30 +164,138 @@ def _login(inst, user: str, pexpect):
     return child
 
 
-def test_a_users_terminal_is_theirs_and_ps_names_it(multi):
-    """The session's pty is the user's, group tty, 0620, with its real
-    device number, so ps shows pts/N (it showed ? with 0:0) and screen
-    runs, detaches and reattaches as the user."""
+def _spawn(inst, user: str, command: str, pexpect):
+    """`lx -d NAME -u USER -- COMMAND` on a pty of its own (a terminal session)."""
+    argv = inst.runner.command(["-d", inst.name, "-u", user, "--", command])
+    return pexpect.spawn(argv[0], argv[1:], env={**inst.runner.env(), "TERM": "xterm"},
+                         dimensions=(24, 80), timeout=30, encoding="utf-8")
+
+
+@pytest.mark.parametrize("user", [USER, "root"])
+def test_tmux_session_is_listed_and_shared_by_two_later_lx_sessions(alive, user):
+    """`tmux new -d`, then from other `lx` sessions (each its own client
+    connection and pty): `tmux ls` names the session, and two clients
+    attach to it at once and see each other's typing. The server checks
+    each client's SO_PEERCRED uid against its own (a second root client got
+    'access not allowed' when it was the host uid) and the user's socket is
+    theirs (a user's got 'Permission denied')."""
     pexpect = pytest.importorskip("pexpect")
-    child = _login(multi, USER, pexpect)
+    multi = alive
+    # a fresh socket directory (tmux refuses one another test left 0755)
+    as_user(multi, "tmux kill-server 2>/dev/null; rm -rf /tmp/tmux-$(id -u)", user=user)
+    cp = as_user(multi, "tmux new -d -s work", user=user)
+    assert cp.returncode == 0, describe(cp)
+    clients = []
+    try:
+        cp = as_user(multi, "tmux ls -F '#{session_name} #{session_windows}'", user=user)
+        assert cp.returncode == 0 and text(cp) == "work 1\n", describe(cp)
+        first = _spawn(multi, user, "tmux attach -t work", pexpect)
+        clients.append(first)
+        first.expect(r"[#$] ")
+        first.sendline("echo typed-$((6*7))")
+        first.expect("typed-42")
+        second = _spawn(multi, user, "tmux attach -t work", pexpect)
+        clients.append(second)
+        second.expect("typed-42")               # the same pane, drawn for the second client
+        second.sendline("echo clients=$(tmux list-clients | wc -l) peer=$(tmux display -p '#{client_uid}')")
+        second.expect(r"clients=2 peer=(\d+)")
+        assert second.match.group(1) == ("1000" if user == USER else "0")
+        first.expect("clients=2")               # and typed there, seen here
+        second.sendcontrol("b")
+        second.send("d")
+        second.expect(r"\[detached")
+        second.expect(pexpect.EOF)
+    finally:
+        for child in clients:
+            child.close(force=True)
+        as_user(multi, "tmux kill-server", user=user)
+
+
+@pytest.mark.parametrize("user", [USER, "root"])
+def test_a_users_terminal_is_theirs_and_ps_names_it(multi, user):
+    """The session's pty is the user's, group tty, 0620, with its real
+    device number, so ps shows pts/N (it showed ? with 0:0); /dev/tty is
+    that terminal, and no terminal in a new session (setsid); screen runs,
+    detaches and reattaches as the user and as root."""
+    pexpect = pytest.importorskip("pexpect")
+    child = _login(multi, user, pexpect)
     try:
         child.sendline("echo \"[$(tty) $(ps -o tty= -p $$) $(stat -c '%U %G %a %t:%T' $(tty))]\"")
-        child.expect(r"\[/dev/pts/(\d+) pts/(\d+) user tty 620 88:([0-9a-f]+)\]")
+        mode = "600" if user == "root" else "620"      # root's ~/.profile on Debian runs `mesg n`
+        child.expect(rf"\[/dev/pts/(\d+) pts/(\d+) {user} tty {mode} 88:([0-9a-f]+)\]")
         n, ps_n, minor = child.match.groups()
         assert n == ps_n and int(minor, 16) == int(n) % 256
+        child.sendline("echo to-$((6*7)) > /dev/tty && echo ctty=$?")
+        child.expect(r"to-42\r\nctty=0")
+        child.sendline("setsid -w sh -c 'exec 2>&1; : > /dev/tty'; echo setsid=$?")
+        child.expect(r"/dev/tty: No such device or address\r\nsetsid=2")
         # screen (SCREENDIR: /run/screen is made by an init script at boot).
         child.sendline("export SCREENDIR=$HOME/.screen; screen -dmS work sleep 1041 && screen -r work")
         time.sleep(1.5)
         child.sendcontrol("a")
         child.send("d")
         child.expect(r"\[detached")
-        child.expect(r"\$ ")
+        child.expect(r"[#$] ")
         child.sendline("echo \"count=$(screen -ls | grep -c 'work.*Detached')\"; screen -S work -X quit")
         child.expect(r"count=1")
         child.sendline("exit 0")
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
+    assert child.exitstatus == 0, child.before
+
+
+def _free_loopback_port() -> int:
+    """A TCP port free on the host's loopback now (the instance shares the
+    host's network)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sshd_interactive_login_gets_a_terminal_it_owns(alive):
+    """sshd (as Linux root) on a loopback port and `ssh -tt` as a user with
+    keys made here: the login's pty is chowned to the user (it was EROFS, so
+    sshd dropped the login), is the login's controlling terminal (sshd's
+    open of /dev/tty after TIOCSCTTY was ENXIO: /dev/tty opened the
+    provider's terminal, not the caller's) and ps names it."""
+    pexpect = pytest.importorskip("pexpect")
+    multi = alive
+    port = _free_loopback_port()
+    cp = multi.lx(["-u", "root", "--", textwrap.dedent(f"""\
+        set -e
+        usermod -p '*' {USER}          # no password, not locked ('!'): sshd refuses locked accounts
+        su {USER} -c "rm -rf ~/.ssh && mkdir -m 700 ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519 &&
+                      cp ~/.ssh/id_ed25519.pub ~/.ssh/authorized_keys"
+        d=$(mktemp -d) && ssh-keygen -q -t ed25519 -N '' -f $d/host
+        mkdir -p -m 755 /run/sshd     # made at boot on Debian, as utmp, where sshd logs the login
+        install -m 664 -g utmp /dev/null /run/utmp
+        /usr/sbin/sshd -f /dev/null -h $d/host -p {port} -o ListenAddress=127.0.0.1 -o UsePAM=no \\
+            -o PidFile=$d/pid -E $d/log
+        echo $d
+        """)])
+    assert cp.returncode == 0, describe(cp)
+    d = text(cp).strip()
+    child = _spawn(multi, USER, f"ssh -tt -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                f"-p {port} {USER}@127.0.0.1", pexpect)
+    try:
+        child.expect(r"\$ ")
+        child.sendline("echo \"[$(tty) $(stat -c '%U %G %a' $(tty)) $(ps -o tty= -p $$) $SSH_TTY]\"; "
+                       "echo to-the-terminal > /dev/tty && echo ctty=ok")
+        child.expect(r"\[/dev/pts/(\d+) (\S+) (\S+) (\d+) pts/(\d+) /dev/pts/(\d+)\]")
+        n, owner, group, mode, ps_n, ssh_n = child.match.groups()
+        assert (owner, group, mode) == (USER, "tty", "620") and n == ps_n == ssh_n, child.match.group(0)
+        child.expect("to-the-terminal")
+        child.expect("ctty=ok")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+        cp = multi.lx(["-u", "root", "--", f"kill $(cat {d}/pid); cat {d}/log"])
+    log = text(cp)
+    assert f"Accepted publickey for {USER}" in log, log
+    assert "failed" not in log.lower() and "error" not in log.lower(), log
     assert child.exitstatus == 0, child.before
 
 
@@ -197,6 +335,30 @@ def test_a_new_pty_is_the_openers_and_its_owner_and_root_may_change_it(alive):
         proc.wait(timeout=30)
 
 
+@pytest.mark.parametrize("user", [USER, "root"])
+def test_vim_opens_a_file_with_no_error_and_no_prompt(multi, user):
+    """vim on a terminal opens a file straight to its text (timer_create's
+    EINVAL made it say 'E1286: Could not set timeout' and wait for ENTER),
+    edits it and writes it."""
+    pexpect = pytest.importorskip("pexpect")
+    cp = as_user(multi, "d=$(mktemp -d) && printf 'alpha\\nbeta\\n' > $d/f.txt && echo $d/f.txt", user=user)
+    assert cp.returncode == 0, describe(cp)
+    path = text(cp).strip()
+    child = _spawn(multi, user, f"vim.tiny {path}", pexpect)
+    try:
+        child.expect(f'"{re.escape(path)}" (2 lines, 11 bytes|2L, 11B)')   # its message line, then the text
+        child.expect("beta")
+        shown = child.before
+        child.send("Gogamma\x1b:wq\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert not re.search(r"E\d+:|Press ENTER|Error", shown), shown
+    cp = as_user(multi, f"cat {path}", user=user)
+    assert text(cp) == "alpha\nbeta\ngamma\n", describe(cp)
+
+
 # -- 6. one file, one identity -----------------------------------------------------------------
 
 SAME_FILE = textwrap.dedent("""\
@@ -227,6 +389,31 @@ def test_stat_and_fstat_of_one_file_agree_and_install_copies_dev_null(multi):
     assert text(cp).splitlines() == [f"{p} same" for p in host], describe(cp)
     cp = as_user(multi, "d=$(mktemp -d) && install -m 644 /dev/null $d/x && stat -c '%U %a %s' $d/x")
     assert cp.returncode == 0 and text(cp) == "user 644 0\n", describe(cp)
+
+
+def test_a_device_node_made_by_mknod_is_one_file_for_stat_and_fstat(multi):
+    """Character devices made by root with mknod on the distro's tree and on
+    a tmpfs: stat, fstat, stat of /proc/self/fd/N and fstat of O_PATH agree
+    on (st_dev, st_ino, st_mode, st_rdev), the node's (fstat gave /dev's
+    node); /proc/self/fd/N names it and fchmod changes it; it is the device
+    (a read of zero gives zeros, null takes a write)."""
+    probe = SAME_FILE + textwrap.dedent("""\
+        for p in sys.argv[1:3]:           # the made ones (not /dev/null: the others' too)
+            fd = os.open(p, os.O_RDWR)
+            os.fchmod(fd, 0o600)
+            print(p, os.readlink(f"/proc/self/fd/{fd}"), oct(os.stat(p).st_mode), os.write(fd, b"xy"),
+                  os.read(fd, 3))
+        """)
+    cp = multi.lx(["-u", "root", "--", "d=$(mktemp -d) && mknod $d/zero c 1 5 && mknod /dev/shm/null-$$ c 1 3 && "
+                   "python3 - $d/zero /dev/shm/null-$$ /dev/null && rm /dev/shm/null-$$ && echo d=$d"],
+                  input=probe.encode())
+    assert cp.returncode == 0, describe(cp)
+    out = text(cp).splitlines()
+    d = out[-1].partition("=")[2]
+    null = [line.split()[0] for line in out if line.startswith("/dev/shm/null-")][0]
+    assert out[:-1] == [f"{d}/zero same", f"{null} same", "/dev/null same",
+                        f"{d}/zero {d}/zero 0o20600 2 b'\\x00\\x00\\x00'",
+                        f"{null} {null} 0o20600 2 b''"], describe(cp)
 
 
 # -- 8. virtual ids inside structures ------------------------------------------------------

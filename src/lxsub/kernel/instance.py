@@ -28,6 +28,7 @@ from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.devfs import PtyOwners
+from lxsub.kernel.fs.devices import OpenedDevices
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
@@ -91,6 +92,7 @@ class Instance:
         self.stop_watchers: dict[Process, Callable[[int], None]] = {}
         self.ptys = PtyOwners()          # the Linux owners of the ptys (devpts)
         self.host_programs = HostPrograms()    # interop's running host programs
+        self.opened_devices = OpenedDevices()   # devices opened through a mknod'd node
         self.current_task: Task | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
@@ -491,6 +493,10 @@ class Instance:
                 host = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 return None
+        if st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode):
+            node = self.opened_devices.node_of(fd, s)
+            if node is not None:
+                return node
         claimers, by_root, last = self.mounts.host_index()
         for m in claimers:
             found = m.fs.node_from_host(m, fd, host, s)

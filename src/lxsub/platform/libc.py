@@ -11,9 +11,11 @@ import ctypes.util
 import os
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.kcmp import KCMP_FILE
 from lxsub.abi.seccomp import SECCOMP_SET_MODE_FILTER
 from lxsub.abi.stat import SIZEOF_STATX, STATX_BTIME
-from lxsub.abi.sysno import SYS_CLOCK_ADJTIME, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN, SYS_SECCOMP
+from lxsub.abi.sysno import (SYS_CLOCK_ADJTIME, SYS_KCMP, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN,
+                             SYS_SECCOMP)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -75,6 +77,13 @@ def pidfd_open(pid: int) -> int:
 
 _int3_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int,
                                  ctypes.c_uint, use_errno=True)(("syscall", _libc))
+
+
+def same_open_file(fd1: int, fd2: int) -> bool:
+    """Whether two of our descriptors share one open file description
+    (kcmp(2) KCMP_FILE)."""
+    pid = os.getpid()
+    return syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -94,9 +94,11 @@ def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = No
     if perm.needs_checks(task.creds):
         perm.check(task.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
-        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags)
-        if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode) and inst is not None:
-            inst.ptys.opened_master(fd, task.creds.fsuid)
+        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags, task.host_pid)
+        if inst is not None:
+            if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode):
+                inst.ptys.opened_master(fd, task.creds.fsuid)
+            inst.opened_devices.opened(fd, attr.rdev, node)
         return fd
     if st.S_ISFIFO(mode) and not flags & O_NONBLOCK:
         return _blocking_fifo_open(fs, node, flags, task)

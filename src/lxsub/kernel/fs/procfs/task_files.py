@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as st
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.fs.procfs.vpaths import detached_mounts, host_roots, host_to_vpath
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Entry, File, HostFile, Link, read_host
+from lxsub.platform import libc
 
 if TYPE_CHECKING:
     from lxsub.kernel.fs.procfs import ProcFs
@@ -295,6 +297,22 @@ def _cap_bound() -> int:
     return _cap_bnd
 
 
+def _open_fd_target(proc: "Process", fd: int) -> int:
+    """A provider descriptor of the file behind a process's descriptor fd.
+    For a device, its very open file (pidfd_getfd(2)): a device opened
+    through a node of its own is known by that (OpenedDevices)."""
+    local = os.open(f"/proc/{proc.host_pid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+    kind = st.S_IFMT(os.fstat(local).st_mode)
+    if kind not in (st.S_IFCHR, st.S_IFBLK):
+        return local
+    try:
+        same = libc.pidfd_getfd(proc.pidfd(), fd)
+    except OSError:
+        return local
+    os.close(local)
+    return same
+
+
 class FdLink(Link):
     """/proc/<pid>/fd/N: reads as the file's path, opens the file itself."""
 
@@ -316,7 +334,7 @@ class FdLink(Link):
             v = host_to_vpath(host_roots(inst), plain)
             return host if v is None else v + (" (deleted)" if deleted else "")
         try:
-            local = os.open(f"/proc/{self.proc.host_pid}/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
+            local = _open_fd_target(self.proc, self.fd)
         except OSError:
             return by_path()
         try:
@@ -334,7 +352,7 @@ class FdLink(Link):
 
     def open_target(self, inst) -> Node:
         try:
-            fd = os.open(f"/proc/{self.proc.host_pid}/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
+            fd = _open_fd_target(self.proc, self.fd)
         except OSError:
             raise OSError(errno.ENOENT, "no such file descriptor") from None
         s = os.fstat(fd)

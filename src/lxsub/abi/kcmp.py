@@ -1,0 +1,3 @@
+"""<linux/kcmp.h>: what kcmp(2) compares."""
+
+KCMP_FILE = 0
