@@ -36,7 +36,7 @@ NOT_IN_HEADERS = {
 }
 # Not macros: C expressions that give them (glibc's F_OWNER_* are an enum).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",
-               "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP"}
+               "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP", "KCMP_FILE": "KCMP_FILE"}
 
 
 def _abi_constants() -> dict[str, int]:
