@@ -142,7 +142,7 @@ def mounts_of(inst: "Instance") -> list[HostMount]:
     """The instance's DrvFs mounts as they are now."""
     from lxsub.kernel.fs.drvfs import DrvFs
     out = []
-    for m in inst.mounts.mounts:
+    for m in inst.vfs.mounts.mounts:
         if isinstance(m.fs, DrvFs):
             out.append(HostMount(normalize(_join(m.fs.host_root, m.root_path.lstrip("/"))),
                                  normalize(m.path)))
@@ -389,7 +389,7 @@ def _host_cwd(inst: "Instance", task) -> tuple[str, str]:
     node = task.fs.cwd
     linux_cwd = "/"
     try:
-        linux_cwd = inst.vpath_of(node)
+        linux_cwd = inst.vfs.vpath_of(node)
     except OSError:
         pass
     if isinstance(node.fs, DrvFs):
@@ -689,9 +689,9 @@ _OURS = b"# Written by lxsub"
 def _is_dir(inst: "Instance", path: str) -> bool:
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.path import Walker
-    root = inst.mounts.root_mount.root()
+    root = inst.vfs.mounts.root_mount.root()
     try:
-        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+        node = Walker(inst.vfs.mounts, root, Creds()).resolve(root, path.encode())
     except OSError:
         return False
     finally:
@@ -708,16 +708,16 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
-    root = inst.mounts.root_mount.root()
+    root = inst.vfs.mounts.root_mount.root()
     try:
-        cur = Walker(inst.mounts, root, creds).resolve(root, where.encode())
+        cur = Walker(inst.vfs.mounts, root, creds).resolve(root, where.encode())
     except OSError:
         return
     finally:
         root.release()
     try:
         try:
-            node = Walker(inst.mounts, cur, creds).resolve(cur, name, follow=False)
+            node = Walker(inst.vfs.mounts, cur, creds).resolve(cur, name, follow=False)
         except OSError:
             return
         try:
@@ -745,7 +745,7 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
     cur = make_dirs(inst, where)
-    walker = Walker(inst.mounts, cur, creds)
+    walker = Walker(inst.vfs.mounts, cur, creds)
     try:
         try:
             node = walker.resolve(cur, name, follow=False)

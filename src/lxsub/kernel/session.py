@@ -111,7 +111,7 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
 
 def _give_pty(inst: Instance, slave: int, uid: int) -> None:
     try:
-        inst.ptys.opened(int(os.ttyname(slave).rpartition("/")[2]), uid)
+        inst.vfs.ptys.opened(int(os.ttyname(slave).rpartition("/")[2]), uid)
     except (OSError, ValueError):
         pass      # not a /dev/pts terminal: it shows with its host owner
 
@@ -119,9 +119,9 @@ def _give_pty(inst: Instance, slave: int, uid: int) -> None:
 # -- users ----------------------------------------------------------------------
 
 def _read_instance_file(inst: Instance, path: str) -> bytes:
-    root = inst.mounts.root_mount.root()
+    root = inst.vfs.mounts.root_mount.root()
     try:
-        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+        node = Walker(inst.vfs.mounts, root, Creds()).resolve(root, path.encode())
     finally:
         root.release()
     try:
@@ -202,9 +202,9 @@ def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: 
 
 def _search_path(inst: Instance, creds: Creds, prog: str, u: User,
                  host_env: dict[str, str] | None = None) -> str:
-    root = inst.mounts.root_mount.root()
+    root = inst.vfs.mounts.root_mount.root()
     try:
-        w = Walker(inst.mounts, root, creds)
+        w = Walker(inst.vfs.mounts, root, creds)
         for d in (ROOT_PATH if u.uid == 0 else USER_PATH).split(":"):
             candidate = f"{d}/{prog}"
             try:
@@ -271,10 +271,10 @@ def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = 
 
 def _check_runnable(inst: Instance, creds: Creds, fs, path: bytes, argv: list[bytes], name: str) -> None:
     """Refuse up front what the exec would refuse, with a message naming why."""
-    w = Walker(inst.mounts, fs.root, creds)
+    w = Walker(inst.vfs.mounts, fs.root, creds)
     shown = path.decode(errors="replace")
     try:
-        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vpath_of,
+        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vfs.vpath_of,
                            host_exec=interop.host_target(inst))
         p.close()
     except OSError as e:

@@ -121,7 +121,7 @@ class DevPts(HostFs):
 
     def _meta(self, s: os.stat_result) -> LxMeta:
         from lxsub.kernel.vfs.fdview import OVERFLOW_ID
-        found = self.inst.ptys.view(s)
+        found = self.inst.vfs.ptys.view(s)
         if found is not None:
             return found
         if not st.S_ISCHR(s.st_mode):
@@ -148,7 +148,7 @@ class DevPts(HostFs):
     def _change(self, s: os.stat_result, change) -> None:
         if not st.S_ISCHR(s.st_mode):
             raise OSError(errno.EPERM, "devpts: only the terminals' attributes change")
-        self.inst.ptys.set(s, change(self._meta(s)))
+        self.inst.vfs.ptys.set(s, change(self._meta(s)))
 
     def utimens(self, node: Node, atime, mtime) -> None:
         raise OSError(errno.EPERM, "devpts: times are the host's")

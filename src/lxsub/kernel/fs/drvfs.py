@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.vfs.filesystem import CLAIM_REST
 from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -153,6 +154,7 @@ _devs_given: dict[tuple[int, int], int] = {}
 class DrvFs(HostTree):
     fstype = "drvfs"
     host_acls = True
+    host_claim = CLAIM_REST
     set_id_bits = False
 
     def __init__(self, inst: "Instance", host_root: str, options: str = "") -> None:
@@ -230,23 +232,13 @@ class DrvFs(HostTree):
         return self._sealed(up)
 
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
-        """Is a host descriptor a file of this mount? Only if no other file
-        system of the instance claims it (the rootfs, a longer DrvFs root, a
-        tmpfs, a pseudo file) and its path leads to it on the host."""
+        """Is a host descriptor a file of this mount? The Vfs asks DrvFs
+        mounts last, longest host root first (kernel/vfs/vfs.py): only when
+        no other file system claims it, and its path leads to it on the host."""
         if self.storage.is_blank(s):
             return Node(mount, fd, s)
         if not _under(host, self.host_root) or self.storage.under(host):
             return None
-        for m in self.inst.mounts.mounts:
-            fs = m.fs
-            if fs is self:
-                continue
-            root = getattr(fs, "host_root", None)
-            if isinstance(fs, DrvFs) or not hasattr(fs, "node_from_host"):
-                if root and len(root) > len(self.host_root) and _under(host, root):
-                    return None
-            elif fs.node_from_host(m, fd, host, s) is not None:
-                return None
         try:
             here = os.stat(host, follow_symlinks=False)
         except OSError:
@@ -255,15 +247,13 @@ class DrvFs(HostTree):
             return None
         return Node(mount, fd, s)
 
-    def vpath(self, node: Node) -> str:
-        from lxsub.kernel.fs.tmpfs import vpath_in_mount
+    def path_in_mount(self, node: Node) -> str:
         if self.storage.is_blank(node.host_st) and node.obj is not None:
             from lxsub.kernel.interop import HostMount, to_linux
-            m = node.mount
-            shown = to_linux(node.obj[0], [HostMount(_join_root(self.host_root, m.root_path),
-                                                     m.path)])
-            return shown or m.path or "/"
-        return vpath_in_mount(self, node)
+            shown = to_linux(node.obj[0], [HostMount(_join_root(self.host_root, node.mount.root_path),
+                                                     "/")])
+            return shown or "/"
+        return super().path_in_mount(node)
 
     def host_path(self, node: Node) -> str | None:
         if self.storage.is_blank(node.host_st):
@@ -503,7 +493,7 @@ def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" =
             continue
         try:
             fs = DrvFs(inst, host, options)
-            made.append(inst.mounts.mount(fs, at, _normal(path), _mount_source(host), fs.options))
+            made.append(inst.vfs.mounts.mount(fs, at, _normal(path), _mount_source(host), fs.options))
         except OSError as e:
             inst.log.warn(f"drvfs: cannot mount host {host} at {path}: {e.strerror}")
         finally:

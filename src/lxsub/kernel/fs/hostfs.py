@@ -13,7 +13,7 @@ import errno
 import os
 import stat as st
 
-from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, FileSystem
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 from lxsub.platform import libc
@@ -50,6 +50,19 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def path_below(host: str, base: str) -> str:
+    """`host` (a descriptor's host path, maybe " (deleted)") relative to the
+    host directory `base` as "/..." ("/" for base itself or outside it)."""
+    if host.endswith(" (deleted)"):
+        host = host[: -len(" (deleted)")]
+    if host == base:
+        return "/"
+    prefix = base.rstrip("/") + "/"
+    if not host.startswith(prefix):
+        return "/"
+    return "/" + host[len(prefix):]
+
+
 class HostTree(FileSystem):
     """The walk and I/O over a host directory. Subclasses that the instance
     finds by host path prefix are HostFs; the others (DrvFs, TmpFs) say
@@ -81,6 +94,17 @@ class HostTree(FileSystem):
 
     def host_path(self, node: Node) -> str | None:
         return os.readlink(fd_path(node.fd))
+
+    def path_in_mount(self, node: Node) -> str:
+        """The node's host path below its mount's root directory (as the host
+        names both now: the tree may have moved on the host)."""
+        m = node.mount
+        try:
+            host = os.readlink(fd_path(node.fd))
+            base = os.readlink(fd_path(m.root_node.fd)) if m.root_node is not None else self.host_root
+        except OSError:
+            return "/"
+        return path_below(host, base)
 
     def fresh_stat(self, node: Node) -> os.stat_result:
         if node.fresh:
@@ -183,3 +207,9 @@ class HostTree(FileSystem):
 
 class HostFs(HostTree):
     """A host tree the instance recognises by its host path (VolFs, devpts)."""
+    host_claim = CLAIM_BY_ROOT
+
+    def path_in_mount(self, node: Node) -> str:
+        # host_root is the mount's root (a bind mount copies the file system
+        # with its own, kernel/syscalls/mount.py): no second readlink.
+        return path_below(self.host_path(node) or "", self.host_root)

@@ -43,7 +43,7 @@ def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
     if at is None:
         return
     try:
-        inst.mounts.mount(fs, at, path, source, getattr(fs, "mount_options", None) or "rw")
+        inst.vfs.mounts.mount(fs, at, path, source, getattr(fs, "mount_options", None) or "rw")
     finally:
         at.release()
 
@@ -51,9 +51,9 @@ def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
 def resolve_dir(inst: "Instance", path: str):
     """The directory at instance path `path` (walked as root), or None with a
     warning if it is missing; the caller owns the Node."""
-    root = inst.mounts.root_mount.root()
+    root = inst.vfs.mounts.root_mount.root()
     try:
-        at = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+        at = Walker(inst.vfs.mounts, root, Creds()).resolve(root, path.encode())
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             inst.log.warn(f"{path} missing in the rootfs: not mounted")
@@ -75,8 +75,8 @@ def make_dirs(inst: "Instance", path: str) -> "Node":
     if ".." in parts or not path.startswith("/"):
         raise OSError(errno.EINVAL, f"{path}: not an absolute path without '..'")
     creds = Creds()
-    root = inst.mounts.root_mount.root()
-    walker = Walker(inst.mounts, root, creds)
+    root = inst.vfs.mounts.root_mount.root()
+    walker = Walker(inst.vfs.mounts, root, creds)
     cur = root.dup()
     try:
         for name in (p.encode() for p in parts):

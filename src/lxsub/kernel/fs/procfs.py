@@ -240,12 +240,12 @@ class ProcFs(PseudoFs):
 
     def mounts_text(self) -> bytes:
         lines = [f"{_esc(m.source)} {_esc(m.path)} {m.fs.fstype} {m.options} 0 0"
-                 for m in self.inst.mounts.mounts]
+                 for m in self.inst.vfs.mounts.mounts]
         return ("\n".join(lines) + "\n").encode()
 
     def mountinfo_text(self) -> bytes:
         lines = []
-        for m in self.inst.mounts.mounts:
+        for m in self.inst.vfs.mounts.mounts:
             parent = m.parent.id if m.parent is not None else 1
             dev = _mount_dev(m)
             opts = m.options.split(",")
@@ -389,57 +389,11 @@ class ProcRoot(Dir):
         return entry
 
 
-def host_roots(inst) -> list[tuple[str, "Mount"]]:
-    """The host directory at the root of each host-backed mount, deepest
-    first; only those the host can name by path (a private tmpfs has none)."""
-    roots = []
-    for m in list(inst.mounts.mounts):
-        node = m.root_node
-        if node is None or node.fd is None or not hasattr(m.fs, "host_root"):
-            continue
-        try:
-            path = os.readlink(f"/proc/self/fd/{node.fd}")
-            a, b = os.stat(path), os.fstat(node.fd)
-        except OSError:
-            continue
-        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-            roots.append((path, m))
-    roots.sort(key=lambda rm: len(rm[0]), reverse=True)
-    return roots
-
-
-def detached_mounts(inst) -> dict[int, "Mount"]:
-    """Host-backed mounts on a file system of their own that the host names
-    by no path (private tmpfs): device number -> mount."""
-    named = {id(m) for _, m in host_roots(inst)}
-    out = {}
-    for m in list(inst.mounts.mounts):
-        node = m.root_node
-        if node is None or node.fd is None or id(m) in named or not hasattr(m.fs, "host_root"):
-            continue
-        try:
-            out[os.fstat(node.fd).st_dev] = m
-        except OSError:
-            continue
-    return out
-
-
-def host_to_vpath(roots: list[tuple[str, "Mount"]], host: str) -> str | None:
-    """A host path as the instance names it, through the mount whose host
-    directory holds it; None if no mount shows it."""
-    for root, m in roots:
-        if host == root or host.startswith(root.rstrip("/") + "/"):
-            rel = host[len(root):].lstrip("/")
-            base = m.path.rstrip("/")
-            return (base + "/" + rel) if rel else (m.path or "/")
-    return None
-
-
 def process_of_dir(inst, fd: int) -> "Process | None":
     """The process whose /proc/<pid> directory the provider-side descriptor
     fd is (as opened by a program), or None."""
     try:
-        node = inst.node_for_host_fd(fd, os.fstat(fd))
+        node = inst.vfs.node_for_host_fd(fd, os.fstat(fd))
     except OSError:
         return None
     e = node.obj if node is not None else None
@@ -487,9 +441,9 @@ class ProcessDir(Dir):
             return e
         entries: dict[str, Entry] = {
             "exe": Link(p + "/exe", lambda t: self._inspect(t) or proc.exe),
-            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vpath_of(self._task().fs.cwd)),
+            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.cwd)),
             "root": Link(p + "/root",
-                         lambda t: self._inspect(t) or inst.vpath_of(self._task().fs.root)),
+                         lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.root)),
             "cmdline": File(p + "/cmdline", lambda t: self._cmdline()),
             "comm": File(p + "/comm", lambda t: proc.comm.encode() + b"\n",
                          write=self._set_comm, mode=0o444),
@@ -652,8 +606,9 @@ class ProcessDir(Dir):
     def _maps(self, name: str) -> bytes:
         """Mapped files named by their instance paths (the distro's under /,
         host files under their DrvFs mount, tmpfs files under theirs)."""
-        roots = host_roots(self.fs.inst)
-        detached = detached_mounts(self.fs.inst)
+        vfs = self.fs.inst.vfs
+        roots = vfs.host_roots()
+        detached = vfs.detached_mounts(roots)
         out = []
         for line in read_host(f"{self.hp}/{name}").decode(errors="surrogateescape").splitlines():
             parts = line.split(None, 5)
@@ -666,7 +621,7 @@ class ProcessDir(Dir):
                 if m is not None:         # the path is below that file system's root
                     v = m.path.rstrip("/") + plain if plain != "/" else m.path
                 else:
-                    v = host_to_vpath(roots, plain)
+                    v = vfs.host_to_vpath(roots, plain)
                 if v is not None:
                     line = line[: len(line) - len(path)] + v + (" (deleted)" if deleted else "")
             out.append(line)
@@ -699,8 +654,7 @@ class ProcessDir(Dir):
             local = -1
         if local >= 0:
             try:
-                node = inst.node_for_host_fd(local, os.fstat(local))
-                mnt_id = node.mount.id if node is not None else inst.anon_mount.id
+                mnt_id = inst.vfs.mount_id_of_host_fd(local)
             finally:
                 os.close(local)
         out = []
@@ -814,17 +768,17 @@ class FdLink(Link):
         deleted = host.endswith(" (deleted)")
         def by_path() -> str:
             plain = host[: -len(" (deleted)")] if deleted else host
-            v = host_to_vpath(host_roots(inst), plain)
+            v = inst.vfs.host_to_vpath(inst.vfs.host_roots(), plain)
             return host if v is None else v + (" (deleted)" if deleted else "")
         try:
             local = os.open(f"/proc/{self.proc.host_pid}/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
         except OSError:
             return by_path()
         try:
-            node = inst.node_for_host_fd(local, os.fstat(local))
+            node = inst.vfs.node_for_host_fd(local, os.fstat(local))
             if node is None:
                 return by_path()
-            path = inst.vpath_of(node)
+            path = inst.vfs.vpath_of(node)
             if deleted and not path.endswith(" (deleted)"):
                 path += " (deleted)"
             return path
@@ -838,8 +792,4 @@ class FdLink(Link):
             fd = os.open(f"/proc/{self.proc.host_pid}/fd/{self.fd}", os.O_PATH | os.O_CLOEXEC)
         except OSError:
             raise OSError(errno.ENOENT, "no such file descriptor") from None
-        s = os.fstat(fd)
-        node = inst.node_for_host_fd(fd, s)
-        if node is None:
-            node = Node(inst.anon_mount, fd, s)
-        return node
+        return inst.vfs.node_or_anon(fd)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.hostfs import HostTree, fd_path
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.vfs.filesystem import CLAIM_OWN
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -155,6 +156,7 @@ def host_tmpfs(options: dict[str, str]) -> int:
 class TmpFs(HostTree):
     fstype = "tmpfs"
     magic = TMPFS_MAGIC
+    host_claim = CLAIM_OWN
 
     def __init__(self, inst: "Instance", options: str = "") -> None:
         host_opts, view = parse_options(options)
@@ -195,9 +197,6 @@ class TmpFs(HostTree):
 
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
         return Node(mount, fd, s) if self.owns(s, host) else None
-
-    def vpath(self, node: Node) -> str:
-        return vpath_in_mount(self, node)
 
     # -- the Linux view --------------------------------------------------------
 
@@ -312,25 +311,6 @@ def _render_options(dirfd: int, host: dict[str, str], view: dict[str, str]) -> s
     return ",".join(parts)
 
 
-def vpath_in_mount(fs, node: Node) -> str:
-    """A host-tree node's path in the instance: its mount's path plus the
-    node's host path below the mount's root."""
-    m = node.mount
-    try:
-        host = os.readlink(fd_path(node.fd))
-        base = os.readlink(fd_path(m.root_node.fd)) if m.root_node is not None else fs.host_root
-    except OSError:
-        return m.path or "/"
-    if host.endswith(" (deleted)"):
-        host = host[: -len(" (deleted)")]
-    if host == base:
-        return m.path or "/"
-    prefix = base.rstrip("/") + "/"
-    if not host.startswith(prefix):
-        return m.path or "/"
-    return m.path.rstrip("/") + "/" + host[len(prefix):]
-
-
 def mount_tmpfs(inst: "Instance", path: str, options: str = "", source: str = "tmpfs",
                 fs: TmpFs | None = None):
     """Mount a new TmpFs at an existing directory `path` of the instance."""
@@ -340,7 +320,7 @@ def mount_tmpfs(inst: "Instance", path: str, options: str = "", source: str = "t
         return None
     try:
         fs = fs or TmpFs(inst, options)
-        return inst.mounts.mount(fs, at, path, source, fs.options)
+        return inst.vfs.mounts.mount(fs, at, path, source, fs.options)
     finally:
         at.release()
 

@@ -67,9 +67,9 @@ def sys_mount(c: Call) -> int:
     inst, task = c.inst, c.task
     target = c.path(1)
     if flags & _PROPAGATION:
-        node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+        node = lookup.resolve_at(inst.vfs, task, lookup.AT_FDCWD, target)
         try:
-            if inst.mounts.mount_of_root(node) is None:
+            if inst.vfs.mounts.mount_of_root(node) is None:
                 raise _e(errno.EINVAL, "not a mount point")
         finally:
             node.release()
@@ -84,13 +84,13 @@ def sys_mount(c: Call) -> int:
     source = _string(c, 0, 4096).decode(errors="replace") or "none"
     if flags & ~_ACCEPTED:
         raise _e(errno.EINVAL, "unknown mount flags")
-    at = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+    at = lookup.resolve_at(inst.vfs, task, lookup.AT_FDCWD, target)
     try:
         if not at.is_dir():
             raise _e(errno.ENOTDIR)
         fs, options = _new_fs(inst, fstype, data)
         options = _with_flags(options, flags)
-        inst.mounts.mount(fs, at, inst.vpath_of(at), source, options)
+        inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), source, options)
     finally:
         at.release()
     return 0
@@ -131,13 +131,13 @@ def _with_flags(options: str, flags: int) -> str:
 
 def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
     inst, task = c.inst, c.task
-    src = lookup.resolve_at(inst, task, lookup.AT_FDCWD, source)
+    src = lookup.resolve_at(inst.vfs, task, lookup.AT_FDCWD, source)
     try:
-        at = lookup.resolve_at(inst, task, lookup.AT_FDCWD, target)
+        at = lookup.resolve_at(inst.vfs, task, lookup.AT_FDCWD, target)
         try:
             if src.is_dir() != at.is_dir():
                 raise _e(errno.ENOTDIR if src.is_dir() else errno.EISDIR)
-            src_path = inst.vpath_of(src)
+            src_path = inst.vfs.vpath_of(src)
             m = src.mount
             base = m.path.rstrip("/")
             inside = src_path[len(base):] if src_path.startswith(base) else "/"
@@ -149,7 +149,7 @@ def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
                 # of one is the same tree from another host directory.
                 fs = copy.copy(fs)
                 fs.host_root = os.readlink(f"/proc/self/fd/{src.fd}")
-            inst.mounts.mount(fs, at, inst.vpath_of(at), m.source, options,
+            inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), m.source, options,
                               root=src, root_path=root_path)
         finally:
             at.release()
@@ -165,28 +165,28 @@ def sys_umount2(c: Call) -> int:
         raise _e(errno.EINVAL)
     inst, task = c.inst, c.task
     # ksys_umount looks the path up before may_mount() (EFAULT before EPERM).
-    node = lookup.resolve_at(inst, task, lookup.AT_FDCWD, c.path(0),
+    node = lookup.resolve_at(inst.vfs, task, lookup.AT_FDCWD, c.path(0),
                              follow_default=not flags & UMOUNT_NOFOLLOW)
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
         node.release()
         raise _e(errno.EPERM)
     try:
-        m = inst.mounts.mount_of_root(node)
+        m = inst.vfs.mounts.mount_of_root(node)
     finally:
         node.release()
     if m is None:
         raise _e(errno.EINVAL, "not a mount point")
-    if m is inst.mounts.root_mount:
+    if m is inst.vfs.mounts.root_mount:
         raise _e(errno.EBUSY)
     if flags & MNT_EXPIRE:
         raise _e(errno.EAGAIN)     # never marked expired before: Linux's first answer
-    below = inst.mounts.descendants(m)
+    below = inst.vfs.mounts.descendants(m)
     if not flags & MNT_DETACH:
         if below or _in_use(inst, m):
             raise _e(errno.EBUSY)
     for child in below:
-        inst.mounts.umount(child)
-    inst.mounts.umount(m)
+        inst.vfs.mounts.umount(child)
+    inst.vfs.mounts.umount(m)
     return 0
 
 

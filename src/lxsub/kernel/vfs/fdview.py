@@ -13,7 +13,7 @@ from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.vfs.vfs import Vfs
     from lxsub.kernel.task import Task
 
 OVERFLOW_ID = 65534
@@ -21,7 +21,7 @@ _HOST_UID = os.getuid()
 _HOST_GID = os.getgid()
 
 
-def node_or_none(inst: "Instance", local: int, s: os.stat_result) -> Node | None:
+def node_or_none(vfs: "Vfs", local: int, s: os.stat_result) -> Node | None:
     """A Node for a provider-side fd if it is a file of a mounted file system."""
     if st.S_ISFIFO(s.st_mode) or st.S_ISSOCK(s.st_mode):
         return None          # pipes and sockets: only named ones live in file systems
@@ -31,19 +31,19 @@ def node_or_none(inst: "Instance", local: int, s: os.stat_result) -> Node | None
         return None
     if not host.startswith("/"):
         return None          # anon_inode:..., pipe:[...], socket:[...]
-    return inst.node_for_host_fd(local, s, host)
+    return vfs.node_for_host_fd(local, s, host)
 
 
-def stat_of_fd(inst: "Instance", task: "Task", fd: int) -> LinuxStat:
-    return stat_and_mount_of_fd(inst, task, fd)[0]
+def stat_of_fd(vfs: "Vfs", task: "Task", fd: int) -> LinuxStat:
+    return stat_and_mount_of_fd(vfs, task, fd)[0]
 
 
-def stat_and_mount_of_fd(inst: "Instance", task: "Task", fd: int) -> tuple[LinuxStat, int]:
+def stat_and_mount_of_fd(vfs: "Vfs", task: "Task", fd: int) -> tuple[LinuxStat, int]:
     """fstat of a caller's descriptor, and the id of the mount its file is on (0: none)."""
     local = lookup.copy_fd(task, fd)
     try:
         s = os.fstat(local)
-        node = node_or_none(inst, local, s)
+        node = node_or_none(vfs, local, s)
         if node is not None:
             return node.fs.getattr(node), node.mount.id
         return host_object_stat(task, s), 0

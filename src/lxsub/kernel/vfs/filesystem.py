@@ -10,6 +10,7 @@ pseudo files, host rights on DrvFs).
 from __future__ import annotations
 
 import errno
+import os
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
 
 def _nope(*_a, **_k):
     raise OSError(errno.EROFS, "read-only file system")
+
+
+# How the Vfs finds which mount a host descriptor's file is on (a program's
+# fd, a /proc/<pid>/fd link; kernel/vfs/vfs.py, Vfs.node_for_host_fd):
+CLAIM_NONE = 0       # no host files of its own (the anonymous mount)
+CLAIM_OWN = 1        # node_from_host says which are its own; asked first
+CLAIM_BY_ROOT = 2    # every host file below host_root is its (VolFs, devpts)
+CLAIM_REST = 3       # node_from_host, asked last, longest host_root first (DrvFs)
 
 
 class FileSystem:
@@ -40,6 +49,9 @@ class FileSystem:
     # A host door (kernel/doors.py) the walk checks before every lookup in
     # a directory of this file system (DrvFs); None: no door.
     door = None
+    # The host directory its files are in, if the host names them by path.
+    host_root: str | None = None
+    host_claim = CLAIM_NONE
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
@@ -60,6 +72,17 @@ class FileSystem:
 
     def host_path(self, node: "Node") -> str | None:
         """Where the file is on the host, if it is a host file."""
+        return None
+
+    def path_in_mount(self, node: "Node") -> str:
+        """The file's path below its mount's root ("/" for the root itself):
+        the Vfs prefixes the mount's path (d_path, as getcwd(2) shows it)."""
+        return "/"
+
+    def node_from_host(self, mount: "Mount", fd: int, host: str,
+                       s: os.stat_result) -> "Node | None":
+        """A Node (owning fd) if the host descriptor fd, at host path `host`,
+        is a file of this mount (host_claim CLAIM_OWN or CLAIM_REST)."""
         return None
 
     # -- attributes -----------------------------------------------------------

@@ -14,7 +14,7 @@ from lxsub.kernel.vfs.path import Walker
 from lxsub.platform import libc
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.vfs.vfs import Vfs
     from lxsub.kernel.task import Task
 
 AT_FDCWD = -100
@@ -25,8 +25,8 @@ AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 
 
-def walker(inst: "Instance", task: "Task") -> Walker:
-    return Walker(inst.mounts, task.fs.root, task.creds)
+def walker(vfs: "Vfs", task: "Task") -> Walker:
+    return Walker(vfs.mounts, task.fs.root, task.creds)
 
 
 def copy_fd(task: "Task", fd: int) -> int:
@@ -42,25 +42,25 @@ def copy_fd(task: "Task", fd: int) -> int:
         raise OSError(errno.EBADF, "bad file descriptor") from None
 
 
-def node_of_fd(inst: "Instance", task: "Task", fd: int) -> Node:
+def node_of_fd(vfs: "Vfs", task: "Task", fd: int) -> Node:
     """The file the caller's descriptor refers to, as a Node (caller owns it)."""
-    return inst.node_of_host_fd(copy_fd(task, fd))     # owns the copy, or closes it
+    return vfs.node_of_host_fd(copy_fd(task, fd))     # owns the copy, or closes it
 
 
-def start_node(inst: "Instance", task: "Task", dirfd: int, path: bytes) -> Node:
+def start_node(vfs: "Vfs", task: "Task", dirfd: int, path: bytes) -> Node:
     """Where a relative walk starts: cwd for AT_FDCWD, else the dirfd's file."""
     if path.startswith(b"/"):
         return task.fs.root.dup()
     if dirfd == AT_FDCWD:
         return task.fs.cwd.dup()
-    node = node_of_fd(inst, task, dirfd)
+    node = node_of_fd(vfs, task, dirfd)
     if path and not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
     return node
 
 
-def resolve_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: int = 0,
+def resolve_at(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, flags: int = 0,
                follow_default: bool = True) -> Node:
     """The file named by a (dirfd, path, flags) triple, honouring AT_EMPTY_PATH
     and AT_SYMLINK_NOFOLLOW/FOLLOW."""
@@ -68,7 +68,7 @@ def resolve_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: i
         if flags & AT_EMPTY_PATH:
             if dirfd == AT_FDCWD:
                 return task.fs.cwd.dup()
-            return node_of_fd(inst, task, dirfd)
+            return node_of_fd(vfs, task, dirfd)
         raise OSError(errno.ENOENT, "empty path")
     follow = follow_default
     if flags & AT_SYMLINK_NOFOLLOW:
@@ -76,17 +76,17 @@ def resolve_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: i
     if flags & AT_SYMLINK_FOLLOW:
         follow = True
     if path[:1] == b"/":      # the walk starts from the caller's root itself
-        return walker(inst, task).resolve(task.fs.root, path, follow)
-    start = start_node(inst, task, dirfd, path)
+        return walker(vfs, task).resolve(task.fs.root, path, follow)
+    start = start_node(vfs, task, dirfd, path)
     try:
-        return walker(inst, task).resolve(start, path, follow)
+        return walker(vfs, task).resolve(start, path, follow)
     finally:
         start.release()
 
 
-def resolve_parent_at(inst: "Instance", task: "Task", dirfd: int, path: bytes) -> tuple[Node, bytes]:
-    start = start_node(inst, task, dirfd, path)
+def resolve_parent_at(vfs: "Vfs", task: "Task", dirfd: int, path: bytes) -> tuple[Node, bytes]:
+    start = start_node(vfs, task, dirfd, path)
     try:
-        return walker(inst, task).resolve_parent(start, path)
+        return walker(vfs, task).resolve_parent(start, path)
     finally:
         start.release()

@@ -14,7 +14,7 @@ from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.vfs.vfs import Vfs
     from lxsub.kernel.task import Task
 
 O_CREAT = 0o100
@@ -36,28 +36,28 @@ def _access_wanted(flags: int) -> int:
     return want
 
 
-def open_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: int, mode: int):
+def open_at(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, flags: int, mode: int):
     """A provider-side host fd for the file (or a Blocking job for FIFOs)."""
     if flags & O_TMPFILE == O_TMPFILE:
-        return _open_tmpfile(inst, task, dirfd, path, flags, mode)
+        return _open_tmpfile(vfs, task, dirfd, path, flags, mode)
     if flags & O_CREAT and not flags & O_PATH:
-        node, created_fd = _lookup_or_create(inst, task, dirfd, path, flags, mode)
+        node, created_fd = _lookup_or_create(vfs, task, dirfd, path, flags, mode)
         if created_fd is not None:
             return created_fd
     else:
-        node = lookup.resolve_at(inst, task, dirfd, path, follow_default=not flags & O_NOFOLLOW)
+        node = lookup.resolve_at(vfs, task, dirfd, path, follow_default=not flags & O_NOFOLLOW)
     try:
-        return open_node(task, node, flags, inst)
+        return open_node(vfs, task, node, flags)
     finally:
         node.release()
 
 
-def _lookup_or_create(inst, task, dirfd, path, flags, mode) -> tuple[Node, int | None]:
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+def _lookup_or_create(vfs, task, dirfd, path, flags, mode) -> tuple[Node, int | None]:
+    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
     try:
         if name in (b".", b".."):
             raise OSError(errno.EISDIR, "is a directory")
-        w = lookup.walker(inst, task)
+        w = lookup.walker(vfs, task)
         try:
             node = w.resolve(parent, name, follow=not (flags & (O_EXCL | O_NOFOLLOW)))
         except FileNotFoundError:
@@ -86,7 +86,7 @@ def check_may_create(task: "Task", parent: Node) -> None:
         perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
 
 
-def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = None):
+def open_node(vfs: "Vfs", task: "Task", node: Node, flags: int):
     fs = node.fs
     if flags & O_PATH:
         if flags & O_DIRECTORY and not node.is_dir():
@@ -104,8 +104,8 @@ def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = No
         perm.check(task.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
         fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags)
-        if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode) and inst is not None:
-            inst.ptys.opened_master(fd, task.creds.fsuid)
+        if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode):
+            vfs.ptys.opened_master(fd, task.creds.fsuid)
         return fd
     if st.S_ISFIFO(mode) and not flags & O_NONBLOCK:
         return _blocking_fifo_open(fs, node, flags, task)
@@ -126,8 +126,8 @@ def _blocking_fifo_open(fs, node: Node, flags: int, task: "Task") -> Blocking:
     return Blocking(work)
 
 
-def _open_tmpfile(inst, task, dirfd, path, flags, mode) -> int:
-    d = lookup.resolve_at(inst, task, dirfd, path)
+def _open_tmpfile(vfs, task, dirfd, path, flags, mode) -> int:
+    d = lookup.resolve_at(vfs, task, dirfd, path)
     try:
         if not d.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")

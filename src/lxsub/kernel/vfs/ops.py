@@ -16,7 +16,7 @@ from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
+    from lxsub.kernel.vfs.vfs import Vfs
     from lxsub.kernel.task import Task
 
 
@@ -41,12 +41,12 @@ def _sticky_allows(task: "Task", d: Node, victim: Node) -> None:
             raise _e(errno.EPERM)
 
 
-def _entry(inst, task, parent: Node, name: bytes) -> Node:
-    return lookup.walker(inst, task).resolve(parent, name, follow=False)
+def _entry(vfs, task, parent: Node, name: bytes) -> Node:
+    return lookup.walker(vfs, task).resolve(parent, name, follow=False)
 
 
-def mkdir(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+def mkdir(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
+    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
@@ -56,13 +56,13 @@ def mkdir(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int) ->
         parent.release()
 
 
-def mknod(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
+def mknod(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
     kind = st.S_IFMT(mode)
     if kind in (st.S_IFCHR, st.S_IFBLK) and not task.creds.capable(caps.CAP_MKNOD):
         raise _e(errno.EPERM)
     if kind == st.S_IFDIR or kind not in (0, st.S_IFREG, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
         raise _e(errno.EINVAL)
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
@@ -73,16 +73,16 @@ def mknod(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int, rd
         parent.release()
 
 
-def unlink(inst: "Instance", task: "Task", dirfd: int, path: bytes, rmdir: bool) -> None:
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+def unlink(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, rmdir: bool) -> None:
+    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
     try:
         if name == b".":
             raise _e(errno.EINVAL if rmdir else errno.EISDIR)
         if name == b"..":
             raise _e(errno.ENOTEMPTY if rmdir else errno.EISDIR)
-        victim = _entry(inst, task, parent, name)
+        victim = _entry(vfs, task, parent, name)
         try:
-            if inst.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
+            if vfs.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
                 raise _e(errno.EBUSY)
             _may_modify_dir(task, parent)
             _sticky_allows(task, parent, victim)
@@ -102,10 +102,10 @@ def unlink(inst: "Instance", task: "Task", dirfd: int, path: bytes, rmdir: bool)
         parent.release()
 
 
-def symlink(inst: "Instance", task: "Task", target: bytes, dirfd: int, path: bytes) -> None:
+def symlink(vfs: "Vfs", task: "Task", target: bytes, dirfd: int, path: bytes) -> None:
     if not target:
         raise _e(errno.ENOENT)
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
@@ -115,13 +115,13 @@ def symlink(inst: "Instance", task: "Task", target: bytes, dirfd: int, path: byt
         parent.release()
 
 
-def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+def link(vfs: "Vfs", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
          flags: int) -> None:
-    src = lookup.resolve_at(inst, task, olddirfd, old, flags, follow_default=False)
+    src = lookup.resolve_at(vfs, task, olddirfd, old, flags, follow_default=False)
     try:
         if src.is_dir():
             raise _e(errno.EPERM)
-        parent, name = lookup.resolve_parent_at(inst, task, newdirfd, new)
+        parent, name = lookup.resolve_parent_at(vfs, task, newdirfd, new)
         try:
             if name in (b".", b".."):
                 raise _e(errno.EEXIST)
@@ -138,23 +138,23 @@ def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: in
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 
 
-def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+def rename(vfs: "Vfs", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
            flags: int) -> None:
     if flags & ~7 or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
         raise _e(errno.EINVAL)
     if flags & RENAME_WHITEOUT:
         raise _e(errno.EPERM)
-    op, oname = lookup.resolve_parent_at(inst, task, olddirfd, old)
+    op, oname = lookup.resolve_parent_at(vfs, task, olddirfd, old)
     try:
-        np, nname = lookup.resolve_parent_at(inst, task, newdirfd, new)
+        np, nname = lookup.resolve_parent_at(vfs, task, newdirfd, new)
         try:
             if b"." in (oname, nname) or b".." in (oname, nname):
                 raise _e(errno.EBUSY if oname in (b".", b"..") else errno.EINVAL)
             if op.mount is not np.mount:
                 raise _e(errno.EXDEV)
-            victim = _entry(inst, task, op, oname)
+            victim = _entry(vfs, task, op, oname)
             try:
-                if inst.mounts.mounted_on(victim):
+                if vfs.mounts.mounted_on(victim):
                     raise _e(errno.EBUSY)
                 _may_modify_dir(task, op)
                 _may_modify_dir(task, np)

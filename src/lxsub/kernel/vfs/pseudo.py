@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from lxsub.kernel.fs import devices
-from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.filesystem import CLAIM_OWN, FileSystem
 from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -191,6 +191,7 @@ class HostDir(Dir):
 
 class PseudoFs(FileSystem):
     read_only = True
+    host_claim = CLAIM_OWN       # its memfds and scratch directories (node_from_host)
     # How the default mount table mounts it (kernel/fs/mounts.py).
     mount_options = "rw"
 
@@ -252,9 +253,8 @@ class PseudoFs(FileSystem):
         return struct.pack("<qqQQQQQiiqqq4q", self.magic, 4096, 0, 0, 0, 0, 0, 0, 0, 255,
                            4096, mount_flags(node.mount.options), 0, 0, 0, 0)
 
-    def vpath(self, node: Node) -> str:
-        base = node.mount.path.rstrip("/")
-        return (base + node.obj.path) if node.obj.path != "/" else (node.mount.path or "/")
+    def path_in_mount(self, node: Node) -> str:
+        return node.obj.path
 
     def open(self, node: Node, flags: int, creds) -> int:
         e = node.obj
