@@ -25,6 +25,7 @@ from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.log import Log
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
 from lxsub.platform import launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
@@ -75,8 +76,7 @@ class Instance:
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs)
-        from lxsub.kernel.fs.anon import HostObjectFs
-        self.vfs = Vfs(self.volfs, "rootfs", HostObjectFs(self))
+        self.vfs = Vfs(self.volfs, "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
@@ -91,7 +91,6 @@ class Instance:
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
         # A session's leading process getting Ctrl-Z: its client suspends too.
         self.stop_watchers: dict[Process, Callable[[int], None]] = {}
-        self.current_task: Task | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
         default_mounts.mount_defaults(self, _drvfs_settings(self.config.automount),
@@ -105,7 +104,7 @@ class Instance:
         try:
             # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
             # surrogateescape string (manager/protocol.py, wire_bytes).
-            cwd_node = Walker(self.vfs.mounts, root, Creds()).resolve(
+            cwd_node = Walker(self.vfs.mounts, root, Caller(Creds())).resolve(
                 root, cwd.encode("utf-8", "surrogateescape"))
             if not cwd_node.is_dir():
                 cwd_node.release()

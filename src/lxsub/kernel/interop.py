@@ -688,10 +688,11 @@ _OURS = b"# Written by lxsub"
 
 def _is_dir(inst: "Instance", path: str) -> bool:
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.path import Walker
     root = inst.vfs.mounts.root_mount.root()
     try:
-        node = Walker(inst.vfs.mounts, root, Creds()).resolve(root, path.encode())
+        node = Walker(inst.vfs.mounts, root, Caller(Creds())).resolve(root, path.encode())
     except OSError:
         return False
     finally:
@@ -706,24 +707,25 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
                  where: str = "/usr/local/bin") -> None:
     """Remove WHERE/NAME if it is a file lxsub wrote (has `marker`)."""
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.path import Walker
-    creds = Creds()
+    own = Caller(Creds())                 # the provider's own work
     root = inst.vfs.mounts.root_mount.root()
     try:
-        cur = Walker(inst.vfs.mounts, root, creds).resolve(root, where.encode())
+        cur = Walker(inst.vfs.mounts, root, own).resolve(root, where.encode())
     except OSError:
         return
     finally:
         root.release()
     try:
         try:
-            node = Walker(inst.vfs.mounts, cur, creds).resolve(cur, name, follow=False)
+            node = Walker(inst.vfs.mounts, cur, own).resolve(cur, name, follow=False)
         except OSError:
             return
         try:
             if node.is_symlink() or node.is_dir():
                 return
-            fd = node.fs.open(node, os.O_RDONLY, creds)
+            fd = node.fs.open(node, os.O_RDONLY, own)
             with os.fdopen(fd, "rb") as f:
                 if marker not in f.read(4096):
                     return
@@ -742,10 +744,12 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
     the distro's own and is left alone. True if written."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.fs.mounts import make_dirs
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
+    own = Caller(creds)                   # the provider's own work
     cur = make_dirs(inst, where)
-    walker = Walker(inst.vfs.mounts, cur, creds)
+    walker = Walker(inst.vfs.mounts, cur, own)
     try:
         try:
             node = walker.resolve(cur, name, follow=False)
@@ -753,11 +757,11 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
             node = None
         if node is not None:
             try:
-                attr = node.fs.getattr(node)
+                attr = node.fs.getattr(node, own)
                 same = False
                 old = b""
                 if not node.is_symlink() and not node.is_dir():
-                    fd = node.fs.open(node, os.O_RDONLY, creds)
+                    fd = node.fs.open(node, os.O_RDONLY, own)
                     with os.fdopen(fd, "rb") as f:
                         old = f.read(max(len(data) + 1, 4096))
                     same = old == data

@@ -22,6 +22,7 @@ from lxsub.kernel.exec import limits
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.path import Walker
 from lxsub.manager.protocol import PASSED_ENV, wire_bytes
 from lxsub.platform.launcher import ChildSetup
@@ -121,11 +122,11 @@ def _give_pty(inst: Instance, slave: int, uid: int) -> None:
 def _read_instance_file(inst: Instance, path: str) -> bytes:
     root = inst.vfs.mounts.root_mount.root()
     try:
-        node = Walker(inst.vfs.mounts, root, Creds()).resolve(root, path.encode())
+        node = Walker(inst.vfs.mounts, root, Caller(Creds())).resolve(root, path.encode())
     finally:
         root.release()
     try:
-        fd = node.fs.open(node, os.O_RDONLY, Creds())
+        fd = node.fs.open(node, os.O_RDONLY, Caller(Creds()))
     finally:
         node.release()
     with os.fdopen(fd, "rb") as f:
@@ -204,7 +205,7 @@ def _search_path(inst: Instance, creds: Creds, prog: str, u: User,
                  host_env: dict[str, str] | None = None) -> str:
     root = inst.vfs.mounts.root_mount.root()
     try:
-        w = Walker(inst.vfs.mounts, root, creds)
+        w = Walker(inst.vfs.mounts, root, Caller(creds))
         for d in (ROOT_PATH if u.uid == 0 else USER_PATH).split(":"):
             candidate = f"{d}/{prog}"
             try:
@@ -271,7 +272,7 @@ def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = 
 
 def _check_runnable(inst: Instance, creds: Creds, fs, path: bytes, argv: list[bytes], name: str) -> None:
     """Refuse up front what the exec would refuse, with a message naming why."""
-    w = Walker(inst.vfs.mounts, fs.root, creds)
+    w = Walker(inst.vfs.mounts, fs.root, Caller(creds, fs))
     shown = path.decode(errors="replace")
     try:
         p = exec_plan.plan(w, fs.cwd, path, argv, inst.vfs.vpath_of,
@@ -291,7 +292,7 @@ def _why_enoexec(inst: Instance, w: Walker, fs, path: bytes) -> str:
     try:
         node = w.resolve(fs.cwd, path)
         try:
-            fd = node.fs.open(node, os.O_RDONLY, w.creds)
+            fd = node.fs.open(node, os.O_RDONLY, w.caller)
         finally:
             node.release()
         try:

@@ -130,17 +130,17 @@ class DevPts(HostFs):
         gid = s.st_gid if s.st_gid in (0, TTY_GID) else 0 if s.st_gid == os.getgid() else OVERFLOW_ID
         return LxMeta(s.st_mode, uid, gid, s.st_rdev)
 
-    def getattr(self, node):
+    def getattr(self, node, caller):
         from lxsub.kernel.vfs.stat import LinuxStat
         s = self.fresh_stat(node)
         m = self._meta(s)
         return LinuxStat.from_host(s, m.mode, m.uid, m.gid, s.st_rdev)
 
-    def chmod(self, node: Node, mode: int) -> None:
+    def chmod(self, node: Node, mode: int, caller) -> None:
         s = self.fresh_stat(node)
         self._change(s, lambda m: LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev))
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
+    def chown(self, node: Node, uid: int, gid: int, caller) -> None:
         s = self.fresh_stat(node)
         self._change(s, lambda m: LxMeta(m.mode, m.uid if uid < 0 else uid, m.gid if gid < 0 else gid,
                                          m.rdev))

@@ -159,7 +159,6 @@ class DrvFs(HostTree):
 
     def __init__(self, inst: "Instance", host_root: str, options: str = "") -> None:
         super().__init__(host_root)
-        self.inst = inst
         self.opts = DrvFsOptions.parse(options, inst.log)
         self.options = self.opts.render()
         self.door = inst.drvfs_door          # checked by the walk, see kernel/vfs/path.py
@@ -170,14 +169,10 @@ class DrvFs(HostTree):
 
     # -- doors and sealed storage ------------------------------------------------
 
-    def _caller_passes(self, creds=None) -> None:
-        """EACCES unless the caller (given, or the current syscall's) holds the door."""
-        if creds is None:
-            task = self.inst.current_task
-            if task is None:
-                return           # the provider's own work (mounting, lxpath)
-            creds = task.creds
+    def _caller_passes(self, creds) -> None:
+        """EACCES unless the caller holds the door."""
         self.door.check(creds)
+
 
     def _sealed(self, node: Node) -> Node:
         """node, or the blank in its place if it is lxsub's own storage."""
@@ -211,16 +206,16 @@ class DrvFs(HostTree):
 
     # -- the walk: stay on host files, inside the mount --------------------------
 
-    def lookup(self, parent: Node, name: bytes) -> Node:
+    def lookup(self, parent: Node, name: bytes, caller) -> Node:
         self._not_blank(parent)
-        node = super().lookup(parent, name)
+        node = super().lookup(parent, name, caller)
         if parent.host_st is None or node.host_st.st_dev != parent.host_st.st_dev:
             node = _not_pseudo(node, "host pseudo file system: not entered")
         return self._sealed(node)
 
-    def parent_of(self, node: Node) -> Node:
+    def parent_of(self, node: Node, caller) -> Node:
         self._not_blank(node)
-        up = super().parent_of(node)
+        up = super().parent_of(node, caller)
         if self.host_root != "/":
             try:
                 where = os.readlink(fd_path(up.fd))
@@ -262,14 +257,15 @@ class DrvFs(HostTree):
 
     # -- attributes ----------------------------------------------------------------
 
-    def _owner(self, s: os.stat_result) -> tuple[int, int]:
-        task = self.inst.current_task
+    def _owner(self, s: os.stat_result, caller) -> tuple[int, int]:
+        """The host user's files are the caller's (as 9p/DrvFs show a
+        Windows user's files), unless uid=/gid= options say whose."""
         if s.st_uid == _HOST_UID:
-            uid = self.opts.uid if self.opts.uid is not None else (task.creds.fsuid if task else 0)
+            uid = self.opts.uid if self.opts.uid is not None else caller.creds.fsuid
         else:
             uid = 0 if s.st_uid == 0 else OVERFLOW_ID
         if s.st_gid == _HOST_GID:
-            gid = self.opts.gid if self.opts.gid is not None else (task.creds.fsgid if task else 0)
+            gid = self.opts.gid if self.opts.gid is not None else caller.creds.fsgid
         else:
             gid = 0 if s.st_gid == 0 else OVERFLOW_ID
         return uid, gid
@@ -292,7 +288,7 @@ class DrvFs(HostTree):
             dev = _devs_given[key] = anon_dev()
         return dev
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
         if self.storage.is_blank(node.host_st):
             # An empty directory nobody may enter: d--------- root root.
             shown = node.obj[1] if node.obj is not None else node.host_st
@@ -306,7 +302,7 @@ class DrvFs(HostTree):
             if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode):
                 out.size = 0
         else:
-            uid, gid = self._owner(s)
+            uid, gid = self._owner(s, caller)
             out = LinuxStat.from_host(s, s.st_mode, uid, gid, s.st_rdev)
         out.dev = self.linux_dev(s.st_dev)
         return out
@@ -314,12 +310,12 @@ class DrvFs(HostTree):
     def statfs(self, node: Node) -> bytes:
         return host_statfs(node.fd)
 
-    def chmod(self, node: Node, mode: int) -> None:
-        self._caller_passes()
+    def chmod(self, node: Node, mode: int, caller) -> None:
+        # The door: checked by the VFS first (kernel/vfs/ops.py).
         self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chmod on drvfs needs the metadata mount option")
-        a = self.getattr(node)
+        a = self.getattr(node, caller)
         if st.S_ISLNK(a.mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         self._write_meta(node, LxMeta(st.S_IFMT(a.mode) | (mode & 0o7777), a.uid, a.gid, a.rdev))
@@ -328,12 +324,11 @@ class DrvFs(HostTree):
         except OSError:
             pass          # not the host user's file: the host keeps its own bits
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
-        self._caller_passes()
+    def chown(self, node: Node, uid: int, gid: int, caller) -> None:
         self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chown on drvfs needs the metadata mount option")
-        a = self.getattr(node)
+        a = self.getattr(node, caller)
         self._write_meta(node, LxMeta(a.mode, a.uid if uid < 0 else uid,
                                       a.gid if gid < 0 else gid, a.rdev))
 
@@ -346,18 +341,17 @@ class DrvFs(HostTree):
             raise OSError(errno.EPERM, f"host refused the metadata: {e.strerror}") from None
 
     def utimens(self, node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
-        self._caller_passes()
         self._not_blank(node, errno.EPERM)
         super().utimens(node, atime, mtime)
 
     # -- opening and directory entries: the door, never in sealed storage -------------
 
-    def open(self, node: Node, flags: int, creds) -> int:
+    def open(self, node: Node, flags: int, caller) -> int:
         if flags & os.O_PATH:
-            return super().open(node, flags, creds)     # no access to the file (open(2))
-        self._caller_passes(creds)
+            return super().open(node, flags, caller)     # no access to the file (open(2))
+        self._caller_passes(caller.creds)
         self._not_blank(node)
-        return super().open(node, flags, creds)
+        return super().open(node, flags, caller)
 
     def create(self, parent: Node, name: bytes, flags: int, mode: int, creds) -> int:
         self._caller_passes(creds)
@@ -384,24 +378,21 @@ class DrvFs(HostTree):
         self._not_blank(parent)
         super().symlink(parent, name, target, creds)
 
+    # link, unlink, rmdir, rename: the VFS checks the door (kernel/vfs/ops.py).
     def link(self, node: Node, parent: Node, name: bytes) -> None:
-        self._caller_passes()
         self._not_blank(node)
         self._not_blank(parent)
         super().link(node, parent, name)
 
     def unlink(self, parent: Node, name: bytes) -> None:
-        self._caller_passes()
         self._entry_not_sealed(parent, name)
         super().unlink(parent, name)
 
     def rmdir(self, parent: Node, name: bytes) -> None:
-        self._caller_passes()
         self._entry_not_sealed(parent, name)
         super().rmdir(parent, name)
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        self._caller_passes()
         self._entry_not_sealed(oldp, old)
         self._entry_not_sealed(newp, new)      # RENAME_EXCHANGE, or over an empty one
         super().rename(oldp, old, newp, new, flags)

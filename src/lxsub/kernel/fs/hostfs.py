@@ -79,15 +79,15 @@ class HostTree(FileSystem):
             fd = os.open(self.host_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         return Node(mount, fd, os.fstat(fd))
 
-    def lookup(self, parent: Node, name: bytes) -> Node:
+    def lookup(self, parent: Node, name: bytes, caller) -> Node:
         fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=parent.fd)
         return Node(parent.mount, fd, os.fstat(fd))
 
-    def parent_of(self, node: Node) -> Node:
+    def parent_of(self, node: Node, caller) -> Node:
         fd = os.open(b"..", os.O_PATH | os.O_CLOEXEC, dir_fd=node.fd)
         return Node(node.mount, fd, os.fstat(fd))
 
-    def readlink(self, node: Node) -> bytes:
+    def readlink(self, node: Node, caller) -> bytes:
         if not node.is_symlink():
             raise OSError(errno.EINVAL, "not a symlink")
         return os.readlink(b"", dir_fd=node.fd)
@@ -114,7 +114,7 @@ class HostTree(FileSystem):
         node.host_st = s
         return s
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
         s = self.fresh_stat(node)
         return LinuxStat.from_host(s, s.st_mode, 0, 0, 0)
 
@@ -123,7 +123,7 @@ class HostTree(FileSystem):
 
     # -- opening --------------------------------------------------------------
 
-    def open(self, node: Node, flags: int, creds) -> int:
+    def open(self, node: Node, flags: int, caller) -> int:
         if flags & os.O_PATH:
             return os.dup(node.fd)
         return os.open(fd_path(node.fd), (flags & _HOST_OPEN_FLAGS) | os.O_CLOEXEC)

@@ -6,6 +6,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.creds import Creds
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.path import Walker
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def resolve_dir(inst: "Instance", path: str):
     warning if it is missing; the caller owns the Node."""
     root = inst.vfs.mounts.root_mount.root()
     try:
-        at = Walker(inst.vfs.mounts, root, Creds()).resolve(root, path.encode())
+        at = Walker(inst.vfs.mounts, root, Caller(Creds())).resolve(root, path.encode())
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             inst.log.warn(f"{path} missing in the rootfs: not mounted")
@@ -76,7 +77,7 @@ def make_dirs(inst: "Instance", path: str) -> "Node":
         raise OSError(errno.EINVAL, f"{path}: not an absolute path without '..'")
     creds = Creds()
     root = inst.vfs.mounts.root_mount.root()
-    walker = Walker(inst.vfs.mounts, root, creds)
+    walker = Walker(inst.vfs.mounts, root, Caller(creds))
     cur = root.dup()
     try:
         for name in (p.encode() for p in parts):

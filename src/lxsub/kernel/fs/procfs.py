@@ -19,8 +19,9 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.creds import CAP_SYS_RESOURCE
+from lxsub.kernel.creds import CAP_SYS_RESOURCE, Creds
 from lxsub.kernel.task import PID_MAX
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import (
     Dir, Entry, File, HostDir, HostFile, Link, PseudoFs, StaticDir, read_host,
@@ -188,11 +189,10 @@ class ProcFs(PseudoFs):
             for task in list(proc.threads.values()):
                 yield proc, task
 
-    def _task_states(self) -> list[str]:
+    def _task_states(self, caller: "Task | None") -> list[str]:
         """The state letter of each instance task (and S for /init); the
         caller is running."""
         states = ["S"]
-        caller = self.task()
         for proc, task in self._tasks():
             if task is caller:
                 states.append("R")
@@ -214,7 +214,7 @@ class ProcFs(PseudoFs):
 
     def _loadavg(self, t) -> bytes:
         loads = read_host("/proc/loadavg").decode().split()[:3]
-        states = self._task_states()
+        states = self._task_states(t)
         running = sum(1 for s in states if s == "R")
         return f"{' '.join(loads)} {running}/{len(states)} {self._last_pid()}\n".encode()
 
@@ -228,7 +228,7 @@ class ProcFs(PseudoFs):
             elif key == "processes":
                 line = f"processes {self._last_pid()}"
             elif key in ("procs_running", "procs_blocked"):
-                states = states or self._task_states()
+                states = states or self._task_states(t)
                 want = "R" if key == "procs_running" else "D"
                 line = f"{key} {sum(1 for s in states if s == want)}"
             lines.append(line)
@@ -261,7 +261,7 @@ class ProcFs(PseudoFs):
 
     # -- magic links ---------------------------------------------------------
 
-    def follow_magic(self, node: Node) -> Node | None:
+    def follow_magic(self, node: Node, caller) -> Node | None:
         e = node.obj
         if isinstance(e, FdLink):
             return e.open_target(self.inst)
@@ -315,7 +315,8 @@ def _mount_dev(m: "Mount") -> int:
     if isinstance(dev, int):
         return dev
     try:
-        return m.fs.getattr(m.root_node).dev
+        # The device is no one's view: asked as the provider itself.
+        return m.fs.getattr(m.root_node, Caller(Creds())).dev
     except (OSError, AttributeError, AssertionError):
         return 0
 
@@ -447,8 +448,8 @@ class ProcessDir(Dir):
             "cmdline": File(p + "/cmdline", lambda t: self._cmdline()),
             "comm": File(p + "/comm", lambda t: proc.comm.encode() + b"\n",
                          write=self._set_comm, mode=0o444),
-            "stat": File(p + "/stat", lambda t: self._stat()),
-            "status": File(p + "/status", lambda t: self._status()),
+            "stat": File(p + "/stat", lambda t: self._stat(t)),
+            "status": File(p + "/status", lambda t: self._status(t)),
             "maps": File(p + "/maps", lambda t: self._inspect(t) or self._maps("maps")),
             "smaps": File(p + "/smaps", lambda t: self._inspect(t) or self._maps("smaps")),
             "smaps_rollup": File(p + "/smaps_rollup",
@@ -488,10 +489,10 @@ class ProcessDir(Dir):
             return None
         raise OSError(errno.EACCES, "permission denied")
 
-    def _is_caller(self) -> bool:
-        """Whether this is the task reading the file: it is running (in
+    def _is_caller(self, t: "Task | None") -> bool:
+        """Whether this is the task reading the file (t): it is running (in
         the system call the provider is answering), whatever the host says."""
-        return (self.thread or _main_thread(self.proc)) is self.fs.task()
+        return (self.thread or _main_thread(self.proc)) is t
 
     def _threads(self) -> dict[str, Entry]:
         out = {}
@@ -543,7 +544,7 @@ class ProcessDir(Dir):
                 raw = b"\0".join([words[2]] + words[4:])
         return raw
 
-    def _stat(self) -> bytes:
+    def _stat(self, t: "Task | None") -> bytes:
         raw = read_host(self.hp + "/stat").decode()
         _head, _, rest = raw.rpartition(")")
         f = rest.split()
@@ -555,12 +556,12 @@ class ProcessDir(Dir):
         tpgid = int(f[5])
         f[5] = str(pids.group_to_virtual(tpgid) if tpgid > 0 else tpgid)
         f[19] = str(max(0, int(f[19]) - self.fs.start_jiffies))
-        if self._is_caller():
+        if self._is_caller(t):
             f[0] = "R"
         vid = self.thread.tid if self.thread else proc.pid
         return f"{vid} ({proc.comm}) {' '.join(f)}\n".encode()
 
-    def _status(self) -> bytes:
+    def _status(self, t: "Task | None") -> bytes:
         proc, thread = self.proc, self.thread
         task = thread or _main_thread(proc)
         c = task.creds if task else None
@@ -598,7 +599,7 @@ class ProcessDir(Dir):
                                  [key] if task else 0)
             elif key == "Umask" and task:
                 val = f"\t{task.fs.umask:04o}"
-            elif key == "State" and self._is_caller():
+            elif key == "State" and self._is_caller(t):
                 val = "\tR (running)"
             out.append(f"{key}:{val}")
         return ("\n".join(out) + "\n").encode()

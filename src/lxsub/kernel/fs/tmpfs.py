@@ -206,7 +206,7 @@ class TmpFs(HostTree):
             return found
         return LxMeta(s.st_mode, 0, 0, 0)
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
         s = self.fresh_stat(node)
         m = self.meta(s)
         out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
@@ -217,7 +217,7 @@ class TmpFs(HostTree):
     def statfs(self, node: Node):
         return os.statvfs(fd_path(node.fd))
 
-    def chmod(self, node: Node, mode: int) -> None:
+    def chmod(self, node: Node, mode: int, caller) -> None:
         s = self.fresh_stat(node)
         m = self.meta(s)
         if st.S_ISLNK(m.mode):
@@ -226,7 +226,7 @@ class TmpFs(HostTree):
         os.chmod(fd_path(node.fd), lxattr.host_mode_for(new.mode))
         self._meta[s.st_ino] = new
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
+    def chown(self, node: Node, uid: int, gid: int, caller) -> None:
         s = self.fresh_stat(node)
         m = self.meta(s)
         self._meta[s.st_ino] = LxMeta(m.mode, m.uid if uid < 0 else uid,
@@ -337,6 +337,7 @@ TMP_OPTIONS = "size=50%,mode=1777"
 def mount_default_tmpfs(inst: "Instance", tmp: bool = False) -> None:
     """/dev/shm and /run; /tmp too when asked (the lead wires that to lx.conf)."""
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     todo = list(DEFAULT_TMPFS)
     if tmp:
         todo.append(("/tmp", TMP_OPTIONS, ()))
@@ -348,9 +349,10 @@ def mount_default_tmpfs(inst: "Instance", tmp: bool = False) -> None:
         try:
             for name, mode in subdirs:
                 m.fs.mkdir(root, name.encode(), mode, Creds())
-                sub = m.fs.lookup(root, name.encode())
+                own = Caller(Creds())            # the provider's own work
+                sub = m.fs.lookup(root, name.encode(), own)
                 try:
-                    m.fs.chmod(sub, mode)      # mkdir had no umask, but be exact
+                    m.fs.chmod(sub, mode, own)      # mkdir had no umask, but be exact
                 finally:
                     sub.release()
         finally:

@@ -70,7 +70,7 @@ class VolFs(HostFs):
         self._meta_cache[key] = (s.st_ctime_ns, found)
         return found
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
         s = self.fresh_stat(node)
         m = self.meta(node, s)
         size = 0 if st.S_ISCHR(m.mode) or st.S_ISBLK(m.mode) else s.st_size
@@ -95,7 +95,7 @@ class VolFs(HostFs):
         else:
             self._special[key] = (libc.birth_time_ns(dir_fd, name), meta)
 
-    def chmod(self, node: Node, mode: int) -> None:
+    def chmod(self, node: Node, mode: int, caller) -> None:
         m = self.meta(node, self.fresh_stat(node))
         if st.S_ISLNK(m.mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
@@ -107,7 +107,7 @@ class VolFs(HostFs):
         else:
             self._set_special(node.fd, b"", new)
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
+    def chown(self, node: Node, uid: int, gid: int, caller) -> None:
         m = self.meta(node, self.fresh_stat(node))
         new = LxMeta(m.mode, m.uid if uid < 0 else uid, m.gid if gid < 0 else gid, m.rdev)
         if _keeps_meta(m.mode):

@@ -125,7 +125,7 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
 
 def _resolve_socket_file(c: Call, path: bytes):
     node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, path)
-    a = node.fs.getattr(node)
+    a = node.fs.getattr(node, c.task)
     if not st.S_ISSOCK(a.mode):
         node.release()
         raise OSError(errno.ECONNREFUSED, "not a socket")

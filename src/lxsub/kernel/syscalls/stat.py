@@ -28,7 +28,7 @@ def _stat_and_mount_at(c: Call, dirfd: int, path: bytes, flags: int) -> tuple[Li
         return fdview.stat_and_mount_of_fd(c.inst.vfs, c.task, dirfd)
     node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, flags)
     try:
-        return node.fs.getattr(node), node.mount.id
+        return node.fs.getattr(node, c.task), node.mount.id
     finally:
         node.release()
 
@@ -83,7 +83,7 @@ def _readlink(c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int:
         raise OSError(errno.EINVAL, "bad size")
     node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
     try:
-        target = node.fs.readlink(node)
+        target = node.fs.readlink(node, c.task)
     finally:
         node.release()
     out = target[:size]
@@ -114,7 +114,7 @@ def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
         raise OSError(errno.EINVAL, "bad mode")
     node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, flags)
     try:
-        a = node.fs.getattr(node)
+        a = node.fs.getattr(node, c.task)
         if mode == os.F_OK:
             return 0
         creds = c.task.creds
@@ -309,7 +309,7 @@ def _mounted_root_with_dev(c: Call, dev: int):
         if m.root_node is None:
             continue
         try:
-            if m.fs.getattr(m.root_node).dev == dev:
+            if m.fs.getattr(m.root_node, c.task).dev == dev:
                 return m.root_node
         except OSError:
             continue

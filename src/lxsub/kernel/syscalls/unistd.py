@@ -72,7 +72,7 @@ def _searchable_dir(c: Call, node) -> None:
             node.release()
             raise
     if perm.needs_checks(c.task.creds):
-        a = node.fs.getattr(node)
+        a = node.fs.getattr(node, c.task)
         try:
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
         except OSError:
@@ -176,14 +176,14 @@ def sys_truncate(c: Call) -> int:
         raise OSError(errno.EINVAL, "negative length")
     node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0))
     try:
-        a = node.fs.getattr(node)
+        a = node.fs.getattr(node, c.task)
         if node.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
         if length > a.size:
             _check_file_size_limit(c, length)
-        fd = node.fs.open(node, os.O_WRONLY, c.task.creds)
+        fd = node.fs.open(node, os.O_WRONLY, c.task)
         try:
             os.ftruncate(fd, length)
         finally:

@@ -14,7 +14,7 @@ from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
     from lxsub.kernel.vfs.vfs import Vfs
-    from lxsub.kernel.task import Task
+    from lxsub.kernel.vfs.caller import Caller
 
 OVERFLOW_ID = 65534
 _HOST_UID = os.getuid()
@@ -34,35 +34,35 @@ def node_or_none(vfs: "Vfs", local: int, s: os.stat_result) -> Node | None:
     return vfs.node_for_host_fd(local, s, host)
 
 
-def stat_of_fd(vfs: "Vfs", task: "Task", fd: int) -> LinuxStat:
-    return stat_and_mount_of_fd(vfs, task, fd)[0]
+def stat_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> LinuxStat:
+    return stat_and_mount_of_fd(vfs, caller, fd)[0]
 
 
-def stat_and_mount_of_fd(vfs: "Vfs", task: "Task", fd: int) -> tuple[LinuxStat, int]:
+def stat_and_mount_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> tuple[LinuxStat, int]:
     """fstat of a caller's descriptor, and the id of the mount its file is on (0: none)."""
-    local = lookup.copy_fd(task, fd)
+    local = lookup.copy_fd(caller, fd)
     try:
         s = os.fstat(local)
         node = node_or_none(vfs, local, s)
         if node is not None:
-            return node.fs.getattr(node), node.mount.id
-        return host_object_stat(task, s), 0
+            return node.fs.getattr(node, caller), node.mount.id
+        return host_object_stat(caller, s), 0
     finally:
         os.close(local)
 
 
-def host_object_stat(task: "Task", s: os.stat_result) -> LinuxStat:
-    return LinuxStat.from_host(s, s.st_mode, map_host_uid(task, s.st_uid),
-                               map_host_gid(task, s.st_gid), s.st_rdev)
+def host_object_stat(caller: "Caller", s: os.stat_result) -> LinuxStat:
+    return LinuxStat.from_host(s, s.st_mode, map_host_uid(caller, s.st_uid),
+                               map_host_gid(caller, s.st_gid), s.st_rdev)
 
 
-def map_host_uid(task: "Task", uid: int) -> int:
+def map_host_uid(caller: "Caller", uid: int) -> int:
     if uid == _HOST_UID:
-        return task.creds.fsuid
+        return caller.creds.fsuid
     return 0 if uid == 0 else OVERFLOW_ID
 
 
-def map_host_gid(task: "Task", gid: int) -> int:
+def map_host_gid(caller: "Caller", gid: int) -> int:
     if gid == _HOST_GID:
-        return task.creds.fsgid
+        return caller.creds.fsgid
     return 0 if gid == 0 else OVERFLOW_ID

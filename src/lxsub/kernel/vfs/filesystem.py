@@ -1,7 +1,10 @@
 """The interface every file system plugin implements (VolFs, DrvFs, ProcFs...).
 
 Operations take resolved Nodes (and a name, for operations on a directory's
-entry) plus the caller's credentials; they raise OSError with a Linux errno.
+entry) plus who asks: the Caller (kernel/vfs/caller.py) where the answer
+depends on it (lookups and contents of pseudo files, owners shown by DrvFs,
+opening), its credentials where a new file takes its owner from them. They
+raise OSError with a Linux errno.
 Permission checks that depend on the Linux view are the VFS's job
 (kernel/vfs/perm.py); plugins enforce only what is their own (read-only
 pseudo files, host rights on DrvFs).
@@ -17,6 +20,7 @@ from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.mount import Mount
     from lxsub.kernel.vfs.node import Node
 
@@ -46,8 +50,9 @@ class FileSystem:
     # owner (kernel/exec/plan.py). Not on DrvFs: its owners are the host's,
     # which mean nothing inside (host root is not the instance's root).
     set_id_bits = True
-    # A host door (kernel/doors.py) the walk checks before every lookup in
-    # a directory of this file system (DrvFs); None: no door.
+    # A host door (kernel/doors.py) the VFS checks before every lookup in
+    # a directory of this file system and before changing its files
+    # (kernel/vfs/path.py, ops.py); None: no door.
     door = None
     # The host directory its files are in, if the host names them by path.
     host_root: str | None = None
@@ -57,16 +62,16 @@ class FileSystem:
         raise NotImplementedError
 
     # -- lookup -------------------------------------------------------------
-    def lookup(self, parent: "Node", name: bytes) -> "Node":
+    def lookup(self, parent: "Node", name: bytes, caller: "Caller") -> "Node":
         raise NotImplementedError
 
-    def parent_of(self, node: "Node") -> "Node":
+    def parent_of(self, node: "Node", caller: "Caller") -> "Node":
         raise NotImplementedError
 
-    def readlink(self, node: "Node") -> bytes:
+    def readlink(self, node: "Node", caller: "Caller") -> bytes:
         raise OSError(errno.EINVAL, "not a symlink")
 
-    def follow_magic(self, node: "Node") -> "Node | None":
+    def follow_magic(self, node: "Node", caller: "Caller") -> "Node | None":
         """For a magic link (/proc/<pid>/fd/N): the file it stands for."""
         return None
 
@@ -86,7 +91,7 @@ class FileSystem:
         return None
 
     # -- attributes -----------------------------------------------------------
-    def getattr(self, node: "Node") -> LinuxStat:
+    def getattr(self, node: "Node", caller: "Caller") -> LinuxStat:
         raise NotImplementedError
 
     def statfs(self, node: "Node") -> tuple:
@@ -95,7 +100,7 @@ class FileSystem:
     chmod = chown = utimens = _nope
 
     # -- opening --------------------------------------------------------------
-    def open(self, node: "Node", flags: int, creds: "Creds") -> int:
+    def open(self, node: "Node", flags: int, caller: "Caller") -> int:
         """A host descriptor (provider-side) for the open file."""
         raise NotImplementedError
 

@@ -17,7 +17,7 @@ from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
     from lxsub.kernel.vfs.vfs import Vfs
-    from lxsub.kernel.task import Task
+    from lxsub.kernel.vfs.caller import Caller
 
 
 def _e(code: int) -> OSError:
@@ -25,76 +25,88 @@ def _e(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def _may_modify_dir(task: "Task", d: Node) -> None:
-    if perm.needs_checks(task.creds):
-        a = d.fs.getattr(d)
-        perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+def _door(caller: "Caller", node: Node) -> None:
+    """A program changing a file of a file system behind a host door
+    (DrvFs) must hold the door, however it reached the file (a descriptor
+    another user passed it): kernel/doors.py. The provider's own work
+    (a Caller that is no Task) needs none."""
+    door = node.fs.door
+    if door is not None and caller.task is not None:
+        door.check(caller.creds)
 
 
-def _sticky_allows(task: "Task", d: Node, victim: Node) -> None:
-    if task.creds.capable(caps.CAP_FOWNER):
+def _may_modify_dir(caller: "Caller", d: Node) -> None:
+    if perm.needs_checks(caller.creds):
+        a = d.fs.getattr(d, caller)
+        perm.check(caller.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+
+
+def _sticky_allows(caller: "Caller", d: Node, victim: Node) -> None:
+    if caller.creds.capable(caps.CAP_FOWNER):
         return
-    da = d.fs.getattr(d)
+    da = d.fs.getattr(d, caller)
     if da.mode & st.S_ISVTX:
-        va = victim.fs.getattr(victim)
-        if task.creds.fsuid not in (va.uid, da.uid):
+        va = victim.fs.getattr(victim, caller)
+        if caller.creds.fsuid not in (va.uid, da.uid):
             raise _e(errno.EPERM)
 
 
-def _entry(vfs, task, parent: Node, name: bytes) -> Node:
-    return lookup.walker(vfs, task).resolve(parent, name, follow=False)
+def _entry(vfs, caller, parent: Node, name: bytes) -> Node:
+    return lookup.walker(vfs, caller).resolve(parent, name, follow=False)
 
 
-def mkdir(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
-    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
+def mkdir(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, mode: int) -> None:
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
-        _may_modify_dir(task, parent)
-        parent.fs.mkdir(parent, name, mode & 0o7777 & ~task.fs.umask, task.creds)
+        _may_modify_dir(caller, parent)
+        parent.fs.mkdir(parent, name, mode & 0o7777 & ~caller.fs.umask, caller.creds)
     finally:
         parent.release()
 
 
-def mknod(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
+def mknod(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
     kind = st.S_IFMT(mode)
-    if kind in (st.S_IFCHR, st.S_IFBLK) and not task.creds.capable(caps.CAP_MKNOD):
+    if kind in (st.S_IFCHR, st.S_IFBLK) and not caller.creds.capable(caps.CAP_MKNOD):
         raise _e(errno.EPERM)
     if kind == st.S_IFDIR or kind not in (0, st.S_IFREG, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
         raise _e(errno.EINVAL)
-    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
-        _may_modify_dir(task, parent)
-        mode = (kind or st.S_IFREG) | (mode & 0o7777 & ~task.fs.umask)
-        parent.fs.mknod(parent, name, mode, rdev, task.creds)
+        _may_modify_dir(caller, parent)
+        mode = (kind or st.S_IFREG) | (mode & 0o7777 & ~caller.fs.umask)
+        parent.fs.mknod(parent, name, mode, rdev, caller.creds)
     finally:
         parent.release()
 
 
-def unlink(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, rmdir: bool) -> None:
-    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
+def unlink(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, rmdir: bool) -> None:
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name == b".":
             raise _e(errno.EINVAL if rmdir else errno.EISDIR)
         if name == b"..":
             raise _e(errno.ENOTEMPTY if rmdir else errno.EISDIR)
-        victim = _entry(vfs, task, parent, name)
+        victim = _entry(vfs, caller, parent, name)
         try:
             if vfs.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
                 raise _e(errno.EBUSY)
-            _may_modify_dir(task, parent)
-            _sticky_allows(task, parent, victim)
+            _may_modify_dir(caller, parent)
+            _sticky_allows(caller, parent, victim)
             if rmdir:
                 if not victim.is_dir():
                     raise _e(errno.ENOTDIR)
+                _door(caller, parent)
                 parent.fs.rmdir(parent, name)
             else:
                 if victim.is_dir():
                     raise _e(errno.EISDIR)
                 if path.endswith(b"/"):
                     raise _e(errno.ENOTDIR)
+                _door(caller, parent)
                 parent.fs.unlink(parent, name)
         finally:
             victim.release()
@@ -102,32 +114,33 @@ def unlink(vfs: "Vfs", task: "Task", dirfd: int, path: bytes, rmdir: bool) -> No
         parent.release()
 
 
-def symlink(vfs: "Vfs", task: "Task", target: bytes, dirfd: int, path: bytes) -> None:
+def symlink(vfs: "Vfs", caller: "Caller", target: bytes, dirfd: int, path: bytes) -> None:
     if not target:
         raise _e(errno.ENOENT)
-    parent, name = lookup.resolve_parent_at(vfs, task, dirfd, path)
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
-        _may_modify_dir(task, parent)
-        parent.fs.symlink(parent, name, target, task.creds)
+        _may_modify_dir(caller, parent)
+        parent.fs.symlink(parent, name, target, caller.creds)
     finally:
         parent.release()
 
 
-def link(vfs: "Vfs", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+def link(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
          flags: int) -> None:
-    src = lookup.resolve_at(vfs, task, olddirfd, old, flags, follow_default=False)
+    src = lookup.resolve_at(vfs, caller, olddirfd, old, flags, follow_default=False)
     try:
         if src.is_dir():
             raise _e(errno.EPERM)
-        parent, name = lookup.resolve_parent_at(vfs, task, newdirfd, new)
+        parent, name = lookup.resolve_parent_at(vfs, caller, newdirfd, new)
         try:
             if name in (b".", b".."):
                 raise _e(errno.EEXIST)
             if parent.mount is not src.mount:
                 raise _e(errno.EXDEV)
-            _may_modify_dir(task, parent)
+            _may_modify_dir(caller, parent)
+            _door(caller, parent)
             parent.fs.link(src, parent, name)
         finally:
             parent.release()
@@ -138,29 +151,30 @@ def link(vfs: "Vfs", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 
 
-def rename(vfs: "Vfs", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+def rename(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
            flags: int) -> None:
     if flags & ~7 or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
         raise _e(errno.EINVAL)
     if flags & RENAME_WHITEOUT:
         raise _e(errno.EPERM)
-    op, oname = lookup.resolve_parent_at(vfs, task, olddirfd, old)
+    op, oname = lookup.resolve_parent_at(vfs, caller, olddirfd, old)
     try:
-        np, nname = lookup.resolve_parent_at(vfs, task, newdirfd, new)
+        np, nname = lookup.resolve_parent_at(vfs, caller, newdirfd, new)
         try:
             if b"." in (oname, nname) or b".." in (oname, nname):
                 raise _e(errno.EBUSY if oname in (b".", b"..") else errno.EINVAL)
             if op.mount is not np.mount:
                 raise _e(errno.EXDEV)
-            victim = _entry(vfs, task, op, oname)
+            victim = _entry(vfs, caller, op, oname)
             try:
                 if vfs.mounts.mounted_on(victim):
                     raise _e(errno.EBUSY)
-                _may_modify_dir(task, op)
-                _may_modify_dir(task, np)
-                _sticky_allows(task, op, victim)
+                _may_modify_dir(caller, op)
+                _may_modify_dir(caller, np)
+                _sticky_allows(caller, op, victim)
             finally:
                 victim.release()
+            _door(caller, op)
             op.fs.rename(op, oname, np, nname, flags)
         finally:
             np.release()
@@ -168,19 +182,20 @@ def rename(vfs: "Vfs", task: "Task", olddirfd: int, old: bytes, newdirfd: int, n
         op.release()
 
 
-def chmod(task: "Task", node: Node, mode: int) -> None:
-    a = node.fs.getattr(node)
-    if task.creds.fsuid != a.uid and not task.creds.capable(caps.CAP_FOWNER):
+def chmod(caller: "Caller", node: Node, mode: int) -> None:
+    a = node.fs.getattr(node, caller)
+    if caller.creds.fsuid != a.uid and not caller.creds.capable(caps.CAP_FOWNER):
         raise _e(errno.EPERM)
     mode &= 0o7777
-    if mode & st.S_ISGID and not task.creds.in_group(a.gid) and not task.creds.capable(caps.CAP_FSETID):
+    if mode & st.S_ISGID and not caller.creds.in_group(a.gid) and not caller.creds.capable(caps.CAP_FSETID):
         mode &= ~st.S_ISGID
-    node.fs.chmod(node, mode)
+    _door(caller, node)
+    node.fs.chmod(node, mode, caller)
 
 
-def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
-    a = node.fs.getattr(node)
-    c = task.creds
+def chown(caller: "Caller", node: Node, uid: int, gid: int) -> None:
+    a = node.fs.getattr(node, caller)
+    c = caller.creds
     if not c.capable(caps.CAP_CHOWN):
         if uid != -1 and uid != a.uid:
             raise _e(errno.EPERM)
@@ -188,23 +203,24 @@ def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
             raise _e(errno.EPERM)
     if uid == -1 and gid == -1:
         return
-    node.fs.chown(node, uid, gid)
+    _door(caller, node)
+    node.fs.chown(node, uid, gid, caller)
     if not st.S_ISDIR(a.mode) and a.mode & (st.S_ISUID | st.S_ISGID) and not st.S_ISLNK(a.mode):
         # chown clears setuid (and group-executable setgid), as Linux does
         keep = a.mode & 0o7777 & ~st.S_ISUID
         if a.mode & st.S_IXGRP:
             keep &= ~st.S_ISGID
         if keep != a.mode & 0o7777:
-            node.fs.chmod(node, keep)
+            node.fs.chmod(node, keep, caller)
 
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
 
-def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
-    a = node.fs.getattr(node)
-    c = task.creds
+def utimens(caller: "Caller", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    a = node.fs.getattr(node, caller)
+    c = caller.creds
     owner = c.fsuid == a.uid or c.capable(caps.CAP_FOWNER)
     both_now = atime[1] == UTIME_NOW and mtime[1] == UTIME_NOW
     if not owner:
@@ -213,4 +229,5 @@ def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, 
         perm.check(c, a.mode, a.uid, a.gid, perm.MAY_WRITE)
     if atime[1] == UTIME_OMIT and mtime[1] == UTIME_OMIT:
         return
+    _door(caller, node)
     node.fs.utimens(node, atime, mtime)

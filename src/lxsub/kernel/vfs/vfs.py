@@ -19,18 +19,19 @@ import errno
 import os
 import stat as st
 
+from lxsub.kernel.fs.anon import HostObjectFs
 from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, CLAIM_OWN, CLAIM_REST, FileSystem
 from lxsub.kernel.vfs.mount import Mount, MountTable
 from lxsub.kernel.vfs.node import Node
 
 class Vfs:
-    def __init__(self, root_fs: FileSystem, source: str, anon_fs: FileSystem) -> None:
+    def __init__(self, root_fs: FileSystem, source: str) -> None:
         self.mounts = MountTable(root_fs, source)
         # Pipes, sockets, memfds, anonymous inodes: files of no mounted file
         # system (Linux's anon_inode_mnt, pipe_mnt, sock_mnt), for stat and
         # /proc/<pid>/fd/N.
-        self.anon_mount = Mount(anon_fs, "anon")
+        self.anon_mount = Mount(HostObjectFs(), "anon")
         self._index: tuple[int, list, list, list] | None = None
         # The Linux owners of the ptys (devpts(5)): set by opening /dev/ptmx,
         # shown by every devpts mount.
