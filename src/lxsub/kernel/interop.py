@@ -140,10 +140,9 @@ def to_host(linux_path: str, mounts: list[HostMount], cwd: str = "/") -> str | N
 
 def mounts_of(inst: "Instance") -> list[HostMount]:
     """The instance's DrvFs mounts as they are now."""
-    from lxsub.kernel.fs.drvfs import DrvFs
     out = []
     for m in inst.vfs.mounts.mounts:
-        if isinstance(m.fs, DrvFs):
+        if m.fs.host_view:
             out.append(HostMount(normalize(_join(m.fs.host_root, m.root_path.lstrip("/"))),
                                  normalize(m.path)))
     return out
@@ -292,10 +291,9 @@ def host_target(inst: "Instance"):
     script's `#!` line naming it)."""
     if not inst.config.interop.enabled:
         return None
-    from lxsub.kernel.fs.drvfs import DrvFs
 
     def target(node: "Node", creds) -> str | None:
-        if isinstance(node.fs, DrvFs):
+        if node.fs.host_view:
             inst.interop_door.check(creds)
             return node.fs.host_path(node)
         return None
@@ -385,14 +383,13 @@ def _read_env(c: Call, envp_ptr: int) -> dict[str, str]:
 
 def _host_cwd(inst: "Instance", task) -> tuple[str, str]:
     """(host working directory, Linux cwd) for a host program."""
-    from lxsub.kernel.fs.drvfs import DrvFs
     node = task.fs.cwd
     linux_cwd = "/"
     try:
         linux_cwd = inst.vfs.vpath_of(node)
     except OSError:
         pass
-    if isinstance(node.fs, DrvFs):
+    if node.fs.host_view:
         try:
             host = node.fs.host_path(node)
             if host and not host.endswith(" (deleted)"):

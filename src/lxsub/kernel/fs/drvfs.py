@@ -155,6 +155,7 @@ class DrvFs(HostTree):
     fstype = "drvfs"
     host_acls = True
     host_claim = CLAIM_REST
+    host_view = True
     set_id_bits = False
 
     def __init__(self, inst: "Instance", host_root: str, options: str = "") -> None:
@@ -163,6 +164,10 @@ class DrvFs(HostTree):
         self.options = self.opts.render()
         self.door = inst.drvfs_door          # checked by the walk, see kernel/vfs/path.py
         self.storage = inst.storage
+
+    @property
+    def mount_options(self) -> str:
+        return self.options
 
     def root(self, mount) -> Node:
         return self._sealed(_not_pseudo(super().root(mount), "host pseudo file system"))
@@ -475,6 +480,7 @@ def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" =
         settings = automount
     if not settings.enabled:
         return []
+    from lxsub.kernel.fs import registry
     made = []
     for host, path, options in (("/", settings.root, settings.options), *settings.mounts):
         try:
@@ -483,8 +489,9 @@ def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" =
             inst.log.warn(f"drvfs: cannot make mount point {path}: {e.strerror}; not mounted")
             continue
         try:
-            fs = DrvFs(inst, host, options)
-            made.append(inst.vfs.mounts.mount(fs, at, _normal(path), _mount_source(host), fs.options))
+            fs = registry.make(inst, "drvfs", host, options)
+            made.append(inst.vfs.mounts.mount(fs, at, _normal(path), _mount_source(host),
+                                              fs.mount_options))
         except OSError as e:
             inst.log.warn(f"drvfs: cannot mount host {host} at {path}: {e.strerror}")
         finally:

@@ -209,6 +209,14 @@ class HostFs(HostTree):
     """A host tree the instance recognises by its host path (VolFs, devpts)."""
     host_claim = CLAIM_BY_ROOT
 
+    def for_bind(self, root: Node) -> "HostFs":
+        # The Vfs finds HostFs files by host path: a bind mount of one is
+        # the same tree from another host directory.
+        import copy
+        fs = copy.copy(self)
+        fs.host_root = os.readlink(fd_path(root.fd))
+        return fs
+
     def path_in_mount(self, node: Node) -> str:
         # host_root is the mount's root (a bind mount copies the file system
         # with its own, kernel/syscalls/mount.py): no second readlink.

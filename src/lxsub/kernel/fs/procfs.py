@@ -284,7 +284,7 @@ def _mount_root(m: "Mount") -> str:
         return "/"
     if node.obj is not None and isinstance(getattr(node.obj, "path", None), str):
         return node.obj.path
-    host_root = getattr(fs, "host_root", None)
+    host_root = fs.host_root
     if node.fd is None or not host_root:
         return "/"
     try:
@@ -311,9 +311,8 @@ _SYSCTL_VIEWS = {"/proc/sys/net/ipv4/ping_group_range": _ping_group_range}
 
 
 def _mount_dev(m: "Mount") -> int:
-    dev = getattr(m.fs, "dev", None)
-    if isinstance(dev, int):
-        return dev
+    if m.fs.dev:
+        return m.fs.dev
     try:
         # The device is no one's view: asked as the provider itself.
         return m.fs.getattr(m.root_node, Caller(Creds())).dev
@@ -323,30 +322,8 @@ def _mount_dev(m: "Mount") -> int:
 
 def _filesystems() -> bytes:
     """The file system types lxsub has, as /proc/filesystems lists them."""
-    return "".join(f"{'nodev' if nodev else ''}\t{name}\n"
-                   for name, nodev in filesystem_types()).encode()
-
-
-def filesystem_types() -> list[tuple[str, bool]]:
-    """(type name, nodev) of each file system type lxsub has, in the order
-    /proc/filesystems and sysfs(2) number them (the kernel's file_systems
-    list)."""
-    import importlib
-
-    from lxsub.kernel.fs.hostfs import HostFs
-    from lxsub.kernel.vfs.filesystem import FileSystem
-    seen: dict[str, bool] = {}
-    for mod in ("volfs", "drvfs", "tmpfs", "procfs", "sysfs", "cgroupfs", "devfs"):
-        try:
-            m = importlib.import_module("lxsub.kernel.fs." + mod)
-        except ImportError:
-            continue
-        for obj in vars(m).values():
-            if (isinstance(obj, type) and issubclass(obj, FileSystem) and obj.__module__ == m.__name__
-                    and obj.fstype not in ("none", "")):
-                backed = issubclass(obj, HostFs) and obj.fstype != "devpts"
-                seen.setdefault(obj.fstype, not backed)
-    return list(seen.items())
+    from lxsub.kernel.fs.registry import FS_TYPES
+    return "".join(f"{'nodev' if t.nodev else ''}\t{t.name}\n" for t in FS_TYPES).encode()
 
 
 def _cgroups() -> bytes:

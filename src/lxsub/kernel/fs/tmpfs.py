@@ -158,6 +158,10 @@ class TmpFs(HostTree):
     magic = TMPFS_MAGIC
     host_claim = CLAIM_OWN
 
+    @property
+    def mount_options(self) -> str:
+        return self.options
+
     def __init__(self, inst: "Instance", options: str = "") -> None:
         host_opts, view = parse_options(options)
         self.inst = inst
@@ -319,8 +323,10 @@ def mount_tmpfs(inst: "Instance", path: str, options: str = "", source: str = "t
     if at is None:
         return None
     try:
-        fs = fs or TmpFs(inst, options)
-        return inst.vfs.mounts.mount(fs, at, path, source, fs.options)
+        if fs is None:
+            from lxsub.kernel.fs import registry
+            fs = registry.make(inst, "tmpfs", source, options)
+        return inst.vfs.mounts.mount(fs, at, path, source, fs.mount_options)
     finally:
         at.release()
 

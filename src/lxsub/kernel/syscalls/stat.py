@@ -123,7 +123,7 @@ def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
             creds.fsuid, creds.fsgid = creds.ruid, creds.rgid
             if creds.ruid != 0:
                 creds.cap_effective = 0
-        if mode & os.W_OK and getattr(node.fs, "read_only", False):
+        if mode & os.W_OK and node.fs.read_only:
             raise OSError(errno.EROFS, "read-only file system")
         want = (perm.MAY_READ if mode & os.R_OK else 0) | (perm.MAY_WRITE if mode & os.W_OK else 0) \
             | (perm.MAY_EXEC if mode & os.X_OK else 0)

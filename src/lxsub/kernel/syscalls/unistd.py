@@ -64,13 +64,11 @@ def _searchable_dir(c: Call, node) -> None:
     if not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
-    enter = getattr(node.fs, "check_enter", None)    # DrvFs: its door, sealed storage
-    if enter is not None:
-        try:
-            enter(node, c.task.creds)
-        except OSError:
-            node.release()
-            raise
+    try:
+        node.fs.check_enter(node, c.task.creds)    # DrvFs: its door, sealed storage
+    except OSError:
+        node.release()
+        raise
     if perm.needs_checks(c.task.creds):
         a = node.fs.getattr(node, c.task)
         try:

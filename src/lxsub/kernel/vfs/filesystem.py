@@ -57,9 +57,32 @@ class FileSystem:
     # The host directory its files are in, if the host names them by path.
     host_root: str | None = None
     host_claim = CLAIM_NONE
+    # The options /proc/mounts shows for a mount of it (file systems with
+    # options of their own, TmpFs and DrvFs, render theirs).
+    mount_options = "rw"
+    # st_dev of a file system the instance makes up (anon_dev); 0: its
+    # files' own host device.
+    dev = 0
+    # Nothing in it can be written (pseudo files): access(2) W_OK is EROFS.
+    read_only = False
+    # Its files are the host's own, shown as they are (DrvFs): interop runs
+    # them as host programs and names them by their host paths.
+    host_view = False
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
+
+    def unmounted(self) -> None:
+        """Its last mount is gone: free what it holds."""
+
+    def for_bind(self, root: "Node") -> "FileSystem":
+        """The file system a bind mount of its file `root` shows (itself,
+        but where the Vfs finds files by host root: kernel/syscalls/mount.py)."""
+        return self
+
+    def check_enter(self, node: "Node", creds: "Creds") -> None:
+        """chdir(2)/chroot(2) into its directory `node`: what it refuses
+        beyond the VFS's search permission (DrvFs: its door)."""
 
     # -- lookup -------------------------------------------------------------
     def lookup(self, parent: "Node", name: bytes, caller: "Caller") -> "Node":
@@ -106,6 +129,11 @@ class FileSystem:
 
     def create(self, parent: "Node", name: bytes, flags: int, mode: int, creds: "Creds") -> int:
         _nope()
+
+    def open_tmpfile(self, parent: "Node", flags: int, mode: int, creds: "Creds") -> int:
+        """O_TMPFILE in the directory `parent` (open(2): EOPNOTSUPP where
+        the file system has no unnamed files)."""
+        raise OSError(errno.EOPNOTSUPP, "O_TMPFILE not supported here")
 
     # -- directory entries ------------------------------------------------------
     mkdir = mknod = symlink = link = unlink = rmdir = rename = _nope

@@ -71,7 +71,7 @@ class Mount:
         if node is not None and node.host_st is not None:
             dev = node.host_st.st_dev
         else:
-            dev = getattr(self.fs, "dev", 0)
+            dev = self.fs.dev
         return os.major(dev), os.minor(dev)
 
 
@@ -115,9 +115,7 @@ class MountTable:
                 del self._by_point[key]
         fs = m.fs
         if not any(other.fs is fs for other in self.mounts):
-            done = getattr(fs, "unmounted", None)
-            if done is not None:
-                done()
+            fs.unmounted()
 
     def close(self) -> None:
         """The instance ends: unmount everything (freeing what the file

@@ -132,9 +132,6 @@ def _open_tmpfile(vfs, caller, dirfd, path, flags, mode) -> int:
         if not d.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
         check_may_create(caller, d)
-        opener = getattr(d.fs, "open_tmpfile", None)
-        if opener is None:
-            raise OSError(errno.EOPNOTSUPP, "O_TMPFILE not supported here")
-        return opener(d, flags, mode & 0o7777 & ~caller.fs.umask, caller.creds)
+        return d.fs.open_tmpfile(d, flags, mode & 0o7777 & ~caller.fs.umask, caller.creds)
     finally:
         d.release()

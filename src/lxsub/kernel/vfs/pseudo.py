@@ -201,8 +201,6 @@ class PseudoHost(Protocol):
 class PseudoFs(FileSystem):
     read_only = True
     host_claim = CLAIM_OWN       # its memfds and scratch directories (node_from_host)
-    # How the default mount table mounts it (kernel/fs/mounts.py).
-    mount_options = "rw"
 
     def __init__(self, inst: PseudoHost) -> None:
         self.inst = inst
