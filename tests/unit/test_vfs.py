@@ -48,9 +48,9 @@ def _host_fd(path) -> int:
 
 @pytest.mark.parametrize("instance_path", [b"/etc/hostname", b"/mnt/data/sub/file", b"/mnt/data",
                                            b"/var/www/html/index.html", b"/"])
-def test_a_walked_file_has_the_path_it_was_walked_by(vfs, instance_path):
-    v, walk, _ = vfs
-    node = walk.resolve(walk.root, instance_path)
+def test_a_file_has_the_path_it_was_found_by(vfs, instance_path):
+    v, _, _ = vfs
+    node = v.resolve(instance_path, Caller(Creds()))
     try:
         assert v.vpath_of(node) == instance_path.decode()
     finally:

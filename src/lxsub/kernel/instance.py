@@ -99,20 +99,13 @@ class Instance:
     # -- starting processes -------------------------------------------------
 
     def root_context(self, cwd: str = "/") -> FsContext:
-        root = self.vfs.mounts.root_mount.root()
-        from lxsub.kernel.vfs.path import Walker
-        try:
-            # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
-            # surrogateescape string (manager/protocol.py, wire_bytes).
-            cwd_node = Walker(self.vfs.mounts, root, Caller(Creds())).resolve(
-                root, cwd.encode("utf-8", "surrogateescape"))
-            if not cwd_node.is_dir():
-                cwd_node.release()
-                raise OSError(errno.ENOTDIR, "not a directory")
-        except OSError:
-            root.release()
-            raise
-        return FsContext(root, cwd_node)
+        # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
+        # surrogateescape string (manager/protocol.py, wire_bytes).
+        cwd_node = self.vfs.resolve(cwd.encode("utf-8", "surrogateescape"), Caller(Creds()))
+        if not cwd_node.is_dir():
+            cwd_node.release()
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return FsContext(self.vfs.mounts.root_mount.root(), cwd_node)
 
     def spawn(self, path: bytes, argv: list[bytes], envp: list[bytes], creds: Creds,
               fs: FsContext, setup: launcher.ChildSetup) -> Process:

@@ -686,14 +686,10 @@ _OURS = b"# Written by lxsub"
 def _is_dir(inst: "Instance", path: str) -> bool:
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.caller import Caller
-    from lxsub.kernel.vfs.path import Walker
-    root = inst.vfs.mounts.root_mount.root()
     try:
-        node = Walker(inst.vfs.mounts, root, Caller(Creds())).resolve(root, path.encode())
+        node = inst.vfs.resolve(path.encode(), Caller(Creds()))
     except OSError:
         return False
-    finally:
-        root.release()
     try:
         return node.is_dir()
     finally:
@@ -707,13 +703,10 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
     from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.path import Walker
     own = Caller(Creds())                 # the provider's own work
-    root = inst.vfs.mounts.root_mount.root()
     try:
-        cur = Walker(inst.vfs.mounts, root, own).resolve(root, where.encode())
+        cur = inst.vfs.resolve(where.encode(), own)
     except OSError:
         return
-    finally:
-        root.release()
     try:
         try:
             node = Walker(inst.vfs.mounts, cur, own).resolve(cur, name, follow=False)

@@ -178,7 +178,6 @@ class DrvFs(HostTree):
         """EACCES unless the caller holds the door."""
         self.door.check(creds)
 
-
     def _sealed(self, node: Node) -> Node:
         """node, or the blank in its place if it is lxsub's own storage."""
         s = node.host_st
@@ -263,8 +262,9 @@ class DrvFs(HostTree):
     # -- attributes ----------------------------------------------------------------
 
     def _owner(self, s: os.stat_result, caller) -> tuple[int, int]:
-        """The host user's files are the caller's (as 9p/DrvFs show a
-        Windows user's files), unless uid=/gid= options say whose."""
+        """The host user's files show as the caller's own (whoever asks, the
+        provider uses them with the host user's rights), unless the uid= and
+        gid= mount options name their owner."""
         if s.st_uid == _HOST_UID:
             uid = self.opts.uid if self.opts.uid is not None else caller.creds.fsuid
         else:

@@ -46,16 +46,13 @@ def mount_defaults(inst: "Instance", automount=None, tmp: bool = False) -> None:
 def resolve_dir(inst: "Instance", path: str):
     """The directory at instance path `path` (walked as root), or None with a
     warning if it is missing; the caller owns the Node."""
-    root = inst.vfs.mounts.root_mount.root()
     try:
-        at = Walker(inst.vfs.mounts, root, Caller(Creds())).resolve(root, path.encode())
+        at = inst.vfs.resolve(path.encode(), Caller(Creds()))
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             inst.log.warn(f"{path} missing in the rootfs: not mounted")
             return None
         raise
-    finally:
-        root.release()
     if not at.is_dir():
         at.release()
         inst.log.warn(f"{path} is not a directory: not mounted")

@@ -23,7 +23,9 @@ from lxsub.kernel.fs.anon import HostObjectFs
 from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, CLAIM_OWN, CLAIM_REST, FileSystem
 from lxsub.kernel.vfs.mount import Mount, MountTable
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.path import Walker
 
 class Vfs:
     def __init__(self, root_fs: FileSystem, source: str) -> None:
@@ -105,7 +107,18 @@ class Vfs:
         node = self.node_for_host_fd(fd, os.fstat(fd))
         return node.mount.id if node is not None else self.anon_mount.id
 
-    # -- Node -> instance path -------------------------------------------------------
+    # -- instance path <-> Node ------------------------------------------------------
+
+    def resolve(self, path: bytes, caller: Caller, follow: bool = True) -> Node:
+        """The file at the absolute instance path `path`, walked from the
+        instance's root as `caller` (the provider's own lookups: a command's
+        working directory, the default mounts' directories); the caller
+        owns the Node."""
+        root = self.mounts.root_mount.root()
+        try:
+            return Walker(self.mounts, root, caller).resolve(root, path, follow)
+        finally:
+            root.release()
 
     def vpath_of(self, node: Node) -> str:
         """The path of a Node inside the instance, as getcwd(2) gives it:
