@@ -108,7 +108,7 @@ def sys_bind(c: Call) -> int:
 
 
 def _bind_unix(c: Call, local: int, path: bytes) -> int:
-    parent, name = lookup.resolve_parent_at(c.inst, c.task, AT_FDCWD, path)
+    parent, name = lookup.resolve_parent_at(c.inst.vfs, c.task, AT_FDCWD, path)
     try:
         check_may_create(c.task, parent)
         host = _unix_addr(f"/proc/self/fd/{parent.fd}/".encode() + name)
@@ -124,8 +124,8 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
 
 
 def _resolve_socket_file(c: Call, path: bytes):
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, path)
-    a = node.fs.getattr(node)
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, path)
+    a = node.fs.getattr(node, c.task)
     if not st.S_ISSOCK(a.mode):
         node.release()
         raise OSError(errno.ECONNREFUSED, "not a socket")
