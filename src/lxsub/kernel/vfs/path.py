@@ -95,7 +95,8 @@ class Walker:
         checks to make. None means: take the component-by-component walk."""
         mounts = self.mounts
         root = mounts.root_mount
-        if b"/.." in path or perm.needs_checks(self.creds) or self.root.key != root.root_key():
+        if (b"/.." in path or perm.needs_checks(self.caller.creds)
+                or self.root.key != root.root_key()):
             return None
         plain = path
         if b"//" in path or b"/./" in path or path.endswith((b"/.", b"/")):
@@ -165,10 +166,10 @@ class Walker:
             raise _err(errno.ENOTDIR)
         door = d.fs.door
         if door is not None:          # DrvFs: only for the users holding its door
-            door.check(self.creds)
-        if perm.needs_checks(self.creds):
+            door.check(self.caller.creds)
+        if perm.needs_checks(self.caller.creds):
             a = d.fs.getattr(d, self.caller)
-            perm.check(self.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
+            perm.check(self.caller.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
 
     def _down(self, cur: Node, name: bytes) -> Node:
         nxt = cur.fs.lookup(cur, name, self.caller)
