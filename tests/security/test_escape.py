@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors"]
+            "control_socket", "survivors", "unix_sendmsg"]
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +199,47 @@ def _attack_control_sockets(built, socks: list[str]) -> None:
         shutil.rmtree(bindir, ignore_errors=True)
     cp = built.exe("/opt/lxsec/control_socket", *("/mnt/host" + s for s in socks), timeout=120)
     _check(cp)
+
+
+def _native_build(name: str, where: Path) -> Path:
+    """The attack program compiled on the host, for its native run."""
+    os.chmod(where, 0o755)
+    prog = where / name
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(prog), str(SRC / f"{name}.c")], check=True)
+    return prog
+
+
+def _drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            sock.recv(64)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def test_sendmsg_reaches_no_host_socket_path(built):
+    """Issue 11, item 3: sendmsg and sendmmsg name their destination in
+    memory the filter cannot read; a datagram with SCM_RIGHTS must not reach
+    a host socket path, also when a thread flips msg_name during the call.
+    The same program run natively as the same host user delivers them."""
+    d = Path(tempfile.mkdtemp(prefix="lxsec-dgram-"))
+    try:
+        os.chmod(d, 0o755)
+        path = d / "dgram"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as host:
+            host.bind(str(path))
+            host.setblocking(False)
+            os.chmod(path, 0o777)
+            prog = _native_build("unix_sendmsg", d)
+            native = subprocess.run(built.user.wrap(["env", "LXSEC_RACE_SECONDS=1", str(prog),
+                                                     str(path)]), capture_output=True, timeout=60)
+            assert native.returncode == 1 and b"SCM_RIGHTS delivered" in native.stdout, \
+                describe(native)
+            assert _drain(host) >= 3
+            cp = built.exe("/opt/lxsec/unix_sendmsg", str(path), timeout=400)
+            _check(cp)
+            assert _drain(host) == 0, "a datagram from inside reached the host socket"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -163,8 +163,12 @@ ROWS: list[Syscall] = [
     *(native(n) for n in (
         "listen", "accept", "accept4", "shutdown", "getsockname",
         "getpeername", "recvfrom", "recvmsg", "recvmmsg")),
-    native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
-    native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
+    # The destination and descriptors are in memory the filter cannot read
+    # and another thread may change: the provider sends from its copies.
+    notify("sendmsg", net.sys_sendmsg, "sent by the provider: AF_UNIX destinations resolved "
+           "in the instance, SCM_RIGHTS from the caller's descriptors, SCM_CREDENTIALS "
+           "checked in the instance's ids (unix(7))"),
+    notify("sendmmsg", net.sys_sendmmsg, "as sendmsg, message by message"),
     notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
     notify("connect", net.sys_connect, "AF_UNIX paths resolved in the instance"),
     # The address is a pointer: all 64 bits tell whether there is one.
