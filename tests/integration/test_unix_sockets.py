@@ -156,3 +156,26 @@ def test_sendmsg_in_the_instance(debian):
     assert cp.stdout.decode().splitlines() == [
         "hello /etc/hostname", "stream s 2", "bad fd EBADF", "root ok ok ESRCH",
         "user ok EPERM EPERM EPERM", "sendmmsg 2 3 4 one two!"], describe(cp)
+
+
+NAMES_PY = textwrap.dedent("""\
+    import os, socket
+    os.chdir("/tmp")
+    lst = socket.socket(socket.AF_UNIX); lst.bind("names.sock"); lst.listen()
+    c = socket.socket(socket.AF_UNIX); c.connect("/tmp/names.sock")
+    conn, _ = lst.accept()
+    print(lst.getsockname(), c.getpeername(), conn.getsockname(), repr(c.getsockname()))
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind("/tmp/names.dgram")
+    print(d.getsockname())
+    """)
+
+
+def test_socket_names_are_instance_paths(debian):
+    """getsockname/getpeername show the path a Unix socket was bound with
+    in the instance, as the program gave it (unix(7)), also for the
+    accepted end, never the provider's /proc/self/fd name."""
+    debian.sh("rm -f /tmp/names.sock /tmp/names.dgram")
+    cp = debian.exe("python3", "-c", NAMES_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["names.sock names.sock names.sock ''",
+                                               "/tmp/names.dgram"], describe(cp)

@@ -243,3 +243,104 @@ def test_sendmsg_reaches_no_host_socket_path(built):
             assert _drain(host) == 0, "a datagram from inside reached the host socket"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _survivors(marker: str) -> list[int]:
+    """Host processes running `sleep 3600 MARKER` (survivors.c's daemons)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in words[1:]:
+            found.append(int(pid))
+    return found
+
+
+def _wait_for(cond, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Popen, int]:
+    """Start survivors.c (its own session, so no group signal of the test's
+    reaches its daemons), and wait until all its daemons run: 2 per clone
+    that succeeded (setsid, fork, both exec sleep) and 1 for the vfork."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True, **kw)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith(b"started "):
+            break
+    assert lines and lines[-1].startswith(b"started "), b"".join(lines)
+    expected = 2 * (int(lines[-1].split()[1]) - 1) + 1
+    assert _wait_for(lambda: len(_survivors(marker)) >= expected, 60), \
+        (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-eo", "pid,ppid,pgid,sid,user,stat,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if marker in l or "lx" in l])
+    return p, expected
+
+
+def _provider_pid(built) -> int:
+    """The running instance's provider (`lx:DISTRO`) among the runner's processes."""
+    for pid in built.runner.strays():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == f"lx:{built.name}"[:15]:
+                    return pid
+        except OSError:
+            continue
+    raise AssertionError("no provider process found")
+
+
+def test_survivors_detector_natively(built, tmp_path_factory):
+    """The same daemons, started natively as the same host user, outlive
+    their launcher's SIGKILL: the check below can fail."""
+    marker = f"lxsec-native-{uuid.uuid4().hex[:12]}"
+    d = tmp_path_factory.mktemp("survivors")
+    prog = _native_build("survivors", d)
+    p, expected = _start_survivors(built.user.wrap([str(prog), marker]), marker)
+    try:
+        p.kill()
+        p.wait()
+        time.sleep(1)
+        assert len(_survivors(marker)) >= expected
+    finally:
+        for pid in _survivors(marker):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("how", ["terminate", "shutdown", "kill-provider"])
+def test_nothing_of_an_instance_survives_it(built, how):
+    """Issue 11, item 2: daemons (setsid + double fork, vfork) made with
+    every clone flag combination the filter allows are all gone once the
+    instance ends, however it ends."""
+    marker = f"lxsec-survivor-{uuid.uuid4().hex[:12]}"
+    p, expected = _start_survivors(built.runner.command(["-d", built.name, "-e",
+                                                         "/opt/lxsec/survivors", marker]),
+                                   marker, env=built.runner.env(), cwd=str(built.runner.root))
+    try:
+        if how == "kill-provider":
+            os.kill(_provider_pid(built), 9)
+        else:
+            cp = built.runner.run([f"--{how}", *([built.name] if how == "terminate" else [])],
+                                  timeout=60)
+            assert cp.returncode == 0, describe(cp)
+        left = _wait_for(lambda: not _survivors(marker), 15)
+        assert left, f"{len(_survivors(marker))} of {expected} daemons outlived the instance"
+    finally:
+        for pid in _survivors(marker):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        p.kill()
+        p.wait()

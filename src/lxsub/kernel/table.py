@@ -161,8 +161,11 @@ ROWS: list[Syscall] = [
             "would give pidfds of host senders)",
             rules=(ArgRule(2, "eq", net.SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
     *(native(n) for n in (
-        "listen", "accept", "accept4", "shutdown", "getsockname",
-        "getpeername", "recvfrom", "recvmsg", "recvmmsg")),
+        "listen", "accept", "accept4", "shutdown", "recvfrom", "recvmsg", "recvmmsg")),
+    notify("getsockname", net.sys_getsockname, "a Unix socket bound in the instance shows "
+           "its instance path"),
+    notify("getpeername", net.sys_getpeername, "a Unix socket's peer bound in the instance "
+           "shows its instance path"),
     # The destination and descriptors are in memory the filter cannot read
     # and another thread may change: the provider sends from its copies.
     notify("sendmsg", net.sys_sendmsg, "sent by the provider: AF_UNIX destinations resolved "

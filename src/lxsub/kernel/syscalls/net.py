@@ -119,9 +119,57 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
             raise OSError(errno.EADDRINUSE if e.errno == errno.EEXIST else e.errno, e.strerror)
         mode = st.S_IFSOCK | (0o777 & ~c.task.fs.umask)
         parent.fs.after_create_name(parent, name, mode, 0, c.task.creds)
+        made = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        _remember(c.inst.unix.bound, (made.st_dev, made.st_ino), path)
         return 0
     finally:
         parent.release()
+
+
+def _remember(records: dict, key: int, value) -> None:
+    if len(records) >= _RECORDS_MAX:
+        del records[next(iter(records))]
+    records[key] = value
+
+
+def _sockname(c: Call, peer: bool) -> int:
+    """getsockname(2)/getpeername(2): a Unix socket bound in the instance
+    shows the path its program gave to bind (unix(7)), not the host's
+    /proc/self/fd name the provider bound it with; found by the socket
+    file it is bound to (sock_diag), which an accepted socket shares with
+    its listener. Other addresses are the host's, unchanged."""
+    addr_at, len_at = c.ptr(1), c.ptr(2)
+    room = struct.unpack("<i", c.read(len_at, 4))[0]
+    if room < 0:
+        raise OSError(errno.EINVAL, "bad address length")
+    local = lookup.copy_fd(c.task, c.int(0))
+    try:
+        buf = ctypes.create_string_buffer(128)
+        length = ctypes.c_uint(128)
+        _sys(_c.getpeername if peer else _c.getsockname, local, buf, ctypes.byref(length))
+        addr = buf.raw[:length.value]
+        if _unix_path(addr) is not None and c.inst.unix.available:
+            ns = c.inst.unix
+            ino = os.fstat(local).st_ino
+            if peer:
+                ino = ns.peer_inode(ino)
+            file = ns.bound_file(ino) if ino else None
+            path = ns.bound.get(file) if file else None
+            if path is not None:
+                addr = struct.pack("<H", AF_UNIX) + path + b"\0"
+    finally:
+        os.close(local)
+    c.write(addr_at, addr[:room])
+    c.write(len_at, struct.pack("<i", len(addr)))
+    return 0
+
+
+def sys_getsockname(c: Call) -> int:
+    return _sockname(c, peer=False)
+
+
+def sys_getpeername(c: Call) -> int:
+    return _sockname(c, peer=True)
 
 
 def _resolve_socket_file(c: Call, path: bytes):
@@ -482,10 +530,7 @@ def made_by(inst, task, sock: int) -> None:
     connect or socketpair, which for these sockets is the provider or its
     helper: remember the pico process they were made for (by the socket's
     inode), for the peer's SO_PEERCRED."""
-    records = inst.unix.made_by
-    if len(records) >= _RECORDS_MAX:
-        del records[next(iter(records))]
-    records[os.fstat(sock).st_ino] = (task.process, task.creds.copy())
+    _remember(inst.unix.made_by, os.fstat(sock).st_ino, (task.process, task.creds.copy()))
 
 
 def _peer(c: Call, local: int):
