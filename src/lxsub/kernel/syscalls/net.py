@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl as fcntl_mod
 import os
 import signal
 import stat as st
@@ -270,7 +271,7 @@ SCM_RIGHTS, SCM_CREDENTIALS = 1, 2
 SCM_MAX_FD = 253
 SO_TYPE, SO_DOMAIN = 3, 39
 SOCK_STREAM = 1
-MSG_NOSIGNAL = 0x4000
+MSG_DONTWAIT, MSG_NOSIGNAL = 0x40, 0x4000
 CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN = 6, 7, 21
 SYS_TGKILL = 234
 
@@ -435,7 +436,9 @@ def _is_stream(local: int) -> bool:
 
 
 def sys_sendmsg(c: Call):
-    """sendmsg(2), done by the provider (see above)."""
+    """sendmsg(2), done by the provider (see above): at once when the
+    socket takes the message without waiting (a hand-off to a worker
+    thread would cost more than the send), else on a worker thread."""
     local = lookup.copy_fd(c.task, c.int(0))
     try:
         msg = _read_message(c, c.ptr(1), local, _is_stream(local))
@@ -443,10 +446,33 @@ def sys_sendmsg(c: Call):
         os.close(local)
         raise
     flags, task = c.int(2), c.task
+    waits = not (flags & MSG_DONTWAIT or fcntl_mod.fcntl(local, fcntl_mod.F_GETFL) & os.O_NONBLOCK)
+    try:
+        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT)
+    except BlockingIOError:
+        if not waits:
+            msg.release()
+            os.close(local)
+            raise
+        sent = 0
+    except BaseException:
+        msg.release()
+        os.close(local)
+        raise
+    if sent == len(msg.data) or not waits:
+        msg.release()
+        os.close(local)
+        return sent
+    # A stream that took part of it: the rest waits, as a blocking send would.
+    msg.data, msg.control = msg.data[sent:], (msg.control if not sent else b"")
 
     def work() -> int:
         try:
-            return _host_sendmsg(task, local, msg, flags)
+            return sent + _host_sendmsg(task, local, msg, flags)
+        except OSError:
+            if sent:
+                return sent
+            raise
         finally:
             msg.release()
             os.close(local)
