@@ -282,7 +282,7 @@ def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Pop
     assert lines and lines[-1].startswith(b"started "), b"".join(lines)
     expected = 2 * (int(lines[-1].split()[1]) - 1) + 1
     assert _wait_for(lambda: len(_survivors(marker)) >= expected, 60), \
-        (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-eo", "pid,ppid,pgid,sid,user,stat,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if marker in l or "lx" in l])
+        (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-wweo", "pid,ppid,pgid,sid,user,stat,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if marker in l or "lx" in l])
     return p, expected
 
 
