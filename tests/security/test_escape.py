@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors", "unix_sendmsg"]
+            "control_socket", "survivors", "unix_sendmsg", "ipc_escape"]
 
 
 @pytest.fixture(scope="session")
@@ -282,7 +282,7 @@ def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Pop
     assert lines and lines[-1].startswith(b"started "), b"".join(lines)
     expected = 2 * (int(lines[-1].split()[1]) - 1) + 1
     assert _wait_for(lambda: len(_survivors(marker)) >= expected, 60), \
-        (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-wweo", "pid,ppid,pgid,sid,user,stat,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if marker in l or "lx" in l])
+        (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-wweo", "pid,ppid,pgid,sid,user,stat,wchan:20,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if any(w in l for w in (marker, "lx", "defunct", "sleep", "survivors"))])
     return p, expected
 
 
@@ -344,3 +344,59 @@ def test_nothing_of_an_instance_survives_it(built, how):
                 pass
         p.kill()
         p.wait()
+
+
+class _HostIpc:
+    """A host program's System V objects (made here with ctypes): a shared
+    memory segment and a message queue holding SECRET, modes 0666 so the
+    host user of either test run may use them natively."""
+
+    def __init__(self) -> None:
+        import ctypes
+        self.libc = libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        base = 0x4C580000 | (os.getpid() & 0xFFFF)
+        self.shm_key, self.msg_key = base, base ^ 0x1
+        self.shm_id = libc.shmget(self.shm_key, 4096, 0o1000 | 0o2000 | 0o666)
+        self.msg_id = libc.msgget(self.msg_key, 0o1000 | 0o2000 | 0o666)
+        assert self.shm_id >= 0 and self.msg_id >= 0, ctypes.get_errno()
+        at = libc.shmat(self.shm_id, None, 0)
+        ctypes.memmove(at, SECRET.encode(), len(SECRET))
+        libc.shmdt(ctypes.c_void_p(at))
+        self.send()
+
+    def send(self) -> None:
+        msg = (1).to_bytes(8, "little") + SECRET.encode()
+        assert self.libc.msgsnd(self.msg_id, msg, len(SECRET), 0) == 0
+
+    def queued(self) -> int:
+        buf = bytes(120)                                   # struct msqid_ds
+        assert self.libc.msgctl(self.msg_id, 2, buf) == 0  # IPC_STAT
+        return int.from_bytes(buf[80:88], "little")       # msg_qnum
+
+    def args(self) -> list[str]:
+        return [hex(self.shm_key), str(self.shm_id), hex(self.msg_key), str(self.msg_id), SECRET]
+
+    def remove(self) -> None:
+        self.libc.shmctl(self.shm_id, 0, None)
+        self.libc.msgctl(self.msg_id, 0, None)
+
+
+def test_sysv_ipc_of_the_host_is_not_reachable(built, tmp_path_factory):
+    """Issue 11, item 4: a host program's shared memory segment and message
+    queue are reached neither by key nor by id nor through the *_STAT
+    table commands, and a key made inside is the instance's own. Natively
+    the same program, as the same host user, reads both secrets."""
+    host = _HostIpc()
+    try:
+        cp = built.exe("/opt/lxsec/ipc_escape", *host.args(), timeout=400)
+        _check(cp)
+        assert host.queued() == 1, "the host program's message was taken"
+        prog = _native_build("ipc_escape", tmp_path_factory.mktemp("ipc"))
+        native = subprocess.run(built.user.wrap([str(prog), *host.args()]), capture_output=True,
+                                timeout=60)
+        assert native.returncode == 1 and b"read the host program's shared memory" in \
+            native.stdout and b"took the host program's message" in native.stdout, \
+            describe(native)
+    finally:
+        host.remove()

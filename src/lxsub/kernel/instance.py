@@ -20,6 +20,7 @@ from typing import Callable
 from lxsub import LINUX_RELEASE
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, table
+from lxsub.kernel.syscalls import ipc
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.devfs import PtyOwners
@@ -530,6 +531,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        ipc.space(self).remove_all()          # SysV objects end with their instance
         self.volfs.remove_staging()
         self.storage.close()
         if self._scratch is not None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, mount, net, process, sched, signal,
-                                   stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, ipc, mount, net, process, sched,
+                                   signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.kernel.sysno import NAMES, NUMBERS
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -122,10 +122,18 @@ ROWS: list[Syscall] = [
         "landlock_add_rule", "landlock_restrict_self")),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
+    # SysV IPC: the instance's own keys and ids (kernel/syscalls/ipc.py).
+    *(trace(n, getattr(ipc, "sys_" + n), "keys of the instance's own (objects made "
+            "IPC_PRIVATE on the host); permissions are the host user's, not checked by "
+            "Linux ids", PARTIAL) for n in ("shmget", "semget", "msgget")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL)")
+      for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; IPC_INFO and the *_STAT "
+            "index commands: EINVAL", PARTIAL) for n in ("shmctl", "semctl", "msgctl")),
+    native("shmdt"),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
-        "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
-        "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
-        "mq_timedreceive", "mq_notify", "mq_getsetattr")),
+        "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+        "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
     Syscall("clone", NATIVE, None, FULL, "new namespaces and CLONE_UNTRACED denied (EPERM); "
