@@ -246,7 +246,8 @@ def test_sendmsg_reaches_no_host_socket_path(built):
 
 
 def _survivors(marker: str) -> list[int]:
-    """Host processes running `sleep 3600 MARKER` (survivors.c's daemons)."""
+    """Host processes running `sleep 3600 MARKER` (survivors.c's daemons;
+    under lxsub through the instance's loader, whose arguments hold them)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -254,9 +255,15 @@ def _survivors(marker: str) -> list[int]:
                 words = f.read().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in words[1:]:
+        if b"3600" in words and marker.encode() in words:
             found.append(int(pid))
     return found
+
+
+def _sleep_marker() -> str:
+    """A sleep(1) interval no other process uses (a marker sleep rejects
+    would end the daemons at once)."""
+    return f"0.{uuid.uuid4().int % 10**15:015d}1"
 
 
 def _wait_for(cond, seconds: float) -> bool:
@@ -301,7 +308,7 @@ def _provider_pid(built) -> int:
 def test_survivors_detector_natively(built, tmp_path_factory):
     """The same daemons, started natively as the same host user, outlive
     their launcher's SIGKILL: the check below can fail."""
-    marker = f"lxsec-native-{uuid.uuid4().hex[:12]}"
+    marker = _sleep_marker()
     d = tmp_path_factory.mktemp("survivors")
     prog = _native_build("survivors", d)
     p, expected = _start_survivors(built.user.wrap([str(prog), marker]), marker)
@@ -323,7 +330,7 @@ def test_nothing_of_an_instance_survives_it(built, how):
     """Issue 11, item 2: daemons (setsid + double fork, vfork) made with
     every clone flag combination the filter allows are all gone once the
     instance ends, however it ends."""
-    marker = f"lxsec-survivor-{uuid.uuid4().hex[:12]}"
+    marker = _sleep_marker()
     p, expected = _start_survivors(built.runner.command(["-d", built.name, "-e",
                                                          "/opt/lxsec/survivors", marker]),
                                    marker, env=built.runner.env(), cwd=str(built.runner.root))
