@@ -24,6 +24,7 @@ from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_P
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel.syscalls import ipc
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.drvfs import AutomountSettings
@@ -465,6 +466,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        ipc.space(self).remove_all()          # SysV objects end with their instance
         self.volfs.remove_staging()
         self.storage.close()
         if self._scratch is not None:
