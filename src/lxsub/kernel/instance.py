@@ -31,6 +31,7 @@ from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.fs.devices import OpenedDevices
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.hostfs import HostFs
+from lxsub.kernel.fs.sqlitestore import volfs_store
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
@@ -60,7 +61,8 @@ def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
 
 class Instance:
     def __init__(self, name: str, rootfs: str, config: DistroConfig | None = None,
-                 log: Log | None = None, default_user: str | None = None) -> None:
+                 log: Log | None = None, default_user: str | None = None,
+                 meta_db: str | None = None) -> None:
         self.name = name
         self.rootfs = os.path.realpath(rootfs)
         self.config = config or DistroConfig()
@@ -74,7 +76,7 @@ class Instance:
         self.storage = Storage(self)
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
-        self.volfs = VolFs(self.rootfs)
+        self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.mounts = MountTable(self.volfs, "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
@@ -533,6 +535,7 @@ class Instance:
 
     def cleanup(self) -> None:
         self.volfs.remove_staging()
+        self.volfs.linux.store.close()
         self.storage.close()
         if self._scratch is not None:
             import shutil
