@@ -261,7 +261,7 @@ class SqliteStore(MetaStore):
         root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             self._note(HostFile.of_fd(root), known, seen, missing)
-            for _dir, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+            for _dir, dirs, files, dir_fd in os.fwalk(".", dir_fd=root, follow_symlinks=False):
                 for name in dirs + files:
                     try:
                         f = HostFile.in_dir(dir_fd, os.fsencode(name))
