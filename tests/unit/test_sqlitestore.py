@@ -203,9 +203,25 @@ def test_an_unlinked_open_file_keeps_its_record_until_its_number_is_reused(tmp_p
         store.close()
 
 
-def test_the_journal_is_wal_on_a_local_file_system(tmp_path):
+def test_the_journal_is_wal(tmp_path):
     store = SqliteStore(tmp_path / "meta.sqlite")
     try:
-        assert store.journal == "wal"
+        assert store.journal == "wal" and store.local
     finally:
         store.close()
+
+
+def test_a_second_host_is_refused_on_a_network_file_system(tmp_path, monkeypatch):
+    """WAL's shared memory is one host's: a user on another host while one
+    is live here would corrupt the database."""
+    tree, db = _tree_with_records(tmp_path)
+    monkeypatch.setattr("lxsub.kernel.fs.sqlitestore._LOCAL_FS", frozenset())
+    first = SqliteStore(db, tree=tree)
+    try:
+        second = SqliteStore(db, tree=tree)            # the same host: fine
+        second.close()
+        first._db.execute("INSERT INTO openers (pid, host) VALUES (1, 'node17')")
+        with pytest.raises(LxError, match="in use on host node17"):
+            SqliteStore(db, tree=tree)
+    finally:
+        first.close()
