@@ -302,3 +302,33 @@ def test_kill_9_in_the_middle_of_dpkg_then_restart(nox, tmp_path):
     assert out.splitlines() == ["Status: install ok installed", "1000", "root:root 644"], out
     nox.sh("dpkg --purge nox-big", timeout=600)
     assert _db_inos(nox.db()) == _tree_inos(nox.rootfs())
+
+
+def test_the_fuse_view_uses_the_distros_store(nox):
+    """`lx --mount`: a second user of the database while the instance runs;
+    what a host program does through it shows inside, and back."""
+    runner = nox.runner
+    point = runner.root / "view"
+    point.mkdir(exist_ok=True)
+    runner.user.give(point)
+    nox.sh("set -e; rm -rf /tmp/v; mkdir /tmp/v; mkfifo -m 600 /tmp/v/in; chown 1:5 /tmp/v/in; "
+           "echo x > /tmp/v/gone; chown 8:8 /tmp/v/gone")
+    cp = runner.run(["--mount", "deb", str(point)], timeout=60)
+    if cp.returncode == 72 and b"/dev/fuse" in cp.stderr:     # EXIT_OSFILE: test_hostmount's case
+        pytest.skip(f"{runner.user} cannot open /dev/fuse: {cp.stderr.decode().strip()}")
+    assert cp.returncode == 0, describe(cp)
+    try:
+        def host_sh(command: str) -> str:
+            cp = runner.run_host(runner.user.wrap(["sh", "-c", command]), cwd=point, timeout=60)
+            assert cp.returncode == 0, describe(cp)
+            return cp.stdout.decode()
+        assert host_sh("stat -c '%u %g %a %F' tmp/v/in").split() == ["1", "5", "600", "fifo"]
+        host_sh("mkfifo tmp/v/out && chown 3:3 tmp/v/out && ln -s in tmp/v/link && "
+                "chown -h 4:4 tmp/v/link && rm tmp/v/gone")
+        got = _stat_lines(nox, "/tmp/v/out /tmp/v/link")
+        assert got[0].startswith("/tmp/v/out 3 3 "), got
+        assert got[1].startswith("/tmp/v/link 4 4 777 symbolic link"), got
+    finally:
+        runner.run(["--umount", str(point)], timeout=60)
+    nox.runner.run(["--terminate", "deb"], timeout=60, check=True)
+    assert _db_inos(nox.db()) == _tree_inos(nox.rootfs())      # nothing left of tmp/v/gone
