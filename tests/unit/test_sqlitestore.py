@@ -225,3 +225,24 @@ def test_a_second_host_is_refused_on_a_network_file_system(tmp_path, monkeypatch
             SqliteStore(db, tree=tree)
     finally:
         first.close()
+
+
+def test_an_o_tmpfile_file_has_its_record_before_its_name(tmp_path):
+    """open(O_TMPFILE) then linkat(2): the record is saved on the nameless
+    inode and is the named file's (linuxmeta's contract)."""
+    (tmp_path / "root").mkdir()
+    store = SqliteStore(tmp_path / "meta.sqlite", tree=tmp_path / "root")
+    fs = VolFs(str(tmp_path / "root"), store)
+    root = MountTable(fs, "volfs").root_mount.root()
+    try:
+        fd = fs.open_tmpfile(root, os.O_RDWR, 0o640, ALICE)
+        assert os.fstat(fd).st_nlink == 0
+        assert store.load(HostFile.of_fd(fd)) == LxMeta(st.S_IFREG | 0o640, 1000, 1000, 0)
+        os.link(f"/proc/self/fd/{fd}", "named", dst_dir_fd=root.fd, follow_symlinks=True)
+        os.close(fd)
+        named = HostFile.in_dir(root.fd, b"named")
+        assert store.load(named) == LxMeta(st.S_IFREG | 0o640, 1000, 1000, 0)
+    finally:
+        root.release()
+        fs.remove_staging()
+        store.close()
