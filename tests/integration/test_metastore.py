@@ -1,7 +1,8 @@
 """VolFs on a file system without user xattrs (issue 17): the Debian fixture
 imported onto a bindfs --xattr-none mount (a real FUSE file system that
-refuses user.* attributes, as NFS, Lustre or GPFS homes often do), as root
-and as the unprivileged host user (FUSE through the setuid fusermount3).
+refuses user.* attributes, as NFS, Lustre or GPFS homes often do), mounted
+by root as such homes are, and used by lx as root and as the unprivileged
+host user.
 lx chooses the SQLite store there by itself; owners, modes, devices,
 FIFOs, symlinks, hard links, dpkg, export/import and a kill -9 in the
 middle of `dpkg -i` are checked against it."""
@@ -32,7 +33,7 @@ class NoXattrDistro:
 
     def __init__(self, runner: LxRunner, backing: Path, mount: Path) -> None:
         self.runner = runner
-        self.backing = backing          # the host directory under the mount (root reads it here)
+        self.backing = backing          # the host directory under the mount
         self.mount = mount
 
     def sh(self, command: str, name: str = "deb", user: str | None = None, timeout: float = 300,
@@ -47,12 +48,14 @@ class NoXattrDistro:
         registry = json.loads((self.runner.lx_home / "registry.json").read_text())
         return next(d for d in registry["distros"] if d["name"] == name)
 
+    # Read through the mount, as lx does: the database's WAL index is a
+    # shared mmap, coherent for the users of one file (the FUSE one), not
+    # between it and the file under it.
     def rootfs(self, name: str = "deb") -> Path:
-        """The distro's tree, seen through the backing directory (the same inodes)."""
-        return self.backing / name / "rootfs"
+        return self.mount / name / "rootfs"
 
     def db(self, name: str = "deb") -> Path:
-        return self.backing / name / "rootfs.lxmeta.sqlite"
+        return self.mount / name / "rootfs.lxmeta.sqlite"
 
 
 def _fail_or_skip(why: str) -> None:
@@ -70,17 +73,28 @@ def nox(host_user: HostUser, debian_tar) -> NoXattrDistro:
     for d in (backing, mount):
         d.mkdir()
         host_user.give(d)
-    # Plain environment: bindfs stays in the background, and is not one of
-    # the runner's strays (those have LX_HOME). No attribute cache: with
+    # bindfs in the foreground, ours to wait for after the unmount. No attribute cache: with
     # FUSE's default second a link(2) leaves st_nlink stale, which NFS does
     # not (its replies carry the new attributes); shadow's lock files need it.
-    cp = subprocess.run(host_user.wrap(["bindfs", "--xattr-none", "-o",
-                                        "attr_timeout=0,entry_timeout=0",
-                                        str(backing), str(mount)]),
-                        capture_output=True, env={"PATH": os.environ["PATH"]}, timeout=60)
-    if cp.returncode != 0:
+    # Mounted by root for every user (new files the creator's), as a home
+    # on NFS is; by the user itself when the tests do not run as root.
+    options = "attr_timeout=0,entry_timeout=0"
+    argv = ["bindfs", "-f", "--xattr-none", "-o", options, str(backing), str(mount)]
+    if os.geteuid() == 0:
+        argv[3:5] = ["--create-as-user", "-o", options + ",allow_other"]
+    else:
+        argv = host_user.wrap(argv)
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, cwd="/")
+    try:
+        wait_for(lambda: os.path.ismount(mount) or server.poll() is not None, timeout=30,
+                 what="the bindfs mount")
+    except BaseException:
+        server.kill()
+        raise
+    if server.poll() is not None:
         runner.close()
-        pytest.fail(f"bindfs as {host_user} failed: {cp.stderr.decode(errors='replace')}")
+        pytest.fail(f"bindfs failed: {server.stderr.read().decode(errors='replace')}")
     try:
         # The premise: this file system refuses user xattrs.
         probe = subprocess.run(host_user.wrap(
@@ -95,8 +109,14 @@ def nox(host_user: HostUser, debian_tar) -> NoXattrDistro:
         try:
             runner.run(["--shutdown"], **with_timeout)
         finally:
-            subprocess.run(host_user.wrap(["fusermount", "-u", "-z", str(mount)]),
+            unmount = ["fusermount", "-u", "-z", str(mount)]
+            subprocess.run(unmount if os.geteuid() == 0 else host_user.wrap(unmount),
                            capture_output=True, **with_timeout)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
             runner.close()
 
 
