@@ -139,8 +139,8 @@ def test_a_killed_user_is_reconciled_by_the_next(tmp_path):
     tree, db = _tree_with_records(tmp_path)
     _opened_and_killed(db, tree)
     doomed = os.stat(tree / "doomed").st_ino
+    (tree / "host-made").write_text("z")            # first: ext4 would give it doomed's number
     os.unlink(tree / "doomed")                      # while the killed one had it
-    (tree / "host-made").write_text("z")
     assert doomed in _db_inos(db) and _db_inos(db) != _inos(tree)
 
     store = SqliteStore(db, tree=tree)
