@@ -20,8 +20,8 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
                               CLONE_NEWUTS, CLONE_UNTRACED)
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, keys, mount, net, process, sched, signal,
-                                   stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, fcntl, identity, inotify, ioctl, keys, mount, net, process, sched,
+                                   signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -313,7 +313,8 @@ ROWS: list[Syscall] = [
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
     denied("perf_event_open", errno.EACCES), denied("fanotify_init"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
-    unimplemented("inotify_add_watch", "paths not yet resolved by the provider"),
+    notify("inotify_add_watch", inotify.sys_inotify_add_watch, "path resolved in the instance; the "
+           "watch is the host inode's, added through the caller's inotify descriptor"),
     # -- the key retention service (keyrings(7)), the instance's own
     notify("add_key", keys.sys_add_key, "types user, logon, keyring, big_key; others ENODEV"),
     notify("request_key", keys.sys_request_key, "no /sbin/request-key upcall: a key not found "

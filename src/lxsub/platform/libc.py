@@ -79,6 +79,15 @@ _int3_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, cty
                                  ctypes.c_uint, use_errno=True)(("syscall", _libc))
 
 
+_inotify_add_watch = _libc.inotify_add_watch
+_inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
+
+def inotify_add_watch(fd: int, path: bytes, mask: int) -> int:
+    """The host's inotify_add_watch(2) on our inotify descriptor `fd`."""
+    return _check(_inotify_add_watch(fd, path, mask))
+
+
 def same_open_file(fd1: int, fd2: int) -> bool:
     """Whether two of our descriptors share one open file description
     (kcmp(2) KCMP_FILE)."""
