@@ -48,6 +48,18 @@ def test_a_watched_directory_reports_its_entries_by_name(installed):
         "event moved_from a", "event moved_to b", "event delete b"]
 
 
+def test_a_watched_file_sees_its_opens_reads_writes_and_closes(installed):
+    # inotify(7): each open, read, write and the last close of an open file
+    # (IN_CLOSE_WRITE when it was open for writing), in order, as LTP's
+    # inotify01 checks. The provider's own copies of a descriptor it opened
+    # for the program must not keep the file open past the program's close.
+    cp = installed.lx(["-u", "root", "--", f"echo x > {DIR}/w/f"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert _lines(installed, "file", f"{DIR}/w/f") == [
+        "event attrib", "event open", "event access", "event close_nowrite",
+        "event open", "event modify", "event close_write"]
+
+
 def test_watch_descriptors_follow_inodes_and_symlinks(installed):
     # inotify_add_watch(2): the same inode gives the same watch descriptor
     # (through a followed symlink too); IN_DONT_FOLLOW watches the link

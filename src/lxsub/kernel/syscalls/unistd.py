@@ -147,7 +147,7 @@ def sys_lchown(c: Call) -> int:
 
 
 def sys_fchown(c: Call) -> int:
-    return _chown_node(c, lookup.node_of_fd(c.inst, c.task, c.int(0)), c.int(1), c.int(2))
+    return _chown_node(c, lookup.node_of_open_fd(c.inst, c.task, c.int(0)), c.int(1), c.int(2))
 
 
 def sys_fchownat(c: Call) -> int:

@@ -7,9 +7,11 @@ A dirfd is a real descriptor in the pico process; the provider copies it
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW, O_PATH
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
 from lxsub.platform import libc
@@ -39,6 +41,21 @@ def copy_fd(task: "Task", fd: int) -> int:
 def node_of_fd(inst: "Instance", task: "Task", fd: int) -> Node:
     """The file the caller's descriptor refers to, as a Node (caller owns it)."""
     return inst.node_of_host_fd(copy_fd(task, fd))     # owns the copy, or closes it
+
+
+def node_of_open_fd(inst: "Instance", task: "Task", fd: int) -> Node:
+    """node_of_fd for the calls that take a file opened for I/O (Linux's
+    fdget, not fdget_raw: fchmod, fchown, the f*xattr calls): an O_PATH
+    descriptor is EBADF there (open(2), O_PATH)."""
+    copy = copy_fd(task, fd)
+    try:
+        is_path = fcntl.fcntl(copy, fcntl.F_GETFL) & O_PATH
+    except OSError:
+        is_path = 0
+    if is_path:
+        os.close(copy)
+        raise OSError(errno.EBADF, "an O_PATH descriptor")
+    return inst.node_of_host_fd(copy)
 
 
 def start_node(inst: "Instance", task: "Task", dirfd: int, path: bytes) -> Node:

@@ -1,0 +1,55 @@
+"""File calls whose Linux answer depends on the descriptor or the path:
+tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
+
+- open(2), O_PATH: "the file itself is not opened, and other file
+  operations (e.g., read(2), write(2), fchmod(2), fchown(2), fgetxattr(2),
+  ioctl(2), mmap(2)) fail with the error EBADF" (Linux's fdget; fstat uses
+  fdget_raw and works). Before, the provider took the descriptor's file
+  and changed it (LTP open13).
+- readlink(2) of an empty path: ENOENT (do_readlinkat, LOOKUP_EMPTY); with
+  a descriptor of a symlink, readlinkat(fd, "") reads that link. Before,
+  the provider answered EINVAL (LTP readlink03)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.fixtures.cbuild import PROGRAMS, gcc_static
+from tests.integration.distros import describe
+
+DIR = "/file-calls-test"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("file_calls")
+    return gcc_static(tmp, "file_calls", PROGRAMS / "file_calls.c").read_bytes()
+
+
+@pytest.fixture
+def installed(debian, program):
+    cp = debian.lx(["-u", "root", "--", f"rm -rf {DIR} && mkdir -p {DIR} && cat > {DIR}/fc && "
+                    f"chmod 755 {DIR}/fc && touch {DIR}/file && ln -s target12 {DIR}/link"],
+                   input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    return debian
+
+
+def _run(inst, *args: str) -> list[str]:
+    cp = inst.lx(["-u", "root", "--cd", DIR, "-e", f"{DIR}/fc", *args], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    return cp.stdout.decode().splitlines()
+
+
+def test_an_o_path_descriptor_is_no_open_file(installed):
+    ebadf = -errno.EBADF
+    assert _run(installed, "opath", f"{DIR}/file") == [
+        f"opath fchmod {ebadf} fchown {ebadf} fgetxattr {ebadf} futimens {ebadf} fstat 0"]
+    cp = installed.lx(["-u", "root", "-e", "stat", "-c", "%a", f"{DIR}/file"], timeout=60)
+    assert cp.stdout.decode().strip() == "644", describe(cp)
+
+
+def test_readlink_of_an_empty_path(installed):
+    assert _run(installed, "readlink", f"{DIR}/link") == [f"readlink empty {-errno.ENOENT} fd 8"]
