@@ -8,7 +8,10 @@ tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
   and changed it (LTP open13).
 - readlink(2) of an empty path: ENOENT (do_readlinkat, LOOKUP_EMPTY); with
   a descriptor of a symlink, readlinkat(fd, "") reads that link. Before,
-  the provider answered EINVAL (LTP readlink03)."""
+  the provider answered EINVAL (LTP readlink03).
+- open(2) with O_NOATIME: EPERM unless the caller owns the file or has
+  CAP_FOWNER (may_open). Before, the host allowed it (its user owns every
+  file) (LTP open02)."""
 
 from __future__ import annotations
 
@@ -37,8 +40,8 @@ def installed(debian, program):
     return debian
 
 
-def _run(inst, *args: str) -> list[str]:
-    cp = inst.lx(["-u", "root", "--cd", DIR, "-e", f"{DIR}/fc", *args], timeout=60)
+def _run(inst, *args: str, user: str = "root") -> list[str]:
+    cp = inst.lx(["-u", user, "--cd", DIR, "-e", f"{DIR}/fc", *args], timeout=60)
     assert cp.returncode == 0, describe(cp)
     return cp.stdout.decode().splitlines()
 
@@ -53,3 +56,11 @@ def test_an_o_path_descriptor_is_no_open_file(installed):
 
 def test_readlink_of_an_empty_path(installed):
     assert _run(installed, "readlink", f"{DIR}/link") == [f"readlink empty {-errno.ENOENT} fd 8"]
+
+
+def test_o_noatime_is_for_the_owner(installed):
+    cp = installed.lx(["-u", "root", "--", f"touch {DIR}/mine && chown nobody {DIR}/mine"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert _run(installed, "noatime", f"{DIR}/file", user="nobody") == [f"noatime {-errno.EPERM}"]
+    assert _run(installed, "noatime", f"{DIR}/mine", user="nobody") == ["noatime 0"]
+    assert _run(installed, "noatime", f"{DIR}/file") == ["noatime 0"]

@@ -8,7 +8,9 @@ import os
 import stat as st
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_PATH, O_TMPFILE, O_TRUNC
+from lxsub.abi.fcntl import (O_CREAT, O_DIRECTORY, O_EXCL, O_NOATIME, O_NOFOLLOW, O_NONBLOCK, O_PATH, O_TMPFILE,
+                             O_TRUNC)
+from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Blocking
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs import lookup, perm
@@ -93,6 +95,10 @@ def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
         raise OSError(errno.EISDIR, "is a directory")
     if perm.needs_checks(caller.creds):
         perm.check(caller.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
+    # may_open: "O_NOATIME can only be set by the owner or superuser"
+    # (inode_owner_or_capable; open(2) EPERM). The host owns every file.
+    if flags & O_NOATIME and caller.creds.fsuid != attr.uid and not caller.creds.capable(caps.CAP_FOWNER):
+        raise OSError(errno.EPERM, "O_NOATIME on a file the caller does not own")
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
         fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags,
                                  caller.task.host_pid if caller.task is not None else None)
