@@ -60,6 +60,15 @@ def test_a_watched_file_sees_its_opens_reads_writes_and_closes(installed):
         "event open", "event modify", "event close_write"]
 
 
+def test_close_write_is_queued_when_close_returns(installed):
+    # The provider's copy of a descriptor it opened for writing is gone
+    # before the program runs again, so the program's close(2) is the last
+    # and IN_CLOSE_WRITE is queued when it returns (fsnotify_close in __fput).
+    cp = installed.lx(["-u", "root", "--", f"echo x > {DIR}/w/c"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert _lines(installed, "closes", f"{DIR}/w/c") == ["closes missed 0"]
+
+
 def test_watch_descriptors_follow_inodes_and_symlinks(installed):
     # inotify_add_watch(2): the same inode gives the same watch descriptor
     # (through a followed symlink too); IN_DONT_FOLLOW watches the link

@@ -25,7 +25,11 @@ def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int):
         return _open_path_in_caller(c, dirfd, path, flags)
     fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode)
     if isinstance(fd, int):
-        return NewFd(fd, bool(flags & O_CLOEXEC))
+        # A file opened for writing is handed over as its caller's alone:
+        # watchers wait for its IN_CLOSE_WRITE, lock and FIFO users for its
+        # last close. Read-only opens, most of them, keep the cheaper answer
+        # (their IN_CLOSE_NOWRITE may follow close(2) by the provider's close).
+        return NewFd(fd, bool(flags & O_CLOEXEC), last_holder=bool(flags & os.O_ACCMODE))
     return _wrap_blocking(fd, flags)
 
 
