@@ -9,6 +9,11 @@ tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
 - readlink(2) of an empty path: ENOENT (do_readlinkat, LOOKUP_EMPTY); with
   a descriptor of a symlink, readlinkat(fd, "") reads that link. Before,
   the provider answered EINVAL (LTP readlink03).
+- name_to_handle_at(2): the host file system's handle for the file the
+  path names inside, the same through another link, EOVERFLOW with the
+  size for a short buffer, the mount id that /proc/self/mountinfo shows;
+  a /proc file has no handle but an AT_HANDLE_FID one. Before, EOPNOTSUPP
+  (LTP name_to_handle_at02, 03).
 - open(2) with O_NOATIME: EPERM unless the caller owns the file or has
   CAP_FOWNER (may_open). Before, the host allowed it (its user owns every
   file) (LTP open02)."""
@@ -64,3 +69,9 @@ def test_o_noatime_is_for_the_owner(installed):
     assert _run(installed, "noatime", f"{DIR}/file", user="nobody") == [f"noatime {-errno.EPERM}"]
     assert _run(installed, "noatime", f"{DIR}/mine", user="nobody") == ["noatime 0"]
     assert _run(installed, "noatime", f"{DIR}/file") == ["noatime 0"]
+
+
+def test_name_to_handle_at(installed):
+    assert _run(installed, "handle", f"{DIR}/file") == [
+        f"handle overflow {-errno.EOVERFLOW} size 1 got 0 linked 0 same 1 mountinfo 1 "
+        f"proc {-errno.EOPNOTSUPP} fid 0 badflags {-errno.EINVAL}"]

@@ -35,6 +35,7 @@ NOT_IN_HEADERS = {
     "SELINUX_MAGIC", "SMACK_MAGIC",     # in linux/magic.h, checked if there
     "ST_VALID",           # include/linux/statfs.h, not exported to programs
     "ALL_INOTIFY_BITS",   # include/linux/inotify.h, not exported; its parts are checked
+    "AT_HANDLE_FID", "AT_HANDLE_CONNECTABLE",   # linux/fcntl.h of Linux 6.5 and 6.13, checked if there
     "SO_PASSPIDFD", "SO_PEERPIDFD",     # asm/socket.h of Linux 6.5, checked if there
     "SCM_MAX_FD",         # include/net/scm.h, not exported to programs
     "UIO_MAXIOV",         # linux/uio.h clashes with glibc's struct iovec: sysconf(_SC_IOV_MAX)

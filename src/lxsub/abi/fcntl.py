@@ -23,6 +23,11 @@ AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 AT_STATX_SYNC_TYPE = 0x6000
 
+# name_to_handle_at(2): struct file_handle's limit and its flags
+MAX_HANDLE_SZ = 128
+AT_HANDLE_FID = AT_REMOVEDIR     # a handle to identify, not to open (Linux 6.5)
+AT_HANDLE_CONNECTABLE = 0x002    # a handle whose file is reached by a path (Linux 6.13)
+
 # openat2(2) struct open_how.resolve
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02

@@ -21,8 +21,8 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, fcntl, identity, inotify, ioctl, ipc, keys, mount, net, process, sched,
-                                   signal, stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, fcntl, fhandle, identity, inotify, ioctl, ipc, keys, mount, net, process,
+                                   sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -305,7 +305,10 @@ ROWS: list[Syscall] = [
     denied("process_vm_readv"), denied("process_vm_writev"), denied("kcmp"),
     denied("io_uring_setup", errno.ENOSYS, "would bypass the filter"),
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
-    denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
+    notify("name_to_handle_at", fhandle.sys_name_to_handle_at, "path resolved in the instance; the host "
+           "file system's handle, the instance's mount id; pseudo files: AT_HANDLE_FID only"),
+    denied("open_by_handle_at", errno.EPERM, "needs CAP_DAC_READ_SEARCH in the initial user namespace, "
+           "which root inside (the host user) has not"),
     denied("unshare"), denied("setns"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
