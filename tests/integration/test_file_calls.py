@@ -14,6 +14,11 @@ tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
   size for a short buffer, the mount id that /proc/self/mountinfo shows;
   a /proc file has no handle but an AT_HANDLE_FID one. Before, EOPNOTSUPP
   (LTP name_to_handle_at02, 03).
+- a program file being run is ETXTBSY for open(2) for writing and for
+  truncate(2) (exec's deny_write_access), static (the host runs it) or
+  dynamic (the host runs the instance's ld.so and only maps it: the
+  provider counts running images). Before, a dynamic program's file could be
+  written while it ran (LTP creat07).
 - open(2) with O_NOATIME: EPERM unless the caller owns the file or has
   CAP_FOWNER (may_open). Before, the host allowed it (its user owns every
   file) (LTP open02)."""
@@ -75,3 +80,18 @@ def test_name_to_handle_at(installed):
     assert _run(installed, "handle", f"{DIR}/file") == [
         f"handle overflow {-errno.EOVERFLOW} size 1 got 0 linked 0 same 1 mountinfo 1 "
         f"proc {-errno.EOPNOTSUPP} fid 0 badflags {-errno.EINVAL}"]
+
+
+def test_a_running_program_is_text_file_busy(installed):
+    etxtbsy = -errno.ETXTBSY
+    cp = installed.lx(["-u", "root", "--", f"cp {DIR}/fc {DIR}/fc2"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert _run(installed, "busy", f"{DIR}/fc2") == [f"busy open {etxtbsy} truncate {etxtbsy} after 0"]
+    # A dynamic program (Debian's sleep, run through ld.so), and its fork.
+    script = (f"cp /bin/sleep {DIR}/sl; {DIR}/sl 30 & p=$!; sleep 1; "
+              f"(echo x > {DIR}/sl) 2>&1; truncate -s 0 {DIR}/sl 2>&1; "
+              f"kill $p; wait $p; echo x > {DIR}/sl && echo written")
+    cp = installed.lx(["-u", "root", "--", script], timeout=60)
+    lines = cp.stdout.decode().splitlines()
+    assert len(lines) == 3 and all("Text file busy" in x for x in lines[:2]), describe(cp)
+    assert lines[2] == "written", describe(cp)

@@ -99,6 +99,8 @@ def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
     # (inode_owner_or_capable; open(2) EPERM). The host owns every file.
     if flags & O_NOATIME and caller.creds.fsuid != attr.uid and not caller.creds.capable(caps.CAP_FOWNER):
         raise OSError(errno.EPERM, "O_NOATIME on a file the caller does not own")
+    if st.S_ISREG(mode) and (flags & os.O_ACCMODE or flags & O_TRUNC) and node.host_st is not None:
+        vfs.images.check_writable((node.host_st.st_dev, node.host_st.st_ino))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
         fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags,
                                  caller.task.host_pid if caller.task is not None else None)
