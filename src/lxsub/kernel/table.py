@@ -330,7 +330,9 @@ ROWS: list[Syscall] = [
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
     denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
-    denied("perf_event_open", errno.EACCES), denied("fanotify_init"), denied("fanotify_mark"),
+    denied("perf_event_open", errno.EACCES), denied("fanotify_init", note="needs CAP_SYS_ADMIN in the "
+           "initial user namespace, which root inside (the host user) has not; the unprivileged "
+           "FID subset would report host pids"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
     notify("inotify_add_watch", inotify.sys_inotify_add_watch, "path resolved in the instance; the "
            "watch is the host inode's, added through the caller's inotify descriptor"),
