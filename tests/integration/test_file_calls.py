@@ -19,6 +19,11 @@ tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
   dynamic (the host runs the instance's ld.so and only maps it: the
   provider counts running images). Before, a dynamic program's file could be
   written while it ran (LTP creat07).
+- openat2(2)'s RESOLVE_* restrictions, each step of the provider's walk
+  under them: RESOLVE_BENEATH (EXDEV for `..` above the directory, absolute
+  paths and symlinks), RESOLVE_IN_ROOT (the directory as root),
+  RESOLVE_NO_SYMLINKS and RESOLVE_NO_MAGICLINKS (ELOOP), RESOLVE_NO_XDEV
+  (EXDEV into /proc). Before, every one was EOPNOTSUPP (LTP openat201, 202).
 - open(2) with O_NOATIME: EPERM unless the caller owns the file or has
   CAP_FOWNER (may_open). Before, the host allowed it (its user owns every
   file) (LTP open02)."""
@@ -95,3 +100,14 @@ def test_a_running_program_is_text_file_busy(installed):
     lines = cp.stdout.decode().splitlines()
     assert len(lines) == 3 and all("Text file busy" in x for x in lines[:2]), describe(cp)
     assert lines[2] == "written", describe(cp)
+
+
+def test_openat2_resolve_restrictions(installed):
+    cp = installed.lx(["-u", "root", "--", f"mkdir -p {DIR}/r/d && touch {DIR}/r/d/f {DIR}/r/x && "
+                       f"ln -sfn f {DIR}/r/d/rel && ln -sfn /f {DIR}/r/d/abs"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    exdev, eloop = -errno.EXDEV, -errno.ELOOP
+    assert _run(installed, "resolve", f"{DIR}/r") == [
+        f"resolve beneath 0 beneath-up {exdev} beneath-abs {exdev} beneath-abslink {exdev} "
+        f"inroot-abslink 0 inroot-up 0 nosym {eloop} nosym-plain 0 nomagic {eloop} "
+        f"noxdev {exdev} noxdev-plain 0 both {-errno.EINVAL}"]

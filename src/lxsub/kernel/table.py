@@ -195,8 +195,8 @@ ROWS: list[Syscall] = [
             rules=(ArgRule(1, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
     Syscall("openat", NOTIFY, fcntl.sys_openat, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",
             rules=(ArgRule(2, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
-    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions: EOPNOTSUPP; O_PATH gives a "
-           "read-only descriptor", PARTIAL),
+    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions in the provider's walk; "
+           "RESOLVE_CACHED: EAGAIN; O_PATH gives a read-only descriptor", PARTIAL),
     notify("creat", fcntl.sys_creat),
     notify("stat", stat.sys_stat),
     notify("lstat", stat.sys_lstat),

@@ -11,7 +11,8 @@ import fcntl
 import os
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW, O_PATH
+from lxsub.abi.fcntl import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW, O_PATH, RESOLVE_BENEATH,
+                              RESOLVE_IN_ROOT)
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
 
@@ -22,6 +23,20 @@ if TYPE_CHECKING:
 
 def walker(vfs: "Vfs", caller: "Caller") -> Walker:
     return Walker(vfs.mounts, caller.fs.root, caller)
+
+
+def restricted_walk(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, resolve: int) -> tuple[Walker, Node]:
+    """The walker and the start node (the caller owns it) for openat2's
+    RESOLVE_* flags. RESOLVE_BENEATH and RESOLVE_IN_ROOT scope the walk to
+    the dirfd's directory (the cwd for AT_FDCWD): it is the walk's root, an
+    absolute path included (openat2(2))."""
+    if not resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
+        return Walker(vfs.mounts, caller.fs.root, caller, resolve), start_node(vfs, caller, dirfd, path)
+    scope = caller.fs.cwd.dup() if dirfd == AT_FDCWD else node_of_fd(vfs, caller, dirfd)
+    if not scope.is_dir():
+        scope.release()
+        raise OSError(errno.ENOTDIR, "not a directory")
+    return Walker(vfs.mounts, scope, caller, resolve), scope
 
 
 def copy_fd(caller: "Caller", fd: int) -> int:

@@ -29,8 +29,10 @@ def _access_wanted(flags: int) -> int:
     return want
 
 
-def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, mode: int):
+def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     """A provider-side host fd for the file (or a Blocking job for FIFOs)."""
+    if resolve:
+        return _open_restricted(vfs, caller, dirfd, path, flags, mode, resolve)
     if flags & O_TMPFILE == O_TMPFILE:
         return _open_tmpfile(vfs, caller, dirfd, path, flags, mode)
     if flags & O_CREAT and not flags & O_PATH:
@@ -45,12 +47,42 @@ def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, m
         node.release()
 
 
+def _open_restricted(vfs, caller, dirfd, path, flags, mode, resolve: int):
+    """openat2(2) with RESOLVE_* flags: the same open, every step of the
+    walk under the restrictions (kernel/vfs/path.py)."""
+    if not path:
+        raise OSError(errno.ENOENT, "empty path")
+    w, start = lookup.restricted_walk(vfs, caller, dirfd, path, resolve)
+    try:
+        if flags & O_TMPFILE == O_TMPFILE:
+            d = w.resolve(start, path, True)
+            return _tmpfile_in(vfs, caller, d, flags, mode)
+        if flags & O_CREAT and not flags & O_PATH:
+            parent, name = w.resolve_parent(start, path)
+            node, created_fd = _lookup_or_create_in(w, caller, parent, path, name, flags, mode)
+            if created_fd is not None:
+                return created_fd
+        else:
+            node = w.resolve(start, path, not flags & O_NOFOLLOW)
+    finally:
+        start.release()
+    try:
+        return open_node(vfs, caller, node, flags)
+    finally:
+        node.release()
+
+
 def _lookup_or_create(vfs, caller, dirfd, path, flags, mode) -> tuple[Node, int | None]:
     parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
+    return _lookup_or_create_in(lookup.walker(vfs, caller), caller, parent, path, name, flags, mode)
+
+
+def _lookup_or_create_in(w, caller, parent: Node, path: bytes, name: bytes, flags: int,
+                         mode: int) -> tuple[Node, int | None]:
+    """The last name in `parent` (which this releases), made if missing."""
     try:
         if name in (b".", b".."):
             raise OSError(errno.EISDIR, "is a directory")
-        w = lookup.walker(vfs, caller)
         try:
             node = w.resolve(parent, name, follow=not (flags & (O_EXCL | O_NOFOLLOW)))
         except FileNotFoundError:
@@ -128,7 +160,11 @@ def _blocking_fifo_open(fs, node: Node, flags: int, caller: "Caller") -> Blockin
 
 
 def _open_tmpfile(vfs, caller, dirfd, path, flags, mode) -> int:
-    d = lookup.resolve_at(vfs, caller, dirfd, path)
+    return _tmpfile_in(vfs, caller, lookup.resolve_at(vfs, caller, dirfd, path), flags, mode)
+
+
+def _tmpfile_in(vfs, caller, d: Node, flags: int, mode: int) -> int:
+    """An unnamed file in directory d (which this releases)."""
     try:
         if not d.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
