@@ -60,6 +60,14 @@ def test_a_watched_file_sees_its_opens_reads_writes_and_closes(installed):
         "event open", "event modify", "event close_write"]
 
 
+def test_one_chmod_is_one_attrib_event(installed):
+    # chmod(2) is one notify_change: one IN_ATTRIB for the file's watch and
+    # one, with its name, for its directory's (LTP inotify10), a chmod to the
+    # same mode included. The Linux mode is an xattr on the host; the host
+    # bits change only when they must (then, two host changes: two events).
+    assert _lines(installed, "attrib", f"{DIR}/w") == ["event attrib g parent", "event attrib - child"]
+
+
 def test_close_write_is_queued_when_close_returns(installed):
     # The provider's copy of a descriptor it opened for writing is gone
     # before the program runs again, so the program's close(2) is the last
