@@ -22,7 +22,7 @@ SRC = Path(lxsub.__file__).resolve().parent
 HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sys/stat.h",
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
            "linux/keyctl.h", "linux/kcmp.h",
-           "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h")
+           "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h")
 
 # Numbers that no header a program includes defines, each checked another way below.
 NOT_IN_HEADERS = {
@@ -34,6 +34,8 @@ NOT_IN_HEADERS = {
     "FUSECTL_SUPER_MAGIC",  # fs/fuse/control.c
     "SELINUX_MAGIC", "SMACK_MAGIC",     # in linux/magic.h, checked if there
     "ST_VALID",           # include/linux/statfs.h, not exported to programs
+    "ALL_INOTIFY_BITS",   # include/linux/inotify.h, not exported; its parts are checked
+    "AT_HANDLE_FID", "AT_HANDLE_CONNECTABLE",   # linux/fcntl.h of Linux 6.5 and 6.13, checked if there
     "SO_PASSPIDFD", "SO_PEERPIDFD",     # asm/socket.h of Linux 6.5, checked if there
     "SCM_MAX_FD",         # include/net/scm.h, not exported to programs
     "UIO_MAXIOV",         # linux/uio.h clashes with glibc's struct iovec: sysconf(_SC_IOV_MAX)

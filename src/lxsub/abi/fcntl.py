@@ -8,6 +8,7 @@ O_TRUNC = 0o1000
 O_NONBLOCK = 0o4000
 O_DIRECTORY = 0o200000
 O_NOFOLLOW = 0o400000
+O_NOATIME = 0o1000000
 O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
 O_TMPFILE = 0o20000000 | O_DIRECTORY
@@ -21,6 +22,11 @@ AT_SYMLINK_FOLLOW = 0x400
 AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 AT_STATX_SYNC_TYPE = 0x6000
+
+# name_to_handle_at(2): struct file_handle's limit and its flags
+MAX_HANDLE_SZ = 128
+AT_HANDLE_FID = AT_REMOVEDIR     # a handle to identify, not to open (Linux 6.5)
+AT_HANDLE_CONNECTABLE = 0x002    # a handle whose file is reached by a path (Linux 6.13)
 
 # openat2(2) struct open_how.resolve
 RESOLVE_NO_XDEV = 0x01

@@ -23,9 +23,14 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class NewFd:
     """Install this provider-side descriptor in the caller and return its number.
-    The provider's copy is closed afterwards."""
+    The provider's copy is closed afterwards, or, with `last_holder`, before
+    the answer wakes the caller (one more wake-up): the caller's close is
+    then the file's last, and what the last close does (inotify's
+    IN_CLOSE_WRITE, OFD locks and leases released, a FIFO writer's EOF)
+    has happened when its close(2) returns."""
     fd: int
     cloexec: bool
+    last_holder: bool = False
 
 
 @dataclass(slots=True)

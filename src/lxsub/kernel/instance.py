@@ -216,7 +216,8 @@ class Instance:
             src = parent.process
             proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip,
                            oom_score_adj=src.oom_score_adj,
-                           oom_score_adj_min=src.oom_score_adj_min)
+                           oom_score_adj_min=src.oom_score_adj_min, image=src.image)
+            self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:
                 pp.children.add(proc)
             self.pids.add_process(proc)
@@ -303,6 +304,9 @@ class Instance:
             os.kill(tid, signal.SIGKILL)
             return
         proc.forget_memory()        # the old address space is gone
+        self.vfs.images.ended(proc.image)
+        proc.image = plan.image
+        self.vfs.images.started(proc.image)
         proc.exe = plan.exe
         proc.comm = plan.comm
         proc.argv_skip = 1 if plan.via_loader else 0
@@ -346,6 +350,8 @@ class Instance:
 
     def _process_exited(self, proc: Process, status: int) -> None:
         proc.exited = True
+        self.vfs.images.ended(proc.image)
+        proc.image = None
         proc.close_pidfd()
         for child in list(proc.children):
             child.parent = self.init

@@ -21,8 +21,8 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, ipc, keys, mount, net, process, sched, signal,
-                                   stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, fcntl, fhandle, identity, inotify, ioctl, ipc, keys, mount, net, process,
+                                   sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -195,8 +195,8 @@ ROWS: list[Syscall] = [
             rules=(ArgRule(1, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
     Syscall("openat", NOTIFY, fcntl.sys_openat, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",
             rules=(ArgRule(2, "any_bit", fcntl.O_PATH, bpf.RET_TRACE),)),
-    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions: EOPNOTSUPP; O_PATH gives a "
-           "read-only descriptor", PARTIAL),
+    notify("openat2", fcntl.sys_openat2, "RESOLVE_* restrictions in the provider's walk; "
+           "RESOLVE_CACHED: EAGAIN; O_PATH gives a read-only descriptor", PARTIAL),
     notify("creat", fcntl.sys_creat),
     notify("stat", stat.sys_stat),
     notify("lstat", stat.sys_lstat),
@@ -305,7 +305,10 @@ ROWS: list[Syscall] = [
     denied("process_vm_readv"), denied("process_vm_writev"), denied("kcmp"),
     denied("io_uring_setup", errno.ENOSYS, "would bypass the filter"),
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
-    denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
+    notify("name_to_handle_at", fhandle.sys_name_to_handle_at, "path resolved in the instance; the host "
+           "file system's handle, the instance's mount id; pseudo files: AT_HANDLE_FID only"),
+    denied("open_by_handle_at", errno.EPERM, "needs CAP_DAC_READ_SEARCH in the initial user namespace, "
+           "which root inside (the host user) has not"),
     denied("unshare"), denied("setns"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
@@ -327,9 +330,12 @@ ROWS: list[Syscall] = [
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
     denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
-    denied("perf_event_open", errno.EACCES), denied("fanotify_init"), denied("fanotify_mark"),
+    denied("perf_event_open", errno.EACCES), denied("fanotify_init", note="needs CAP_SYS_ADMIN in the "
+           "initial user namespace, which root inside (the host user) has not; the unprivileged "
+           "FID subset would report host pids"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
-    unimplemented("inotify_add_watch", "paths not yet resolved by the provider"),
+    notify("inotify_add_watch", inotify.sys_inotify_add_watch, "path resolved in the instance; the "
+           "watch is the host inode's, added through the caller's inotify descriptor"),
     # -- the key retention service (keyrings(7)), the instance's own
     notify("add_key", keys.sys_add_key, "types user, logon, keyring, big_key; others ENODEV"),
     notify("request_key", keys.sys_request_key, "no /sbin/request-key upcall: a key not found "

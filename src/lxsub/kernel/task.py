@@ -35,6 +35,7 @@ class Process:
     # inherited at fork).
     oom_score_adj: int = 0
     oom_score_adj_min: int = 0
+    image: tuple[int, int] | None = None   # the program file it runs (kernel/vfs/images.py)
     exit_ruid: int = 0         # its real uid when its last thread exited (waitid, SIGCHLD)
     _pidfd: int = -1
     _memfd: int = -1

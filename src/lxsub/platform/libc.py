@@ -10,7 +10,7 @@ import ctypes
 import ctypes.util
 import os
 
-from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.kcmp import KCMP_FILE
 from lxsub.abi.seccomp import SECCOMP_SET_MODE_FILTER
 from lxsub.abi.stat import SIZEOF_STATX, STATX_BTIME
@@ -77,6 +77,28 @@ def pidfd_open(pid: int) -> int:
 
 _int3_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int,
                                  ctypes.c_uint, use_errno=True)(("syscall", _libc))
+
+
+_inotify_add_watch = _libc.inotify_add_watch
+_inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
+
+def inotify_add_watch(fd: int, path: bytes, mask: int) -> int:
+    """The host's inotify_add_watch(2) on our inotify descriptor `fd`."""
+    return _check(_inotify_add_watch(fd, path, mask))
+
+
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
+                               ctypes.c_int]
+
+
+def name_to_handle_at(path: bytes, flags: int, handle) -> int:
+    """The host's name_to_handle_at(2) of `path` into `handle`, a ctypes
+    buffer holding a struct file_handle; returns the host mount id."""
+    mount_id = ctypes.c_int(0)
+    _check(_name_to_handle_at(AT_FDCWD, path, handle, ctypes.byref(mount_id), flags))
+    return mount_id.value
 
 
 def same_open_file(fd1: int, fd2: int) -> bool:

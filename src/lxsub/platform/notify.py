@@ -35,6 +35,22 @@ _ADDFD_ARG = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _ZERO = bytes(_NOTIF.size)
 
 
+def _killable_wait() -> bool:
+    """Whether install_filter gets WAIT_KILLABLE_RECV: the filter is
+    installed in each new pico process, so the provider knows it from the
+    same environment and the kernel's release (Linux 5.19)."""
+    if os.environ.get("LX_NO_KILLABLE_WAIT"):
+        return False
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 19)
+
+
+KILLABLE_WAIT = _killable_wait()
+
+
 def install_filter(prog: bytes) -> int:
     """Install the filter on the calling thread; returns its listener.
 
@@ -102,6 +118,36 @@ class Listener:
         # SYNC_WAKE_UP's help, then wakes us: keep both wakes on our CPU.
         with WakeHere(tid):
             return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+
+    def reply_fd_last_holder(self, nid: int, srcfd: int, cloexec: bool, tid: int = 0) -> None:
+        """Install srcfd in the caller (ADDFD without SEND), close it here,
+        then answer with its number: the caller's close is then the file's
+        last, as in Linux, so what the last close does (inotify's
+        IN_CLOSE_WRITE/IN_CLOSE_NOWRITE, the release of OFD locks and
+        leases, a FIFO's EOF) has happened when close(2) returns, not when
+        the provider gets to its own close. srcfd is closed whatever
+        happens. Only with WAIT_KILLABLE_RECV (KILLABLE_WAIT): there only a
+        deadly signal can come between the two steps, and ENOENT means the
+        caller is dying, with the descriptor or before it."""
+        flags = O_CLOEXEC if cloexec else 0
+        arg = bytearray(_ADDFD_ARG.pack(nid, 0, srcfd, 0, flags))
+        try:
+            if tid:
+                with WakeHere(tid):         # the caller installs it itself
+                    number = fcntl.ioctl(self.fd, _ADDFD, arg, True)
+            else:
+                number = fcntl.ioctl(self.fd, _ADDFD, arg, True)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return
+            raise
+        finally:
+            os.close(srcfd)
+        try:
+            self.reply(nid, number, 0)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
 
     def add_fd(self, nid: int, srcfd: int, cloexec: bool, newfd: int | None = None) -> int:
         flags = O_CLOEXEC if cloexec else 0

@@ -39,6 +39,9 @@ class ExecPlan:
     # counts (kernel/creds.py Creds.after_exec applies them at the exec).
     set_uid: int | None = None
     set_gid: int | None = None
+    # The program file's (st_dev, st_ino): the ELF execve was given, which
+    # the host maps itself (identity) or ld.so maps (kernel/vfs/images.py).
+    image: tuple[int, int] | None = None
 
     def close(self) -> None:
         if self.host_fd >= 0:
@@ -126,11 +129,13 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
             continue
         # For a script Linux takes the interpreter's bits (bprm->file), never
         # the script's; for an ELF program its own, not its loader's.
+        image = _identity(fd)
         if kind.interp is None:
-            return ExecPlan(fd, _identity(fd), argv, exe, comm, False, 0, *set_ids)
+            return ExecPlan(fd, image, argv, exe, comm, False, 0, *set_ids, image=image)
         os.close(fd)
         p = _plan_with_loader(walker, start, kind.interp, argv, exe, comm)
         p.set_uid, p.set_gid = set_ids
+        p.image = image
         return p
     raise OSError(errno.ELOOP, "too many levels of #! interpreters")
 

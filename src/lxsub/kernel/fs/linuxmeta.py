@@ -412,11 +412,15 @@ class LinuxMeta:
         if st.S_ISLNK(old.mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(old.mode) | (mode & 0o7777), old.uid, old.gid, old.rdev)
-        try:
-            os.chmod(f.proc_path(), self.host_mode(new.mode))
-        except OSError:
-            if self.host_chmod_strict:
-                raise      # else: not the host user's file, the host keeps its bits
+        host_bits = self.host_mode(new.mode)
+        # Only a change of the host bits is made: each host change is an
+        # IN_ATTRIB for inotify watchers, and Linux's chmod is one.
+        if st.S_IMODE(f.st.st_mode) != host_bits or not self.store.keeps(f.st.st_mode):
+            try:
+                os.chmod(f.proc_path(), host_bits)
+            except OSError:
+                if self.host_chmod_strict:
+                    raise      # else: not the host user's file, the host keeps its bits
         if self.store.keeps(f.st.st_mode):
             self.store.save(f.restat(), new)    # as the host file is now (MemoryStore compares)
         return new

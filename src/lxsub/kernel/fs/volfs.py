@@ -73,22 +73,34 @@ class VolFs(MetaTree, HostFs):
 
     def create(self, parent: Node, name: bytes, flags: int, mode: int, creds) -> int:
         meta = self.new_meta(parent, st.S_IFREG | mode, 0, creds)
-        try:
-            fd = os.open(fd_path(parent.fd), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
-                         self.host_mode(meta.mode))
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+        # Unnamed in the staging directory when there is one: giving the
+        # attribute is an IN_ATTRIB on the file's directory, whose watchers
+        # (inotify(7)) must see only the IN_CREATE of the link, as in Linux.
+        for where in dict.fromkeys((self._staging, parent.fd)):
+            if where is None:
+                continue
+            try:
+                fd = os.open(fd_path(where), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
+                             self.host_mode(meta.mode))
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                break
+            try:
+                born = os.fstat(fd)
+                self.linux.store.reborn(born)
+                self.linux.store.save(HostFile.of_fd(fd, born), meta)
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=parent.fd, follow_symlinks=True)
+            except OSError as e:
+                os.close(fd)
+                if e.errno == errno.EXDEV:      # the staging directory is on another mount
+                    continue
                 raise
-            return self._create_staged(parent, name, flags, meta)   # no O_TMPFILE here
-        try:
-            born = os.fstat(fd)
-            self.linux.store.reborn(born)
-            self.linux.store.save(HostFile.of_fd(fd, born), meta)
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=parent.fd, follow_symlinks=True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return _open_as_asked(fd, born, parent, name, flags)
+            except BaseException:
+                os.close(fd)
+                raise
+            return _open_as_asked(fd, born, parent, name, flags)
+        return self._create_staged(parent, name, flags, meta)   # no O_TMPFILE here
 
     def _create_staged(self, parent: Node, name: bytes, flags: int, meta: LxMeta) -> int:
         def make(where: int, tmp: bytes) -> None:

@@ -9,8 +9,7 @@ import struct
 
 from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_OFD_GETLK, F_OWNER_PGRP, F_OWNER_TID,
                               F_SETOWN, F_SETOWN_EX, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH, O_TMPFILE, RESOLVE_BENEATH,
-                              RESOLVE_CACHED, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
-                              RESOLVE_NO_XDEV)
+                              RESOLVE_CACHED, RESOLVE_IN_ROOT)
 from lxsub.abi.sysno import SYS_OPENAT
 from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.vfs import lookup
@@ -20,12 +19,16 @@ from lxsub.platform import memory
 _VALID_OPEN_FLAGS = 0o37777777
 
 
-def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int):
+def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     if flags & O_PATH and c.regs is not None:
         return _open_path_in_caller(c, dirfd, path, flags)
-    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode)
+    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve)
     if isinstance(fd, int):
-        return NewFd(fd, bool(flags & O_CLOEXEC))
+        # A file opened for writing is handed over as its caller's alone:
+        # watchers wait for its IN_CLOSE_WRITE, lock and FIFO users for its
+        # last close. Read-only opens, most of them, keep the cheaper answer
+        # (their IN_CLOSE_NOWRITE may follow close(2) by the provider's close).
+        return NewFd(fd, bool(flags & O_CLOEXEC), last_holder=bool(flags & os.O_ACCMODE))
     return _wrap_blocking(fd, flags)
 
 
@@ -95,19 +98,24 @@ def sys_openat2(c: Call):
         raise OSError(errno.E2BIG, "unknown open_how fields")
     if flags & ~_VALID_OPEN_FLAGS or resolve & ~0x3F:
         raise OSError(errno.EINVAL, "bad flags")
-    if mode and not (flags & O_CREAT or flags & O_TMPFILE == O_TMPFILE):
+    # build_open_flags: a mode only with O_CREAT/O_TMPFILE, and only
+    # permission bits (S_IALLUGO) in it.
+    if flags & O_CREAT or flags & O_TMPFILE == O_TMPFILE:
+        if mode & ~0o7777:
+            raise OSError(errno.EINVAL, "mode beyond S_IALLUGO")
+    elif mode:
         raise OSError(errno.EINVAL, "mode without O_CREAT")
-    if resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS):
-        # The provider's walk does not have these restrictions yet.
-        c.inst.log.once("openat2-resolve", "openat2 RESOLVE_* flags other than CACHED: EOPNOTSUPP")
-        raise OSError(errno.EOPNOTSUPP, "RESOLVE_* restrictions not supported")
+    if resolve & RESOLVE_BENEATH and resolve & RESOLVE_IN_ROOT:
+        raise OSError(errno.EINVAL, "RESOLVE_BENEATH with RESOLVE_IN_ROOT")
     if resolve & RESOLVE_CACHED:
+        # Every walk of the provider looks the names up on the host: never
+        # only from the dentry cache (openat2(2): EAGAIN, retry without).
         raise OSError(errno.EAGAIN, "not cached")
     if flags & O_PATH:
         # openat2's flags are in memory, out of the filter's sight, so this
         # cannot be a traced O_PATH open: give a plain read-only descriptor.
         flags = (flags & ~O_PATH) | os.O_RDONLY
-    return _open(c, c.int(0), c.path(1), flags, mode)
+    return _open(c, c.int(0), c.path(1), flags, mode, resolve)
 
 
 _FLOCK_L_PID = 24          # struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid

@@ -81,6 +81,10 @@ def _readlink(c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int:
         raise OSError(errno.EINVAL, "bad size")
     node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
     try:
+        # do_readlinkat: an empty path is the dirfd's own file (LOOKUP_EMPTY);
+        # when that is not a symlink the answer is ENOENT, not EINVAL.
+        if not path and not node.is_symlink():
+            raise OSError(errno.ENOENT, "empty path names no symlink")
         target = node.fs.readlink(node, c.task)
     finally:
         node.release()
@@ -206,7 +210,7 @@ def sys_chmod(c: Call) -> int:
 
 
 def sys_fchmod(c: Call) -> int:
-    return _chmod_node(c, lookup.node_of_fd(c.inst.vfs, c.task, c.int(0)), c.uint(1))
+    return _chmod_node(c, lookup.node_of_open_fd(c.inst.vfs, c.task, c.int(0)), c.uint(1))
 
 
 def sys_fchmodat(c: Call) -> int:
@@ -257,8 +261,8 @@ def sys_utimensat(c: Call) -> int:
         times = ((a_s, a_ns), (m_s, m_ns))
     else:
         times = _now_pair()
-    if not c.ptr(1):   # futimens(fd, times)
-        node = lookup.node_of_fd(c.inst.vfs, c.task, dirfd)
+    if not c.ptr(1):   # futimens(fd, times): do_utimes_fd's fdget, EBADF for O_PATH
+        node = lookup.node_of_open_fd(c.inst.vfs, c.task, dirfd)
     else:
         node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, c.path(1), flags)
     return _utimens_node(c, node, times)

@@ -145,7 +145,7 @@ def sys_lchown(c: Call) -> int:
 
 
 def sys_fchown(c: Call) -> int:
-    return _chown_node(c, lookup.node_of_fd(c.inst.vfs, c.task, c.int(0)), c.int(1), c.int(2))
+    return _chown_node(c, lookup.node_of_open_fd(c.inst.vfs, c.task, c.int(0)), c.int(1), c.int(2))
 
 
 def sys_fchownat(c: Call) -> int:
@@ -178,6 +178,8 @@ def sys_truncate(c: Call) -> int:
             raise OSError(errno.EISDIR, "is a directory")
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
+        if node.host_st is not None:     # vfs_truncate's get_write_access
+            c.inst.vfs.images.check_writable((node.host_st.st_dev, node.host_st.st_ino))
         if length > a.size:
             _check_file_size_limit(c, length)
         fd = node.fs.open(node, os.O_WRONLY, c.task)

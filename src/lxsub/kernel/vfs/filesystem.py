@@ -103,6 +103,11 @@ class FileSystem:
         """For a magic link (/proc/<pid>/fd/N): the file it stands for."""
         return None
 
+    def is_magic_link(self, node: "Node") -> bool:
+        """A magic link that follow_magic does not jump through but reads
+        as a path (openat2's RESOLVE_NO_MAGICLINKS refuses both)."""
+        return False
+
     def host_path(self, node: "Node") -> str | None:
         """Where the file is on the host, if it is a host file."""
         return None

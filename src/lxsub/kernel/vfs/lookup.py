@@ -7,9 +7,12 @@ A dirfd is a real descriptor in the pico process; the provider copies it
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.fcntl import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW, O_PATH, RESOLVE_BENEATH,
+                              RESOLVE_IN_ROOT)
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
 
@@ -22,6 +25,20 @@ def walker(vfs: "Vfs", caller: "Caller") -> Walker:
     return Walker(vfs.mounts, caller.fs.root, caller)
 
 
+def restricted_walk(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, resolve: int) -> tuple[Walker, Node]:
+    """The walker and the start node (the caller owns it) for openat2's
+    RESOLVE_* flags. RESOLVE_BENEATH and RESOLVE_IN_ROOT scope the walk to
+    the dirfd's directory (the cwd for AT_FDCWD): it is the walk's root, an
+    absolute path included (openat2(2))."""
+    if not resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
+        return Walker(vfs.mounts, caller.fs.root, caller, resolve), start_node(vfs, caller, dirfd, path)
+    scope = caller.fs.cwd.dup() if dirfd == AT_FDCWD else node_of_fd(vfs, caller, dirfd)
+    if not scope.is_dir():
+        scope.release()
+        raise OSError(errno.ENOTDIR, "not a directory")
+    return Walker(vfs.mounts, scope, caller, resolve), scope
+
+
 def copy_fd(caller: "Caller", fd: int) -> int:
     """A provider-side duplicate of the caller's descriptor `fd` (EBADF if none)."""
     return caller.copy_fd(fd)
@@ -30,6 +47,21 @@ def copy_fd(caller: "Caller", fd: int) -> int:
 def node_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
     """The file the caller's descriptor refers to, as a Node (caller owns it)."""
     return vfs.node_of_host_fd(copy_fd(caller, fd))     # owns the copy, or closes it
+
+
+def node_of_open_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
+    """node_of_fd for the calls that take a file opened for I/O (Linux's
+    fdget, not fdget_raw: fchmod, fchown, the f*xattr calls): an O_PATH
+    descriptor is EBADF there (open(2), O_PATH)."""
+    copy = copy_fd(caller, fd)
+    try:
+        is_path = fcntl.fcntl(copy, fcntl.F_GETFL) & O_PATH
+    except OSError:
+        is_path = 0
+    if is_path:
+        os.close(copy)
+        raise OSError(errno.EBADF, "an O_PATH descriptor")
+    return vfs.node_of_host_fd(copy)
 
 
 def start_node(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes) -> Node:

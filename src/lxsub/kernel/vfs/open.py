@@ -8,7 +8,9 @@ import os
 import stat as st
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_PATH, O_TMPFILE, O_TRUNC
+from lxsub.abi.fcntl import (O_CREAT, O_DIRECTORY, O_EXCL, O_NOATIME, O_NOFOLLOW, O_NONBLOCK, O_PATH, O_TMPFILE,
+                             O_TRUNC)
+from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Blocking
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs import lookup, perm
@@ -27,8 +29,10 @@ def _access_wanted(flags: int) -> int:
     return want
 
 
-def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, mode: int):
+def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     """A provider-side host fd for the file (or a Blocking job for FIFOs)."""
+    if resolve:
+        return _open_restricted(vfs, caller, dirfd, path, flags, mode, resolve)
     if flags & O_TMPFILE == O_TMPFILE:
         return _open_tmpfile(vfs, caller, dirfd, path, flags, mode)
     if flags & O_CREAT and not flags & O_PATH:
@@ -43,12 +47,42 @@ def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, m
         node.release()
 
 
+def _open_restricted(vfs, caller, dirfd, path, flags, mode, resolve: int):
+    """openat2(2) with RESOLVE_* flags: the same open, every step of the
+    walk under the restrictions (kernel/vfs/path.py)."""
+    if not path:
+        raise OSError(errno.ENOENT, "empty path")
+    w, start = lookup.restricted_walk(vfs, caller, dirfd, path, resolve)
+    try:
+        if flags & O_TMPFILE == O_TMPFILE:
+            d = w.resolve(start, path, True)
+            return _tmpfile_in(vfs, caller, d, flags, mode)
+        if flags & O_CREAT and not flags & O_PATH:
+            parent, name = w.resolve_parent(start, path)
+            node, created_fd = _lookup_or_create_in(w, caller, parent, path, name, flags, mode)
+            if created_fd is not None:
+                return created_fd
+        else:
+            node = w.resolve(start, path, not flags & O_NOFOLLOW)
+    finally:
+        start.release()
+    try:
+        return open_node(vfs, caller, node, flags)
+    finally:
+        node.release()
+
+
 def _lookup_or_create(vfs, caller, dirfd, path, flags, mode) -> tuple[Node, int | None]:
     parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
+    return _lookup_or_create_in(lookup.walker(vfs, caller), caller, parent, path, name, flags, mode)
+
+
+def _lookup_or_create_in(w, caller, parent: Node, path: bytes, name: bytes, flags: int,
+                         mode: int) -> tuple[Node, int | None]:
+    """The last name in `parent` (which this releases), made if missing."""
     try:
         if name in (b".", b".."):
             raise OSError(errno.EISDIR, "is a directory")
-        w = lookup.walker(vfs, caller)
         try:
             node = w.resolve(parent, name, follow=not (flags & (O_EXCL | O_NOFOLLOW)))
         except FileNotFoundError:
@@ -93,6 +127,12 @@ def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
         raise OSError(errno.EISDIR, "is a directory")
     if perm.needs_checks(caller.creds):
         perm.check(caller.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
+    # may_open: "O_NOATIME can only be set by the owner or superuser"
+    # (inode_owner_or_capable; open(2) EPERM). The host owns every file.
+    if flags & O_NOATIME and caller.creds.fsuid != attr.uid and not caller.creds.capable(caps.CAP_FOWNER):
+        raise OSError(errno.EPERM, "O_NOATIME on a file the caller does not own")
+    if st.S_ISREG(mode) and (flags & os.O_ACCMODE or flags & O_TRUNC) and node.host_st is not None:
+        vfs.images.check_writable((node.host_st.st_dev, node.host_st.st_ino))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
         fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags,
                                  caller.task.host_pid if caller.task is not None else None)
@@ -120,7 +160,11 @@ def _blocking_fifo_open(fs, node: Node, flags: int, caller: "Caller") -> Blockin
 
 
 def _open_tmpfile(vfs, caller, dirfd, path, flags, mode) -> int:
-    d = lookup.resolve_at(vfs, caller, dirfd, path)
+    return _tmpfile_in(vfs, caller, lookup.resolve_at(vfs, caller, dirfd, path), flags, mode)
+
+
+def _tmpfile_in(vfs, caller, d: Node, flags: int, mode: int) -> int:
+    """An unnamed file in directory d (which this releases)."""
     try:
         if not d.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")

@@ -16,7 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lxsub.abi.fcntl import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS
+from lxsub.abi.fcntl import (RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
+                              RESOLVE_NO_XDEV)
 from lxsub.abi.limits import MAXSYMLINKS, NAME_MAX, PATH_MAX
 from lxsub.kernel.vfs import perm
 from lxsub.kernel.vfs.node import Node
@@ -37,10 +38,13 @@ def _err(code: int) -> OSError:
 class Walker:
     """Resolves paths for one caller: the mount table, the root the walk
     may not climb above, and who walks (its credentials are checked, and
-    pseudo file systems answer for it)."""
+    pseudo file systems answer for it). `restrict`: openat2(2)'s RESOLVE_*
+    restrictions; with RESOLVE_BENEATH or RESOLVE_IN_ROOT, `root` is the
+    directory the walk is scoped to."""
     mounts: "MountTable"
     root: Node
     caller: "Caller"
+    restrict: int = 0
 
     @property
     def creds(self) -> "Creds":
@@ -55,7 +59,7 @@ class Walker:
         # "dir/", "dir/." and "dir/..": the last name must be a directory, and
         # a symlink there is followed whatever the caller asked.
         must_dir = path.endswith(b"/") or path.rsplit(b"/", 1)[-1] in (b".", b"..")
-        node = self._fast_walk(path, follow or must_dir) if path[:1] == b"/" else None
+        node = self._fast_walk(path, follow or must_dir) if path[:1] == b"/" and not self.restrict else None
         if node is None:
             node = self._walk(start, path, follow or must_dir)
         if must_dir and not node.is_dir():
@@ -69,6 +73,8 @@ class Walker:
             raise _err(errno.ENOENT)
         if len(path) >= PATH_MAX:
             raise _err(errno.ENAMETOOLONG)
+        if path.startswith(b"/"):
+            self._check_jump_to_root(start)
         stripped = path.rstrip(b"/")
         if not stripped:                     # "/" itself
             return self.root.dup(), b"."
@@ -114,7 +120,11 @@ class Walker:
         return Node(root, fd, os.fstat(fd))
 
     def _walk(self, start: Node, path: bytes, follow_last: bool) -> Node:
-        cur = self.root.dup() if path.startswith(b"/") else start.dup()
+        if path.startswith(b"/"):
+            self._check_jump_to_root(start)
+            cur = self.root.dup()
+        else:
+            cur = start.dup()
         todo = deque(c for c in path.split(b"/") if c and c != b".")
         links = 0
         try:
@@ -128,16 +138,22 @@ class Walker:
                 self._check_search(cur)
                 nxt = self._down(cur, name)
                 if nxt.is_symlink() and (todo or follow_last):
+                    if self.restrict & RESOLVE_NO_SYMLINKS:
+                        nxt.release()
+                        raise _err(errno.ELOOP)
                     magic = nxt.fs.follow_magic(nxt, self.caller)
                     if magic is not None:          # /proc/<pid>/fd/N and friends
                         nxt.release()
                         nxt = magic
+                        self._check_magic_jump(cur, nxt)
                         if todo and not nxt.is_dir():
                             nxt.release()
                             raise _err(errno.ENOTDIR)
                         cur.release()
                         cur = nxt
                         continue
+                    if self.restrict and nxt.fs.is_magic_link(nxt):
+                        self._check_magic_jump(cur, nxt)   # releases nxt if refused
                     links += 1
                     if links > MAXSYMLINKS:
                         nxt.release()
@@ -148,6 +164,7 @@ class Walker:
                         raise _err(errno.ENOENT)
                     todo.extendleft(reversed([c for c in target.split(b"/") if c and c != b"."]))
                     if target.startswith(b"/"):
+                        self._check_jump_to_root(cur)
                         cur.release()
                         cur = self.root.dup()
                     continue
@@ -160,6 +177,30 @@ class Walker:
         except BaseException:
             cur.release()
             raise
+
+    # -- openat2(2)'s RESOLVE_* restrictions (fs/namei.c) ------------------------
+
+    def _check_jump_to_root(self, cur: Node) -> None:
+        """An absolute path or symlink: never beneath a scope (EXDEV); with
+        RESOLVE_NO_XDEV not to another mount's root (nd_jump_root)."""
+        if self.restrict & RESOLVE_BENEATH:
+            raise _err(errno.EXDEV)
+        if self.restrict & RESOLVE_NO_XDEV and self.root.mount is not cur.mount:
+            raise _err(errno.EXDEV)
+
+    def _check_magic_jump(self, cur: Node, target: Node) -> None:
+        """nd_jump_link: magic links are ELOOP under RESOLVE_NO_MAGICLINKS,
+        EXDEV in a scoped walk or to another mount under RESOLVE_NO_XDEV."""
+        problem = 0
+        if self.restrict & RESOLVE_NO_MAGICLINKS:
+            problem = errno.ELOOP
+        elif self.restrict & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
+            problem = errno.EXDEV
+        elif self.restrict & RESOLVE_NO_XDEV and target.mount is not cur.mount:
+            problem = errno.EXDEV
+        if problem:
+            target.release()
+            raise _err(problem)
 
     def _check_search(self, d: Node) -> None:
         if not d.is_dir():
@@ -179,11 +220,15 @@ class Walker:
             if m is None:
                 return nxt
             nxt.release()
+            if self.restrict & RESOLVE_NO_XDEV:
+                raise _err(errno.EXDEV)
             nxt = m.root()
 
     def _up(self, cur: Node) -> Node:
         while True:
             if cur.key == self.root.key:
+                if self.restrict & RESOLVE_BENEATH:
+                    raise _err(errno.EXDEV)    # `..` would leave the scope
                 return cur                     # `..` of the caller's root is itself
             m = cur.mount
             if m.parent is None and cur.key == m.root_key():
@@ -191,6 +236,8 @@ class Walker:
                                                # lies outside its root climb past "/"
             if m.parent is not None and cur.key == m.root_key():
                 assert m.mountpoint is not None
+                if self.restrict & RESOLVE_NO_XDEV:
+                    raise _err(errno.EXDEV)
                 cur.release()
                 cur = m.mountpoint.dup()       # climb out of the mount, then `..`
                 continue

@@ -74,9 +74,13 @@ class File(Entry):
 class Link(Entry):
     mode = st.S_IFLNK | 0o777
 
-    def __init__(self, path: str, target: Callable[["Task"], str]) -> None:
+    def __init__(self, path: str, target: Callable[["Task"], str], magic: bool = False) -> None:
         super().__init__(path)
         self.target = target
+        # A magic link in Linux (/proc/<pid>/exe, cwd, root: proc_pid_get_link
+        # jumps to the file), read here as its path (openat2's
+        # RESOLVE_NO_MAGICLINKS refuses it all the same).
+        self.magic = magic
 
 
 class Device(Entry):
@@ -246,6 +250,9 @@ class PseudoFs(FileSystem):
 
     def parent_of(self, node: Node, caller: "Caller") -> Node:
         return Node(node.mount, obj=self.entry_at(node.obj.parent_path(), caller.task))
+
+    def is_magic_link(self, node: Node) -> bool:
+        return getattr(node.obj, "magic", False)
 
     def readlink(self, node: Node, caller: "Caller") -> bytes:
         if not isinstance(node.obj, Link):

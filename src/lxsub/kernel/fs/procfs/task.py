@@ -62,10 +62,11 @@ class ProcessDir(TaskFiles, Dir):
             e.owner_of = self._owner
             return e
         entries: dict[str, Entry] = {
-            "exe": Link(p + "/exe", lambda t: self._inspect(t) or proc.exe),
-            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.cwd)),
+            "exe": Link(p + "/exe", lambda t: self._inspect(t) or proc.exe, magic=True),
+            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.cwd),
+                        magic=True),
             "root": Link(p + "/root",
-                         lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.root)),
+                         lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.root), magic=True),
             "cmdline": File(p + "/cmdline", lambda t: self._cmdline()),
             "comm": File(p + "/comm", lambda t: proc.comm.encode() + b"\n",
                          write=self._set_comm, mode=0o444),

@@ -1,0 +1,113 @@
+"""File calls whose Linux answer depends on the descriptor or the path:
+tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
+
+- open(2), O_PATH: "the file itself is not opened, and other file
+  operations (e.g., read(2), write(2), fchmod(2), fchown(2), fgetxattr(2),
+  ioctl(2), mmap(2)) fail with the error EBADF" (Linux's fdget; fstat uses
+  fdget_raw and works). Before, the provider took the descriptor's file
+  and changed it (LTP open13).
+- readlink(2) of an empty path: ENOENT (do_readlinkat, LOOKUP_EMPTY); with
+  a descriptor of a symlink, readlinkat(fd, "") reads that link. Before,
+  the provider answered EINVAL (LTP readlink03).
+- name_to_handle_at(2): the host file system's handle for the file the
+  path names inside, the same through another link, EOVERFLOW with the
+  size for a short buffer, the mount id that /proc/self/mountinfo shows;
+  a /proc file has no handle but an AT_HANDLE_FID one. Before, EOPNOTSUPP
+  (LTP name_to_handle_at02, 03).
+- a program file being run is ETXTBSY for open(2) for writing and for
+  truncate(2) (exec's deny_write_access), static (the host runs it) or
+  dynamic (the host runs the instance's ld.so and only maps it: the
+  provider counts running images). Before, a dynamic program's file could be
+  written while it ran (LTP creat07).
+- openat2(2)'s RESOLVE_* restrictions, each step of the provider's walk
+  under them: RESOLVE_BENEATH (EXDEV for `..` above the directory, absolute
+  paths and symlinks), RESOLVE_IN_ROOT (the directory as root),
+  RESOLVE_NO_SYMLINKS and RESOLVE_NO_MAGICLINKS (ELOOP), RESOLVE_NO_XDEV
+  (EXDEV into /proc). Before, every one was EOPNOTSUPP (LTP openat201, 202).
+- open(2) with O_NOATIME: EPERM unless the caller owns the file or has
+  CAP_FOWNER (may_open). Before, the host allowed it (its user owns every
+  file) (LTP open02)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.fixtures.cbuild import PROGRAMS, gcc_static
+from tests.integration.distros import describe
+
+DIR = "/file-calls-test"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("file_calls")
+    return gcc_static(tmp, "file_calls", PROGRAMS / "file_calls.c").read_bytes()
+
+
+@pytest.fixture
+def installed(debian, program):
+    cp = debian.lx(["-u", "root", "--", f"rm -rf {DIR} && mkdir -p {DIR} && cat > {DIR}/fc && "
+                    f"chmod 755 {DIR}/fc && touch {DIR}/file && ln -s target12 {DIR}/link"],
+                   input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    return debian
+
+
+def _run(inst, *args: str, user: str = "root") -> list[str]:
+    cp = inst.lx(["-u", user, "--cd", DIR, "-e", f"{DIR}/fc", *args], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    return cp.stdout.decode().splitlines()
+
+
+def test_an_o_path_descriptor_is_no_open_file(installed):
+    ebadf = -errno.EBADF
+    assert _run(installed, "opath", f"{DIR}/file") == [
+        f"opath fchmod {ebadf} fchown {ebadf} fgetxattr {ebadf} futimens {ebadf} fstat 0"]
+    cp = installed.lx(["-u", "root", "-e", "stat", "-c", "%a", f"{DIR}/file"], timeout=60)
+    assert cp.stdout.decode().strip() == "644", describe(cp)
+
+
+def test_readlink_of_an_empty_path(installed):
+    assert _run(installed, "readlink", f"{DIR}/link") == [f"readlink empty {-errno.ENOENT} fd 8"]
+
+
+def test_o_noatime_is_for_the_owner(installed):
+    cp = installed.lx(["-u", "root", "--", f"touch {DIR}/mine && chown nobody {DIR}/mine"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert _run(installed, "noatime", f"{DIR}/file", user="nobody") == [f"noatime {-errno.EPERM}"]
+    assert _run(installed, "noatime", f"{DIR}/mine", user="nobody") == ["noatime 0"]
+    assert _run(installed, "noatime", f"{DIR}/file") == ["noatime 0"]
+
+
+def test_name_to_handle_at(installed):
+    assert _run(installed, "handle", f"{DIR}/file") == [
+        f"handle overflow {-errno.EOVERFLOW} size 1 got 0 linked 0 same 1 mountinfo 1 "
+        f"proc {-errno.EOPNOTSUPP} fid 0 badflags {-errno.EINVAL}"]
+
+
+def test_a_running_program_is_text_file_busy(installed):
+    etxtbsy = -errno.ETXTBSY
+    cp = installed.lx(["-u", "root", "--", f"cp {DIR}/fc {DIR}/fc2"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert _run(installed, "busy", f"{DIR}/fc2") == [f"busy open {etxtbsy} truncate {etxtbsy} after 0"]
+    # A dynamic program (Debian's sleep, run through ld.so), and its fork.
+    script = (f"cp /bin/sleep {DIR}/sl; {DIR}/sl 30 & p=$!; sleep 1; "
+              f"(echo x > {DIR}/sl) 2>&1; truncate -s 0 {DIR}/sl 2>&1; "
+              f"kill $p; wait $p; echo x > {DIR}/sl && echo written")
+    cp = installed.lx(["-u", "root", "--", script], timeout=60)
+    lines = cp.stdout.decode().splitlines()
+    assert len(lines) == 3 and all("Text file busy" in x for x in lines[:2]), describe(cp)
+    assert lines[2] == "written", describe(cp)
+
+
+def test_openat2_resolve_restrictions(installed):
+    cp = installed.lx(["-u", "root", "--", f"mkdir -p {DIR}/r/d && touch {DIR}/r/d/f {DIR}/r/x && "
+                       f"ln -sfn f {DIR}/r/d/rel && ln -sfn /f {DIR}/r/d/abs"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    exdev, eloop = -errno.EXDEV, -errno.ELOOP
+    assert _run(installed, "resolve", f"{DIR}/r") == [
+        f"resolve beneath 0 beneath-up {exdev} beneath-abs {exdev} beneath-abslink {exdev} "
+        f"inroot-abslink 0 inroot-up 0 nosym {eloop} nosym-plain 0 nomagic {eloop} "
+        f"noxdev {exdev} noxdev-plain 0 both {-errno.EINVAL}"]
