@@ -36,7 +36,9 @@ NOT_IN_HEADERS = {
 }
 # Not macros: C expressions that give them (glibc's F_OWNER_* are an enum).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",
-               "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP", "KCMP_FILE": "KCMP_FILE"}
+               "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP",
+               **{n: n for n in ("KCMP_FILE", "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND",
+                                 "KCMP_IO", "KCMP_SYSVSEM", "KCMP_EPOLL_TFD", "KCMP_TYPES")}}
 
 
 def _abi_constants() -> dict[str, int]:

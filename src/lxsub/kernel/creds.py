@@ -67,12 +67,17 @@ class Creds:
     def may_ptrace_read(self, target: "Creds", dumpable: bool, realcreds: bool = False) -> bool:
         """Linux __ptrace_may_access for another process: the caller's
         fsuid/fsgid (its real ids with PTRACE_MODE_REALCREDS) equal all of
-        the target's ids and the target is dumpable; or CAP_SYS_PTRACE."""
+        the target's ids, the target is dumpable and its permitted
+        capabilities are among the caller's (cap_ptrace_access_check: the
+        caller's permitted set with REALCREDS, its effective one with
+        FSCREDS); or CAP_SYS_PTRACE."""
         if self.capable(CAP_SYS_PTRACE):
             return True
         uid, gid = (self.ruid, self.rgid) if realcreds else (self.fsuid, self.fsgid)
+        mine = self.cap_permitted if realcreds else self.cap_effective
         return bool(dumpable) and uid == target.ruid == target.euid == target.suid \
-            and gid == target.rgid == target.egid == target.sgid
+            and gid == target.rgid == target.egid == target.sgid \
+            and not target.cap_permitted & ~mine
 
     def in_group(self, gid: int) -> bool:
         return gid == self.fsgid or gid in self.groups

@@ -23,6 +23,7 @@ from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
+from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.creds import Creds
@@ -208,9 +209,12 @@ class Instance:
         self.engine.task_known(child, lambda: settid and self._poke_tid(child, settid, vid))
 
     def _clone_flags(self, event: int, regs: Regs) -> int:
-        if event == ptrace.EVENT_FORK:
+        # The event says little: clone(2) with exit signal SIGCHLD and no
+        # CLONE_VFORK reports PTRACE_EVENT_FORK too (kernel_clone), so only
+        # fork(2) and vfork(2) themselves have fixed flags.
+        if regs.orig_rax == SYS_FORK:
             return signal.SIGCHLD
-        if event == ptrace.EVENT_VFORK and regs.orig_rax == 58:   # vfork(2)
+        if regs.orig_rax == SYS_VFORK:
             return CLONE_VM | CLONE_VFORK | signal.SIGCHLD
         return regs.rdi
 

@@ -20,8 +20,8 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
                               CLONE_NEWUTS, CLONE_UNTRACED)
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, fcntl, identity, ioctl, keys, mount, net, process, sched, signal,
-                                   stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, crossproc, fcntl, identity, ioctl, keys, mount, net, nsproxy, process,
+                                   sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -286,11 +286,17 @@ ROWS: list[Syscall] = [
     notify("setdomainname", utsname.sys_setdomainname, "per instance"),
     # -- would step around the provider or change the host
     denied("ptrace", note="a pico process cannot trace"),
-    denied("process_vm_readv"), denied("process_vm_writev"), denied("kcmp"),
+    *(notify(n, getattr(crossproc, "sys_" + n), "processes of the instance only (ESRCH "
+             "otherwise), by ptrace's attach rule (EPERM)") for n in ("process_vm_readv",
+                                                                     "process_vm_writev")),
+    notify("kcmp", crossproc.sys_kcmp, "processes of the instance only (ESRCH otherwise), by "
+           "ptrace's read rule (EPERM)"),
     denied("io_uring_setup", errno.ENOSYS, "would bypass the filter"),
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
-    denied("unshare"), denied("setns"),
+    trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
+          "single-thread checks as Linux; new namespaces: EPERM", PARTIAL),
+    denied("setns"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),

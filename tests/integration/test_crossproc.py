@@ -1,0 +1,80 @@
+"""Calls that reach into another process of the instance, as LTP's kcmp,
+cma (process_vm_readv/writev) and unshare tests check them: kcmp(2) and
+process_vm_readv(2)/process_vm_writev(2) by virtual pid under ptrace's
+access rule, and unshare(2) of the things that are no namespaces
+(CLONE_FILES, CLONE_FS, CLONE_SYSVSEM). The program is
+tests/fixtures/programs/crossproc.c, built static on the host and run as
+root in BusyBox (it drops to nobody for the permission checks). Before
+these were implemented kcmp and process_vm_* were EPERM for everything and
+unshare EPERM for every flag."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.fixtures.cbuild import PROGRAMS, gcc_static
+from tests.integration.distros import describe
+
+DIR = "/crossproc"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("crossproc")
+    return gcc_static(tmp, "crossproc", PROGRAMS / "crossproc.c").read_bytes()
+
+
+def _run(busybox, program: bytes, part: str) -> dict[str, str]:
+    """{first two words: the rest} of the program's lines."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/p && chmod 755 {DIR}/p"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["-u", "root", "--", f"{DIR}/p", part], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    out = {}
+    for line in cp.stdout.decode().splitlines():
+        words = line.split(" ", 2)
+        out[" ".join(words[:2])] = words[2] if len(words) > 2 else ""
+    return out
+
+
+def test_kcmp_compares_the_objects_of_instance_processes(busybox, program):
+    out = _run(busybox, program, "kcmp")
+    # kcmp(2): 0 equal, 1/2 ordered when different
+    assert out["kcmp file-inherited"] == "0" and out["kcmp file-dup"] == "0", out
+    assert out["kcmp file-other"] == "1" and out["kcmp vm-self"] == "0", out
+    assert out["kcmp vm-child"] == "1" and out["kcmp files-child"] == "1", out
+    assert out["kcmp badfd"] == str(-errno.EBADF), out
+    assert out["kcmp badtype"] == str(-errno.EINVAL), out
+    assert out["kcmp nopid"] == str(-errno.ESRCH), out
+    # PTRACE_MODE_READ_REALCREDS: nobody may not look at root's process
+    assert out["kcmp nobody"] == str(-errno.EPERM), out
+
+
+def test_process_vm_copies_between_instance_processes(busybox, program):
+    out = _run(busybox, program, "vm")
+    # the child reads 14 bytes over two local iovecs, writes 12 into its parent
+    assert out["vm read"] == "14 'parent' ''s words'", out
+    assert out["vm write"] == "12" and out["vm written"] == "'child wrote'", out
+    # a remote range that runs into PROT_NONE gives the bytes before it; none: EFAULT
+    assert out["vm partial"] == "4096", out
+    assert out["vm fault"] == str(-errno.EFAULT), out
+    assert out["vm flags"] == str(-errno.EINVAL) and out["vm badlen"] == str(-errno.EINVAL), out
+    assert out["vm nopid"] == str(-errno.ESRCH), out
+    assert out["vm nothing"] == "0", out
+    # /init is the provider: never reachable (Linux would let root read it)
+    assert out["vm init"] in (str(-errno.ESRCH), str(-errno.EPERM)), out
+    # PTRACE_MODE_ATTACH_REALCREDS: nobody may not read root's memory
+    assert out["vm nobody"] == str(-errno.EPERM), out
+
+
+def test_unshare_of_what_is_no_namespace(busybox, program):
+    out = _run(busybox, program, "unshare")
+    assert out["unshare files-fs-sysvsem"] == "0", out
+    assert out["unshare bad"] == str(-errno.EINVAL), out
+    assert out["unshare newuts"] == str(-errno.EPERM), out
+    # the clone(CLONE_FS) child unshared its context before its chdir: ours stays
+    assert out["unshare fs"] == "0 /", out
+    assert out["shared fs"] == "/tmp", out
