@@ -78,3 +78,21 @@ def test_unshare_of_what_is_no_namespace(busybox, program):
     # the clone(CLONE_FS) child unshared its context before its chdir: ours stays
     assert out["unshare fs"] == "0 /", out
     assert out["shared fs"] == "/tmp", out
+
+
+def test_scheduling_checks_use_the_instance_credentials(busybox, program):
+    """The host sees one host user (root where the provider is root): the
+    provider applies Linux's checks with the instance's ids. Before, nobody
+    inside could take SCHED_FIFO on a root host and change root's process,
+    and PRIO_USER named the host's users."""
+    out = _run(busybox, program, "sched")
+    # kernel/sys.c: PRIO_USER over the instance's processes of that uid
+    assert out["prio user-none"] == str(-errno.ESRCH), out
+    assert out["prio user-one"] == "0 0", out
+    assert out["prio user-set"] == "0" and out["prio user-after"] == "5", out
+    # user_check_sched_setscheduler: RLIMIT_RTPRIO 0, another owner: EPERM
+    assert out["sched fifo"] == str(-errno.EPERM), out
+    assert out["sched other"] == "0", out
+    assert out["sched root-param"] == str(-errno.EPERM), out
+    assert out["sched root-affinity"] == str(-errno.EPERM), out
+    assert out["sched bad-policy"] == str(-errno.EINVAL), out

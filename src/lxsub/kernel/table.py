@@ -266,9 +266,11 @@ ROWS: list[Syscall] = [
     *(trace(n, sched.sys_cpu_mask, "PID argument translated; the caller's own mask, never "
             "the provider's temporary one") for n in ("sched_setaffinity", "sched_getaffinity")),
     *(pid_arg(n) for n in (
-        "sched_setparam", "sched_getparam",
-        "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",
+        "sched_getparam", "sched_getscheduler", "sched_rr_get_interval",
         "sched_getattr", "prlimit64", "migrate_pages", "move_pages")),
+    *(trace(n, sched.sys_sched_set, "PID translated; stopped for the caller itself too: "
+            "Linux's CAP_SYS_NICE, owner and RLIMIT_RTPRIO checks with the instance's "
+            "credentials") for n in ("sched_setparam", "sched_setscheduler", "sched_setattr")),
     pid_arg("get_robust_list", sched.sys_get_robust_list, "PID translated; EPERM unless the "
             "caller may read the target like ptrace"),
     Syscall("getpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
