@@ -26,12 +26,12 @@ def program(tmp_path_factory) -> bytes:
     return gcc_static(tmp, "crossproc", PROGRAMS / "crossproc.c").read_bytes()
 
 
-def _run(busybox, program: bytes, part: str) -> dict[str, str]:
+def _run(busybox, program: bytes, *args: str) -> dict[str, str]:
     """{first two words: the rest} of the program's lines."""
     cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/p && chmod 755 {DIR}/p"],
                     input=program, timeout=60)
     assert cp.returncode == 0, describe(cp)
-    cp = busybox.lx(["-u", "root", "--", f"{DIR}/p", part], timeout=60)
+    cp = busybox.lx(["-u", "root", "--", f"{DIR}/p", *args], timeout=60)
     assert cp.returncode == 0, describe(cp)
     out = {}
     for line in cp.stdout.decode().splitlines():
@@ -96,3 +96,24 @@ def test_scheduling_checks_use_the_instance_credentials(busybox, program):
     assert out["sched root-param"] == str(-errno.EPERM), out
     assert out["sched root-affinity"] == str(-errno.EPERM), out
     assert out["sched bad-policy"] == str(-errno.EINVAL), out
+
+
+def test_cpu_clocks_name_instance_processes_only(busybox, program):
+    """clock_getcpuclockid(3) clocks carry a pid: translated for the
+    instance's processes; a thread clock of another process, an unknown pid
+    and a host process's pid are EINVAL (pid_for_clock). Before, they went
+    to the host untranslated: the program's own child had no clock and any
+    host process's CPU time could be read."""
+    import subprocess
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        out = _run(busybox, program, "clock", str(sleeper.pid))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert out["clock getcpuclockid"] == "0 1", out
+    assert out["clock child"] == "0" and out["clock child-res"] == "0", out
+    assert out["clock thread"] == "0", out
+    assert out["clock other-thread"] == str(-errno.EINVAL), out
+    assert out["clock nopid"] == str(-errno.EINVAL), out
+    assert out["clock host"] in (str(-errno.EINVAL), "is-an-instance-pid"), out

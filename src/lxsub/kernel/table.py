@@ -114,7 +114,7 @@ ROWS: list[Syscall] = [
         "mlock", "munlock", "mlockall", "munlockall", "mlock2", "remap_file_pages", "mbind", "set_mempolicy",
         "get_mempolicy", "set_mempolicy_home_node", "pkey_mprotect", "pkey_alloc", "pkey_free",
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
-        "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
+        "nanosleep", "gettimeofday", "time",
         "getitimer", "setitimer", "alarm", "pause", "timer_settime",
         "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
         "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
@@ -123,6 +123,11 @@ ROWS: list[Syscall] = [
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
         "landlock_add_rule", "landlock_restrict_self")),
+    # A negative clockid is a CPU clock naming a pid: translated.
+    *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
+              "clockids) stop: the pid in them translated, outside the instance EINVAL",
+              rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),))
+      for n in ("clock_gettime", "clock_getres", "clock_nanosleep")),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (

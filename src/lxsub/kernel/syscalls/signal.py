@@ -265,10 +265,13 @@ _SIGEVENT_SIZE = 64
 
 
 def sys_timer_create(c: Call):
-    """A SIGEV_THREAD_ID timer names its thread by tid (glibc's SIGEV_THREAD
+    """A CPU clock names its process by pid (clock.translate_cpu_clock).
+    A SIGEV_THREAD_ID timer names its thread by tid (glibc's SIGEV_THREAD
     timers too: their helper thread): the program's tid is virtual, the host
     kernel wants the host tid of a thread of the caller's group, else EINVAL
     (timer_create(2), good_sigevent()). The call runs on a translated copy."""
+    from lxsub.kernel.syscalls.clock import translate_cpu_clock
+    translate_cpu_clock(c, 0)
     addr = c.ptr(1)
     if not addr:
         return Native()
