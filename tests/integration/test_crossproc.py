@@ -117,3 +117,18 @@ def test_cpu_clocks_name_instance_processes_only(busybox, program):
     assert out["clock other-thread"] == str(-errno.EINVAL), out
     assert out["clock nopid"] == str(-errno.EINVAL), out
     assert out["clock host"] in (str(-errno.EINVAL), "is-an-instance-pid"), out
+
+
+def test_the_capability_bounding_set_is_the_instances(busybox, program):
+    """prctl(2) PR_CAPBSET_READ/DROP on the instance's own bounding set,
+    seen in /proc/self/status CapBnd and by capset(2) (security/commoncap.c
+    cap_capset, cap_prctl_drop). Before, the drop went to the host process
+    and neither CapBnd nor capset saw it."""
+    out = _run(busybox, program, "bset")
+    assert out["bset read-kill"] == "1" and out["bset read-bad"] == str(-errno.EINVAL), out
+    assert out["bset drop-kill"] == "0" and out["bset drop-bad"] == str(-errno.EINVAL), out
+    assert out["bset read-after"] == "0" and out["bset status-kill"] == "0", out
+    assert out["bset capset-pi"] == str(-errno.EPERM), out
+    assert out["bset capset-ok"] == "0", out
+    assert out["bset drop-nobody"] == str(-errno.EPERM), out
+    assert out["bset parent-kill"] == "1", out

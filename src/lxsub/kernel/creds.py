@@ -45,6 +45,9 @@ class Creds:
     cap_permitted: int = ALL_CAPS
     cap_inheritable: int = 0
     keep_caps: bool = False      # prctl(2) PR_SET_KEEPCAPS; cleared by execve
+    # The capability bounding set (prctl(2) PR_CAPBSET_READ/DROP): what an
+    # execve may give; inherited by fork and kept across execve.
+    cap_bset: int = ALL_CAPS
     # keyrings(7): the thread, process and session keyrings and the
     # request_key(2) default destination, as Linux keeps them in struct cred
     # (kernel/keys.py: clone_creds, exec_creds).
@@ -116,7 +119,8 @@ class Creds:
         self.suid = self.fsuid = self.euid
         self.sgid = self.fsgid = self.egid
         if 0 in (self.ruid, self.euid):
-            self.cap_permitted = ALL_CAPS | self.cap_inheritable
+            # handle_privileged_root: pP' = bset | pI
+            self.cap_permitted = self.cap_bset | self.cap_inheritable
             self.cap_effective = self.cap_permitted if self.euid == 0 else 0
         else:
             self.cap_permitted = self.cap_effective = 0

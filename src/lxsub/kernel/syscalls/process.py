@@ -13,13 +13,15 @@ import struct
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.limits import MAX_ARG_STRLEN
-from lxsub.abi.prctl import (PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP,
-                              PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
+from lxsub.abi.prctl import (PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME,
+                              PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME,
+                              PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
 from lxsub.abi.seccomp import (SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
                                SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
 from lxsub.kernel import interop
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel import creds as caps
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
@@ -300,6 +302,8 @@ def sys_prctl(c: Call):
     if option == PR_GET_NAME:
         c.write(c.ptr(1), proc.comm.encode()[:15] + b"\0")
         return 0
+    if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP):
+        return _prctl_bounding_set(c, option, c.args[1])
     if option == PR_GET_KEEPCAPS:
         return int(c.task.creds.keep_caps)
     if option == PR_SET_KEEPCAPS:
@@ -319,6 +323,25 @@ def sys_prctl(c: Call):
         proc.dumpable = c.args[1]
         return 0
     raise OSError(errno.EINVAL, "unexpected prctl option")
+
+
+def _prctl_bounding_set(c: Call, option: int, cap: int) -> int:
+    """The bounding set is the instance's (creds.cap_bset), as root inside
+    sees its own: PR_CAPBSET_READ of a valid capability (EINVAL otherwise);
+    PR_CAPBSET_DROP needs CAP_SETPCAP, then a valid one
+    (security/commoncap.c cap_prctl_drop)."""
+    cr = c.task.creds
+    valid = 0 <= cap <= caps.CAP_LAST
+    if option == PR_CAPBSET_READ:
+        if not valid:
+            raise OSError(errno.EINVAL, "no such capability")
+        return cr.cap_bset >> cap & 1
+    if not cr.capable(caps.CAP_SETPCAP):
+        raise OSError(errno.EPERM, "CAP_SETPCAP needed")
+    if not valid:
+        raise OSError(errno.EINVAL, "no such capability")
+    cr.cap_bset &= ~(1 << cap)
+    return 0
 
 
 def _prctl_privs(c: Call, option: int):
