@@ -132,3 +132,18 @@ def test_the_capability_bounding_set_is_the_instances(busybox, program):
     assert out["bset capset-ok"] == "0", out
     assert out["bset drop-nobody"] == str(-errno.EPERM), out
     assert out["bset parent-kill"] == "1", out
+
+
+def test_syslog_is_the_instances_own_empty_log(busybox, program):
+    """syslog(2) (klogctl) checks as do_syslog: EINVAL for bad actions,
+    buffers and console levels, EPERM for nobody except READ_ALL and
+    SIZE_BUFFER; the log itself is the instance's, where nothing is logged.
+    Before, every action was EPERM."""
+    out = _run(busybox, program, "syslog")
+    assert out["syslog size"] == "1" and out["syslog read-all"] == "0", out
+    for name in ("bad-type", "null-read", "negative", "level-9"):
+        assert out[f"syslog {name}"] == str(-errno.EINVAL), (name, out)
+    assert out["syslog level-4"] == "0", out
+    assert out["syslog read-waits"] == str(-errno.EINTR), out
+    assert out["syslog nobody-read"] == str(-errno.EPERM), out
+    assert out["syslog nobody-read-all"] == "0", out

@@ -20,8 +20,8 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
                               CLONE_NEWUTS, CLONE_UNTRACED)
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, crossproc, fcntl, identity, ioctl, keys, mount, net, nsproxy, process,
-                                   sched, signal, stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, crossproc, fcntl, identity, ioctl, keys, klog, mount, net, nsproxy,
+                                   process, sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -322,7 +322,9 @@ ROWS: list[Syscall] = [
            "(the host clock)", PARTIAL),
     denied("init_module"), denied("finit_module"),
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
-    denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
+    denied("iopl"), denied("ioperm"), denied("quotactl"),
+    notify("syslog", klog.sys_syslog, "the instance's own kernel log, empty (lxsub logs nothing "
+           "there; never the host's); Linux's CAP_SYSLOG and argument checks, its console level"),
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
     denied("perf_event_open", errno.EACCES), denied("fanotify_init"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
