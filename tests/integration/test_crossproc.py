@@ -147,3 +147,33 @@ def test_syslog_is_the_instances_own_empty_log(busybox, program):
     assert out["syslog read-waits"] == str(-errno.EINTR), out
     assert out["syslog nobody-read"] == str(-errno.EPERM), out
     assert out["syslog nobody-read-all"] == "0", out
+
+
+def test_reboot_acts_as_in_a_pid_namespace(busybox, program):
+    """reboot(2) (kernel/reboot.c reboot_pid_ns): EPERM without
+    CAP_SYS_BOOT, EINVAL for a bad magic and for the commands a PID
+    namespace refuses. Before, all were EPERM."""
+    out = _run(busybox, program, "reboot")
+    assert out["reboot cad-on"] == str(-errno.EINVAL), out
+    assert out["reboot bad-cmd"] == str(-errno.EINVAL), out
+    assert out["reboot bad-magic"] == str(-errno.EINVAL), out
+    assert out["reboot nobody"] == str(-errno.EPERM), out
+
+
+def test_a_power_off_ends_the_instance_not_the_host(busybox, program):
+    """A power-off ends the instance as it ends a PID namespace: every
+    process in it is killed, the caller does not return; the next command
+    starts a fresh instance."""
+    import subprocess
+    import time
+    _run(busybox, program, "none")
+    cp = busybox.lx(["--", f"sleep 4321 & {DIR}/p reboot-now; echo after"], timeout=60)
+    assert b"reboot returned" not in cp.stdout and b"after" not in cp.stdout, describe(cp)
+    for _ in range(50):
+        left = subprocess.run(["pgrep", "-f", "sleep 4321"], capture_output=True).stdout
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, "the instance's processes outlived its power-off"
+    cp = busybox.lx(["--", "echo", "again"], timeout=60)
+    assert cp.returncode == 0 and cp.stdout.strip() == b"again", describe(cp)

@@ -313,7 +313,9 @@ ROWS: list[Syscall] = [
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
-    denied("swapon"), denied("swapoff"), denied("reboot"), denied("acct"),
+    denied("swapon"), denied("swapoff"), denied("acct"),
+    notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
+           "instance; other commands EINVAL"),
     denied("settimeofday"),
     notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
            "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),

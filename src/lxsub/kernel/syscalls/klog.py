@@ -1,4 +1,5 @@
-"""syslog(2): the instance's own kernel log (kernel/printk/printk.c do_syslog).
+"""syslog(2): the instance's own kernel log (kernel/printk/printk.c do_syslog);
+reboot(2) of the instance.
 
 An instance is a kernel of its own to its programs; lxsub writes nothing
 to that kernel's log, so it is empty, and its console level is the
@@ -99,3 +100,28 @@ def _wait_for_a_message() -> Blocking:
         raise OSError(errno.EINTR, "interrupted")
     job = Blocking(work)
     return job
+
+
+# -- reboot(2): an instance is a PID namespace of its own ---------------------
+
+LINUX_REBOOT_MAGIC1 = 0xFEE1DEAD
+LINUX_REBOOT_MAGIC2S = (672274793, 85072278, 369367448, 537993216)
+LINUX_REBOOT_CMD_RESTART, LINUX_REBOOT_CMD_RESTART2 = 0x01234567, 0xA1B2C3D4
+LINUX_REBOOT_CMD_HALT, LINUX_REBOOT_CMD_POWER_OFF = 0xCDEF0123, 0x4321FEDC
+
+
+def sys_reboot(c: Call) -> int:
+    """reboot(2) from inside a PID namespace (kernel/reboot.c, reboot_pid_ns):
+    CAP_SYS_BOOT (EPERM), the magic numbers (EINVAL); a restart, halt or
+    power-off ends the namespace, which is the instance: every process in
+    it is killed, the caller too; any other command is EINVAL. The host is
+    never rebooted."""
+    if not c.task.creds.capable(caps.CAP_SYS_BOOT):
+        raise OSError(errno.EPERM, "CAP_SYS_BOOT needed")
+    if c.uint(0) != LINUX_REBOOT_MAGIC1 or c.uint(1) not in LINUX_REBOOT_MAGIC2S:
+        raise OSError(errno.EINVAL, "bad magic")
+    if c.uint(2) not in (LINUX_REBOOT_CMD_RESTART, LINUX_REBOOT_CMD_RESTART2, LINUX_REBOOT_CMD_HALT,
+                         LINUX_REBOOT_CMD_POWER_OFF):
+        raise OSError(errno.EINVAL, "not in a PID namespace")
+    c.inst.end()
+    return 0
