@@ -177,3 +177,13 @@ def test_a_power_off_ends_the_instance_not_the_host(busybox, program):
     assert not left, "the instance's processes outlived its power-off"
     cp = busybox.lx(["--", "echo", "again"], timeout=60)
     assert cp.returncode == 0 and cp.stdout.strip() == b"again", describe(cp)
+
+
+def test_a_seccomp_filter_is_read_before_the_right_is_checked(busybox, program):
+    """kernel/seccomp.c seccomp_prepare_user_filter: EFAULT for an
+    unreadable struct sock_fprog and EINVAL for an empty one come before
+    EACCES (no CAP_SYS_ADMIN, no no_new_privs). Before, all were EACCES."""
+    out = _run(busybox, program, "seccomp")
+    assert out["seccomp bad-addr"] == str(-errno.EFAULT), out
+    assert out["seccomp empty"] == str(-errno.EINVAL), out
+    assert out["seccomp no-right"] == str(-errno.EACCES), out

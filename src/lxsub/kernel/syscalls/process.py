@@ -16,7 +16,7 @@ from lxsub.abi.limits import MAX_ARG_STRLEN
 from lxsub.abi.prctl import (PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME,
                               PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME,
                               PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
-from lxsub.abi.seccomp import (SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
+from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
                                SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
 from lxsub.kernel import interop
@@ -378,9 +378,14 @@ def sys_seccomp(c: Call):
 
 
 def _install_filter(c: Call, flags: int):
+    # kernel/seccomp.c seccomp_prepare_user_filter: the struct sock_fprog
+    # is read first (EFAULT), its length checked (EINVAL), then the right:
     # seccomp(2): "the caller must have the CAP_SYS_ADMIN capability in its
     # user namespace, or the thread must already have the no_new_privs bit
     # set" -- the program's own bit, not the host's.
+    length = int.from_bytes(c.read(c.ptr(2), 16)[:2], "little")
+    if not 0 < length <= BPF_MAXINSNS:
+        raise OSError(errno.EINVAL, "bad filter length")
     if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
         raise OSError(errno.EACCES, "no_new_privs unset and no CAP_SYS_ADMIN")
     return _enter_mode(c, SECCOMP_MODE_FILTER, flags)
