@@ -187,3 +187,13 @@ def test_a_seccomp_filter_is_read_before_the_right_is_checked(busybox, program):
     assert out["seccomp bad-addr"] == str(-errno.EFAULT), out
     assert out["seccomp empty"] == str(-errno.EINVAL), out
     assert out["seccomp no-right"] == str(-errno.EACCES), out
+
+
+def test_orphans_go_to_the_nearest_child_subreaper(busybox, program):
+    """prctl(2) PR_SET_CHILD_SUBREAPER: an orphan's new parent is the
+    nearest living subreaper ancestor (kernel/exit.c find_new_reaper), in
+    getppid as on the host. Before, getppid said /init (1)."""
+    out = _run(busybox, program, "subreaper")
+    assert out["subreaper set"] == "0", out
+    assert out["subreaper ppid-is-us"] == "1", out
+    assert out["subreaper waited"] == "1 7", out

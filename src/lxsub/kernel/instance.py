@@ -365,9 +365,10 @@ class Instance:
     def _process_exited(self, proc: Process, status: int) -> None:
         proc.exited = True
         proc.close_pidfd()
+        reaper = self._new_reaper(proc)
         for child in list(proc.children):
-            child.parent = self.init
-            self.init.children.add(child)
+            child.parent = reaper
+            reaper.children.add(child)
         proc.children.clear()
         report = self.launches.pop(proc.host_pid, None)
         if report is not None:
@@ -382,6 +383,18 @@ class Instance:
             self.pids.forget_process(proc)
         else:
             self.pids.zombies_by_host[proc.host_pid] = proc
+
+    def _new_reaper(self, proc: Process) -> Process:
+        """Where an exiting process's children go (kernel/exit.c
+        find_new_reaper): the nearest living ancestor that is a child
+        subreaper, else /init. The host reparents the same way: the flag
+        is set on the host process too."""
+        up = proc.parent
+        while up is not None and up is not self.init:
+            if up.child_subreaper and not up.exited:
+                return up
+            up = up.parent
+        return self.init
 
     def reaped(self, host_pid: int) -> int | None:
         """A parent's wait returned host_pid: forget it; return its virtual pid."""

@@ -71,6 +71,9 @@ class Process:
     oom_score_adj: int = 0
     oom_score_adj_min: int = 0
     exit_ruid: int = 0         # its real uid when its last thread exited (waitid, SIGCHLD)
+    # prctl(2) PR_SET_CHILD_SUBREAPER (also set on the host process, which
+    # the host's reparenting follows); not inherited by fork.
+    child_subreaper: bool = False
     _pidfd: int = -1
     _memfd: int = -1
 

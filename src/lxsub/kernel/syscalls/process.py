@@ -14,8 +14,8 @@ import struct
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.limits import MAX_ARG_STRLEN
 from lxsub.abi.prctl import (PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME,
-                              PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME,
-                              PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
+                              PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE,
+                              PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
 from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
                                SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
@@ -302,6 +302,13 @@ def sys_prctl(c: Call):
     if option == PR_GET_NAME:
         c.write(c.ptr(1), proc.comm.encode()[:15] + b"\0")
         return 0
+    if option == PR_SET_CHILD_SUBREAPER:
+        # Run on the host too (its orphans are reparented by the host);
+        # the instance's getppid follows the same rule (Instance._new_reaper).
+        def done(result: int) -> None:
+            if result == 0:
+                proc.child_subreaper = bool(c.args[1])
+        return Native(done)
     if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP):
         return _prctl_bounding_set(c, option, c.args[1])
     if option == PR_GET_KEEPCAPS:
