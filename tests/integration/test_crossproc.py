@@ -197,3 +197,6 @@ def test_orphans_go_to_the_nearest_child_subreaper(busybox, program):
     assert out["subreaper set"] == "0", out
     assert out["subreaper ppid-is-us"] == "1", out
     assert out["subreaper waited"] == "1 7", out
+    assert out["wait int-min"] == str(-errno.ESRCH), out
+    assert out["wait bad-options"] == str(-errno.EINVAL), out
+    assert out["wait no-group"] == str(-errno.ECHILD), out

@@ -250,7 +250,17 @@ def _wait_target_to_host(c: Call, pid: int) -> int:
     return host
 
 
+_WAIT4_OPTIONS = 0x1 | 0x2 | 0x8 | 0x20000000 | 0x40000000 | 0x80000000   # WNOHANG...__WCLONE
+INT_MIN = -(1 << 31)
+
+
 def sys_wait4(c: Call):
+    # kernel/exit.c kernel_wait4: bad options, then "-INT_MIN is not
+    # defined" (ESRCH), before any child is looked for (ECHILD).
+    if c.uint(2) & ~_WAIT4_OPTIONS:
+        raise OSError(errno.EINVAL, "bad options")
+    if c.int(0) == INT_MIN:
+        raise OSError(errno.ESRCH, "no such process group")
     c.set_arg(0, _wait_target_to_host(c, c.int(0)))
     inst = c.inst
 
