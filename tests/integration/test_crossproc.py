@@ -200,3 +200,19 @@ def test_orphans_go_to_the_nearest_child_subreaper(busybox, program):
     assert out["wait int-min"] == str(-errno.ESRCH), out
     assert out["wait bad-options"] == str(-errno.EINVAL), out
     assert out["wait no-group"] == str(-errno.ECHILD), out
+
+
+def test_pidfd_send_signal_checks_its_siginfo_and_init(busybox, program):
+    """kernel/signal.c pidfd_send_signal: flags first (EINVAL); a siginfo
+    whose si_signo is not the signal is EINVAL and one claiming SI_USER to
+    another process EPERM; /init (root's) answers EPERM to nobody, for
+    kill(2) too. Before, the siginfo went to the host unchecked (the other
+    signal was delivered) and /init took anything."""
+    out = _run(busybox, program, "pidfd")
+    assert out["pidfd flags"] == str(-errno.EINVAL), out
+    assert out["pidfd other-signo"] == str(-errno.EINVAL), out
+    assert out["pidfd self"] == "0", out
+    assert out["pidfd nobody-init"] == str(-errno.EPERM), out
+    assert out["kill nobody-init"] == str(-errno.EPERM), out
+    assert out["kill root-init"] == "0", out
+    assert out["pidfd forged-origin"] == str(-errno.EPERM), out
