@@ -131,6 +131,12 @@ def test_the_capability_bounding_set_is_the_instances(busybox, program):
     assert out["bset capset-pi"] == str(-errno.EPERM), out
     assert out["bset capset-ok"] == "0", out
     assert out["bset drop-nobody"] == str(-errno.EPERM), out
+    # PR_SET_SECUREBITS (commoncap.c): SECURE_KEEP_CAPS is keep_caps; locked
+    # bits, unknown bits and callers without CAP_SETPCAP: EPERM
+    assert out["securebits keep"] == "0 1" and out["securebits get"] == str(0x30), out
+    eperm = str(-errno.EPERM)
+    assert out["securebits locked"] == f"{eperm} {eperm}", out
+    assert out["securebits unknown"] == eperm and out["securebits nobody"] == eperm, out
     assert out["bset parent-kill"] == "1", out
 
 

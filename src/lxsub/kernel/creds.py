@@ -50,6 +50,8 @@ class Creds:
     # The capability bounding set (prctl(2) PR_CAPBSET_READ/DROP): what an
     # execve may give; inherited by fork and kept across execve.
     cap_bset: int = ALL_CAPS
+    # prctl(2) PR_SET_SECUREBITS, but SECURE_KEEP_CAPS, which is keep_caps.
+    securebits: int = 0
     # keyrings(7): the thread, process and session keyrings and the
     # request_key(2) default destination, as Linux keeps them in struct cred
     # (kernel/keys.py: clone_creds, exec_creds).

@@ -14,8 +14,9 @@ import struct
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.limits import MAX_ARG_STRLEN
 from lxsub.abi.prctl import (PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME,
-                              PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE,
-                              PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
+                              PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_GET_SECUREBITS, PR_SET_CHILD_SUBREAPER,
+                              PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP,
+                              PR_SET_SECUREBITS)
 from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
                                SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
@@ -319,6 +320,8 @@ def sys_prctl(c: Call):
             if result == 0:
                 proc.child_subreaper = bool(c.args[1])
         return Native(done)
+    if option in (PR_GET_SECUREBITS, PR_SET_SECUREBITS):
+        return _prctl_securebits(c, option, c.args[1])
     if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP):
         return _prctl_bounding_set(c, option, c.args[1])
     if option == PR_GET_KEEPCAPS:
@@ -328,6 +331,8 @@ def sys_prctl(c: Call):
         # that the provider checks (kernel/creds.py after_uid_change).
         if c.args[1] not in (0, 1):
             raise OSError(errno.EINVAL, "bad value")
+        if c.task.creds.securebits & SECURE_KEEP_CAPS_LOCKED:
+            raise OSError(errno.EPERM, "SECURE_KEEP_CAPS is locked")
         c.task.creds.keep_caps = bool(c.args[1])
         return 0
     if option == PR_GET_DUMPABLE:
@@ -340,6 +345,29 @@ def sys_prctl(c: Call):
         proc.dumpable = c.args[1]
         return 0
     raise OSError(errno.EINVAL, "unexpected prctl option")
+
+
+# include/uapi/linux/securebits.h, as of the release lxsub reports (6.1):
+# NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, NO_CAP_AMBIENT_RAISE and their locks.
+SECURE_KEEP_CAPS, SECURE_KEEP_CAPS_LOCKED = 1 << 4, 1 << 5
+SECURE_ALL_BITS = 0x55
+SECURE_ALL_LOCKS = SECURE_ALL_BITS << 1
+
+
+def _prctl_securebits(c: Call, option: int, bits: int) -> int:
+    """The instance's securebits (security/commoncap.c cap_task_prctl): a
+    change needs CAP_SETPCAP and may not touch a locked bit, unlock a lock
+    or set an unknown bit (EPERM for all). SECURE_KEEP_CAPS is keep_caps."""
+    cr = c.task.creds
+    old = cr.securebits | (SECURE_KEEP_CAPS if cr.keep_caps else 0)
+    if option == PR_GET_SECUREBITS:
+        return old
+    if (((old & SECURE_ALL_LOCKS) >> 1) & (old ^ bits) or old & SECURE_ALL_LOCKS & ~bits
+            or bits & ~(SECURE_ALL_LOCKS | SECURE_ALL_BITS) or not cr.capable(caps.CAP_SETPCAP)):
+        raise OSError(errno.EPERM, "not permitted")
+    cr.keep_caps = bool(bits & SECURE_KEEP_CAPS)
+    cr.securebits = bits & ~SECURE_KEEP_CAPS
+    return 0
 
 
 def _prctl_bounding_set(c: Call, option: int, cap: int) -> int:
