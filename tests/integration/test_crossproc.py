@@ -222,3 +222,20 @@ def test_pidfd_send_signal_checks_its_siginfo_and_init(busybox, program):
     assert out["kill nobody-init"] == str(-errno.EPERM), out
     assert out["kill root-init"] == "0", out
     assert out["pidfd forged-origin"] == str(-errno.EPERM), out
+
+
+def test_ambient_capabilities_are_the_instances(busybox, program):
+    """prctl(2) PR_CAP_AMBIENT (security/commoncap.c): a capability is
+    raised only when permitted and inheritable, and a user's execve gives
+    the ambient set as its permitted and effective sets
+    (cap_bprm_creds_from_file); /proc/self/status CapAmb shows it. Before,
+    it went to the host process, where the instance's sets mean nothing."""
+    out = _run(busybox, program, "ambient")
+    assert out["ambient not-inheritable"] == str(-errno.EPERM), out
+    assert out["ambient capset"] == "0" and out["ambient raise"] == "0", out
+    assert out["ambient is-set"] == "1", out
+    assert out["ambient clear-bad"] == str(-errno.EINVAL), out
+    assert out["ambient bad-cap"] == str(-errno.EINVAL), out
+    bind = "%x" % (1 << 10)       # CAP_NET_BIND_SERVICE
+    assert out["ambient CapPrm:"] == bind and out["ambient CapEff:"] == bind, out
+    assert out["ambient CapAmb:"] == bind, out

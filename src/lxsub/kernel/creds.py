@@ -50,6 +50,9 @@ class Creds:
     # The capability bounding set (prctl(2) PR_CAPBSET_READ/DROP): what an
     # execve may give; inherited by fork and kept across execve.
     cap_bset: int = ALL_CAPS
+    # The ambient set (prctl(2) PR_CAP_AMBIENT): kept across execve of an
+    # unprivileged program, always within permitted & inheritable.
+    cap_ambient: int = 0
     # prctl(2) PR_SET_SECUREBITS, but SECURE_KEEP_CAPS, which is keep_caps.
     securebits: int = 0
     # keyrings(7): the thread, process and session keyrings and the
@@ -94,8 +97,10 @@ class Creds:
         (Linux's cap_emulate_setxuid): with keep_caps (PR_SET_KEEPCAPS) the
         permitted set stays, the effective one is cleared all the same."""
         was_root = 0 in (old_r, old_e, old_s)
-        if was_root and 0 not in (self.ruid, self.euid, self.suid) and not self.keep_caps:
-            self.cap_permitted = self.cap_effective = 0
+        if was_root and 0 not in (self.ruid, self.euid, self.suid):
+            if not self.keep_caps:
+                self.cap_permitted = self.cap_effective = 0
+            self.cap_ambient = 0     # whatever keep_caps says
         if old_e == 0 and self.euid != 0:
             self.cap_effective = 0
         elif old_e != 0 and self.euid == 0:
@@ -122,13 +127,16 @@ class Creds:
             self.egid = file_gid
         self.suid = self.fsuid = self.euid
         self.sgid = self.fsgid = self.egid
-        if 0 in (self.ruid, self.euid):
-            # handle_privileged_root: pP' = bset | pI
-            self.cap_permitted = self.cap_bset | self.cap_inheritable
-            self.cap_effective = self.cap_permitted if self.euid == 0 else 0
-        else:
-            self.cap_permitted = self.cap_effective = 0
         changed = self.euid != old_euid or self.egid != old_egid
+        if changed:
+            self.cap_ambient = 0     # a set-id program cancels the ambient set
+        if 0 in (self.ruid, self.euid):
+            # handle_privileged_root: pP' = bset | pI (| pA')
+            self.cap_permitted = self.cap_bset | self.cap_inheritable | self.cap_ambient
+            self.cap_effective = self.cap_permitted if self.euid == 0 else self.cap_ambient
+        else:
+            # no file capabilities: pP' = pE' = pA'
+            self.cap_permitted = self.cap_effective = self.cap_ambient
         return changed or self.euid != self.ruid or self.egid != self.rgid
 
 def may_signal(sender: "Creds", target: "Creds") -> bool:

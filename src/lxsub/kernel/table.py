@@ -142,12 +142,12 @@ ROWS: list[Syscall] = [
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
             "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
-            "PR_CAPBSET_READ/DROP, PR_SET/GET_SECUREBITS and PR_GET_SECCOMP "
+            "PR_CAPBSET_READ/DROP, PR_CAP_AMBIENT, PR_SET/GET_SECUREBITS and PR_GET_SECCOMP "
             "emulated (the host's no_new_privs and filter are not the program's); "
             "PR_SET_SECCOMP checked like seccomp; PR_SET_CHILD_SUBREAPER seen for the instance's "
             "reparenting; PR_SET_MM denied",
             rules=(ArgRule(0, "eq", 35, bpf.errno_action(errno.EPERM)),
-                   *_when(0, (3, 4, 7, 8, 15, 16, 21, 23, 24, 27, 28, 38, 39), bpf.RET_USER_NOTIF),
+                   *_when(0, (3, 4, 7, 8, 15, 16, 21, 23, 24, 27, 28, 38, 39, 47), bpf.RET_USER_NOTIF),
                    ArgRule(0, "eq", 22, bpf.RET_TRACE), ArgRule(0, "eq", 36, bpf.RET_TRACE))),
     Syscall("seccomp", NATIVE, process.sys_seccomp, FULL,
             "filters run natively, stacked on the provider's; installing one needs the "

@@ -256,4 +256,5 @@ def sys_capset(c: Call) -> int:
     if perm & ~cr.cap_permitted or eff & ~perm:
         raise OSError(errno.EPERM, "not permitted")
     cr.cap_effective, cr.cap_permitted, cr.cap_inheritable = eff, perm, inh
+    cr.cap_ambient &= perm & inh        # cap_capset: pA stays within pP & pI
     return 0

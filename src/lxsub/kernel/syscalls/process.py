@@ -13,8 +13,8 @@ import struct
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.limits import MAX_ARG_STRLEN
-from lxsub.abi.prctl import (PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME,
-                              PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_GET_SECUREBITS, PR_SET_CHILD_SUBREAPER,
+from lxsub.abi.prctl import (PR_CAP_AMBIENT, PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS,
+                              PR_GET_NAME, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_GET_SECUREBITS, PR_SET_CHILD_SUBREAPER,
                               PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP,
                               PR_SET_SECUREBITS)
 from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
@@ -322,6 +322,8 @@ def sys_prctl(c: Call):
         return Native(done)
     if option in (PR_GET_SECUREBITS, PR_SET_SECUREBITS):
         return _prctl_securebits(c, option, c.args[1])
+    if option == PR_CAP_AMBIENT:
+        return _prctl_ambient(c, *c.args[1:5])
     if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP):
         return _prctl_bounding_set(c, option, c.args[1])
     if option == PR_GET_KEEPCAPS:
@@ -368,6 +370,37 @@ def _prctl_securebits(c: Call, option: int, bits: int) -> int:
     cr.keep_caps = bool(bits & SECURE_KEEP_CAPS)
     cr.securebits = bits & ~SECURE_KEEP_CAPS
     return 0
+
+
+PR_CAP_AMBIENT_IS_SET, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_LOWER, PR_CAP_AMBIENT_CLEAR_ALL = 1, 2, 3, 4
+SECURE_NO_CAP_AMBIENT_RAISE = 1 << 6
+
+
+def _prctl_ambient(c: Call, op: int, cap: int, arg4: int, arg5: int) -> int:
+    """PR_CAP_AMBIENT on the instance's ambient set (security/commoncap.c
+    cap_task_prctl): EINVAL for unused arguments or an invalid capability,
+    EPERM to raise one not both permitted and inheritable (or with
+    SECURE_NO_CAP_AMBIENT_RAISE)."""
+    cr = c.task.creds
+    if op == PR_CAP_AMBIENT_CLEAR_ALL:
+        if cap or arg4 or arg5:
+            raise OSError(errno.EINVAL, "unused arguments must be 0")
+        cr.cap_ambient = 0
+        return 0
+    if not 0 <= cap <= caps.CAP_LAST or arg4 or arg5:
+        raise OSError(errno.EINVAL, "bad arguments")
+    bit = 1 << cap
+    if op == PR_CAP_AMBIENT_IS_SET:
+        return int(bool(cr.cap_ambient & bit))
+    if op == PR_CAP_AMBIENT_RAISE:
+        if not (cr.cap_permitted & cr.cap_inheritable & bit) or cr.securebits & SECURE_NO_CAP_AMBIENT_RAISE:
+            raise OSError(errno.EPERM, "not permitted and inheritable")
+        cr.cap_ambient |= bit
+        return 0
+    if op == PR_CAP_AMBIENT_LOWER:
+        cr.cap_ambient &= ~bit
+        return 0
+    raise OSError(errno.EINVAL, "bad operation")
 
 
 def _prctl_bounding_set(c: Call, option: int, cap: int) -> int:
