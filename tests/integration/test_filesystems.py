@@ -3,6 +3,7 @@ fixture, as root and as an unprivileged host user."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import textwrap
@@ -316,6 +317,37 @@ def test_mount_bind_and_umount_as_root(debian):
         "bound", "/mnt/bdst/sub", "700", "proc-ok",
         "/mnt/bdst lxfs", "/mnt/t tmpfs", "/mnt/p proc", "2048", "busy", "0", "unbound",
     ], describe(cp)
+
+
+def test_mount_makes_the_types_of_proc_filesystems_the_instance_may_make(debian):
+    """mount(2) and /proc/filesystems come from one registry
+    (kernel/fs/registry.py): every type it lists that is not the provider's
+    own mounts; the rootfs, DrvFs and devtmpfs types and unknown ones are
+    ENODEV, as Linux's get_fs_type() failing."""
+    program = textwrap.dedent("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        listed = [line.split()[-1] for line in open("/proc/filesystems")]
+        print(" ".join(listed))
+        for fstype in listed + ["ext4", "nosuchfs"]:
+            where = "/mnt/reg-" + fstype
+            os.makedirs(where, exist_ok=True)
+            r = libc.mount(b"none", where.encode(), fstype.encode(), 0, None)
+            err = ctypes.get_errno()
+            shown = any(l.split()[1] == where and l.split()[2] == fstype for l in open("/proc/mounts"))
+            print(fstype, r, err if r else "", "shown" if shown else "")
+            if r == 0:
+                libc.umount2(where.encode(), 0)
+        """)
+    cp = debian.lx(["--cd", "/", "-e", "python3", "-c", program])
+    assert cp.returncode == 0, describe(cp)
+    lines = [" ".join(line.split()) for line in text(cp).splitlines()]
+    assert lines[0] == "lxfs drvfs tmpfs proc sysfs cgroup2 devtmpfs devpts", describe(cp)
+    enodev = str(errno.ENODEV)
+    assert lines[1:] == [
+        f"lxfs -1 {enodev}", f"drvfs -1 {enodev}", "tmpfs 0 shown", "proc 0 shown",
+        "sysfs 0 shown", "cgroup2 0 shown", f"devtmpfs -1 {enodev}", "devpts 0 shown",
+        f"ext4 -1 {enodev}", f"nosuchfs -1 {enodev}"], describe(cp)
 
 
 def test_mount_is_eperm_for_a_non_root_user(debian):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -330,3 +331,19 @@ def test_a_missing_command_in_a_login_shell_names_the_hosts(debian):
     assert cp.stdout.decode().splitlines() == ["status=127", "unset"], describe(cp)
     assert "strace: not found" in cp.stderr.decode(), describe(cp)    # its shell is dash
     assert HOST not in cp.stderr.decode(), describe(cp)
+
+
+def test_whose_a_host_file_is_depends_on_who_asks_not_on_who_asked_last(debian, door_users):
+    """DrvFs shows the host user's files as the caller's own (kernel/fs/drvfs.py
+    _owner). `lx -u doorkeeper` checks up front that the program may run
+    (kernel/session.py): that check is made for doorkeeper, not for whichever
+    program the instance served last (root's, here). A 0700 host program is
+    then doorkeeper's, and runs; seen as root's it would be EACCES."""
+    prog = door_users / "own-id"
+    shutil.copy("/usr/bin/id", prog)
+    os.chmod(prog, 0o700)
+    debian.user.give(prog)
+    _ok(debian.lx(["-u", "root", "--cd", "/", "-e", "true"]))   # root's task served last
+    cp = debian.lx(["-u", "doorkeeper", "--cd", "/", "-e", f"{HOST}{prog}", "-u"])
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().strip() == str(debian.user.uid)   # a host program: the host user

@@ -88,3 +88,94 @@ def test_pidfds_of_instance_processes_work(debian):
     madvise = "madvise 0" if debian.user.uid == 0 else "madvise 1"
     assert cp.stdout.decode().splitlines() == ["getfd True", madvise, "passpidfd 92",
                                                "signalled True"], describe(cp)
+
+
+SENDMSG_PY = textwrap.dedent("""\
+    import array, ctypes, errno, os, socket, struct
+    SOL, RIGHTS, CREDS = socket.SOL_SOCKET, socket.SCM_RIGHTS, socket.SCM_CREDENTIALS
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/tmp/sendmsg.sock")
+    os.chmod("/tmp/sendmsg.sock", 0o777)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    f = open("/etc/hostname")
+    c.sendmsg([b"he", b"llo"], [(SOL, RIGHTS, array.array("i", [f.fileno()]))], 0,
+              "/tmp/sendmsg.sock")
+    msg, anc, _, _ = srv.recvmsg(100, socket.CMSG_SPACE(4))
+    fd = struct.unpack("i", anc[0][2])[0]
+    print(msg.decode(), os.readlink(f"/proc/self/fd/{fd}"))
+    a, b = socket.socketpair()
+    a.sendmsg([b"s"], [(SOL, RIGHTS, array.array("i", [f.fileno(), f.fileno()]))])
+    msg, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(8))
+    print("stream", msg.decode(), len(anc[0][2]) // 4)
+    try:
+        c.sendmsg([b"x"], [(SOL, RIGHTS, array.array("i", [999]))], 0, "/tmp/sendmsg.sock")
+    except OSError as e:
+        print("bad fd", errno.errorcode[e.errno])
+    def creds(pid, uid, gid):
+        try:
+            c.sendmsg([b"c"], [(SOL, CREDS, struct.pack("3i", pid, uid, gid))], 0,
+                      "/tmp/sendmsg.sock")
+            srv.recv(10)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    print("root", creds(os.getpid(), 0, 0), creds(1, 1000, 1000), creds(99999, 0, 0))
+    child = os.fork()
+    if child == 0:
+        os.setgid(1000); os.setuid(1000)
+        print("user", creds(os.getpid(), 1000, 1000), creds(os.getppid(), 1000, 1000),
+              creds(os.getpid(), 0, 1000), creds(os.getpid(), 1000, 0), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    # sendmmsg: two datagrams, each to its own destination
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Iov(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+    class Hdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_char_p), ("namelen", ctypes.c_uint), ("iov", ctypes.c_void_p),
+                    ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p),
+                    ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int), ("pad", ctypes.c_int),
+                    ("len", ctypes.c_uint)]
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); other.bind("\\0lx-sendmmsg")
+    names = [struct.pack("H", 1) + b"/tmp/sendmsg.sock\\0", struct.pack("H", 1) + b"\\0lx-sendmmsg"]
+    iovs = [Iov(b"one", 3), Iov(b"two!", 4)]
+    hdrs = (Hdr * 2)(*[Hdr(n, len(n), ctypes.cast(ctypes.byref(iovs[i]), ctypes.c_void_p),
+                           1, None, 0, 0, 0, 0) for i, n in enumerate(names)])
+    n = libc.sendmmsg(c.fileno(), hdrs, 2, 0)
+    print("sendmmsg", n, hdrs[0].len, hdrs[1].len, srv.recv(10).decode(), other.recv(10).decode())
+    """)
+
+
+def test_sendmsg_in_the_instance(debian):
+    """sendmsg and sendmmsg, now sent by the provider (issue 11): path and
+    abstract destinations of the instance, descriptors passed on datagram
+    and stream sockets, and SCM_CREDENTIALS checked as unix(7) says with
+    the instance's ids: a user may send only its own pid and ids, root any
+    existing pid; a pid that does not exist is ESRCH."""
+    cp = debian.exe("python3", "-u", "-c", SENDMSG_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "hello /etc/hostname", "stream s 2", "bad fd EBADF", "root ok ok ESRCH",
+        "user ok EPERM EPERM EPERM", "sendmmsg 2 3 4 one two!"], describe(cp)
+
+
+NAMES_PY = textwrap.dedent("""\
+    import os, socket
+    os.chdir("/tmp")
+    lst = socket.socket(socket.AF_UNIX); lst.bind("names.sock"); lst.listen()
+    c = socket.socket(socket.AF_UNIX); c.connect("/tmp/names.sock")
+    conn, _ = lst.accept()
+    print(lst.getsockname(), c.getpeername(), conn.getsockname(), repr(c.getsockname()))
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind("/tmp/names.dgram")
+    print(d.getsockname())
+    """)
+
+
+def test_socket_names_are_instance_paths(debian):
+    """getsockname/getpeername show the path a Unix socket was bound with
+    in the instance, as the program gave it (unix(7)), also for the
+    accepted end, never the provider's /proc/self/fd name."""
+    debian.sh("rm -f /tmp/names.sock /tmp/names.dgram")
+    cp = debian.exe("python3", "-c", NAMES_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["names.sock names.sock names.sock ''",
+                                               "/tmp/names.dgram"], describe(cp)

@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors"]
+            "control_socket", "survivors", "unix_sendmsg", "ipc_escape"]
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +199,211 @@ def _attack_control_sockets(built, socks: list[str]) -> None:
         shutil.rmtree(bindir, ignore_errors=True)
     cp = built.exe("/opt/lxsec/control_socket", *("/mnt/host" + s for s in socks), timeout=120)
     _check(cp)
+
+
+def _native_build(name: str, where: Path) -> Path:
+    """The attack program compiled on the host, for its native run."""
+    os.chmod(where, 0o755)
+    prog = where / name
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(prog), str(SRC / f"{name}.c")], check=True)
+    return prog
+
+
+def _drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            sock.recv(64)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def test_sendmsg_reaches_no_host_socket_path(built):
+    """Issue 11, item 3: sendmsg and sendmmsg name their destination in
+    memory the filter cannot read; a datagram with SCM_RIGHTS must not reach
+    a host socket path, also when a thread flips msg_name during the call.
+    The same program run natively as the same host user delivers them."""
+    d = Path(tempfile.mkdtemp(prefix="lxsec-dgram-"))
+    try:
+        os.chmod(d, 0o755)
+        path = d / "dgram"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as host:
+            host.bind(str(path))
+            host.setblocking(False)
+            os.chmod(path, 0o777)
+            prog = _native_build("unix_sendmsg", d)
+            native = subprocess.run(built.user.wrap(["env", "LXSEC_RACE_SECONDS=1", str(prog),
+                                                     str(path)]), capture_output=True, timeout=60)
+            assert native.returncode == 1 and b"SCM_RIGHTS delivered" in native.stdout, \
+                describe(native)
+            assert _drain(host) >= 3
+            cp = built.exe("/opt/lxsec/unix_sendmsg", str(path), timeout=400)
+            _check(cp)
+            assert _drain(host) == 0, "a datagram from inside reached the host socket"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _survivors(marker: str) -> list[int]:
+    """Host processes running `sleep 3600 MARKER` (survivors.c's daemons;
+    under lxsub through the instance's loader, whose arguments hold them)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"3600" in words and marker.encode() in words:
+            found.append(int(pid))
+    return found
+
+
+def _sleep_marker() -> str:
+    """A sleep(1) interval no other process uses (a marker sleep rejects
+    would end the daemons at once)."""
+    return f"0.{uuid.uuid4().int % 10**15:015d}1"
+
+
+def _wait_for(cond, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Popen, int]:
+    """Start survivors.c (its own session, so no group signal of the test's
+    reaches its daemons), and wait until all its daemons run: 2 per clone
+    that succeeded (setsid, fork, both exec sleep) and 1 for the vfork."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True, **kw)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith(b"started "):
+            break
+    assert lines and lines[-1].startswith(b"started "), b"".join(lines)
+    expected = 2 * (int(lines[-1].split()[1]) - 1) + 1
+    assert _wait_for(lambda: len(_survivors(marker)) >= expected, 60), \
+        (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-wweo", "pid,ppid,pgid,sid,user,stat,wchan:20,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if any(w in l for w in (marker, "lx", "defunct", "sleep", "survivors"))])
+    return p, expected
+
+
+def _provider_pid(built) -> int:
+    """The running instance's provider (`lx:DISTRO`) among the runner's processes."""
+    for pid in built.runner.strays():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == f"lx:{built.name}"[:15]:
+                    return pid
+        except OSError:
+            continue
+    raise AssertionError("no provider process found")
+
+
+def test_survivors_detector_natively(built, tmp_path_factory):
+    """The same daemons, started natively as the same host user, outlive
+    their launcher's SIGKILL: the check below can fail."""
+    marker = _sleep_marker()
+    d = tmp_path_factory.mktemp("survivors")
+    prog = _native_build("survivors", d)
+    p, expected = _start_survivors(built.user.wrap([str(prog), marker]), marker)
+    try:
+        p.kill()
+        p.wait()
+        time.sleep(1)
+        assert len(_survivors(marker)) >= expected
+    finally:
+        for pid in _survivors(marker):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("how", ["terminate", "shutdown", "kill-provider"])
+def test_nothing_of_an_instance_survives_it(built, how):
+    """Issue 11, item 2: daemons (setsid + double fork, vfork) made with
+    every clone flag combination the filter allows are all gone once the
+    instance ends, however it ends."""
+    marker = _sleep_marker()
+    p, expected = _start_survivors(built.runner.command(["-d", built.name, "-e",
+                                                         "/opt/lxsec/survivors", marker]),
+                                   marker, env=built.runner.env(), cwd=str(built.runner.root))
+    try:
+        if how == "kill-provider":
+            os.kill(_provider_pid(built), 9)
+        else:
+            cp = built.runner.run([f"--{how}", *([built.name] if how == "terminate" else [])],
+                                  timeout=60)
+            assert cp.returncode == 0, describe(cp)
+        left = _wait_for(lambda: not _survivors(marker), 15)
+        assert left, f"{len(_survivors(marker))} of {expected} daemons outlived the instance"
+    finally:
+        for pid in _survivors(marker):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        p.kill()
+        p.wait()
+
+
+class _HostIpc:
+    """A host program's System V objects (made here with ctypes): a shared
+    memory segment and a message queue holding SECRET, modes 0666 so the
+    host user of either test run may use them natively."""
+
+    def __init__(self) -> None:
+        import ctypes
+        self.libc = libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        base = 0x4C580000 | (os.getpid() & 0xFFFF)
+        self.shm_key, self.msg_key = base, base ^ 0x1
+        self.shm_id = libc.shmget(self.shm_key, 4096, 0o1000 | 0o2000 | 0o666)
+        self.msg_id = libc.msgget(self.msg_key, 0o1000 | 0o2000 | 0o666)
+        assert self.shm_id >= 0 and self.msg_id >= 0, ctypes.get_errno()
+        at = libc.shmat(self.shm_id, None, 0)
+        ctypes.memmove(at, SECRET.encode(), len(SECRET))
+        libc.shmdt(ctypes.c_void_p(at))
+        self.send()
+
+    def send(self) -> None:
+        msg = (1).to_bytes(8, "little") + SECRET.encode()
+        assert self.libc.msgsnd(self.msg_id, msg, len(SECRET), 0) == 0
+
+    def queued(self) -> int:
+        buf = bytes(120)                                   # struct msqid_ds
+        assert self.libc.msgctl(self.msg_id, 2, buf) == 0  # IPC_STAT
+        return int.from_bytes(buf[80:88], "little")       # msg_qnum
+
+    def args(self) -> list[str]:
+        return [hex(self.shm_key), str(self.shm_id), hex(self.msg_key), str(self.msg_id), SECRET]
+
+    def remove(self) -> None:
+        self.libc.shmctl(self.shm_id, 0, None)
+        self.libc.msgctl(self.msg_id, 0, None)
+
+
+def test_sysv_ipc_of_the_host_is_not_reachable(built, tmp_path_factory):
+    """Issue 11, item 4: a host program's shared memory segment and message
+    queue are reached neither by key nor by id nor through the *_STAT
+    table commands, and a key made inside is the instance's own. Natively
+    the same program, as the same host user, reads both secrets."""
+    host = _HostIpc()
+    try:
+        cp = built.exe("/opt/lxsec/ipc_escape", *host.args(), timeout=400)
+        _check(cp)
+        assert host.queued() == 1, "the host program's message was taken"
+        prog = _native_build("ipc_escape", tmp_path_factory.mktemp("ipc"))
+        native = subprocess.run(built.user.wrap([str(prog), *host.args()]), capture_output=True,
+                                timeout=60)
+        assert native.returncode == 1 and b"read the host program's shared memory" in \
+            native.stdout and b"took the host program's message" in native.stdout, \
+            describe(native)
+    finally:
+        host.remove()

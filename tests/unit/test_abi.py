@@ -21,7 +21,8 @@ from tests.fixtures.cbuild import gcc_static
 SRC = Path(lxsub.__file__).resolve().parent
 HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sys/stat.h",
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
-           "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h")
+           "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h",
+           "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h")
 
 # Numbers that no header a program includes defines, each checked another way below.
 NOT_IN_HEADERS = {
@@ -33,6 +34,9 @@ NOT_IN_HEADERS = {
     "FUSECTL_SUPER_MAGIC",  # fs/fuse/control.c
     "SELINUX_MAGIC", "SMACK_MAGIC",     # in linux/magic.h, checked if there
     "ST_VALID",           # include/linux/statfs.h, not exported to programs
+    "SO_PASSPIDFD", "SO_PEERPIDFD",     # asm/socket.h of Linux 6.5, checked if there
+    "SCM_MAX_FD",         # include/net/scm.h, not exported to programs
+    "UIO_MAXIOV",         # linux/uio.h clashes with glibc's struct iovec: sysconf(_SC_IOV_MAX)
 }
 # Not macros: C expressions that give them (glibc's F_OWNER_* are an enum).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",
@@ -79,6 +83,7 @@ def test_constants_agree_with_the_c_headers(tmp_path):
 def test_constants_without_a_header_agree_with_the_running_kernel():
     page = os.sysconf("SC_PAGE_SIZE")
     assert limits.PAGE_SIZE == page and limits.MAX_ARG_STRLEN == 32 * page
+    assert limits.UIO_MAXIOV == os.sysconf("SC_IOV_MAX")
     with open("/proc/sys/kernel/overflowuid") as f:
         assert limits.OVERFLOW_ID == int(f.read())
 

@@ -19,7 +19,8 @@ from lxsub.kernel.task import FsContext, Process, Task
 
 @pytest.fixture
 def inst(tmp_path):
-    return SimpleNamespace(log=Log(str(tmp_path / "provider.log")), current_task=None)
+    # No file systems: a handler that gets as far as the VFS is a test failure.
+    return SimpleNamespace(log=Log(str(tmp_path / "provider.log")), vfs=None)
 
 
 def _task(creds: Creds) -> Task:

@@ -16,9 +16,11 @@ from lxsub.kernel.fs.linuxmeta import ByType, HostFile, MemoryStore, SqliteStore
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.tmpfs import TmpFs
 from lxsub.kernel.fs.volfs import VolFs
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.mount import MountTable
 
 ROOT = Creds()
+AS_ROOT = Caller(ROOT)      # file system operations done for root
 STAFF = 50
 ALICE = Creds.for_user(1000, 1000)                  # not in group 50
 BOB = Creds.for_user(1001, 1001, groups=(STAFF,))   # in group 50
@@ -58,15 +60,15 @@ def tree(request, tmp_path):
 
 
 def attr(fs, parent, name: bytes):
-    node = fs.lookup(parent, name)
+    node = fs.lookup(parent, name, AS_ROOT)
     try:
-        return fs.getattr(node)
+        return fs.getattr(node, AS_ROOT)
     finally:
         node.release()
 
 
 def change(fs, parent, name: bytes, op) -> None:
-    node = fs.lookup(parent, name)
+    node = fs.lookup(parent, name, AS_ROOT)
     try:
         op(node)
     finally:
@@ -80,9 +82,9 @@ def make_file(fs, parent, name: bytes, mode: int, creds: Creds) -> None:
 def setgid_dir(fs, root, name: bytes = b"shared") -> object:
     """A directory of group 50, setgid, writable by all; its node."""
     fs.mkdir(root, name, 0o777, ROOT)
-    change(fs, root, name, lambda n: fs.chown(n, 0, STAFF))
-    change(fs, root, name, lambda n: fs.chmod(n, 0o2777))
-    return fs.lookup(root, name)
+    change(fs, root, name, lambda n: fs.chown(n, 0, STAFF, AS_ROOT))
+    change(fs, root, name, lambda n: fs.chmod(n, 0o2777, AS_ROOT))
+    return fs.lookup(root, name, AS_ROOT)
 
 
 def test_setgid_directory_gives_its_group(tree):
@@ -120,10 +122,10 @@ def test_setgid_file_of_a_group_not_ours_loses_the_bit(tree):
 def test_chmod_clears_setgid_for_a_non_member(tree):
     fs, root = tree
     make_file(fs, root, b"f", 0o644, ROOT)
-    change(fs, root, b"f", lambda n: fs.chown(n, 1000, STAFF))
+    change(fs, root, b"f", lambda n: fs.chown(n, 1000, STAFF, AS_ROOT))
     for creds, want in ((ALICE, 0o755), (BOB, 0o2755), (ROOT, 0o2755)):
         mode = linuxmeta.chmod_mode(0o2755, attr(fs, root, b"f").gid, creds)
-        change(fs, root, b"f", lambda n: fs.chmod(n, mode))
+        change(fs, root, b"f", lambda n: fs.chmod(n, mode, AS_ROOT))
         assert attr(fs, root, b"f").mode == st.S_IFREG | want, creds
 
 
@@ -137,9 +139,9 @@ def test_chown_clears_set_id_bits(tree):
             fs.mkdir(root, name, 0o755, ROOT)
         else:
             make_file(fs, root, name, 0o644, ROOT)
-        change(fs, root, name, lambda n: fs.chmod(n, mode))
+        change(fs, root, name, lambda n: fs.chmod(n, mode, AS_ROOT))
         assert fs.chown_clears_set_id
-        change(fs, root, name, lambda n: fs.chown(n, 1000, -1))
+        change(fs, root, name, lambda n: fs.chown(n, 1000, -1, AS_ROOT))
         a = attr(fs, root, name)
         assert (a.mode, a.uid, a.gid) == (kind | after, 1000, 0), name
 
@@ -156,7 +158,7 @@ def test_device_nodes_and_fifos(tree):
     # A record follows the inode: a new name does not lose it.
     fs.rename(root, b"fifo", root, b"pipe")
     assert attr(fs, root, b"pipe").uid == 1000
-    change(fs, root, b"pipe", lambda n: fs.chown(n, 1001, 1001))
+    change(fs, root, b"pipe", lambda n: fs.chown(n, 1001, 1001, AS_ROOT))
     assert (attr(fs, root, b"pipe").uid, attr(fs, root, b"pipe").gid) == (1001, 1001)
 
 
@@ -213,7 +215,7 @@ def test_chmod_of_a_host_made_fifo_to_its_own_mode_sticks(tmp_path):
     root = MountTable(fs, "volfs").root_mount.root()
     try:
         assert attr(fs, root, b"p").mode == st.S_IFIFO | 0o444
-        change(fs, root, b"p", lambda n: fs.chmod(n, 0o444))
+        change(fs, root, b"p", lambda n: fs.chmod(n, 0o444, AS_ROOT))
         assert attr(fs, root, b"p").mode == st.S_IFIFO | 0o444
         assert os.stat(tmp_path / "root" / "p").st_mode & 0o777 == 0o644
     finally:

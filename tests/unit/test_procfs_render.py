@@ -42,7 +42,7 @@ def _host_stat(pid: int) -> list[str]:
         return f.read().rpartition(")")[2].split()
 
 
-def _world(sleeper, caller_is_it: bool = False):
+def _world(sleeper):
     pids = PidSpace()
     parent = Process(pids.allocate(), 1, None)                  # 2
     proc = Process(pids.allocate(), sleeper.pid, parent, comm="napper")       # 3
@@ -52,15 +52,14 @@ def _world(sleeper, caller_is_it: bool = False):
     task = Task(proc.pid, sleeper.pid, proc, creds, FsContext(None, None, umask=0o027),
                 no_new_privs=True, seccomp_mode=2, seccomp_filters=1)
     pids.add_task(task)
-    fs = SimpleNamespace(inst=SimpleNamespace(pids=pids), start_jiffies=100,
-                         task=lambda: task if caller_is_it else None)
+    fs = SimpleNamespace(inst=SimpleNamespace(pids=pids), start_jiffies=100)
     return fs, proc, task
 
 
 def test_stat_line_names_the_instances_ids(sleeper):
     fs, proc, _ = _world(sleeper)
     host = _host_stat(sleeper.pid)
-    line = ProcessDir(fs, f"/proc/{proc.pid}", proc, None)._stat().decode()
+    line = ProcessDir(fs, f"/proc/{proc.pid}", proc, None)._stat(None).decode()
     head, _, rest = line.rpartition(")")
     f = rest.split()
     assert head == f"{proc.pid} (napper"
@@ -75,14 +74,14 @@ def test_stat_line_names_the_instances_ids(sleeper):
 
 def test_stat_of_the_caller_itself_is_running(sleeper):
     """Reading its own stat, a task is in the system call: R, as on Linux."""
-    fs, proc, _ = _world(sleeper, caller_is_it=True)
-    line = ProcessDir(fs, f"/proc/{proc.pid}", proc, None)._stat().decode()
+    fs, proc, task = _world(sleeper)
+    line = ProcessDir(fs, f"/proc/{proc.pid}", proc, None)._stat(task).decode()
     assert line.rpartition(")")[2].split()[0] == "R"
 
 
 def test_status_names_the_instances_ids_and_credentials(sleeper):
     fs, proc, task = _world(sleeper)
-    text = ProcessDir(fs, f"/proc/{proc.pid}", proc, None)._status().decode()
+    text = ProcessDir(fs, f"/proc/{proc.pid}", proc, None)._status(None).decode()
     assert text.endswith("\n")
     rows = dict(line.split(":", 1) for line in text.splitlines())
     v = str(proc.pid)
@@ -104,13 +103,13 @@ def test_a_thread_directory_shows_the_threads_id(sleeper):
     fs, proc, task = _world(sleeper)
     thread = Task(7, sleeper.pid, proc, task.creds, task.fs)
     d = ProcessDir(fs, f"/proc/{proc.pid}/task/7", proc, thread)
-    assert d._stat().decode().startswith("7 (napper) ")
-    rows = dict(line.split(":", 1) for line in d._status().decode().splitlines())
+    assert d._stat(None).decode().startswith("7 (napper) ")
+    rows = dict(line.split(":", 1) for line in d._status(None).decode().splitlines())
     assert rows["Pid"] == "\t7" and rows["Tgid"] == "\t" + str(proc.pid)
 
 
 def test_init_stat_has_the_52_fields_of_proc_5():
     """pid, comm and 50 more, as many as the host's (a program indexes them)."""
-    line = InitDir(SimpleNamespace(), "/proc/1")._stat().decode()
+    line = InitDir(SimpleNamespace(), "/proc/1")._stat(None).decode()
     assert line.startswith("1 (init) S 0 1 1 ") and line.endswith("\n")
     assert len(line.split()) == 52 == 2 + len(_host_stat(os.getpid()))

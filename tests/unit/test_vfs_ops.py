@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import stat as st
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,9 +13,9 @@ from lxsub.abi.fcntl import (AT_FDCWD, AT_SYMLINK_NOFOLLOW, RENAME_EXCHANGE, REN
                              UTIME_NOW, UTIME_OMIT)
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs.volfs import VolFs
-from lxsub.kernel.task import FsContext
 from lxsub.kernel.vfs import lookup, ops
-from lxsub.kernel.vfs.mount import MountTable
+from lxsub.kernel.vfs.caller import Caller, FsContext
+from lxsub.kernel.vfs.vfs import Vfs
 
 ALICE, BOB, CAROL = 1000, 1001, 1002
 STAFF = 50
@@ -26,16 +25,16 @@ class World:
     """An instance root on a temp directory and callers to act in it."""
 
     def __init__(self, host_root: str) -> None:
-        self.mounts = MountTable(VolFs(host_root), "rootfs")
-        self.inst = SimpleNamespace(mounts=self.mounts)
+        self.inst = Vfs(VolFs(host_root), "rootfs")      # what ops and lookup act on
+        self.mounts = self.inst.mounts
         self._nodes = [self.mounts.root_mount.root()]
 
     def caller(self, uid: int, gid: int | None = None, groups: tuple[int, ...] = (),
-               umask: int = 0) -> SimpleNamespace:
+               umask: int = 0) -> Caller:
         root = self._nodes[0]
         fs = FsContext(root.dup(), root.dup(), umask)
         self._nodes += [fs.root, fs.cwd]
-        return SimpleNamespace(creds=Creds.for_user(uid, uid if gid is None else gid, groups), fs=fs)
+        return Caller(Creds.for_user(uid, uid if gid is None else gid, groups), fs)
 
     def close(self) -> None:
         for n in self._nodes:
@@ -48,7 +47,7 @@ class World:
 
     def attr(self, path: bytes):
         n = self.node(self.root, path)
-        return n.fs.getattr(n)
+        return n.fs.getattr(n, self.root)
 
     def file(self, task, path: bytes, mode: int = 0o644) -> None:
         ops.mknod(self.inst, task, AT_FDCWD, path, st.S_IFREG | mode, 0)

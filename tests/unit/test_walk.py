@@ -10,6 +10,7 @@ import pytest
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.vfs.mount import MountTable
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.path import Walker
 
 
@@ -31,14 +32,14 @@ def tree(tmp_path):
     os.symlink("loop1", root / "loop2")
     mounts = MountTable(VolFs(str(root)), "rootfs")
     rootnode = mounts.root_mount.root()
-    yield Walker(mounts, rootnode, Creds()), rootnode, root
+    yield Walker(mounts, rootnode, Caller(Creds())), rootnode, root
     rootnode.release()
 
 
 def read(walker, root, path: bytes) -> str:
     node = walker.resolve(root, path)
     try:
-        fd = node.fs.open(node, os.O_RDONLY, walker.creds)
+        fd = node.fs.open(node, os.O_RDONLY, walker.caller)
     finally:
         node.release()
     with os.fdopen(fd) as f:

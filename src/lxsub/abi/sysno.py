@@ -394,6 +394,7 @@ NAMES: dict[int, str] = {n: s for s, n in NUMBERS.items()}
 # The calls lxsub itself makes or rewrites by number.
 SYS_EXECVE = NUMBERS["execve"]
 SYS_KILL = NUMBERS["kill"]
+SYS_TGKILL = NUMBERS["tgkill"]
 SYS_RT_SIGQUEUEINFO = NUMBERS["rt_sigqueueinfo"]
 SYS_OPENAT = NUMBERS["openat"]
 SYS_CLOCK_ADJTIME = NUMBERS["clock_adjtime"]

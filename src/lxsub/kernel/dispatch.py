@@ -33,7 +33,6 @@ def _run_handler(inst: "Instance", call: Call):
         name = NAMES.get(call.nr, f"syscall {call.nr}")
         inst.log.once(f"enosys:{call.nr}", f"unimplemented syscall {name} ({call.nr}): ENOSYS")
         return -errno.ENOSYS
-    inst.current_task = call.task
     try:
         result = entry.handler(call)
     except MemoryFault:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import stat as st
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -26,18 +25,16 @@ from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel.syscalls import ipc
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
-from lxsub.kernel.fs.devfs import PtyOwners
-from lxsub.kernel.fs.devices import OpenedDevices
 from lxsub.kernel.fs.drvfs import AutomountSettings
-from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task
-from lxsub.kernel.vfs.mount import MountTable
-from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.caller import Caller
+from lxsub.kernel.vfs.vfs import Vfs
 from lxsub.platform import launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
@@ -76,7 +73,7 @@ class Instance:
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs)
-        self.mounts = MountTable(self.volfs, "rootfs")
+        self.vfs = Vfs(self.volfs, "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
@@ -91,35 +88,22 @@ class Instance:
         self.exit_watchers: dict[Process, Callable[[int], None]] = {}
         # A session's leading process getting Ctrl-Z: its client suspends too.
         self.stop_watchers: dict[Process, Callable[[int], None]] = {}
-        self.ptys = PtyOwners()          # the Linux owners of the ptys (devpts)
         self.host_programs = HostPrograms()    # interop's running host programs
-        self.opened_devices = OpenedDevices()   # devices opened through a mknod'd node
-        self.current_task: Task | None = None
         self._ending = False
         from lxsub.kernel.fs import mounts as default_mounts
-        from lxsub.kernel.fs.anon import HostObjectFs
-        from lxsub.kernel.vfs.mount import Mount
-        self.anon_mount = Mount(HostObjectFs(self), "anon")
         default_mounts.mount_defaults(self, _drvfs_settings(self.config.automount),
                                       tmp=self.config.automount.tmp)
 
     # -- starting processes -------------------------------------------------
 
     def root_context(self, cwd: str = "/") -> FsContext:
-        root = self.mounts.root_mount.root()
-        from lxsub.kernel.vfs.path import Walker
-        try:
-            # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
-            # surrogateescape string (lxsub/wire.py, wire_bytes).
-            cwd_node = Walker(self.mounts, root, Creds()).resolve(
-                root, cwd.encode("utf-8", "surrogateescape"))
-            if not cwd_node.is_dir():
-                cwd_node.release()
-                raise OSError(errno.ENOTDIR, "not a directory")
-        except OSError:
-            root.release()
-            raise
-        return FsContext(root, cwd_node)
+        # Paths are bytes in Linux: a --cd that is not UTF-8 arrives as a
+        # surrogateescape string (lxsub/wire.py, wire_bytes).
+        cwd_node = self.vfs.resolve(cwd.encode("utf-8", "surrogateescape"), Caller(Creds()))
+        if not cwd_node.is_dir():
+            cwd_node.release()
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return FsContext(self.vfs.mounts.root_mount.root(), cwd_node)
 
     def spawn(self, path: bytes, argv: list[bytes], envp: list[bytes], creds: Creds,
               fs: FsContext, setup: launcher.ChildSetup) -> Process:
@@ -490,56 +474,6 @@ class Instance:
         if not proc.exited:
             libc.kill_group_or_process(proc.host_pid, sig)
 
-    # -- views used by syscalls and pseudo files ------------------------------
-
-    def node_of_host_fd(self, fd: int) -> Node:
-        """Make a Node (owning fd) for a provider-side descriptor."""
-        s = os.fstat(fd)
-        node = self.node_for_host_fd(fd, s)
-        if node is None:
-            os.close(fd)
-            raise OSError(errno.ENOTDIR if not st.S_ISDIR(s.st_mode) else errno.ENOENT,
-                          "not a file of this instance")
-        return node
-
-    def node_for_host_fd(self, fd: int, s: os.stat_result, host: str | None = None) -> Node | None:
-        """A Node using fd (not a copy) if it is a file of a mounted file
-        system. `host` is fd's host path if the caller has read it already."""
-        if host is None:
-            try:
-                host = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                return None
-        if st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode):
-            node = self.opened_devices.node_of(fd, s)
-            if node is not None:
-                return node
-        claimers, by_root, last = self.mounts.host_index()
-        for m in claimers:
-            found = m.fs.node_from_host(m, fd, host, s)
-            if found is not None:
-                return found
-        for prefix, root, m in by_root:
-            if host.startswith(prefix) or host == root:
-                return Node(m, fd, s)
-        for m in last:
-            found = m.fs.node_from_host(m, fd, host, s)
-            if found is not None:
-                return found
-        return None
-
-    def vpath_of(self, node: Node) -> str:
-        """The path of a Node inside the instance, as getcwd would give it."""
-        fs = node.fs
-        if isinstance(fs, HostFs):
-            host = fs.host_path(node) or ""
-            rel = host[len(fs.host_root):].lstrip("/") if host.startswith(fs.host_root) else ""
-            if host.endswith(" (deleted)"):
-                rel = rel[: -len(" (deleted)")]
-            base = node.mount.path.rstrip("/")
-            return (base + "/" + rel) if rel else (node.mount.path or "/")
-        return fs.vpath(node)
-
     def scratch_dir(self) -> str:
         """Where pseudo directories are materialized: memory, removed at the end."""
         if self._scratch is None:
@@ -549,6 +483,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        ipc.space(self).remove_all()          # SysV objects end with their instance
         self.volfs.remove_staging()
         self.storage.close()
         if self._scratch is not None:

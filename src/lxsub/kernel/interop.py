@@ -74,10 +74,9 @@ MAX_ENV_STRLEN = MAX_ARG_STRLEN
 
 def mounts_of(inst: "Instance") -> list[HostMount]:
     """The instance's DrvFs mounts as they are now."""
-    from lxsub.kernel.fs.drvfs import DrvFs
     out = []
-    for m in inst.mounts.mounts:
-        if isinstance(m.fs, DrvFs):
+    for m in inst.vfs.mounts.mounts:
+        if m.fs.host_view:
             out.append(HostMount(normalize(join(m.fs.host_root, m.root_path.lstrip("/"))),
                                  normalize(m.path)))
     return out
@@ -160,10 +159,9 @@ def host_target(inst: "Instance"):
     script's `#!` line naming it)."""
     if not inst.config.interop.enabled:
         return None
-    from lxsub.kernel.fs.drvfs import DrvFs
 
     def target(node: "Node", creds) -> str | None:
-        if isinstance(node.fs, DrvFs):
+        if node.fs.host_view:
             inst.interop_door.check(creds)
             return node.fs.host_path(node)
         return None
@@ -258,14 +256,13 @@ def _read_env(c: Call, envp_ptr: int) -> dict[str, str]:
 
 def _host_cwd(inst: "Instance", task) -> tuple[str, str]:
     """(host working directory, Linux cwd) for a host program."""
-    from lxsub.kernel.fs.drvfs import DrvFs
     node = task.fs.cwd
     linux_cwd = "/"
     try:
-        linux_cwd = inst.vpath_of(node)
+        linux_cwd = inst.vfs.vpath_of(node)
     except OSError:
         pass
-    if isinstance(node.fs, DrvFs):
+    if node.fs.host_view:
         try:
             host = node.fs.host_path(node)
             if host and not host.endswith(" (deleted)"):
@@ -558,14 +555,11 @@ _OURS = b"# Written by lxsub"
 
 def _is_dir(inst: "Instance", path: str) -> bool:
     from lxsub.kernel.creds import Creds
-    from lxsub.kernel.vfs.path import Walker
-    root = inst.mounts.root_mount.root()
+    from lxsub.kernel.vfs.caller import Caller
     try:
-        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+        node = inst.vfs.resolve(path.encode(), Caller(Creds()))
     except OSError:
         return False
-    finally:
-        root.release()
     try:
         return node.is_dir()
     finally:
@@ -576,24 +570,22 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
                  where: str = "/usr/local/bin") -> None:
     """Remove WHERE/NAME if it is a file lxsub wrote (has `marker`)."""
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.path import Walker
-    creds = Creds()
-    root = inst.mounts.root_mount.root()
+    own = Caller(Creds())                 # the provider's own work
     try:
-        cur = Walker(inst.mounts, root, creds).resolve(root, where.encode())
+        cur = inst.vfs.resolve(where.encode(), own)
     except OSError:
         return
-    finally:
-        root.release()
     try:
         try:
-            node = Walker(inst.mounts, cur, creds).resolve(cur, name, follow=False)
+            node = Walker(inst.vfs.mounts, cur, own).resolve(cur, name, follow=False)
         except OSError:
             return
         try:
             if node.is_symlink() or node.is_dir():
                 return
-            fd = node.fs.open(node, os.O_RDONLY, creds)
+            fd = node.fs.open(node, os.O_RDONLY, own)
             with os.fdopen(fd, "rb") as f:
                 if marker not in f.read(4096):
                     return
@@ -612,10 +604,12 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
     the distro's own and is left alone. True if written."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.fs.mounts import make_dirs
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
+    own = Caller(creds)                   # the provider's own work
     cur = make_dirs(inst, where)
-    walker = Walker(inst.mounts, cur, creds)
+    walker = Walker(inst.vfs.mounts, cur, own)
     try:
         try:
             node = walker.resolve(cur, name, follow=False)
@@ -623,11 +617,11 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
             node = None
         if node is not None:
             try:
-                attr = node.fs.getattr(node)
+                attr = node.fs.getattr(node, own)
                 same = False
                 old = b""
                 if not node.is_symlink() and not node.is_dir():
-                    fd = node.fs.open(node, os.O_RDONLY, creds)
+                    fd = node.fs.open(node, os.O_RDONLY, own)
                     with os.fdopen(fd, "rb") as f:
                         old = f.read(max(len(data) + 1, 4096))
                     same = old == data

@@ -23,6 +23,7 @@ from lxsub.kernel.exec import limits
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.path import Walker
 from lxsub.platform.launcher import ChildSetup
 from lxsub.wire import PASSED_ENV, wire_bytes
@@ -112,7 +113,7 @@ def start(inst: Instance, launch: Launch, default_user: str | None, setup: Child
 
 def _give_pty(inst: Instance, slave: int, uid: int) -> None:
     try:
-        inst.ptys.opened(int(os.ttyname(slave).rpartition("/")[2]), uid)
+        inst.vfs.ptys.opened(int(os.ttyname(slave).rpartition("/")[2]), uid)
     except (OSError, ValueError):
         pass      # not a /dev/pts terminal: it shows with its host owner
 
@@ -120,13 +121,10 @@ def _give_pty(inst: Instance, slave: int, uid: int) -> None:
 # -- users ----------------------------------------------------------------------
 
 def _read_instance_file(inst: Instance, path: str) -> bytes:
-    root = inst.mounts.root_mount.root()
+    own = Caller(Creds())              # the provider reads the distro's own files
+    node = inst.vfs.resolve(path.encode(), own)
     try:
-        node = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
-    finally:
-        root.release()
-    try:
-        fd = node.fs.open(node, os.O_RDONLY, Creds())
+        fd = node.fs.open(node, os.O_RDONLY, own)
     finally:
         node.release()
     with os.fdopen(fd, "rb") as f:
@@ -203,9 +201,9 @@ def _command_line(inst: Instance, u: User, creds: Creds, argv: list[str], mode: 
 
 def _search_path(inst: Instance, creds: Creds, prog: str, u: User,
                  host_env: dict[str, str] | None = None) -> str:
-    root = inst.mounts.root_mount.root()
+    root = inst.vfs.mounts.root_mount.root()
     try:
-        w = Walker(inst.mounts, root, creds)
+        w = Walker(inst.vfs.mounts, root, Caller(creds))
         for d in (ROOT_PATH if u.uid == 0 else USER_PATH).split(":"):
             candidate = f"{d}/{prog}"
             try:
@@ -272,10 +270,10 @@ def _start_dir(inst: Instance, u: User, cwd: str | None, host_cwd: str | None = 
 
 def _check_runnable(inst: Instance, creds: Creds, fs, path: bytes, argv: list[bytes], name: str) -> None:
     """Refuse up front what the exec would refuse, with a message naming why."""
-    w = Walker(inst.mounts, fs.root, creds)
+    w = Walker(inst.vfs.mounts, fs.root, Caller(creds, fs))
     shown = path.decode(errors="replace")
     try:
-        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vpath_of,
+        p = exec_plan.plan(w, fs.cwd, path, argv, inst.vfs.vpath_of,
                            host_exec=interop.host_target(inst))
         p.close()
     except OSError as e:
@@ -292,7 +290,7 @@ def _why_enoexec(inst: Instance, w: Walker, fs, path: bytes) -> str:
     try:
         node = w.resolve(fs.cwd, path)
         try:
-            fd = node.fs.open(node, os.O_RDONLY, w.creds)
+            fd = node.fs.open(node, os.O_RDONLY, w.caller)
         finally:
             node.release()
         try:

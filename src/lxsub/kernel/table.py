@@ -18,10 +18,11 @@ from typing import Callable
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                               CLONE_NEWUTS, CLONE_UNTRACED)
+from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, crossproc, fcntl, identity, ioctl, keys, klog, mount, net, nsproxy,
-                                   process, sched, signal, stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.syscalls import (clock, crossproc, fcntl, identity, ioctl, ipc, keys, klog, mount, net,
+                                   nsproxy, process, sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -130,10 +131,18 @@ ROWS: list[Syscall] = [
       for n in ("clock_gettime", "clock_getres", "clock_nanosleep")),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
+    # SysV IPC: the instance's own keys and ids (kernel/syscalls/ipc.py).
+    *(trace(n, getattr(ipc, "sys_" + n), "keys of the instance's own (objects made "
+            "IPC_PRIVATE on the host); permissions are the host user's, not checked by "
+            "Linux ids", PARTIAL) for n in ("shmget", "semget", "msgget")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL)")
+      for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; IPC_INFO and the *_STAT "
+            "index commands: EINVAL", PARTIAL) for n in ("shmctl", "semctl", "msgctl")),
+    native("shmdt"),
     *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
-        "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
-        "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
-        "mq_timedreceive", "mq_notify", "mq_getsetattr")),
+        "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+        "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
     Syscall("clone", NATIVE, None, FULL, "new namespaces and CLONE_UNTRACED denied (EPERM); "
@@ -158,22 +167,29 @@ ROWS: list[Syscall] = [
             "AF_UNIX: made in the instance's own network namespace (abstract names are the "
             "instance's); AF_NETLINK stops: NETLINK_AUDIT answers EPROTONOSUPPORT (no audit "
             "subsystem)",
-            rules=(ArgRule(0, "eq", net.AF_UNIX, bpf.RET_USER_NOTIF),
-                   ArgRule(0, "eq", net.AF_NETLINK, bpf.RET_TRACE))),
+            rules=(ArgRule(0, "eq", AF_UNIX, bpf.RET_USER_NOTIF),
+                   ArgRule(0, "eq", AF_NETLINK, bpf.RET_TRACE))),
     Syscall("socketpair", NATIVE, net.sys_socketpair, FULL, "AF_UNIX: made in the instance's "
             "own network namespace (abstract names are the instance's)",
-            rules=(ArgRule(0, "eq", net.AF_UNIX, bpf.RET_USER_NOTIF),)),
+            rules=(ArgRule(0, "eq", AF_UNIX, bpf.RET_USER_NOTIF),)),
     Syscall("getsockopt", NATIVE, net.sys_getsockopt, FULL, "SO_PEERCRED, SO_PEERGROUPS, "
             "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
             rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
     Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
             "would give pidfds of host senders)",
-            rules=(ArgRule(2, "eq", net.SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
+            rules=(ArgRule(2, "eq", SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
     *(native(n) for n in (
-        "listen", "accept", "accept4", "shutdown", "getsockname",
-        "getpeername", "recvfrom", "recvmsg", "recvmmsg")),
-    native("sendmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
-    native("sendmmsg", "msg_name of AF_UNIX datagrams is not translated", PARTIAL),
+        "listen", "accept", "accept4", "shutdown", "recvfrom", "recvmsg", "recvmmsg")),
+    notify("getsockname", net.sys_getsockname, "a Unix socket bound in the instance shows "
+           "its instance path"),
+    notify("getpeername", net.sys_getpeername, "a Unix socket's peer bound in the instance "
+           "shows its instance path"),
+    # The destination and descriptors are in memory the filter cannot read
+    # and another thread may change: the provider sends from its copies.
+    notify("sendmsg", net.sys_sendmsg, "sent by the provider: AF_UNIX destinations resolved "
+           "in the instance, SCM_RIGHTS from the caller's descriptors, SCM_CREDENTIALS "
+           "checked in the instance's ids (unix(7))"),
+    notify("sendmmsg", net.sys_sendmmsg, "as sendmsg, message by message"),
     notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
     notify("connect", net.sys_connect, "AF_UNIX paths resolved in the instance"),
     # The address is a pointer: all 64 bits tell whether there is one.

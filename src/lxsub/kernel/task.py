@@ -8,48 +8,13 @@ subreaper, inherits and reaps orphans.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from lxsub.kernel.creds import Creds
-
-if TYPE_CHECKING:
-    from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.caller import Caller, FsContext
 
 PID_MAX = 4194304
-
-
-@dataclass
-class FsContext:
-    """Root, working directory and umask: shared by CLONE_FS threads."""
-    root: "Node"
-    cwd: "Node"
-    umask: int = 0o022
-    users: int = 0             # tasks sharing it; the nodes are released with the last
-
-    def copy(self) -> "FsContext":
-        return FsContext(self.root.dup(), self.cwd.dup(), self.umask)
-
-    def attach(self) -> "FsContext":
-        self.users += 1
-        return self
-
-    def detach(self) -> None:
-        self.users -= 1
-        if self.users <= 0:
-            self.release()
-
-    def set_cwd(self, node: "Node") -> None:
-        old, self.cwd = self.cwd, node
-        old.release()
-
-    def set_root(self, node: "Node") -> None:
-        old, self.root = self.root, node
-        old.release()
-
-    def release(self) -> None:
-        self.root.release()
-        self.cwd.release()
 
 
 @dataclass(eq=False)
@@ -110,7 +75,8 @@ class Process:
 
 
 @dataclass(eq=False)
-class Task:
+class Task(Caller):
+    """A program's thread; as a Caller, the one whose system call is served."""
     tid: int                   # virtual
     host_tid: int
     process: Process
@@ -128,6 +94,23 @@ class Task:
     no_new_privs: bool = False
     seccomp_mode: int = 0
     seccomp_filters: int = 0
+
+    @property
+    def task(self) -> "Task":
+        return self
+
+    def copy_fd(self, fd: int) -> int:
+        """A provider-side duplicate of the thread's descriptor fd (EBADF if
+        none): pidfd_getfd(2) on its process."""
+        if fd < 0:
+            raise OSError(errno.EBADF, "bad file descriptor")
+        from lxsub.platform import libc
+        try:
+            return libc.pidfd_getfd(self.process.pidfd(), fd)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise
+            raise OSError(errno.EBADF, "bad file descriptor") from None
 
     @property
     def pid(self) -> int:

@@ -33,6 +33,8 @@ from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWUSER
 SO_NETNS_COOKIE = 71
 
 _REQ = struct.Struct("<iiiB")         # family, type, protocol, pair
+UDIAG_SHOW_VFS, UDIAG_SHOW_PEER = 0x2, 0x4        # linux/unix_diag.h
+UNIX_DIAG_VFS, UNIX_DIAG_PEER = 1, 2
 
 
 def helper_reply(msg: bytes, fds: list[int], count: int, gone: OSError) -> list[int]:
@@ -121,6 +123,9 @@ class UnixNamespace:
         self._diag = -1
         # socket inode -> what its maker recorded (see kernel/syscalls/net.py)
         self.made_by: dict[int, tuple] = {}
+        # (st_dev, st_ino) of a socket file -> the path it was bound with,
+        # as the program gave it
+        self.bound: dict[int, bytes] = {}
 
     @property
     def available(self) -> bool:
@@ -169,9 +174,21 @@ class UnixNamespace:
     def peer_inode(self, ino: int) -> int | None:
         """The inode of the peer of Unix socket `ino` (sock_diag,
         UDIAG_SHOW_PEER), None if it has none or is unknown here."""
+        return self._diag_attr(ino, UDIAG_SHOW_PEER, UNIX_DIAG_PEER)
+
+    def bound_file(self, ino: int) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the file Unix socket `ino` is bound to
+        (UDIAG_SHOW_VFS); an accepted socket has its listener's."""
+        vfs = self._diag_attr(ino, UDIAG_SHOW_VFS, UNIX_DIAG_VFS, 8)
+        if vfs is None:
+            return None
+        file_ino, dev = vfs & 0xFFFFFFFF, vfs >> 32
+        return os.makedev(dev >> 20, dev & 0xFFFFF), file_ino      # the kernel's dev_t
+
+    def _diag_attr(self, ino: int, show: int, attr: int, size: int = 4) -> int | None:
         if self._diag < 0:
             return None
-        req = struct.pack("<BBHIII2I", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, 4,
+        req = struct.pack("<BBHIII2I", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, show,
                           0xFFFFFFFF, 0xFFFFFFFF)
         msg = struct.pack("<IHHII", 16 + len(req), 20, 1, 1, 0) + req   # SOCK_DIAG_BY_FAMILY
         with self._lock:
@@ -188,8 +205,8 @@ class UnixNamespace:
             alen, atype = struct.unpack_from("<HH", reply, off)
             if alen < 4:
                 break
-            if atype == 2 and alen >= 8:          # UNIX_DIAG_PEER
-                return struct.unpack_from("<I", reply, off + 4)[0]
+            if atype == attr and alen >= 4 + size:
+                return int.from_bytes(reply[off + 4:off + 4 + size], "little")
             off += (alen + 3) & ~3
         return None
 

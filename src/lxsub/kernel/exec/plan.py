@@ -62,13 +62,13 @@ def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool):
     # An empty path is execveat's AT_EMPTY_PATH: the file `start` itself.
     node = walker.resolve(start, path, follow=follow) if path else start.dup()
     try:
-        attr = node.fs.getattr(node)
+        attr = node.fs.getattr(node, walker.caller)
         if st.S_ISLNK(attr.mode):     # AT_SYMLINK_NOFOLLOW on a symlink (do_open_execat)
             raise OSError(errno.ELOOP, "a symbolic link")
         if st.S_ISDIR(attr.mode) or not st.S_ISREG(attr.mode):
             raise OSError(errno.EACCES, "not a regular file")
         perm.check(walker.creds, attr.mode, attr.uid, attr.gid, perm.MAY_EXEC)
-        return node, node.fs.open(node, os.O_RDONLY, walker.creds), _set_ids(node, attr)
+        return node, node.fs.open(node, os.O_RDONLY, walker.caller), _set_ids(node, attr)
     except BaseException:
         node.release()
         raise

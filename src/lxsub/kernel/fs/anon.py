@@ -17,17 +17,15 @@ _KEEP = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_TRUNC | os.O_NOCTTY | 
 class HostObjectFs(FileSystem):
     fstype = "anon_inodefs"
 
-    def __init__(self, inst) -> None:
-        self.inst = inst
-
-    def lookup(self, parent: Node, name: bytes) -> Node:
+    def lookup(self, parent: Node, name: bytes, caller) -> Node:
         raise OSError(errno.ENOTDIR, "not a directory")
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
+        # Owned by the host user: shown as the caller's (kernel/vfs/fdview.py).
         from lxsub.kernel.vfs.fdview import host_object_stat
-        return host_object_stat(self.inst.current_task, os.fstat(node.fd))
+        return host_object_stat(caller, os.fstat(node.fd))
 
-    def open(self, node: Node, flags: int, creds) -> int:
+    def open(self, node: Node, flags: int, caller) -> int:
         return os.open(f"/proc/self/fd/{node.fd}", (flags & _KEEP) | os.O_CLOEXEC)
 
     def statfs(self, node: Node):

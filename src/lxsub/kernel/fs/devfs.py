@@ -120,7 +120,7 @@ class DevPts(HostFs):
         self.inst = inst
 
     def _meta(self, s: os.stat_result) -> LxMeta:
-        found = self.inst.ptys.view(s)
+        found = self.inst.vfs.ptys.view(s)
         if found is not None:
             return found
         if not st.S_ISCHR(s.st_mode):
@@ -129,17 +129,17 @@ class DevPts(HostFs):
         gid = s.st_gid if s.st_gid in (0, TTY_GID) else 0 if s.st_gid == os.getgid() else OVERFLOW_ID
         return LxMeta(s.st_mode, uid, gid, s.st_rdev)
 
-    def getattr(self, node):
+    def getattr(self, node, caller):
         from lxsub.kernel.vfs.stat import LinuxStat
         s = self.fresh_stat(node)
         m = self._meta(s)
         return LinuxStat.from_host(s, m.mode, m.uid, m.gid, s.st_rdev)
 
-    def chmod(self, node: Node, mode: int) -> None:
+    def chmod(self, node: Node, mode: int, caller) -> None:
         s = self.fresh_stat(node)
         self._change(s, lambda m: LxMeta(st.S_IFMT(m.mode) | (mode & 0o7777), m.uid, m.gid, m.rdev))
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
+    def chown(self, node: Node, uid: int, gid: int, caller) -> None:
         s = self.fresh_stat(node)
         self._change(s, lambda m: LxMeta(m.mode, m.uid if uid < 0 else uid, m.gid if gid < 0 else gid,
                                          m.rdev))
@@ -147,7 +147,7 @@ class DevPts(HostFs):
     def _change(self, s: os.stat_result, change) -> None:
         if not st.S_ISCHR(s.st_mode):
             raise OSError(errno.EPERM, "devpts: only the terminals' attributes change")
-        self.inst.ptys.set(s, change(self._meta(s)))
+        self.inst.vfs.ptys.set(s, change(self._meta(s)))
 
     def utimens(self, node: Node, atime, mtime) -> None:
         raise OSError(errno.EPERM, "devpts: times are the host's")

@@ -61,6 +61,7 @@ from lxsub.kernel.fs.hostfs import fd_path
 from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, NoStore, XattrStore, xattr_capable
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.metatree import MetaTree
+from lxsub.kernel.vfs.filesystem import CLAIM_REST
 from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -144,11 +145,12 @@ _devs_given: dict[tuple[int, int], int] = {}
 class DrvFs(MetaTree):
     fstype = "drvfs"
     host_acls = True
+    host_claim = CLAIM_REST
+    host_view = True
     set_id_bits = False
 
     def __init__(self, inst: "Instance", host_root: str, options: str = "") -> None:
         super().__init__(host_root)
-        self.inst = inst
         self.opts = DrvFsOptions.parse(options, inst.log)
         self.options = self.opts.render()
         # Host permissions apply: chmod's bits go to the host file when the
@@ -159,18 +161,17 @@ class DrvFs(MetaTree):
         self.door = inst.drvfs_door          # checked by the walk, see kernel/vfs/path.py
         self.storage = inst.storage
 
+    @property
+    def mount_options(self) -> str:
+        return self.options
+
     def root(self, mount) -> Node:
         return self._sealed(_not_pseudo(super().root(mount), "host pseudo file system"))
 
     # -- doors and sealed storage ------------------------------------------------
 
-    def _caller_passes(self, creds=None) -> None:
-        """EACCES unless the caller (given, or the current syscall's) holds the door."""
-        if creds is None:
-            task = self.inst.current_task
-            if task is None:
-                return           # the provider's own work (mounting, lxpath)
-            creds = task.creds
+    def _caller_passes(self, creds) -> None:
+        """EACCES unless the caller holds the door."""
         self.door.check(creds)
 
     def _sealed(self, node: Node) -> Node:
@@ -205,16 +206,16 @@ class DrvFs(MetaTree):
 
     # -- the walk: stay on host files, inside the mount --------------------------
 
-    def lookup(self, parent: Node, name: bytes) -> Node:
+    def lookup(self, parent: Node, name: bytes, caller) -> Node:
         self._not_blank(parent)
-        node = super().lookup(parent, name)
+        node = super().lookup(parent, name, caller)
         if parent.host_st is None or node.host_st.st_dev != parent.host_st.st_dev:
             node = _not_pseudo(node, "host pseudo file system: not entered")
         return self._sealed(node)
 
-    def parent_of(self, node: Node) -> Node:
+    def parent_of(self, node: Node, caller) -> Node:
         self._not_blank(node)
-        up = super().parent_of(node)
+        up = super().parent_of(node, caller)
         if self.host_root != "/":
             try:
                 where = os.readlink(fd_path(up.fd))
@@ -226,23 +227,13 @@ class DrvFs(MetaTree):
         return self._sealed(up)
 
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
-        """Is a host descriptor a file of this mount? Only if no other file
-        system of the instance claims it (the rootfs, a longer DrvFs root, a
-        tmpfs, a pseudo file) and its path leads to it on the host."""
+        """Is a host descriptor a file of this mount? The Vfs asks DrvFs
+        mounts last, longest host root first (kernel/vfs/vfs.py): only when
+        no other file system claims it, and its path leads to it on the host."""
         if self.storage.is_blank(s):
             return Node(mount, fd, s)
         if not _under(host, self.host_root) or self.storage.under(host):
             return None
-        for m in self.inst.mounts.mounts:
-            fs = m.fs
-            if fs is self:
-                continue
-            root = getattr(fs, "host_root", None)
-            if isinstance(fs, DrvFs) or not hasattr(fs, "node_from_host"):
-                if root and len(root) > len(self.host_root) and _under(host, root):
-                    return None
-            elif fs.node_from_host(m, fd, host, s) is not None:
-                return None
         try:
             here = os.stat(host, follow_symlinks=False)
         except OSError:
@@ -251,15 +242,13 @@ class DrvFs(MetaTree):
             return None
         return Node(mount, fd, s)
 
-    def vpath(self, node: Node) -> str:
-        from lxsub.kernel.fs.tmpfs import vpath_in_mount
+    def path_in_mount(self, node: Node) -> str:
         if self.storage.is_blank(node.host_st) and node.obj is not None:
-            from lxsub.kernel.interop import HostMount, to_linux
-            m = node.mount
-            shown = to_linux(node.obj[0], [HostMount(_join_root(self.host_root, m.root_path),
-                                                     m.path)])
-            return shown or m.path or "/"
-        return vpath_in_mount(self, node)
+            from lxsub.hostpath import HostMount, to_linux
+            shown = to_linux(node.obj[0], [HostMount(_join_root(self.host_root, node.mount.root_path),
+                                                     "/")])
+            return shown or "/"
+        return super().path_in_mount(node)
 
     def host_path(self, node: Node) -> str | None:
         if self.storage.is_blank(node.host_st):
@@ -268,21 +257,24 @@ class DrvFs(MetaTree):
 
     # -- attributes ----------------------------------------------------------------
 
-    def _owner(self, s: os.stat_result) -> tuple[int, int]:
-        task = self.inst.current_task
+    def _owner(self, s: os.stat_result, creds) -> tuple[int, int]:
+        """The host user's files show as the asker's own (whoever asks, the
+        provider uses them with the host user's rights), unless the uid= and
+        gid= mount options name their owner. The provider asking for itself
+        (creds None) sees them as root's."""
         if s.st_uid == _HOST_UID:
-            uid = self.opts.uid if self.opts.uid is not None else (task.creds.fsuid if task else 0)
+            uid = self.opts.uid if self.opts.uid is not None else creds.fsuid if creds else 0
         else:
             uid = 0 if s.st_uid == 0 else OVERFLOW_ID
         if s.st_gid == _HOST_GID:
-            gid = self.opts.gid if self.opts.gid is not None else (task.creds.fsgid if task else 0)
+            gid = self.opts.gid if self.opts.gid is not None else creds.fsgid if creds else 0
         else:
             gid = 0 if s.st_gid == 0 else OVERFLOW_ID
         return uid, gid
 
-    def _host_view(self, f: HostFile) -> LxMeta:
+    def _host_view(self, f: HostFile, creds) -> LxMeta:
         """A file with no record: host type and bits, host owner as _owner maps it."""
-        uid, gid = self._owner(f.st)
+        uid, gid = self._owner(f.st, creds)
         return LxMeta(f.st.st_mode, uid, gid, f.st.st_rdev)
 
     def linux_dev(self, host_dev: int) -> int:
@@ -295,22 +287,22 @@ class DrvFs(MetaTree):
             dev = _devs_given[key] = anon_dev()
         return dev
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
         if self.storage.is_blank(node.host_st):
             # An empty directory nobody may enter: d--------- root root.
             shown = node.obj[1] if node.obj is not None else node.host_st
             out = LinuxStat.from_host(shown, st.S_IFDIR, 0, 0, 0)
             out.nlink, out.size = 2, 0
             return out
-        out = super().getattr(node)
+        out = super().getattr(node, caller)
         out.dev = self.linux_dev(out.dev)
         return out
 
     def statfs(self, node: Node) -> bytes:
         return host_statfs(node.fd)
 
-    def chmod(self, node: Node, mode: int) -> None:
-        self._caller_passes()
+    def chmod(self, node: Node, mode: int, caller) -> None:
+        # The door: checked by the VFS first (kernel/vfs/ops.py).
         self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chmod on drvfs needs the metadata mount option")
@@ -318,29 +310,27 @@ class DrvFs(MetaTree):
         if st.S_ISLNK(s.st_mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         with _refused_as_eperm(s):
-            super().chmod(node, mode)
+            super().chmod(node, mode, caller)
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
-        self._caller_passes()
+    def chown(self, node: Node, uid: int, gid: int, caller) -> None:
         self._not_blank(node, errno.EPERM)
         if not self.opts.metadata:
             raise OSError(errno.EPERM, "chown on drvfs needs the metadata mount option")
         with _refused_as_eperm(self.fresh_stat(node)):
-            super().chown(node, uid, gid)
+            super().chown(node, uid, gid, caller)
 
     def utimens(self, node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
-        self._caller_passes()
         self._not_blank(node, errno.EPERM)
         super().utimens(node, atime, mtime)
 
     # -- opening and directory entries: the door, never in sealed storage -------------
 
-    def open(self, node: Node, flags: int, creds) -> int:
+    def open(self, node: Node, flags: int, caller) -> int:
         if flags & os.O_PATH:
-            return super().open(node, flags, creds)     # no access to the file (open(2))
-        self._caller_passes(creds)
+            return super().open(node, flags, caller)     # no access to the file (open(2))
+        self._caller_passes(caller.creds)
         self._not_blank(node)
-        return super().open(node, flags, creds)
+        return super().open(node, flags, caller)
 
     def create(self, parent: Node, name: bytes, flags: int, mode: int, creds) -> int:
         self._caller_passes(creds)
@@ -367,24 +357,21 @@ class DrvFs(MetaTree):
         self._not_blank(parent)
         super().symlink(parent, name, target, creds)
 
+    # link, unlink, rmdir, rename: the VFS checks the door (kernel/vfs/ops.py).
     def link(self, node: Node, parent: Node, name: bytes) -> None:
-        self._caller_passes()
         self._not_blank(node)
         self._not_blank(parent)
         super().link(node, parent, name)
 
     def unlink(self, parent: Node, name: bytes) -> None:
-        self._caller_passes()
         self._entry_not_sealed(parent, name)
         super().unlink(parent, name)
 
     def rmdir(self, parent: Node, name: bytes) -> None:
-        self._caller_passes()
         self._entry_not_sealed(parent, name)
         super().rmdir(parent, name)
 
     def rename(self, oldp: Node, old: bytes, newp: Node, new: bytes, flags: int = 0) -> None:
-        self._caller_passes()
         self._entry_not_sealed(oldp, old)
         self._entry_not_sealed(newp, new)      # RENAME_EXCHANGE, or over an empty one
         super().rename(oldp, old, newp, new, flags)
@@ -467,6 +454,7 @@ def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" =
         settings = automount
     if not settings.enabled:
         return []
+    from lxsub.kernel.fs import registry
     made = []
     for host, path, options in (("/", settings.root, settings.options), *settings.mounts):
         try:
@@ -475,8 +463,9 @@ def mount_drvfs(inst: "Instance", automount: "AutomountSettings | dict | None" =
             inst.log.warn(f"drvfs: cannot make mount point {path}: {e.strerror}; not mounted")
             continue
         try:
-            fs = DrvFs(inst, host, options)
-            made.append(inst.mounts.mount(fs, at, _normal(path), _mount_source(host), fs.options))
+            fs = registry.make(inst, "drvfs", host, options)
+            made.append(inst.vfs.mounts.mount(fs, at, _normal(path), _mount_source(host),
+                                              fs.mount_options))
         except OSError as e:
             inst.log.warn(f"drvfs: cannot mount host {host} at {path}: {e.strerror}")
         finally:

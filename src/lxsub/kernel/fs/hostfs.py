@@ -15,7 +15,7 @@ import stat as st
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH
 from lxsub.abi.sysno import SYS_RENAMEAT2
-from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, FileSystem
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 from lxsub.platform import libc
@@ -48,6 +48,19 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def path_below(host: str, base: str) -> str:
+    """`host` (a descriptor's host path, maybe " (deleted)") relative to the
+    host directory `base` as "/..." ("/" for base itself or outside it)."""
+    if host.endswith(" (deleted)"):
+        host = host[: -len(" (deleted)")]
+    if host == base:
+        return "/"
+    prefix = base.rstrip("/") + "/"
+    if not host.startswith(prefix):
+        return "/"
+    return "/" + host[len(prefix):]
+
+
 class HostTree(FileSystem):
     """The walk and I/O over a host directory. Subclasses that the instance
     finds by host path prefix are HostFs; the others (DrvFs, TmpFs) say
@@ -64,21 +77,32 @@ class HostTree(FileSystem):
             fd = os.open(self.host_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         return Node(mount, fd, os.fstat(fd))
 
-    def lookup(self, parent: Node, name: bytes) -> Node:
+    def lookup(self, parent: Node, name: bytes, caller) -> Node:
         fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=parent.fd)
         return Node(parent.mount, fd, os.fstat(fd))
 
-    def parent_of(self, node: Node) -> Node:
+    def parent_of(self, node: Node, caller) -> Node:
         fd = os.open(b"..", os.O_PATH | os.O_CLOEXEC, dir_fd=node.fd)
         return Node(node.mount, fd, os.fstat(fd))
 
-    def readlink(self, node: Node) -> bytes:
+    def readlink(self, node: Node, caller) -> bytes:
         if not node.is_symlink():
             raise OSError(errno.EINVAL, "not a symlink")
         return os.readlink(b"", dir_fd=node.fd)
 
     def host_path(self, node: Node) -> str | None:
         return os.readlink(fd_path(node.fd))
+
+    def path_in_mount(self, node: Node) -> str:
+        """The node's host path below its mount's root directory (as the host
+        names both now: the tree may have moved on the host)."""
+        m = node.mount
+        try:
+            host = os.readlink(fd_path(node.fd))
+            base = os.readlink(fd_path(m.root_node.fd)) if m.root_node is not None else self.host_root
+        except OSError:
+            return "/"
+        return path_below(host, base)
 
     def fresh_stat(self, node: Node) -> os.stat_result:
         if node.fresh:
@@ -88,7 +112,7 @@ class HostTree(FileSystem):
         node.host_st = s
         return s
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller) -> LinuxStat:
         s = self.fresh_stat(node)
         return LinuxStat.from_host(s, s.st_mode, 0, 0, 0)
 
@@ -97,7 +121,7 @@ class HostTree(FileSystem):
 
     # -- opening --------------------------------------------------------------
 
-    def open(self, node: Node, flags: int, creds) -> int:
+    def open(self, node: Node, flags: int, caller) -> int:
         if flags & os.O_PATH:
             return os.dup(node.fd)
         return os.open(fd_path(node.fd), (flags & _HOST_OPEN_FLAGS) | os.O_CLOEXEC)
@@ -181,3 +205,17 @@ class HostTree(FileSystem):
 
 class HostFs(HostTree):
     """A host tree the instance recognises by its host path (VolFs, devpts)."""
+    host_claim = CLAIM_BY_ROOT
+
+    def for_bind(self, root: Node) -> "HostFs":
+        # The Vfs finds HostFs files by host path: a bind mount of one is
+        # the same tree from another host directory.
+        import copy
+        fs = copy.copy(self)
+        fs.host_root = os.readlink(fd_path(root.fd))
+        return fs
+
+    def path_in_mount(self, node: Node) -> str:
+        # host_root is the mount's root (a bind mount copies the file system
+        # with its own, kernel/syscalls/mount.py): no second readlink.
+        return path_below(self.host_path(node) or "", self.host_root)

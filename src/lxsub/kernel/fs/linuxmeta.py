@@ -149,8 +149,10 @@ def shown_size(meta: LxMeta, s: os.stat_result) -> int:
     return 0 if st.S_ISCHR(meta.mode) or st.S_ISBLK(meta.mode) else s.st_size
 
 
-def root_owned(f: "HostFile") -> LxMeta:
-    """A file with no record, as a host tool left it: root's, the host's mode."""
+def root_owned(f: "HostFile", creds: "CredsLike | None" = None) -> LxMeta:
+    """A file with no record, as a host tool left it: root's, the host's mode
+    (whoever asks: `creds` is the asker, for file systems whose view of a
+    file without a record depends on it, DrvFs)."""
     mode = f.st.st_mode if not st.S_ISLNK(f.st.st_mode) else st.S_IFLNK | 0o777
     return LxMeta(mode, 0, 0, 0)
 
@@ -422,34 +424,35 @@ class LinuxMeta:
     TmpFs: lxattr.host_mode_for, so the provider can always open the file).
     host_chmod_strict: whether a host chmod that fails fails the chmod (not
     on DrvFs, where the file may be another host user's).
-    unknown: the view of a file with no record.
+    unknown: the view of a file with no record, for the credentials asking
+    (DrvFs shows the host user's files as the asker's own).
     """
 
     def __init__(self, store: MetaStore,
                  host_mode: Callable[[int], int] = lxattr.host_mode_for,
                  host_chmod_strict: bool = True,
-                 unknown: Callable[[HostFile], LxMeta] = root_owned) -> None:
+                 unknown: Callable[[HostFile, "CredsLike | None"], LxMeta] = root_owned) -> None:
         self.store = store
         self.host_mode = host_mode
         self.host_chmod_strict = host_chmod_strict
         self.unknown = unknown
 
-    def get(self, f: HostFile) -> LxMeta:
+    def get(self, f: HostFile, creds: "CredsLike | None" = None) -> LxMeta:
         found = self.store.load(f)
-        return found if found is not None else self.unknown(f)
+        return found if found is not None else self.unknown(f, creds)
 
     def new(self, parent: HostFile | None, mode: int, rdev: int, creds: CredsLike) -> LxMeta:
         """The view of a file about to be made in `parent`."""
-        return new_meta(self.get(parent) if parent is not None else None, mode, rdev, creds)
+        return new_meta(self.get(parent, creds) if parent is not None else None, mode, rdev, creds)
 
     def keeps(self, mode: int) -> bool:
         return self.store.keeps(mode)
 
-    def chmod(self, f: HostFile, mode: int) -> LxMeta:
+    def chmod(self, f: HostFile, mode: int, creds: "CredsLike | None" = None) -> LxMeta:
         """Set the permission bits (`mode`, already checked by chmod_mode):
         the record, and the host file's bits as host_mode says (for a type
         the store does not keep, the host bits are all there is)."""
-        old = self.get(f)
+        old = self.get(f, creds)
         if st.S_ISLNK(old.mode):
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(old.mode) | (mode & 0o7777), old.uid, old.gid, old.rdev)
@@ -462,11 +465,11 @@ class LinuxMeta:
             self.store.save(f.restat(), new)    # as the host file is now (MemoryStore compares)
         return new
 
-    def chown(self, f: HostFile, uid: int, gid: int) -> LxMeta:
+    def chown(self, f: HostFile, uid: int, gid: int, creds: "CredsLike | None" = None) -> LxMeta:
         """New owner and/or group (-1: unchanged), set-id bits cleared as
         chown(2) clears them, in one record write. Nothing is kept for a
         type the store does not keep (the caller refuses it if it must)."""
-        old = self.get(f)
+        old = self.get(f, creds)
         if uid < 0 and gid < 0:
             return old
         new = LxMeta(chown_mode(old.mode), old.uid if uid < 0 else uid,

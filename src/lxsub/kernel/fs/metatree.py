@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+from typing import TYPE_CHECKING
 
 from lxsub.abi.fcntl import RENAME_EXCHANGE
 from lxsub.kernel.fs.hostfs import HostTree
@@ -19,6 +20,9 @@ from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, shown_size
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
+
+if TYPE_CHECKING:
+    from lxsub.kernel.vfs.caller import Caller
 
 
 class MetaTree(HostTree):
@@ -33,18 +37,18 @@ class MetaTree(HostTree):
     def meta(self, node: Node, s: os.stat_result | None = None) -> LxMeta:
         return self.linux.get(self.host_file(node, s))
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller: "Caller") -> LinuxStat:
         s = self.fresh_stat(node)
-        m = self.linux.get(HostFile(node.fd, b"", s))       # every stat: kept short
+        m = self.linux.get(HostFile(node.fd, b"", s), caller.creds)       # every stat: kept short
         out = LinuxStat.from_host(s, m.mode, m.uid, m.gid, m.rdev)
         out.size = shown_size(m, s)
         return out
 
-    def chmod(self, node: Node, mode: int) -> None:
-        self.linux.chmod(self.host_file(node, self.fresh_stat(node)), mode)
+    def chmod(self, node: Node, mode: int, caller: "Caller") -> None:
+        self.linux.chmod(self.host_file(node, self.fresh_stat(node)), mode, caller.creds)
 
-    def chown(self, node: Node, uid: int, gid: int) -> None:
-        self.linux.chown(self.host_file(node, self.fresh_stat(node)), uid, gid)
+    def chown(self, node: Node, uid: int, gid: int, caller: "Caller") -> None:
+        self.linux.chown(self.host_file(node, self.fresh_stat(node)), uid, gid, caller.creds)
 
     # -- new files: born with the view of their directory --------------------------
 

@@ -6,6 +6,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.creds import Creds
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.path import Walker
 
 if TYPE_CHECKING:
@@ -13,54 +14,45 @@ if TYPE_CHECKING:
     from lxsub.kernel.vfs.node import Node
 
 
+# (where, file system type in kernel/fs/registry.py, source shown in /proc/mounts)
+DEFAULT_MOUNTS = (
+    ("/proc", "proc", "proc"),
+    ("/dev", "devtmpfs", "udev"),
+    ("/dev/pts", "devpts", "devpts"),
+    ("/sys", "sysfs", "sysfs"),
+    ("/sys/fs/cgroup", "cgroup2", "cgroup2"),
+)
+
+
 def mount_defaults(inst: "Instance", automount=None, tmp: bool = False) -> None:
     """`automount`: the [automount] settings of /etc/lx.conf for DrvFs
     (see drvfs.AutomountSettings; None: the defaults); `tmp`: /tmp as tmpfs."""
-    for path, make, source in _defaults():
-        _mount_if_dir(inst, path, make(inst), source)
+    from lxsub.kernel.fs import registry
+    for path, fstype, source in DEFAULT_MOUNTS:
+        at = resolve_dir(inst, path)
+        if at is None:
+            continue
+        try:
+            fs = registry.make(inst, fstype, source)
+            inst.vfs.mounts.mount(fs, at, path, source, fs.mount_options)
+        finally:
+            at.release()
     from lxsub.kernel.fs.drvfs import mount_drvfs
     from lxsub.kernel.fs.tmpfs import mount_default_tmpfs
     mount_default_tmpfs(inst, tmp)
     mount_drvfs(inst, automount)
 
 
-def _defaults():
-    from lxsub.kernel.fs.devfs import DevFs, DevPts
-    from lxsub.kernel.fs.procfs import ProcFs
-    from lxsub.kernel.fs.sysfs import SysFs
-    from lxsub.kernel.fs.cgroupfs import CgroupFs
-    return [
-        ("/proc", ProcFs, "proc"),
-        ("/dev", DevFs, "udev"),
-        ("/dev/pts", DevPts, "devpts"),
-        ("/sys", SysFs, "sysfs"),
-        ("/sys/fs/cgroup", CgroupFs, "cgroup2"),
-    ]
-
-
-def _mount_if_dir(inst: "Instance", path: str, fs, source: str) -> None:
-    at = resolve_dir(inst, path)
-    if at is None:
-        return
-    try:
-        inst.mounts.mount(fs, at, path, source, getattr(fs, "mount_options", None) or "rw")
-    finally:
-        at.release()
-
-
 def resolve_dir(inst: "Instance", path: str):
     """The directory at instance path `path` (walked as root), or None with a
     warning if it is missing; the caller owns the Node."""
-    root = inst.mounts.root_mount.root()
     try:
-        at = Walker(inst.mounts, root, Creds()).resolve(root, path.encode())
+        at = inst.vfs.resolve(path.encode(), Caller(Creds()))
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             inst.log.warn(f"{path} missing in the rootfs: not mounted")
             return None
         raise
-    finally:
-        root.release()
     if not at.is_dir():
         at.release()
         inst.log.warn(f"{path} is not a directory: not mounted")
@@ -75,8 +67,8 @@ def make_dirs(inst: "Instance", path: str) -> "Node":
     if ".." in parts or not path.startswith("/"):
         raise OSError(errno.EINVAL, f"{path}: not an absolute path without '..'")
     creds = Creds()
-    root = inst.mounts.root_mount.root()
-    walker = Walker(inst.mounts, root, creds)
+    root = inst.vfs.mounts.root_mount.root()
+    walker = Walker(inst.vfs.mounts, root, Caller(creds))
     cur = root.dup()
     try:
         for name in (p.encode() for p in parts):

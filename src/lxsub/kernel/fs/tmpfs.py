@@ -47,6 +47,7 @@ from lxsub.kernel.fs.hostfs import fd_path
 from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, MemoryStore
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.metatree import MetaTree
+from lxsub.kernel.vfs.filesystem import CLAIM_OWN
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
@@ -155,6 +156,11 @@ def host_tmpfs(options: dict[str, str]) -> int:
 class TmpFs(MetaTree):
     fstype = "tmpfs"
     magic = TMPFS_MAGIC
+    host_claim = CLAIM_OWN
+
+    @property
+    def mount_options(self) -> str:
+        return self.options
 
     def __init__(self, inst: "Instance", options: str = "") -> None:
         host_opts, view = parse_options(options)
@@ -198,8 +204,6 @@ class TmpFs(MetaTree):
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
         return Node(mount, fd, s) if self.owns(s, host) else None
 
-    def vpath(self, node: Node) -> str:
-        return vpath_in_mount(self, node)
 
     def statfs(self, node: Node):
         return os.statvfs(fd_path(node.fd))
@@ -221,25 +225,6 @@ def _render_options(dirfd: int, host: dict[str, str], view: dict[str, str]) -> s
     return ",".join(parts)
 
 
-def vpath_in_mount(fs, node: Node) -> str:
-    """A host-tree node's path in the instance: its mount's path plus the
-    node's host path below the mount's root."""
-    m = node.mount
-    try:
-        host = os.readlink(fd_path(node.fd))
-        base = os.readlink(fd_path(m.root_node.fd)) if m.root_node is not None else fs.host_root
-    except OSError:
-        return m.path or "/"
-    if host.endswith(" (deleted)"):
-        host = host[: -len(" (deleted)")]
-    if host == base:
-        return m.path or "/"
-    prefix = base.rstrip("/") + "/"
-    if not host.startswith(prefix):
-        return m.path or "/"
-    return m.path.rstrip("/") + "/" + host[len(prefix):]
-
-
 def mount_tmpfs(inst: "Instance", path: str, options: str = "", source: str = "tmpfs",
                 fs: TmpFs | None = None):
     """Mount a new TmpFs at an existing directory `path` of the instance."""
@@ -248,8 +233,10 @@ def mount_tmpfs(inst: "Instance", path: str, options: str = "", source: str = "t
     if at is None:
         return None
     try:
-        fs = fs or TmpFs(inst, options)
-        return inst.mounts.mount(fs, at, path, source, fs.options)
+        if fs is None:
+            from lxsub.kernel.fs import registry
+            fs = registry.make(inst, "tmpfs", source, options)
+        return inst.vfs.mounts.mount(fs, at, path, source, fs.mount_options)
     finally:
         at.release()
 
@@ -266,6 +253,7 @@ TMP_OPTIONS = "size=50%,mode=1777"
 def mount_default_tmpfs(inst: "Instance", tmp: bool = False) -> None:
     """/dev/shm and /run; /tmp too when asked (the lead wires that to lx.conf)."""
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     todo = list(DEFAULT_TMPFS)
     if tmp:
         todo.append(("/tmp", TMP_OPTIONS, ()))
@@ -277,9 +265,10 @@ def mount_default_tmpfs(inst: "Instance", tmp: bool = False) -> None:
         try:
             for name, mode in subdirs:
                 m.fs.mkdir(root, name.encode(), mode, Creds())
-                sub = m.fs.lookup(root, name.encode())
+                own = Caller(Creds())            # the provider's own work
+                sub = m.fs.lookup(root, name.encode(), own)
                 try:
-                    m.fs.chmod(sub, mode)      # mkdir had no umask, but be exact
+                    m.fs.chmod(sub, mode, own)      # mkdir had no umask, but be exact
                 finally:
                     sub.release()
         finally:

@@ -23,7 +23,7 @@ _VALID_OPEN_FLAGS = 0o37777777
 def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int):
     if flags & O_PATH and c.regs is not None:
         return _open_path_in_caller(c, dirfd, path, flags)
-    fd = open_at(c.inst, c.task, dirfd, path, flags, mode)
+    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode)
     if isinstance(fd, int):
         return NewFd(fd, bool(flags & O_CLOEXEC))
     return _wrap_blocking(fd, flags)
@@ -35,7 +35,7 @@ def _open_path_in_caller(c: Call, dirfd: int, path: bytes, flags: int) -> Native
     the caller opens the provider's descriptor through its /proc magic link.
     A sibling thread could rewrite that path meanwhile; the result is checked
     to be the file we resolved, and a caller that swapped it is killed."""
-    fd = open_at(c.inst, c.task, dirfd, path, flags, 0)
+    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, 0)
     st = os.fstat(fd)
     regs = c.regs
     magic = f"/proc/{os.getpid()}/fd/{fd}".encode() + b"\0"

@@ -84,7 +84,7 @@ def _file_ioctl(c: Call, cmd: int):
     except BaseException:
         os.close(local)
         raise
-    node = c.inst.node_for_host_fd(local, s) or Node(c.inst.anon_mount, local, s)
+    node = c.inst.vfs.node_for_host_fd(local, s) or Node(c.inst.vfs.anon_mount, local, s)
     try:
         return node.fs.ioctl(node, c, cmd)
     finally:

@@ -1,9 +1,9 @@
 """mount(2) and umount2(2) inside the instance: its own mount table only.
 
 Root inside (CAP_SYS_ADMIN in the instance's credentials) may mount the
-file systems lxsub has: `tmpfs` (a new private host tmpfs, see
-kernel/fs/tmpfs.py), `proc`, `sysfs` (when the SysFs plugin is present), `cgroup2`,
-`devpts`, and bind mounts of instance files and directories. Nothing
+file systems lxsub has that kernel/fs/registry.py lets it make: `tmpfs`
+(a new private host tmpfs, see kernel/fs/tmpfs.py), `proc`, `sysfs`,
+`cgroup2`, `devpts`, and bind mounts of instance files and directories. Nothing
 reaches the host's mount table. Propagation changes (`--make-private`...)
 are accepted on mount points and change nothing: the instance has one
 mount namespace, so there is no peer to propagate to.
@@ -17,14 +17,13 @@ cwd or root in it, unless MNT_DETACH; open files do not keep it busy.
 
 from __future__ import annotations
 
-import copy
 import errno
 import os
 
 from lxsub.abi.fcntl import AT_FDCWD
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
-from lxsub.kernel.fs.hostfs import HostFs
+from lxsub.kernel.fs import registry
 from lxsub.kernel.vfs import lookup
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -68,9 +67,9 @@ def sys_mount(c: Call) -> int:
     inst, task = c.inst, c.task
     target = c.path(1)
     if flags & _PROPAGATION:
-        node = lookup.resolve_at(inst, task, AT_FDCWD, target)
+        node = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
         try:
-            if inst.mounts.mount_of_root(node) is None:
+            if inst.vfs.mounts.mount_of_root(node) is None:
                 raise _e(errno.EINVAL, "not a mount point")
         finally:
             node.release()
@@ -85,41 +84,16 @@ def sys_mount(c: Call) -> int:
     source = _string(c, 0, 4096).decode(errors="replace") or "none"
     if flags & ~_ACCEPTED:
         raise _e(errno.EINVAL, "unknown mount flags")
-    at = lookup.resolve_at(inst, task, AT_FDCWD, target)
+    at = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
     try:
         if not at.is_dir():
             raise _e(errno.ENOTDIR)
-        fs, options = _new_fs(inst, fstype, data)
-        options = _with_flags(options, flags)
-        inst.mounts.mount(fs, at, inst.vpath_of(at), source, options)
+        fs = registry.make(inst, fstype, source, data, by_user=True)
+        options = _with_flags(fs.mount_options, flags)
+        inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), source, options)
     finally:
         at.release()
     return 0
-
-
-def _new_fs(inst, fstype: str, data: str):
-    if fstype == "tmpfs":
-        from lxsub.kernel.fs.tmpfs import TmpFs
-        fs = TmpFs(inst, data)
-        return fs, fs.options
-    if fstype == "proc":
-        from lxsub.kernel.fs.procfs import ProcFs
-        fs = ProcFs(inst)
-    elif fstype == "sysfs":
-        try:
-            from lxsub.kernel.fs.sysfs import SysFs
-        except ImportError:
-            raise _e(errno.ENODEV, "no sysfs") from None
-        fs = SysFs(inst)
-    elif fstype == "cgroup2":
-        from lxsub.kernel.fs.cgroupfs import CgroupFs
-        fs = CgroupFs(inst)
-    elif fstype == "devpts":
-        from lxsub.kernel.fs.devfs import DevPts
-        fs = DevPts(inst)
-    else:
-        raise _e(errno.ENODEV, f"unknown file system type {fstype!r}")
-    return fs, getattr(fs, "mount_options", None) or "rw"
 
 
 def _with_flags(options: str, flags: int) -> str:
@@ -132,25 +106,20 @@ def _with_flags(options: str, flags: int) -> str:
 
 def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
     inst, task = c.inst, c.task
-    src = lookup.resolve_at(inst, task, AT_FDCWD, source)
+    src = lookup.resolve_at(inst.vfs, task, AT_FDCWD, source)
     try:
-        at = lookup.resolve_at(inst, task, AT_FDCWD, target)
+        at = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
         try:
             if src.is_dir() != at.is_dir():
                 raise _e(errno.ENOTDIR if src.is_dir() else errno.EISDIR)
-            src_path = inst.vpath_of(src)
+            src_path = inst.vfs.vpath_of(src)
             m = src.mount
             base = m.path.rstrip("/")
             inside = src_path[len(base):] if src_path.startswith(base) else "/"
             root_path = (m.root_path.rstrip("/") + "/" + inside.lstrip("/")).rstrip("/") or "/"
             options = _with_flags(m.options, flags & _ACCEPTED)
-            fs = m.fs
-            if isinstance(fs, HostFs):
-                # The instance finds HostFs files by host path: a bind mount
-                # of one is the same tree from another host directory.
-                fs = copy.copy(fs)
-                fs.host_root = os.readlink(f"/proc/self/fd/{src.fd}")
-            inst.mounts.mount(fs, at, inst.vpath_of(at), m.source, options,
+            fs = m.fs.for_bind(src)
+            inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), m.source, options,
                               root=src, root_path=root_path)
         finally:
             at.release()
@@ -166,28 +135,28 @@ def sys_umount2(c: Call) -> int:
         raise _e(errno.EINVAL)
     inst, task = c.inst, c.task
     # ksys_umount looks the path up before may_mount() (EFAULT before EPERM).
-    node = lookup.resolve_at(inst, task, AT_FDCWD, c.path(0),
+    node = lookup.resolve_at(inst.vfs, task, AT_FDCWD, c.path(0),
                              follow_default=not flags & UMOUNT_NOFOLLOW)
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
         node.release()
         raise _e(errno.EPERM)
     try:
-        m = inst.mounts.mount_of_root(node)
+        m = inst.vfs.mounts.mount_of_root(node)
     finally:
         node.release()
     if m is None:
         raise _e(errno.EINVAL, "not a mount point")
-    if m is inst.mounts.root_mount:
+    if m is inst.vfs.mounts.root_mount:
         raise _e(errno.EBUSY)
     if flags & MNT_EXPIRE:
         raise _e(errno.EAGAIN)     # never marked expired before: Linux's first answer
-    below = inst.mounts.descendants(m)
+    below = inst.vfs.mounts.descendants(m)
     if not flags & MNT_DETACH:
         if below or _in_use(inst, m):
             raise _e(errno.EBUSY)
     for child in below:
-        inst.mounts.umount(child)
-    inst.mounts.umount(m)
+        inst.vfs.mounts.umount(child)
+    inst.vfs.mounts.umount(m)
     return 0
 
 
@@ -204,8 +173,7 @@ def sys_sysfs(c: Call) -> int:
     """sysfs(2), Linux fs/filesystems.c: option 1 maps a type name to its
     index, 2 copies the name of an index to a buffer, 3 counts the types;
     the types and their order are /proc/filesystems'. Anything else EINVAL."""
-    from lxsub.kernel.fs.procfs import filesystem_types
-    names = [name for name, _nodev in filesystem_types()]
+    names = [t.name for t in registry.FS_TYPES]
     option = c.int(0)
     if option == 1:
         name = c.read_str(c.ptr(1)).decode(errors="surrogateescape")

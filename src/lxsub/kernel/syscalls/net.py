@@ -16,23 +16,26 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl as fcntl_mod
 import os
+import signal
 import stat as st
 import struct
 
 from lxsub.abi.fcntl import AT_FDCWD, O_CLOEXEC
-from lxsub.abi.limits import OVERFLOW_ID
+from lxsub.abi.limits import OVERFLOW_ID, UIO_MAXIOV
+from lxsub.abi.socket import (AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, NETLINK_AUDIT, SCM_CREDENTIALS,
+                              SCM_MAX_FD, SCM_RIGHTS, SO_PASSPIDFD, SO_PEERCRED, SO_PEERGROUPS,
+                              SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
+from lxsub.abi.sysno import SYS_TGKILL
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
+from lxsub.kernel.creds import CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
 from lxsub.platform import libc, unixns
 
-AF_UNIX = 1
-AF_NETLINK = 16
-NETLINK_AUDIT = 9
 _SUN_PATH = 108
 SOCK_CLOEXEC = O_CLOEXEC
-SOL_SOCKET, SO_PEERCRED, SO_PEERGROUPS, SO_PASSPIDFD, SO_PEERPIDFD = 1, 17, 59, 76, 77
 PEER_OPTIONS = (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD)
 _RECORDS_MAX = 4096
 _c = libc._libc
@@ -108,7 +111,7 @@ def sys_bind(c: Call) -> int:
 
 
 def _bind_unix(c: Call, local: int, path: bytes) -> int:
-    parent, name = lookup.resolve_parent_at(c.inst, c.task, AT_FDCWD, path)
+    parent, name = lookup.resolve_parent_at(c.inst.vfs, c.task, AT_FDCWD, path)
     try:
         check_may_create(c.task, parent)
         host = _unix_addr(f"/proc/self/fd/{parent.fd}/".encode() + name)
@@ -118,14 +121,62 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
             raise OSError(errno.EADDRINUSE if e.errno == errno.EEXIST else e.errno, e.strerror)
         mode = st.S_IFSOCK | (0o777 & ~c.task.fs.umask)
         parent.fs.after_create_name(parent, name, mode, 0, c.task.creds)
+        made = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        _remember(c.inst.unix.bound, (made.st_dev, made.st_ino), path)
         return 0
     finally:
         parent.release()
 
 
+def _remember(records: dict, key: int, value) -> None:
+    if len(records) >= _RECORDS_MAX:
+        del records[next(iter(records))]
+    records[key] = value
+
+
+def _sockname(c: Call, peer: bool) -> int:
+    """getsockname(2)/getpeername(2): a Unix socket bound in the instance
+    shows the path its program gave to bind (unix(7)), not the host's
+    /proc/self/fd name the provider bound it with; found by the socket
+    file it is bound to (sock_diag), which an accepted socket shares with
+    its listener. Other addresses are the host's, unchanged."""
+    addr_at, len_at = c.ptr(1), c.ptr(2)
+    room = struct.unpack("<i", c.read(len_at, 4))[0]
+    if room < 0:
+        raise OSError(errno.EINVAL, "bad address length")
+    local = lookup.copy_fd(c.task, c.int(0))
+    try:
+        buf = ctypes.create_string_buffer(128)
+        length = ctypes.c_uint(128)
+        _sys(_c.getpeername if peer else _c.getsockname, local, buf, ctypes.byref(length))
+        addr = buf.raw[:length.value]
+        if _unix_path(addr) is not None and c.inst.unix.available:
+            ns = c.inst.unix
+            ino = os.fstat(local).st_ino
+            if peer:
+                ino = ns.peer_inode(ino)
+            file = ns.bound_file(ino) if ino else None
+            path = ns.bound.get(file) if file else None
+            if path is not None:
+                addr = struct.pack("<H", AF_UNIX) + path + b"\0"
+    finally:
+        os.close(local)
+    c.write(addr_at, addr[:room])
+    c.write(len_at, struct.pack("<i", len(addr)))
+    return 0
+
+
+def sys_getsockname(c: Call) -> int:
+    return _sockname(c, peer=False)
+
+
+def sys_getpeername(c: Call) -> int:
+    return _sockname(c, peer=True)
+
+
 def _resolve_socket_file(c: Call, path: bytes):
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, path)
-    a = node.fs.getattr(node)
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, path)
+    a = node.fs.getattr(node, c.task)
     if not st.S_ISSOCK(a.mode):
         node.release()
         raise OSError(errno.ECONNREFUSED, "not a socket")
@@ -186,14 +237,281 @@ def sys_sendto(c: Call):
         if node is not None:
             node.release()
         raise
+    task = c.task
 
     def work() -> int:
         try:
-            return _sys(_c.sendto, local, data, len(data), flags, addr, len(addr))
+            return _sent(task, flags, _c.sendto(local, data, len(data), flags | MSG_NOSIGNAL,
+                                                addr, len(addr)))
         finally:
             os.close(local)
             if node is not None:
                 node.release()
+    return Blocking(work)
+
+
+# -- sendmsg, sendmmsg: done by the provider --------------------------------------
+#
+# A message's destination (msg_name) and descriptors (SCM_RIGHTS) are in the
+# caller's memory, where the filter cannot read them and where another
+# thread may change them after the provider looked: letting the host run
+# the call after a check would let the host kernel resolve a host socket
+# path. So the provider sends every message itself, from its copies of the
+# socket, the data and the descriptors, with Unix socket paths resolved in
+# the instance as for connect.
+
+_MSGHDR = struct.Struct("<QI4xQQQQi4x")      # struct msghdr (x86_64)
+_MMSGHDR_SIZE = _MSGHDR.size + 8             # + unsigned msg_len, padding
+_IOVEC = struct.Struct("<QQ")
+_CMSGHDR = struct.Struct("<Qii")
+_SOCKADDR_STORAGE = 128
+_OPTMEM_MAX = 131072                         # /proc/sys/net/core/optmem_max
+_SEND_MAX = 1 << 20                          # one call's data, as sendto's
+
+
+class _Message:
+    """One message read from the caller, ready for the host's sendmsg."""
+
+    def __init__(self) -> None:
+        self.name = b""
+        self.data = b""
+        self.control = b""
+        self.fds: list[int] = []        # provider copies of SCM_RIGHTS descriptors
+        self.node = None                # the instance's socket file named, held
+
+    def release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        if self.node is not None:
+            self.node.release()
+            self.node = None
+
+
+def _read_message(c: Call, at: int, local: int, stream: bool) -> _Message:
+    """struct msghdr at `at`, read as ___sys_sendmsg copies it
+    (net/socket.c): name clamped to sockaddr_storage, at most UIO_MAXIOV
+    iovecs, control data up to optmem_max."""
+    name_at, namelen, iov_at, iovlen, ctl_at, ctllen, _ = _MSGHDR.unpack(c.read(at, _MSGHDR.size))
+    if iovlen > UIO_MAXIOV:
+        raise OSError(errno.EMSGSIZE, "too many iovecs")
+    if ctllen > _OPTMEM_MAX:
+        raise OSError(errno.ENOBUFS, "control data too long")
+    msg = _Message()
+    try:
+        if name_at and namelen:
+            msg.name = _destination(c, local, c.read(name_at, min(namelen, _SOCKADDR_STORAGE)), msg)
+        msg.data = _read_iov(c, iov_at, iovlen, stream)
+        if ctllen:
+            msg.control = _translate_control(c, c.read(ctl_at, ctllen), msg)
+    except BaseException:
+        msg.release()
+        raise
+    return msg
+
+
+def _destination(c: Call, local: int, addr: bytes, msg: _Message) -> bytes:
+    """The host's form of a destination address: a Unix socket path is the
+    instance's file (held in `msg`), an abstract name the instance's."""
+    path = _unix_path(addr)
+    if path is None:
+        _check_namespace(c, local, addr, errno.ECONNREFUSED)
+        return addr
+    msg.node = _resolve_socket_file(c, path)
+    return _unix_addr(f"/proc/self/fd/{msg.node.fd}".encode())
+
+
+def _read_iov(c: Call, at: int, count: int, stream: bool) -> bytes:
+    vecs = [_IOVEC.unpack_from(c.read(at, _IOVEC.size * count), i * _IOVEC.size)
+            for i in range(count)] if count else []
+    total = 0
+    for _, length in vecs:
+        if length >> 63:
+            raise OSError(errno.EINVAL, "bad iovec length")
+        total += length
+    if total > _SEND_MAX and not stream:
+        # A datagram goes whole or not at all; none this large fits a socket buffer.
+        raise OSError(errno.EMSGSIZE, "message too long")
+    parts, left = [], _SEND_MAX          # a stream takes a short write, as send(2) may
+    for base, length in vecs:
+        n = min(length, left)
+        if n:
+            parts.append(c.read(base, n))
+            left -= n
+    return b"".join(parts)
+
+
+def _translate_control(c: Call, raw: bytes, msg: _Message) -> bytes:
+    """Control messages for the host: SCM_RIGHTS with the provider's copies
+    of the caller's descriptors, SCM_CREDENTIALS checked in the instance's
+    ids and sent as the provider's (the host kernel checks them against
+    its sender). Others go as they are. Walked as __scm_send does."""
+    out, off = [], 0
+    while off + _CMSGHDR.size <= len(raw):
+        length, level, kind = _CMSGHDR.unpack_from(raw, off)
+        if length < _CMSGHDR.size or off + length > len(raw):
+            raise OSError(errno.EINVAL, "bad control message length")
+        body = raw[off + _CMSGHDR.size:off + length]
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            body = _copy_rights(c, body, msg)
+        elif level == SOL_SOCKET and kind == SCM_CREDENTIALS:
+            body = _check_credentials(c, body)
+        cmsg = _CMSGHDR.pack(_CMSGHDR.size + len(body), level, kind) + body
+        out.append(cmsg + b"\0" * (-len(cmsg) % 8))
+        off += (length + 7) & ~7
+    return b"".join(out)
+
+
+def _copy_rights(c: Call, body: bytes, msg: _Message) -> bytes:
+    count = len(body) // 4
+    if not count or count > SCM_MAX_FD:
+        raise OSError(errno.EINVAL, "bad SCM_RIGHTS count")
+    for fd in struct.unpack(f"<{count}i", body[:count * 4]):
+        msg.fds.append(lookup.copy_fd(c.task, fd))
+    return struct.pack(f"<{count}i", *msg.fds[-count:])
+
+
+def _check_credentials(c: Call, body: bytes) -> bytes:
+    """unix(7) SCM_CREDENTIALS, net/core/scm.c scm_check_creds with the
+    instance's view: the pid is the sender's own (virtual) unless it has
+    CAP_SYS_ADMIN, and must exist (ESRCH); the uid its real, effective or
+    saved one unless CAP_SETUID; the gid likewise with CAP_SETGID."""
+    if len(body) != 12:
+        raise OSError(errno.EINVAL, "bad SCM_CREDENTIALS length")
+    pid, uid, gid = struct.unpack("<iII", body)
+    cr = c.task.creds
+    if uid == 0xFFFFFFFF or gid == 0xFFFFFFFF:
+        raise OSError(errno.EINVAL, "invalid id")
+    if not ((pid == c.task.process.pid or cr.capable(CAP_SYS_ADMIN))
+            and (uid in (cr.ruid, cr.euid, cr.suid) or cr.capable(CAP_SETUID))
+            and (gid in (cr.rgid, cr.egid, cr.sgid) or cr.capable(CAP_SETGID))):
+        raise OSError(errno.EPERM, "not the sender's credentials")
+    if pid not in c.inst.pids.processes_by_vid:
+        raise OSError(errno.ESRCH, "no such process")
+    return struct.pack("<iII", os.getpid(), os.getuid(), os.getgid())
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("namelen", ctypes.c_uint),
+                ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_char_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+
+
+def _host_sendmsg(task, sock: int, msg: _Message, flags: int) -> int:
+    iov = _IoVec(msg.data, len(msg.data))
+    hdr = _MsgHdr(msg.name or None, len(msg.name), ctypes.cast(ctypes.byref(iov), ctypes.c_void_p),
+                  1, msg.control or None, len(msg.control), 0)
+    return _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
+
+
+def _sent(task, flags: int, r: int) -> int:
+    """A send's result for the caller: on a stream its peer has shut, the
+    kernel sends SIGPIPE to the sending thread unless MSG_NOSIGNAL
+    (send(2)); the sender was the provider, so the caller gets it here."""
+    if r >= 0:
+        return r
+    e = ctypes.get_errno()
+    if e == errno.EPIPE and not flags & MSG_NOSIGNAL:
+        try:
+            libc.syscall(SYS_TGKILL, task.host_pid, task.host_tid, signal.SIGPIPE)
+        except OSError:
+            pass                         # the caller has gone meanwhile
+    raise OSError(e, os.strerror(e))
+
+
+def _is_stream(local: int) -> bool:
+    return struct.unpack("<i", _getsockopt(local, SOL_SOCKET, SO_TYPE, 4))[0] == SOCK_STREAM
+
+
+def sys_sendmsg(c: Call):
+    """sendmsg(2), done by the provider (see above): at once when the
+    socket takes the message without waiting (a hand-off to a worker
+    thread would cost more than the send), else on a worker thread."""
+    local = lookup.copy_fd(c.task, c.int(0))
+    try:
+        msg = _read_message(c, c.ptr(1), local, _is_stream(local))
+    except BaseException:
+        os.close(local)
+        raise
+    flags, task = c.int(2), c.task
+    waits = not (flags & MSG_DONTWAIT or fcntl_mod.fcntl(local, fcntl_mod.F_GETFL) & os.O_NONBLOCK)
+    try:
+        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT)
+    except BlockingIOError:
+        if not waits:
+            msg.release()
+            os.close(local)
+            raise
+        sent = 0
+    except BaseException:
+        msg.release()
+        os.close(local)
+        raise
+    if sent == len(msg.data) or not waits:
+        msg.release()
+        os.close(local)
+        return sent
+    # A stream that took part of it: the rest waits, as a blocking send would.
+    msg.data, msg.control = msg.data[sent:], (msg.control if not sent else b"")
+
+    def work() -> int:
+        try:
+            return sent + _host_sendmsg(task, local, msg, flags)
+        except OSError:
+            if sent:
+                return sent
+            raise
+        finally:
+            msg.release()
+            os.close(local)
+    return Blocking(work)
+
+
+def sys_sendmmsg(c: Call):
+    """sendmmsg(2): the messages in order until one fails; the count sent,
+    or the first one's error (net/socket.c __sys_sendmmsg). All are read
+    and resolved here (the instance's tree is walked on this thread); a
+    message that cannot be read ends the list there, as a failed send."""
+    vlen = min(c.uint(2), UIO_MAXIOV)
+    at, flags, task = c.ptr(1), c.int(3), c.task
+    local = lookup.copy_fd(c.task, c.int(0))
+    msgs: list[_Message] = []
+    failed: OSError | None = None
+    try:
+        stream = _is_stream(local)
+        for i in range(vlen):
+            try:
+                msgs.append(_read_message(c, at + i * _MMSGHDR_SIZE, local, stream))
+            except OSError as e:
+                failed = e
+                break
+    except BaseException:
+        os.close(local)
+        raise
+
+    def work() -> int:
+        sent = 0
+        try:
+            for i, msg in enumerate(msgs):
+                n = _host_sendmsg(task, local, msg, flags)
+                c.write(at + i * _MMSGHDR_SIZE + _MSGHDR.size, struct.pack("<I", n))
+                sent += 1
+            if failed is not None and not sent:
+                raise failed
+            return sent
+        except OSError:
+            if sent:
+                return sent
+            raise
+        finally:
+            for msg in msgs:
+                msg.release()
+            os.close(local)
     return Blocking(work)
 
 
@@ -231,10 +549,7 @@ def made_by(inst, task, sock: int) -> None:
     connect or socketpair, which for these sockets is the provider or its
     helper: remember the pico process they were made for (by the socket's
     inode), for the peer's SO_PEERCRED."""
-    records = inst.unix.made_by
-    if len(records) >= _RECORDS_MAX:
-        del records[next(iter(records))]
-    records[os.fstat(sock).st_ino] = (task.process, task.creds.copy())
+    _remember(inst.unix.made_by, os.fstat(sock).st_ino, (task.process, task.creds.copy()))
 
 
 def _peer(c: Call, local: int):

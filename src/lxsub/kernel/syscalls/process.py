@@ -58,15 +58,15 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
     argv, argv_ptrs = _read_argv(c, argv_ptr)
     inst, task = c.inst, c.task
     if not path and flags & AT_EMPTY_PATH:
-        start = lookup.node_of_fd(inst, task, dirfd)
+        start = lookup.node_of_fd(inst.vfs, task, dirfd)
         follow = True
     elif not path:
         raise OSError(errno.ENOENT, "empty path")
     else:
-        start = lookup.start_node(inst, task, dirfd, path)
+        start = lookup.start_node(inst.vfs, task, dirfd, path)
         follow = not flags & AT_SYMLINK_NOFOLLOW
     try:
-        p = exec_plan.plan(lookup.walker(inst, task), start, path, argv, inst.vpath_of, follow,
+        p = exec_plan.plan(lookup.walker(inst.vfs, task), start, path, argv, inst.vfs.vpath_of, follow,
                            host_exec=interop.host_target(inst), fd_name=b"/dev/fd/%d" % dirfd)
     finally:
         start.release()

@@ -26,10 +26,10 @@ def _stat_and_mount_at(c: Call, dirfd: int, path: bytes, flags: int) -> tuple[Li
     """The file's attributes and the id of the mount it is on (0 for a host
     object: a pipe, a socket)."""
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        return fdview.stat_and_mount_of_fd(c.inst, c.task, dirfd)
-    node = lookup.resolve_at(c.inst, c.task, dirfd, path, flags)
+        return fdview.stat_and_mount_of_fd(c.inst.vfs, c.task, dirfd)
+    node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, flags)
     try:
-        return node.fs.getattr(node), node.mount.id
+        return node.fs.getattr(node, c.task), node.mount.id
     finally:
         node.release()
 
@@ -45,7 +45,7 @@ def sys_lstat(c: Call) -> int:
 
 
 def sys_fstat(c: Call) -> int:
-    c.write(c.ptr(1), fdview.stat_of_fd(c.inst, c.task, c.int(0)).pack_stat())
+    c.write(c.ptr(1), fdview.stat_of_fd(c.inst.vfs, c.task, c.int(0)).pack_stat())
     return 0
 
 
@@ -79,9 +79,9 @@ def sys_readlinkat(c: Call) -> int:
 def _readlink(c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int:
     if size <= 0:
         raise OSError(errno.EINVAL, "bad size")
-    node = lookup.resolve_at(c.inst, c.task, dirfd, path, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
+    node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
     try:
-        target = node.fs.readlink(node)
+        target = node.fs.readlink(node, c.task)
     finally:
         node.release()
     out = target[:size]
@@ -110,9 +110,9 @@ def sys_faccessat2(c: Call) -> int:
 def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
     if mode & ~7:
         raise OSError(errno.EINVAL, "bad mode")
-    node = lookup.resolve_at(c.inst, c.task, dirfd, path, flags)
+    node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, flags)
     try:
-        a = node.fs.getattr(node)
+        a = node.fs.getattr(node, c.task)
         if mode == os.F_OK:
             return 0
         creds = c.task.creds
@@ -123,8 +123,7 @@ def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
                 creds.cap_effective = 0
         # A pseudo file system refuses writes but to files that take them
         # (sysctls, oom_score_adj): those answer by their mode, as in Linux.
-        if mode & os.W_OK and getattr(node.fs, "read_only", False) \
-                and getattr(node.obj, "write", None) is None:
+        if mode & os.W_OK and node.fs.read_only and getattr(node.obj, "write", None) is None:
             raise OSError(errno.EROFS, "read-only file system")
         want = (perm.MAY_READ if mode & os.R_OK else 0) | (perm.MAY_WRITE if mode & os.W_OK else 0) \
             | (perm.MAY_EXEC if mode & os.X_OK else 0)
@@ -143,7 +142,7 @@ def _statfs_bytes(node) -> bytes:
 
 
 def sys_statfs(c: Call) -> int:
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0))
     try:
         c.write(c.ptr(1), _statfs_bytes(node))
     finally:
@@ -155,7 +154,7 @@ def sys_fstatfs(c: Call) -> int:
     local = lookup.copy_fd(c.task, c.int(0))
     try:
         s = os.fstat(local)
-        node = fdview.node_or_none(c.inst, local, s)
+        node = fdview.node_or_none(c.inst.vfs, local, s)
         if node is None:
             v = os.statvfs(f"/proc/self/fd/{local}")
             data = _STATFS.pack(PIPEFS_MAGIC if st.S_ISFIFO(s.st_mode) else SOCKFS_MAGIC,
@@ -175,22 +174,22 @@ from lxsub.kernel.vfs import ops  # noqa: E402
 
 
 def sys_mkdir(c: Call) -> int:
-    ops.mkdir(c.inst, c.task, AT_FDCWD, c.path(0), c.uint(1))
+    ops.mkdir(c.inst.vfs, c.task, AT_FDCWD, c.path(0), c.uint(1))
     return 0
 
 
 def sys_mkdirat(c: Call) -> int:
-    ops.mkdir(c.inst, c.task, c.int(0), c.path(1), c.uint(2))
+    ops.mkdir(c.inst.vfs, c.task, c.int(0), c.path(1), c.uint(2))
     return 0
 
 
 def sys_mknod(c: Call) -> int:
-    ops.mknod(c.inst, c.task, AT_FDCWD, c.path(0), c.uint(1), c.args[2])
+    ops.mknod(c.inst.vfs, c.task, AT_FDCWD, c.path(0), c.uint(1), c.args[2])
     return 0
 
 
 def sys_mknodat(c: Call) -> int:
-    ops.mknod(c.inst, c.task, c.int(0), c.path(1), c.uint(2), c.args[3])
+    ops.mknod(c.inst.vfs, c.task, c.int(0), c.path(1), c.uint(2), c.args[3])
     return 0
 
 
@@ -203,15 +202,15 @@ def _chmod_node(c: Call, node, mode: int) -> int:
 
 
 def sys_chmod(c: Call) -> int:
-    return _chmod_node(c, lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0)), c.uint(1))
+    return _chmod_node(c, lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0)), c.uint(1))
 
 
 def sys_fchmod(c: Call) -> int:
-    return _chmod_node(c, lookup.node_of_fd(c.inst, c.task, c.int(0)), c.uint(1))
+    return _chmod_node(c, lookup.node_of_fd(c.inst.vfs, c.task, c.int(0)), c.uint(1))
 
 
 def sys_fchmodat(c: Call) -> int:
-    return _chmod_node(c, lookup.resolve_at(c.inst, c.task, c.int(0), c.path(1)), c.uint(2))
+    return _chmod_node(c, lookup.resolve_at(c.inst.vfs, c.task, c.int(0), c.path(1)), c.uint(2))
 
 
 def sys_fchmodat2(c: Call) -> int:
@@ -219,7 +218,7 @@ def sys_fchmodat2(c: Call) -> int:
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):    # do_fchmodat
         raise OSError(errno.EINVAL, "bad flags")
     path = c.path_or_empty(1, flags)
-    node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
+    node = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), path, flags)
     if node.is_symlink():
         node.release()
         raise OSError(errno.EOPNOTSUPP, "cannot chmod a symlink")
@@ -259,9 +258,9 @@ def sys_utimensat(c: Call) -> int:
     else:
         times = _now_pair()
     if not c.ptr(1):   # futimens(fd, times)
-        node = lookup.node_of_fd(c.inst, c.task, dirfd)
+        node = lookup.node_of_fd(c.inst.vfs, c.task, dirfd)
     else:
-        node = lookup.resolve_at(c.inst, c.task, dirfd, c.path(1), flags)
+        node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, c.path(1), flags)
     return _utimens_node(c, node, times)
 
 
@@ -275,17 +274,17 @@ def _times_from_timevals(c: Call, addr: int):
 
 
 def sys_utimes(c: Call) -> int:
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0))
     return _utimens_node(c, node, _times_from_timevals(c, c.ptr(1)))
 
 
 def sys_futimesat(c: Call) -> int:
-    node = lookup.resolve_at(c.inst, c.task, c.int(0), c.path(1))
+    node = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), c.path(1))
     return _utimens_node(c, node, _times_from_timevals(c, c.ptr(2)))
 
 
 def sys_utime(c: Call) -> int:
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0))
     if c.ptr(1):
         atime, mtime = struct.unpack("<qq", c.read(c.ptr(1), 16))
         times = ((atime, 0), (mtime, 0))
@@ -306,11 +305,11 @@ def _new_decode_dev(dev: int) -> int:
 def _mounted_root_with_dev(c: Call, dev: int):
     """The root node of a mounted file system whose st_dev is `dev` (Linux
     user_get_super), or None."""
-    for m in c.inst.mounts.mounts:
+    for m in c.inst.vfs.mounts.mounts:
         if m.root_node is None:
             continue
         try:
-            if m.fs.getattr(m.root_node).dev == dev:
+            if m.fs.getattr(m.root_node, c.task).dev == dev:
                 return m.root_node
         except OSError:
             continue

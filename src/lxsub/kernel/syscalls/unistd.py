@@ -14,12 +14,12 @@ from lxsub.kernel.vfs import lookup, ops, perm
 
 
 def sys_unlink(c: Call) -> int:
-    ops.unlink(c.inst, c.task, AT_FDCWD, c.path(0), rmdir=False)
+    ops.unlink(c.inst.vfs, c.task, AT_FDCWD, c.path(0), rmdir=False)
     return 0
 
 
 def sys_rmdir(c: Call) -> int:
-    ops.unlink(c.inst, c.task, AT_FDCWD, c.path(0), rmdir=True)
+    ops.unlink(c.inst.vfs, c.task, AT_FDCWD, c.path(0), rmdir=True)
     return 0
 
 
@@ -27,22 +27,22 @@ def sys_unlinkat(c: Call) -> int:
     flags = c.int(2)
     if flags & ~AT_REMOVEDIR:
         raise OSError(errno.EINVAL, "bad flags")
-    ops.unlink(c.inst, c.task, c.int(0), c.path(1), rmdir=bool(flags & AT_REMOVEDIR))
+    ops.unlink(c.inst.vfs, c.task, c.int(0), c.path(1), rmdir=bool(flags & AT_REMOVEDIR))
     return 0
 
 
 def sys_symlink(c: Call) -> int:
-    ops.symlink(c.inst, c.task, c.path(0), AT_FDCWD, c.path(1))
+    ops.symlink(c.inst.vfs, c.task, c.path(0), AT_FDCWD, c.path(1))
     return 0
 
 
 def sys_symlinkat(c: Call) -> int:
-    ops.symlink(c.inst, c.task, c.path(0), c.int(1), c.path(2))
+    ops.symlink(c.inst.vfs, c.task, c.path(0), c.int(1), c.path(2))
     return 0
 
 
 def sys_link(c: Call) -> int:
-    ops.link(c.inst, c.task, AT_FDCWD, c.path(0), AT_FDCWD, c.path(1), 0)
+    ops.link(c.inst.vfs, c.task, AT_FDCWD, c.path(0), AT_FDCWD, c.path(1), 0)
     return 0
 
 
@@ -51,7 +51,7 @@ def sys_linkat(c: Call) -> int:
     if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
         raise OSError(errno.EINVAL, "bad flags")
     old = c.path_or_empty(1, flags)
-    ops.link(c.inst, c.task, c.int(0), old, c.int(2), c.path(3), flags)
+    ops.link(c.inst.vfs, c.task, c.int(0), old, c.int(2), c.path(3), flags)
     return 0
 
 
@@ -63,15 +63,13 @@ def _searchable_dir(c: Call, node) -> None:
     if not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
-    enter = getattr(node.fs, "check_enter", None)    # DrvFs: its door, sealed storage
-    if enter is not None:
-        try:
-            enter(node, c.task.creds)
-        except OSError:
-            node.release()
-            raise
+    try:
+        node.fs.check_enter(node, c.task.creds)    # DrvFs: its door, sealed storage
+    except OSError:
+        node.release()
+        raise
     if perm.needs_checks(c.task.creds):
-        a = node.fs.getattr(node)
+        a = node.fs.getattr(node, c.task)
         try:
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
         except OSError:
@@ -86,11 +84,11 @@ def _set_cwd(c: Call, node) -> int:
 
 
 def sys_chdir(c: Call) -> int:
-    return _set_cwd(c, lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0)))
+    return _set_cwd(c, lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0)))
 
 
 def sys_fchdir(c: Call) -> int:
-    return _set_cwd(c, lookup.node_of_fd(c.inst, c.task, c.int(0)))
+    return _set_cwd(c, lookup.node_of_fd(c.inst.vfs, c.task, c.int(0)))
 
 
 def sys_getcwd(c: Call) -> int:
@@ -104,8 +102,8 @@ def sys_getcwd(c: Call) -> int:
 
 def current_dir_path(c: Call) -> str:
     cwd = c.task.fs.cwd
-    path = c.inst.vpath_of(cwd)
-    root = c.inst.vpath_of(c.task.fs.root)
+    path = c.inst.vfs.vpath_of(cwd)
+    root = c.inst.vfs.vpath_of(c.task.fs.root)
     if root != "/":
         if path == root:
             return "/"
@@ -118,7 +116,7 @@ def current_dir_path(c: Call) -> str:
 def sys_chroot(c: Call) -> int:
     # ksys_chroot: the directory is looked up and must be searchable
     # before the capability is checked.
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0))
     _searchable_dir(c, node)
     if not c.task.creds.capable(caps.CAP_SYS_CHROOT):
         node.release()
@@ -138,22 +136,22 @@ def _chown_node(c: Call, node, uid: int, gid: int) -> int:
 
 
 def sys_chown(c: Call) -> int:
-    return _chown_node(c, lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0)), c.int(1), c.int(2))
+    return _chown_node(c, lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0)), c.int(1), c.int(2))
 
 
 def sys_lchown(c: Call) -> int:
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0), AT_SYMLINK_NOFOLLOW)
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0), AT_SYMLINK_NOFOLLOW)
     return _chown_node(c, node, c.int(1), c.int(2))
 
 
 def sys_fchown(c: Call) -> int:
-    return _chown_node(c, lookup.node_of_fd(c.inst, c.task, c.int(0)), c.int(1), c.int(2))
+    return _chown_node(c, lookup.node_of_fd(c.inst.vfs, c.task, c.int(0)), c.int(1), c.int(2))
 
 
 def sys_fchownat(c: Call) -> int:
     flags = c.int(4)
     path = c.path_or_empty(1, flags)
-    node = lookup.resolve_at(c.inst, c.task, c.int(0), path, flags)
+    node = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), path, flags)
     return _chown_node(c, node, c.int(2), c.int(3))
 
 
@@ -173,16 +171,16 @@ def sys_truncate(c: Call) -> int:
     length = c.long(1)
     if length < 0:
         raise OSError(errno.EINVAL, "negative length")
-    node = lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0))
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0))
     try:
-        a = node.fs.getattr(node)
+        a = node.fs.getattr(node, c.task)
         if node.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
         if length > a.size:
             _check_file_size_limit(c, length)
-        fd = node.fs.open(node, os.O_WRONLY, c.task.creds)
+        fd = node.fs.open(node, os.O_WRONLY, c.task)
         try:
             os.ftruncate(fd, length)
         finally:

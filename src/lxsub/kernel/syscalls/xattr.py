@@ -17,9 +17,9 @@ POSIX_ACLS = ("system.posix_acl_access", "system.posix_acl_default")
 
 def _node(c: Call, kind: str):
     if kind == "f":
-        return lookup.node_of_fd(c.inst, c.task, c.int(0))
+        return lookup.node_of_fd(c.inst.vfs, c.task, c.int(0))
     flags = AT_SYMLINK_NOFOLLOW if kind == "l" else 0
-    return lookup.resolve_at(c.inst, c.task, AT_FDCWD, c.path(0), flags)
+    return lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0), flags)
 
 
 def _host_target(node, name: str | None = None) -> str:

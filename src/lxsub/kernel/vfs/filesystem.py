@@ -1,7 +1,10 @@
 """The interface every file system plugin implements (VolFs, DrvFs, ProcFs...).
 
 Operations take resolved Nodes (and a name, for operations on a directory's
-entry) plus the caller's credentials; they raise OSError with a Linux errno.
+entry) plus who asks: the Caller (kernel/vfs/caller.py) where the answer
+depends on it (lookups and contents of pseudo files, owners shown by DrvFs,
+opening), its credentials where a new file takes its owner from them. They
+raise OSError with a Linux errno.
 Permission checks that depend on the Linux view are the VFS's job
 (kernel/vfs/perm.py); plugins enforce only what is their own (read-only
 pseudo files, host rights on DrvFs).
@@ -10,6 +13,7 @@ pseudo files, host rights on DrvFs).
 from __future__ import annotations
 
 import errno
+import os
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -17,12 +21,21 @@ from lxsub.kernel.vfs.stat import LinuxStat
 if TYPE_CHECKING:
     from lxsub.kernel.call import Call
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.mount import Mount
     from lxsub.kernel.vfs.node import Node
 
 
 def _nope(*_a, **_k):
     raise OSError(errno.EROFS, "read-only file system")
+
+
+# How the Vfs finds which mount a host descriptor's file is on (a program's
+# fd, a /proc/<pid>/fd link; kernel/vfs/vfs.py, Vfs.node_for_host_fd):
+CLAIM_NONE = 0       # no host files of its own (the anonymous mount)
+CLAIM_OWN = 1        # node_from_host says which are its own; asked first
+CLAIM_BY_ROOT = 2    # every host file below host_root is its (VolFs, devpts)
+CLAIM_REST = 3       # node_from_host, asked last, longest host_root first (DrvFs)
 
 
 class FileSystem:
@@ -42,24 +55,51 @@ class FileSystem:
     # same metadata write (kernel/fs/linuxmeta.py); else the VFS follows it
     # with a chmod.
     chown_clears_set_id = False
-    # A host door (kernel/doors.py) the walk checks before every lookup in
-    # a directory of this file system (DrvFs); None: no door.
+    # A host door (kernel/doors.py) the VFS checks before every lookup in
+    # a directory of this file system and before changing its files
+    # (kernel/vfs/path.py, ops.py); None: no door.
     door = None
+    # The host directory its files are in, if the host names them by path.
+    host_root: str | None = None
+    host_claim = CLAIM_NONE
+    # The options /proc/mounts shows for a mount of it (file systems with
+    # options of their own, TmpFs and DrvFs, render theirs).
+    mount_options = "rw"
+    # st_dev of a file system the instance makes up (anon_dev); 0: its
+    # files' own host device.
+    dev = 0
+    # Nothing in it can be written (pseudo files): access(2) W_OK is EROFS.
+    read_only = False
+    # Its files are the host's own, shown as they are (DrvFs): interop runs
+    # them as host programs and names them by their host paths.
+    host_view = False
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
 
+    def unmounted(self) -> None:
+        """Its last mount is gone: free what it holds."""
+
+    def for_bind(self, root: "Node") -> "FileSystem":
+        """The file system a bind mount of its file `root` shows (itself,
+        but where the Vfs finds files by host root: kernel/syscalls/mount.py)."""
+        return self
+
+    def check_enter(self, node: "Node", creds: "Creds") -> None:
+        """chdir(2)/chroot(2) into its directory `node`: what it refuses
+        beyond the VFS's search permission (DrvFs: its door)."""
+
     # -- lookup -------------------------------------------------------------
-    def lookup(self, parent: "Node", name: bytes) -> "Node":
+    def lookup(self, parent: "Node", name: bytes, caller: "Caller") -> "Node":
         raise NotImplementedError
 
-    def parent_of(self, node: "Node") -> "Node":
+    def parent_of(self, node: "Node", caller: "Caller") -> "Node":
         raise NotImplementedError
 
-    def readlink(self, node: "Node") -> bytes:
+    def readlink(self, node: "Node", caller: "Caller") -> bytes:
         raise OSError(errno.EINVAL, "not a symlink")
 
-    def follow_magic(self, node: "Node") -> "Node | None":
+    def follow_magic(self, node: "Node", caller: "Caller") -> "Node | None":
         """For a magic link (/proc/<pid>/fd/N): the file it stands for."""
         return None
 
@@ -67,8 +107,19 @@ class FileSystem:
         """Where the file is on the host, if it is a host file."""
         return None
 
+    def path_in_mount(self, node: "Node") -> str:
+        """The file's path below its mount's root ("/" for the root itself):
+        the Vfs prefixes the mount's path (d_path, as getcwd(2) shows it)."""
+        return "/"
+
+    def node_from_host(self, mount: "Mount", fd: int, host: str,
+                       s: os.stat_result) -> "Node | None":
+        """A Node (owning fd) if the host descriptor fd, at host path `host`,
+        is a file of this mount (host_claim CLAIM_OWN or CLAIM_REST)."""
+        return None
+
     # -- attributes -----------------------------------------------------------
-    def getattr(self, node: "Node") -> LinuxStat:
+    def getattr(self, node: "Node", caller: "Caller") -> LinuxStat:
         raise NotImplementedError
 
     def statfs(self, node: "Node") -> tuple:
@@ -77,7 +128,7 @@ class FileSystem:
     chmod = chown = utimens = _nope
 
     # -- opening --------------------------------------------------------------
-    def open(self, node: "Node", flags: int, creds: "Creds") -> int:
+    def open(self, node: "Node", flags: int, caller: "Caller") -> int:
         """A host descriptor (provider-side) for the open file."""
         raise NotImplementedError
 
@@ -90,6 +141,11 @@ class FileSystem:
         what a handler returns. None here: ENOTTY, as vfs_ioctl() answers
         for a file whose f_op has no unlocked_ioctl (ioctl(2))."""
         raise OSError(errno.ENOTTY, "inappropriate ioctl for device")
+
+    def open_tmpfile(self, parent: "Node", flags: int, mode: int, creds: "Creds") -> int:
+        """O_TMPFILE in the directory `parent` (open(2): EOPNOTSUPP where
+        the file system has no unnamed files)."""
+        raise OSError(errno.EOPNOTSUPP, "O_TMPFILE not supported here")
 
     # -- directory entries ------------------------------------------------------
     mkdir = mknod = symlink = link = unlink = rmdir = rename = _nope

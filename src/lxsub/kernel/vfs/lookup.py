@@ -12,57 +12,48 @@ from typing import TYPE_CHECKING
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
-from lxsub.platform import libc
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
-    from lxsub.kernel.task import Task
+    from lxsub.kernel.vfs.vfs import Vfs
+    from lxsub.kernel.vfs.caller import Caller
 
 
-def walker(inst: "Instance", task: "Task") -> Walker:
-    return Walker(inst.mounts, task.fs.root, task.creds)
+def walker(vfs: "Vfs", caller: "Caller") -> Walker:
+    return Walker(vfs.mounts, caller.fs.root, caller)
 
 
-def copy_fd(task: "Task", fd: int) -> int:
+def copy_fd(caller: "Caller", fd: int) -> int:
     """A provider-side duplicate of the caller's descriptor `fd` (EBADF if none)."""
-    if fd < 0:
-        raise OSError(errno.EBADF, "bad file descriptor")
-    pidfd = task.process.pidfd()
-    try:
-        return libc.pidfd_getfd(pidfd, fd)
-    except OSError as e:
-        if e.errno == errno.ESRCH:
-            raise
-        raise OSError(errno.EBADF, "bad file descriptor") from None
+    return caller.copy_fd(fd)
 
 
-def node_of_fd(inst: "Instance", task: "Task", fd: int) -> Node:
+def node_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
     """The file the caller's descriptor refers to, as a Node (caller owns it)."""
-    return inst.node_of_host_fd(copy_fd(task, fd))     # owns the copy, or closes it
+    return vfs.node_of_host_fd(copy_fd(caller, fd))     # owns the copy, or closes it
 
 
-def start_node(inst: "Instance", task: "Task", dirfd: int, path: bytes) -> Node:
+def start_node(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes) -> Node:
     """Where a relative walk starts: cwd for AT_FDCWD, else the dirfd's file."""
     if path.startswith(b"/"):
-        return task.fs.root.dup()
+        return caller.fs.root.dup()
     if dirfd == AT_FDCWD:
-        return task.fs.cwd.dup()
-    node = node_of_fd(inst, task, dirfd)
+        return caller.fs.cwd.dup()
+    node = node_of_fd(vfs, caller, dirfd)
     if path and not node.is_dir():
         node.release()
         raise OSError(errno.ENOTDIR, "not a directory")
     return node
 
 
-def resolve_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: int = 0,
+def resolve_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int = 0,
                follow_default: bool = True) -> Node:
     """The file named by a (dirfd, path, flags) triple, honouring AT_EMPTY_PATH
     and AT_SYMLINK_NOFOLLOW/FOLLOW."""
     if not path:
         if flags & AT_EMPTY_PATH:
             if dirfd == AT_FDCWD:
-                return task.fs.cwd.dup()
-            return node_of_fd(inst, task, dirfd)
+                return caller.fs.cwd.dup()
+            return node_of_fd(vfs, caller, dirfd)
         raise OSError(errno.ENOENT, "empty path")
     follow = follow_default
     if flags & AT_SYMLINK_NOFOLLOW:
@@ -70,17 +61,17 @@ def resolve_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: i
     if flags & AT_SYMLINK_FOLLOW:
         follow = True
     if path[:1] == b"/":      # the walk starts from the caller's root itself
-        return walker(inst, task).resolve(task.fs.root, path, follow)
-    start = start_node(inst, task, dirfd, path)
+        return walker(vfs, caller).resolve(caller.fs.root, path, follow)
+    start = start_node(vfs, caller, dirfd, path)
     try:
-        return walker(inst, task).resolve(start, path, follow)
+        return walker(vfs, caller).resolve(start, path, follow)
     finally:
         start.release()
 
 
-def resolve_parent_at(inst: "Instance", task: "Task", dirfd: int, path: bytes) -> tuple[Node, bytes]:
-    start = start_node(inst, task, dirfd, path)
+def resolve_parent_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes) -> tuple[Node, bytes]:
+    start = start_node(vfs, caller, dirfd, path)
     try:
-        return walker(inst, task).resolve_parent(start, path)
+        return walker(vfs, caller).resolve_parent(start, path)
     finally:
         start.release()

@@ -10,7 +10,7 @@ and a bind mount of a directory onto itself does not loop.
 This table is the instance's only mount namespace. /proc/mounts,
 /proc/<pid>/mountinfo and df render from it:
 
-    for m in inst.mounts.mounts:        # in mount order, the root mount first
+    for m in inst.vfs.mounts.mounts:        # in mount order, the root mount first
         m.id, m.parent_id, m.path, m.root_path, m.fs.fstype, m.source,
         m.options, m.device()            # (major, minor) for mountinfo
 """
@@ -71,7 +71,7 @@ class Mount:
         if node is not None and node.host_st is not None:
             dev = node.host_st.st_dev
         else:
-            dev = getattr(self.fs, "dev", 0)
+            dev = self.fs.dev
         return os.major(dev), os.minor(dev)
 
 
@@ -82,7 +82,8 @@ class MountTable:
         self.mounts: list[Mount] = [self.root_mount]
         self._by_point: dict[tuple, Mount] = {}
         self._paths: tuple[frozenset[bytes], list[bytes]] | None = None
-        self._index: tuple[list, list, list] | None = None
+        # Bumped by every change, for what others derive from the table (Vfs).
+        self.generation = 0
 
     def mount(self, fs: FileSystem, at: Node, path: str, source: str, options: str = "rw",
               root: Node | None = None, root_path: str = "/") -> Mount:
@@ -98,23 +99,23 @@ class MountTable:
             r.mount = m
             m.root_node = r
         self.mounts.append(m)
-        self._paths = self._index = None
+        self._paths = None
+        self.generation += 1
         self._by_point[_point(at)] = m
         return m
 
     def umount(self, m: Mount) -> None:
         """Take m out of the table (its children must be gone first)."""
         self.mounts.remove(m)
-        self._paths = self._index = None
+        self._paths = None
+        self.generation += 1
         if m.mountpoint is not None:
             key = _point(m.mountpoint)
             if self._by_point.get(key) is m:
                 del self._by_point[key]
         fs = m.fs
         if not any(other.fs is fs for other in self.mounts):
-            done = getattr(fs, "unmounted", None)
-            if done is not None:
-                done()
+            fs.unmounted()
 
     def close(self) -> None:
         """The instance ends: unmount everything (freeing what the file
@@ -145,27 +146,6 @@ class MountTable:
 
     def mounted_on(self, node: Node) -> Mount | None:
         return self._by_point.get(_point(node)) if self._by_point else None
-
-    def host_index(self) -> tuple[list, list, list]:
-        """How a host descriptor's path finds its mount, in the order asked:
-        file systems that claim their own descriptors (pseudo files, TmpFs),
-        then the host-backed ones by longest root, then DrvFs, which takes
-        what no other claims."""
-        if self._index is None:
-            from lxsub.kernel.fs.drvfs import DrvFs
-            from lxsub.kernel.fs.hostfs import HostFs
-            claimers, by_root, last = [], [], []
-            for m in self.mounts:
-                fs = m.fs
-                if isinstance(fs, HostFs):
-                    by_root.append((fs.host_root.rstrip("/") + "/", fs.host_root, m))
-                elif isinstance(fs, DrvFs):
-                    last.append(m)
-                elif hasattr(fs, "node_from_host"):
-                    claimers.append(m)
-            by_root.sort(key=lambda e: -len(e[1]))
-            self._index = (claimers, by_root, last)
-        return self._index
 
     def may_cross_mount(self, plain: bytes) -> bool:
         """Whether the normalised absolute path `plain` ends on or passes

@@ -15,8 +15,8 @@ from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
-    from lxsub.kernel.task import Task
+    from lxsub.kernel.vfs.vfs import Vfs
+    from lxsub.kernel.vfs.caller import Caller
 
 
 def _access_wanted(flags: int) -> int:
@@ -27,28 +27,28 @@ def _access_wanted(flags: int) -> int:
     return want
 
 
-def open_at(inst: "Instance", task: "Task", dirfd: int, path: bytes, flags: int, mode: int):
+def open_at(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, flags: int, mode: int):
     """A provider-side host fd for the file (or a Blocking job for FIFOs)."""
     if flags & O_TMPFILE == O_TMPFILE:
-        return _open_tmpfile(inst, task, dirfd, path, flags, mode)
+        return _open_tmpfile(vfs, caller, dirfd, path, flags, mode)
     if flags & O_CREAT and not flags & O_PATH:
-        node, created_fd = _lookup_or_create(inst, task, dirfd, path, flags, mode)
+        node, created_fd = _lookup_or_create(vfs, caller, dirfd, path, flags, mode)
         if created_fd is not None:
             return created_fd
     else:
-        node = lookup.resolve_at(inst, task, dirfd, path, follow_default=not flags & O_NOFOLLOW)
+        node = lookup.resolve_at(vfs, caller, dirfd, path, follow_default=not flags & O_NOFOLLOW)
     try:
-        return open_node(task, node, flags, inst)
+        return open_node(vfs, caller, node, flags)
     finally:
         node.release()
 
 
-def _lookup_or_create(inst, task, dirfd, path, flags, mode) -> tuple[Node, int | None]:
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+def _lookup_or_create(vfs, caller, dirfd, path, flags, mode) -> tuple[Node, int | None]:
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise OSError(errno.EISDIR, "is a directory")
-        w = lookup.walker(inst, task)
+        w = lookup.walker(vfs, caller)
         try:
             node = w.resolve(parent, name, follow=not (flags & (O_EXCL | O_NOFOLLOW)))
         except FileNotFoundError:
@@ -56,9 +56,9 @@ def _lookup_or_create(inst, task, dirfd, path, flags, mode) -> tuple[Node, int |
         if node is None:
             if path.endswith(b"/"):
                 raise OSError(errno.EISDIR, "is a directory")
-            check_may_create(task, parent)
-            umask = task.fs.umask
-            return parent, parent.fs.create(parent, name, flags, mode & 0o7777 & ~umask, task.creds)
+            check_may_create(caller, parent)
+            umask = caller.fs.umask
+            return parent, parent.fs.create(parent, name, flags, mode & 0o7777 & ~umask, caller.creds)
         if flags & O_EXCL:
             node.release()
             raise OSError(errno.EEXIST, "file exists")
@@ -68,22 +68,22 @@ def _lookup_or_create(inst, task, dirfd, path, flags, mode) -> tuple[Node, int |
         parent.release()
 
 
-def check_may_create(task: "Task", parent: Node) -> None:
+def check_may_create(caller: "Caller", parent: Node) -> None:
     door = parent.fs.door
     if door is not None:        # DrvFs: a socket bound there is a host file too
-        door.check(task.creds)
-    if perm.needs_checks(task.creds):
-        a = parent.fs.getattr(parent)
-        perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+        door.check(caller.creds)
+    if perm.needs_checks(caller.creds):
+        a = parent.fs.getattr(parent, caller)
+        perm.check(caller.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
 
 
-def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = None):
+def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
     fs = node.fs
     if flags & O_PATH:
         if flags & O_DIRECTORY and not node.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
-        return fs.open(node, O_PATH, task.creds)
-    attr = fs.getattr(node)
+        return fs.open(node, O_PATH, caller)
+    attr = fs.getattr(node, caller)
     mode = attr.mode
     if st.S_ISLNK(mode):
         raise OSError(errno.ELOOP, "is a symlink")
@@ -91,43 +91,40 @@ def open_node(task: "Task", node: Node, flags: int, inst: "Instance | None" = No
         raise OSError(errno.ENOTDIR, "not a directory")
     if st.S_ISDIR(mode) and (flags & os.O_ACCMODE or flags & O_CREAT):
         raise OSError(errno.EISDIR, "is a directory")
-    if perm.needs_checks(task.creds):
-        perm.check(task.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
+    if perm.needs_checks(caller.creds):
+        perm.check(caller.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
-        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags, task.host_pid)
-        if inst is not None:
-            if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode):
-                inst.ptys.opened_master(fd, task.creds.fsuid)
-            inst.opened_devices.opened(fd, attr.rdev, node)
+        fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags,
+                                 caller.task.host_pid if caller.task is not None else None)
+        if attr.rdev == devices.PTMX_RDEV and st.S_ISCHR(mode):
+            vfs.ptys.opened_master(fd, caller.creds.fsuid)
+        vfs.opened_devices.opened(fd, attr.rdev, node)
         return fd
     if st.S_ISFIFO(mode) and not flags & O_NONBLOCK:
-        return _blocking_fifo_open(fs, node, flags, task)
+        return _blocking_fifo_open(fs, node, flags, caller)
     if st.S_ISSOCK(mode):
         raise OSError(errno.ENXIO, "no such device or address")
-    return fs.open(node, flags, task.creds)
+    return fs.open(node, flags, caller)
 
 
-def _blocking_fifo_open(fs, node: Node, flags: int, task: "Task") -> Blocking:
+def _blocking_fifo_open(fs, node: Node, flags: int, caller: "Caller") -> Blocking:
     # A FIFO open waits for the other end: do it off the provider's thread.
     own = node.dup()
 
     def work() -> int:
         try:
-            return fs.open(own, flags, task.creds)
+            return fs.open(own, flags, caller)
         finally:
             own.release()
     return Blocking(work)
 
 
-def _open_tmpfile(inst, task, dirfd, path, flags, mode) -> int:
-    d = lookup.resolve_at(inst, task, dirfd, path)
+def _open_tmpfile(vfs, caller, dirfd, path, flags, mode) -> int:
+    d = lookup.resolve_at(vfs, caller, dirfd, path)
     try:
         if not d.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
-        check_may_create(task, d)
-        opener = getattr(d.fs, "open_tmpfile", None)
-        if opener is None:
-            raise OSError(errno.EOPNOTSUPP, "O_TMPFILE not supported here")
-        return opener(d, flags, mode & 0o7777 & ~task.fs.umask, task.creds)
+        check_may_create(caller, d)
+        return d.fs.open_tmpfile(d, flags, mode & 0o7777 & ~caller.fs.umask, caller.creds)
     finally:
         d.release()

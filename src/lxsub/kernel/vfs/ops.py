@@ -18,8 +18,8 @@ from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
-    from lxsub.kernel.instance import Instance
-    from lxsub.kernel.task import Task
+    from lxsub.kernel.vfs.vfs import Vfs
+    from lxsub.kernel.vfs.caller import Caller
 
 
 def _e(code: int) -> OSError:
@@ -27,91 +27,103 @@ def _e(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def _may_modify_dir(task: "Task", d: Node) -> None:
-    if perm.needs_checks(task.creds):
-        a = d.fs.getattr(d)
-        perm.check(task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+def _door(caller: "Caller", node: Node) -> None:
+    """A program changing a file of a file system behind a host door
+    (DrvFs) must hold the door, however it reached the file (a descriptor
+    another user passed it): kernel/doors.py. The provider's own work
+    (a Caller that is no Task) needs none."""
+    door = node.fs.door
+    if door is not None and caller.task is not None:
+        door.check(caller.creds)
 
 
-def _sticky_allows(task: "Task", d: Node, victim: Node) -> None:
-    if task.creds.capable(caps.CAP_FOWNER):
+def _may_modify_dir(caller: "Caller", d: Node) -> None:
+    if perm.needs_checks(caller.creds):
+        a = d.fs.getattr(d, caller)
+        perm.check(caller.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE | perm.MAY_EXEC)
+
+
+def _sticky_allows(caller: "Caller", d: Node, victim: Node) -> None:
+    if caller.creds.capable(caps.CAP_FOWNER):
         return
-    da = d.fs.getattr(d)
+    da = d.fs.getattr(d, caller)
     if da.mode & st.S_ISVTX:
-        va = victim.fs.getattr(victim)
-        if task.creds.fsuid not in (va.uid, da.uid):
+        va = victim.fs.getattr(victim, caller)
+        if caller.creds.fsuid not in (va.uid, da.uid):
             raise _e(errno.EPERM)
 
 
-def _entry(inst, task, parent: Node, name: bytes) -> Node:
-    return lookup.walker(inst, task).resolve(parent, name, follow=False)
+def _entry(vfs, caller, parent: Node, name: bytes) -> Node:
+    return lookup.walker(vfs, caller).resolve(parent, name, follow=False)
 
 
-def _sticky_allows_target(inst, task: "Task", d: Node, name: bytes) -> None:
+def _sticky_allows_target(vfs: "Vfs", caller: "Caller", d: Node, name: bytes) -> None:
     """rename(2) over an existing entry deletes it too: vfs_rename() calls
     may_delete() on the target, so a sticky directory protects it (EPERM)."""
-    if task.creds.capable(caps.CAP_FOWNER) or not d.fs.getattr(d).mode & st.S_ISVTX:
+    if caller.creds.capable(caps.CAP_FOWNER) or not d.fs.getattr(d, caller).mode & st.S_ISVTX:
         return
     try:
-        target = _entry(inst, task, d, name)
+        target = _entry(vfs, caller, d, name)
     except FileNotFoundError:
         return
     try:
-        _sticky_allows(task, d, target)
+        _sticky_allows(caller, d, target)
     finally:
         target.release()
 
 
-def mkdir(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int) -> None:
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+def mkdir(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, mode: int) -> None:
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
-        _may_modify_dir(task, parent)
-        parent.fs.mkdir(parent, name, mode & 0o7777 & ~task.fs.umask, task.creds)
+        _may_modify_dir(caller, parent)
+        parent.fs.mkdir(parent, name, mode & 0o7777 & ~caller.fs.umask, caller.creds)
     finally:
         parent.release()
 
 
-def mknod(inst: "Instance", task: "Task", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
+def mknod(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, mode: int, rdev: int) -> None:
     kind = st.S_IFMT(mode)
-    if kind in (st.S_IFCHR, st.S_IFBLK) and not task.creds.capable(caps.CAP_MKNOD):
+    if kind in (st.S_IFCHR, st.S_IFBLK) and not caller.creds.capable(caps.CAP_MKNOD):
         raise _e(errno.EPERM)
     if kind == st.S_IFDIR or kind not in (0, st.S_IFREG, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
         raise _e(errno.EINVAL)
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
-        _may_modify_dir(task, parent)
-        mode = (kind or st.S_IFREG) | (mode & 0o7777 & ~task.fs.umask)
-        parent.fs.mknod(parent, name, mode, rdev, task.creds)
+        _may_modify_dir(caller, parent)
+        mode = (kind or st.S_IFREG) | (mode & 0o7777 & ~caller.fs.umask)
+        parent.fs.mknod(parent, name, mode, rdev, caller.creds)
     finally:
         parent.release()
 
 
-def unlink(inst: "Instance", task: "Task", dirfd: int, path: bytes, rmdir: bool) -> None:
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+def unlink(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, rmdir: bool) -> None:
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name == b".":
             raise _e(errno.EINVAL if rmdir else errno.EISDIR)
         if name == b"..":
             raise _e(errno.ENOTEMPTY if rmdir else errno.EISDIR)
-        victim = _entry(inst, task, parent, name)
+        victim = _entry(vfs, caller, parent, name)
         try:
-            if inst.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
+            if vfs.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
                 raise _e(errno.EBUSY)
-            _may_modify_dir(task, parent)
-            _sticky_allows(task, parent, victim)
+            _may_modify_dir(caller, parent)
+            _sticky_allows(caller, parent, victim)
             if rmdir:
                 if not victim.is_dir():
                     raise _e(errno.ENOTDIR)
+                _door(caller, parent)
                 parent.fs.rmdir(parent, name)
             else:
                 if victim.is_dir():
                     raise _e(errno.EISDIR)
                 if path.endswith(b"/"):
                     raise _e(errno.ENOTDIR)
+                _door(caller, parent)
                 parent.fs.unlink(parent, name)
         finally:
             victim.release()
@@ -119,32 +131,33 @@ def unlink(inst: "Instance", task: "Task", dirfd: int, path: bytes, rmdir: bool)
         parent.release()
 
 
-def symlink(inst: "Instance", task: "Task", target: bytes, dirfd: int, path: bytes) -> None:
+def symlink(vfs: "Vfs", caller: "Caller", target: bytes, dirfd: int, path: bytes) -> None:
     if not target:
         raise _e(errno.ENOENT)
-    parent, name = lookup.resolve_parent_at(inst, task, dirfd, path)
+    parent, name = lookup.resolve_parent_at(vfs, caller, dirfd, path)
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
-        _may_modify_dir(task, parent)
-        parent.fs.symlink(parent, name, target, task.creds)
+        _may_modify_dir(caller, parent)
+        parent.fs.symlink(parent, name, target, caller.creds)
     finally:
         parent.release()
 
 
-def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+def link(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
          flags: int) -> None:
-    src = lookup.resolve_at(inst, task, olddirfd, old, flags, follow_default=False)
+    src = lookup.resolve_at(vfs, caller, olddirfd, old, flags, follow_default=False)
     try:
         if src.is_dir():
             raise _e(errno.EPERM)
-        parent, name = lookup.resolve_parent_at(inst, task, newdirfd, new)
+        parent, name = lookup.resolve_parent_at(vfs, caller, newdirfd, new)
         try:
             if name in (b".", b".."):
                 raise _e(errno.EEXIST)
             if parent.mount is not src.mount:
                 raise _e(errno.EXDEV)
-            _may_modify_dir(task, parent)
+            _may_modify_dir(caller, parent)
+            _door(caller, parent)
             parent.fs.link(src, parent, name)
         finally:
             parent.release()
@@ -152,30 +165,31 @@ def link(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: in
         src.release()
 
 
-def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
+def rename(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: int, new: bytes,
            flags: int) -> None:
     if flags & ~7 or (flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT)):
         raise _e(errno.EINVAL)
     if flags & RENAME_WHITEOUT:
         raise _e(errno.EPERM)
-    op, oname = lookup.resolve_parent_at(inst, task, olddirfd, old)
+    op, oname = lookup.resolve_parent_at(vfs, caller, olddirfd, old)
     try:
-        np, nname = lookup.resolve_parent_at(inst, task, newdirfd, new)
+        np, nname = lookup.resolve_parent_at(vfs, caller, newdirfd, new)
         try:
             if b"." in (oname, nname) or b".." in (oname, nname):
                 raise _e(errno.EBUSY if oname in (b".", b"..") else errno.EINVAL)
             if op.mount is not np.mount:
                 raise _e(errno.EXDEV)
-            victim = _entry(inst, task, op, oname)
+            victim = _entry(vfs, caller, op, oname)
             try:
-                if inst.mounts.mounted_on(victim):
+                if vfs.mounts.mounted_on(victim):
                     raise _e(errno.EBUSY)
-                _may_modify_dir(task, op)
-                _may_modify_dir(task, np)
-                _sticky_allows(task, op, victim)
+                _may_modify_dir(caller, op)
+                _may_modify_dir(caller, np)
+                _sticky_allows(caller, op, victim)
             finally:
                 victim.release()
-            _sticky_allows_target(inst, task, np, nname)
+            _sticky_allows_target(vfs, caller, np, nname)
+            _door(caller, op)
             op.fs.rename(op, oname, np, nname, flags)
         finally:
             np.release()
@@ -183,16 +197,17 @@ def rename(inst: "Instance", task: "Task", olddirfd: int, old: bytes, newdirfd: 
         op.release()
 
 
-def chmod(task: "Task", node: Node, mode: int) -> None:
-    a = node.fs.getattr(node)
-    if task.creds.fsuid != a.uid and not task.creds.capable(caps.CAP_FOWNER):
+def chmod(caller: "Caller", node: Node, mode: int) -> None:
+    a = node.fs.getattr(node, caller)
+    if caller.creds.fsuid != a.uid and not caller.creds.capable(caps.CAP_FOWNER):
         raise _e(errno.EPERM)
-    node.fs.chmod(node, linuxmeta.chmod_mode(mode, a.gid, task.creds))
+    _door(caller, node)
+    node.fs.chmod(node, linuxmeta.chmod_mode(mode, a.gid, caller.creds), caller)
 
 
-def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
-    a = node.fs.getattr(node)
-    c = task.creds
+def chown(caller: "Caller", node: Node, uid: int, gid: int) -> None:
+    a = node.fs.getattr(node, caller)
+    c = caller.creds
     if not c.capable(caps.CAP_CHOWN):
         if uid != -1 and uid != a.uid:
             raise _e(errno.EPERM)
@@ -200,15 +215,16 @@ def chown(task: "Task", node: Node, uid: int, gid: int) -> None:
             raise _e(errno.EPERM)
     if uid == -1 and gid == -1:
         return
-    node.fs.chown(node, uid, gid)
+    _door(caller, node)
+    node.fs.chown(node, uid, gid, caller)
     keep = linuxmeta.chown_mode(a.mode)
     if keep != a.mode and not node.fs.chown_clears_set_id:
-        node.fs.chmod(node, keep & 0o7777)
+        node.fs.chmod(node, keep & 0o7777, caller)
 
 
-def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
-    a = node.fs.getattr(node)
-    c = task.creds
+def utimens(caller: "Caller", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    a = node.fs.getattr(node, caller)
+    c = caller.creds
     owner = c.fsuid == a.uid or c.capable(caps.CAP_FOWNER)
     both_now = atime[1] == UTIME_NOW and mtime[1] == UTIME_NOW
     if not owner:
@@ -217,4 +233,5 @@ def utimens(task: "Task", node: Node, atime: tuple[int, int], mtime: tuple[int, 
         perm.check(c, a.mode, a.uid, a.gid, perm.MAY_WRITE)
     if atime[1] == UTIME_OMIT and mtime[1] == UTIME_OMIT:
         return
+    _door(caller, node)
     node.fs.utimens(node, atime, mtime)

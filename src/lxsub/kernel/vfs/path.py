@@ -24,6 +24,7 @@ from lxsub.platform import libc
 
 if TYPE_CHECKING:
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.caller import Caller
     from lxsub.kernel.vfs.mount import MountTable
 
 
@@ -34,10 +35,16 @@ def _err(code: int) -> OSError:
 
 @dataclass
 class Walker:
-    """Resolves paths for one caller: its mount table, root and credentials."""
+    """Resolves paths for one caller: the mount table, the root the walk
+    may not climb above, and who walks (its credentials are checked, and
+    pseudo file systems answer for it)."""
     mounts: "MountTable"
     root: Node
-    creds: "Creds"
+    caller: "Caller"
+
+    @property
+    def creds(self) -> "Creds":
+        return self.caller.creds
 
     def resolve(self, start: Node, path: bytes, follow: bool = True) -> Node:
         """The file `path` names; the caller owns the returned Node."""
@@ -88,7 +95,8 @@ class Walker:
         checks to make. None means: take the component-by-component walk."""
         mounts = self.mounts
         root = mounts.root_mount
-        if b"/.." in path or perm.needs_checks(self.creds) or self.root.key != root.root_key():
+        if (b"/.." in path or perm.needs_checks(self.caller.creds)
+                or self.root.key != root.root_key()):
             return None
         plain = path
         if b"//" in path or b"/./" in path or path.endswith((b"/.", b"/")):
@@ -120,7 +128,7 @@ class Walker:
                 self._check_search(cur)
                 nxt = self._down(cur, name)
                 if nxt.is_symlink() and (todo or follow_last):
-                    magic = nxt.fs.follow_magic(nxt)
+                    magic = nxt.fs.follow_magic(nxt, self.caller)
                     if magic is not None:          # /proc/<pid>/fd/N and friends
                         nxt.release()
                         nxt = magic
@@ -134,7 +142,7 @@ class Walker:
                     if links > MAXSYMLINKS:
                         nxt.release()
                         raise _err(errno.ELOOP)
-                    target = nxt.fs.readlink(nxt)
+                    target = nxt.fs.readlink(nxt, self.caller)
                     nxt.release()
                     if not target:
                         raise _err(errno.ENOENT)
@@ -158,13 +166,13 @@ class Walker:
             raise _err(errno.ENOTDIR)
         door = d.fs.door
         if door is not None:          # DrvFs: only for the users holding its door
-            door.check(self.creds)
-        if perm.needs_checks(self.creds):
-            a = d.fs.getattr(d)
-            perm.check(self.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
+            door.check(self.caller.creds)
+        if perm.needs_checks(self.caller.creds):
+            a = d.fs.getattr(d, self.caller)
+            perm.check(self.caller.creds, a.mode, a.uid, a.gid, perm.MAY_EXEC)
 
     def _down(self, cur: Node, name: bytes) -> Node:
-        nxt = cur.fs.lookup(cur, name)
+        nxt = cur.fs.lookup(cur, name, self.caller)
         # A mount on the directory, or a stack of them: go to the top one's root.
         while True:
             m = self.mounts.mounted_on(nxt)
@@ -186,6 +194,6 @@ class Walker:
                 cur.release()
                 cur = m.mountpoint.dup()       # climb out of the mount, then `..`
                 continue
-            up = cur.fs.parent_of(cur)
+            up = cur.fs.parent_of(cur, self.caller)
             cur.release()
             return up

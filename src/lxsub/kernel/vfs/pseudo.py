@@ -15,21 +15,21 @@ import shutil
 import stat as st
 import tempfile
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from lxsub.abi.fcntl import O_PATH
 from lxsub.abi.statfs import (ST_MANDLOCK, ST_NOATIME, ST_NODEV, ST_NODIRATIME, ST_NOEXEC, ST_NOSUID, ST_RDONLY,
                                ST_RELATIME, ST_SYNCHRONOUS, ST_VALID)
 from lxsub.kernel.fs import devices
-from lxsub.kernel.vfs.filesystem import FileSystem
+from lxsub.kernel.vfs.filesystem import CLAIM_OWN, FileSystem
 from lxsub.kernel.vfs.mount import anon_dev
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
 
 if TYPE_CHECKING:
     from lxsub.kernel.call import Call
-    from lxsub.kernel.instance import Instance
     from lxsub.kernel.task import Task
+    from lxsub.kernel.vfs.caller import Caller
 
 _MAX_SCRATCH_DIRS = 256
 _MAX_MEMFDS = 4096
@@ -197,12 +197,20 @@ class HostDir(Dir):
         raise OSError(errno.ENOENT, "no such file or directory")
 
 
+class PseudoHost(Protocol):
+    """What a pseudo file system needs of the instance it serves: its event
+    loop (to hear writes to pseudo files), its log, a scratch directory."""
+    engine: Any
+    log: Any
+
+    def scratch_dir(self) -> str: ...
+
+
 class PseudoFs(FileSystem):
     read_only = True
-    # How the default mount table mounts it (kernel/fs/mounts.py).
-    mount_options = "rw"
+    host_claim = CLAIM_OWN       # its memfds and scratch directories (node_from_host)
 
-    def __init__(self, inst: "Instance") -> None:
+    def __init__(self, inst: PseudoHost) -> None:
         self.inst = inst
         self.dev = anon_dev()          # one device per pseudo file system
         self.born = time.time_ns()
@@ -223,29 +231,28 @@ class PseudoFs(FileSystem):
             entry = entry.lookup(task, name)
         return entry
 
-    def task(self) -> "Task":
-        return self.inst.current_task
-
     # -- FileSystem ---------------------------------------------------------------
 
     def root(self, mount) -> Node:
         return Node(mount, obj=self.root_entry())
 
-    def lookup(self, parent: Node, name: bytes) -> Node:
+    # Entries compute their contents for the caller's task (None: the
+    # provider's own work), as Linux's proc files look at `current`.
+    def lookup(self, parent: Node, name: bytes, caller: "Caller") -> Node:
         d = parent.obj
         if not isinstance(d, Dir):
             raise OSError(errno.ENOTDIR, "not a directory")
-        return Node(parent.mount, obj=d.lookup(self.task(), name.decode("utf-8", "surrogateescape")))
+        return Node(parent.mount, obj=d.lookup(caller.task, name.decode("utf-8", "surrogateescape")))
 
-    def parent_of(self, node: Node) -> Node:
-        return Node(node.mount, obj=self.entry_at(node.obj.parent_path(), self.task()))
+    def parent_of(self, node: Node, caller: "Caller") -> Node:
+        return Node(node.mount, obj=self.entry_at(node.obj.parent_path(), caller.task))
 
-    def readlink(self, node: Node) -> bytes:
+    def readlink(self, node: Node, caller: "Caller") -> bytes:
         if not isinstance(node.obj, Link):
             raise OSError(errno.EINVAL, "not a symlink")
-        return node.obj.target(self.task()).encode("utf-8", "surrogateescape")
+        return node.obj.target(caller.task).encode("utf-8", "surrogateescape")
 
-    def getattr(self, node: Node) -> LinuxStat:
+    def getattr(self, node: Node, caller: "Caller") -> LinuxStat:
         e = node.obj
         nlink = 2 if isinstance(e, Dir) else 1
         try:
@@ -260,33 +267,33 @@ class PseudoFs(FileSystem):
         return struct.pack("<qqQQQQQiiqqq4q", self.magic, 4096, 0, 0, 0, 0, 0, 0, 0, 255,
                            4096, mount_flags(node.mount.options), 0, 0, 0, 0)
 
-    def vpath(self, node: Node) -> str:
-        base = node.mount.path.rstrip("/")
-        return (base + node.obj.path) if node.obj.path != "/" else (node.mount.path or "/")
+    def path_in_mount(self, node: Node) -> str:
+        return node.obj.path
 
-    def open(self, node: Node, flags: int, creds) -> int:
+    def open(self, node: Node, flags: int, caller: "Caller") -> int:
         e = node.obj
+        task = caller.task
         if flags & O_PATH:   # any host object of the right kind will do
-            return self._open_dir(node, e) if isinstance(e, Dir) else self._open_file(e, os.O_RDONLY)
+            return self._open_dir(e, task) if isinstance(e, Dir) else self._open_file(e, os.O_RDONLY, task)
         if isinstance(e, Dir):
-            return self._open_dir(node, e)
+            return self._open_dir(e, task)
         if isinstance(e, Device):
             return devices.open_device(st.S_IFMT(e.mode), e.rdev, flags)
         if isinstance(e, File):
-            return self._open_file(e, flags)
+            return self._open_file(e, flags, task)
         raise OSError(errno.ENXIO, "no such device or address")
 
-    def _open_file(self, e: File, flags: int) -> int:
+    def _open_file(self, e: File, flags: int, task: "Task | None") -> int:
         acc = flags & os.O_ACCMODE
         if acc != os.O_RDONLY and e.write is None:
             if self.mount_options.startswith("ro"):
                 raise OSError(errno.EROFS, "read-only file system")
             raise OSError(errno.EACCES, "read-only pseudo file")
         if acc != os.O_RDONLY and e.write is not None:
-            return self._open_writable(e, flags)
+            return self._open_writable(e, task)
         if self._writers:
             self._flush_writes()
-        data = e.read(self.task()) if isinstance(e, File) else b""
+        data = e.read(task) if isinstance(e, File) else b""
         fd = os.memfd_create("lxsub:" + os.path.basename(e.path), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -296,7 +303,7 @@ class PseudoFs(FileSystem):
         os.close(fd)
         return ro
 
-    def _open_writable(self, e: File, flags: int) -> int:
+    def _open_writable(self, e: File, task: "Task | None") -> int:
         """Writes to a pseudo file take effect when the provider next reads
         the memfd: when the program closes it we are not told, so the write
         handler runs right away on a pipe instead (and before any later
@@ -304,7 +311,6 @@ class PseudoFs(FileSystem):
         what it wrote finds it)."""
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(r, False)
-        task = self.task()
         self._writers[r] = (e, task)
         self.inst.engine.watch_fd(r, lambda: self._drain_write(r))
         return w
@@ -343,10 +349,10 @@ class PseudoFs(FileSystem):
         while len(self._memfds) > _MAX_MEMFDS:
             self._memfds.popitem(last=False)
 
-    def _open_dir(self, node: Node, d: Dir) -> int:
+    def _open_dir(self, d: Dir, task: "Task | None") -> int:
         base = self.inst.scratch_dir()
         path = tempfile.mkdtemp(dir=base)
-        children = list(d.children(self.task()).items())
+        children = list(d.children(task).items())
         if _listing_reversed(base):
             children.reverse()
         for name, child in children:

@@ -22,9 +22,8 @@ from lxsub.kernel.fs.procfs.task import InitDir, ProcessDir, process_of_dir
 from lxsub.kernel.fs.procfs.task_files import FdLink, MountFiles
 from lxsub.kernel.fs.procfs.tasks import ProcRoot
 from lxsub.kernel.fs.procfs.tasks_files import (_PASSTHROUGH, HZ, Boot, TasksFiles, _cgroups,
-                                                _filesystems, boot_of, filesystem_types,
+                                                _filesystems, boot_of,
                                                 task_count)
-from lxsub.kernel.fs.procfs.vpaths import detached_mounts, host_roots, host_to_vpath
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Dir, File, HostFile, Link, PseudoFs, StaticDir
 
@@ -32,8 +31,7 @@ if TYPE_CHECKING:
     from lxsub.kernel.task import Process, Task
 
 __all__ = ["PROC_SUPER_MAGIC", "HZ", "Boot", "FdLink", "InitDir", "ProcFs", "ProcRoot", "ProcessDir",
-           "boot_of", "detached_mounts", "filesystem_types", "host_roots", "host_to_vpath",
-           "process_of_dir", "task_count"]
+           "boot_of", "process_of_dir", "task_count"]
 
 
 
@@ -89,7 +87,7 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
 
     # -- magic links ---------------------------------------------------------
 
-    def follow_magic(self, node: Node) -> Node | None:
+    def follow_magic(self, node: Node, caller) -> Node | None:
         e = node.obj
         if isinstance(e, FdLink):
             return e.open_target(self.inst)

@@ -25,7 +25,7 @@ def process_of_dir(inst, fd: int) -> "Process | None":
     """The process whose /proc/<pid> directory the provider-side descriptor
     fd is (as opened by a program), or None."""
     try:
-        node = inst.node_for_host_fd(fd, os.fstat(fd))
+        node = inst.vfs.node_for_host_fd(fd, os.fstat(fd))
     except OSError:
         return None
     e = node.obj if node is not None else None
@@ -63,14 +63,14 @@ class ProcessDir(TaskFiles, Dir):
             return e
         entries: dict[str, Entry] = {
             "exe": Link(p + "/exe", lambda t: self._inspect(t) or proc.exe),
-            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vpath_of(self._task().fs.cwd)),
+            "cwd": Link(p + "/cwd", lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.cwd)),
             "root": Link(p + "/root",
-                         lambda t: self._inspect(t) or inst.vpath_of(self._task().fs.root)),
+                         lambda t: self._inspect(t) or inst.vfs.vpath_of(self._task().fs.root)),
             "cmdline": File(p + "/cmdline", lambda t: self._cmdline()),
             "comm": File(p + "/comm", lambda t: proc.comm.encode() + b"\n",
                          write=self._set_comm, mode=0o444),
-            "stat": File(p + "/stat", lambda t: self._stat()),
-            "status": File(p + "/status", lambda t: self._status()),
+            "stat": File(p + "/stat", lambda t: self._stat(t)),
+            "status": File(p + "/status", lambda t: self._status(t)),
             "maps": File(p + "/maps", lambda t: self._inspect(t) or self._maps("maps")),
             "smaps": File(p + "/smaps", lambda t: self._inspect(t) or self._maps("smaps")),
             "smaps_rollup": File(p + "/smaps_rollup",
@@ -110,10 +110,10 @@ class ProcessDir(TaskFiles, Dir):
             return None
         raise OSError(errno.EACCES, "permission denied")
 
-    def _is_caller(self) -> bool:
-        """Whether this is the task reading the file: it is running (in
+    def _is_caller(self, t: "Task | None") -> bool:
+        """Whether this is the task reading the file (t): it is running (in
         the system call the provider is answering), whatever the host says."""
-        return (self.thread or _main_thread(self.proc)) is self.fs.task()
+        return (self.thread or _main_thread(self.proc)) is t
 
     def _threads(self) -> dict[str, Entry]:
         out = {}
@@ -138,8 +138,8 @@ class InitDir(Dir):
             "root": Link(p + "/root", lambda t: "/"),
             "cmdline": File(p + "/cmdline", lambda t: b"/init\0"),
             "comm": File(p + "/comm", lambda t: b"init\n"),
-            "stat": File(p + "/stat", lambda t: self._stat()),
-            "status": File(p + "/status", lambda t: self._status()),
+            "stat": File(p + "/stat", lambda t: self._stat(t)),
+            "status": File(p + "/status", lambda t: self._status(t)),
             "statm": File(p + "/statm", lambda t: b"0 0 0 0 0 0 0\n"),
             "fd": Dir(p + "/fd", lambda t: {}, 0o500),
             "fdinfo": Dir(p + "/fdinfo", lambda t: {}, 0o500),
@@ -161,7 +161,7 @@ class InitDir(Dir):
         kids = sorted(c.pid for c in list(self.fs.inst.init.children) if not c.exited)
         return "".join(f"{k} " for k in kids).encode()
 
-    def _stat(self) -> bytes:
+    def _stat(self, t: "Task | None") -> bytes:
         # state ppid pgrp session tty tpgid flags; minflt cminflt majflt
         # cmajflt utime stime cutime cstime; priority nice threads itreal
         # starttime; then vsize rss... (52 fields in all).
@@ -169,7 +169,7 @@ class InitDir(Dir):
             + ["20", "0", "1", "0", "0"] + ["0"] * 30
         return f"1 (init) {' '.join(fields)}\n".encode()
 
-    def _status(self) -> bytes:
+    def _status(self, t: "Task | None") -> bytes:
         return (b"Name:\tinit\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\nPid:\t1\n"
                 b"PPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n"
                 b"NStgid:\t1\nNSpid:\t1\nNSpgid:\t1\nNSsid:\t1\nThreads:\t1\n")

@@ -9,15 +9,15 @@ import os
 import stat as st
 from typing import TYPE_CHECKING
 
-from lxsub.kernel.creds import CAP_SYS_RESOURCE
-from lxsub.kernel.fs.procfs.vpaths import detached_mounts, host_roots, host_to_vpath
+from lxsub.kernel.creds import CAP_SYS_RESOURCE, Creds
+from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Entry, File, HostFile, Link, read_host
 from lxsub.platform import libc
 
 if TYPE_CHECKING:
     from lxsub.kernel.fs.procfs import ProcFs
-    from lxsub.kernel.task import Process
+    from lxsub.kernel.task import Process, Task
     from lxsub.kernel.vfs.mount import Mount
 
 _ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
@@ -28,12 +28,12 @@ class MountFiles:
 
     def mounts_text(self) -> bytes:
         lines = [f"{_esc(m.source)} {_esc(m.path)} {m.fs.fstype} {m.options} 0 0"
-                 for m in self.inst.mounts.mounts]
+                 for m in self.inst.vfs.mounts.mounts]
         return ("\n".join(lines) + "\n").encode()
 
     def mountinfo_text(self) -> bytes:
         lines = []
-        for m in self.inst.mounts.mounts:
+        for m in self.inst.vfs.mounts.mounts:
             parent = m.parent.id if m.parent is not None else 1
             dev = _mount_dev(m)
             opts = m.options.split(",")
@@ -64,7 +64,7 @@ def _mount_root(m: "Mount") -> str:
         return "/"
     if node.obj is not None and isinstance(getattr(node.obj, "path", None), str):
         return node.obj.path
-    host_root = getattr(fs, "host_root", None)
+    host_root = fs.host_root
     if node.fd is None or not host_root:
         return "/"
     try:
@@ -77,11 +77,11 @@ def _mount_root(m: "Mount") -> str:
 
 
 def _mount_dev(m: "Mount") -> int:
-    dev = getattr(m.fs, "dev", None)
-    if isinstance(dev, int):
-        return dev
+    if m.fs.dev:
+        return m.fs.dev
     try:
-        return m.fs.getattr(m.root_node).dev
+        # The device is no one's view: asked as the provider itself.
+        return m.fs.getattr(m.root_node, Caller(Creds())).dev
     except (OSError, AttributeError, AssertionError):
         return 0
 
@@ -143,7 +143,7 @@ class TaskFiles:
                 raw = b"\0".join([words[2]] + words[4:])
         return raw
 
-    def _stat(self) -> bytes:
+    def _stat(self, t: "Task | None") -> bytes:
         raw = read_host(self.hp + "/stat").decode()
         _head, _, rest = raw.rpartition(")")
         f = rest.split()
@@ -155,12 +155,12 @@ class TaskFiles:
         tpgid = int(f[5])
         f[5] = str(pids.group_to_virtual(tpgid) if tpgid > 0 else tpgid)
         f[19] = str(max(0, int(f[19]) - self.fs.start_jiffies))
-        if self._is_caller():
+        if self._is_caller(t):
             f[0] = "R"
         vid = self.thread.tid if self.thread else proc.pid
         return f"{vid} ({proc.comm}) {' '.join(f)}\n".encode()
 
-    def _status(self) -> bytes:
+    def _status(self, t: "Task | None") -> bytes:
         proc, thread = self.proc, self.thread
         task = thread or _main_thread(proc)
         c = task.creds if task else None
@@ -199,7 +199,7 @@ class TaskFiles:
                                  [key] if task else 0)
             elif key == "Umask" and task:
                 val = f"\t{task.fs.umask:04o}"
-            elif key == "State" and self._is_caller():
+            elif key == "State" and self._is_caller(t):
                 val = "\tR (running)"
             out.append(f"{key}:{val}")
         return ("\n".join(out) + "\n").encode()
@@ -207,8 +207,9 @@ class TaskFiles:
     def _maps(self, name: str) -> bytes:
         """Mapped files named by their instance paths (the distro's under /,
         host files under their DrvFs mount, tmpfs files under theirs)."""
-        roots = host_roots(self.fs.inst)
-        detached = detached_mounts(self.fs.inst)
+        vfs = self.fs.inst.vfs
+        roots = vfs.host_roots()
+        detached = vfs.detached_mounts(roots)
         out = []
         for line in read_host(f"{self.hp}/{name}").decode(errors="surrogateescape").splitlines():
             parts = line.split(None, 5)
@@ -221,7 +222,7 @@ class TaskFiles:
                 if m is not None:         # the path is below that file system's root
                     v = m.path.rstrip("/") + plain if plain != "/" else m.path
                 else:
-                    v = host_to_vpath(roots, plain)
+                    v = vfs.host_to_vpath(roots, plain)
                 if v is not None:
                     line = line[: len(line) - len(path)] + v + (" (deleted)" if deleted else "")
             out.append(line)
@@ -254,8 +255,7 @@ class TaskFiles:
             local = -1
         if local >= 0:
             try:
-                node = inst.node_for_host_fd(local, os.fstat(local))
-                mnt_id = node.mount.id if node is not None else inst.anon_mount.id
+                mnt_id = inst.vfs.mount_id_of_host_fd(local)
             finally:
                 os.close(local)
         out = []
@@ -332,17 +332,17 @@ class FdLink(Link):
         deleted = host.endswith(" (deleted)")
         def by_path() -> str:
             plain = host[: -len(" (deleted)")] if deleted else host
-            v = host_to_vpath(host_roots(inst), plain)
+            v = inst.vfs.host_to_vpath(inst.vfs.host_roots(), plain)
             return host if v is None else v + (" (deleted)" if deleted else "")
         try:
             local = _open_fd_target(self.proc, self.fd)
         except OSError:
             return by_path()
         try:
-            node = inst.node_for_host_fd(local, os.fstat(local))
+            node = inst.vfs.node_for_host_fd(local, os.fstat(local))
             if node is None:
                 return by_path()
-            path = inst.vpath_of(node)
+            path = inst.vfs.vpath_of(node)
             if deleted and not path.endswith(" (deleted)"):
                 path += " (deleted)"
             return path
@@ -356,8 +356,4 @@ class FdLink(Link):
             fd = _open_fd_target(self.proc, self.fd)
         except OSError:
             raise OSError(errno.ENOENT, "no such file descriptor") from None
-        s = os.fstat(fd)
-        node = inst.node_for_host_fd(fd, s)
-        if node is None:
-            node = Node(inst.anon_mount, fd, s)
-        return node
+        return inst.vfs.node_or_anon(fd)

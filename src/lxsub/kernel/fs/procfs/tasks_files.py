@@ -9,9 +9,13 @@ import os
 import time
 import uuid
 import weakref
+from typing import TYPE_CHECKING
 
 from lxsub.kernel.task import PID_MAX
 from lxsub.kernel.vfs.pseudo import read_host
+
+if TYPE_CHECKING:
+    from lxsub.kernel.task import Task
 
 HZ = os.sysconf("SC_CLK_TCK")
 # Host-wide files the instance shares as they are: its CPUs, memory, devices.
@@ -68,11 +72,10 @@ class TasksFiles:
             for task in list(proc.threads.values()):
                 yield proc, task
 
-    def _task_states(self) -> list[str]:
+    def _task_states(self, caller: "Task | None") -> list[str]:
         """The state letter of each instance task (and S for /init); the
         caller is running."""
         states = ["S"]
-        caller = self.task()
         for proc, task in self._tasks():
             if task is caller:
                 states.append("R")
@@ -94,7 +97,7 @@ class TasksFiles:
 
     def _loadavg(self, t) -> bytes:
         loads = read_host("/proc/loadavg").decode().split()[:3]
-        states = self._task_states()
+        states = self._task_states(t)
         running = sum(1 for s in states if s == "R")
         return f"{' '.join(loads)} {running}/{len(states)} {self._last_pid()}\n".encode()
 
@@ -108,7 +111,7 @@ class TasksFiles:
             elif key == "processes":
                 line = f"processes {self._last_pid()}"
             elif key in ("procs_running", "procs_blocked"):
-                states = states or self._task_states()
+                states = states or self._task_states(t)
                 want = "R" if key == "procs_running" else "D"
                 line = f"{key} {sum(1 for s in states if s == want)}"
             lines.append(line)
@@ -121,30 +124,8 @@ class TasksFiles:
 
 def _filesystems() -> bytes:
     """The file system types lxsub has, as /proc/filesystems lists them."""
-    return "".join(f"{'nodev' if nodev else ''}\t{name}\n"
-                   for name, nodev in filesystem_types()).encode()
-
-
-def filesystem_types() -> list[tuple[str, bool]]:
-    """(type name, nodev) of each file system type lxsub has, in the order
-    /proc/filesystems and sysfs(2) number them (the kernel's file_systems
-    list)."""
-    import importlib
-
-    from lxsub.kernel.fs.hostfs import HostFs
-    from lxsub.kernel.vfs.filesystem import FileSystem
-    seen: dict[str, bool] = {}
-    for mod in ("volfs", "drvfs", "tmpfs", "procfs", "sysfs", "cgroupfs", "devfs"):
-        try:
-            m = importlib.import_module("lxsub.kernel.fs." + mod)
-        except ImportError:
-            continue
-        for obj in vars(m).values():
-            if (isinstance(obj, type) and issubclass(obj, FileSystem) and obj.__module__ == m.__name__
-                    and obj.fstype not in ("none", "")):
-                backed = issubclass(obj, HostFs) and obj.fstype != "devpts"
-                seen.setdefault(obj.fstype, not backed)
-    return list(seen.items())
+    from lxsub.kernel.fs.registry import FS_TYPES
+    return "".join(f"{'nodev' if t.nodev else ''}\t{t.name}\n" for t in FS_TYPES).encode()
 
 
 def _cgroups() -> bytes:

@@ -1,0 +1,14 @@
+"""<sys/ipc.h>, <sys/shm.h>, <sys/sem.h>, <sys/msg.h>: SysV IPC keys, flags
+and control commands."""
+
+IPC_PRIVATE = 0
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+IPC_RMID = 0
+IPC_INFO = 3
+
+# ctl commands whose first argument is an index into the host's table, or
+# that sum it up (ipcs's fallback when /proc/sysvipc is missing).
+MSG_STAT, MSG_INFO, MSG_STAT_ANY = 11, 12, 13
+SHM_STAT, SHM_INFO, SHM_STAT_ANY = 13, 14, 15
+SEM_STAT, SEM_INFO, SEM_STAT_ANY = 18, 19, 20

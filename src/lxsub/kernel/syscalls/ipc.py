@@ -1,0 +1,126 @@
+"""System V IPC (shm, sem, msg) keys and ids of the instance's own.
+
+On the host, SysV IPC objects live in the host's IPC namespace, found by a
+key anyone may know and an id anyone may guess (svipc(7)). Joining a
+private IPC namespace needs CAP_SYS_ADMIN in the joiner's own user
+namespace (ipc/namespace.c ipcns_install), which a pico process of an
+unprivileged host user lacks without changing its user namespace. So the
+instance keeps its own key table: an object it asks for by key is made on
+the host as IPC_PRIVATE (no host process finds it by key) and remembered
+under the key; every call that names an object by id stops (ptrace, where
+the id is in the caller's own register, which no other thread can change)
+and is refused as a nonexistent id (EINVAL) unless the id is one of the
+instance's. The objects are removed when the instance ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+from lxsub.abi.ipc import (IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, MSG_INFO, MSG_STAT,
+                           MSG_STAT_ANY, SEM_INFO, SEM_STAT, SEM_STAT_ANY, SHM_INFO, SHM_STAT, SHM_STAT_ANY)
+from lxsub.abi.sysno import NUMBERS
+from lxsub.kernel.call import Call, Native
+from lxsub.platform import libc
+
+SHM, SEM, MSG = "shm", "sem", "msg"
+# ctl commands whose first argument is an index, not an id, or that sum up
+# the host's table (ipcs's fallback): *_INFO, *_STAT, *_STAT_ANY. IPC_INFO
+# (the limits, the same for everyone) is not among them.
+_TABLE_COMMANDS = {SHM: (SHM_INFO, SHM_STAT, SHM_STAT_ANY), SEM: (SEM_INFO, SEM_STAT, SEM_STAT_ANY),
+                   MSG: (MSG_INFO, MSG_STAT, MSG_STAT_ANY)}
+_CTL_NR = {SHM: NUMBERS["shmctl"], SEM: NUMBERS["semctl"], MSG: NUMBERS["msgctl"]}
+
+
+class IpcSpace:
+    """The instance's SysV objects: per kind, key -> id and the set of ids."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.keys: dict[str, dict[int, int]] = {SHM: {}, SEM: {}, MSG: {}}
+        self.ids: dict[str, set[int]] = {SHM: set(), SEM: set(), MSG: set()}
+
+    def add(self, kind: str, key: int, ident: int) -> None:
+        with self.lock:
+            self.ids[kind].add(ident)
+            if key != IPC_PRIVATE:
+                self.keys[kind][key] = ident
+
+    def drop(self, kind: str, ident: int) -> None:
+        with self.lock:
+            self.ids[kind].discard(ident)
+            for key, i in list(self.keys[kind].items()):
+                if i == ident:
+                    del self.keys[kind][key]
+
+    def remove_all(self) -> None:
+        """IPC_RMID of every object the instance made (its end)."""
+        with self.lock:
+            for kind, ids in self.ids.items():
+                for ident in ids:
+                    try:
+                        libc.syscall(_CTL_NR[kind], ident, IPC_RMID, 0)
+                    except OSError:
+                        pass                 # removed on the host meanwhile
+                ids.clear()
+                self.keys[kind].clear()
+
+
+def space(inst) -> IpcSpace:
+    sp = getattr(inst, "ipc", None)
+    if sp is None:
+        sp = inst.ipc = IpcSpace()
+    return sp
+
+
+def _get(kind: str, flags_arg: int):
+    def handler(c: Call):
+        """shmget/semget/msgget(key, ..., flags) (a ptrace stop)."""
+        sp = space(c.inst)
+        key, flags = c.int(0), c.int(flags_arg)
+        if key != IPC_PRIVATE:
+            ident = sp.keys[kind].get(key)
+            if ident is not None:
+                if flags & IPC_CREAT and flags & IPC_EXCL:
+                    raise OSError(errno.EEXIST, "key exists")
+                return ident
+            if not flags & IPC_CREAT:
+                raise OSError(errno.ENOENT, "no object for this key")
+            c.set_arg(0, IPC_PRIVATE)            # made private on the host
+
+        def record(result: int):
+            if result >= 0:
+                sp.add(kind, key, result)
+            return None
+        return Native(on_exit=record)
+    return handler
+
+
+def _by_id(kind: str, cmd_arg: int | None = None):
+    def handler(c: Call):
+        """A call naming an object by id (a ptrace stop): the instance's only."""
+        sp = space(c.inst)
+        ident = c.int(0)
+        cmd = c.int(cmd_arg) & 0xFF if cmd_arg is not None else None   # without IPC_64
+        if cmd is not None and cmd in _TABLE_COMMANDS[kind]:
+            raise OSError(errno.EINVAL, "the host's IPC tables are not the instance's")
+        if cmd == IPC_INFO:
+            return Native()
+        if ident not in sp.ids[kind]:
+            raise OSError(errno.EINVAL, "no such IPC object in this instance")
+        if cmd != IPC_RMID:
+            return Native()
+
+        def removed(result: int):
+            if result >= 0:
+                sp.drop(kind, ident)
+            return None
+        return Native(on_exit=removed)
+    return handler
+
+
+sys_shmget, sys_semget, sys_msgget = _get(SHM, 2), _get(SEM, 2), _get(MSG, 1)
+sys_shmat, sys_shmctl = _by_id(SHM), _by_id(SHM, 1)
+sys_semop, sys_semtimedop, sys_semctl = _by_id(SEM), _by_id(SEM), _by_id(SEM, 2)
+sys_msgsnd, sys_msgrcv, sys_msgctl = _by_id(MSG), _by_id(MSG), _by_id(MSG, 1)

@@ -1,0 +1,77 @@
+"""System V IPC inside an instance (kernel/syscalls/ipc.py): keys and ids
+of the instance's own work between its processes as on Linux; the host's
+are out of reach (tests/security/test_escape.py::test_sysv_ipc_of_the_host_is_not_reachable)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.integration.distros import describe
+
+pytestmark = [pytest.mark.debian]
+
+SYSV_PY = textwrap.dedent("""\
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    KEY, CREAT, EXCL = 0x4C5853, 0o1000, 0o2000
+    def err():
+        return errno.errorcode[ctypes.get_errno()]
+    print("absent", libc.shmget(KEY, 4096, 0) == -1 and err())
+    shm = libc.shmget(KEY, 4096, CREAT | 0o600)
+    print("excl", libc.shmget(KEY, 4096, CREAT | EXCL | 0o600) == -1 and err())
+    child = os.fork()
+    if child == 0:
+        same = libc.shmget(KEY, 4096, 0)
+        at = libc.shmat(same, None, 0)
+        ctypes.memmove(at, b"from the child", 14)
+        q = libc.msgget(KEY, CREAT | 0o600)
+        libc.msgsnd(q, (1).to_bytes(8, "little") + b"queued", 6, 0)
+        os._exit(0 if same == shm else 1)
+    print("child", os.waitpid(child, 0)[1])
+    at = libc.shmat(shm, None, 0)
+    print(ctypes.string_at(at, 14).decode())
+    q = libc.msgget(KEY, 0)
+    buf = ctypes.create_string_buffer(64)
+    n = libc.msgrcv(q, buf, 56, 0, 0o4000)
+    print("msg", buf.raw[8:8 + n].decode())
+    sem = libc.semget(KEY, 1, CREAT | 0o600)
+    op = (ctypes.c_short * 3)(0, 1, 0)
+    print("semop", libc.semop(sem, op, 1), libc.semctl(sem, 0, 12))   # GETVAL
+    for rm, ident in ((libc.shmctl, shm), (libc.msgctl, q), (libc.semctl, sem)):
+        print("rm", rm(ident, 0, 0) if rm is not libc.semctl else rm(ident, 0, 0, 0))
+    print("gone", libc.shmget(KEY, 4096, 0) == -1 and err(), libc.shmat(shm, None, 0) == 2**64 - 1
+          and err())
+    """)
+
+
+def test_sysv_ipc_in_the_instance(debian):
+    cp = debian.exe("python3", "-u", "-c", SYSV_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "absent ENOENT", "excl EEXIST", "child 0", "from the child", "msg queued",
+        "semop 0 1", "rm 0", "rm 0", "rm 0", "gone ENOENT EINVAL"], describe(cp)
+
+
+def test_sysv_objects_end_with_the_instance(debian):
+    """Objects a program leaves behind are removed when its instance ends."""
+    import ctypes
+    import time
+    keep = debian.runner.popen(["-d", debian.name, "-e", "sleep", "120"])   # the instance runs
+    time.sleep(3)
+    make = ("import ctypes; l = ctypes.CDLL(None); "
+            "print(l.shmget(0x4C5854, 4096, 0o1000 | 0o600), l.msgget(0x4C5854, 0o1000 | 0o600))")
+    cp = debian.exe("python3", "-c", make, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    shm, msg = map(int, cp.stdout.split())
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    try:
+        assert libc.shmctl(shm, 2, buf) == 0 and libc.msgctl(msg, 2, buf) == 0   # IPC_STAT
+        assert debian.runner.run(["--terminate", debian.name], timeout=60).returncode == 0
+        assert libc.shmctl(shm, 2, buf) == -1 and libc.msgctl(msg, 2, buf) == -1
+    finally:
+        keep.kill()
+        keep.wait()
