@@ -239,3 +239,30 @@ def test_ambient_capabilities_are_the_instances(busybox, program):
     bind = "%x" % (1 << 10)       # CAP_NET_BIND_SERVICE
     assert out["ambient CapPrm:"] == bind and out["ambient CapEff:"] == bind, out
     assert out["ambient CapAmb:"] == bind, out
+
+
+def test_proc_ns_shows_the_instances_namespaces(busybox, program):
+    """/proc/<pid>/ns/*: one namespace of each type for the instance, the
+    same for every process in it; opened, they answer fs/nsfs.c's ioctls
+    as inside a container: the user namespace's owner and parent and the
+    PID namespace's parent are outside (EPERM), UTS has none (EINVAL), the
+    owner uid is unmapped (overflowuid). Before, /proc/self/ns was missing."""
+    out = _run(busybox, program, "ns")
+    assert out["ns uts-link"] == "16 uts:", out
+    assert out["ns same-as-parent"] == "1" and out["ns open"] == "1", out
+    assert out["ns type"] == "1 1", out
+    assert out["ns uts-parent"] == str(-errno.EINVAL), out
+    assert out["ns pid-parent"] == str(-errno.EPERM), out
+    assert out["ns uts-owner"] == str(-errno.EINVAL), out
+    assert out["ns user-owner"] == "0 65534", out
+    assert out["ns user-userns"] == str(-errno.EPERM), out
+    assert out["ns uts-userns"] == "1", out
+    assert out["ns not-ns"] == str(-errno.ENOTTY), out
+    # setns(2) into them: the install checks, and the mount namespace's root
+    assert out["setns uts"] == "0" and out["setns uts-any"] == "0", out
+    einval = str(-errno.EINVAL)
+    for name in ("wrong-type", "not-ns", "own-user"):
+        assert out[f"setns {name}"] == einval, (name, out)
+    assert out["setns bad-fd"] == str(-errno.EBADF), out
+    assert out["setns mnt"] == "0 /", out
+    assert out["setns nobody"] == str(-errno.EPERM), out

@@ -21,6 +21,7 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
+from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (clock, crossproc, fcntl, identity, ioctl, ipc, keys, klog, mount, net,
                                    nsproxy, process, sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf
@@ -105,10 +106,12 @@ ROWS: list[Syscall] = [
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
-            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md)",
+            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the NS_GET_* "
+            "requests of namespace files answer for the instance's namespaces",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
-                   *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF))),
+                   *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
@@ -320,7 +323,8 @@ ROWS: list[Syscall] = [
     denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
           "single-thread checks as Linux; new namespaces: EPERM", PARTIAL),
-    denied("setns"),
+    notify("setns", nsproxy.sys_setns, "the instance's own namespaces (/proc/<pid>/ns files, "
+           "pidfds of its processes): the install checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),

@@ -1,4 +1,4 @@
-"""unshare(2) (kernel/fork.c ksys_unshare, kernel/nsproxy.c).
+"""unshare(2) (kernel/fork.c ksys_unshare, kernel/nsproxy.c) and setns(2).
 
 What unshare does to the caller's own host resources (a private descriptor
 table with CLONE_FILES, SysV semaphore undo list with CLONE_SYSVSEM, a
@@ -53,3 +53,63 @@ def sys_unshare(c: Call):
             old, task.fs = task.fs, task.fs.copy().attach()
             old.detach()
     return Native(done)
+
+
+# -- setns(2): into the namespaces the instance has ---------------------------
+
+_SETNS_PIDFD_FLAGS = NAMESPACES
+
+
+def sys_setns(c: Call) -> int:
+    """setns(2) (kernel/nsproxy.c): a namespace file of /proc/<pid>/ns (its
+    type must be `nstype` when that is given) or a pidfd of an instance
+    process with namespace flags; anything else EINVAL, no descriptor
+    EBADF. An instance has one namespace of each type, so joining one is
+    joining the caller's own: only each type's install checks apply
+    (CAP_SYS_ADMIN, EPERM; re-entering one's own user namespace EINVAL),
+    and joining the mount namespace moves root and cwd to its root, as
+    mntns_install does."""
+    from lxsub.kernel.fs.procfs.ns import namespace_of_fd
+    from lxsub.kernel.syscalls.signal import pidfd_host_pid, process_of_pidfd
+    from lxsub.kernel.vfs import lookup
+    nstype = c.int(1)
+    local = lookup.copy_fd(c.task, c.int(0))        # EBADF
+    try:
+        ns = namespace_of_fd(c.inst, local)
+        if ns is not None:
+            if nstype and ns.kind != nstype:
+                raise OSError(errno.EINVAL, "not a namespace of that type")
+            kinds = ns.kind
+        elif pidfd_host_pid(local) is not None:
+            process_of_pidfd(c, local, errno.EINVAL)
+            if not nstype or nstype & ~_SETNS_PIDFD_FLAGS:
+                raise OSError(errno.EINVAL, "bad namespace flags")
+            kinds = nstype
+        else:
+            raise OSError(errno.EINVAL, "not a namespace file or pidfd")
+    finally:
+        import os
+        os.close(local)
+    _install(c, kinds)
+    return 0
+
+
+def _install(c: Call, kinds: int) -> None:
+    """The install checks of each namespace type joined, as validate_nsset
+    runs them (user, then the others), then the mount namespace's effect."""
+    from lxsub.kernel import creds as caps
+    cr = c.task.creds
+    if kinds & CLONE_NEWUSER:
+        raise OSError(errno.EINVAL, "already in that user namespace")     # userns_install
+    if kinds & CLONE_NEWTIME and len(c.task.process.threads) > 1:
+        raise OSError(errno.EUSERS, "not single-threaded")                # timens_install
+    if not cr.capable(caps.CAP_SYS_ADMIN):
+        raise OSError(errno.EPERM, "CAP_SYS_ADMIN needed")
+    if kinds & CLONE_NEWNS:
+        if not cr.capable(caps.CAP_SYS_CHROOT):
+            raise OSError(errno.EPERM, "CAP_SYS_CHROOT needed")
+        if c.task.fs.users != 1:
+            raise OSError(errno.EINVAL, "the fs context is shared")
+        root = c.inst.vfs.mounts.root_mount.root()
+        c.task.fs.set_cwd(root.dup())
+        c.task.fs.set_root(root)
