@@ -74,7 +74,8 @@ def test_unshare_of_what_is_no_namespace(busybox, program):
     out = _run(busybox, program, "unshare")
     assert out["unshare files-fs-sysvsem"] == "0", out
     assert out["unshare bad"] == str(-errno.EINVAL), out
-    assert out["unshare newuts"] == str(-errno.EPERM), out
+    # a mount namespace of its own is refused, as a container's runtime does
+    assert out["unshare newns"] == str(-errno.EPERM), out
     # the clone(CLONE_FS) child unshared its context before its chdir: ours stays
     assert out["unshare fs"] == "0 /", out
     assert out["shared fs"] == "/tmp", out
@@ -266,3 +267,17 @@ def test_proc_ns_shows_the_instances_namespaces(busybox, program):
     assert out["setns bad-fd"] == str(-errno.EBADF), out
     assert out["setns mnt"] == "0 /", out
     assert out["setns nobody"] == str(-errno.EPERM), out
+
+
+def test_uts_namespaces_are_kept_by_the_provider(busybox, program):
+    """unshare(2)/clone(2) with CLONE_NEWUTS (CAP_SYS_ADMIN, else EPERM)
+    give the task a copy of its host and domain names; sethostname then
+    changes only that copy, /proc/self/ns/uts names another namespace, and
+    setns(2) with the old one's file goes back. Before, both were EPERM."""
+    out = _run(busybox, program, "uts")
+    assert out["uts unshare"] == "0" and out["uts new-link"] == "1", out
+    assert out["uts inner"] == "inner", out
+    assert out["uts setns-back"] == "0" and out["uts back"] == "1", out
+    assert out["uts nobody"] == str(-errno.EPERM), out
+    assert out["uts clone"] == "1" and out["uts clone-child"] == "cloned", out
+    assert out["uts outer-kept"] == "1", out

@@ -10,6 +10,7 @@ the process table, trapped syscalls go to the dispatcher.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import signal
 import struct
@@ -32,7 +33,7 @@ from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
-from lxsub.kernel.task import FsContext, PidSpace, Process, Task
+from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
 from lxsub.platform import launcher, libc, memory, ptrace
@@ -44,9 +45,19 @@ from lxsub.platform.unixns import UnixNamespace
 
 @dataclass
 class UtsInfo:
+    """A UTS namespace: the instance's own, or one a process made
+    (CLONE_NEWUTS) starting as a copy of its creator's."""
     hostname: str = "localhost"
     domainname: str = "(none)"
     release: str = LINUX_RELEASE
+    inum: int = 0xEFFFFFFE      # /proc/<pid>/ns/uts: PROC_UTS_INIT_INO for the instance's
+
+    def copy(self) -> "UtsInfo":
+        return UtsInfo(self.hostname, self.domainname, self.release, next(_NS_INUMS))
+
+
+# Inode numbers of the namespaces programs make (after mnt's and net's).
+_NS_INUMS = itertools.count(0xF0000002)
 
 
 def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
@@ -176,10 +187,16 @@ class Instance:
         vid = task.tid
         self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {vid} (host {child})")
 
+        # A clone the provider let run with rewritten arguments has its own
+        # exit work (dispatch._exit_hook): it runs after the pid is fixed.
+        previous = self.engine.exit_hooks.get(tid)
+
         def fix_parent(ptid: int, r: Regs) -> None:
             if r.rax == child:
                 r.rax = vid
                 ptrace.set_regs(ptid, r)
+            if previous is not None:
+                previous(ptid, r)
 
         if flags & CLONE_PARENT_SETTID:
             # Now, while both are stopped: a thread that runs first may exit
@@ -224,7 +241,9 @@ class Instance:
             self.pids.add_process(proc)
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
-                    seccomp_filters=parent.seccomp_filters)
+                    seccomp_filters=parent.seccomp_filters,
+                    uts=uts_of(self, parent).copy() if parent.clone_newuts else parent.uts)
+        parent.clone_newuts = False
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
         self.pids.add_task(task)
         return task

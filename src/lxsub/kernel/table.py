@@ -83,7 +83,7 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
     return tuple(ArgRule(index, "eq", v, action) for v in values)
 
 
-_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
+_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
                     | CLONE_NEWNET | CLONE_UNTRACED)
 
 ROWS: list[Syscall] = [
@@ -148,9 +148,11 @@ ROWS: list[Syscall] = [
         "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
-    Syscall("clone", NATIVE, None, FULL, "new namespaces and CLONE_UNTRACED denied (EPERM); "
-            "child tid translated in the result and in PARENT/CHILD_SETTID memory",
-            rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),)),
+    Syscall("clone", NATIVE, nsproxy.sys_clone_newuts, FULL, "new namespaces but UTS and "
+            "CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS stops: a UTS namespace of the "
+            "provider's; child tid translated in the result and in PARENT/CHILD_SETTID memory",
+            rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),
+                   ArgRule(0, "any_bit", CLONE_NEWUTS, bpf.RET_TRACE))),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
             "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
@@ -322,7 +324,8 @@ ROWS: list[Syscall] = [
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     denied("name_to_handle_at", errno.EOPNOTSUPP), denied("open_by_handle_at", errno.EPERM),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; new namespaces: EPERM", PARTIAL),
+          "single-thread checks as Linux; CLONE_NEWUTS: a UTS namespace of the provider's; "
+          "other new namespaces: EPERM", PARTIAL),
     notify("setns", nsproxy.sys_setns, "the instance's own namespaces (/proc/<pid>/ns files, "
            "pidfds of its processes): the install checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "

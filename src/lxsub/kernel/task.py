@@ -94,6 +94,13 @@ class Task(Caller):
     no_new_privs: bool = False
     seccomp_mode: int = 0
     seccomp_filters: int = 0
+    # The UTS namespace (host and domain names) the task is in: None is the
+    # instance's own; unshare/clone(CLONE_NEWUTS) give one of its own
+    # (kernel/syscalls/utsname.py uts_of). Inherited by clone.
+    uts: object = None
+    # Set while a clone(CLONE_NEWUTS) of this task is in flight: its child
+    # gets a copy (the host runs the clone without the flag).
+    clone_newuts: bool = False
 
     @property
     def task(self) -> "Task":
@@ -119,6 +126,12 @@ class Task(Caller):
     @property
     def host_pid(self) -> int:
         return self.process.host_pid
+
+
+def uts_of(inst, task) -> object:
+    """The UTS namespace of a task (None: the provider's own work): its
+    own if it made one, else the instance's."""
+    return task.uts if task is not None and task.uts is not None else inst.uts
 
 
 class PidSpace:

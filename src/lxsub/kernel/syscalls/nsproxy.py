@@ -17,6 +17,7 @@ from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIP
                               CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_SIGHAND, CLONE_SYSVSEM,
                               CLONE_THREAD, CLONE_VM)
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.task import uts_of
 
 NAMESPACES = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
               | CLONE_NEWTIME | CLONE_NEWUSER)
@@ -44,14 +45,43 @@ def sys_unshare(c: Call):
     if flags & (CLONE_THREAD | CLONE_SIGHAND | CLONE_VM) and len(c.task.process.threads) > 1:
         raise OSError(errno.EINVAL, "not single-threaded")
     if flags & NAMESPACES:
-        raise OSError(errno.EPERM, "new namespaces are not permitted")
+        _check_new_namespaces(c, flags)
     task = c.task
+    if flags & CLONE_NEWUTS:
+        c.set_arg(0, c.args[0] & ~CLONE_NEWUTS)     # the provider's, not the host's
 
     def done(result: int) -> None:
+        if result != 0:
+            return
         # unshare_fs: a context shared with other tasks is copied for this one.
-        if result == 0 and flags & CLONE_FS and task.fs.users > 1:
+        if flags & CLONE_FS and task.fs.users > 1:
             old, task.fs = task.fs, task.fs.copy().attach()
             old.detach()
+        if flags & CLONE_NEWUTS:
+            task.uts = uts_of(c.inst, task).copy()
+    return Native(done)
+
+
+def _check_new_namespaces(c: Call, flags: int) -> None:
+    """unshare_nsproxy_namespaces / copy_namespaces: CAP_SYS_ADMIN, else
+    EPERM. A UTS namespace is the provider's to keep (two names per
+    namespace); the others are refused as a container's runtime does."""
+    from lxsub.kernel import creds as caps
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~CLONE_NEWUTS:
+        raise OSError(errno.EPERM, "new namespaces are not permitted")
+
+
+def sys_clone_newuts(c: Call) -> Native:
+    """clone(2) with CLONE_NEWUTS (and no other namespace: the filter
+    refuses those): the host clones without the flag and the child gets a
+    copy of its parent's UTS namespace (Instance._new_task)."""
+    _check_new_namespaces(c, c.uint(0))
+    c.set_arg(0, c.args[0] & ~CLONE_NEWUTS)
+    task = c.task
+    task.clone_newuts = True
+
+    def done(result: int) -> None:
+        task.clone_newuts = False      # consumed by the child, or the clone failed
     return Native(done)
 
 
@@ -79,18 +109,21 @@ def sys_setns(c: Call) -> int:
         if ns is not None:
             if nstype and ns.kind != nstype:
                 raise OSError(errno.EINVAL, "not a namespace of that type")
-            kinds = ns.kind
+            kinds, joined = ns.kind, ns.obj
         elif pidfd_host_pid(local) is not None:
-            process_of_pidfd(c, local, errno.EINVAL)
+            target = process_of_pidfd(c, local, errno.EINVAL)
             if not nstype or nstype & ~_SETNS_PIDFD_FLAGS:
                 raise OSError(errno.EINVAL, "bad namespace flags")
-            kinds = nstype
+            owner = next(iter(target.threads.values()), None)
+            kinds, joined = nstype, uts_of(c.inst, owner) if nstype & CLONE_NEWUTS else None
         else:
             raise OSError(errno.EINVAL, "not a namespace file or pidfd")
     finally:
         import os
         os.close(local)
     _install(c, kinds)
+    if joined is not None:              # a UTS namespace: its names from now on
+        c.task.uts = joined if joined is not c.inst.uts else None
     return 0
 
 

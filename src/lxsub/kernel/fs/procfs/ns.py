@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
                               CLONE_NEWUSER, CLONE_NEWUTS)
+from lxsub.kernel.task import uts_of
 from lxsub.kernel.vfs.pseudo import File, Link
 
 if TYPE_CHECKING:
@@ -44,14 +45,18 @@ OVERFLOW_UID = 65534     # /proc/sys/kernel/overflowuid: an owner not mapped ins
 
 
 class NsFile(File):
-    """An open namespace (what a /proc/<pid>/ns link opens)."""
+    """An open namespace (what a /proc/<pid>/ns link opens); `obj` is the
+    namespace where there can be several (a UTS namespace, UtsInfo)."""
 
-    def __init__(self, fs, name: str) -> None:
+    def __init__(self, fs, name: str, obj: object = None) -> None:
         super().__init__(f"/.ns/{name}", lambda t: b"")
         self.mode = st.S_IFREG | 0o444
         self.fs = fs
         self.name = name
         self.kind, self.inode = TYPES[name]
+        self.obj = obj
+        if obj is not None:
+            self.inode = obj.inum
 
     def ioctl(self, c: "Call", cmd: int, fd: int) -> object:
         if cmd == NS_GET_NSTYPE:
@@ -76,29 +81,38 @@ def open_namespace(fs, name: str):
     """A NewFd of the namespace file for `name`, O_RDONLY | O_CLOEXEC
     (open_related_ns)."""
     from lxsub.kernel.call import NewFd
-    return NewFd(fs.open_pseudo(NsFile(fs, _NAME_OF_TYPE.get(name, name))), True)
+    return NewFd(fs.open_pseudo(NsFile(fs, name)), True)
 
 
 class NsLink(Link):
     """/proc/<pid>/ns/<name>: reads as `name:[inode]`, opens the namespace."""
 
-    def __init__(self, path: str, fs, name: str, check) -> None:
-        kind = _NAME_OF_TYPE.get(name, name)
-        super().__init__(path, lambda t: check(t) or f"{kind}:[{TYPES[name][1]}]")
+    def __init__(self, path: str, fs, name: str, check, task_of) -> None:
+        super().__init__(path, lambda t: check(t) or self._text())
         self.fs = fs
         self.name = name
         self.check = check
+        self.task_of = task_of
+
+    def _file(self) -> NsFile:
+        kind = _NAME_OF_TYPE.get(self.name, self.name)
+        obj = uts_of(self.fs.inst, self.task_of()) if kind == "uts" else None
+        return NsFile(self.fs, kind, obj)
+
+    def _text(self) -> str:
+        f = self._file()
+        return f"{f.name}:[{f.inode}]"
 
     def open_target(self, inst, caller):
         self.check(caller.task if caller is not None else None)
-        fd = self.fs.open_pseudo(NsFile(self.fs, _NAME_OF_TYPE.get(self.name, self.name)))
-        return inst.vfs.node_or_anon(fd)
+        return inst.vfs.node_or_anon(self.fs.open_pseudo(self._file()))
 
 
-def ns_entries(fs, base: str, check) -> dict:
+def ns_entries(fs, base: str, check, task_of=lambda: None) -> dict:
     """The links of a /proc/<pid>/ns directory; `check(task)` raises unless
-    the task may inspect the process (PTRACE_MODE_READ, proc_ns_get_link)."""
-    return {name: NsLink(f"{base}/{name}", fs, name, check) for name in sorted(TYPES)}
+    the task may inspect the process (PTRACE_MODE_READ, proc_ns_get_link);
+    `task_of()` is the process's task (None: /init)."""
+    return {name: NsLink(f"{base}/{name}", fs, name, check, task_of) for name in sorted(TYPES)}
 
 
 def namespace_of_fd(inst, fd: int) -> "NsFile | None":

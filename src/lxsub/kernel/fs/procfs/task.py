@@ -86,7 +86,7 @@ class ProcessDir(TaskFiles, Dir):
             "fd": Dir(p + "/fd", lambda t: self._inspect(t) or self._fds(), 0o500),
             "fdinfo": Dir(p + "/fdinfo", lambda t: self._inspect(t) or self._fdinfos(), 0o500),
             "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
-            "ns": Dir(p + "/ns", lambda t: ns_entries(fs, p + "/ns", self._inspect), 0o511),
+            "ns": Dir(p + "/ns", lambda t: ns_entries(fs, p + "/ns", self._inspect, self._task), 0o511),
         }
         for name, mode in _PID_HOST.items():
             entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
