@@ -86,12 +86,17 @@ class Distro:
     made_parent: str | bool = False
     # What it was made from ("busybox 1:1.35.0-4", "debian bookworm", "import").
     source: str = ""
+    # The SQLite database of its Linux metadata when its file system takes no
+    # user xattrs (kernel/fs/sqlitestore.py); None: the user.lxsub.meta xattrs.
+    meta_db: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rootfs"] = str(self.rootfs)
         if self.work is None:
             del data["work"], data["made_parent"]
+        if self.meta_db is None:
+            del data["meta_db"]
         return data
 
     @classmethod
@@ -106,6 +111,7 @@ class Distro:
             made_parent=(data["made_parent"] if isinstance(data.get("made_parent"), str)
                          else bool(data.get("made_parent", False))),
             source=str(data.get("source", "")),
+            meta_db=str(data["meta_db"]) if data.get("meta_db") else None,
         )
 
 
@@ -365,6 +371,8 @@ class Registry:
                     if placed:
                         remove_tree(rootfs)
                     _remove_leftovers(entry)
+                    with contextlib.suppress(LxError):
+                        _remove_meta_db(self.get(name))     # recorded by the body
                     self._drop(name, work=str(work))
                 raise
 
@@ -568,8 +576,16 @@ def _remove_leftovers(distro: Distro) -> None:
         work = Path(distro.work)
         if work.parent == Path(distro.rootfs).parent and work.name.startswith("."):
             remove_tree(work)
+    _remove_meta_db(distro)
     if distro.made_parent:
         _remove_made_parents(Path(distro.rootfs), distro.made_parent)
+
+
+def _remove_meta_db(distro: Distro) -> None:
+    """A distro's SQLite metadata store goes with its files."""
+    if distro.meta_db:
+        from lxsub.kernel.fs.sqlitestore import remove_db
+        remove_db(distro.meta_db)
 
 
 @contextlib.contextmanager
@@ -640,6 +656,7 @@ def delete_rootfs(distro: Distro) -> None:
             EXIT_CANTCREAT,
         )
     if not os.path.lexists(rootfs):
+        _remove_meta_db(distro)
         return
     try:
         remove_tree(rootfs)
@@ -652,6 +669,7 @@ def delete_rootfs(distro: Distro) -> None:
     if os.path.isdir(staging) and not os.path.islink(staging):
         with contextlib.suppress(OSError):
             remove_tree(staging)
+    _remove_meta_db(distro)
     with contextlib.suppress(OSError):
         rootfs.parent.rmdir()  # only succeeds when the import directory is now empty
 

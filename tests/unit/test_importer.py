@@ -440,8 +440,23 @@ def test_no_xattr_support_is_a_clear_error(registry: Registry, rich_tar: Path, t
         raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
 
     monkeypatch.setattr(os, "setxattr", no_xattrs)
+    monkeypatch.setenv("LX_METASTORE", "xattr")      # asked for xattrs where there are none
     err = assert_import_fails(registry, tmp_path / "d", rich_tar, EXIT_CANTCREAT)
-    assert "extended attributes" in err.message
+    assert "extended attributes" in err.message and "LX_METASTORE" in err.message
+
+
+def test_no_xattr_support_chooses_the_sqlite_store(registry: Registry, rich_tar: Path,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's setxattr fails: the distro's metadata goes to its database."""
+    def no_xattrs(*args, **kwargs):
+        raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+
+    monkeypatch.setattr(os, "setxattr", no_xattrs)
+    monkeypatch.delenv("LX_METASTORE", raising=False)
+    distro = import_tarball(registry, "nox", tmp_path / "d", rich_tar)
+    assert distro.meta_db == str(tmp_path / "d" / "rootfs.lxmeta.sqlite")
+    assert registry.get("nox").meta_db == distro.meta_db
 
 
 # -- export and round trip --

@@ -12,7 +12,8 @@ import pytest
 
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs import linuxmeta
-from lxsub.kernel.fs.linuxmeta import ByType, HostFile, MemoryStore, SqliteStore, XattrStore
+from lxsub.kernel.fs.linuxmeta import ByType, HostFile, MemoryStore, XattrStore
+from lxsub.kernel.fs.sqlitestore import SqliteStore
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.tmpfs import TmpFs
 from lxsub.kernel.fs.volfs import VolFs

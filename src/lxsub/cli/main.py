@@ -161,8 +161,9 @@ def _main(args: list[str]) -> int:
         from lxsub.distro import fusemount
         if opts.umount:
             return fusemount.umount(opts.umount)
-        return fusemount.mount(registry.get(opts.mount[0]).rootfs, opts.mount[0], opts.mount[1],
-                               opts.user)
+        distro = registry.get(opts.mount[0])
+        return fusemount.mount(distro.rootfs, opts.mount[0], opts.mount[1], opts.user,
+                               meta_db=distro.meta_db)
     return _run(registry, opts, command)
 
 

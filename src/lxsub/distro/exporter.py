@@ -1,8 +1,8 @@
 """Export a distro's VolFs tree as a tarball: the inverse of the importer.
 
-Members carry the Linux view of each file (lxattr.linux_view: the VolFs
-attribute, or root and the host mode when a file has none), so importing
-the result gives the same tree. The archive is PAX, with exact nanosecond
+Members carry the Linux view of each file (lxattr.linux_view: the record in
+the distro's store, the VolFs attribute or its SQLite database; root and the
+host mode when a file has none), so importing the result gives the same tree. The archive is PAX, with exact nanosecond
 times, so nothing is rounded on the way.
 
 The rootfs may have been changed by hostile programs in the instance, so the
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from lxsub.errors import EXIT_CANTCREAT, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.fs import lxattr
+from lxsub.kernel.fs.linuxmeta import HostFile, MetaStore, XattrStore
+from lxsub.kernel.fs.sqlitestore import SqliteStore
 from lxsub.state import Distro, lx_home
 
 if TYPE_CHECKING:
@@ -76,7 +78,11 @@ def export_tarball(
                     task = progress.task(f"Exporting {distro.name}", total=_tree_bytes(rootfs),
                                          unit="bytes")
                     report = task.advance
-                _Writer(archive, rootfs, report).write_tree()
+                store = _store_of(distro)
+                try:
+                    _Writer(archive, rootfs, store, report).write_tree()
+                finally:
+                    store.close()
                 if progress is not None:
                     task.done()         # the bar ends full, not on a spinner
     except OSError as e:
@@ -250,8 +256,18 @@ def _tree_bytes(rootfs: Path) -> int:
     return total
 
 
+def _store_of(distro: Distro) -> MetaStore:
+    """The distro's metadata store (joined: reconciled first if its last
+    user was killed, so the archive has no record of a vanished file)."""
+    if distro.meta_db:
+        return SqliteStore(distro.meta_db, tree=distro.rootfs)
+    return XattrStore()
+
+
 class _Writer:
-    def __init__(self, archive: tarfile.TarFile, rootfs: Path, report=None) -> None:
+    def __init__(self, archive: tarfile.TarFile, rootfs: Path, store: MetaStore,
+                 report=None) -> None:
+        self.store = store
         self.report = report
         self.archive = archive
         self.rootfs = rootfs
@@ -312,7 +328,7 @@ class _Writer:
             os.close(fd)
 
     def _tarinfo(self, fd: int, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
-        mode, uid, gid, rdev = _linux_view(st, lxattr.read_meta_fd(fd))
+        mode, uid, gid, rdev = _linux_view(st, self.store.load(HostFile.of_fd(fd, st)))
         info = tarfile.TarInfo(arcname)
         info.mode = stat.S_IMODE(mode)
         info.uid, info.gid = uid, gid

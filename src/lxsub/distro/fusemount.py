@@ -62,6 +62,7 @@ from lxsub.errors import (EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOUSER, EXIT_OSFILE
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs import lxattr
 from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, XattrStore, shown_size
+from lxsub.kernel.fs.sqlitestore import SqliteStore
 from lxsub.kernel.fs.lxattr import LxMeta
 
 FS_TYPE = "fuse.lxsub"
@@ -194,8 +195,11 @@ def _open_beneath(root_fd: int, rel: bytes, flags: int, mode: int = 0) -> int:
         os.close(fd)
 
 
-def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
-    """The fusepy Operations object serving `rootfs` (new files: owner uid, gid)."""
+def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0),
+                    meta_db: str | None = None):
+    """The fusepy Operations object serving `rootfs` (new files: owner uid,
+    gid), with the distro's metadata store (`meta_db`: its SQLite database,
+    else the xattrs)."""
     Operations = _ops_base()
 
     class VolFsOperations(Operations):
@@ -207,7 +211,7 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
             # (capabilities: a setgid file in a setgid directory keeps its bit).
             uid, gid = owner
             self.creator = Creds(uid, uid, uid, uid, gid, gid, gid, gid)
-            self.linux = LinuxMeta(XattrStore())
+            self.linux = LinuxMeta(SqliteStore(meta_db, tree=rootfs) if meta_db else XattrStore())
             self.on_ready = None
 
         # -- reading the Linux view
@@ -305,6 +309,12 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
             os.fchmod(fd, self.linux.host_mode(meta.mode))
             self.linux.store.save(HostFile.of_fd(fd), meta)
 
+        def _record_named(self, d: _Dir, meta: LxMeta) -> None:
+            """A new symlink's or FIFO's record, where the store keeps one
+            (SQLite; the host allows no user.* attribute on them)."""
+            if self.linux.store.keeps(meta.mode):
+                self.linux.store.save(d.file(), meta)
+
         def create(self, path, mode, fi=None):
             with _Dir(self.root_fd, path) as d:
                 meta = self._new_meta(d, stat.S_IFREG | (mode & 0o7777))
@@ -341,7 +351,9 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
                     finally:
                         os.close(fd)
                 elif stat.S_ISFIFO(mode):
+                    meta = self._new_meta(d, mode)
                     os.mkfifo(d.name, self.linux.host_mode(mode), dir_fd=d.fd)
+                    self._record_named(d, meta)
                 else:
                     raise OSError(errno.EPERM, "sockets are made by bind()")
             return 0
@@ -349,7 +361,9 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
         def symlink(self, target, source):
             # fusepy: symlink(link name, link target)
             with _Dir(self.root_fd, target) as d:
+                meta = self._new_meta(d, stat.S_IFLNK | 0o777)
                 os.symlink(source.encode(_ENC), d.name, dir_fd=d.fd)
+                self._record_named(d, meta)
             return 0
 
         def link(self, target, source):
@@ -361,18 +375,39 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
 
         def rename(self, old, new):
             with _Dir(self.root_fd, old) as a, _Dir(self.root_fd, new) as b:
+                victim, moved = self._doomed(b), self._doomed(a)
                 os.rename(a.name, b.name, src_dir_fd=a.fd, dst_dir_fd=b.fd)
+                if moved is None or victim is None or victim.st_ino != moved.st_ino:
+                    self._gone(victim)
             return 0
 
         def unlink(self, path):
             with _Dir(self.root_fd, path) as d:
+                s = self._doomed(d)
                 os.unlink(d.name, dir_fd=d.fd)
+                self._gone(s)
             return 0
 
         def rmdir(self, path):
             with _Dir(self.root_fd, path) as d:
+                s = self._doomed(d)
                 os.rmdir(d.name, dir_fd=d.fd)
+                self._gone(s)
             return 0
+
+        # A store that keys by inode number hears of every inode's end
+        # (linuxmeta's contract: forget), as VolFs tells it (metatree.py).
+        def _doomed(self, d: _Dir) -> os.stat_result | None:
+            if not self.linux.store.tracks_inodes():
+                return None
+            try:
+                return os.stat(d.name, dir_fd=d.fd, follow_symlinks=False)
+            except OSError:
+                return None
+
+        def _gone(self, s: os.stat_result | None) -> None:
+            if s is not None and (s.st_nlink <= 1 or stat.S_ISDIR(s.st_mode)):
+                self.linux.store.forget(s)
 
         # -- data: host descriptors
 
@@ -434,6 +469,7 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0)):
                 self.on_ready()
 
         def destroy(self, path):
+            self.linux.store.close()
             return 0
 
     return VolFsOperations()
@@ -587,7 +623,8 @@ def _fusermount_mount(fusermount: str, directory: str, options: str) -> tuple[in
     return fds[0], ours
 
 
-def mount(rootfs: Path, distro: str, directory: str, user: str | None = None) -> int:
+def mount(rootfs: Path, distro: str, directory: str, user: str | None = None,
+          meta_db: str | None = None) -> int:
     """Mount distro's rootfs at directory; return once it is served."""
     fusepy, fusermount = check_host()
     if not os.path.isdir(directory):
@@ -615,7 +652,7 @@ def mount(rootfs: Path, distro: str, directory: str, user: str | None = None) ->
             for n in (0, 1, 2):
                 os.dup2(null, n)
             os.close(null)
-            code = _serve(fusepy, rootfs, owner, fuse_fd, status_w)
+            code = _serve(fusepy, rootfs, owner, fuse_fd, status_w, meta_db)
         except BaseException as e:  # noqa: BLE001 - told to the waiting parent
             try:
                 os.write(status_w, f"{type(e).__name__}: {e}".encode()[:500])
@@ -662,8 +699,8 @@ def _read_status(fd: int, pid: int) -> bytes:
     return data or b"the server did not start in time"
 
 
-def _serve(fusepy, rootfs, owner, fuse_fd: int, status_w: int) -> int:
-    ops = make_operations(rootfs, owner)
+def _serve(fusepy, rootfs, owner, fuse_fd: int, status_w: int, meta_db: str | None) -> int:
+    ops = make_operations(rootfs, owner, meta_db)
 
     def ready() -> None:
         os.write(status_w, _READY)

@@ -3,8 +3,10 @@
 Everything runs as the unprivileged host user: nothing is chowned and no
 device node is made on the host. The Linux view of each member (type, mode
 with setuid/setgid/sticky, owner, device number) goes into the VolFs
-extended attribute (see kernel/fs/lxattr.py); device nodes become empty
-regular files that carry it.
+extended attribute (see kernel/fs/lxattr.py), or, where the file system
+takes no user xattrs (NFS, Lustre, GPFS homes) or LX_METASTORE=sqlite asks,
+into the distro's SQLite database beside the rootfs (kernel/fs/sqlitestore.py,
+`choose_meta_db`); device nodes become empty regular files that carry it.
 
 The archive is read as a stream ('r|*'), so a pipe on stdin works and the
 compression (none, gzip, xz, bzip2) is recognised from the content.
@@ -37,7 +39,9 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from lxsub.errors import EXIT_CANTCREAT, EXIT_DATAERR, EXIT_NOINPUT, EXIT_USAGE, LxError
 from lxsub.kernel.fs import lxattr
+from lxsub.kernel.fs.linuxmeta import HostFile
 from lxsub.kernel.fs.lxattr import LxMeta
+from lxsub.kernel.fs.sqlitestore import SqliteStore, meta_db_path, remove_db, wants_sqlite
 from lxsub.state import Distro, Registry
 
 if TYPE_CHECKING:
@@ -89,11 +93,12 @@ def import_tarball(
     with _open_source(source) as stream:
         total = _stream_size(stream)
         with registry.creating(name, target / ROOTFS_DIR, action="import", source="import") as work:
+            meta_db = choose_meta_db(registry, name, work, target / ROOTFS_DIR)
             reader = stream
             if progress is not None:
                 task = progress.task(f"Importing {name}", total=total, unit="bytes")
                 reader = _CountingReader(stream, task.advance)
-            writer = RootfsWriter(work)
+            writer = RootfsWriter(work, meta_db)
             try:
                 writer.add_archive(reader, label)
                 writer.finish()
@@ -130,23 +135,54 @@ class _CountingReader(io.RawIOBase):
         return n
 
 
+def choose_meta_db(registry: Registry, name: str, work: Path, rootfs: Path) -> Path | None:
+    """The metadata store of distro `name`, whose tree is built in `work`
+    and will be `rootfs`: None for the xattrs, else the SQLite database
+    (sqlitestore.wants_sqlite: LX_METASTORE, or no user xattrs there),
+    recorded in the registry at once so that an interrupted run's clean-up
+    removes it too."""
+    fd = os.open(work, _DIR_OPEN)
+    try:
+        sqlite = wants_sqlite(fd)
+    except OSError as e:
+        raise LxError(f"cannot write in {work.parent}: {e.strerror}", EXIT_CANTCREAT) from e
+    finally:
+        os.close(fd)
+    if not sqlite:
+        return None
+    db = meta_db_path(rootfs)
+    remove_db(db)       # a leftover of a rootfs that no longer exists (checked by creating)
+    registry.update(name, meta_db=str(db))
+    return db
+
+
 class RootfsWriter:
     """A VolFs tree under construction: archives are extracted into it one
     after another (a tarball, or the data of each .deb of a distro).
 
     `rename` maps a member's path components to where they go (e.g. /bin to
     /usr/bin on a merged-/usr system); hard link targets are mapped the same.
+    `meta_db`: the distro's SQLite metadata store (choose_meta_db), or None
+    for the xattrs.
     """
 
-    def __init__(self, rootfs: Path) -> None:
+    def __init__(self, rootfs: Path, meta_db: Path | str | None = None) -> None:
         self.rootfs = Path(rootfs)
         self.root_fd = os.open(self.rootfs, _DIR_OPEN)
         try:
-            _check_xattr_support(self.root_fd, self.rootfs)
+            records = _Records(meta_db)
+            try:
+                if meta_db is None:
+                    _check_xattr_support(self.root_fd, self.rootfs)
+                else:
+                    records.on_fd(self.root_fd, LxMeta(stat.S_IFDIR | 0o755, 0, 0))
+            except BaseException:
+                records.close()
+                raise
         except BaseException:
             os.close(self.root_fd)
             raise
-        self.tree = _Tree(self.root_fd)
+        self.tree = _Tree(self.root_fd, records)
 
     def add_archive(self, stream: BinaryIO, label: str, rename=None) -> int:
         """Extract one tar stream; returns the number of members."""
@@ -178,6 +214,7 @@ class RootfsWriter:
 
     def close(self) -> None:
         self.tree.close()
+        self.tree.records.close()
         os.close(self.root_fd)
 
 
@@ -251,8 +288,8 @@ def _check_xattr_support(root_fd: int, rootfs: Path) -> None:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             raise LxError(
                 f"the file system holding {rootfs} does not support extended attributes "
-                "(user.*), which lxsub needs for Linux file metadata; "
-                "import into a directory on ext4, xfs, btrfs or similar",
+                "(user.*), which LX_METASTORE=xattr asks for; unset it to keep the Linux "
+                "file metadata in a database beside the rootfs",
                 EXIT_CANTCREAT,
             ) from e
         raise LxError(f"cannot write metadata in {rootfs}: {e.strerror}", EXIT_CANTCREAT) from e
@@ -297,7 +334,8 @@ def _extract_member(tree: "_Tree", member: tarfile.TarInfo, archive: tarfile.Tar
     if member.isdir():
         tree.make_directory(parts, _meta_for(member), _times_ns(member))
     elif member.issym():
-        tree.make_symlink(parts, member.linkname, _times_ns(member))
+        tree.make_symlink(parts, member.linkname, _times_ns(member),
+                          LxMeta(stat.S_IFLNK | 0o777, *_ids_of(member)))
     elif member.islnk():
         target = _member_parts(member.linkname)
         tree.make_hardlink(parts, rename(target) if rename else target, member.name)
@@ -317,10 +355,15 @@ def _member_parts(name: str) -> list[str]:
     return parts
 
 
-def _meta_for(member: tarfile.TarInfo) -> LxMeta:
+def _ids_of(member: tarfile.TarInfo) -> tuple[int, int]:
     for what, value in (("uid", member.uid), ("gid", member.gid)):
         if not 0 <= value <= _MAX_ID:
             raise _BadArchive(f"member {member.name!r} has an invalid {what} {value}")
+    return member.uid, member.gid
+
+
+def _meta_for(member: tarfile.TarInfo) -> LxMeta:
+    _ids_of(member)
     rdev = 0
     if member.ischr() or member.isblk():
         try:
@@ -388,11 +431,46 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+class _Records:
+    """Where the members' Linux view goes: the user.lxsub.meta xattr, or the
+    distro's SQLite store, in one transaction per writer (an import that
+    fails is removed whole: nothing needs committing before its end)."""
+
+    def __init__(self, meta_db: Path | str | None) -> None:
+        self.db = SqliteStore(meta_db) if meta_db is not None else None
+        if self.db is not None:
+            self.db.begin()
+
+    def on_fd(self, fd: int, meta: LxMeta) -> None:
+        if self.db is None:
+            lxattr.write_meta_fd(fd, meta)
+        else:
+            self.db.save(HostFile.of_fd(fd), meta)
+
+    def in_dir(self, dir_fd: int, name: str, meta: LxMeta) -> None:
+        """A symlink's or FIFO's view: only the database can hold it (the
+        host allows no user.* attribute on them, xattr(7))."""
+        if self.db is not None:
+            self.db.save(HostFile.in_dir(dir_fd, os.fsencode(name)), meta)
+
+    def removed(self, s: os.stat_result) -> None:
+        """An entry the archive replaces is gone (its last name, or a directory)."""
+        if self.db is not None and (s.st_nlink <= 1 or stat.S_ISDIR(s.st_mode)):
+            self.db.forget(s)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.commit()
+            self.db.close()
+            self.db = None
+
+
 class _Tree:
     """The rootfs being built, reached only through directory descriptors."""
 
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, records: _Records) -> None:
         self.root_fd = root_fd
+        self.records = records
         self._cached: tuple[tuple[str, ...], int] | None = None
         # Directory times are set last: creating entries would change them.
         self._dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
@@ -464,7 +542,7 @@ class _Tree:
         fd = self._open_dir(parts)
         try:
             os.fchmod(fd, lxattr.host_mode_for(meta.mode))
-            lxattr.write_meta_fd(fd, meta)
+            self.records.on_fd(fd, meta)
         finally:
             os.close(fd)
         self._dir_times[tuple(parts)] = times
@@ -479,7 +557,7 @@ class _Tree:
             if data is not None:
                 data.copy_to(fd)
             os.fchmod(fd, lxattr.host_mode_for(meta.mode))
-            lxattr.write_meta_fd(fd, meta)
+            self.records.on_fd(fd, meta)
             os.utime(fd, ns=times)
         finally:
             os.close(fd)
@@ -488,17 +566,22 @@ class _Tree:
         parent = self.parent_fd(parts)
         self._clear_slot(parent, parts, making_directory=False)
         os.mkfifo(parts[-1], 0o600, dir_fd=parent)
-        # Linux allows no user.* attribute on a FIFO, so only the permission
-        # bits survive, in the host mode (owner: root, as lxattr defaults).
+        # Linux allows no user.* attribute on a FIFO: with the xattrs only the
+        # permission bits survive, in the host mode (owner: root, as lxattr
+        # defaults); the SQLite store keeps its record.
         os.chmod(parts[-1], lxattr.host_mode_for(meta.mode), dir_fd=parent)
+        self.records.in_dir(parent, parts[-1], meta)
         os.utime(parts[-1], ns=times, dir_fd=parent, follow_symlinks=False)
 
-    def make_symlink(self, parts: list[str], target: str, times: tuple[int, int]) -> None:
+    def make_symlink(self, parts: list[str], target: str, times: tuple[int, int],
+                     meta: LxMeta | None = None) -> None:
         # The target is stored verbatim: the kernel resolves it inside the
         # instance root, and the importer never follows it.
         parent = self.parent_fd(parts)
         self._clear_slot(parent, parts, making_directory=False)
         os.symlink(target, parts[-1], dir_fd=parent)
+        if meta is not None:
+            self.records.in_dir(parent, parts[-1], meta)
         os.utime(parts[-1], ns=times, dir_fd=parent, follow_symlinks=False)
 
     def make_hardlink(self, parts: list[str], target: list[str], name: str) -> None:
@@ -531,7 +614,7 @@ class _Tree:
         fd = os.open(name, _DIR_OPEN, dir_fd=parent)
         try:
             os.fchmod(fd, lxattr.host_mode_for(meta.mode))
-            lxattr.write_meta_fd(fd, meta)
+            self.records.on_fd(fd, meta)
         finally:
             os.close(fd)
 
@@ -554,8 +637,10 @@ class _Tree:
                     ) from None
                 raise
             self._dir_times.pop(tuple(parts), None)
+            self.records.removed(st)
             return False
         os.unlink(parts[-1], dir_fd=parent)
+        self.records.removed(st)
         return False
 
     def exists(self, parts: list[str]) -> bool:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from lxsub.distro.importer import ROOTFS_DIR, RootfsWriter
+from lxsub.distro.importer import ROOTFS_DIR, RootfsWriter, choose_meta_db
 from lxsub.distro.progress import Progress, start_quiet_thread
 from lxsub.errors import EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, LxError
 from lxsub.kernel.doors import DOOR_GROUP
@@ -72,6 +72,10 @@ _MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 # ---------------------------------------------------------------------------
 # The one place the installer runs a program inside a distro.
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def run_inside(distro: Distro, argv: list[str]) -> int:
@@ -114,10 +118,13 @@ def install(
     registry.check_new_name(name)  # checked again under the lock
     with progress:
         with registry.creating(name, rootfs, action="install", source=kind) as work:
+            # The metadata store: xattrs, or SQLite where the file system has none.
+            meta_db = choose_meta_db(registry, name, work, rootfs)
             if kind == "busybox":
-                source = install_busybox(work, progress, user=user)
+                source = install_busybox(work, progress, user=user, meta_db=meta_db)
             else:
-                source = install_debian(registry, name, work, progress, user=user)
+                source = install_debian(registry, name, work, progress, user=user,
+                                        meta_db=meta_db)
             changes: dict = {"source": source}
             if user:
                 changes["default_user"] = user
@@ -556,7 +563,8 @@ def unpack_busybox_deb(deb: Path, work: Path) -> tuple[Path, Path | None]:
     return binary, copyright_ if copyright_.exists() else None
 
 
-def install_busybox(work: Path, progress: Progress, user: str | None = None) -> str:
+def install_busybox(work: Path, progress: Progress, user: str | None = None,
+                    meta_db: Path | None = None) -> str:
     """Build a BusyBox distro in the empty directory `work`; returns its source label."""
     task = progress.task("Fetching busybox-static", total=None)
     with tempfile.TemporaryDirectory(prefix="lx-busybox-") as tmp:
@@ -587,7 +595,7 @@ def install_busybox(work: Path, progress: Progress, user: str | None = None) -> 
             copyright_=copyright_.read_bytes() if copyright_ else None, dirs=dirs,
             mtime=int(binary.stat().st_mtime), files_mtime=now)
         task = progress.task("Installing busybox", total=len(entries))
-        writer = RootfsWriter(work)
+        writer = RootfsWriter(work, meta_db)
         try:
             for entry in entries:
                 write_entries([entry], writer)
@@ -610,7 +618,7 @@ def merged_usr(parts: list[str]) -> list[str]:
 
 
 def install_debian(registry: Registry, name: str, work: Path, progress: Progress,
-                   user: str | None = None) -> str:
+                   user: str | None = None, meta_db: Path | None = None) -> str:
     """Build Debian bookworm in `work`; returns its source label."""
     for tool in ("apt-get", "apt-cache", "dpkg-deb"):
         if not shutil.which(tool):
@@ -626,18 +634,18 @@ def install_debian(registry: Registry, name: str, work: Path, progress: Progress
         task = progress.task(f"Downloading {len(packages)} packages", total=None)
         debs = apt.download(packages)
         task.done()
-        stage_one(work, apt, packages, debs, progress)  # reads the .debs from the cache
-    stage_two(registry, name, work, packages, debs, progress)
+        stage_one(work, apt, packages, debs, progress, meta_db)  # reads the .debs from the cache
+    stage_two(registry, name, work, packages, debs, progress, meta_db)
     if user and user != "root":
-        add_debian_user(name, work, user, progress)
-    add_door_group(name, work, user, progress)
+        add_debian_user(name, work, user, progress, meta_db)
+    add_door_group(name, work, user, progress, meta_db)
     return f"debian {apt.suite}"
 
 
 def stage_one(work: Path, apt: PrivateApt, packages: list[tuple[str, str, str]],
-              debs: list[Path], progress: Progress) -> None:
+              debs: list[Path], progress: Progress, meta_db: Path | None = None) -> None:
     task = progress.task("Unpacking packages", total=len(debs))
-    writer = RootfsWriter(work)
+    writer = RootfsWriter(work, meta_db)
     try:
         root_dir = LxMeta(stat.S_IFDIR | 0o755, 0, 0)
         writer.make_directory("usr", root_dir)
@@ -777,9 +785,9 @@ class _LogWatcher(threading.Thread):
 
 
 def stage_two(registry: Registry, name: str, work: Path, packages: list[tuple[str, str, str]],
-              debs: list[Path], progress: Progress) -> None:
+              debs: list[Path], progress: Progress, meta_db: Path | None = None) -> None:
     script = second_stage_script(packages, debs)
-    writer = RootfsWriter(work)
+    writer = RootfsWriter(work, meta_db)
     try:
         writer.make_file(SECOND_STAGE.lstrip("/"), LxMeta(stat.S_IFREG | 0o755, 0, 0),
                          script.encode())
@@ -789,7 +797,7 @@ def stage_two(registry: Registry, name: str, work: Path, packages: list[tuple[st
     log = work / INSTALL_LOG.lstrip("/")
     watcher = _LogWatcher(log, progress, len(packages))
     start_quiet_thread(watcher)
-    distro = Distro(name=name, rootfs=work)
+    distro = Distro(name=name, rootfs=work, meta_db=_str(meta_db))
     try:
         status = run_inside(distro, ["/bin/sh", SECOND_STAGE])
     finally:
@@ -829,12 +837,13 @@ def _last_log_line(log: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def add_debian_user(name: str, work: Path, user: str, progress: Progress) -> None:
+def add_debian_user(name: str, work: Path, user: str, progress: Progress,
+                    meta_db: Path | None = None) -> None:
     """useradd inside the distro: home, group, shell as Debian does it, and
     group sudo (an administrator, as WSL's default user). No password yet:
     `lx --install` asks for one afterwards on a terminal (cli/distro_cmds.py)."""
     task = progress.task(f"Creating user {user}", total=None)
-    distro = Distro(name=name, rootfs=work)
+    distro = Distro(name=name, rootfs=work, meta_db=_str(meta_db))
     status = run_inside(distro, ["/usr/sbin/useradd", "--create-home", "--user-group",
                                  "--groups", ADMIN_GROUP, "--shell", "/bin/bash", user])
     if status != 0:
@@ -842,12 +851,13 @@ def add_debian_user(name: str, work: Path, user: str, progress: Progress) -> Non
     task.done()
 
 
-def add_door_group(name: str, work: Path, user: str | None, progress: Progress) -> None:
+def add_door_group(name: str, work: Path, user: str | None, progress: Progress,
+                   meta_db: Path | None = None) -> None:
     """The group of the host doors (`lxhost`, see kernel/doors.py), a system
     group, with the default user in it: members may use /mnt/host and run
     host programs."""
     task = progress.task(f"Creating group {DOOR_GROUP}", total=None)
-    distro = Distro(name=name, rootfs=work)
+    distro = Distro(name=name, rootfs=work, meta_db=_str(meta_db))
     status = run_inside(distro, ["/usr/sbin/groupadd", "--force", "--system", DOOR_GROUP])
     if status == 0 and user and user != "root":
         status = run_inside(distro, ["/usr/sbin/usermod", "--append", "--groups", DOOR_GROUP,

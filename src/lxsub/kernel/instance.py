@@ -30,6 +30,7 @@ from lxsub.kernel.syscalls import ipc
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.drvfs import AutomountSettings
+from lxsub.kernel.fs.sqlitestore import volfs_store
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
@@ -69,7 +70,8 @@ def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
 
 class Instance:
     def __init__(self, name: str, rootfs: str, config: DistroConfig | None = None,
-                 log: Log | None = None, default_user: str | None = None) -> None:
+                 log: Log | None = None, default_user: str | None = None,
+                 meta_db: str | None = None) -> None:
         self.name = name
         self.rootfs = os.path.realpath(rootfs)
         self.config = config or DistroConfig()
@@ -83,7 +85,7 @@ class Instance:
         self.storage = Storage(self)
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.pids = PidSpace()
-        self.volfs = VolFs(self.rootfs)
+        self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.vfs = Vfs(self.volfs, "rootfs")
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
@@ -504,6 +506,7 @@ class Instance:
     def cleanup(self) -> None:
         ipc.space(self).remove_all()          # SysV objects end with their instance
         self.volfs.remove_staging()
+        self.volfs.linux.store.close()
         self.storage.close()
         if self._scratch is not None:
             import shutil

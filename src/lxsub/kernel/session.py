@@ -62,7 +62,8 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
     session (what an installer does before the distro is registered).
     Returns the exit status for `lx` (128+N for signal N)."""
     inst = open_instance(distro.name, str(distro.rootfs),
-                         default_user=getattr(distro, "default_user", None))
+                         default_user=getattr(distro, "default_user", None),
+                         meta_db=getattr(distro, "meta_db", None))
     try:
         default_user = inst.config.user.default or getattr(distro, "default_user", None)
         proc = start(inst, Launch(argv, mode, user, cwd), default_user, ChildSetup())
@@ -73,10 +74,11 @@ def run_command(distro, argv: list[str], *, user: str | None, cwd: str | None, m
 
 
 def open_instance(name: str, rootfs: str, config: DistroConfig | None = None,
-                  default_user: str | None = None) -> Instance:
+                  default_user: str | None = None, meta_db: str | None = None) -> Instance:
     """The provider side of a distro: its PID space, mounts and /init, set
     up as its /etc/lx.conf says (read here when not given). `default_user`:
-    the registry's, which holds the host doors by default (kernel/doors.py)."""
+    the registry's, which holds the host doors by default (kernel/doors.py);
+    `meta_db`: the registry's SQLite metadata store, None for the xattrs."""
     if not os.path.isdir(rootfs):
         raise LxError(f"the root file system of '{name}' is missing ({rootfs}); "
                       f"re-import it or 'lx --unregister {name}'", EXIT_UNAVAILABLE)
@@ -86,7 +88,7 @@ def open_instance(name: str, rootfs: str, config: DistroConfig | None = None,
         config = load_distro_config(rootfs)
     for warning in config.warnings:
         log.warn(warning)
-    return Instance(name, rootfs, config, log=log, default_user=default_user)
+    return Instance(name, rootfs, config, log=log, default_user=default_user, meta_db=meta_db)
 
 
 def start(inst: Instance, launch: Launch, default_user: str | None, setup: ChildSetup):

@@ -207,7 +207,7 @@ class Manager:
                 self._forget_in_child(keep=listener.fileno())
                 code = instance_host.run(distro.name, str(distro.rootfs), listener,
                                          self.settings.instance_idle_timeout, config,
-                                         distro.default_user)
+                                         distro.default_user, distro.meta_db)
             except BaseException:
                 traceback.print_exc()
             finally:

@@ -302,14 +302,15 @@ def set_process_name(name: str) -> None:
 
 
 def run(name: str, rootfs: str, listener: socket.socket, idle_timeout: float,
-        config: DistroConfig, default_user: str | None = None) -> int:
+        config: DistroConfig, default_user: str | None = None,
+        meta_db: str | None = None) -> int:
     """The body of an instance process (after the manager's fork)."""
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     set_process_name(protocol.INSTANCE_NAME_PREFIX + name)   # see protocol.inside_an_instance
     try:
-        inst = sessions.open_instance(name, rootfs, config, default_user)
+        inst = sessions.open_instance(name, rootfs, config, default_user, meta_db)
     except LxError as e:
         print(f"instance {name}: {e.message}", file=sys.stderr)
         return 1

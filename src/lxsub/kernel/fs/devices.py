@@ -100,8 +100,8 @@ class OpenedDevices:
         self._kept: list[tuple[int, int, "Node"]] = []     # (device fd, rdev, node)
 
     def opened(self, fd: int, rdev: int, node: "Node") -> None:
-        if node.fd is None or os.major(rdev) in _TERMINAL_MAJORS:
-            return                        # /dev's own nodes are found by rdev (DevFs)
+        if node.fd is None or node.obj is not None or os.major(rdev) in _TERMINAL_MAJORS:
+            return                        # /dev's own nodes (DevFs entries) are found by rdev
         if len(self._kept) >= OPENED_DEVICES_KEPT:
             old_fd, _, old_node = self._kept.pop(0)
             os.close(old_fd)

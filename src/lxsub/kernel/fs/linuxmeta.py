@@ -30,9 +30,9 @@ Where the record lives is a `MetaStore`. Concrete stores:
 - `ByType`: the first of several stores that keeps a file's type (VolFs:
   xattrs, then memory).
 - `NoStore`: nothing kept (DrvFs without `metadata`).
-- `SqliteStore`: one database for a host file system without user xattrs
-  (issue 17); all types, persistent. Not yet chosen by anything: VolFs
-  takes it as its `store`.
+- `SqliteStore` (sqlitestore.py): one database per distro whose host file
+  system takes no user xattrs; all types, persistent, reconciled after a
+  crash. Chosen at install/import and recorded in the registry.
 
 The store contract (what a new store, e.g. a transactional SQLite database
 per distro for host file systems without user xattrs, must do):
@@ -228,6 +228,9 @@ class MetaStore:
     def reborn(self, s: os.stat_result) -> None:
         pass
 
+    def close(self) -> None:
+        """The file system's end: a persistent store says goodbye."""
+
 
 def _right_type(meta: LxMeta | None, s: os.stat_result) -> LxMeta | None:
     """A record for another type of host file is not this file's."""
@@ -323,57 +326,6 @@ class MemoryStore(MetaStore):
         return bool(self._records)
 
 
-class SqliteStore(MetaStore):
-    """Records in one SQLite database, for host file systems without user
-    xattrs (issue 17: NFS, Lustre, GPFS homes): every file type kept, kept
-    across restarts; each save is one statement, so one transaction.
-
-    Key: (inode number, birth time): a reused inode number is another file
-    wherever the host keeps birth times. Where it keeps none (0, e.g.
-    NFSv3) a record is found by inode number alone, so the file system
-    reports every inode's end (`forget`; tracks_inodes is always true), and
-    deletions by host programs would have to be reconciled at start (not
-    done here: choosing this store for a distro is issue 17's). No st_dev in
-    the key: a host file system's device number may change between boots;
-    one database serves one host file system. No cache: another process
-    (the FUSE view) may write the same database.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        # The default rollback journal, not WAL (WAL needs shared memory a
-        # network file system does not give); a writer waits up to 30 s for
-        # another process's transaction rather than failing.
-        import sqlite3      # only where a distro needs it: not on every provider's start
-        self._db = sqlite3.connect(os.fspath(path), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (ino INTEGER NOT NULL, "
-                         "birth INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL, "
-                         "gid INTEGER NOT NULL, rdev INTEGER NOT NULL, "
-                         "PRIMARY KEY (ino, birth)) WITHOUT ROWID")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def load(self, f: HostFile) -> LxMeta | None:
-        row = self._db.execute("SELECT mode, uid, gid, rdev FROM meta WHERE ino = ? AND birth = ?",
-                               (f.st.st_ino, f.birth_ns())).fetchone()
-        return _right_type(LxMeta(*row), f.st) if row is not None else None
-
-    def save(self, f: HostFile, meta: LxMeta) -> None:
-        # One statement in autocommit mode: after a crash the old record or
-        # the new one, never a mix.
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)",
-                         (f.st.st_ino, f.birth_ns(), meta.mode, meta.uid, meta.gid, meta.rdev))
-
-    def forget(self, s: os.stat_result) -> None:
-        # An unlinked file still open loses its record now, as on TmpFs: the
-        # file system is not told when its last descriptor closes.
-        self._db.execute("DELETE FROM meta WHERE ino = ?", (s.st_ino,))
-
-    def tracks_inodes(self) -> bool:
-        return True
-
-
 class ByType(MetaStore):
     """Each file's record in the first store that keeps its type."""
 
@@ -413,6 +365,10 @@ class ByType(MetaStore):
     def reborn(self, s: os.stat_result) -> None:
         for store in self.stores:
             store.reborn(s)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
 
 
 # -- the shared implementation ------------------------------------------------------------

@@ -123,10 +123,35 @@ class VolFs(MetaTree, HostFs):
             f = HostFile.in_dir(where, tmp)
             self.linux.store.reborn(f.st)
             self.linux.store.save(f, meta)
-            renameat2(where, tmp, parent.fd, name, RENAME_NOREPLACE)
+            try:
+                renameat2(where, tmp, parent.fd, name, RENAME_NOREPLACE)
+            except OSError as e:
+                # rename(2): EINVAL, "flags contains flags not supported by
+                # the file system": NFS, FUSE (no user xattrs there either).
+                if e.errno != errno.EINVAL:
+                    raise
+                self._place_without_noreplace(where, tmp, f, parent, name, meta)
         except BaseException:
             _remove_quietly(where, tmp)
             raise
+
+    def _place_without_noreplace(self, where: int, tmp: bytes, f: HostFile, parent: Node,
+                                 name: bytes, meta: LxMeta) -> None:
+        """Give the new object its name with mkdir's and mknod's EEXIST
+        kept: a file by link(2) (EEXIST if taken; the record is the
+        inode's), a directory made again in place and given its record
+        (a crash between leaves it recordless: the store's reconciliation
+        gives it the default)."""
+        if not st.S_ISDIR(f.st.st_mode):
+            os.link(tmp, name, src_dir_fd=where, dst_dir_fd=parent.fd, follow_symlinks=False)
+            _remove_quietly(where, tmp)
+            return
+        os.rmdir(tmp, dir_fd=where)
+        self.linux.store.forget(f.st)
+        os.mkdir(name, self.host_mode(meta.mode), dir_fd=parent.fd)
+        made = HostFile.in_dir(parent.fd, name)
+        self.linux.store.reborn(made.st)
+        self.linux.store.save(made, meta)
 
 
 def _open_as_asked(tmp_fd: int, born: os.stat_result, parent: Node, name: bytes,

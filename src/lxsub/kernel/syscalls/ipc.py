@@ -122,5 +122,22 @@ def _by_id(kind: str, cmd_arg: int | None = None):
 
 sys_shmget, sys_semget, sys_msgget = _get(SHM, 2), _get(SEM, 2), _get(MSG, 1)
 sys_shmat, sys_shmctl = _by_id(SHM), _by_id(SHM, 1)
-sys_semop, sys_semtimedop, sys_semctl = _by_id(SEM), _by_id(SEM), _by_id(SEM, 2)
-sys_msgsnd, sys_msgrcv, sys_msgctl = _by_id(MSG), _by_id(MSG), _by_id(MSG, 1)
+sys_semop, sys_semctl = _by_id(SEM), _by_id(SEM, 2)
+_semtimedop_by_id = _by_id(SEM)
+
+
+def sys_semtimedop(c: Call):
+    # ksys_semtimedop() copies the timeout in before do_semtimedop() looks at
+    # nsops or the id: a bad timeout pointer is EFAULT (semop(2)).
+    if c.ptr(3):
+        c.read(c.ptr(3), 16)
+    return _semtimedop_by_id(c)
+sys_msgrcv, sys_msgctl = _by_id(MSG), _by_id(MSG, 1)
+_msgsnd_by_id = _by_id(MSG)
+
+
+def sys_msgsnd(c: Call):
+    # ksys_msgsnd() reads msgp->mtype before it looks at anything else: a bad
+    # msgp is EFAULT whatever the id (msgsnd(2)).
+    c.read(c.ptr(1), 8)
+    return _msgsnd_by_id(c)
