@@ -21,7 +21,7 @@ from tests.fixtures.cbuild import gcc_static
 SRC = Path(lxsub.__file__).resolve().parent
 HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sys/stat.h",
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
-           "linux/keyctl.h", "linux/kcmp.h",
+           "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h",
            "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h")
 
 # Numbers that no header a program includes defines, each checked another way below.
@@ -42,7 +42,9 @@ NOT_IN_HEADERS = {
 }
 # Not macros: C expressions that give them (glibc's F_OWNER_* are an enum).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",
-               "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP", "KCMP_FILE": "KCMP_FILE"}
+               "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP",
+               **{n: n for n in ("KCMP_FILE", "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND",
+                                 "KCMP_IO", "KCMP_SYSVSEM", "KCMP_EPOLL_TFD", "KCMP_TYPES")}}
 
 
 def _abi_constants() -> dict[str, int]:

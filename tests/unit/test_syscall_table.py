@@ -89,11 +89,12 @@ TIOCSPGRP = 0x5410
     (seccomp_data(N["getppid"]), bpf.RET_USER_NOTIF),
     (seccomp_data(N["getrusage"]), bpf.RET_ALLOW),
     (seccomp_data(N["clock_gettime"]), bpf.RET_ALLOW),
+    (seccomp_data(N["clock_gettime"], ((~5 << 3 | 2) & 0xFFFFFFFFFFFFFFFF,)), bpf.RET_TRACE),
     (seccomp_data(N["read"], arch=0x40000003), ENOSYS),            # AUDIT_ARCH_I386
     (seccomp_data(bpf.X32_SYSCALL_BIT | N["read"]), ENOSYS),
     (seccomp_data(1000), bpf.RET_USER_NOTIF),
 ], ids=["read", "openat", "execve", "ptrace", "clone-newuser", "clone-thread", "clone-fork",
-        "ioctl-tiocspgrp", "ioctl-tcgets", "getppid", "getrusage", "clock_gettime", "i386",
+        "ioctl-tiocspgrp", "ioctl-tcgets", "getppid", "getrusage", "clock_gettime", "clock_gettime-cpu-clock", "i386",
         "x32", "unknown-1000"])
 def test_filter_semantics(prog, data, expected):
     assert run_bpf(prog, data) == expected
@@ -117,6 +118,7 @@ KERNEL_ARG_BITS = {
     ("open", 1): 32, ("openat", 2): 32, ("sendto", 4): 64,
     ("socket", 0): 32, ("socketpair", 0): 32, ("getsockopt", 2): 32, ("setsockopt", 2): 32,    # int family, optname
     ("seccomp", 0): 32,     # unsigned int operation (kernel/seccomp.c)
+    **{(name, 0): 32 for name in ("clock_gettime", "clock_getres", "clock_nanosleep")},  # clockid_t
     **{(name, 0): 32 for name in (
         "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",
         "sched_rr_get_interval", "sched_setattr", "sched_getattr", "prlimit64",

@@ -25,6 +25,8 @@ CAP_SYS_PTRACE = 19
 CAP_SYS_RESOURCE = 24
 CAP_SYS_NICE = 23
 CAP_SYS_TIME = 25
+CAP_SYS_BOOT = 22
+CAP_SYSLOG = 34
 
 CAP_LAST = 40
 ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
@@ -45,6 +47,14 @@ class Creds:
     cap_permitted: int = ALL_CAPS
     cap_inheritable: int = 0
     keep_caps: bool = False      # prctl(2) PR_SET_KEEPCAPS; cleared by execve
+    # The capability bounding set (prctl(2) PR_CAPBSET_READ/DROP): what an
+    # execve may give; inherited by fork and kept across execve.
+    cap_bset: int = ALL_CAPS
+    # The ambient set (prctl(2) PR_CAP_AMBIENT): kept across execve of an
+    # unprivileged program, always within permitted & inheritable.
+    cap_ambient: int = 0
+    # prctl(2) PR_SET_SECUREBITS, but SECURE_KEEP_CAPS, which is keep_caps.
+    securebits: int = 0
     # keyrings(7): the thread, process and session keyrings and the
     # request_key(2) default destination, as Linux keeps them in struct cred
     # (kernel/keys.py: clone_creds, exec_creds).
@@ -67,12 +77,17 @@ class Creds:
     def may_ptrace_read(self, target: "Creds", dumpable: bool, realcreds: bool = False) -> bool:
         """Linux __ptrace_may_access for another process: the caller's
         fsuid/fsgid (its real ids with PTRACE_MODE_REALCREDS) equal all of
-        the target's ids and the target is dumpable; or CAP_SYS_PTRACE."""
+        the target's ids, the target is dumpable and its permitted
+        capabilities are among the caller's (cap_ptrace_access_check: the
+        caller's permitted set with REALCREDS, its effective one with
+        FSCREDS); or CAP_SYS_PTRACE."""
         if self.capable(CAP_SYS_PTRACE):
             return True
         uid, gid = (self.ruid, self.rgid) if realcreds else (self.fsuid, self.fsgid)
+        mine = self.cap_permitted if realcreds else self.cap_effective
         return bool(dumpable) and uid == target.ruid == target.euid == target.suid \
-            and gid == target.rgid == target.egid == target.sgid
+            and gid == target.rgid == target.egid == target.sgid \
+            and not target.cap_permitted & ~mine
 
     def in_group(self, gid: int) -> bool:
         return gid == self.fsgid or gid in self.groups
@@ -82,8 +97,10 @@ class Creds:
         (Linux's cap_emulate_setxuid): with keep_caps (PR_SET_KEEPCAPS) the
         permitted set stays, the effective one is cleared all the same."""
         was_root = 0 in (old_r, old_e, old_s)
-        if was_root and 0 not in (self.ruid, self.euid, self.suid) and not self.keep_caps:
-            self.cap_permitted = self.cap_effective = 0
+        if was_root and 0 not in (self.ruid, self.euid, self.suid):
+            if not self.keep_caps:
+                self.cap_permitted = self.cap_effective = 0
+            self.cap_ambient = 0     # whatever keep_caps says
         if old_e == 0 and self.euid != 0:
             self.cap_effective = 0
         elif old_e != 0 and self.euid == 0:
@@ -110,12 +127,16 @@ class Creds:
             self.egid = file_gid
         self.suid = self.fsuid = self.euid
         self.sgid = self.fsgid = self.egid
-        if 0 in (self.ruid, self.euid):
-            self.cap_permitted = ALL_CAPS | self.cap_inheritable
-            self.cap_effective = self.cap_permitted if self.euid == 0 else 0
-        else:
-            self.cap_permitted = self.cap_effective = 0
         changed = self.euid != old_euid or self.egid != old_egid
+        if changed:
+            self.cap_ambient = 0     # a set-id program cancels the ambient set
+        if 0 in (self.ruid, self.euid):
+            # handle_privileged_root: pP' = bset | pI (| pA')
+            self.cap_permitted = self.cap_bset | self.cap_inheritable | self.cap_ambient
+            self.cap_effective = self.cap_permitted if self.euid == 0 else self.cap_ambient
+        else:
+            # no file capabilities: pP' = pE' = pA'
+            self.cap_permitted = self.cap_effective = self.cap_ambient
         return changed or self.euid != self.ruid or self.egid != self.rgid
 
 def may_signal(sender: "Creds", target: "Creds") -> bool:

@@ -14,7 +14,7 @@ import threading
 import traceback
 from typing import TYPE_CHECKING
 
-from lxsub.abi.sysno import NAMES
+from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.platform import hostproc, ptrace
@@ -256,9 +256,23 @@ def _exit_hook(result: Native, original):
             if on_exit is not None:
                 on_exit(value)     # let it clean up; the restart starts afresh
             return
+        changed = False
+        if original is not None and not (original[0] in _NEW_IMAGE and value == 0):
+            # The x86-64 syscall ABI keeps every register but rax, rcx and
+            # r11, and compilers rely on it (glibc's clock_getcpuclockid
+            # reuses rdi as the clockid it returns): the program's own
+            # arguments go back, not our host ids.
+            r.set_args(*original[1])
+            changed = True
         if on_exit is not None:
             new = on_exit(value)
             if new is not None:
                 r.rax = new & 0xFFFFFFFFFFFFFFFF
-                ptrace.set_regs(t, r)
+                changed = True
+        if changed:
+            ptrace.set_regs(t, r)
     return hook
+
+
+# After a successful execve the registers are the new image's.
+_NEW_IMAGE = (NUMBERS["execve"], NUMBERS["execveat"])

@@ -10,6 +10,7 @@ the process table, trapped syscalls go to the dispatcher.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import signal
 import struct
@@ -22,6 +23,7 @@ from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
+from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.syscalls import ipc
@@ -32,7 +34,7 @@ from lxsub.kernel.fs.sqlitestore import volfs_store
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
-from lxsub.kernel.task import FsContext, PidSpace, Process, Task
+from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
 from lxsub.platform import launcher, libc, memory, ptrace
@@ -44,9 +46,19 @@ from lxsub.platform.unixns import UnixNamespace
 
 @dataclass
 class UtsInfo:
+    """A UTS namespace: the instance's own, or one a process made
+    (CLONE_NEWUTS) starting as a copy of its creator's."""
     hostname: str = "localhost"
     domainname: str = "(none)"
     release: str = LINUX_RELEASE
+    inum: int = 0xEFFFFFFE      # /proc/<pid>/ns/uts: PROC_UTS_INIT_INO for the instance's
+
+    def copy(self) -> "UtsInfo":
+        return UtsInfo(self.hostname, self.domainname, self.release, next(_NS_INUMS))
+
+
+# Inode numbers of the namespaces programs make (after mnt's and net's).
+_NS_INUMS = itertools.count(0xF0000002)
 
 
 def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
@@ -177,10 +189,16 @@ class Instance:
         vid = task.tid
         self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {vid} (host {child})")
 
+        # A clone the provider let run with rewritten arguments has its own
+        # exit work (dispatch._exit_hook): it runs after the pid is fixed.
+        previous = self.engine.exit_hooks.get(tid)
+
         def fix_parent(ptid: int, r: Regs) -> None:
             if r.rax == child:
                 r.rax = vid
                 ptrace.set_regs(ptid, r)
+            if previous is not None:
+                previous(ptid, r)
 
         if flags & CLONE_PARENT_SETTID:
             # Now, while both are stopped: a thread that runs first may exit
@@ -194,9 +212,12 @@ class Instance:
         self.engine.task_known(child, lambda: settid and self._poke_tid(child, settid, vid))
 
     def _clone_flags(self, event: int, regs: Regs) -> int:
-        if event == ptrace.EVENT_FORK:
+        # The event says little: clone(2) with exit signal SIGCHLD and no
+        # CLONE_VFORK reports PTRACE_EVENT_FORK too (kernel_clone), so only
+        # fork(2) and vfork(2) themselves have fixed flags.
+        if regs.orig_rax == SYS_FORK:
             return signal.SIGCHLD
-        if event == ptrace.EVENT_VFORK and regs.orig_rax == 58:   # vfork(2)
+        if regs.orig_rax == SYS_VFORK:
             return CLONE_VM | CLONE_VFORK | signal.SIGCHLD
         return regs.rdi
 
@@ -223,7 +244,9 @@ class Instance:
             self.pids.add_process(proc)
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
-                    seccomp_filters=parent.seccomp_filters)
+                    seccomp_filters=parent.seccomp_filters,
+                    uts=uts_of(self, parent).copy() if parent.clone_newuts else parent.uts)
+        parent.clone_newuts = False
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
         self.pids.add_task(task)
         return task
@@ -353,9 +376,10 @@ class Instance:
         self.vfs.images.ended(proc.image)
         proc.image = None
         proc.close_pidfd()
+        reaper = self._new_reaper(proc)
         for child in list(proc.children):
-            child.parent = self.init
-            self.init.children.add(child)
+            child.parent = reaper
+            reaper.children.add(child)
         proc.children.clear()
         report = self.launches.pop(proc.host_pid, None)
         if report is not None:
@@ -370,6 +394,18 @@ class Instance:
             self.pids.forget_process(proc)
         else:
             self.pids.zombies_by_host[proc.host_pid] = proc
+
+    def _new_reaper(self, proc: Process) -> Process:
+        """Where an exiting process's children go (kernel/exit.c
+        find_new_reaper): the nearest living ancestor that is a child
+        subreaper, else /init. The host reparents the same way: the flag
+        is set on the host process too."""
+        up = proc.parent
+        while up is not None and up is not self.init:
+            if up.child_subreaper and not up.exited:
+                return up
+            up = up.parent
+        return self.init
 
     def reaped(self, host_pid: int) -> int | None:
         """A parent's wait returned host_pid: forget it; return its virtual pid."""

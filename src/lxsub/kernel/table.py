@@ -21,8 +21,10 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
-from lxsub.kernel.syscalls import (clock, fcntl, fhandle, identity, inotify, ioctl, ipc, keys, mount, net, process,
-                                   sched, signal, stat, stdio, unistd, utsname, xattr)
+from lxsub.kernel.fs.procfs import ns as procfs_ns
+from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
+                                   klog, mount, net, nsproxy, process, sched, signal, stat, stdio, unistd,
+                                   utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -82,7 +84,7 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
     return tuple(ArgRule(index, "eq", v, action) for v in values)
 
 
-_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
+_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
                     | CLONE_NEWNET | CLONE_UNTRACED)
 
 ROWS: list[Syscall] = [
@@ -105,17 +107,19 @@ ROWS: list[Syscall] = [
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
-            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md)",
+            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the NS_GET_* "
+            "requests of namespace files answer for the instance's namespaces",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
-                   *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF))),
+                   *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
         "mlock", "munlock", "mlockall", "munlockall", "mlock2", "remap_file_pages", "mbind", "set_mempolicy",
         "get_mempolicy", "set_mempolicy_home_node", "pkey_mprotect", "pkey_alloc", "pkey_free",
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
-        "nanosleep", "clock_gettime", "clock_getres", "clock_nanosleep", "gettimeofday", "time",
+        "nanosleep", "gettimeofday", "time",
         "getitimer", "setitimer", "alarm", "pause", "timer_settime",
         "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
         "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
@@ -124,6 +128,11 @@ ROWS: list[Syscall] = [
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
         "landlock_add_rule", "landlock_restrict_self")),
+    # A negative clockid is a CPU clock naming a pid: translated.
+    *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
+              "clockids) stop: the pid in them translated, outside the instance EINVAL",
+              rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),))
+      for n in ("clock_gettime", "clock_getres", "clock_nanosleep")),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     # SysV IPC: the instance's own keys and ids (kernel/syscalls/ipc.py).
@@ -140,18 +149,21 @@ ROWS: list[Syscall] = [
         "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
-    Syscall("clone", NATIVE, None, FULL, "new namespaces and CLONE_UNTRACED denied (EPERM); "
-            "child tid translated in the result and in PARENT/CHILD_SETTID memory",
-            rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),)),
+    Syscall("clone", NATIVE, nsproxy.sys_clone_newuts, FULL, "new namespaces but UTS and "
+            "CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS stops: a UTS namespace of the "
+            "provider's; child tid translated in the result and in PARENT/CHILD_SETTID memory",
+            rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),
+                   ArgRule(0, "any_bit", CLONE_NEWUTS, bpf.RET_TRACE))),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
-            "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS "
-            "and PR_GET_SECCOMP "
+            "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
+            "PR_CAPBSET_READ/DROP, PR_CAP_AMBIENT, PR_SET/GET_SECUREBITS and PR_GET_SECCOMP "
             "emulated (the host's no_new_privs and filter are not the program's); "
-            "PR_SET_SECCOMP checked like seccomp; PR_SET_MM denied",
+            "PR_SET_SECCOMP checked like seccomp; PR_SET_CHILD_SUBREAPER seen for the instance's "
+            "reparenting; PR_SET_MM denied",
             rules=(ArgRule(0, "eq", 35, bpf.errno_action(errno.EPERM)),
-                   *_when(0, (3, 4, 7, 8, 15, 16, 21, 38, 39), bpf.RET_USER_NOTIF),
-                   ArgRule(0, "eq", 22, bpf.RET_TRACE))),
+                   *_when(0, (3, 4, 7, 8, 15, 16, 21, 23, 24, 27, 28, 38, 39, 47), bpf.RET_USER_NOTIF),
+                   ArgRule(0, "eq", 22, bpf.RET_TRACE), ArgRule(0, "eq", 36, bpf.RET_TRACE))),
     Syscall("seccomp", NATIVE, process.sys_seccomp, FULL,
             "filters run natively, stacked on the provider's; installing one needs the "
             "program's own no_new_privs or CAP_SYS_ADMIN (EACCES)",
@@ -282,9 +294,11 @@ ROWS: list[Syscall] = [
     *(trace(n, sched.sys_cpu_mask, "PID argument translated; the caller's own mask, never "
             "the provider's temporary one") for n in ("sched_setaffinity", "sched_getaffinity")),
     *(pid_arg(n) for n in (
-        "sched_setparam", "sched_getparam",
-        "sched_setscheduler", "sched_getscheduler", "sched_rr_get_interval", "sched_setattr",
+        "sched_getparam", "sched_getscheduler", "sched_rr_get_interval",
         "sched_getattr", "prlimit64", "migrate_pages", "move_pages")),
+    *(trace(n, sched.sys_sched_set, "PID translated; stopped for the caller itself too: "
+            "Linux's CAP_SYS_NICE, owner and RLIMIT_RTPRIO checks with the instance's "
+            "credentials") for n in ("sched_setparam", "sched_setscheduler", "sched_setattr")),
     pid_arg("get_robust_list", sched.sys_get_robust_list, "PID translated; EPERM unless the "
             "caller may read the target like ptrace"),
     Syscall("getpriority", TRACE, sched.sys_priority, FULL, "PIDs translated"),
@@ -302,14 +316,22 @@ ROWS: list[Syscall] = [
     notify("setdomainname", utsname.sys_setdomainname, "per instance"),
     # -- would step around the provider or change the host
     denied("ptrace", note="a pico process cannot trace"),
-    denied("process_vm_readv"), denied("process_vm_writev"), denied("kcmp"),
+    *(notify(n, getattr(crossproc, "sys_" + n), "processes of the instance only (ESRCH "
+             "otherwise), by ptrace's attach rule (EPERM)") for n in ("process_vm_readv",
+                                                                     "process_vm_writev")),
+    notify("kcmp", crossproc.sys_kcmp, "processes of the instance only (ESRCH otherwise), by "
+           "ptrace's read rule (EPERM)"),
     denied("io_uring_setup", errno.ENOSYS, "would bypass the filter"),
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     notify("name_to_handle_at", fhandle.sys_name_to_handle_at, "path resolved in the instance; the host "
            "file system's handle, the instance's mount id; pseudo files: AT_HANDLE_FID only"),
     denied("open_by_handle_at", errno.EPERM, "needs CAP_DAC_READ_SEARCH in the initial user namespace, "
            "which root inside (the host user) has not"),
-    denied("unshare"), denied("setns"),
+    trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
+          "single-thread checks as Linux; CLONE_NEWUTS: a UTS namespace of the provider's; "
+          "other new namespaces: EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's own namespaces (/proc/<pid>/ns files, "
+           "pidfds of its processes): the install checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
@@ -319,7 +341,9 @@ ROWS: list[Syscall] = [
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
-    denied("swapon"), denied("swapoff"), denied("reboot"), denied("acct"),
+    denied("swapon"), denied("swapoff"), denied("acct"),
+    notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
+           "instance; other commands EINVAL"),
     denied("settimeofday"),
     notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
            "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),
@@ -328,7 +352,9 @@ ROWS: list[Syscall] = [
            "(the host clock)", PARTIAL),
     denied("init_module"), denied("finit_module"),
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
-    denied("iopl"), denied("ioperm"), denied("syslog"), denied("quotactl"),
+    denied("iopl"), denied("ioperm"), denied("quotactl"),
+    notify("syslog", klog.sys_syslog, "the instance's own kernel log, empty (lxsub logs nothing "
+           "there; never the host's); Linux's CAP_SYSLOG and argument checks, its console level"),
     denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
     denied("perf_event_open", errno.EACCES), denied("fanotify_init", note="needs CAP_SYS_ADMIN in the "
            "initial user namespace, which root inside (the host user) has not; the unprivileged "

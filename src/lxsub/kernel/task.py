@@ -37,6 +37,9 @@ class Process:
     oom_score_adj_min: int = 0
     image: tuple[int, int] | None = None   # the program file it runs (kernel/vfs/images.py)
     exit_ruid: int = 0         # its real uid when its last thread exited (waitid, SIGCHLD)
+    # prctl(2) PR_SET_CHILD_SUBREAPER (also set on the host process, which
+    # the host's reparenting follows); not inherited by fork.
+    child_subreaper: bool = False
     _pidfd: int = -1
     _memfd: int = -1
 
@@ -92,6 +95,13 @@ class Task(Caller):
     no_new_privs: bool = False
     seccomp_mode: int = 0
     seccomp_filters: int = 0
+    # The UTS namespace (host and domain names) the task is in: None is the
+    # instance's own; unshare/clone(CLONE_NEWUTS) give one of its own
+    # (kernel/syscalls/utsname.py uts_of). Inherited by clone.
+    uts: object = None
+    # Set while a clone(CLONE_NEWUTS) of this task is in flight: its child
+    # gets a copy (the host runs the clone without the flag).
+    clone_newuts: bool = False
 
     @property
     def task(self) -> "Task":
@@ -117,6 +127,12 @@ class Task(Caller):
     @property
     def host_pid(self) -> int:
         return self.process.host_pid
+
+
+def uts_of(inst, task) -> object:
+    """The UTS namespace of a task (None: the provider's own work): its
+    own if it made one, else the instance's."""
+    return task.uts if task is not None and task.uts is not None else inst.uts
 
 
 class PidSpace:

@@ -182,3 +182,94 @@ def write_below_sp(pid: int, sp: int, chunks: list[bytes]) -> list[int]:
         off += padded
     write(pid, base, bytes(blob))
     return addrs
+
+
+# -- copying between two processes (process_vm_readv/writev for a program) --
+
+_CROSS_CHUNK = 1 << 20
+IOV_MAX = 1024            # UIO_MAXIOV
+_SSIZE_MAX = (1 << 63) - 1
+
+
+def read_iovecs(pid: int, addr: int, count: int) -> list[tuple[int, int]]:
+    """A struct iovec array of `count` entries in `pid`'s memory, checked as
+    Linux's iovec_from_user: more than UIO_MAXIOV entries or a length that
+    is negative as ssize_t (or totals past it) is EINVAL; an unreadable
+    array is EFAULT."""
+    if count > IOV_MAX:
+        raise OSError(errno.EINVAL, "too many iovecs")
+    if count == 0:
+        return []
+    raw = read(pid, addr, 16 * count)
+    segs, total = [], 0
+    for i in range(count):
+        base = int.from_bytes(raw[16 * i:16 * i + 8], "little")
+        length = int.from_bytes(raw[16 * i + 8:16 * i + 16], "little")
+        total += length
+        if length > _SSIZE_MAX or total > _SSIZE_MAX:
+            raise OSError(errno.EINVAL, "iovec length out of range")
+        segs.append((base, length))
+    return segs
+
+
+def _take(segs: list[tuple[int, int]], pos: list[int], n: int):
+    """Up to `n` bytes of iovecs from the cursor `pos` ([index, offset]),
+    as a ctypes iovec array and its byte count; the cursor is not moved."""
+    out, got = [], 0
+    i, off = pos
+    while i < len(segs) and got < n:
+        base, length = segs[i]
+        step = min(length - off, n - got)
+        if step > 0:
+            out.append((base + off, step))
+            got += step
+        i, off = i + 1, 0
+    arr = (libc.iovec * max(len(out), 1))()
+    for k, (base, length) in enumerate(out):
+        arr[k].iov_base, arr[k].iov_len = base, length
+    return arr, len(out), got
+
+
+def _advance(segs: list[tuple[int, int]], pos: list[int], n: int) -> None:
+    while n and pos[0] < len(segs):
+        left = segs[pos[0]][1] - pos[1]
+        if n < left:
+            pos[1] += n
+            return
+        n -= left
+        pos[0], pos[1] = pos[0] + 1, 0
+
+
+def copy_between(src_pid: int, src: list[tuple[int, int]],
+                 dst_pid: int, dst: list[tuple[int, int]]) -> int:
+    """Copy from the `src` iovecs of `src_pid` to the `dst` iovecs of
+    `dst_pid` through a buffer here, in order, until either list ends or a
+    side faults (Linux's process_vm_rw_core: the bytes copied before the
+    first fault, EFAULT when that is none)."""
+    want = min(sum(n for _, n in src), sum(n for _, n in dst))
+    buf = ctypes.create_string_buffer(min(want, _CROSS_CHUNK) or 1)
+    mine = libc.iovec(ctypes.addressof(buf), 0)
+    spos, dpos, done = [0, 0], [0, 0], 0
+    while done < want:
+        step = min(want - done, _CROSS_CHUNK)
+        arr, cnt, step = _take(src, spos, step)
+        mine.iov_len = step
+        got = _readv(src_pid, ctypes.byref(mine), 1, arr, cnt, 0)
+        if got > 0:
+            arr, cnt, _ = _take(dst, dpos, got)
+            mine.iov_len = got
+            put = _writev(dst_pid, ctypes.byref(mine), 1, arr, cnt, 0)
+            got = min(got, put)
+        if got <= 0:
+            err = ctypes.get_errno() if got < 0 else errno.EFAULT
+            if done:
+                return done
+            if err in (errno.EFAULT, 0):
+                raise MemoryFault()
+            raise OSError(err, os.strerror(err))
+        done += got
+        _advance(src, spos, got)
+        _advance(dst, dpos, got)
+        if got < step:
+            break
+    return done

@@ -17,7 +17,7 @@ import errno
 import struct
 
 from lxsub.kernel import creds as caps
-from lxsub.kernel.call import Call
+from lxsub.kernel.call import Call, Native
 from lxsub.platform import libc
 
 CLOCK_REALTIME = 0
@@ -120,3 +120,40 @@ def sys_clock_settime(c: Call) -> int:
                                           and 0 <= nsec < NSEC_PER_SEC):
         raise OSError(errno.EINVAL, "bad time")
     raise OSError(errno.EPERM, "the host clock is not the instance's to change")
+
+
+# -- CPU-time clocks of other processes (clock_getcpuclockid(3)) ------------
+
+CPUCLOCK_PERTHREAD_MASK, CPUCLOCK_CLOCK_MASK = 4, 3
+
+
+def translate_cpu_clock(c: Call, i: int) -> None:
+    """A negative clockid names a process's or thread's CPU clock by pid,
+    `~pid << 3 | kind` (MAKE_PROCESS_CPUCLOCK / MAKE_THREAD_CPUCLOCK): the
+    pid is virtual, the host's is written in its place. As Linux's
+    pid_for_clock: 0 is the caller itself (left as it is), a thread clock
+    only of the caller's own thread group, a process clock of a process
+    (or the caller's own tid); anything else is EINVAL, so no host process's
+    clock is ever named. Dynamic clocks (CLOCKFD) are descriptors."""
+    clock = c.int(i)
+    if clock >= 0 or clock & CLOCKFD_MASK == CLOCKFD:
+        return
+    pid = ~(clock >> 3)
+    if pid == 0:
+        return
+    pids = c.inst.pids
+    if clock & CPUCLOCK_PERTHREAD_MASK:
+        task = pids.tasks_by_vid.get(pid)
+        host = task.host_tid if task is not None and task.process is c.task.process else None
+    else:
+        proc = c.task.process if pid == c.task.tid else pids.processes_by_vid.get(pid)
+        host = proc.host_pid if proc is not None else None
+    if host is None:
+        raise OSError(errno.EINVAL, "no such clock")
+    c.set_arg(i, (~host << 3) | (clock & CLOCKFD_MASK))
+
+
+def sys_cpu_clock(c: Call) -> Native:
+    """clock_gettime, clock_getres, clock_nanosleep of a negative clockid."""
+    translate_cpu_clock(c, 0)
+    return Native()

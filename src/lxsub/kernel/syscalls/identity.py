@@ -250,7 +250,11 @@ def sys_capset(c: Call) -> int:
     # the old inheritable and permitted ones.
     if not cr.capable(caps.CAP_SETPCAP) and inh & ~(cr.cap_inheritable | cr.cap_permitted):
         raise OSError(errno.EPERM, "not permitted")
+    # ... and never beyond the old inheritable set and the bounding set.
+    if inh & ~(cr.cap_inheritable | cr.cap_bset):
+        raise OSError(errno.EPERM, "not permitted")
     if perm & ~cr.cap_permitted or eff & ~perm:
         raise OSError(errno.EPERM, "not permitted")
     cr.cap_effective, cr.cap_permitted, cr.cap_inheritable = eff, perm, inh
+    cr.cap_ambient &= perm & inh        # cap_capset: pA stays within pP & pI
     return 0

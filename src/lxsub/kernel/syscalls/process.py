@@ -13,13 +13,16 @@ import struct
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.limits import MAX_ARG_STRLEN
-from lxsub.abi.prctl import (PR_GET_DUMPABLE, PR_GET_KEEPCAPS, PR_GET_NAME, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP,
-                              PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP)
-from lxsub.abi.seccomp import (SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
+from lxsub.abi.prctl import (PR_CAP_AMBIENT, PR_CAPBSET_DROP, PR_CAPBSET_READ, PR_GET_DUMPABLE, PR_GET_KEEPCAPS,
+                              PR_GET_NAME, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_GET_SECUREBITS, PR_SET_CHILD_SUBREAPER,
+                              PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP,
+                              PR_SET_SECUREBITS)
+from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
                                SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
 from lxsub.kernel import interop
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel import creds as caps
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
@@ -248,7 +251,17 @@ def _wait_target_to_host(c: Call, pid: int) -> int:
     return host
 
 
+_WAIT4_OPTIONS = 0x1 | 0x2 | 0x8 | 0x20000000 | 0x40000000 | 0x80000000   # WNOHANG...__WCLONE
+INT_MIN = -(1 << 31)
+
+
 def sys_wait4(c: Call):
+    # kernel/exit.c kernel_wait4: bad options, then "-INT_MIN is not
+    # defined" (ESRCH), before any child is looked for (ECHILD).
+    if c.uint(2) & ~_WAIT4_OPTIONS:
+        raise OSError(errno.EINVAL, "bad options")
+    if c.int(0) == INT_MIN:
+        raise OSError(errno.ESRCH, "no such process group")
     c.set_arg(0, _wait_target_to_host(c, c.int(0)))
     inst = c.inst
 
@@ -300,6 +313,19 @@ def sys_prctl(c: Call):
     if option == PR_GET_NAME:
         c.write(c.ptr(1), proc.comm.encode()[:15] + b"\0")
         return 0
+    if option == PR_SET_CHILD_SUBREAPER:
+        # Run on the host too (its orphans are reparented by the host);
+        # the instance's getppid follows the same rule (Instance._new_reaper).
+        def done(result: int) -> None:
+            if result == 0:
+                proc.child_subreaper = bool(c.args[1])
+        return Native(done)
+    if option in (PR_GET_SECUREBITS, PR_SET_SECUREBITS):
+        return _prctl_securebits(c, option, c.args[1])
+    if option == PR_CAP_AMBIENT:
+        return _prctl_ambient(c, *c.args[1:5])
+    if option in (PR_CAPBSET_READ, PR_CAPBSET_DROP):
+        return _prctl_bounding_set(c, option, c.args[1])
     if option == PR_GET_KEEPCAPS:
         return int(c.task.creds.keep_caps)
     if option == PR_SET_KEEPCAPS:
@@ -307,6 +333,8 @@ def sys_prctl(c: Call):
         # that the provider checks (kernel/creds.py after_uid_change).
         if c.args[1] not in (0, 1):
             raise OSError(errno.EINVAL, "bad value")
+        if c.task.creds.securebits & SECURE_KEEP_CAPS_LOCKED:
+            raise OSError(errno.EPERM, "SECURE_KEEP_CAPS is locked")
         c.task.creds.keep_caps = bool(c.args[1])
         return 0
     if option == PR_GET_DUMPABLE:
@@ -319,6 +347,79 @@ def sys_prctl(c: Call):
         proc.dumpable = c.args[1]
         return 0
     raise OSError(errno.EINVAL, "unexpected prctl option")
+
+
+# include/uapi/linux/securebits.h, as of the release lxsub reports (6.1):
+# NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, NO_CAP_AMBIENT_RAISE and their locks.
+SECURE_KEEP_CAPS, SECURE_KEEP_CAPS_LOCKED = 1 << 4, 1 << 5
+SECURE_ALL_BITS = 0x55
+SECURE_ALL_LOCKS = SECURE_ALL_BITS << 1
+
+
+def _prctl_securebits(c: Call, option: int, bits: int) -> int:
+    """The instance's securebits (security/commoncap.c cap_task_prctl): a
+    change needs CAP_SETPCAP and may not touch a locked bit, unlock a lock
+    or set an unknown bit (EPERM for all). SECURE_KEEP_CAPS is keep_caps."""
+    cr = c.task.creds
+    old = cr.securebits | (SECURE_KEEP_CAPS if cr.keep_caps else 0)
+    if option == PR_GET_SECUREBITS:
+        return old
+    if (((old & SECURE_ALL_LOCKS) >> 1) & (old ^ bits) or old & SECURE_ALL_LOCKS & ~bits
+            or bits & ~(SECURE_ALL_LOCKS | SECURE_ALL_BITS) or not cr.capable(caps.CAP_SETPCAP)):
+        raise OSError(errno.EPERM, "not permitted")
+    cr.keep_caps = bool(bits & SECURE_KEEP_CAPS)
+    cr.securebits = bits & ~SECURE_KEEP_CAPS
+    return 0
+
+
+PR_CAP_AMBIENT_IS_SET, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_LOWER, PR_CAP_AMBIENT_CLEAR_ALL = 1, 2, 3, 4
+SECURE_NO_CAP_AMBIENT_RAISE = 1 << 6
+
+
+def _prctl_ambient(c: Call, op: int, cap: int, arg4: int, arg5: int) -> int:
+    """PR_CAP_AMBIENT on the instance's ambient set (security/commoncap.c
+    cap_task_prctl): EINVAL for unused arguments or an invalid capability,
+    EPERM to raise one not both permitted and inheritable (or with
+    SECURE_NO_CAP_AMBIENT_RAISE)."""
+    cr = c.task.creds
+    if op == PR_CAP_AMBIENT_CLEAR_ALL:
+        if cap or arg4 or arg5:
+            raise OSError(errno.EINVAL, "unused arguments must be 0")
+        cr.cap_ambient = 0
+        return 0
+    if not 0 <= cap <= caps.CAP_LAST or arg4 or arg5:
+        raise OSError(errno.EINVAL, "bad arguments")
+    bit = 1 << cap
+    if op == PR_CAP_AMBIENT_IS_SET:
+        return int(bool(cr.cap_ambient & bit))
+    if op == PR_CAP_AMBIENT_RAISE:
+        if not (cr.cap_permitted & cr.cap_inheritable & bit) or cr.securebits & SECURE_NO_CAP_AMBIENT_RAISE:
+            raise OSError(errno.EPERM, "not permitted and inheritable")
+        cr.cap_ambient |= bit
+        return 0
+    if op == PR_CAP_AMBIENT_LOWER:
+        cr.cap_ambient &= ~bit
+        return 0
+    raise OSError(errno.EINVAL, "bad operation")
+
+
+def _prctl_bounding_set(c: Call, option: int, cap: int) -> int:
+    """The bounding set is the instance's (creds.cap_bset), as root inside
+    sees its own: PR_CAPBSET_READ of a valid capability (EINVAL otherwise);
+    PR_CAPBSET_DROP needs CAP_SETPCAP, then a valid one
+    (security/commoncap.c cap_prctl_drop)."""
+    cr = c.task.creds
+    valid = 0 <= cap <= caps.CAP_LAST
+    if option == PR_CAPBSET_READ:
+        if not valid:
+            raise OSError(errno.EINVAL, "no such capability")
+        return cr.cap_bset >> cap & 1
+    if not cr.capable(caps.CAP_SETPCAP):
+        raise OSError(errno.EPERM, "CAP_SETPCAP needed")
+    if not valid:
+        raise OSError(errno.EINVAL, "no such capability")
+    cr.cap_bset &= ~(1 << cap)
+    return 0
 
 
 def _prctl_privs(c: Call, option: int):
@@ -355,9 +456,14 @@ def sys_seccomp(c: Call):
 
 
 def _install_filter(c: Call, flags: int):
+    # kernel/seccomp.c seccomp_prepare_user_filter: the struct sock_fprog
+    # is read first (EFAULT), its length checked (EINVAL), then the right:
     # seccomp(2): "the caller must have the CAP_SYS_ADMIN capability in its
     # user namespace, or the thread must already have the no_new_privs bit
     # set" -- the program's own bit, not the host's.
+    length = int.from_bytes(c.read(c.ptr(2), 16)[:2], "little")
+    if not 0 < length <= BPF_MAXINSNS:
+        raise OSError(errno.EINVAL, "bad filter length")
     if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
         raise OSError(errno.EACCES, "no_new_privs unset and no CAP_SYS_ADMIN")
     return _enter_mode(c, SECCOMP_MODE_FILTER, flags)

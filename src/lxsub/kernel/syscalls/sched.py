@@ -59,18 +59,106 @@ def _init_robust_list(c: Call) -> int:
 
 
 def sys_cpu_mask(c: Call) -> Native:
-    """sched_setaffinity/sched_getaffinity: run with the caller's own mask."""
+    """sched_setaffinity/sched_getaffinity: run with the caller's own mask.
+    Setting another user's mask needs CAP_SYS_NICE (sched_setaffinity:
+    check_same_owner), which the host cannot tell from one host user."""
+    if c.nr == NUMBERS["sched_setaffinity"]:
+        target = _sched_target(c, c.int(0))
+        if not _same_owner_or_nice(c.task.creds, target):
+            raise OSError(errno.EPERM, "not permitted to change that mask")
     native = _translate_arg(c, 0)
     native.own_cpu_mask = True
     return native
 
 
-PRIO_PROCESS, PRIO_PGRP = 0, 1
+SCHED_NORMAL, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE = 0, 1, 2, 3, 5, 6
+_POLICIES = (SCHED_NORMAL, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE)
+SCHED_RESET_ON_FORK = 0x40000000
+_SCHED_ATTR_MIN = 48      # SCHED_ATTR_SIZE_VER0
 
 
-def sys_priority(c: Call) -> Native:
+def _sched_target(c: Call, pid: int) -> tuple[Creds, int] | None:
+    """(credentials, host tid) of the task a sched_* call names; None
+    where the host answers anyway (ESRCH, EINVAL for a negative pid)."""
+    if pid == 0:
+        return c.task.creds, c.task.host_tid
+    task = c.inst.pids.tasks_by_vid.get(pid) if pid > 0 else None
+    if task is None:
+        return (Creds(), c.inst.init.host_pid) if pid == 1 else None
+    return task.creds, task.host_tid
+
+
+def _same_owner_or_nice(me: Creds, target: tuple[Creds, int] | None) -> bool:
+    """check_same_owner: the caller's euid is the target's euid or real
+    uid; or CAP_SYS_NICE."""
+    return (target is None or me.capable(CAP_SYS_NICE)
+            or me.euid in (target[0].euid, target[0].ruid))
+
+
+def sys_sched_set(c: Call) -> Native:
+    """sched_setscheduler, sched_setparam, sched_setattr: trapped for the
+    caller itself too, because the host sees one host user (root where the
+    provider is root) and cannot apply Linux's checks for the instance's:
+    without CAP_SYS_NICE a real-time policy needs RLIMIT_RTPRIO, no one
+    gets SCHED_DEADLINE, and only the target's owner may change it
+    (kernel/sched/syscalls.c user_check_sched_setscheduler). Arguments the
+    host would refuse (EINVAL, EFAULT) are left to it. Run with the
+    caller's own CPU mask: SCHED_DEADLINE wants the whole root domain."""
+    target = _sched_target(c, c.int(0))
+    if target is not None and not c.task.creds.capable(CAP_SYS_NICE):
+        request = _requested_policy(c, target[1])
+        if request is not None and _refused_without_cap(c.task.creds, target, *request):
+            raise OSError(errno.EPERM, "not permitted to change the scheduling policy")
+    native = _translate_arg(c, 0)
+    native.own_cpu_mask = True
+    return native
+
+
+def _requested_policy(c: Call, host_tid: int) -> tuple[int, int] | None:
+    """(policy, rt priority) the call asks for; None when unreadable."""
+    try:
+        if c.nr == NUMBERS["sched_setattr"]:
+            head = c.read(c.ptr(1), _SCHED_ATTR_MIN)
+            return int.from_bytes(head[4:8], "little"), int.from_bytes(head[24:28], "little")
+        setscheduler = c.nr == NUMBERS["sched_setscheduler"]
+        prio = int.from_bytes(c.read(c.ptr(2 if setscheduler else 1), 4), "little", signed=True)
+        policy = c.int(1) & ~SCHED_RESET_ON_FORK if setscheduler else os.sched_getscheduler(host_tid)
+        return policy, prio
+    except OSError:
+        return None
+
+
+def _refused_without_cap(me: Creds, target: tuple[Creds, int], policy: int, prio: int) -> bool:
+    """user_check_sched_setscheduler for valid arguments (invalid ones are
+    the host's EINVAL): SCHED_DEADLINE never; another owner's task never;
+    a real-time policy only within the target's RLIMIT_RTPRIO."""
+    rt = policy in (SCHED_FIFO, SCHED_RR)
+    if policy not in _POLICIES or (not 1 <= prio <= 99 if rt else prio and policy != SCHED_DEADLINE):
+        return False
+    if policy == SCHED_DEADLINE or not _same_owner_or_nice(me, target):
+        return True
+    if not rt:
+        return False
+    host_tid = target[1]
+    try:
+        limit = resource.prlimit(host_tid, resource.RLIMIT_RTPRIO)[0]
+        current = os.sched_getscheduler(host_tid)
+        current_prio = os.sched_getparam(host_tid).sched_priority
+    except OSError:
+        return False
+    if limit == resource.RLIM_INFINITY:
+        return False
+    return (policy != current and limit == 0) or (prio > current_prio and prio > limit)
+
+
+PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2
+
+
+def sys_priority(c: Call) -> Native | int:
     """getpriority/setpriority and ioprio_get/set: (which, who, ...)."""
     which, who = c.int(0), c.int(1)
+    if which == PRIO_USER and c.nr in (NUMBERS["setpriority"], NUMBERS["getpriority"]):
+        return _user_priority(c, c.uint(1))
     if c.nr == NUMBERS["setpriority"] and which in (PRIO_PROCESS, PRIO_PGRP):
         _check_renice(c, which, who, c.int(2))
     if who == 0:
@@ -109,6 +197,55 @@ def _renice_targets(c: Call, which: int, who: int) -> list[tuple[Creds, int, int
             continue
         out += [(t.creds, proc.host_pid, t.host_tid) for t in list(proc.threads.values())]
     return out
+
+
+def _user_threads(c: Call, uid: int) -> list[tuple[Creds, int, int]]:
+    """(creds, host pid, host tid) of each instance thread whose real uid is
+    `uid` (PRIO_USER: for_each_process_thread ... task_uid(p) == uid), /init
+    (the provider, root) included."""
+    out = [(Creds(), c.inst.init.host_pid, c.inst.init.host_pid)] if uid == 0 else []
+    for proc in list(c.inst.pids.processes_by_vid.values()):
+        if proc is c.inst.init:
+            continue
+        out += [(t.creds, proc.host_pid, t.host_tid) for t in list(proc.threads.values())
+                if t.creds.ruid == uid]
+    return out
+
+
+def _user_priority(c: Call, uid: int) -> int:
+    """getpriority/setpriority(PRIO_USER) over the instance's processes of
+    a Linux user (0: the caller's real uid), never the host's user: ESRCH
+    when it has none; getpriority answers 20 - the lowest nice value (the
+    raw syscall's form); setpriority changes each thread it may and answers
+    the last refusal (kernel/sys.c)."""
+    uid = uid or c.task.creds.ruid
+    targets = _user_threads(c, uid)
+    if not targets:
+        raise OSError(errno.ESRCH, "no process of that user")
+    if c.nr == NUMBERS["getpriority"]:
+        nices = []
+        for _creds, _pid, tid in targets:
+            try:
+                nices.append(os.getpriority(os.PRIO_PROCESS, tid))
+            except OSError:
+                pass
+        if not nices:
+            raise OSError(errno.ESRCH, "no process of that user")
+        return 20 - min(nices)
+    nice = min(max(c.int(2), MIN_NICE), MAX_NICE)
+    err = 0
+    for target in targets:
+        refusal = _renice_error(c.task.creds, *target, nice)
+        if refusal:
+            err = refusal
+            continue
+        try:
+            os.setpriority(os.PRIO_PROCESS, target[2], nice)
+        except OSError as e:
+            err = e.errno
+    if err:
+        raise OSError(err, "not permitted to change that priority")
+    return 0
 
 
 def _renice_error(me: Creds, creds: Creds, host_pid: int, host_tid: int, nice: int) -> int:

@@ -18,10 +18,10 @@ import struct
 
 from typing import TYPE_CHECKING
 
-from lxsub.abi.signal import NSIG as _NSIG, SIGCONT
+from lxsub.abi.signal import NSIG as _NSIG, SI_TKILL, SIGCONT
 from lxsub.abi.sysno import SYS_KILL, SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE, SYS_RT_SIGQUEUEINFO
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.creds import may_signal
+from lxsub.kernel.creds import Creds, may_signal
 from lxsub.platform import memory
 from lxsub.platform.ptrace import SigInfo
 
@@ -68,7 +68,11 @@ def sys_kill(c: Call):
     _check_signal(sig)
     pids = c.inst.pids
     if pid == 1:
-        return 0      # /init takes no signals it has not asked for
+        # /init takes no signals it has not asked for, after the permission
+        # check against its (root's) credentials, as for any process.
+        if not may_signal(c.task.creds, Creds()):
+            raise OSError(errno.EPERM, "operation not permitted")
+        return 0
     if pid == -1:
         return _kill_each(c, sig, _others(c))
     if pid > 0:
@@ -235,6 +239,8 @@ def sys_pidfd_send_signal(c: Call):
     from lxsub.kernel.fs.procfs import process_of_dir
     from lxsub.kernel.vfs import lookup
     fd, sig, info, flags = c.int(0), c.int(1), c.ptr(2), c.uint(3)
+    if flags:
+        raise OSError(errno.EINVAL, "bad flags")
     _check_signal(sig)
     local = lookup.copy_fd(c.task, fd)
     try:
@@ -246,17 +252,31 @@ def sys_pidfd_send_signal(c: Call):
         os.close(local)
     if proc is None:
         raise OSError(errno.EBADF, "not a pidfd")
-    if flags:
-        raise OSError(errno.EINVAL, "bad flags")
+    if info:
+        _check_siginfo(c, info, sig, proc)
     if proc.exited:
         raise OSError(errno.ESRCH, "no such process")
     if proc.is_init():
-        return 0      # as kill(1)
+        # check_kill_permission first (init is root's), then ignored as kill(1)
+        if not may_signal(c.task.creds, Creds()):
+            raise OSError(errno.EPERM, "operation not permitted")
+        return 0
     _check_permission(c, _leader(proc), sig)
     assert c.regs is not None
     c.regs.orig_rax = SYS_RT_SIGQUEUEINFO if info else SYS_KILL
     c.regs.set_args(proc.host_pid, sig, info, 0, 0, 0)
     return Native()
+
+
+def _check_siginfo(c: Call, info: int, sig: int, proc: "Process") -> None:
+    """kernel/signal.c pidfd_send_signal with a siginfo: its si_signo must
+    be the signal (EINVAL), and only the caller's own process may be sent
+    a siginfo that claims to come from the kernel or tkill (EPERM)."""
+    si_signo, _errno, si_code = struct.unpack("<iii", c.read(info, 12))
+    if si_signo != sig:
+        raise OSError(errno.EINVAL, "si_signo is not the signal")
+    if proc is not c.task.process and (si_code >= 0 or si_code == SI_TKILL):
+        raise OSError(errno.EPERM, "may not claim that origin")
 
 
 SIGEV_THREAD_ID = 4
@@ -265,10 +285,13 @@ _SIGEVENT_SIZE = 64
 
 
 def sys_timer_create(c: Call):
-    """A SIGEV_THREAD_ID timer names its thread by tid (glibc's SIGEV_THREAD
+    """A CPU clock names its process by pid (clock.translate_cpu_clock).
+    A SIGEV_THREAD_ID timer names its thread by tid (glibc's SIGEV_THREAD
     timers too: their helper thread): the program's tid is virtual, the host
     kernel wants the host tid of a thread of the caller's group, else EINVAL
     (timer_create(2), good_sigevent()). The call runs on a translated copy."""
+    from lxsub.kernel.syscalls.clock import translate_cpu_clock
+    translate_cpu_clock(c, 0)
     addr = c.ptr(1)
     if not addr:
         return Native()

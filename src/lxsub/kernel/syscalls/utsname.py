@@ -8,6 +8,7 @@ import os
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
+from lxsub.kernel.task import uts_of
 
 _FIELD = 65
 HOST_NAME_MAX = 64
@@ -19,7 +20,7 @@ def _field(s: str) -> bytes:
 
 
 def sys_uname(c: Call) -> int:
-    uts = c.inst.uts
+    uts = uts_of(c.inst, c.task)
     host = os.uname()
     data = b"".join(_field(s) for s in (
         "Linux", uts.hostname, uts.release, host.version, host.machine, uts.domainname))
@@ -60,7 +61,7 @@ def _set_name(c: Call, attr: str) -> int:
     n = c.long(1)
     if not 0 <= n <= HOST_NAME_MAX:
         raise OSError(errno.EINVAL, "name too long")
-    setattr(c.inst.uts, attr, c.read(c.ptr(0), n).decode(errors="replace"))
+    setattr(uts_of(c.inst, c.task), attr, c.read(c.ptr(0), n).decode(errors="replace"))
     return 0
 
 

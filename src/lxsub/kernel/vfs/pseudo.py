@@ -310,6 +310,11 @@ class PseudoFs(FileSystem):
         os.close(fd)
         return ro
 
+    def open_pseudo(self, e: File) -> int:
+        """A read-only descriptor of a file that is in no directory (an
+        open namespace), known again by node_from_host."""
+        return self._open_file(e, os.O_RDONLY, None)
+
     def _open_writable(self, e: File, task: "Task | None") -> int:
         """Writes to a pseudo file take effect when the provider next reads
         the memfd: when the program closes it we are not told, so the write

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.magic import PROC_SUPER_MAGIC
 from lxsub.kernel import keys
+from lxsub.kernel.fs.procfs.ns import NsLink
 from lxsub.kernel.fs.procfs.sys import SysTree
 from lxsub.kernel.fs.procfs.task import InitDir, ProcessDir, process_of_dir
 from lxsub.kernel.fs.procfs.task_files import FdLink, MountFiles
@@ -91,4 +92,6 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
         e = node.obj
         if isinstance(e, FdLink):
             return e.open_target(self.inst)
+        if isinstance(e, NsLink):
+            return e.open_target(self.inst, caller)
         return None

@@ -8,7 +8,7 @@ import os
 import uuid
 
 from lxsub.kernel import keys
-from lxsub.kernel.task import PID_MAX
+from lxsub.kernel.task import PID_MAX, uts_of
 from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
 
 
@@ -37,11 +37,11 @@ class SysTree:
             def write(t, data: bytes) -> None:
                 from lxsub.kernel.creds import CAP_SYS_ADMIN
                 if t is not None and t.creds.capable(CAP_SYS_ADMIN):
-                    setattr(inst.uts, attr, data.decode(errors="replace").strip()[:64])
+                    setattr(uts_of(inst, t), attr, data.decode(errors="replace").strip()[:64])
             return write
-        kernel.add(File("/sys/kernel/hostname", lambda t: inst.uts.hostname.encode() + b"\n",
+        kernel.add(File("/sys/kernel/hostname", lambda t: uts_of(inst, t).hostname.encode() + b"\n",
                         write=set_uts("hostname"), mode=0o444))
-        kernel.add(File("/sys/kernel/domainname", lambda t: inst.uts.domainname.encode() + b"\n",
+        kernel.add(File("/sys/kernel/domainname", lambda t: uts_of(inst, t).domainname.encode() + b"\n",
                         write=set_uts("domainname"), mode=0o444))
         kernel.add(File("/sys/kernel/osrelease", lambda t: inst.uts.release.encode() + b"\n"))
         kernel.add(File("/sys/kernel/ostype", lambda t: b"Linux\n"))

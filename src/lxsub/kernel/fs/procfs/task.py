@@ -7,6 +7,7 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
+from lxsub.kernel.fs.procfs.ns import ns_entries
 from lxsub.kernel.fs.procfs.task_files import TaskFiles, _main_thread, _need, _net_entries
 from lxsub.kernel.vfs.pseudo import Dir, Entry, File, HostFile, Link, read_host
 
@@ -86,6 +87,7 @@ class ProcessDir(TaskFiles, Dir):
             "fd": Dir(p + "/fd", lambda t: self._inspect(t) or self._fds(), 0o500),
             "fdinfo": Dir(p + "/fdinfo", lambda t: self._inspect(t) or self._fdinfos(), 0o500),
             "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
+            "ns": Dir(p + "/ns", lambda t: ns_entries(fs, p + "/ns", self._inspect, self._task), 0o511),
         }
         for name, mode in _PID_HOST.items():
             entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
@@ -123,6 +125,13 @@ class ProcessDir(TaskFiles, Dir):
         return out
 
 
+def _inspect_init(t) -> None:
+    """As ProcessDir._inspect for /init, which is root's with every capability."""
+    from lxsub.kernel.creds import Creds
+    if t is not None and not t.creds.may_ptrace_read(Creds(), True):
+        raise OSError(errno.EACCES, "permission denied")
+
+
 class InitDir(Dir):
     """/proc/1: /init, the provider. Its numbers are its own (it is a host
     process like the others), its files and memory the provider's business."""
@@ -151,6 +160,7 @@ class InitDir(Dir):
             "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
             "cgroup": File(p + "/cgroup", lambda t: b"0::/\n"),
             "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
+            "ns": Dir(p + "/ns", lambda t: ns_entries(fs, p + "/ns", _inspect_init), 0o511),
         }
         if "/task/" in p:
             entries["children"] = File(p + "/children", lambda t: self._children())

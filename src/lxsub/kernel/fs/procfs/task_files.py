@@ -189,7 +189,8 @@ class TaskFiles:
                 val = "\t" + " ".join(str(g) for g in c.groups) + " "
             elif key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") and c:
                 v = {"CapInh": c.cap_inheritable, "CapPrm": c.cap_permitted,
-                     "CapEff": c.cap_effective, "CapBnd": _cap_bound(), "CapAmb": 0}[key]
+                     "CapEff": c.cap_effective, "CapBnd": c.cap_bset & _cap_bound(),
+                     "CapAmb": c.cap_ambient}[key]
                 val = f"\t{v:016x}"
             elif key in ("Seccomp", "Seccomp_filters", "NoNewPrivs"):
                 # The program's own, not the host's (kernel/syscalls/process.py).

@@ -1,0 +1,148 @@
+"""unshare(2) (kernel/fork.c ksys_unshare, kernel/nsproxy.c) and setns(2).
+
+What unshare does to the caller's own host resources (a private descriptor
+table with CLONE_FILES, SysV semaphore undo list with CLONE_SYSVSEM, a
+single-threaded check with CLONE_THREAD/SIGHAND/VM) runs natively: those
+are no namespaces and need no privilege. CLONE_FS also gives the task its
+own root, working directory and umask here (task.FsContext), as Linux's
+unshare_fs does. New namespaces are refused with EPERM, as Linux does for a
+caller without CAP_SYS_ADMIN and a container's runtime does for root.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS,
+                              CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_SIGHAND, CLONE_SYSVSEM,
+                              CLONE_THREAD, CLONE_VM)
+from lxsub.kernel.call import Call, Native
+from lxsub.kernel.task import uts_of
+
+NAMESPACES = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
+              | CLONE_NEWTIME | CLONE_NEWUSER)
+_UNSHAREABLE = CLONE_THREAD | CLONE_FS | CLONE_SIGHAND | CLONE_VM | CLONE_FILES | CLONE_SYSVSEM | NAMESPACES
+
+
+def _implied(flags: int) -> int:
+    """ksys_unshare: a new user namespace implies CLONE_THREAD|CLONE_FS, a
+    VM CLONE_SIGHAND, handlers CLONE_THREAD, a mount namespace CLONE_FS."""
+    if flags & CLONE_NEWUSER:
+        flags |= CLONE_THREAD | CLONE_FS
+    if flags & CLONE_VM:
+        flags |= CLONE_SIGHAND
+    if flags & CLONE_SIGHAND:
+        flags |= CLONE_THREAD
+    if flags & CLONE_NEWNS:
+        flags |= CLONE_FS
+    return flags
+
+
+def sys_unshare(c: Call):
+    flags = _implied(c.args[0])
+    if flags & ~_UNSHAREABLE:
+        raise OSError(errno.EINVAL, "unknown unshare flag")    # check_unshare_flags
+    if flags & (CLONE_THREAD | CLONE_SIGHAND | CLONE_VM) and len(c.task.process.threads) > 1:
+        raise OSError(errno.EINVAL, "not single-threaded")
+    if flags & NAMESPACES:
+        _check_new_namespaces(c, flags)
+    task = c.task
+    if flags & CLONE_NEWUTS:
+        c.set_arg(0, c.args[0] & ~CLONE_NEWUTS)     # the provider's, not the host's
+
+    def done(result: int) -> None:
+        if result != 0:
+            return
+        # unshare_fs: a context shared with other tasks is copied for this one.
+        if flags & CLONE_FS and task.fs.users > 1:
+            old, task.fs = task.fs, task.fs.copy().attach()
+            old.detach()
+        if flags & CLONE_NEWUTS:
+            task.uts = uts_of(c.inst, task).copy()
+    return Native(done)
+
+
+def _check_new_namespaces(c: Call, flags: int) -> None:
+    """unshare_nsproxy_namespaces / copy_namespaces: CAP_SYS_ADMIN, else
+    EPERM. A UTS namespace is the provider's to keep (two names per
+    namespace); the others are refused as a container's runtime does."""
+    from lxsub.kernel import creds as caps
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~CLONE_NEWUTS:
+        raise OSError(errno.EPERM, "new namespaces are not permitted")
+
+
+def sys_clone_newuts(c: Call) -> Native:
+    """clone(2) with CLONE_NEWUTS (and no other namespace: the filter
+    refuses those): the host clones without the flag and the child gets a
+    copy of its parent's UTS namespace (Instance._new_task)."""
+    _check_new_namespaces(c, c.uint(0))
+    c.set_arg(0, c.args[0] & ~CLONE_NEWUTS)
+    task = c.task
+    task.clone_newuts = True
+
+    def done(result: int) -> None:
+        task.clone_newuts = False      # consumed by the child, or the clone failed
+    return Native(done)
+
+
+# -- setns(2): into the namespaces the instance has ---------------------------
+
+_SETNS_PIDFD_FLAGS = NAMESPACES
+
+
+def sys_setns(c: Call) -> int:
+    """setns(2) (kernel/nsproxy.c): a namespace file of /proc/<pid>/ns (its
+    type must be `nstype` when that is given) or a pidfd of an instance
+    process with namespace flags; anything else EINVAL, no descriptor
+    EBADF. An instance has one namespace of each type, so joining one is
+    joining the caller's own: only each type's install checks apply
+    (CAP_SYS_ADMIN, EPERM; re-entering one's own user namespace EINVAL),
+    and joining the mount namespace moves root and cwd to its root, as
+    mntns_install does."""
+    from lxsub.kernel.fs.procfs.ns import namespace_of_fd
+    from lxsub.kernel.syscalls.signal import pidfd_host_pid, process_of_pidfd
+    from lxsub.kernel.vfs import lookup
+    nstype = c.int(1)
+    local = lookup.copy_fd(c.task, c.int(0))        # EBADF
+    try:
+        ns = namespace_of_fd(c.inst, local)
+        if ns is not None:
+            if nstype and ns.kind != nstype:
+                raise OSError(errno.EINVAL, "not a namespace of that type")
+            kinds, joined = ns.kind, ns.obj
+        elif pidfd_host_pid(local) is not None:
+            target = process_of_pidfd(c, local, errno.EINVAL)
+            if not nstype or nstype & ~_SETNS_PIDFD_FLAGS:
+                raise OSError(errno.EINVAL, "bad namespace flags")
+            owner = next(iter(target.threads.values()), None)
+            kinds, joined = nstype, uts_of(c.inst, owner) if nstype & CLONE_NEWUTS else None
+        else:
+            raise OSError(errno.EINVAL, "not a namespace file or pidfd")
+    finally:
+        import os
+        os.close(local)
+    _install(c, kinds)
+    if joined is not None:              # a UTS namespace: its names from now on
+        c.task.uts = joined if joined is not c.inst.uts else None
+    return 0
+
+
+def _install(c: Call, kinds: int) -> None:
+    """The install checks of each namespace type joined, as validate_nsset
+    runs them (user, then the others), then the mount namespace's effect."""
+    from lxsub.kernel import creds as caps
+    cr = c.task.creds
+    if kinds & CLONE_NEWUSER:
+        raise OSError(errno.EINVAL, "already in that user namespace")     # userns_install
+    if kinds & CLONE_NEWTIME and len(c.task.process.threads) > 1:
+        raise OSError(errno.EUSERS, "not single-threaded")                # timens_install
+    if not cr.capable(caps.CAP_SYS_ADMIN):
+        raise OSError(errno.EPERM, "CAP_SYS_ADMIN needed")
+    if kinds & CLONE_NEWNS:
+        if not cr.capable(caps.CAP_SYS_CHROOT):
+            raise OSError(errno.EPERM, "CAP_SYS_CHROOT needed")
+        if c.task.fs.users != 1:
+            raise OSError(errno.EINVAL, "the fs context is shared")
+        root = c.inst.vfs.mounts.root_mount.root()
+        c.task.fs.set_cwd(root.dup())
+        c.task.fs.set_root(root)
