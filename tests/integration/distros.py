@@ -80,3 +80,20 @@ def close_all() -> None:
 
 
 atexit.register(close_all)
+
+
+def run_probe(distro: Instance, program: bytes, path: str, *args: str,
+              user: str | None = None) -> dict[str, str]:
+    """Copy a static probe program to `path` inside the distro and run it
+    (as `user`, or the default user); its lines as {first two words: the
+    rest}, the form the C probes under tests/fixtures/programs print."""
+    cp = distro.lx(["--", f"mkdir -p {path.rsplit('/', 1)[0]} && cat > {path} && chmod 755 {path}"],
+                   input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = distro.lx([*(["-u", user] if user else []), "--", path, *args], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    out = {}
+    for line in cp.stdout.decode().splitlines():
+        words = line.split(" ", 2)
+        out[" ".join(words[:2])] = words[2] if len(words) > 2 else ""
+    return out

@@ -15,7 +15,7 @@ import errno
 import pytest
 
 from tests.fixtures.cbuild import PROGRAMS, gcc_static
-from tests.integration.distros import describe
+from tests.integration.distros import describe, run_probe
 
 DIR = "/crossproc"
 
@@ -27,17 +27,7 @@ def program(tmp_path_factory) -> bytes:
 
 
 def _run(busybox, program: bytes, *args: str) -> dict[str, str]:
-    """{first two words: the rest} of the program's lines."""
-    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/p && chmod 755 {DIR}/p"],
-                    input=program, timeout=60)
-    assert cp.returncode == 0, describe(cp)
-    cp = busybox.lx(["-u", "root", "--", f"{DIR}/p", *args], timeout=60)
-    assert cp.returncode == 0, describe(cp)
-    out = {}
-    for line in cp.stdout.decode().splitlines():
-        words = line.split(" ", 2)
-        out[" ".join(words[:2])] = words[2] if len(words) > 2 else ""
-    return out
+    return run_probe(busybox, program, f"{DIR}/p", *args, user="root")
 
 
 def test_kcmp_compares_the_objects_of_instance_processes(busybox, program):

@@ -15,7 +15,7 @@ import errno
 import pytest
 
 from tests.fixtures.cbuild import PROGRAMS, gcc_static
-from tests.integration.distros import describe
+from tests.integration.distros import describe, run_probe
 
 DIR = "/kernel-queries"
 
@@ -27,17 +27,7 @@ def program(tmp_path_factory) -> bytes:
 
 
 def _run(busybox, program: bytes, *args: str) -> dict[str, str]:
-    """{first two words: the rest} of the program's lines."""
-    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
-                    input=program, timeout=60)
-    assert cp.returncode == 0, describe(cp)
-    cp = busybox.lx(["--", f"{DIR}/q", *args], timeout=60)
-    assert cp.returncode == 0, describe(cp)
-    out = {}
-    for line in cp.stdout.decode().splitlines():
-        words = line.split(" ", 2)
-        out[" ".join(words[:2])] = words[2] if len(words) > 2 else ""
-    return out
+    return run_probe(busybox, program, f"{DIR}/q", *args)
 
 
 def test_priority_ranges_and_remap_file_pages(busybox, program):
