@@ -5,6 +5,7 @@ IPC_PRIVATE = 0
 IPC_CREAT = 0o1000
 IPC_EXCL = 0o2000
 IPC_RMID = 0
+IPC_STAT = 2
 IPC_INFO = 3
 
 # ctl commands whose first argument is an index into the host's table, or

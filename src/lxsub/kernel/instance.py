@@ -26,7 +26,7 @@ from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
-from lxsub.kernel.syscalls import ipc
+from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.drvfs import AutomountSettings
@@ -84,6 +84,7 @@ class Instance:
         self.drvfs_door, self.interop_door = make_doors(self, default_user)
         self.storage = Storage(self)
         self.uts = UtsInfo(self.config.network.hostname or name)
+        self.ipc = IpcSpace()          # its System V IPC objects
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.vfs = Vfs(self.volfs, "rootfs")
@@ -510,7 +511,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
-        ipc.space(self).remove_all()          # SysV objects end with their instance
+        self.ipc.remove_all()          # SysV objects end with their instance
         self.volfs.remove_staging()
         self.volfs.linux.store.close()
         self.storage.close()

@@ -16,68 +16,27 @@ instance's. The objects are removed when the instance ends.
 from __future__ import annotations
 
 import errno
-import threading
+import struct
 
-from lxsub.abi.ipc import (IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, MSG_INFO, MSG_STAT,
+from lxsub.abi.ipc import (IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, IPC_STAT, MSG_INFO, MSG_STAT,
                            MSG_STAT_ANY, SEM_INFO, SEM_STAT, SEM_STAT_ANY, SHM_INFO, SHM_STAT, SHM_STAT_ANY)
-from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
-from lxsub.platform import libc
+from lxsub.kernel.ipc import MSG, SEM, SHM, IpcSpace
 
-SHM, SEM, MSG = "shm", "sem", "msg"
 # ctl commands whose first argument is an index, not an id, or that sum up
 # the host's table (ipcs's fallback): *_INFO, *_STAT, *_STAT_ANY. IPC_INFO
 # (the limits, the same for everyone) is not among them.
 _TABLE_COMMANDS = {SHM: (SHM_INFO, SHM_STAT, SHM_STAT_ANY), SEM: (SEM_INFO, SEM_STAT, SEM_STAT_ANY),
                    MSG: (MSG_INFO, MSG_STAT, MSG_STAT_ANY)}
-_CTL_NR = {SHM: NUMBERS["shmctl"], SEM: NUMBERS["semctl"], MSG: NUMBERS["msgctl"]}
-
-
-class IpcSpace:
-    """The instance's SysV objects: per kind, key -> id and the set of ids."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.keys: dict[str, dict[int, int]] = {SHM: {}, SEM: {}, MSG: {}}
-        self.ids: dict[str, set[int]] = {SHM: set(), SEM: set(), MSG: set()}
-
-    def add(self, kind: str, key: int, ident: int) -> None:
-        with self.lock:
-            self.ids[kind].add(ident)
-            if key != IPC_PRIVATE:
-                self.keys[kind][key] = ident
-
-    def drop(self, kind: str, ident: int) -> None:
-        with self.lock:
-            self.ids[kind].discard(ident)
-            for key, i in list(self.keys[kind].items()):
-                if i == ident:
-                    del self.keys[kind][key]
-
-    def remove_all(self) -> None:
-        """IPC_RMID of every object the instance made (its end)."""
-        with self.lock:
-            for kind, ids in self.ids.items():
-                for ident in ids:
-                    try:
-                        libc.syscall(_CTL_NR[kind], ident, IPC_RMID, 0)
-                    except OSError:
-                        pass                 # removed on the host meanwhile
-                ids.clear()
-                self.keys[kind].clear()
-
-
-def space(inst) -> IpcSpace:
-    sp = getattr(inst, "ipc", None)
-    if sp is None:
-        sp = inst.ipc = IpcSpace()
-    return sp
+# Where each ctl call's struct buffer is: shmctl(id, cmd, buf), msgctl(id,
+# cmd, buf), semctl(id, semnum, cmd, arg) with arg.buf.
+_BUF_ARG = {SHM: 2, MSG: 2, SEM: 3}
 
 
 def _get(kind: str, flags_arg: int):
     def handler(c: Call):
         """shmget/semget/msgget(key, ..., flags) (a ptrace stop)."""
-        sp = space(c.inst)
+        sp = c.inst.ipc
         key, flags = c.int(0), c.int(flags_arg)
         if key != IPC_PRIVATE:
             ident = sp.keys[kind].get(key)
@@ -100,7 +59,7 @@ def _get(kind: str, flags_arg: int):
 def _by_id(kind: str, cmd_arg: int | None = None):
     def handler(c: Call):
         """A call naming an object by id (a ptrace stop): the instance's only."""
-        sp = space(c.inst)
+        sp = c.inst.ipc
         ident = c.int(0)
         cmd = c.int(cmd_arg) & 0xFF if cmd_arg is not None else None   # without IPC_64
         if cmd is not None and cmd in _TABLE_COMMANDS[kind]:
@@ -109,6 +68,8 @@ def _by_id(kind: str, cmd_arg: int | None = None):
             return Native()
         if ident not in sp.ids[kind]:
             raise OSError(errno.EINVAL, "no such IPC object in this instance")
+        if cmd == IPC_STAT:
+            return Native(on_exit=lambda result: _show_key(c, sp, kind, ident, result))
         if cmd != IPC_RMID:
             return Native()
 
@@ -118,6 +79,16 @@ def _by_id(kind: str, cmd_arg: int | None = None):
             return None
         return Native(on_exit=removed)
     return handler
+
+
+def _show_key(c: Call, sp: IpcSpace, kind: str, ident: int, result: int) -> None:
+    """IPC_STAT's ipc64_perm starts with the object's key: the instance's key,
+    not the IPC_PRIVATE (0) the host made it with (msgctl(2) msg_perm.__key)."""
+    key = sp.key_of(kind, ident)
+    if result >= 0 and key is not None:
+        buf = c.ptr(_BUF_ARG[kind])
+        c.write(buf, struct.pack("<i", key))
+    return None
 
 
 sys_shmget, sys_semget, sys_msgget = _get(SHM, 2), _get(SEM, 2), _get(MSG, 1)
@@ -132,6 +103,8 @@ def sys_semtimedop(c: Call):
     if c.ptr(3):
         c.read(c.ptr(3), 16)
     return _semtimedop_by_id(c)
+
+
 sys_msgrcv, sys_msgctl = _by_id(MSG), _by_id(MSG, 1)
 _msgsnd_by_id = _by_id(MSG)
 
