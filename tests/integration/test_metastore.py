@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.metastore import db_inos, tree_inos
 from tests.fixtures.rootfs import LOCAL_DEB
 from tests.fixtures.runner import HostUser, LxRunner, describe, wait_for
 
@@ -124,19 +124,6 @@ def _stat_lines(nox: NoXattrDistro, paths: str, name: str = "deb") -> list[str]:
     return out.splitlines()
 
 
-def _tree_inos(tree: Path) -> set[int]:
-    found = {os.lstat(tree).st_ino}
-    for dirpath, dirs, files in os.walk(tree):
-        for name in dirs + files:
-            found.add(os.lstat(os.path.join(dirpath, name)).st_ino)
-    return found
-
-
-def _db_inos(db: Path) -> set[int]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        return {ino for (ino,) in c.execute("SELECT ino FROM meta")}
-
-
 # -- the store is chosen, and holds everything --------------------------------------------
 
 def test_the_import_chose_the_sqlite_store(nox):
@@ -144,7 +131,7 @@ def test_the_import_chose_the_sqlite_store(nox):
     assert entry["meta_db"] == str(nox.mount / "deb" / "rootfs.lxmeta.sqlite")
     assert nox.db().is_file()
     # Every file of the imported tree has its record, and every record its file.
-    assert _db_inos(nox.db()) == _tree_inos(nox.rootfs())
+    assert db_inos(nox.db()) == tree_inos(nox.rootfs())
     lines = _stat_lines(nox, "/usr/bin/passwd /etc/shadow /usr/bin/chage /tmp /bin")
     assert lines[0].startswith("/usr/bin/passwd 0 0 4755 regular file"), lines
     assert lines[1].startswith("/etc/shadow 0 42 640 regular file"), lines
@@ -306,21 +293,21 @@ def test_kill_9_in_the_middle_of_dpkg_then_restart(nox, tmp_path):
             client.kill()
             client.wait()
     assert client.returncode != 0
-    tree_now, db_now = _tree_inos(nox.rootfs()), _db_inos(nox.db())
+    tree_now, db_now = tree_inos(nox.rootfs()), db_inos(nox.db())
     # A host program, too, changed the tree while no instance ran.
     (nox.rootfs() / "tmp" / "host-made").write_text("h")
     print(f"after the kill: {len(tree_now - db_now)} files without record, "
           f"{len(db_now - tree_now)} records without file")
 
     nox.sh("true")                       # the next start reconciles
-    assert _db_inos(nox.db()) == _tree_inos(nox.rootfs())
+    assert db_inos(nox.db()) == tree_inos(nox.rootfs())
     assert nox.sh("stat -c '%U %a' /tmp/host-made").split() == ["root", "644"]
     nox.sh("dpkg --configure -a; dpkg -i /tmp/big.deb", timeout=600)
     out = nox.sh("dpkg -s nox-big | grep '^Status:'; find /usr/share/nox-big -type f | wc -l; "
                  "stat -c '%U:%G %a' /usr/share/nox-big/d7/f7")
     assert out.splitlines() == ["Status: install ok installed", "1000", "root:root 644"], out
     nox.sh("dpkg --purge nox-big", timeout=600)
-    assert _db_inos(nox.db()) == _tree_inos(nox.rootfs())
+    assert db_inos(nox.db()) == tree_inos(nox.rootfs())
 
 
 def test_the_fuse_view_uses_the_distros_store(nox):
@@ -350,4 +337,4 @@ def test_the_fuse_view_uses_the_distros_store(nox):
     finally:
         runner.run(["--umount", str(point)], timeout=60)
     nox.runner.run(["--terminate", "deb"], timeout=60, check=True)
-    assert _db_inos(nox.db()) == _tree_inos(nox.rootfs())      # nothing left of tmp/v/gone
+    assert db_inos(nox.db()) == tree_inos(nox.rootfs())      # nothing left of tmp/v/gone

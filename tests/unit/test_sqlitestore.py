@@ -5,7 +5,6 @@ without user xattrs it is for is tested in tests/integration/test_metastore.py."
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat as st
 import subprocess
 import sys
@@ -24,23 +23,11 @@ from lxsub.kernel.fs.sqlitestore import SqliteStore, meta_db_path, wants_sqlite
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.vfs.mount import MountTable
 from lxsub.state import Registry
+from tests.fixtures.metastore import db_inos, tree_inos
 from tests.unit.test_importer import _member, write_tar
 
 ALICE = Creds.for_user(1000, 1000, [1000])
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _inos(tree: Path) -> set[int]:
-    found = {os.lstat(tree).st_ino}
-    for dirpath, dirs, files in os.walk(tree):
-        for name in dirs + files:
-            found.add(os.lstat(os.path.join(dirpath, name)).st_ino)
-    return found
-
-
-def _db_inos(db: Path) -> set[int]:
-    with sqlite3.connect(db) as c:
-        return {ino for (ino,) in c.execute("SELECT ino FROM meta")}
 
 
 def _opened_and_killed(db: Path, tree: Path) -> None:
@@ -92,7 +79,7 @@ def test_an_import_with_the_switch_keeps_everything_in_the_database(tmp_path, mo
     rootfs = Path(distro.rootfs)
     assert distro.meta_db == str(meta_db_path(rootfs)) and Path(distro.meta_db).is_file()
     assert read_meta_path(str(rootfs / "etc/shadow")) is None        # not in the xattr
-    assert _db_inos(Path(distro.meta_db)) == _inos(rootfs)
+    assert db_inos(Path(distro.meta_db)) == tree_inos(rootfs)
     store = SqliteStore(distro.meta_db, tree=rootfs)
     try:
         def view(rel: str) -> LxMeta:
@@ -141,12 +128,12 @@ def test_a_killed_user_is_reconciled_by_the_next(tmp_path):
     doomed = os.stat(tree / "doomed").st_ino
     (tree / "host-made").write_text("z")            # first: ext4 would give it doomed's number
     os.unlink(tree / "doomed")                      # while the killed one had it
-    assert doomed in _db_inos(db) and _db_inos(db) != _inos(tree)
+    assert doomed in db_inos(db) and db_inos(db) != tree_inos(tree)
 
     store = SqliteStore(db, tree=tree)
     try:
         assert store.reconciled == (1, 1)
-        assert _db_inos(db) == _inos(tree)
+        assert db_inos(db) == tree_inos(tree)
         made = HostFile.in_dir(os.open(tree, os.O_PATH), b"host-made")
         assert store.load(made) == LxMeta(made.st.st_mode, 0, 0, 0)
         kept = HostFile.in_dir(os.open(tree, os.O_PATH), b"kept")
@@ -177,7 +164,7 @@ def test_a_lost_database_is_made_again_from_the_tree(tmp_path):
     os.unlink(db)
     store = SqliteStore(db, tree=tree)
     try:
-        assert store.reconciled == (0, 3) and _db_inos(db) == _inos(tree)
+        assert store.reconciled == (0, 3) and db_inos(db) == tree_inos(tree)
     finally:
         store.close()
 
@@ -192,7 +179,7 @@ def test_an_unlinked_open_file_keeps_its_record_until_its_number_is_reused(tmp_p
         fs.unlink(root, b"f")
         assert os.fstat(fd).st_nlink == 0
         ino = os.fstat(fd).st_ino
-        assert ino not in _db_inos(tmp_path / "meta.sqlite")      # nothing left for a crash
+        assert ino not in db_inos(tmp_path / "meta.sqlite")      # nothing left for a crash
         assert store.load(HostFile.of_fd(fd)) == LxMeta(st.S_IFREG | 0o640, 1000, 1000, 0)
         store.reborn(os.fstat(fd))                                 # the number is someone else's
         assert store.load(HostFile.of_fd(fd)) is None
