@@ -32,6 +32,7 @@ from lxsub.state import Registry, lx_home
 
 HERE = Path(__file__).resolve().parent
 ALIVE_TIMEOUT = 30.0
+STALL_DUMP_AFTER = 5.0          # a slower liveness run gets a stack dump of the instance
 RSS_GROWTH_KIB = 16 * 1024        # what "flat" allows: caches that fill once
 
 
@@ -85,31 +86,59 @@ def _new_log_text(start: dict[Path, int]) -> str:
 
 
 class SecondSession(threading.Thread):
-    """`lx -e echo alive` once a second; records the worst answer time."""
+    """`lx -e echo alive` once a second; records the worst answer time.
 
-    def __init__(self, distro: str) -> None:
+    A run slower than STALL_DUMP_AFTER gets one `py-spy dump` of the
+    instance (when py-spy is installed): where its thread is while it
+    keeps a session waiting is what explains a stall.
+    """
+
+    def __init__(self, distro: str, instance_pid: int | None) -> None:
         super().__init__(daemon=True)
         self.distro = distro
+        self.instance_pid = instance_pid
         self.stop = threading.Event()
         self.runs = 0
         self.worst = 0.0
         self.failure: str | None = None
+        self.stall_dump: str | None = None
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
             t0 = time.monotonic()
+            proc = subprocess.Popen(lx_command("-d", self.distro, "-u", "root", "-e", "echo", "alive"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
             try:
-                cp = subprocess.run(lx_command("-d", self.distro, "-u", "root", "-e", "echo", "alive"),
-                                    capture_output=True, timeout=ALIVE_TIMEOUT, stdin=subprocess.DEVNULL)
+                out, err = self._wait(proc)
             except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
                 self.failure = f"the second session did not answer within {ALIVE_TIMEOUT:g} s"
                 return
             self.worst = max(self.worst, time.monotonic() - t0)
             self.runs += 1
-            if cp.returncode != 0 or cp.stdout != b"alive\n":
-                self.failure = (f"the second session failed: exit {cp.returncode}, "
-                                f"{cp.stderr.decode(errors='replace').strip()[-300:]}")
+            if proc.returncode != 0 or out != b"alive\n":
+                self.failure = (f"the second session failed: exit {proc.returncode}, "
+                                f"{err.decode(errors='replace').strip()[-300:]}")
                 return
+
+    def _wait(self, proc: subprocess.Popen) -> tuple[bytes, bytes]:
+        try:
+            return proc.communicate(timeout=STALL_DUMP_AFTER)
+        except subprocess.TimeoutExpired:
+            if self.stall_dump is None:
+                self.stall_dump = dump_stacks(self.instance_pid)
+            return proc.communicate(timeout=ALIVE_TIMEOUT - STALL_DUMP_AFTER)
+
+
+def dump_stacks(pid: int | None) -> str:
+    """The Python stacks of a process, by py-spy, or why there are none."""
+    spy = shutil.which("py-spy")
+    if pid is None or spy is None:
+        return "(no stack dump: " + ("no instance" if pid is None else "py-spy is not installed") + ")"
+    cp = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, timeout=30)
+    return (cp.stdout + cp.stderr).decode(errors="replace")
 
 
 def run(distro: str, user: str, seconds: float, seed: int, program: Path | None) -> dict:
@@ -125,7 +154,7 @@ def run(distro: str, user: str, seconds: float, seed: int, program: Path | None)
     logs = _log_sizes()
     pid = _instance_pid(distro)
     rss_start = rss_kib(pid)
-    second = SecondSession(distro)
+    second = SecondSession(distro, pid)
     second.start()
     t0 = time.monotonic()
     fuzz = subprocess.run(lx_command("-d", distro, "-u", user, "--cd", "/tmp", "-e", "/tmp/sysfuzz",
@@ -140,7 +169,8 @@ def run(distro: str, user: str, seconds: float, seed: int, program: Path | None)
         problems.append(f"the fuzzer exited {fuzz.returncode}: "
                         f"{fuzz.stderr.decode(errors='replace').strip()[-300:]}")
     if second.failure:
-        problems.append(second.failure)
+        problems.append(second.failure + (f"; the instance's stacks then: {second.stall_dump}"
+                                          if second.stall_dump else ""))
     if _instance_pid(distro) != pid:
         problems.append("the instance was replaced (it died)")
     for bad in ("provider bug", "Traceback"):
@@ -152,6 +182,7 @@ def run(distro: str, user: str, seconds: float, seed: int, program: Path | None)
     return {"seed": seed, "seconds": round(time.monotonic() - t0, 1),
             "fuzzer": _summary_line(fuzz.stdout),
             "second_session_runs": second.runs, "second_session_worst_s": round(second.worst, 2),
+            "stall_dump": second.stall_dump,
             "provider_rss_kib": [rss_start, rss_end], "problems": problems}
 
 
