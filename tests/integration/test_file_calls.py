@@ -26,11 +26,16 @@ tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
   (EXDEV into /proc). Before, every one was EOPNOTSUPP (LTP openat201, 202).
 - open(2) with O_NOATIME: EPERM unless the caller owns the file or has
   CAP_FOWNER (may_open). Before, the host allowed it (its user owns every
-  file) (LTP open02)."""
+  file) (LTP open02).
+- truncate(2) of a FIFO or a device: EINVAL, of a directory EISDIR
+  (vfs_truncate). Before, the provider opened the FIFO for writing to
+  truncate it and waited for a reader that never came: the whole instance
+  hung (found by the syscall fuzzer)."""
 
 from __future__ import annotations
 
 import errno
+import subprocess
 
 import pytest
 
@@ -111,3 +116,14 @@ def test_openat2_resolve_restrictions(installed):
         f"resolve beneath 0 beneath-up {exdev} beneath-abs {exdev} beneath-abslink {exdev} "
         f"inroot-abslink 0 inroot-up 0 nosym {eloop} nosym-plain 0 nomagic {eloop} "
         f"noxdev {exdev} noxdev-plain 0 both {-errno.EINVAL}"]
+
+
+def test_truncate_of_what_is_not_a_regular_file(installed, tmp_path):
+    native = subprocess.run([str(gcc_static(tmp_path, "fc", PROGRAMS / "file_calls.c")), "truncate",
+                             str(tmp_path)], capture_output=True, timeout=10)
+    lines = _run(installed, "truncate", DIR)
+    einval, eisdir = -errno.EINVAL, -errno.EISDIR
+    expected = [f"truncate fifo 0 {einval}", f"truncate null {einval}", f"truncate dir {eisdir}"]
+    assert native.stdout.decode().splitlines() == expected      # what Linux itself answers
+    assert lines == expected, lines
+    assert installed.lx(["-e", "true"], timeout=30).returncode == 0     # the instance still serves

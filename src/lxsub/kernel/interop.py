@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -571,6 +572,7 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
     """Remove WHERE/NAME if it is a file lxsub wrote (has `marker`)."""
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.vfs.caller import Caller
+    from lxsub.kernel.vfs.open import open_regular
     from lxsub.kernel.vfs.path import Walker
     own = Caller(Creds())                 # the provider's own work
     try:
@@ -583,9 +585,10 @@ def _remove_ours(inst: "Instance", name: bytes, marker: bytes,
         except OSError:
             return
         try:
-            if node.is_symlink() or node.is_dir():
+            try:
+                fd = open_regular(node, os.O_RDONLY, own)
+            except OSError:             # not a regular file: not one lxsub wrote
                 return
-            fd = node.fs.open(node, os.O_RDONLY, own)
             with os.fdopen(fd, "rb") as f:
                 if marker not in f.read(4096):
                     return
@@ -605,6 +608,7 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
     from lxsub.kernel.creds import Creds
     from lxsub.kernel.fs.mounts import make_dirs
     from lxsub.kernel.vfs.caller import Caller
+    from lxsub.kernel.vfs.open import open_regular
     from lxsub.kernel.vfs.path import Walker
     creds = Creds()
     own = Caller(creds)                   # the provider's own work
@@ -620,8 +624,8 @@ def _install_script(inst: "Instance", name: bytes, data: bytes,
                 attr = node.fs.getattr(node, own)
                 same = False
                 old = b""
-                if not node.is_symlink() and not node.is_dir():
-                    fd = node.fs.open(node, os.O_RDONLY, own)
+                if stat.S_ISREG(attr.mode):
+                    fd = open_regular(node, os.O_RDONLY, own)
                     with os.fdopen(fd, "rb") as f:
                         old = f.read(max(len(data) + 1, 4096))
                     same = old == data

@@ -24,6 +24,7 @@ from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.instance import Instance
 from lxsub.kernel.log import Log
 from lxsub.kernel.vfs.caller import Caller
+from lxsub.kernel.vfs.open import open_regular
 from lxsub.kernel.vfs.path import Walker
 from lxsub.platform.launcher import ChildSetup
 from lxsub.wire import PASSED_ENV, wire_bytes
@@ -126,7 +127,7 @@ def _read_instance_file(inst: Instance, path: str) -> bytes:
     own = Caller(Creds())              # the provider reads the distro's own files
     node = inst.vfs.resolve(path.encode(), own)
     try:
-        fd = node.fs.open(node, os.O_RDONLY, own)
+        fd = open_regular(node, os.O_RDONLY, own)
     finally:
         node.release()
     with os.fdopen(fd, "rb") as f:
@@ -292,7 +293,7 @@ def _why_enoexec(inst: Instance, w: Walker, fs, path: bytes) -> str:
     try:
         node = w.resolve(fs.cwd, path)
         try:
-            fd = node.fs.open(node, os.O_RDONLY, w.caller)
+            fd = open_regular(node, os.O_RDONLY, w.caller)
         finally:
             node.release()
         try:

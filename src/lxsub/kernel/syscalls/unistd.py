@@ -6,11 +6,13 @@ import errno
 import os
 import resource
 import signal
+import stat
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import lookup, ops, perm
+from lxsub.kernel.vfs.open import open_regular
 
 
 def sys_unlink(c: Call) -> int:
@@ -176,13 +178,15 @@ def sys_truncate(c: Call) -> int:
         a = node.fs.getattr(node, c.task)
         if node.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
+        if not stat.S_ISREG(a.mode):     # vfs_truncate: EINVAL for other non-regulars
+            raise OSError(errno.EINVAL, "not a regular file")
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
         if node.host_st is not None:     # vfs_truncate's get_write_access
             c.inst.vfs.images.check_writable((node.host_st.st_dev, node.host_st.st_ino))
         if length > a.size:
             _check_file_size_limit(c, length)
-        fd = node.fs.open(node, os.O_WRONLY, c.task)
+        fd = open_regular(node, os.O_WRONLY, c.task)
         try:
             os.ftruncate(fd, length)
         finally:

@@ -147,6 +147,18 @@ def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
     return fs.open(node, flags, caller)
 
 
+def open_regular(node: Node, flags: int, caller: "Caller") -> int:
+    """The provider's own open of a file it reads or truncates itself.
+
+    Only a regular file (vfs_truncate's EINVAL for the others), and with
+    O_NONBLOCK: a FIFO, a device or a leased file put where a regular file
+    was expected must never keep the provider's thread waiting.
+    """
+    if not st.S_ISREG(node.fs.getattr(node, caller).mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    return node.fs.open(node, flags | O_NONBLOCK, caller)
+
+
 def _blocking_fifo_open(fs, node: Node, flags: int, caller: "Caller") -> Blocking:
     # A FIFO open waits for the other end: do it off the provider's thread.
     own = node.dup()
