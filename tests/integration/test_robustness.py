@@ -442,3 +442,27 @@ def test_syscall_fuzzer_as_a_non_root_user(lx, busybox_tar):
     assert summary["second_session_runs"] >= FUZZ_SECONDS / 4, summary
     batches = int(summary["fuzzer"].split()[1])
     assert batches >= 5, summary
+
+
+def test_a_hostname_of_any_bytes_keeps_the_instance_usable(busybox, tmp_path):
+    """sethostname(2) takes bytes: a NUL ends the name (the kernel keeps it
+    in a zeroed buffer) and other bytes stay as they are. Before, a NUL was
+    kept inside the name and every later `lx` session of the instance failed
+    with "cannot start pico process: embedded null byte" (found by the
+    syscall fuzzer as root); bytes not UTF-8 became U+FFFD."""
+    from tests.fixtures.cbuild import PROGRAMS, gcc_static
+    from tests.integration.distros import run_probe
+    program = gcc_static(tmp_path, "odd_hostname", PROGRAMS / "odd_hostname.c").read_bytes()
+    keeper = busybox.runner.popen(["-d", busybox.name, "-e", "sleep", "1000"])    # the instance lives on
+    try:
+        out = run_probe(busybox, program, "/odd/h", b"lx\0junk".hex(), user="root")
+        assert out == {"set 0": "", "nodename 6c78": ""}, out
+        cp = busybox.lx(["-e", "cat", "/proc/sys/kernel/hostname"])
+        assert cp.returncode == 0 and cp.stdout == b"lx\n", describe(cp)
+        out = run_probe(busybox, program, "/odd/h", b"h\xffx".hex(), user="root")
+        assert out == {"set 0": "", "nodename 68ff78": ""}, out
+        cp = busybox.lx(["--", 'printf %s "$HOSTNAME"; cat /proc/sys/kernel/hostname'])
+        assert cp.returncode == 0 and cp.stdout == b"h\xffxh\xffx\n", describe(cp)
+    finally:
+        keeper.kill()
+        keeper.wait()

@@ -56,6 +56,15 @@ class UtsInfo:
     def copy(self) -> "UtsInfo":
         return UtsInfo(self.hostname, self.domainname, self.release, next(_NS_INUMS))
 
+    def set_name(self, attr: str, raw: bytes) -> None:
+        """sethostname/setdomainname's bytes as the kernel keeps them: in a
+        zeroed buffer, so the name ends at the first NUL; any other byte
+        stays (surrogateescape, as every path and environment string)."""
+        setattr(self, attr, raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
+
+    def name_bytes(self, attr: str) -> bytes:
+        return getattr(self, attr).encode("utf-8", "surrogateescape")
+
 
 # Inode numbers of the namespaces programs make (after mnt's and net's).
 _NS_INUMS = itertools.count(0xF0000002)

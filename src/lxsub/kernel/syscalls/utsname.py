@@ -14,16 +14,17 @@ _FIELD = 65
 HOST_NAME_MAX = 64
 
 
-def _field(s: str) -> bytes:
-    b = s.encode()[:_FIELD - 1]
+def _field(b: bytes) -> bytes:
+    b = b[:_FIELD - 1]
     return b + bytes(_FIELD - len(b))
 
 
 def sys_uname(c: Call) -> int:
     uts = uts_of(c.inst, c.task)
     host = os.uname()
-    data = b"".join(_field(s) for s in (
-        "Linux", uts.hostname, uts.release, host.version, host.machine, uts.domainname))
+    data = b"".join(_field(b) for b in (
+        b"Linux", uts.name_bytes("hostname"), uts.release.encode(), host.version.encode(),
+        host.machine.encode(), uts.name_bytes("domainname")))
     c.write(c.ptr(0), data)
     return 0
 
@@ -61,7 +62,7 @@ def _set_name(c: Call, attr: str) -> int:
     n = c.long(1)
     if not 0 <= n <= HOST_NAME_MAX:
         raise OSError(errno.EINVAL, "name too long")
-    setattr(uts_of(c.inst, c.task), attr, c.read(c.ptr(0), n).decode(errors="replace"))
+    uts_of(c.inst, c.task).set_name(attr, c.read(c.ptr(0), n))
     return 0
 
 

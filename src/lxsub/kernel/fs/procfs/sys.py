@@ -37,11 +37,12 @@ class SysTree:
             def write(t, data: bytes) -> None:
                 from lxsub.kernel.creds import CAP_SYS_ADMIN
                 if t is not None and t.creds.capable(CAP_SYS_ADMIN):
-                    setattr(uts_of(inst, t), attr, data.decode(errors="replace").strip()[:64])
+                    # proc_dostring: the string ends at a newline or a NUL
+                    uts_of(inst, t).set_name(attr, data.split(b"\n", 1)[0][:64])
             return write
-        kernel.add(File("/sys/kernel/hostname", lambda t: uts_of(inst, t).hostname.encode() + b"\n",
+        kernel.add(File("/sys/kernel/hostname", lambda t: uts_of(inst, t).name_bytes("hostname") + b"\n",
                         write=set_uts("hostname"), mode=0o444))
-        kernel.add(File("/sys/kernel/domainname", lambda t: uts_of(inst, t).domainname.encode() + b"\n",
+        kernel.add(File("/sys/kernel/domainname", lambda t: uts_of(inst, t).name_bytes("domainname") + b"\n",
                         write=set_uts("domainname"), mode=0o444))
         kernel.add(File("/sys/kernel/osrelease", lambda t: inst.uts.release.encode() + b"\n"))
         kernel.add(File("/sys/kernel/ostype", lambda t: b"Linux\n"))
