@@ -21,6 +21,7 @@ Results also go to bench/results.json (not committed).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -120,6 +122,48 @@ int main(int argc, char **argv) {   /* fork + exec /bin/true + wait */
 }
 
 B = "/opt/bench"
+BUILD_FILES = 32   # small C files of the parallel build workload
+
+
+def build_sources() -> dict[str, str]:
+    """A small C project: BUILD_FILES units of a few functions each (a
+    compiler's real work: headers, optimisation) and a Makefile linking them."""
+    files = {}
+    for i in range(BUILD_FILES):
+        files[f"u{i:02d}.c"] = f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+struct rec{i} {{ char name[32]; long v[8]; double w; }};
+static int cmp{i}(const void *a, const void *b) {{
+    const struct rec{i} *x = a, *y = b;
+    return (x->v[{i} % 8] > y->v[{i} % 8]) - (x->v[{i} % 8] < y->v[{i} % 8]);
+}}
+long unit{i}(long n) {{
+    struct rec{i} *r = calloc(n, sizeof *r);
+    long s = 0;
+    for (long k = 0; k < n; k++) {{
+        snprintf(r[k].name, sizeof r[k].name, "r%ld-{i}", k);
+        for (int j = 0; j < 8; j++) r[k].v[j] = (k * {i + 3} + j * 7) % 101;
+        r[k].w = r[k].v[0] * 0.5 + strlen(r[k].name);
+    }}
+    qsort(r, n, sizeof *r, cmp{i});
+    for (long k = 0; k < n; k++) s += r[k].v[{i} % 8] + (long)r[k].w;
+    free(r);
+    return s;
+}}
+"""
+    decls = "".join(f"long unit{i}(long);\n" for i in range(BUILD_FILES))
+    calls = "".join(f"    s += unit{i}(n);\n" for i in range(BUILD_FILES))
+    files["main.c"] = (f"#include <stdio.h>\n{decls}int main(void) {{\n    long n = 100, s = 0;\n"
+                       f"{calls}    printf(\"%ld\\n\", s);\n    return 0;\n}}\n")
+    objs = " ".join([f"u{i:02d}.o" for i in range(BUILD_FILES)] + ["main.o"])
+    files["Makefile"] = (f"OBJS = {objs}\nprog: $(OBJS)\n\tcc -o $@ $(OBJS)\n"
+                         "%.o: %.c\n\tcc -O2 -c -o $@ $<\n"
+                         "clean:\n\trm -f prog $(OBJS)\n")
+    return files
+
+
 TAR_SRC = ["/usr/lib/python3.11", "/usr/share/perl"]   # ~50 MB, a few thousand files
 NATIVE_CALLS = 5_000_000
 
@@ -150,6 +194,12 @@ WORKLOADS = [
     Workload("tar", "tar -xf ~50 MB tarball", ["/bin/tar", "-xf", f"{B}/data.tar", "-C", "/tmp/bench-x"],
              prepare=["/bin/sh", "-c", "rm -rf /tmp/bench-x && mkdir /tmp/bench-x"]),
     Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
+    # A parallel build: make at -j1 and -j2 of the same BUILD_FILES+1 units
+    # (each run from clean); the -j2/-j1 speed-up is in the notes.
+    Workload("make_j1", f"make -j1 ({BUILD_FILES + 1} C files)", ["/usr/bin/make", "-s", "-j1", "-C", f"{B}/build"],
+             prepare=["/usr/bin/make", "-s", "-C", f"{B}/build", "clean"]),
+    Workload("make_j2", f"make -j2 ({BUILD_FILES + 1} C files)", ["/usr/bin/make", "-s", "-j2", "-C", f"{B}/build"],
+             prepare=["/usr/bin/make", "-s", "-C", f"{B}/build", "clean"]),
     # 100 MB from a host file through the environment's cat into a host pipe:
     # the data path should be the host kernel's alone (cat reads and writes
     # lx's own descriptors), so lxsub should be near native.
@@ -168,6 +218,10 @@ for f in {' '.join(C_SOURCES)}; do gcc -O2 -o $f $f.c; done
 ./compute 1000 >/dev/null
 tar -cf {B}/data.tar {' '.join(TAR_SRC)} 2>/dev/null
 mkdir -p /tmp/bench-x
+if [ -f make.deb ]; then
+    dpkg -i make.deb >/dev/null
+    make -s -C build; ./build/prog >/dev/null; make -s -C build clean
+fi
 ls -l {B}/data.tar
 """
 
@@ -202,16 +256,43 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def fetch_make_deb(work: Path) -> bytes | None:
+    """Debian's make package (the minbase fixture has none), downloaded with
+    the host's apt; None if that fails (the build workloads then fail with
+    a note). Installed in each environment with its own dpkg."""
+    r = subprocess.run(["apt-get", "download", "make"], cwd=work, capture_output=True, text=True)
+    debs = sorted(work.glob("make_*.deb"))
+    if r.returncode != 0 or not debs:
+        log(f"apt-get download make failed: {r.stderr.strip()[-200:]}; no build workloads")
+        return None
+    return debs[0].read_bytes()
+
+
+MAKE_DEB: bytes | None = None
+
+
 def write_sources(env: Env, root: Path | None) -> None:
-    """Put the C sources at /opt/bench inside the environment."""
+    """Put the C sources at /opt/bench (the build's at /opt/bench/build)
+    and make's package inside the environment."""
+    files: dict[str, str | bytes] = {f"{name}.c": src for name, src in C_SOURCES.items()}
+    files.update({f"build/{name}": src for name, src in build_sources().items()})
+    if MAKE_DEB is not None:
+        files["make.deb"] = MAKE_DEB
     if root is not None:
-        (root / B.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        for name, src in C_SOURCES.items():
-            (root / B.lstrip("/") / f"{name}.c").write_text(src)
+        (root / B.lstrip("/") / "build").mkdir(parents=True, exist_ok=True)
+        for name, src in files.items():
+            (root / B.lstrip("/") / name).write_bytes(src if isinstance(src, bytes) else src.encode())
         return
-    env.run(["/bin/mkdir", "-p", B], check=True)
-    for name, src in C_SOURCES.items():
-        env.run(["/bin/sh", "-c", f"cat > {B}/{name}.c"], input=src.encode(), check=True)
+    env.run(["/bin/mkdir", "-p", f"{B}/build"], check=True)
+    # one tar stream instead of a command per file
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, src in files.items():
+            data = src if isinstance(src, bytes) else src.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    env.run(["/bin/tar", "-xf", "-", "-C", B], input=buf.getvalue(), check=True)
 
 
 def setup_env(env: Env, root: Path | None) -> None:
@@ -267,6 +348,9 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
                 skipped=native.skipped, only=("startup", "compute", "native_sys"))
     envs.append(floor)
 
+    # The lx client's own interpreter, started bare: the floor under lx's start-up.
+    envs.append(Env("python-host", [sys.executable, "-c", "pass"], env=lx_env, only=("startup",)))
+
     pr = Env("proot", [proot or "proot", "-0", "-r", str(root), "-b", "/dev", "-b", "/proc",
                        "-w", "/"] + CLEAN_ENV)
     pr.env.pop("LD_PRELOAD", None)
@@ -274,6 +358,8 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
         pr.skipped = "proot not installed (apt-get install proot)"
     envs.append(pr)
 
+    global MAKE_DEB
+    MAKE_DEB = fetch_make_deb(work)
     # compile and make the tarball in each rootfs: chroot's and proot's share one
     if not native.skipped:
         setup_env(native, root)
@@ -422,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 runs and no warm-up (default 5 runs after 1 warm-up)")
     ap.add_argument("--runs", type=int, help="timed runs per workload (default 5, quick 2)")
     ap.add_argument("--only", help="comma-separated workload names: "
-                    + ",".join(w.name for w in WORKLOADS))
+                    + ",".join(w.name for w in WORKLOADS) + " (rss: the provider's memory)")
     ap.add_argument("--no-hyperfine", action="store_true", help="time with subprocess")
     ap.add_argument("--timeout", type=int, help="seconds one run may take (default 600, quick 120)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -432,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 0 if args.quick else 1
     if args.only:
         names = set(args.only.split(","))
-        if names & {"pipe", "native_sys"}:
+        if names & {"pipe", "native_sys", "stat_loop", "spawn", "python"}:
             names.add("startup")   # their notes are net of starting the command
         WORKLOADS = [w for w in WORKLOADS if w.name in names]
 
@@ -447,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lxsub-bench-"))
     log(f"work dir {work}; timing with {'hyperfine' if use_hf else 'subprocess'}, {runs} runs")
     results: dict = {}
+    rss: dict[int, int] = {}
     try:
         global PIPE_DATA
         if any(w.shell for w in WORKLOADS):
@@ -465,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                 live.append(env)
         for w in WORKLOADS:
             time_interleaved(live, w, runs, warmup, results, use_hf, work)
+        lx = next((e for e in live if e.name == "lxsub"), None)
+        if lx and (not args.only or "rss" in args.only.split(",")):
+            rss = provider_rss(lx)
     finally:
         if args.keep:
             log(f"kept {work}")
@@ -477,7 +567,10 @@ def main(argv: list[str] | None = None) -> int:
               for w, d in r["workloads"].items() if "error" in d]
     notes += [f"{e} {w.name}: not timed ({why})" for w in WORKLOADS for e, why in w.skip.items()
               if e in results and not results[e]["skipped"]]
-    notes += throughput_notes(results) + per_call_notes(results)
+    notes += throughput_notes(results) + per_call_notes(results) + target_notes(results)
+    if rss:
+        notes.append("provider RSS (target < 40 MB): " + ", ".join(
+            f"{n} busy process{'es' if n > 1 else ''} {kb / 1024:.1f} MB" for n, kb in rss.items()))
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
             "kernel": platform.release(), "cpu": _cpu(), "runs": runs, "quick": args.quick,
             "timer": "hyperfine" if use_hf else "subprocess", "tarball": str(tarball)}
@@ -539,6 +632,122 @@ def per_call_notes(results: dict) -> list[str]:
         if "lxsub" in cost and base in cost and cost[base] > 0:
             parts.append(f"lxsub/{base} {cost['lxsub'] / cost[base]:.2f}")
     return ["native read() per call, start-up subtracted: " + ", ".join(parts)]
+
+
+def _net(results: dict, env: str, name: str) -> float | None:
+    """Workload name's median in env, its start-up (/bin/true) subtracted."""
+    w = results.get(env, {}).get("workloads", {})
+    median, start = w.get(name, {}).get("median"), w.get("startup", {}).get("median")
+    return None if median is None or start is None else max(median - start, 0.0)
+
+
+def _median(results: dict, env: str, name: str) -> float | None:
+    return results.get(env, {}).get("workloads", {}).get(name, {}).get("median")
+
+
+def target_notes(results: dict) -> list[str]:
+    """The targets of issue 16, each as measured in this run (net of each
+    environment's start-up where the target says so)."""
+    envs = [e for e in ("native", "lxsub", "proot") if e in results and not results[e]["skipped"]]
+    notes = []
+
+    def per(name: str, count: int, unit: str, scale: float, target: str) -> None:
+        cost = {e: v * scale / count for e in envs if (v := _net(results, e, name)) is not None}
+        if not cost:
+            return
+        parts = [f"{e} {v:.1f} {unit}" for e, v in cost.items()]
+        if "lxsub" in cost and cost.get("native"):
+            parts.append(f"lxsub/native {cost['lxsub'] / cost['native']:.1f}x")
+        notes.append(f"{name} per call, start-up subtracted ({target}): " + ", ".join(parts))
+
+    per("stat_loop", 20000, "us", 1e6, "target lxsub <= 15 us")
+    per("spawn", 200, "ms", 1e3, "target lxsub/native <= 2")
+    py = {e: v for e in envs if (v := _net(results, e, "python")) is not None}
+    if "lxsub" in py and py.get("native"):
+        notes.append(f"python3 -c pass, start-up subtracted (target lxsub/native <= 2): "
+                     + ", ".join(f"{e} {fmt_time(v)}" for e, v in py.items())
+                     + f", lxsub/native {py['lxsub'] / py['native']:.1f}x")
+    find = {e: v for e in envs if (v := _median(results, e, "find")) is not None}
+    if "lxsub" in find and find.get("native"):
+        notes.append(f"find /usr (target lxsub/native <= 4): lxsub/native "
+                     f"{find['lxsub'] / find['native']:.1f}x")
+    j1 = {e: v for e in envs if (v := _median(results, e, "make_j1")) is not None}
+    j2 = {e: v for e in envs if (v := _median(results, e, "make_j2")) is not None}
+    up = [f"{e} {j1[e] / j2[e]:.2f}x" for e in envs if e in j1 and j2.get(e)]
+    if up:
+        notes.append("make -j2 speed-up over -j1 (target lxsub >= 1.8x): " + ", ".join(up))
+    if "lxsub" in j1 and j1.get("native"):
+        notes.append(f"make -j1 lxsub/native (target <= 1.5x): {j1['lxsub'] / j1['native']:.2f}x")
+    start = {e: v for e in envs if (v := _median(results, e, "startup")) is not None}
+    if "lxsub" in start and start.get("proot"):
+        notes.append(f"start-up /bin/true (target lxsub <= proot): lxsub {fmt_time(start['lxsub'])}, "
+                     f"proot {fmt_time(start['proot'])}, lxsub/proot {start['lxsub'] / start['proot']:.2f}x")
+    floor = results.get("python-host", {}).get("workloads", {}).get("startup", {}).get("median")
+    if floor is not None and "lxsub" in start:
+        notes.append(f"the lx client's interpreter ({sys.executable} -c pass) starts in {fmt_time(floor)}: "
+                     f"lxsub's own start-up above it {fmt_time(start['lxsub'] - floor)}")
+    return notes
+
+
+def _status_kb(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _traced_with(token: str) -> dict[int, int]:
+    """Host pid -> tracer pid of the processes whose command line holds token
+    and that are traced (pico processes: their tracer is the provider)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if token.encode() in (d / "cmdline").read_bytes().split(b"\0"):
+                tracer = _status_kb(int(d.name), "TracerPid")
+                if tracer:
+                    found[int(d.name)] = tracer
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def provider_rss(lx: Env, counts: tuple[int, ...] = (1, 16), settle: float = 2.0) -> dict[int, int]:
+    """The provider's peak VmRSS (kB) while N stat loops (trapped calls) run
+    in the instance. The provider is found as the tracer of those pico
+    processes; they are killed by their host pids afterwards."""
+    rss = {}
+    for n in counts:
+        token = str(900_000_000 + n)
+        sh = subprocess.Popen(lx.argv(["/bin/sh", "-c", f"for i in $(seq {n}); do {B}/stat_loop {token} & done; wait"]),
+                              env=lx.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while len(procs := _traced_with(token)) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if len(procs) < n:
+                log(f"provider RSS with {n}: only {len(procs)} busy processes appeared")
+                continue
+            provider = next(iter(procs.values()))
+            peak, end = 0, time.monotonic() + settle
+            while time.monotonic() < end:
+                peak = max(peak, _status_kb(provider, "VmRSS"))
+                time.sleep(0.1)
+            rss[n] = peak
+            log(f"provider {provider} RSS with {n} busy: {peak / 1024:.1f} MB")
+        finally:
+            for pid in _traced_with(token):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            try:
+                sh.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sh.kill()
+                sh.wait()
+    return rss
 
 
 def _cpu() -> str:
