@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work dir {work}; timing with {'hyperfine' if use_hf else 'subprocess'}, {runs} runs")
     results: dict = {}
     rss: dict[int, int] = {}
+    floors: dict[str, float] = {}
     try:
         global PIPE_DATA
         if any(w.shell for w in WORKLOADS):
@@ -552,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                 live.append(env)
         for w in WORKLOADS:
             time_interleaved(live, w, runs, warmup, results, use_hf, work)
+        if any(w.name == "stat_loop" for w in WORKLOADS) and (work / "rootfs").is_dir():
+            floors = stat_floors(work, runs)
         lx = next((e for e in live if e.name == "lxsub"), None)
         if lx and (not args.only or "rss" in args.only.split(",")):
             rss = provider_rss(lx)
@@ -568,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     notes += [f"{e} {w.name}: not timed ({why})" for w in WORKLOADS for e, why in w.skip.items()
               if e in results and not results[e]["skipped"]]
     notes += throughput_notes(results) + per_call_notes(results) + target_notes(results)
+    if floors:
+        notes.append(floor_note(floors, results))
     if rss:
         notes.append("provider RSS (target < 40 MB): " + ", ".join(
             f"{n} busy process{'es' if n > 1 else ''} {kb / 1024:.1f} MB" for n, kb in rss.items()))
@@ -687,6 +692,48 @@ def target_notes(results: dict) -> list[str]:
         notes.append(f"the lx client's interpreter ({sys.executable} -c pass) starts in {fmt_time(floor)}: "
                      f"lxsub's own start-up above it {fmt_time(start['lxsub'] - floor)}")
     return notes
+
+
+FLOOR_N = 20000
+
+
+def stat_floors(work: Path, runs: int) -> dict[str, float]:
+    """Per-call floors of a trapped stat() on this machine (bench/floor_stat.c
+    and floor_stat.py, compiled and run on the host against the extracted
+    rootfs), median of `runs` interleaved rounds: the seccomp round trip
+    alone ('bare'), with lxsub's host system calls in C ('c'), and the same
+    in Python over lxsub's platform layer only ('python')."""
+    binary = work / "floor_stat"
+    r = subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(REPO / "bench" / "floor_stat.c")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"floor_stat.c did not compile: {r.stderr.strip()[-300:]}")
+        return {}
+    root = str(work / "rootfs")
+    argvs = {"bare": [str(binary), root, str(FLOOR_N), "bare"], "c": [str(binary), root, str(FLOOR_N)],
+             "python": [sys.executable, str(REPO / "bench" / "floor_stat.py"), str(binary), root, str(FLOOR_N)]}
+    got: dict[str, list[float]] = {k: [] for k in argvs}
+    for _ in range(runs):
+        for k, argv in argvs.items():
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                log(f"stat floor {k} failed: {r.stderr.strip()[-300:]}")
+                return {}
+            got[k].append(float(r.stdout))
+    floors = {k: statistics.median(v) for k, v in got.items()}
+    log("stat floors per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in floors.items()))
+    return floors
+
+
+def floor_note(floors: dict[str, float], results: dict) -> str:
+    lx = _net(results, "lxsub", "stat_loop")
+    parts = [f"seccomp round trip alone {floors['bare']:.1f} us",
+             f"with lxsub's host calls (recv, pread path, openat2, fstat, close, "
+             f"process_vm_writev, send, poll) in C {floors['c']:.1f} us",
+             f"the same in Python over lxsub's platform layer {floors['python']:.1f} us"]
+    if lx is not None:
+        parts.append(f"lxsub {lx * 1e6 / 20000:.1f} us")
+    return "trapped stat floors per call (bench/floor_stat.c, floor_stat.py): " + "; ".join(parts)
 
 
 def _status_kb(pid: int, field_name: str) -> int:
