@@ -317,6 +317,24 @@ def extract_rootfs(tarball: Path, dest: Path) -> None:
     log(f"extracted rootfs to {dest} ({time.monotonic() - t:.1f} s)")
 
 
+BASELINE: Path | None = None     # --baseline: another lxsub source tree, timed beside this one
+
+
+def lx_environment(name: str, work: Path, src: Path, tarball: Path) -> Env:
+    """lxsub from the source tree `src`, with its own $LX_HOME (so its own
+    manager) where the tarball is imported as distro `bench`."""
+    lx_env = dict(os.environ)
+    lx_env["LX_HOME"] = str(work / f"lxhome-{name}")
+    lx_env["PYTHONPATH"] = str(src) + os.pathsep + lx_env.get("PYTHONPATH", "")
+    # As for an installed lx: compiled modules are cached, not compiled at every start.
+    lx_env.pop("PYTHONDONTWRITEBYTECODE", None)
+    t = time.monotonic()
+    subprocess.run([sys.executable, "-m", "lxsub", "--import", "bench", str(work / f"lxdistro-{name}"),
+                    str(tarball)], env=lx_env, check=True, stdout=subprocess.DEVNULL)
+    log(f"imported the Debian tarball into {name} ({time.monotonic() - t:.1f} s)")
+    return Env(name, [sys.executable, "-m", "lxsub", "-d", "bench", "-e"], env=lx_env)
+
+
 def make_envs(work: Path, tarball: Path) -> list[Env]:
     is_root = os.geteuid() == 0
     proot = shutil.which("proot")
@@ -330,17 +348,10 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
         native.skipped = "not root: chroot needs root"
     envs.append(native)
 
-    lx_env = dict(os.environ)
-    lx_env["LX_HOME"] = str(work / "lxhome")
-    lx_env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + lx_env.get("PYTHONPATH", "")
-    # As for an installed lx: compiled modules are cached, not compiled at every start.
-    lx_env.pop("PYTHONDONTWRITEBYTECODE", None)
-    lx = Env("lxsub", [sys.executable, "-m", "lxsub", "-d", "bench", "-e"], env=lx_env)
-    t = time.monotonic()
-    subprocess.run([sys.executable, "-m", "lxsub", "--import", "bench", str(work / "lxdistro"),
-                    str(tarball)], env=lx_env, check=True, stdout=subprocess.DEVNULL)
-    log(f"imported the Debian tarball into lxsub ({time.monotonic() - t:.1f} s)")
+    lx = lx_environment("lxsub", work, REPO / "src", tarball)
     envs.append(lx)
+    if BASELINE is not None:
+        envs.append(lx_environment("lxsub-base", work, BASELINE, tarball))
 
     # Native under an allow-all seccomp filter: what any seccomp-based design
     # pays on a call it lets through (the kernel's filtered syscall entry).
@@ -365,7 +376,9 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
         setup_env(native, root)
     elif not pr.skipped:
         setup_env(pr, root)
-    setup_env(lx, None)
+    for env in envs:
+        if env.name.startswith("lxsub"):
+            setup_env(env, None)
     return envs
 
 
@@ -512,9 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-hyperfine", action="store_true", help="time with subprocess")
     ap.add_argument("--timeout", type=int, help="seconds one run may take (default 600, quick 120)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--baseline", type=Path, metavar="SRC",
+                    help="another lxsub source tree (its src/) timed beside this one, as lxsub-base")
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
     args = ap.parse_args(argv)
     runs = args.runs or (2 if args.quick else 5)
+    global BASELINE
+    BASELINE = args.baseline.resolve() if args.baseline else None
     warmup = 0 if args.quick else 1
     if args.only:
         names = set(args.only.split(","))
@@ -571,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     notes += [f"{e} {w.name}: not timed ({why})" for w in WORKLOADS for e, why in w.skip.items()
               if e in results and not results[e]["skipped"]]
     notes += throughput_notes(results) + per_call_notes(results) + target_notes(results)
+    notes += baseline_notes(results)
     if floors:
         notes.append(floor_note(floors, results))
     if rss:
@@ -734,6 +752,22 @@ def floor_note(floors: dict[str, float], results: dict) -> str:
     if lx is not None:
         parts.append(f"lxsub {lx * 1e6 / 20000:.1f} us")
     return "trapped stat floors per call (bench/floor_stat.c, floor_stat.py): " + "; ".join(parts)
+
+
+def baseline_notes(results: dict) -> list[str]:
+    """With --baseline: each workload's median under the other tree and this
+    one, timed in the same rounds, and the target notes as the baseline met them."""
+    if "lxsub-base" not in results or results["lxsub-base"]["skipped"]:
+        return []
+    parts = []
+    for w in WORKLOADS:
+        old, new = _median(results, "lxsub-base", w.name), _median(results, "lxsub", w.name)
+        if old is not None and new is not None:
+            parts.append(f"{w.name} {fmt_time(old)} -> {fmt_time(new)} ({fmt_ratio(new, old)})")
+    base = {e: r for e, r in results.items() if e != "lxsub"}
+    base["lxsub"] = results["lxsub-base"]
+    return (["baseline (lxsub-base, --baseline) -> this tree, same rounds: " + ", ".join(parts)]
+            + [f"baseline: {n}" for n in target_notes(base)])
 
 
 def _status_kb(pid: int, field_name: str) -> int:

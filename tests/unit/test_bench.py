@@ -113,3 +113,15 @@ def test_traced_processes_are_found_by_their_tracer() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_baseline_notes_compare_the_two_trees_of_one_run() -> None:
+    results = _results(native=dict(startup=0.010, stat_loop=0.050),
+                       lxsub=dict(startup=0.100, stat_loop=0.500),
+                       **{"lxsub-base": dict(startup=0.200, stat_loop=1.000)})
+    notes = bench.baseline_notes(results)
+    assert "stat_loop 1.00 s -> 500.0 ms (0.50×)" in notes[0]
+    assert "startup 200.0 ms -> 100.0 ms (0.50×)" in notes[0]
+    # the baseline's own target notes: (1.0 - 0.2) / 20000 = 40 us
+    assert any(n.startswith("baseline: stat_loop per call") and "lxsub 40.0 us" in n for n in notes)
+    assert bench.baseline_notes(_results(lxsub=dict(startup=0.1))) == []
