@@ -360,7 +360,7 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
     envs.append(floor)
 
     # The lx client's own interpreter, started bare: the floor under lx's start-up.
-    envs.append(Env("python-host", [sys.executable, "-c", "pass"], env=lx_env, only=("startup",)))
+    envs.append(Env("python-host", [sys.executable, "-c", "pass"], env=lx.env, only=("startup",)))
 
     pr = Env("proot", [proot or "proot", "-0", "-r", str(root), "-b", "/dev", "-b", "/proc",
                        "-w", "/"] + CLEAN_ENV)
