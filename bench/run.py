@@ -179,6 +179,10 @@ class Workload:
     shell: str = ""
     # Environments not timed for this workload, with the reason (in the notes).
     skip: dict[str, str] = field(default_factory=dict)
+    # The same command doing none of the work (a count of 0), timed right
+    # after it in each round: the work's own cost is the difference. Start-up
+    # varies from run to run on a loaded machine far more than the work.
+    zero: list[str] | None = None
 
 
 WORKLOADS = [
@@ -188,12 +192,13 @@ WORKLOADS = [
              [f"{B}/native_sys", str(NATIVE_CALLS)],
              skip={"proot": "proot stops at every system call on this kernel (no seccomp "
                             "acceleration): millions of calls take minutes"}),
-    Workload("stat_loop", "20k stat(\"/etc/passwd\") (trapped)", [f"{B}/stat_loop", "20000"]),
+    Workload("stat_loop", "20k stat(\"/etc/passwd\") (trapped)", [f"{B}/stat_loop", "20000"],
+             zero=[f"{B}/stat_loop", "0"]),
     Workload("find", "find /usr > /dev/null", ["/usr/bin/find", "/usr"]),
-    Workload("spawn", "200 x fork+exec /bin/true", [f"{B}/spawn", "200"]),
+    Workload("spawn", "200 x fork+exec /bin/true", [f"{B}/spawn", "200"], zero=[f"{B}/spawn", "0"]),
     Workload("tar", "tar -xf ~50 MB tarball", ["/bin/tar", "-xf", f"{B}/data.tar", "-C", "/tmp/bench-x"],
              prepare=["/bin/sh", "-c", "rm -rf /tmp/bench-x && mkdir /tmp/bench-x"]),
-    Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
+    Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"], zero=["/bin/true"]),
     # A parallel build: make at -j1 and -j2 of the same BUILD_FILES+1 units
     # (each run from clean); the -j2/-j1 speed-up is in the notes.
     Workload("make_j1", f"make -j1 ({BUILD_FILES + 1} C files)", ["/usr/bin/make", "-s", "-j1", "-C", f"{B}/build"],
@@ -437,6 +442,8 @@ def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, resul
     and the ratios hold."""
     envs = [e for e in envs if e.name not in w.skip and (not e.only or w.name in e.only)]
     times: dict[str, list[float]] = {e.name: [] for e in envs}
+    zeros: dict[str, list[float]] = {e.name: [] for e in envs}
+    zero_w = Workload(w.name + "-zero", w.label, w.zero) if w.zero else None
     failed: dict[str, str] = {}
     for i in range(warmup + runs):
         for env in envs:
@@ -444,6 +451,10 @@ def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, resul
                 continue
             try:
                 t = (time_hyperfine(env, w, 1, 0, work) if use_hf else time_loop(env, w, 1, 0))
+                if zero_w is not None:
+                    z = (time_hyperfine(env, zero_w, 1, 0, work) if use_hf else time_loop(env, zero_w, 1, 0))
+                    if i >= warmup:
+                        zeros[env.name] += z
             except (subprocess.SubprocessError, OSError, RuntimeError) as e:
                 again = check_once(env, w)   # run again alone to say why
                 failed[env.name] = (f"{again} ({e})" if again else
@@ -458,6 +469,10 @@ def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, resul
             entry["error"] = failed[env.name]
         else:
             entry.update(times=times[env.name], median=statistics.median(times[env.name]))
+            if zeros[env.name]:
+                # per round: the work alone (its run less the empty run after it)
+                net = [t - z for t, z in zip(times[env.name], zeros[env.name])]
+                entry.update(zero_times=zeros[env.name], net_median=max(statistics.median(net), 0.0))
             log(f"{env.name} {w.name}: median {fmt_time(entry['median'])}")
         results[env.name]["workloads"][w.name] = entry
 
@@ -658,8 +673,12 @@ def per_call_notes(results: dict) -> list[str]:
 
 
 def _net(results: dict, env: str, name: str) -> float | None:
-    """Workload name's median in env, its start-up (/bin/true) subtracted."""
+    """Workload name's own cost in env: the median per round of its run less
+    the empty run after it (Workload.zero), else its median less the
+    start-up row's (/bin/true)."""
     w = results.get(env, {}).get("workloads", {})
+    if "net_median" in w.get(name, {}):
+        return w[name]["net_median"]
     median, start = w.get(name, {}).get("median"), w.get("startup", {}).get("median")
     return None if median is None or start is None else max(median - start, 0.0)
 
@@ -681,13 +700,13 @@ def target_notes(results: dict) -> list[str]:
         parts = [f"{e} {v:.1f} {unit}" for e, v in cost.items()]
         if "lxsub" in cost and cost.get("native"):
             parts.append(f"lxsub/native {cost['lxsub'] / cost['native']:.1f}x")
-        notes.append(f"{name} per call, start-up subtracted ({target}): " + ", ".join(parts))
+        notes.append(f"{name} per call, net of the same program doing no work ({target}): " + ", ".join(parts))
 
     per("stat_loop", 20000, "us", 1e6, "target lxsub <= 15 us")
     per("spawn", 200, "ms", 1e3, "target lxsub/native <= 2")
     py = {e: v for e in envs if (v := _net(results, e, "python")) is not None}
     if "lxsub" in py and py.get("native"):
-        notes.append(f"python3 -c pass, start-up subtracted (target lxsub/native <= 2): "
+        notes.append(f"python3 -c pass net of /bin/true timed after it (target lxsub/native <= 2): "
                      + ", ".join(f"{e} {fmt_time(v)}" for e, v in py.items())
                      + f", lxsub/native {py['lxsub'] / py['native']:.1f}x")
     find = {e: v for e in envs if (v := _median(results, e, "find")) is not None}
