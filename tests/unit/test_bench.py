@@ -125,3 +125,14 @@ def test_baseline_notes_compare_the_two_trees_of_one_run() -> None:
     # the baseline's own target notes: (1.0 - 0.2) / 20000 = 40 us
     assert any(n.startswith("baseline: stat_loop per call") and "lxsub 40.0 us" in n for n in notes)
     assert bench.baseline_notes(_results(lxsub=dict(startup=0.1))) == []
+
+
+def test_per_call_notes_prefer_the_empty_run_of_the_same_round() -> None:
+    """A workload timed with its `zero` run is net of that run, not of the
+    start-up row (which here would give a negative, clipped cost)."""
+    results = _results(native=dict(startup=0.010, stat_loop=0.050),
+                       lxsub=dict(startup=0.900, stat_loop=0.500))
+    results["lxsub"]["workloads"]["stat_loop"]["net_median"] = 0.300
+    results["native"]["workloads"]["stat_loop"]["net_median"] = 0.020
+    notes = "\n".join(bench.target_notes(results))
+    assert "native 1.0 us, lxsub 15.0 us" in notes         # 0.3 s / 20000
