@@ -21,6 +21,7 @@ Results also go to bench/results.json (not committed).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -120,6 +122,48 @@ int main(int argc, char **argv) {   /* fork + exec /bin/true + wait */
 }
 
 B = "/opt/bench"
+BUILD_FILES = 32   # small C files of the parallel build workload
+
+
+def build_sources() -> dict[str, str]:
+    """A small C project: BUILD_FILES units of a few functions each (a
+    compiler's real work: headers, optimisation) and a Makefile linking them."""
+    files = {}
+    for i in range(BUILD_FILES):
+        files[f"u{i:02d}.c"] = f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+struct rec{i} {{ char name[32]; long v[8]; double w; }};
+static int cmp{i}(const void *a, const void *b) {{
+    const struct rec{i} *x = a, *y = b;
+    return (x->v[{i} % 8] > y->v[{i} % 8]) - (x->v[{i} % 8] < y->v[{i} % 8]);
+}}
+long unit{i}(long n) {{
+    struct rec{i} *r = calloc(n, sizeof *r);
+    long s = 0;
+    for (long k = 0; k < n; k++) {{
+        snprintf(r[k].name, sizeof r[k].name, "r%ld-{i}", k);
+        for (int j = 0; j < 8; j++) r[k].v[j] = (k * {i + 3} + j * 7) % 101;
+        r[k].w = r[k].v[0] * 0.5 + strlen(r[k].name);
+    }}
+    qsort(r, n, sizeof *r, cmp{i});
+    for (long k = 0; k < n; k++) s += r[k].v[{i} % 8] + (long)r[k].w;
+    free(r);
+    return s;
+}}
+"""
+    decls = "".join(f"long unit{i}(long);\n" for i in range(BUILD_FILES))
+    calls = "".join(f"    s += unit{i}(n);\n" for i in range(BUILD_FILES))
+    files["main.c"] = (f"#include <stdio.h>\n{decls}int main(void) {{\n    long n = 100, s = 0;\n"
+                       f"{calls}    printf(\"%ld\\n\", s);\n    return 0;\n}}\n")
+    objs = " ".join([f"u{i:02d}.o" for i in range(BUILD_FILES)] + ["main.o"])
+    files["Makefile"] = (f"OBJS = {objs}\nprog: $(OBJS)\n\tcc -o $@ $(OBJS)\n"
+                         "%.o: %.c\n\tcc -O2 -c -o $@ $<\n"
+                         "clean:\n\trm -f prog $(OBJS)\n")
+    return files
+
+
 TAR_SRC = ["/usr/lib/python3.11", "/usr/share/perl"]   # ~50 MB, a few thousand files
 NATIVE_CALLS = 5_000_000
 
@@ -135,6 +179,10 @@ class Workload:
     shell: str = ""
     # Environments not timed for this workload, with the reason (in the notes).
     skip: dict[str, str] = field(default_factory=dict)
+    # The same command doing none of the work (a count of 0), timed right
+    # after it in each round: the work's own cost is the difference. Start-up
+    # varies from run to run on a loaded machine far more than the work.
+    zero: list[str] | None = None
 
 
 WORKLOADS = [
@@ -144,12 +192,19 @@ WORKLOADS = [
              [f"{B}/native_sys", str(NATIVE_CALLS)],
              skip={"proot": "proot stops at every system call on this kernel (no seccomp "
                             "acceleration): millions of calls take minutes"}),
-    Workload("stat_loop", "20k stat(\"/etc/passwd\") (trapped)", [f"{B}/stat_loop", "20000"]),
+    Workload("stat_loop", "20k stat(\"/etc/passwd\") (trapped)", [f"{B}/stat_loop", "20000"],
+             zero=[f"{B}/stat_loop", "0"]),
     Workload("find", "find /usr > /dev/null", ["/usr/bin/find", "/usr"]),
-    Workload("spawn", "200 x fork+exec /bin/true", [f"{B}/spawn", "200"]),
+    Workload("spawn", "200 x fork+exec /bin/true", [f"{B}/spawn", "200"], zero=[f"{B}/spawn", "0"]),
     Workload("tar", "tar -xf ~50 MB tarball", ["/bin/tar", "-xf", f"{B}/data.tar", "-C", "/tmp/bench-x"],
              prepare=["/bin/sh", "-c", "rm -rf /tmp/bench-x && mkdir /tmp/bench-x"]),
-    Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
+    Workload("python", "python3 -c pass", ["/usr/bin/python3", "-c", "pass"], zero=["/bin/true"]),
+    # A parallel build: make at -j1 and -j2 of the same BUILD_FILES+1 units
+    # (each run from clean); the -j2/-j1 speed-up is in the notes.
+    Workload("make_j1", f"make -j1 ({BUILD_FILES + 1} C files)", ["/usr/bin/make", "-s", "-j1", "-C", f"{B}/build"],
+             prepare=["/usr/bin/make", "-s", "-C", f"{B}/build", "clean"]),
+    Workload("make_j2", f"make -j2 ({BUILD_FILES + 1} C files)", ["/usr/bin/make", "-s", "-j2", "-C", f"{B}/build"],
+             prepare=["/usr/bin/make", "-s", "-C", f"{B}/build", "clean"]),
     # 100 MB from a host file through the environment's cat into a host pipe:
     # the data path should be the host kernel's alone (cat reads and writes
     # lx's own descriptors), so lxsub should be near native.
@@ -168,6 +223,10 @@ for f in {' '.join(C_SOURCES)}; do gcc -O2 -o $f $f.c; done
 ./compute 1000 >/dev/null
 tar -cf {B}/data.tar {' '.join(TAR_SRC)} 2>/dev/null
 mkdir -p /tmp/bench-x
+if [ -f make.deb ]; then
+    dpkg -i make.deb >/dev/null
+    make -s -C build; ./build/prog >/dev/null; make -s -C build clean
+fi
 ls -l {B}/data.tar
 """
 
@@ -202,16 +261,43 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def fetch_make_deb(work: Path) -> bytes | None:
+    """Debian's make package (the minbase fixture has none), downloaded with
+    the host's apt; None if that fails (the build workloads then fail with
+    a note). Installed in each environment with its own dpkg."""
+    r = subprocess.run(["apt-get", "download", "make"], cwd=work, capture_output=True, text=True)
+    debs = sorted(work.glob("make_*.deb"))
+    if r.returncode != 0 or not debs:
+        log(f"apt-get download make failed: {r.stderr.strip()[-200:]}; no build workloads")
+        return None
+    return debs[0].read_bytes()
+
+
+MAKE_DEB: bytes | None = None
+
+
 def write_sources(env: Env, root: Path | None) -> None:
-    """Put the C sources at /opt/bench inside the environment."""
+    """Put the C sources at /opt/bench (the build's at /opt/bench/build)
+    and make's package inside the environment."""
+    files: dict[str, str | bytes] = {f"{name}.c": src for name, src in C_SOURCES.items()}
+    files.update({f"build/{name}": src for name, src in build_sources().items()})
+    if MAKE_DEB is not None:
+        files["make.deb"] = MAKE_DEB
     if root is not None:
-        (root / B.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        for name, src in C_SOURCES.items():
-            (root / B.lstrip("/") / f"{name}.c").write_text(src)
+        (root / B.lstrip("/") / "build").mkdir(parents=True, exist_ok=True)
+        for name, src in files.items():
+            (root / B.lstrip("/") / name).write_bytes(src if isinstance(src, bytes) else src.encode())
         return
-    env.run(["/bin/mkdir", "-p", B], check=True)
-    for name, src in C_SOURCES.items():
-        env.run(["/bin/sh", "-c", f"cat > {B}/{name}.c"], input=src.encode(), check=True)
+    env.run(["/bin/mkdir", "-p", f"{B}/build"], check=True)
+    # one tar stream instead of a command per file
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, src in files.items():
+            data = src if isinstance(src, bytes) else src.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    env.run(["/bin/tar", "-xf", "-", "-C", B], input=buf.getvalue(), check=True)
 
 
 def setup_env(env: Env, root: Path | None) -> None:
@@ -236,6 +322,24 @@ def extract_rootfs(tarball: Path, dest: Path) -> None:
     log(f"extracted rootfs to {dest} ({time.monotonic() - t:.1f} s)")
 
 
+BASELINE: Path | None = None     # --baseline: another lxsub source tree, timed beside this one
+
+
+def lx_environment(name: str, work: Path, src: Path, tarball: Path) -> Env:
+    """lxsub from the source tree `src`, with its own $LX_HOME (so its own
+    manager) where the tarball is imported as distro `bench`."""
+    lx_env = dict(os.environ)
+    lx_env["LX_HOME"] = str(work / f"lxhome-{name}")
+    lx_env["PYTHONPATH"] = str(src) + os.pathsep + lx_env.get("PYTHONPATH", "")
+    # As for an installed lx: compiled modules are cached, not compiled at every start.
+    lx_env.pop("PYTHONDONTWRITEBYTECODE", None)
+    t = time.monotonic()
+    subprocess.run([sys.executable, "-m", "lxsub", "--import", "bench", str(work / f"lxdistro-{name}"),
+                    str(tarball)], env=lx_env, check=True, stdout=subprocess.DEVNULL)
+    log(f"imported the Debian tarball into {name} ({time.monotonic() - t:.1f} s)")
+    return Env(name, [sys.executable, "-m", "lxsub", "-d", "bench", "-e"], env=lx_env)
+
+
 def make_envs(work: Path, tarball: Path) -> list[Env]:
     is_root = os.geteuid() == 0
     proot = shutil.which("proot")
@@ -249,23 +353,19 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
         native.skipped = "not root: chroot needs root"
     envs.append(native)
 
-    lx_env = dict(os.environ)
-    lx_env["LX_HOME"] = str(work / "lxhome")
-    lx_env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + lx_env.get("PYTHONPATH", "")
-    # As for an installed lx: compiled modules are cached, not compiled at every start.
-    lx_env.pop("PYTHONDONTWRITEBYTECODE", None)
-    lx = Env("lxsub", [sys.executable, "-m", "lxsub", "-d", "bench", "-e"], env=lx_env)
-    t = time.monotonic()
-    subprocess.run([sys.executable, "-m", "lxsub", "--import", "bench", str(work / "lxdistro"),
-                    str(tarball)], env=lx_env, check=True, stdout=subprocess.DEVNULL)
-    log(f"imported the Debian tarball into lxsub ({time.monotonic() - t:.1f} s)")
+    lx = lx_environment("lxsub", work, REPO / "src", tarball)
     envs.append(lx)
+    if BASELINE is not None:
+        envs.append(lx_environment("lxsub-base", work, BASELINE, tarball))
 
     # Native under an allow-all seccomp filter: what any seccomp-based design
     # pays on a call it lets through (the kernel's filtered syscall entry).
     floor = Env("seccomp", ["chroot", str(root)] + CLEAN_ENV + [f"{B}/seccomp_allow"],
                 skipped=native.skipped, only=("startup", "compute", "native_sys"))
     envs.append(floor)
+
+    # The lx client's own interpreter, started bare: the floor under lx's start-up.
+    envs.append(Env("python-host", [sys.executable, "-c", "pass"], env=lx.env, only=("startup",)))
 
     pr = Env("proot", [proot or "proot", "-0", "-r", str(root), "-b", "/dev", "-b", "/proc",
                        "-w", "/"] + CLEAN_ENV)
@@ -274,12 +374,16 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
         pr.skipped = "proot not installed (apt-get install proot)"
     envs.append(pr)
 
+    global MAKE_DEB
+    MAKE_DEB = fetch_make_deb(work)
     # compile and make the tarball in each rootfs: chroot's and proot's share one
     if not native.skipped:
         setup_env(native, root)
     elif not pr.skipped:
         setup_env(pr, root)
-    setup_env(lx, None)
+    for env in envs:
+        if env.name.startswith("lxsub"):
+            setup_env(env, None)
     return envs
 
 
@@ -338,6 +442,8 @@ def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, resul
     and the ratios hold."""
     envs = [e for e in envs if e.name not in w.skip and (not e.only or w.name in e.only)]
     times: dict[str, list[float]] = {e.name: [] for e in envs}
+    zeros: dict[str, list[float]] = {e.name: [] for e in envs}
+    zero_w = Workload(w.name + "-zero", w.label, w.zero) if w.zero else None
     failed: dict[str, str] = {}
     for i in range(warmup + runs):
         for env in envs:
@@ -345,6 +451,10 @@ def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, resul
                 continue
             try:
                 t = (time_hyperfine(env, w, 1, 0, work) if use_hf else time_loop(env, w, 1, 0))
+                if zero_w is not None:
+                    z = (time_hyperfine(env, zero_w, 1, 0, work) if use_hf else time_loop(env, zero_w, 1, 0))
+                    if i >= warmup:
+                        zeros[env.name] += z
             except (subprocess.SubprocessError, OSError, RuntimeError) as e:
                 again = check_once(env, w)   # run again alone to say why
                 failed[env.name] = (f"{again} ({e})" if again else
@@ -359,6 +469,10 @@ def time_interleaved(envs: list[Env], w: Workload, runs: int, warmup: int, resul
             entry["error"] = failed[env.name]
         else:
             entry.update(times=times[env.name], median=statistics.median(times[env.name]))
+            if zeros[env.name]:
+                # per round: the work alone (its run less the empty run after it)
+                net = [t - z for t, z in zip(times[env.name], zeros[env.name])]
+                entry.update(zero_times=zeros[env.name], net_median=max(statistics.median(net), 0.0))
             log(f"{env.name} {w.name}: median {fmt_time(entry['median'])}")
         results[env.name]["workloads"][w.name] = entry
 
@@ -422,17 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 runs and no warm-up (default 5 runs after 1 warm-up)")
     ap.add_argument("--runs", type=int, help="timed runs per workload (default 5, quick 2)")
     ap.add_argument("--only", help="comma-separated workload names: "
-                    + ",".join(w.name for w in WORKLOADS))
+                    + ",".join(w.name for w in WORKLOADS) + " (rss: the provider's memory)")
     ap.add_argument("--no-hyperfine", action="store_true", help="time with subprocess")
     ap.add_argument("--timeout", type=int, help="seconds one run may take (default 600, quick 120)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--baseline", type=Path, metavar="SRC",
+                    help="another lxsub source tree (its src/) timed beside this one, as lxsub-base")
     ap.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
     args = ap.parse_args(argv)
     runs = args.runs or (2 if args.quick else 5)
+    global BASELINE
+    BASELINE = args.baseline.resolve() if args.baseline else None
     warmup = 0 if args.quick else 1
     if args.only:
         names = set(args.only.split(","))
-        if names & {"pipe", "native_sys"}:
+        if names & {"pipe", "native_sys", "stat_loop", "spawn", "python"}:
             names.add("startup")   # their notes are net of starting the command
         WORKLOADS = [w for w in WORKLOADS if w.name in names]
 
@@ -447,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lxsub-bench-"))
     log(f"work dir {work}; timing with {'hyperfine' if use_hf else 'subprocess'}, {runs} runs")
     results: dict = {}
+    rss: dict[int, int] = {}
+    floors: dict[str, float] = {}
     try:
         global PIPE_DATA
         if any(w.shell for w in WORKLOADS):
@@ -465,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
                 live.append(env)
         for w in WORKLOADS:
             time_interleaved(live, w, runs, warmup, results, use_hf, work)
+        if any(w.name == "stat_loop" for w in WORKLOADS) and (work / "rootfs").is_dir():
+            floors = stat_floors(work, runs)
+        lx = next((e for e in live if e.name == "lxsub"), None)
+        if lx and (not args.only or "rss" in args.only.split(",")):
+            rss = provider_rss(lx)
     finally:
         if args.keep:
             log(f"kept {work}")
@@ -477,7 +602,13 @@ def main(argv: list[str] | None = None) -> int:
               for w, d in r["workloads"].items() if "error" in d]
     notes += [f"{e} {w.name}: not timed ({why})" for w in WORKLOADS for e, why in w.skip.items()
               if e in results and not results[e]["skipped"]]
-    notes += throughput_notes(results) + per_call_notes(results)
+    notes += throughput_notes(results) + per_call_notes(results) + target_notes(results)
+    notes += baseline_notes(results)
+    if floors:
+        notes.append(floor_note(floors, results))
+    if rss:
+        notes.append("provider RSS (target < 40 MB): " + ", ".join(
+            f"{n} busy process{'es' if n > 1 else ''} {kb / 1024:.1f} MB" for n, kb in rss.items()))
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
             "kernel": platform.release(), "cpu": _cpu(), "runs": runs, "quick": args.quick,
             "timer": "hyperfine" if use_hf else "subprocess", "tarball": str(tarball)}
@@ -539,6 +670,184 @@ def per_call_notes(results: dict) -> list[str]:
         if "lxsub" in cost and base in cost and cost[base] > 0:
             parts.append(f"lxsub/{base} {cost['lxsub'] / cost[base]:.2f}")
     return ["native read() per call, start-up subtracted: " + ", ".join(parts)]
+
+
+def _net(results: dict, env: str, name: str) -> float | None:
+    """Workload name's own cost in env: the median per round of its run less
+    the empty run after it (Workload.zero), else its median less the
+    start-up row's (/bin/true)."""
+    w = results.get(env, {}).get("workloads", {})
+    if "net_median" in w.get(name, {}):
+        return w[name]["net_median"]
+    median, start = w.get(name, {}).get("median"), w.get("startup", {}).get("median")
+    return None if median is None or start is None else max(median - start, 0.0)
+
+
+def _median(results: dict, env: str, name: str) -> float | None:
+    return results.get(env, {}).get("workloads", {}).get(name, {}).get("median")
+
+
+def target_notes(results: dict) -> list[str]:
+    """The targets of issue 16, each as measured in this run (net of each
+    environment's start-up where the target says so)."""
+    envs = [e for e in ("native", "lxsub", "proot") if e in results and not results[e]["skipped"]]
+    notes = []
+
+    def per(name: str, count: int, unit: str, scale: float, target: str) -> None:
+        cost = {e: v * scale / count for e in envs if (v := _net(results, e, name)) is not None}
+        if not cost:
+            return
+        parts = [f"{e} {v:.1f} {unit}" for e, v in cost.items()]
+        if "lxsub" in cost and cost.get("native"):
+            parts.append(f"lxsub/native {cost['lxsub'] / cost['native']:.1f}x")
+        notes.append(f"{name} per call, net of the same program doing no work ({target}): " + ", ".join(parts))
+
+    per("stat_loop", 20000, "us", 1e6, "target lxsub <= 15 us")
+    per("spawn", 200, "ms", 1e3, "target lxsub/native <= 2")
+    py = {e: v for e in envs if (v := _net(results, e, "python")) is not None}
+    if "lxsub" in py and py.get("native"):
+        notes.append(f"python3 -c pass net of /bin/true timed after it (target lxsub/native <= 2): "
+                     + ", ".join(f"{e} {fmt_time(v)}" for e, v in py.items())
+                     + f", lxsub/native {py['lxsub'] / py['native']:.1f}x")
+    find = {e: v for e in envs if (v := _median(results, e, "find")) is not None}
+    if "lxsub" in find and find.get("native"):
+        notes.append(f"find /usr (target lxsub/native <= 4): lxsub/native "
+                     f"{find['lxsub'] / find['native']:.1f}x")
+    j1 = {e: v for e in envs if (v := _median(results, e, "make_j1")) is not None}
+    j2 = {e: v for e in envs if (v := _median(results, e, "make_j2")) is not None}
+    up = [f"{e} {j1[e] / j2[e]:.2f}x" for e in envs if e in j1 and j2.get(e)]
+    if up:
+        notes.append("make -j2 speed-up over -j1 (target lxsub >= 1.8x): " + ", ".join(up))
+    if "lxsub" in j1 and j1.get("native"):
+        notes.append(f"make -j1 lxsub/native (target <= 1.5x): {j1['lxsub'] / j1['native']:.2f}x")
+    start = {e: v for e in envs if (v := _median(results, e, "startup")) is not None}
+    if "lxsub" in start and start.get("proot"):
+        notes.append(f"start-up /bin/true (target lxsub <= proot): lxsub {fmt_time(start['lxsub'])}, "
+                     f"proot {fmt_time(start['proot'])}, lxsub/proot {start['lxsub'] / start['proot']:.2f}x")
+    floor = results.get("python-host", {}).get("workloads", {}).get("startup", {}).get("median")
+    if floor is not None and "lxsub" in start:
+        notes.append(f"the lx client's interpreter ({sys.executable} -c pass) starts in {fmt_time(floor)}: "
+                     f"lxsub's own start-up above it {fmt_time(start['lxsub'] - floor)}")
+    return notes
+
+
+FLOOR_N = 20000
+
+
+def stat_floors(work: Path, runs: int) -> dict[str, float]:
+    """Per-call floors of a trapped stat() on this machine (bench/floor_stat.c
+    and floor_stat.py, compiled and run on the host against the extracted
+    rootfs), median of `runs` interleaved rounds: the seccomp round trip
+    alone ('bare'), with lxsub's host system calls in C ('c'), and the same
+    in Python over lxsub's platform layer only ('python')."""
+    binary = work / "floor_stat"
+    r = subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(REPO / "bench" / "floor_stat.c")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"floor_stat.c did not compile: {r.stderr.strip()[-300:]}")
+        return {}
+    root = str(work / "rootfs")
+    argvs = {"bare": [str(binary), root, str(FLOOR_N), "bare"], "c": [str(binary), root, str(FLOOR_N)],
+             "python": [sys.executable, str(REPO / "bench" / "floor_stat.py"), str(binary), root, str(FLOOR_N)]}
+    got: dict[str, list[float]] = {k: [] for k in argvs}
+    for _ in range(runs):
+        for k, argv in argvs.items():
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                log(f"stat floor {k} failed: {r.stderr.strip()[-300:]}")
+                return {}
+            got[k].append(float(r.stdout))
+    floors = {k: statistics.median(v) for k, v in got.items()}
+    log("stat floors per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in floors.items()))
+    return floors
+
+
+def floor_note(floors: dict[str, float], results: dict) -> str:
+    lx = _net(results, "lxsub", "stat_loop")
+    parts = [f"seccomp round trip alone {floors['bare']:.1f} us",
+             f"with lxsub's host calls (recv, pread path, openat2, fstat, close, "
+             f"process_vm_writev, send, poll) in C {floors['c']:.1f} us",
+             f"the same in Python over lxsub's platform layer {floors['python']:.1f} us"]
+    if lx is not None:
+        parts.append(f"lxsub {lx * 1e6 / 20000:.1f} us")
+    return "trapped stat floors per call (bench/floor_stat.c, floor_stat.py): " + "; ".join(parts)
+
+
+def baseline_notes(results: dict) -> list[str]:
+    """With --baseline: each workload's median under the other tree and this
+    one, timed in the same rounds, and the target notes as the baseline met them."""
+    if "lxsub-base" not in results or results["lxsub-base"]["skipped"]:
+        return []
+    parts = []
+    for w in WORKLOADS:
+        old, new = _median(results, "lxsub-base", w.name), _median(results, "lxsub", w.name)
+        if old is not None and new is not None:
+            parts.append(f"{w.name} {fmt_time(old)} -> {fmt_time(new)} ({fmt_ratio(new, old)})")
+    base = {e: r for e, r in results.items() if e != "lxsub"}
+    base["lxsub"] = results["lxsub-base"]
+    return (["baseline (lxsub-base, --baseline) -> this tree, same rounds: " + ", ".join(parts)]
+            + [f"baseline: {n}" for n in target_notes(base)])
+
+
+def _status_kb(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _traced_with(token: str) -> dict[int, int]:
+    """Host pid -> tracer pid of the processes whose command line holds token
+    and that are traced (pico processes: their tracer is the provider)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if token.encode() in (d / "cmdline").read_bytes().split(b"\0"):
+                tracer = _status_kb(int(d.name), "TracerPid")
+                if tracer:
+                    found[int(d.name)] = tracer
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def provider_rss(lx: Env, counts: tuple[int, ...] = (1, 16), settle: float = 2.0) -> dict[int, int]:
+    """The provider's peak VmRSS (kB) while N stat loops (trapped calls) run
+    in the instance. The provider is found as the tracer of those pico
+    processes; they are killed by their host pids afterwards."""
+    rss = {}
+    for n in counts:
+        token = str(900_000_000 + n)
+        sh = subprocess.Popen(lx.argv(["/bin/sh", "-c", f"for i in $(seq {n}); do {B}/stat_loop {token} & done; wait"]),
+                              env=lx.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while len(procs := _traced_with(token)) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if len(procs) < n:
+                log(f"provider RSS with {n}: only {len(procs)} busy processes appeared")
+                continue
+            provider = next(iter(procs.values()))
+            peak, end = 0, time.monotonic() + settle
+            while time.monotonic() < end:
+                peak = max(peak, _status_kb(provider, "VmRSS"))
+                time.sleep(0.1)
+            rss[n] = peak
+            log(f"provider {provider} RSS with {n} busy: {peak / 1024:.1f} MB")
+        finally:
+            for pid in _traced_with(token):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            try:
+                sh.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sh.kill()
+                sh.wait()
+    return rss
 
 
 def _cpu() -> str:

@@ -82,7 +82,8 @@ class Call:
     # -- arguments ----------------------------------------------------------
     def int(self, i: int) -> int:
         """A C `int` argument (fds, flags, pids): low 32 bits, signed."""
-        return _signed(self.args[i], 32)
+        v = self.args[i] & 0xFFFFFFFF          # _signed(v, 32), inline: several per call
+        return v - 0x100000000 if v & 0x80000000 else v
 
     def uint(self, i: int) -> int:
         return self.args[i] & 0xFFFFFFFF

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -90,6 +89,7 @@ def _start_lock(deadline: float) -> Iterator[None]:
 def _start_manager() -> bool:
     """Start the manager detached from us; True once it listens, False if it
     exited at once because another manager holds the manager lock."""
+    import subprocess      # only to start the manager: not on a launch's path
     python = manager_interpreter()
     ready_r, ready_w = os.pipe()
     try:

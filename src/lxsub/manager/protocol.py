@@ -21,7 +21,6 @@ import signal
 import socket
 import struct
 import sys
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -437,6 +436,7 @@ def serve_request(conn: socket.socket, handlers: dict[str, Handler],
     except ProtocolError as e:
         answer = error_reply(e)
     except Exception as e:     # never die of a request: log it and say so
+        import traceback       # the error path only: not on every lx's start-up
         traceback.print_exc()
         answer = error_reply(ProtocolError("failed", f"{who} error: {e!r}"))
     finally:

@@ -157,10 +157,9 @@ def write(pid: int, addr: int, data: bytes) -> None:
     n = len(data)
     if n == 0:
         return
-    _check_range(addr, n)
     buf = _tls.scratch if n <= _SCRATCH_SIZE else ctypes.create_string_buffer(n)
     ctypes.memmove(buf, data, n)
-    if _transfer(_writev, pid, buf, addr, n) != n:
+    if _transfer(_writev, pid, buf, addr, n) != n:     # it checks the range first
         raise MemoryFault()
 
 

@@ -50,8 +50,9 @@ def sys_fstat(c: Call) -> int:
 
 
 def sys_newfstatat(c: Call) -> int:
-    path = c.path_or_empty(1, c.int(3))
-    c.write(c.ptr(2), _stat_at(c, c.int(0), path, c.int(3)).pack_stat())
+    flags = c.int(3)
+    path = c.path_or_empty(1, flags)
+    c.write(c.ptr(2), _stat_at(c, c.int(0), path, flags).pack_stat())
     return 0
 
 

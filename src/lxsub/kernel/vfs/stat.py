@@ -12,6 +12,7 @@ _STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")     # struct stat, x86_64: 144 by
 _STATX_HEAD = struct.Struct("<IIQIIIHHQQQQ")          # up to stx_attributes_mask
 _STATX_TS = struct.Struct("<qIi")
 _STATX_TAIL = struct.Struct("<IIIIQ")                 # rdev, dev majors/minors, mnt_id
+_NS = 10**9
 
 
 @dataclass(slots=True)
@@ -36,10 +37,11 @@ class LinuxStat:
                    s.st_blksize, s.st_blocks, s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns)
 
     def pack_stat(self) -> bytes:
-        a, m, c = (divmod(t, 10**9) for t in (self.atime_ns, self.mtime_ns, self.ctime_ns))
+        # Every stat answer: plain arithmetic, no generator or tuples.
+        a, m, c = self.atime_ns, self.mtime_ns, self.ctime_ns
         return _STAT.pack(self.dev, self.ino, self.nlink, self.mode, self.uid, self.gid, 0,
                           self.rdev, self.size, self.blksize, self.blocks,
-                          a[0], a[1], m[0], m[1], c[0], c[1])
+                          a // _NS, a % _NS, m // _NS, m % _NS, c // _NS, c % _NS)
 
     def pack_statx(self, mnt_id: int = 0) -> bytes:
         head = _STATX_HEAD.pack(STATX_BASIC_STATS | STATX_MNT_ID, self.blksize, 0, self.nlink,
