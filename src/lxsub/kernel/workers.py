@@ -107,6 +107,7 @@ class WorkerPool:
         self.live: dict[int, _Handle] = {}
         self.last_fork: dict[int, float] = {}
         self.stopping = False
+        self.forks = 0
 
     def start(self) -> None:
         engine = self.inst.engine
@@ -146,6 +147,7 @@ class WorkerPool:
     def _fork(self, slot: int) -> None:
         import time
         self.last_fork[slot] = time.monotonic()
+        self.forks += 1
         mine, theirs = socket_pair()
         pid = os.fork()
         if pid == 0:
@@ -250,7 +252,8 @@ class WorkerPool:
             except ProcessLookupError:
                 pass
         served, passed = self.counts()
-        self.inst.log.write("INFO", f"provider workers: {served} calls answered, {passed} passed on")
+        self.inst.log.write("INFO", f"provider workers: {served} calls answered, {passed} passed on, "
+                                   f"{self.forks} forks")
 
 
 def start(inst: "Instance") -> WorkerPool | None:

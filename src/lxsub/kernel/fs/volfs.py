@@ -43,25 +43,29 @@ _names = itertools.count()
 
 
 class WatchedMemoryStore(MemoryStore):
-    """MemoryStore that says when a record is about to change (workers'
-    copies of the records are then out of date: VolFs.watch_memory)."""
+    """MemoryStore that says when its records are about to change (workers'
+    copies of them are then out of date: VolFs.watch_memory). Most calls
+    change nothing here (root's plain records are not kept; an inode
+    forgotten or born again usually had none): those say nothing."""
 
     changing: Callable[[], None] | None = None
 
     def save(self, f: HostFile, meta: LxMeta) -> None:
-        if self.changing is not None:
+        if self.changing is not None and (f.key in self._records or meta != self._plain(f)):
             self.changing()
         super().save(f, meta)
 
     def forget(self, s: os.stat_result) -> None:
-        if self.changing is not None:
-            self.changing()
+        self._drop(s)
         super().forget(s)
 
     def reborn(self, s: os.stat_result) -> None:
-        if self.changing is not None:
-            self.changing()
+        self._drop(s)
         super().reborn(s)
+
+    def _drop(self, s: os.stat_result) -> None:
+        if self.changing is not None and (s.st_dev, s.st_ino) in self._records:
+            self.changing()
 
 
 class _CurrentOnly(MetaStore):
