@@ -78,13 +78,16 @@ _CREDS_FIELDS = tuple(f.name for f in dataclasses.fields(Creds) if not f.name.en
 
 
 def wanted_count() -> int:
-    """LX_WORKERS, else one worker per CPU the provider may run on (none on
-    one CPU: a worker would only add a hand-over)."""
+    """LX_WORKERS=N (in the manager's environment): N workers; `auto`: one
+    per CPU the provider may use (none on one CPU). Unset or 0: none, the
+    provider serves every call itself. Off by default: on the 2-CPU
+    development VM, shared with other work, no speed-up could be shown yet
+    (docs/ARCHITECTURE.md, "Concurrency")."""
     value = os.environ.get("LX_WORKERS", "")
-    if value.isdigit():
-        return min(int(value), MAX_SLOTS)
-    cpus = affinity.usable_cpus()
-    return min(cpus, MAX_SLOTS) if cpus > 1 else 0
+    if value == "auto":
+        cpus = affinity.usable_cpus()
+        return min(cpus, MAX_SLOTS) if cpus > 1 else 0
+    return min(int(value), MAX_SLOTS) if value.isdigit() else 0
 
 
 # -- the provider's side ----------------------------------------------------------
