@@ -126,8 +126,12 @@ class WorkerPool:
         engine.on_new_listener = self._new_listener
         self._watch_snapshot()
         for slot in range(self.count):
-            self._fork(slot)
-        engine.receive_here(False)
+            try:
+                self._fork(slot)
+            except OSError as e:       # EAGAIN, ENOMEM: serve with fewer, or alone
+                self.inst.log.warn(f"provider worker {slot} not started: {e}")
+        if self.live:
+            engine.receive_here(False)
 
     def _tasks_changing(self) -> None:
         self.epochs.bump(TASKS)
@@ -197,7 +201,12 @@ class WorkerPool:
     def _respawn(self, slot: int) -> None:
         if self.stopping or slot in self.live:
             return
-        self._fork(slot)
+        try:
+            self._fork(slot)
+        except OSError as e:
+            self.inst.log.warn(f"provider worker {slot} not started again: {e}")
+            self.inst.engine.call_later(_CRASH_GAP_S, lambda: self._respawn(slot))
+            return
         self.inst.engine.receive_here(False)
 
     def _new_listener(self, fd: int) -> None:
@@ -451,11 +460,14 @@ class _Worker:
         self.epochs.count(self.slot, False)
         try:
             lst.reply(n.id, result if result >= 0 else 0, result if result < 0 else 0)
-        except OSError:
-            # ENOENT: the caller was killed, or (without WAIT_KILLABLE_RECV)
-            # a signal woke it; a restart asks again, and these calls change
-            # nothing, so asking twice is as asking once.
-            pass
+        except OSError as e:
+            # ENOENT: the caller was killed. Anything else: never leave a
+            # caller waiting for an answer that will not come (dispatch._answer).
+            if e.errno != errno.ENOENT:
+                try:
+                    lst.reply(n.id, 0, -(e.errno or errno.EIO))
+                except OSError:
+                    pass
 
     def _pass_on(self, n: Notification, provider_fd: int) -> None:
         self.epochs.count(self.slot, True)

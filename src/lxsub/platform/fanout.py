@@ -92,14 +92,17 @@ class SharedListeners:
         self.epoll = select.epoll()
         self.epoll.register(control, select.EPOLLIN)
         self.listeners: dict[int, tuple[Listener, int]] = {}   # our fd -> (listener, provider's fd)
-        self._probe = select.poll()
+        self._probes: dict[int, select.poll] = {}
 
     def add(self, fd: int, provider_fd: int) -> None:
         self.listeners[fd] = (Listener(fd), provider_fd)
+        probe = self._probes[fd] = select.poll()
+        probe.register(fd, select.POLLIN)
         self.epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def drop(self, fd: int) -> None:
         if self.listeners.pop(fd, None) is not None:
+            del self._probes[fd]
             self.epoll.unregister(fd)
             os.close(fd)
 
@@ -119,11 +122,7 @@ class SharedListeners:
         lst = self.listeners[fd][0]
         self.lock.take()
         try:
-            self._probe.register(fd, select.POLLIN)
-            try:
-                ready = self._probe.poll(0)
-            finally:
-                self._probe.unregister(fd)
+            ready = self._probes[fd].poll(0)
             if not ready or not ready[0][1] & select.POLLIN:
                 return None
             try:
