@@ -118,6 +118,7 @@ class WorkerPool:
         self.last_fork: dict[int, float] = {}
         self.stopping = False
         self.forks = 0
+        self.questions = 0             # task states asked for by workers
 
     def start(self) -> None:
         engine = self.inst.engine
@@ -244,6 +245,7 @@ class WorkerPool:
     def _tell_task(self, h: _Handle, tid: int) -> None:
         """A worker asks for a thread's credentials, root and working
         directory: sent with copies of the two nodes' descriptors."""
+        self.questions += 1
         task = self.inst.pids.tasks_by_host.get(tid)
         fs = task.fs if task is not None else None
         if fs is None or fs.root.fd is None or fs.cwd.fd is None:
@@ -272,7 +274,7 @@ class WorkerPool:
                 pass
         served, passed = self.counts()
         self.inst.log.write("INFO", f"provider workers: {served} calls answered, {passed} passed on, "
-                                   f"{self.forks} forks")
+                                   f"{self.forks} forks, {self.questions} task questions")
 
 
 def start(inst: "Instance") -> WorkerPool | None:
