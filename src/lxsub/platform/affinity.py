@@ -62,9 +62,9 @@ def release_child() -> None:
 
 def leave_home() -> None:
     """In a provider worker (kernel/workers.py), forked from the provider:
-    run on the whole mask and pin nothing. A worker is woken on its
-    caller's CPU by the listener's own wake-up and answers with
-    SYNC_WAKE_UP; pinning callers to the provider's CPU would put every
+    run on the whole mask and pin nothing: the scheduler places a worker
+    where its wake-up finds room, and its SYNC_WAKE_UP answer brings the
+    caller to it. Pinning callers to the provider's CPU would put every
     worker's callers on one CPU again."""
     global _home, _all
     if _all is not None:
