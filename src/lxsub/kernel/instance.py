@@ -161,9 +161,13 @@ class Instance:
 
     def serve(self) -> None:
         """Serve events until the instance has ended and every process is gone."""
+        from lxsub.kernel import workers
+        pool = workers.start(self)
         try:
             self.engine.run()
         finally:
+            if pool is not None:
+                pool.stop()
             self.cleanup()
 
     # -- Kernel interface: the platform's events ------------------------------

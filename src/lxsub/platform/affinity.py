@@ -49,10 +49,27 @@ def settle() -> int | None:
     return cpu
 
 
+def usable_cpus() -> int:
+    """How many CPUs the provider may use: its mask before it settled."""
+    return len(_all if _all is not None else os.sched_getaffinity(0))
+
+
 def release_child() -> None:
     """In a child the provider forked, before it execs: the whole mask."""
     if _all is not None:
         os.sched_setaffinity(0, _all)
+
+
+def leave_home() -> None:
+    """In a provider worker (kernel/workers.py), forked from the provider:
+    run on the whole mask and pin nothing: the scheduler places a worker
+    where its wake-up finds room, and its SYNC_WAKE_UP answer brings the
+    caller to it. Pinning callers to the provider's CPU would put every
+    worker's callers on one CPU again."""
+    global _home, _all
+    if _all is not None:
+        os.sched_setaffinity(0, _all)
+    _home = _all = None
 
 
 def inherit(parent: int, child: int) -> None:

@@ -1,10 +1,18 @@
 """The provider's event loop: ptrace stops and seccomp notifications.
 
-One thread does everything (ptrace requests must come from the tracer
-thread). It sleeps in poll() on a signalfd for SIGCHLD and on every seccomp
-listener, and hands each event to the kernel through the small `Kernel`
-interface below. It never blocks inside one process's syscall: anything
-that would block runs natively in the pico process itself.
+One thread does everything of the provider's own (ptrace requests must
+come from the tracer thread). It sleeps in poll() on a signalfd for
+SIGCHLD and on every seccomp listener, and hands each event to the kernel
+through the small `Kernel` interface below. It never blocks inside one
+process's syscall: anything that would block runs natively in the pico
+process itself.
+
+With provider workers (kernel/workers.py) the workers receive from the
+listeners and the loop only watches them for their end (POLLHUP); what a
+worker passes on arrives through a watched descriptor. Before any event
+that may change what a worker keeps a copy of, the loop calls
+`before_change` (the workers' epoch); notifications of `quiet_nrs`
+change none of it.
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ class Kernel(Protocol):
     def on_idle(self) -> bool: ...
 
 
+def _nothing() -> None:
+    pass
+
+
 class _SigSet(ctypes.Structure):
     _fields_ = [("val", ctypes.c_ulong * 16)]
 
@@ -68,6 +80,12 @@ class Engine:
         self.poller = select.poll()
         self.poller.register(self.sigchld_fd, select.POLLIN)
         self.extra_fds: dict[int, Callable[[], None]] = {}
+        self.quiet_fds: set[int] = set()      # extra fds whose events change no kernel state
+        # Called before an event that may change kernel state (kernel/workers.py).
+        self.before_change: Callable[[], None] = _nothing
+        self.quiet_nrs: frozenset[int] = frozenset()
+        self.listeners_here = True            # False: workers receive from the listeners
+        self.on_new_listener: Callable[[int], None] | None = None
         self.timers: list[tuple[float, Callable[[], None]]] = []
         # Hooks for interop (kernel/interop.py): a host child's end, the
         # signals of a parked tracee, and the stop a PTRACE_INTERRUPT brings.
@@ -83,19 +101,34 @@ class Engine:
     def add_listener(self, fd: int) -> Listener:
         lst = Listener(fd)
         self.listeners[fd] = lst
-        self.poller.register(fd, select.POLLIN)
+        self.poller.register(fd, select.POLLIN if self.listeners_here else 0)
+        if self.on_new_listener is not None:
+            self.on_new_listener(fd)
         return lst
+
+    def receive_here(self, here: bool) -> None:
+        """Receive from the listeners in this loop (True), or only watch
+        them for their end while workers receive (False: POLLHUP and
+        POLLERR are reported whatever the mask, poll(2))."""
+        self.listeners_here = here
+        for fd in self.listeners:
+            self.poller.modify(fd, select.POLLIN if here else 0)
 
     def remove_listener(self, fd: int) -> None:
         if self.listeners.pop(fd, None) is not None:
             self.poller.unregister(fd)
             os.close(fd)
 
-    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+    def watch_fd(self, fd: int, callback: Callable[[], None], quiet: bool = False) -> None:
+        """Call callback when fd is readable; `quiet`: its events change no
+        kernel state by themselves (no before_change)."""
         self.extra_fds[fd] = callback
+        if quiet:
+            self.quiet_fds.add(fd)
         self.poller.register(fd, select.POLLIN)
 
     def unwatch_fd(self, fd: int) -> None:
+        self.quiet_fds.discard(fd)
         if self.extra_fds.pop(fd, None) is not None:
             self.poller.unregister(fd)
 
@@ -219,6 +252,7 @@ class Engine:
             for fd, events in self._poll():
                 if fd == self.sigchld_fd:
                     self._drain_sigchld_fd()
+                    self.before_change()
                     self._drain_waits()
                 elif fd in self.listeners:
                     if events & select.POLLIN:
@@ -228,6 +262,8 @@ class Engine:
                         # left in the set would wake poll forever.
                         self.remove_listener(fd)
                 elif fd in self.extra_fds:
+                    if fd not in self.quiet_fds:
+                        self.before_change()
                     self.extra_fds[fd]()
 
     def _poll(self):
@@ -244,6 +280,7 @@ class Engine:
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, callback = self.timers.pop(0)
+            self.before_change()
             callback()
 
     def _drain_sigchld_fd(self) -> None:
@@ -263,6 +300,8 @@ class Engine:
                 self.remove_listener(lst.fd)
                 return
             raise
+        if n.nr not in self.quiet_nrs:
+            self.before_change()
         self.kernel.on_notification(lst, n)
 
     def _drain_waits(self) -> None:

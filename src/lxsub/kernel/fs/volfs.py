@@ -24,6 +24,7 @@ import itertools
 import os
 import shutil
 import stat as st
+from typing import Callable
 
 from lxsub.abi.fcntl import RENAME_NOREPLACE
 from lxsub.abi.magic import EXT4_SUPER_MAGIC as EXT4_MAGIC
@@ -32,12 +33,65 @@ from lxsub.kernel.fs.linuxmeta import (ByType, HostFile, LinuxMeta, MemoryStore,
                                        XattrStore)
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.metatree import MetaTree
+from lxsub.kernel.vfs.filesystem import NotCurrent
 from lxsub.kernel.vfs.node import Node
 
 # Creation flags, and O_NOFOLLOW, which a reopen through /proc/self/fd/N
 # (a symlink) must not carry.
 _NOT_REOPENED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _names = itertools.count()
+
+
+class WatchedMemoryStore(MemoryStore):
+    """MemoryStore that says when its records are about to change (workers'
+    copies of them are then out of date: VolFs.watch_memory). Most calls
+    change nothing here (root's plain records are not kept; an inode
+    forgotten or born again usually had none): those say nothing."""
+
+    changing: Callable[[], None] | None = None
+
+    def save(self, f: HostFile, meta: LxMeta) -> None:
+        if self.changing is not None and (f.key in self._records or meta != self._plain(f)):
+            self.changing()
+        super().save(f, meta)
+
+    def forget(self, s: os.stat_result) -> None:
+        self._drop(s)
+        super().forget(s)
+
+    def reborn(self, s: os.stat_result) -> None:
+        self._drop(s)
+        super().reborn(s)
+
+    def _drop(self, s: os.stat_result) -> None:
+        if self.changing is not None and (s.st_dev, s.st_ino) in self._records:
+            self.changing()
+
+
+class _CurrentOnly(MetaStore):
+    """A worker's view of the provider's records in memory: readable while
+    they are provably the provider's current ones; else NotCurrent."""
+
+    def __init__(self, records: MemoryStore, still_current: Callable[[], bool]) -> None:
+        self.records = records
+        self.still_current = still_current
+
+    def keeps(self, mode: int) -> bool:
+        return self.records.keeps(mode)
+
+    def load(self, f: HostFile) -> LxMeta | None:
+        if not self.still_current():
+            raise NotCurrent("the provider changed its records")
+        return self.records.load(f)
+
+    def save(self, f: HostFile, meta: LxMeta) -> None:
+        raise NotCurrent("a worker changes no records")
+
+    def forget(self, s: os.stat_result) -> None:
+        raise NotCurrent("a worker changes no records")
+
+    def reborn(self, s: os.stat_result) -> None:
+        raise NotCurrent("a worker changes no records")
 
 
 class VolFs(MetaTree, HostFs):
@@ -49,9 +103,25 @@ class VolFs(MetaTree, HostFs):
         # By default regular files, directories, device nodes: the attribute
         # (cached by host ctime); sockets, FIFOs, symlinks: memory, by inode
         # and birth time (see above).
-        self.linux = LinuxMeta(store or ByType(XattrStore(cache=True),
-                                               MemoryStore(check_birth=True)))
+        self._memory = WatchedMemoryStore(check_birth=True) if store is None else None
+        self.linux = LinuxMeta(store or ByType(XattrStore(cache=True), self._memory))
         self._staging = _open_staging(host_root)    # O_PATH dir, or None: in-place temp names
+
+    # -- provider workers (kernel/workers.py) ----------------------------------------
+
+    def worker_copy(self, still_current: Callable[[], bool]) -> bool:
+        """The attribute is read afresh from the host (a cached copy could
+        miss the provider's change within one ctime tick); the records in
+        memory count only while still_current(). An SQLite store stays the
+        provider's: its connection does not survive a fork (sqlite3)."""
+        if self._memory is None:
+            return False
+        self.linux.store = ByType(XattrStore(), _CurrentOnly(self._memory, still_current))
+        return True
+
+    def watch_memory(self, changing: Callable[[], None]) -> None:
+        if self._memory is not None:
+            self._memory.changing = changing
 
     # -- new objects, born with their metadata ------------------------------------
 

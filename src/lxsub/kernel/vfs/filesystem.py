@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import Callable, TYPE_CHECKING
 
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -32,6 +32,11 @@ def _nope(*_a, **_k):
 
 # How the Vfs finds which mount a host descriptor's file is on (a program's
 # fd, a /proc/<pid>/fd link; kernel/vfs/vfs.py, Vfs.node_for_host_fd):
+class NotCurrent(Exception):
+    """In a provider worker (kernel/workers.py): the answer needs state the
+    worker has no current copy of; the provider answers the call instead."""
+
+
 CLAIM_NONE = 0       # no host files of its own (the anonymous mount)
 CLAIM_OWN = 1        # node_from_host says which are its own; asked first
 CLAIM_BY_ROOT = 2    # every host file below host_root is its (VolFs, devpts)
@@ -76,6 +81,20 @@ class FileSystem:
 
     def root(self, mount: "Mount") -> "Node":
         raise NotImplementedError
+
+    # -- provider workers (kernel/workers.py) ----------------------------------
+    def worker_copy(self, still_current: Callable[[], bool]) -> bool:
+        """In a provider worker, on its forked copy of this file system:
+        make the copy answer lookups and attributes only from the host or
+        from memory that `still_current()` proves unchanged since the fork,
+        and say True. False (the default): its state lives in the
+        provider's memory and changes there; workers pass its calls on."""
+        return False
+
+    def watch_memory(self, changing: Callable[[], None]) -> None:
+        """In the provider: call changing() before any change of the
+        in-memory state a worker_copy reads (only file systems whose
+        worker_copy says True have such state)."""
 
     def unmounted(self) -> None:
         """Its last mount is gone: free what it holds."""
