@@ -706,7 +706,7 @@ def target_notes(results: dict) -> list[str]:
     per("spawn", 200, "ms", 1e3, "target lxsub/native <= 2")
     py = {e: v for e in envs if (v := _net(results, e, "python")) is not None}
     if "lxsub" in py and py.get("native"):
-        notes.append(f"python3 -c pass net of /bin/true timed after it (target lxsub/native <= 2): "
+        notes.append("python3 -c pass net of /bin/true timed after it (target lxsub/native <= 2): "
                      + ", ".join(f"{e} {fmt_time(v)}" for e, v in py.items())
                      + f", lxsub/native {py['lxsub'] / py['native']:.1f}x")
     find = {e: v for e in envs if (v := _median(results, e, "find")) is not None}
