@@ -1,0 +1,134 @@
+"""ptrace(2) between processes of an instance, emulated by the provider
+(kernel/ptrace.py): the provider is the host's tracer of every pico process,
+so before this the table denied ptrace (EPERM for everything).
+
+tests/fixtures/programs/ptracer.c is a small tracer built static on the
+host and run as root in BusyBox; each mode traces a child the way strace
+and gdb do. The values asserted are the ones the same program prints run
+natively on Linux (yama's ptrace_scope 1 where the host has none)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tests.fixtures.cbuild import PROGRAMS, gcc_static
+from tests.integration.distros import describe, run_probe
+
+PATH = "/ptrace/tracer"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("ptrace")
+    return gcc_static(tmp, "ptracer", PROGRAMS / "ptracer.c").read_bytes()
+
+
+def _run(busybox, program: bytes, mode: str) -> dict[str, str]:
+    out = run_probe(busybox, program, PATH, mode, user="root")
+    assert not any(k.startswith("error") for k in out), out
+    return out
+
+
+def test_syscall_stops_of_native_and_trapped_calls(busybox, program):
+    out = _run(busybox, program, "syscall")
+    assert out["syscall setoptions"] == "0", out
+    # write(2) runs natively, getpid(2) is answered by the provider: both
+    # stop at entry and exit, in order, with the number the tracee made
+    assert out["syscall write"] == "1 1", out
+    assert out["syscall getpid"] == "2 child", out        # the child's virtual pid
+    assert "syscall order-wrong" not in out and "syscall info-wrong" not in out, out
+    assert out["syscall exit"] == "7", out
+
+
+def test_peek_poke_and_registers(busybox, program):
+    out = _run(busybox, program, "peekpoke")
+    assert out["peekpoke peek"] == "1234", out
+    assert out["peekpoke poke"] == "0" and out["peekpoke poketext"] == "0", out
+    assert out["peekpoke badaddr"] == str(-errno.EIO), out
+    assert out["peekpoke getregs"] == "0" and out["peekpoke peekuser"] == "same", out
+    assert out["peekpoke setregs"] == "0", out
+    assert out["peekpoke exit"] == "42", out             # the poked value
+
+
+def test_signal_delivery_stops_suppress_and_inject(busybox, program):
+    out = _run(busybox, program, "signal")
+    assert out["signal first"] == "User defined signal 1", out
+    assert out["signal siginfo"] == "10 child", out       # si_pid: the virtual pid
+    assert out["signal second"] == "User defined signal 2", out
+    # SIGUSR1 suppressed, SIGUSR2 replaced by SIGUSR1: one SIGUSR1 handled
+    assert out["signal exit"] == "1", out
+
+
+def test_attach_detach_and_tracer_pid(busybox, program):
+    out = _run(busybox, program, "attach")
+    assert out["attach before"] == "0" and out["attach attach"] == "0", out
+    assert out["attach again"] == str(-errno.EPERM), out
+    assert out["attach stop"] == "child Stopped (signal)", out
+    assert out["attach tracerpid"] == "me t", out
+    assert out["attach held"] == "yes", out
+    assert out["attach detach"] == "0" and out["attach after"] == "0", out
+    assert out["attach notraced"] == str(-errno.ESRCH), out
+    assert out["attach end"] == "Terminated", out
+
+
+def test_seize_and_interrupt(busybox, program):
+    out = _run(busybox, program, "seize")
+    assert out["seize badopt"] == str(-errno.EIO), out
+    assert out["seize seize"] == "0", out
+    assert out["seize notstopped"] == str(-errno.ESRCH), out
+    assert out["seize interrupt"] == "0" and out["seize event"] == "128", out
+    assert out["seize detach"] == "0" and out["seize end"] == "Killed", out
+
+
+def test_fork_and_exec_events_auto_attach(busybox, program):
+    out = _run(busybox, program, "events")
+    assert out["events fork"] == "child", out
+    assert out["events stop"].startswith(("grandchild Stopped", "child Child exited")), out
+    # the auto-attached grandchild's exit goes to its tracer, not only its parent
+    assert out["events exit"] in ("grandchild 3", "child 0"), out
+    assert out["events exec"] == "child same", out
+
+
+def test_who_may_attach(busybox, program):
+    out = _run(busybox, program, "access")
+    assert out["access self"] == str(-errno.EPERM), out
+    assert out["access init"] == str(-errno.EPERM), out    # /init is the provider
+    assert out["access nopid"] == str(-errno.ESRCH), out
+    assert out["access root"] == str(-errno.EPERM), out    # nobody may not trace root
+    assert out["access scope"] == "1", out
+    # yama ptrace_scope 1: a sibling may not, the parent may
+    assert out["access sibling"] == str(-errno.EPERM), out
+    assert out["access parent"] == "0", out
+
+
+# -- Debian's strace ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def debugging(debian, debugger_debs):
+    """The Debian fixture with strace installed by dpkg -i, offline."""
+    for deb in debugger_debs:
+        cp = debian.sh(f"mkdir -p /tmp/debs && cat > /tmp/debs/{deb.name}", input=deb.read_bytes())
+        assert cp.returncode == 0, describe(cp)
+    cp = debian.sh("dpkg -i /tmp/debs/*.deb && rm -r /tmp/debs", timeout=600)
+    assert cp.returncode == 0, describe(cp)
+    return debian
+
+
+def test_strace_follows_a_pipeline(debugging):
+    cp = debugging.sh("cd /tmp && strace -f -o log sh -c 'cat /etc/hostname | wc -c' "
+                      "&& cat log && echo pids $$", timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    out = cp.stdout.decode()
+    log = out.split("\n", 1)[1]
+    assert out.split("\n", 1)[0].strip() == str(len(debugging.out("cat /etc/hostname").strip()) + 1), out
+    assert 'execve("/usr/bin/sh", ["sh", "-c", "cat /etc/hostname | wc -c"]' in log, log
+    assert 'openat(AT_FDCWD, "/etc/hostname", O_RDONLY' in log, log
+    assert "execve(\"/usr/bin/cat\"" in log and "execve(\"/usr/bin/wc\"" in log, log
+    pids = {int(line.split()[0]) for line in log.splitlines() if line.split()[0].isdigit()}
+    assert len(pids) == 3, log                      # sh, cat and wc, by their virtual pids
+    assert all(p < 10000 for p in pids), pids
+    assert "wait4(" in log and ("clone(" in log or "fork(" in log or "vfork(" in log), log
+    assert "read(" in log and "write(1, " in log, log
+    assert "+++ exited with 0 +++" in log, log
