@@ -10,6 +10,7 @@ natively on Linux (yama's ptrace_scope 1 where the host has none)."""
 from __future__ import annotations
 
 import errno
+import re
 
 import pytest
 
@@ -127,8 +128,43 @@ def test_strace_follows_a_pipeline(debugging):
     assert 'openat(AT_FDCWD, "/etc/hostname", O_RDONLY' in log, log
     assert "execve(\"/usr/bin/cat\"" in log and "execve(\"/usr/bin/wc\"" in log, log
     pids = {int(line.split()[0]) for line in log.splitlines() if line.split()[0].isdigit()}
-    assert len(pids) == 3, log                      # sh, cat and wc, by their virtual pids
-    assert all(p < 10000 for p in pids), pids
+    assert len(pids) == 3, log                      # sh, cat and wc
+    # the pids clone/fork returned in sh are the ones strace names them by
+    # (its wait4's): both virtual
+    forked = {int(m.group(1)) for m in re.finditer(
+        r"^\d+ +(?:(?:clone|fork|vfork)\(|<\.\.\. (?:clone|fork|vfork) resumed>).*= (\d+)$",
+        log, re.M)}
+    assert len(forked) == 2 and forked < pids, log
+    assert all(f"wait4(-1, " in log and f"= {p}" in log for p in forked), log
     assert "wait4(" in log and ("clone(" in log or "fork(" in log or "vfork(" in log), log
     assert "read(" in log and "write(1, " in log, log
     assert "+++ exited with 0 +++" in log, log
+
+
+def test_strace_counts_calls(debugging):
+    cp = debugging.sh("strace -f -c -o /tmp/count.log ls / >/dev/null && cat /tmp/count.log", timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    out = cp.stdout.decode()
+    assert "% time" in out and "total" in out, out
+    rows = {line.split()[-1]: line for line in out.splitlines() if line.strip()}
+    assert "execve" in rows and "getdents64" in rows and "openat" in rows, out
+
+
+def test_strace_attaches_to_a_sleeper_and_leaves_it_running(debugging):
+    # As root: yama's ptrace_scope 1 lets others attach only to descendants.
+    script = ("sleep 60 & pid=$!; sleep 0.5; "
+              "strace -o /tmp/attach.log -p $pid & tracer=$!; sleep 2; "
+              "grep TracerPid /proc/$pid/status; kill -INT $tracer; wait $tracer; "
+              "grep -E 'TracerPid|State' /proc/$pid/status; kill $pid; wait $pid; echo status $?; "
+              "cat /tmp/attach.log")
+    cp = debugging.lx(["-u", "root", "--", script], timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    out = cp.stdout.decode()
+    lines = out.splitlines()
+    tracer = int(lines[0].split()[1])
+    assert tracer > 0, out                                # traced, by strace's virtual pid
+    after = dict(line.split(":", 1) for line in lines[1:3])
+    assert after["TracerPid"].strip() == "0", out          # detached...
+    assert after["State"].split()[0] == "S", out           # ...and sleeping again, not stopped
+    assert lines[3] == "status 143", out                  # then ended by our SIGTERM
+    assert "restart_syscall(" in out or "clock_nanosleep(" in out, out

@@ -62,6 +62,7 @@ class Link:
     report: int | None = None        # a status word its tracer has not waited for yet
     event_msg: int = 0
     entry: tuple[int, tuple[int, ...]] | None = None   # (nr, args) at the syscall-entry stop
+    new_child: bool = False          # auto-attached at its parent's clone event, not started yet
 
 
 @dataclass(eq=False)
@@ -209,7 +210,7 @@ class Ptrace:
         from lxsub.abi.sched import CLONE_UNTRACED
         if flags & CLONE_UNTRACED:
             return False
-        self.link(child, link.tracer, link.seized, link.options)
+        self.link(child, link.tracer, link.seized, link.options).new_child = True
         link.event_msg = child.tid
         self.stop(link, EVENT_STOP, (signal.SIGTRAP | event << 8) << 8 | 0x7F)
         return True
@@ -218,8 +219,9 @@ class Ptrace:
         """An auto-attached child starts in a stop its tracer sees: SIGSTOP,
         or PTRACE_EVENT_STOP when seized (ptrace(2) "automatically attached")."""
         link = self.link_of(child)
-        if link is None:
+        if link is None or not link.new_child:
             return False
+        link.new_child = False
         if link.seized:
             self.stop(link, EVENT_STOP, (signal.SIGTRAP | pt.PTRACE_EVENT_STOP << 8) << 8 | 0x7F)
         else:
