@@ -108,7 +108,7 @@ def test_who_may_attach(busybox, program):
 
 @pytest.fixture(scope="module")
 def debugging(debian, debugger_debs):
-    """The Debian fixture with strace installed by dpkg -i, offline."""
+    """The Debian fixture with strace and gdb installed by dpkg -i, offline."""
     for deb in debugger_debs:
         cp = debian.sh(f"mkdir -p /tmp/debs && cat > /tmp/debs/{deb.name}", input=deb.read_bytes())
         assert cp.returncode == 0, describe(cp)
@@ -168,3 +168,73 @@ def test_strace_attaches_to_a_sleeper_and_leaves_it_running(debugging):
     assert after["State"].split()[0] == "S", out           # ...and sleeping again, not stopped
     assert lines[3] == "status 143", out                  # then ended by our SIGTERM
     assert "restart_syscall(" in out or "clock_nanosleep(" in out, out
+
+
+# -- Debian's gdb ------------------------------------------------------------------
+# A static program: a dynamic one runs as `ld.so PROGRAM` under lxsub
+# (kernel/exec/plan.py), so at its exec the program is not mapped yet and
+# gdb, which relocates the main program by AT_ENTRY then, misplaces its
+# breakpoints.
+
+DEBUGGEE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+int total;
+int add(int a, int b)
+{
+    int sum = a + b;
+    total += sum;
+    return sum;
+}
+int main(int argc, char **argv)
+{
+    int local = 41;
+    int r = add(local, 1);
+    printf("r=%d\n", r);
+    if (argc > 1)
+        *(volatile int *)0 = r;          /* line 17: the crash */
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def debuggee(debugging):
+    cp = debugging.sh("mkdir -p /tmp/g && cat > /tmp/g/prog.c && gcc -g -O0 -static -o /tmp/g/prog /tmp/g/prog.c",
+                      input=DEBUGGEE.encode(), timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    return debugging
+
+
+def _gdb(distro, *commands: str, args: str = "") -> str:
+    ex = " ".join(f"-ex '{c}'" for c in commands)
+    cp = distro.sh(f"gdb -nx -batch {ex} --args /tmp/g/prog {args} 2>&1", timeout=180)
+    return cp.stdout.decode()
+
+
+def test_gdb_breakpoint_backtrace_print(debuggee):
+    out = _gdb(debuggee, "break add", "run", "bt", "print a", "print b", "finish")
+    assert "Breakpoint 1, add (a=41, b=1) at /tmp/g/prog.c:7" in out, out
+    assert "#1  " in out and "in main (" in out, out          # bt: main is the caller
+    assert "$1 = 41" in out and "$2 = 1" in out, out
+    assert "Value returned is $3 = 42" in out, out            # finish
+
+
+def test_gdb_next_step_and_watchpoints(debuggee):
+    out = _gdb(debuggee, "break main", "run", "next", "step", "watch total", "continue",
+               "set can-use-hw-watchpoints 0", "watch sum", "continue", "continue")
+    assert "main (argc=1" in out and "13\t    int local = 41;" in out, out
+    assert "14\t    int r = add(local, 1);" in out, out         # next
+    assert "add (a=41, b=1) at /tmp/g/prog.c:7" in out, out     # step into add
+    # a hardware watchpoint (debug registers through POKEUSER), then a software one
+    assert "Hardware watchpoint 2: total" in out, out
+    assert "Old value = 0\nNew value = 42" in out, out
+    assert "Watchpoint 3: sum" in out, out
+    assert "Watchpoint 3 deleted because the program has left the block" in out or \
+        "New value = 42" in out.split("Watchpoint 3: sum", 1)[1], out
+
+
+def test_gdb_reports_a_crash_with_its_line(debuggee):
+    out = _gdb(debuggee, "run", "bt", args="crash")
+    assert "Program received signal SIGSEGV, Segmentation fault." in out, out
+    assert "main (argc=2" in out and "prog.c:17" in out, out
