@@ -234,6 +234,78 @@ def test_gdb_next_step_and_watchpoints(debuggee):
         "New value = 42" in out.split("Watchpoint 3: sum", 1)[1], out
 
 
+THREADS = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static pthread_barrier_t barrier;
+void stop_here(void) { }
+static void *worker(void *arg) { pthread_barrier_wait(&barrier); pthread_barrier_wait(&barrier); return arg; }
+int main(int argc, char **argv)
+{
+    pthread_t t[2];
+    pthread_barrier_init(&barrier, NULL, 3);
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, worker, NULL);
+    pthread_barrier_wait(&barrier);
+    stop_here();
+    pthread_barrier_wait(&barrier);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    if (argc > 1) {
+        pid_t pid = fork();
+        if (pid == 0)
+            execl("/bin/true", "true", (char *)0);
+        waitpid(pid, NULL, 0);
+    }
+    if (argc > 2)
+        sleep(60);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def threads_program(debugging):
+    cp = debugging.sh("mkdir -p /tmp/g && cat > /tmp/g/threads.c && "
+                      "gcc -g -O0 -static -pthread -o /tmp/g/threads /tmp/g/threads.c",
+                      input=THREADS.encode(), timeout=300)
+    assert cp.returncode == 0, describe(cp)
+    return debugging
+
+
+def test_gdb_info_threads_of_a_pthread_program(threads_program):
+    cp = threads_program.sh("gdb -nx -batch -ex 'break stop_here' -ex run -ex 'info threads' "
+                            "/tmp/g/threads 2>&1", timeout=180)
+    out = cp.stdout.decode()
+    assert "Breakpoint 1, stop_here ()" in out, out
+    threads = re.findall(r"^[* ] +\d+ +Thread .*\(LWP \d+\)", out, re.M)
+    assert len(threads) == 3, out
+    assert any(line.startswith("* 1") for line in threads), out
+
+
+def test_gdb_catches_fork_and_exec(threads_program):
+    cp = threads_program.sh("gdb -nx -batch -ex 'catch fork' -ex 'catch exec' -ex run -ex continue "
+                            "-ex 'info inferiors' --args /tmp/g/threads fork 2>&1", timeout=180)
+    out = cp.stdout.decode()
+    assert "Catchpoint 1 (fork)" in out and "Catchpoint 2 (exec)" in out, out
+    assert "(forked process " in out, out
+
+
+def test_gdb_attaches_and_detaches(threads_program):
+    # As root: yama's ptrace_scope 1 lets others attach only to descendants.
+    script = ("/tmp/g/threads fork sleep & pid=$!; sleep 1; "
+              "gdb -nx -batch -p $pid -ex 'info threads' -ex detach 2>&1; "
+              "grep -E 'TracerPid|State' /proc/$pid/status; kill $pid; wait $pid; echo status $?")
+    cp = threads_program.lx(["-u", "root", "--", script], timeout=180)
+    out = cp.stdout.decode()
+    assert "in clock_nanosleep ()" in out, out                 # where sleep(3) was
+    assert "[Inferior 1 (process" in out and "detached]" in out, out
+    assert "TracerPid:\t0" in out and "State:\tS" in out, out
+    assert "status 143" in out, out
+
+
 def test_gdb_reports_a_crash_with_its_line(debuggee):
     out = _gdb(debuggee, "run", "bt", args="crash")
     assert "Program received signal SIGSEGV, Segmentation fault." in out, out
