@@ -92,6 +92,12 @@ def test_fork_and_exec_events_auto_attach(busybox, program):
     assert out["events exec"] == "child same", out
 
 
+def test_waitid_reports_stops_and_exits_of_tracees(busybox, program):
+    out = _run(busybox, program, "waitid")
+    assert out["waitid stop"] == "0" and out["waitid trapped"] == "1 10 child", out   # SIGUSR1
+    assert out["waitid exit"] == "0" and out["waitid exited"] == "1 5 child", out
+
+
 def test_who_may_attach(busybox, program):
     out = _run(busybox, program, "access")
     assert out["access self"] == str(-errno.EPERM), out

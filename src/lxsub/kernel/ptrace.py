@@ -273,9 +273,10 @@ class Ptrace:
     # -- the tracer's wait ----------------------------------------------------
 
     def take_report(self, proc: "Process", pid: int, options: int, consume: bool,
-                    pgid_of=None) -> tuple[int, int, int] | None:
-        """A stop or exit of a tracee of proc matching wait's pid and
-        options: (vpid, status, uid), marked waited for unless not consume."""
+                    pgid_of=None, exits: bool = True) -> tuple[int, int, int] | None:
+        """A stop or exit (if `exits`) of a tracee of proc matching wait's
+        pid and options: (vpid, status, uid), marked waited for unless not
+        consume."""
         tr = self.tracers.get(proc)
         if tr is None:
             return None
@@ -287,7 +288,7 @@ class Ptrace:
             if consume:
                 link.report = None
             return t.tid, status, t.creds.ruid
-        for ex in tr.exited:
+        for ex in tr.exited if exits else ():
             if _matches(ex.vid, ex.vid, ex.thread, pid, options, pgid_of):
                 if consume:
                     tr.exited.remove(ex)

@@ -282,6 +282,14 @@ _WNOWAIT = 0x01000000
 
 
 def sys_waitid(c: Call):
+    if c.inst.ptrace.tracers and c.task.process in c.inst.ptrace.tracers:
+        traced = ptrace.traced_waitid(c, lambda: _plain_waitid(c))
+        if traced is not None:
+            return traced
+    return _plain_waitid(c)
+
+
+def _plain_waitid(c: Call):
     idtype, ident, infop, options = c.int(0), c.int(1), c.ptr(2), c.int(3)
     if idtype == P_PID:
         c.set_arg(1, _wait_target_to_host(c, ident))

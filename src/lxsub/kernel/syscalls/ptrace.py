@@ -298,14 +298,8 @@ def traced_wait4(c: Call, pid: int, options: int, to_host):
     wait goes on."""
     inst, proc, task = c.inst, c.task.process, c.task
     space = inst.ptrace
-
-    def pgid_of(tgid):
-        host_pid = task.host_pid if tgid is None else inst.pids.host_of_vpid(tgid)
-        try:
-            return os.getpgid(host_pid) if host_pid else None
-        except OSError:
-            return None
-    report = space.take_report(proc, pid, options, consume=True, pgid_of=pgid_of)
+    report = space.take_report(proc, pid, options, consume=True,
+                               pgid_of=lambda tgid: _pgid(inst, task, tgid))
     if report is not None:
         vid, status, _uid = report
         if c.ptr(1):
@@ -337,3 +331,72 @@ def _has_children(proc, pid: int) -> bool:
     if pid > 0:
         return any(ch.pid == pid for ch in proc.children)
     return bool(proc.children)
+
+
+# -- waitid of a tracer -----------------------------------------------------------
+
+_P_ALL, _P_PID, _P_PGID = 0, 1, 2
+_WSTOPPED, _WEXITED, _WCONTINUED, _WNOWAIT = 2, 4, 8, 0x01000000
+_CLD_EXITED, _CLD_KILLED, _CLD_DUMPED, _CLD_TRAPPED = 1, 2, 3, 4
+
+
+def traced_waitid(c: Call, native):
+    """waitid(2) by a process that traces: as traced_wait4, the report
+    written as a siginfo_t (kernel/exit.c wait_task_stopped: CLD_TRAPPED
+    and the stop's exit code; exits only with WEXITED). `native()` makes
+    the plain waitid's answer for real children."""
+    idtype, ident, infop, options = c.int(0), c.int(1), c.ptr(2), c.int(3)
+    pid = {_P_ALL: -1, _P_PID: ident, _P_PGID: -ident if ident > 0 else 0}.get(idtype)
+    if pid is None or (idtype == _P_PID and ident <= 0):
+        return None
+    inst, proc, task = c.inst, c.task.process, c.task
+    space = inst.ptrace
+    if not options & (_WEXITED | _WSTOPPED | _WCONTINUED):
+        return None                       # the plain waitid's EINVAL
+    report = space.take_report(proc, pid, options, consume=not options & _WNOWAIT,
+                               pgid_of=lambda tgid: _pgid(inst, task, tgid),
+                               exits=bool(options & _WEXITED))
+    if report is not None:
+        vid, status, uid = report
+        if os.WIFSTOPPED(status):
+            code, value = _CLD_TRAPPED, (status >> 8) & 0xFFFF
+        elif os.WIFEXITED(status):
+            code, value = _CLD_EXITED, os.WEXITSTATUS(status)
+        else:
+            code = _CLD_DUMPED if os.WCOREDUMP(status) else _CLD_KILLED
+            value = os.WTERMSIG(status)
+        if infop:
+            # siginfo_t: signo, errno, code, then (8-aligned) si_pid, si_uid, si_status
+            c.write(infop, struct.pack("<iiiiiIi", signal.SIGCHLD, 0, code, 0, vid, uid, value)
+                    + bytes(128 - 28))
+        return 0
+    if not space.has_tracees(proc, pid, options):
+        return None
+    children = _has_children(proc, pid)
+    if options & kptrace._WNOHANG:
+        if not children:
+            if infop:
+                c.write(infop, bytes(128))    # waitid(2): si_pid 0 when nothing has changed
+            return 0
+        return native()
+    if not children:
+        space.waiting(task, True)
+        c.regs.orig_rax = SYS_PAUSE
+        return Native(on_exit=lambda r: space.waiting(task, False))
+    plain = native()
+    space.waiting(task, True)
+    inner = plain.on_exit
+
+    def done(result: int):
+        space.waiting(task, False)
+        return inner(result) if inner is not None else None
+    plain.on_exit = done
+    return plain
+
+
+def _pgid(inst, task, tgid):
+    host_pid = task.host_pid if tgid is None else inst.pids.host_of_vpid(tgid)
+    try:
+        return os.getpgid(host_pid) if host_pid else None
+    except OSError:
+        return None
