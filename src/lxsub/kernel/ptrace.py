@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lxsub.abi import ptrace as pt
+from lxsub.abi.sched import CLONE_UNTRACED
 from lxsub.abi.sysno import SYS_TGKILL
+from lxsub.kernel.creds import CAP_SYS_PTRACE
 from lxsub.platform import libc
 from lxsub.platform import ptrace as host
 
@@ -117,7 +119,6 @@ class Ptrace:
         c = tracer.creds
         if not c.may_ptrace_read(target.creds, bool(target.process.dumpable), realcreds=True):
             return False
-        from lxsub.kernel.creds import CAP_SYS_PTRACE
         if self.scope == YAMA_SCOPE_DISABLED:
             return True
         if self.scope == YAMA_SCOPE_RELATIONAL:
@@ -140,7 +141,15 @@ class Ptrace:
             tr.links.remove(link)
             if not tr.links and not tr.exited:
                 del self.tracers[link.tracer]
-        if link.stop is not None:
+        if link.stop == GROUP_STOP and not sig:
+            # Detached in a group-stop, it stays stopped (ptrace(2) PTRACE_DETACH).
+            link.stop = None
+            self.inst.engine.holds.discard(link.tracee.host_tid)
+            try:
+                host.listen(link.tracee.host_tid)
+            except OSError:
+                pass
+        elif link.stop is not None:
             link.stop = None
             self.inst.engine.release(link.tracee.host_tid, sig)
         else:
@@ -207,7 +216,6 @@ class Ptrace:
             return False
         if not link.options & (1 << event):
             return False
-        from lxsub.abi.sched import CLONE_UNTRACED
         if flags & CLONE_UNTRACED:
             return False
         self.link(child, link.tracer, link.seized, link.options).new_child = True
@@ -297,11 +305,11 @@ class Ptrace:
                 return ex.vid, ex.status, 0
         return None
 
-    def has_tracees(self, proc: "Process", pid: int, options: int) -> bool:
+    def has_tracees(self, proc: "Process", pid: int, options: int, pgid_of=None) -> bool:
         tr = self.tracers.get(proc)
         return tr is not None and any(
             _matches(link.tracee.tid, link.tracee.pid, link.tracee.tid != link.tracee.pid,
-                     pid, options, None) for link in tr.links)
+                     pid, options, pgid_of) for link in tr.links)
 
     def waiting(self, task: "Task", on: bool) -> None:
         tr = self.tracers.get(task.process)
@@ -341,7 +349,8 @@ def _matches(vid: int, tgid: int, thread: bool, pid: int, options: int, pgid_of)
         return vid == pid
     if pgid_of is None:
         return False
-    return pgid_of(tgid) == (-pid if pid < -1 else pgid_of(None))
+    group = pgid_of(tgid)          # virtual, as wait's -pgid is
+    return group is not None and group == (-pid if pid < -1 else pgid_of(None))
 
 
 def _is_ancestor(anc: "Process", proc: "Process") -> bool:

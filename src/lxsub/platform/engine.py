@@ -207,6 +207,22 @@ class Engine:
             self.resume_modes[tid] = mode
         self.resume(tid, sig)
 
+    def trap_group_stopped(self, tid: int) -> bool:
+        """Bring tid, resting in a group-stop (PTRACE_LISTEN), to a
+        ptrace stop now (PTRACE_INTERRUPT, then its stop is waited for
+        here) and hold it there; False if what came was another event
+        (handled as usual) or tid is gone."""
+        try:
+            ptrace.interrupt(tid)
+            _, status = os.waitpid(tid, ptrace.WALL)
+        except (ProcessLookupError, ChildProcessError):
+            return False
+        if os.WIFSTOPPED(status) and status >> 16 == ptrace.EVENT_STOP:
+            self.holds.add(tid)
+            return True
+        self._on_wait_status(tid, status)
+        return False
+
     def _cont(self, tid: int, sig: int) -> None:
         mode = self.resume_modes.get(tid) if self.resume_modes else None
         if mode is not None and not (mode == ptrace.PTRACE_SINGLESTEP and tid in self.exit_hooks):

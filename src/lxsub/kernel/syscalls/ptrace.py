@@ -89,10 +89,26 @@ def _attach(c: Call, space, target: "Task", seize: bool, addr: int, data: int) -
         raise OSError(errno.EPERM, "not permitted")
     if space.link_of(target) is not None or not space.may_attach(c.task, target):
         raise OSError(errno.EPERM, "not permitted")
-    space.link(target, c.task.process, seize, data if seize else 0)
+    link = space.link(target, c.task.process, seize, data if seize else 0)
     if not seize:
         _tgkill(target, signal.SIGSTOP)
+    if _group_stopped(target) and c.inst.engine.trap_group_stopped(target.host_tid):
+        # ptrace_attach of a stopped task: it is in a ptrace stop (a
+        # group-stop its tracer's wait reports) when ATTACH returns.
+        event = pt.PTRACE_EVENT_STOP << 16 if seize else 0
+        link.stop, link.report = kptrace.GROUP_STOP, event | signal.SIGSTOP << 8 | 0x7F
     return 0
+
+
+def _group_stopped(task: "Task") -> bool:
+    """The host shows a task of the instance that the provider does not
+    hold as stopped only in a group-stop (the engine listens there)."""
+    try:
+        with open(f"/proc/{task.host_pid}/task/{task.host_tid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"t", b"T")
 
 
 def _check_suspend_seccomp(options: int) -> None:
@@ -298,8 +314,8 @@ def traced_wait4(c: Call, pid: int, options: int, to_host):
     wait goes on."""
     inst, proc, task = c.inst, c.task.process, c.task
     space = inst.ptrace
-    report = space.take_report(proc, pid, options, consume=True,
-                               pgid_of=lambda tgid: _pgid(inst, task, tgid))
+    pgid_of = lambda tgid: _pgid(inst, task, tgid)      # noqa: E731
+    report = space.take_report(proc, pid, options, consume=True, pgid_of=pgid_of)
     if report is not None:
         vid, status, _uid = report
         if c.ptr(1):
@@ -307,7 +323,7 @@ def traced_wait4(c: Call, pid: int, options: int, to_host):
         if c.ptr(3):
             c.write(c.ptr(3), bytes(144))     # struct rusage: the tracee's is not kept
         return vid
-    if not space.has_tracees(proc, pid, options):
+    if not space.has_tracees(proc, pid, options, pgid_of):
         return None
     children = _has_children(proc, pid)
     if options & kptrace._WNOHANG:
@@ -353,9 +369,9 @@ def traced_waitid(c: Call, native):
     space = inst.ptrace
     if not options & (_WEXITED | _WSTOPPED | _WCONTINUED):
         return None                       # the plain waitid's EINVAL
+    pgid_of = lambda tgid: _pgid(inst, task, tgid)      # noqa: E731
     report = space.take_report(proc, pid, options, consume=not options & _WNOWAIT,
-                               pgid_of=lambda tgid: _pgid(inst, task, tgid),
-                               exits=bool(options & _WEXITED))
+                               pgid_of=pgid_of, exits=bool(options & _WEXITED))
     if report is not None:
         vid, status, uid = report
         if os.WIFSTOPPED(status):
@@ -370,7 +386,7 @@ def traced_waitid(c: Call, native):
             c.write(infop, struct.pack("<iiiiiIi", signal.SIGCHLD, 0, code, 0, vid, uid, value)
                     + bytes(128 - 28))
         return 0
-    if not space.has_tracees(proc, pid, options):
+    if not space.has_tracees(proc, pid, options, pgid_of):
         return None
     children = _has_children(proc, pid)
     if options & kptrace._WNOHANG:
@@ -395,8 +411,9 @@ def traced_waitid(c: Call, native):
 
 
 def _pgid(inst, task, tgid):
+    """The (virtual) process group of process tgid, or the caller's (None)."""
     host_pid = task.host_pid if tgid is None else inst.pids.host_of_vpid(tgid)
     try:
-        return os.getpgid(host_pid) if host_pid else None
+        return inst.pids.group_to_virtual(os.getpgid(host_pid)) if host_pid else None
     except OSError:
         return None
