@@ -98,6 +98,12 @@ def test_waitid_reports_stops_and_exits_of_tracees(busybox, program):
     assert out["waitid exit"] == "0" and out["waitid exited"] == "1 5 child", out
 
 
+def test_a_tracers_end_lets_its_stopped_tracee_run(busybox, program):
+    out = _run(busybox, program, "tracerdies")
+    assert out["tracerdies tracer"] == "0", out           # it attached and saw the stop
+    assert out["tracerdies tracee"] in ("0 S", "0 R"), out  # detached and running again
+
+
 def test_who_may_attach(busybox, program):
     out = _run(busybox, program, "access")
     assert out["access self"] == str(-errno.EPERM), out
