@@ -53,6 +53,15 @@ def test_peek_poke_and_registers(busybox, program):
     assert out["peekpoke exit"] == "42", out             # the poked value
 
 
+def test_proc_pid_mem_of_a_tracee(busybox, program):
+    out = _run(busybox, program, "procmem")
+    assert out["procmem open"] == "0", out
+    assert out["procmem read"] == "8 1234" and out["procmem write"] == "8", out
+    assert out["procmem text"] == "1", out                 # a breakpoint's way into text
+    assert out["procmem exit"] == "42", out
+    assert out["procmem init"] == str(-errno.ENOENT) or out["procmem init"] == str(-errno.EACCES), out
+
+
 def test_signal_delivery_stops_suppress_and_inject(busybox, program):
     out = _run(busybox, program, "signal")
     assert out["signal first"] == "User defined signal 1", out
@@ -110,6 +119,7 @@ def test_who_may_attach(busybox, program):
     assert out["access init"] == str(-errno.EPERM), out    # /init is the provider
     assert out["access nopid"] == str(-errno.ESRCH), out
     assert out["access root"] == str(-errno.EPERM), out    # nobody may not trace root
+    assert out["access rootmem"] == str(-errno.EACCES), out  # nor open its /proc/<pid>/mem
     assert out["access scope"] == "1", out
     # yama ptrace_scope 1: a sibling may not, the parent may
     assert out["access sibling"] == str(-errno.EPERM), out
