@@ -332,3 +332,10 @@ def test_gdb_reports_a_crash_with_its_line(debuggee):
     out = _gdb(debuggee, "run", "bt", args="crash")
     assert "Program received signal SIGSEGV, Segmentation fault." in out, out
     assert "main (argc=2" in out and "prog.c:17" in out, out
+
+
+def test_gdb_runs_python(debugging):
+    cp = debugging.sh("gdb -nx -batch -ex run --args python3 -c 'print(6 * 7)' 2>&1", timeout=180)
+    out = cp.stdout.decode()
+    assert "42" in out.splitlines(), out
+    assert "exited normally]" in out, out
