@@ -92,6 +92,16 @@ def test_seize_and_interrupt(busybox, program):
     assert out["seize detach"] == "0" and out["seize end"] == "Killed", out
 
 
+def test_seize_of_a_stopped_task_and_listen(busybox, program):
+    out = _run(busybox, program, "stopped")
+    assert out["stopped seize"] == "0", out
+    assert out["stopped getregs"] == "0", out          # in a ptrace stop when SEIZE returns
+    assert out["stopped report"] == "128 Stopped (signal)", out     # a group-stop
+    assert out["stopped listen"] == "0", out
+    assert out["stopped listen-again"] == str(-errno.ESRCH), out    # listening: not stopped
+    assert out["stopped exit"] == "9", out             # SIGCONT woke it
+
+
 def test_fork_and_exec_events_auto_attach(busybox, program):
     out = _run(busybox, program, "events")
     assert out["events fork"] == "child", out

@@ -147,6 +147,7 @@ class Ptrace:
             self.inst.engine.holds.discard(link.tracee.host_tid)
             try:
                 host.listen(link.tracee.host_tid)
+                self.inst.engine.listening.add(link.tracee.host_tid)
             except OSError:
                 pass
         elif link.stop is not None:

@@ -84,6 +84,7 @@ class Engine:
         # tracer resumed them with; syscall stops of those go to the kernel.
         self.holds: set[int] = set()
         self.resume_modes: dict[int, int] = {}
+        self.listening: set[int] = set()      # resting in a group-stop (PTRACE_LISTEN)
 
     # -- registration -----------------------------------------------------
 
@@ -212,11 +213,14 @@ class Engine:
         ptrace stop now (PTRACE_INTERRUPT, then its stop is waited for
         here) and hold it there; False if what came was another event
         (handled as usual) or tid is gone."""
+        if tid not in self.listening:
+            return False
         try:
             ptrace.interrupt(tid)
             _, status = os.waitpid(tid, ptrace.WALL)
         except (ProcessLookupError, ChildProcessError):
             return False
+        self.listening.discard(tid)
         if os.WIFSTOPPED(status) and status >> 16 == ptrace.EVENT_STOP:
             self.holds.add(tid)
             return True
@@ -323,6 +327,7 @@ class Engine:
             self.exit_hooks.pop(tid, None)
             self.holds.discard(tid)
             self.resume_modes.pop(tid, None)
+            self.listening.discard(tid)
             self.known.discard(tid)
             self.awaiting_first_stop.pop(tid, None)
             self.parked.pop(tid, None)
@@ -345,6 +350,8 @@ class Engine:
             pass   # killed while we looked at it (SIGKILL from a sibling, exit_group)
 
     def _on_stop(self, tid: int, sig: int, event: int) -> None:
+        if self.listening:
+            self.listening.discard(tid)
         if self.lost_results and tid in self.lost_results:
             self._give_lost_result(tid)
         if sig == ptrace.SYSCALL_STOP:
@@ -393,5 +400,6 @@ class Engine:
             self.parked[tid] = sig     # its parent's clone event is still to come
         elif sig in _STOP_SIGNALS:
             ptrace.listen(tid)         # group-stop: stay stopped until SIGCONT
+            self.listening.add(tid)
         else:
             self.resume(tid)

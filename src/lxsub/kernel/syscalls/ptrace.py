@@ -92,23 +92,12 @@ def _attach(c: Call, space, target: "Task", seize: bool, addr: int, data: int) -
     link = space.link(target, c.task.process, seize, data if seize else 0)
     if not seize:
         _tgkill(target, signal.SIGSTOP)
-    if _group_stopped(target) and c.inst.engine.trap_group_stopped(target.host_tid):
+    if c.inst.engine.trap_group_stopped(target.host_tid):
         # ptrace_attach of a stopped task: it is in a ptrace stop (a
         # group-stop its tracer's wait reports) when ATTACH returns.
         event = pt.PTRACE_EVENT_STOP << 16 if seize else 0
         link.stop, link.report = kptrace.GROUP_STOP, event | signal.SIGSTOP << 8 | 0x7F
     return 0
-
-
-def _group_stopped(task: "Task") -> bool:
-    """The host shows a task of the instance that the provider does not
-    hold as stopped only in a group-stop (the engine listens there)."""
-    try:
-        with open(f"/proc/{task.host_pid}/task/{task.host_tid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in (b"t", b"T")
 
 
 def _check_suspend_seccomp(options: int) -> None:
@@ -190,9 +179,27 @@ def _stopped_request(c: Call, space, link: "Link", request: int, addr: int, data
     if request == pt.PTRACE_GET_SYSCALL_INFO:
         return _syscall_info(c, space, link, addr, data)
     if request == pt.PTRACE_LISTEN:
-        # Only a group-stop may listen; the provider reports none yet.
-        raise OSError(errno.EIO, "not in a group-stop")
+        return _listen(space, link)
     raise OSError(errno.EIO, "unsupported request")
+
+
+def _listen(space, link: "Link") -> int:
+    """PTRACE_LISTEN (seized tracees in a group-stop only, EIO otherwise):
+    it stays stopped, as a running tracee whose SIGCONT wakes it; the real
+    tracee listens the same way at the provider's level."""
+    if not link.seized or link.stop != kptrace.GROUP_STOP:
+        raise OSError(errno.EIO, "not in a group-stop")
+    tid = link.tracee.host_tid
+    link.stop = link.report = None
+    engine = space.inst.engine
+    engine.holds.discard(tid)
+    engine.resume_modes.pop(tid, None)
+    try:
+        host.listen(tid)
+    except OSError:
+        return 0
+    engine.listening.add(tid)
+    return 0
 
 
 def _check_sig(sig: int) -> None:
