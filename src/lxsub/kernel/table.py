@@ -317,10 +317,10 @@ ROWS: list[Syscall] = [
     # -- would step around the provider or change the host
     notify("ptrace", ptrace.sys_ptrace, "emulated by the provider (kernel/ptrace.py) for tracers "
            "in the instance: TRACEME, ATTACH, SEIZE, INTERRUPT, DETACH, CONT, SYSCALL, "
-           "SINGLESTEP, KILL, PEEK/POKE, GET/SETREGS, FPREGS, REGSET, SIGINFO, SIGMASK, "
+           "SINGLESTEP, KILL, LISTEN, PEEK/POKE, GET/SETREGS, FPREGS, REGSET, SIGINFO, SIGMASK, "
            "SETOPTIONS, GETEVENTMSG, GET_SYSCALL_INFO; clone/exec events and auto-attach; "
-           "no group-stops, LISTEN, PEEKSIGINFO, TRACEEXIT or TRACESECCOMP events; tasks "
-           "outside the instance: ESRCH", PARTIAL),
+           "no PEEKSIGINFO, TRACEEXIT or TRACESECCOMP events, group-stops reported only "
+           "when attaching a stopped task; tasks outside the instance: ESRCH", PARTIAL),
     *(notify(n, getattr(crossproc, "sys_" + n), "processes of the instance only (ESRCH "
              "otherwise), by ptrace's attach rule (EPERM)") for n in ("process_vm_readv",
                                                                      "process_vm_writev")),
