@@ -6,6 +6,8 @@ Root file systems (built once, cached under $LXSUB_TEST_CACHE or
     debian_tar    Path of the Debian bookworm .tar.gz       (session; tests
                   using it are marked `debian` automatically)
     local_deb     Path of hello-lxsub_1.0_all.deb           (session)
+    debugger_debs Paths of the .debs of strace and gdb and what they
+                  need beyond the Debian fixture (session; dpkg -i inside)
 
 Running `lx` (see tests/fixtures/runner.py):
     host_user     HostUser, parametrized ["self", "unprivileged"] (session)
@@ -81,6 +83,11 @@ def debian_tar() -> Path:
 @pytest.fixture(scope="session")
 def local_deb() -> Path:
     return _build("local .deb", rootfs.local_deb)
+
+
+@pytest.fixture(scope="session")
+def debugger_debs(debian_tar) -> list[Path]:
+    return _build("strace and gdb .debs", rootfs.debugger_debs)
 
 
 @pytest.fixture

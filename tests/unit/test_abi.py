@@ -21,7 +21,7 @@ from tests.fixtures.cbuild import gcc_static
 SRC = Path(lxsub.__file__).resolve().parent
 HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sys/stat.h",
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
-           "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h",
+           "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h", "linux/ptrace.h",
            "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h")
 
 # Numbers that no header a program includes defines, each checked another way below.

@@ -13,6 +13,7 @@ import pytest
 
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs.procfs import InitDir, ProcessDir
+from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task
 
 
@@ -52,7 +53,7 @@ def _world(sleeper):
     task = Task(proc.pid, sleeper.pid, proc, creds, FsContext(None, None, umask=0o027),
                 no_new_privs=True, seccomp_mode=2, seccomp_filters=1)
     pids.add_task(task)
-    fs = SimpleNamespace(inst=SimpleNamespace(pids=pids), start_jiffies=100)
+    fs = SimpleNamespace(inst=SimpleNamespace(pids=pids, ptrace=Ptrace(None)), start_jiffies=100)
     return fs, proc, task
 
 

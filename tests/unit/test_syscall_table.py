@@ -80,7 +80,7 @@ TIOCSPGRP = 0x5410
     (seccomp_data(N["read"], (0, 0, 10)), bpf.RET_ALLOW),
     (seccomp_data(N["openat"], (0xFFFFFF9C, 0x1000, 0)), bpf.RET_USER_NOTIF),
     (seccomp_data(N["execve"]), bpf.RET_TRACE),
-    (seccomp_data(N["ptrace"]), EPERM),
+    (seccomp_data(N["ptrace"]), bpf.RET_USER_NOTIF),       # emulated (kernel/ptrace.py)
     (seccomp_data(N["clone"], (CLONE_NEWUSER | 17,)), EPERM),
     (seccomp_data(N["clone"], (CLONE_THREAD_FLAGS,)), bpf.RET_ALLOW),
     (seccomp_data(N["clone"], (17,)), bpf.RET_ALLOW),             # fork via clone(SIGCHLD)

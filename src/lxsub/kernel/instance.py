@@ -34,6 +34,7 @@ from lxsub.kernel.fs.sqlitestore import volfs_store
 from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
+from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
@@ -100,6 +101,7 @@ class Instance:
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
+        self.ptrace = Ptrace(self)     # Linux tracers inside the instance (kernel/ptrace.py)
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
@@ -222,8 +224,17 @@ class Instance:
             self._poke_tid(tid, regs.rdx, vid)
         settid = regs.r10 if flags & CLONE_CHILD_SETTID else 0
         self.engine.exit_hooks[tid] = fix_parent
+        if self.ptrace.links:
+            # A Linux tracer's clone event: the parent stays stopped (engine hold).
+            self.ptrace.on_clone(parent, task, event, flags)
         self.engine.resume(tid)
-        self.engine.task_known(child, lambda: settid and self._poke_tid(child, settid, vid))
+
+        def before_start() -> None:
+            if settid:
+                self._poke_tid(child, settid, vid)
+            if self.ptrace.links:
+                self.ptrace.child_first_stop(task)
+        self.engine.task_known(child, before_start)
 
     def _clone_flags(self, event: int, regs: Regs) -> int:
         # The event says little: clone(2) with exit signal SIGCHLD and no
@@ -270,6 +281,7 @@ class Instance:
         if task is None:
             return
         proc = task.process
+        former_vtid = task.tid
         if former_tid != tid:
             # A non-leader thread exec'd: it takes over the leader's host tid.
             leader = proc.threads.get(tid)
@@ -287,6 +299,8 @@ class Instance:
         task.exec_state = None
         if isinstance(plan, ExecPlan):
             self._finish_exec(tid, task, plan)
+        if self.ptrace.links:
+            self.ptrace.on_exec(task, former_vtid)
 
     def _exec_creds(self, task: Task, plan: ExecPlan) -> None:
         """The new program's credentials, dumpability and AT_SECURE (execve(2)).
@@ -375,6 +389,8 @@ class Instance:
             return
         proc = task.process
         self._drop_task(task)
+        if self.ptrace.links or self.ptrace.tracers:
+            self.ptrace.on_exit(task, status, thread=task.tid != proc.pid)
         if proc.threads:
             return  # the process lives on in its other threads
         proc.exit_ruid = task.creds.ruid
@@ -432,10 +448,20 @@ class Instance:
         return proc.pid
 
     def on_signal(self, tid: int, sig: int) -> int:
+        if self.ptrace.links:
+            task = self.pids.tasks_by_host.get(tid)
+            if task is not None and self.ptrace.link_of(task) is not None:
+                # A Linux tracer's signal-delivery stop: it says what is delivered.
+                self._translate_siginfo(tid, sig)
+                self.ptrace.on_signal(task, sig)
+                return 0
         if self._suspends_session(tid, sig):
             return 0
         self._translate_siginfo(tid, sig)
         return sig
+
+    def on_syscall_stop(self, tid: int) -> None:
+        self.ptrace.on_syscall_stop(tid)
 
     def _suspends_session(self, tid: int, sig: int) -> bool:
         """A job-control stop signal for a session lx started, which Linux

@@ -23,7 +23,7 @@ from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
-                                   klog, mount, net, nsproxy, process, sched, signal, stat, stdio, unistd,
+                                   klog, mount, net, nsproxy, process, ptrace, sched, signal, stat, stdio, unistd,
                                    utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -315,7 +315,12 @@ ROWS: list[Syscall] = [
     notify("sethostname", utsname.sys_sethostname, "per instance"),
     notify("setdomainname", utsname.sys_setdomainname, "per instance"),
     # -- would step around the provider or change the host
-    denied("ptrace", note="a pico process cannot trace"),
+    notify("ptrace", ptrace.sys_ptrace, "emulated by the provider (kernel/ptrace.py) for tracers "
+           "in the instance: TRACEME, ATTACH, SEIZE, INTERRUPT, DETACH, CONT, SYSCALL, "
+           "SINGLESTEP, KILL, LISTEN, PEEK/POKE, GET/SETREGS, FPREGS, REGSET, SIGINFO, SIGMASK, "
+           "SETOPTIONS, GETEVENTMSG, GET_SYSCALL_INFO; clone/exec events and auto-attach; "
+           "no PEEKSIGINFO, TRACEEXIT or TRACESECCOMP events, group-stops reported only "
+           "when attaching a stopped task; tasks outside the instance: ESRCH", PARTIAL),
     *(notify(n, getattr(crossproc, "sys_" + n), "processes of the instance only (ESRCH "
              "otherwise), by ptrace's attach rule (EPERM)") for n in ("process_vm_readv",
                                                                      "process_vm_writev")),

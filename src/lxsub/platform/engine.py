@@ -44,6 +44,7 @@ class Kernel(Protocol):
     def on_exit(self, tid: int, status: int) -> None: ...
     def on_signal(self, tid: int, sig: int) -> int: ...
     def on_idle(self) -> bool: ...
+    def on_syscall_stop(self, tid: int) -> None: ...
 
 
 def _nothing() -> None:
@@ -95,6 +96,13 @@ class Engine:
         self.exec_hooks: dict[int, Callable[[int], None]] = {}
         # tid -> (syscall nr, result): answers a signal kept from their caller.
         self.lost_results: dict[int, tuple[int, int]] = {}
+        # Emulated ptrace (kernel/ptrace.py): tids the kernel keeps stopped
+        # for a Linux tracer (resume() leaves them until release()), and the
+        # ptrace request (PTRACE_SYSCALL, PTRACE_SINGLESTEP) their Linux
+        # tracer resumed them with; syscall stops of those go to the kernel.
+        self.holds: set[int] = set()
+        self.resume_modes: dict[int, int] = {}
+        self.listening: set[int] = set()      # resting in a group-stop (PTRACE_LISTEN)
 
     # -- registration -----------------------------------------------------
 
@@ -206,7 +214,10 @@ class Engine:
     def resume(self, tid: int, sig: int = 0, wake_here: bool = True) -> None:
         """Let tid run on (to its syscall exit if an exit hook waits there).
         It wakes on the provider's CPU unless wake_here is False (for
-        calls that read or set CPU masks: they must see the thread's own)."""
+        calls that read or set CPU masks: they must see the thread's own).
+        A tid the kernel holds stays stopped."""
+        if tid in self.holds:
+            return
         try:
             if not wake_here:
                 self._cont(tid, sig)
@@ -216,8 +227,44 @@ class Engine:
         except ProcessLookupError:
             pass
 
+    def hold(self, tid: int) -> None:
+        """Keep tid stopped where it is: resume() does nothing for it."""
+        self.holds.add(tid)
+
+    def release(self, tid: int, sig: int = 0, mode: int | None = None) -> None:
+        """Let a held tid run on, delivering sig; `mode` PTRACE_SYSCALL or
+        PTRACE_SINGLESTEP makes it stop again where a Linux tracer asked."""
+        self.holds.discard(tid)
+        if mode is None:
+            self.resume_modes.pop(tid, None)
+        else:
+            self.resume_modes[tid] = mode
+        self.resume(tid, sig)
+
+    def trap_group_stopped(self, tid: int) -> bool:
+        """Bring tid, resting in a group-stop (PTRACE_LISTEN), to a
+        ptrace stop now (PTRACE_INTERRUPT, then its stop is waited for
+        here) and hold it there; False if what came was another event
+        (handled as usual) or tid is gone."""
+        if tid not in self.listening:
+            return False
+        try:
+            ptrace.interrupt(tid)
+            _, status = os.waitpid(tid, ptrace.WALL)
+        except (ProcessLookupError, ChildProcessError):
+            return False
+        self.listening.discard(tid)
+        if os.WIFSTOPPED(status) and status >> 16 == ptrace.EVENT_STOP:
+            self.holds.add(tid)
+            return True
+        self._on_wait_status(tid, status)
+        return False
+
     def _cont(self, tid: int, sig: int) -> None:
-        if tid in self.exit_hooks:
+        mode = self.resume_modes.get(tid) if self.resume_modes else None
+        if mode is not None and not (mode == ptrace.PTRACE_SINGLESTEP and tid in self.exit_hooks):
+            ptrace.restart(mode, tid, sig)
+        elif tid in self.exit_hooks:
             ptrace.cont_to_syscall_exit(tid, sig)
         else:
             ptrace.cont(tid, sig)
@@ -317,6 +364,9 @@ class Engine:
     def _on_wait_status(self, tid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.exit_hooks.pop(tid, None)
+            self.holds.discard(tid)
+            self.resume_modes.pop(tid, None)
+            self.listening.discard(tid)
             self.known.discard(tid)
             self.awaiting_first_stop.pop(tid, None)
             self.parked.pop(tid, None)
@@ -339,6 +389,8 @@ class Engine:
             pass   # killed while we looked at it (SIGKILL from a sibling, exit_group)
 
     def _on_stop(self, tid: int, sig: int, event: int) -> None:
+        if self.listening:
+            self.listening.discard(tid)
         if self.lost_results and tid in self.lost_results:
             self._give_lost_result(tid)
         if sig == ptrace.SYSCALL_STOP:
@@ -346,6 +398,8 @@ class Engine:
             if hook is not None:
                 hook(tid, ptrace.get_regs(tid, self.regs))
             self._interrupted(tid)
+            if self.resume_modes and tid in self.resume_modes:
+                self.kernel.on_syscall_stop(tid)     # a Linux tracer's syscall stop
             self.resume(tid)
         elif event == ptrace.EVENT_SECCOMP:
             self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
@@ -385,5 +439,6 @@ class Engine:
             self.parked[tid] = sig     # its parent's clone event is still to come
         elif sig in _STOP_SIGNALS:
             ptrace.listen(tid)         # group-stop: stay stopped until SIGCONT
+            self.listening.add(tid)
         else:
             self.resume(tid)

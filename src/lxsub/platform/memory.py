@@ -272,3 +272,27 @@ def copy_between(src_pid: int, src: list[tuple[int, int]],
         if got < step:
             break
     return done
+
+
+def access_forced(pid: int, addr: int, n: int = 0, data: bytes | None = None) -> bytes:
+    """Read n bytes, or write `data`, through /proc/<pid>/mem as the
+    process's tracer: FOLL_FORCE, so read-only text takes a breakpoint
+    (ptrace(2) PTRACE_POKETEXT, mm/memory.c access_remote_vm). Short:
+    MemoryFault."""
+    _check_range(addr, len(data) if data is not None else n)
+    fd = os.open(f"/proc/{pid}/mem", (os.O_RDWR if data is not None else os.O_RDONLY) | os.O_CLOEXEC)
+    try:
+        if data is not None:
+            if os.pwrite(fd, data, addr) != len(data):
+                raise MemoryFault()
+            return data
+        out = os.pread(fd, n, addr)
+    except OSError as e:
+        if e.errno in (errno.EIO, errno.EFAULT):
+            raise MemoryFault() from None
+        raise
+    finally:
+        os.close(fd)
+    if len(out) != n:
+        raise MemoryFault()
+    return out

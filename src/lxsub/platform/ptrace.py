@@ -20,6 +20,9 @@ PTRACE_KILL = 8
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_SYSCALL = 24
+PTRACE_SINGLESTEP = 9
+PTRACE_GET_SYSCALL_INFO = 0x420E
+SYSCALL_INFO_ENTRY, SYSCALL_INFO_EXIT = 1, 2
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -104,6 +107,19 @@ def cont(tid: int, sig: int = 0) -> None:
 
 def cont_to_syscall_exit(tid: int, sig: int = 0) -> None:
     libc.ptrace(PTRACE_SYSCALL, tid, 0, sig)
+
+
+def restart(request: int, tid: int, sig: int = 0) -> None:
+    """PTRACE_CONT, PTRACE_SYSCALL or PTRACE_SINGLESTEP."""
+    libc.ptrace(request, tid, 0, sig)
+
+
+def syscall_stop_op(tid: int) -> int:
+    """At a syscall stop: SYSCALL_INFO_ENTRY or SYSCALL_INFO_EXIT
+    (PTRACE_GET_SYSCALL_INFO's op; only the first byte is asked for)."""
+    out = ctypes.c_uint8()
+    libc.ptrace(PTRACE_GET_SYSCALL_INFO, tid, 1, ctypes.addressof(out))
+    return out.value
 
 
 def listen(tid: int) -> None:

@@ -21,6 +21,7 @@ from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_
                                SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
 from lxsub.kernel import interop
+from lxsub.kernel.syscalls import ptrace
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel import creds as caps
 from lxsub.kernel.creds import CAP_SYS_ADMIN
@@ -262,6 +263,10 @@ def sys_wait4(c: Call):
         raise OSError(errno.EINVAL, "bad options")
     if c.int(0) == INT_MIN:
         raise OSError(errno.ESRCH, "no such process group")
+    if c.inst.ptrace.tracers and c.task.process in c.inst.ptrace.tracers:
+        traced = ptrace.traced_wait4(c, c.int(0), c.uint(2), _wait_target_to_host)
+        if traced is not None:
+            return traced
     c.set_arg(0, _wait_target_to_host(c, c.int(0)))
     inst = c.inst
 
@@ -277,6 +282,14 @@ _WNOWAIT = 0x01000000
 
 
 def sys_waitid(c: Call):
+    if c.inst.ptrace.tracers and c.task.process in c.inst.ptrace.tracers:
+        traced = ptrace.traced_waitid(c, lambda: _plain_waitid(c))
+        if traced is not None:
+            return traced
+    return _plain_waitid(c)
+
+
+def _plain_waitid(c: Call):
     idtype, ident, infop, options = c.int(0), c.int(1), c.ptr(2), c.int(3)
     if idtype == P_PID:
         c.set_arg(1, _wait_target_to_host(c, ident))

@@ -71,6 +71,15 @@ class File(Entry):
         self.mode = st.S_IFREG | (mode | (0o200 if write else 0))
 
 
+class HostOpen(File):
+    """A file whose opening is a host descriptor `opener(task, flags)`
+    hands over (/proc/<pid>/mem: the host's, with its own semantics)."""
+
+    def __init__(self, path: str, opener: Callable[["Task | None", int], int], mode: int = 0o600) -> None:
+        super().__init__(path, lambda _t: b"", mode=mode)
+        self.opener = opener
+
+
 class Link(Entry):
     mode = st.S_IFLNK | 0o777
 
@@ -286,6 +295,8 @@ class PseudoFs(FileSystem):
             return self._open_dir(e, task)
         if isinstance(e, Device):
             return devices.open_device(st.S_IFMT(e.mode), e.rdev, flags)
+        if isinstance(e, HostOpen):
+            return e.opener(task, flags)
         if isinstance(e, File):
             return self._open_file(e, flags, task)
         raise OSError(errno.ENXIO, "no such device or address")

@@ -4,6 +4,7 @@ shares the host's kernel (ProcFs mixes SysTree in)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 
@@ -50,6 +51,9 @@ class SysTree:
         kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
         kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode()))
         kernel.add(keys.sysctl_dir(inst))
+        yama = kernel.add(StaticDir("/sys/kernel/yama"))
+        yama.add(File("/sys/kernel/yama/ptrace_scope", lambda t: b"%d\n" % inst.ptrace.scope,
+                      write=lambda t, data: _set_ptrace_scope(inst, t, data), mode=0o644))
         random = kernel.add(StaticDir("/sys/kernel/random"))
         random.add(File("/sys/kernel/random/boot_id", lambda t: self.boot_id.encode() + b"\n"))
         random.add(File("/sys/kernel/random/uuid", lambda t: str(uuid.uuid4()).encode() + b"\n"))
@@ -67,6 +71,23 @@ class SysTree:
             if os.path.isdir("/proc/sys/" + sub):
                 sys_.add(HostDir("/sys/" + sub, "/proc/sys/" + sub, views=_SYSCTL_VIEWS))
         return sys_
+
+
+def _set_ptrace_scope(inst, t, data: bytes) -> None:
+    """yama_dointvec_minmax: CAP_SYS_PTRACE to change it, 0..3, and 3
+    (no attach) is for good (Documentation/admin-guide/LSM/Yama.rst)."""
+    from lxsub.kernel.creds import CAP_SYS_PTRACE
+    if t is not None and not t.creds.capable(CAP_SYS_PTRACE):
+        raise OSError(errno.EPERM, "CAP_SYS_PTRACE needed")
+    try:
+        value = int(data.strip() or b"x")
+    except ValueError:
+        raise OSError(errno.EINVAL, "not a number") from None
+    if not 0 <= value <= 3:
+        raise OSError(errno.EINVAL, "out of range")
+    if inst.ptrace.scope == 3:
+        raise OSError(errno.EPERM, "ptrace_scope 3 cannot be changed")
+    inst.ptrace.scope = value
 
 
 def _ping_group_range(host: bytes) -> bytes:

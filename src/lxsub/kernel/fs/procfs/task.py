@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.kernel.fs.procfs.ns import ns_entries
 from lxsub.kernel.fs.procfs.task_files import TaskFiles, _main_thread, _need, _net_entries
-from lxsub.kernel.vfs.pseudo import Dir, Entry, File, HostFile, Link, read_host
+from lxsub.kernel.vfs.pseudo import Dir, Entry, File, HostFile, HostOpen, Link, read_host
 
 if TYPE_CHECKING:
     from lxsub.kernel.fs.procfs import ProcFs
@@ -88,6 +88,7 @@ class ProcessDir(TaskFiles, Dir):
             "fdinfo": Dir(p + "/fdinfo", lambda t: self._inspect(t) or self._fdinfos(), 0o500),
             "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
             "ns": Dir(p + "/ns", lambda t: ns_entries(fs, p + "/ns", self._inspect, self._task), 0o511),
+            "mem": HostOpen(p + "/mem", lambda t, flags: self._open_mem(t, flags, hp + "/mem")),
         }
         for name, mode in _PID_HOST.items():
             entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
@@ -112,6 +113,16 @@ class ProcessDir(TaskFiles, Dir):
         if t.creds.may_ptrace_read(self._task().creds, self.proc.dumpable):
             return None
         raise OSError(errno.EACCES, "permission denied")
+
+    def _open_mem(self, t: "Task | None", flags: int, host: str) -> int:
+        """/proc/<pid>/mem (fs/proc/base.c mem_open): PTRACE_MODE_ATTACH by
+        the instance's credentials and yama (kernel/ptrace.py may_attach),
+        the process itself always; then the host's file, whose reads and
+        writes go through read-only text as a debugger's must."""
+        if t is not None and t.process is not self.proc and \
+                not self.fs.inst.ptrace.may_attach(t, self._task()):
+            raise OSError(errno.EACCES, "permission denied")
+        return os.open(host, (flags & os.O_ACCMODE) | os.O_CLOEXEC)
 
     def _is_caller(self, t: "Task | None") -> bool:
         """Whether this is the task reading the file (t): it is running (in

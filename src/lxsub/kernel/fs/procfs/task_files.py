@@ -177,7 +177,10 @@ class TaskFiles:
                 val = f"\t{vid}"
             elif key == "PPid":
                 val = f"\t{proc.parent.pid if proc.parent else 0}"
-            elif key in ("TracerPid", "Ngid"):
+            elif key == "TracerPid":
+                # A Linux tracer's, not the provider (the host's tracer of all).
+                val = f"\t{self.fs.inst.ptrace.tracer_pid(task) if task else 0}"
+            elif key == "Ngid":
                 val = "\t0"
             elif key in ("NSpgid", "NSsid"):
                 val = f"\t{pids.group_to_virtual(int(val.split()[-1]))}"
