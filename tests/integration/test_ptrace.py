@@ -139,8 +139,12 @@ def test_who_may_attach(busybox, program):
 # -- Debian's strace ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def debugging(debian, debugger_debs):
-    """The Debian fixture with strace and gdb installed by dpkg -i, offline."""
+def debugging(host_user, debian_tar, debugger_debs):
+    """Debian with strace and gdb installed by dpkg -i, offline: an instance
+    of its own ('debug'), since the .debs upgrade libraries (python3.11,
+    libssl3, zlib) that the shared Debian fixture's other tests use."""
+    from tests.integration.distros import imported
+    debian = imported(host_user, "debug", debian_tar)
     for deb in debugger_debs:
         cp = debian.sh(f"mkdir -p /tmp/debs && cat > /tmp/debs/{deb.name}", input=deb.read_bytes())
         assert cp.returncode == 0, describe(cp)
@@ -167,7 +171,7 @@ def test_strace_follows_a_pipeline(debugging):
         r"^\d+ +(?:(?:clone|fork|vfork)\(|<\.\.\. (?:clone|fork|vfork) resumed>).*= (\d+)$",
         log, re.M)}
     assert len(forked) == 2 and forked < pids, log
-    assert all(f"wait4(-1, " in log and f"= {p}" in log for p in forked), log
+    assert all("wait4(-1, " in log and f"= {p}" in log for p in forked), log
     assert "wait4(" in log and ("clone(" in log or "fork(" in log or "vfork(" in log), log
     assert "read(" in log and "write(1, " in log, log
     assert "+++ exited with 0 +++" in log, log
