@@ -4,6 +4,7 @@ CONFINED and exit 0."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors", "unix_sendmsg", "ipc_escape"]
+            "control_socket", "survivors", "unix_sendmsg", "ipc_escape", "mq_escape"]
 
 
 @pytest.fixture(scope="session")
@@ -407,3 +408,114 @@ def test_sysv_ipc_of_the_host_is_not_reachable(built, tmp_path_factory):
             describe(native)
     finally:
         host.remove()
+
+
+class _HostQueue:
+    """A host program's POSIX message queue (made here with ctypes), mode
+    0666 so the host user of either test run may use it natively, holding
+    one message with SECRET."""
+
+    def __init__(self, name: bytes) -> None:
+        import ctypes
+        self.libc = libc = ctypes.CDLL(None, use_errno=True)
+        libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+        self.name = name
+        old = os.umask(0)
+        try:
+            self.q = libc.mq_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK, 0o666, None)
+        finally:
+            os.umask(old)
+        assert self.q >= 0, ctypes.get_errno()
+        assert libc.mq_send(self.q, SECRET.encode(), len(SECRET), 0) == 0
+
+    def queued(self) -> int:
+        attr = bytes(64)                                       # struct mq_attr
+        assert self.libc.mq_getattr(self.q, attr) == 0
+        return int.from_bytes(attr[24:32], "little")          # mq_curmsgs
+
+    def remove(self) -> None:
+        self.libc.mq_close(self.q)
+        self.libc.mq_unlink(self.name)
+
+
+def _host_has_queue(name: bytes) -> bool:
+    """Whether the host's IPC namespace has queue `name` (as root: any mode)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    q = libc.mq_open(name, os.O_RDONLY)
+    if q >= 0:
+        libc.mq_close(q)
+        return True
+    assert ctypes.get_errno() in (errno.ENOENT, errno.EACCES), ctypes.get_errno()
+    return ctypes.get_errno() == errno.EACCES
+
+
+def _helpers_of(built, comm: str) -> list[int]:
+    """The runner's host processes called `comm` (the instance's helpers)."""
+    found = []
+    for pid in built.runner.strays():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == comm:
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_message_queues_are_the_instances_own(built, busybox, tmp_path_factory):
+    """Issue 11, item 4 (POSIX message queues): a host program's queue is
+    neither opened nor taken from inside, O_CREAT of its name makes the
+    instance's own; a queue made inside is seen neither by the host nor by
+    another instance (the BusyBox one, running the same program built
+    statically), and nothing of it is left when the instance ends. Natively
+    the same program, as the same host user, takes the host's message and
+    leaves its queue on the host."""
+    tag = uuid.uuid4().hex[:10]
+    hostq, own = f"/lxsec-host-{tag}".encode(), f"/lxsec-own-{tag}"
+    host = _HostQueue(hostq)
+    keep = built.runner.popen(["-d", built.name, "-e", "sleep", "300"])   # the instance runs
+    try:
+        cp = built.exe("/opt/lxsec/mq_escape", hostq.decode(), SECRET, own, timeout=400)
+        _check(cp)
+        assert host.queued() == 1, "the host program's message was taken"
+        assert _host_has_queue(hostq), "the host program's queue was removed from inside"
+        assert not _host_has_queue(own.encode()), "a queue made inside is the host's"
+        helpers = _helpers_of(built, "lx-mqueues")
+        assert helpers, "no message queue helper runs for the instance"
+
+        d = tmp_path_factory.mktemp("mq")
+        os.chmod(d, 0o755)
+        static = d / "mq_escape"
+        subprocess.run(["gcc", "-static", "-O2", "-I", str(SRC), "-o", str(static),
+                        str(SRC / "mq_escape.c"), "-lrt"], check=True)
+        cp = busybox.lx(["--", "mkdir -p /opt && cat > /opt/mq_escape && chmod 755 /opt/mq_escape"],
+                        input=static.read_bytes(), timeout=60)
+        assert cp.returncode == 0, describe(cp)
+        other = busybox.exe("/opt/mq_escape", own, "made inside", own + "-bb", timeout=120)
+        _check(other)
+        assert b"mq_open(%s, O_RDONLY): No such file" % own.encode() in other.stdout, describe(other)
+
+        cp = built.runner.run(["--terminate", built.name], timeout=60)
+        assert cp.returncode == 0, describe(cp)
+        keep.wait(timeout=60)
+        assert _wait_for(lambda: not set(helpers) & set(_helpers_of(built, "lx-mqueues")), 15), \
+            "the instance's message queue namespace outlived it"
+        assert not _host_has_queue(own.encode())
+
+        native = subprocess.run(built.user.wrap([str(static), hostq.decode(), SECRET, own]),
+                                capture_output=True, timeout=60)
+        assert native.returncode == 1 and b"took the host program's message" in native.stdout, \
+            describe(native)
+        assert _host_has_queue(own.encode()), "natively the queue is the host's"
+    finally:
+        keep.kill()
+        keep.wait()
+        host.remove()
+        _mq_unlink(own.encode())
+
+
+def _mq_unlink(name: bytes) -> None:
+    import ctypes
+    ctypes.CDLL(None).mq_unlink(name)

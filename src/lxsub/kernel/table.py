@@ -23,7 +23,7 @@ from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
-                                   klog, mount, net, nsproxy, process, sched, signal, stat, stdio, unistd,
+                                   klog, mount, mqueue, net, nsproxy, process, sched, signal, stat, stdio, unistd,
                                    utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -144,9 +144,13 @@ ROWS: list[Syscall] = [
     *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; IPC_INFO and the *_STAT "
             "index commands: EINVAL", PARTIAL) for n in ("shmctl", "semctl", "msgctl")),
     native("shmdt"),
-    *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
-        "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
-        "mq_getsetattr")),
+    # POSIX message queues: the instance's own IPC namespace (kernel/mqueue.py).
+    notify("mq_open", mqueue.sys_mq_open, "opened in the instance's own IPC namespace; owner, "
+           "mode and limits checked by the instance's ids"),
+    notify("mq_unlink", mqueue.sys_mq_unlink, "in the instance's own IPC namespace; the "
+           "sticky root's rule by the instance's ids"),
+    *(native(n, "on the descriptor of the instance's own queue") for n in (
+        "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
     Syscall("clone", NATIVE, nsproxy.sys_clone_newuts, FULL, "new namespaces but UTS and "
