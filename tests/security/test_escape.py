@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors", "unix_sendmsg", "ipc_escape", "mq_escape"]
+            "control_socket", "survivors", "unix_sendmsg", "ipc_escape", "mq_escape", "ipc_perm"]
 
 
 @pytest.fixture(scope="session")
@@ -206,7 +206,8 @@ def _native_build(name: str, where: Path) -> Path:
     """The attack program compiled on the host, for its native run."""
     os.chmod(where, 0o755)
     prog = where / name
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(prog), str(SRC / f"{name}.c")], check=True)
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(prog), str(SRC / f"{name}.c"), "-lrt"],
+                   check=True)
     return prog
 
 
@@ -519,3 +520,21 @@ def test_message_queues_are_the_instances_own(built, busybox, tmp_path_factory):
 def _mq_unlink(name: bytes) -> None:
     import ctypes
     ctypes.CDLL(None).mq_unlink(name)
+
+
+def test_ipc_permissions_are_linux_users(built, tmp_path_factory):
+    """Issue 11, item 4 (permissions): root's System V objects and POSIX
+    message queue, mode 0600, are refused to uid 1000 of the same instance
+    (ipcperms: EACCES; IPC_SET/IPC_RMID: EPERM; mq_unlink: the sticky
+    root), IPC_STAT shows Linux owners and the creator's pid in the
+    instance, IPC_SET hands a segment over. Before, every pico process
+    was the same host user and all of it succeeded. The same program run
+    natively as host root gets the same answers from the kernel."""
+    tag = uuid.uuid4().hex[:4]
+    cp = built.lx(["-u", "root", "-e", "/opt/lxsec/ipc_perm", tag], timeout=400)
+    _check(cp)
+    assert cp.stdout.count(b"ok: ") == 24, describe(cp)
+    if os.geteuid() == 0:
+        prog = _native_build("ipc_perm", tmp_path_factory.mktemp("ipcperm"))
+        native = subprocess.run([str(prog), uuid.uuid4().hex[:4]], capture_output=True, timeout=60)
+        _check(native)

@@ -137,12 +137,15 @@ ROWS: list[Syscall] = [
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     # SysV IPC: the instance's own keys and ids (kernel/syscalls/ipc.py).
     *(trace(n, getattr(ipc, "sys_" + n), "keys of the instance's own (objects made "
-            "IPC_PRIVATE on the host); permissions are the host user's, not checked by "
-            "Linux ids", PARTIAL) for n in ("shmget", "semget", "msgget")),
-    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL)")
+            "IPC_PRIVATE on the host, its host user's); an existing key's mode checked by the "
+            "instance's ids (ipcperms)") for n in ("shmget", "semget", "msgget")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL); "
+            "ipcperms by the instance's ids")
       for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
-    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; IPC_INFO and the *_STAT "
-            "index commands: EINVAL", PARTIAL) for n in ("shmctl", "semctl", "msgctl")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; ipcperms, IPC_SET/IPC_RMID "
+            "by owner, creator or CAP_SYS_ADMIN; IPC_STAT shows Linux ids and virtual pids; "
+            "the *_STAT index and *_INFO commands: EINVAL", PARTIAL)
+      for n in ("shmctl", "semctl", "msgctl")),
     native("shmdt"),
     # POSIX message queues: the instance's own IPC namespace (kernel/mqueue.py).
     notify("mq_open", mqueue.sys_mq_open, "opened in the instance's own IPC namespace; owner, "

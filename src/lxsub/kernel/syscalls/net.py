@@ -114,9 +114,8 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
     parent, name = lookup.resolve_parent_at(c.inst.vfs, c.task, AT_FDCWD, path)
     try:
         check_may_create(c.task, parent)
-        host = _unix_addr(f"/proc/self/fd/{parent.fd}/".encode() + name)
         try:
-            _sys(_c.bind, local, host, len(host))
+            _bind_as_given(c, local, parent.fd, name, path)
         except OSError as e:
             raise OSError(errno.EADDRINUSE if e.errno == errno.EEXIST else e.errno, e.strerror)
         mode = st.S_IFSOCK | (0o777 & ~c.task.fs.umask)
@@ -126,6 +125,25 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
         return 0
     finally:
         parent.release()
+
+
+def _bind_as_given(c: Call, local: int, parent: int, name: bytes, path: bytes) -> None:
+    """Bind `local` to `name` in directory `parent`, under the program's own
+    `path` where the socket helper can lay it out (platform/unixns.py
+    bind_path): the address its peers see from accept, recvfrom, recvmsg
+    and getpeername, all native, is then the instance path (unix(7)).
+    Else, or where the helper may not create there (a host root provider
+    in another user's DrvFs directory), through the provider's
+    /proc/self/fd name."""
+    ns = c.inst.unix
+    if ns.available and ns.binds and unixns.bindable_as_given(path):
+        try:
+            return ns.bind_path(local, parent, path)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM):
+                raise
+    host = _unix_addr(f"/proc/self/fd/{parent}/".encode() + name)
+    _sys(_c.bind, local, host, len(host))
 
 
 def _remember(records: dict, key: int, value) -> None:
