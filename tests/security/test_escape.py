@@ -248,17 +248,25 @@ def test_sendmsg_reaches_no_host_socket_path(built):
 
 
 def _survivors(marker: str) -> list[int]:
-    """Host processes running `sleep 3600 MARKER` (survivors.c's daemons;
-    under lxsub through the instance's loader, whose arguments hold them)."""
+    """Host processes any of whose threads runs `... 3600 MARKER`
+    (survivors.c's daemons; under lxsub through the instance's loader,
+    whose arguments hold them). Read per thread: a process whose leader
+    has exited shows an empty command line but for its live threads."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                words = f.read().split(b"\0")
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        if b"3600" in words and marker.encode() in words:
-            found.append(int(pid))
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/cmdline", "rb") as f:
+                    words = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"3600" in words and marker.encode() in words:
+                found.append(int(pid))
+                break
     return found
 
 
@@ -279,8 +287,10 @@ def _wait_for(cond, seconds: float) -> bool:
 
 def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Popen, int]:
     """Start survivors.c (its own session, so no group signal of the test's
-    reaches its daemons), and wait until all its daemons run: 2 per clone
-    that succeeded (setsid, fork, both exec sleep) and 1 for the vfork."""
+    reaches its daemons), and wait until all the daemons it counted run
+    (2 per clone that succeeded: setsid, fork, both exec sleep; 1 for the
+    vfork; 2 from a CLONE_VM child, 2 from a thread's fork, 1 process
+    whose thread outlives its leader)."""
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, start_new_session=True, **kw)
     lines = []
@@ -289,7 +299,7 @@ def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Pop
         if line.startswith(b"started "):
             break
     assert lines and lines[-1].startswith(b"started "), b"".join(lines)
-    expected = 2 * (int(lines[-1].split()[1]) - 1) + 1
+    expected = int(lines[-1].split()[3])
     assert _wait_for(lambda: len(_survivors(marker)) >= expected, 60), \
         (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-wweo", "pid,ppid,pgid,sid,user,stat,wchan:20,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if any(w in l for w in (marker, "lx", "defunct", "sleep", "survivors"))])
     return p, expected
