@@ -94,9 +94,5 @@ class MqueueSpace:
             self.ns.unlink(name)           # names the table lacks: the kernel's answer
             self.queues.pop(name, None)
 
-    def names(self) -> list[bytes]:
-        with self._lock:
-            return sorted(self.queues)
-
     def close(self) -> None:
         self.ns.close()
