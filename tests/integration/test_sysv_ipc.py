@@ -85,3 +85,50 @@ def test_ipc_stat_shows_the_key_an_object_was_made_with(busybox, tmp_path):
     program = gcc_static(tmp_path, "sysv_stat_key", PROGRAMS / "sysv_stat_key.c").read_bytes()
     out = run_probe(busybox, program, "/sysv/stat_key")
     assert out == {"msg 4c5301": "", "shm 4c5302": "", "sem 4c5303": ""}, out
+
+
+SYSVIPC_PY = textwrap.dedent("""\
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    KEY = 0x4C5855
+    ids = (libc.shmget(KEY, 8192, 0o1000 | 0o640), libc.msgget(KEY, 0o1000 | 0o600),
+           libc.semget(KEY, 3, 0o1000 | 0o604))
+    print("made", os.getpid(), *ids)
+    for kind in ("shm", "msg", "sem"):
+        with open("/proc/sysvipc/" + kind) as f:
+            for line in f.read().splitlines():
+                print(kind, line)
+    libc.shmctl(ids[0], 0, 0); libc.msgctl(ids[1], 0, 0); libc.semctl(ids[2], 0, 0, 0)
+    """)
+
+
+def test_proc_sysvipc_shows_the_instances_objects(debian):
+    """/proc/sysvipc/{shm,msg,sem} list the instance's objects only, with
+    its keys, the Linux uid that made them (1000 here, through setpriv) and
+    pids in the instance; a host object, key and id, is not among them.
+    ipcs(1) reads these files."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    host_key = 0x4C5856
+    host = libc.shmget(host_key, 4096, 0o1000 | 0o666)
+    assert host >= 0
+    try:
+        cp = debian.lx(["-u", "root", "-e", "setpriv", "--reuid=1000", "--regid=1000",
+                        "--clear-groups", "python3", "-c", SYSVIPC_PY], timeout=120)
+    finally:
+        libc.shmctl(host, 0, None)
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode().splitlines()
+    _, pid, shm, msg, sem = lines[0].split()
+    rows = {kind: [line.split()[1:] for line in lines[1:] if line.startswith(kind + " ")]
+            for kind in ("shm", "msg", "sem")}
+    for kind, ident, header in (("shm", shm, "shmid"), ("msg", msg, "msqid"), ("sem", sem, "semid")):
+        head, *objects = rows[kind]
+        assert head[:2] == ["key", header], rows[kind]
+        assert [o[1] for o in objects] == [ident], (kind, objects)       # its own only
+        assert objects[0][0] == str(0x4C5855)
+        assert str(host_key) not in [o[0] for o in objects] and str(host) not in [o[1] for o in objects]
+    shm_row, msg_row, sem_row = rows["shm"][1], rows["msg"][1], rows["sem"][1]
+    assert shm_row[2:5] == ["640", "8192", pid] and shm_row[7:11] == ["1000"] * 4, shm_row
+    assert msg_row[2] == "600" and msg_row[7:11] == ["1000"] * 4, msg_row
+    assert sem_row[2:4] == ["604", "3"] and sem_row[4:8] == ["1000"] * 4, sem_row

@@ -4,6 +4,7 @@ CONFINED and exit 0."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors", "unix_sendmsg", "ipc_escape"]
+            "control_socket", "survivors", "unix_sendmsg", "ipc_escape", "mq_escape", "ipc_perm"]
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +206,8 @@ def _native_build(name: str, where: Path) -> Path:
     """The attack program compiled on the host, for its native run."""
     os.chmod(where, 0o755)
     prog = where / name
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(prog), str(SRC / f"{name}.c")], check=True)
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(prog), str(SRC / f"{name}.c"), "-lrt"],
+                   check=True)
     return prog
 
 
@@ -246,17 +248,25 @@ def test_sendmsg_reaches_no_host_socket_path(built):
 
 
 def _survivors(marker: str) -> list[int]:
-    """Host processes running `sleep 3600 MARKER` (survivors.c's daemons;
-    under lxsub through the instance's loader, whose arguments hold them)."""
+    """Host processes any of whose threads runs `... 3600 MARKER`
+    (survivors.c's daemons; under lxsub through the instance's loader,
+    whose arguments hold them). Read per thread: a process whose leader
+    has exited shows an empty command line but for its live threads."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                words = f.read().split(b"\0")
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        if b"3600" in words and marker.encode() in words:
-            found.append(int(pid))
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/cmdline", "rb") as f:
+                    words = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"3600" in words and marker.encode() in words:
+                found.append(int(pid))
+                break
     return found
 
 
@@ -277,8 +287,10 @@ def _wait_for(cond, seconds: float) -> bool:
 
 def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Popen, int]:
     """Start survivors.c (its own session, so no group signal of the test's
-    reaches its daemons), and wait until all its daemons run: 2 per clone
-    that succeeded (setsid, fork, both exec sleep) and 1 for the vfork."""
+    reaches its daemons), and wait until all the daemons it counted run
+    (2 per clone that succeeded: setsid, fork, both exec sleep; 1 for the
+    vfork; 2 from a CLONE_VM child, 2 from a thread's fork, 1 process
+    whose thread outlives its leader)."""
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, start_new_session=True, **kw)
     lines = []
@@ -287,7 +299,7 @@ def _start_survivors(argv: list[str], marker: str, **kw) -> tuple[subprocess.Pop
         if line.startswith(b"started "):
             break
     assert lines and lines[-1].startswith(b"started "), b"".join(lines)
-    expected = 2 * (int(lines[-1].split()[1]) - 1) + 1
+    expected = int(lines[-1].split()[3])
     assert _wait_for(lambda: len(_survivors(marker)) >= expected, 60), \
         (expected, _survivors(marker), b"".join(lines), [l for l in subprocess.run(["ps", "-wweo", "pid,ppid,pgid,sid,user,stat,wchan:20,args", "--forest"], capture_output=True, text=True).stdout.splitlines() if any(w in l for w in (marker, "lx", "defunct", "sleep", "survivors"))])
     return p, expected
@@ -407,3 +419,132 @@ def test_sysv_ipc_of_the_host_is_not_reachable(built, tmp_path_factory):
             describe(native)
     finally:
         host.remove()
+
+
+class _HostQueue:
+    """A host program's POSIX message queue (made here with ctypes), mode
+    0666 so the host user of either test run may use it natively, holding
+    one message with SECRET."""
+
+    def __init__(self, name: bytes) -> None:
+        import ctypes
+        self.libc = libc = ctypes.CDLL(None, use_errno=True)
+        libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+        self.name = name
+        old = os.umask(0)
+        try:
+            self.q = libc.mq_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK, 0o666, None)
+        finally:
+            os.umask(old)
+        assert self.q >= 0, ctypes.get_errno()
+        assert libc.mq_send(self.q, SECRET.encode(), len(SECRET), 0) == 0
+
+    def queued(self) -> int:
+        attr = bytes(64)                                       # struct mq_attr
+        assert self.libc.mq_getattr(self.q, attr) == 0
+        return int.from_bytes(attr[24:32], "little")          # mq_curmsgs
+
+    def remove(self) -> None:
+        self.libc.mq_close(self.q)
+        self.libc.mq_unlink(self.name)
+
+
+def _host_has_queue(name: bytes) -> bool:
+    """Whether the host's IPC namespace has queue `name` (as root: any mode)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    q = libc.mq_open(name, os.O_RDONLY)
+    if q >= 0:
+        libc.mq_close(q)
+        return True
+    assert ctypes.get_errno() in (errno.ENOENT, errno.EACCES), ctypes.get_errno()
+    return ctypes.get_errno() == errno.EACCES
+
+
+def _helpers_of(built, comm: str) -> list[int]:
+    """The runner's host processes called `comm` (the instance's helpers)."""
+    found = []
+    for pid in built.runner.strays():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == comm:
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_message_queues_are_the_instances_own(built, busybox, tmp_path_factory):
+    """Issue 11, item 4 (POSIX message queues): a host program's queue is
+    neither opened nor taken from inside, O_CREAT of its name makes the
+    instance's own; a queue made inside is seen neither by the host nor by
+    another instance (the BusyBox one, running the same program built
+    statically), and nothing of it is left when the instance ends. Natively
+    the same program, as the same host user, takes the host's message and
+    leaves its queue on the host."""
+    tag = uuid.uuid4().hex[:10]
+    hostq, own = f"/lxsec-host-{tag}".encode(), f"/lxsec-own-{tag}"
+    host = _HostQueue(hostq)
+    keep = built.runner.popen(["-d", built.name, "-e", "sleep", "300"])   # the instance runs
+    try:
+        cp = built.exe("/opt/lxsec/mq_escape", hostq.decode(), SECRET, own, timeout=400)
+        _check(cp)
+        assert host.queued() == 1, "the host program's message was taken"
+        assert _host_has_queue(hostq), "the host program's queue was removed from inside"
+        assert not _host_has_queue(own.encode()), "a queue made inside is the host's"
+        helpers = _helpers_of(built, "lx-mqueues")
+        assert helpers, "no message queue helper runs for the instance"
+
+        d = tmp_path_factory.mktemp("mq")
+        os.chmod(d, 0o755)
+        static = d / "mq_escape"
+        subprocess.run(["gcc", "-static", "-O2", "-I", str(SRC), "-o", str(static),
+                        str(SRC / "mq_escape.c"), "-lrt"], check=True)
+        cp = busybox.lx(["--", "mkdir -p /opt && cat > /opt/mq_escape && chmod 755 /opt/mq_escape"],
+                        input=static.read_bytes(), timeout=60)
+        assert cp.returncode == 0, describe(cp)
+        other = busybox.exe("/opt/mq_escape", own, "made inside", own + "-bb", timeout=120)
+        _check(other)
+        assert b"mq_open(%s, O_RDONLY): No such file" % own.encode() in other.stdout, describe(other)
+
+        cp = built.runner.run(["--terminate", built.name], timeout=60)
+        assert cp.returncode == 0, describe(cp)
+        keep.wait(timeout=60)
+        assert _wait_for(lambda: not set(helpers) & set(_helpers_of(built, "lx-mqueues")), 15), \
+            "the instance's message queue namespace outlived it"
+        assert not _host_has_queue(own.encode())
+
+        native = subprocess.run(built.user.wrap([str(static), hostq.decode(), SECRET, own]),
+                                capture_output=True, timeout=60)
+        assert native.returncode == 1 and b"took the host program's message" in native.stdout, \
+            describe(native)
+        assert _host_has_queue(own.encode()), "natively the queue is the host's"
+    finally:
+        keep.kill()
+        keep.wait()
+        host.remove()
+        _mq_unlink(own.encode())
+
+
+def _mq_unlink(name: bytes) -> None:
+    import ctypes
+    ctypes.CDLL(None).mq_unlink(name)
+
+
+def test_ipc_permissions_are_linux_users(built, tmp_path_factory):
+    """Issue 11, item 4 (permissions): root's System V objects and POSIX
+    message queue, mode 0600, are refused to uid 1000 of the same instance
+    (ipcperms: EACCES; IPC_SET/IPC_RMID: EPERM; mq_unlink: the sticky
+    root), IPC_STAT shows Linux owners and the creator's pid in the
+    instance, IPC_SET hands a segment over. Before, every pico process
+    was the same host user and all of it succeeded. The same program run
+    natively as host root gets the same answers from the kernel."""
+    tag = uuid.uuid4().hex[:4]
+    cp = built.lx(["-u", "root", "-e", "/opt/lxsec/ipc_perm", tag], timeout=400)
+    _check(cp)
+    assert cp.stdout.count(b"ok: ") == 24, describe(cp)
+    if os.geteuid() == 0:
+        prog = _native_build("ipc_perm", tmp_path_factory.mktemp("ipcperm"))
+        native = subprocess.run([str(prog), uuid.uuid4().hex[:4]], capture_output=True, timeout=60)
+        _check(native)

@@ -2,6 +2,10 @@
 linux/stat.h (UTIME_*), linux/fs.h (RENAME_*): x86_64 values."""
 
 # open(2) flags
+O_RDONLY = 0
+O_WRONLY = 1
+O_RDWR = 2
+O_ACCMODE = 3
 O_CREAT = 0o100
 O_EXCL = 0o200
 O_TRUNC = 0o1000

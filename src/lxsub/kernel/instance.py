@@ -27,6 +27,7 @@ from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.ipc import IpcSpace
+from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.drvfs import AutomountSettings
@@ -95,6 +96,7 @@ class Instance:
         self.storage = Storage(self)
         self.uts = UtsInfo(self.config.network.hostname or name)
         self.ipc = IpcSpace()          # its System V IPC objects
+        self.mqueues = MqueueSpace()   # its POSIX message queues
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.vfs = Vfs(self.volfs, "rootfs")
@@ -551,6 +553,7 @@ class Instance:
 
     def cleanup(self) -> None:
         self.ipc.remove_all()          # SysV objects end with their instance
+        self.mqueues.close()           # and its message queue namespace
         self.volfs.remove_staging()
         self.volfs.linux.store.close()
         self.storage.close()

@@ -1,56 +1,106 @@
 """The instance's System V IPC objects (svipc(7)): which host objects are
-its own and under which keys (kernel/syscalls/ipc.py says why the instance
-keeps its own table rather than an IPC namespace)."""
+its own, under which keys, and their Linux owners and modes
+(kernel/syscalls/ipc.py says why the instance keeps its own table rather
+than an IPC namespace).
+
+Every object is the host user's on the host (mode 0600); who of the
+instance may use it is decided here, as ipc/util.c does with the caller's
+Linux credentials: `ipcperms` for using it, `ipcctl_obtain_check` for
+IPC_SET and IPC_RMID.
+"""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from lxsub.abi.ipc import IPC_PRIVATE, IPC_RMID
 from lxsub.abi.sysno import NUMBERS
+from lxsub.kernel.creds import CAP_IPC_OWNER, CAP_SYS_ADMIN, Creds
 from lxsub.platform import libc
 
 SHM, SEM, MSG = "shm", "sem", "msg"
+KINDS = (SHM, SEM, MSG)
 _CTL_NR = {SHM: NUMBERS["shmctl"], SEM: NUMBERS["semctl"], MSG: NUMBERS["msgctl"]}
+S_IRUGO, S_IWUGO, S_IXUGO = 0o444, 0o222, 0o111
+MODE_BITS = 0o777          # S_IRWXUGO: what ipc_perm.mode holds of a get's flags
+HOST_MODE = 0o600          # the host object: its host user's only
+
+
+@dataclass(slots=True)
+class IpcObject:
+    """struct kern_ipc_perm as the instance sees it, and what the get
+    calls compare (shm_segsz, sem_nsems) and IPC_STAT shows (the creator)."""
+    key: int
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    mode: int
+    size: int              # shm: segment size; sem: number of semaphores; msg: 0
+    cpid: int              # the creator's pid in the instance
+
+
+def ipcperms(creds: Creds, obj: IpcObject, flag: int) -> bool:
+    """ipc/util.c ipcperms(): the owner's or creator's bits for the
+    effective uid, the group's for the owner's or creator's group, else
+    the others'; CAP_IPC_OWNER passes everything."""
+    requested = (flag >> 6 | flag >> 3 | flag) & 0o7
+    granted = obj.mode
+    if creds.euid in (obj.cuid, obj.uid):
+        granted >>= 6
+    elif creds.in_group(obj.cgid) or creds.in_group(obj.gid):
+        granted >>= 3
+    return not requested & ~granted & 0o7 or creds.capable(CAP_IPC_OWNER)
+
+
+def may_control(creds: Creds, obj: IpcObject) -> bool:
+    """ipc/util.c ipcctl_obtain_check(): IPC_SET and IPC_RMID are for the
+    owner, the creator, or CAP_SYS_ADMIN."""
+    return creds.euid in (obj.cuid, obj.uid) or creds.capable(CAP_SYS_ADMIN)
 
 
 class IpcSpace:
-    """The instance's SysV objects: per kind, key -> id and the set of ids."""
+    """The instance's SysV objects: per kind, key -> id and id -> object."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.keys: dict[str, dict[int, int]] = {SHM: {}, SEM: {}, MSG: {}}
-        self.ids: dict[str, set[int]] = {SHM: set(), SEM: set(), MSG: set()}
+        self.keys: dict[str, dict[int, int]] = {k: {} for k in KINDS}
+        self.objects: dict[str, dict[int, IpcObject]] = {k: {} for k in KINDS}
 
-    def add(self, kind: str, key: int, ident: int) -> None:
+    def add(self, kind: str, ident: int, obj: IpcObject) -> None:
         with self.lock:
-            self.ids[kind].add(ident)
-            if key != IPC_PRIVATE:
-                self.keys[kind][key] = ident
+            self.objects[kind][ident] = obj
+            if obj.key != IPC_PRIVATE:
+                self.keys[kind][obj.key] = ident
 
-    def key_of(self, kind: str, ident: int) -> int | None:
-        """The key the instance made object `ident` under (None: private)."""
+    def by_key(self, kind: str, key: int) -> tuple[int, IpcObject] | None:
         with self.lock:
-            for key, i in self.keys[kind].items():
-                if i == ident:
-                    return key
-        return None
+            ident = self.keys[kind].get(key)
+            return (ident, self.objects[kind][ident]) if ident is not None else None
+
+    def get(self, kind: str, ident: int) -> IpcObject | None:
+        return self.objects[kind].get(ident)
+
+    def listing(self, kind: str) -> list[tuple[int, IpcObject]]:
+        """The instance's objects of one kind, by id (/proc/sysvipc)."""
+        with self.lock:
+            return sorted(self.objects[kind].items())
 
     def drop(self, kind: str, ident: int) -> None:
         with self.lock:
-            self.ids[kind].discard(ident)
-            for key, i in list(self.keys[kind].items()):
-                if i == ident:
-                    del self.keys[kind][key]
+            obj = self.objects[kind].pop(ident, None)
+            if obj is not None and self.keys[kind].get(obj.key) == ident:
+                del self.keys[kind][obj.key]
 
     def remove_all(self) -> None:
         """IPC_RMID of every object the instance made (its end)."""
         with self.lock:
-            for kind, ids in self.ids.items():
-                for ident in ids:
+            for kind, objects in self.objects.items():
+                for ident in objects:
                     try:
                         libc.syscall(_CTL_NR[kind], ident, IPC_RMID, 0)
                     except OSError:
                         pass                 # removed on the host meanwhile
-                ids.clear()
+                objects.clear()
                 self.keys[kind].clear()

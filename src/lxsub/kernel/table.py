@@ -18,12 +18,13 @@ from typing import Callable
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                               CLONE_NEWUTS, CLONE_UNTRACED)
-from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
+from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
-                                   klog, mount, net, nsproxy, process, ptrace, sched, signal, stat, stdio, unistd,
+                                   klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
+                                   unistd,
                                    utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -137,16 +138,23 @@ ROWS: list[Syscall] = [
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     # SysV IPC: the instance's own keys and ids (kernel/syscalls/ipc.py).
     *(trace(n, getattr(ipc, "sys_" + n), "keys of the instance's own (objects made "
-            "IPC_PRIVATE on the host); permissions are the host user's, not checked by "
-            "Linux ids", PARTIAL) for n in ("shmget", "semget", "msgget")),
-    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL)")
+            "IPC_PRIVATE on the host, its host user's); an existing key's mode checked by the "
+            "instance's ids (ipcperms)") for n in ("shmget", "semget", "msgget")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL); "
+            "ipcperms by the instance's ids")
       for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
-    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; IPC_INFO and the *_STAT "
-            "index commands: EINVAL", PARTIAL) for n in ("shmctl", "semctl", "msgctl")),
+    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; ipcperms, IPC_SET/IPC_RMID "
+            "by owner, creator or CAP_SYS_ADMIN; IPC_STAT shows Linux ids and virtual pids; "
+            "the *_STAT index and *_INFO commands: EINVAL", PARTIAL)
+      for n in ("shmctl", "semctl", "msgctl")),
     native("shmdt"),
-    *(native(n, "host-wide: not isolated per instance", PARTIAL) for n in (
-        "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
-        "mq_getsetattr")),
+    # POSIX message queues: the instance's own IPC namespace (kernel/mqueue.py).
+    notify("mq_open", mqueue.sys_mq_open, "opened in the instance's own IPC namespace; owner, "
+           "mode and limits checked by the instance's ids"),
+    notify("mq_unlink", mqueue.sys_mq_unlink, "in the instance's own IPC namespace; the "
+           "sticky root's rule by the instance's ids"),
+    *(native(n, "on the descriptor of the instance's own queue") for n in (
+        "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
     Syscall("clone", NATIVE, nsproxy.sys_clone_newuts, FULL, "new namespaces but UTS and "
@@ -182,10 +190,14 @@ ROWS: list[Syscall] = [
             "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
             rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
     Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
-            "would give pidfds of host senders)",
-            rules=(ArgRule(2, "eq", SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
-    *(native(n) for n in (
-        "listen", "accept", "accept4", "shutdown", "recvfrom", "recvmsg", "recvmmsg")),
+            "would give pidfds of host senders); SO_PASSCRED noted (received credentials "
+            "translated)",
+            rules=(ArgRule(2, "eq", SO_PASSPIDFD, bpf.RET_USER_NOTIF),
+                   ArgRule(2, "eq", SO_PASSCRED, bpf.RET_USER_NOTIF))),
+    *(native(n) for n in ("listen", "accept", "accept4", "shutdown", "recvfrom")),
+    *(trace(n, getattr(net, "sys_" + n), "SCM_CREDENTIALS received on a socket with "
+            "SO_PASSCRED: the sender's pid in the instance and Linux ids (once some socket "
+            "asked for them; else untouched)") for n in ("recvmsg", "recvmmsg")),
     notify("getsockname", net.sys_getsockname, "a Unix socket bound in the instance shows "
            "its instance path"),
     notify("getpeername", net.sys_getpeername, "a Unix socket's peer bound in the instance "

@@ -15,10 +15,23 @@ those inside the instance itself.
 The helper also makes the NETLINK_SOCK_DIAG socket through which the
 provider asks which socket is another's peer (`peer_inode`): sock_diag
 answers only about sockets of its own namespace.
+
+And it binds sockets to paths (`bind_path`). The kernel keeps the address
+string a socket was bound with and gives it back as that socket's
+address to its peers: getpeername(2), accept(2), recvfrom(2) and
+recvmsg(2)'s msg_name, all native (unix(7)). Bound by the provider
+through its `/proc/self/fd/N/NAME`, a socket would show that name; the
+helper, in a mount namespace of its own, is chrooted into an empty tmpfs
+where it lays out the program's own path: its directories, then the last
+one as a symlink to the real parent directory (through a bind of the
+host's /proc at `/.lxfd`), so the kernel creates the socket file in the
+directory the provider resolved inside the instance, under the very
+string the program gave.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -28,13 +41,16 @@ import struct
 import threading
 
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
-from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWUSER
+from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
 
 SO_NETNS_COOKIE = 71
 
 _REQ = struct.Struct("<iiiB")         # family, type, protocol, pair
 UDIAG_SHOW_VFS, UDIAG_SHOW_PEER = 0x2, 0x4        # linux/unix_diag.h
 UNIX_DIAG_VFS, UNIX_DIAG_PEER = 1, 2
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+_PROC = "/.lxfd"                       # the host's /proc inside the helper's root
+_BIND = b"B"                           # a bind request: b"B" + path, with [socket, parent]
 
 
 def helper_reply(msg: bytes, fds: list[int], count: int, gone: OSError) -> list[int]:
@@ -81,10 +97,16 @@ def _serve(sock: socket.socket) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # Not the provider's name ("lx:DISTRO"), which says "an instance".
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(b"lx-unix-sockets"), 0, 0, 0)
-        unshare_as_self(CLONE_NEWUSER | CLONE_NEWNET)
-        sock.send(b"ready")
+        unshare_as_self(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS)
+        can_bind = _private_root(libc)
+        sock.send(b"ready bind" if can_bind else b"ready")
         while True:
-            req = sock.recv(_REQ.size)
+            req, fds, _, _ = socket.recv_fds(sock, 256, 2)
+            if req[:1] == _BIND and len(fds) == 2:
+                sock.send(_bind_here(req[1:], *fds))
+                continue
+            for fd in fds:
+                os.close(fd)
             if len(req) != _REQ.size:
                 break
             family, type_, proto, pair = _REQ.unpack(req)
@@ -109,6 +131,70 @@ def _serve(sock: socket.socket) -> None:
         os._exit(code)
 
 
+def _private_root(libc) -> bool:
+    """In the helper: root into an empty tmpfs of its own mount namespace,
+    with the host's /proc at /.lxfd (its magic links name the provider's
+    directories). False where the host refuses (binds then keep the
+    provider's path)."""
+    try:
+        for src, target, fstype, flags in ((None, "/", None, MS_REC | MS_PRIVATE),
+                                           (b"tmpfs", "/tmp", b"tmpfs", 0)):
+            if libc.mount(src, target.encode(), fstype, flags, None) != 0:
+                return False
+        os.mkdir("/tmp" + _PROC, 0o700)
+        if libc.mount(b"/proc", ("/tmp" + _PROC).encode(), None, MS_BIND | MS_REC, None) != 0:
+            return False
+        os.chroot("/tmp")
+        os.chdir("/")
+        return True
+    except OSError:
+        return False
+
+
+def _bind_here(path: bytes, sock: int, parent: int) -> bytes:
+    """Bind `sock` under the string `path` in directory `parent`: the path's
+    directories made in the helper's tmpfs, its last directory a symlink to
+    `parent`; all of it removed again. "ok" or "err ERRNO"."""
+    made: list[bytes] = []
+    try:
+        dirs, _, name = path.rpartition(b"/")
+        parts = [p for p in dirs.split(b"/") if p]
+        at = b"/" if path.startswith(b"/") else b""
+        for i, part in enumerate(parts):
+            at += part
+            if i == len(parts) - 1:
+                os.symlink(f"{_PROC}/self/fd/{parent}".encode(), at)
+            else:
+                os.mkdir(at, 0o700)
+            made.append(at)
+            at += b"/"
+        if not parts:
+            os.fchdir(parent)            # a bare name: the parent is the working directory
+        s = socket.socket(fileno=sock)
+        try:
+            s.bind(path)
+        finally:
+            s.detach()
+        return b"ok"
+    except OSError as e:
+        return b"err %d" % (e.errno or errno.EINVAL)
+    finally:
+        os.chdir("/")
+        for at in reversed(made):
+            (os.unlink if os.path.islink(at) else os.rmdir)(at)
+        os.close(sock)
+        os.close(parent)
+
+
+def bindable_as_given(path: bytes) -> bool:
+    """Whether `bind_path` can lay this path out: no empty, "." or ".."
+    component, none naming the helper's /proc."""
+    parts = path.rstrip(b"/").split(b"/")
+    inner = parts[1:-1] if path.startswith(b"/") else parts[:-1]
+    return all(p not in (b"", b".", b"..") for p in inner) and parts[-1] not in (b"", b".", b"..") \
+        and not (path.startswith(b"/") and parts[1] == _PROC[1:].encode())
+
+
 class UnixNamespace:
     """The helper, as the provider sees it, started at the first use (an
     instance whose programs make no Unix socket pays nothing). `available`
@@ -119,6 +205,7 @@ class UnixNamespace:
         self._sock: socket.socket | None = None
         self._tried = False
         self.helper_pid = 0
+        self.binds = False             # bind_path works (the helper has its own root)
         self.cookie = 0
         self._diag = -1
         # socket inode -> what its maker recorded (see kernel/syscalls/net.py)
@@ -126,6 +213,13 @@ class UnixNamespace:
         # (st_dev, st_ino) of a socket file -> the path it was bound with,
         # as the program gave it
         self.bound: dict[int, bytes] = {}
+        # SCM_CREDENTIALS (kernel/syscalls/net.py): whether any socket of the
+        # instance asked for them (SO_PASSCRED), the socket inode each bound
+        # socket file belongs to, and per receiving socket inode the
+        # credentials of messages the provider sent for a program, in order
+        self.passcred = False
+        self.socket_of_file: dict[tuple[int, int], int] = {}
+        self.sent_creds: dict[int, collections.deque] = {}
 
     @property
     def available(self) -> bool:
@@ -146,8 +240,10 @@ class UnixNamespace:
         child.close()
         self.helper_pid = pid
         self._sock = parent
-        if parent.recv(16) != b"ready":
+        ready = parent.recv(16)
+        if not ready.startswith(b"ready"):
             raise OSError(errno.ENOSYS, "no private network namespace")
+        self.binds = ready == b"ready bind"
         probe = self.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0)
         try:
             self.cookie = netns_cookie(probe)
@@ -170,6 +266,15 @@ class UnixNamespace:
     def socketpair(self, family: int, type_: int, proto: int) -> tuple[int, int]:
         a, b = self._ask(family, type_, proto, True)
         return a, b
+
+    def bind_path(self, sock: int, parent: int, path: bytes) -> None:
+        """bind(2) `sock` to `path`, whose last component is made in directory
+        `parent`, keeping `path` as the address the kernel shows (above)."""
+        assert self._sock is not None
+        with self._lock:
+            socket.send_fds(self._sock, [_BIND + path], [sock, parent])
+            msg = self._sock.recv(64)
+        helper_reply(msg, [], 0, OSError(errno.ENOMEM, "the socket helper has gone"))
 
     def peer_inode(self, ino: int) -> int | None:
         """The inode of the peer of Unix socket `ino` (sock_diag,

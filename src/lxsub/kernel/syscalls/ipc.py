@@ -1,4 +1,4 @@
-"""System V IPC (shm, sem, msg) keys and ids of the instance's own.
+"""System V IPC (shm, sem, msg) keys, ids and permissions of the instance's own.
 
 On the host, SysV IPC objects live in the host's IPC namespace, found by a
 key anyone may know and an id anyone may guess (svipc(7)). Joining a
@@ -6,31 +6,58 @@ private IPC namespace needs CAP_SYS_ADMIN in the joiner's own user
 namespace (ipc/namespace.c ipcns_install), which a pico process of an
 unprivileged host user lacks without changing its user namespace. So the
 instance keeps its own key table: an object it asks for by key is made on
-the host as IPC_PRIVATE (no host process finds it by key) and remembered
-under the key; every call that names an object by id stops (ptrace, where
-the id is in the caller's own register, which no other thread can change)
-and is refused as a nonexistent id (EINVAL) unless the id is one of the
-instance's. The objects are removed when the instance ends.
+the host as IPC_PRIVATE (no host process finds it by key) with mode 0600
+(its host user's), and remembered under the key with its Linux owner,
+creator and mode (kernel/ipc.py); every call that names an object by id
+stops (ptrace, where the id is in the caller's own register, which no
+other thread can change) and is refused as a nonexistent id (EINVAL)
+unless the id is one of the instance's, then checked with the caller's
+Linux credentials as ipc/util.c does. IPC_SET is done by the provider
+(the host object keeps its host owner); IPC_STAT shows the Linux view.
+The objects are removed when the instance ends.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import struct
 
 from lxsub.abi.ipc import (IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, IPC_STAT, MSG_INFO, MSG_STAT,
                            MSG_STAT_ANY, SEM_INFO, SEM_STAT, SEM_STAT_ANY, SHM_INFO, SHM_STAT, SHM_STAT_ANY)
+from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.ipc import MSG, SEM, SHM, IpcSpace
+from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
+from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject,
+                              ipcperms, may_control)
+from lxsub.platform import libc
 
+IPC_SET = 1
+SHM_LOCK, SHM_UNLOCK = 11, 12
+SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
+GETPID, GETVAL, GETALL, GETNCNT, GETZCNT, SETVAL, SETALL = range(11, 18)
 # ctl commands whose first argument is an index, not an id, or that sum up
 # the host's table (ipcs's fallback): *_INFO, *_STAT, *_STAT_ANY. IPC_INFO
 # (the limits, the same for everyone) is not among them.
 _TABLE_COMMANDS = {SHM: (SHM_INFO, SHM_STAT, SHM_STAT_ANY), SEM: (SEM_INFO, SEM_STAT, SEM_STAT_ANY),
                    MSG: (MSG_INFO, MSG_STAT, MSG_STAT_ANY)}
+# What each ctl command needs (ipc/shm.c, sem.c, msg.c): a permission for
+# ipcperms, or "owner" (ipcctl_obtain_check).
+_NEEDS = {IPC_STAT: S_IRUGO, IPC_SET: "owner", IPC_RMID: "owner",
+          GETPID: S_IRUGO, GETVAL: S_IRUGO, GETALL: S_IRUGO, GETNCNT: S_IRUGO, GETZCNT: S_IRUGO,
+          SETVAL: S_IWUGO, SETALL: S_IWUGO}
 # Where each ctl call's struct buffer is: shmctl(id, cmd, buf), msgctl(id,
 # cmd, buf), semctl(id, semnum, cmd, arg) with arg.buf.
 _BUF_ARG = {SHM: 2, MSG: 2, SEM: 3}
+_CMD_ARG = {SHM: 1, MSG: 1, SEM: 2}
+# struct ipc64_perm (x86_64): key, uid, gid, cuid, cgid, mode, then seq.
+_PERM = struct.Struct("<iIIIII")
+# The pids in shmid64_ds (shm_cpid, shm_lpid) and msqid64_ds (msg_lspid, msg_lrpid).
+_PIDS = {SHM: (80, 84), MSG: (96, 100), SEM: ()}
+_DS_SIZE = {SHM: 112, MSG: 120, SEM: 104}
+_MSG_QBYTES = 88
+_CTL_NR = {SHM: NUMBERS["shmctl"], SEM: NUMBERS["semctl"], MSG: NUMBERS["msgctl"]}
 
 
 def _get(kind: str, flags_arg: int):
@@ -38,63 +65,88 @@ def _get(kind: str, flags_arg: int):
         """shmget/semget/msgget(key, ..., flags) (a ptrace stop)."""
         sp = c.inst.ipc
         key, flags = c.int(0), c.int(flags_arg)
+        size = c.args[1] if kind != MSG else 0
+        creds = c.task.creds
         if key != IPC_PRIVATE:
-            ident = sp.keys[kind].get(key)
-            if ident is not None:
+            found = sp.by_key(kind, key)
+            if found is not None:
+                # ipc/util.c ipcget_public, ipc_check_perms, *_more_checks
+                ident, obj = found
                 if flags & IPC_CREAT and flags & IPC_EXCL:
                     raise OSError(errno.EEXIST, "key exists")
+                if not ipcperms(creds, obj, flags):
+                    raise OSError(errno.EACCES, "permission denied")
+                if kind == SHM and size > obj.size or kind == SEM and c.int(1) > obj.size:
+                    raise OSError(errno.EINVAL, "larger than the existing object")
                 return ident
             if not flags & IPC_CREAT:
                 raise OSError(errno.ENOENT, "no object for this key")
             c.set_arg(0, IPC_PRIVATE)            # made private on the host
+        # The host object is the host user's alone; who inside may use it
+        # is the instance's business (ipcperms on the Linux mode).
+        c.set_arg(flags_arg, (flags & ~MODE_BITS) | HOST_MODE)
+        obj = IpcObject(key, creds.euid, creds.egid, creds.euid, creds.egid, flags & MODE_BITS,
+                        c.int(1) if kind == SEM else size, c.task.process.pid)
 
         def record(result: int):
             if result >= 0:
-                sp.add(kind, key, result)
+                sp.add(kind, result, obj)
             return None
         return Native(on_exit=record)
     return handler
 
 
-def _by_id(kind: str, cmd_arg: int | None = None):
-    def handler(c: Call):
-        """A call naming an object by id (a ptrace stop): the instance's only."""
-        sp = c.inst.ipc
-        ident = c.int(0)
-        cmd = c.int(cmd_arg) & 0xFF if cmd_arg is not None else None   # without IPC_64
-        if cmd is not None and cmd in _TABLE_COMMANDS[kind]:
-            raise OSError(errno.EINVAL, "the host's IPC tables are not the instance's")
-        if cmd == IPC_INFO:
-            return Native()
-        if ident not in sp.ids[kind]:
-            raise OSError(errno.EINVAL, "no such IPC object in this instance")
-        if cmd == IPC_STAT:
-            return Native(on_exit=lambda result: _show_key(c, sp, kind, ident, result))
-        if cmd != IPC_RMID:
-            return Native()
-
-        def removed(result: int):
-            if result >= 0:
-                sp.drop(kind, ident)
-            return None
-        return Native(on_exit=removed)
-    return handler
+def _object(c: Call, kind: str) -> IpcObject:
+    obj = c.inst.ipc.get(kind, c.int(0))
+    if obj is None:
+        raise OSError(errno.EINVAL, "no such IPC object in this instance")
+    return obj
 
 
-def _show_key(c: Call, sp: IpcSpace, kind: str, ident: int, result: int) -> None:
-    """IPC_STAT's ipc64_perm starts with the object's key: the instance's key,
-    not the IPC_PRIVATE (0) the host made it with (msgctl(2) msg_perm.__key)."""
-    key = sp.key_of(kind, ident)
-    if result >= 0 and key is not None:
-        buf = c.ptr(_BUF_ARG[kind])
-        c.write(buf, struct.pack("<i", key))
-    return None
+def _check(c: Call, obj: IpcObject, flag: int) -> None:
+    if not ipcperms(c.task.creds, obj, flag):
+        raise OSError(errno.EACCES, "permission denied")
 
 
-sys_shmget, sys_semget, sys_msgget = _get(SHM, 2), _get(SEM, 2), _get(MSG, 1)
-sys_shmat, sys_shmctl = _by_id(SHM), _by_id(SHM, 1)
-sys_semop, sys_semctl = _by_id(SEM), _by_id(SEM, 2)
-_semtimedop_by_id = _by_id(SEM)
+def sys_shmat(c: Call):
+    """shmat(id, addr, flags): read, and write unless SHM_RDONLY, and
+    execute with SHM_EXEC (ipc/shm.c do_shmat)."""
+    obj = _object(c, SHM)
+    flags = c.int(2)
+    _check(c, obj, (S_IRUGO if flags & SHM_RDONLY else S_IRUGO | S_IWUGO)
+           | (S_IXUGO if flags & SHM_EXEC else 0))
+    return Native()
+
+
+def sys_msgsnd(c: Call):
+    # ksys_msgsnd() reads msgp->mtype before it looks at anything else: a bad
+    # msgp is EFAULT whatever the id (msgsnd(2)).
+    c.read(c.ptr(1), 8)
+    _check(c, _object(c, MSG), S_IWUGO)
+    return Native()
+
+
+def sys_msgrcv(c: Call):
+    _check(c, _object(c, MSG), S_IRUGO)
+    return Native()
+
+
+_SEMBUF = struct.Struct("<HhH")
+_SEMOPM = 500               # ipc/sem.c: more operations are E2BIG before anything is read
+
+
+def sys_semop(c: Call):
+    """semop/semtimedop(id, sops, nsops): writing if any operation alters
+    a value, else reading (ipc/sem.c do_semtimedop). The operations are
+    the caller's memory, read once here; the kernel reads them again."""
+    nsops = c.args[2]
+    if not 1 <= nsops <= _SEMOPM:
+        return Native()                      # EINVAL or E2BIG from the kernel
+    raw = c.read(c.ptr(1), nsops * _SEMBUF.size)
+    obj = _object(c, SEM)
+    alter = any(op for _, op, _ in _SEMBUF.iter_unpack(raw))
+    _check(c, obj, S_IWUGO if alter else S_IRUGO)
+    return Native()
 
 
 def sys_semtimedop(c: Call):
@@ -102,15 +154,91 @@ def sys_semtimedop(c: Call):
     # nsops or the id: a bad timeout pointer is EFAULT (semop(2)).
     if c.ptr(3):
         c.read(c.ptr(3), 16)
-    return _semtimedop_by_id(c)
+    return sys_semop(c)
 
 
-sys_msgrcv, sys_msgctl = _by_id(MSG), _by_id(MSG, 1)
-_msgsnd_by_id = _by_id(MSG)
+def _ctl(kind: str):
+    def handler(c: Call):
+        """shmctl/semctl/msgctl naming an object by id (a ptrace stop)."""
+        cmd = c.int(_CMD_ARG[kind]) & 0xFF                # without IPC_64
+        if cmd in _TABLE_COMMANDS[kind]:
+            raise OSError(errno.EINVAL, "the host's IPC tables are not the instance's")
+        if cmd == IPC_INFO:
+            return Native()
+        obj = _object(c, kind)
+        ident, creds = c.int(0), c.task.creds
+        need = _NEEDS.get(cmd)
+        if cmd == IPC_SET:
+            return _ipc_set(c, kind, ident, obj)
+        if need == "owner" and not may_control(creds, obj):
+            raise OSError(errno.EPERM, "not the object's owner or creator")
+        if isinstance(need, int):
+            _check(c, obj, need)
+        if kind == SHM and cmd in (SHM_LOCK, SHM_UNLOCK) and not creds.capable(CAP_IPC_LOCK) \
+                and creds.euid not in (obj.uid, obj.cuid):
+            raise OSError(errno.EPERM, "SHM_LOCK: not the owner")      # ipc/shm.c shmctl_do_lock
+        if cmd == IPC_STAT:
+            return Native(on_exit=lambda result: _show(c, kind, obj, result))
+        if cmd == GETPID and kind == SEM:
+            return Native(on_exit=lambda result: _virtual_pid(c, result) if result > 0 else None)
+        if cmd == IPC_RMID:
+            return Native(on_exit=lambda result: c.inst.ipc.drop(kind, ident) if result >= 0 else None)
+        return Native()
+    return handler
 
 
-def sys_msgsnd(c: Call):
-    # ksys_msgsnd() reads msgp->mtype before it looks at anything else: a bad
-    # msgp is EFAULT whatever the id (msgsnd(2)).
-    c.read(c.ptr(1), 8)
-    return _msgsnd_by_id(c)
+def _virtual_pid(c: Call, host_pid: int) -> int:
+    """A pid an object recorded, as the instance numbers it (0: none of its)."""
+    if host_pid <= 0:
+        return host_pid
+    return c.inst.pids.vpid_of_host(host_pid) or 0
+
+
+def _show(c: Call, kind: str, obj: IpcObject, result: int) -> None:
+    """IPC_STAT's Linux view: the key an object was made with (the host's
+    is IPC_PRIVATE: msgctl(2) msg_perm.__key), its Linux owner, creator
+    and mode (the host's state bits, SHM_DEST and SHM_LOCKED, kept), the
+    creator's and last users' pids in the instance."""
+    if result < 0:
+        return None
+    buf = c.ptr(_BUF_ARG[kind])
+    host_mode = struct.unpack("<I", c.read(buf + 20, 4))[0]
+    c.write(buf, _PERM.pack(obj.key, obj.uid, obj.gid, obj.cuid, obj.cgid,
+                            (host_mode & ~MODE_BITS) | obj.mode))
+    for i, off in enumerate(_PIDS[kind]):
+        host = struct.unpack("<i", c.read(buf + off, 4))[0]
+        pid = obj.cpid if kind == SHM and i == 0 else _virtual_pid(c, host)
+        c.write(buf + off, struct.pack("<i", pid))
+    return None
+
+
+def _ipc_set(c: Call, kind: str, ident: int, obj: IpcObject) -> int:
+    """IPC_SET: the new owner and mode are the instance's (the host object
+    stays its host user's); the provider sets the host object so that its
+    change time, and a queue's msg_qbytes, are the kernel's (ipc/*
+    *ctl_down). Only the owner, the creator or CAP_SYS_ADMIN."""
+    ds = bytearray(c.read(c.ptr(_BUF_ARG[kind]), _DS_SIZE[kind]))
+    creds = c.task.creds
+    if not may_control(creds, obj):
+        raise OSError(errno.EPERM, "not the object's owner or creator")
+    _, uid, gid, _, _, mode = _PERM.unpack_from(ds)
+    if kind == MSG:
+        qbytes = struct.unpack_from("<Q", ds, _MSG_QBYTES)[0]
+        if qbytes > _msgmnb() and not creds.capable(CAP_SYS_RESOURCE):
+            raise OSError(errno.EPERM, "msg_qbytes above msgmnb")
+    _PERM.pack_into(ds, 0, 0, os.geteuid(), os.getegid(), 0, 0, HOST_MODE)
+    host = ctypes.create_string_buffer(bytes(ds), len(ds))
+    libc.syscall(_CTL_NR[kind], ident, *((0,) if kind == SEM else ()), IPC_SET, ctypes.addressof(host))
+    obj.uid, obj.gid, obj.mode = uid, gid, (obj.mode & ~MODE_BITS) | (mode & MODE_BITS)
+    return 0
+
+
+def _msgmnb() -> int:
+    """The host's msgmnb (/proc/sys/kernel/msgmnb): msg_qbytes' ceiling
+    without CAP_SYS_RESOURCE, which the host applies to its objects too."""
+    with open("/proc/sys/kernel/msgmnb") as f:
+        return int(f.read())
+
+
+sys_shmget, sys_semget, sys_msgget = _get(SHM, 2), _get(SEM, 2), _get(MSG, 1)
+sys_shmctl, sys_semctl, sys_msgctl = _ctl(SHM), _ctl(SEM), _ctl(MSG)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.magic import PROC_SUPER_MAGIC
 from lxsub.kernel import keys
+from lxsub.kernel.fs.procfs import sysvipc
 from lxsub.kernel.fs.procfs.ns import NsLink
 from lxsub.kernel.fs.procfs.sys import SysTree
 from lxsub.kernel.fs.procfs.task import InitDir, ProcessDir, process_of_dir
@@ -74,7 +75,7 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
             except OSError:
                 continue
         static.add(self._sys_tree())
-        for entry in keys.proc_entries(self.inst):
+        for entry in (*keys.proc_entries(self.inst), *sysvipc.proc_entries(self.inst)):
             static.add(entry)
         return static
 

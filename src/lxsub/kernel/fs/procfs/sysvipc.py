@@ -1,0 +1,75 @@
+"""/proc/sysvipc/{shm,sem,msg}: the instance's System V objects only.
+
+The host's files list every object of the host's IPC namespace; the rows
+of the instance's objects (kernel/ipc.py) are taken from there, for what
+the kernel keeps (sizes, counts, times, rss), and shown as the instance
+sees them: its key, its Linux owner, creator and mode, pids in the
+instance (0 for a process not of it), in the kernel's own columns
+(ipc/shm.c sysvipc_shm_proc_show, ipc/msg.c, ipc/sem.c).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lxsub.kernel.ipc import MODE_BITS, MSG, SEM, SHM, IpcObject
+from lxsub.kernel.vfs.pseudo import File, StaticDir, read_host
+
+if TYPE_CHECKING:
+    from lxsub.kernel.instance import Instance
+
+_HEADERS = {
+    SHM: "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid"
+         "  cgid      atime      dtime      ctime                   rss                  swap\n",
+    MSG: "       key      msqid perms      cbytes       qnum lspid lrpid   uid   gid  cuid  cgid"
+         "      stime      rtime      ctime\n",
+    SEM: "       key      semid perms      nsems   uid   gid  cuid  cgid      otime      ctime\n",
+}
+
+
+def _shm(inst: "Instance", obj: IpcObject, mode: int, f: list[str]) -> str:
+    lpid = _pid(inst, int(f[5]))
+    return (f"{obj.key:10d} {int(f[1]):10d}  {mode:4o} {int(f[3]):21d} {obj.cpid:5d} {lpid:5d}  "
+            f"{int(f[6]):5d} {obj.uid:5d} {obj.gid:5d} {obj.cuid:5d} {obj.cgid:5d} {int(f[11]):10d} "
+            f"{int(f[12]):10d} {int(f[13]):10d} {int(f[14]):21d} {int(f[15]):21d}\n")
+
+
+def _msg(inst: "Instance", obj: IpcObject, mode: int, f: list[str]) -> str:
+    return (f"{obj.key:10d} {int(f[1]):10d}  {mode:4o}  {int(f[3]):10d} {int(f[4]):10d} "
+            f"{_pid(inst, int(f[5])):5d} {_pid(inst, int(f[6])):5d} {obj.uid:5d} {obj.gid:5d} "
+            f"{obj.cuid:5d} {obj.cgid:5d} {int(f[11]):10d} {int(f[12]):10d} {int(f[13]):10d}\n")
+
+
+def _sem(inst: "Instance", obj: IpcObject, mode: int, f: list[str]) -> str:
+    return (f"{obj.key:10d} {int(f[1]):10d}  {mode:4o} {int(f[3]):10d} {obj.uid:5d} {obj.gid:5d} "
+            f"{obj.cuid:5d} {obj.cgid:5d} {int(f[8]):10d} {int(f[9]):10d}\n")
+
+
+_ROW = {SHM: _shm, MSG: _msg, SEM: _sem}
+
+
+def _pid(inst: "Instance", host_pid: int) -> int:
+    return (inst.pids.vpid_of_host(host_pid) or 0) if host_pid > 0 else 0
+
+
+def render(inst: "Instance", kind: str) -> bytes:
+    """The file: the header, then one row per object of the instance, by id."""
+    objects = dict(inst.ipc.listing(kind))
+    rows = [_HEADERS[kind]]
+    if objects:
+        for line in read_host(f"/proc/sysvipc/{kind}").decode().splitlines()[1:]:
+            f = line.split()
+            obj = objects.get(int(f[1])) if len(f) > 2 else None
+            if obj is None:
+                continue
+            mode = (int(f[2], 8) & ~MODE_BITS) | obj.mode       # SHM_DEST, SHM_LOCKED kept
+            rows.append(_ROW[kind](inst, obj, mode, f))
+    return "".join(rows).encode()
+
+
+def proc_entries(inst: "Instance") -> list:
+    """/proc/sysvipc and its three files."""
+    d = StaticDir("/sysvipc")
+    for kind in (MSG, SEM, SHM):
+        d.add(File(f"/sysvipc/{kind}", lambda t, k=kind: render(inst, k)))
+    return [d]
