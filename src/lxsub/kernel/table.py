@@ -24,8 +24,7 @@ from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
                                    klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
-                                   unistd,
-                                   utsname, xattr)
+                                   unistd, utsname, xattr)
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
 
