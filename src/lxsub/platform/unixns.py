@@ -31,7 +31,6 @@ string the program gave.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
 import os
@@ -213,13 +212,6 @@ class UnixNamespace:
         # (st_dev, st_ino) of a socket file -> the path it was bound with,
         # as the program gave it
         self.bound: dict[int, bytes] = {}
-        # SCM_CREDENTIALS (kernel/syscalls/net.py): whether any socket of the
-        # instance asked for them (SO_PASSCRED), the socket inode each bound
-        # socket file belongs to, and per receiving socket inode the
-        # credentials of messages the provider sent for a program, in order
-        self.passcred = False
-        self.socket_of_file: dict[tuple[int, int], int] = {}
-        self.sent_creds: dict[int, collections.deque] = {}
 
     @property
     def available(self) -> bool:

@@ -14,7 +14,6 @@ as across user and pid namespaces.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
 import fcntl as fcntl_mod
@@ -25,9 +24,9 @@ import struct
 
 from lxsub.abi.fcntl import AT_FDCWD, O_CLOEXEC
 from lxsub.abi.limits import OVERFLOW_ID, UIO_MAXIOV
-from lxsub.abi.socket import (AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, NETLINK_AUDIT, SCM_CREDENTIALS,
+from lxsub.abi.socket import (AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, NETLINK_AUDIT, SCM_CREDENTIALS,
                               SCM_MAX_FD, SCM_RIGHTS, SO_PASSPIDFD, SO_PEERCRED, SO_PEERGROUPS,
-                              SO_PASSCRED, SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
+                              SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
 from lxsub.abi.sysno import SYS_TGKILL
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
@@ -123,7 +122,6 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
         parent.fs.after_create_name(parent, name, mode, 0, c.task.creds)
         made = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         _remember(c.inst.unix.bound, (made.st_dev, made.st_ino), path)
-        _remember(c.inst.unix.socket_of_file, (made.st_dev, made.st_ino), os.fstat(local).st_ino)
         return 0
     finally:
         parent.release()
@@ -298,7 +296,6 @@ class _Message:
         self.control = b""
         self.fds: list[int] = []        # provider copies of SCM_RIGHTS descriptors
         self.node = None                # the instance's socket file named, held
-        self.creds: tuple[int, int, int] | None = None   # SCM_CREDENTIALS given, checked
 
     def release(self) -> None:
         for fd in self.fds:
@@ -376,7 +373,7 @@ def _translate_control(c: Call, raw: bytes, msg: _Message) -> bytes:
         if level == SOL_SOCKET and kind == SCM_RIGHTS:
             body = _copy_rights(c, body, msg)
         elif level == SOL_SOCKET and kind == SCM_CREDENTIALS:
-            body = _check_credentials(c, body, msg)
+            body = _check_credentials(c, body)
         cmsg = _CMSGHDR.pack(_CMSGHDR.size + len(body), level, kind) + body
         out.append(cmsg + b"\0" * (-len(cmsg) % 8))
         off += (length + 7) & ~7
@@ -392,7 +389,7 @@ def _copy_rights(c: Call, body: bytes, msg: _Message) -> bytes:
     return struct.pack(f"<{count}i", *msg.fds[-count:])
 
 
-def _check_credentials(c: Call, body: bytes, msg: "_Message") -> bytes:
+def _check_credentials(c: Call, body: bytes) -> bytes:
     """unix(7) SCM_CREDENTIALS, net/core/scm.c scm_check_creds with the
     instance's view: the pid is the sender's own (virtual) unless it has
     CAP_SYS_ADMIN, and must exist (ESRCH); the uid its real, effective or
@@ -409,7 +406,6 @@ def _check_credentials(c: Call, body: bytes, msg: "_Message") -> bytes:
         raise OSError(errno.EPERM, "not the sender's credentials")
     if pid not in c.inst.pids.processes_by_vid:
         raise OSError(errno.ESRCH, "no such process")
-    msg.creds = (pid, uid, gid)
     return struct.pack("<iII", os.getpid(), os.getuid(), os.getgid())
 
 
@@ -424,14 +420,11 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
 
 
-def _host_sendmsg(task, sock: int, msg: _Message, flags: int, ns=None) -> int:
+def _host_sendmsg(task, sock: int, msg: _Message, flags: int) -> int:
     iov = _IoVec(msg.data, len(msg.data))
     hdr = _MsgHdr(msg.name or None, len(msg.name), ctypes.cast(ctypes.byref(iov), ctypes.c_void_p),
                   1, msg.control or None, len(msg.control), 0)
-    sent = _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
-    if ns is not None and ns.passcred:
-        _record_sent_creds(task, sock, msg, ns)
-    return sent
+    return _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
 
 
 def _sent(task, flags: int, r: int) -> int:
@@ -466,7 +459,7 @@ def sys_sendmsg(c: Call):
     flags, task = c.int(2), c.task
     waits = not (flags & MSG_DONTWAIT or fcntl_mod.fcntl(local, fcntl_mod.F_GETFL) & os.O_NONBLOCK)
     try:
-        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT, c.inst.unix)
+        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT)
     except BlockingIOError:
         if not waits:
             msg.release()
@@ -486,7 +479,7 @@ def sys_sendmsg(c: Call):
 
     def work() -> int:
         try:
-            return sent + _host_sendmsg(task, local, msg, flags, c.inst.unix)
+            return sent + _host_sendmsg(task, local, msg, flags)
         except OSError:
             if sent:
                 return sent
@@ -523,7 +516,7 @@ def sys_sendmmsg(c: Call):
         sent = 0
         try:
             for i, msg in enumerate(msgs):
-                n = _host_sendmsg(task, local, msg, flags, c.inst.unix)
+                n = _host_sendmsg(task, local, msg, flags)
                 c.write(at + i * _MMSGHDR_SIZE + _MSGHDR.size, struct.pack("<I", n))
                 sent += 1
             if failed is not None and not sent:
@@ -647,16 +640,13 @@ def _getsockopt(fd: int, level: int, name: int, size: int) -> bytes:
 
 
 def sys_setsockopt(c: Call) -> int:
-    """SO_PASSCRED's number traps to note that credentials are wanted
-    (recvmsg below), SO_PASSPIDFD's because with it, recvmsg would hand the
+    """Only SO_PASSPIDFD's number traps: with it, recvmsg would hand the
     caller a pidfd (SCM_PIDFD) of whoever sent, a host process too. It
     is refused as by a kernel without it (ENOPROTOOPT; SCM_CREDENTIALS
     remain). The same number at other levels is set as asked."""
     fd, level, name, optval, optlen = c.int(0), c.int(1), c.int(2), c.ptr(3), c.int(4)
     if level == SOL_SOCKET and name == SO_PASSPIDFD:
         raise OSError(errno.ENOPROTOOPT, "SO_PASSPIDFD is not available in an instance")
-    if level == SOL_SOCKET and name == SO_PASSCRED:
-        c.inst.unix.passcred = True      # received credentials need translating from now on
     if not 0 <= optlen <= 4096:
         raise OSError(errno.EINVAL, "bad option length")
     value = c.read(optval, optlen) if optlen else b""
@@ -665,128 +655,3 @@ def sys_setsockopt(c: Call) -> int:
         return _sys(_c.setsockopt, local, level, name, value, len(value))
     finally:
         os.close(local)
-
-
-# -- SCM_CREDENTIALS received: the instance's view ---------------------------------
-#
-# The kernel writes a sender's credentials into a message received on a
-# socket with SO_PASSCRED as the receiver's pid namespace and user
-# namespace see them (net/core/scm.c scm_recv): the host's pid and the host
-# user, which says nothing of the Linux user. recvmsg and recvmmsg stop
-# (ptrace); until some socket of the instance asked for credentials, or
-# for a call without room for control messages or on a socket without
-# SO_PASSCRED, they run untouched; else, at their exit, each
-# SCM_CREDENTIALS is rewritten: an instance process's host pid becomes
-# its pid and its real uid and gid (scm_send's defaults); a message the
-# provider sent for a program (sendmsg above) carries the provider's, and
-# gets what was recorded for the receiving socket when it was sent: the
-# program's pid and ids, or the credentials it gave; the kernel's own
-# (pid 0) stay; anyone else is pid 0 and the overflow ids.
-
-_SENT_CREDS_MAX = 1024
-
-
-def _record_sent_creds(task, sock: int, msg: _Message, ns) -> None:
-    """Who a message the provider just sent is from, for its receiver."""
-    if msg.node is not None:
-        st = os.fstat(msg.node.fd)
-        receiver = ns.socket_of_file.get((st.st_dev, st.st_ino))
-    else:
-        receiver = ns.peer_inode(os.fstat(sock).st_ino)
-    if receiver is None:
-        return
-    creds = msg.creds or (task.process.pid, task.creds.ruid, task.creds.rgid)
-    queue = ns.sent_creds.setdefault(receiver, collections.deque(maxlen=_SENT_CREDS_MAX))
-    queue.append(creds)
-
-
-def _wants_translation(c: Call, hdrs: list[int]) -> bool:
-    """Whether any message header has room for control data and the socket
-    has SO_PASSCRED (only once some socket asked for it)."""
-    if not c.inst.unix.passcred:
-        return False
-    if not any(_MSGHDR.unpack(c.read(at, _MSGHDR.size))[5] for at in hdrs):
-        return False
-    local = lookup.copy_fd(c.task, c.int(0))
-    try:
-        return struct.unpack("<i", _getsockopt(local, SOL_SOCKET, SO_PASSCRED, 4))[0] != 0
-    except OSError:
-        return False
-    finally:
-        os.close(local)
-
-
-def sys_recvmsg(c: Call):
-    """recvmsg(fd, msg, flags) (a ptrace stop)."""
-    at = c.ptr(1)
-    try:
-        if not _wants_translation(c, [at]):
-            return Native()
-    except OSError:
-        return Native()                  # the kernel says EFAULT or EBADF
-    sock = _socket_inode(c)
-    peek = c.int(2) & MSG_PEEK
-    return Native(on_exit=lambda r: _translate_received(c, [at], sock, peek) if r >= 0 else None)
-
-
-def sys_recvmmsg(c: Call):
-    """recvmmsg(fd, msgvec, vlen, flags, timeout) (a ptrace stop): the
-    messages received are the first `result` headers."""
-    at, vlen = c.ptr(1), min(c.uint(2), UIO_MAXIOV)
-    hdrs = [at + i * _MMSGHDR_SIZE for i in range(vlen)]
-    try:
-        if not hdrs or not _wants_translation(c, hdrs):
-            return Native()
-    except OSError:
-        return Native()
-    sock = _socket_inode(c)
-    peek = c.int(3) & MSG_PEEK
-    return Native(on_exit=lambda r: _translate_received(c, hdrs[:r], sock, peek) if r > 0 else None)
-
-
-def _socket_inode(c: Call) -> int:
-    local = lookup.copy_fd(c.task, c.int(0))
-    try:
-        return os.fstat(local).st_ino
-    finally:
-        os.close(local)
-
-
-def _translate_received(c: Call, hdrs: list[int], sock: int, peek: int) -> None:
-    for at in hdrs:
-        try:
-            ctl_at, ctllen = _MSGHDR.unpack(c.read(at, _MSGHDR.size))[4:6]
-            if not ctl_at or ctllen < _CMSGHDR.size:
-                continue
-            raw = c.read(ctl_at, min(ctllen, _OPTMEM_MAX))
-        except OSError:
-            continue                     # the program unmapped it meanwhile: its loss
-        off = 0
-        while off + _CMSGHDR.size <= len(raw):
-            length, level, kind = _CMSGHDR.unpack_from(raw, off)
-            if length < _CMSGHDR.size or off + length > len(raw):
-                break
-            if level == SOL_SOCKET and kind == SCM_CREDENTIALS and length >= _CMSGHDR.size + 12:
-                body = struct.unpack_from("<iII", raw, off + _CMSGHDR.size)
-                c.write(ctl_at + off + _CMSGHDR.size,
-                        struct.pack("<iII", *_instance_creds(c, body, sock, peek)))
-            off += (length + 7) & ~7
-    return None
-
-
-def _instance_creds(c: Call, body: tuple[int, int, int], sock: int,
-                    peek: int) -> tuple[int, int, int]:
-    pid, uid, gid = body
-    if pid == 0:
-        return body                      # the kernel's own (netlink)
-    inst = c.inst
-    if pid == inst.init.host_pid:
-        queue = inst.unix.sent_creds.get(sock)
-        if queue:
-            return queue[0] if peek else queue.popleft()
-        return 1, 0, 0                   # the provider itself: /init
-    proc = inst.pids.processes_by_host.get(pid)
-    if proc is None or not proc.threads:
-        return 0, OVERFLOW_ID, OVERFLOW_ID
-    creds = next(iter(proc.threads.values())).creds
-    return proc.pid, creds.ruid, creds.rgid
