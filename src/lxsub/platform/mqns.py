@@ -31,7 +31,7 @@ import threading
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
 from lxsub.abi.sched import CLONE_NEWIPC, CLONE_NEWUSER
 from lxsub.abi.sysno import NUMBERS
-from lxsub.platform.unixns import helper_reply, unshare_as_self
+from lxsub.platform.unixns import fork_helper, helper_reply, unshare_as_self
 
 # op (0 open, 1 unlink), oflag, mode, attr given, mq_maxmsg, mq_msgsize; the name follows
 _REQ = struct.Struct("<BiIBqq")
@@ -114,13 +114,7 @@ class MqueueNamespace:
 
     def _ensure(self) -> socket.socket:
         if self._sock is None:
-            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            pid = os.fork()
-            if pid == 0:
-                parent.close()
-                _serve(child)
-            child.close()
-            self.helper_pid = pid
+            self.helper_pid, parent = fork_helper(_serve)
             ready = parent.recv(256).split()
             if len(ready) != 4 or ready[0] != b"ready":
                 parent.close()

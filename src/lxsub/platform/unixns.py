@@ -38,6 +38,7 @@ import signal
 import socket
 import struct
 import threading
+from typing import Callable
 
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
 from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
@@ -64,6 +65,18 @@ def helper_reply(msg: bytes, fds: list[int], count: int, gone: OSError) -> list[
         code = int(msg[4:])
         raise OSError(code, os.strerror(code))
     raise gone
+
+
+def fork_helper(serve: Callable[[socket.socket], None]) -> tuple[int, socket.socket]:
+    """Fork a helper that runs `serve` on its end of a new SEQPACKET pair
+    (never returning); (its pid, the provider's end)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        serve(child)
+    child.close()
+    return pid, parent
 
 
 def unshare_as_self(flags: int) -> None:
@@ -224,13 +237,7 @@ class UnixNamespace:
         return self._sock is not None
 
     def _start(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            parent.close()
-            _serve(child)
-        child.close()
-        self.helper_pid = pid
+        self.helper_pid, parent = fork_helper(_serve)
         self._sock = parent
         ready = parent.recv(16)
         if not ready.startswith(b"ready"):
