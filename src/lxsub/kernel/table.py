@@ -377,8 +377,31 @@ for _row in ROWS:
     if _row.nr in BY_NR:
         raise ValueError(f"syscall {_row.name} listed twice")
     BY_NR[_row.nr] = _row
+
+# Why each call lxsub leaves unimplemented answers ENOSYS, as Linux does.
+# arch/x86/entry/syscalls/syscall_64.tbl lists these numbers with no entry
+# point (sys_ni_syscall): never implemented for x86_64, or removed.
+_NI_64 = "no x86_64 entry point in Linux (syscall_64.tbl): ENOSYS there too"
+_ENOSYS_WHY = {
+    "uselib": "obsolete (libc5's loader, a.out only); x86_64 Linux has it only with CONFIG_USELIB, "
+              "off by default, and ENOSYS otherwise",
+    "_sysctl": "removed in Linux 5.5 (/proc/sys replaces it): ENOSYS there too",
+    **{n: "removed in Linux 2.6 (module loading is init_module): ENOSYS there too"
+       for n in ("create_module", "get_kernel_syms", "query_module")},
+    "nfsservctl": "removed in Linux 3.1 (nfsd is configured through its file system): ENOSYS there too",
+    **{n: _NI_64 for n in ("getpmsg", "putpmsg", "afs_syscall", "tuxcall", "security", "vserver",
+                           "epoll_ctl_old", "epoll_wait_old")},
+    **{n: _NI_64 + "; 64-bit programs set their TLS with arch_prctl"
+       for n in ("set_thread_area", "get_thread_area")},
+    **{n: "added in Linux 6.8, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
+       for n in ("lsm_get_self_attr", "lsm_set_self_attr", "lsm_list_modules")},
+    **{n: "added in Linux 6.13, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
+       for n in ("setxattrat", "getxattrat", "listxattrat", "removexattrat")},
+    **{n: "added in Linux 6.17, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
+       for n in ("file_getattr", "file_setattr")},
+}
 for _nr, _name in NAMES.items():
-    BY_NR.setdefault(_nr, unimplemented(_name))
+    BY_NR.setdefault(_nr, unimplemented(_name, _ENOSYS_WHY.get(_name, "")))
 
 
 def seccomp_program() -> bytes:
