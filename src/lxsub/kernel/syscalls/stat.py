@@ -50,6 +50,10 @@ def sys_fstat(c: Call) -> int:
 
 
 def sys_newfstatat(c: Call) -> int:
+    # vfs_statx: a flag beyond these is EINVAL (both sync types together are
+    # not, unlike statx(2)'s do_statx).
+    if c.int(3) & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE):
+        raise OSError(errno.EINVAL, "bad fstatat flags")
     path = c.path_or_empty(1, c.int(3))
     c.write(c.ptr(2), _stat_at(c, c.int(0), path, c.int(3)).pack_stat())
     return 0
