@@ -496,3 +496,33 @@ def test_oom_score_adj_a_user_may_only_raise_it(debian):
     assert reads == ["read 0 child 0", "read 500 child 500", "read 0 child 0",
                      "read 0 child 0", "read 0 child 0", "read 0 child 0",
                      "read 0 child 0"], describe(cp)
+
+
+ZOMBIE_SCRIPT = r'''
+my $pid = fork() // die "fork: $!";
+exit 0 if $pid == 0;
+# the child has exited but is not waited for: a zombie, still in /proc
+for (1 .. 100) { open(my $f, "<", "/proc/$pid/stat") or last; my @f = split ' ', <$f>;
+                 last if $f[2] eq "Z"; select(undef, undef, undef, 0.05) }
+open(my $f, "<", "/proc/$pid/stat") or die "stat: $!";
+my @f = split ' ', <$f>;
+print "stat $f[0] $f[2] $f[3]\n";
+opendir(my $d, "/proc") or die; print "listed ", (grep { $_ eq $pid } readdir $d) ? 1 : 0, "\n";
+my @st = stat("/proc/$pid"); print "owner $st[4]\n";
+waitpid($pid, 0);
+print "reaped ", (-e "/proc/$pid" ? "present" : "gone"), " parent $$\n";
+'''
+
+
+def test_a_zombie_keeps_its_proc_directory_until_reaped(debian):
+    """proc(5): an exited child its parent has not waited for shows in
+    /proc with state Z, owned as it was, until the wait (LTP's
+    TST_PROCESS_STATE_WAIT(pid, 'Z'): getrusage03, semctl01, mmap01)."""
+    cp = debian.lx(["-u", "nobody", "--cd", "/", "-e", "perl", "-e", ZOMBIE_SCRIPT])
+    lines = text(cp).splitlines()
+    assert len(lines) == 4, describe(cp)
+    pid, state, ppid = lines[0].split()[1:]
+    parent = lines[3].split()[-1]
+    assert (state, ppid) == ("Z", parent), describe(cp)
+    assert lines[1:3] == ["listed 1", "owner 65534"], describe(cp)
+    assert lines[3] == f"reaped gone parent {parent}", describe(cp)

@@ -37,6 +37,7 @@ class Process:
     oom_score_adj_min: int = 0
     image: tuple[int, int] | None = None   # the program file it runs (kernel/vfs/images.py)
     exit_ruid: int = 0         # its real uid when its last thread exited (waitid, SIGCHLD)
+    exit_creds: "Creds | None" = None   # its last thread's, as a zombie's /proc/<pid> shows them
     # prctl(2) PR_SET_CHILD_SUBREAPER (also set on the host process, which
     # the host's reparenting follows); not inherited by fork.
     child_subreaper: bool = False
