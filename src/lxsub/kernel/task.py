@@ -201,6 +201,14 @@ class PidSpace:
         task = self.tasks_by_host.get(host_pid)
         return task.tid if task is not None else None
 
+    def vpid_or_zero(self, host_pid: int) -> int:
+        """A host pid the host kernel recorded (SysV IPC's last sender,
+        creator...) as the instance sees it: its process, or the pid it had
+        here; 0 for a process outside the instance, as Linux shows a pid
+        from outside the reader's PID namespace."""
+        v = self.vpid_of_host(host_pid)
+        return v if v is not None else self._alias_h2v.get(host_pid, 0)
+
     def host_of_vpid(self, vpid: int) -> int | None:
         proc = self.processes_by_vid.get(vpid)
         if proc is not None:

@@ -81,13 +81,26 @@ def _by_id(kind: str, cmd_arg: int | None = None):
     return handler
 
 
+# Where IPC_STAT's struct (x86_64 msqid64_ds, shmid64_ds) holds the pids the
+# host recorded: msg_lspid, msg_lrpid; shm_cpid, shm_lpid.
+_PID_FIELDS = {MSG: 96, SHM: 80}
+
+
 def _show_key(c: Call, sp: IpcSpace, kind: str, ident: int, result: int) -> None:
     """IPC_STAT's ipc64_perm starts with the object's key: the instance's key,
-    not the IPC_PRIVATE (0) the host made it with (msgctl(2) msg_perm.__key)."""
+    not the IPC_PRIVATE (0) the host made it with (msgctl(2) msg_perm.__key);
+    the last sender's and receiver's (creator's, last attacher's) pids are
+    the instance's, not the host's (msgctl(2) msg_lspid, shmctl(2) shm_cpid)."""
+    if result < 0:
+        return None
+    buf = c.ptr(_BUF_ARG[kind])
     key = sp.key_of(kind, ident)
-    if result >= 0 and key is not None:
-        buf = c.ptr(_BUF_ARG[kind])
+    if key is not None:
         c.write(buf, struct.pack("<i", key))
+    at = _PID_FIELDS.get(kind)
+    if at is not None:
+        pids = struct.unpack("<ii", c.read(buf + at, 8))
+        c.write(buf + at, struct.pack("<ii", *(c.inst.pids.vpid_or_zero(p) if p > 0 else p for p in pids)))
     return None
 
 
