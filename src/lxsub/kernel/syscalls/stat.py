@@ -13,6 +13,7 @@ from lxsub.abi.magic import PIPEFS_MAGIC, SOCKFS_MAGIC
 from lxsub.abi.stat import STATX__RESERVED
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import fdview, lookup, perm
+from lxsub.kernel.vfs.mount import want_write
 from lxsub.kernel.vfs.stat import LinuxStat
 
 _STATFS = struct.Struct("<qqQQQQQiiqqq4q")
@@ -133,6 +134,8 @@ def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
         # (sysctls, oom_score_adj): those answer by their mode, as in Linux.
         if mode & os.W_OK and node.fs.read_only and getattr(node.obj, "write", None) is None:
             raise OSError(errno.EROFS, "read-only file system")
+        if mode & os.W_OK and (st.S_ISREG(a.mode) or st.S_ISDIR(a.mode) or st.S_ISLNK(a.mode)):
+            want_write(node)        # sb_permission / __mnt_is_readonly in do_faccessat
         want = (perm.MAY_READ if mode & os.R_OK else 0) | (perm.MAY_WRITE if mode & os.W_OK else 0) \
             | (perm.MAY_EXEC if mode & os.X_OK else 0)
         perm.check(creds, a.mode, a.uid, a.gid, want)

@@ -11,6 +11,7 @@ from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FO
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import lookup, ops, perm
+from lxsub.kernel.vfs.mount import want_write
 
 
 def sys_unlink(c: Call) -> int:
@@ -176,6 +177,7 @@ def sys_truncate(c: Call) -> int:
         a = node.fs.getattr(node, c.task)
         if node.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
+        want_write(node)            # vfs_truncate: mnt_want_write before the permission
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
         if node.host_st is not None:     # vfs_truncate's get_write_access

@@ -9,6 +9,7 @@ from lxsub.abi.fcntl import AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs.lxattr import RESERVED_PREFIX
 from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.mount import want_write
 
 XATTR_SIZE_MAX = 65536
 XATTR_CREATE, XATTR_REPLACE = 1, 2
@@ -73,6 +74,7 @@ def _set(c: Call, kind: str) -> int:
     value = c.read(c.ptr(2), size)
     node = _node(c, kind)
     try:
+        want_write(node)            # path_setxattr/file_setxattr: mnt_want_write
         os.setxattr(_host_target(node, name), name, value, flags)
     finally:
         node.release()
@@ -95,6 +97,7 @@ def _remove(c: Call, kind: str) -> int:
         raise OSError(errno.EPERM, "reserved attribute")
     node = _node(c, kind)
     try:
+        want_write(node)
         os.removexattr(_host_target(node, name), name)
     finally:
         node.release()
