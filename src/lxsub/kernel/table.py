@@ -333,7 +333,8 @@ ROWS: list[Syscall] = [
     notify("setns", nsproxy.sys_setns, "the instance's own namespaces (/proc/<pid>/ns files, "
            "pidfds of its processes): the install checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
-           "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
+           "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "
+           "keeps; MS_MOVE: EINVAL", PARTIAL),
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
     notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
            "them busy", PARTIAL),
