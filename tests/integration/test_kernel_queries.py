@@ -165,6 +165,7 @@ def test_flags_masks_and_the_file_size_limit(busybox, program):
         f"fchmodat2 {einval} 0",
         f"statx {einval} {einval} 0",
         f"fstatat {einval} {einval} 0",
+        f"fchownat {einval} utimensat {-errno.EFAULT} mkdir {-errno.EEXIST}",
         f"truncate {-errno.EFBIG} 0",
     ], describe(cp)
 

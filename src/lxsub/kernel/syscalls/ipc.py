@@ -18,8 +18,8 @@ from __future__ import annotations
 import errno
 import struct
 
-from lxsub.abi.ipc import (IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, IPC_STAT, MSG_INFO, MSG_STAT,
-                           MSG_STAT_ANY, SEM_INFO, SEM_STAT, SEM_STAT_ANY, SHM_INFO, SHM_STAT, SHM_STAT_ANY)
+from lxsub.abi.ipc import (GETPID, IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, IPC_STAT, MSG_INFO,
+                           MSG_STAT, MSG_STAT_ANY, SEM_INFO, SEM_STAT, SEM_STAT_ANY, SHM_INFO, SHM_STAT, SHM_STAT_ANY)
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.ipc import MSG, SEM, SHM, IpcSpace
 
@@ -70,6 +70,9 @@ def _by_id(kind: str, cmd_arg: int | None = None):
             raise OSError(errno.EINVAL, "no such IPC object in this instance")
         if cmd == IPC_STAT:
             return Native(on_exit=lambda result: _show_key(c, sp, kind, ident, result))
+        if kind == SEM and cmd == GETPID:
+            # semctl(2) GETPID answers the host pid of the last semop: the instance's
+            return Native(on_exit=lambda result: c.inst.pids.vpid_or_zero(result) if result > 0 else None)
         if cmd != IPC_RMID:
             return Native()
 

@@ -268,7 +268,9 @@ def sys_utimensat(c: Call) -> int:
         times = ((a_s, a_ns), (m_s, m_ns))
     else:
         times = _now_pair()
-    if not c.ptr(1):   # futimens(fd, times): do_utimes_fd's fdget, EBADF for O_PATH
+    # futimens(fd, times): do_utimes_fd's fdget, EBADF for O_PATH. With
+    # AT_FDCWD a NULL path is a path (do_utimes): EFAULT.
+    if not c.ptr(1) and dirfd != AT_FDCWD:
         node = lookup.node_of_open_fd(c.inst.vfs, c.task, dirfd)
     else:
         node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, c.path(1), flags)

@@ -151,6 +151,8 @@ def sys_fchown(c: Call) -> int:
 
 def sys_fchownat(c: Call) -> int:
     flags = c.int(4)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):     # do_fchownat
+        raise OSError(errno.EINVAL, "bad fchownat flags")
     path = c.path_or_empty(1, flags)
     node = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), path, flags)
     return _chown_node(c, node, c.int(2), c.int(3))

@@ -60,13 +60,16 @@ def _entry(vfs, caller, parent: Node, name: bytes) -> Node:
 
 def want_create(vfs: "Vfs", caller: "Caller", parent: Node, name: bytes) -> None:
     """filename_create(): an existing name is EEXIST before a read-only
-    mount is EROFS, which comes before the directory's permission."""
-    if parent.mount is None or not parent.mount.read_only:
+    mount (or pseudo file system, whose own create answers EROFS) refuses,
+    and that before the directory's permission."""
+    read_only_mount = parent.mount is not None and parent.mount.read_only
+    if not read_only_mount and not parent.fs.read_only:
         return
     try:
         _entry(vfs, caller, parent, name).release()
     except FileNotFoundError:
         want_write(parent)
+        return
     raise _e(errno.EEXIST)
 
 
