@@ -166,6 +166,7 @@ def test_flags_masks_and_the_file_size_limit(busybox, program):
         f"statx {einval} {einval} 0",
         f"fstatat {einval} {einval} 0",
         f"fchownat {einval} utimensat {-errno.EFAULT} mkdir {-errno.EEXIST}",
+        f"negative pid {-errno.ESRCH} {-errno.ESRCH} {einval}",
         f"truncate {-errno.EFBIG} 0",
     ], describe(cp)
 

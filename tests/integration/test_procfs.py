@@ -290,6 +290,8 @@ def test_proc_sys_and_system_files(debian):
         for f in hostname ostype osrelease pid_max; do echo "$f $(cat /proc/sys/kernel/$f)"; done
         echo "uname $(hostname) $(uname -r)"
         echo "file-max $(cat /proc/sys/fs/file-max)"
+        echo "tainted $(cat /proc/sys/kernel/tainted)"
+        echo "core_pattern $(cat /proc/sys/kernel/core_pattern)"
         echo "boot_id $(cat /proc/sys/kernel/random/boot_id)"
         echo "fs $(grep -c . /proc/filesystems) $(grep -w proc /proc/filesystems | tr '\\t' ' ')"
         echo "cpuinfo $(grep -c ^processor /proc/cpuinfo)"
@@ -308,6 +310,9 @@ def test_proc_sys_and_system_files(debian):
     assert out["ostype"] == "Linux" and int(out["pid_max"]) > 1000, describe(cp)
     with open("/proc/sys/fs/file-max") as f:
         assert out["file-max"] == f.read().strip(), describe(cp)
+    for name in ("tainted", "core_pattern"):    # the host kernel's, read by LTP's library
+        with open(f"/proc/sys/kernel/{name}") as f:
+            assert out[name] == f.read().strip(), describe(cp)
     with open("/proc/sys/kernel/random/boot_id") as f:
         assert out["boot_id"] != f.read().strip(), describe(cp)      # the instance's own boot
     assert out["fs"].split()[1:] == ["nodev", "proc"], describe(cp)

@@ -294,8 +294,8 @@ ROWS: list[Syscall] = [
     *(trace(n, sched.sys_cpu_mask, "PID argument translated; the caller's own mask, never "
             "the provider's temporary one") for n in ("sched_setaffinity", "sched_getaffinity")),
     *(pid_arg(n) for n in (
-        "sched_getparam", "sched_getscheduler", "sched_rr_get_interval",
-        "sched_getattr", "prlimit64", "migrate_pages", "move_pages")),
+        "sched_getparam", "sched_getscheduler", "sched_rr_get_interval", "sched_getattr")),
+    *(pid_arg(n, sched.sys_task_first) for n in ("prlimit64", "migrate_pages", "move_pages")),
     *(trace(n, sched.sys_sched_set, "PID translated; stopped for the caller itself too: "
             "Linux's CAP_SYS_NICE, owner and RLIMIT_RTPRIO checks with the instance's "
             "credentials") for n in ("sched_setparam", "sched_setscheduler", "sched_setattr")),

@@ -12,19 +12,25 @@ from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_SYS_NICE, Creds
 
 
-def _translate_arg(c: Call, i: int) -> Native:
+def _translate_arg(c: Call, i: int, negative: int = errno.EINVAL) -> Native:
     pid = c.int(i)
     if pid != 0:
         host = c.inst.pids.host_of_vtid(pid) or c.inst.pids.host_of_vpid(pid)
         if host is None or pid < 0:
-            raise OSError(errno.ESRCH if pid > 0 else errno.EINVAL, "no such process")
+            raise OSError(errno.ESRCH if pid > 0 else negative, "no such process")
         c.set_arg(i, host)
     return Native()
 
 
 def sys_pid_first(c: Call) -> Native:
-    """sched_*, prlimit64, migrate_pages, move_pages."""
+    """sched_*: a negative pid is EINVAL (sched_getparam(2))."""
     return _translate_arg(c, 0)
+
+
+def sys_task_first(c: Call) -> Native:
+    """prlimit64, migrate_pages, move_pages look the pid up as it is
+    (find_task_by_vpid): a negative one is no process, ESRCH."""
+    return _translate_arg(c, 0, errno.ESRCH)
 
 
 def sys_get_robust_list(c: Call) -> Native | int:
