@@ -101,6 +101,8 @@ def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
         f"robust user {eperm} {eperm} 0",
         # the group holds root's parent too: its EPERM comes last
         f"setpriority user {-errno.EACCES} {eperm} {eperm} 0",
+        # migrate_pages and prlimit64 of root's process (LTP migrate_pages01)
+        f"other root {eperm} {eperm} own 0 0",
     ], describe(cp)
 
 
@@ -188,6 +190,19 @@ def test_a_privileged_port_needs_cap_net_bind_service(busybox, program):
     low = "0 0" if host_may else f"{-errno.EACCES} {-errno.EACCES}"
     assert root == f"bind root {low} 0 0", describe(cp)
     assert user == f"bind user {-errno.EACCES} {-errno.EACCES} 0 0", describe(cp)
+
+
+def test_setfsuid_from_root_drops_the_file_capabilities(busybox, program):
+    """capabilities(7): setfsuid away from 0 clears CAP_DAC_OVERRIDE and the
+    other file system capabilities from the effective set, so root's 0600
+    file is EACCES to that fsuid; setfsuid(0) gives them back (LTP
+    setfsuid04)."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["-u", "root", "--", f"{DIR}/q fsuid"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [f"fsuid away {-errno.EACCES} back 0"], describe(cp)
 
 
 def test_execveat_of_a_descriptor_and_its_errors(busybox, program):
