@@ -388,3 +388,88 @@ def test_sticky_tmp_keeps_another_users_file_from_being_replaced(debian):
     assert cp.returncode == 0, describe(cp)
     assert text(cp).split() == ["EPERM", "EPERM"], describe(cp)
     assert debian.out(f"cat {name}; rm {name}") == "mine"
+
+
+RO_PROGRAM = textwrap.dedent("""
+    import errno, os, subprocess
+    def run(*argv):
+        subprocess.run(argv, check=True)
+    def err(f, *a):
+        try:
+            f(*a)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    os.makedirs("/mnt/ro", exist_ok=True)
+    run("mount", "-t", "tmpfs", "tt", "/mnt/ro")
+    os.mkdir("/mnt/ro/dir")
+    with open("/mnt/ro/file", "w") as f:
+        f.write("content")
+    run("mount", "-o", "remount,ro", "/mnt/ro")
+    print("shown", [l.split()[3].split(",")[0] for l in open("/proc/mounts") if l.split()[1] == "/mnt/ro"])
+    print("read", open("/mnt/ro/file").read())
+    fd = os.open("/mnt/ro/file", os.O_RDONLY)
+    print("changes", " ".join([
+        err(os.open, "/mnt/ro/new", os.O_CREAT | os.O_WRONLY), err(os.open, "/mnt/ro/file", os.O_WRONLY),
+        err(os.open, "/mnt/ro/file", os.O_RDONLY | os.O_TRUNC), err(os.mkdir, "/mnt/ro/d2"),
+        err(os.mkdir, "/mnt/ro/dir"), err(os.unlink, "/mnt/ro/file"), err(os.rmdir, "/mnt/ro/dir"),
+        err(os.chmod, "/mnt/ro/file", 0o600), err(os.fchmod, fd, 0o600), err(os.chown, "/mnt/ro/file", 1, 1),
+        err(os.utime, "/mnt/ro/file"), err(os.link, "/mnt/ro/file", "/mnt/ro/l"),
+        err(os.symlink, "x", "/mnt/ro/s"), err(os.rename, "/mnt/ro/file", "/mnt/ro/f2"),
+        err(os.truncate, "/mnt/ro/file", 0), err(os.mkfifo, "/mnt/ro/p"),
+        err(os.setxattr, "/mnt/ro/file", "user.a", b"1")]))
+    print("access", os.access("/mnt/ro/file", os.R_OK), os.access("/mnt/ro/file", os.W_OK))
+    run("mount", "-o", "remount,rw", "/mnt/ro")
+    os.unlink("/mnt/ro/file")
+    print("rw again", sorted(os.listdir("/mnt/ro")))
+    run("umount", "/mnt/ro")
+    """)
+
+
+def test_a_tmpfs_remounted_read_only_refuses_every_change(debian):
+    """mount(2) MS_REMOUNT|MS_RDONLY (mount -o remount,ro; LTP's .needs_rofs
+    tests): reads go on; every change is EROFS (mnt_want_write), an existing
+    name's EEXIST before it; /proc/mounts says ro; a remount rw undoes it."""
+    cp = debian.lx(["--cd", "/", "-e", "python3", "-c", RO_PROGRAM])
+    assert cp.returncode == 0, describe(cp)
+    lines = text(cp).splitlines()
+    assert lines[0] == "shown ['ro']", describe(cp)
+    assert lines[1] == "read content", describe(cp)
+    changes = lines[2].split()[1:]
+    assert changes == ["EROFS"] * 4 + ["EEXIST"] + ["EROFS"] * 12, describe(cp)
+    assert lines[3:] == ["access True False", "rw again ['dir']"], describe(cp)
+
+
+XATTR_PROGRAM = textwrap.dedent("""
+    import errno, os, socket
+    def err(f, *a):
+        try:
+            f(*a)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    os.makedirs("/xattr-kinds", exist_ok=True)
+    os.chdir("/xattr-kinds")
+    for name in ("file", "dir", "chr", "fifo", "sock"):
+        if os.path.lexists(name):
+            os.unlink(name) if name != "dir" else os.rmdir(name)
+    open("file", "w").close()
+    os.mkdir("dir")
+    os.mknod("chr", 0o600 | 0o020000, os.makedev(1, 3))
+    os.mkfifo("fifo")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind("sock")
+    print(" ".join(f"{n}:{err(os.setxattr, n, 'user.k', b'v')}"
+                   f":{err(os.getxattr, n, 'user.k')}"
+                   for n in ("file", "dir", "chr", "fifo", "sock")))
+    """)
+
+
+def test_user_xattrs_belong_to_files_and_directories(debian):
+    """xattr_permission: user.* attributes on a device, FIFO or socket are
+    EPERM to set and ENODATA to read (VolFs keeps those as plain host files,
+    which would take them; LTP setxattr02)."""
+    cp = debian.lx(["--cd", "/", "-e", "python3", "-c", XATTR_PROGRAM])
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).split() == ["file:ok:ok", "dir:ok:ok", "chr:EPERM:ENODATA", "fifo:EPERM:ENODATA",
+                                "sock:EPERM:ENODATA"], describe(cp)

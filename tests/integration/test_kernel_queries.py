@@ -11,6 +11,7 @@ ENOSYS (-38), and every adjtimex/clock_adjtime EPERM."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,8 @@ def test_calls_naming_other_processes_check_them_like_linux(busybox, program):
         f"robust user {eperm} {eperm} 0",
         # the group holds root's parent too: its EPERM comes last
         f"setpriority user {-errno.EACCES} {eperm} {eperm} 0",
+        # migrate_pages and prlimit64 of root's process (LTP migrate_pages01)
+        f"other root {eperm} {eperm} own 0 0",
     ], describe(cp)
 
 
@@ -163,8 +166,43 @@ def test_flags_masks_and_the_file_size_limit(busybox, program):
         f"faccessat2 {einval} {einval}",
         f"fchmodat2 {einval} 0",
         f"statx {einval} {einval} 0",
+        f"fstatat {einval} {einval} 0",
+        f"fchownat {einval} utimensat {-errno.EFAULT} mkdir {-errno.EEXIST}",
+        f"negative pid {-errno.ESRCH} {-errno.ESRCH} {einval}",
         f"truncate {-errno.EFBIG} 0",
     ], describe(cp)
+
+
+def test_a_privileged_port_needs_cap_net_bind_service(busybox, program):
+    """bind(2) to an inet port below ip_unprivileged_port_start needs
+    CAP_NET_BIND_SERVICE (ip(7), inet_bind): the instance's, so a user
+    inside gets EACCES even where the host user (root) could bind it (LTP
+    bind02). Port 0 and high ports are anyone's; root inside binds below
+    1024 where the host lets its user."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["-u", "root", "--", f"{DIR}/q bind"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    root, user = cp.stdout.decode().splitlines()
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    host_may = busybox.user.uid == 0 or start <= 463
+    low = "0 0" if host_may else f"{-errno.EACCES} {-errno.EACCES}"
+    assert root == f"bind root {low} 0 0", describe(cp)
+    assert user == f"bind user {-errno.EACCES} {-errno.EACCES} 0 0", describe(cp)
+
+
+def test_setfsuid_from_root_drops_the_file_capabilities(busybox, program):
+    """capabilities(7): setfsuid away from 0 clears CAP_DAC_OVERRIDE and the
+    other file system capabilities from the effective set, so root's 0600
+    file is EACCES to that fsuid; setfsuid(0) gives them back (LTP
+    setfsuid04)."""
+    cp = busybox.lx(["--", f"mkdir -p {DIR} && cat > {DIR}/q && chmod 755 {DIR}/q"],
+                    input=program, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    cp = busybox.lx(["-u", "root", "--", f"{DIR}/q fsuid"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [f"fsuid away {-errno.EACCES} back 0"], describe(cp)
 
 
 def test_execveat_of_a_descriptor_and_its_errors(busybox, program):

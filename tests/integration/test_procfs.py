@@ -290,6 +290,8 @@ def test_proc_sys_and_system_files(debian):
         for f in hostname ostype osrelease pid_max; do echo "$f $(cat /proc/sys/kernel/$f)"; done
         echo "uname $(hostname) $(uname -r)"
         echo "file-max $(cat /proc/sys/fs/file-max)"
+        echo "tainted $(cat /proc/sys/kernel/tainted)"
+        echo "core_pattern $(cat /proc/sys/kernel/core_pattern)"
         echo "boot_id $(cat /proc/sys/kernel/random/boot_id)"
         echo "fs $(grep -c . /proc/filesystems) $(grep -w proc /proc/filesystems | tr '\\t' ' ')"
         echo "cpuinfo $(grep -c ^processor /proc/cpuinfo)"
@@ -308,6 +310,9 @@ def test_proc_sys_and_system_files(debian):
     assert out["ostype"] == "Linux" and int(out["pid_max"]) > 1000, describe(cp)
     with open("/proc/sys/fs/file-max") as f:
         assert out["file-max"] == f.read().strip(), describe(cp)
+    for name in ("tainted", "core_pattern"):    # the host kernel's, read by LTP's library
+        with open(f"/proc/sys/kernel/{name}") as f:
+            assert out[name] == f.read().strip(), describe(cp)
     with open("/proc/sys/kernel/random/boot_id") as f:
         assert out["boot_id"] != f.read().strip(), describe(cp)      # the instance's own boot
     assert out["fs"].split()[1:] == ["nodev", "proc"], describe(cp)
@@ -496,3 +501,33 @@ def test_oom_score_adj_a_user_may_only_raise_it(debian):
     assert reads == ["read 0 child 0", "read 500 child 500", "read 0 child 0",
                      "read 0 child 0", "read 0 child 0", "read 0 child 0",
                      "read 0 child 0"], describe(cp)
+
+
+ZOMBIE_SCRIPT = r'''
+my $pid = fork() // die "fork: $!";
+exit 0 if $pid == 0;
+# the child has exited but is not waited for: a zombie, still in /proc
+for (1 .. 100) { open(my $f, "<", "/proc/$pid/stat") or last; my @f = split ' ', <$f>;
+                 last if $f[2] eq "Z"; select(undef, undef, undef, 0.05) }
+open(my $f, "<", "/proc/$pid/stat") or die "stat: $!";
+my @f = split ' ', <$f>;
+print "stat $f[0] $f[2] $f[3]\n";
+opendir(my $d, "/proc") or die; print "listed ", (grep { $_ eq $pid } readdir $d) ? 1 : 0, "\n";
+my @st = stat("/proc/$pid"); print "owner $st[4]\n";
+waitpid($pid, 0);
+print "reaped ", (-e "/proc/$pid" ? "present" : "gone"), " parent $$\n";
+'''
+
+
+def test_a_zombie_keeps_its_proc_directory_until_reaped(debian):
+    """proc(5): an exited child its parent has not waited for shows in
+    /proc with state Z, owned as it was, until the wait (LTP's
+    TST_PROCESS_STATE_WAIT(pid, 'Z'): getrusage03, semctl01, mmap01)."""
+    cp = debian.lx(["-u", "nobody", "--cd", "/", "-e", "perl", "-e", ZOMBIE_SCRIPT])
+    lines = text(cp).splitlines()
+    assert len(lines) == 4, describe(cp)
+    pid, state, ppid = lines[0].split()[1:]
+    parent = lines[3].split()[-1]
+    assert (state, ppid) == ("Z", parent), describe(cp)
+    assert lines[1:3] == ["listed 1", "owner 65534"], describe(cp)
+    assert lines[3] == f"reaped gone parent {parent}", describe(cp)

@@ -79,12 +79,15 @@ def test_sysv_objects_end_with_the_instance(debian):
 
 def test_ipc_stat_shows_the_key_an_object_was_made_with(busybox, tmp_path):
     """The host made the objects IPC_PRIVATE (key 0); IPC_STAT shows the
-    instance's key, as msgctl(2)'s msg_perm.__key (LTP msgctl01)."""
+    instance's key, as msgctl(2)'s msg_perm.__key (LTP msgctl01); the pids
+    the host recorded (last sender, receiver, creator, attacher) are the
+    instance's (LTP msgsnd01, msgrcv01)."""
     from tests.fixtures.cbuild import PROGRAMS, gcc_static
     from tests.integration.distros import run_probe
     program = gcc_static(tmp_path, "sysv_stat_key", PROGRAMS / "sysv_stat_key.c").read_bytes()
     out = run_probe(busybox, program, "/sysv/stat_key")
-    assert out == {"msg 4c5301": "", "shm 4c5302": "", "sem 4c5303": ""}, out
+    assert out == {"msg 4c5301": "", "shm 4c5302": "", "sem 4c5303": "",
+                   "pids same": "same same same", "sempid same": ""}, out
 
 
 SYSVIPC_PY = textwrap.dedent("""\

@@ -7,6 +7,7 @@ IPC_EXCL = 0o2000
 IPC_RMID = 0
 IPC_STAT = 2
 IPC_INFO = 3
+GETPID = 11          # semctl: the pid of the last semop on a semaphore
 
 # ctl commands whose first argument is an index into the host's table, or
 # that sum it up (ipcs's fallback when /proc/sysvipc is missing).

@@ -2,6 +2,8 @@
 messages and send flags lxsub reads or rewrites."""
 
 AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
 AF_NETLINK = 16
 NETLINK_AUDIT = 9
 

@@ -18,6 +18,7 @@ CAP_KILL = 5
 CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_SETPCAP = 8
+CAP_NET_BIND_SERVICE = 10
 CAP_IPC_LOCK = 14
 CAP_IPC_OWNER = 15
 CAP_MKNOD = 27
@@ -29,6 +30,14 @@ CAP_SYS_NICE = 23
 CAP_SYS_TIME = 25
 CAP_SYS_BOOT = 22
 CAP_SYSLOG = 34
+
+CAP_LINUX_IMMUTABLE = 9
+CAP_MAC_OVERRIDE = 32
+# capabilities(7): the ones a change of the filesystem user ID from 0 clears
+# from the effective set (Linux's CAP_FS_MASK).
+FS_CAPS = sum(1 << cap for cap in (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER,
+                                   CAP_FSETID, CAP_LINUX_IMMUTABLE, CAP_MAC_OVERRIDE, CAP_MKNOD))
+SECURE_NO_SETUID_FIXUP = 1 << 2     # linux/securebits.h
 
 CAP_LAST = 40
 ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
@@ -108,6 +117,18 @@ class Creds:
         elif old_e != 0 and self.euid == 0:
             self.cap_effective = self.cap_permitted
         self.fsuid = self.euid
+
+    def after_fsuid_change(self, old_fsuid: int) -> None:
+        """setfsuid(2) (cap_task_fix_setuid, LSM_SETID_FS): from 0 to
+        nonzero the file system capabilities leave the effective set; back
+        to 0 they return from the permitted one; not with
+        SECURE_NO_SETUID_FIXUP."""
+        if self.securebits & SECURE_NO_SETUID_FIXUP:
+            return
+        if old_fsuid == 0 and self.fsuid != 0:
+            self.cap_effective &= ~FS_CAPS
+        elif old_fsuid != 0 and self.fsuid == 0:
+            self.cap_effective |= FS_CAPS & self.cap_permitted
 
     def after_exec(self, file_uid: int | None, file_gid: int | None) -> bool:
         """The credentials execve(2) gives: `file_uid`/`file_gid` are the

@@ -396,6 +396,7 @@ class Instance:
         if proc.threads:
             return  # the process lives on in its other threads
         proc.exit_ruid = task.creds.ruid
+        proc.exit_creds = task.creds
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:

@@ -301,8 +301,8 @@ ROWS: list[Syscall] = [
     *(trace(n, sched.sys_cpu_mask, "PID argument translated; the caller's own mask, never "
             "the provider's temporary one") for n in ("sched_setaffinity", "sched_getaffinity")),
     *(pid_arg(n) for n in (
-        "sched_getparam", "sched_getscheduler", "sched_rr_get_interval",
-        "sched_getattr", "prlimit64", "migrate_pages", "move_pages")),
+        "sched_getparam", "sched_getscheduler", "sched_rr_get_interval", "sched_getattr")),
+    *(pid_arg(n, sched.sys_task_first) for n in ("prlimit64", "migrate_pages", "move_pages")),
     *(trace(n, sched.sys_sched_set, "PID translated; stopped for the caller itself too: "
             "Linux's CAP_SYS_NICE, owner and RLIMIT_RTPRIO checks with the instance's "
             "credentials") for n in ("sched_setparam", "sched_setscheduler", "sched_setattr")),
@@ -345,7 +345,8 @@ ROWS: list[Syscall] = [
     notify("setns", nsproxy.sys_setns, "the instance's own namespaces (/proc/<pid>/ns files, "
            "pidfds of its processes): the install checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
-           "bind mounts (root only); MS_MOVE, MS_REMOUNT, MS_RDONLY: EINVAL", PARTIAL),
+           "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "
+           "keeps; MS_MOVE: EINVAL", PARTIAL),
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
     notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
            "them busy", PARTIAL),
@@ -389,8 +390,31 @@ for _row in ROWS:
     if _row.nr in BY_NR:
         raise ValueError(f"syscall {_row.name} listed twice")
     BY_NR[_row.nr] = _row
+
+# Why each call lxsub leaves unimplemented answers ENOSYS, as Linux does.
+# arch/x86/entry/syscalls/syscall_64.tbl lists these numbers with no entry
+# point (sys_ni_syscall): never implemented for x86_64, or removed.
+_NI_64 = "no x86_64 entry point in Linux (syscall_64.tbl): ENOSYS there too"
+_ENOSYS_WHY = {
+    "uselib": "obsolete (libc5's loader, a.out only); x86_64 Linux has it only with CONFIG_USELIB, "
+              "off by default, and ENOSYS otherwise",
+    "_sysctl": "removed in Linux 5.5 (/proc/sys replaces it): ENOSYS there too",
+    **{n: "removed in Linux 2.6 (module loading is init_module): ENOSYS there too"
+       for n in ("create_module", "get_kernel_syms", "query_module")},
+    "nfsservctl": "removed in Linux 3.1 (nfsd is configured through its file system): ENOSYS there too",
+    **{n: _NI_64 for n in ("getpmsg", "putpmsg", "afs_syscall", "tuxcall", "security", "vserver",
+                           "epoll_ctl_old", "epoll_wait_old")},
+    **{n: _NI_64 + "; 64-bit programs set their TLS with arch_prctl"
+       for n in ("set_thread_area", "get_thread_area")},
+    **{n: "added in Linux 6.8, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
+       for n in ("lsm_get_self_attr", "lsm_set_self_attr", "lsm_list_modules")},
+    **{n: "added in Linux 6.13, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
+       for n in ("setxattrat", "getxattrat", "listxattrat", "removexattrat")},
+    **{n: "added in Linux 6.17, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
+       for n in ("file_getattr", "file_setattr")},
+}
 for _nr, _name in NAMES.items():
-    BY_NR.setdefault(_nr, unimplemented(_name))
+    BY_NR.setdefault(_nr, unimplemented(_name, _ENOSYS_WHY.get(_name, "")))
 
 
 def seccomp_program() -> bytes:

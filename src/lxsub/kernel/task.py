@@ -37,6 +37,7 @@ class Process:
     oom_score_adj_min: int = 0
     image: tuple[int, int] | None = None   # the program file it runs (kernel/vfs/images.py)
     exit_ruid: int = 0         # its real uid when its last thread exited (waitid, SIGCHLD)
+    exit_creds: "Creds | None" = None   # its last thread's, as a zombie's /proc/<pid> shows them
     # prctl(2) PR_SET_CHILD_SUBREAPER (also set on the host process, which
     # the host's reparenting follows); not inherited by fork.
     child_subreaper: bool = False
@@ -199,6 +200,14 @@ class PidSpace:
             return proc.pid
         task = self.tasks_by_host.get(host_pid)
         return task.tid if task is not None else None
+
+    def vpid_or_zero(self, host_pid: int) -> int:
+        """A host pid the host kernel recorded (SysV IPC's last sender,
+        creator...) as the instance sees it: its process, or the pid it had
+        here; 0 for a process outside the instance, as Linux shows a pid
+        from outside the reader's PID namespace."""
+        v = self.vpid_of_host(host_pid)
+        return v if v is not None else self._alias_h2v.get(host_pid, 0)
 
     def host_of_vpid(self, vpid: int) -> int | None:
         proc = self.processes_by_vid.get(vpid)

@@ -153,6 +153,7 @@ def sys_setfsuid(c: Call) -> int:
     old, new = cr.fsuid, _id(c, 0)
     if new != -1 and _may(cr, new, caps.CAP_SETUID, cr.ruid, cr.euid, cr.suid, cr.fsuid):
         cr.fsuid = new
+        cr.after_fsuid_change(old)
     return old
 
 

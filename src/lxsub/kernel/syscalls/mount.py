@@ -8,9 +8,17 @@ reaches the host's mount table. Propagation changes (`--make-private`...)
 are accepted on mount points and change nothing: the instance has one
 mount namespace, so there is no peer to propagate to.
 
-Not done (EINVAL): MS_MOVE, MS_REMOUNT, read-only mounts (MS_RDONLY);
-MS_REC with MS_BIND binds the tree without the mounts below it. nosuid,
-nodev, noexec are accepted and shown in /proc/mounts but not enforced.
+Read-only mounts (MS_RDONLY, and MS_REMOUNT to or from it, with or without
+MS_BIND) are the provider's: every change it makes in such a mount asks
+vfs/mount.py want_write first (EROFS, as Linux's mnt_want_write). A remount
+changes the one mount it names (Linux's plain remount changes the file
+system under every mount of it), keeps the file system's own options (a
+tmpfs `size=` given to a remount is not applied), and does not refuse
+(EBUSY) while a file in it is open for writing: such a descriptor keeps
+writing, natively.
+Not done (EINVAL): MS_MOVE. MS_REC with MS_BIND binds the tree without the
+mounts below it. nosuid, nodev, noexec are accepted and shown in
+/proc/mounts but not enforced.
 umount refuses (EBUSY) a mount with mounts below it or with a process's
 cwd or root in it, unless MNT_DETACH; open files do not keep it busy.
 """
@@ -66,6 +74,8 @@ def sys_mount(c: Call) -> int:
         flags &= ~MS_MGC_MSK
     inst, task = c.inst, c.task
     target = c.path(1)
+    if flags & MS_REMOUNT:
+        return _remount(c, target, flags)
     if flags & _PROPAGATION:
         node = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
         try:
@@ -74,15 +84,15 @@ def sys_mount(c: Call) -> int:
         finally:
             node.release()
         return 0
-    if flags & (MS_REMOUNT | MS_MOVE | MS_RDONLY):
-        inst.log.once("mount-flags", "mount: MS_REMOUNT, MS_MOVE and MS_RDONLY are not supported")
+    if flags & MS_MOVE:
+        inst.log.once("mount-flags", "mount: MS_MOVE is not supported")
         raise _e(errno.EINVAL, "unsupported mount flags")
     if flags & MS_BIND:
         return _bind(c, c.path(0), target, flags)
     fstype = _string(c, 2, 256).decode(errors="replace")
     data = _string(c, 4, 4096).decode(errors="replace")
     source = _string(c, 0, 4096).decode(errors="replace") or "none"
-    if flags & ~_ACCEPTED:
+    if flags & ~(_ACCEPTED | MS_RDONLY):
         raise _e(errno.EINVAL, "unknown mount flags")
     at = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
     try:
@@ -90,7 +100,8 @@ def sys_mount(c: Call) -> int:
             raise _e(errno.ENOTDIR)
         fs = registry.make(inst, fstype, source, data, by_user=True)
         options = _with_flags(fs.mount_options, flags)
-        inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), source, options)
+        m = inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), source, options)
+        m.read_only = bool(flags & MS_RDONLY)
     finally:
         at.release()
     return 0
@@ -98,10 +109,31 @@ def sys_mount(c: Call) -> int:
 
 def _with_flags(options: str, flags: int) -> str:
     parts = options.split(",") if options else ["rw"]
+    if flags & MS_RDONLY:
+        parts = ["ro"] + [p for p in parts if p not in ("rw", "ro")]
     for bit, name in _SHOWN:
         if flags & bit and name not in parts:
             parts.insert(1, name)
     return ",".join(parts)
+
+
+def _remount(c: Call, target: bytes, flags: int) -> int:
+    """do_remount / do_reconfigure_mnt (MS_BIND): the target must be a
+    mount's root (EINVAL); its read-only state and per-mount flags become
+    the ones given, as /proc/mounts then shows."""
+    inst = c.inst
+    node = lookup.resolve_at(inst.vfs, c.task, AT_FDCWD, target)
+    try:
+        m = inst.vfs.mounts.mount_of_root(node)
+    finally:
+        node.release()
+    if m is None:
+        raise _e(errno.EINVAL, "not a mount point")
+    shown = {name for _bit, name in _SHOWN}
+    kept = [p for p in (m.options.split(",") if m.options else []) if p not in shown | {"rw", "ro"}]
+    m.options = _with_flags(",".join(["rw", *kept]), flags & (_ACCEPTED | MS_RDONLY))
+    m.read_only = bool(flags & MS_RDONLY)
+    return 0
 
 
 def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:

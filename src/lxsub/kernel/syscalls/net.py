@@ -24,12 +24,12 @@ import struct
 
 from lxsub.abi.fcntl import AT_FDCWD, O_CLOEXEC
 from lxsub.abi.limits import OVERFLOW_ID, UIO_MAXIOV
-from lxsub.abi.socket import (AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, NETLINK_AUDIT, SCM_CREDENTIALS,
-                              SCM_MAX_FD, SCM_RIGHTS, SO_PASSPIDFD, SO_PEERCRED, SO_PEERGROUPS,
-                              SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
+from lxsub.abi.socket import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, NETLINK_AUDIT,
+                              SCM_CREDENTIALS, SCM_MAX_FD, SCM_RIGHTS, SO_DOMAIN, SO_PASSPIDFD, SO_PEERCRED,
+                              SO_PEERGROUPS, SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
 from lxsub.abi.sysno import SYS_TGKILL
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
-from lxsub.kernel.creds import CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
+from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
 from lxsub.platform import libc, unixns
@@ -97,6 +97,30 @@ def _check_namespace(c: Call, local: int, addr: bytes, err: int) -> None:
         raise OSError(err, "abstract Unix socket names are the instance's")
 
 
+_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+_INET_ADDR_LEN = {AF_INET: 16, AF_INET6: 24}    # sizeof sockaddr_in, SIN6_LEN_RFC2133
+
+
+def _check_privileged_port(c: Call, local: int, addr: bytes) -> None:
+    """inet_bind/inet6_bind: a port below net.ipv4.ip_unprivileged_port_start
+    needs CAP_NET_BIND_SERVICE (ip(7)), the instance's, not the host user's."""
+    if len(addr) < 4 or c.task.creds.capable(CAP_NET_BIND_SERVICE):
+        return
+    family = struct.unpack_from("=H", addr)[0]
+    port = struct.unpack_from(">H", addr, 2)[0]
+    if len(addr) < _INET_ADDR_LEN.get(family, 1 << 16) or port == 0:
+        return                                   # not inet, or the host's EINVAL
+    if struct.unpack("<i", _getsockopt(local, SOL_SOCKET, SO_DOMAIN, 4))[0] != family:
+        return                                   # the host's EAFNOSUPPORT/EINVAL
+    try:
+        with open(_PORT_START, "rb") as f:
+            start = int(f.read())
+    except (OSError, ValueError):
+        start = 1024                             # Linux's default
+    if port < start:
+        raise OSError(errno.EACCES, "a privileged port needs CAP_NET_BIND_SERVICE")
+
+
 def sys_bind(c: Call) -> int:
     addr = _read_addr(c, c.ptr(1), c.int(2))
     path = _unix_path(addr)
@@ -104,6 +128,7 @@ def sys_bind(c: Call) -> int:
     try:
         if path is None:
             _check_namespace(c, local, addr, errno.EACCES)
+            _check_privileged_port(c, local, addr)
             return _sys(_c.bind, local, addr, len(addr))
         return _bind_unix(c, local, path)
     finally:

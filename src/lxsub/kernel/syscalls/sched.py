@@ -9,22 +9,45 @@ import resource
 
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.creds import CAP_SYS_NICE, Creds
+from lxsub.kernel.creds import CAP_SYS_NICE, CAP_SYS_RESOURCE, Creds
 
 
-def _translate_arg(c: Call, i: int) -> Native:
+def _translate_arg(c: Call, i: int, negative: int = errno.EINVAL) -> Native:
     pid = c.int(i)
     if pid != 0:
         host = c.inst.pids.host_of_vtid(pid) or c.inst.pids.host_of_vpid(pid)
         if host is None or pid < 0:
-            raise OSError(errno.ESRCH if pid > 0 else errno.EINVAL, "no such process")
+            raise OSError(errno.ESRCH if pid > 0 else negative, "no such process")
         c.set_arg(i, host)
     return Native()
 
 
 def sys_pid_first(c: Call) -> Native:
-    """sched_*, prlimit64, migrate_pages, move_pages."""
+    """sched_*: a negative pid is EINVAL (sched_getparam(2))."""
     return _translate_arg(c, 0)
+
+
+def sys_task_first(c: Call) -> Native:
+    """prlimit64, migrate_pages, move_pages look the pid up as it is
+    (find_task_by_vpid): a negative one is no process, ESRCH. Another
+    process's pages move only for a caller that may ptrace-read it with
+    its real ids (kernel_migrate_pages, find_mm_struct: EPERM); another's
+    limits only for one whose ids are all its (check_prlimit_permission)
+    or with CAP_SYS_RESOURCE. The host sees one user and checks neither."""
+    pid = c.int(0)
+    native = _translate_arg(c, 0, errno.ESRCH)
+    target = c.inst.pids.tasks_by_vid.get(pid) if pid > 0 else None
+    if target is None or target.process is c.task.process:
+        return native
+    me, them = c.task.creds, target.creds
+    if c.nr == NUMBERS["prlimit64"]:
+        allowed = (me.ruid == them.euid == them.suid == them.ruid and me.rgid == them.egid == them.sgid
+                   == them.rgid) or me.capable(CAP_SYS_RESOURCE)
+    else:
+        allowed = me.may_ptrace_read(them, target.process.dumpable, realcreds=True)
+    if not allowed:
+        raise OSError(errno.EPERM, "may not act on that process")
+    return native
 
 
 def sys_get_robust_list(c: Call) -> Native | int:

@@ -170,10 +170,18 @@ SIGINFO_SIZE = 128
 def sys_rt_sigqueueinfo(c: Call):
     c.read(c.ptr(2), SIGINFO_SIZE)      # copy_siginfo_from_user comes first: EFAULT
     pid, sig = c.int(0), c.int(1)
-    host = c.inst.pids.host_of_vpid(pid) if pid > 0 else None
-    if host is None:
+    pids = c.inst.pids
+    proc = pids.processes_by_vid.get(pid) if pid > 0 else None
+    host = proc.host_pid if proc is not None else None
+    if proc is None and pid > 0:
+        # kill_proc_info finds any task by its pid, a thread's too, and
+        # signals its thread group (rt_sigqueueinfo(2)); so does the host's.
+        thread = pids.tasks_by_vid.get(pid)
+        if thread is not None:
+            proc, host = thread.process, thread.host_tid
+    if proc is None:
         raise OSError(errno.ESRCH, "no such process")
-    _check_permission(c, _leader(c.inst.pids.processes_by_vid[pid]), sig)
+    _check_permission(c, _leader(proc), sig)
     c.set_arg(0, host)
     return Native()
 

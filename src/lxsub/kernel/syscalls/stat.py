@@ -13,6 +13,7 @@ from lxsub.abi.magic import PIPEFS_MAGIC, SOCKFS_MAGIC
 from lxsub.abi.stat import STATX__RESERVED
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import fdview, lookup, perm
+from lxsub.kernel.vfs.mount import want_write
 from lxsub.kernel.vfs.stat import LinuxStat
 
 _STATFS = struct.Struct("<qqQQQQQiiqqq4q")
@@ -51,6 +52,10 @@ def sys_fstat(c: Call) -> int:
 
 def sys_newfstatat(c: Call) -> int:
     flags = c.int(3)
+    # vfs_statx: a flag beyond these is EINVAL (both sync types together are
+    # not, unlike statx(2)'s do_statx).
+    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE):
+        raise OSError(errno.EINVAL, "bad fstatat flags")
     path = c.path_or_empty(1, flags)
     c.write(c.ptr(2), _stat_at(c, c.int(0), path, flags).pack_stat())
     return 0
@@ -130,6 +135,8 @@ def _access(c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
         # (sysctls, oom_score_adj): those answer by their mode, as in Linux.
         if mode & os.W_OK and node.fs.read_only and getattr(node.obj, "write", None) is None:
             raise OSError(errno.EROFS, "read-only file system")
+        if mode & os.W_OK and (st.S_ISREG(a.mode) or st.S_ISDIR(a.mode) or st.S_ISLNK(a.mode)):
+            want_write(node)        # sb_permission / __mnt_is_readonly in do_faccessat
         want = (perm.MAY_READ if mode & os.R_OK else 0) | (perm.MAY_WRITE if mode & os.W_OK else 0) \
             | (perm.MAY_EXEC if mode & os.X_OK else 0)
         perm.check(creds, a.mode, a.uid, a.gid, want)
@@ -262,7 +269,9 @@ def sys_utimensat(c: Call) -> int:
         times = ((a_s, a_ns), (m_s, m_ns))
     else:
         times = _now_pair()
-    if not c.ptr(1):   # futimens(fd, times): do_utimes_fd's fdget, EBADF for O_PATH
+    # futimens(fd, times): do_utimes_fd's fdget, EBADF for O_PATH. With
+    # AT_FDCWD a NULL path is a path (do_utimes): EFAULT.
+    if not c.ptr(1) and dirfd != AT_FDCWD:
         node = lookup.node_of_open_fd(c.inst.vfs, c.task, dirfd)
     else:
         node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, c.path(1), flags)

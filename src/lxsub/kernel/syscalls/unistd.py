@@ -13,6 +13,7 @@ from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import lookup, ops, perm
 from lxsub.kernel.vfs.open import open_regular
+from lxsub.kernel.vfs.mount import want_write
 
 
 def sys_unlink(c: Call) -> int:
@@ -152,6 +153,8 @@ def sys_fchown(c: Call) -> int:
 
 def sys_fchownat(c: Call) -> int:
     flags = c.int(4)
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):     # do_fchownat
+        raise OSError(errno.EINVAL, "bad fchownat flags")
     path = c.path_or_empty(1, flags)
     node = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), path, flags)
     return _chown_node(c, node, c.int(2), c.int(3))
@@ -180,6 +183,7 @@ def sys_truncate(c: Call) -> int:
             raise OSError(errno.EISDIR, "is a directory")
         if not stat.S_ISREG(a.mode):     # vfs_truncate: EINVAL for other non-regulars
             raise OSError(errno.EINVAL, "not a regular file")
+        want_write(node)            # vfs_truncate: mnt_want_write before the permission
         if perm.needs_checks(c.task.creds):
             perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_WRITE)
         if node.host_st is not None:     # vfs_truncate's get_write_access

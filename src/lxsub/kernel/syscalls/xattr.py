@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as st
 
 from lxsub.abi.fcntl import AT_FDCWD, AT_SYMLINK_NOFOLLOW
+from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs.lxattr import RESERVED_PREFIX
 from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.mount import want_write
 
 XATTR_SIZE_MAX = 65536
 XATTR_CREATE, XATTR_REPLACE = 1, 2
@@ -30,6 +33,21 @@ def _host_target(node, name: str | None = None) -> str:
     return f"/proc/self/fd/{node.fd}"
 
 
+def _user_permission(c: Call, node, name: str, write: bool) -> None:
+    """fs/xattr.c xattr_permission: user.* attributes belong to regular
+    files and directories only (EPERM to set, ENODATA to read on others,
+    where VolFs keeps devices, FIFOs and sockets as plain host files); on a
+    sticky directory only its owner (or CAP_FOWNER) sets them."""
+    if not name.startswith("user."):
+        return
+    a = node.fs.getattr(node, c.task)
+    if not (st.S_ISREG(a.mode) or st.S_ISDIR(a.mode)):
+        raise OSError(errno.EPERM if write else errno.ENODATA, "user attributes on a special file")
+    if write and st.S_ISDIR(a.mode) and a.mode & st.S_ISVTX and c.task.creds.fsuid != a.uid \
+            and not c.task.creds.capable(caps.CAP_FOWNER):
+        raise OSError(errno.EPERM, "user attributes on another's sticky directory")
+
+
 def _shown(node, name: str) -> bool:
     return not name.startswith(RESERVED_PREFIX) and (node.fs.host_acls or name not in POSIX_ACLS)
 
@@ -47,6 +65,7 @@ def _get(c: Call, kind: str) -> int:
         raise OSError(errno.ENODATA, "no such attribute")
     node = _node(c, kind)
     try:
+        _user_permission(c, node, name, write=False)
         value = os.getxattr(_host_target(node, name), name)
     finally:
         node.release()
@@ -73,6 +92,8 @@ def _set(c: Call, kind: str) -> int:
     value = c.read(c.ptr(2), size)
     node = _node(c, kind)
     try:
+        want_write(node)            # path_setxattr/file_setxattr: mnt_want_write
+        _user_permission(c, node, name, write=True)
         os.setxattr(_host_target(node, name), name, value, flags)
     finally:
         node.release()
@@ -95,6 +116,8 @@ def _remove(c: Call, kind: str) -> int:
         raise OSError(errno.EPERM, "reserved attribute")
     node = _node(c, kind)
     try:
+        want_write(node)
+        _user_permission(c, node, name, write=True)
         os.removexattr(_host_target(node, name), name)
     finally:
         node.release()

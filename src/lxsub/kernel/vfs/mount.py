@@ -17,6 +17,7 @@ This table is the instance's only mount namespace. /proc/mounts,
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ def anon_dev() -> int:
 _ids = itertools.count(21)
 
 
+def want_write(node: Node) -> None:
+    """Linux's mnt_want_write: nothing in a read-only mount may change
+    (EROFS), whatever the caller's rights; each change asks before it is
+    made."""
+    m = node.mount
+    if m is not None and m.read_only:
+        raise OSError(errno.EROFS, "read-only file system")
+
+
 @dataclass(eq=False)
 class Mount:
     fs: FileSystem
@@ -51,6 +61,7 @@ class Mount:
     id: int = field(default_factory=lambda: next(_ids))
     root_node: Node | None = None
     root_path: str = "/"                # its root inside the file system (bind mounts)
+    read_only: bool = False             # MS_RDONLY: want_write() refuses changes (EROFS)
 
     def root(self) -> Node:
         assert self.root_node is not None

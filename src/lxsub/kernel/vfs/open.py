@@ -14,6 +14,7 @@ from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Blocking
 from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs import lookup, perm
+from lxsub.kernel.vfs.mount import want_write
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def _lookup_or_create_in(w, caller, parent: Node, path: bytes, name: bytes, flag
         if node is None:
             if path.endswith(b"/"):
                 raise OSError(errno.EISDIR, "is a directory")
+            want_write(parent)      # lookup_open: O_CREAT without write access to the mount
             check_may_create(caller, parent)
             umask = caller.fs.umask
             return parent, parent.fs.create(parent, name, flags, mode & 0o7777 & ~umask, caller.creds)
@@ -125,6 +127,10 @@ def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
         raise OSError(errno.ENOTDIR, "not a directory")
     if st.S_ISDIR(mode) and (flags & os.O_ACCMODE or flags & O_CREAT):
         raise OSError(errno.EISDIR, "is a directory")
+    # sb_permission: writing a file, directory or symlink of a read-only
+    # mount is EROFS before the caller's rights are looked at.
+    if _access_wanted(flags) & perm.MAY_WRITE and (st.S_ISREG(mode) or st.S_ISDIR(mode)):
+        want_write(node)
     if perm.needs_checks(caller.creds):
         perm.check(caller.creds, mode, attr.uid, attr.gid, _access_wanted(flags))
     # may_open: "O_NOATIME can only be set by the owner or superuser"
@@ -180,6 +186,7 @@ def _tmpfile_in(vfs, caller, d: Node, flags: int, mode: int) -> int:
     try:
         if not d.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
+        want_write(d)
         check_may_create(caller, d)
         return d.fs.open_tmpfile(d, flags, mode & 0o7777 & ~caller.fs.umask, caller.creds)
     finally:

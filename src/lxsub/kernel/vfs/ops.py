@@ -15,6 +15,7 @@ from lxsub.abi.fcntl import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.fs import linuxmeta
 from lxsub.kernel.vfs import lookup, perm
+from lxsub.kernel.vfs.mount import want_write
 from lxsub.kernel.vfs.node import Node
 
 if TYPE_CHECKING:
@@ -57,6 +58,21 @@ def _entry(vfs, caller, parent: Node, name: bytes) -> Node:
     return lookup.walker(vfs, caller).resolve(parent, name, follow=False)
 
 
+def want_create(vfs: "Vfs", caller: "Caller", parent: Node, name: bytes) -> None:
+    """filename_create(): an existing name is EEXIST before a read-only
+    mount (or pseudo file system, whose own create answers EROFS) refuses,
+    and that before the directory's permission."""
+    read_only_mount = parent.mount is not None and parent.mount.read_only
+    if not read_only_mount and not parent.fs.read_only:
+        return
+    try:
+        _entry(vfs, caller, parent, name).release()
+    except FileNotFoundError:
+        want_write(parent)
+        return
+    raise _e(errno.EEXIST)
+
+
 def _sticky_allows_target(vfs: "Vfs", caller: "Caller", d: Node, name: bytes) -> None:
     """rename(2) over an existing entry deletes it too: vfs_rename() calls
     may_delete() on the target, so a sticky directory protects it (EPERM)."""
@@ -77,6 +93,7 @@ def mkdir(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, mode: int) -> N
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
+        want_create(vfs, caller, parent, name)
         _may_modify_dir(caller, parent)
         parent.fs.mkdir(parent, name, mode & 0o7777 & ~caller.fs.umask, caller.creds)
     finally:
@@ -93,6 +110,7 @@ def mknod(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, mode: int, rdev
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
+        want_create(vfs, caller, parent, name)
         _may_modify_dir(caller, parent)
         mode = (kind or st.S_IFREG) | (mode & 0o7777 & ~caller.fs.umask)
         parent.fs.mknod(parent, name, mode, rdev, caller.creds)
@@ -107,6 +125,7 @@ def unlink(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, rmdir: bool) -
             raise _e(errno.EINVAL if rmdir else errno.EISDIR)
         if name == b"..":
             raise _e(errno.ENOTEMPTY if rmdir else errno.EISDIR)
+        want_write(parent)          # do_unlinkat/do_rmdir: before the last name's lookup
         victim = _entry(vfs, caller, parent, name)
         try:
             if vfs.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
@@ -138,6 +157,7 @@ def symlink(vfs: "Vfs", caller: "Caller", target: bytes, dirfd: int, path: bytes
     try:
         if name in (b".", b".."):
             raise _e(errno.EEXIST)
+        want_create(vfs, caller, parent, name)
         _may_modify_dir(caller, parent)
         parent.fs.symlink(parent, name, target, caller.creds)
     finally:
@@ -154,6 +174,7 @@ def link(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: int,
         try:
             if name in (b".", b".."):
                 raise _e(errno.EEXIST)
+            want_create(vfs, caller, parent, name)
             if parent.mount is not src.mount:
                 raise _e(errno.EXDEV)
             _may_modify_dir(caller, parent)
@@ -179,6 +200,7 @@ def rename(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: in
                 raise _e(errno.EBUSY if oname in (b".", b"..") else errno.EINVAL)
             if op.mount is not np.mount:
                 raise _e(errno.EXDEV)
+            want_write(op)
             victim = _entry(vfs, caller, op, oname)
             try:
                 if vfs.mounts.mounted_on(victim):
@@ -198,6 +220,7 @@ def rename(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: in
 
 
 def chmod(caller: "Caller", node: Node, mode: int) -> None:
+    want_write(node)                # chmod_common
     a = node.fs.getattr(node, caller)
     if caller.creds.fsuid != a.uid and not caller.creds.capable(caps.CAP_FOWNER):
         raise _e(errno.EPERM)
@@ -206,6 +229,7 @@ def chmod(caller: "Caller", node: Node, mode: int) -> None:
 
 
 def chown(caller: "Caller", node: Node, uid: int, gid: int) -> None:
+    want_write(node)                # do_fchownat, vfs_fchown
     a = node.fs.getattr(node, caller)
     c = caller.creds
     if not c.capable(caps.CAP_CHOWN):
@@ -223,6 +247,7 @@ def chown(caller: "Caller", node: Node, uid: int, gid: int) -> None:
 
 
 def utimens(caller: "Caller", node: Node, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    want_write(node)                # vfs_utimes
     a = node.fs.getattr(node, caller)
     c = caller.creds
     owner = c.fsuid == a.uid or c.capable(caps.CAP_FOWNER)

@@ -18,7 +18,7 @@ _SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid",
                     "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
                     "randomize_va_space", "sched_child_runs_first", "pty/max", "pty/nr",
                     "random/entropy_avail", "random/poolsize", "random/write_wakeup_threshold",
-                    "random/urandom_min_reseed_secs")
+                    "random/urandom_min_reseed_secs", "tainted", "core_pattern")
 _SYS_FS = ("file-max", "file-nr", "nr_open", "pipe-max-size", "pipe-user-pages-hard",
            "pipe-user-pages-soft", "aio-max-nr", "aio-nr", "dentry-state", "inode-nr",
            "inode-state", "overflowuid", "overflowgid", "lease-break-time", "leases-enable",

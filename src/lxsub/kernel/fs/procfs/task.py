@@ -53,7 +53,10 @@ class ProcessDir(TaskFiles, Dir):
         return _need(self.thread or _main_thread(self.proc))
 
     def _owner(self) -> tuple[int, int]:
-        c = self._task().creds
+        task = self.thread or _main_thread(self.proc)
+        c = task.creds if task is not None else self.proc.exit_creds   # a zombie's
+        if c is None:
+            raise OSError(errno.ENOENT, "process is gone")
         return c.euid, c.egid
 
     def children(self, task) -> dict[str, Entry]:

@@ -163,7 +163,7 @@ class TaskFiles:
     def _status(self, t: "Task | None") -> bytes:
         proc, thread = self.proc, self.thread
         task = thread or _main_thread(proc)
-        c = task.creds if task else None
+        c = task.creds if task else proc.exit_creds     # a zombie's, as it exited
         pids = self.fs.inst.pids
         vid = thread.tid if thread else proc.pid
         out = []

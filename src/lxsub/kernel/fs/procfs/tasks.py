@@ -22,10 +22,11 @@ class ProcRoot(Dir):
 
     def children(self, task) -> dict[str, Entry]:
         out = dict(self.fs._static.entries)
-        procs = self.fs.inst.pids.processes_by_vid
+        pids = self.fs.inst.pids
+        procs = pids.processes_by_vid
         for vid in sorted(procs):
             proc = procs[vid]
-            if not proc.exited:
+            if _shown(pids, proc):
                 out[str(vid)] = self.fs.process_dir(proc)
         return out
 
@@ -34,7 +35,7 @@ class ProcRoot(Dir):
             vid = int(name)
             pids = self.fs.inst.pids
             proc = pids.processes_by_vid.get(vid)
-            if proc is not None and not proc.exited:
+            if proc is not None and _shown(pids, proc):
                 return self.fs.process_dir(proc)
             thread = pids.tasks_by_vid.get(vid)
             if thread is not None and not thread.process.exited:
@@ -44,3 +45,10 @@ class ProcRoot(Dir):
         if entry is None:
             raise OSError(errno.ENOENT, "no such file or directory")
         return entry
+
+
+def _shown(pids, proc) -> bool:
+    """A living process, or a zombie: an exited process its parent has not
+    yet waited for keeps its /proc/<pid> (state Z in stat and status) until
+    it is reaped (proc(5))."""
+    return not proc.exited or pids.zombies_by_host.get(proc.host_pid) is proc
