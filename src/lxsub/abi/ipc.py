@@ -5,9 +5,14 @@ IPC_PRIVATE = 0
 IPC_CREAT = 0o1000
 IPC_EXCL = 0o2000
 IPC_RMID = 0
+IPC_SET = 1
 IPC_STAT = 2
 IPC_INFO = 3
-GETPID = 11          # semctl: the pid of the last semop on a semaphore
+# semctl's commands on a set's values
+GETPID, GETVAL, GETALL, GETNCNT, GETZCNT, SETVAL, SETALL = range(11, 18)
+# shmctl's, and shmat's flags
+SHM_LOCK, SHM_UNLOCK = 11, 12
+SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
 
 # ctl commands whose first argument is an index into the host's table, or
 # that sum it up (ipcs's fallback when /proc/sysvipc is missing).

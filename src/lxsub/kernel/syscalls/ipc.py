@@ -24,8 +24,10 @@ import errno
 import os
 import struct
 
-from lxsub.abi.ipc import (IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE, IPC_RMID, IPC_STAT, MSG_INFO, MSG_STAT,
-                           MSG_STAT_ANY, SEM_INFO, SEM_STAT, SEM_STAT_ANY, SHM_INFO, SHM_STAT, SHM_STAT_ANY)
+from lxsub.abi.ipc import (GETALL, GETNCNT, GETPID, GETVAL, GETZCNT, IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE,
+                           IPC_RMID, IPC_SET, IPC_STAT, MSG_INFO, MSG_STAT, MSG_STAT_ANY, SEM_INFO, SEM_STAT,
+                           SEM_STAT_ANY, SETALL, SETVAL, SHM_EXEC, SHM_INFO, SHM_LOCK, SHM_RDONLY, SHM_STAT,
+                           SHM_STAT_ANY, SHM_UNLOCK)
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
@@ -33,10 +35,6 @@ from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXU
                               ipcperms, may_control)
 from lxsub.platform import libc
 
-IPC_SET = 1
-SHM_LOCK, SHM_UNLOCK = 11, 12
-SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
-GETPID, GETVAL, GETALL, GETNCNT, GETZCNT, SETVAL, SETALL = range(11, 18)
 # ctl commands whose first argument is an index, not an id, or that sum up
 # the host's table (ipcs's fallback): *_INFO, *_STAT, *_STAT_ANY. IPC_INFO
 # (the limits, the same for everyone) is not among them.
