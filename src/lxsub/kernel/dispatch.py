@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
-from lxsub.platform import hostproc, ptrace
+from lxsub.platform import hostproc, memory, ptrace
 from lxsub.platform.memory import MemoryFault
 from lxsub.platform.notify import KILLABLE_WAIT
 
@@ -100,7 +100,6 @@ def _answer_fds(lst: "Listener", nid: int, pair: NewFds, tid: int) -> None:
     """The descriptors go in first (ADDFD without SEND), then their
     numbers into the caller's memory, then the answer."""
     import struct
-    from lxsub.platform import memory
     try:
         numbers = [lst.add_fd(nid, fd, pair.cloexec) for fd in pair.fds]
     finally:
@@ -125,22 +124,38 @@ def _remember_lost(inst: "Instance", task: "Task", n: "Notification", result) ->
             inst.engine.result_at_next_stop(n.pid, n.nr, result)
     elif isinstance(result, NewFd):
         drop_lost_fd(task)
-        task.lost_fd = (n.nr, n.args, result)
+        task.lost_fd = (n.nr, n.args, result, _path_named(task, n.nr, n.args))
+
+
+# The calls whose new descriptor is the file a path names, and where it is:
+# a restart names the same file only if the same string is there (ld.so
+# opens each library from one buffer, so the same pointer can name another).
+_PATH_ARG = {NUMBERS[name]: i for name, i in (("open", 0), ("creat", 0), ("openat", 1), ("openat2", 1))}
+
+
+def _path_named(task: "Task", nr: int, args) -> bytes | None:
+    i = _PATH_ARG.get(nr)
+    if i is None:
+        return None
+    try:
+        return memory.read_cstr(task.host_tid, args[i], 4096)
+    except OSError:                         # MemoryFault too
+        return None
 
 
 def _replay_lost_fd(inst: "Instance", lst: "Listener", task: "Task", n: "Notification") -> bool:
     """Answer a restarted call with the descriptor its first run opened.
     The first later call of the same kind settles it: a different one
     means the program gave up on the first (EINTR) and the copy is closed."""
-    nr, args, result = task.lost_fd
+    nr, args, result, path = task.lost_fd
     if nr != n.nr:
         return False
     task.lost_fd = None
-    if args != n.args:
+    if args != n.args or path != _path_named(task, n.nr, n.args):
         os.close(result.fd)
         return False
     if not _answer(inst, lst, n.id, result, n.pid, keep_lost_fd=True):
-        task.lost_fd = (nr, args, result)     # lost again: keep it for the next restart
+        task.lost_fd = (nr, args, result, path)     # lost again: keep it for the next restart
     return True
 
 
