@@ -52,11 +52,14 @@ def sys_fstat(c: Call) -> int:
 
 def sys_newfstatat(c: Call) -> int:
     flags = c.int(3)
-    # vfs_statx: a flag beyond these is EINVAL (both sync types together are
-    # not, unlike statx(2)'s do_statx).
-    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE):
-        raise OSError(errno.EINVAL, "bad fstatat flags")
     path = c.path_or_empty(1, flags)
+    # vfs_fstatat: an empty or NULL path with AT_EMPTY_PATH and a descriptor
+    # is vfs_fstat, whatever the other flags; otherwise vfs_statx refuses a
+    # flag beyond these (both sync types together are not EINVAL, unlike
+    # statx(2)'s do_statx).
+    empty_at_fd = not path and flags & AT_EMPTY_PATH and c.int(0) >= 0
+    if not empty_at_fd and flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE):
+        raise OSError(errno.EINVAL, "bad fstatat flags")
     c.write(c.ptr(2), _stat_at(c, c.int(0), path, flags).pack_stat())
     return 0
 
