@@ -31,7 +31,7 @@ import threading
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
 from lxsub.abi.sched import CLONE_NEWIPC, CLONE_NEWUSER
 from lxsub.abi.sysno import NUMBERS
-from lxsub.platform.unixns import fork_helper, helper_reply, unshare_as_self
+from lxsub.platform.unixns import fork_helper, helper_reply, stop_helper, unshare_as_self
 
 # op (0 open, 1 unlink), oflag, mode, attr given, mq_maxmsg, mq_msgsize; the name follows
 _REQ = struct.Struct("<BiIBqq")
@@ -149,13 +149,5 @@ class MqueueNamespace:
     def close(self) -> None:
         """The helper ends: with it its namespace and, once no descriptor
         holds one, every queue in it."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self.helper_pid:
-            try:
-                os.kill(self.helper_pid, signal.SIGKILL)
-                os.waitpid(self.helper_pid, 0)
-            except (ChildProcessError, ProcessLookupError):
-                pass
-            self.helper_pid = 0
+        stop_helper(self._sock, self.helper_pid)
+        self._sock, self.helper_pid = None, 0

@@ -79,6 +79,19 @@ def fork_helper(serve: Callable[[socket.socket], None]) -> tuple[int, socket.soc
     return pid, parent
 
 
+def stop_helper(sock: socket.socket | None, pid: int) -> None:
+    """End a helper fork_helper started: its socket closed, itself killed
+    and reaped (0 or a pid already gone: nothing to do)."""
+    if sock is not None:
+        sock.close()
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass
+
+
 def unshare_as_self(flags: int) -> None:
     """In a forked helper: new namespaces (CLONE_NEWUSER among `flags`) in
     which the caller keeps its own host uid and gid (user_namespaces(7):
@@ -318,18 +331,8 @@ class UnixNamespace:
         if self._diag >= 0:
             os.close(self._diag)
             self._diag = -1
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self.helper_pid:
-            try:
-                os.kill(self.helper_pid, signal.SIGKILL)
-                os.waitpid(self.helper_pid, 0)
-            except ChildProcessError:
-                pass
-            except ProcessLookupError:
-                pass
-            self.helper_pid = 0
+        stop_helper(self._sock, self.helper_pid)
+        self._sock, self.helper_pid = None, 0
 
 
 def netns_cookie(fd: int) -> int:

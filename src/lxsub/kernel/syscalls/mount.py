@@ -117,18 +117,24 @@ def _with_flags(options: str, flags: int) -> str:
     return ",".join(parts)
 
 
-def _remount(c: Call, target: bytes, flags: int) -> int:
-    """do_remount / do_reconfigure_mnt (MS_BIND): the target must be a
-    mount's root (EINVAL); its read-only state and per-mount flags become
-    the ones given, as /proc/mounts then shows."""
-    inst = c.inst
-    node = lookup.resolve_at(inst.vfs, c.task, AT_FDCWD, target)
+def _mount_rooted_at(inst, node):
+    """The mount whose root `node` is (released here); EINVAL if none, as
+    for a remount or umount of a path that is no mount point."""
     try:
         m = inst.vfs.mounts.mount_of_root(node)
     finally:
         node.release()
     if m is None:
         raise _e(errno.EINVAL, "not a mount point")
+    return m
+
+
+def _remount(c: Call, target: bytes, flags: int) -> int:
+    """do_remount / do_reconfigure_mnt (MS_BIND): the target must be a
+    mount's root (EINVAL); its read-only state and per-mount flags become
+    the ones given, as /proc/mounts then shows."""
+    inst = c.inst
+    m = _mount_rooted_at(inst, lookup.resolve_at(inst.vfs, c.task, AT_FDCWD, target))
     shown = {name for _bit, name in _SHOWN}
     kept = [p for p in (m.options.split(",") if m.options else []) if p not in shown | {"rw", "ro"}]
     m.options = _with_flags(",".join(["rw", *kept]), flags & (_ACCEPTED | MS_RDONLY))
@@ -172,12 +178,7 @@ def sys_umount2(c: Call) -> int:
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
         node.release()
         raise _e(errno.EPERM)
-    try:
-        m = inst.vfs.mounts.mount_of_root(node)
-    finally:
-        node.release()
-    if m is None:
-        raise _e(errno.EINVAL, "not a mount point")
+    m = _mount_rooted_at(inst, node)
     if m is inst.vfs.mounts.root_mount:
         raise _e(errno.EBUSY)
     if flags & MNT_EXPIRE:
