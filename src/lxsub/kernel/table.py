@@ -144,7 +144,8 @@ ROWS: list[Syscall] = [
       for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
     *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; ipcperms, IPC_SET/IPC_RMID "
             "by owner, creator or CAP_SYS_ADMIN; IPC_STAT shows Linux ids and virtual pids; "
-            "the *_STAT index and *_INFO commands: EINVAL", PARTIAL)
+            "IPC_INFO and *_INFO: the host's limits, the usage and highest index of the "
+            "instance's objects; *_STAT and *_STAT_ANY: an index of the instance's table")
       for n in ("shmctl", "semctl", "msgctl")),
     native("shmdt"),
     # POSIX message queues: the instance's own IPC namespace (kernel/mqueue.py).
