@@ -184,3 +184,29 @@ def test_ipc_info_and_stat_by_index_show_the_instances_table(debian):
     assert cp.stdout.decode().splitlines() == [
         "msg_info 1 2 10 True", f"msg_stat True {0x4C5857:#x}", "msg_stat_any host -1 EINVAL",
         "sem_info 1 5 True", "shm_info 1 4 True"], describe(cp)
+
+
+SHM_LOCK_PY = textwrap.dedent("""\
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    SHM_LOCK, SHM_UNLOCK, GETPID = 11, 12, 11
+    def outcome(result):
+        return result if result != -1 else errno.errorcode[ctypes.get_errno()]
+    shm = libc.shmget(0, 4096, 0o1000 | 0o600)
+    sem = libc.semget(0, 1, 0o1000 | 0o600)
+    os.seteuid(1000)
+    print("lock", outcome(libc.shmctl(shm, SHM_LOCK, 0)), outcome(libc.shmctl(shm, SHM_UNLOCK, 0)))
+    print("getpid", outcome(libc.semctl(sem, 0, GETPID)))
+    os.seteuid(0)
+    libc.shmctl(shm, 0, 0); libc.semctl(sem, 0, 0, 0)
+    """)
+
+
+def test_shm_lock_needs_ownership_not_read_permission(debian):
+    """SHM_LOCK and SHM_UNLOCK of another user's segment are EPERM
+    (ipc/shm.c shmctl_do_lock: the owner, the creator or CAP_IPC_LOCK),
+    with no read permission asked first, though semctl's GETPID and GETVAL
+    have their numbers and do need it (LTP shmctl02)."""
+    cp = debian.exe("python3", "-c", SHM_LOCK_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["lock EPERM EPERM", "getpid EACCES"], describe(cp)

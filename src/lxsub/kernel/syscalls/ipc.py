@@ -48,10 +48,13 @@ _STAT_ANY = (SHM_STAT_ANY, SEM_STAT_ANY, MSG_STAT_ANY)
 _INFO_SIZE = {SHM: 72, SEM: 40, MSG: 32}
 _SHM_INFO = struct.Struct("<i4xQQQQQ")
 # What each ctl command needs (ipc/shm.c, sem.c, msg.c): a permission for
-# ipcperms, or "owner" (ipcctl_obtain_check).
-_NEEDS = {IPC_STAT: S_IRUGO, IPC_SET: "owner", IPC_RMID: "owner",
-          GETPID: S_IRUGO, GETVAL: S_IRUGO, GETALL: S_IRUGO, GETNCNT: S_IRUGO, GETZCNT: S_IRUGO,
-          SETVAL: S_IWUGO, SETALL: S_IWUGO}
+# ipcperms, or "owner" (ipcctl_obtain_check). The kinds' own commands share
+# numbers (semctl's GETPID and GETVAL are shmctl's SHM_LOCK and SHM_UNLOCK,
+# which need no permission, only ownership or CAP_IPC_LOCK).
+_COMMON_NEEDS = {IPC_STAT: S_IRUGO, IPC_SET: "owner", IPC_RMID: "owner"}
+_NEEDS = {SHM: _COMMON_NEEDS, MSG: _COMMON_NEEDS,
+          SEM: {**_COMMON_NEEDS, GETPID: S_IRUGO, GETVAL: S_IRUGO, GETALL: S_IRUGO, GETNCNT: S_IRUGO,
+                GETZCNT: S_IRUGO, SETVAL: S_IWUGO, SETALL: S_IWUGO}}
 # Where each ctl call's struct buffer is: shmctl(id, cmd, buf), msgctl(id,
 # cmd, buf), semctl(id, semnum, cmd, arg) with arg.buf.
 _BUF_ARG = {SHM: 2, MSG: 2, SEM: 3}
@@ -172,7 +175,7 @@ def _ctl(kind: str):
             return _stat_at_index(c, kind, cmd)
         obj = _object(c, kind)
         ident, creds = c.int(0), c.task.creds
-        need = _NEEDS.get(cmd)
+        need = _NEEDS[kind].get(cmd)
         if cmd == IPC_SET:
             return _ipc_set(c, kind, ident, obj)
         if need == "owner" and not may_control(creds, obj):
