@@ -11,6 +11,7 @@ ENOSYS (-38), and every adjtimex/clock_adjtime EPERM."""
 from __future__ import annotations
 
 import errno
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,48 @@ def test_execveat_of_a_descriptor_and_its_errors(busybox, program):
     assert cp.stdout.decode().splitlines() == [
         f"execveat fd 7 opath 7 nofollow {100 + errno.ELOOP} notdir {100 + errno.ENOTDIR} "
         f"empty {100 + errno.ENOENT}"], describe(cp)
+
+
+VHANGUP_PY = textwrap.dedent("""\
+    import ctypes, errno, os, pty, signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    VHANGUP = 153
+    def outcome(result):
+        return result if result != -1 else errno.errorcode[ctypes.get_errno()]
+    child = os.fork()
+    if child == 0:
+        os.setsid()                       # no controlling terminal
+        print("no tty", outcome(libc.syscall(VHANGUP)), flush=True)
+        os.seteuid(1000)
+        print("user", outcome(libc.syscall(VHANGUP)), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    report, told = os.pipe()              # the child's 0, 1 and 2 are the pty
+    child, master = pty.fork()
+    if child == 0:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the hang-up's SIGHUP to the session leader
+        result = outcome(libc.syscall(VHANGUP))
+        try:
+            os.write(1, b"after the hang-up")
+            after = "written"
+        except OSError as e:
+            after = errno.errorcode[e.errno]
+        os.write(told, f"own tty {result} {after}".encode())
+        os._exit(0)
+    os.close(told)
+    os.waitpid(child, 0)
+    print(os.read(report, 100).decode())
+    """)
+
+
+def test_vhangup_hangs_up_the_controlling_terminal(debian, host_user):
+    """vhangup(2): EPERM without CAP_SYS_TTY_CONFIG; root without a
+    controlling terminal has nothing to hang up and succeeds (LTP
+    vhangup01, vhangup02); root's own pty is hung up, its descriptors
+    then fail with EIO. The host's TIOCVHANGUP needs the host's
+    CAP_SYS_ADMIN: for an unprivileged host user the hang-up is EPERM and
+    the terminal stays as it was."""
+    cp = debian.exe("python3", "-c", VHANGUP_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    own = "own tty 0 EIO" if host_user.uid == 0 else "own tty EPERM written"
+    assert cp.stdout.decode().splitlines() == ["no tty 0", "user EPERM", own], describe(cp)

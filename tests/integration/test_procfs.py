@@ -330,9 +330,12 @@ def test_sysfs_shows_host_cpus_and_interfaces(debian):
         echo "absent $(cat /sys/block/sda/size 2>&1 | grep -c 'No such file') $(ls /sys/module 2>&1 | grep -c 'No such file')"
         echo "write $( (echo 1 > /sys/devices/system/cpu/online) 2>&1 | grep -c 'Read-only file system')"
         echo "statfs $(stat -f -c %T /sys) $(stat -f -c %T /sys/fs/cgroup) $(stat -f -c %T /proc)"
+        echo "ksm $(ls /sys/kernel/mm/ksm 2>/dev/null | grep -c '^run$')"
         """)
     assert cp.returncode == 0, describe(cp)
     out = dict(line.split(" ", 1) for line in text(cp).splitlines())
+    # madvise(MADV_MERGEABLE) runs on the host: its KSM is the instance's (LTP madvise02).
+    assert out["ksm"] == ("1" if os.path.exists("/sys/kernel/mm/ksm/run") else "0"), describe(cp)
     with open("/sys/devices/system/cpu/online") as f:
         assert out["online"] == f.read().strip(), describe(cp)
     ncpu = len([d for d in os.listdir("/sys/devices/system/cpu") if d[3:].isdigit() and d.startswith("cpu")])

@@ -135,3 +135,78 @@ def test_proc_sysvipc_shows_the_instances_objects(debian):
     assert shm_row[2:5] == ["640", "8192", pid] and shm_row[7:11] == ["1000"] * 4, shm_row
     assert msg_row[2] == "600" and msg_row[7:11] == ["1000"] * 4, msg_row
     assert sem_row[2:4] == ["604", "3"] and sem_row[4:8] == ["1000"] * 4, sem_row
+
+
+SYSV_INFO_PY = textwrap.dedent("""\
+    import ctypes, errno, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    KEY, CREAT = 0x4C5857, 0o1000
+    IPC_INFO, MSG_STAT, MSG_INFO, MSG_STAT_ANY = 3, 11, 12, 13
+    SHM_STAT, SHM_INFO, SEM_STAT, SEM_INFO = 13, 14, 18, 19
+    host_msg = int(sys.argv[1])
+    buf = ctypes.create_string_buffer(256)
+    msg = libc.msgget(KEY, CREAT | 0o600)
+    shm = libc.shmget(KEY, 3 * 4096 + 1, CREAT | 0o600)
+    sem = libc.semget(KEY, 5, CREAT | 0o600)
+    libc.msgsnd(msg, (1).to_bytes(8, "little") + b"seven b", 7, 0)
+    libc.msgsnd(msg, (1).to_bytes(8, "little") + b"abc", 3, 0)
+    idx = libc.msgctl(0, MSG_INFO, buf)
+    pool, msgmap, _, _, _, _, tql = struct.unpack_from("<7i", buf.raw)
+    print("msg_info", pool, msgmap, tql, libc.msgctl(0, IPC_INFO, buf) == idx)
+    print("msg_stat", libc.msgctl(idx, MSG_STAT, buf) == msg, hex(struct.unpack_from("<i", buf.raw)[0]))
+    print("msg_stat_any host", libc.msgctl(host_msg, MSG_STAT_ANY, buf), errno.errorcode[ctypes.get_errno()])
+    idx = libc.semctl(0, 0, SEM_INFO, buf)
+    print("sem_info", *struct.unpack_from("<10i", buf.raw)[7::2], libc.semctl(idx, 0, SEM_STAT, buf) == sem)
+    idx = libc.shmctl(0, SHM_INFO, buf)
+    used, tot = struct.unpack_from("<i4xQ", buf.raw)
+    print("shm_info", used, tot, libc.shmctl(idx, SHM_STAT, buf) == shm)
+    libc.shmctl(shm, 0, 0); libc.msgctl(msg, 0, 0); libc.semctl(sem, 0, 0, 0)
+    """)
+
+
+def test_ipc_info_and_stat_by_index_show_the_instances_table(debian):
+    """MSG_INFO, SEM_INFO and SHM_INFO sum up the instance's objects, not
+    the host's (a host queue with messages is not counted), and return the
+    highest index in use, as IPC_INFO does; MSG_STAT/SEM_STAT/SHM_STAT at
+    that index give the object's id and its Linux view (the key); a host
+    object's index is no object of the instance (EINVAL). ipcs -u and LTP
+    msgctl06, msgctl12, semctl01, semctl09, shmctl01, shmctl04."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    host = libc.msgget(0x4C5858, 0o1000 | 0o600)
+    assert host >= 0
+    try:
+        assert libc.msgsnd(host, (1).to_bytes(8, "little") + b"host", 4, 0) == 0
+        cp = debian.exe("python3", "-c", SYSV_INFO_PY, str(host), timeout=120)
+    finally:
+        libc.msgctl(host, 0, None)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "msg_info 1 2 10 True", f"msg_stat True {0x4C5857:#x}", "msg_stat_any host -1 EINVAL",
+        "sem_info 1 5 True", "shm_info 1 4 True"], describe(cp)
+
+
+SHM_LOCK_PY = textwrap.dedent("""\
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    SHM_LOCK, SHM_UNLOCK, GETPID = 11, 12, 11
+    def outcome(result):
+        return result if result != -1 else errno.errorcode[ctypes.get_errno()]
+    shm = libc.shmget(0, 4096, 0o1000 | 0o600)
+    sem = libc.semget(0, 1, 0o1000 | 0o600)
+    os.seteuid(1000)
+    print("lock", outcome(libc.shmctl(shm, SHM_LOCK, 0)), outcome(libc.shmctl(shm, SHM_UNLOCK, 0)))
+    print("getpid", outcome(libc.semctl(sem, 0, GETPID)))
+    os.seteuid(0)
+    libc.shmctl(shm, 0, 0); libc.semctl(sem, 0, 0, 0)
+    """)
+
+
+def test_shm_lock_needs_ownership_not_read_permission(debian):
+    """SHM_LOCK and SHM_UNLOCK of another user's segment are EPERM
+    (ipc/shm.c shmctl_do_lock: the owner, the creator or CAP_IPC_LOCK),
+    with no read permission asked first, though semctl's GETPID and GETVAL
+    have their numbers and do need it (LTP shmctl02)."""
+    cp = debian.exe("python3", "-c", SHM_LOCK_PY, timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["lock EPERM EPERM", "getpid EACCES"], describe(cp)

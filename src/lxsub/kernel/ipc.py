@@ -41,6 +41,25 @@ class IpcObject:
     cpid: int              # the creator's pid in the instance
 
 
+def _index_mask() -> int:
+    """ipc/util.h: an id is seq << IPCMNI_SHIFT | index, the shift 15, or
+    24 when the host booted with ipcmni_extend."""
+    try:
+        with open("/proc/cmdline", "rb") as f:
+            extended = b"ipcmni_extend" in f.read().split()
+    except OSError:
+        extended = False
+    return (1 << (24 if extended else 15)) - 1
+
+
+_INDEX_MASK = _index_mask()
+
+
+def index_of(ident: int) -> int:
+    """ipcid_to_idx(): an object's index in its kind's table."""
+    return ident & _INDEX_MASK
+
+
 def ipcperms(creds: Creds, obj: IpcObject, flag: int) -> bool:
     """ipc/util.c ipcperms(): the owner's or creator's bits for the
     effective uid, the group's for the owner's or creator's group, else
@@ -86,6 +105,38 @@ class IpcSpace:
         """The instance's objects of one kind, by id (/proc/sysvipc)."""
         with self.lock:
             return sorted(self.objects[kind].items())
+
+    def host_rows(self, kind: str) -> list[tuple[IpcObject, list[str]]]:
+        """The columns of the host's /proc/sysvipc/<kind> row of each of the
+        instance's objects, by id: what the kernel keeps of them (sizes,
+        message and semaphore counts, times, rss), which the instance's
+        table does not."""
+        objects = dict(self.listing(kind))
+        if not objects:
+            return []
+        with open(f"/proc/sysvipc/{kind}", "rb") as f:
+            lines = f.read().decode().splitlines()[1:]
+        rows = []
+        for line in lines:
+            fields = line.split()
+            obj = objects.get(int(fields[1])) if len(fields) > 2 else None
+            if obj is not None:
+                rows.append((obj, fields))
+        return rows
+
+    def max_index(self, kind: str) -> int:
+        """ipc/util.h ipc_get_maxidx() of the instance's objects: the highest
+        index in use, -1 for none (the *_INFO commands' result)."""
+        with self.lock:
+            return max((index_of(ident) for ident in self.objects[kind]), default=-1)
+
+    def at_index(self, kind: str, index: int) -> tuple[int, IpcObject] | None:
+        """The object at a table index (the *_STAT commands' argument)."""
+        with self.lock:
+            for ident, obj in self.objects[kind].items():
+                if index_of(ident) == index:
+                    return ident, obj
+        return None
 
     def drop(self, kind: str, ident: int) -> None:
         with self.lock:

@@ -144,7 +144,8 @@ ROWS: list[Syscall] = [
       for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
     *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; ipcperms, IPC_SET/IPC_RMID "
             "by owner, creator or CAP_SYS_ADMIN; IPC_STAT shows Linux ids and virtual pids; "
-            "the *_STAT index and *_INFO commands: EINVAL", PARTIAL)
+            "IPC_INFO and *_INFO: the host's limits, the usage and highest index of the "
+            "instance's objects; *_STAT and *_STAT_ANY: an index of the instance's table")
       for n in ("shmctl", "semctl", "msgctl")),
     native("shmdt"),
     # POSIX message queues: the instance's own IPC namespace (kernel/mqueue.py).
@@ -368,7 +369,10 @@ ROWS: list[Syscall] = [
     denied("iopl"), denied("ioperm"), denied("quotactl"),
     notify("syslog", klog.sys_syslog, "the instance's own kernel log, empty (lxsub logs nothing "
            "there; never the host's); Linux's CAP_SYSLOG and argument checks, its console level"),
-    denied("quotactl_fd"), denied("vhangup"), denied("bpf"),
+    denied("quotactl_fd"), denied("bpf"),
+    notify("vhangup", ioctl.sys_vhangup, "CAP_SYS_TTY_CONFIG; without a controlling terminal "
+           "nothing to do; a pty is hung up by the host's TIOCVHANGUP, which needs the host's "
+           "CAP_SYS_ADMIN (else EPERM)", PARTIAL),
     denied("perf_event_open", errno.EACCES), denied("fanotify_init", note="needs CAP_SYS_ADMIN in the "
            "initial user namespace, which root inside (the host user) has not; the unprivileged "
            "FID subset would report host pids"), denied("fanotify_mark"),

@@ -9,6 +9,7 @@ read-only and only where any host user may read them:
     /sys/devices/system/node    NUMA nodes (libnuma)
     /sys/class/net/<iface>/     the host's interfaces (address, mtu, operstate...)
     /sys/kernel/mm/transparent_hugepage   (allocators, JVMs)
+    /sys/kernel/mm/ksm          whether madvise(MADV_MERGEABLE) works
     /sys/class/dmi/id           hardware names (systemd-detect-virt, lshw)
     /sys/fs/cgroup              where CgroupFs is mounted
 
@@ -25,6 +26,10 @@ import re
 from lxsub.abi.magic import SYSFS_MAGIC
 from lxsub.kernel.vfs.pseudo import Dir, Entry, HostDir, PseudoFs, StaticDir
 
+# The host's memory manager, whose calls (madvise, mmap) run natively: its
+# settings tell what they do (MADV_MERGEABLE works where the host has KSM,
+# which /sys/kernel/mm/ksm shows: madvise(2)).
+_HOST_MM = ("/kernel/mm/transparent_hugepage", "/kernel/mm/ksm")
 _CPU_TOP = re.compile(r"cpu\d+|online|possible|present|offline|kernel_max|isolated|smt"
                       r"|vulnerabilities|modalias")
 
@@ -48,9 +53,11 @@ class SysFs(PseudoFs):
             dmi = cls.add(StaticDir("/class/dmi"))
             dmi.add(HostDir("/class/dmi/id", os.path.realpath(host + "/class/dmi/id")))
         kernel = root.add(StaticDir("/kernel"))
-        if os.path.isdir(host + "/kernel/mm/transparent_hugepage"):
+        mm_parts = [p for p in _HOST_MM if os.path.isdir(host + p)]
+        if mm_parts:
             mm = kernel.add(StaticDir("/kernel/mm"))
-            self._mirror(mm, "/kernel/mm/transparent_hugepage")
+            for part in mm_parts:
+                self._mirror(mm, part)
         fs = root.add(StaticDir("/fs"))
         fs.add(StaticDir("/fs/cgroup", 0o555))
         self._root = root

@@ -14,10 +14,13 @@ calls the file's f_op->unlocked_ioctl.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
 
+from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.fs import devices
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.node import Node
 from lxsub.platform import memory
@@ -25,6 +28,7 @@ from lxsub.platform import memory
 TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
 FIOSETOWN, SIOCSPGRP, FIOGETOWN, SIOCGPGRP = 0x8901, 0x8902, 0x8903, 0x8904
 TIOCSTI = 0x5412
+TIOCVHANGUP = 0x5437
 
 SETTERS = (TIOCSPGRP, FIOSETOWN, SIOCSPGRP)
 GETTERS = (TIOCGPGRP, TIOCGSID, FIOGETOWN, SIOCGPGRP)
@@ -89,3 +93,24 @@ def _file_ioctl(c: Call, cmd: int):
         return node.fs.ioctl(node, c, cmd)
     finally:
         node.release()
+
+
+def sys_vhangup(c: Call) -> int:
+    """vhangup(2) (fs/open.c): CAP_SYS_TTY_CONFIG (EPERM), then the caller's
+    controlling terminal, if it has one, is hung up (tty_vhangup_self);
+    without one there is nothing to do and the call succeeds. The
+    terminal is the task's host pty, hung up by the host's TIOCVHANGUP,
+    which the host allows only to its own CAP_SYS_ADMIN: refused there,
+    the call is EPERM rather than a hang-up that did not happen."""
+    if not c.task.creds.capable(caps.CAP_SYS_TTY_CONFIG):
+        raise OSError(errno.EPERM, "CAP_SYS_TTY_CONFIG needed")
+    try:
+        path = devices.controlling_tty_path(c.task.host_pid)
+    except OSError:
+        return 0                                     # no controlling terminal
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TIOCVHANGUP)
+    finally:
+        os.close(fd)
+    return 0

@@ -28,23 +28,33 @@ from lxsub.abi.ipc import (GETALL, GETNCNT, GETPID, GETVAL, GETZCNT, IPC_CREAT, 
                            IPC_RMID, IPC_SET, IPC_STAT, MSG_INFO, MSG_STAT, MSG_STAT_ANY, SEM_INFO, SEM_STAT,
                            SEM_STAT_ANY, SETALL, SETVAL, SHM_EXEC, SHM_INFO, SHM_LOCK, SHM_RDONLY, SHM_STAT,
                            SHM_STAT_ANY, SHM_UNLOCK)
+from lxsub.abi.limits import PAGE_SIZE
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
 from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject,
-                              ipcperms, may_control)
+                              index_of, ipcperms, may_control)
 from lxsub.platform import libc
 
-# ctl commands whose first argument is an index, not an id, or that sum up
-# the host's table (ipcs's fallback): *_INFO, *_STAT, *_STAT_ANY. IPC_INFO
-# (the limits, the same for everyone) is not among them.
-_TABLE_COMMANDS = {SHM: (SHM_INFO, SHM_STAT, SHM_STAT_ANY), SEM: (SEM_INFO, SEM_STAT, SEM_STAT_ANY),
-                   MSG: (MSG_INFO, MSG_STAT, MSG_STAT_ANY)}
+# ctl commands on the whole table rather than an object (their first
+# argument is ignored), and those whose first argument is an index in it
+# (ipcs's fallback when /proc/sysvipc is missing).
+_INFO_COMMANDS = {SHM: SHM_INFO, SEM: SEM_INFO, MSG: MSG_INFO}
+_STAT_COMMANDS = {SHM: (SHM_STAT, SHM_STAT_ANY), SEM: (SEM_STAT, SEM_STAT_ANY), MSG: (MSG_STAT, MSG_STAT_ANY)}
+_STAT_ANY = (SHM_STAT_ANY, SEM_STAT_ANY, MSG_STAT_ANY)
+# sizeof struct shminfo64 (nine unsigned longs), struct seminfo (ten ints),
+# struct msginfo (seven ints and a short); struct shm_info (an int, then
+# five unsigned longs).
+_INFO_SIZE = {SHM: 72, SEM: 40, MSG: 32}
+_SHM_INFO = struct.Struct("<i4xQQQQQ")
 # What each ctl command needs (ipc/shm.c, sem.c, msg.c): a permission for
-# ipcperms, or "owner" (ipcctl_obtain_check).
-_NEEDS = {IPC_STAT: S_IRUGO, IPC_SET: "owner", IPC_RMID: "owner",
-          GETPID: S_IRUGO, GETVAL: S_IRUGO, GETALL: S_IRUGO, GETNCNT: S_IRUGO, GETZCNT: S_IRUGO,
-          SETVAL: S_IWUGO, SETALL: S_IWUGO}
+# ipcperms, or "owner" (ipcctl_obtain_check). The kinds' own commands share
+# numbers (semctl's GETPID and GETVAL are shmctl's SHM_LOCK and SHM_UNLOCK,
+# which need no permission, only ownership or CAP_IPC_LOCK).
+_COMMON_NEEDS = {IPC_STAT: S_IRUGO, IPC_SET: "owner", IPC_RMID: "owner"}
+_NEEDS = {SHM: _COMMON_NEEDS, MSG: _COMMON_NEEDS,
+          SEM: {**_COMMON_NEEDS, GETPID: S_IRUGO, GETVAL: S_IRUGO, GETALL: S_IRUGO, GETNCNT: S_IRUGO,
+                GETZCNT: S_IRUGO, SETVAL: S_IWUGO, SETALL: S_IWUGO}}
 # Where each ctl call's struct buffer is: shmctl(id, cmd, buf), msgctl(id,
 # cmd, buf), semctl(id, semnum, cmd, arg) with arg.buf.
 _BUF_ARG = {SHM: 2, MSG: 2, SEM: 3}
@@ -159,13 +169,13 @@ def _ctl(kind: str):
     def handler(c: Call):
         """shmctl/semctl/msgctl naming an object by id (a ptrace stop)."""
         cmd = c.int(_CMD_ARG[kind]) & 0xFF                # without IPC_64
-        if cmd in _TABLE_COMMANDS[kind]:
-            raise OSError(errno.EINVAL, "the host's IPC tables are not the instance's")
-        if cmd == IPC_INFO:
-            return Native()
+        if cmd in (IPC_INFO, _INFO_COMMANDS[kind]):
+            return _info(c, kind, cmd)
+        if cmd in _STAT_COMMANDS[kind]:
+            return _stat_at_index(c, kind, cmd)
         obj = _object(c, kind)
         ident, creds = c.int(0), c.task.creds
-        need = _NEEDS.get(cmd)
+        need = _NEEDS[kind].get(cmd)
         if cmd == IPC_SET:
             return _ipc_set(c, kind, ident, obj)
         if need == "owner" and not may_control(creds, obj):
@@ -193,21 +203,89 @@ def _virtual_pid(c: Call, host_pid: int) -> int:
 
 
 def _show(c: Call, kind: str, obj: IpcObject, result: int) -> None:
-    """IPC_STAT's Linux view: the key an object was made with (the host's
-    is IPC_PRIVATE: msgctl(2) msg_perm.__key), its Linux owner, creator
-    and mode (the host's state bits, SHM_DEST and SHM_LOCKED, kept), the
-    creator's and last users' pids in the instance."""
+    """IPC_STAT's result in the caller's buffer, in the Linux view."""
     if result < 0:
         return None
     buf = c.ptr(_BUF_ARG[kind])
-    host_mode = struct.unpack("<I", c.read(buf + 20, 4))[0]
-    c.write(buf, _PERM.pack(obj.key, obj.uid, obj.gid, obj.cuid, obj.cgid,
-                            (host_mode & ~MODE_BITS) | obj.mode))
-    for i, off in enumerate(_PIDS[kind]):
-        host = struct.unpack("<i", c.read(buf + off, 4))[0]
-        pid = obj.cpid if kind == SHM and i == 0 else _virtual_pid(c, host)
-        c.write(buf + off, struct.pack("<i", pid))
+    c.write(buf, _linux_view(c, kind, obj, c.read(buf, _DS_SIZE[kind])))
     return None
+
+
+def _linux_view(c: Call, kind: str, obj: IpcObject, host_ds: bytes) -> bytes:
+    """A host *id64_ds as the instance sees it: the key the object was made
+    with (the host's is IPC_PRIVATE: msgctl(2) msg_perm.__key), its Linux
+    owner, creator and mode (the host's state bits, SHM_DEST and
+    SHM_LOCKED, kept), the creator's and last users' pids in the instance."""
+    ds = bytearray(host_ds)
+    host_mode = struct.unpack_from("<I", ds, 20)[0]
+    _PERM.pack_into(ds, 0, obj.key, obj.uid, obj.gid, obj.cuid, obj.cgid, (host_mode & ~MODE_BITS) | obj.mode)
+    for i, off in enumerate(_PIDS[kind]):
+        host = struct.unpack_from("<i", ds, off)[0]
+        pid = obj.cpid if kind == SHM and i == 0 else _virtual_pid(c, host)
+        struct.pack_into("<i", ds, off, pid)
+    return bytes(ds)
+
+
+def _host_ctl(kind: str, ident: int, cmd: int, size: int) -> bytes:
+    """The provider's own ctl call on a host object or table, into its own
+    buffer (the objects are its host user's, mode 0600)."""
+    buf = ctypes.create_string_buffer(size)
+    libc.syscall(_CTL_NR[kind], ident, *((0,) if kind == SEM else ()), cmd, ctypes.addressof(buf))
+    return buf.raw
+
+
+def _info(c: Call, kind: str, cmd: int) -> int:
+    """IPC_INFO and SHM_INFO/SEM_INFO/MSG_INFO (ipc/shm.c shmctl_ipc_info,
+    shmctl_shm_info; ipc/sem.c semctl_info; ipc/msg.c msgctl_info): the
+    limits are the host's, the same for everyone; the usage is the
+    instance's own objects, not the host's; the result is the highest
+    index in use (ipc_get_maxidx), 0 for none."""
+    if cmd == IPC_INFO:
+        info = _host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind])
+    elif kind == SHM:
+        info = _shm_info(c)
+    else:
+        info = bytearray(_host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind]))
+        rows = c.inst.ipc.host_rows(kind)
+        if kind == SEM:
+            # seminfo.semusz: the sets; semaem: their semaphores (used_sems).
+            struct.pack_into("<i", info, 28, len(rows))
+            struct.pack_into("<i", info, 36, min(sum(int(f[3]) for _, f in rows), 0x7FFFFFFF))
+        else:
+            # msginfo.msgpool: the queues; msgmap: their messages; msgtql: their bytes.
+            struct.pack_into("<ii", info, 0, len(rows), min(sum(int(f[4]) for _, f in rows), 0x7FFFFFFF))
+            struct.pack_into("<i", info, 24, min(sum(int(f[3]) for _, f in rows), 0x7FFFFFFF))
+        info = bytes(info)
+    c.write(c.ptr(_BUF_ARG[kind]), info)
+    return max(c.inst.ipc.max_index(kind), 0)
+
+
+def _shm_info(c: Call) -> bytes:
+    """struct shm_info: used_ids, then in pages shm_tot (the segments'
+    sizes rounded up), shm_rss and shm_swp (/proc/sysvipc/shm has them in
+    bytes), swap_attempts and swap_successes (always 0)."""
+    rows = c.inst.ipc.host_rows(SHM)
+    pages = sum((int(f[3]) + PAGE_SIZE - 1) // PAGE_SIZE for _, f in rows)
+    rss = sum(int(f[14]) for _, f in rows) // PAGE_SIZE
+    swap = sum(int(f[15]) for _, f in rows) // PAGE_SIZE
+    return _SHM_INFO.pack(len(rows), pages, rss, swap, 0, 0)
+
+
+def _stat_at_index(c: Call, kind: str, cmd: int) -> int:
+    """SHM_STAT/SEM_STAT/MSG_STAT and their _STAT_ANY: IPC_STAT of the
+    object at an index of the instance's table (EINVAL where it has none),
+    read permission needed but for _STAT_ANY; the result is the object's
+    id (ipc/shm.c shmctl_stat, sem.c semctl_stat, msg.c msgctl_stat)."""
+    # ipc/util.c ipc_obtain_object_idr: the argument's index bits, so an id works too.
+    found = c.inst.ipc.at_index(kind, index_of(c.int(0)))
+    if found is None:
+        raise OSError(errno.EINVAL, "no IPC object of this instance at this index")
+    ident, obj = found
+    if cmd not in _STAT_ANY:
+        _check(c, obj, S_IRUGO)
+    ds = _host_ctl(kind, ident, IPC_STAT, _DS_SIZE[kind])
+    c.write(c.ptr(_BUF_ARG[kind]), _linux_view(c, kind, obj, ds))
+    return ident
 
 
 def _ipc_set(c: Call, kind: str, ident: int, obj: IpcObject) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.ipc import MODE_BITS, MSG, SEM, SHM, IpcObject
-from lxsub.kernel.vfs.pseudo import File, StaticDir, read_host
+from lxsub.kernel.vfs.pseudo import File, StaticDir
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -54,16 +54,10 @@ def _pid(inst: "Instance", host_pid: int) -> int:
 
 def render(inst: "Instance", kind: str) -> bytes:
     """The file: the header, then one row per object of the instance, by id."""
-    objects = dict(inst.ipc.listing(kind))
     rows = [_HEADERS[kind]]
-    if objects:
-        for line in read_host(f"/proc/sysvipc/{kind}").decode().splitlines()[1:]:
-            f = line.split()
-            obj = objects.get(int(f[1])) if len(f) > 2 else None
-            if obj is None:
-                continue
-            mode = (int(f[2], 8) & ~MODE_BITS) | obj.mode       # SHM_DEST, SHM_LOCKED kept
-            rows.append(_ROW[kind](inst, obj, mode, f))
+    for obj, f in inst.ipc.host_rows(kind):
+        mode = (int(f[2], 8) & ~MODE_BITS) | obj.mode       # SHM_DEST, SHM_LOCKED kept
+        rows.append(_ROW[kind](inst, obj, mode, f))
     return "".join(rows).encode()
 
 
