@@ -270,6 +270,17 @@ def _survivors(marker: str) -> list[int]:
     return found
 
 
+def _kill_survivors(marker: str) -> None:
+    """Clean up after a survivors run: SIGKILL whatever still carries marker
+    (never an empty one: every process with a `3600` word would match)."""
+    assert marker, "no marker: would kill unrelated processes"
+    for pid in _survivors(marker):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def _sleep_marker() -> str:
     """A sleep(1) interval no other process uses (a marker sleep rejects
     would end the daemons at once)."""
@@ -330,11 +341,7 @@ def test_survivors_detector_natively(built, tmp_path_factory):
         time.sleep(1)
         assert len(_survivors(marker)) >= expected
     finally:
-        for pid in _survivors(marker):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        _kill_survivors(marker)
 
 
 @pytest.mark.parametrize("how", ["terminate", "shutdown", "kill-provider"])
@@ -356,11 +363,7 @@ def test_nothing_of_an_instance_survives_it(built, how):
         left = _wait_for(lambda: not _survivors(marker), 15)
         assert left, f"{len(_survivors(marker))} of {expected} daemons outlived the instance"
     finally:
-        for pid in _survivors(marker):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        _kill_survivors(marker)
         p.kill()
         p.wait()
 
