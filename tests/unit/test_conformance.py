@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
 from tools.conformance import report
-from tools.conformance.run import classify
+from tools.conformance.run import classify, kill_rooted_in
 
 
 def test_ltp_exit_statuses():
@@ -73,3 +81,27 @@ def test_the_guard_list_names_runtest_entries_once():
     names = [words[0] for words in lines]
     assert 100 <= len(names) == len(set(names))
     assert all(words[1] == "pass" for words in lines)
+
+
+def test_processes_left_in_the_native_tree_are_ended(tmp_path):
+    """A test's daemon that left its process group (kill11's children) must
+    not outlive the native run in its chroot; a process elsewhere is untouched."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root (CI runs the suite as root)")
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    shutil.copy2(shutil.which("busybox"), tree / "bin" / "busybox")
+    inside = subprocess.Popen(["chroot", str(tree), "/bin/busybox", "sleep", "300"],
+                              start_new_session=True)
+    outside = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10   # until chroot has executed busybox
+        while os.readlink(f"/proc/{inside.pid}/root") != str(tree) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert kill_rooted_in(tree) == [inside.pid]
+        assert inside.wait(timeout=10) == -signal.SIGKILL
+        assert outside.poll() is None
+    finally:
+        for p in (inside, outside):
+            p.kill()
+            p.wait()

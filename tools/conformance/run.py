@@ -95,6 +95,25 @@ def _run_group(argv: list[str], timeout: float, env: dict | None = None) -> tupl
         return p.returncode, (out or b"")[-OUTPUT_LIMIT * 4:], True
 
 
+def kill_rooted_in(root: Path) -> list[int]:
+    """SIGKILL every host process whose root directory is `root` (or a
+    directory below it); returns their pids."""
+    prefix = os.path.realpath(root)
+    killed = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            where = os.readlink(f"/proc/{entry}/root").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if where == prefix or where.startswith(prefix + "/"):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 class Native:
     """Entries run in a chroot of the tree, with a private mount namespace each."""
 
@@ -112,10 +131,14 @@ class Native:
                 "/bin/sh", "-c", setup, SHELL_SETUP + "exec " + command]
         t0 = time.monotonic()
         code, out, timed_out = _run_group(argv, timeout)
-        return classify(name, code, out, time.monotonic() - t0, timed_out)
+        seconds = time.monotonic() - t0
+        # A test's daemon that left the process group (setsid, a double
+        # fork) would outlive it, and the tree, for hours: end it too.
+        kill_rooted_in(self.root)
+        return classify(name, code, out, seconds, timed_out)
 
     def close(self) -> None:
-        pass
+        kill_rooted_in(self.root)
 
 
 class Lxsub:
