@@ -264,7 +264,8 @@ class Instance:
             src = parent.process
             proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip,
                            oom_score_adj=src.oom_score_adj,
-                           oom_score_adj_min=src.oom_score_adj_min, image=src.image)
+                           oom_score_adj_min=src.oom_score_adj_min, image=src.image,
+                           creds_filter=src.creds_filter)
             self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:
                 pp.children.add(proc)

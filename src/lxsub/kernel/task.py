@@ -41,6 +41,9 @@ class Process:
     # prctl(2) PR_SET_CHILD_SUBREAPER (also set on the host process, which
     # the host's reparenting follows); not inherited by fork.
     child_subreaper: bool = False
+    # It has the extra filter that stops recvmsg/recvmmsg (SO_PASSCRED,
+    # kernel/syscalls/net.py); inherited at fork and kept across exec.
+    creds_filter: bool = False
     _pidfd: int = -1
     _memfd: int = -1
 
