@@ -31,9 +31,16 @@ def probe(tmp_path_factory) -> str:
     return str(out)
 
 
-def drive(scenario: str, program: str) -> dict:
+@pytest.fixture(params=["step", "syscall"])
+def mode(request) -> str:
+    """PTRACE_SINGLESTEP over the call, or PTRACE_SYSCALL to its stops."""
+    return request.param
+
+
+def drive(scenario: str, mode: str, program: str) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
-    done = subprocess.run([sys.executable, "-m", "tests.integration.inject.driver", scenario, program],
+    done = subprocess.run([sys.executable, "-m", "tests.integration.inject.driver", scenario, mode,
+                           program],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -43,8 +50,8 @@ def lines(out: dict) -> dict[str, list[int]]:
     return {w[0]: [int(x) for x in w[1::2]] for w in (ln.split() for ln in out["output"].splitlines())}
 
 
-def test_injected_calls_return_results_and_leave_no_trace(probe):
-    out = drive("calls", probe)
+def test_injected_calls_return_results_and_leave_no_trace(probe, mode):
+    out = drive("calls", mode, probe)
     # getpid ran in the tracee; seccomp (trapped by the filter's TRACE
     # row, let through) installed a filter for the program's threads.
     assert out["results"] == [out["pid"], 0]
@@ -54,8 +61,8 @@ def test_injected_calls_return_results_and_leave_no_trace(probe):
     assert seen["getuid"] == [-1, 1]                   # the injected filter: EPERM
 
 
-def test_a_signal_during_an_injection_comes_afterwards_as_sent(probe):
-    out = drive("signal", probe)
+def test_a_signal_during_an_injection_comes_afterwards_as_sent(probe, mode):
+    out = drive("signal", mode, probe)
     assert out["results"] == [0, out["pid"]]           # nanosleep restarted, then getpid
     seen = lines(out)
     assert seen["changed"] == [0, out["driver"]]
@@ -64,8 +71,8 @@ def test_a_signal_during_an_injection_comes_afterwards_as_sent(probe):
     assert seen["signal"] == [10, 0, out["driver"]]
 
 
-def test_a_process_killed_during_an_injection_ends_it(probe):
-    out = drive("killed", probe)
+def test_a_process_killed_during_an_injection_ends_it(probe, mode):
+    out = drive("killed", mode, probe)
     assert out["events"] == ["gone"]
     assert out["signaled"] == 9
     assert out["injections_left"] == 0

@@ -29,6 +29,7 @@ from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
+from lxsub.kernel.exec import mapping
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.sqlitestore import volfs_store
@@ -262,7 +263,7 @@ class Instance:
         else:
             pp = parent.process.parent if flags & CLONE_PARENT else parent.process
             src = parent.process
-            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip,
+            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, auxv=src.auxv,
                            oom_score_adj=src.oom_score_adj,
                            oom_score_adj_min=src.oom_score_adj_min, image=src.image,
                            creds_filter=src.creds_filter)
@@ -300,10 +301,15 @@ class Instance:
         dispatch.drop_lost_fd(task)
         plan = task.exec_state
         task.exec_state = None
+        proc.auxv = None                 # the host's is right until a mapping patches it
+
+        def tell_tracer() -> None:
+            if self.ptrace.links:
+                self.ptrace.on_exec(task, former_vtid)
         if isinstance(plan, ExecPlan):
-            self._finish_exec(tid, task, plan)
-        if self.ptrace.links:
-            self.ptrace.on_exec(task, former_vtid)
+            self._finish_exec(tid, task, plan, tell_tracer)
+        else:
+            tell_tracer()
 
     def _exec_creds(self, task: Task, plan: ExecPlan) -> None:
         """The new program's credentials, dumpability and AT_SECURE (execve(2)).
@@ -343,15 +349,18 @@ class Instance:
         self.log.warn(f"tid {tid}: AT_SECURE not found on the new stack; killed")
         os.kill(tid, signal.SIGKILL)
 
-    def _finish_exec(self, tid: int, task: Task, plan: ExecPlan) -> None:
+    def _finish_exec(self, tid: int, task: Task, plan: ExecPlan, then: Callable[[], None]) -> None:
+        """The new image's state; `then` once the program is in place (a
+        dynamic one is mapped first, by calls injected into it)."""
         proc = task.process
         try:
             s = os.stat(f"/proc/{tid}/exe")
             same = (s.st_dev, s.st_ino) == plan.identity
         except OSError:
             same = False
-        plan.close()
+        plan.close_loader()
         if not same:
+            plan.close()
             # Another thread rewrote the path we placed in its memory: refuse
             # to let it run whatever it swapped in.
             self.log.warn(f"pid {proc.pid}: exec target changed under us; killed")
@@ -363,9 +372,38 @@ class Instance:
         self.vfs.images.started(proc.image)
         proc.exe = plan.exe
         proc.comm = plan.comm
-        proc.argv_skip = 1 if plan.via_loader else 0
         self._fix_execfn(tid, plan)
         self._exec_creds(task, plan)
+        if plan.via_loader:
+            self._map_program(tid, task, plan, then)
+        else:
+            plan.close()
+            then()
+
+    def _map_program(self, tid: int, task: Task, plan: ExecPlan, then: Callable[[], None]) -> None:
+        """Map a dynamic program into its new process as binfmt_elf would,
+        with injected calls, then make the auxv describe it (the host
+        kernel mapped only the loader it was given)."""
+        assert plan.program is not None
+        mapper = mapping.ProgramMapping(tid, plan.program,
+                                        f"/proc/{os.getpid()}/fd/{plan.program_fd}".encode(),
+                                        mapping.randomizes(tid))
+        sp = ptrace.get_regs(tid, Regs()).rsp
+
+        def mapped() -> None:
+            plan.close()
+            try:
+                if mapper.error:
+                    raise OSError(mapper.error, os.strerror(mapper.error))
+                task.process.auxv = mapper.finish(sp, plan.loader_entry)
+            except OSError as e:
+                # Past exec's point of no return: the process cannot go on.
+                self.log.warn(f"pid {task.process.pid}: cannot map {plan.exe}: {e}; killed")
+                os.kill(tid, signal.SIGKILL)
+                return
+            self.engine.exits_unreported.add(tid)
+            then()
+        self.engine.inject(tid, mapper.first(), mapper.after, mapped, gone=plan.close, at_exec=True)
 
     def _fix_execfn(self, tid: int, plan: ExecPlan) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""

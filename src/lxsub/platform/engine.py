@@ -109,6 +109,10 @@ class Engine:
         self.injections: dict[int, inject.Injection] = {}
         self.injections_waiting: dict[int, bool] = {}    # tid -> at an exec event
         self.resent_signals: dict[int, list[ptrace.SigInfo]] = {}
+        # Threads resting at a syscall-exit stop their Linux tracer has not
+        # been shown (an exec whose exit stop the injected mapping ran
+        # through): a PTRACE_SYSCALL resume reports it first.
+        self.exits_unreported: set[int] = set()
 
     # -- registration -----------------------------------------------------
 
@@ -182,16 +186,30 @@ class Engine:
 
     def inject(self, tid: int, first: inject.SysCall, after: inject.NextCall,
                done: Callable[[], None], gone: Callable[[], None] | None = None,
-               at_exec: bool = False, insn_at: int | None = None) -> None:
+               at_exec: bool = False, insn_at: int | None = None,
+               stepping: bool | None = None) -> None:
         """Run `first` inside tid, stopped now at a syscall-exit stop (in
         an exit hook) or at its exec event (`at_exec`), then the calls
         after(result) gives until it gives None; then put tid back as it
         was and call done() (which may inject again). It starts when the
         loop would let tid run on; gone() if tid dies meanwhile.
         `insn_at`: the `syscall` instruction to use (default: the one
-        before rip, else the vDSO's)."""
-        self.injections[tid] = inject.Injection(self, tid, first, after, done, gone, insn_at)
+        before rip, else the vDSO's). `stepping`: one stop per call
+        (PTRACE_SINGLESTEP over the instruction) rather than two (syscall
+        entry and exit); by default unless a Linux tracer watches tid's
+        syscall stops, which must then come where they would."""
+        if stepping is None:
+            stepping = tid not in self.resume_modes
+        self.injections[tid] = inject.Injection(self, tid, first, after, done, gone, insn_at,
+                                                stepping)
         self.injections_waiting[tid] = at_exec
+
+    def answer_if_injected(self, lst: Listener, n: Notification) -> bool:
+        """A notification of a call the provider injected: let it run."""
+        if self.injections and n.pid in self.injections:
+            lst.reply(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+            return True
+        return False
 
     def injection_ended(self, tid: int) -> None:
         """tid's registers are its own again: what its stops postponed
@@ -250,6 +268,12 @@ class Engine:
             return
         if tid in self.holds:
             return
+        if self.exits_unreported and tid in self.exits_unreported:
+            self.exits_unreported.discard(tid)
+            if self.resume_modes.get(tid) == ptrace.PTRACE_SYSCALL:
+                self.kernel.on_syscall_stop(tid)
+                if tid in self.holds:
+                    return
         try:
             if not wake_here:
                 self._cont(tid, sig)
@@ -388,8 +412,7 @@ class Engine:
                 self.remove_listener(lst.fd)
                 return
             raise
-        if self.injections and n.pid in self.injections:
-            lst.reply(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)    # the provider's own call
+        if self.answer_if_injected(lst, n):
             return
         if n.nr not in self.quiet_nrs:
             self.before_change()
@@ -419,6 +442,7 @@ class Engine:
             self.exec_hooks.pop(tid, None)
             self.lost_results.pop(tid, None)
             self._injection_gone(tid)
+            self.exits_unreported.discard(tid)
             self.kernel.on_exit(tid, status)
             watcher = self.child_watchers.pop(tid, None)
             if watcher is not None:

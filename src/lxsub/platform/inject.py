@@ -10,8 +10,11 @@ put back: the registers exactly, and the scratch memory (below the red
 zone, under the stack pointer) the arguments were written to.
 
 The event loop never waits for the tracee: an injection is a small state
-machine the engine drives with the thread's stops (PTRACE_SYSCALL between
-them). What the program could see of it is hidden:
+machine the engine drives with the thread's stops: PTRACE_SINGLESTEP over
+the `syscall` instruction (one stop per call: the step's SIGTRAP, which is
+suppressed), or, while a Linux tracer watches the thread's syscall stops,
+PTRACE_SYSCALL (its entry and exit stops). What the program could see of
+it is hidden:
 - a signal that arrives meanwhile is taken at its delivery stop, kept
   (its siginfo too) and sent again once the registers are back; at its
   new delivery stop the kept siginfo replaces the one the resend made;
@@ -23,11 +26,12 @@ A thread killed meanwhile ends the injection (its `gone` callback).
 from __future__ import annotations
 
 import errno
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from lxsub.abi.sysno import NUMBERS
-from lxsub.platform import libc, memory, ptrace
+from lxsub.platform import affinity, libc, memory, ptrace
 from lxsub.platform.ptrace import Regs, SigInfo
 
 if TYPE_CHECKING:
@@ -37,6 +41,9 @@ RED_ZONE = 128
 # The call is restarted after a signal (the signal is kept, see above):
 # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK.
 _RESTARTS = (-512, -513, -514, -516)
+# SIGTRAP of a single step over the `syscall` (x86 user_single_step_report):
+# TRAP_BRKPT, or TRAP_TRACE; a program's own int3 is SI_KERNEL, kill(2) <= 0.
+_STEP_CODES = (1, 2)
 SYSCALL_INSN = b"\x0f\x05"
 _SYS_TGKILL = NUMBERS["tgkill"]
 
@@ -69,8 +76,9 @@ class Injection:
 
     def __init__(self, engine: "Engine", tid: int, first: SysCall, after: NextCall,
                  done: Callable[[], None], gone: Callable[[], None] | None,
-                 at: int | None) -> None:
+                 at: int | None, stepping: bool = False) -> None:
         self.engine, self.tid = engine, tid
+        self.stepping = stepping
         self.call, self.after, self.done, self.gone_hook = first, after, done, gone
         self.insn_at = at                 # the `syscall` instruction to run
         self.saved: Regs | None = None
@@ -106,8 +114,12 @@ class Injection:
             # engine runs a pending interrupt hook then.)
             self._step()
         elif event == 0:
+            info = ptrace.get_siginfo(self.tid)
+            if self.stepping and sig == signal.SIGTRAP and info.si_code in _STEP_CODES:
+                self._on_step()
+                return
             # A signal-delivery stop: keep the signal for later.
-            self.kept_signals.append(ptrace.get_siginfo(self.tid))
+            self.kept_signals.append(info)
             self._step()
         else:
             self._step()
@@ -120,17 +132,36 @@ class Injection:
         elif self.saved is None:
             self._start_at_syscall_exit()   # execve's own exit, after the exec event
         elif self.in_call:
-            result = ptrace.signed64(ptrace.get_regs(self.tid, Regs()).rax)
-            if result in _RESTARTS:
-                self._step()   # a signal came: its delivery stop, then the restart
-                return
-            self.in_call = False
-            self._load(self.after(result))
+            self._call_returned()
         else:
             self._step()
 
+    def _on_step(self) -> None:
+        """Stepping: the thread has run one instruction (the `syscall`), or
+        (first) returned from execve."""
+        if self.saved is None:
+            self._start_at_syscall_exit()
+        elif self.in_call:
+            self._call_returned()
+        else:
+            self._step()
+
+    def _call_returned(self) -> None:
+        result = ptrace.signed64(ptrace.get_regs(self.tid, Regs()).rax)
+        if result in _RESTARTS:
+            self._step()       # a signal came: its delivery stop, then the restart
+            return
+        self.in_call = False
+        self._load(self.after(result))
+
     def _step(self) -> None:
-        ptrace.cont_to_syscall_exit(self.tid, 0)
+        # On the provider's CPU, as the engine's own restarts: a stop is
+        # 9-15 us there, several times that across CPUs (affinity.py).
+        with affinity.WakeHere(self.tid):
+            if self.stepping:
+                ptrace.restart(ptrace.PTRACE_SINGLESTEP, self.tid, 0)
+            else:
+                ptrace.cont_to_syscall_exit(self.tid, 0)
 
     # -- one call ---------------------------------------------------------------------
 
@@ -152,6 +183,7 @@ class Injection:
         regs.orig_rax = 0xFFFFFFFFFFFFFFFF     # no syscall to restart if a signal comes first
         regs.set_args(*(at + a.offset if isinstance(a, Scratch) else a for a in call.args))
         ptrace.set_regs(self.tid, regs)
+        self.in_call = self.stepping       # stepping: the next stop is after it
         self._step()
 
     def _write_data(self, call: SysCall) -> int:

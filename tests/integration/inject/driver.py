@@ -2,7 +2,7 @@
 (tests/integration/test_inject.py runs it in a process of its own: the
 engine pins its CPU and takes SIGCHLD).
 
-    python3 -m tests.integration.inject.driver SCENARIO PROGRAM
+    python3 -m tests.integration.inject.driver SCENARIO step|syscall PROGRAM
 
 The program is started under a filter that traps getppid and seccomp
 (RET_TRACE, as the instance's table does for seccomp); at getppid's exit
@@ -41,8 +41,9 @@ def nanosleep(seconds: float) -> SysCall:
 
 
 class Scenario:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, mode: str) -> None:
         self.name = name
+        self.stepping = mode == "step"
         self.results: list[int] = []
         self.events: list[str] = []
         self.calls: list[SysCall] = {
@@ -90,7 +91,7 @@ class ProbeKernel:
     def inject_at_exit(self, tid, regs) -> None:
         sc = self.scenario
         self.engine.inject(tid, sc.calls[0], sc.next_call, lambda: sc.events.append("done"),
-                           lambda: sc.events.append("gone"))
+                           lambda: sc.events.append("gone"), stepping=sc.stepping)
         if sc.name == "signal":
             self.engine.call_later(0.1, lambda: os.kill(tid, signal.SIGUSR1))
         elif sc.name == "killed":
@@ -120,9 +121,9 @@ class ProbeKernel:
 
 
 def main() -> None:
-    scenario = Scenario(sys.argv[1])
+    scenario = Scenario(sys.argv[1], sys.argv[2])
     k = ProbeKernel(scenario)
-    k.start(sys.argv[2])
+    k.start(sys.argv[3])
     k.engine.run()
     out = b""
     while chunk := os.read(k.out, 4096):
