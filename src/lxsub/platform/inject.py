@@ -4,8 +4,8 @@ As a debugger's inferior call (or CRIU's parasite) does: the thread's
 registers are saved, its instruction pointer is set to a `syscall`
 instruction of its own (the one it has just executed, at rip-2 after a
 syscall stop, else one in its vDSO), rax and the argument registers to
-the call wanted, and it runs to that call's syscall-exit stop; there the
-result is read and the next call of the injection loaded, or everything
+the call wanted, and it runs that one instruction; at the stop after it
+the result is read and the next call of the injection loaded, or everything
 put back: the registers exactly, and the scratch memory (below the red
 zone, under the stack pointer) the arguments were written to.
 
@@ -91,7 +91,7 @@ class Injection:
     def start(self, at_exec: bool) -> None:
         """Called by the engine instead of letting the thread run on. At a
         syscall-exit stop: go. At a PTRACE_EVENT_EXEC stop execve's return
-        value is still to be written: first run to its exit stop."""
+        value is still to be written: first run to its exit (stop or step)."""
         if at_exec:
             self._step()
         else:
