@@ -65,6 +65,7 @@ class ElfImage:
     phdr_vaddr: int            # where its program headers are once loaded
     phnum: int
     segments: tuple[Segment, ...]
+    align: int = PAGE_SIZE     # the largest PT_LOAD p_align: a PIE's base is a multiple of it
 
 
 def read_image(fd: int) -> ElfImage:
@@ -72,21 +73,23 @@ def read_image(fd: int) -> ElfImage:
     head = os.pread(fd, _EHDR.size, 0)
     (_, e_type, _, _, e_entry, e_phoff, _, _, _, e_phentsize, e_phnum, _, _, _) = _EHDR.unpack(head)
     table = os.pread(fd, e_phnum * e_phentsize, e_phoff)
-    segments, phdr = [], None
+    segments, phdr, align = [], None, PAGE_SIZE
     for i in range(e_phnum):
-        p_type, flags, offset, vaddr, _, filesz, memsz, _ = _PHDR.unpack_from(table, i * e_phentsize)
+        p_type, flags, offset, vaddr, _, filesz, memsz, p_align = _PHDR.unpack_from(table, i * e_phentsize)
         if p_type == PT_PHDR:
             phdr = vaddr
         elif p_type == PT_LOAD and memsz:
             prot = ((PROT_READ if flags & PF_R else 0) | (PROT_WRITE if flags & PF_W else 0)
                     | (PROT_EXEC if flags & PF_X else 0))
             segments.append(Segment(vaddr, memsz, offset, filesz, prot))
+            if p_align > align and not p_align & (p_align - 1):       # maximum_alignment()
+                align = p_align
     if not segments:
         raise OSError(errno.ENOEXEC, "no loadable segment")
     if phdr is None:         # the headers inside the segment that maps file offset e_phoff
         seg = next((s for s in segments if s.offset <= e_phoff < s.offset + s.filesz), segments[0])
         phdr = seg.vaddr + e_phoff - seg.offset
-    return ElfImage(e_type == ET_DYN, e_entry, phdr, e_phnum, tuple(segments))
+    return ElfImage(e_type == ET_DYN, e_entry, phdr, e_phnum, tuple(segments), align)
 
 
 def entry_of(fd: int) -> int:
@@ -143,6 +146,7 @@ class ProgramMapping:
         if self.image.dynamic:
             hint = ELF_ET_DYN_BASE + (random.getrandbits(MMAP_RND_BITS) * PAGE_SIZE
                                       if self.randomize else 0)
+            hint = (hint + self.image.align - 1) & ~(self.image.align - 1)
             flags = MAP_PRIVATE
         else:
             hint, flags = self._lo, MAP_PRIVATE | MAP_FIXED_NOREPLACE
