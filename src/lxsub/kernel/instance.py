@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
-from lxsub.abi.auxvec import AT_EXECFN, AT_NULL, AT_SECURE
+from lxsub.abi.auxvec import AT_EXECFN, AT_NULL, AT_SECURE, AT_SYSINFO_EHDR
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
@@ -40,7 +40,7 @@ from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
-from lxsub.platform import launcher, libc, memory, ptrace
+from lxsub.platform import inject, launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
@@ -385,17 +385,22 @@ class Instance:
         with injected calls, then make the auxv describe it (the host
         kernel mapped only the loader it was given)."""
         assert plan.program is not None
+        try:
+            auxv = mapping.StackAuxv(tid, ptrace.get_regs(tid, Regs()).rsp)
+            insn = inject.vdso_syscall_insn(tid, auxv.get(AT_SYSINFO_EHDR))
+        except OSError:
+            plan.close()
+            return                         # killed meanwhile: its exit event comes
         mapper = mapping.ProgramMapping(tid, plan.program,
                                         f"/proc/{os.getpid()}/fd/{plan.program_fd}".encode(),
-                                        mapping.randomizes(tid))
-        sp = ptrace.get_regs(tid, Regs()).rsp
+                                        mapping.randomizes(tid), auxv)
 
         def mapped() -> None:
             plan.close()
             try:
                 if mapper.error:
                     raise OSError(mapper.error, os.strerror(mapper.error))
-                task.process.auxv = mapper.finish(sp, plan.loader_entry)
+                task.process.auxv = mapper.finish(plan.loader_entry)
             except OSError as e:
                 # Past exec's point of no return: the process cannot go on.
                 self.log.warn(f"pid {task.process.pid}: cannot map {plan.exe}: {e}; killed")
@@ -403,7 +408,8 @@ class Instance:
                 return
             self.engine.exits_unreported.add(tid)
             then()
-        self.engine.inject(tid, mapper.first(), mapper.after, mapped, gone=plan.close, at_exec=True)
+        self.engine.inject(tid, mapper.first(), mapper.after, mapped, gone=plan.close, at_exec=True,
+                           insn_at=insn)
 
     def _fix_execfn(self, tid: int, plan: ExecPlan) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""

@@ -270,10 +270,13 @@ def syscall_insn_before(tid: int, rip: int) -> int:
     return vdso_syscall_insn(tid)
 
 
-def vdso_syscall_insn(tid: int) -> int:
+def vdso_syscall_insn(tid: int, base: int = 0) -> int:
     """The address of a `syscall` instruction in tid's vDSO (its fallback
     paths make real calls; the bytes 0f 05 are run from there and the
-    thread never goes past them: its exit stop comes first)."""
+    thread never goes past them: its exit stop comes first). `base`: the
+    vDSO's address if known (AT_SYSINFO_EHDR), once its offset is."""
+    if base and _vdso_offset:
+        return base + _vdso_offset[0]
     start, end = _vdso_range(tid)
     if not _vdso_offset:
         image = memory.read(tid, start, end - start)

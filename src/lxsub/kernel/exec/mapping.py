@@ -102,8 +102,10 @@ class ProgramMapping:
     then `after(result)` until None), and the auxv patch after them.
     `error`: an errno if a call failed (the exec cannot go on)."""
 
-    def __init__(self, tid: int, image: ElfImage, host_path: bytes, randomize: bool) -> None:
+    def __init__(self, tid: int, image: ElfImage, host_path: bytes, randomize: bool,
+                 auxv: "StackAuxv | None" = None) -> None:
         self.tid, self.image, self.host_path = tid, image, host_path
+        self.auxv = auxv
         self.randomize = randomize
         self.stage = "open"
         self.fd = -1
@@ -180,31 +182,58 @@ class ProgramMapping:
 
     # -- after the calls ---------------------------------------------------------------
 
-    def finish(self, sp: int, loader_entry: int) -> bytes:
-        """Zero the bss tails and patch the auxv on the new stack (sp: at
-        argc); returns the auxv as /proc/<pid>/auxv shows it."""
+    def finish(self, loader_entry: int) -> bytes:
+        """Zero the bss tails and patch the auxv on the new stack; returns
+        the auxv as /proc/<pid>/auxv shows it."""
         for at, n in self.zero:
             memory.write(self.tid, at, bytes(n))
-        at = _auxv_start(self.tid, sp)
-        pairs = []
-        for i in range(64):
-            key, value = struct.unpack("<QQ", memory.read(self.tid, at + 16 * i, 16))
-            pairs.append((key, value))
-            if key == AT_NULL:
-                break
+        auxv = self.auxv
+        assert auxv is not None
         img, b = self.image, self.bias
         values = {AT_PHDR: b + img.phdr_vaddr, AT_PHENT: _PHDR.size, AT_PHNUM: img.phnum,
                   AT_ENTRY: b + img.entry,
-                  AT_BASE: dict(pairs).get(AT_ENTRY, loader_entry) - loader_entry}
-        auxv = b"".join(struct.pack("<QQ", k, values.get(k, v)) for k, v in pairs)
-        memory.write(self.tid, at, auxv)
-        return auxv
+                  AT_BASE: dict(auxv.pairs).get(AT_ENTRY, loader_entry) - loader_entry}
+        data = b"".join(struct.pack("<QQ", k, values.get(k, v)) for k, v in auxv.pairs)
+        memory.write(self.tid, auxv.at, data)
+        return data
 
 
-def _auxv_start(tid: int, sp: int) -> int:
-    argc = struct.unpack("<Q", memory.read(tid, sp, 8))[0]
-    envp = sp + 8 * (argc + 2)
-    return envp + 8 * (len(memory.read_ptr_array(tid, envp)) + 1)
+_CHUNK = 4096
+
+
+class StackAuxv:
+    """The auxiliary vector on a new process's stack (sp at argc, as at
+    the exec event): where it is and its (key, value) pairs, found with
+    one read in the common case (argv, envp and auxv within 4 KiB)."""
+
+    def __init__(self, tid: int, sp: int) -> None:
+        try:
+            raw = memory.read(tid, sp, _CHUNK)
+        except memory.MemoryFault:          # the stack ends sooner: its first page then
+            raw = memory.read(tid, sp, PAGE_SIZE - sp % PAGE_SIZE)
+        words = struct.unpack(f"<{len(raw) // 8}Q", raw[:len(raw) // 8 * 8])
+        argc = words[0]
+        i = argc + 2                        # envp's first slot
+        while i < len(words) and words[i]:
+            i += 1
+        if i >= len(words):                 # a long environment: walk it
+            envp = sp + 8 * (argc + 2)
+            self.at = envp + 8 * (len(memory.read_ptr_array(tid, envp)) + 1)
+            raw, first = b"", 0
+        else:
+            self.at = sp + 8 * (i + 1)
+            first = 8 * (i + 1)
+        self.pairs: list[tuple[int, int]] = []
+        for n in range(64):
+            off = first + 16 * n
+            entry = raw[off:off + 16] if off + 16 <= len(raw) else memory.read(tid, self.at + 16 * n, 16)
+            key, value = struct.unpack("<QQ", entry)
+            self.pairs.append((key, value))
+            if key == AT_NULL:
+                break
+
+    def get(self, key: int) -> int:
+        return dict(self.pairs).get(key, 0)
 
 
 def randomizes(tid: int) -> bool:
