@@ -13,12 +13,11 @@ import errno
 import itertools
 import os
 import signal
-import struct
 from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
-from lxsub.abi.auxvec import AT_EXECFN, AT_NULL, AT_SECURE, AT_SYSINFO_EHDR
+from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE, AT_SYSINFO_EHDR
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
@@ -311,7 +310,7 @@ class Instance:
         else:
             tell_tracer()
 
-    def _exec_creds(self, task: Task, plan: ExecPlan) -> None:
+    def _exec_creds(self, task: Task, plan: ExecPlan, auxv: mapping.StackAuxv | None) -> None:
         """The new program's credentials, dumpability and AT_SECURE (execve(2)).
         no_new_privs (the program's own) makes the set-ID bits not count."""
         if task.no_new_privs:
@@ -323,26 +322,14 @@ class Instance:
         # begin_new_exec: dumpable again unless the ids differ (suid_dumpable 0).
         task.process.dumpable = int(c.euid == c.ruid and c.egid == c.rgid)
         if secure:
-            self._set_at_secure(task.host_tid)
+            self._set_at_secure(task.host_tid, auxv)
 
-    def _set_at_secure(self, tid: int) -> None:
+    def _set_at_secure(self, tid: int, auxv: mapping.StackAuxv | None) -> None:
         """AT_SECURE = 1 in the new program's auxiliary vector, before its
-        loader reads it: the host kernel set it from the host's ids. It is
-        on the initial stack after argv and envp (the stop is at the exec
-        event, rsp at argc)."""
+        loader reads it: the host kernel set it from the host's ids."""
         try:
-            sp = ptrace.get_regs(tid, ptrace.Regs()).rsp
-            argc = struct.unpack("<Q", memory.read(tid, sp, 8))[0]
-            envp = sp + 8 * (argc + 2)
-            at = envp + 8 * (len(memory.read_ptr_array(tid, envp)) + 1)
-            for _ in range(64):
-                key, _value = struct.unpack("<QQ", memory.read(tid, at, 16))
-                if key == AT_NULL:
-                    break
-                if key == AT_SECURE:
-                    memory.write(tid, at + 8, struct.pack("<Q", 1))
-                    return
-                at += 16
+            if auxv is not None and auxv.set(tid, AT_SECURE, 1):
+                return
         except OSError:
             pass
         # A program whose secure state cannot be set must not run with it unset.
@@ -372,21 +359,29 @@ class Instance:
         self.vfs.images.started(proc.image)
         proc.exe = plan.exe
         proc.comm = plan.comm
-        self._fix_execfn(tid, plan)
-        self._exec_creds(task, plan)
-        if plan.via_loader:
-            self._map_program(tid, task, plan, then)
+        try:
+            # The new stack (the stop is at the exec event, rsp at argc).
+            auxv: mapping.StackAuxv | None = mapping.StackAuxv(tid, ptrace.get_regs(tid, Regs()).rsp)
+        except OSError:
+            auxv = None
+        self._fix_execfn(tid, plan, auxv)
+        self._exec_creds(task, plan, auxv)
+        if plan.via_loader and auxv is None:
+            plan.close()               # gone already, or the loader would run argv[0]
+            os.kill(tid, signal.SIGKILL)
+        elif plan.via_loader and auxv is not None:
+            self._map_program(tid, task, plan, auxv, then)
         else:
             plan.close()
             then()
 
-    def _map_program(self, tid: int, task: Task, plan: ExecPlan, then: Callable[[], None]) -> None:
+    def _map_program(self, tid: int, task: Task, plan: ExecPlan, auxv: mapping.StackAuxv,
+                     then: Callable[[], None]) -> None:
         """Map a dynamic program into its new process as binfmt_elf would,
         with injected calls, then make the auxv describe it (the host
         kernel mapped only the loader it was given)."""
         assert plan.program is not None
         try:
-            auxv = mapping.StackAuxv(tid, ptrace.get_regs(tid, Regs()).rsp)
             insn = inject.vdso_syscall_insn(tid, auxv.get(AT_SYSINFO_EHDR))
         except OSError:
             plan.close()
@@ -411,24 +406,16 @@ class Instance:
         self.engine.inject(tid, mapper.first(), mapper.after, mapped, gone=plan.close, at_exec=True,
                            insn_at=insn)
 
-    def _fix_execfn(self, tid: int, plan: ExecPlan) -> None:
+    def _fix_execfn(self, tid: int, plan: ExecPlan, auxv: mapping.StackAuxv | None) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""
         name = plan.exe.encode()
-        if not plan.execfn_room or len(name) > plan.execfn_room:
+        at = auxv.get(AT_EXECFN) if auxv is not None else 0
+        if not at or not plan.execfn_room or len(name) > plan.execfn_room:
             return
         try:
-            with open(f"/proc/{tid}/auxv", "rb") as f:
-                auxv = f.read()
+            memory.write(tid, at, name.ljust(plan.execfn_room + 1, b"\0"))
         except OSError:
-            return
-        for i in range(0, len(auxv) - 15, 16):
-            key, value = struct.unpack_from("<QQ", auxv, i)
-            if key == AT_EXECFN:
-                try:
-                    memory.write(tid, value, name.ljust(plan.execfn_room + 1, b"\0"))
-                except OSError:
-                    pass
-                return
+            pass
 
     def on_exit(self, tid: int, status: int) -> None:
         task = self.pids.tasks_by_host.get(tid)

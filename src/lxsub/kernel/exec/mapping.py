@@ -235,6 +235,15 @@ class StackAuxv:
     def get(self, key: int) -> int:
         return dict(self.pairs).get(key, 0)
 
+    def set(self, tid: int, key: int, value: int) -> bool:
+        """Write one entry's value on the stack; False if there is none."""
+        for i, (k, _) in enumerate(self.pairs):
+            if k == key:
+                memory.write(tid, self.at + 16 * i + 8, struct.pack("<Q", value))
+                self.pairs[i] = (k, value)
+                return True
+        return False
+
 
 def randomizes(tid: int) -> bool:
     """Whether the new process's layout is randomized (not ADDR_NO_RANDOMIZE,
