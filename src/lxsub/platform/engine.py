@@ -261,12 +261,12 @@ class Engine:
         """Let tid run on (to its syscall exit if an exit hook waits there).
         It wakes on the provider's CPU unless wake_here is False (for
         calls that read or set CPU masks: they must see the thread's own).
-        A tid the kernel holds stays stopped; an injected one runs its
-        injected calls instead."""
+        A tid the kernel holds stays stopped (a Linux tracer looks at it
+        as it is); else an injected one runs its injected calls first."""
+        if tid in self.holds:
+            return
         if self.injections and tid in self.injections:
             self._start_injection(tid)
-            return
-        if tid in self.holds:
             return
         if self.exits_unreported and tid in self.exits_unreported:
             self.exits_unreported.discard(tid)
