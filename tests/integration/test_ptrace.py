@@ -207,10 +207,10 @@ def test_strace_attaches_to_a_sleeper_and_leaves_it_running(debugging):
 
 
 # -- Debian's gdb ------------------------------------------------------------------
-# A static program: a dynamic one runs as `ld.so PROGRAM` under lxsub
-# (kernel/exec/plan.py), so at its exec the program is not mapped yet and
-# gdb, which relocates the main program by AT_ENTRY then, misplaces its
-# breakpoints.
+# Static programs, and dynamic (PIE) ones: those run on the host as the
+# instance's ld.so, and lxsub maps the program and patches the auxv at
+# the exec event (kernel/exec/mapping.py) so that gdb, which relocates the
+# main program by AT_ENTRY there, finds it where Linux would put it.
 
 DEBUGGEE = r"""
 #include <stdio.h>
@@ -242,9 +242,18 @@ def debuggee(debugging):
     return debugging
 
 
-def _gdb(distro, *commands: str, args: str = "") -> str:
+@pytest.fixture(scope="module")
+def pie_debuggee(debugging):
+    """The same program built PIE (gcc's default: dynamic, ET_DYN)."""
+    cp = debugging.sh("mkdir -p /tmp/g && cat > /tmp/g/pie.c && gcc -g -O0 -o /tmp/g/pie /tmp/g/pie.c "
+                      "&& file /tmp/g/pie", input=DEBUGGEE.encode(), timeout=300)
+    assert cp.returncode == 0 and b"pie executable" in cp.stdout, describe(cp)
+    return debugging
+
+
+def _gdb(distro, *commands: str, args: str = "", prog: str = "/tmp/g/prog") -> str:
     ex = " ".join(f"-ex '{c}'" for c in commands)
-    cp = distro.sh(f"gdb -nx -batch {ex} --args /tmp/g/prog {args} 2>&1", timeout=180)
+    cp = distro.sh(f"gdb -nx -batch {ex} --args {prog} {args} 2>&1", timeout=180)
     return cp.stdout.decode()
 
 
@@ -268,6 +277,54 @@ def test_gdb_next_step_and_watchpoints(debuggee):
     assert "Watchpoint 3: sum" in out, out
     assert "Watchpoint 3 deleted because the program has left the block" in out or \
         "New value = 42" in out.split("Watchpoint 3: sum", 1)[1], out
+
+
+def test_gdb_on_a_pie_program(pie_debuggee):
+    """Breakpoints, bt, print, next/step/finish and a hardware watchpoint
+    in a dynamically linked PIE program, loaded where Linux loads it with
+    gdb's ASLR off. Before the program was mapped at the exec (ld.so
+    mapped it later), gdb's breakpoints missed: "Cannot insert breakpoint"."""
+    out = _gdb(pie_debuggee, "break add", "run", "bt", "print a", "print b", "finish",
+               prog="/tmp/g/pie")
+    assert "Breakpoint 1, add (a=41, b=1) at /tmp/g/pie.c:7" in out, out
+    assert "#1  0x00005555555" in out and "in main (" in out, out   # bt, at 0x555555554000 + offset
+    assert "$1 = 41" in out and "$2 = 1" in out, out
+    assert "Value returned is $3 = 42" in out, out
+    out = _gdb(pie_debuggee, "break main", "run", "next", "step", "watch total", "continue",
+               "continue", prog="/tmp/g/pie")
+    assert "main (argc=1" in out and "13\t    int local = 41;" in out, out
+    assert "14\t    int r = add(local, 1);" in out, out
+    assert "add (a=41, b=1) at /tmp/g/pie.c:7" in out, out
+    assert "Hardware watchpoint 2: total" in out and "Old value = 0\nNew value = 42" in out, out
+    assert "r=42" in out and "exited normally]" in out, out
+
+
+# od (a PIE) dumps its own /proc/self/auxv: "proc KEY VALUE" in hex.
+PROC_AUXV = "od -A n -t x8 -w16 /proc/self/auxv | sed 's/^ */proc /'"
+
+
+def test_a_pie_programs_auxv_and_cmdline_are_linuxs(pie_debuggee):
+    """What the exec leaves is Linux's: the auxv, in memory (ld.so's
+    LD_SHOW_AUXV) and in /proc/self/auxv, names the program (AT_ENTRY its
+    entry, AT_PHDR its headers, near ELF_ET_DYN_BASE) and AT_BASE the
+    loader; argv and /proc/self/cmdline are the program's own."""
+    script = ("LD_SHOW_AUXV=1 /tmp/g/pie | grep -E '^AT_(ENTRY|PHDR|BASE|EXECFN)'; "
+              "python3 -c 'import sys; print(sys.argv)' one two; "
+              "python3 -c 'import sys; print(open(sys.argv[1]).read().split(chr(0)))' /proc/self/cmdline; "
+              + PROC_AUXV)
+    cp = pie_debuggee.sh(script, timeout=120)
+    out = cp.stdout.decode()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if line.startswith("AT_"))
+    entry, phdr, base = (int(fields[k].strip(), 16) for k in ("AT_ENTRY", "AT_PHDR", "AT_BASE"))
+    assert entry >> 44 == 5 and phdr >> 44 == 5, out        # the program, near 0x555555554000
+    assert base and base >> 44 == 7, out                    # the loader, in the mmap area
+    assert fields["AT_EXECFN"].strip() == "/tmp/g/pie", out
+    assert "['-c', 'one', 'two']" in out, out
+    proc = {int(k, 16): int(v, 16) for k, v in
+            (line.split()[1:3] for line in out.splitlines() if line.startswith("proc "))}
+    assert proc[9] >> 44 == 5 and proc[3] >> 44 == 5 and proc[7] >> 44 == 7, out
+    assert "['python3', '-c', 'import sys; print(open(sys.argv[1]).read().split(chr(0)))', " \
+        "'/proc/self/cmdline', '']" in out, out
 
 
 THREADS = r"""
@@ -305,15 +362,18 @@ int main(int argc, char **argv)
 @pytest.fixture(scope="module")
 def threads_program(debugging):
     cp = debugging.sh("mkdir -p /tmp/g && cat > /tmp/g/threads.c && "
-                      "gcc -g -O0 -static -pthread -o /tmp/g/threads /tmp/g/threads.c",
+                      "gcc -g -O0 -static -pthread -o /tmp/g/threads /tmp/g/threads.c && "
+                      "gcc -g -O0 -pthread -o /tmp/g/threads-pie /tmp/g/threads.c",
                       input=THREADS.encode(), timeout=300)
     assert cp.returncode == 0, describe(cp)
     return debugging
 
 
-def test_gdb_info_threads_of_a_pthread_program(threads_program):
+@pytest.mark.parametrize("build", ["static", "pie"])
+def test_gdb_info_threads_of_a_pthread_program(threads_program, build):
+    prog = "/tmp/g/threads" if build == "static" else "/tmp/g/threads-pie"
     cp = threads_program.sh("gdb -nx -batch -ex 'break stop_here' -ex run -ex 'info threads' "
-                            "/tmp/g/threads 2>&1", timeout=180)
+                            f"{prog} 2>&1", timeout=180)
     out = cp.stdout.decode()
     assert "Breakpoint 1, stop_here ()" in out, out
     threads = re.findall(r"^[* ] +\d+ +Thread .*\(LWP \d+\)", out, re.M)
@@ -353,3 +413,11 @@ def test_gdb_runs_python(debugging):
     out = cp.stdout.decode()
     assert "42" in out.splitlines(), out
     assert "exited normally]" in out, out
+    # python3 is dynamic (Debian's is not PIE): a breakpoint in its main
+    # program is hit, the backtrace goes through libc to _start.
+    cp = debugging.sh("gdb -nx -batch -ex 'break PyRun_SimpleStringFlags' -ex run -ex bt -ex continue "
+                      "--args python3 -c 'print(6 * 7)' 2>&1", timeout=180)
+    out = cp.stdout.decode()
+    assert "Breakpoint 1, 0x" in out and "in PyRun_SimpleStringFlags ()" in out, out
+    assert "in Py_BytesMain ()" in out and "in _start ()" in out, out
+    assert "42" in out.splitlines() and "exited normally]" in out, out

@@ -25,7 +25,8 @@ SRC = Path(__file__).resolve().parents[1] / "fixtures" / "security"
 SECRET = "LXSUB-ESCAPE-MARKER"
 PROGRAMS = ["symlink_escape", "dotdot_escape", "proc_escape", "race_escape",
             "host_signal", "bypass_syscalls", "high_bits", "unix_peer", "signal_perm",
-            "control_socket", "survivors", "unix_sendmsg", "ipc_escape", "mq_escape", "ipc_perm"]
+            "control_socket", "survivors", "unix_sendmsg", "ipc_escape", "mq_escape", "ipc_perm",
+            "scm_creds"]
 
 
 @pytest.fixture(scope="session")
@@ -245,6 +246,20 @@ def test_sendmsg_reaches_no_host_socket_path(built):
             assert _drain(host) == 0, "a datagram from inside reached the host socket"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_received_credentials_are_the_instances(built):
+    """Issue 11: SCM_CREDENTIALS received (SO_PASSCRED) show the sender's
+    pid, uid and gid as it sees them in the instance, for native sends,
+    the provider's sendmsg, a thread older than SO_PASSCRED, children (one
+    uid 1000) and after exec, not the host's pid and user. Before the
+    translation (the provider's injected filter) every line was ESCAPED
+    with the host pid; natively the program is CONFINED (its own view is
+    the host's)."""
+    cp = built.exe("/opt/lxsec/scm_creds", timeout=400)
+    _check(cp)
+    out = cp.stdout.decode()
+    assert out.count("ok: ") == (10 if "uid-1000" in out else 8), describe(cp)
 
 
 def _survivors(marker: str) -> list[int]:

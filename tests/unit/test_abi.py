@@ -22,7 +22,8 @@ SRC = Path(lxsub.__file__).resolve().parent
 HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sys/stat.h",
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
            "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h", "linux/ptrace.h",
-           "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h")
+           "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h",
+           "sys/mman.h", "sys/personality.h")
 
 # Numbers that no header a program includes defines, each checked another way below.
 NOT_IN_HEADERS = {
@@ -39,9 +40,12 @@ NOT_IN_HEADERS = {
     "SO_PASSPIDFD", "SO_PEERPIDFD",     # asm/socket.h of Linux 6.5, checked if there
     "SCM_MAX_FD",         # include/net/scm.h, not exported to programs
     "UIO_MAXIOV",         # linux/uio.h clashes with glibc's struct iovec: sysconf(_SC_IOV_MAX)
+    "ELF_ET_DYN_BASE",    # arch/x86/include/asm/elf.h, not exported: where a PIE is loaded
+    "MMAP_RND_BITS",      # CONFIG_ARCH_MMAP_RND_BITS default: /proc/sys/vm/mmap_rnd_bits
 }
-# Not macros: C expressions that give them (glibc's F_OWNER_* are an enum).
+# Not macros: C expressions that give them (glibc's F_OWNER_* and personality flags are enums).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",
+               "ADDR_NO_RANDOMIZE": "ADDR_NO_RANDOMIZE",     # an enum of sys/personality.h
                "F_OWNER_PID": "F_OWNER_PID", "F_OWNER_PGRP": "F_OWNER_PGRP",
                **{n: n for n in ("KCMP_FILE", "KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND",
                                  "KCMP_IO", "KCMP_SYSVSEM", "KCMP_EPOLL_TFD", "KCMP_TYPES")}}

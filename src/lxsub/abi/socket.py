@@ -11,6 +11,7 @@ SOCK_STREAM = 1
 
 SOL_SOCKET = 1
 SO_TYPE = 3
+SO_PASSCRED = 16
 SO_PEERCRED = 17
 SO_DOMAIN = 39
 SO_PEERGROUPS = 59
@@ -21,5 +22,6 @@ SCM_RIGHTS = 1
 SCM_CREDENTIALS = 2
 SCM_MAX_FD = 253           # include/net/scm.h: descriptors one SCM_RIGHTS message carries
 
+MSG_PEEK = 2
 MSG_DONTWAIT = 0x40
 MSG_NOSIGNAL = 0x4000

@@ -13,12 +13,11 @@ import errno
 import itertools
 import os
 import signal
-import struct
 from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
-from lxsub.abi.auxvec import AT_EXECFN, AT_NULL, AT_SECURE
+from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE, AT_SYSINFO_EHDR
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
@@ -29,6 +28,7 @@ from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
+from lxsub.kernel.exec import mapping
 from lxsub.kernel.exec.plan import ExecPlan
 from lxsub.kernel.fs.drvfs import AutomountSettings
 from lxsub.kernel.fs.sqlitestore import volfs_store
@@ -39,7 +39,7 @@ from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
-from lxsub.platform import launcher, libc, memory, ptrace
+from lxsub.platform import inject, launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
@@ -262,9 +262,10 @@ class Instance:
         else:
             pp = parent.process.parent if flags & CLONE_PARENT else parent.process
             src = parent.process
-            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, argv_skip=src.argv_skip,
+            proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, auxv=src.auxv,
                            oom_score_adj=src.oom_score_adj,
-                           oom_score_adj_min=src.oom_score_adj_min, image=src.image)
+                           oom_score_adj_min=src.oom_score_adj_min, image=src.image,
+                           creds_filter=src.creds_filter)
             self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:
                 pp.children.add(proc)
@@ -299,12 +300,17 @@ class Instance:
         dispatch.drop_lost_fd(task)
         plan = task.exec_state
         task.exec_state = None
-        if isinstance(plan, ExecPlan):
-            self._finish_exec(tid, task, plan)
-        if self.ptrace.links:
-            self.ptrace.on_exec(task, former_vtid)
+        proc.auxv = None                 # the host's is right until a mapping patches it
 
-    def _exec_creds(self, task: Task, plan: ExecPlan) -> None:
+        def tell_tracer() -> None:
+            if self.ptrace.links:
+                self.ptrace.on_exec(task, former_vtid)
+        if isinstance(plan, ExecPlan):
+            self._finish_exec(tid, task, plan, tell_tracer)
+        else:
+            tell_tracer()
+
+    def _exec_creds(self, task: Task, plan: ExecPlan, auxv: mapping.StackAuxv | None) -> None:
         """The new program's credentials, dumpability and AT_SECURE (execve(2)).
         no_new_privs (the program's own) makes the set-ID bits not count."""
         if task.no_new_privs:
@@ -316,41 +322,32 @@ class Instance:
         # begin_new_exec: dumpable again unless the ids differ (suid_dumpable 0).
         task.process.dumpable = int(c.euid == c.ruid and c.egid == c.rgid)
         if secure:
-            self._set_at_secure(task.host_tid)
+            self._set_at_secure(task.host_tid, auxv)
 
-    def _set_at_secure(self, tid: int) -> None:
+    def _set_at_secure(self, tid: int, auxv: mapping.StackAuxv | None) -> None:
         """AT_SECURE = 1 in the new program's auxiliary vector, before its
-        loader reads it: the host kernel set it from the host's ids. It is
-        on the initial stack after argv and envp (the stop is at the exec
-        event, rsp at argc)."""
+        loader reads it: the host kernel set it from the host's ids."""
         try:
-            sp = ptrace.get_regs(tid, ptrace.Regs()).rsp
-            argc = struct.unpack("<Q", memory.read(tid, sp, 8))[0]
-            envp = sp + 8 * (argc + 2)
-            at = envp + 8 * (len(memory.read_ptr_array(tid, envp)) + 1)
-            for _ in range(64):
-                key, _value = struct.unpack("<QQ", memory.read(tid, at, 16))
-                if key == AT_NULL:
-                    break
-                if key == AT_SECURE:
-                    memory.write(tid, at + 8, struct.pack("<Q", 1))
-                    return
-                at += 16
+            if auxv is not None and auxv.set(tid, AT_SECURE, 1):
+                return
         except OSError:
             pass
         # A program whose secure state cannot be set must not run with it unset.
         self.log.warn(f"tid {tid}: AT_SECURE not found on the new stack; killed")
         os.kill(tid, signal.SIGKILL)
 
-    def _finish_exec(self, tid: int, task: Task, plan: ExecPlan) -> None:
+    def _finish_exec(self, tid: int, task: Task, plan: ExecPlan, then: Callable[[], None]) -> None:
+        """The new image's state; `then` once the program is in place (a
+        dynamic one is mapped first, by calls injected into it)."""
         proc = task.process
         try:
             s = os.stat(f"/proc/{tid}/exe")
             same = (s.st_dev, s.st_ino) == plan.identity
         except OSError:
             same = False
-        plan.close()
+        plan.close_loader()
         if not same:
+            plan.close()
             # Another thread rewrote the path we placed in its memory: refuse
             # to let it run whatever it swapped in.
             self.log.warn(f"pid {proc.pid}: exec target changed under us; killed")
@@ -362,28 +359,63 @@ class Instance:
         self.vfs.images.started(proc.image)
         proc.exe = plan.exe
         proc.comm = plan.comm
-        proc.argv_skip = 1 if plan.via_loader else 0
-        self._fix_execfn(tid, plan)
-        self._exec_creds(task, plan)
+        try:
+            # The new stack (the stop is at the exec event, rsp at argc).
+            auxv: mapping.StackAuxv | None = mapping.StackAuxv(tid, ptrace.get_regs(tid, Regs()).rsp)
+        except OSError:
+            auxv = None
+        self._fix_execfn(tid, plan, auxv)
+        self._exec_creds(task, plan, auxv)
+        if plan.via_loader and auxv is None:
+            plan.close()               # gone already, or the loader would run argv[0]
+            os.kill(tid, signal.SIGKILL)
+        elif plan.via_loader and auxv is not None:
+            self._map_program(tid, task, plan, auxv, then)
+        else:
+            plan.close()
+            then()
 
-    def _fix_execfn(self, tid: int, plan: ExecPlan) -> None:
+    def _map_program(self, tid: int, task: Task, plan: ExecPlan, auxv: mapping.StackAuxv,
+                     then: Callable[[], None]) -> None:
+        """Map a dynamic program into its new process as binfmt_elf would,
+        with injected calls, then make the auxv describe it (the host
+        kernel mapped only the loader it was given)."""
+        assert plan.program is not None
+        try:
+            insn = inject.vdso_syscall_insn(tid, auxv.get(AT_SYSINFO_EHDR))
+        except OSError:
+            plan.close()
+            return                         # killed meanwhile: its exit event comes
+        mapper = mapping.ProgramMapping(tid, plan.program,
+                                        f"/proc/{os.getpid()}/fd/{plan.program_fd}".encode(),
+                                        mapping.randomizes(tid), auxv)
+
+        def mapped() -> None:
+            plan.close()
+            try:
+                if mapper.error:
+                    raise OSError(mapper.error, os.strerror(mapper.error))
+                task.process.auxv = mapper.finish(plan.loader_entry)
+            except OSError as e:
+                # Past exec's point of no return: the process cannot go on.
+                self.log.warn(f"pid {task.process.pid}: cannot map {plan.exe}: {e}; killed")
+                os.kill(tid, signal.SIGKILL)
+                return
+            self.engine.exits_unreported.add(tid)
+            then()
+        self.engine.inject(tid, mapper.first(), mapper.after, mapped, gone=plan.close, at_exec=True,
+                           insn_at=insn)
+
+    def _fix_execfn(self, tid: int, plan: ExecPlan, auxv: mapping.StackAuxv | None) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""
         name = plan.exe.encode()
-        if not plan.execfn_room or len(name) > plan.execfn_room:
+        at = auxv.get(AT_EXECFN) if auxv is not None else 0
+        if not at or not plan.execfn_room or len(name) > plan.execfn_room:
             return
         try:
-            with open(f"/proc/{tid}/auxv", "rb") as f:
-                auxv = f.read()
+            memory.write(tid, at, name.ljust(plan.execfn_room + 1, b"\0"))
         except OSError:
-            return
-        for i in range(0, len(auxv) - 15, 16):
-            key, value = struct.unpack_from("<QQ", auxv, i)
-            if key == AT_EXECFN:
-                try:
-                    memory.write(tid, value, name.ljust(plan.execfn_room + 1, b"\0"))
-                except OSError:
-                    pass
-                return
+            pass
 
     def on_exit(self, tid: int, status: int) -> None:
         task = self.pids.tasks_by_host.get(tid)

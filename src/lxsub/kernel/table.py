@@ -18,7 +18,7 @@ from typing import Callable
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                               CLONE_NEWUTS, CLONE_UNTRACED)
-from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSPIDFD
+from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
@@ -190,10 +190,14 @@ ROWS: list[Syscall] = [
             "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
             rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
     Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
-            "would give pidfds of host senders)",
-            rules=(ArgRule(2, "eq", SO_PASSPIDFD, bpf.RET_USER_NOTIF),)),
-    *(native(n) for n in (
-        "listen", "accept", "accept4", "shutdown", "recvfrom", "recvmsg", "recvmmsg")),
+            "would give pidfds of host senders); SO_PASSCRED stops and runs natively: once on, "
+            "the process gets a filter of its own that stops recvmsg/recvmmsg",
+            rules=(ArgRule(2, "eq", SO_PASSPIDFD, bpf.RET_USER_NOTIF),
+                   ArgRule(2, "eq", SO_PASSCRED, bpf.RET_TRACE))),
+    *(native(n) for n in ("listen", "accept", "accept4", "shutdown", "recvfrom")),
+    *(Syscall(n, NATIVE, getattr(net, "sys_" + n), FULL, "in a process that turned SO_PASSCRED "
+              "on, its own filter stops it: SCM_CREDENTIALS received show the sender's pid in "
+              "the instance and Linux ids") for n in ("recvmsg", "recvmmsg")),
     notify("getsockname", net.sys_getsockname, "a Unix socket bound in the instance shows "
            "its instance path"),
     notify("getpeername", net.sys_getpeername, "a Unix socket's peer bound in the instance "

@@ -24,8 +24,6 @@ class Process:
     parent: "Process | None"
     exe: str = "/init"
     comm: str = "init"
-    # Leading host argv words that are ours (ld.so and its options), not the program's.
-    argv_skip: int = 0
     threads: dict[int, "Task"] = field(default_factory=dict)   # host tid -> Task
     children: set["Process"] = field(default_factory=set)
     exited: bool = False
@@ -41,6 +39,12 @@ class Process:
     # prctl(2) PR_SET_CHILD_SUBREAPER (also set on the host process, which
     # the host's reparenting follows); not inherited by fork.
     child_subreaper: bool = False
+    # It has the extra filter that stops recvmsg/recvmmsg (SO_PASSCRED,
+    # kernel/syscalls/net.py); inherited at fork and kept across exec.
+    creds_filter: bool = False
+    # The auxiliary vector a dynamic program's exec patched (kernel/exec/
+    # mapping.py): /proc/<pid>/auxv; None: the host's is right.
+    auxv: bytes | None = None
     _pidfd: int = -1
     _memfd: int = -1
 

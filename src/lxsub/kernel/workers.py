@@ -238,6 +238,8 @@ class WorkerPool:
         if lst is None:
             return            # its filter is gone, and with it every caller
         n = Notification(v[1], v[2], v[3], v[4:])
+        if engine.answer_if_injected(lst, n):
+            return
         if n.nr not in QUIET:
             engine.before_change()
         engine.kernel.on_notification(lst, n)

@@ -25,8 +25,8 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.platform import affinity, libc, ptrace
-from lxsub.platform.notify import Listener, Notification
+from lxsub.platform import affinity, inject, libc, ptrace
+from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Listener, Notification
 from lxsub.platform.ptrace import Regs
 
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
@@ -103,6 +103,16 @@ class Engine:
         self.holds: set[int] = set()
         self.resume_modes: dict[int, int] = {}
         self.listening: set[int] = set()      # resting in a group-stop (PTRACE_LISTEN)
+        # Syscalls of the provider's run in a tracee (platform/inject.py):
+        # the one under way per tid, whether it has started, and signals
+        # an injection kept and sent again (their siginfo to give back).
+        self.injections: dict[int, inject.Injection] = {}
+        self.injections_waiting: dict[int, bool] = {}    # tid -> at an exec event
+        self.resent_signals: dict[int, list[ptrace.SigInfo]] = {}
+        # Threads resting at a syscall-exit stop their Linux tracer has not
+        # been shown (an exec whose exit stop the injected mapping ran
+        # through): a PTRACE_SYSCALL resume reports it first.
+        self.exits_unreported: set[int] = set()
 
     # -- registration -----------------------------------------------------
 
@@ -174,6 +184,42 @@ class Engine:
             return False
         return True
 
+    def inject(self, tid: int, first: inject.SysCall, after: inject.NextCall,
+               done: Callable[[], None], gone: Callable[[], None] | None = None,
+               at_exec: bool = False, insn_at: int | None = None,
+               stepping: bool | None = None) -> None:
+        """Run `first` inside tid, stopped now at a syscall-exit stop (in
+        an exit hook) or at its exec event (`at_exec`), then the calls
+        after(result) gives until it gives None; then put tid back as it
+        was and call done() (which may inject again). It starts when the
+        loop would let tid run on; gone() if tid dies meanwhile.
+        `insn_at`: the `syscall` instruction to use (default: the one
+        before rip, else the vDSO's). `stepping`: one stop per call
+        (PTRACE_SINGLESTEP over the instruction) rather than two (syscall
+        entry and exit); by default unless a Linux tracer watches tid's
+        syscall stops, which must then come where they would."""
+        if stepping is None:
+            stepping = tid not in self.resume_modes
+        self.injections[tid] = inject.Injection(self, tid, first, after, done, gone, insn_at,
+                                                stepping)
+        self.injections_waiting[tid] = at_exec
+
+    def answer_if_injected(self, lst: Listener, n: Notification) -> bool:
+        """A notification of a call the provider injected: let it run."""
+        if self.injections and n.pid in self.injections:
+            lst.reply(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+            return True
+        return False
+
+    def injection_ended(self, tid: int) -> None:
+        """tid's registers are its own again: what its stops postponed
+        (an interrupt hook) runs, and it runs on unless injected again."""
+        if tid in self.injections:
+            self.resume(tid)               # starts the next injection
+            return
+        self._interrupted(tid)
+        self.resume(tid)
+
     def result_at_next_stop(self, tid: int, nr: int, result: int) -> None:
         """tid's trapped syscall `nr` has done its work, but a signal woke
         the caller before the answer came: the kernel will restart the
@@ -215,15 +261,34 @@ class Engine:
         """Let tid run on (to its syscall exit if an exit hook waits there).
         It wakes on the provider's CPU unless wake_here is False (for
         calls that read or set CPU masks: they must see the thread's own).
-        A tid the kernel holds stays stopped."""
+        A tid the kernel holds stays stopped (a Linux tracer looks at it
+        as it is); else an injected one runs its injected calls first."""
         if tid in self.holds:
             return
+        if self.injections and tid in self.injections:
+            self._start_injection(tid)
+            return
+        if self.exits_unreported and tid in self.exits_unreported:
+            self.exits_unreported.discard(tid)
+            if self.resume_modes.get(tid) == ptrace.PTRACE_SYSCALL:
+                self.kernel.on_syscall_stop(tid)
+                if tid in self.holds:
+                    return
         try:
             if not wake_here:
                 self._cont(tid, sig)
                 return
             with affinity.WakeHere(tid):
                 self._cont(tid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _start_injection(self, tid: int) -> None:
+        at_exec = self.injections_waiting.pop(tid, None)
+        if at_exec is None:
+            return                         # under way: its own stops drive it
+        try:
+            self.injections[tid].start(at_exec)
         except ProcessLookupError:
             pass
 
@@ -347,6 +412,8 @@ class Engine:
                 self.remove_listener(lst.fd)
                 return
             raise
+        if self.answer_if_injected(lst, n):
+            return
         if n.nr not in self.quiet_nrs:
             self.before_change()
         self.kernel.on_notification(lst, n)
@@ -374,6 +441,8 @@ class Engine:
             self.interrupt_hooks.pop(tid, None)
             self.exec_hooks.pop(tid, None)
             self.lost_results.pop(tid, None)
+            self._injection_gone(tid)
+            self.exits_unreported.discard(tid)
             self.kernel.on_exit(tid, status)
             watcher = self.child_watchers.pop(tid, None)
             if watcher is not None:
@@ -388,7 +457,17 @@ class Engine:
         except ProcessLookupError:
             pass   # killed while we looked at it (SIGKILL from a sibling, exit_group)
 
+    def _injection_gone(self, tid: int) -> None:
+        self.resent_signals.pop(tid, None)
+        self.injections_waiting.pop(tid, None)
+        injection = self.injections.pop(tid, None)
+        if injection is not None:
+            injection.on_gone()
+
     def _on_stop(self, tid: int, sig: int, event: int) -> None:
+        if self.injections and tid in self.injections and tid not in self.injections_waiting:
+            self.injections[tid].on_stop(sig, event)
+            return
         if self.listening:
             self.listening.discard(tid)
         if self.lost_results and tid in self.lost_results:
@@ -420,6 +499,8 @@ class Engine:
         elif event == ptrace.EVENT_STOP:
             self._on_event_stop(tid, sig)
         else:
+            if self.resent_signals:
+                inject.restore_siginfo(self, tid, sig)
             self._interrupted(tid)
             hook = self.signal_hooks.get(tid)
             self.resume(tid, hook(sig) if hook is not None else self.kernel.on_signal(tid, sig))

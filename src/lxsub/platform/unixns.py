@@ -31,6 +31,7 @@ string the program gave.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -238,6 +239,13 @@ class UnixNamespace:
         # (st_dev, st_ino) of a socket file -> the path it was bound with,
         # as the program gave it
         self.bound: dict[int, bytes] = {}
+        # SCM_CREDENTIALS (kernel/syscalls/net.py): whether a process of the
+        # instance turned SO_PASSCRED on, the socket inode of each bound
+        # socket file, and per receiving socket inode the credentials of
+        # the messages the provider sent for programs, in order
+        self.passcred = False
+        self.socket_of_file: dict[tuple[int, int], int] = {}
+        self.sent_creds: dict[int, collections.deque] = {}
 
     @property
     def available(self) -> bool:

@@ -3,8 +3,11 @@
 The host kernel would look for a program's interpreter (PT_INTERP) and for
 `#!` interpreters in the *host* root, so the provider resolves the whole
 chain inside the instance and hands the host kernel one file: the program
-itself when it is static, else the instance's own dynamic loader, run as
-`ld.so --argv0 ARGV0 PROGRAM ARGS...` so the program still sees its argv[0].
+itself when it is static, else the instance's own dynamic loader with the
+program's own argv; at the exec event the provider maps the program as
+Linux's binfmt_elf would and makes the auxiliary vector describe it
+(kernel/exec/mapping.py), so the loader runs it as a program the kernel
+loaded.
 
 With interop (kernel/interop.py), a file that `host_exec` says runs on the
 host (a DrvFs file) ends the chain: the plan is a `HostPlan`, its host
@@ -18,7 +21,7 @@ import os
 import stat as st
 from dataclasses import dataclass
 
-from lxsub.kernel.exec import binfmt
+from lxsub.kernel.exec import binfmt, mapping
 from lxsub.kernel.vfs import perm
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
@@ -33,7 +36,7 @@ class ExecPlan:
     argv: list[bytes]          # host argv
     exe: str                   # the program's path inside the instance
     comm: str
-    via_loader: bool           # argv is ld.so's: [ld.so, --argv0, argv0, program, args...]
+    via_loader: bool           # the host runs ld.so; the program is mapped at the exec event
     execfn_room: int = 0       # bytes of the AT_EXECFN string the host exec will leave
     # The program's owner / group when its set-user-ID / set-group-ID bit
     # counts (kernel/creds.py Creds.after_exec applies them at the exec).
@@ -42,8 +45,18 @@ class ExecPlan:
     # The program file's (st_dev, st_ino): the ELF execve was given, which
     # the host maps itself (identity) or ld.so maps (kernel/vfs/images.py).
     image: tuple[int, int] | None = None
+    # via_loader: the program's descriptor and headers, the loader's e_entry
+    program_fd: int = -1
+    program: mapping.ElfImage | None = None
+    loader_entry: int = 0
 
     def close(self) -> None:
+        self.close_loader()
+        if self.program_fd >= 0:
+            os.close(self.program_fd)
+            self.program_fd = -1
+
+    def close_loader(self) -> None:
         if self.host_fd >= 0:
             os.close(self.host_fd)
             self.host_fd = -1
@@ -132,8 +145,13 @@ def plan(walker: Walker, start: Node, path: bytes, argv: list[bytes], vpath_of,
         image = _identity(fd)
         if kind.interp is None:
             return ExecPlan(fd, image, argv, exe, comm, False, 0, *set_ids, image=image)
-        os.close(fd)
-        p = _plan_with_loader(walker, start, kind.interp, argv, exe, comm)
+        try:
+            p = _plan_with_loader(walker, start, kind.interp, argv, exe, comm)
+            p.program = mapping.read_image(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        p.program_fd = fd
         p.set_uid, p.set_gid = set_ids
         p.image = image
         return p
@@ -151,8 +169,12 @@ def _plan_with_loader(walker: Walker, start: Node, interp: bytes, argv: list[byt
     except BaseException:
         os.close(fd)
         raise
-    host_argv = [interp, b"--argv0", argv[0], exe.encode()] + argv[1:]
-    return ExecPlan(fd, _identity(fd), host_argv, exe, comm, True)
+    try:
+        entry = mapping.entry_of(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return ExecPlan(fd, _identity(fd), argv, exe, comm, True, loader_entry=entry)
 
 
 def _identity(fd: int) -> tuple[int, int]:

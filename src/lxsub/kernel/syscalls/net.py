@@ -14,6 +14,7 @@ as across user and pid namespaces.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import fcntl as fcntl_mod
@@ -24,15 +25,17 @@ import struct
 
 from lxsub.abi.fcntl import AT_FDCWD, O_CLOEXEC
 from lxsub.abi.limits import OVERFLOW_ID, UIO_MAXIOV
-from lxsub.abi.socket import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, NETLINK_AUDIT,
-                              SCM_CREDENTIALS, SCM_MAX_FD, SCM_RIGHTS, SO_DOMAIN, SO_PASSPIDFD, SO_PEERCRED,
-                              SO_PEERGROUPS, SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
-from lxsub.abi.sysno import SYS_TGKILL
+from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_SET_MODE_FILTER
+from lxsub.abi.socket import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, NETLINK_AUDIT,
+                              SCM_CREDENTIALS, SCM_MAX_FD, SCM_RIGHTS, SO_DOMAIN, SO_PASSCRED, SO_PASSPIDFD,
+                              SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
+from lxsub.abi.sysno import NUMBERS, SYS_TGKILL
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
-from lxsub.platform import libc, unixns
+from lxsub.platform import bpf, libc, unixns
+from lxsub.platform.inject import Scratch, SysCall
 
 _SUN_PATH = 108
 SOCK_CLOEXEC = O_CLOEXEC
@@ -147,6 +150,7 @@ def _bind_unix(c: Call, local: int, path: bytes) -> int:
         parent.fs.after_create_name(parent, name, mode, 0, c.task.creds)
         made = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         _remember(c.inst.unix.bound, (made.st_dev, made.st_ino), path)
+        _remember(c.inst.unix.socket_of_file, (made.st_dev, made.st_ino), os.fstat(local).st_ino)
         return 0
     finally:
         parent.release()
@@ -321,6 +325,7 @@ class _Message:
         self.control = b""
         self.fds: list[int] = []        # provider copies of SCM_RIGHTS descriptors
         self.node = None                # the instance's socket file named, held
+        self.creds: tuple[int, int, int] | None = None   # SCM_CREDENTIALS given, checked
 
     def release(self) -> None:
         for fd in self.fds:
@@ -398,7 +403,7 @@ def _translate_control(c: Call, raw: bytes, msg: _Message) -> bytes:
         if level == SOL_SOCKET and kind == SCM_RIGHTS:
             body = _copy_rights(c, body, msg)
         elif level == SOL_SOCKET and kind == SCM_CREDENTIALS:
-            body = _check_credentials(c, body)
+            body = _check_credentials(c, body, msg)
         cmsg = _CMSGHDR.pack(_CMSGHDR.size + len(body), level, kind) + body
         out.append(cmsg + b"\0" * (-len(cmsg) % 8))
         off += (length + 7) & ~7
@@ -414,7 +419,7 @@ def _copy_rights(c: Call, body: bytes, msg: _Message) -> bytes:
     return struct.pack(f"<{count}i", *msg.fds[-count:])
 
 
-def _check_credentials(c: Call, body: bytes) -> bytes:
+def _check_credentials(c: Call, body: bytes, msg: _Message) -> bytes:
     """unix(7) SCM_CREDENTIALS, net/core/scm.c scm_check_creds with the
     instance's view: the pid is the sender's own (virtual) unless it has
     CAP_SYS_ADMIN, and must exist (ESRCH); the uid its real, effective or
@@ -431,6 +436,7 @@ def _check_credentials(c: Call, body: bytes) -> bytes:
         raise OSError(errno.EPERM, "not the sender's credentials")
     if pid not in c.inst.pids.processes_by_vid:
         raise OSError(errno.ESRCH, "no such process")
+    msg.creds = (pid, uid, gid)
     return struct.pack("<iII", os.getpid(), os.getuid(), os.getgid())
 
 
@@ -445,11 +451,21 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
 
 
-def _host_sendmsg(task, sock: int, msg: _Message, flags: int) -> int:
+def _host_sendmsg(task, sock: int, msg: _Message, flags: int, ns: unixns.UnixNamespace) -> int:
+    """The host's sendmsg of `msg` from the provider. Its receiver sees the
+    provider's pid in SCM_CREDENTIALS: once credentials are wanted in the
+    instance, who it is really from is recorded for the receiving socket
+    first (taken back if the send fails)."""
     iov = _IoVec(msg.data, len(msg.data))
     hdr = _MsgHdr(msg.name or None, len(msg.name), ctypes.cast(ctypes.byref(iov), ctypes.c_void_p),
                   1, msg.control or None, len(msg.control), 0)
-    return _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
+    queue = _record_sent_creds(task, sock, msg, ns) if ns.passcred else None
+    try:
+        return _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
+    except OSError:
+        if queue:
+            queue.pop()
+        raise
 
 
 def _sent(task, flags: int, r: int) -> int:
@@ -484,7 +500,7 @@ def sys_sendmsg(c: Call):
     flags, task = c.int(2), c.task
     waits = not (flags & MSG_DONTWAIT or fcntl_mod.fcntl(local, fcntl_mod.F_GETFL) & os.O_NONBLOCK)
     try:
-        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT)
+        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT, c.inst.unix)
     except BlockingIOError:
         if not waits:
             msg.release()
@@ -504,7 +520,7 @@ def sys_sendmsg(c: Call):
 
     def work() -> int:
         try:
-            return sent + _host_sendmsg(task, local, msg, flags)
+            return sent + _host_sendmsg(task, local, msg, flags, c.inst.unix)
         except OSError:
             if sent:
                 return sent
@@ -541,7 +557,7 @@ def sys_sendmmsg(c: Call):
         sent = 0
         try:
             for i, msg in enumerate(msgs):
-                n = _host_sendmsg(task, local, msg, flags)
+                n = _host_sendmsg(task, local, msg, flags, c.inst.unix)
                 c.write(at + i * _MMSGHDR_SIZE + _MSGHDR.size, struct.pack("<I", n))
                 sent += 1
             if failed is not None and not sent:
@@ -664,14 +680,19 @@ def _getsockopt(fd: int, level: int, name: int, size: int) -> bytes:
     return buf.raw[:length.value]
 
 
-def sys_setsockopt(c: Call) -> int:
-    """Only SO_PASSPIDFD's number traps: with it, recvmsg would hand the
-    caller a pidfd (SCM_PIDFD) of whoever sent, a host process too. It
-    is refused as by a kernel without it (ENOPROTOOPT; SCM_CREDENTIALS
-    remain). The same number at other levels is set as asked."""
+def sys_setsockopt(c: Call):
+    """Only SO_PASSPIDFD's and SO_PASSCRED's numbers trap. With
+    SO_PASSPIDFD, recvmsg would hand the caller a pidfd (SCM_PIDFD) of
+    whoever sent, a host process too: it is refused as by a kernel
+    without it (ENOPROTOOPT; SCM_CREDENTIALS remain). SO_PASSCRED stops
+    (ptrace) and runs natively; once on, the process gets its received
+    credentials translated (below). The same numbers at other levels are
+    set as asked."""
     fd, level, name, optval, optlen = c.int(0), c.int(1), c.int(2), c.ptr(3), c.int(4)
     if level == SOL_SOCKET and name == SO_PASSPIDFD:
         raise OSError(errno.ENOPROTOOPT, "SO_PASSPIDFD is not available in an instance")
+    if c.regs is not None:                 # SO_PASSCRED's number, a ptrace stop
+        return _set_passcred(c) if level == SOL_SOCKET else Native()
     if not 0 <= optlen <= 4096:
         raise OSError(errno.EINVAL, "bad option length")
     value = c.read(optval, optlen) if optlen else b""
@@ -680,3 +701,164 @@ def sys_setsockopt(c: Call) -> int:
         return _sys(_c.setsockopt, local, level, name, value, len(value))
     finally:
         os.close(local)
+
+
+# -- SCM_CREDENTIALS received: the instance's view ---------------------------------
+#
+# The kernel writes a sender's credentials into a message received on a
+# socket with SO_PASSCRED as the receiver's pid and user namespaces see
+# them (net/core/scm.c scm_recv): the host's pid and the host user, which
+# say nothing of the instance. Only a process that turned SO_PASSCRED on
+# pays for translating them: when its setsockopt succeeds, the provider
+# injects into it (platform/inject.py) a filter of its own, for all its
+# threads (TSYNC; children inherit it, exec keeps it), whose only rows
+# stop recvmsg and recvmmsg by ptrace (TRACE loses to the instance
+# filter's USER_NOTIF, wins over its ALLOW). Those run natively, and at
+# their exit each SCM_CREDENTIALS received is rewritten: an instance
+# process's host pid becomes its pid, with its real uid and gid (scm_send's
+# defaults); a message the provider sent for a program (sendmsg above)
+# carries the provider's pid and gets what was recorded for the receiving
+# socket when it was sent; the kernel's own (pid 0) stay; anyone else is
+# pid 0 with the overflow ids, as a sender outside the receiver's pid and
+# user namespaces.
+
+_SENT_CREDS_MAX = 1024
+_CREDS = struct.Struct("<iII")
+
+
+def _creds_filter_call() -> SysCall:
+    """seccomp(SECCOMP_SET_MODE_FILTER, TSYNC, &prog): recvmsg and
+    recvmmsg stop (ptrace), everything else as the filters below say."""
+    prog = bpf.build_filter({NUMBERS["recvmsg"]: bpf.RET_TRACE, NUMBERS["recvmmsg"]: bpf.RET_TRACE},
+                            bpf.RET_ALLOW)
+    fprog = struct.pack("<H6xQ", len(prog) // 8, 0)
+    return SysCall(NUMBERS["seccomp"], (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, Scratch(0)),
+                   fprog + prog, pointers=((8, len(fprog)),))
+
+
+_CREDS_FILTER = _creds_filter_call()
+
+
+def _set_passcred(c: Call) -> Native:
+    """setsockopt(fd, SOL_SOCKET, SO_PASSCRED, ...) runs natively; if the
+    socket has it on afterwards, the process gets the filter (once)."""
+    task, fd = c.task, c.int(0)
+
+    def done(result: int) -> None:
+        if result == 0 and not task.process.creds_filter and _passcred_on(task, fd):
+            c.inst.unix.passcred = True
+            _give_creds_filter(c.inst, task)
+        return None
+    return Native(on_exit=done)
+
+
+def _passcred_on(task, fd: int) -> bool:
+    try:
+        local = lookup.copy_fd(task, fd)
+    except OSError:
+        return False
+    try:
+        return struct.unpack("<i", _getsockopt(local, SOL_SOCKET, SO_PASSCRED, 4))[0] != 0
+    except OSError:
+        return False
+    finally:
+        os.close(local)
+
+
+def _give_creds_filter(inst, task) -> None:
+    """Inject the filter at this syscall exit (the thread runs on after)."""
+    proc = task.process
+    proc.creds_filter = True           # a second thread's setsockopt must not add another
+
+    def installed(result: int) -> None:
+        if result != 0:                # < 0: errno; > 0: a thread TSYNC could not reach
+            proc.creds_filter = False
+            inst.log.warn(f"pid {proc.pid}: no SCM_CREDENTIALS filter (seccomp: {result})")
+        return None
+    inst.engine.inject(task.host_tid, _CREDS_FILTER, installed, lambda: None)
+
+
+def _record_sent_creds(task, sock: int, msg: _Message, ns: unixns.UnixNamespace):
+    """Who a message the provider is about to send is from, for its
+    receiver; the queue it went into (None: receiver unknown)."""
+    if msg.node is not None:
+        s = os.fstat(msg.node.fd)
+        receiver = ns.socket_of_file.get((s.st_dev, s.st_ino))
+    else:
+        receiver = ns.peer_inode(os.fstat(sock).st_ino)
+    if receiver is None:
+        return None
+    creds = msg.creds or (task.process.pid, task.creds.ruid, task.creds.rgid)
+    queue = ns.sent_creds.setdefault(receiver, collections.deque(maxlen=_SENT_CREDS_MAX))
+    queue.append(creds)
+    return queue
+
+
+def sys_recvmsg(c: Call) -> Native:
+    """recvmsg(fd, msg, flags), stopped by the process's own filter: it
+    runs natively; at its exit the credentials received are translated."""
+    at, peek = c.ptr(1), c.int(2) & MSG_PEEK
+    return Native(on_exit=lambda r: _translate_received(c, [at], peek) if r >= 0 else None)
+
+
+def sys_recvmmsg(c: Call) -> Native:
+    """recvmmsg(fd, msgvec, vlen, flags, timeout): likewise for the first
+    `result` headers."""
+    at, peek = c.ptr(1), c.int(3) & MSG_PEEK
+    return Native(on_exit=lambda r: _translate_received(
+        c, [at + i * _MMSGHDR_SIZE for i in range(min(r, UIO_MAXIOV))], peek) if r > 0 else None)
+
+
+def _translate_received(c: Call, hdrs: list[int], peek: int) -> None:
+    receiver: list[int] = []               # the socket's inode, looked up once if needed
+    for at in hdrs:
+        try:
+            ctl_at, ctllen = _MSGHDR.unpack(c.read(at, _MSGHDR.size))[4:6]
+            if not ctl_at or ctllen < _CMSGHDR.size:
+                continue
+            raw = c.read(ctl_at, min(ctllen, _OPTMEM_MAX))
+        except OSError:
+            continue                       # the program unmapped it meanwhile: its loss
+        off = 0
+        while off + _CMSGHDR.size <= len(raw):
+            length, level, kind = _CMSGHDR.unpack_from(raw, off)
+            if length < _CMSGHDR.size or off + length > len(raw):
+                break
+            if level == SOL_SOCKET and kind == SCM_CREDENTIALS and length >= _CMSGHDR.size + _CREDS.size:
+                body = _CREDS.unpack_from(raw, off + _CMSGHDR.size)
+                seen = _instance_creds(c, body, receiver, peek)
+                if seen != body:
+                    c.write(ctl_at + off + _CMSGHDR.size, _CREDS.pack(*seen))
+            off += (length + 7) & ~7
+    return None
+
+
+def _instance_creds(c: Call, body: tuple[int, int, int], receiver: list[int],
+                    peek: int) -> tuple[int, int, int]:
+    pid = body[0]
+    if pid == 0:
+        return body                        # the kernel's own (netlink)
+    inst = c.inst
+    if pid == inst.init.host_pid:
+        return _sent_by_provider(c, receiver, peek)
+    proc = inst.pids.processes_by_host.get(pid)
+    if proc is None:
+        return 0, OVERFLOW_ID, OVERFLOW_ID
+    creds = next(iter(proc.threads.values())).creds if proc.threads else proc.exit_creds
+    if creds is None:
+        return proc.pid, OVERFLOW_ID, OVERFLOW_ID
+    return proc.pid, creds.ruid, creds.rgid
+
+
+def _sent_by_provider(c: Call, receiver: list[int], peek: int) -> tuple[int, int, int]:
+    """The credentials recorded for the receiving socket at the provider's
+    send; without a record, the provider's own: init's."""
+    if not receiver:
+        try:
+            receiver.append(os.stat(f"/proc/{c.task.host_tid}/fd/{c.int(0)}").st_ino)
+        except OSError:
+            receiver.append(-1)
+    queue = c.inst.unix.sent_creds.get(receiver[0])
+    if queue:
+        return queue[0] if peek else queue.popleft()
+    return 1, 0, 0

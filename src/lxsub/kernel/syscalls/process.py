@@ -76,10 +76,7 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
         # It runs on the host; the caller executes a stand-in (kernel/interop.py).
         p, host_done = interop.run_host(c, p, envp_ptr)
     try:
-        sp = c.regs.rsp
-        if isinstance(p, exec_plan.ExecPlan) and _glibc_loader_runs_secure(task, p):
-            envp_ptr, sp = _without_unsecure_env(c, envp_ptr, sp)
-        _point_registers_at(c, p, envp_ptr, sp,
+        _point_registers_at(c, p, envp_ptr, c.regs.rsp,
                             rewrite_argv=p.argv is not argv or host_done is not None,
                             in_place={id(a): ptr for a, ptr in zip(argv, argv_ptrs)})
     except BaseException:
@@ -98,50 +95,6 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
             host_done(result)
         return None
     return Native(on_exit=failed)
-
-
-# glibc's sysdeps/generic/unsecvars.h, and the environment aliases of the
-# tunables it erases in secure mode (elf/dl-tunables.list, SXID_ERASE).
-_GLIBC_UNSECURE_ENV = frozenset((
-    b"GCONV_PATH", b"GETCONF_DIR", b"HOSTALIASES", b"LD_AUDIT", b"LD_DEBUG",
-    b"LD_DEBUG_OUTPUT", b"LD_DYNAMIC_WEAK", b"LD_HWCAP_MASK", b"LD_LIBRARY_PATH",
-    b"LD_ORIGIN_PATH", b"LD_PRELOAD", b"LD_PROFILE", b"LD_SHOW_AUXV", b"LD_USE_LOAD_BIAS",
-    b"LOCALDOMAIN", b"LOCPATH", b"MALLOC_TRACE", b"NIS_PATH", b"NLSPATH", b"RESOLV_HOST_CONF",
-    b"RES_OPTIONS", b"TMPDIR", b"TZDIR", b"MALLOC_CHECK_", b"MALLOC_TOP_PAD_",
-    b"MALLOC_PERTURB_", b"MALLOC_MMAP_THRESHOLD_", b"MALLOC_TRIM_THRESHOLD_",
-    b"MALLOC_MMAP_MAX_", b"MALLOC_ARENA_MAX", b"MALLOC_ARENA_TEST"))
-
-
-def _glibc_loader_runs_secure(task, p: exec_plan.ExecPlan) -> bool:
-    """A set-ID exec (AT_SECURE) of a program that glibc's ld.so loads."""
-    if not p.via_loader or not os.path.basename(p.argv[0]).startswith(b"ld-linux"):
-        return False
-    if task.no_new_privs:
-        return False
-    return task.creds.copy().after_exec(p.set_uid, p.set_gid)
-
-
-def _without_unsecure_env(c: Call, envp_ptr: int, sp: int) -> tuple[int, int]:
-    """The environment without what glibc's loader removes in secure mode.
-
-    The loader would remove them itself, but run as a program (`ld.so
-    --argv0 ...`, kernel/exec/plan.py) glibc 2.36 then finds its shifted
-    environment one slot short of the auxiliary vector and aborts
-    (rtld.c _dl_start_args_adjust: "auxv == sp + 1"). Removing them
-    first gives the program the environment Linux would give it.
-    Returns (envp, sp): a new pointer array (the strings stay where they
-    are) and the stack address below which to write next; or the arguments
-    as they were when nothing is to go."""
-    if not envp_ptr:
-        return envp_ptr, sp
-    ptrs = memory.read_ptr_array(c.pid, envp_ptr)
-    kept = [a for a in ptrs
-            if c.read_str(a, MAX_ARG_STRLEN).partition(b"=")[0] not in _GLIBC_UNSECURE_ENV]
-    if len(kept) == len(ptrs):
-        return envp_ptr, sp
-    table = b"".join(struct.pack("<Q", a) for a in kept) + bytes(8)
-    (addr,) = memory.write_below_sp(c.pid, sp, [table])
-    return addr, addr
 
 
 def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, sp: int,

@@ -97,6 +97,8 @@ class ProcessDir(TaskFiles, Dir):
             entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
             if name in _PID_INSPECT:
                 entries[name].read = lambda t, h=f"{hp}/{name}": self._inspect(t) or read_host(h)
+        # A dynamic program's auxv as its exec patched it (kernel/exec/mapping.py).
+        entries["auxv"].read = lambda t, h=f"{hp}/auxv": self._inspect(t) or proc.auxv or read_host(h)
         if self.thread is None:
             entries["task"] = Dir(p + "/task", lambda t: self._threads())
         else:

@@ -135,13 +135,7 @@ class TaskFiles:
             pass  # kept inside: the host refuses to lower an unprivileged user's value
 
     def _cmdline(self) -> bytes:
-        raw = read_host(self.hp + "/cmdline")
-        if self.proc.argv_skip and raw:
-            words = raw.split(b"\0")
-            # ld.so --argv0 ARGV0 PROGRAM ARGS...: show ARGV0 ARGS...
-            if len(words) >= 4 and words[1] == b"--argv0":
-                raw = b"\0".join([words[2]] + words[4:])
-        return raw
+        return read_host(self.hp + "/cmdline")
 
     def _stat(self, t: "Task | None") -> bytes:
         raw = read_host(self.hp + "/stat").decode()
