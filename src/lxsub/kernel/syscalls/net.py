@@ -451,7 +451,7 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
 
 
-def _host_sendmsg(task, sock: int, msg: _Message, flags: int, ns: unixns.UnixNamespace) -> int:
+def _host_sendmsg(task, sock: int, msg: _Message, flags: int, inst) -> int:
     """The host's sendmsg of `msg` from the provider. Its receiver sees the
     provider's pid in SCM_CREDENTIALS: once credentials are wanted in the
     instance, who it is really from is recorded for the receiving socket
@@ -459,7 +459,12 @@ def _host_sendmsg(task, sock: int, msg: _Message, flags: int, ns: unixns.UnixNam
     iov = _IoVec(msg.data, len(msg.data))
     hdr = _MsgHdr(msg.name or None, len(msg.name), ctypes.cast(ctypes.byref(iov), ctypes.c_void_p),
                   1, msg.control or None, len(msg.control), 0)
+    ns = inst.unix
     queue = _record_sent_creds(task, sock, msg, ns) if ns.passcred else None
+    if ns.passcred and msg.fds and _passes_passcred_socket(msg):
+        receiver = _receiver_inode(sock, msg, ns)
+        if receiver is not None:
+            _give_creds_filter_to_holders(inst, receiver)
     try:
         return _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
     except OSError:
@@ -500,7 +505,7 @@ def sys_sendmsg(c: Call):
     flags, task = c.int(2), c.task
     waits = not (flags & MSG_DONTWAIT or fcntl_mod.fcntl(local, fcntl_mod.F_GETFL) & os.O_NONBLOCK)
     try:
-        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT, c.inst.unix)
+        sent = _host_sendmsg(task, local, msg, flags | MSG_DONTWAIT, c.inst)
     except BlockingIOError:
         if not waits:
             msg.release()
@@ -520,7 +525,7 @@ def sys_sendmsg(c: Call):
 
     def work() -> int:
         try:
-            return sent + _host_sendmsg(task, local, msg, flags, c.inst.unix)
+            return sent + _host_sendmsg(task, local, msg, flags, c.inst)
         except OSError:
             if sent:
                 return sent
@@ -557,7 +562,7 @@ def sys_sendmmsg(c: Call):
         sent = 0
         try:
             for i, msg in enumerate(msgs):
-                n = _host_sendmsg(task, local, msg, flags, c.inst.unix)
+                n = _host_sendmsg(task, local, msg, flags, c.inst)
                 c.write(at + i * _MMSGHDR_SIZE + _MSGHDR.size, struct.pack("<I", n))
                 sent += 1
             if failed is not None and not sent:
@@ -713,7 +718,9 @@ def sys_setsockopt(c: Call):
 # injects into it (platform/inject.py) a filter of its own, for all its
 # threads (TSYNC; children inherit it, exec keeps it), whose only rows
 # stop recvmsg and recvmmsg by ptrace (TRACE loses to the instance
-# filter's USER_NOTIF, wins over its ALLOW). Those run natively, and at
+# filter's USER_NOTIF, wins over its ALLOW). A process that did not ask
+# but can read from such a socket (it held it already, or is sent it with
+# SCM_RIGHTS) is given the filter too. Those run natively, and at
 # their exit each SCM_CREDENTIALS received is rewritten: an instance
 # process's host pid becomes its pid, with its real uid and gid (scm_send's
 # defaults); a message the provider sent for a program (sendmsg above)
@@ -745,9 +752,14 @@ def _set_passcred(c: Call) -> Native:
     task, fd = c.task, c.int(0)
 
     def done(result: int) -> None:
-        if result == 0 and not task.process.creds_filter and _passcred_on(task, fd):
-            c.inst.unix.passcred = True
+        if result != 0 or not _passcred_on(task, fd):
+            return None
+        c.inst.unix.passcred = True
+        if not task.process.creds_filter:
             _give_creds_filter(c.inst, task)
+        ino = _socket_inode(task, fd)
+        if ino is not None:
+            _give_creds_filter_to_holders(c.inst, ino)
         return None
     return Native(on_exit=done)
 
@@ -767,25 +779,85 @@ def _passcred_on(task, fd: int) -> bool:
 
 def _give_creds_filter(inst, task) -> None:
     """Inject the filter at this syscall exit (the thread runs on after)."""
-    proc = task.process
-    proc.creds_filter = True           # a second thread's setsockopt must not add another
+    task.process.creds_filter = True   # a second thread's setsockopt must not add another
+    _inject_creds_filter(inst, task.process, task.host_tid)
 
+
+def _inject_creds_filter(inst, proc, tid: int) -> None:
     def installed(result: int) -> None:
         if result != 0:                # < 0: errno; > 0: a thread TSYNC could not reach
             proc.creds_filter = False
             inst.log.warn(f"pid {proc.pid}: no SCM_CREDENTIALS filter (seccomp: {result})")
         return None
-    inst.engine.inject(task.host_tid, _CREDS_FILTER, installed, lambda: None)
+
+    def gone() -> None:
+        proc.creds_filter = False
+    inst.engine.inject(tid, _CREDS_FILTER, installed, lambda: None, gone)
+
+
+def _give_creds_filter_to_holders(inst, ino: int) -> None:
+    """Every other process of the instance that holds socket `ino` (one it
+    had before SO_PASSCRED went on, or is being sent one that has it) gets
+    the filter too, at the stop an interrupt brings: the credentials it
+    reads from that socket are the instance's view as well."""
+    for proc in list(inst.pids.processes_by_host.values()):
+        if proc.creds_filter or not proc.threads or not _holds_socket(proc.host_pid, ino):
+            continue
+        tid = next(iter(proc.threads))
+        proc.creds_filter = True
+        if not inst.engine.interrupt(tid, lambda tid, regs, proc=proc: _inject_creds_filter(inst, proc, tid)):
+            proc.creds_filter = False
+
+
+def _holds_socket(host_pid: int, ino: int) -> bool:
+    want = f"socket:[{ino}]"
+    try:
+        fds = os.listdir(f"/proc/{host_pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{host_pid}/fd/{fd}") == want:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _socket_inode(task, fd: int) -> int | None:
+    try:
+        local = lookup.copy_fd(task, fd)
+    except OSError:
+        return None
+    try:
+        return os.fstat(local).st_ino
+    finally:
+        os.close(local)
+
+
+def _passes_passcred_socket(msg: _Message) -> bool:
+    """Whether an SCM_RIGHTS of `msg` carries a socket with SO_PASSCRED on."""
+    for fd in msg.fds:
+        try:
+            if struct.unpack("<i", _getsockopt(fd, SOL_SOCKET, SO_PASSCRED, 4))[0]:
+                return True
+        except OSError:
+            continue                       # not a socket
+    return False
+
+
+def _receiver_inode(sock: int, msg: _Message, ns: unixns.UnixNamespace) -> int | None:
+    """The inode of the socket a message sent on `sock` arrives at."""
+    if msg.node is not None:
+        s = os.fstat(msg.node.fd)
+        return ns.socket_of_file.get((s.st_dev, s.st_ino))
+    return ns.peer_inode(os.fstat(sock).st_ino)
 
 
 def _record_sent_creds(task, sock: int, msg: _Message, ns: unixns.UnixNamespace):
     """Who a message the provider is about to send is from, for its
     receiver; the queue it went into (None: receiver unknown)."""
-    if msg.node is not None:
-        s = os.fstat(msg.node.fd)
-        receiver = ns.socket_of_file.get((s.st_dev, s.st_ino))
-    else:
-        receiver = ns.peer_inode(os.fstat(sock).st_ino)
+    receiver = _receiver_inode(sock, msg, ns)
     if receiver is None:
         return None
     creds = msg.creds or (task.process.pid, task.creds.ruid, task.creds.rgid)
