@@ -84,6 +84,56 @@ def test_signal_sender_pid_is_virtual(debian):
     assert cp.stdout.decode().split() == ["True", "0"], describe(cp)
 
 
+
+def test_signal_sender_pid_outlives_the_sender(debian):
+    """si_pid is the sender's pid when it sent the signal, also once the
+    sender has exited and been reaped (LTP rt_sigtimedwait01)."""
+    program = ("import os, signal\n"
+               "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+               "p = os.fork()\n"
+               "if p == 0:\n    os.kill(os.getppid(), signal.SIGUSR1); os._exit(0)\n"
+               "os.waitpid(p, 0); info = signal.sigwaitinfo({signal.SIGUSR1})\n"
+               "print(info.si_pid == p, info.si_code)\n")
+    cp = debian.exe("python3", "-c", program)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["True", "0"], describe(cp)
+
+
+IGNORED_SIGNAL_PY = textwrap.dedent("""\
+    import ctypes, os, signal, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    def rain(sig):          # a child that sends sig to us every 50 ms
+        parent = os.getpid()
+        child = os.fork()
+        if child == 0:
+            while True:
+                time.sleep(0.05); os.kill(parent, sig)
+        return child
+    def timed_wait(mask, seconds):   # rt_sigtimedwait, no retry on EINTR
+        ts = (ctypes.c_long * 2)(seconds, 0)
+        r = libc.syscall(128, ctypes.byref(ctypes.c_ulong(mask)), None, ts, 8)
+        return r if r >= 0 else os.strerror(ctypes.get_errno())
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    child = rain(signal.SIGUSR2)
+    print("ignored:", timed_wait(0, 1))
+    os.kill(child, 9); os.waitpid(child, 0)
+    # Blocked before the wait, it is kept, and the wait takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    child = rain(signal.SIGUSR2)
+    print("blocked:", timed_wait(1 << (signal.SIGUSR2 - 1), 5) == signal.SIGUSR2)
+    os.kill(child, 9); os.waitpid(child, 0)
+    """)
+
+
+def test_an_ignored_signal_ends_no_wait(debian):
+    """A signal its target ignores is dropped when sent (sig_ignored), so
+    an rt_sigtimedwait for nothing ends by its timeout, EAGAIN; one the
+    target blocked before the wait is kept for it (LTP rt_sigtimedwait01)."""
+    cp = debian.exe("python3", "-c", IGNORED_SIGNAL_PY, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "ignored: Resource temporarily unavailable", "blocked: True"], describe(cp)
+
 def test_identity_changes_follow_linux_rules(debian):
     program = ("import os\nos.setgroups([])\nos.setgid(65534); os.setuid(65534)\n"
                "print(os.getuid(), os.geteuid(), os.getgid())\n"

@@ -103,6 +103,9 @@ class Task(Caller):
     # Set while a clone(CLONE_NEWUTS) of this task is in flight: its child
     # gets a copy (the host runs the clone without the flag).
     clone_newuts: bool = False
+    # The signal mask before the rt_sigtimedwait it is in (Linux's
+    # real_blocked): a signal blocked there is never discarded as ignored.
+    real_blocked: int = 0
 
     @property
     def task(self) -> "Task":
