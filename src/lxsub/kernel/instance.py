@@ -36,6 +36,7 @@ from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
+from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
@@ -255,6 +256,7 @@ class Instance:
             pass
 
     def _new_task(self, parent: Task, host_tid: int, flags: int) -> Task:
+        sysctls_of(self).flush_writes()     # a pid just written to ns_last_pid
         vid = self.pids.allocate()
         fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
         if flags & CLONE_THREAD:

@@ -98,6 +98,9 @@ class IpcSpace:
             ident = self.keys[kind].get(key)
             return (ident, self.objects[kind][ident]) if ident is not None else None
 
+    def count(self, kind: str) -> int:
+        return len(self.objects[kind])
+
     def get(self, kind: str, ident: int) -> IpcObject | None:
         return self.objects[kind].get(ident)
 

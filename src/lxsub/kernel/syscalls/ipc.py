@@ -22,11 +22,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 import struct
 
 from lxsub.abi.ipc import (GETALL, GETNCNT, GETPID, GETVAL, GETZCNT, IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE,
                            IPC_RMID, IPC_SET, IPC_STAT, MSG_INFO, MSG_STAT, MSG_STAT_ANY, SEM_INFO, SEM_STAT,
-                           SEM_STAT_ANY, SETALL, SETVAL, SHM_EXEC, SHM_INFO, SHM_LOCK, SHM_RDONLY, SHM_STAT,
+                           SEM_STAT_ANY, SETALL, SETVAL, SHM_EXEC, SHM_HUGETLB, SHM_INFO, SHM_LOCK, SHM_RDONLY, SHM_STAT,
                            SHM_STAT_ANY, SHM_UNLOCK)
 from lxsub.abi.limits import PAGE_SIZE
 from lxsub.abi.sysno import NUMBERS
@@ -34,6 +35,7 @@ from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
 from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject,
                               index_of, ipcperms, may_control)
+from lxsub.kernel.sysctl import read_host, sysctls_of
 from lxsub.platform import libc
 
 # ctl commands on the whole table rather than an object (their first
@@ -90,6 +92,7 @@ def _get(kind: str, flags_arg: int):
             if not flags & IPC_CREAT:
                 raise OSError(errno.ENOENT, "no object for this key")
             c.set_arg(0, IPC_PRIVATE)            # made private on the host
+        _check_new(c, kind, size, flags)
         # The host object is the host user's alone; who inside may use it
         # is the instance's business (ipcperms on the Linux mode).
         c.set_arg(flags_arg, (flags & ~MODE_BITS) | HOST_MODE)
@@ -102,6 +105,41 @@ def _get(kind: str, flags_arg: int):
             return None
         return Native(on_exit=record)
     return handler
+
+
+# The instance's limits on the number of objects of a kind (kernel/sysctl.py).
+_COUNT_LIMIT = {SHM: "kernel/shmmni", MSG: "kernel/msgmni"}
+
+
+def _check_new(c: Call, kind: str, size: int, flags: int) -> None:
+    """The checks on a new object, in ipc/shm.c newseg's order, with the
+    limits the instance may set for itself in /proc/sys/kernel: shmmax
+    (EINVAL), SHM_HUGETLB's lock (EPERM), then ipc/util.c ipc_addid's
+    shmmni and msgmni (ENOSPC). The host's limits apply beneath."""
+    sysctls = sysctls_of(c.inst)
+    if kind == SHM and size > sysctls.value("kernel/shmmax"):
+        raise OSError(errno.EINVAL, "larger than shmmax")
+    if kind == SHM and flags & SHM_HUGETLB:
+        _check_hugetlb_lock(c, size)
+    limit = _COUNT_LIMIT.get(kind)
+    if limit is not None and c.inst.ipc.count(kind) >= sysctls.value(limit):
+        raise OSError(errno.ENOSPC, f"{limit} objects in use")
+
+
+def _check_hugetlb_lock(c: Call, size: int) -> None:
+    """fs/hugetlbfs hugetlb_file_setup: a caller without CAP_IPC_LOCK,
+    outside vm.hugetlb_shm_group, locks the segment's pages against its
+    RLIMIT_MEMLOCK (mm/mlock.c user_shm_lock), else EPERM. The host asks
+    the host user's capabilities, which are not the caller's Linux ones.
+    (Only this segment's pages count here, not the user's other locked
+    segments.)"""
+    creds = c.task.creds
+    if creds.capable(CAP_IPC_LOCK) or creds.in_group(read_host("vm/hugetlb_shm_group")):
+        return
+    limit = resource.prlimit(c.task.host_pid, resource.RLIMIT_MEMLOCK)[0]
+    pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
+    if limit != resource.RLIM_INFINITY and pages > limit // PAGE_SIZE:
+        raise OSError(errno.EPERM, "RLIMIT_MEMLOCK too low for SHM_HUGETLB")
 
 
 def _object(c: Call, kind: str) -> IpcObject:
@@ -237,15 +275,15 @@ def _host_ctl(kind: str, ident: int, cmd: int, size: int) -> bytes:
 def _info(c: Call, kind: str, cmd: int) -> int:
     """IPC_INFO and SHM_INFO/SEM_INFO/MSG_INFO (ipc/shm.c shmctl_ipc_info,
     shmctl_shm_info; ipc/sem.c semctl_info; ipc/msg.c msgctl_info): the
-    limits are the host's, the same for everyone; the usage is the
+    limits are the host's but those the instance set for itself; the usage is the
     instance's own objects, not the host's; the result is the highest
     index in use (ipc_get_maxidx), 0 for none."""
     if cmd == IPC_INFO:
-        info = _host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind])
+        info = _limits(c.inst, kind)
     elif kind == SHM:
         info = _shm_info(c)
     else:
-        info = bytearray(_host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind]))
+        info = bytearray(_limits(c.inst, kind))
         rows = c.inst.ipc.host_rows(kind)
         if kind == SEM:
             # seminfo.semusz: the sets; semaem: their semaphores (used_sems).
@@ -258,6 +296,20 @@ def _info(c: Call, kind: str, cmd: int) -> int:
         info = bytes(info)
     c.write(c.ptr(_BUF_ARG[kind]), info)
     return max(c.inst.ipc.max_index(kind), 0)
+
+
+# Where IPC_INFO's structs hold the limits the instance sets for itself:
+# struct shminfo64's shmmax and shmmni, struct msginfo's msgmni.
+_OWN_LIMITS = {SHM: (("<Q", 0, "kernel/shmmax"), ("<Q", 16, "kernel/shmmni")),
+               MSG: (("<i", 16, "kernel/msgmni"),), SEM: ()}
+
+
+def _limits(inst, kind: str) -> bytes:
+    """IPC_INFO's struct: the host's limits, with the instance's own."""
+    info = bytearray(_host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind]))
+    for fmt, offset, name in _OWN_LIMITS[kind]:
+        struct.pack_into(fmt, info, offset, sysctls_of(inst).value(name))
+    return bytes(info)
 
 
 def _shm_info(c: Call) -> bytes:

@@ -49,6 +49,13 @@ class ProcessDir(TaskFiles, Dir):
         self.hp = f"/proc/{proc.host_pid}/task/{host}" if thread else f"/proc/{host}"
         self.owner_of = self._owner
 
+    @property
+    def key(self) -> str:
+        """Another process given the same pid later has another directory
+        (proc's inodes are made per pid, fs/proc/base.c proc_pid_make_inode):
+        st_ino tells a reopened /proc/<pid> from the one a program kept."""
+        return f"{self.path}#{self.hp}"
+
     def _task(self):
         return _need(self.thread or _main_thread(self.proc))
 
