@@ -8,6 +8,7 @@ import os
 import textwrap
 import time
 
+import pytest
 
 from tests.integration.distros import describe
 
@@ -158,6 +159,36 @@ def test_devices(debian):
                      "ls -l /dev/null | cut -c1")
     assert out.split() == ["4096", "00", "00", "00", "null-ok", "full-ENOSPC", "c"], out
 
+
+
+USERFAULTFD_PY = textwrap.dedent("""\
+    import ctypes, fcntl, os, stat
+    s = os.stat("/dev/userfaultfd")
+    print(stat.filemode(s.st_mode), s.st_uid, s.st_gid, os.major(s.st_rdev), os.minor(s.st_rdev))
+    try:
+        fd = os.open("/dev/userfaultfd", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        print("open", e.errno)
+    else:
+        uffd = fcntl.ioctl(fd, 0xAA00, 0o2000000)     # USERFAULTFD_IOC_NEW(O_CLOEXEC)
+        print("uffd", os.readlink(f"/proc/self/fd/{uffd}"))
+    """)
+
+
+def test_dev_userfaultfd_is_the_hosts(debian):
+    """/dev/userfaultfd (a misc device whose minor the host chose at boot)
+    is there when the host has it, root's and 0600 as the host's, and makes
+    userfaultfds as userfaultfd(2) does; the host decides who may open it
+    (LTP userfaultfd03)."""
+    host = os.stat("/dev/userfaultfd") if os.path.exists("/dev/userfaultfd") else None
+    if host is None:
+        pytest.skip("the host has no /dev/userfaultfd")
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", USERFAULTFD_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode().splitlines()
+    assert lines[0] == f"crw------- 0 0 {os.major(host.st_rdev)} {os.minor(host.st_rdev)}", describe(cp)
+    may_open = os.access("/dev/userfaultfd", os.R_OK | os.W_OK) and debian.user.kind == "self"
+    assert lines[1] == ("uffd anon_inode:[userfaultfd]" if may_open else "open 13"), describe(cp)
 
 CPU_MASKS_PY = textwrap.dedent("""\
     import os, sys
