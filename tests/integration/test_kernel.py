@@ -100,6 +100,16 @@ def test_signal_sender_pid_outlives_the_sender(debian):
     assert cp.stdout.decode().split() == ["True", "0"], describe(cp)
 
 
+def test_programs_start_with_every_signal_at_its_default(debian):
+    """A program started in the instance ignores no signal (as one Linux's
+    init starts): not SIGXFSZ, which the provider's Python ignores and which
+    an ignored signal would keep across execve (LTP kill11: a process
+    sent SIGXFSZ ends with a core dump)."""
+    cp = debian.exe("grep", "SigIgn", "/proc/self/status")
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["SigIgn:", "0" * 16], describe(cp)
+
+
 IGNORED_SIGNAL_PY = textwrap.dedent("""\
     import ctypes, os, signal, time
     libc = ctypes.CDLL(None, use_errno=True)
