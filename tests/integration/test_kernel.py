@@ -110,6 +110,35 @@ def test_programs_start_with_every_signal_at_its_default(debian):
     assert cp.stdout.decode().split() == ["SigIgn:", "0" * 16], describe(cp)
 
 
+LANDLOCK_PY = textwrap.dedent("""\
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.c_uint64(1)                       # handled: LANDLOCK_ACCESS_FS_EXECUTE
+    ruleset = libc.syscall(444, ctypes.byref(attr), 8, 0)
+    if ruleset < 0:
+        print("no landlock", ctypes.get_errno()); raise SystemExit
+    def restrict():
+        r = libc.syscall(446, ruleset, 0)
+        return r if r == 0 else errno.errorcode[ctypes.get_errno()]
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)     # no CAP_SYS_ADMIN
+    print("without no_new_privs", restrict())
+    libc.prctl(38, 1, 0, 0, 0)                               # PR_SET_NO_NEW_PRIVS
+    print("with no_new_privs", restrict())
+    """)
+
+
+def test_landlock_restrict_self_needs_no_new_privs(debian):
+    """landlock_restrict_self(2) without CAP_SYS_ADMIN needs the thread's
+    no_new_privs (EPERM), the program's own bit, not the host's (LTP
+    landlock03)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", LANDLOCK_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    if cp.stdout.startswith(b"no landlock"):
+        pytest.skip("the host kernel has no Landlock")
+    assert cp.stdout.decode().splitlines() == ["without no_new_privs EPERM", "with no_new_privs 0"], \
+        describe(cp)
+
+
 IGNORED_SIGNAL_PY = textwrap.dedent("""\
     import ctypes, os, signal, time
     libc = ctypes.CDLL(None, use_errno=True)

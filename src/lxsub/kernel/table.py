@@ -128,7 +128,11 @@ ROWS: list[Syscall] = [
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
-        "landlock_add_rule", "landlock_restrict_self")),
+        "landlock_add_rule")),
+    trace("landlock_restrict_self", process.sys_landlock_restrict_self,
+          "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
+          "no_new_privs); the provider's own work for the restricted thread (opens, binds) is not "
+          "restricted", PARTIAL),
     # A negative clockid is a CPU clock naming a pid: translated.
     *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
               "clockids) stop: the pid in them translated, outside the instance EINVAL",
