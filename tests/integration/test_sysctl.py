@@ -153,3 +153,31 @@ def test_ns_last_pid_sets_the_next_pid(debian):
     cp = debian.lx(["-u", "root", "-e", "python3", "-c", LAST_PID_PY], timeout=120)
     assert cp.returncode == 0, describe(cp)
     assert cp.stdout.decode().splitlines() == ["read True", "same pid True", "new inode True"], describe(cp)
+
+
+NEXT_ID_PY = PRELUDE + textwrap.dedent("""\
+    IPC_PRIVATE, IPC_RMID, IPC_STAT = 0, 0, 2
+    buf = ctypes.create_string_buffer(256)
+    put("kernel/msg_next_id", 5 << 15 | 9)
+    q = libc.msgget(IPC_PRIVATE, 0o600)
+    print("msg", q == 5 << 15 | 9, get("kernel/msg_next_id"), libc.msgctl(q, IPC_STAT, buf),
+          int.from_bytes(buf.raw[24:26], "little"))          # msg_perm.__seq
+    put("kernel/sem_next_id", 12345)
+    s = libc.semget(IPC_PRIVATE, 1, 0o600)
+    print("sem", s, get("kernel/sem_next_id"))
+    put("kernel/msg_next_id", q)           # taken: the next free index, same sequence
+    again = libc.msgget(IPC_PRIVATE, 0o600)
+    print("taken", again == q + 1)
+    for ident in (q, again):
+        libc.msgctl(ident, IPC_RMID, None)
+    libc.semctl(s, 0, IPC_RMID, 0)
+    """)
+
+
+def test_next_ids_are_the_instances(debian):
+    """{msg,sem,shm}_next_id: the id the next object gets, once (then -1);
+    the ids are the instance's own, not the host objects' (LTP msgget04,
+    msgget05, shmget05, shmget06)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", NEXT_ID_PY], timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["msg True -1 0 5", "sem 12345 -1", "taken True"], describe(cp)

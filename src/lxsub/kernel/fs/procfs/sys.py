@@ -57,6 +57,9 @@ class SysTree:
         log = kernel_log(inst)
         kernel.add(File("/sys/kernel/printk", lambda t: log.printk(),
                         write=lambda t, data: log.set_printk(data), mode=0o444))
+        for kind in ("shm", "sem", "msg"):
+            kernel.add(File(f"/sys/kernel/{kind}_next_id", lambda t, k=kind: b"%d\n" % inst.ipc.next_id[k],
+                            write=lambda t, data, k=kind: _set_next_id(inst, t, k, data), mode=0o444))
         own = self._own_tunables()
         for name, entry in own.items():
             if name.startswith("kernel/"):
@@ -93,20 +96,32 @@ class SysTree:
                 for name in KNOBS}
 
 
-def _set_last_pid(inst, t, data: bytes) -> None:
-    """kernel/pid_namespace.c pid_ns_ctl_handler: CAP_SYS_ADMIN or
-    CAP_CHECKPOINT_RESTORE sets the pid the namespace allocated last, so
-    the next process gets the one after it (0 .. pid_max - 1)."""
+def _checkpoint_restore_value(t, data: bytes, low: int, high: int) -> int:
+    """The integer written to a checkpoint/restore tunable: the writer
+    needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE (EPERM,
+    checkpoint_restore_ns_capable), the value low..high (EINVAL)."""
     from lxsub.kernel.creds import CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN
     if t is not None and not (t.creds.capable(CAP_SYS_ADMIN) or t.creds.capable(CAP_CHECKPOINT_RESTORE)):
         raise OSError(errno.EPERM, "CAP_CHECKPOINT_RESTORE needed")
     try:
-        value = int(data.split()[0]) if data.split() else -1
+        value = int(data.split()[0]) if data.split() else None
     except ValueError:
-        value = -1
-    if not 0 <= value < PID_MAX:
+        value = None
+    if value is None or not low <= value <= high:
         raise OSError(errno.EINVAL, "out of range")
-    inst.pids.set_last(value)
+    return value
+
+
+def _set_last_pid(inst, t, data: bytes) -> None:
+    """kernel/pid_namespace.c pid_ns_ctl_handler: the pid the namespace
+    allocated last, so the next process gets the one after it."""
+    inst.pids.set_last(_checkpoint_restore_value(t, data, 0, PID_MAX - 1))
+
+
+def _set_next_id(inst, t, kind: str, data: bytes) -> None:
+    """ipc/ipc_sysctl.c {shm,sem,msg}_next_id: the id the next object of
+    the kind gets (-1: the next free one), used once (kernel/ipc.py)."""
+    inst.ipc.next_id[kind] = _checkpoint_restore_value(t, data, -1, 0x7FFFFFFF)
 
 
 def _set_ptrace_scope(inst, t, data: bytes) -> None:
