@@ -343,8 +343,9 @@ ROWS: list[Syscall] = [
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     notify("name_to_handle_at", fhandle.sys_name_to_handle_at, "path resolved in the instance; the host "
            "file system's handle, the instance's mount id; pseudo files: AT_HANDLE_FID only"),
-    denied("open_by_handle_at", errno.EPERM, "needs CAP_DAC_READ_SEARCH in the initial user namespace, "
-           "which root inside (the host user) has not"),
+    notify("open_by_handle_at", fhandle.sys_open_by_handle_at, "CAP_DAC_READ_SEARCH inside, then the host "
+           "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
+           "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
           "single-thread checks as Linux; CLONE_NEWUTS: a UTS namespace of the provider's; "
           "other new namespaces: EPERM", PARTIAL),

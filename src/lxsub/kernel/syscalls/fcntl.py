@@ -25,7 +25,12 @@ _VALID_OPEN_FLAGS = 0o37777777
 def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     if flags & O_PATH and c.regs is not None:
         return _open_path_in_caller(c, dirfd, path, flags)
-    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve)
+    return opened(open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve), flags)
+
+
+def opened(fd, flags: int):
+    """The answer to an open: the provider's descriptor (or the job that
+    will have it) handed over."""
     if isinstance(fd, int):
         # A file opened for writing is handed over as its caller's alone:
         # watchers wait for its IN_CLOSE_WRITE, lock and FIFO users for its
