@@ -347,16 +347,6 @@ def test_sysfs_shows_host_cpus_and_interfaces(debian):
     assert out["statfs"] == "sysfs cgroup2fs proc", describe(cp)
 
 
-def test_sysfs_shows_the_hosts_huge_page_sizes(debian):
-    """/sys/kernel/mm/hugepages lists the host's huge page pools, the sizes
-    memfd_create(MFD_HUGETLB) takes (LTP memfd_create04)."""
-    host = "/sys/kernel/mm/hugepages"
-    if not os.path.isdir(host):
-        pytest.skip("the host kernel has no huge pages")
-    cp = script(debian, "ls /sys/kernel/mm/hugepages")
-    assert cp.returncode == 0, describe(cp)
-    assert text(cp).split() == sorted(os.listdir(host)), describe(cp)
-
 def test_cgroupfs_is_the_instance_cgroup(debian):
     fresh(debian)
     cp = script(debian, """

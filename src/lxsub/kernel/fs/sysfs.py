@@ -10,8 +10,6 @@ read-only and only where any host user may read them:
     /sys/class/net/<iface>/     the host's interfaces (address, mtu, operstate...)
     /sys/kernel/mm/transparent_hugepage   (allocators, JVMs)
     /sys/kernel/mm/ksm          whether madvise(MADV_MERGEABLE) works
-    /sys/kernel/mm/hugepages    the host's huge page sizes and pools, which
-                                memfd_create(MFD_HUGETLB) and mmap(MAP_HUGETLB) use
     /sys/class/dmi/id           hardware names (systemd-detect-virt, lshw)
     /sys/fs/cgroup              where CgroupFs is mounted
 
@@ -30,9 +28,8 @@ from lxsub.kernel.vfs.pseudo import Dir, Entry, HostDir, PseudoFs, StaticDir
 
 # The host's memory manager, whose calls (madvise, mmap) run natively: its
 # settings tell what they do (MADV_MERGEABLE works where the host has KSM,
-# which /sys/kernel/mm/ksm shows: madvise(2); a huge page size works where
-# the host has its hugepages-<size>kB pool: memfd_create(2)).
-_HOST_MM = ("/kernel/mm/transparent_hugepage", "/kernel/mm/ksm", "/kernel/mm/hugepages")
+# which /sys/kernel/mm/ksm shows: madvise(2)).
+_HOST_MM = ("/kernel/mm/transparent_hugepage", "/kernel/mm/ksm")
 _CPU_TOP = re.compile(r"cpu\d+|online|possible|present|offline|kernel_max|isolated|smt"
                       r"|vulnerabilities|modalias")
 
