@@ -18,6 +18,7 @@ IPC_SET and IPC_RMID.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from dataclasses import dataclass
 
@@ -106,6 +107,7 @@ class IpcSpace:
         self.next_id: dict[str, int] = {k: -1 for k in KINDS}
         self._seq: dict[str, int] = {k: 0 for k in KINDS}
         self._last_idx: dict[str, int] = {k: -1 for k in KINDS}
+        self._indices = {k: _Indices() for k in KINDS}
 
     def add(self, kind: str, host_id: int, obj: IpcObject) -> int:
         """Record the host object made for obj; its id in the instance."""
@@ -121,12 +123,12 @@ class IpcSpace:
         """ipc/util.c ipc_idr_alloc: next_id's index (or the first free one
         above it) and sequence number, once; else the lowest free index,
         the sequence number growing when the index is not past the last."""
-        used = {index_of(ident) for ident in self.objects[kind]}
+        indices = self._indices[kind]
         wanted = self.next_id[kind]
         if wanted >= 0:
             self.next_id[kind] = -1
-            return seq_of(wanted) << _SEQ_SHIFT | _free_index(used, index_of(wanted))
-        index = _free_index(used, 0)
+            return seq_of(wanted) << _SEQ_SHIFT | indices.take_from(index_of(wanted))
+        index = indices.take_lowest()
         if index <= self._last_idx[kind]:
             self._seq[kind] = (self._seq[kind] + 1) % _SEQ_MAX
         self._last_idx[kind] = index
@@ -183,6 +185,8 @@ class IpcSpace:
     def drop(self, kind: str, ident: int) -> None:
         with self.lock:
             obj = self.objects[kind].pop(ident, None)
+            if obj is not None:
+                self._indices[kind].free(index_of(ident))
             if obj is not None and self.keys[kind].get(obj.key) == ident:
                 del self.keys[kind][obj.key]
 
@@ -196,12 +200,40 @@ class IpcSpace:
                     except OSError:
                         pass                 # removed on the host meanwhile
                 objects.clear()
+                self._indices[kind] = _Indices()
                 self.keys[kind].clear()
 
 
-def _free_index(used: set[int], start: int) -> int:
-    """idr_alloc: the lowest index from start that no object has."""
-    index = start
-    while index in used:
-        index += 1
-    return index
+class _Indices:
+    """The table indices in use (idr_alloc's lowest free one, in
+    logarithmic time: a program may make tens of thousands of objects)."""
+
+    def __init__(self) -> None:
+        self.used: set[int] = set()
+        self._freed: list[int] = []      # a heap of free indices below _top
+        self._top = 0                    # every index from here up is free
+
+    def take_lowest(self) -> int:
+        while self._freed:
+            index = heapq.heappop(self._freed)
+            if index not in self.used:   # else taken by a *_next_id meanwhile
+                return self._take(index)
+        return self._take(self._top)
+
+    def take_from(self, start: int) -> int:
+        """The lowest free index from start (a *_next_id's)."""
+        index = start
+        while index in self.used:
+            index += 1
+        return self._take(index)
+
+    def _take(self, index: int) -> int:
+        for below in range(self._top, index):
+            heapq.heappush(self._freed, below)
+        self._top = max(self._top, index + 1)
+        self.used.add(index)
+        return index
+
+    def free(self, index: int) -> None:
+        self.used.discard(index)
+        heapq.heappush(self._freed, index)
