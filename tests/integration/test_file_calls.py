@@ -92,6 +92,59 @@ def test_name_to_handle_at(installed):
         f"proc {-errno.EOPNOTSUPP} fid 0 badflags {-errno.EINVAL}"]
 
 
+
+OPEN_BY_HANDLE_PY = """\
+import ctypes, errno, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def handle(path):
+    buf = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("<Ii", buf, 0, 128, 0)
+    assert libc.name_to_handle_at(-100, path.encode(), buf, ctypes.byref(ctypes.c_int()), 0) == 0
+    return buf
+root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)     # the mount the handles are decoded in
+def open_by(buf):
+    fd = libc.open_by_handle_at(root, buf, os.O_RDONLY)
+    return os.read(fd, 20).decode() if fd >= 0 else errno.errorcode[ctypes.get_errno()]
+with open("/root/handle-test", "w") as f:
+    f.write("inside")
+own = handle("/root/handle-test")
+print("own", open_by(own))
+print("host", open_by(ctypes.create_string_buffer(bytes.fromhex(sys.argv[1]))))
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+print("nobody", open_by(own))
+"""
+
+
+def _host_handle(path) -> str:
+    """The host's file handle of a host file, in hex."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("<Ii", buf, 0, 128, 0)
+    if libc.name_to_handle_at(-100, str(path).encode(), buf, ctypes.byref(ctypes.c_int()), 0) != 0:
+        pytest.skip("the host file system has no file handles")
+    size = struct.unpack_from("<I", buf, 0)[0]
+    return buf.raw[:8 + size].hex()
+
+
+def test_open_by_handle_at(installed, tmp_path):
+    """open_by_handle_at(2) opens the instance's file a handle names, for a
+    caller with CAP_DAC_READ_SEARCH (EPERM else), when the host decodes
+    handles for its user (root); a handle of a host file outside the
+    mount's file system (here the root's) is ESTALE, never that file (LTP
+    open_by_handle_at01, 02, name_to_handle_at01)."""
+    import os
+    secret = tmp_path / "host-secret"
+    secret.write_text("host")
+    cp = installed.lx(["-u", "root", "-e", "python3", "-c", OPEN_BY_HANDLE_PY, _host_handle(secret)],
+                      timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    host_decodes = os.geteuid() == 0 and installed.user.kind == "self"
+    assert cp.stdout.decode().splitlines() == (
+        ["own inside", "host ESTALE", "nobody EPERM"] if host_decodes
+        else ["own EPERM", "host EPERM", "nobody EPERM"]), describe(cp)
+
 def test_a_running_program_is_text_file_busy(installed):
     etxtbsy = -errno.ETXTBSY
     cp = installed.lx(["-u", "root", "--", f"cp {DIR}/fc {DIR}/fc2"], timeout=60)

@@ -8,6 +8,7 @@ import os
 import textwrap
 import time
 
+import pytest
 
 from tests.integration.distros import describe
 
@@ -84,6 +85,95 @@ def test_signal_sender_pid_is_virtual(debian):
     assert cp.stdout.decode().split() == ["True", "0"], describe(cp)
 
 
+
+def test_signal_sender_pid_outlives_the_sender(debian):
+    """si_pid is the sender's pid when it sent the signal, also once the
+    sender has exited and been reaped (LTP rt_sigtimedwait01)."""
+    program = ("import os, signal\n"
+               "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+               "p = os.fork()\n"
+               "if p == 0:\n    os.kill(os.getppid(), signal.SIGUSR1); os._exit(0)\n"
+               "os.waitpid(p, 0); info = signal.sigwaitinfo({signal.SIGUSR1})\n"
+               "print(info.si_pid == p, info.si_code)\n")
+    cp = debian.exe("python3", "-c", program)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["True", "0"], describe(cp)
+
+
+def test_programs_start_with_every_signal_at_its_default(debian):
+    """A program started in the instance ignores no signal (as one Linux's
+    init starts): not SIGXFSZ, which the provider's Python ignores and which
+    an ignored signal would keep across execve (LTP kill11: a process
+    sent SIGXFSZ ends with a core dump)."""
+    cp = debian.exe("grep", "SigIgn", "/proc/self/status")
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().split() == ["SigIgn:", "0" * 16], describe(cp)
+
+
+LANDLOCK_PY = textwrap.dedent("""\
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.c_uint64(1)                       # handled: LANDLOCK_ACCESS_FS_EXECUTE
+    ruleset = libc.syscall(444, ctypes.byref(attr), 8, 0)
+    if ruleset < 0:
+        print("no landlock", ctypes.get_errno()); raise SystemExit
+    def restrict():
+        r = libc.syscall(446, ruleset, 0)
+        return r if r == 0 else errno.errorcode[ctypes.get_errno()]
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)     # no CAP_SYS_ADMIN
+    print("without no_new_privs", restrict())
+    libc.prctl(38, 1, 0, 0, 0)                               # PR_SET_NO_NEW_PRIVS
+    print("with no_new_privs", restrict())
+    """)
+
+
+def test_landlock_restrict_self_needs_no_new_privs(debian):
+    """landlock_restrict_self(2) without CAP_SYS_ADMIN needs the thread's
+    no_new_privs (EPERM), the program's own bit, not the host's (LTP
+    landlock03)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", LANDLOCK_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    if cp.stdout.startswith(b"no landlock"):
+        pytest.skip("the host kernel has no Landlock")
+    assert cp.stdout.decode().splitlines() == ["without no_new_privs EPERM", "with no_new_privs 0"], \
+        describe(cp)
+
+
+IGNORED_SIGNAL_PY = textwrap.dedent("""\
+    import ctypes, os, signal, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    def rain(sig):          # a child that sends sig to us every 50 ms
+        parent = os.getpid()
+        child = os.fork()
+        if child == 0:
+            while True:
+                time.sleep(0.05); os.kill(parent, sig)
+        return child
+    def timed_wait(mask, seconds):   # rt_sigtimedwait, no retry on EINTR
+        ts = (ctypes.c_long * 2)(seconds, 0)
+        r = libc.syscall(128, ctypes.byref(ctypes.c_ulong(mask)), None, ts, 8)
+        return r if r >= 0 else os.strerror(ctypes.get_errno())
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    child = rain(signal.SIGUSR2)
+    print("ignored:", timed_wait(0, 1))
+    os.kill(child, 9); os.waitpid(child, 0)
+    # Blocked before the wait, it is kept, and the wait takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    child = rain(signal.SIGUSR2)
+    print("blocked:", timed_wait(1 << (signal.SIGUSR2 - 1), 5) == signal.SIGUSR2)
+    os.kill(child, 9); os.waitpid(child, 0)
+    """)
+
+
+def test_an_ignored_signal_ends_no_wait(debian):
+    """A signal its target ignores is dropped when sent (sig_ignored), so
+    an rt_sigtimedwait for nothing ends by its timeout, EAGAIN; one the
+    target blocked before the wait is kept for it (LTP rt_sigtimedwait01)."""
+    cp = debian.exe("python3", "-c", IGNORED_SIGNAL_PY, timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "ignored: Resource temporarily unavailable", "blocked: True"], describe(cp)
+
 def test_identity_changes_follow_linux_rules(debian):
     program = ("import os\nos.setgroups([])\nos.setgid(65534); os.setuid(65534)\n"
                "print(os.getuid(), os.geteuid(), os.getgid())\n"
@@ -108,6 +198,36 @@ def test_devices(debian):
                      "ls -l /dev/null | cut -c1")
     assert out.split() == ["4096", "00", "00", "00", "null-ok", "full-ENOSPC", "c"], out
 
+
+
+USERFAULTFD_PY = textwrap.dedent("""\
+    import ctypes, fcntl, os, stat
+    s = os.stat("/dev/userfaultfd")
+    print(stat.filemode(s.st_mode), s.st_uid, s.st_gid, os.major(s.st_rdev), os.minor(s.st_rdev))
+    try:
+        fd = os.open("/dev/userfaultfd", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        print("open", e.errno)
+    else:
+        uffd = fcntl.ioctl(fd, 0xAA00, 0o2000000)     # USERFAULTFD_IOC_NEW(O_CLOEXEC)
+        print("uffd", os.readlink(f"/proc/self/fd/{uffd}"))
+    """)
+
+
+def test_dev_userfaultfd_is_the_hosts(debian):
+    """/dev/userfaultfd (a misc device whose minor the host chose at boot)
+    is there when the host has it, root's and 0600 as the host's, and makes
+    userfaultfds as userfaultfd(2) does; the host decides who may open it
+    (LTP userfaultfd03)."""
+    host = os.stat("/dev/userfaultfd") if os.path.exists("/dev/userfaultfd") else None
+    if host is None:
+        pytest.skip("the host has no /dev/userfaultfd")
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", USERFAULTFD_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    lines = cp.stdout.decode().splitlines()
+    assert lines[0] == f"crw------- 0 0 {os.major(host.st_rdev)} {os.minor(host.st_rdev)}", describe(cp)
+    may_open = os.access("/dev/userfaultfd", os.R_OK | os.W_OK) and debian.user.kind == "self"
+    assert lines[1] == ("uffd anon_inode:[userfaultfd]" if may_open else "open 13"), describe(cp)
 
 CPU_MASKS_PY = textwrap.dedent("""\
     import os, sys

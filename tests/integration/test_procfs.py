@@ -478,6 +478,41 @@ def test_other_users_processes_are_not_inspected(debian):
                                 "self=/usr/bin/python3.11"], describe(cp)
 
 
+PAGEMAP_PY = textwrap.dedent("""\
+    import mmap, os, struct, subprocess
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+    def present(pid, addr):
+        with open(f"/proc/{pid}/pagemap", "rb") as f:
+            f.seek(addr // PAGE * 8)
+            return bool(struct.unpack("<Q", f.read(8))[0] >> 63)
+    touched = mmap.mmap(-1, 2 * PAGE)
+    touched[0] = 1                        # the first page is faulted in, not the second
+    import ctypes
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(touched))
+    print("present", present("self", addr), present("self", addr + PAGE))
+    victim = subprocess.Popen(["sleep", "100"])
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+        try:
+            open(f"/proc/{victim.pid}/pagemap", "rb")
+            os.write(w, b"opened")
+        except PermissionError:
+            os.write(w, b"EACCES")
+        os._exit(0)
+    os.close(w); os.wait()
+    print("nobody", os.read(r, 100).decode())
+    victim.kill(); victim.wait()
+    """)
+
+
+def test_proc_pid_pagemap(debian):
+    """/proc/<pid>/pagemap says which pages are present (bit 63), for those
+    who may ptrace-read the process (LTP mmap12)."""
+    cp = debian.exe("python3", "-c", PAGEMAP_PY)
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).splitlines() == ["present True False", "nobody EACCES"], describe(cp)
+
 # A pseudo file's write reaches the provider through a pipe after write(2)
 # returned, so a refused value shows in what is read back, not in write's
 # status (a known gap: docs/ARCHITECTURE.md).

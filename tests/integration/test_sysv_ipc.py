@@ -55,23 +55,39 @@ def test_sysv_ipc_in_the_instance(debian):
         "semop 0 1", "rm 0", "rm 0", "rm 0", "gone ENOENT EINVAL"], describe(cp)
 
 
+# A segment and a queue of sizes no other test uses, to find them on the
+# host: the instance's ids are its own, not the host objects' ids.
+_SEGMENT_SIZE, _MESSAGE_SIZE = 4096 * 13 + 7, 4321
+
+
+def _host_objects() -> set[tuple[str, int]]:
+    """(kind, host id) of the host's segments and queues of those sizes."""
+    found = set()
+    for kind, column, size in (("shm", 3, _SEGMENT_SIZE), ("msg", 3, _MESSAGE_SIZE)):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[column]) == size:
+                    found.add((kind, int(fields[1])))
+    return found
+
+
 def test_sysv_objects_end_with_the_instance(debian):
     """Objects a program leaves behind are removed when its instance ends."""
-    import ctypes
     import time
     keep = debian.runner.popen(["-d", debian.name, "-e", "sleep", "120"])   # the instance runs
     time.sleep(3)
     make = ("import ctypes; l = ctypes.CDLL(None); "
-            "print(l.shmget(0x4C5854, 4096, 0o1000 | 0o600), l.msgget(0x4C5854, 0o1000 | 0o600))")
+            f"l.shmget(0x4C5854, {_SEGMENT_SIZE}, 0o1000 | 0o600); q = l.msgget(0x4C5854, 0o1000 | 0o600); "
+            f"print(l.msgsnd(q, (1).to_bytes(8, 'little') + bytes({_MESSAGE_SIZE}), {_MESSAGE_SIZE}, 0))")
+    before = _host_objects()
     cp = debian.exe("python3", "-c", make, timeout=120)
-    assert cp.returncode == 0, describe(cp)
-    shm, msg = map(int, cp.stdout.split())
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(256)
+    assert cp.returncode == 0 and cp.stdout.split() == [b"0"], describe(cp)
     try:
-        assert libc.shmctl(shm, 2, buf) == 0 and libc.msgctl(msg, 2, buf) == 0   # IPC_STAT
+        made = _host_objects() - before
+        assert {kind for kind, _ in made} == {"shm", "msg"}, made
         assert debian.runner.run(["--terminate", debian.name], timeout=60).returncode == 0
-        assert libc.shmctl(shm, 2, buf) == -1 and libc.msgctl(msg, 2, buf) == -1
+        assert not made & _host_objects(), made
     finally:
         keep.kill()
         keep.wait()

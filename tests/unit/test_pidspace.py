@@ -37,17 +37,41 @@ def test_ids_start_at_2_and_are_not_given_twice():
     assert pids.vpid_of_host(9999) is None
 
 
+def _host_groups(monkeypatch, groups: dict[int, int]) -> None:
+    """The host's process group and session of each fake host pid."""
+    def group(host_pid: int) -> int:
+        if host_pid not in groups:
+            raise ProcessLookupError(errno.ESRCH, "no such process")
+        return groups[host_pid]
+    monkeypatch.setattr(task_mod.os, "getpgid", group)
+    monkeypatch.setattr(task_mod.os, "getsid", group)
+
+
 def test_allocation_wraps_past_pid_max_and_skips_ids_in_use(monkeypatch):
     """alloc_pid() wraps at pid_max to the bottom of the range, past ids
     still held (kernel/pid.c)."""
     monkeypatch.setattr(task_mod, "PID_MAX", 6)
+    _host_groups(monkeypatch, {6002: 6000, 6003: 6003})
     pids = PidSpace()
     leader = _process(pids, 6000)                   # 2
     thread = _thread(pids, leader, 6001)            # 3
     assert (_process(pids, 6002).pid, _process(pids, 6003).pid) == (4, 5)
-    pids.forget_process(leader)                     # 2 lives on as a group id
+    pids.forget_process(leader)                     # 2 lives on as 6002's group id
     pids.remove_task(thread)                        # 3 is free
     assert pids.allocate() == 3                     # wrapped; 2 skipped, 4 and 5 in use
+
+
+def test_a_pid_no_group_holds_is_given_again(monkeypatch):
+    """A reaped process's pid is free once no process has it as its group
+    or session (kernel/pid.c free_pid), so ns_last_pid can bring it back."""
+    _host_groups(monkeypatch, {7001: 7001})
+    pids = PidSpace()
+    gone = _process(pids, 7000)                     # 2
+    _process(pids, 7001)                            # 3, its own group
+    pids.forget_process(gone)
+    pids.set_last(gone.pid - 1)
+    assert pids.allocate() == gone.pid
+    assert pids.group_to_host(gone.pid) is None     # no longer an alias
 
 
 def test_a_full_space_is_eagain(monkeypatch):

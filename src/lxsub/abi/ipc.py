@@ -13,6 +13,7 @@ GETPID, GETVAL, GETALL, GETNCNT, GETZCNT, SETVAL, SETALL = range(11, 18)
 # shmctl's, and shmat's flags
 SHM_LOCK, SHM_UNLOCK = 11, 12
 SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
+SHM_HUGETLB = 0o4000                 # shmget's flag: a segment of huge pages
 
 # ctl commands whose first argument is an index into the host's table, or
 # that sum it up (ipcs's fallback when /proc/sysvipc is missing).

@@ -1,7 +1,10 @@
 """include/uapi/asm-generic/signal.h and siginfo.h: x86_64 values."""
 
 NSIG = 65                        # _NSIG + 1: valid numbers are 0 (a probe) .. 64
-SIGCONT = 18
+SIGKILL, SIGSTOP = 9, 19
+SIGCHLD, SIGCONT, SIGURG, SIGWINCH = 17, 18, 23, 28
+# sig_kernel_ignore(): the signals whose default action is to do nothing.
+IGNORED_BY_DEFAULT = frozenset((SIGCONT, SIGCHLD, SIGURG, SIGWINCH))
 
 # si_code of a sent signal
 SI_USER = 0

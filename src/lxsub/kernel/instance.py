@@ -36,6 +36,7 @@ from lxsub.kernel.fs.volfs import VolFs
 from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
+from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
@@ -255,6 +256,7 @@ class Instance:
             pass
 
     def _new_task(self, parent: Task, host_tid: int, flags: int) -> Task:
+        sysctls_of(self).flush_writes()     # a pid just written to ns_last_pid
         vid = self.pids.allocate()
         fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
         if flags & CLONE_THREAD:
@@ -536,11 +538,11 @@ class Instance:
             return False
         if info.si_pid <= 0:
             return False
-        sender = self.pids.processes_by_host.get(info.si_pid)
-        vpid = sender.pid if sender is not None else self.reaped_or_none(info.si_pid)
-        uid = self.ruid_of(sender) if sender is not None else 0
-        info.si_pid = vpid or 0
-        info.si_uid = uid
+        # The pid the sender had when it sent it, as Linux's si_pid: it may
+        # have exited, and been reaped, since.
+        sender = self.pids.processes_by_host.get(info.si_pid) or self.pids.zombies_by_host.get(info.si_pid)
+        info.si_pid = sender.pid if sender is not None else self.pids.vpid_or_zero(info.si_pid)
+        info.si_uid = self.ruid_of(sender) if sender is not None else 0
         return True
 
     def ruid_of(self, proc: Process) -> int:
@@ -548,10 +550,6 @@ class Instance:
         if proc.threads:
             return next(iter(proc.threads.values())).creds.ruid
         return proc.exit_ruid
-
-    def reaped_or_none(self, host_pid: int) -> int | None:
-        proc = self.pids.zombies_by_host.get(host_pid)
-        return proc.pid if proc is not None else None
 
     def on_idle(self) -> bool:
         return self._ending and not self.pids.tasks_by_host

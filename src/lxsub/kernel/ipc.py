@@ -1,7 +1,14 @@
 """The instance's System V IPC objects (svipc(7)): which host objects are
-its own, under which keys, and their Linux owners and modes
+its own, under which keys and ids, and their Linux owners and modes
 (kernel/syscalls/ipc.py says why the instance keeps its own table rather
 than an IPC namespace).
+
+The ids are the instance's, made as ipc/util.c ipc_idr_alloc makes them in
+an IPC namespace of its own (the lowest free index, a sequence number that
+grows when an index is used again, or the id /proc/sys/kernel/*_next_id
+asks for), each standing for its host object's id: the host's ids say
+nothing about the host's other objects to the instance, and the ones it
+asks for are its own.
 
 Every object is the host user's on the host (mode 0600); who of the
 instance may use it is decided here, as ipc/util.c does with the caller's
@@ -11,6 +18,7 @@ IPC_SET and IPC_RMID.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from dataclasses import dataclass
 
@@ -39,6 +47,7 @@ class IpcObject:
     mode: int
     size: int              # shm: segment size; sem: number of semaphores; msg: 0
     cpid: int              # the creator's pid in the instance
+    host_id: int = -1      # the host object's id
 
 
 def _index_mask() -> int:
@@ -53,11 +62,18 @@ def _index_mask() -> int:
 
 
 _INDEX_MASK = _index_mask()
+_SEQ_SHIFT = _INDEX_MASK.bit_length()              # ipcmni_seq_shift()
+_SEQ_MAX = ((1 << 31) - 1) >> _SEQ_SHIFT             # ipcid_seq_max()
 
 
 def index_of(ident: int) -> int:
     """ipcid_to_idx(): an object's index in its kind's table."""
     return ident & _INDEX_MASK
+
+
+def seq_of(ident: int) -> int:
+    """ipcid_to_seqx(): an id's sequence number (ipc_perm.__seq)."""
+    return ident >> _SEQ_SHIFT
 
 
 def ipcperms(creds: Creds, obj: IpcObject, flag: int) -> bool:
@@ -85,18 +101,46 @@ class IpcSpace:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.keys: dict[str, dict[int, int]] = {k: {} for k in KINDS}
-        self.objects: dict[str, dict[int, IpcObject]] = {k: {} for k in KINDS}
+        self.objects: dict[str, dict[int, IpcObject]] = {k: {} for k in KINDS}   # by the instance's id
+        # /proc/sys/kernel/{shm,sem,msg}_next_id: the id the next object
+        # gets (-1: the next free one); ipc_ids' seq and last_idx.
+        self.next_id: dict[str, int] = {k: -1 for k in KINDS}
+        self._seq: dict[str, int] = {k: 0 for k in KINDS}
+        self._last_idx: dict[str, int] = {k: -1 for k in KINDS}
+        self._indices = {k: _Indices() for k in KINDS}
 
-    def add(self, kind: str, ident: int, obj: IpcObject) -> None:
+    def add(self, kind: str, host_id: int, obj: IpcObject) -> int:
+        """Record the host object made for obj; its id in the instance."""
         with self.lock:
+            ident = self._new_id(kind)
+            obj.host_id = host_id
             self.objects[kind][ident] = obj
             if obj.key != IPC_PRIVATE:
                 self.keys[kind][obj.key] = ident
+            return ident
+
+    def _new_id(self, kind: str) -> int:
+        """ipc/util.c ipc_idr_alloc: next_id's index (or the first free one
+        above it) and sequence number, once; else the lowest free index,
+        the sequence number growing when the index is not past the last."""
+        indices = self._indices[kind]
+        wanted = self.next_id[kind]
+        if wanted >= 0:
+            self.next_id[kind] = -1
+            return seq_of(wanted) << _SEQ_SHIFT | indices.take_from(index_of(wanted))
+        index = indices.take_lowest()
+        if index <= self._last_idx[kind]:
+            self._seq[kind] = (self._seq[kind] + 1) % _SEQ_MAX
+        self._last_idx[kind] = index
+        return self._seq[kind] << _SEQ_SHIFT | index
 
     def by_key(self, kind: str, key: int) -> tuple[int, IpcObject] | None:
         with self.lock:
             ident = self.keys[kind].get(key)
             return (ident, self.objects[kind][ident]) if ident is not None else None
+
+    def count(self, kind: str) -> int:
+        return len(self.objects[kind])
 
     def get(self, kind: str, ident: int) -> IpcObject | None:
         return self.objects[kind].get(ident)
@@ -106,12 +150,12 @@ class IpcSpace:
         with self.lock:
             return sorted(self.objects[kind].items())
 
-    def host_rows(self, kind: str) -> list[tuple[IpcObject, list[str]]]:
-        """The columns of the host's /proc/sysvipc/<kind> row of each of the
-        instance's objects, by id: what the kernel keeps of them (sizes,
-        message and semaphore counts, times, rss), which the instance's
-        table does not."""
-        objects = dict(self.listing(kind))
+    def host_rows(self, kind: str) -> list[tuple[int, IpcObject, list[str]]]:
+        """(id, object, the columns of the host's /proc/sysvipc/<kind> row)
+        of each of the instance's objects, by id: what the kernel keeps of
+        them (sizes, message and semaphore counts, times, rss), which the
+        instance's table does not."""
+        objects = {obj.host_id: (ident, obj) for ident, obj in self.listing(kind)}
         if not objects:
             return []
         with open(f"/proc/sysvipc/{kind}", "rb") as f:
@@ -119,10 +163,10 @@ class IpcSpace:
         rows = []
         for line in lines:
             fields = line.split()
-            obj = objects.get(int(fields[1])) if len(fields) > 2 else None
-            if obj is not None:
-                rows.append((obj, fields))
-        return rows
+            found = objects.get(int(fields[1])) if len(fields) > 2 else None
+            if found is not None:
+                rows.append((*found, fields))
+        return sorted(rows, key=lambda row: row[0])
 
     def max_index(self, kind: str) -> int:
         """ipc/util.h ipc_get_maxidx() of the instance's objects: the highest
@@ -141,6 +185,8 @@ class IpcSpace:
     def drop(self, kind: str, ident: int) -> None:
         with self.lock:
             obj = self.objects[kind].pop(ident, None)
+            if obj is not None:
+                self._indices[kind].free(index_of(ident))
             if obj is not None and self.keys[kind].get(obj.key) == ident:
                 del self.keys[kind][obj.key]
 
@@ -148,10 +194,46 @@ class IpcSpace:
         """IPC_RMID of every object the instance made (its end)."""
         with self.lock:
             for kind, objects in self.objects.items():
-                for ident in objects:
+                for obj in objects.values():
                     try:
-                        libc.syscall(_CTL_NR[kind], ident, IPC_RMID, 0)
+                        libc.syscall(_CTL_NR[kind], obj.host_id, IPC_RMID, 0)
                     except OSError:
                         pass                 # removed on the host meanwhile
                 objects.clear()
+                self._indices[kind] = _Indices()
                 self.keys[kind].clear()
+
+
+class _Indices:
+    """The table indices in use (idr_alloc's lowest free one, in
+    logarithmic time: a program may make tens of thousands of objects)."""
+
+    def __init__(self) -> None:
+        self.used: set[int] = set()
+        self._freed: list[int] = []      # a heap of free indices below _top
+        self._top = 0                    # every index from here up is free
+
+    def take_lowest(self) -> int:
+        while self._freed:
+            index = heapq.heappop(self._freed)
+            if index not in self.used:   # else taken by a *_next_id meanwhile
+                return self._take(index)
+        return self._take(self._top)
+
+    def take_from(self, start: int) -> int:
+        """The lowest free index from start (a *_next_id's)."""
+        index = start
+        while index in self.used:
+            index += 1
+        return self._take(index)
+
+    def _take(self, index: int) -> int:
+        for below in range(self._top, index):
+            heapq.heappush(self._freed, below)
+        self._top = max(self._top, index + 1)
+        self.used.add(index)
+        return index
+
+    def free(self, index: int) -> None:
+        self.used.discard(index)
+        heapq.heappush(self._freed, index)

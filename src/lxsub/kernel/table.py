@@ -102,8 +102,9 @@ ROWS: list[Syscall] = [
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated; "
-            "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual",
-            rules=(*_when(1, (8, 9, 15, 16), bpf.RET_USER_NOTIF),
+            "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual; F_SETPIPE_SZ traps: the "
+            "instance's pipe-max-size",
+            rules=(*_when(1, (8, 9, 15, 16, fcntl.F_SETPIPE_SZ), bpf.RET_USER_NOTIF),
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
@@ -127,7 +128,11 @@ ROWS: list[Syscall] = [
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
-        "landlock_add_rule", "landlock_restrict_self")),
+        "landlock_add_rule")),
+    trace("landlock_restrict_self", process.sys_landlock_restrict_self,
+          "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
+          "no_new_privs); the provider's own work for the restricted thread (opens, binds) is not "
+          "restricted", PARTIAL),
     # A negative clockid is a CPU clock naming a pid: translated.
     *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
               "clockids) stop: the pid in them translated, outside the instance EINVAL",
@@ -342,8 +347,9 @@ ROWS: list[Syscall] = [
     denied("io_uring_enter", errno.ENOSYS), denied("io_uring_register", errno.ENOSYS),
     notify("name_to_handle_at", fhandle.sys_name_to_handle_at, "path resolved in the instance; the host "
            "file system's handle, the instance's mount id; pseudo files: AT_HANDLE_FID only"),
-    denied("open_by_handle_at", errno.EPERM, "needs CAP_DAC_READ_SEARCH in the initial user namespace, "
-           "which root inside (the host user) has not"),
+    notify("open_by_handle_at", fhandle.sys_open_by_handle_at, "CAP_DAC_READ_SEARCH inside, then the host "
+           "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
+           "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
           "single-thread checks as Linux; CLONE_NEWUTS: a UTS namespace of the provider's; "
           "other new namespaces: EPERM", PARTIAL),

@@ -9,6 +9,7 @@ subreaper, inherits and reaps orphans.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 
 from lxsub.kernel.creds import Creds
@@ -62,20 +63,17 @@ class Process:
         """/proc/<pid>/mem, open while the process keeps its address space
         (reading through it is one pread; reopened after an exec)."""
         if self._memfd < 0:
-            import os
             self._memfd = os.open(f"/proc/{self.host_pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         return self._memfd
 
     def forget_memory(self) -> None:
         if self._memfd >= 0:
-            import os
             os.close(self._memfd)
             self._memfd = -1
 
     def close_pidfd(self) -> None:
         self.forget_memory()
         if self._pidfd >= 0:
-            import os
             os.close(self._pidfd)
             self._pidfd = -1
 
@@ -107,6 +105,9 @@ class Task(Caller):
     # Set while a clone(CLONE_NEWUTS) of this task is in flight: its child
     # gets a copy (the host runs the clone without the flag).
     clone_newuts: bool = False
+    # The signal mask before the rt_sigtimedwait it is in (Linux's
+    # real_blocked): a signal blocked there is never discarded as ignored.
+    real_blocked: int = 0
 
     @property
     def task(self) -> "Task":
@@ -161,9 +162,30 @@ class PidSpace:
             vid = self._next
             self._next = vid + 1 if vid + 1 < PID_MAX else 2
             if (vid not in self.tasks_by_vid and vid not in self.processes_by_vid
-                    and vid not in self._alias_v2h):
+                    and not self._alias_in_use(vid)):
                 return vid
         raise OSError(11, "no free pid")   # EAGAIN
+
+    def set_last(self, vid: int) -> None:
+        """/proc/sys/kernel/ns_last_pid: the next pid is looked for from vid + 1."""
+        self._next = vid + 1 if 2 <= vid + 1 < PID_MAX else 2
+
+    def _alias_in_use(self, vid: int) -> bool:
+        """Whether vid, the pid of a process that is gone, still names a
+        process group or session of the instance's (Linux frees a pid when
+        no task uses it as its pid, process group or session: the alias
+        is dropped then, and the pid may be given again)."""
+        host = self._alias_v2h.get(vid)
+        if host is None:
+            return False
+        for proc in list(self.processes_by_host.values()):
+            try:
+                if host in (os.getpgid(proc.host_pid), os.getsid(proc.host_pid)):
+                    return True
+            except OSError:
+                continue
+        self._drop_alias(host)
+        return False
 
     def add_process(self, proc: Process) -> None:
         self.processes_by_vid[proc.pid] = proc

@@ -77,8 +77,11 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
         _arrange_stdio(setup, report_w)
         os.chdir("/")
         signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+        # Default actions, as a program Linux's init starts has them: an
+        # ignored signal stays ignored across execve, and Python ignores
+        # SIGPIPE and SIGXFSZ (a file size limit would not end the program).
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
-                    signal.SIGTTOU, signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM,
+                    signal.SIGTTOU, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGTERM,
                     signal.SIGHUP, signal.SIGWINCH):
             signal.signal(sig, signal.SIG_DFL)
         affinity.release_child()

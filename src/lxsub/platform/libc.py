@@ -101,6 +101,16 @@ def name_to_handle_at(path: bytes, flags: int, handle) -> int:
     return mount_id.value
 
 
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+
+
+def open_by_handle_at(mount_fd: int, handle, flags: int) -> int:
+    """The host's open_by_handle_at(2): `handle` a ctypes buffer holding a
+    struct file_handle; a new descriptor."""
+    return _check(_open_by_handle_at(mount_fd, handle, flags))
+
+
 def same_open_file(fd1: int, fd2: int) -> bool:
     """Whether two of our descriptors share one open file description
     (kcmp(2) KCMP_FILE)."""

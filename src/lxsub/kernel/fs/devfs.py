@@ -44,6 +44,11 @@ class DevFs(PseudoFs):
             mode = 0o620 if name == "console" else 0o666
             dev = root.add(Device("/" + name, st.S_IFCHR, os.makedev(major, minor), mode))
             self._by_rdev.setdefault(dev.rdev, dev)
+        for (major, minor), path in devices.HOST_MISC.items():
+            name = os.path.basename(path)
+            dev = root.add(Device("/" + name, st.S_IFCHR, os.makedev(major, minor),
+                                  devices.DYNAMIC_MISC[name]))
+            self._by_rdev.setdefault(dev.rdev, dev)
         for name, target in _LINKS.items():
             root.add(Link("/" + name, lambda _t, target=target: target))
         # LxBus (docs/LXBUS.md): any user of the instance may open it.

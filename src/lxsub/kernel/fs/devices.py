@@ -25,6 +25,28 @@ _CHAR = {
     (5, 1): "/dev/tty",      # the console of an instance is its user's terminal
     (5, 2): "/dev/ptmx",
 }
+# Misc devices (major 10) whose minor the host's kernel chose when it
+# booted (MISC_DYNAMIC_MINOR), passed through under the host's number where
+# the host has them: /dev/userfaultfd makes the same userfaultfds as
+# userfaultfd(2), which programs call natively; its node is root's, 0600,
+# as the host's, and the host decides who may open it.
+DYNAMIC_MISC = {"userfaultfd": 0o600}
+
+
+def _host_misc_devices() -> dict[tuple[int, int], str]:
+    found = {}
+    for name in DYNAMIC_MISC:
+        try:
+            s = os.stat("/dev/" + name)
+        except OSError:
+            continue
+        if st.S_ISCHR(s.st_mode):
+            found[(os.major(s.st_rdev), os.minor(s.st_rdev))] = "/dev/" + name
+    return found
+
+
+HOST_MISC = _host_misc_devices()      # (major, minor) -> host path
+_CHAR.update(HOST_MISC)
 PTS_MAJORS = range(136, 144)
 TTY_RDEV = os.makedev(5, 0)
 PTMX_RDEV = os.makedev(5, 2)

@@ -1,4 +1,5 @@
-"""<fcntl.h>: open, openat, openat2, creat and the fcntl commands that name PIDs."""
+"""<fcntl.h>: open, openat, openat2, creat, the fcntl commands that name
+PIDs and F_SETPIPE_SZ (the instance's pipe-max-size)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import fcntl as _fcntl
 import os
 import struct
 
-from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_OFD_GETLK, F_OWNER_PGRP, F_OWNER_TID,
-                              F_SETOWN, F_SETOWN_EX, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH, O_TMPFILE, RESOLVE_BENEATH,
-                              RESOLVE_CACHED, RESOLVE_IN_ROOT)
+from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_GETPIPE_SZ, F_OFD_GETLK, F_OWNER_PGRP,
+                              F_OWNER_TID, F_SETOWN, F_SETOWN_EX, F_SETPIPE_SZ, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH,
+                              O_TMPFILE, RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT)
 from lxsub.abi.sysno import SYS_OPENAT
 from lxsub.kernel.call import Call, Native, NewFd
+from lxsub.kernel.creds import CAP_SYS_RESOURCE
+from lxsub.kernel.sysctl import round_pipe_size, sysctls_of
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.open import open_at
 from lxsub.platform import memory
@@ -22,7 +25,12 @@ _VALID_OPEN_FLAGS = 0o37777777
 def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     if flags & O_PATH and c.regs is not None:
         return _open_path_in_caller(c, dirfd, path, flags)
-    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve)
+    return opened(open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve), flags)
+
+
+def opened(fd, flags: int):
+    """The answer to an open: the provider's descriptor (or the job that
+    will have it) handed over."""
     if isinstance(fd, int):
         # A file opened for writing is handed over as its caller's alone:
         # watchers wait for its IN_CLOSE_WRITE, lock and FIFO users for its
@@ -130,6 +138,8 @@ def sys_fcntl(c: Call):
         return _lock_test(c)
     local = lookup.copy_fd(c.task, fd)
     try:
+        if cmd == F_SETPIPE_SZ:
+            return _set_pipe_size(c, local, c.uint(2))
         if cmd == F_GETOWN:
             return _owner_to_virtual(c, _fcntl.fcntl(local, F_GETOWN))
         if cmd == F_SETOWN:
@@ -153,6 +163,20 @@ def sys_fcntl(c: Call):
         raise OSError(errno.EINVAL, "unexpected fcntl command")
     finally:
         os.close(local)
+
+
+def _set_pipe_size(c: Call, local: int, size: int) -> int:
+    """fs/pipe.c pipe_set_size: growing a pipe beyond the instance's
+    /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE (EPERM); the host
+    then resizes it, with its own limits beneath."""
+    current = _fcntl.fcntl(local, F_GETPIPE_SZ)       # EBADF: not a pipe
+    rounded = round_pipe_size(size)
+    if not rounded:
+        raise OSError(errno.EINVAL, "pipe size too large")
+    if (rounded > current and rounded > sysctls_of(c.inst).value("fs/pipe-max-size")
+            and not c.task.creds.capable(CAP_SYS_RESOURCE)):
+        raise OSError(errno.EPERM, "above pipe-max-size")
+    return _fcntl.fcntl(local, F_SETPIPE_SZ, size)
 
 
 def _lock_test(c: Call):

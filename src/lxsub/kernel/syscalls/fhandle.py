@@ -7,21 +7,32 @@ files (procfs, sysfs) have no export operations: EOPNOTSUPP, except for a
 handle only meant to identify the file (AT_HANDLE_FID), which Linux
 encodes from the inode number (exportfs_encode_ino64_fid).
 
-open_by_handle_at stays denied: it needs CAP_DAC_READ_SEARCH in the initial
-user namespace, which root inside, the host user, does not have (and a
-host handle can name any file of the host file system).
+open_by_handle_at needs CAP_DAC_READ_SEARCH inside (EPERM), and then the
+host's: the host decodes the handle with the mount descriptor's host file
+system, which it does only for a host user with CAP_DAC_READ_SEARCH in the
+initial user namespace (root; any other host user gets EPERM). The file
+it finds must be one the instance has (a host handle can name any file
+of the host file system: else ESTALE, as for a handle no file answers),
+and is then opened as open(2) opens it in the instance.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import struct
 
 from lxsub.abi.fcntl import (AT_EMPTY_PATH, AT_HANDLE_CONNECTABLE, AT_HANDLE_FID, AT_SYMLINK_FOLLOW,
                               AT_SYMLINK_NOFOLLOW, MAX_HANDLE_SZ)
+import os
+
+from lxsub.abi.fcntl import O_PATH
 from lxsub.kernel.call import Call
+from lxsub.kernel.creds import CAP_DAC_READ_SEARCH
 from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs.node import Node
+from lxsub.kernel.vfs.open import open_node
 from lxsub.platform import libc
 
 _HEADER = struct.Struct("<Ii")            # struct file_handle: handle_bytes, handle_type
@@ -77,3 +88,55 @@ def _host_handle(fd: int, capacity: int, kind_flags: int) -> tuple[int, int, byt
             raise
     needed, kind = _HEADER.unpack_from(buf, 0)
     return needed, kind, buf.raw[_HEADER.size:_HEADER.size + needed]
+
+
+def sys_open_by_handle_at(c: Call):
+    """fs/fhandle.c do_handle_open: the mount descriptor (EBADF), the right
+    (EPERM), the handle (EFAULT, EINVAL for no bytes or more than
+    MAX_HANDLE_SZ), the file (ESTALE), then the open as open(2)'s. O_PATH
+    is EINVAL here: seccomp's ADDFD cannot hand such a descriptor over."""
+    from lxsub.kernel.syscalls.fcntl import opened
+    flags = c.uint(2)
+    if flags & O_PATH:
+        raise OSError(errno.EINVAL, "O_PATH descriptors cannot be handed over")
+    anchor = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), b"", AT_EMPTY_PATH)
+    try:
+        if not c.task.creds.capable(CAP_DAC_READ_SEARCH):
+            raise OSError(errno.EPERM, "CAP_DAC_READ_SEARCH needed")
+        size, kind = _HEADER.unpack(c.read(c.ptr(1), _HEADER.size))
+        if not 0 < size <= MAX_HANDLE_SZ:
+            raise OSError(errno.EINVAL, "bad handle_bytes")
+        handle = ctypes.create_string_buffer(_HEADER.pack(size, kind) + c.read(c.ptr(1) + _HEADER.size, size))
+        if anchor.fd is None:
+            raise OSError(errno.ESTALE, "no export operations")
+        node = _node_of_handle(c, anchor, handle)
+    finally:
+        anchor.release()
+    try:
+        return opened(open_node(c.inst.vfs, c.task, node, flags), flags)
+    finally:
+        node.release()
+
+
+def _node_of_handle(c: Call, anchor: Node, handle) -> Node:
+    """The file of the anchor's file system the host decodes the handle
+    to (exportfs_decode_fh works in the mount's super block), else ESTALE:
+    also for a host file the instance has elsewhere or not at all."""
+    # The host takes no O_PATH descriptor as the mount's (fdget: EBADF),
+    # and the provider's descriptor of a directory (the cwd) is one.
+    anchor_fd = mount_fd = anchor.fd
+    if fcntl.fcntl(anchor_fd, fcntl.F_GETFL) & O_PATH:
+        mount_fd = os.open(f"/proc/self/fd/{anchor_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fd = libc.open_by_handle_at(mount_fd, handle, O_PATH | os.O_CLOEXEC)
+    finally:
+        if mount_fd != anchor_fd:
+            os.close(mount_fd)
+    node = c.inst.vfs.node_for_host_fd(fd, os.fstat(fd))
+    if node is None:
+        os.close(fd)
+        raise OSError(errno.ESTALE, "not a file of this instance")
+    if node.mount.fs is not anchor.mount.fs:
+        node.release()
+        raise OSError(errno.ESTALE, "not a file of the mount's file system")
+    return node

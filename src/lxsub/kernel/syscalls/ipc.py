@@ -8,11 +8,13 @@ unprivileged host user lacks without changing its user namespace. So the
 instance keeps its own key table: an object it asks for by key is made on
 the host as IPC_PRIVATE (no host process finds it by key) with mode 0600
 (its host user's), and remembered under the key with its Linux owner,
-creator and mode (kernel/ipc.py); every call that names an object by id
-stops (ptrace, where the id is in the caller's own register, which no
-other thread can change) and is refused as a nonexistent id (EINVAL)
-unless the id is one of the instance's, then checked with the caller's
-Linux credentials as ipc/util.c does. IPC_SET is done by the provider
+creator and mode (kernel/ipc.py), under an id of the instance's own (its
+get call answers that id, not the host's); every call that names an
+object by id stops (ptrace, where the id is in the caller's own register,
+which no other thread can change) and is refused as a nonexistent id
+(EINVAL) unless the id is one of the instance's, then checked with the
+caller's Linux credentials as ipc/util.c does and pointed at the host
+object. IPC_SET is done by the provider
 (the host object keeps its host owner); IPC_STAT shows the Linux view.
 The objects are removed when the instance ends.
 """
@@ -22,18 +24,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 import struct
 
 from lxsub.abi.ipc import (GETALL, GETNCNT, GETPID, GETVAL, GETZCNT, IPC_CREAT, IPC_EXCL, IPC_INFO, IPC_PRIVATE,
                            IPC_RMID, IPC_SET, IPC_STAT, MSG_INFO, MSG_STAT, MSG_STAT_ANY, SEM_INFO, SEM_STAT,
-                           SEM_STAT_ANY, SETALL, SETVAL, SHM_EXEC, SHM_INFO, SHM_LOCK, SHM_RDONLY, SHM_STAT,
+                           SEM_STAT_ANY, SETALL, SETVAL, SHM_EXEC, SHM_HUGETLB, SHM_INFO, SHM_LOCK, SHM_RDONLY, SHM_STAT,
                            SHM_STAT_ANY, SHM_UNLOCK)
 from lxsub.abi.limits import PAGE_SIZE
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
 from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject,
-                              index_of, ipcperms, may_control)
+                              index_of, ipcperms, may_control, seq_of)
+from lxsub.kernel.sysctl import read_host, sysctls_of
 from lxsub.platform import libc
 
 # ctl commands on the whole table rather than an object (their first
@@ -90,6 +94,7 @@ def _get(kind: str, flags_arg: int):
             if not flags & IPC_CREAT:
                 raise OSError(errno.ENOENT, "no object for this key")
             c.set_arg(0, IPC_PRIVATE)            # made private on the host
+        _check_new(c, kind, size, flags)
         # The host object is the host user's alone; who inside may use it
         # is the instance's business (ipcperms on the Linux mode).
         c.set_arg(flags_arg, (flags & ~MODE_BITS) | HOST_MODE)
@@ -97,17 +102,53 @@ def _get(kind: str, flags_arg: int):
                         c.int(1) if kind == SEM else size, c.task.process.pid)
 
         def record(result: int):
-            if result >= 0:
-                sp.add(kind, result, obj)
-            return None
+            return sp.add(kind, result, obj) if result >= 0 else None     # the instance's id
         return Native(on_exit=record)
     return handler
 
 
+# The instance's limits on the number of objects of a kind (kernel/sysctl.py).
+_COUNT_LIMIT = {SHM: "kernel/shmmni", MSG: "kernel/msgmni"}
+
+
+def _check_new(c: Call, kind: str, size: int, flags: int) -> None:
+    """The checks on a new object, in ipc/shm.c newseg's order, with the
+    limits the instance may set for itself in /proc/sys/kernel: shmmax
+    (EINVAL), SHM_HUGETLB's lock (EPERM), then ipc/util.c ipc_addid's
+    shmmni and msgmni (ENOSPC). The host's limits apply beneath."""
+    sysctls = sysctls_of(c.inst)
+    sysctls.flush_writes()                  # a *_next_id just written
+    if kind == SHM and size > sysctls.value("kernel/shmmax"):
+        raise OSError(errno.EINVAL, "larger than shmmax")
+    if kind == SHM and flags & SHM_HUGETLB:
+        _check_hugetlb_lock(c, size)
+    limit = _COUNT_LIMIT.get(kind)
+    if limit is not None and c.inst.ipc.count(kind) >= sysctls.value(limit):
+        raise OSError(errno.ENOSPC, f"{limit} objects in use")
+
+
+def _check_hugetlb_lock(c: Call, size: int) -> None:
+    """fs/hugetlbfs hugetlb_file_setup: a caller without CAP_IPC_LOCK,
+    outside vm.hugetlb_shm_group, locks the segment's pages against its
+    RLIMIT_MEMLOCK (mm/mlock.c user_shm_lock), else EPERM. The host asks
+    the host user's capabilities, which are not the caller's Linux ones.
+    (Only this segment's pages count here, not the user's other locked
+    segments.)"""
+    creds = c.task.creds
+    if creds.capable(CAP_IPC_LOCK) or creds.in_group(read_host("vm/hugetlb_shm_group")):
+        return
+    limit = resource.prlimit(c.task.host_pid, resource.RLIMIT_MEMLOCK)[0]
+    pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
+    if limit != resource.RLIM_INFINITY and pages > limit // PAGE_SIZE:
+        raise OSError(errno.EPERM, "RLIMIT_MEMLOCK too low for SHM_HUGETLB")
+
+
 def _object(c: Call, kind: str) -> IpcObject:
+    """The object the call's id names; the call will name its host object."""
     obj = c.inst.ipc.get(kind, c.int(0))
     if obj is None:
         raise OSError(errno.EINVAL, "no such IPC object in this instance")
+    c.set_arg(0, obj.host_id)
     return obj
 
 
@@ -177,7 +218,7 @@ def _ctl(kind: str):
         ident, creds = c.int(0), c.task.creds
         need = _NEEDS[kind].get(cmd)
         if cmd == IPC_SET:
-            return _ipc_set(c, kind, ident, obj)
+            return _ipc_set(c, kind, obj)
         if need == "owner" and not may_control(creds, obj):
             raise OSError(errno.EPERM, "not the object's owner or creator")
         if isinstance(need, int):
@@ -186,7 +227,7 @@ def _ctl(kind: str):
                 and creds.euid not in (obj.uid, obj.cuid):
             raise OSError(errno.EPERM, "SHM_LOCK: not the owner")      # ipc/shm.c shmctl_do_lock
         if cmd == IPC_STAT:
-            return Native(on_exit=lambda result: _show(c, kind, obj, result))
+            return Native(on_exit=lambda result: _show(c, kind, ident, obj, result))
         if cmd == GETPID and kind == SEM:
             return Native(on_exit=lambda result: _virtual_pid(c, result) if result > 0 else None)
         if cmd == IPC_RMID:
@@ -202,23 +243,25 @@ def _virtual_pid(c: Call, host_pid: int) -> int:
     return c.inst.pids.vpid_of_host(host_pid) or 0
 
 
-def _show(c: Call, kind: str, obj: IpcObject, result: int) -> None:
+def _show(c: Call, kind: str, ident: int, obj: IpcObject, result: int) -> None:
     """IPC_STAT's result in the caller's buffer, in the Linux view."""
     if result < 0:
         return None
     buf = c.ptr(_BUF_ARG[kind])
-    c.write(buf, _linux_view(c, kind, obj, c.read(buf, _DS_SIZE[kind])))
+    c.write(buf, _linux_view(c, kind, ident, obj, c.read(buf, _DS_SIZE[kind])))
     return None
 
 
-def _linux_view(c: Call, kind: str, obj: IpcObject, host_ds: bytes) -> bytes:
+def _linux_view(c: Call, kind: str, ident: int, obj: IpcObject, host_ds: bytes) -> bytes:
     """A host *id64_ds as the instance sees it: the key the object was made
     with (the host's is IPC_PRIVATE: msgctl(2) msg_perm.__key), its Linux
     owner, creator and mode (the host's state bits, SHM_DEST and
-    SHM_LOCKED, kept), the creator's and last users' pids in the instance."""
+    SHM_LOCKED, kept), its id's sequence number (__seq), the creator's and
+    last users' pids in the instance."""
     ds = bytearray(host_ds)
     host_mode = struct.unpack_from("<I", ds, 20)[0]
     _PERM.pack_into(ds, 0, obj.key, obj.uid, obj.gid, obj.cuid, obj.cgid, (host_mode & ~MODE_BITS) | obj.mode)
+    struct.pack_into("<H", ds, _PERM.size, seq_of(ident) & 0xFFFF)
     for i, off in enumerate(_PIDS[kind]):
         host = struct.unpack_from("<i", ds, off)[0]
         pid = obj.cpid if kind == SHM and i == 0 else _virtual_pid(c, host)
@@ -237,27 +280,41 @@ def _host_ctl(kind: str, ident: int, cmd: int, size: int) -> bytes:
 def _info(c: Call, kind: str, cmd: int) -> int:
     """IPC_INFO and SHM_INFO/SEM_INFO/MSG_INFO (ipc/shm.c shmctl_ipc_info,
     shmctl_shm_info; ipc/sem.c semctl_info; ipc/msg.c msgctl_info): the
-    limits are the host's, the same for everyone; the usage is the
+    limits are the host's but those the instance set for itself; the usage is the
     instance's own objects, not the host's; the result is the highest
     index in use (ipc_get_maxidx), 0 for none."""
     if cmd == IPC_INFO:
-        info = _host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind])
+        info = _limits(c.inst, kind)
     elif kind == SHM:
         info = _shm_info(c)
     else:
-        info = bytearray(_host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind]))
+        info = bytearray(_limits(c.inst, kind))
         rows = c.inst.ipc.host_rows(kind)
         if kind == SEM:
             # seminfo.semusz: the sets; semaem: their semaphores (used_sems).
             struct.pack_into("<i", info, 28, len(rows))
-            struct.pack_into("<i", info, 36, min(sum(int(f[3]) for _, f in rows), 0x7FFFFFFF))
+            struct.pack_into("<i", info, 36, min(sum(int(f[3]) for _, _, f in rows), 0x7FFFFFFF))
         else:
             # msginfo.msgpool: the queues; msgmap: their messages; msgtql: their bytes.
-            struct.pack_into("<ii", info, 0, len(rows), min(sum(int(f[4]) for _, f in rows), 0x7FFFFFFF))
-            struct.pack_into("<i", info, 24, min(sum(int(f[3]) for _, f in rows), 0x7FFFFFFF))
+            struct.pack_into("<ii", info, 0, len(rows), min(sum(int(f[4]) for _, _, f in rows), 0x7FFFFFFF))
+            struct.pack_into("<i", info, 24, min(sum(int(f[3]) for _, _, f in rows), 0x7FFFFFFF))
         info = bytes(info)
     c.write(c.ptr(_BUF_ARG[kind]), info)
     return max(c.inst.ipc.max_index(kind), 0)
+
+
+# Where IPC_INFO's structs hold the limits the instance sets for itself:
+# struct shminfo64's shmmax and shmmni, struct msginfo's msgmni.
+_OWN_LIMITS = {SHM: (("<Q", 0, "kernel/shmmax"), ("<Q", 16, "kernel/shmmni")),
+               MSG: (("<i", 16, "kernel/msgmni"),), SEM: ()}
+
+
+def _limits(inst, kind: str) -> bytes:
+    """IPC_INFO's struct: the host's limits, with the instance's own."""
+    info = bytearray(_host_ctl(kind, 0, IPC_INFO, _INFO_SIZE[kind]))
+    for fmt, offset, name in _OWN_LIMITS[kind]:
+        struct.pack_into(fmt, info, offset, sysctls_of(inst).value(name))
+    return bytes(info)
 
 
 def _shm_info(c: Call) -> bytes:
@@ -265,9 +322,9 @@ def _shm_info(c: Call) -> bytes:
     sizes rounded up), shm_rss and shm_swp (/proc/sysvipc/shm has them in
     bytes), swap_attempts and swap_successes (always 0)."""
     rows = c.inst.ipc.host_rows(SHM)
-    pages = sum((int(f[3]) + PAGE_SIZE - 1) // PAGE_SIZE for _, f in rows)
-    rss = sum(int(f[14]) for _, f in rows) // PAGE_SIZE
-    swap = sum(int(f[15]) for _, f in rows) // PAGE_SIZE
+    pages = sum((int(f[3]) + PAGE_SIZE - 1) // PAGE_SIZE for _, _, f in rows)
+    rss = sum(int(f[14]) for _, _, f in rows) // PAGE_SIZE
+    swap = sum(int(f[15]) for _, _, f in rows) // PAGE_SIZE
     return _SHM_INFO.pack(len(rows), pages, rss, swap, 0, 0)
 
 
@@ -283,12 +340,12 @@ def _stat_at_index(c: Call, kind: str, cmd: int) -> int:
     ident, obj = found
     if cmd not in _STAT_ANY:
         _check(c, obj, S_IRUGO)
-    ds = _host_ctl(kind, ident, IPC_STAT, _DS_SIZE[kind])
-    c.write(c.ptr(_BUF_ARG[kind]), _linux_view(c, kind, obj, ds))
+    ds = _host_ctl(kind, obj.host_id, IPC_STAT, _DS_SIZE[kind])
+    c.write(c.ptr(_BUF_ARG[kind]), _linux_view(c, kind, ident, obj, ds))
     return ident
 
 
-def _ipc_set(c: Call, kind: str, ident: int, obj: IpcObject) -> int:
+def _ipc_set(c: Call, kind: str, obj: IpcObject) -> int:
     """IPC_SET: the new owner and mode are the instance's (the host object
     stays its host user's); the provider sets the host object so that its
     change time, and a queue's msg_qbytes, are the kernel's (ipc/*
@@ -304,7 +361,7 @@ def _ipc_set(c: Call, kind: str, ident: int, obj: IpcObject) -> int:
             raise OSError(errno.EPERM, "msg_qbytes above msgmnb")
     _PERM.pack_into(ds, 0, 0, os.geteuid(), os.getegid(), 0, 0, HOST_MODE)
     host = ctypes.create_string_buffer(bytes(ds), len(ds))
-    libc.syscall(_CTL_NR[kind], ident, *((0,) if kind == SEM else ()), IPC_SET, ctypes.addressof(host))
+    libc.syscall(_CTL_NR[kind], obj.host_id, *((0,) if kind == SEM else ()), IPC_SET, ctypes.addressof(host))
     obj.uid, obj.gid, obj.mode = uid, gid, (obj.mode & ~MODE_BITS) | (mode & MODE_BITS)
     return 0
 

@@ -26,15 +26,38 @@ from lxsub.platform.memory import USER_END
  ACTION_CONSOLE_OFF, ACTION_CONSOLE_ON, ACTION_CONSOLE_LEVEL, ACTION_SIZE_UNREAD,
  ACTION_SIZE_BUFFER) = range(11)
 CONSOLE_LOGLEVEL_DEFAULT, CONSOLE_LOGLEVEL_MIN = 7, 1
+MESSAGE_LOGLEVEL_DEFAULT = 4
 _LOG_BUF_LEN_DEFAULT = 1 << 17      # CONFIG_LOG_BUF_SHIFT=17
 
 
 @dataclass
 class KernelLog:
-    """One instance's log state: its console level (printk's
-    console_loglevel and the level CONSOLE_OFF saved)."""
+    """One instance's log state: printk's four levels (/proc/sys/kernel/printk:
+    the console's, the default for messages, the console's lowest and its
+    default) and the level CONSOLE_OFF saved."""
     console_level: int = CONSOLE_LOGLEVEL_DEFAULT
+    message_level: int = MESSAGE_LOGLEVEL_DEFAULT
+    minimum_console_level: int = CONSOLE_LOGLEVEL_MIN
+    default_console_level: int = CONSOLE_LOGLEVEL_DEFAULT
     saved_level: int = -1
+
+    _LEVELS = ("console_level", "message_level", "minimum_console_level", "default_console_level")
+
+    def printk(self) -> bytes:
+        """/proc/sys/kernel/printk."""
+        return "\t".join(str(getattr(self, n)) for n in self._LEVELS).encode() + b"\n"
+
+    def set_printk(self, data: bytes) -> None:
+        """A write to /proc/sys/kernel/printk (proc_dointvec): up to four
+        integers, the levels in order; those not written stay."""
+        try:
+            values = [int(w) for w in data.split()]
+        except ValueError:
+            raise OSError(errno.EINVAL, "not a number") from None
+        if not 1 <= len(values) <= len(self._LEVELS) or any(abs(v) > 0x7FFFFFFF for v in values):
+            raise OSError(errno.EINVAL, "one to four integers")
+        for name, value in zip(self._LEVELS, values):
+            setattr(self, name, value)
 
 
 def kernel_log(inst) -> KernelLog:
@@ -73,7 +96,7 @@ def sys_syslog(c: Call):
         return _wait_for_a_message() if kind == ACTION_READ else 0
     if kind == ACTION_CONSOLE_OFF:
         if log.saved_level == -1:
-            log.saved_level, log.console_level = log.console_level, CONSOLE_LOGLEVEL_MIN
+            log.saved_level, log.console_level = log.console_level, log.minimum_console_level
         return 0
     if kind == ACTION_CONSOLE_ON:
         if log.saved_level != -1:
@@ -82,7 +105,7 @@ def sys_syslog(c: Call):
     if kind == ACTION_CONSOLE_LEVEL:
         if not 1 <= length <= 8:
             raise OSError(errno.EINVAL, "bad console level")
-        log.console_level, log.saved_level = max(length, CONSOLE_LOGLEVEL_MIN), -1
+        log.console_level, log.saved_level = max(length, log.minimum_console_level), -1
         return 0
     if kind == ACTION_SIZE_BUFFER:
         return _log_buf_len()

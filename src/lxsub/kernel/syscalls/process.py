@@ -421,6 +421,15 @@ def sys_seccomp(c: Call):
     return _enter_mode(c, SECCOMP_MODE_STRICT, 0)
 
 
+def sys_landlock_restrict_self(c: Call) -> Native:
+    """security/landlock/syscalls.c: as for a seccomp filter, the thread
+    needs no_new_privs or CAP_SYS_ADMIN (EPERM), its own bit, not the
+    host's, which every pico process has; then the host restricts it."""
+    if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
+        raise OSError(errno.EPERM, "no_new_privs unset and no CAP_SYS_ADMIN")
+    return Native()
+
+
 def _install_filter(c: Call, flags: int):
     # kernel/seccomp.c seccomp_prepare_user_filter: the struct sock_fprog
     # is read first (EFAULT), its length checked (EINVAL), then the right:

@@ -18,11 +18,11 @@ import struct
 
 from typing import TYPE_CHECKING
 
-from lxsub.abi.signal import NSIG as _NSIG, SI_TKILL, SIGCONT
+from lxsub.abi.signal import IGNORED_BY_DEFAULT, NSIG as _NSIG, SI_TKILL, SIGCONT, SIGKILL, SIGSTOP
 from lxsub.abi.sysno import SYS_KILL, SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE, SYS_RT_SIGQUEUEINFO
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import Creds, may_signal
-from lxsub.platform import memory
+from lxsub.platform import hostproc, memory
 from lxsub.platform.ptrace import SigInfo
 
 if TYPE_CHECKING:
@@ -63,6 +63,27 @@ def _check_permission(c: Call, target: "Task | None", sig: int) -> None:
         raise OSError(errno.EPERM, "operation not permitted")
 
 
+def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
+    """kernel/signal.c prepare_signal, sig_ignored(): a signal its target
+    ignores (SIG_IGN, or a default action of nothing) and has not blocked
+    is dropped when it is sent, so it never ends a call of the target's.
+    Linux keeps it for a traced task, for the tracer, and every pico
+    process is the provider's tracee: sent natively, it would end the
+    target's rt_sigtimedwait or epoll_wait with EINTR. So the provider drops
+    it, unless a tracer inside the instance traces the target. A signal
+    the target is waiting for in rt_sigtimedwait counts as blocked if it
+    was blocked before the wait (the kernel's real_blocked)."""
+    if target is None or sig in (0, SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
+        return False
+    masks = hostproc.signal_masks(target.host_tid)
+    bit = 1 << (sig - 1)
+    if (masks["SigBlk"] | target.real_blocked) & bit:
+        return False
+    if masks["SigIgn"] & bit:
+        return True
+    return sig in IGNORED_BY_DEFAULT and not masks["SigCgt"] & bit
+
+
 def sys_kill(c: Call):
     pid, sig = c.int(0), c.int(1)
     _check_signal(sig)
@@ -78,7 +99,10 @@ def sys_kill(c: Call):
     if pid > 0:
         host = pids.host_of_vpid(pid)
         if host is not None:
-            _check_permission(c, _leader(pids.processes_by_vid[pid]), sig)
+            leader = _leader(pids.processes_by_vid[pid])
+            _check_permission(c, leader, sig)
+            if _discarded(c, leader, sig):
+                return 0
     else:
         host = pids.group_to_host(-pid) if pid < -1 else os.getpgid(c.task.host_tid)
         if host is None:
@@ -142,12 +166,15 @@ def _thread(c: Call, vtid: int, sig: int) -> int:
 
 def sys_tkill(c: Call):
     _check_signal(c.int(1))
-    c.set_arg(0, _thread(c, c.int(0), c.int(1)))
+    host = _thread(c, c.int(0), c.int(1))
+    if _discarded(c, c.inst.pids.tasks_by_host.get(host), c.int(1)):
+        return 0
+    c.set_arg(0, host)
     return Native()
 
 
-def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> None:
-    """Point (tgid, tid) arguments 0 and 1 at the host thread."""
+def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> "Task":
+    """Point (tgid, tid) arguments 0 and 1 at the host thread, and return it."""
     if tgid <= 0:
         raise OSError(errno.EINVAL, "bad tgid")
     host_tid = _thread(c, tid, sig)
@@ -156,11 +183,14 @@ def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> None:
         raise OSError(errno.ESRCH, "no such thread in that group")
     c.set_arg(0, task.host_pid)
     c.set_arg(1, host_tid)
+    return task
 
 
 def sys_tgkill(c: Call):
     _check_signal(c.int(2))
-    _thread_in_group(c, c.int(0), c.int(1), c.int(2))
+    task = _thread_in_group(c, c.int(0), c.int(1), c.int(2))
+    if _discarded(c, task, c.int(2)):
+        return 0
     return Native()
 
 
@@ -385,10 +415,14 @@ class _own_pidfd:
 
 def sys_rt_sigtimedwait(c: Call):
     """A signal taken with sigwaitinfo is never delivered, so it passes no
-    ptrace signal stop: translate its sender in the siginfo it returns."""
-    info_addr, pid, inst = c.ptr(1), c.pid, c.inst
+    ptrace signal stop: translate its sender in the siginfo it returns.
+    While it waits, the kernel unblocks the signals waited for and keeps
+    the mask it had (real_blocked), which _discarded asks."""
+    info_addr, pid, inst, task = c.ptr(1), c.pid, c.inst, c.task
+    task.real_blocked = hostproc.signal_masks(task.host_tid)["SigBlk"]
 
     def translate(result: int):
+        task.real_blocked = 0
         if result > 0 and info_addr:
             raw = memory.read(pid, info_addr, ctypes.sizeof(SigInfo))
             info = SigInfo.from_buffer_copy(raw)

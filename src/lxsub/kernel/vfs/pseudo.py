@@ -159,14 +159,18 @@ class HostDir(Dir):
     symlinks are left out: they lead out of what is shown (sysfs links
     point all over /sys). `keep` filters the names of this directory;
     `views` maps host file paths below it to what the instance reads
-    instead (a function of the host file's contents)."""
+    instead (a function of the host file's contents); `own` maps names of
+    this directory to the instance's own files that stand in for the
+    host's (/proc/sys tunables the instance sets for itself)."""
 
     def __init__(self, path: str, host: str, keep: Callable[[str], bool] | None = None,
-                 mode: int = 0o555, views: dict[str, Callable[[bytes], bytes]] | None = None) -> None:
+                 mode: int = 0o555, views: dict[str, Callable[[bytes], bytes]] | None = None,
+                 own: dict[str, Entry] | None = None) -> None:
         super().__init__(path, None, mode)
         self.host = host
         self.keep = keep
         self.views = views or {}
+        self.own = own or {}
 
     def _file(self, path: str, host: str, mode: int) -> "File":
         view = self.views.get(host)
@@ -189,7 +193,9 @@ class HostDir(Dir):
                 except OSError:
                     continue
                 child = self.child_path(de.name)
-                if st.S_ISDIR(s.st_mode):
+                if de.name in self.own:
+                    out[de.name] = self.own[de.name]
+                elif st.S_ISDIR(s.st_mode):
                     out[de.name] = HostDir(child, de.path, views=self.views)
                 elif st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
                     out[de.name] = self._file(child, de.path, st.S_IMODE(s.st_mode) & 0o444)
@@ -198,6 +204,8 @@ class HostDir(Dir):
     def lookup(self, task: "Task", name: str) -> Entry:
         if "/" in name or name in (".", "..") or (self.keep is not None and not self.keep(name)):
             raise OSError(errno.ENOENT, "no such file or directory")
+        if name in self.own:
+            return self.own[name]
         host = os.path.join(self.host, name)
         try:
             s = os.lstat(host)
@@ -309,8 +317,7 @@ class PseudoFs(FileSystem):
             raise OSError(errno.EACCES, "read-only pseudo file")
         if acc != os.O_RDONLY and e.write is not None:
             return self._open_writable(e, task)
-        if self._writers:
-            self._flush_writes()
+        self.flush_writes()
         data = e.read(task) if isinstance(e, File) else b""
         fd = os.memfd_create("lxsub:" + os.path.basename(e.path), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.write(fd, data)
@@ -362,7 +369,8 @@ class PseudoFs(FileSystem):
                 except Exception as exc:     # never let a pseudo file end the provider
                     self.inst.log.warn(f"write to {e.path}: {exc!r}")
 
-    def _flush_writes(self) -> None:
+    def flush_writes(self) -> None:
+        """Take in the writes to this file system's files still in flight."""
         for r in list(self._writers):
             self._drain_write(r)
 

@@ -1,6 +1,7 @@
 """/proc/sys: the instance's own kernel names (hostname, domainname,
-release), pid numbers and boot id; the host's tunables where the instance
-shares the host's kernel (ProcFs mixes SysTree in)."""
+release), pid numbers, boot id, log levels and the tunables it sets for
+itself (kernel/sysctl.py); the host's tunables where the instance shares
+the host's kernel (ProcFs mixes SysTree in)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import os
 import uuid
 
 from lxsub.kernel import keys
+from lxsub.kernel.syscalls.klog import kernel_log
+from lxsub.kernel.sysctl import KNOBS, sysctls_of
 from lxsub.kernel.task import PID_MAX, uts_of
 from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
 
 
 # /proc/sys/kernel files that are the host's and mean the same inside.
 _SYS_KERNEL_HOST = ("ngroups_max", "cap_last_cap", "threads-max", "overflowuid", "overflowgid",
-                    "shmmax", "shmall", "shmmni", "msgmax", "msgmnb", "msgmni", "sem",
+                    "shmall", "msgmax", "msgmnb", "sem",
                     "randomize_va_space", "sched_child_runs_first", "pty/max", "pty/nr",
                     "random/entropy_avail", "random/poolsize", "random/write_wakeup_threshold",
                     "random/urandom_min_reseed_secs", "tainted", "core_pattern")
@@ -49,7 +52,18 @@ class SysTree:
         kernel.add(File("/sys/kernel/ostype", lambda t: b"Linux\n"))
         kernel.add(File("/sys/kernel/version", lambda t: os.uname().version.encode() + b"\n"))
         kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
-        kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode()))
+        kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode(),
+                        write=lambda t, data: _set_last_pid(inst, t, data), mode=0o444))
+        log = kernel_log(inst)
+        kernel.add(File("/sys/kernel/printk", lambda t: log.printk(),
+                        write=lambda t, data: log.set_printk(data), mode=0o444))
+        for kind in ("shm", "sem", "msg"):
+            kernel.add(File(f"/sys/kernel/{kind}_next_id", lambda t, k=kind: b"%d\n" % inst.ipc.next_id[k],
+                            write=lambda t, data, k=kind: _set_next_id(inst, t, k, data), mode=0o444))
+        own = self._own_tunables()
+        for name, entry in own.items():
+            if name.startswith("kernel/"):
+                kernel.add(entry)
         kernel.add(keys.sysctl_dir(inst))
         yama = kernel.add(StaticDir("/sys/kernel/yama"))
         yama.add(File("/sys/kernel/yama/ptrace_scope", lambda t: b"%d\n" % inst.ptrace.scope,
@@ -66,11 +80,48 @@ class SysTree:
                 sub = name.split("/")[0]
                 parent = kernel.entries.get(sub) or kernel.add(StaticDir("/sys/kernel/" + sub))
             parent.add(HostFile("/sys/kernel/" + name, host))
-        sys_.add(HostDir("/sys/fs", "/proc/sys/fs", keep=lambda n: n in _SYS_FS))
+        sys_.add(HostDir("/sys/fs", "/proc/sys/fs", keep=lambda n: n in _SYS_FS,
+                         own={n.split("/", 1)[1]: e for n, e in own.items() if n.startswith("fs/")}))
         for sub in ("vm", "net"):
             if os.path.isdir("/proc/sys/" + sub):
                 sys_.add(HostDir("/sys/" + sub, "/proc/sys/" + sub, views=_SYSCTL_VIEWS))
         return sys_
+
+    def _own_tunables(self) -> dict:
+        """The files of the tunables the instance sets for itself, by name."""
+        sysctls = sysctls_of(self.inst)
+        sysctls.watch_writes_of(self)
+        return {name: File("/sys/" + name, lambda t, n=name: sysctls.read(n),
+                           write=lambda t, data, n=name: sysctls.write(t, n, data), mode=0o444)
+                for name in KNOBS}
+
+
+def _checkpoint_restore_value(t, data: bytes, low: int, high: int) -> int:
+    """The integer written to a checkpoint/restore tunable: the writer
+    needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE (EPERM,
+    checkpoint_restore_ns_capable), the value low..high (EINVAL)."""
+    from lxsub.kernel.creds import CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN
+    if t is not None and not (t.creds.capable(CAP_SYS_ADMIN) or t.creds.capable(CAP_CHECKPOINT_RESTORE)):
+        raise OSError(errno.EPERM, "CAP_CHECKPOINT_RESTORE needed")
+    try:
+        value = int(data.split()[0]) if data.split() else None
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise OSError(errno.EINVAL, "out of range")
+    return value
+
+
+def _set_last_pid(inst, t, data: bytes) -> None:
+    """kernel/pid_namespace.c pid_ns_ctl_handler: the pid the namespace
+    allocated last, so the next process gets the one after it."""
+    inst.pids.set_last(_checkpoint_restore_value(t, data, 0, PID_MAX - 1))
+
+
+def _set_next_id(inst, t, kind: str, data: bytes) -> None:
+    """ipc/ipc_sysctl.c {shm,sem,msg}_next_id: the id the next object of
+    the kind gets (-1: the next free one), used once (kernel/ipc.py)."""
+    inst.ipc.next_id[kind] = _checkpoint_restore_value(t, data, -1, 0x7FFFFFFF)
 
 
 def _set_ptrace_scope(inst, t, data: bytes) -> None:

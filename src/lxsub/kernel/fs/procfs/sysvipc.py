@@ -27,21 +27,21 @@ _HEADERS = {
 }
 
 
-def _shm(inst: "Instance", obj: IpcObject, mode: int, f: list[str]) -> str:
+def _shm(inst: "Instance", ident: int, obj: IpcObject, mode: int, f: list[str]) -> str:
     lpid = _pid(inst, int(f[5]))
-    return (f"{obj.key:10d} {int(f[1]):10d}  {mode:4o} {int(f[3]):21d} {obj.cpid:5d} {lpid:5d}  "
+    return (f"{obj.key:10d} {ident:10d}  {mode:4o} {int(f[3]):21d} {obj.cpid:5d} {lpid:5d}  "
             f"{int(f[6]):5d} {obj.uid:5d} {obj.gid:5d} {obj.cuid:5d} {obj.cgid:5d} {int(f[11]):10d} "
             f"{int(f[12]):10d} {int(f[13]):10d} {int(f[14]):21d} {int(f[15]):21d}\n")
 
 
-def _msg(inst: "Instance", obj: IpcObject, mode: int, f: list[str]) -> str:
-    return (f"{obj.key:10d} {int(f[1]):10d}  {mode:4o}  {int(f[3]):10d} {int(f[4]):10d} "
+def _msg(inst: "Instance", ident: int, obj: IpcObject, mode: int, f: list[str]) -> str:
+    return (f"{obj.key:10d} {ident:10d}  {mode:4o}  {int(f[3]):10d} {int(f[4]):10d} "
             f"{_pid(inst, int(f[5])):5d} {_pid(inst, int(f[6])):5d} {obj.uid:5d} {obj.gid:5d} "
             f"{obj.cuid:5d} {obj.cgid:5d} {int(f[11]):10d} {int(f[12]):10d} {int(f[13]):10d}\n")
 
 
-def _sem(inst: "Instance", obj: IpcObject, mode: int, f: list[str]) -> str:
-    return (f"{obj.key:10d} {int(f[1]):10d}  {mode:4o} {int(f[3]):10d} {obj.uid:5d} {obj.gid:5d} "
+def _sem(inst: "Instance", ident: int, obj: IpcObject, mode: int, f: list[str]) -> str:
+    return (f"{obj.key:10d} {ident:10d}  {mode:4o} {int(f[3]):10d} {obj.uid:5d} {obj.gid:5d} "
             f"{obj.cuid:5d} {obj.cgid:5d} {int(f[8]):10d} {int(f[9]):10d}\n")
 
 
@@ -55,9 +55,9 @@ def _pid(inst: "Instance", host_pid: int) -> int:
 def render(inst: "Instance", kind: str) -> bytes:
     """The file: the header, then one row per object of the instance, by id."""
     rows = [_HEADERS[kind]]
-    for obj, f in inst.ipc.host_rows(kind):
+    for ident, obj, f in inst.ipc.host_rows(kind):
         mode = (int(f[2], 8) & ~MODE_BITS) | obj.mode       # SHM_DEST, SHM_LOCKED kept
-        rows.append(_ROW[kind](inst, obj, mode, f))
+        rows.append(_ROW[kind](inst, ident, obj, mode, f))
     return "".join(rows).encode()
 
 

@@ -49,6 +49,13 @@ class ProcessDir(TaskFiles, Dir):
         self.hp = f"/proc/{proc.host_pid}/task/{host}" if thread else f"/proc/{host}"
         self.owner_of = self._owner
 
+    @property
+    def key(self) -> str:
+        """Another process given the same pid later has another directory
+        (proc's inodes are made per pid, fs/proc/base.c proc_pid_make_inode):
+        st_ino tells a reopened /proc/<pid> from the one a program kept."""
+        return f"{self.path}#{self.hp}"
+
     def _task(self):
         return _need(self.thread or _main_thread(self.proc))
 
@@ -92,6 +99,8 @@ class ProcessDir(TaskFiles, Dir):
             "net": Dir(p + "/net", lambda t: _net_entries(p + "/net")),
             "ns": Dir(p + "/ns", lambda t: ns_entries(fs, p + "/ns", self._inspect, self._task), 0o511),
             "mem": HostOpen(p + "/mem", lambda t, flags: self._open_mem(t, flags, hp + "/mem")),
+            "pagemap": HostOpen(p + "/pagemap", lambda t, flags: self._open_pagemap(t, hp + "/pagemap"),
+                                mode=0o400),
         }
         for name, mode in _PID_HOST.items():
             entries[name] = HostFile(f"{p}/{name}", f"{hp}/{name}", mode)
@@ -128,6 +137,15 @@ class ProcessDir(TaskFiles, Dir):
                 not self.fs.inst.ptrace.may_attach(t, self._task()):
             raise OSError(errno.EACCES, "permission denied")
         return os.open(host, (flags & os.O_ACCMODE) | os.O_CLOEXEC)
+
+    def _open_pagemap(self, t: "Task | None", host: str) -> int:
+        """/proc/<pid>/pagemap (fs/proc/task_mmu.c pagemap_open): PTRACE_MODE_READ
+        by the instance's credentials, then the host's file, read-only. Its
+        entries are the host's: page frame numbers are zero unless the host
+        user has CAP_SYS_ADMIN on the host (pagemap_read), as for any of
+        its processes."""
+        self._inspect(t)
+        return os.open(host, os.O_RDONLY | os.O_CLOEXEC)
 
     def _is_caller(self, t: "Task | None") -> bool:
         """Whether this is the task reading the file (t): it is running (in
