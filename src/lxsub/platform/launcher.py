@@ -12,7 +12,7 @@ import os
 import signal
 
 from lxsub.abi.prctl import PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
-from lxsub.platform import affinity, libc, ptrace
+from lxsub.platform import affinity, hostfd, libc, ptrace
 from lxsub.platform.notify import install_filter
 
 
@@ -49,7 +49,10 @@ def spawn(filter_prog: bytes, path: bytes, argv: list[bytes], envp: list[bytes],
 
 def take_listener(pid: int, report_r: int) -> int:
     """Called at the child's first trapped syscall (its execve): the listener
-    fd number is in the pipe; copy the descriptor into the provider."""
+    fd number is in the pipe; copy the descriptor into the provider.
+    pidfd_getfd (Linux 5.6) is one of the notify platform's needs
+    (platform/features.py): the child cannot send it, its sendmsg is
+    already trapped, by this very listener."""
     raw = os.read(report_r, 16)
     os.close(report_r)
     if not raw:
@@ -103,5 +106,4 @@ def _arrange_stdio(setup: ChildSetup, report_w: int) -> None:
     for target, src in enumerate(moved):
         os.dup2(src, target, inheritable=True)
     # Nothing of the provider's may leak into the instance.
-    os.closerange(3, report_w)
-    os.closerange(report_w + 1, 65536)
+    hostfd.close_fds_except(report_w)

@@ -42,6 +42,7 @@ from typing import Callable
 
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
 from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
+from lxsub.platform import hostfd
 
 SO_NETNS_COOKIE = 71
 
@@ -116,8 +117,7 @@ def _serve(sock: socket.socket) -> None:
         # Forked at any time: keep none of the provider's descriptors (a
         # copy of a program's pipe or socket would keep it open).
         keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        hostfd.close_fds_except(keep)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # Not the provider's name ("lx:DISTRO"), which says "an instance".

@@ -32,7 +32,7 @@ from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
-from lxsub.platform import libc, unixns
+from lxsub.platform import features, libc, unixns
 
 _SUN_PATH = 108
 SOCK_CLOEXEC = O_CLOEXEC
@@ -650,6 +650,8 @@ def sys_getsockopt(c: Call):
             raise OSError(errno.ESRCH, "the peer has exited")
         if optlen < 4:
             raise OSError(errno.EINVAL, "bad option length")
+        if not features.has("pidfd_open"):
+            raise OSError(errno.ENOPROTOOPT, "no pidfds on this host (Linux 5.3)")
         c.write(optlen_at, struct.pack("<i", 4))
         return NewFds((libc.pidfd_open(proc.host_pid),), True, optval)
     c.write(optval, value)

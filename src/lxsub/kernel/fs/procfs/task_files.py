@@ -13,7 +13,7 @@ from lxsub.kernel.creds import CAP_SYS_RESOURCE, Creds
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Entry, File, HostFile, Link, read_host
-from lxsub.platform import libc
+from lxsub.platform import hostfd
 
 if TYPE_CHECKING:
     from lxsub.kernel.fs.procfs import ProcFs
@@ -310,7 +310,7 @@ def _open_fd_target(proc: "Process", fd: int) -> int:
     if kind not in (st.S_IFCHR, st.S_IFBLK):
         return local
     try:
-        same = libc.pidfd_getfd(proc.pidfd(), fd)
+        same = hostfd.take_fd(proc.host_pid, proc.host_pid, fd, proc.pidfd)
     except OSError:
         return local
     os.close(local)
