@@ -13,7 +13,7 @@ from lxsub.abi.prctl import PR_SET_NO_NEW_PRIVS
 from lxsub.abi.sysno import NUMBERS
 from lxsub.platform import bpf, features, libc
 
-_NEW = ("openat2", "pidfd_open", "pidfd_getfd", "pidfd_send_signal", "close_range", "fsopen")
+_NEW = ("openat2", "pidfd_open", "pidfd_getfd", "close_range", "fsopen")
 
 
 def _probe_in_child_without(names: tuple[str, ...]) -> dict[str, bool]:

@@ -195,7 +195,8 @@ class Instance:
 
     def _adopt_listener(self, tid: int, report: int) -> None:
         fd = launcher.take_listener(tid, report)
-        self.engine.add_listener(fd)
+        if fd is not None:          # None: the platform answers without one
+            self.engine.add_listener(fd)
 
     def on_clone(self, tid: int, child: int, event: int, regs: Regs) -> None:
         parent = self.pids.tasks_by_host.get(tid)

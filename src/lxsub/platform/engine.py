@@ -25,7 +25,7 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.platform import affinity, libc, ptrace
+from lxsub.platform import affinity, features, libc, ptrace
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
 
@@ -103,6 +103,12 @@ class Engine:
         self.holds: set[int] = set()
         self.resume_modes: dict[int, int] = {}
         self.listening: set[int] = set()      # resting in a group-stop (PTRACE_LISTEN)
+        # The ptrace platform (platform/tracenotify.py): notify rows stop
+        # by ptrace and are handed over as notifications of this listener.
+        self.trace_listener = None
+        if features.platform()[0] == "ptrace":
+            from lxsub.platform.tracenotify import TraceListener
+            self.trace_listener = TraceListener(self)
 
     # -- registration -----------------------------------------------------
 
@@ -374,6 +380,8 @@ class Engine:
             self.interrupt_hooks.pop(tid, None)
             self.exec_hooks.pop(tid, None)
             self.lost_results.pop(tid, None)
+            if self.trace_listener is not None:
+                self.trace_listener.forget_tid(tid)
             self.kernel.on_exit(tid, status)
             watcher = self.child_watchers.pop(tid, None)
             if watcher is not None:
@@ -402,7 +410,14 @@ class Engine:
                 self.kernel.on_syscall_stop(tid)     # a Linux tracer's syscall stop
             self.resume(tid)
         elif event == ptrace.EVENT_SECCOMP:
-            self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
+            tl = self.trace_listener
+            if tl is not None and tl.claims(tid):
+                n = tl.notification(tid, ptrace.get_regs(tid, self.regs))
+                if n.nr not in self.quiet_nrs:
+                    self.before_change()
+                self.kernel.on_notification(tl, n)
+            else:
+                self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
         elif event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
             child = ptrace.event_msg(tid)
             affinity.inherit(tid, child)

@@ -10,6 +10,11 @@ a feature asks `has` and takes a fallback when the answer is no.
 features absent, so that the test suite proves every fallback on a new
 kernel (`LX_NO_KILLABLE_WAIT=1`, older, hides `wait_killable_recv`).
 
+The provider signals by pid (kill, tgkill: it is every pico process's
+tracer), so pidfd_send_signal is not on the list; neither is
+SECCOMP_USER_NOTIF_FLAG_CONTINUE, which nothing uses. Python's
+os.closerange uses close_range itself when the kernel has it.
+
 `platform()` chooses the way syscalls are trapped: `notify` (seccomp
 user-notify, the provider answers while the caller sleeps in the kernel)
 when this kernel can hand descriptors over with it, else `ptrace`
@@ -30,7 +35,7 @@ from lxsub.abi.prctl import PR_SET_NO_NEW_PRIVS
 from lxsub.abi.seccomp import (SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
                                SECCOMP_GET_NOTIF_SIZES, SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import (SYS_CLOSE_RANGE, SYS_FSOPEN, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN,
-                             SYS_PIDFD_SEND_SIGNAL, SYS_SECCOMP)
+                             SYS_SECCOMP)
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,6 @@ FEATURES = (
     Feature("pidfd_open", "5.3", "processes are named by pid (the provider is their parent or tracer)"),
     Feature("pidfd_getfd", "5.6", "a stopped tracee sends the descriptor itself (injected sendmsg); "
             "otherwise /proc/<pid>/fd/<n> is reopened"),
-    Feature("pidfd_send_signal", "5.1", "kill(2) and tgkill(2) by pid"),
     Feature("close_range", "5.9", "descriptors closed one by one from /proc/self/fd"),
     Feature("ptrace_syscall_info", "5.3", "syscall entry and exit told apart by rax == -ENOSYS at entry"),
     Feature("fsopen", "5.2", "tmpfs mounted with mount(2) in a private mount namespace"),
@@ -146,7 +150,6 @@ def _probe_syscalls() -> dict[str, bool]:
         "pidfd_open": not _enosys(SYS_PIDFD_OPEN, os.getpid(), 0x7FFFFFFF),
         # Descriptor -1: EBADF (flags are checked first: 0).
         "pidfd_getfd": not _enosys(SYS_PIDFD_GETFD, -1, 0, 0),
-        "pidfd_send_signal": not _enosys(SYS_PIDFD_SEND_SIGNAL, -1, 0, 0, 0),
         # last < first: EINVAL, nothing closed.
         "close_range": not _enosys(SYS_CLOSE_RANGE, 5, 4, 0),
         # Unprivileged: EPERM; else a NULL name: EFAULT.
@@ -251,7 +254,7 @@ def _notify_bits_in_child() -> int:  # pragma: no cover - runs in the child
 
 
 _PROBES = {}
-for _name in ("openat2", "pidfd_open", "pidfd_getfd", "pidfd_send_signal", "close_range", "fsopen"):
+for _name in ("openat2", "pidfd_open", "pidfd_getfd", "close_range", "fsopen"):
     _PROBES[_name] = _probe_syscalls
 for _name in _NOTIF_NAMES:
     _PROBES[_name] = _probe_notify

@@ -40,6 +40,9 @@ _ZERO = bytes(_NOTIF.size)
 # provider's answer (platform/features.py; LX_NO_KILLABLE_WAIT=1 or
 # LX_HIDE_FEATURES=wait_killable_recv hide it).
 KILLABLE_WAIT = features.has("wait_killable_recv")
+# Whether calls arrive on listeners at all (not on the ptrace platform,
+# whose calls are ptrace stops only the tracer thread can answer).
+LISTENERS = features.platform()[0] == "notify"
 
 
 def install_filter(prog: bytes) -> int:
