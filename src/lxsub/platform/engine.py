@@ -267,6 +267,8 @@ class Engine:
         return False
 
     def _cont(self, tid: int, sig: int) -> None:
+        if self.trace_listener is not None:
+            self.trace_listener.resumed(tid)
         mode = self.resume_modes.get(tid) if self.resume_modes else None
         if mode is not None and not (mode == ptrace.PTRACE_SINGLESTEP and tid in self.exit_hooks):
             ptrace.restart(mode, tid, sig)
@@ -417,7 +419,10 @@ class Engine:
                     self.before_change()
                 self.kernel.on_notification(tl, n)
             else:
-                self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
+                regs = ptrace.get_regs(tid, self.regs)
+                if tl is not None:
+                    tl.at_trace_row(tid, regs)
+                self.kernel.on_trace_stop(tid, regs)
         elif event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
             child = ptrace.event_msg(tid)
             affinity.inherit(tid, child)

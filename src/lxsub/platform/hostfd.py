@@ -27,6 +27,21 @@ _O_PATH = 0o10000000
 _KEEP = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | os.O_SYNC | os.O_DSYNC
 
 
+# (host pid, descriptor) -> whether it is the platform's own, not the program's.
+_hidden_check: Callable[[int, int], bool] | None = None
+
+
+def set_hidden_check(check: Callable[[int, int], bool] | None) -> None:
+    global _hidden_check
+    _hidden_check = check
+
+
+def is_hidden(host_pid: int, fd: int) -> bool:
+    """Whether descriptor fd of host_pid is the platform's (the ptrace
+    platform's channel), which /proc/<pid>/fd must not show."""
+    return _hidden_check is not None and _hidden_check(host_pid, fd)
+
+
 def set_stopped_sender(sender: StoppedSender | None) -> None:
     global _stopped_sender
     _stopped_sender = sender
@@ -34,7 +49,11 @@ def set_stopped_sender(sender: StoppedSender | None) -> None:
 
 def take_fd(host_pid: int, host_tid: int, fd: int, pidfd: Callable[[], int]) -> int:
     """A provider-side copy of descriptor fd of process host_pid (thread
-    host_tid); `pidfd` gives the process's pidfd when pidfd_getfd is there."""
+    host_tid); `pidfd` gives the process's pidfd when pidfd_getfd is there.
+    The platform's own descriptor is nobody's to copy: EBADF, as for a
+    number not open."""
+    if is_hidden(host_pid, fd):
+        raise OSError(errno.EBADF, "bad file descriptor")
     if features.has("pidfd_getfd"):
         return libc.pidfd_getfd(pidfd(), fd)
     if _stopped_sender is not None:

@@ -65,6 +65,9 @@ def _fd_slot() -> int:
 
 
 FD_SLOT = _fd_slot()
+# Where a channel may sit: the first free of these when it is made (a
+# program may have put a descriptor of its own at FD_SLOT).
+SLOTS = tuple(range(FD_SLOT, FD_SLOT - 8, -1))
 
 
 def trace_filter(prog: bytes) -> bytes:
@@ -118,6 +121,35 @@ class _Injection:
         out = ptrace.get_regs(stop.tid, Regs())
         return ptrace.signed64(out.rax)
 
+    def back_to_entry(self, stop: _Stop) -> None:
+        """From the exit of an injected call, back to the seccomp stop the
+        thread first came to, with its own registers: it runs its
+        `syscall` again, which stops in the filter again."""
+        regs = Regs.from_buffer_copy(stop.regs)
+        regs.rip -= 2
+        regs.rax = regs.orig_rax
+        tid = stop.tid
+        try:
+            ptrace.set_regs(tid, regs)
+            ptrace.cont(tid)
+            while True:
+                _, status = os.waitpid(tid, ptrace.WALL)
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    self.engine._on_wait_status(tid, status)
+                    raise _Gone()
+                sig, event = (status >> 8) & 0xFF, status >> 16
+                if event == ptrace.EVENT_SECCOMP:
+                    break
+                if event == 0 and sig != ptrace.SYSCALL_STOP:
+                    stop.signals.append(sig)
+                ptrace.cont(tid)
+        except (ProcessLookupError, ChildProcessError):
+            raise _Gone() from None
+        stop.at_exit = False
+        for sig in stop.signals:       # pending again: delivered after the call
+            os.kill(tid, sig)
+        stop.signals.clear()
+
     def _wait_exit(self, stop: _Stop, expect_entry: bool) -> None:
         tid = stop.tid
         while True:
@@ -151,6 +183,8 @@ class TraceListener:
         self.engine = engine
         self.stops: dict[int, _Stop] = {}
         self.by_tid: dict[int, int] = {}
+        # Threads at a seccomp stop of a trace row, until the engine resumes them.
+        self.trace_rows: dict[int, _Stop] = {}
         self._next = 1
         self.inject = _Injection(engine)
         self.channels = _Channels(self)
@@ -173,7 +207,16 @@ class TraceListener:
         self.by_tid[tid] = nid
         return Notification(nid, tid, regs.orig_rax, regs.args())
 
+    def at_trace_row(self, tid: int, regs: Regs) -> None:
+        """tid stopped at a trace row: its descriptors can be taken by an
+        injected sendmsg until it runs on (`resumed`)."""
+        self.trace_rows[tid] = _Stop(tid, regs)
+
+    def resumed(self, tid: int) -> None:
+        self.trace_rows.pop(tid, None)
+
     def forget_tid(self, tid: int) -> None:
+        self.trace_rows.pop(tid, None)
         nid = self.by_tid.pop(tid, None)
         if nid is not None:
             self.stops.pop(nid, None)
@@ -275,10 +318,16 @@ class TraceListener:
         if threading.get_ident() != self.loop_thread:
             return None
         nid = self.by_tid.get(tid)
-        if nid is None:
+        stop = self.stops[nid] if nid is not None else self.trace_rows.get(tid)
+        if stop is None:
             return None
         try:
-            return self.channels.take(self.stops[nid], fd)
+            try:
+                return self.channels.take(stop, fd)
+            finally:
+                if nid is None and stop.at_exit:
+                    # The kernel goes on with the trace row's own answer.
+                    self.inject.back_to_entry(stop)
         except _Gone:
             self.forget_tid(tid)
             raise OSError(errno.ESRCH, "the process is gone") from None
@@ -315,57 +364,93 @@ class TraceListener:
 class _Channels:
     """The Unix socket between the provider and each pico process (fork
     children share their parent's), found by the inode of the tracee's
-    FD_SLOT descriptor."""
+    descriptor at one of SLOTS. A program that closes it (close_range,
+    dup2 over it) only makes the next hand-over make a new one.
+    /proc/<pid>/fd does not show it (hostfd.is_hidden)."""
 
     def __init__(self, owner: TraceListener) -> None:
         self.owner = owner
-        self.ends: dict[int, socket.socket] = {}
+        self.ends: dict[int, socket.socket] = {}     # inode of the tracee's end -> ours
+        hostfd.set_hidden_check(self.is_channel)
         self.name = b"\0lxsub-fdpass-%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.server.bind(self.name)
         self.server.listen(64)
         self.server.setblocking(False)
 
-    def _end_of(self, stop: _Stop) -> socket.socket:
+    def is_channel(self, host_pid: int, fd: int) -> bool:
+        if fd not in SLOTS:
+            return False
         try:
-            ino = os.stat(f"/proc/{stop.tid}/fd/{FD_SLOT}").st_ino
+            return os.stat(f"/proc/{host_pid}/fd/{fd}").st_ino in self.ends
         except OSError:
-            ino = None
-        end = self.ends.get(ino) if ino is not None else None
-        if end is None:
-            end = self._connect(stop)
-        return end
+            return False
 
-    def _connect(self, stop: _Stop) -> socket.socket:
+    def _end_of(self, stop: _Stop) -> tuple[int, socket.socket]:
+        """The tracee's channel: its descriptor number and our end."""
+        free = None
+        for slot in SLOTS:
+            try:
+                ino = os.stat(f"/proc/{stop.tid}/fd/{slot}").st_ino
+            except FileNotFoundError:
+                free = slot if free is None else free
+                continue
+            except OSError:
+                continue
+            end = self.ends.get(ino)
+            if end is not None:
+                return slot, end
+        if free is None:
+            raise OSError(errno.EMFILE, "no descriptor number left for the provider's channel")
+        return free, self._connect(stop, free)
+
+    def _connect(self, stop: _Stop, slot: int) -> socket.socket:
         """Make the channel by syscalls injected in the stopped tracee."""
         run = self.owner.inject.run
         s = run(stop, SYS_SOCKET, socket.AF_UNIX, socket.SOCK_STREAM, 0)
         if s < 0:
             raise OSError(-s, os.strerror(-s))
-        if s != FD_SLOT:
-            got = run(stop, SYS_DUP3, s, FD_SLOT, 0)
+        if s != slot:
+            got = run(stop, SYS_DUP3, s, slot, 0)
             run(stop, SYS_CLOSE, s)
             if got < 0:
                 raise OSError(-got, os.strerror(-got))
         addr = struct.pack("<H", socket.AF_UNIX) + self.name
         where = memory.write_below_sp(stop.tid, stop.regs.rsp, [addr])[0]
-        got = run(stop, SYS_CONNECT, FD_SLOT, where, len(addr))
+        got = run(stop, SYS_CONNECT, slot, where, len(addr))
         if got < 0:
+            run(stop, SYS_CLOSE, slot)
             raise OSError(-got, os.strerror(-got))
         conn, _ = self.server.accept()
-        ino = os.stat(f"/proc/{stop.tid}/fd/{FD_SLOT}").st_ino
-        self.ends[ino] = conn
+        self._forget_closed()
+        self.ends[os.stat(f"/proc/{stop.tid}/fd/{slot}").st_ino] = conn
         return conn
+
+    def _forget_closed(self) -> None:
+        """Close our ends whose every tracee end is gone (the process
+        ended or closed it): a zero-byte read is the peer's close."""
+        for ino, end in list(self.ends.items()):
+            end.setblocking(False)
+            try:
+                gone = end.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            end.setblocking(True)
+            if gone:
+                end.close()
+                del self.ends[ino]
 
     def hand_over(self, stop: _Stop, srcfd: int, cloexec: bool) -> int:
         """Install srcfd in the tracee at its lowest free number."""
-        end = self._end_of(stop)
+        slot, end = self._end_of(stop)
         self._drain(end)
         socket.send_fds(end, [b"f"], [srcfd])
         flags = _MSG_DONTWAIT | (_MSG_CMSG_CLOEXEC if cloexec else 0)
-        return self._recv_in_tracee(stop, flags)
+        return self._recv_in_tracee(stop, slot, flags)
 
-    def _recv_in_tracee(self, stop: _Stop, flags: int) -> int:
+    def _recv_in_tracee(self, stop: _Stop, slot: int, flags: int) -> int:
         # struct msghdr, its iovec, one byte and a cmsg of one int, below the red zone.
         cmsg_len = 16 + 4
         base = (stop.regs.rsp - memory.RED_ZONE - 512) & ~15
@@ -374,7 +459,7 @@ class _Channels:
         memory.write(stop.tid, base, msghdr)
         memory.write(stop.tid, iov, struct.pack("<QQ", data, 1))
         memory.write(stop.tid, ctl, bytes(24))
-        got = self.owner.inject.run(stop, SYS_RECVMSG, FD_SLOT, base, flags)
+        got = self.owner.inject.run(stop, SYS_RECVMSG, slot, base, flags)
         if got < 0:
             raise OSError(-got, os.strerror(-got))
         raw = memory.read(stop.tid, ctl, 24)
@@ -385,7 +470,7 @@ class _Channels:
 
     def take(self, stop: _Stop, fd: int) -> int:
         """A copy of the tracee's descriptor fd: it sends it (injected sendmsg)."""
-        end = self._end_of(stop)
+        slot, end = self._end_of(stop)
         self._drain(end)
         base = (stop.regs.rsp - memory.RED_ZONE - 512) & ~15
         iov, data, ctl = base + 64, base + 96, base + 128
@@ -394,7 +479,7 @@ class _Channels:
         memory.write(stop.tid, iov, struct.pack("<QQ", data, 1))
         memory.write(stop.tid, data, b"t")
         memory.write(stop.tid, ctl, cmsg)
-        got = self.owner.inject.run(stop, SYS_SENDMSG, FD_SLOT, base, _MSG_DONTWAIT)
+        got = self.owner.inject.run(stop, SYS_SENDMSG, slot, base, _MSG_DONTWAIT)
         if got < 0:
             if got == -errno.EBADF:
                 raise OSError(errno.EBADF, "bad file descriptor")

@@ -236,7 +236,8 @@ class TaskFiles:
             names = os.listdir(self.hp + "/fd")
         except OSError:
             return []
-        return sorted(names, key=int)
+        host_pid = self.proc.host_pid
+        return sorted((n for n in names if not hostfd.is_hidden(host_pid, int(n))), key=int)
 
     def _fds(self) -> dict[str, Entry]:
         return {n: FdLink(f"{self.path}/fd/{n}", self.proc, int(n), self.fs, self._owner)
