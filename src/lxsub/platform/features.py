@@ -59,6 +59,7 @@ FEATURES = (
     Feature("close_range", "5.9", "descriptors closed one by one from /proc/self/fd"),
     Feature("ptrace_syscall_info", "5.3", "syscall entry and exit told apart by rax == -ENOSYS at entry"),
     Feature("fsopen", "5.2", "tmpfs mounted with mount(2) in a private mount namespace"),
+    Feature("so_netns_cookie", "5.14", "a socket's network namespace told by its inode (SIOCGSKNS)"),
 )
 BY_NAME = {f.name: f for f in FEATURES}
 PLATFORMS = ("notify", "ptrace")
@@ -155,6 +156,16 @@ def _probe_syscalls() -> dict[str, bool]:
         # Unprivileged: EPERM; else a NULL name: EFAULT.
         "fsopen": not _enosys(SYS_FSOPEN, 0, 0),
     }
+
+
+def _probe_netns_cookie() -> dict[str, bool]:
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.getsockopt(socket.SOL_SOCKET, 71, 8)     # SO_NETNS_COOKIE
+        except OSError:
+            return {"so_netns_cookie": False}
+    return {"so_netns_cookie": True}
 
 
 def _release_at_least(major: int, minor: int) -> bool:
@@ -259,3 +270,4 @@ for _name in ("openat2", "pidfd_open", "pidfd_getfd", "close_range", "fsopen"):
 for _name in _NOTIF_NAMES:
     _PROBES[_name] = _probe_notify
 _PROBES["ptrace_syscall_info"] = _probe_ptrace_info
+_PROBES["so_netns_cookie"] = _probe_netns_cookie
