@@ -106,3 +106,22 @@ def test_close_fds_without_close_range(monkeypatch):
     os.close(r)
     os.waitpid(pid, 0)
     assert out == b"ok"
+
+
+def test_ptrace_filter_traces_where_notify_was():
+    """The ptrace platform's filter is the table's with TRACE|1 for every
+    USER_NOTIF return and nothing else changed."""
+    import struct
+    from lxsub.kernel import table
+    from lxsub.platform import tracenotify
+    prog = table.seccomp_program()
+    traced = tracenotify.trace_filter(prog)
+    insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
+    after = [struct.unpack_from("<HBBI", traced, i) for i in range(0, len(traced), 8)]
+    notify_rets = [i for i, ins in enumerate(insns) if ins == (0x06, 0, 0, bpf.RET_USER_NOTIF)]
+    assert notify_rets, "the table has notify rows"
+    for i, (old, new) in enumerate(zip(insns, after)):
+        if i in notify_rets:
+            assert new == (0x06, 0, 0, bpf.RET_TRACE | tracenotify.NOTIFY_DATA)
+        else:
+            assert new == old

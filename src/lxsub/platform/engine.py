@@ -253,6 +253,11 @@ class Engine:
         here) and hold it there; False if what came was another event
         (handled as usual) or tid is gone."""
         if tid not in self.listening:
+            # Its group-stop may still wait behind the caller's stop (the
+            # ptrace platform's calls and the stops come through the same
+            # waitpid(-1), in the kernel's order).
+            self._take_pending_status(tid)
+        if tid not in self.listening:
             return False
         try:
             ptrace.interrupt(tid)
@@ -265,6 +270,14 @@ class Engine:
             return True
         self._on_wait_status(tid, status)
         return False
+
+    def _take_pending_status(self, tid: int) -> None:
+        try:
+            got, status = os.waitpid(tid, os.WNOHANG | ptrace.WALL)
+        except ChildProcessError:
+            return
+        if got == tid:
+            self._on_wait_status(tid, status)
 
     def _cont(self, tid: int, sig: int) -> None:
         if self.trace_listener is not None:

@@ -38,7 +38,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from lxsub.abi.sysno import SYS_CLOSE, SYS_CONNECT, SYS_DUP3, SYS_RECVMSG, SYS_SENDMSG, SYS_SOCKET
+from lxsub.abi.sysno import NUMBERS, SYS_CLOSE, SYS_CONNECT, SYS_DUP3, SYS_RECVMSG, SYS_SENDMSG, SYS_SOCKET
 from lxsub.platform import bpf, hostfd, memory, ptrace
 from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Notification
 from lxsub.platform.ptrace import Regs
@@ -46,6 +46,7 @@ from lxsub.platform.ptrace import Regs
 if TYPE_CHECKING:
     from lxsub.platform.engine import Engine
 
+SYS_GETPID = NUMBERS["getpid"]
 NOTIFY_DATA = 1                      # SECCOMP_RET_DATA of the rows the provider answers
 _TRACE_NOTIFY = bpf.RET_TRACE | NOTIFY_DATA
 _RET_K = 0x06                         # BPF_RET | BPF_K
@@ -262,6 +263,9 @@ class TraceListener:
         if self.by_tid.get(stop.tid) == nid:
             del self.by_tid[stop.tid]
         regs = Regs.from_buffer_copy(stop.regs)
+        if error in ptrace.RESTARTS:
+            self._restart_answer(stop, regs, error)
+            return
         if flags & USER_NOTIF_FLAG_CONTINUE:
             if stop.at_exit:            # run it again from the start, as it came
                 regs.rip -= 2
@@ -270,16 +274,37 @@ class TraceListener:
                 self._set(stop.tid, regs)
             self._resume(stop)
             return
-        if error in ptrace.RESTARTS:
-            # A signal came for a caller of a blocking call: it is handled
-            # first and the call starts again (as with SA_RESTART).
-            regs.rip -= 2
-            regs.rax = regs.orig_rax
-        else:
-            regs.rax = (error or val) & _MASK64
-        regs.orig_rax = _MASK64
+        regs.rax = (error or val) & _MASK64
+        if not stop.at_exit:
+            regs.orig_rax = _MASK64               # skip the call
         self._set(stop.tid, regs)
+        self._exit_stop_for_tracer(stop)
         self._resume(stop)
+
+    def _restart_answer(self, stop: _Stop, regs: Regs, error: int) -> None:
+        """-ERESTARTSYS for a caller a signal came for (a blocking call):
+        the kernel's signal code restarts the call or makes it EINTR by the
+        handler's SA_RESTART, as for an interrupted wait in Linux. It does
+        that for a syscall's return value only, so the thread is first
+        taken to a syscall exit (an injected getpid) where the value is
+        written with the call's own number in orig_rax."""
+        try:
+            if not stop.at_exit:
+                self.inject.run(stop, SYS_GETPID)
+        except _Gone:
+            self.forget_tid(stop.tid)
+            raise OSError(errno.ENOENT, "the caller is gone") from None
+        regs.rax = error & _MASK64
+        self._set(stop.tid, regs)
+        self._exit_stop_for_tracer(stop)
+        self._resume(stop)
+
+    def _exit_stop_for_tracer(self, stop: _Stop) -> None:
+        """The thread is at the exit of an injected call, past its own
+        syscall-exit stop: a Linux tracer asking for syscall stops
+        (kernel/ptrace.py) gets this one as that."""
+        if stop.at_exit and stop.tid in self.engine.resume_modes:
+            self.engine.kernel.on_syscall_stop(stop.tid)
 
     def _resume(self, stop: _Stop) -> None:
         """Let the thread run on with the signals an injection kept."""
