@@ -97,3 +97,49 @@ def test_channel_descriptor_is_hidden_and_survives_being_closed(bb_ptrace):
     assert lines[0].split() == ["0", "1", "2"], describe(cp)
     assert lines[1].startswith("root:"), describe(cp)
     assert lines[2].split() == ["0", "1", "2"], describe(cp)
+
+
+def _fdpass_names(instance_pid: int) -> list[bytes]:
+    names = []
+    with open("/proc/net/unix", "rb") as f:
+        for line in f:
+            cols = line.split()
+            if len(cols) >= 8 and cols[-1].startswith(b"@lxsub-fdpass-%d-" % instance_pid):
+                names.append(b"\0" + cols[-1][1:])
+    return names
+
+
+def test_a_host_process_connecting_to_the_channel_gets_no_file(bb_ptrace):
+    """The provider's abstract socket is visible in /proc/net/unix and open
+    to anyone on the host: a connection that is not the tracee's own is
+    closed, and the files the program opens never go to it."""
+    import socket
+    env = PTRACE
+    p = bb_ptrace.popen(["-d", "bb", "--", "sleep 2; head -c 4 /etc/passwd; cat /etc/group > /dev/null"],
+                        env=bb_ptrace.env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    intruders = []
+    try:
+        pid = _instance_pid(bb_ptrace, env)
+        names = []
+        for _ in range(50):
+            names = _fdpass_names(pid)
+            if names:
+                break
+            time.sleep(0.1)
+        assert len(names) == 1, names
+        for _ in range(8):                      # queued before the program's own connects
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(names[0])
+            intruders.append(s)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and out == b"root", (out, err)
+        for s in intruders:
+            s.settimeout(5)
+            msg, fds, _, _ = socket.recv_fds(s, 16, 4)
+            assert (msg, fds) == (b"", []), "the intruder got a descriptor"
+    finally:
+        for s in intruders:
+            s.close()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()

@@ -386,6 +386,14 @@ class TraceListener:
             done.set()
 
 
+def _tgid(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise _Gone()
+
+
 class _Channels:
     """The Unix socket between the provider and each pico process (fork
     children share their parent's), found by the inode of the tracee's
@@ -446,10 +454,25 @@ class _Channels:
         if got < 0:
             run(stop, SYS_CLOSE, slot)
             raise OSError(-got, os.strerror(-got))
-        conn, _ = self.server.accept()
+        conn = self._accept_from(_tgid(stop.tid))
         self._forget_closed()
         self.ends[os.stat(f"/proc/{stop.tid}/fd/{slot}").st_ino] = conn
         return conn
+
+    def _accept_from(self, tgid: int) -> socket.socket:
+        """The connection the tracee just made. Anyone on the host may
+        connect to an abstract name (and find it in /proc/net/unix): a
+        connection from another process is closed, never given a file."""
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except BlockingIOError:
+                raise OSError(errno.ECONNREFUSED, "the tracee's connection did not arrive") from None
+            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+            if pid == tgid:
+                conn.setblocking(True)
+                return conn
+            conn.close()
 
     def _forget_closed(self) -> None:
         """Close our ends whose every tracee end is gone (the process
