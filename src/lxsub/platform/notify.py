@@ -74,6 +74,10 @@ class Notification:
 class Listener:
     """One seccomp listener descriptor (one per filter installed)."""
 
+    # Whether reply_fd_last_holder may be used: with WAIT_KILLABLE_RECV
+    # only a deadly signal comes between its two steps.
+    last_holder_safe = KILLABLE_WAIT
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._buf = bytearray(_NOTIF.size)

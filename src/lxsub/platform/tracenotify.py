@@ -179,6 +179,9 @@ class TraceListener:
     """The notify platform's Listener, answered through registers."""
 
     fd = -1
+    # A thread at a ptrace stop runs only when we let it: the descriptor is
+    # installed and ours closed before it can see either.
+    last_holder_safe = True
 
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
@@ -235,13 +238,20 @@ class TraceListener:
         return self._on_loop(install)
 
     def reply_fd_last_holder(self, nid: int, srcfd: int, cloexec: bool, tid: int = 0) -> None:
+        """As reply_fd, with our copy closed before the caller runs again:
+        its close(2) is then the file's last (inotify's IN_CLOSE_WRITE,
+        OFD locks, a FIFO's EOF happen when it returns)."""
+        def install() -> None:
+            try:
+                number = self._add_fd(nid, srcfd, cloexec)
+            finally:
+                os.close(srcfd)
+            self._reply(nid, number, 0, 0)
         try:
-            self.reply_fd(nid, srcfd, cloexec, tid)
+            self._on_loop(install)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
-        finally:
-            os.close(srcfd)
 
     def add_fd(self, nid: int, srcfd: int, cloexec: bool, newfd: int | None = None) -> int:
         return self._on_loop(lambda: self._add_fd(nid, srcfd, cloexec, newfd))
