@@ -37,6 +37,7 @@ from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
+from lxsub.kernel.vfs import pseudo
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
 from lxsub.platform import launcher, libc, memory, ptrace
@@ -177,6 +178,8 @@ class Instance:
     # -- Kernel interface: the platform's events ------------------------------
 
     def on_notification(self, listener: Listener, n: Notification) -> None:
+        if pseudo.WRITES_PENDING:
+            pseudo.apply_pending_writes()
         task = self.pids.tasks_by_host.get(n.pid)
         if task is None:
             listener.reply(n.id, 0, -errno.ENOSYS)
@@ -184,6 +187,8 @@ class Instance:
         dispatch.serve_notification(self, listener, task, n)
 
     def on_trace_stop(self, tid: int, regs: Regs) -> None:
+        if pseudo.WRITES_PENDING:
+            pseudo.apply_pending_writes()
         task = self.pids.tasks_by_host.get(tid)
         if task is None:
             self.engine.finish_syscall(tid, regs, -errno.ENOSYS)
