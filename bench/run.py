@@ -325,10 +325,13 @@ def extract_rootfs(tarball: Path, dest: Path) -> None:
 BASELINE: Path | None = None     # --baseline: another lxsub source tree, timed beside this one
 
 
-def lx_environment(name: str, work: Path, src: Path, tarball: Path) -> Env:
+def lx_environment(name: str, work: Path, src: Path, tarball: Path,
+                   extra: dict[str, str] | None = None) -> Env:
     """lxsub from the source tree `src`, with its own $LX_HOME (so its own
-    manager) where the tarball is imported as distro `bench`."""
+    manager) where the tarball is imported as distro `bench`; `extra`:
+    more environment for its manager (LX_PLATFORM...)."""
     lx_env = dict(os.environ)
+    lx_env.update(extra or {})
     lx_env["LX_HOME"] = str(work / f"lxhome-{name}")
     lx_env["PYTHONPATH"] = str(src) + os.pathsep + lx_env.get("PYTHONPATH", "")
     # As for an installed lx: compiled modules are cached, not compiled at every start.
@@ -355,6 +358,10 @@ def make_envs(work: Path, tarball: Path) -> list[Env]:
 
     lx = lx_environment("lxsub", work, REPO / "src", tarball)
     envs.append(lx)
+    # The ptrace platform (kernels without seccomp user-notify, Linux < 5.9)
+    # with every newer kernel feature hidden: what lxsub costs on RHEL 8.
+    envs.append(lx_environment("lxsub-ptrace", work, REPO / "src", tarball,
+                               {"LX_PLATFORM": "ptrace", "LX_HIDE_FEATURES": "all"}))
     if BASELINE is not None:
         envs.append(lx_environment("lxsub-base", work, BASELINE, tarball))
 
@@ -504,15 +511,20 @@ def table_rows(results: dict) -> list[list[str]]:
     for w in WORKLOADS:
         med = {e: results[e]["workloads"].get(w.name, {}).get("median") for e in results}
         rows.append([w.label, fmt_time(med.get("native")), fmt_time(med.get("seccomp")),
-                     fmt_time(med.get("lxsub")), fmt_time(med.get("proot")),
+                     fmt_time(med.get("lxsub")), fmt_time(med.get("lxsub-ptrace")),
+                     fmt_time(med.get("proot")),
                      fmt_ratio(med.get("lxsub"), med.get("native")),
                      fmt_ratio(med.get("lxsub"), med.get("seccomp")),
-                     fmt_ratio(med.get("lxsub"), med.get("proot"))])
+                     fmt_ratio(med.get("lxsub"), med.get("proot")),
+                     fmt_ratio(med.get("lxsub-ptrace"), med.get("lxsub")),
+                     fmt_ratio(med.get("lxsub-ptrace"), med.get("proot"))])
     return rows
 
 
-HEADER = ["workload", "native", "seccomp", "lxsub", "proot", "lxsub/native", "lxsub/seccomp",
-          "lxsub/proot"]
+# lxsub is the notify platform; lxsub-ptrace the ptrace platform with every
+# newer kernel feature hidden (LX_PLATFORM=ptrace LX_HIDE_FEATURES=all).
+HEADER = ["workload", "native", "seccomp", "lxsub", "lxsub-ptrace", "proot", "lxsub/native",
+          "lxsub/seccomp", "lxsub/proot", "ptrace/notify", "ptrace/proot"]
 
 
 def plain_table(rows: list[list[str]]) -> str:

@@ -64,6 +64,16 @@ def _build(what: str, builder):
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_report_header(config):
+    """The platform the instances under test run on: LX_PLATFORM and
+    LX_HIDE_FEATURES pass through to every `lx` the tests start
+    (tests/fixtures/runner.py keeps LX_* variables)."""
+    from lxsub.platform import features
+    name, why = features.platform()
+    hidden = ",".join(sorted(features.hidden())) or "none"
+    return f"lxsub platform: {name} ({why}); hidden features: {hidden}"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "debian_tar" in getattr(item, "fixturenames", ()):

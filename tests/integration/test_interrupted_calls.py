@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from lxsub.platform import features
+
 from tests.fixtures.cbuild import PROGRAMS, gcc_static
 from tests.fixtures.runner import LxRunner
 from tests.integration.distros import describe
@@ -93,6 +95,8 @@ def test_a_lost_descriptor_goes_only_to_a_restart_of_the_same_open(lx_self: LxRu
     buffer, as ld.so does for each library: before, the kept descriptor went
     to that open (same registers), and ld.so read the wrong library ("file
     too short"). The string is compared too now."""
+    if features.platform()[0] == "ptrace":
+        pytest.skip("the ptrace platform loses no answer: a signal waits for the stop's end")
     monkeypatch.setenv("LX_NO_KILLABLE_WAIT", "1")
     lx_self.import_distro("bb", busybox_tar)
 

@@ -11,6 +11,8 @@ import re
 
 import pytest
 
+from lxsub.platform import notify
+
 from tests.fixtures.cbuild import PROGRAMS, gcc_static
 from tests.fixtures.runner import LxRunner
 from tests.integration.distros import describe
@@ -31,6 +33,8 @@ def _answered(lx: LxRunner) -> list[tuple[int, int]]:
 
 
 def test_worker_answers_follow_every_change(lx_self: LxRunner, busybox_tar, probe, monkeypatch):
+    if not (notify.LISTENERS and notify.KILLABLE_WAIT):
+        pytest.skip("workers receive from seccomp listeners with killable waits (none here)")
     monkeypatch.setenv("LX_WORKERS", "2")
     lx_self.import_distro("bb", busybox_tar)
     cp = lx_self.run(["-d", "bb", "--", "mkdir -p /probe && cat > /probe/worker_probe && "

@@ -345,6 +345,7 @@ def _status() -> int:
     m = reply["manager"]
     print(f"Manager: pid {m['pid']}, up {_duration(time.time() - m['started'])}, socket {m['socket']}")
     print(f"Default distro: {reply['default'] or '(none)'}")
+    _print_platform(reply.get("platform"))
     if not reply["instances"]:
         print("No instance is running.")
         return 0
@@ -353,6 +354,16 @@ def _status() -> int:
         print(f"{i['distro']:<16} {i['pid']:>7} {i['clients']:>7} {i['processes']:>9}  "
               f"{_duration(time.time() - i['started']):<8} {i['state']}")
     return 0
+
+
+def _print_platform(platform: dict | None) -> None:
+    """Which platform traps the syscalls, why, and the kernel features the
+    provider goes without (platform/features.py)."""
+    if not platform:
+        return
+    print(f"Platform: {platform['platform']} ({platform['why']})")
+    for f in platform["missing"]:
+        print(f"  without {f['name']}: {f['why']}; {f['fallback']}")
 
 
 def _duration(seconds: float) -> str:

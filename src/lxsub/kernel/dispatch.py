@@ -19,7 +19,6 @@ from lxsub.kernel import table
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.platform import hostproc, memory, ptrace
 from lxsub.platform.memory import MemoryFault
-from lxsub.platform.notify import KILLABLE_WAIT
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -65,7 +64,7 @@ def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,
         if isinstance(result, int):
             lst.reply(nid, result if result >= 0 else 0, result if result < 0 else 0)
         elif isinstance(result, NewFd):
-            if result.last_holder and KILLABLE_WAIT:   # closes the fd; a dying caller needs no replay
+            if result.last_holder and lst.last_holder_safe:   # closes the fd; a dying caller needs no replay
                 lst.reply_fd_last_holder(nid, result.fd, result.cloexec, tid)
                 return True
             try:

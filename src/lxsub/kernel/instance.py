@@ -38,6 +38,7 @@ from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
+from lxsub.kernel.vfs import pseudo
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
 from lxsub.platform import inject, launcher, libc, memory, ptrace
@@ -178,6 +179,8 @@ class Instance:
     # -- Kernel interface: the platform's events ------------------------------
 
     def on_notification(self, listener: Listener, n: Notification) -> None:
+        if pseudo.WRITES_PENDING:
+            pseudo.apply_pending_writes()
         task = self.pids.tasks_by_host.get(n.pid)
         if task is None:
             listener.reply(n.id, 0, -errno.ENOSYS)
@@ -185,6 +188,8 @@ class Instance:
         dispatch.serve_notification(self, listener, task, n)
 
     def on_trace_stop(self, tid: int, regs: Regs) -> None:
+        if pseudo.WRITES_PENDING:
+            pseudo.apply_pending_writes()
         task = self.pids.tasks_by_host.get(tid)
         if task is None:
             self.engine.finish_syscall(tid, regs, -errno.ENOSYS)
@@ -196,7 +201,8 @@ class Instance:
 
     def _adopt_listener(self, tid: int, report: int) -> None:
         fd = launcher.take_listener(tid, report)
-        self.engine.add_listener(fd)
+        if fd is not None:          # None: the platform answers without one
+            self.engine.add_listener(fd)
 
     def on_clone(self, tid: int, child: int, event: int, regs: Regs) -> None:
         parent = self.pids.tasks_by_host.get(tid)

@@ -60,7 +60,7 @@ from lxsub.abi.limits import MAX_ARG_STRLEN
 from lxsub.hostpath import (HostMount, env_to_host, env_to_linux, host_path_suffix, join,
                              normalize, to_linux)
 from lxsub.kernel.call import Call
-from lxsub.platform import hostexec, hostproc, libc, memory
+from lxsub.platform import hostexec, hostfd, hostproc, libc, memory
 
 if TYPE_CHECKING:
     from lxsub.kernel.exec.plan import HostPlan
@@ -278,10 +278,9 @@ def _host_cwd(inst: "Instance", task) -> tuple[str, str]:
 
 def _caller_stdio(task) -> list[int | None]:
     fds: list[int | None] = []
-    pidfd = task.process.pidfd()
     for n in (0, 1, 2):
         try:
-            fds.append(libc.pidfd_getfd(pidfd, n))
+            fds.append(hostfd.take_fd(task.host_pid, task.host_tid, n, task.process.pidfd))
         except OSError:
             fds.append(None)
     return fds

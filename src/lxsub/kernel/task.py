@@ -115,12 +115,13 @@ class Task(Caller):
 
     def copy_fd(self, fd: int) -> int:
         """A provider-side duplicate of the thread's descriptor fd (EBADF if
-        none): pidfd_getfd(2) on its process."""
+        none): pidfd_getfd(2) on its process, or its fallbacks
+        (platform/hostfd.py)."""
         if fd < 0:
             raise OSError(errno.EBADF, "bad file descriptor")
-        from lxsub.platform import libc
+        from lxsub.platform import hostfd
         try:
-            return libc.pidfd_getfd(self.process.pidfd(), fd)
+            return hostfd.take_fd(self.host_pid, self.host_tid, fd, self.process.pidfd)
         except OSError as e:
             if e.errno == errno.ESRCH:
                 raise

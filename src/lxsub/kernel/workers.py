@@ -57,7 +57,7 @@ from lxsub.platform import affinity
 from lxsub.platform.fanout import (MAX_SLOTS, SNAPSHOT, TASKS, Epochs, ReceiveLock, SharedListeners,
                                    become_worker, socket_pair)
 from lxsub.platform.memory import MemoryFault
-from lxsub.platform.notify import KILLABLE_WAIT, Notification
+from lxsub.platform.notify import KILLABLE_WAIT, LISTENERS, Notification
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -83,6 +83,8 @@ def wanted_count() -> int:
     provider serves every call itself. Off by default: on the 2-CPU
     development VM, shared with other work, no speed-up could be shown yet
     (docs/ARCHITECTURE.md, "Concurrency")."""
+    if not LISTENERS:
+        return 0         # workers receive from listeners: the ptrace platform has none
     if not KILLABLE_WAIT:
         # Without WAIT_KILLABLE_RECV a signal can wake the caller while its
         # call is on the way from a worker to the provider, and the repair

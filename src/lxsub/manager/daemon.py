@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from lxsub.errors import LxError
 from lxsub.manager import paths, protocol
 from lxsub.manager.protocol import ProtocolError
+from lxsub.platform import features, hostfd
 from lxsub.config import load_distro_config, load_host_config
 from lxsub.state import Distro, Registry, check_launchable, lx_home
 
@@ -155,7 +156,10 @@ class Manager:
             default = None
         manager = {"pid": os.getpid(), "started": self.started,
                    "socket": str(paths.manager_socket()), "lx_home": str(lx_home())}
-        return {"ok": True, "manager": manager, "default": default, "instances": instances}
+        # Instances are forked from the manager: its environment
+        # (LX_PLATFORM, LX_HIDE_FEATURES) and kernel are theirs.
+        return {"ok": True, "manager": manager, "default": default, "instances": instances,
+                "platform": features.report()}
 
     def _op_terminate(self, _conn, request: protocol.TerminateRequest, _fds) -> dict:
         ref = self.instances.get(request.distro)
@@ -224,8 +228,7 @@ class Manager:
         sockets, nor the stdio of a client whose launch is in flight (which
         would keep that client's pipes open as long as the instance runs)."""
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.closerange(3, keep)
-        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        hostfd.close_fds_except(keep)
 
     def _add_instance(self, ref: InstanceRef) -> InstanceRef:
         self.instances[ref.distro] = ref

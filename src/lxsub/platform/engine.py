@@ -25,7 +25,7 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.platform import affinity, inject, libc, ptrace
+from lxsub.platform import affinity, features, inject, libc, ptrace
 from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Listener, Notification
 from lxsub.platform.ptrace import Regs
 
@@ -113,6 +113,12 @@ class Engine:
         # been shown (an exec whose exit stop the injected mapping ran
         # through): a PTRACE_SYSCALL resume reports it first.
         self.exits_unreported: set[int] = set()
+        # The ptrace platform (platform/tracenotify.py): notify rows stop
+        # by ptrace and are handed over as notifications of this listener.
+        self.trace_listener = None
+        if features.platform()[0] == "ptrace":
+            from lxsub.platform.tracenotify import TraceListener
+            self.trace_listener = TraceListener(self)
 
     # -- registration -----------------------------------------------------
 
@@ -312,6 +318,11 @@ class Engine:
         here) and hold it there; False if what came was another event
         (handled as usual) or tid is gone."""
         if tid not in self.listening:
+            # Its group-stop may still wait behind the caller's stop (the
+            # ptrace platform's calls and the stops come through the same
+            # waitpid(-1), in the kernel's order).
+            self._take_pending_status(tid)
+        if tid not in self.listening:
             return False
         try:
             ptrace.interrupt(tid)
@@ -325,7 +336,17 @@ class Engine:
         self._on_wait_status(tid, status)
         return False
 
+    def _take_pending_status(self, tid: int) -> None:
+        try:
+            got, status = os.waitpid(tid, os.WNOHANG | ptrace.WALL)
+        except ChildProcessError:
+            return
+        if got == tid:
+            self._on_wait_status(tid, status)
+
     def _cont(self, tid: int, sig: int) -> None:
+        if self.trace_listener is not None:
+            self.trace_listener.resumed(tid)
         mode = self.resume_modes.get(tid) if self.resume_modes else None
         if mode is not None and not (mode == ptrace.PTRACE_SINGLESTEP and tid in self.exit_hooks):
             ptrace.restart(mode, tid, sig)
@@ -443,6 +464,8 @@ class Engine:
             self.lost_results.pop(tid, None)
             self._injection_gone(tid)
             self.exits_unreported.discard(tid)
+            if self.trace_listener is not None:
+                self.trace_listener.forget_tid(tid)
             self.kernel.on_exit(tid, status)
             watcher = self.child_watchers.pop(tid, None)
             if watcher is not None:
@@ -481,7 +504,17 @@ class Engine:
                 self.kernel.on_syscall_stop(tid)     # a Linux tracer's syscall stop
             self.resume(tid)
         elif event == ptrace.EVENT_SECCOMP:
-            self.kernel.on_trace_stop(tid, ptrace.get_regs(tid, self.regs))
+            tl = self.trace_listener
+            if tl is not None and tl.claims(tid):
+                n = tl.notification(tid, ptrace.get_regs(tid, self.regs))
+                if n.nr not in self.quiet_nrs:
+                    self.before_change()
+                self.kernel.on_notification(tl, n)
+            else:
+                regs = ptrace.get_regs(tid, self.regs)
+                if tl is not None:
+                    tl.at_trace_row(tid, regs)
+                self.kernel.on_trace_stop(tid, regs)
         elif event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
             child = ptrace.event_msg(tid)
             affinity.inherit(tid, child)

@@ -18,7 +18,7 @@ import os
 import signal
 
 from lxsub.abi.prctl import PR_SET_PDEATHSIG
-from lxsub.platform import affinity, libc
+from lxsub.platform import affinity, hostfd, libc
 
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 
@@ -64,8 +64,7 @@ def _child(path, argv, env, cwd, stdio, sigmask, ignored, report_r, report_w):  
                     os.close(target)     # closed in the caller: closed here too
             else:
                 os.dup2(src, target, inheritable=True)
-        os.closerange(3, report_w)
-        os.closerange(report_w + 1, 65536)
+        hostfd.close_fds_except(report_w)
         try:
             os.chdir(cwd)
         except OSError:

@@ -12,7 +12,7 @@ import os
 import signal
 
 from lxsub.abi.prctl import PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
-from lxsub.platform import affinity, libc, ptrace
+from lxsub.platform import affinity, features, hostfd, libc, ptrace, tracenotify
 from lxsub.platform.notify import install_filter
 
 
@@ -33,6 +33,8 @@ def spawn(filter_prog: bytes, path: bytes, argv: list[bytes], envp: list[bytes],
 
     The caller's event loop must be ready to treat the child's trapped execve.
     """
+    if features.platform()[0] == "ptrace":
+        filter_prog = tracenotify.trace_filter(filter_prog)
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -47,14 +49,19 @@ def spawn(filter_prog: bytes, path: bytes, argv: list[bytes], envp: list[bytes],
     return pid, report_r
 
 
-def take_listener(pid: int, report_r: int) -> int:
+def take_listener(pid: int, report_r: int) -> int | None:
     """Called at the child's first trapped syscall (its execve): the listener
-    fd number is in the pipe; copy the descriptor into the provider."""
+    fd number is in the pipe; copy the descriptor into the provider.
+    pidfd_getfd (Linux 5.6) is one of the notify platform's needs
+    (platform/features.py): the child cannot send it, its sendmsg is
+    already trapped, by this very listener."""
     raw = os.read(report_r, 16)
     os.close(report_r)
     if not raw:
         raise OSError(f"pico process {pid} died before installing its filter")
     child_fd = int(raw.decode())
+    if child_fd < 0:
+        return None            # the ptrace platform: no listener
     pidfd = libc.pidfd_open(pid)
     try:
         return libc.pidfd_getfd(pidfd, child_fd)
@@ -87,7 +94,11 @@ def _child(filter_prog, path, argv, envp, setup, sigmask, report_r, report_w):  
         affinity.release_child()
         os.kill(os.getpid(), signal.SIGSTOP)       # wait to be seized
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
-        listener = install_filter(filter_prog)
+        if features.platform()[0] == "ptrace":
+            libc.seccomp_set_filter(0, filter_prog)
+            listener = -1
+        else:
+            listener = install_filter(filter_prog)
         os.write(report_w, str(listener).encode())
         os.close(report_w)
         env = dict(e.split(b"=", 1) if b"=" in e else (e, b"") for e in envp)
@@ -106,5 +117,4 @@ def _arrange_stdio(setup: ChildSetup, report_w: int) -> None:
     for target, src in enumerate(moved):
         os.dup2(src, target, inheritable=True)
     # Nothing of the provider's may leak into the instance.
-    os.closerange(3, report_w)
-    os.closerange(report_w + 1, 65536)
+    hostfd.close_fds_except(report_w)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.abi.kcmp import KCMP_FILE
 from lxsub.abi.seccomp import SECCOMP_SET_MODE_FILTER
 from lxsub.abi.stat import SIZEOF_STATX, STATX_BTIME
+from lxsub.platform import features
 from lxsub.abi.sysno import (SYS_CLOCK_ADJTIME, SYS_KCMP, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN,
                              SYS_SECCOMP)
 
@@ -131,13 +133,21 @@ _HOWS: dict[tuple[int, int, int], tuple[open_how, int]] = {}
 _HOW_SIZE = ctypes.sizeof(open_how)
 
 
-def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+def _openat2_syscall(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
     key = (flags, mode, resolve)
     how = _HOWS.get(key)
     if how is None:
         h = open_how(flags, mode, resolve)
         how = _HOWS[key] = (h, ctypes.addressof(h))
     return _check(_openat2(SYS_OPENAT2, dirfd, path, how[1], _HOW_SIZE))
+
+
+def _no_openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    raise OSError(errno.ENOSYS, "openat2 is not available (Linux 5.6)")
+
+
+# Every caller has a fallback for ENOSYS (a walk one component at a time).
+openat2 = _openat2_syscall if features.has("openat2") else _no_openat2
 
 
 def seccomp_set_filter(flags: int, prog_bytes: bytes) -> int:

@@ -31,6 +31,7 @@ import threading
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
 from lxsub.abi.sched import CLONE_NEWIPC, CLONE_NEWUSER
 from lxsub.abi.sysno import NUMBERS
+from lxsub.platform import hostfd
 from lxsub.platform.unixns import fork_helper, helper_reply, stop_helper, unshare_as_self
 
 # op (0 open, 1 unlink), oflag, mode, attr given, mq_maxmsg, mq_msgsize; the name follows
@@ -70,8 +71,7 @@ def _serve(sock: socket.socket) -> None:
     code = 1
     try:
         keep = sock.fileno()                  # none of the provider's descriptors
-        os.closerange(3, keep)
-        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        hostfd.close_fds_except(keep)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(b"lx-mqueues"), 0, 0, 0)

@@ -15,7 +15,7 @@ import struct
 
 from lxsub.abi.fcntl import O_CLOEXEC
 from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-from lxsub.platform import libc
+from lxsub.platform import features, libc
 from lxsub.platform.affinity import WakeHere
 
 _RECV = 0xC0502100        # SECCOMP_IOCTL_NOTIF_RECV
@@ -35,20 +35,14 @@ _ADDFD_ARG = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _ZERO = bytes(_NOTIF.size)
 
 
-def _killable_wait() -> bool:
-    """Whether install_filter gets WAIT_KILLABLE_RECV: the filter is
-    installed in each new pico process, so the provider knows it from the
-    same environment and the kernel's release (Linux 5.19)."""
-    if os.environ.get("LX_NO_KILLABLE_WAIT"):
-        return False
-    try:
-        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= (5, 19)
-
-
-KILLABLE_WAIT = _killable_wait()
+# Whether install_filter gives WAIT_KILLABLE_RECV: the filter is installed
+# in each new pico process, which probes nothing itself and follows the
+# provider's answer (platform/features.py; LX_NO_KILLABLE_WAIT=1 or
+# LX_HIDE_FEATURES=wait_killable_recv hide it).
+KILLABLE_WAIT = features.has("wait_killable_recv")
+# Whether calls arrive on listeners at all (not on the ptrace platform,
+# whose calls are ptrace stops only the tracer thread can answer).
+LISTENERS = features.platform()[0] == "notify"
 
 
 def install_filter(prog: bytes) -> int:
@@ -62,12 +56,8 @@ def install_filter(prog: bytes) -> int:
     dispatch then repairs what it can. LX_NO_KILLABLE_WAIT=1 forces that
     path (for its tests)."""
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER
-    if not os.environ.get("LX_NO_KILLABLE_WAIT"):
-        try:
-            return libc.seccomp_set_filter(flags | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, prog)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
+    if KILLABLE_WAIT:
+        flags |= SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
     return libc.seccomp_set_filter(flags, prog)
 
 
@@ -84,17 +74,19 @@ class Notification:
 class Listener:
     """One seccomp listener descriptor (one per filter installed)."""
 
+    # Whether reply_fd_last_holder may be used: with WAIT_KILLABLE_RECV
+    # only a deadly signal comes between its two steps.
+    last_holder_safe = KILLABLE_WAIT
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._buf = bytearray(_NOTIF.size)
-        try:
+        if features.has("sync_wake_up"):
             # Wake the provider on the caller's CPU and the caller on the
             # provider's: a trapped call then costs ~10 us instead of
             # 40-140 us of cross-CPU wake-ups (a VM pays most for those).
             # The flags go by value, not through a pointer.
             fcntl.ioctl(fd, _SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
-        except OSError:
-            pass
 
     def receive(self) -> Notification:
         buf = self._buf

@@ -9,9 +9,10 @@ their registers; clone/fork/exec/exit arrive as ptrace events.
 from __future__ import annotations
 
 import ctypes
+import errno
 import signal
 
-from lxsub.platform import libc
+from lxsub.platform import features, libc
 
 PTRACE_PEEKDATA = 2
 PTRACE_POKEDATA = 5
@@ -116,7 +117,12 @@ def restart(request: int, tid: int, sig: int = 0) -> None:
 
 def syscall_stop_op(tid: int) -> int:
     """At a syscall stop: SYSCALL_INFO_ENTRY or SYSCALL_INFO_EXIT
-    (PTRACE_GET_SYSCALL_INFO's op; only the first byte is asked for)."""
+    (PTRACE_GET_SYSCALL_INFO's op; only the first byte is asked for).
+    Before Linux 5.3: the kernel enters every syscall with rax = -ENOSYS
+    (x86-64 entry code), which an exit shows only for an unknown call."""
+    if not features.has("ptrace_syscall_info"):
+        regs = get_regs(tid, Regs())
+        return SYSCALL_INFO_ENTRY if signed64(regs.rax) == -errno.ENOSYS else SYSCALL_INFO_EXIT
     out = ctypes.c_uint8()
     libc.ptrace(PTRACE_GET_SYSCALL_INFO, tid, 1, ctypes.addressof(out))
     return out.value

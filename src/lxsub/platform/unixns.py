@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -43,6 +44,7 @@ from typing import Callable
 
 from lxsub.abi.prctl import PR_SET_NAME, PR_SET_PDEATHSIG
 from lxsub.abi.sched import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
+from lxsub.platform import features, hostfd
 
 SO_NETNS_COOKIE = 71
 
@@ -117,8 +119,7 @@ def _serve(sock: socket.socket) -> None:
         # Forked at any time: keep none of the provider's descriptors (a
         # copy of a program's pipe or socket would keep it open).
         keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        hostfd.close_fds_except(keep)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # Not the provider's name ("lx:DISTRO"), which says "an instance".
@@ -343,10 +344,27 @@ class UnixNamespace:
         self._sock, self.helper_pid = None, 0
 
 
+_SIOCGSKNS = 0x894C
+_NOT_OURS = -1          # no cookie is negative
+
+
 def netns_cookie(fd: int) -> int:
-    """The cookie of the network namespace socket `fd` lives in (Linux 5.14)."""
+    """The cookie of the network namespace socket `fd` lives in (Linux 5.14).
+    Before: the inode of that namespace (SIOCGSKNS, Linux 4.9), tagged with
+    the top bit; it needs CAP_NET_ADMIN over the namespace, which the
+    provider has over the ones it made: where it is refused the socket is
+    none of the instance's (_NOT_OURS)."""
     s = socket.socket(fileno=os.dup(fd))
     try:
-        return struct.unpack("<Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        if features.has("so_netns_cookie"):
+            return struct.unpack("<Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        try:
+            ns = fcntl.ioctl(s.fileno(), _SIOCGSKNS)
+        except PermissionError:
+            return _NOT_OURS
+        try:
+            return os.fstat(ns).st_ino | 1 << 63
+        finally:
+            os.close(ns)
     finally:
         s.close()

@@ -42,13 +42,14 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.magic import TMPFS_MAGIC
 from lxsub.abi.sched import CLONE_NEWNS, CLONE_NEWUSER
-from lxsub.abi.sysno import SYS_FSCONFIG, SYS_FSMOUNT, SYS_FSOPEN
+from lxsub.abi.sysno import NUMBERS, SYS_FSCONFIG, SYS_FSMOUNT, SYS_FSOPEN
 from lxsub.kernel.fs.hostfs import fd_path
 from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, MemoryStore
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.fs.metatree import MetaTree
 from lxsub.kernel.vfs.filesystem import CLAIM_OWN
 from lxsub.kernel.vfs.node import Node
+from lxsub.platform import features
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -106,17 +107,9 @@ def _child_make_tmpfs(sock: socket.socket, options: dict[str, str]) -> None:
         from lxsub.platform.unixns import unshare_as_self
         unshare_as_self(CLONE_NEWUSER | CLONE_NEWNS)
         libc = ctypes.CDLL(None, use_errno=True)
-        fs = _sys(libc, SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
         opts = dict(options)
         opts["mode"] = "700"     # the host directory: the Linux mode is kept by the provider
-        for key, value in opts.items():
-            _sys(libc, SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_SET_STRING),
-                 ctypes.c_char_p(key.encode()), ctypes.c_char_p(value.encode()), ctypes.c_long(0))
-        _sys(libc, SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_CMD_CREATE),
-             ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_long(0))
-        mnt = _sys(libc, SYS_FSMOUNT, ctypes.c_long(fs), ctypes.c_long(_FSMOUNT_CLOEXEC),
-                   ctypes.c_long(0))
-        root = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mnt)
+        root = _new_tmpfs(libc, opts) if features.has("fsopen") else _mounted_tmpfs(libc, opts)
         socket.send_fds(sock, [b"ok"], [root])
         code = 0
     except OSError as e:
@@ -128,6 +121,30 @@ def _child_make_tmpfs(sock: socket.socket, options: dict[str, str]) -> None:
         pass
     finally:
         os._exit(code)
+
+
+def _mounted_tmpfs(libc, opts: dict[str, str]) -> int:
+    """Before fsopen (Linux 5.2): mount(2) on a directory of the helper's
+    own mount namespace; the open root keeps the mount when that namespace
+    goes with the helper."""
+    target = next((d for d in (b"/tmp", b"/mnt", b"/var/tmp") if os.path.isdir(d)), b"/tmp")
+    data = ",".join(f"{k}={v}" for k, v in opts.items()).encode()
+    _sys(libc, NUMBERS["mount"], ctypes.c_char_p(b"tmpfs"), ctypes.c_char_p(target),
+         ctypes.c_char_p(b"tmpfs"), ctypes.c_ulong(0), ctypes.c_char_p(data))
+    return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _new_tmpfs(libc, opts: dict[str, str]) -> int:
+    """A detached tmpfs (fsopen, fsconfig, fsmount): its root directory."""
+    fs = _sys(libc, SYS_FSOPEN, ctypes.c_char_p(b"tmpfs"), ctypes.c_long(_FSOPEN_CLOEXEC))
+    for key, value in opts.items():
+        _sys(libc, SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_SET_STRING),
+             ctypes.c_char_p(key.encode()), ctypes.c_char_p(value.encode()), ctypes.c_long(0))
+    _sys(libc, SYS_FSCONFIG, ctypes.c_long(fs), ctypes.c_long(_FSCONFIG_CMD_CREATE),
+         ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_long(0))
+    mnt = _sys(libc, SYS_FSMOUNT, ctypes.c_long(fs), ctypes.c_long(_FSMOUNT_CLOEXEC),
+               ctypes.c_long(0))
+    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mnt)
 
 
 def host_tmpfs(options: dict[str, str]) -> int:

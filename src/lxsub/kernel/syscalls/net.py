@@ -34,7 +34,7 @@ from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
-from lxsub.platform import bpf, libc, unixns
+from lxsub.platform import bpf, features, libc, unixns
 from lxsub.platform.inject import Scratch, SysCall
 
 _SUN_PATH = 108
@@ -671,6 +671,8 @@ def sys_getsockopt(c: Call):
             raise OSError(errno.ESRCH, "the peer has exited")
         if optlen < 4:
             raise OSError(errno.EINVAL, "bad option length")
+        if not features.has("pidfd_open"):
+            raise OSError(errno.ENOPROTOOPT, "no pidfds on this host (Linux 5.3)")
         c.write(optlen_at, struct.pack("<i", 4))
         return NewFds((libc.pidfd_open(proc.host_pid),), True, optval)
     c.write(optval, value)

@@ -17,8 +17,8 @@ from lxsub.abi.prctl import (PR_CAP_AMBIENT, PR_CAPBSET_DROP, PR_CAPBSET_READ, P
                               PR_GET_NAME, PR_GET_NO_NEW_PRIVS, PR_GET_SECCOMP, PR_GET_SECUREBITS, PR_SET_CHILD_SUBREAPER,
                               PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP,
                               PR_SET_SECUREBITS)
-from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
-                               SECCOMP_SET_MODE_FILTER)
+from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_TSYNC,
+                               SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT, SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import SYS_EXECVE
 from lxsub.kernel import interop
 from lxsub.kernel.syscalls import ptrace
@@ -441,6 +441,13 @@ def _install_filter(c: Call, flags: int):
         raise OSError(errno.EINVAL, "bad filter length")
     if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
         raise OSError(errno.EACCES, "no_new_privs unset and no CAP_SYS_ADMIN")
+    if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER:
+        # A thread's filters may hold one listener (kernel/seccomp.c
+        # has_duplicate_listener): the provider's has it, whatever the
+        # platform. Where the provider's filter has none (the ptrace
+        # platform), a program's listener would get its calls first (its
+        # USER_NOTIF outranks the provider's TRACE) and let them run.
+        raise OSError(errno.EBUSY, "the provider's filter holds the listener")
     return _enter_mode(c, SECCOMP_MODE_FILTER, flags)
 
 

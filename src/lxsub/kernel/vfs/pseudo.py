@@ -35,6 +35,19 @@ _MAX_SCRATCH_DIRS = 256
 _MAX_MEMFDS = 4096
 
 
+
+# File systems with writes to pseudo files not yet applied (a program's
+# write(2) to /proc/sys/... is in a pipe the loop drains when it gets to it).
+WRITES_PENDING: set = set()
+
+
+def apply_pending_writes() -> None:
+    """Apply what programs have written to pseudo files so far: a later
+    call must see a sysctl its caller (or another process) set before it,
+    whatever order the loop learns of the two in."""
+    for fs in list(WRITES_PENDING):
+        fs._flush_writes()
+
 class Entry:
     """A file of a pseudo file system; `path` inside the fs is its identity."""
     mode = st.S_IFREG | 0o444
@@ -342,6 +355,7 @@ class PseudoFs(FileSystem):
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(r, False)
         self._writers[r] = (e, task)
+        WRITES_PENDING.add(self)
         self.inst.engine.watch_fd(r, lambda: self._drain_write(r))
         return w
 
@@ -373,6 +387,8 @@ class PseudoFs(FileSystem):
         """Take in the writes to this file system's files still in flight."""
         for r in list(self._writers):
             self._drain_write(r)
+        if not self._writers:
+            WRITES_PENDING.discard(self)
 
     def _remember_memfd(self, fd: int, e: Entry) -> None:
         s = os.fstat(fd)

@@ -13,7 +13,7 @@ from lxsub.kernel.creds import CAP_SYS_RESOURCE, Creds
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.pseudo import Entry, File, HostFile, Link, read_host
-from lxsub.platform import libc
+from lxsub.platform import hostfd
 
 if TYPE_CHECKING:
     from lxsub.kernel.fs.procfs import ProcFs
@@ -230,7 +230,8 @@ class TaskFiles:
             names = os.listdir(self.hp + "/fd")
         except OSError:
             return []
-        return sorted(names, key=int)
+        host_pid = self.proc.host_pid
+        return sorted((n for n in names if not hostfd.is_hidden(host_pid, int(n))), key=int)
 
     def _fds(self) -> dict[str, Entry]:
         return {n: FdLink(f"{self.path}/fd/{n}", self.proc, int(n), self.fs, self._owner)
@@ -304,7 +305,7 @@ def _open_fd_target(proc: "Process", fd: int) -> int:
     if kind not in (st.S_IFCHR, st.S_IFBLK):
         return local
     try:
-        same = libc.pidfd_getfd(proc.pidfd(), fd)
+        same = hostfd.take_fd(proc.host_pid, proc.host_pid, fd, proc.pidfd)
     except OSError:
         return local
     os.close(local)
