@@ -132,6 +132,9 @@ def _node_of_handle(c: Call, anchor: Node, handle) -> Node:
     finally:
         if mount_fd != anchor_fd:
             os.close(mount_fd)
+    if not _inside_mount_root(fd, anchor.mount):
+        os.close(fd)
+        raise OSError(errno.ESTALE, "not a file below the mount's root")
     node = c.inst.vfs.node_for_host_fd(fd, os.fstat(fd))
     if node is None:
         os.close(fd)
@@ -140,3 +143,23 @@ def _node_of_handle(c: Call, anchor: Node, handle) -> Node:
         node.release()
         raise OSError(errno.ESTALE, "not a file of the mount's file system")
     return node
+
+
+def _inside_mount_root(fd: int, mount) -> bool:
+    """Whether the host file `fd` lies below the host directory at the root
+    of `mount`, by a path that leads to it. A handle names any file of the
+    host file system the instance's tree is on (its root, inode 2, the
+    "shocker" escape); a file that is found by no path (a handle of a
+    deleted or disconnected file) is refused as well."""
+    root = mount.root_node
+    if root is None or root.fd is None:
+        return False
+    try:
+        top = os.readlink(f"/proc/self/fd/{root.fd}")
+        host = os.readlink(f"/proc/self/fd/{fd}")
+        here, there = os.stat(host, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        return False
+    return host == top or host.startswith(top.rstrip("/") + "/")
