@@ -749,34 +749,30 @@ _CREDS_FILTER = _creds_filter_call()
 
 
 def _set_passcred(c: Call) -> Native:
-    """setsockopt(fd, SOL_SOCKET, SO_PASSCRED, ...) runs natively; if the
-    socket has it on afterwards, the process gets the filter (once)."""
+    """setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &val, len) runs natively; if
+    it succeeds with a nonzero int (sock_setsockopt: valbool), the socket
+    has the option on, and the process gets the filter (once). Read from
+    the call, not asked of the socket: that needs no copy of the
+    descriptor, which a platform without pidfd_getfd has only as O_PATH."""
     task, fd = c.task, c.int(0)
+    on = False
+    if c.uint(4) >= 4:
+        try:
+            on = struct.unpack("<i", c.read(c.ptr(3), 4))[0] != 0
+        except OSError:
+            pass                           # the call itself answers EFAULT
 
     def done(result: int) -> None:
-        if result != 0 or not _passcred_on(task, fd):
+        if result != 0 or not on:
             return None
         c.inst.unix.passcred = True
         if not task.process.creds_filter:
             _give_creds_filter(c.inst, task)
-        ino = _socket_inode(task, fd)
+        ino = _socket_inode(task.host_pid, fd)
         if ino is not None:
             _give_creds_filter_to_holders(c.inst, ino)
         return None
     return Native(on_exit=done)
-
-
-def _passcred_on(task, fd: int) -> bool:
-    try:
-        local = lookup.copy_fd(task, fd)
-    except OSError:
-        return False
-    try:
-        return struct.unpack("<i", _getsockopt(local, SOL_SOCKET, SO_PASSCRED, 4))[0] != 0
-    except OSError:
-        return False
-    finally:
-        os.close(local)
 
 
 def _give_creds_filter(inst, task) -> None:
@@ -826,15 +822,15 @@ def _holds_socket(host_pid: int, ino: int) -> bool:
     return False
 
 
-def _socket_inode(task, fd: int) -> int | None:
+def _socket_inode(host_pid: int, fd: int) -> int | None:
+    """The inode of socket `fd` of a process, from its host descriptor link."""
     try:
-        local = lookup.copy_fd(task, fd)
+        link = os.readlink(f"/proc/{host_pid}/fd/{fd}")
     except OSError:
         return None
-    try:
-        return os.fstat(local).st_ino
-    finally:
-        os.close(local)
+    if not (link.startswith("socket:[") and link.endswith("]")):
+        return None
+    return int(link[len("socket:["):-1])
 
 
 def _passes_passcred_socket(msg: _Message) -> bool:
