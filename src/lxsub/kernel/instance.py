@@ -274,7 +274,7 @@ class Instance:
             self.pids.add_process(proc)
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
-                    seccomp_filters=parent.seccomp_filters,
+                    seccomp_filters=parent.seccomp_filters, landlock=parent.landlock,
                     uts=uts_of(self, parent).copy() if parent.clone_newuts else parent.uts)
         parent.clone_newuts = False
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))

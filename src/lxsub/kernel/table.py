@@ -131,8 +131,9 @@ ROWS: list[Syscall] = [
         "landlock_add_rule")),
     trace("landlock_restrict_self", process.sys_landlock_restrict_self,
           "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
-          "no_new_privs); the provider's own work for the restricted thread (opens, binds) is not "
-          "restricted", PARTIAL),
+          "no_new_privs); the provider's opens, inet binds and connects for the restricted thread "
+          "are checked by a helper in a copy of its domain (after the open: an O_CREAT or O_TRUNC "
+          "it refuses has happened; abstract Unix socket scopes not held)", PARTIAL),
     # A negative clockid is a CPU clock naming a pid: translated.
     *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
               "clockids) stop: the pid in them translated, outside the instance EINVAL",

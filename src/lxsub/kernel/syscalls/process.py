@@ -27,7 +27,7 @@ from lxsub.kernel import creds as caps
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
-from lxsub.platform import memory
+from lxsub.platform import landlock, memory
 
 
 # -- execve -------------------------------------------------------------------
@@ -427,7 +427,25 @@ def sys_landlock_restrict_self(c: Call) -> Native:
     host's, which every pico process has; then the host restricts it."""
     if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
         raise OSError(errno.EPERM, "no_new_privs unset and no CAP_SYS_ADMIN")
-    return Native()
+    task, inst = c.task, c.inst
+    try:
+        ruleset = lookup.copy_fd(task, c.int(0))
+    except OSError:
+        return Native()                  # the host's EBADF (or a -1 with flags)
+
+    def restricted(result: int) -> None:
+        # The provider's work for the thread (platform/landlock.py) is done
+        # in a copy of its new domain, made now: the rule set may change
+        # once the call has returned, the domain does not.
+        try:
+            if result == 0:
+                task.landlock = landlock.Domain.restricted(task.landlock, ruleset)
+        except OSError as e:
+            inst.log.warn(f"no Landlock domain helper for thread {task.tid}: {e}")
+        finally:
+            os.close(ruleset)
+        return None
+    return Native(on_exit=restricted)
 
 
 def _install_filter(c: Call, flags: int):
