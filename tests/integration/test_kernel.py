@@ -204,6 +204,49 @@ def test_landlock_holds_for_the_providers_work(debian):
         describe(cp)
 
 
+ACCT_PY = textwrap.dedent("""\
+    import ctypes, os, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    def acct(path):
+        r = libc.acct(path)
+        return r if r == 0 else os.strerror(ctypes.get_errno())
+    open("/tmp/pacct", "wb").close()
+    print("on", acct(b"/tmp/pacct"), "dir", acct(b"/tmp"), flush=True)
+    child = os.fork()
+    if child == 0:
+        libc.prctl(15, b"acctprobe", 0, 0, 0)          # PR_SET_NAME
+        os._exit(3)
+    os.waitpid(child, 0)
+    print("off", acct(None), flush=True)
+    data = open("/tmp/pacct", "rb").read()
+    mine = []
+    for i in range(0, len(data) - len(data) % 64, 64):
+        flag, version, tty, code, uid, gid, pid, ppid = struct.unpack_from("<BBHIIIII", data, i)
+        comm = data[i + 48:i + 64].rstrip(b"\\0").decode()
+        if pid == child:
+            mine.append((version, code >> 8, uid, ppid == os.getpid(), comm))
+    print("records", len(data) % 64, mine, flush=True)
+    child = os.fork()
+    if child == 0:
+        os.setuid(65534)
+        print("nobody", acct(None), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    """)
+
+
+def test_acct_writes_a_record_per_ended_process(debian):
+    """acct(2) names the instance's accounting file: each process that ends
+    appends a struct acct_v3 (version 3, its wait status, real uid, pid,
+    parent's pid and name as the instance knows them); a directory is
+    EISDIR, a user without CAP_SYS_PACCT EPERM (LTP acct01, acct02)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", ACCT_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "on 0 dir Is a directory", "off 0", "records 0 [(3, 3, 0, True, 'acctprobe')]",
+        "nobody Operation not permitted"], describe(cp)
+
+
 IGNORED_SIGNAL_PY = textwrap.dedent("""\
     import ctypes, os, signal, time
     libc = ctypes.CDLL(None, use_errno=True)

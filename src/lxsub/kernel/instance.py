@@ -25,6 +25,7 @@ from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel.acct import accounting_of
 from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
@@ -431,6 +432,9 @@ class Instance:
             return  # the process lives on in its other threads
         proc.exit_ruid = task.creds.ruid
         proc.exit_creds = task.creds
+        # acct_process: before the children go to their new reaper, while
+        # the host still has the process's times.
+        accounting_of(self).process_ended(proc, status, task.creds.ruid, task.creds.rgid)
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:

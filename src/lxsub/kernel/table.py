@@ -22,7 +22,7 @@ from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
-from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
+from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
                                    klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
                                    unistd, utsname, xattr)
 from lxsub.platform import bpf
@@ -366,7 +366,8 @@ ROWS: list[Syscall] = [
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
-    denied("swapon"), denied("swapoff"), denied("acct"),
+    denied("swapon"), denied("swapoff"), notify("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
+           "ended process (its times from the host)", PARTIAL),
     notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
            "instance; other commands EINVAL"),
     denied("settimeofday"),
