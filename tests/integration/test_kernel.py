@@ -247,6 +247,44 @@ def test_acct_writes_a_record_per_ended_process(debian):
         "nobody Operation not permitted"], describe(cp)
 
 
+SECCOMP_STRICT_PY = textwrap.dedent("""\
+    import ctypes, errno, os, signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.syscall                              # looked up before strict mode
+    def strict_child(then):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            buf = ctypes.create_string_buffer(b"in")
+            if call(157, 22, 1, 0, 0, 0) != 0:       # prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT)
+                call(60, 99)
+            call(1, w, buf, 2)                        # write: allowed
+            call(then, 7)                             # getpid: killed; exit: allowed
+            call(60, 8)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        said = os.read(r, 10).decode()
+        if os.WIFSIGNALED(status):
+            return said + " " + signal.Signals(os.WTERMSIG(status)).name
+        return said + " exit %d" % os.WEXITSTATUS(status)
+    print("getpid", strict_child(39))
+    print("exit", strict_child(60))
+    r = call(317, 0, 1, None)                        # seccomp(SECCOMP_SET_MODE_STRICT, flags=1)
+    print("flags", errno.errorcode[ctypes.get_errno()] if r < 0 else r)
+    """)
+
+
+def test_seccomp_strict_mode(debian):
+    """seccomp(2) SECCOMP_MODE_STRICT: read, write, _exit and sigreturn
+    work, any other call kills the process with SIGKILL; the host refuses
+    strict mode beside the provider's filter, so lxsub makes it from a
+    filter of its own (LTP seccomp01)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", SECCOMP_STRICT_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["getpid in SIGKILL", "exit in exit 7", "flags EINVAL"], \
+        describe(cp)
+
+
 IGNORED_SIGNAL_PY = textwrap.dedent("""\
     import ctypes, os, signal, time
     libc = ctypes.CDLL(None, use_errno=True)

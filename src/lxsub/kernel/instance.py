@@ -21,6 +21,7 @@ from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE, AT_SYSINFO_EHDR
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
+from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
@@ -489,6 +490,8 @@ class Instance:
         return proc.pid
 
     def on_signal(self, tid: int, sig: int) -> int:
+        if sig == signal.SIGSYS and self._strict_mode_violated(tid):
+            return 0
         if self.ptrace.links:
             task = self.pids.tasks_by_host.get(tid)
             if task is not None and self.ptrace.link_of(task) is not None:
@@ -519,6 +522,23 @@ class Instance:
             return False
         libc.kill_group_or_process(proc.host_pid, signal.SIGSTOP)
         watcher(sig)
+        return True
+
+    def _strict_mode_violated(self, tid: int) -> bool:
+        """A thread in seccomp strict mode made a call it forbids: the
+        filter that stands for strict mode (syscalls/process.py
+        _enter_strict) sent SIGSYS, and Linux kills the thread with SIGKILL
+        (__secure_computing_strict). The host's SIGKILL takes the whole
+        thread group, where Linux ends the thread."""
+        task = self.pids.tasks_by_host.get(tid)
+        if task is None or task.seccomp_mode != SECCOMP_MODE_STRICT:
+            return False
+        try:
+            if ptrace.get_siginfo(tid).si_code != SYS_SECCOMP:
+                return False              # a SIGSYS someone sent: delivered as any signal
+        except OSError:
+            return False
+        os.kill(tid, signal.SIGKILL)
         return True
 
     def _translate_siginfo(self, tid: int, sig: int) -> None:

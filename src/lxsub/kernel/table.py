@@ -180,7 +180,9 @@ ROWS: list[Syscall] = [
                    ArgRule(0, "eq", 22, bpf.RET_TRACE), ArgRule(0, "eq", 36, bpf.RET_TRACE))),
     Syscall("seccomp", NATIVE, process.sys_seccomp, FULL,
             "filters run natively, stacked on the provider's; installing one needs the "
-            "program's own no_new_privs or CAP_SYS_ADMIN (EACCES)",
+            "program's own no_new_privs or CAP_SYS_ADMIN (EACCES); strict mode is a filter that "
+            "traps all but read, write, exit and rt_sigreturn, its SIGSYS made a SIGKILL of the "
+            "whole process",
             rules=_when(0, (0, 1), bpf.RET_TRACE)),
     # -- sockets: addresses that name files are translated
     Syscall("socket", NATIVE, net.sys_socket, FULL,
