@@ -139,6 +139,152 @@ def test_landlock_restrict_self_needs_no_new_privs(debian):
         describe(cp)
 
 
+LANDLOCK_WORK_PY = textwrap.dedent("""\
+    import ctypes, errno, os, socket, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    def call(nr, *args):
+        r = libc.syscall(nr, *args)
+        return r if r >= 0 else -ctypes.get_errno()
+    def ruleset(fs, net):                           # landlock_create_ruleset (ABI 4 attr)
+        attr = struct.pack("<QQ", fs, net)
+        return call(444, attr, len(attr), 0)
+    def restrict(fd):
+        libc.prctl(38, 1, 0, 0, 0)                  # PR_SET_NO_NEW_PRIVS
+        assert call(446, fd, 0) == 0
+    def outcome(f):
+        try:
+            f(); return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    def in_child(f):                                # each restriction in a child of its own
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, f().encode()); os._exit(0)
+        os.close(w); os.waitpid(pid, 0)
+        return os.read(r, 200).decode()
+    if call(444, None, 0, 1) < 4:                   # LANDLOCK_CREATE_RULESET_VERSION
+        print("no landlock net"); raise SystemExit
+    def files():                                    # handled: LANDLOCK_ACCESS_FS_WRITE_FILE, no rule
+        restrict(ruleset(1 << 1, 0))
+        return " ".join([outcome(lambda: os.close(os.open("/dev/null", os.O_WRONLY))),
+                         outcome(lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)))])
+    print("files", in_child(files))
+    def ports():                                    # handled: BIND_TCP, one port allowed
+        free = socket.socket(); free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]; free.close()
+        fd = ruleset(0, 1)
+        assert call(445, fd, 2, struct.pack("<QQ", 1, port), 0) == 0   # LANDLOCK_RULE_NET_PORT
+        restrict(fd)
+        def bind(p):
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", p))
+            finally:
+                s.close()
+        def bind_in_child(p):                       # the domain is inherited by fork
+            return in_child(lambda: outcome(lambda: bind(p)))
+        return " ".join([outcome(lambda: bind(port)), outcome(lambda: bind(port + 1)),
+                         bind_in_child(port + 1)])
+    print("ports", in_child(ports))
+    """)
+
+
+def test_landlock_holds_for_the_providers_work(debian):
+    """Opens, binds and connects the provider does for a Landlock-restricted
+    thread are checked against the thread's domain, not the provider's
+    (none): a write open of /dev/null and a bind to a port the rules leave
+    out are EACCES, in the thread and in its children (LTP landlock07,
+    landlock08)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", LANDLOCK_WORK_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    if cp.stdout.startswith(b"no landlock"):
+        pytest.skip("the host kernel has no Landlock network rules")
+    assert cp.stdout.decode().splitlines() == ["files EACCES ok", "ports ok EACCES EACCES"], \
+        describe(cp)
+
+
+ACCT_PY = textwrap.dedent("""\
+    import ctypes, os, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    def acct(path):
+        r = libc.acct(path)
+        return r if r == 0 else os.strerror(ctypes.get_errno())
+    open("/tmp/pacct", "wb").close()
+    print("on", acct(b"/tmp/pacct"), "dir", acct(b"/tmp"), flush=True)
+    child = os.fork()
+    if child == 0:
+        libc.prctl(15, b"acctprobe", 0, 0, 0)          # PR_SET_NAME
+        os._exit(3)
+    os.waitpid(child, 0)
+    print("off", acct(None), flush=True)
+    data = open("/tmp/pacct", "rb").read()
+    mine = []
+    for i in range(0, len(data) - len(data) % 64, 64):
+        flag, version, tty, code, uid, gid, pid, ppid = struct.unpack_from("<BBHIIIII", data, i)
+        comm = data[i + 48:i + 64].rstrip(b"\\0").decode()
+        if pid == child:
+            mine.append((version, code >> 8, uid, ppid == os.getpid(), comm))
+    print("records", len(data) % 64, mine, flush=True)
+    child = os.fork()
+    if child == 0:
+        os.setuid(65534)
+        print("nobody", acct(None), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    """)
+
+
+def test_acct_writes_a_record_per_ended_process(debian):
+    """acct(2) names the instance's accounting file: each process that ends
+    appends a struct acct_v3 (version 3, its wait status, real uid, pid,
+    parent's pid and name as the instance knows them); a directory is
+    EISDIR, a user without CAP_SYS_PACCT EPERM (LTP acct01, acct02)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", ACCT_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "on 0 dir Is a directory", "off 0", "records 0 [(3, 3, 0, True, 'acctprobe')]",
+        "nobody Operation not permitted"], describe(cp)
+
+
+SECCOMP_STRICT_PY = textwrap.dedent("""\
+    import ctypes, errno, os, signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.syscall                              # looked up before strict mode
+    def strict_child(then):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            buf = ctypes.create_string_buffer(b"in")
+            if call(157, 22, 1, 0, 0, 0) != 0:       # prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT)
+                call(60, 99)
+            call(1, w, buf, 2)                        # write: allowed
+            call(then, 7)                             # getpid: killed; exit: allowed
+            call(60, 8)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        said = os.read(r, 10).decode()
+        if os.WIFSIGNALED(status):
+            return said + " " + signal.Signals(os.WTERMSIG(status)).name
+        return said + " exit %d" % os.WEXITSTATUS(status)
+    print("getpid", strict_child(39))
+    print("exit", strict_child(60))
+    r = call(317, 0, 1, None)                        # seccomp(SECCOMP_SET_MODE_STRICT, flags=1)
+    print("flags", errno.errorcode[ctypes.get_errno()] if r < 0 else r)
+    """)
+
+
+def test_seccomp_strict_mode(debian):
+    """seccomp(2) SECCOMP_MODE_STRICT: read, write, _exit and sigreturn
+    work, any other call kills the process with SIGKILL; the host refuses
+    strict mode beside the provider's filter, so lxsub makes it from a
+    filter of its own (LTP seccomp01)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", SECCOMP_STRICT_PY], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == ["getpid in SIGKILL", "exit in exit 7", "flags EINVAL"], \
+        describe(cp)
+
+
 IGNORED_SIGNAL_PY = textwrap.dedent("""\
     import ctypes, os, signal, time
     libc = ctypes.CDLL(None, use_errno=True)

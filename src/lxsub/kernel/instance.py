@@ -21,10 +21,12 @@ from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE, AT_SYSINFO_EHDR
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
+from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel.acct import accounting_of
 from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
@@ -280,7 +282,7 @@ class Instance:
             self.pids.add_process(proc)
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
-                    seccomp_filters=parent.seccomp_filters,
+                    seccomp_filters=parent.seccomp_filters, landlock=parent.landlock,
                     uts=uts_of(self, parent).copy() if parent.clone_newuts else parent.uts)
         parent.clone_newuts = False
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
@@ -437,6 +439,9 @@ class Instance:
             return  # the process lives on in its other threads
         proc.exit_ruid = task.creds.ruid
         proc.exit_creds = task.creds
+        # acct_process: before the children go to their new reaper, while
+        # the host still has the process's times.
+        accounting_of(self).process_ended(proc, status, task.creds.ruid, task.creds.rgid)
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:
@@ -491,6 +496,8 @@ class Instance:
         return proc.pid
 
     def on_signal(self, tid: int, sig: int) -> int:
+        if sig == signal.SIGSYS and self._strict_mode_violated(tid):
+            return 0
         if self.ptrace.links:
             task = self.pids.tasks_by_host.get(tid)
             if task is not None and self.ptrace.link_of(task) is not None:
@@ -521,6 +528,23 @@ class Instance:
             return False
         libc.kill_group_or_process(proc.host_pid, signal.SIGSTOP)
         watcher(sig)
+        return True
+
+    def _strict_mode_violated(self, tid: int) -> bool:
+        """A thread in seccomp strict mode made a call it forbids: the
+        filter that stands for strict mode (syscalls/process.py
+        _enter_strict) sent SIGSYS, and Linux kills the thread with SIGKILL
+        (__secure_computing_strict). The host's SIGKILL takes the whole
+        thread group, where Linux ends the thread."""
+        task = self.pids.tasks_by_host.get(tid)
+        if task is None or task.seccomp_mode != SECCOMP_MODE_STRICT:
+            return False
+        try:
+            if ptrace.get_siginfo(tid).si_code != SYS_SECCOMP:
+                return False              # a SIGSYS someone sent: delivered as any signal
+        except OSError:
+            return False
+        os.kill(tid, signal.SIGKILL)
         return True
 
     def _translate_siginfo(self, tid: int, sig: int) -> None:

@@ -22,7 +22,7 @@ from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
-from lxsub.kernel.syscalls import (clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
+from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
                                    klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
                                    unistd, utsname, xattr)
 from lxsub.platform import bpf
@@ -131,8 +131,9 @@ ROWS: list[Syscall] = [
         "landlock_add_rule")),
     trace("landlock_restrict_self", process.sys_landlock_restrict_self,
           "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
-          "no_new_privs); the provider's own work for the restricted thread (opens, binds) is not "
-          "restricted", PARTIAL),
+          "no_new_privs); the provider's opens, inet binds and connects for the restricted thread "
+          "are checked by a helper in a copy of its domain (after the open: an O_CREAT or O_TRUNC "
+          "it refuses has happened; abstract Unix socket scopes not held)", PARTIAL),
     # A negative clockid is a CPU clock naming a pid: translated.
     *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
               "clockids) stop: the pid in them translated, outside the instance EINVAL",
@@ -179,7 +180,9 @@ ROWS: list[Syscall] = [
                    ArgRule(0, "eq", 22, bpf.RET_TRACE), ArgRule(0, "eq", 36, bpf.RET_TRACE))),
     Syscall("seccomp", NATIVE, process.sys_seccomp, FULL,
             "filters run natively, stacked on the provider's; installing one needs the "
-            "program's own no_new_privs or CAP_SYS_ADMIN (EACCES)",
+            "program's own no_new_privs or CAP_SYS_ADMIN (EACCES); strict mode is a filter that "
+            "traps all but read, write, exit and rt_sigreturn, its SIGSYS made a SIGKILL of the "
+            "whole process",
             rules=_when(0, (0, 1), bpf.RET_TRACE)),
     # -- sockets: addresses that name files are translated
     Syscall("socket", NATIVE, net.sys_socket, FULL,
@@ -365,7 +368,8 @@ ROWS: list[Syscall] = [
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
-    denied("swapon"), denied("swapoff"), denied("acct"),
+    denied("swapon"), denied("swapoff"), notify("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
+           "ended process (its times from the host)", PARTIAL),
     notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
            "instance; other commands EINVAL"),
     denied("settimeofday"),

@@ -98,6 +98,10 @@ class Task(Caller):
     no_new_privs: bool = False
     seccomp_mode: int = 0
     seccomp_filters: int = 0
+    # The Landlock domain the thread restricted itself to, as the helper
+    # that does the provider's work for it in the same domain
+    # (platform/landlock.py); None: not restricted. Inherited like the above.
+    landlock: object = None
     # The UTS namespace (host and domain names) the task is in: None is the
     # instance's own; unshare/clone(CLONE_NEWUTS) give one of its own
     # (kernel/syscalls/utsname.py uts_of). Inherited by clone.

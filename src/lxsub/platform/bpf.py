@@ -16,6 +16,7 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 
 RET_KILL_PROCESS = 0x80000000
+RET_TRAP = 0x00030000
 RET_ERRNO = 0x00050000
 RET_USER_NOTIF = 0x7FC00000
 RET_TRACE = 0x7FF00000
@@ -188,3 +189,13 @@ def build_filter(actions: dict[int, Action], default: Action) -> bytes:
     p.label(tail)
     _emit_action(p, default, labels)
     return _assemble(p)
+
+
+def allow_only(numbers: tuple[int, ...], otherwise: int) -> bytes:
+    """A program that allows the x86_64 calls `numbers` and answers every
+    other call (another ABI's too) with `otherwise`."""
+    n = len(numbers)
+    insns = [(_LD_ABS, 0, 0, _OFF_ARCH), (_JEQ, 0, n + 1, AUDIT_ARCH_X86_64), (_LD_ABS, 0, 0, _OFF_NR)]
+    insns += [(_JEQ, n - i, 0, nr) for i, nr in enumerate(numbers)]
+    insns += [(_RET, 0, 0, otherwise), (_RET, 0, 0, RET_ALLOW)]
+    return b"".join(struct.pack("<HBBI", *insn) for insn in insns)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl as _fcntl
 import os
+import stat
 import struct
 
 from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_GETPIPE_SZ, F_OFD_GETLK, F_OWNER_PGRP,
@@ -25,7 +26,34 @@ _VALID_OPEN_FLAGS = 0o37777777
 def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     if flags & O_PATH and c.regs is not None:
         return _open_path_in_caller(c, dirfd, path, flags)
-    return opened(open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve), flags)
+    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve)
+    if isinstance(fd, int) and c.task.landlock is not None:
+        _check_landlock(c.task.landlock, fd, flags)
+    return opened(fd, flags)
+
+
+def _check_landlock(domain, fd: int, flags: int) -> None:
+    """A Landlock-restricted thread may open only what its domain allows
+    (LANDLOCK_ACCESS_FS_READ_FILE, _WRITE_FILE, _READ_DIR): the provider
+    opened the file, so the helper of the thread's domain opens it again
+    to be told (platform/landlock.py). Regular files, devices and
+    directories: a FIFO or socket would be opened anew, not checked. The
+    check comes after the open, so an O_CREAT or O_TRUNC it refuses has
+    happened already (LANDLOCK_ACCESS_FS_MAKE_REG, _TRUNCATE not held)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        access = os.O_RDONLY | os.O_DIRECTORY
+    elif stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        access = flags & os.O_ACCMODE
+    else:
+        return
+    if access == os.O_ACCMODE:
+        return                      # 3: neither read nor write (ioctls only)
+    try:
+        domain.check_open(fd, access)
+    except OSError:
+        os.close(fd)
+        raise
 
 
 def opened(fd, flags: int):

@@ -124,6 +124,17 @@ def _check_privileged_port(c: Call, local: int, addr: bytes) -> None:
         raise OSError(errno.EACCES, "a privileged port needs CAP_NET_BIND_SERVICE")
 
 
+def _landlock_domain(c: Call, addr: bytes):
+    """The domain helper (platform/landlock.py) that binds or connects an
+    inet socket for a Landlock-restricted thread, so that its rules on
+    ports hold (LANDLOCK_ACCESS_NET_BIND_TCP, _CONNECT_TCP); None for an
+    unrestricted one. Unix sockets stay the provider's: Landlock's scope
+    on abstract names compares domains themselves, which a copy is not."""
+    if c.task.landlock is None or len(addr) < 2:
+        return None
+    return None if struct.unpack_from("=H", addr)[0] == AF_UNIX else c.task.landlock
+
+
 def sys_bind(c: Call) -> int:
     addr = _read_addr(c, c.ptr(1), c.int(2))
     path = _unix_path(addr)
@@ -132,6 +143,9 @@ def sys_bind(c: Call) -> int:
         if path is None:
             _check_namespace(c, local, addr, errno.EACCES)
             _check_privileged_port(c, local, addr)
+            domain = _landlock_domain(c, addr)
+            if domain is not None:
+                return domain.bind(local, addr)
             return _sys(_c.bind, local, addr, len(addr))
         return _bind_unix(c, local, path)
     finally:
@@ -251,11 +265,14 @@ def sys_connect(c: Call):
         os.close(local)
         raise
     task = c.task
+    domain = _landlock_domain(c, addr)
 
     def work() -> int:
         try:
             # Before the connection exists: its server may ask at once.
             made_by(c.inst, task, local)
+            if domain is not None:
+                return domain.connect(local, addr)
             return _sys(_c.connect, local, addr, len(addr))
         finally:
             os.close(local)

@@ -19,7 +19,7 @@ from lxsub.abi.prctl import (PR_CAP_AMBIENT, PR_CAPBSET_DROP, PR_CAPBSET_READ, P
                               PR_SET_SECUREBITS)
 from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_TSYNC,
                                SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT, SECCOMP_SET_MODE_FILTER)
-from lxsub.abi.sysno import SYS_EXECVE
+from lxsub.abi.sysno import NUMBERS, SYS_EXECVE
 from lxsub.kernel import interop
 from lxsub.kernel.syscalls import ptrace
 from lxsub.kernel.call import Call, Native
@@ -27,7 +27,7 @@ from lxsub.kernel import creds as caps
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
-from lxsub.platform import memory
+from lxsub.platform import bpf, landlock, memory
 
 
 # -- execve -------------------------------------------------------------------
@@ -408,7 +408,7 @@ def _prctl_privs(c: Call, option: int):
     if mode == SECCOMP_MODE_FILTER:
         return _install_filter(c, 0)
     if mode == SECCOMP_MODE_STRICT:
-        return _enter_mode(c, SECCOMP_MODE_STRICT, 0)
+        return _enter_strict(c)
     raise OSError(errno.EINVAL, "bad seccomp mode")
 
 
@@ -418,6 +418,32 @@ def sys_seccomp(c: Call):
     provider's by the host kernel; the mode it reads back is its own."""
     if c.int(0) == SECCOMP_SET_MODE_FILTER:
         return _install_filter(c, c.args[1])
+    if c.uint(1) or c.args[2]:
+        raise OSError(errno.EINVAL, "SECCOMP_SET_MODE_STRICT takes no flags or arguments")
+    return _enter_strict(c)
+
+
+# seccomp(2): strict mode leaves a thread read(2), write(2), _exit(2) and
+# sigreturn(2); any other call kills it with SIGKILL.
+_STRICT_ALLOWED = tuple(NUMBERS[n] for n in ("read", "write", "exit", "rt_sigreturn"))
+
+
+def _enter_strict(c: Call) -> Native:
+    """SECCOMP_MODE_STRICT. The host refuses it to a thread that has a
+    filter (the provider's), so the host installs a filter instead that
+    allows those four calls and traps every other one (SECCOMP_RET_TRAP
+    comes before the provider's notify and trace answers); the SIGSYS that
+    brings becomes the SIGKILL of strict mode (Instance.on_signal).
+    seccomp_may_assign_mode: a thread with a filter of its own cannot
+    enter strict mode (EINVAL)."""
+    if c.task.seccomp_mode not in (0, SECCOMP_MODE_STRICT):
+        raise OSError(errno.EINVAL, "a seccomp filter is installed")
+    program = bpf.allow_only(_STRICT_ALLOWED, bpf.RET_TRAP)
+    regs = c.regs
+    code, fprog = memory.write_below_sp(c.pid, regs.rsp, [program, bytes(16)])
+    memory.write(c.pid, fprog, struct.pack("<H6xQ", len(program) // 8, code))
+    regs.orig_rax = NUMBERS["seccomp"]
+    regs.set_args(SECCOMP_SET_MODE_FILTER, 0, fprog)
     return _enter_mode(c, SECCOMP_MODE_STRICT, 0)
 
 
@@ -427,7 +453,25 @@ def sys_landlock_restrict_self(c: Call) -> Native:
     host's, which every pico process has; then the host restricts it."""
     if not (c.task.no_new_privs or c.task.creds.capable(CAP_SYS_ADMIN)):
         raise OSError(errno.EPERM, "no_new_privs unset and no CAP_SYS_ADMIN")
-    return Native()
+    task, inst = c.task, c.inst
+    try:
+        ruleset = lookup.copy_fd(task, c.int(0))
+    except OSError:
+        return Native()                  # the host's EBADF (or a -1 with flags)
+
+    def restricted(result: int) -> None:
+        # The provider's work for the thread (platform/landlock.py) is done
+        # in a copy of its new domain, made now: the rule set may change
+        # once the call has returned, the domain does not.
+        try:
+            if result == 0:
+                task.landlock = landlock.Domain.restricted(task.landlock, ruleset)
+        except OSError as e:
+            inst.log.warn(f"no Landlock domain helper for thread {task.tid}: {e}")
+        finally:
+            os.close(ruleset)
+        return None
+    return Native(on_exit=restricted)
 
 
 def _install_filter(c: Call, flags: int):
