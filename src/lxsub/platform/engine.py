@@ -25,7 +25,7 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.platform import affinity, inject, libc, ptrace
+from lxsub.platform import affinity, coderun, inject, libc, ptrace
 from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Listener, Notification
 from lxsub.platform.ptrace import Regs
 
@@ -106,7 +106,7 @@ class Engine:
         # Syscalls of the provider's run in a tracee (platform/inject.py):
         # the one under way per tid, whether it has started, and signals
         # an injection kept and sent again (their siginfo to give back).
-        self.injections: dict[int, inject.Injection] = {}
+        self.injections: dict[int, inject.Injection | coderun.CodeRun] = {}
         self.injections_waiting: dict[int, bool] = {}    # tid -> at an exec event
         self.resent_signals: dict[int, list[ptrace.SigInfo]] = {}
         # Threads resting at a syscall-exit stop their Linux tracer has not
@@ -203,6 +203,14 @@ class Engine:
         self.injections[tid] = inject.Injection(self, tid, first, after, done, gone, insn_at,
                                                 stepping)
         self.injections_waiting[tid] = at_exec
+
+    def run_code(self, tid: int, steps: "list[coderun.Step]", done: Callable[[int], None],
+                 gone: Callable[[], None] | None = None) -> None:
+        """Run `steps` inside tid, stopped now at its exec event, with one
+        stop at their end (platform/coderun.py); then done(errno, or 0 if
+        all went), tid's registers its own again. gone() if tid dies."""
+        self.injections[tid] = coderun.CodeRun(self, tid, steps, done, gone)
+        self.injections_waiting[tid] = True
 
     def answer_if_injected(self, lst: Listener, n: Notification) -> bool:
         """A notification of a call the provider injected: let it run."""
