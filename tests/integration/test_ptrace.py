@@ -102,6 +102,48 @@ def test_seize_of_a_stopped_task_and_listen(busybox, program):
     assert out["stopped exit"] == "9", out             # SIGCONT woke it
 
 
+def test_group_stops_of_a_tracee(busybox, program):
+    out = _run(busybox, program, "groupstop")
+    # SIGSTOP first stops at its delivery (with a siginfo); delivered, the
+    # group stops and the tracer sees a group-stop: no siginfo (EINVAL)
+    assert out["groupstop delivery"] == "Stopped (signal) 0", out
+    assert out["groupstop delivery-siginfo"] == "0", out
+    assert out["groupstop stop"] == "Stopped (signal) 0", out
+    assert out["groupstop siginfo"] == str(-errno.EINVAL), out
+    assert out["groupstop exit"] == "8", out                  # a restart ended it
+    # seized: PTRACE_EVENT_STOP in the status, a siginfo, and LISTEN
+    assert out["groupstop seized-delivery"] == "Stopped (signal) 0", out
+    assert out["groupstop seized-stop"] == "Stopped (signal) 128", out
+    assert out["groupstop seized-siginfo"] == "0", out
+    assert out["groupstop listen"] == "0" and out["groupstop listening"] == "0", out
+    assert out["groupstop seized-exit"] == "9", out
+
+
+def test_exit_and_vfork_done_events(busybox, program):
+    out = _run(busybox, program, "exitevent")
+    assert out["exitevent options"] == "0", out
+    assert out["exitevent vforkdone"] == "child", out         # its message: the child's pid
+    assert out["exitevent exiting"] == "6 0", out             # exit status, registers readable
+    assert out["exitevent exit"] == "6", out
+
+
+def test_peeksiginfo_reads_queued_signals(busybox, program):
+    out = _run(busybox, program, "peeksiginfo")
+    sigrtmin = "34"
+    assert out["peeksiginfo private"] == "0", out             # kill and sigqueue: shared queue
+    assert out["peeksiginfo shared"] == "3", out
+    assert out["peeksiginfo 0"] == f"{sigrtmin} 77 child", out
+    assert out["peeksiginfo 1"] == f"{sigrtmin} 78 child", out
+    assert out["peeksiginfo 2"] == "10 0 child", out          # SIGUSR1
+    assert out["peeksiginfo off1"] == "1 78", out
+    assert out["peeksiginfo past"] == "0", out
+    assert out["peeksiginfo badflags"] == str(-errno.EINVAL), out
+    assert out["peeksiginfo negative"] == str(-errno.EINVAL), out
+    assert out["peeksiginfo fault"] == str(-errno.EFAULT), out
+    assert out["peeksiginfo badargs"] == str(-errno.EFAULT), out
+    assert out["peeksiginfo exit"] == "1", out                # still queued: not dequeued
+
+
 def test_fork_and_exec_events_auto_attach(busybox, program):
     out = _run(busybox, program, "events")
     assert out["events fork"] == "child", out

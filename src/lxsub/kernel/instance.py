@@ -494,6 +494,14 @@ class Instance:
     def on_syscall_stop(self, tid: int) -> None:
         self.ptrace.on_syscall_stop(tid)
 
+    def on_group_stop(self, tid: int, sig: int) -> bool:
+        task = self.pids.tasks_by_host.get(tid) if self.ptrace.links else None
+        return task is not None and self.ptrace.on_group_stop(task, sig)
+
+    def on_trace_event(self, tid: int, event: int) -> bool:
+        task = self.pids.tasks_by_host.get(tid) if self.ptrace.links else None
+        return task is not None and self.ptrace.on_event(task, event)
+
     def _suspends_session(self, tid: int, sig: int) -> bool:
         """A job-control stop signal for a session lx started, which Linux
         would discard: the session's process group has no parent in the

@@ -45,6 +45,8 @@ class Kernel(Protocol):
     def on_signal(self, tid: int, sig: int) -> int: ...
     def on_idle(self) -> bool: ...
     def on_syscall_stop(self, tid: int) -> None: ...
+    def on_group_stop(self, tid: int, sig: int) -> bool: ...
+    def on_trace_event(self, tid: int, event: int) -> bool: ...
 
 
 def _nothing() -> None:
@@ -506,6 +508,10 @@ class Engine:
             self.resume(tid)
         elif event == ptrace.EVENT_STOP:
             self._on_event_stop(tid, sig)
+        elif event in (ptrace.EVENT_EXIT, ptrace.EVENT_VFORK_DONE):
+            # Asked for by a Linux tracer of tid (kernel/ptrace.py): it may hold it.
+            if not self.kernel.on_trace_event(tid, event):
+                self.resume(tid)
         else:
             if self.resent_signals:
                 inject.restore_siginfo(self, tid, sig)
@@ -527,6 +533,8 @@ class Engine:
         elif tid not in self.known:
             self.parked[tid] = sig     # its parent's clone event is still to come
         elif sig in _STOP_SIGNALS:
+            if self.kernel.on_group_stop(tid, sig):
+                return                 # a Linux tracer's group-stop: held
             ptrace.listen(tid)         # group-stop: stay stopped until SIGCONT
             self.listening.add(tid)
         else:
