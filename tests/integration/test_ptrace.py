@@ -144,6 +144,15 @@ def test_peeksiginfo_reads_queued_signals(busybox, program):
     assert out["peeksiginfo exit"] == "1", out                # still queued: not dequeued
 
 
+def test_seccomp_ret_trace_of_the_tracees_own_filter(busybox, program):
+    out = _run(busybox, program, "seccomp")
+    assert out["seccomp first"] == "User defined signal 1", out
+    assert out["seccomp options"] == "0", out
+    # PTRACE_EVENT_SECCOMP with the filter's SECCOMP_RET_DATA, at the call
+    assert out["seccomp event"] == "7 0x55 sched_yield", out
+    assert out["seccomp exit"] == "11", out      # ENOSYS without TRACESECCOMP, then it ran
+
+
 def test_fork_and_exec_events_auto_attach(busybox, program):
     out = _run(busybox, program, "events")
     assert out["events fork"] == "child", out

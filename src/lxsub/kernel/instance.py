@@ -191,7 +191,17 @@ class Instance:
         report = self.launches.pop(tid, None)
         if report is not None:
             self._adopt_listener(tid, report)
+        if not table.traced_by_provider(regs.orig_rax, regs.args()):
+            self._own_filter_traced(tid, task, regs)
+            return
         dispatch.serve_trace_stop(self, task, regs)
+
+    def _own_filter_traced(self, tid: int, task: Task, regs: Regs) -> None:
+        """SECCOMP_RET_TRACE from a filter of the program's own: a
+        PTRACE_EVENT_SECCOMP stop for a Linux tracer that set
+        PTRACE_O_TRACESECCOMP, else ENOSYS (seccomp(2))."""
+        if not (self.ptrace.links and self.ptrace.on_seccomp(task)):
+            self.engine.finish_syscall(tid, regs, -errno.ENOSYS)
 
     def _adopt_listener(self, tid: int, report: int) -> None:
         fd = launcher.take_listener(tid, report)

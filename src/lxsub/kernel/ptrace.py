@@ -242,6 +242,17 @@ class Ptrace:
         self.stop(link, EVENT_STOP, (signal.SIGTRAP | event << 8) << 8 | 0x7F)
         return True
 
+    def on_seccomp(self, task: "Task") -> bool:
+        """PTRACE_EVENT_SECCOMP (message: the filter's SECCOMP_RET_DATA),
+        if the tracer asked; the call then goes on as the tracer leaves it
+        (the host runs the filters again, as Linux)."""
+        link = self.link_of(task)
+        if link is None or not link.options & pt.PTRACE_O_TRACESECCOMP:
+            return False
+        link.event_msg = host.event_msg(task.host_tid)
+        self.stop(link, EVENT_STOP, (signal.SIGTRAP | pt.PTRACE_EVENT_SECCOMP << 8) << 8 | 0x7F)
+        return True
+
     def set_options(self, link: Link, options: int) -> None:
         """The events the host must report for the tracer's options
         (TRACEEXIT, TRACEVFORKDONE: the provider does not ask for them

@@ -425,6 +425,22 @@ for _nr, _name in NAMES.items():
     BY_NR.setdefault(_nr, unimplemented(_name, _ENOSYS_WHY.get(_name, "")))
 
 
+def traced_by_provider(nr: int, args) -> bool:
+    """Whether the provider's filter returns RET_TRACE for this call (its
+    first matching argument rule, else its row's action, as bpf.py
+    compiles them): a trace stop for any other call comes from a filter
+    of the program's own (SECCOMP_RET_TRACE, kernel/ptrace.py)."""
+    row = BY_NR.get(nr)
+    if row is None:
+        return True                    # beyond the table: the provider answers ENOSYS
+    for rule in row.rules:
+        arg = args[rule.index] if rule.wide else args[rule.index] & 0xFFFFFFFF
+        value = rule.value if rule.wide else rule.value & 0xFFFFFFFF
+        if (arg == value) if rule.op == "eq" else bool(arg & value):
+            return rule.action == bpf.RET_TRACE
+    return row.via == TRACE
+
+
 def seccomp_program() -> bytes:
     actions = {nr: row.action() for nr, row in BY_NR.items()}
     return bpf.build_filter(actions, bpf.RET_USER_NOTIF)
