@@ -25,6 +25,7 @@ from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel.syscalls import net
 from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
@@ -191,10 +192,17 @@ class Instance:
         report = self.launches.pop(tid, None)
         if report is not None:
             self._adopt_listener(tid, report)
-        if not table.traced_by_provider(regs.orig_rax, regs.args()):
+        if not self._provider_traces(task, regs.orig_rax):
             self._own_filter_traced(tid, task, regs)
             return
         dispatch.serve_trace_stop(self, task, regs)
+
+    @staticmethod
+    def _provider_traces(task: Task, nr: int) -> bool:
+        """Whether a filter of the provider's traces nr in this process:
+        the instance's, or the SCM_CREDENTIALS one it may have been given."""
+        return table.traced_by_provider(nr) or (task.process.creds_filter
+                                                and nr in net.CREDS_FILTER_TRACES)
 
     def _own_filter_traced(self, tid: int, task: Task, regs: Regs) -> None:
         """SECCOMP_RET_TRACE from a filter of the program's own: a

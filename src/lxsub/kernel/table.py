@@ -425,20 +425,16 @@ for _nr, _name in NAMES.items():
     BY_NR.setdefault(_nr, unimplemented(_name, _ENOSYS_WHY.get(_name, "")))
 
 
-def traced_by_provider(nr: int, args) -> bool:
-    """Whether the provider's filter returns RET_TRACE for this call (its
-    first matching argument rule, else its row's action, as bpf.py
-    compiles them): a trace stop for any other call comes from a filter
-    of the program's own (SECCOMP_RET_TRACE, kernel/ptrace.py)."""
+def traced_by_provider(nr: int) -> bool:
+    """Whether the provider's filter may return RET_TRACE for this call
+    (its row's action or one of its argument rules): a trace stop for any
+    other call comes from a filter of the program's own
+    (SECCOMP_RET_TRACE, kernel/ptrace.py). A call the provider traces only
+    for some arguments counts as its own whatever they are."""
     row = BY_NR.get(nr)
     if row is None:
         return True                    # beyond the table: the provider answers ENOSYS
-    for rule in row.rules:
-        arg = args[rule.index] if rule.wide else args[rule.index] & 0xFFFFFFFF
-        value = rule.value if rule.wide else rule.value & 0xFFFFFFFF
-        if (arg == value) if rule.op == "eq" else bool(arg & value):
-            return rule.action == bpf.RET_TRACE
-    return row.via == TRACE
+    return row.via == TRACE or any(rule.action == bpf.RET_TRACE for rule in row.rules)
 
 
 def seccomp_program() -> bytes:
