@@ -472,3 +472,22 @@ def test_gdb_runs_python(debugging):
     assert "Breakpoint 1, 0x" in out and "in PyRun_SimpleStringFlags ()" in out, out
     assert "in Py_BytesMain ()" in out and "in _start ()" in out, out
     assert "42" in out.splitlines() and "exited normally]" in out, out
+
+
+_SIGTRAP_STATE = ("use POSIX; my $s = POSIX::SigSet->new; sigprocmask(SIG_BLOCK, undef, $s); "
+                  "print $s->ismember(SIGTRAP), ($SIG{TRAP} // '') eq 'IGNORE' ? 1 : 0, qq{\\n}")
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGTRAP)); $SIG{TRAP} = 'IGNORE';", "11"),
+    ("sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGTRAP));", "10"),
+    ("$SIG{TRAP} = 'IGNORE';", "01"),
+    ("", "00")])
+def test_a_dynamic_exec_keeps_a_blocked_or_ignored_sigtrap(debian, setup, expected):
+    """execve(2) keeps the signal mask and ignored dispositions; the trap
+    the exec mapping's code ends with (and a single step) is forced, which
+    unblocks SIGTRAP and resets an ignored one: both are set back.
+    Natively each line is the expected one."""
+    script = f"use POSIX; {setup} exec '/usr/bin/perl', '-e', q{{{_SIGTRAP_STATE}}}"
+    cp = debian.exe("/usr/bin/perl", "-e", script, timeout=120)
+    assert cp.stdout.decode().strip() == expected, describe(cp)

@@ -259,8 +259,9 @@ class CodeRun:
         """The trap reset an ignored SIGTRAP to SIG_DFL: one injected
         rt_sigaction puts the action back (rare: inherited SIG_IGN)."""
         call = SysCall(_SYS_RT_SIGACTION, (signal.SIGTRAP, Scratch(0), 0, 8), _SIGACTION.pack(*action))
+        # Not single-stepped: a step's SIGTRAP is forced too.
         self.engine.inject(self.tid, call, lambda _r: None, lambda: self.done(0), self.gone_hook,
-                           insn_at=inject.vdso_syscall_insn(self.tid))
+                           insn_at=inject.vdso_syscall_insn(self.tid), stepping=False)
 
     def _close_mem(self) -> None:
         if self.mem >= 0:
