@@ -426,15 +426,18 @@ for _nr, _name in NAMES.items():
 
 
 def traced_by_provider(nr: int) -> bool:
-    """Whether the provider's filter may return RET_TRACE for this call
-    (its row's action or one of its argument rules): a trace stop for any
+    """Whether a trace stop for this call may be the provider's own: its
+    filter traces it (its row or one of its argument rules), or notifies
+    it (a platform without seccomp notifications traces those rows, and
+    USER_NOTIF outranks a program's TRACE anyway). A trace stop for any
     other call comes from a filter of the program's own
-    (SECCOMP_RET_TRACE, kernel/ptrace.py). A call the provider traces only
+    (SECCOMP_RET_TRACE, kernel/ptrace.py). A call the provider stops only
     for some arguments counts as its own whatever they are."""
     row = BY_NR.get(nr)
     if row is None:
         return True                    # beyond the table: the provider answers ENOSYS
-    return row.via == TRACE or any(rule.action == bpf.RET_TRACE for rule in row.rules)
+    ours = (bpf.RET_TRACE, bpf.RET_USER_NOTIF)
+    return row.via in (TRACE, NOTIFY) or any(rule.action in ours for rule in row.rules)
 
 
 def seccomp_program() -> bytes:
