@@ -102,6 +102,57 @@ def test_seize_of_a_stopped_task_and_listen(busybox, program):
     assert out["stopped exit"] == "9", out             # SIGCONT woke it
 
 
+def test_group_stops_of_a_tracee(busybox, program):
+    out = _run(busybox, program, "groupstop")
+    # SIGSTOP first stops at its delivery (with a siginfo); delivered, the
+    # group stops and the tracer sees a group-stop: no siginfo (EINVAL)
+    assert out["groupstop delivery"] == "Stopped (signal) 0", out
+    assert out["groupstop delivery-siginfo"] == "0", out
+    assert out["groupstop stop"] == "Stopped (signal) 0", out
+    assert out["groupstop siginfo"] == str(-errno.EINVAL), out
+    assert out["groupstop exit"] == "8", out                  # a restart ended it
+    # seized: PTRACE_EVENT_STOP in the status, a siginfo, and LISTEN
+    assert out["groupstop seized-delivery"] == "Stopped (signal) 0", out
+    assert out["groupstop seized-stop"] == "Stopped (signal) 128", out
+    assert out["groupstop seized-siginfo"] == "0", out
+    assert out["groupstop listen"] == "0" and out["groupstop listening"] == "0", out
+    assert out["groupstop seized-exit"] == "9", out
+
+
+def test_exit_and_vfork_done_events(busybox, program):
+    out = _run(busybox, program, "exitevent")
+    assert out["exitevent options"] == "0", out
+    assert out["exitevent vforkdone"] == "child", out         # its message: the child's pid
+    assert out["exitevent exiting"] == "6 0", out             # exit status, registers readable
+    assert out["exitevent exit"] == "6", out
+
+
+def test_peeksiginfo_reads_queued_signals(busybox, program):
+    out = _run(busybox, program, "peeksiginfo")
+    sigrtmin = "34"
+    assert out["peeksiginfo private"] == "0", out             # kill and sigqueue: shared queue
+    assert out["peeksiginfo shared"] == "3", out
+    assert out["peeksiginfo 0"] == f"{sigrtmin} 77 child", out
+    assert out["peeksiginfo 1"] == f"{sigrtmin} 78 child", out
+    assert out["peeksiginfo 2"] == "10 0 child", out          # SIGUSR1
+    assert out["peeksiginfo off1"] == "1 78", out
+    assert out["peeksiginfo past"] == "0", out
+    assert out["peeksiginfo badflags"] == str(-errno.EINVAL), out
+    assert out["peeksiginfo negative"] == str(-errno.EINVAL), out
+    assert out["peeksiginfo fault"] == str(-errno.EFAULT), out
+    assert out["peeksiginfo badargs"] == str(-errno.EFAULT), out
+    assert out["peeksiginfo exit"] == "1", out                # still queued: not dequeued
+
+
+def test_seccomp_ret_trace_of_the_tracees_own_filter(busybox, program):
+    out = _run(busybox, program, "seccomp")
+    assert out["seccomp first"] == "User defined signal 1", out
+    assert out["seccomp options"] == "0", out
+    # PTRACE_EVENT_SECCOMP with the filter's SECCOMP_RET_DATA, at the call
+    assert out["seccomp event"] == "7 0x55 sched_yield", out
+    assert out["seccomp exit"] == "11", out      # ENOSYS without TRACESECCOMP, then it ran
+
+
 def test_fork_and_exec_events_auto_attach(busybox, program):
     out = _run(busybox, program, "events")
     assert out["events fork"] == "child", out
@@ -421,3 +472,22 @@ def test_gdb_runs_python(debugging):
     assert "Breakpoint 1, 0x" in out and "in PyRun_SimpleStringFlags ()" in out, out
     assert "in Py_BytesMain ()" in out and "in _start ()" in out, out
     assert "42" in out.splitlines() and "exited normally]" in out, out
+
+
+_SIGTRAP_STATE = ("use POSIX; my $s = POSIX::SigSet->new; sigprocmask(SIG_BLOCK, undef, $s); "
+                  "print $s->ismember(SIGTRAP), ($SIG{TRAP} // '') eq 'IGNORE' ? 1 : 0, qq{\\n}")
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGTRAP)); $SIG{TRAP} = 'IGNORE';", "11"),
+    ("sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGTRAP));", "10"),
+    ("$SIG{TRAP} = 'IGNORE';", "01"),
+    ("", "00")])
+def test_a_dynamic_exec_keeps_a_blocked_or_ignored_sigtrap(debian, setup, expected):
+    """execve(2) keeps the signal mask and ignored dispositions; the trap
+    the exec mapping's code ends with (and a single step) is forced, which
+    unblocks SIGTRAP and resets an ignored one: both are set back.
+    Natively each line is the expected one."""
+    script = f"use POSIX; {setup} exec '/usr/bin/perl', '-e', q{{{_SIGTRAP_STATE}}}"
+    cp = debian.exe("/usr/bin/perl", "-e", script, timeout=120)
+    assert cp.stdout.decode().strip() == expected, describe(cp)

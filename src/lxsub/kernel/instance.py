@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
-from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE, AT_SYSINFO_EHDR
+from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
                               CLONE_VM)
@@ -27,6 +27,7 @@ from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.acct import accounting_of
+from lxsub.kernel.syscalls import net
 from lxsub.kernel.ipc import IpcSpace
 from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.kernel.creds import Creds
@@ -43,7 +44,7 @@ from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
 from lxsub.kernel.vfs import pseudo
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
-from lxsub.platform import inject, launcher, libc, memory, ptrace
+from lxsub.platform import launcher, libc, memory, ptrace
 from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
@@ -199,7 +200,24 @@ class Instance:
         report = self.launches.pop(tid, None)
         if report is not None:
             self._adopt_listener(tid, report)
+        if not self._provider_traces(task, regs.orig_rax):
+            self._own_filter_traced(tid, task, regs)
+            return
         dispatch.serve_trace_stop(self, task, regs)
+
+    @staticmethod
+    def _provider_traces(task: Task, nr: int) -> bool:
+        """Whether a filter of the provider's traces nr in this process:
+        the instance's, or the SCM_CREDENTIALS one it may have been given."""
+        return table.traced_by_provider(nr) or (task.process.creds_filter
+                                                and nr in net.CREDS_FILTER_TRACES)
+
+    def _own_filter_traced(self, tid: int, task: Task, regs: Regs) -> None:
+        """SECCOMP_RET_TRACE from a filter of the program's own: a
+        PTRACE_EVENT_SECCOMP stop for a Linux tracer that set
+        PTRACE_O_TRACESECCOMP, else ENOSYS (seccomp(2))."""
+        if not (self.ptrace.links and self.ptrace.on_seccomp(task)):
+            self.engine.finish_syscall(tid, regs, -errno.ENOSYS)
 
     def _adopt_listener(self, tid: int, report: int) -> None:
         fd = launcher.take_listener(tid, report)
@@ -388,33 +406,29 @@ class Instance:
     def _map_program(self, tid: int, task: Task, plan: ExecPlan, auxv: mapping.StackAuxv,
                      then: Callable[[], None]) -> None:
         """Map a dynamic program into its new process as binfmt_elf would,
-        with injected calls, then make the auxv describe it (the host
-        kernel mapped only the loader it was given)."""
+        with calls run inside it (one stop), and make the auxv describe it
+        (the host kernel mapped only the loader it was given)."""
         assert plan.program is not None
+        mapper = mapping.ProgramMapping(plan.program, f"/proc/{os.getpid()}/fd/{plan.program_fd}".encode(),
+                                        mapping.randomizes(tid))
         try:
-            insn = inject.vdso_syscall_insn(tid, auxv.get(AT_SYSINFO_EHDR))
+            task.process.auxv = mapper.patch_auxv(tid, auxv, plan.loader_entry)
         except OSError:
             plan.close()
-            return                         # killed meanwhile: its exit event comes
-        mapper = mapping.ProgramMapping(tid, plan.program,
-                                        f"/proc/{os.getpid()}/fd/{plan.program_fd}".encode(),
-                                        mapping.randomizes(tid), auxv)
+            os.kill(tid, signal.SIGKILL)       # the loader would run argv[0]
+            return
 
-        def mapped() -> None:
+        def mapped(error: int) -> None:
             plan.close()
-            try:
-                if mapper.error:
-                    raise OSError(mapper.error, os.strerror(mapper.error))
-                task.process.auxv = mapper.finish(plan.loader_entry)
-            except OSError as e:
+            if error:
                 # Past exec's point of no return: the process cannot go on.
-                self.log.warn(f"pid {task.process.pid}: cannot map {plan.exe}: {e}; killed")
+                self.log.warn(f"pid {task.process.pid}: cannot map {plan.exe}: "
+                              f"{os.strerror(error)}; killed")
                 os.kill(tid, signal.SIGKILL)
                 return
             self.engine.exits_unreported.add(tid)
             then()
-        self.engine.inject(tid, mapper.first(), mapper.after, mapped, gone=plan.close, at_exec=True,
-                           insn_at=insn)
+        self.engine.run_code(tid, mapper.steps(), mapped, gone=plan.close)
 
     def _fix_execfn(self, tid: int, plan: ExecPlan, auxv: mapping.StackAuxv | None) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""
@@ -512,6 +526,14 @@ class Instance:
 
     def on_syscall_stop(self, tid: int) -> None:
         self.ptrace.on_syscall_stop(tid)
+
+    def on_group_stop(self, tid: int, sig: int) -> bool:
+        task = self.pids.tasks_by_host.get(tid) if self.ptrace.links else None
+        return task is not None and self.ptrace.on_group_stop(task, sig)
+
+    def on_trace_event(self, tid: int, event: int) -> bool:
+        task = self.pids.tasks_by_host.get(tid) if self.ptrace.links else None
+        return task is not None and self.ptrace.on_event(task, event)
 
     def _suspends_session(self, tid: int, sig: int) -> bool:
         """A job-control stop signal for a session lx started, which Linux

@@ -47,6 +47,9 @@ USER_REGS_SIZE = 27 * 8
 USER_DEBUGREG = 848
 ORIG_RAX_OFFSET = 15 * 8
 
+# Events the provider has the host report only for a Linux tracer that asked.
+_HOST_EVENTS = pt.PTRACE_O_TRACEEXIT | pt.PTRACE_O_TRACEVFORKDONE
+
 _WALL, _WCLONE, _WNOHANG = 0x40000000, 0x80000000, 1
 
 # yama's /proc/sys/kernel/yama/ptrace_scope (Documentation/admin-guide/LSM/Yama.rst)
@@ -65,6 +68,8 @@ class Link:
     event_msg: int = 0
     entry: tuple[int, tuple[int, ...]] | None = None   # (nr, args) at the syscall-entry stop
     new_child: bool = False          # auto-attached at its parent's clone event, not started yet
+    host_events: int = 0             # of _HOST_EVENTS, asked of the host for it
+    vfork_child: int = 0             # the vtid of its last vfork child
 
 
 @dataclass(eq=False)
@@ -127,14 +132,19 @@ class Ptrace:
             return c.capable(CAP_SYS_PTRACE)
         return False
 
-    def link(self, tracee: "Task", tracer: "Process", seized: bool, options: int = 0) -> Link:
-        link = Link(tracee, tracer, seized, options)
+    def link(self, tracee: "Task", tracer: "Process", seized: bool, options: int = 0,
+             host_events: int = 0) -> Link:
+        """`host_events`: what the host reports for the tracee already (a
+        child has its parent's options there)."""
+        link = Link(tracee, tracer, seized, host_events=host_events)
         self.links[tracee] = link
         self.tracers.setdefault(tracer, _Tracer()).links.append(link)
+        self.set_options(link, options)
         return link
 
     def unlink(self, link: Link, sig: int = 0) -> None:
         """PTRACE_DETACH, or the tracer's end: the tracee runs on."""
+        self.set_options(link, 0)
         self.links.pop(link.tracee, None)
         tr = self.tracers.get(link.tracer)
         if tr is not None and link in tr.links:
@@ -208,6 +218,63 @@ class Ptrace:
         else:
             self.stop(link, SYSCALL_EXIT, status)
 
+    def on_group_stop(self, task: "Task", sig: int) -> bool:
+        """The real tracee is in a group-stop: its tracer sees one (ptrace(2)
+        "Group-stop"), PTRACE_EVENT_STOP in the status when seized; True if
+        held for it."""
+        link = self.link_of(task)
+        if link is None:
+            return False
+        event = pt.PTRACE_EVENT_STOP << 16 if link.seized else 0
+        self.stop(link, GROUP_STOP, event | sig << 8 | 0x7F)
+        return True
+
+    def on_event(self, task: "Task", event: int) -> bool:
+        """PTRACE_EVENT_EXIT (its message the exit status) or
+        PTRACE_EVENT_VFORK_DONE (the child's pid), if the tracer asked."""
+        link = self.link_of(task)
+        if link is None or not link.options & (1 << event):
+            return False
+        msg = host.event_msg(task.host_tid)
+        if event == pt.PTRACE_EVENT_VFORK_DONE:
+            msg = link.vfork_child
+        link.event_msg = msg
+        self.stop(link, EVENT_STOP, (signal.SIGTRAP | event << 8) << 8 | 0x7F)
+        return True
+
+    def on_seccomp(self, task: "Task") -> bool:
+        """PTRACE_EVENT_SECCOMP (message: the filter's SECCOMP_RET_DATA),
+        if the tracer asked; the call then goes on as the tracer leaves it
+        (the host runs the filters again, as Linux)."""
+        link = self.link_of(task)
+        if link is None or not link.options & pt.PTRACE_O_TRACESECCOMP:
+            return False
+        link.event_msg = host.event_msg(task.host_tid)
+        self.stop(link, EVENT_STOP, (signal.SIGTRAP | pt.PTRACE_EVENT_SECCOMP << 8) << 8 | 0x7F)
+        return True
+
+    def set_options(self, link: Link, options: int) -> None:
+        """The events the host must report for the tracer's options
+        (TRACEEXIT, TRACEVFORKDONE: the provider does not ask for them
+        otherwise); set at once if the tracee is stopped, else at the stop
+        an interrupt brings."""
+        link.options = options
+        extra = options & _HOST_EVENTS
+        tid = link.tracee.host_tid
+        if link.host_events == extra:
+            return
+        link.host_events = extra
+
+        def apply(tid: int, regs=None) -> None:
+            try:
+                host.set_options(tid, link.host_events)
+            except OSError:
+                pass
+        if link.stop is not None:
+            apply(tid)
+        else:
+            self.inst.engine.interrupt(tid, apply)
+
     def on_clone(self, parent: "Task", child: "Task", event: int, flags: int) -> bool:
         """The parent's fork/vfork/clone event: the child is traced too when
         the tracer asked (PTRACE_O_TRACE{FORK,VFORK,CLONE}) and the parent
@@ -215,11 +282,13 @@ class Ptrace:
         link = self.link_of(parent)
         if link is None:
             return False
+        if event == pt.PTRACE_EVENT_VFORK:
+            link.vfork_child = child.tid       # VFORK_DONE's message, once it may be gone
         if not link.options & (1 << event):
             return False
         if flags & CLONE_UNTRACED:
             return False
-        self.link(child, link.tracer, link.seized, link.options).new_child = True
+        self.link(child, link.tracer, link.seized, link.options, link.host_events).new_child = True
         link.event_msg = child.tid
         self.stop(link, EVENT_STOP, (signal.SIGTRAP | event << 8) << 8 | 0x7F)
         return True

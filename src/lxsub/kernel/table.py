@@ -435,6 +435,21 @@ for _nr, _name in NAMES.items():
     BY_NR.setdefault(_nr, unimplemented(_name, _ENOSYS_WHY.get(_name, "")))
 
 
+def traced_by_provider(nr: int) -> bool:
+    """Whether a trace stop for this call may be the provider's own: its
+    filter traces it (its row or one of its argument rules), or notifies
+    it (a platform without seccomp notifications traces those rows, and
+    USER_NOTIF outranks a program's TRACE anyway). A trace stop for any
+    other call comes from a filter of the program's own
+    (SECCOMP_RET_TRACE, kernel/ptrace.py). A call the provider stops only
+    for some arguments counts as its own whatever they are."""
+    row = BY_NR.get(nr)
+    if row is None:
+        return True                    # beyond the table: the provider answers ENOSYS
+    ours = (bpf.RET_TRACE, bpf.RET_USER_NOTIF)
+    return row.via in (TRACE, NOTIFY) or any(rule.action in ours for rule in row.rules)
+
+
 def seccomp_program() -> bytes:
     actions = {nr: row.action() for nr, row in BY_NR.items()}
     return bpf.build_filter(actions, bpf.RET_USER_NOTIF)

@@ -25,7 +25,7 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.platform import affinity, features, inject, libc, ptrace
+from lxsub.platform import affinity, coderun, features, inject, libc, ptrace
 from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Listener, Notification
 from lxsub.platform.ptrace import Regs
 
@@ -45,6 +45,8 @@ class Kernel(Protocol):
     def on_signal(self, tid: int, sig: int) -> int: ...
     def on_idle(self) -> bool: ...
     def on_syscall_stop(self, tid: int) -> None: ...
+    def on_group_stop(self, tid: int, sig: int) -> bool: ...
+    def on_trace_event(self, tid: int, event: int) -> bool: ...
 
 
 def _nothing() -> None:
@@ -106,7 +108,7 @@ class Engine:
         # Syscalls of the provider's run in a tracee (platform/inject.py):
         # the one under way per tid, whether it has started, and signals
         # an injection kept and sent again (their siginfo to give back).
-        self.injections: dict[int, inject.Injection] = {}
+        self.injections: dict[int, inject.Injection | coderun.CodeRun] = {}
         self.injections_waiting: dict[int, bool] = {}    # tid -> at an exec event
         self.resent_signals: dict[int, list[ptrace.SigInfo]] = {}
         # Threads resting at a syscall-exit stop their Linux tracer has not
@@ -209,6 +211,14 @@ class Engine:
         self.injections[tid] = inject.Injection(self, tid, first, after, done, gone, insn_at,
                                                 stepping)
         self.injections_waiting[tid] = at_exec
+
+    def run_code(self, tid: int, steps: "list[coderun.Step]", done: Callable[[int], None],
+                 gone: Callable[[], None] | None = None) -> None:
+        """Run `steps` inside tid, stopped now at its exec event, with one
+        stop at their end (platform/coderun.py); then done(errno, or 0 if
+        all went), tid's registers its own again. gone() if tid dies."""
+        self.injections[tid] = coderun.CodeRun(self, tid, steps, done, gone)
+        self.injections_waiting[tid] = True
 
     def answer_if_injected(self, lst: Listener, n: Notification) -> bool:
         """A notification of a call the provider injected: let it run."""
@@ -531,6 +541,10 @@ class Engine:
             self.resume(tid)
         elif event == ptrace.EVENT_STOP:
             self._on_event_stop(tid, sig)
+        elif event in (ptrace.EVENT_EXIT, ptrace.EVENT_VFORK_DONE):
+            # Asked for by a Linux tracer of tid (kernel/ptrace.py): it may hold it.
+            if not self.kernel.on_trace_event(tid, event):
+                self.resume(tid)
         else:
             if self.resent_signals:
                 inject.restore_siginfo(self, tid, sig)
@@ -552,6 +566,8 @@ class Engine:
         elif tid not in self.known:
             self.parked[tid] = sig     # its parent's clone event is still to come
         elif sig in _STOP_SIGNALS:
+            if self.kernel.on_group_stop(tid, sig):
+                return                 # a Linux tracer's group-stop: held
             ptrace.listen(tid)         # group-stop: stay stopped until SIGCONT
             self.listening.add(tid)
         else:

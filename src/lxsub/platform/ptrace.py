@@ -44,6 +44,8 @@ EVENT_FORK = 1
 EVENT_VFORK = 2
 EVENT_CLONE = 3
 EVENT_EXEC = 4
+EVENT_VFORK_DONE = 5
+EVENT_EXIT = 6
 EVENT_SECCOMP = 7
 EVENT_STOP = 128
 
@@ -126,6 +128,12 @@ def syscall_stop_op(tid: int) -> int:
     out = ctypes.c_uint8()
     libc.ptrace(PTRACE_GET_SYSCALL_INFO, tid, 1, ctypes.addressof(out))
     return out.value
+
+
+def set_options(tid: int, extra: int = 0) -> None:
+    """The provider's options on a stopped tracee, plus `extra` events
+    (O_TRACEEXIT, O_TRACEVFORKDONE) a Linux tracer of it asked for."""
+    libc.ptrace(PTRACE_SETOPTIONS, tid, 0, OPTIONS | extra)
 
 
 def listen(tid: int) -> None:

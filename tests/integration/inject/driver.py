@@ -119,6 +119,12 @@ class ProbeKernel:
     def on_syscall_stop(self, tid) -> None:
         pass
 
+    def on_group_stop(self, tid, sig) -> bool:
+        return False
+
+    def on_trace_event(self, tid, event) -> bool:
+        return False
+
 
 def main() -> None:
     scenario = Scenario(sys.argv[1], sys.argv[2])

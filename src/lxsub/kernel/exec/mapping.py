@@ -3,12 +3,12 @@
 The host kernel is handed the instance's own loader (kernel/exec/plan.py):
 it maps only ld.so, and its auxiliary vector describes ld.so as the
 program. At the exec event the provider maps the program itself with
-calls it injects into the new process (platform/inject.py): the program
-file opened through the provider's descriptor, its PT_LOAD segments at
-their addresses plus a load bias for ET_DYN (ELF_ET_DYN_BASE, randomized
-unless ADDR_NO_RANDOMIZE, as load_elf_binary), the bss zeroed and mapped
-anonymous; then the auxiliary vector on the new stack is patched to
-describe the program (AT_PHDR, AT_PHENT, AT_PHNUM, AT_ENTRY) with AT_BASE
+calls run inside the new process, all with one stop (platform/coderun.py):
+the program file opened through the provider's descriptor, its PT_LOAD
+segments at their addresses plus a load bias for ET_DYN (ELF_ET_DYN_BASE,
+randomized unless ADDR_NO_RANDOMIZE, chosen here as load_elf_binary does),
+the bss zeroed and mapped anonymous; the auxiliary vector on the new
+stack is patched to describe the program (AT_PHDR, AT_PHENT, AT_PHNUM, AT_ENTRY) with AT_BASE
 the loader's base. ld.so, entered at its entry, then finds a program the
 "kernel" loaded and runs it as usual, and a debugger reading the auxv
 (gdb: AT_ENTRY for the load displacement, AT_BASE for the loader's
@@ -32,6 +32,7 @@ from lxsub.abi.limits import PAGE_SIZE
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.exec.binfmt import ET_DYN
 from lxsub.platform import memory
+from lxsub.platform.coderun import KEPT, Fill, Keep, Step
 from lxsub.platform.inject import Scratch, SysCall
 
 
@@ -98,103 +99,65 @@ def entry_of(fd: int) -> int:
 
 
 class ProgramMapping:
-    """The injected calls that map one program, one at a time (`first`,
-    then `after(result)` until None), and the auxv patch after them.
-    `error`: an errno if a call failed (the exec cannot go on)."""
+    """The calls that map one program (`steps`, run inside its process
+    by platform/coderun.py) and the auxv patch that describes it. The
+    load bias is chosen here, as load_elf_binary does, and the segments
+    mapped there with MAP_FIXED_NOREPLACE: a place already taken fails
+    the exec (EEXIST) as in Linux."""
 
-    def __init__(self, tid: int, image: ElfImage, host_path: bytes, randomize: bool,
-                 auxv: "StackAuxv | None" = None) -> None:
-        self.tid, self.image, self.host_path = tid, image, host_path
-        self.auxv = auxv
-        self.randomize = randomize
-        self.stage = "open"
-        self.fd = -1
-        self.bias = 0
-        self.error = 0
-        self.steps: list[SysCall] = []
-        self.zero: list[tuple[int, int]] = []     # (address, length) of bss in file pages
+    def __init__(self, image: ElfImage, host_path: bytes, randomize: bool) -> None:
+        self.image, self.host_path = image, host_path
         self._lo = _down(image.segments[0].vaddr)
+        if image.dynamic:
+            base = ELF_ET_DYN_BASE + (random.getrandbits(MMAP_RND_BITS) * PAGE_SIZE if randomize else 0)
+            base &= ~(image.align - 1)                       # maximum_alignment()
+            self.bias = _down(base - image.segments[0].vaddr)
+        else:
+            self.bias = 0
 
-    def first(self) -> SysCall:
-        return SysCall(_SYS_OPENAT, (AT_FDCWD, Scratch(0), O_CLOEXEC, 0), self.host_path + b"\0")
-
-    def after(self, result: int) -> SysCall | None:
-        if result < 0 and self.stage != "close":
-            self.error = -result
-            return self._close()
-        if self.stage == "open":
-            self.fd, self.stage = result, "reserve"
-            return self._reserve()
-        if self.stage == "reserve":
-            self._placed(result)
-            if self.error:
-                return self._close()
-            self.stage = "segments"
-        if self.stage == "segments" and self.steps:
-            return self.steps.pop(0)
-        return self._close() if self.stage != "close" else None
-
-    def _close(self) -> SysCall | None:
-        if self.fd < 0:
-            return None
-        self.stage = "close"
-        return SysCall(_SYS_CLOSE, (self.fd,))
-
-    def _reserve(self) -> SysCall:
-        """The whole span at once, as elf_map with total_size: the first
-        segment's file pages; the other segments go over it (MAP_FIXED)."""
+    def steps(self) -> list[Step]:
+        """openat of the program (through the provider's descriptor), the
+        whole span reserved with the first segment's file pages (elf_map
+        with total_size), the other segments over it, the bss tails
+        zeroed (padzero) and the rest anonymous, close."""
         segs = self.image.segments
         span = _up(max(s.vaddr + s.memsz for s in segs)) - self._lo
-        if self.image.dynamic:
-            hint = ELF_ET_DYN_BASE + (random.getrandbits(MMAP_RND_BITS) * PAGE_SIZE
-                                      if self.randomize else 0)
-            hint = (hint + self.image.align - 1) & ~(self.image.align - 1)
-            flags = MAP_PRIVATE
-        else:
-            hint, flags = self._lo, MAP_PRIVATE | MAP_FIXED_NOREPLACE
-        return SysCall(_SYS_MMAP, (hint, span, segs[0].prot, flags, self.fd, _down(segs[0].offset)))
+        steps: list[Step] = [
+            Keep(SysCall(_SYS_OPENAT, (AT_FDCWD, Scratch(0), O_CLOEXEC, 0), self.host_path + b"\0")),
+            SysCall(_SYS_MMAP, (self.bias + self._lo, span, segs[0].prot, MAP_PRIVATE | MAP_FIXED_NOREPLACE,
+                                KEPT, _down(segs[0].offset)))]
+        for i, s in enumerate(segs):
+            steps += self._segment_steps(s, first=i == 0)
+        steps.append(SysCall(_SYS_CLOSE, (KEPT,)))
+        return steps
 
-    def _placed(self, base: int) -> None:
-        if not self.image.dynamic and base != self._lo:
-            self.error = errno.EINVAL              # not where the program must be
-            return
-        self.bias = base - self._lo if self.image.dynamic else 0
-        for i, s in enumerate(self.image.segments):
-            self.steps += self._segment_calls(s, first=i == 0)
-
-    def _segment_calls(self, s: Segment, first: bool) -> list[SysCall]:
+    def _segment_steps(self, s: Segment, first: bool) -> list[Step]:
         b = self.bias
-        calls = []
+        steps: list[Step] = []
         start = b + _down(s.vaddr)
         file_end = b + s.vaddr + s.filesz
         if s.filesz and not first:
-            calls.append(SysCall(_SYS_MMAP, (start, _up(file_end) - start, s.prot,
-                                             MAP_PRIVATE | MAP_FIXED, self.fd, _down(s.offset))))
+            steps.append(SysCall(_SYS_MMAP, (start, _up(file_end) - start, s.prot,
+                                             MAP_PRIVATE | MAP_FIXED, KEPT, _down(s.offset))))
         if s.memsz > s.filesz:
             anon_from = _up(file_end) if s.filesz else start
             anon_to = _up(b + s.vaddr + s.memsz)
             if s.filesz and _up(file_end) > file_end and s.prot & PROT_WRITE:
-                self.zero.append((file_end, _up(file_end) - file_end))     # padzero
+                steps.append(Fill(file_end, _up(file_end) - file_end))     # padzero
             if anon_to > anon_from:
-                calls.append(SysCall(_SYS_MMAP, (anon_from, anon_to - anon_from, s.prot,
+                steps.append(SysCall(_SYS_MMAP, (anon_from, anon_to - anon_from, s.prot,
                                                  MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, -1, 0)))
-        return calls
+        return steps
 
-    # -- after the calls ---------------------------------------------------------------
-
-    def finish(self, loader_entry: int) -> bytes:
-        """Zero the bss tails and patch the auxv on the new stack; returns
-        the auxv as /proc/<pid>/auxv shows it."""
-        for at, n in self.zero:
-            memory.write(self.tid, at, bytes(n))
-        auxv = self.auxv
-        assert auxv is not None
+    def patch_auxv(self, tid: int, auxv: "StackAuxv", loader_entry: int) -> bytes:
+        """Make the auxv on the new stack describe the program; returns it
+        as /proc/<pid>/auxv shows it."""
         img, b = self.image, self.bias
         values = {AT_PHDR: b + img.phdr_vaddr, AT_PHENT: _PHDR.size, AT_PHNUM: img.phnum,
                   AT_ENTRY: b + img.entry,
                   AT_BASE: dict(auxv.pairs).get(AT_ENTRY, loader_entry) - loader_entry}
         data = b"".join(struct.pack("<QQ", k, values.get(k, v)) for k, v in auxv.pairs)
-        memory.write(self.tid, auxv.at, data)
+        memory.write(tid, auxv.at, data)
         return data
 
 

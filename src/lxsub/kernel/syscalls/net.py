@@ -752,11 +752,14 @@ _SENT_CREDS_MAX = 1024
 _CREDS = struct.Struct("<iII")
 
 
+# The calls the filter below traces (its trace stops are the provider's).
+CREDS_FILTER_TRACES = frozenset((NUMBERS["recvmsg"], NUMBERS["recvmmsg"]))
+
+
 def _creds_filter_call() -> SysCall:
     """seccomp(SECCOMP_SET_MODE_FILTER, TSYNC, &prog): recvmsg and
     recvmmsg stop (ptrace), everything else as the filters below say."""
-    prog = bpf.build_filter({NUMBERS["recvmsg"]: bpf.RET_TRACE, NUMBERS["recvmmsg"]: bpf.RET_TRACE},
-                            bpf.RET_ALLOW)
+    prog = bpf.build_filter(dict.fromkeys(CREDS_FILTER_TRACES, bpf.RET_TRACE), bpf.RET_ALLOW)
     fprog = struct.pack("<H6xQ", len(prog) // 8, 0)
     return SysCall(NUMBERS["seccomp"], (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, Scratch(0)),
                    fprog + prog, pointers=((8, len(fprog)),))

@@ -159,10 +159,14 @@ def _stopped_request(c: Call, space, link: "Link", request: int, addr: int, data
         return _pass_buffer(c, tid, request, 0, data, _FPREGS_SIZE, request == pt.PTRACE_GETFPREGS)
     if request in (pt.PTRACE_GETREGSET, pt.PTRACE_SETREGSET):
         return _regset(c, space, link, request, addr, data)
-    if request == pt.PTRACE_GETSIGINFO:
-        return _pass_buffer(c, tid, request, 0, data, _SIGINFO_SIZE, True)
-    if request == pt.PTRACE_SETSIGINFO:
-        return _pass_buffer(c, tid, request, 0, data, _SIGINFO_SIZE, False)
+    if request in (pt.PTRACE_GETSIGINFO, pt.PTRACE_SETSIGINFO):
+        if link.stop == kptrace.GROUP_STOP and not link.seized:
+            # A group-stop of a tracee that was not seized has no siginfo
+            # (ptrace_stop without one: ptrace_getsiginfo's EINVAL).
+            raise OSError(errno.EINVAL, "group-stop")
+        return _pass_buffer(c, tid, request, 0, data, _SIGINFO_SIZE, request == pt.PTRACE_GETSIGINFO)
+    if request == pt.PTRACE_PEEKSIGINFO:
+        return _peek_siginfo(c, tid, addr, data)
     if request in (pt.PTRACE_GETSIGMASK, pt.PTRACE_SETSIGMASK):
         if addr != 8:
             raise OSError(errno.EINVAL, "sigset size must be 8")
@@ -174,7 +178,7 @@ def _stopped_request(c: Call, space, link: "Link", request: int, addr: int, data
         if data & ~pt.PTRACE_O_MASK:
             raise OSError(errno.EINVAL, "unknown options")
         _check_suspend_seccomp(data)
-        link.options = data
+        space.set_options(link, data)
         return 0
     if request == pt.PTRACE_GET_SYSCALL_INFO:
         return _syscall_info(c, space, link, addr, data)
@@ -262,6 +266,36 @@ def _pass_buffer(c: Call, tid: int, request: int, addr: int, data: int, size: in
     if out:
         c.write(data, buf.raw)
     return 0
+
+
+_PEEKSIGINFO_ARGS = struct.Struct("<QIi")     # off, flags, nr
+_PEEKSIGINFO_MAX = 1 << 12                      # one host call's buffer (pending signals are fewer)
+
+
+def _peek_siginfo(c: Call, tid: int, addr: int, data: int) -> int:
+    """PTRACE_PEEKSIGINFO (ptrace_peek_siginfo): the host's own on the
+    real tracee, whose queues these are, each sender in the instance's
+    view (as at a delivery); copied out as the kernel does, EFAULT only
+    if not even the first one can be."""
+    off, flags, nr = _PEEKSIGINFO_ARGS.unpack(c.read(addr, _PEEKSIGINFO_ARGS.size))
+    if flags & ~pt.PTRACE_PEEKSIGINFO_SHARED or nr < 0:
+        raise OSError(errno.EINVAL, "bad arguments")
+    nr = min(nr, _PEEKSIGINFO_MAX)
+    if not nr:
+        return 0
+    args = ctypes.create_string_buffer(_PEEKSIGINFO_ARGS.pack(off, flags, nr), _PEEKSIGINFO_ARGS.size)
+    buf = ctypes.create_string_buffer(nr * _SIGINFO_SIZE)
+    got = libc.ptrace(pt.PTRACE_PEEKSIGINFO, tid, ctypes.addressof(args), ctypes.addressof(buf))
+    for i in range(got):
+        info = host.SigInfo.from_buffer_copy(buf.raw, i * _SIGINFO_SIZE)
+        c.inst.translate_sender(info)
+        try:
+            c.write(data + i * _SIGINFO_SIZE, bytes(info))
+        except OSError:
+            if i == 0:
+                raise
+            return i
+    return got
 
 
 def _regset(c: Call, space, link: "Link", request: int, note: int, iov_addr: int) -> int:
