@@ -8,6 +8,7 @@ import ast
 import importlib
 import os
 import pkgutil
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 import lxsub
 from lxsub import abi
-from lxsub.abi import limits, sysno
+from lxsub.abi import limits, seccomp, sysno
 from tests.fixtures.cbuild import gcc_static
 
 SRC = Path(lxsub.__file__).resolve().parent
@@ -42,6 +43,7 @@ NOT_IN_HEADERS = {
     "UIO_MAXIOV",         # linux/uio.h clashes with glibc's struct iovec: sysconf(_SC_IOV_MAX)
     "ELF_ET_DYN_BASE",    # arch/x86/include/asm/elf.h, not exported: where a PIE is loaded
     "MMAP_RND_BITS",      # CONFIG_ARCH_MMAP_RND_BITS default: /proc/sys/vm/mmap_rnd_bits
+    "SYS_SECCOMP",        # SIGSYS's si_code: only asm-generic/siginfo.h, which clashes with signal.h
 }
 # Not macros: C expressions that give them (glibc's F_OWNER_* and personality flags are enums).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",
@@ -92,6 +94,8 @@ def test_constants_without_a_header_agree_with_the_running_kernel():
     assert limits.UIO_MAXIOV == os.sysconf("SC_IOV_MAX")
     with open("/proc/sys/kernel/overflowuid") as f:
         assert limits.OVERFLOW_ID == int(f.read())
+    siginfo = Path("/usr/include/asm-generic/siginfo.h").read_text()
+    assert seccomp.SYS_SECCOMP == int(re.search(r"#define SYS_SECCOMP\s+(\d+)", siginfo).group(1))
 
 
 def test_syscall_numbers_agree_with_the_c_headers(tmp_path):

@@ -91,19 +91,23 @@ def _host_handle(fd: int, capacity: int, kind_flags: int) -> tuple[int, int, byt
 
 
 def sys_open_by_handle_at(c: Call):
-    """fs/fhandle.c do_handle_open: the mount descriptor (EBADF), the right
-    (EPERM), the handle (EFAULT, EINVAL for no bytes or more than
-    MAX_HANDLE_SZ), the file (ESTALE), then the open as open(2)'s. O_PATH
-    is EINVAL here: seccomp's ADDFD cannot hand such a descriptor over."""
+    """fs/fhandle.c do_handle_open: the handle's header (EFAULT), the mount
+    descriptor (EBADF), the right (EPERM), the handle's size (EINVAL for no
+    bytes or more than MAX_HANDLE_SZ), the file (ESTALE), then the open as
+    open(2)'s. O_PATH is EINVAL here: seccomp's ADDFD cannot hand such a
+    descriptor over."""
     from lxsub.kernel.syscalls.fcntl import opened
     flags = c.uint(2)
+    # The handle's header is copied in before the descriptor or the right
+    # are looked at: a bad pointer is EFAULT whatever else is wrong (what
+    # this kernel answers natively; tests/integration/test_robustness.py).
+    size, kind = _HEADER.unpack(c.read(c.ptr(1), _HEADER.size))
     if flags & O_PATH:
         raise OSError(errno.EINVAL, "O_PATH descriptors cannot be handed over")
     anchor = lookup.resolve_at(c.inst.vfs, c.task, c.int(0), b"", AT_EMPTY_PATH)
     try:
         if not c.task.creds.capable(CAP_DAC_READ_SEARCH):
             raise OSError(errno.EPERM, "CAP_DAC_READ_SEARCH needed")
-        size, kind = _HEADER.unpack(c.read(c.ptr(1), _HEADER.size))
         if not 0 < size <= MAX_HANDLE_SZ:
             raise OSError(errno.EINVAL, "bad handle_bytes")
         handle = ctypes.create_string_buffer(_HEADER.pack(size, kind) + c.read(c.ptr(1) + _HEADER.size, size))

@@ -46,7 +46,8 @@ def apply_pending_writes() -> None:
     call must see a sysctl its caller (or another process) set before it,
     whatever order the loop learns of the two in."""
     for fs in list(WRITES_PENDING):
-        fs._flush_writes()
+        fs.flush_writes()
+
 
 class Entry:
     """A file of a pseudo file system; `path` inside the fs is its identity."""
