@@ -131,12 +131,18 @@ def test_landlock_restrict_self_needs_no_new_privs(debian):
     """landlock_restrict_self(2) without CAP_SYS_ADMIN needs the thread's
     no_new_privs (EPERM), the program's own bit, not the host's (LTP
     landlock03)."""
-    cp = debian.lx(["-u", "root", "-e", "python3", "-c", LANDLOCK_PY], timeout=60)
+    assert _landlock_lines(debian, LANDLOCK_PY, "the host kernel has no Landlock") == [
+        "without no_new_privs EPERM", "with no_new_privs 0"]
+
+
+def _landlock_lines(debian, program: str, missing: str) -> list[str]:
+    """The lines a Landlock probe prints as root in the instance; a skip
+    (with `missing`) where the host kernel lacks what it needs."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", program], timeout=60)
     assert cp.returncode == 0, describe(cp)
     if cp.stdout.startswith(b"no landlock"):
-        pytest.skip("the host kernel has no Landlock")
-    assert cp.stdout.decode().splitlines() == ["without no_new_privs EPERM", "with no_new_privs 0"], \
-        describe(cp)
+        pytest.skip(missing)
+    return cp.stdout.decode().splitlines()
 
 
 LANDLOCK_WORK_PY = textwrap.dedent("""\
@@ -196,12 +202,8 @@ def test_landlock_holds_for_the_providers_work(debian):
     (none): a write open of /dev/null and a bind to a port the rules leave
     out are EACCES, in the thread and in its children (LTP landlock07,
     landlock08)."""
-    cp = debian.lx(["-u", "root", "-e", "python3", "-c", LANDLOCK_WORK_PY], timeout=60)
-    assert cp.returncode == 0, describe(cp)
-    if cp.stdout.startswith(b"no landlock"):
-        pytest.skip("the host kernel has no Landlock network rules")
-    assert cp.stdout.decode().splitlines() == ["files EACCES ok", "ports ok EACCES EACCES"], \
-        describe(cp)
+    assert _landlock_lines(debian, LANDLOCK_WORK_PY, "the host kernel has no Landlock network rules") == [
+        "files EACCES ok", "ports ok EACCES EACCES"]
 
 
 ACCT_PY = textwrap.dedent("""\
