@@ -466,7 +466,7 @@ def read_in_root(rootfs: str | Path, path: str, limit: int = _MAX_CONFIG_BYTES) 
                 return None
             if e.errno != errno.ENOSYS:
                 raise ConfigError(path, f"cannot read: {e.strerror}") from None
-            fd = _open_no_follow(root_fd, path)
+            fd = _open_in_root_walk(root_fd, path)
             if fd is None:
                 return None
     finally:
@@ -480,22 +480,48 @@ def read_in_root(rootfs: str | Path, path: str, limit: int = _MAX_CONFIG_BYTES) 
     return _decode(raw, path)
 
 
-def _open_no_follow(root_fd: int, path: str) -> int | None:
-    # Hosts without openat2 (Linux < 5.6): no symlink is followed at all.
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    fd = os.dup(root_fd)
+_MAX_SYMLINKS = 40          # Linux's MAXSYMLINKS
+
+
+def _open_in_root_walk(root_fd: int, path: str) -> int | None:
+    """RESOLVE_IN_ROOT on hosts without openat2 (Linux < 5.6): one component
+    at a time with O_NOFOLLOW; a symlink's target is walked in its place
+    (an absolute one from the distro's root), and '..' never climbs above
+    the root. None if missing, a loop, or not reachable."""
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    dirs = [os.dup(root_fd)]              # the directories walked, the root first
+    links = 0
     try:
-        for part in parts[:-1]:
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                            dir_fd=fd)
-            os.close(fd)
-            fd = child
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                       dir_fd=fd)
-    except OSError:
+        while todo:
+            part = todo.pop(0)
+            if part == "..":
+                if len(dirs) > 1:
+                    os.close(dirs.pop())
+                continue
+            flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_RDONLY
+            flags |= os.O_NONBLOCK if not todo else os.O_DIRECTORY
+            try:
+                fd = os.open(part, flags, dir_fd=dirs[-1])
+            except OSError:
+                try:
+                    target = os.readlink(part, dir_fd=dirs[-1])
+                except OSError:
+                    return None           # missing, or not a directory on the way
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    return None
+                if target.startswith("/"):
+                    while len(dirs) > 1:
+                        os.close(dirs.pop())
+                todo[:0] = [p for p in target.split("/") if p not in ("", ".")]
+                continue
+            if not todo:
+                return fd
+            dirs.append(fd)
         return None
     finally:
-        os.close(fd)
+        for fd in dirs:
+            os.close(fd)
 
 
 __all__ = [
