@@ -22,11 +22,11 @@ call following the new limit, as on Linux.
 from __future__ import annotations
 
 import errno
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from lxsub.abi.limits import PAGE_SIZE
+from lxsub.kernel.vfs import pseudo
 
 if TYPE_CHECKING:
     from lxsub.kernel.task import Task
@@ -91,16 +91,11 @@ class Sysctls:
 
     def __init__(self) -> None:
         self._values: dict[str, int] = {}
-        self._pseudo_fs: weakref.WeakSet = weakref.WeakSet()
-
-    def watch_writes_of(self, fs) -> None:
-        """A pseudo file system whose files' writes may set a knob."""
-        self._pseudo_fs.add(fs)
 
     def flush_writes(self) -> None:
-        """Take in the writes to /proc/sys still in flight."""
-        for fs in list(self._pseudo_fs):
-            fs.flush_writes()
+        """Take in the writes to /proc/sys still in flight (those to every
+        pseudo file system: pseudo.WRITES_PENDING knows which have any)."""
+        pseudo.apply_pending_writes()
 
     def value(self, name: str) -> int:
         self.flush_writes()

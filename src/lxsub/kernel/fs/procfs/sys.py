@@ -90,7 +90,6 @@ class SysTree:
     def _own_tunables(self) -> dict:
         """The files of the tunables the instance sets for itself, by name."""
         sysctls = sysctls_of(self.inst)
-        sysctls.watch_writes_of(self)
         return {name: File("/sys/" + name, lambda t, n=name: sysctls.read(n),
                            write=lambda t, data, n=name: sysctls.write(t, n, data), mode=0o444)
                 for name in KNOBS}
