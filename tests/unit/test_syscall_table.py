@@ -125,6 +125,7 @@ KERNEL_ARG_BITS = {
     ("open", 1): 32, ("openat", 2): 32, ("sendto", 4): 64,
     ("socket", 0): 32, ("socketpair", 0): 32, ("getsockopt", 2): 32, ("setsockopt", 2): 32,    # int family, optname
     ("seccomp", 0): 32,     # unsigned int operation (kernel/seccomp.c)
+    ("rt_sigreturn", 0): 64,     # takes no argument: the whole register is the cookie
     **{(name, 0): 32 for name in ("clock_gettime", "clock_getres", "clock_nanosleep")},  # clockid_t
     **{(name, 0): 32 for name in (
         "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",

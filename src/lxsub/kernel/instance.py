@@ -418,6 +418,10 @@ class Instance:
             os.kill(tid, signal.SIGKILL)       # the loader would run argv[0]
             return
 
+        # A Linux tracer finds the thread stopped at its exec with the
+        # program in place: the run ends at a stop. Others go on without one.
+        traced = self.ptrace.link_of(task) is not None
+
         def mapped(error: int) -> None:
             plan.close()
             if error:
@@ -426,9 +430,10 @@ class Instance:
                               f"{os.strerror(error)}; killed")
                 os.kill(tid, signal.SIGKILL)
                 return
-            self.engine.exits_unreported.add(tid)
+            if traced:
+                self.engine.exits_unreported.add(tid)
             then()
-        self.engine.run_code(tid, mapper.steps(), mapped, gone=plan.close)
+        self.engine.run_code(tid, mapper.steps(), mapped, gone=plan.close, stop_at_end=traced)
 
     def _fix_execfn(self, tid: int, plan: ExecPlan, auxv: mapping.StackAuxv | None) -> None:
         """getauxval(AT_EXECFN) names the program, not the provider's descriptor."""

@@ -25,7 +25,7 @@ from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
                                    klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
                                    unistd, utsname, xattr)
-from lxsub.platform import bpf
+from lxsub.platform import bpf, coderun
 from lxsub.platform.bpf import ArgRule, ByArgs
 
 NATIVE, NOTIFY, TRACE, ERRNO = "native", "notify", "trace", "errno"
@@ -126,9 +126,13 @@ ROWS: list[Syscall] = [
         "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
-        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
+        "rt_sigaction", "rt_sigprocmask", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
         "landlock_add_rule")),
+    Syscall("rt_sigreturn", NATIVE, signal.sys_rt_sigreturn, FULL, "one first argument (it takes "
+            "none) traps: the end of the provider's code that maps a dynamic program at its exec "
+            "(platform/coderun.py); the call then runs as asked",
+            rules=(ArgRule(0, "eq", coderun.COOKIE, bpf.RET_USER_NOTIF, wide=True),)),
     trace("landlock_restrict_self", process.sys_landlock_restrict_self,
           "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
           "no_new_privs); the provider's opens, inet binds and connects for the restricted thread "

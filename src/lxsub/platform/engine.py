@@ -25,11 +25,13 @@ import signal
 import time
 from typing import Callable, Protocol
 
+from lxsub.abi.sysno import NUMBERS
 from lxsub.platform import affinity, coderun, features, inject, libc, ptrace
 from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Listener, Notification
 from lxsub.platform.ptrace import Regs
 
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+_SYS_RT_SIGRETURN = NUMBERS["rt_sigreturn"]
 
 ExitHook = Callable[[int, Regs], None]
 
@@ -213,16 +215,21 @@ class Engine:
         self.injections_waiting[tid] = at_exec
 
     def run_code(self, tid: int, steps: "list[coderun.Step]", done: Callable[[int], None],
-                 gone: Callable[[], None] | None = None) -> None:
-        """Run `steps` inside tid, stopped now at its exec event, with one
-        stop at their end (platform/coderun.py); then done(errno, or 0 if
-        all went), tid's registers its own again. gone() if tid dies."""
-        self.injections[tid] = coderun.CodeRun(self, tid, steps, done, gone)
+                 gone: Callable[[], None] | None = None, stop_at_end: bool = False) -> None:
+        """Run `steps` inside tid, stopped now at its exec event
+        (platform/coderun.py); then done(errno, or 0 if all went), tid's
+        registers its own again (a failed run ends at a stop, as does any
+        with `stop_at_end`; done then runs there). gone() if tid dies."""
+        self.injections[tid] = coderun.CodeRun(self, tid, steps, done, gone, stop_at_end)
         self.injections_waiting[tid] = True
 
     def answer_if_injected(self, lst: Listener, n: Notification) -> bool:
-        """A notification of a call the provider injected: let it run."""
+        """A notification of a call the provider injected: let it run
+        (the last of a code run's ends it)."""
         if self.injections and n.pid in self.injections:
+            run = self.injections[n.pid]
+            if n.nr == _SYS_RT_SIGRETURN and n.args[0] == coderun.COOKIE and isinstance(run, coderun.CodeRun):
+                run.on_sigreturn()
             lst.reply(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
             return True
         return False

@@ -76,11 +76,22 @@ _probed: dict[str, bool] = {}
 
 def hidden() -> frozenset[str]:
     """The features LX_HIDE_FEATURES (and LX_NO_KILLABLE_WAIT) hide."""
-    raw = os.environ.get("LX_HIDE_FEATURES", "")
+    key = (os.environ.get("LX_HIDE_FEATURES", ""), bool(os.environ.get("LX_NO_KILLABLE_WAIT")))
+    found = _hidden_by_env.get(key)
+    if found is None:
+        found = _hidden_by_env[key] = _parse_hidden(*key)
+    return found
+
+
+# Parsed once per value: has() is asked on hot paths (each descriptor copy).
+_hidden_by_env: dict[tuple[str, bool], frozenset[str]] = {}
+
+
+def _parse_hidden(raw: str, no_killable_wait: bool) -> frozenset[str]:
     names = {n.strip() for n in raw.split(",") if n.strip()}
     if "all" in names:
         names = set(BY_NAME)
-    if os.environ.get("LX_NO_KILLABLE_WAIT"):
+    if no_killable_wait:
         names.add("wait_killable_recv")
     return frozenset(names & set(BY_NAME))
 

@@ -212,7 +212,10 @@ def randomizes(tid: int) -> bool:
     """Whether the new process's layout is randomized (not ADDR_NO_RANDOMIZE,
     which gdb sets before it runs a program)."""
     try:
-        with open(f"/proc/{tid}/personality", "rb") as f:
-            return not int(f.read(), 16) & ADDR_NO_RANDOMIZE
+        fd = os.open(f"/proc/{tid}/personality", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return not int(os.read(fd, 32), 16) & ADDR_NO_RANDOMIZE
+        finally:
+            os.close(fd)
     except (OSError, ValueError):
         return True
