@@ -71,6 +71,15 @@ def test_signal_delivery_stops_suppress_and_inject(busybox, program):
     assert out["signal exit"] == "1", out
 
 
+def test_the_tracers_sigchld_says_trapped(busybox, program):
+    """do_notify_parent_cldstop for a tracer: SIGCHLD with CLD_TRAPPED,
+    the tracee's pid and its stop signal as si_status; then CLD_EXITED."""
+    out = _run(busybox, program, "sigchld")
+    assert out["sigchld first"] == "4 child 19", out        # CLD_TRAPPED, SIGSTOP
+    assert out["sigchld signal"] == "4 child 10", out       # SIGUSR1
+    assert out["sigchld exit"] == "1 child 5", out          # CLD_EXITED
+
+
 def test_attach_detach_and_tracer_pid(busybox, program):
     out = _run(busybox, program, "attach")
     assert out["attach before"] == "0" and out["attach attach"] == "0", out

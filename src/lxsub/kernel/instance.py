@@ -579,11 +579,20 @@ class Instance:
             info = ptrace.get_siginfo(tid)
         except OSError:
             return
-        if self.translate_sender(info):
+        if self._provider_sent_child_info(tid, info) or self.translate_sender(info):
             try:
                 ptrace.set_siginfo(tid, info)
             except OSError:
                 pass
+
+    def _provider_sent_child_info(self, tid: int, info: ptrace.SigInfo) -> bool:
+        """A Linux tracer's SIGCHLD (kernel/ptrace.py sends it): what
+        Linux's would say (CLD_TRAPPED, the tracee...)."""
+        if not (self.ptrace.tracers and info.si_signo == signal.SIGCHLD and info.si_code == SI_USER
+                and info.si_pid == os.getpid()):
+            return False
+        task = self.pids.tasks_by_host.get(tid)
+        return task is not None and self.ptrace.fill_child_info(task.process, info)
 
     def translate_sender(self, info: ptrace.SigInfo) -> bool:
         """Make si_pid/si_uid of a signal sent by a process the instance's

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lxsub.abi import ptrace as pt
 from lxsub.abi.sched import CLONE_UNTRACED
+from lxsub.abi.signal import CLD_DUMPED, CLD_EXITED, CLD_KILLED, CLD_TRAPPED
 from lxsub.abi.sysno import SYS_TGKILL
 from lxsub.kernel.creds import CAP_SYS_PTRACE
 from lxsub.platform import libc
@@ -86,6 +88,9 @@ class _Tracer:
     links: list[Link] = field(default_factory=list)
     exited: list[Exited] = field(default_factory=list)
     waiting: set["Task"] = field(default_factory=set)   # threads blocked in a wait
+    # What the SIGCHLD sent last says (si_code, si_pid, si_uid, si_status):
+    # the provider's kill(2) cannot, it is written in at the delivery stop.
+    child_info: tuple[int, int, int, int] | None = None
 
 
 class Ptrace:
@@ -173,22 +178,37 @@ class Ptrace:
         link.stop = where
         link.report = status
         self.inst.engine.hold(link.tracee.host_tid)
-        self._notify(link.tracer)
+        self._notify(link.tracer, (CLD_TRAPPED, link.tracee, status >> 8 & 0x7F))
 
-    def _notify(self, tracer: "Process") -> None:
-        """do_notify_parent_cldstop for the tracer: SIGCHLD, and a thread of
-        it blocked in wait4 is woken to look again (its wait restarts and
-        traps, kernel/syscalls/process.py)."""
+    def _notify(self, tracer: "Process", why: tuple[int, "Task", int]) -> None:
+        """do_notify_parent_cldstop (or do_notify_parent) for the tracer:
+        SIGCHLD saying `why` (si_code, the tracee, si_status), and a thread
+        of it blocked in wait4 is woken to look again (its wait restarts
+        and traps, kernel/syscalls/process.py)."""
+        tr = self.tracers.get(tracer)
+        if tr is not None:
+            code, tracee, status = why
+            tr.child_info = (code, tracee.tid, tracee.creds.ruid, status)
         try:
             os.kill(tracer.host_pid, signal.SIGCHLD)
         except ProcessLookupError:
             return
-        tr = self.tracers.get(tracer)
         if tr is None:
             return
         for task in list(tr.waiting):
             self.inst.engine.interrupt(task.host_tid, lambda tid, regs: None)
         tr.waiting.clear()
+
+    def fill_child_info(self, proc: "Process", info: host.SigInfo) -> bool:
+        """At a delivery stop of a tracer's SIGCHLD the provider sent:
+        write in what it says (False if the provider sent none)."""
+        tr = self.tracers.get(proc) if self.tracers else None
+        if tr is None or tr.child_info is None:
+            return False
+        info.si_code, info.si_pid, info.si_uid, status = tr.child_info
+        tr.child_info = None
+        struct.pack_into("<i", info.rest, 0, status)          # si_status
+        return True
 
     def on_signal(self, task: "Task", sig: int) -> bool:
         """A signal-delivery stop of the real tracee: True if a Linux tracer
@@ -334,7 +354,8 @@ class Ptrace:
                     tr.links.remove(link)
                 if thread or task.process.parent is not link.tracer:
                     tr.exited.append(Exited(task.tid, status, thread))
-                    self._notify(link.tracer)
+                    code, value = _child_end(status)
+                    self._notify(link.tracer, (code, task, value))
                 elif not tr.links and not tr.exited:
                     del self.tracers[link.tracer]
         proc = task.process
@@ -431,3 +452,10 @@ def _is_ancestor(anc: "Process", proc: "Process") -> bool:
             return True
         p = p.parent
     return False
+
+
+def _child_end(status: int) -> tuple[int, int]:
+    """A wait status as SIGCHLD's si_code and si_status."""
+    if os.WIFEXITED(status):
+        return CLD_EXITED, os.WEXITSTATUS(status)
+    return (CLD_DUMPED if os.WCOREDUMP(status) else CLD_KILLED), os.WTERMSIG(status)
