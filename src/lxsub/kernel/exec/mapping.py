@@ -156,12 +156,14 @@ class ProgramMapping:
         values = {AT_PHDR: b + img.phdr_vaddr, AT_PHENT: _PHDR.size, AT_PHNUM: img.phnum,
                   AT_ENTRY: b + img.entry,
                   AT_BASE: dict(auxv.pairs).get(AT_ENTRY, loader_entry) - loader_entry}
-        data = b"".join(struct.pack("<QQ", k, values.get(k, v)) for k, v in auxv.pairs)
+        flat = [x for k, v in auxv.pairs for x in (k, values.get(k, v))]
+        data = struct.pack(f"<{len(flat)}Q", *flat)
         memory.write(tid, auxv.at, data)
         return data
 
 
 _CHUNK = 4096
+_PAIR = struct.Struct("<QQ")
 
 
 class StackAuxv:
@@ -187,13 +189,16 @@ class StackAuxv:
             self.at = sp + 8 * (i + 1)
             first = 8 * (i + 1)
         self.pairs: list[tuple[int, int]] = []
-        for n in range(64):
-            off = first + 16 * n
-            entry = raw[off:off + 16] if off + 16 <= len(raw) else memory.read(tid, self.at + 16 * n, 16)
-            key, value = struct.unpack("<QQ", entry)
+        whole = (len(raw) - first) // 16 * 16
+        for key, value in _PAIR.iter_unpack(raw[first:first + whole]):
             self.pairs.append((key, value))
             if key == AT_NULL:
-                break
+                return
+        for n in range(len(self.pairs), 64):          # past the read: one entry at a time
+            key, value = _PAIR.unpack(memory.read(tid, self.at + 16 * n, 16))
+            self.pairs.append((key, value))
+            if key == AT_NULL:
+                return
 
     def get(self, key: int) -> int:
         return dict(self.pairs).get(key, 0)
