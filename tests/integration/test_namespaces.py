@@ -20,10 +20,25 @@ pytestmark = [pytest.mark.debian]
 # of the namespace nsenter joins.
 _OUTER, _INNER, _JOINED = 4096 * 5 + 11, 4096 * 5 + 13, 4096 * 5 + 17
 
+# mq_open(3) of one queue name: "open" finds it or not, "create" makes it.
+MQ_PY = textwrap.dedent("""\
+    import ctypes, errno, os, sys
+    rt = ctypes.CDLL("librt.so.1", use_errno=True)
+    name, how = b"/lxsub-ns-test", sys.argv[1]
+    if how == "unlink":
+        r = rt.mq_unlink(name)
+    else:
+        r = rt.mq_open(name, os.O_RDONLY | (os.O_CREAT | os.O_EXCL if how == "create" else 0), 0o600, None)
+    print(how, "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
+    """)
+
 NAMESPACES_SH = textwrap.dedent(f"""\
     set -e
+    export MQ_PY='{MQ_PY}'
     sizes() {{ ipcs -m | awk '$1 ~ /^0x/ {{print $5}}' | sort | tr '\\n' ' '; }}
     outer=$(ipcmk -M {_OUTER} | awk '{{print $NF}}')
+    mq() {{ python3 -c "$MQ_PY" "$@"; }}
+    echo "outer-mq $(mq create)"
     echo "outer-links $(readlink /proc/self/ns/uts) $(readlink /proc/self/ns/ipc)"
     unshare --uts --ipc sh -c '
         echo "inner-links $(readlink /proc/self/ns/uts) $(readlink /proc/self/ns/ipc)"
@@ -32,7 +47,9 @@ NAMESPACES_SH = textwrap.dedent(f"""\
         echo "inner-before $(ipcs -m | awk "\\$1 ~ /^0x/" | wc -l)"
         ipcmk -M {_INNER} >/dev/null
         echo "inner-after $(ipcs -m | awk "\\$1 ~ /^0x/ {{print \\$5}}")"
-        echo "inner-sysvipc $(tail -n +2 /proc/sysvipc/shm | wc -l)"'
+        echo "inner-sysvipc $(tail -n +2 /proc/sysvipc/shm | wc -l)"
+        echo "inner-mq $(python3 -c "$MQ_PY" open) $(python3 -c "$MQ_PY" create)"'
+    echo "outer-mq-after $(mq open) $(mq unlink)"
     echo "outer-host $(hostname)"
     echo "outer-sizes $(sizes)"
     # a namespace another process keeps, joined by nsenter (setns(2))
@@ -69,4 +86,8 @@ def test_unshare_and_nsenter_give_uts_and_ipc_namespaces(debian):
     assert out["outer-sizes"].split() == [str(_OUTER)], out
     assert out["joined"] == f"joined {_JOINED}", out
     assert out["nobody"].endswith("Operation not permitted"), out
+    # POSIX message queues: the new namespace has none of the outer one's
+    assert out["outer-mq"] == "create ok", out
+    assert out["inner-mq"] == "open ENOENT create ok", out
+    assert out["outer-mq-after"] == "open ok unlink ok", out
     assert _host_segments(_INNER) == 0 and _host_segments(_JOINED) == 0, out
