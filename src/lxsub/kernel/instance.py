@@ -10,17 +10,17 @@ the process table, trapped syscalls go to the dispatcher.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import signal
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 from lxsub import LINUX_RELEASE
 from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
-from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK,
-                              CLONE_VM)
+from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_PARENT, CLONE_PARENT_SETTID,
+                              CLONE_THREAD, CLONE_VFORK, CLONE_VM)
 from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
@@ -28,8 +28,7 @@ from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.acct import accounting_of
 from lxsub.kernel.syscalls import net
-from lxsub.kernel.ipc import IpcSpace
-from lxsub.kernel.mqueue import MqueueSpace
+from lxsub.kernel.ipc import IpcNamespace
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.exec import mapping
 from lxsub.kernel.exec.plan import ExecPlan
@@ -40,7 +39,7 @@ from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.sysctl import sysctls_of
-from lxsub.kernel.task import FsContext, PidSpace, Process, Task, uts_of
+from lxsub.kernel.task import FsContext, PidSpace, Process, Task, new_ns_inum, uts_of
 from lxsub.kernel.vfs import pseudo
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
@@ -61,7 +60,7 @@ class UtsInfo:
     inum: int = 0xEFFFFFFE      # /proc/<pid>/ns/uts: PROC_UTS_INIT_INO for the instance's
 
     def copy(self) -> "UtsInfo":
-        return UtsInfo(self.hostname, self.domainname, self.release, next(_NS_INUMS))
+        return UtsInfo(self.hostname, self.domainname, self.release, new_ns_inum())
 
     def set_name(self, attr: str, raw: bytes) -> None:
         """sethostname/setdomainname's bytes as the kernel keeps them: in a
@@ -71,10 +70,6 @@ class UtsInfo:
 
     def name_bytes(self, attr: str) -> bytes:
         return getattr(self, attr).encode("utf-8", "surrogateescape")
-
-
-# Inode numbers of the namespaces programs make (after mnt's and net's).
-_NS_INUMS = itertools.count(0xF0000002)
 
 
 def _drvfs_settings(automount: AutomountSection) -> AutomountSettings:
@@ -100,8 +95,10 @@ class Instance:
         self.drvfs_door, self.interop_door = make_doors(self, default_user)
         self.storage = Storage(self)
         self.uts = UtsInfo(self.config.network.hostname or name)
-        self.ipc = IpcSpace()          # its System V IPC objects
-        self.mqueues = MqueueSpace()   # its POSIX message queues
+        # Its IPC namespace (System V objects, POSIX message queues), and
+        # those its programs made (each freed with its last task).
+        self.ipc = IpcNamespace()
+        self.ipc_namespaces: weakref.WeakSet[IpcNamespace] = weakref.WeakSet()
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.vfs = Vfs(self.volfs, "rootfs")
@@ -301,8 +298,9 @@ class Instance:
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
                     seccomp_filters=parent.seccomp_filters, landlock=parent.landlock,
-                    uts=uts_of(self, parent).copy() if parent.clone_newuts else parent.uts)
-        parent.clone_newuts = False
+                    uts=uts_of(self, parent).copy() if parent.clone_new_ns & CLONE_NEWUTS else parent.uts)
+        self.enter_ipc(task, self.new_ipc() if parent.clone_new_ns & CLONE_NEWIPC else parent.ipc)
+        parent.clone_new_ns = 0
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
         self.pids.add_task(task)
         return task
@@ -467,6 +465,28 @@ class Instance:
         dispatch.drop_lost_fd(task)
         self.pids.remove_task(task)
         task.fs.detach()
+        self.enter_ipc(task, None)
+
+    # -- IPC namespaces -------------------------------------------------------
+
+    def new_ipc(self) -> IpcNamespace:
+        """An empty IPC namespace (create_ipc_ns), ended with the instance
+        if no task left it before."""
+        ns = IpcNamespace(new_ns_inum())
+        self.ipc_namespaces.add(ns)
+        return ns
+
+    def enter_ipc(self, task: Task, ns: IpcNamespace | None) -> None:
+        """Move a task to an IPC namespace (None: the instance's own). The
+        namespace it leaves is freed, every object in it removed, when that
+        task was its last (put_ipc_ns)."""
+        if ns is self.ipc:
+            ns = None
+        if ns is not None:
+            ns.enter()
+        old, task.ipc = task.ipc, ns
+        if old is not None:
+            old.leave()
 
     def _process_exited(self, proc: Process, status: int) -> None:
         proc.exited = True
@@ -649,8 +669,8 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
-        self.ipc.remove_all()          # SysV objects end with their instance
-        self.mqueues.close()           # and its message queue namespace
+        for ns in (self.ipc, *self.ipc_namespaces):
+            ns.close()                 # SysV objects and message queues end with their instance
         self.volfs.remove_staging()
         self.volfs.linux.store.close()
         self.storage.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from lxsub.abi.ipc import IPC_PRIVATE, IPC_RMID
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.creds import CAP_IPC_OWNER, CAP_SYS_ADMIN, Creds
+from lxsub.kernel.mqueue import MqueueSpace
 from lxsub.platform import libc
 
 SHM, SEM, MSG = "shm", "sem", "msg"
@@ -96,7 +97,7 @@ def may_control(creds: Creds, obj: IpcObject) -> bool:
 
 
 class IpcSpace:
-    """The instance's SysV objects: per kind, key -> id and id -> object."""
+    """The SysV objects of one IPC namespace: per kind, key -> id and id -> object."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -202,6 +203,42 @@ class IpcSpace:
                 objects.clear()
                 self._indices[kind] = _Indices()
                 self.keys[kind].clear()
+
+
+# /proc/<pid>/ns/ipc of the instance's own IPC namespace (PROC_IPC_INIT_INO).
+INSTANCE_IPC_INUM = 0xEFFFFFFF
+
+
+class IpcNamespace:
+    """An IPC namespace (ipc/namespace.c): its System V objects and its
+    POSIX message queues. The instance has one; clone/unshare(CLONE_NEWIPC)
+    make new ones, empty, which live while a task is in them: when the last
+    leaves, every object in it is removed (free_ipc_ns). (An open
+    /proc/<pid>/ns/ipc file does not keep one alive here: the provider is
+    not told when a program closes it; joining it then finds it empty.)"""
+
+    def __init__(self, inum: int = INSTANCE_IPC_INUM) -> None:
+        self.inum = inum
+        self.sysv = IpcSpace()
+        self.mqueues = MqueueSpace()
+        self._tasks = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._tasks += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._tasks -= 1
+            last = self._tasks == 0
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        """Every object of the namespace removed; it may be used again, empty."""
+        self.sysv.remove_all()
+        self.mqueues.close()
 
 
 class _Indices:

@@ -95,4 +95,7 @@ class MqueueSpace:
             self.queues.pop(name, None)
 
     def close(self) -> None:
-        self.ns.close()
+        """The namespace ends, every queue with it (once no descriptor holds one)."""
+        with self._lock:
+            self.ns.close()
+            self.queues.clear()

@@ -84,8 +84,8 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
     return tuple(ArgRule(index, "eq", v, action) for v in values)
 
 
-_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
-                    | CLONE_NEWNET | CLONE_UNTRACED)
+_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+                    | CLONE_UNTRACED)
 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
@@ -145,33 +145,34 @@ ROWS: list[Syscall] = [
       for n in ("clock_gettime", "clock_getres", "clock_nanosleep")),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
-    # SysV IPC: the instance's own keys and ids (kernel/syscalls/ipc.py).
-    *(trace(n, getattr(ipc, "sys_" + n), "keys of the instance's own (objects made "
+    # SysV IPC: keys and ids of the caller's IPC namespace, the provider's (kernel/syscalls/ipc.py).
+    *(trace(n, getattr(ipc, "sys_" + n), "keys of the caller's IPC namespace (objects made "
             "IPC_PRIVATE on the host, its host user's); an existing key's mode checked by the "
             "instance's ids (ipcperms)") for n in ("shmget", "semget", "msgget")),
-    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids (others: EINVAL); "
+    *(trace(n, getattr(ipc, "sys_" + n), "only the ids of the caller's IPC namespace (others: EINVAL); "
             "ipcperms by the instance's ids")
       for n in ("shmat", "semop", "semtimedop", "msgsnd", "msgrcv")),
-    *(trace(n, getattr(ipc, "sys_" + n), "only the instance's ids; ipcperms, IPC_SET/IPC_RMID "
+    *(trace(n, getattr(ipc, "sys_" + n), "only the ids of the caller's IPC namespace; ipcperms, IPC_SET/IPC_RMID "
             "by owner, creator or CAP_SYS_ADMIN; IPC_STAT shows Linux ids and virtual pids; "
             "IPC_INFO and *_INFO: the host's limits, the usage and highest index of the "
-            "instance's objects; *_STAT and *_STAT_ANY: an index of the instance's table")
+            "namespace's objects; *_STAT and *_STAT_ANY: an index of the namespace's table")
       for n in ("shmctl", "semctl", "msgctl")),
     native("shmdt"),
-    # POSIX message queues: the instance's own IPC namespace (kernel/mqueue.py).
-    notify("mq_open", mqueue.sys_mq_open, "opened in the instance's own IPC namespace; owner, "
+    # POSIX message queues: the caller's IPC namespace (kernel/mqueue.py).
+    notify("mq_open", mqueue.sys_mq_open, "opened in the caller's IPC namespace; owner, "
            "mode and limits checked by the instance's ids"),
-    notify("mq_unlink", mqueue.sys_mq_unlink, "in the instance's own IPC namespace; the "
+    notify("mq_unlink", mqueue.sys_mq_unlink, "in the caller's IPC namespace; the "
            "sticky root's rule by the instance's ids"),
     *(native(n, "on the descriptor of the instance's own queue") for n in (
         "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
-    Syscall("clone", NATIVE, nsproxy.sys_clone_newuts, FULL, "new namespaces but UTS and "
-            "CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS stops: a UTS namespace of the "
-            "provider's; child tid translated in the result and in PARENT/CHILD_SETTID memory",
+    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS and IPC, "
+            "and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC stop: UTS and IPC "
+            "namespaces of the provider's; child tid translated in the result and in "
+            "PARENT/CHILD_SETTID memory",
             rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),
-                   ArgRule(0, "any_bit", CLONE_NEWUTS, bpf.RET_TRACE))),
+                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC, bpf.RET_TRACE))),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
             "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
@@ -334,10 +335,10 @@ ROWS: list[Syscall] = [
         "getuid", "geteuid", "getgid", "getegid", "setuid", "setgid", "setreuid", "setregid",
         "setresuid", "setresgid", "getresuid", "getresgid", "setfsuid", "setfsgid",
         "getgroups", "setgroups", "capget", "capset")),
-    notify("uname", utsname.sys_uname, "Linux, lxsub's release, the instance's hostname"),
+    notify("uname", utsname.sys_uname, "Linux, lxsub's release, the hostname of the caller's UTS namespace"),
     notify("sysinfo", utsname.sys_sysinfo, "uptime since the instance started, its own task count"),
-    notify("sethostname", utsname.sys_sethostname, "per instance"),
-    notify("setdomainname", utsname.sys_setdomainname, "per instance"),
+    notify("sethostname", utsname.sys_sethostname, "per UTS namespace (the instance's or one its processes made)"),
+    notify("setdomainname", utsname.sys_setdomainname, "per UTS namespace"),
     # -- would step around the provider or change the host
     notify("ptrace", ptrace.sys_ptrace, "emulated by the provider (kernel/ptrace.py) for tracers "
            "in the instance: TRACEME, ATTACH, SEIZE, INTERRUPT, DETACH, CONT, SYSCALL, "
@@ -358,10 +359,11 @@ ROWS: list[Syscall] = [
            "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
            "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; CLONE_NEWUTS: a UTS namespace of the provider's; "
-          "other new namespaces: EPERM", PARTIAL),
-    notify("setns", nsproxy.sys_setns, "the instance's own namespaces (/proc/<pid>/ns files, "
-           "pidfds of its processes): the install checks, the mount namespace's root and cwd"),
+          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC: UTS and IPC namespaces "
+          "of the provider's; other new namespaces: EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS and IPC ones its "
+           "processes made (/proc/<pid>/ns files, pidfds of its processes): the install checks, "
+           "the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "
            "keeps; MS_MOVE: EINVAL", PARTIAL),

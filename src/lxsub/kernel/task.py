@@ -9,6 +9,7 @@ subreaper, inherits and reaps orphans.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -102,13 +103,15 @@ class Task(Caller):
     # that does the provider's work for it in the same domain
     # (platform/landlock.py); None: not restricted. Inherited like the above.
     landlock: object = None
-    # The UTS namespace (host and domain names) the task is in: None is the
-    # instance's own; unshare/clone(CLONE_NEWUTS) give one of its own
-    # (kernel/syscalls/utsname.py uts_of). Inherited by clone.
+    # The UTS namespace (host and domain names) and the IPC namespace (SysV
+    # objects, POSIX message queues) the task is in: None is the instance's
+    # own; unshare/clone(CLONE_NEWUTS, CLONE_NEWIPC) give one of its own,
+    # setns(2) joins another (uts_of, ipc_of). Inherited by clone.
     uts: object = None
-    # Set while a clone(CLONE_NEWUTS) of this task is in flight: its child
-    # gets a copy (the host runs the clone without the flag).
-    clone_newuts: bool = False
+    ipc: object = None
+    # The CLONE_NEWUTS/CLONE_NEWIPC of a clone of this task in flight: its
+    # child gets new namespaces (the host runs the clone without the flags).
+    clone_new_ns: int = 0
     # The signal mask before the rt_sigtimedwait it is in (Linux's
     # real_blocked): a signal blocked there is never discarded as ignored.
     real_blocked: int = 0
@@ -144,6 +147,23 @@ def uts_of(inst, task) -> object:
     """The UTS namespace of a task (None: the provider's own work): its
     own if it made one, else the instance's."""
     return task.uts if task is not None and task.uts is not None else inst.uts
+
+
+def ipc_of(inst, task) -> object:
+    """The IPC namespace of a task (kernel/ipc.py IpcNamespace; None: the
+    provider's own work): its own if it made or joined one, else the
+    instance's."""
+    return task.ipc if task is not None and task.ipc is not None else inst.ipc
+
+
+# Inode numbers of the namespaces programs make (after the instance's own
+# mount and network namespaces', kernel/fs/procfs/ns.py).
+_NS_INUMS = itertools.count(0xF0000002)
+
+
+def new_ns_inum() -> int:
+    """The /proc/<pid>/ns inode number of a namespace just made (ns_alloc_inum)."""
+    return next(_NS_INUMS)
 
 
 class PidSpace:

@@ -35,9 +35,10 @@ from lxsub.abi.limits import PAGE_SIZE
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
-from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject,
+from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject, IpcSpace,
                               index_of, ipcperms, may_control, seq_of)
 from lxsub.kernel.sysctl import read_host, sysctls_of
+from lxsub.kernel.task import ipc_of
 from lxsub.platform import libc
 
 # ctl commands on the whole table rather than an object (their first
@@ -72,10 +73,15 @@ _MSG_QBYTES = 88
 _CTL_NR = {SHM: NUMBERS["shmctl"], SEM: NUMBERS["semctl"], MSG: NUMBERS["msgctl"]}
 
 
+def _space(c: Call) -> IpcSpace:
+    """The SysV objects of the caller's IPC namespace."""
+    return ipc_of(c.inst, c.task).sysv
+
+
 def _get(kind: str, flags_arg: int):
     def handler(c: Call):
         """shmget/semget/msgget(key, ..., flags) (a ptrace stop)."""
-        sp = c.inst.ipc
+        sp = _space(c)
         key, flags = c.int(0), c.int(flags_arg)
         size = c.args[1] if kind != MSG else 0
         creds = c.task.creds
@@ -123,7 +129,7 @@ def _check_new(c: Call, kind: str, size: int, flags: int) -> None:
     if kind == SHM and flags & SHM_HUGETLB:
         _check_hugetlb_lock(c, size)
     limit = _COUNT_LIMIT.get(kind)
-    if limit is not None and c.inst.ipc.count(kind) >= sysctls.value(limit):
+    if limit is not None and _space(c).count(kind) >= sysctls.value(limit):
         raise OSError(errno.ENOSPC, f"{limit} objects in use")
 
 
@@ -145,7 +151,7 @@ def _check_hugetlb_lock(c: Call, size: int) -> None:
 
 def _object(c: Call, kind: str) -> IpcObject:
     """The object the call's id names; the call will name its host object."""
-    obj = c.inst.ipc.get(kind, c.int(0))
+    obj = _space(c).get(kind, c.int(0))
     if obj is None:
         raise OSError(errno.EINVAL, "no such IPC object in this instance")
     c.set_arg(0, obj.host_id)
@@ -231,7 +237,7 @@ def _ctl(kind: str):
         if cmd == GETPID and kind == SEM:
             return Native(on_exit=lambda result: _virtual_pid(c, result) if result > 0 else None)
         if cmd == IPC_RMID:
-            return Native(on_exit=lambda result: c.inst.ipc.drop(kind, ident) if result >= 0 else None)
+            return Native(on_exit=lambda result: _space(c).drop(kind, ident) if result >= 0 else None)
         return Native()
     return handler
 
@@ -289,7 +295,7 @@ def _info(c: Call, kind: str, cmd: int) -> int:
         info = _shm_info(c)
     else:
         info = bytearray(_limits(c.inst, kind))
-        rows = c.inst.ipc.host_rows(kind)
+        rows = _space(c).host_rows(kind)
         if kind == SEM:
             # seminfo.semusz: the sets; semaem: their semaphores (used_sems).
             struct.pack_into("<i", info, 28, len(rows))
@@ -300,7 +306,7 @@ def _info(c: Call, kind: str, cmd: int) -> int:
             struct.pack_into("<i", info, 24, min(sum(int(f[3]) for _, _, f in rows), 0x7FFFFFFF))
         info = bytes(info)
     c.write(c.ptr(_BUF_ARG[kind]), info)
-    return max(c.inst.ipc.max_index(kind), 0)
+    return max(_space(c).max_index(kind), 0)
 
 
 # Where IPC_INFO's structs hold the limits the instance sets for itself:
@@ -321,7 +327,7 @@ def _shm_info(c: Call) -> bytes:
     """struct shm_info: used_ids, then in pages shm_tot (the segments'
     sizes rounded up), shm_rss and shm_swp (/proc/sysvipc/shm has them in
     bytes), swap_attempts and swap_successes (always 0)."""
-    rows = c.inst.ipc.host_rows(SHM)
+    rows = _space(c).host_rows(SHM)
     pages = sum((int(f[3]) + PAGE_SIZE - 1) // PAGE_SIZE for _, _, f in rows)
     rss = sum(int(f[14]) for _, _, f in rows) // PAGE_SIZE
     swap = sum(int(f[15]) for _, _, f in rows) // PAGE_SIZE
@@ -334,7 +340,7 @@ def _stat_at_index(c: Call, kind: str, cmd: int) -> int:
     read permission needed but for _STAT_ANY; the result is the object's
     id (ipc/shm.c shmctl_stat, sem.c semctl_stat, msg.c msgctl_stat)."""
     # ipc/util.c ipc_obtain_object_idr: the argument's index bits, so an id works too.
-    found = c.inst.ipc.at_index(kind, index_of(c.int(0)))
+    found = _space(c).at_index(kind, index_of(c.int(0)))
     if found is None:
         raise OSError(errno.EINVAL, "no IPC object of this instance at this index")
     ident, obj = found

@@ -5,7 +5,9 @@ table with CLONE_FILES, SysV semaphore undo list with CLONE_SYSVSEM, a
 single-threaded check with CLONE_THREAD/SIGHAND/VM) runs natively: those
 are no namespaces and need no privilege. CLONE_FS also gives the task its
 own root, working directory and umask here (task.FsContext), as Linux's
-unshare_fs does. New namespaces are refused with EPERM, as Linux does for a
+unshare_fs does. New UTS and IPC namespaces are the provider's
+(kernel/task.py uts_of, ipc_of): the host runs the call without their
+flags. Other new namespaces are refused with EPERM, as Linux does for a
 caller without CAP_SYS_ADMIN and a container's runtime does for root.
 """
 
@@ -17,16 +19,22 @@ from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIP
                               CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_SIGHAND, CLONE_SYSVSEM,
                               CLONE_THREAD, CLONE_VM)
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.task import uts_of
+from lxsub.kernel.task import ipc_of, uts_of
 
 NAMESPACES = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
               | CLONE_NEWTIME | CLONE_NEWUSER)
 _UNSHAREABLE = CLONE_THREAD | CLONE_FS | CLONE_SIGHAND | CLONE_VM | CLONE_FILES | CLONE_SYSVSEM | NAMESPACES
+# The namespaces the provider keeps for the instance's processes.
+EMULATED = CLONE_NEWUTS | CLONE_NEWIPC
 
 
 def _implied(flags: int) -> int:
     """ksys_unshare: a new user namespace implies CLONE_THREAD|CLONE_FS, a
-    VM CLONE_SIGHAND, handlers CLONE_THREAD, a mount namespace CLONE_FS."""
+    VM CLONE_SIGHAND, handlers CLONE_THREAD, a mount namespace CLONE_FS,
+    an IPC namespace CLONE_SYSVSEM (the old namespace's semaphore undo
+    list is left behind: exit_sem)."""
+    if flags & CLONE_NEWIPC:
+        flags |= CLONE_SYSVSEM
     if flags & CLONE_NEWUSER:
         flags |= CLONE_THREAD | CLONE_FS
     if flags & CLONE_VM:
@@ -47,8 +55,9 @@ def sys_unshare(c: Call):
     if flags & NAMESPACES:
         _check_new_namespaces(c, flags)
     task = c.task
-    if flags & CLONE_NEWUTS:
-        c.set_arg(0, c.args[0] & ~CLONE_NEWUTS)     # the provider's, not the host's
+    if flags & EMULATED:
+        # The host unshares the rest (CLONE_SYSVSEM: exit_sem, as Linux).
+        c.set_arg(0, (c.args[0] | (flags & CLONE_SYSVSEM)) & ~EMULATED)
 
     def done(result: int) -> None:
         if result != 0:
@@ -59,29 +68,35 @@ def sys_unshare(c: Call):
             old.detach()
         if flags & CLONE_NEWUTS:
             task.uts = uts_of(c.inst, task).copy()
+        if flags & CLONE_NEWIPC:
+            c.inst.enter_ipc(task, c.inst.new_ipc())
     return Native(done)
 
 
 def _check_new_namespaces(c: Call, flags: int) -> None:
     """unshare_nsproxy_namespaces / copy_namespaces: CAP_SYS_ADMIN, else
-    EPERM. A UTS namespace is the provider's to keep (two names per
-    namespace); the others are refused as a container's runtime does."""
+    EPERM. UTS and IPC namespaces are the provider's to keep; the others
+    are refused as a container's runtime does."""
     from lxsub.kernel import creds as caps
-    if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~CLONE_NEWUTS:
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~EMULATED:
         raise OSError(errno.EPERM, "new namespaces are not permitted")
 
 
-def sys_clone_newuts(c: Call) -> Native:
-    """clone(2) with CLONE_NEWUTS (and no other namespace: the filter
-    refuses those): the host clones without the flag and the child gets a
-    copy of its parent's UTS namespace (Instance._new_task)."""
-    _check_new_namespaces(c, c.uint(0))
-    c.set_arg(0, c.args[0] & ~CLONE_NEWUTS)
+def sys_clone_new_ns(c: Call) -> Native:
+    """clone(2) with CLONE_NEWUTS or CLONE_NEWIPC (and no other namespace:
+    the filter refuses those): the host clones without them and the child
+    gets new ones (Instance._new_task). CLONE_SYSVSEM shares the undo list
+    of semaphores the new namespace cannot reach: EINVAL (copy_namespaces)."""
+    flags = c.uint(0)
+    _check_new_namespaces(c, flags)
+    if flags & CLONE_NEWIPC and flags & CLONE_SYSVSEM:
+        raise OSError(errno.EINVAL, "CLONE_NEWIPC with CLONE_SYSVSEM")
+    c.set_arg(0, c.args[0] & ~EMULATED)
     task = c.task
-    task.clone_newuts = True
+    task.clone_new_ns = flags & EMULATED
 
     def done(result: int) -> None:
-        task.clone_newuts = False      # consumed by the child, or the clone failed
+        task.clone_new_ns = 0      # consumed by the child, or the clone failed
     return Native(done)
 
 
@@ -94,7 +109,8 @@ def sys_setns(c: Call) -> int:
     """setns(2) (kernel/nsproxy.c): a namespace file of /proc/<pid>/ns (its
     type must be `nstype` when that is given) or a pidfd of an instance
     process with namespace flags; anything else EINVAL, no descriptor
-    EBADF. An instance has one namespace of each type, so joining one is
+    EBADF. The UTS and IPC namespaces joined are the file's or the
+    process's; of the other types the instance has one, so joining one is
     joining the caller's own: only each type's install checks apply
     (CAP_SYS_ADMIN, EPERM; re-entering one's own user namespace EINVAL),
     and joining the mount namespace moves root and cwd to its root, as
@@ -109,21 +125,25 @@ def sys_setns(c: Call) -> int:
         if ns is not None:
             if nstype and ns.kind != nstype:
                 raise OSError(errno.EINVAL, "not a namespace of that type")
-            kinds, joined = ns.kind, ns.obj
+            kinds, joined = ns.kind, {ns.kind: ns.obj}
         elif pidfd_host_pid(local) is not None:
             target = process_of_pidfd(c, local, errno.EINVAL)
             if not nstype or nstype & ~_SETNS_PIDFD_FLAGS:
                 raise OSError(errno.EINVAL, "bad namespace flags")
             owner = next(iter(target.threads.values()), None)
-            kinds, joined = nstype, uts_of(c.inst, owner) if nstype & CLONE_NEWUTS else None
+            kinds = nstype
+            joined = {CLONE_NEWUTS: uts_of(c.inst, owner), CLONE_NEWIPC: ipc_of(c.inst, owner)}
         else:
             raise OSError(errno.EINVAL, "not a namespace file or pidfd")
     finally:
         import os
         os.close(local)
     _install(c, kinds)
-    if joined is not None:              # a UTS namespace: its names from now on
-        c.task.uts = joined if joined is not c.inst.uts else None
+    if kinds & CLONE_NEWUTS and joined.get(CLONE_NEWUTS) is not None:
+        uts = joined[CLONE_NEWUTS]          # its names from now on
+        c.task.uts = uts if uts is not c.inst.uts else None
+    if kinds & CLONE_NEWIPC and joined.get(CLONE_NEWIPC) is not None:
+        c.inst.enter_ipc(c.task, joined[CLONE_NEWIPC])
     return 0
 
 

@@ -1,9 +1,10 @@
 """/proc/<pid>/ns: the instance's namespaces, as a container's root sees them.
 
 An instance is one set of namespaces of its own (its PID space, its host
-and domain names, its mounts, its IPC keys...), the same for every process
-in it, so each /proc/<pid>/ns/<type> reads as `type:[inode]` with one
-inode per type. Opening one gives a namespace file (nsfs) whose ioctl(2)s
+and domain names, its mounts, its IPC keys...); its processes may make
+UTS and IPC namespaces of their own (kernel/syscalls/nsproxy.py). Each
+/proc/<pid>/ns/<type> reads as `type:[inode]`: the instance's inode of
+the type, or that of the process's own UTS or IPC namespace. Opening one gives a namespace file (nsfs) whose ioctl(2)s
 answer as Linux's ns_ioctl (fs/nsfs.c) does inside a container: every
 namespace is owned by the instance's user namespace, whose own owner and
 parent are outside it (EPERM), as is the parent of its PID namespace; the
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
                               CLONE_NEWUSER, CLONE_NEWUTS)
-from lxsub.kernel.task import uts_of
+from lxsub.kernel.task import ipc_of, uts_of
 from lxsub.kernel.vfs.pseudo import File, Link
 
 if TYPE_CHECKING:
@@ -41,12 +42,14 @@ TYPES = {
     "user": (CLONE_NEWUSER, 0xEFFFFFFD), "uts": (CLONE_NEWUTS, 0xEFFFFFFE),
 }
 _NAME_OF_TYPE = {"pid_for_children": "pid", "time_for_children": "time"}
+# The types of which an instance has several: a task's namespace of each.
+_OBJECT_OF = {"uts": uts_of, "ipc": ipc_of}
 OVERFLOW_UID = 65534     # /proc/sys/kernel/overflowuid: an owner not mapped inside
 
 
 class NsFile(File):
     """An open namespace (what a /proc/<pid>/ns link opens); `obj` is the
-    namespace where there can be several (a UTS namespace, UtsInfo)."""
+    namespace where there can be several (UtsInfo, IpcNamespace)."""
 
     def __init__(self, fs, name: str, obj: object = None) -> None:
         super().__init__(f"/.ns/{name}", lambda t: b"")
@@ -96,7 +99,8 @@ class NsLink(Link):
 
     def _file(self) -> NsFile:
         kind = _NAME_OF_TYPE.get(self.name, self.name)
-        obj = uts_of(self.fs.inst, self.task_of()) if kind == "uts" else None
+        object_of = _OBJECT_OF.get(kind)
+        obj = object_of(self.fs.inst, self.task_of()) if object_of is not None else None
         return NsFile(self.fs, kind, obj)
 
     def _text(self) -> str:

@@ -12,7 +12,7 @@ import uuid
 from lxsub.kernel import keys
 from lxsub.kernel.syscalls.klog import kernel_log
 from lxsub.kernel.sysctl import KNOBS, sysctls_of
-from lxsub.kernel.task import PID_MAX, uts_of
+from lxsub.kernel.task import PID_MAX, ipc_of, uts_of
 from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
 
 
@@ -58,7 +58,7 @@ class SysTree:
         kernel.add(File("/sys/kernel/printk", lambda t: log.printk(),
                         write=lambda t, data: log.set_printk(data), mode=0o444))
         for kind in ("shm", "sem", "msg"):
-            kernel.add(File(f"/sys/kernel/{kind}_next_id", lambda t, k=kind: b"%d\n" % inst.ipc.next_id[k],
+            kernel.add(File(f"/sys/kernel/{kind}_next_id", lambda t, k=kind: b"%d\n" % ipc_of(inst, t).sysv.next_id[k],
                             write=lambda t, data, k=kind: _set_next_id(inst, t, k, data), mode=0o444))
         own = self._own_tunables()
         for name, entry in own.items():
@@ -120,7 +120,7 @@ def _set_last_pid(inst, t, data: bytes) -> None:
 def _set_next_id(inst, t, kind: str, data: bytes) -> None:
     """ipc/ipc_sysctl.c {shm,sem,msg}_next_id: the id the next object of
     the kind gets (-1: the next free one), used once (kernel/ipc.py)."""
-    inst.ipc.next_id[kind] = _checkpoint_restore_value(t, data, -1, 0x7FFFFFFF)
+    ipc_of(inst, t).sysv.next_id[kind] = _checkpoint_restore_value(t, data, -1, 0x7FFFFFFF)
 
 
 def _set_ptrace_scope(inst, t, data: bytes) -> None:

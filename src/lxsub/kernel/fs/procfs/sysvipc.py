@@ -1,4 +1,5 @@
-"""/proc/sysvipc/{shm,sem,msg}: the instance's System V objects only.
+"""/proc/sysvipc/{shm,sem,msg}: the System V objects of the reader's IPC
+namespace only (sysvipc_proc_open: the opener's).
 
 The host's files list every object of the host's IPC namespace; the rows
 of the instance's objects (kernel/ipc.py) are taken from there, for what
@@ -13,10 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.ipc import MODE_BITS, MSG, SEM, SHM, IpcObject
+from lxsub.kernel.task import ipc_of
 from lxsub.kernel.vfs.pseudo import File, StaticDir
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
+    from lxsub.kernel.task import Task
 
 _HEADERS = {
     SHM: "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid"
@@ -52,10 +55,11 @@ def _pid(inst: "Instance", host_pid: int) -> int:
     return (inst.pids.vpid_of_host(host_pid) or 0) if host_pid > 0 else 0
 
 
-def render(inst: "Instance", kind: str) -> bytes:
-    """The file: the header, then one row per object of the instance, by id."""
+def render(inst: "Instance", kind: str, reader: "Task | None" = None) -> bytes:
+    """The file: the header, then one row per object of the reader's IPC
+    namespace, by id."""
     rows = [_HEADERS[kind]]
-    for ident, obj, f in inst.ipc.host_rows(kind):
+    for ident, obj, f in ipc_of(inst, reader).sysv.host_rows(kind):
         mode = (int(f[2], 8) & ~MODE_BITS) | obj.mode       # SHM_DEST, SHM_LOCKED kept
         rows.append(_ROW[kind](inst, ident, obj, mode, f))
     return "".join(rows).encode()
@@ -65,5 +69,5 @@ def proc_entries(inst: "Instance") -> list:
     """/proc/sysvipc and its three files."""
     d = StaticDir("/sysvipc")
     for kind in (MSG, SEM, SHM):
-        d.add(File(f"/sysvipc/{kind}", lambda t, k=kind: render(inst, k)))
+        d.add(File(f"/sysvipc/{kind}", lambda t, k=kind: render(inst, k, t)))
     return [d]
