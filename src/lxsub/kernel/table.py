@@ -374,8 +374,9 @@ ROWS: list[Syscall] = [
     denied("statmount"), denied("listmount"),
     denied("swapon"), denied("swapoff"), notify("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
            "ended process (its times from the host)", PARTIAL),
-    notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
-           "instance; other commands EINVAL"),
+    notify("reboot", klog.sys_reboot, "the instance is the machine: restart, halt and power-off end "
+           "it, CAD_ON/CAD_OFF set its Ctrl-Alt-Del flag (/proc/sys/kernel/ctrl-alt-del); "
+           "kexec and suspend EINVAL"),
     denied("settimeofday"),
     notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
            "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),
