@@ -137,7 +137,9 @@ ROWS: list[Syscall] = [
           "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
           "no_new_privs); the provider's opens, inet binds and connects for the restricted thread "
           "are checked by a helper in a copy of its domain (after the open: an O_CREAT or O_TRUNC "
-          "it refuses has happened; abstract Unix socket scopes not held)", PARTIAL),
+          "it refuses has happened); its Unix sockets are made and its connects to abstract names "
+          "made by the helper too, so the abstract socket scope holds (not for a send with an "
+          "address)", PARTIAL),
     # A negative clockid is a CPU clock naming a pid: translated.
     *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
               "clockids) stop: the pid in them translated, outside the instance EINVAL",
