@@ -146,15 +146,20 @@ def test_syslog_is_the_instances_own_empty_log(busybox, program):
     assert out["syslog nobody-read-all"] == "0", out
 
 
-def test_reboot_acts_as_in_a_pid_namespace(busybox, program):
-    """reboot(2) (kernel/reboot.c reboot_pid_ns): EPERM without
-    CAP_SYS_BOOT, EINVAL for a bad magic and for the commands a PID
-    namespace refuses. Before, all were EPERM."""
+def test_reboot_sets_the_instances_ctrl_alt_del_flag(busybox, program):
+    """reboot(2) (kernel/reboot.c): EPERM without CAP_SYS_BOOT, EINVAL for
+    a bad magic and an unknown command; CAD_OFF/CAD_ON set the instance's
+    Ctrl-Alt-Del flag, which /proc/sys/kernel/ctrl-alt-del shows and root
+    may write. Before, CAD_ON/CAD_OFF were EINVAL (as in a PID namespace)
+    and the file did not exist."""
     out = _run(busybox, program, "reboot")
-    assert out["reboot cad-on"] == str(-errno.EINVAL), out
+    assert out["reboot cad-off"] == "0" and out["reboot cad-off-flag"] == "0", out
+    assert out["reboot cad-on"] == "0" and out["reboot cad-on-flag"] == "1", out
+    assert out["reboot cad-write"] == "1" and out["reboot cad-written-flag"] == "0", out
     assert out["reboot bad-cmd"] == str(-errno.EINVAL), out
     assert out["reboot bad-magic"] == str(-errno.EINVAL), out
     assert out["reboot nobody"] == str(-errno.EPERM), out
+    assert out["reboot nobody-cad"] == str(-errno.EPERM), out
 
 
 def test_a_power_off_ends_the_instance_not_the_host(busybox, program):

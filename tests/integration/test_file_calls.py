@@ -160,6 +160,22 @@ def test_a_running_program_is_text_file_busy(installed):
     assert lines[2] == "written", describe(cp)
 
 
+def test_a_program_open_for_writing_is_not_executed(installed):
+    """execve(2) of a file open for writing is ETXTBSY (do_open_execat's
+    deny_write_access), for a dynamic program (the provider maps it: the
+    host asked through a read lease), a script and a static program (the
+    host execs it), and runs once the writer closed it. Before, the dynamic
+    program and the script ran (LTP execve04)."""
+    cp = installed.lx(["-u", "root", "--", f"cp /bin/true {DIR}/dyn && cp {DIR}/fc {DIR}/st && "
+                       f"printf '#!/bin/sh\\nexit 0\\n' > {DIR}/sc && chmod 755 {DIR}/sc"], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    busy = -errno.ETXTBSY
+    assert _run(installed, "execbusy", f"{DIR}/dyn") == [f"execbusy open {busy} closed 0"]
+    assert _run(installed, "execbusy", f"{DIR}/sc") == [f"execbusy open {busy} closed 0"]
+    # the static copy run without arguments prints its usage and exits 2
+    assert _run(installed, "execbusy", f"{DIR}/st") == [f"execbusy open {busy} closed 2"]
+
+
 def test_openat2_resolve_restrictions(installed):
     cp = installed.lx(["-u", "root", "--", f"mkdir -p {DIR}/r/d && touch {DIR}/r/d/f {DIR}/r/x && "
                        f"ln -sfn f {DIR}/r/d/rel && ln -sfn /f {DIR}/r/d/abs"], timeout=60)

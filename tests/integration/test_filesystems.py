@@ -473,3 +473,30 @@ def test_user_xattrs_belong_to_files_and_directories(debian):
     assert cp.returncode == 0, describe(cp)
     assert text(cp).split() == ["file:ok:ok", "dir:ok:ok", "chr:EPERM:ENODATA", "fifo:EPERM:ENODATA",
                                 "sock:EPERM:ENODATA"], describe(cp)
+
+
+def test_mount_on_a_proc_fd_link_itself_is_enoent(debian):
+    """A /proc/<pid>/fd/N entry is no mount point (Linux d80b065bb172,
+    LTP mount08): a target that leads to the link itself (through an
+    O_PATH|O_NOFOLLOW descriptor of it) is ENOENT, while a bind over the
+    file a descriptor names, reached through /proc/self/fd/N, still
+    works. Before, the first bind succeeded."""
+    program = textwrap.dedent("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.makedirs("/mnt/m8", exist_ok=True)
+        for name in ("foo", "bar"):
+            open("/mnt/m8/" + name, "w").close()
+        fd = os.open("/mnt/m8/foo", os.O_RDONLY | os.O_NONBLOCK)
+        link = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_NOFOLLOW)
+        MS_BIND = 4096
+        r = libc.mount(b"/mnt/m8/bar", f"/proc/{os.getpid()}/fd/{link}".encode(), b"", MS_BIND, None)
+        print("link", r, ctypes.get_errno() if r else 0)
+        r = libc.mount(b"/mnt/m8/bar", f"/proc/self/fd/{fd}".encode(), b"", MS_BIND, None)
+        print("file", r, ctypes.get_errno() if r else 0)
+        if r == 0:
+            libc.umount2(b"/mnt/m8/foo", 0)
+        """)
+    cp = debian.lx(["--cd", "/", "-e", "python3", "-c", program])
+    assert cp.returncode == 0, describe(cp)
+    assert text(cp).splitlines() == [f"link -1 {errno.ENOENT}", "file 0 0"], describe(cp)

@@ -135,6 +135,71 @@ def test_landlock_restrict_self_needs_no_new_privs(debian):
         "without no_new_privs EPERM", "with no_new_privs 0"]
 
 
+LANDLOCK_SCOPE_PY = textwrap.dedent("""\
+    import ctypes, errno, os, socket, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    def call(nr, *args):
+        r = libc.syscall(nr, *args)
+        return r if r >= 0 else -ctypes.get_errno()
+    if call(444, None, 0, 1) < 6:                   # LANDLOCK_CREATE_RULESET_VERSION
+        print("no landlock scopes"); raise SystemExit
+    def scope():                                    # scoped: LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+        attr = struct.pack("<QQQ", 0, 0, 1)
+        fd = call(444, attr, len(attr), 0)
+        libc.prctl(38, 1, 0, 0, 0)                  # PR_SET_NO_NEW_PRIVS
+        assert call(446, fd, 0) == 0
+        os.close(fd)
+    def connect(name, where):
+        if where == "client":
+            scope()
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(name); return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    def trial(where):                               # in a child of its own, as LTP landlock09
+        r, w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        peer_r, peer_w = os.pipe()
+        if os.fork() == 0:
+            if where == "both":
+                scope()
+            name = b"\\0lxsub-scope-" + where.encode()
+            client = os.fork()
+            if client == 0:                         # the client, before the server restricts itself
+                os.close(ready_w)
+                got = os.read(ready_r, 1) and connect(name, where)
+                os.write(w, (got or "no-server").encode()); os._exit(0)
+            if where == "server":
+                scope()
+            try:
+                server = socket.socket(socket.AF_UNIX)
+                server.bind(name); server.listen(1)
+                os.write(ready_w, b"x")
+                if where != "client":               # SO_PEERCRED names the client
+                    conn = server.accept()[0]
+                    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                    os.write(peer_w, b"" if struct.unpack("<i", cred[:4])[0] == client else b"-peer")
+            finally:
+                os.close(ready_w)
+                os.wait(); os._exit(0)
+        os.close(w); os.close(peer_w); os.wait()
+        return os.read(r, 100).decode() + os.read(peer_r, 100).decode()
+    print(" ".join(where + " " + trial(where) for where in ("client", "server", "both")))
+    """)
+
+
+def test_landlock_scopes_abstract_unix_sockets(debian):
+    """LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (ABI 6): a scoped client may not
+    connect to an abstract socket made outside its domain (EPERM); a
+    client outside a scoped server's domain may, and so may one in the
+    same domain (LTP landlock09); the server's SO_PEERCRED names the
+    client. Before, the scoped client's connect was the provider's and
+    succeeded."""
+    assert _landlock_lines(debian, LANDLOCK_SCOPE_PY, "the host kernel has no Landlock scopes") == [
+        "client EPERM server ok both ok"]
+
+
 def _landlock_lines(debian, program: str, missing: str) -> list[str]:
     """The lines a Landlock probe prints as root in the instance; a skip
     (with `missing`) where the host kernel lacks what it needs."""

@@ -137,7 +137,9 @@ ROWS: list[Syscall] = [
           "the program's no_new_privs or CAP_SYS_ADMIN checked (every pico process has the host's "
           "no_new_privs); the provider's opens, inet binds and connects for the restricted thread "
           "are checked by a helper in a copy of its domain (after the open: an O_CREAT or O_TRUNC "
-          "it refuses has happened; abstract Unix socket scopes not held)", PARTIAL),
+          "it refuses has happened); its Unix sockets are made and its connects to abstract names "
+          "made by the helper too, so the abstract socket scope holds (not for a send with an "
+          "address)", PARTIAL),
     # A negative clockid is a CPU clock naming a pid: translated.
     *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
               "clockids) stop: the pid in them translated, outside the instance EINVAL",
@@ -376,8 +378,9 @@ ROWS: list[Syscall] = [
     denied("statmount"), denied("listmount"),
     denied("swapon"), denied("swapoff"), notify("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
            "ended process (its times from the host)", PARTIAL),
-    notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
-           "instance; other commands EINVAL"),
+    notify("reboot", klog.sys_reboot, "the instance is the machine: restart, halt and power-off end "
+           "it, CAD_ON/CAD_OFF set its Ctrl-Alt-Del flag (/proc/sys/kernel/ctrl-alt-del); "
+           "kexec and suspend EINVAL"),
     denied("settimeofday"),
     notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
            "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),

@@ -15,9 +15,16 @@ domain as it would in the thread's. A nested domain is a fork of its
 parent's helper, restricted once more (domains stack, landlock(7)); a
 helper ends when its domain is dropped (its socket closes).
 
-What the kernel ties to a domain's identity rather than its rules is not
-reproduced: the scope of LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET compares the
-client's domain with the server's, and a helper's is a copy.
+The scope of LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET compares the connecting
+client's domain with the one the server's socket was made in (its file's
+credentials), by identity, not by rules. The helpers of nested domains
+are forks of their parents' helpers, so they stand in the same relation
+to each other as the domains they copy: a restricted thread's Unix
+sockets are made by its helper (in a child that joins the instance's
+socket namespace, platform/unixns.py) and its connects to abstract names
+are made there too, so the kernel compares helper with helper as it would
+thread with thread. A send with an abstract address is still the
+provider's, unscoped.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from lxsub.abi.prctl import PR_SET_NAME, PR_SET_NO_NEW_PRIVS
 from lxsub.abi.sysno import NUMBERS
 from lxsub.platform.unixns import fork_helper, helper_reply
 
-_FORK, _BIND, _CONNECT, _REOPEN = b"F", b"B", b"C", b"O"
+_FORK, _BIND, _CONNECT, _REOPEN, _SOCKET = b"F", b"B", b"C", b"O", b"S"
 _ERR = struct.Struct("<i")
+_SOCKET_ARGS = struct.Struct("<iii")     # family, type, protocol
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 
 
 def _restrict(libc, ruleset: int) -> None:
@@ -101,16 +110,51 @@ def _serve(sock: socket.socket, ruleset: int) -> None:
 
 def _answer_requests(sock: socket.socket) -> None:
     while True:
-        req, fds, _, _ = socket.recv_fds(sock, 512, 1)
+        req, fds, _, _ = socket.recv_fds(sock, 512, 2)
         if not req:
             return
         if req[:1] == _FORK and len(fds) == 1:
             _fork_nested(sock, fds[0])
             continue
+        if req[:1] == _SOCKET and len(fds) == 2:
+            _make_socket(sock, fds, req[1:])
+            continue
         err = _do(req[:1], fds[0], req[1:]) if len(fds) == 1 else errno.EINVAL
         for fd in fds:
             os.close(fd)
         sock.send(_ERR.pack(err))
+
+
+def _make_socket(sock: socket.socket, ns: list[int], args: bytes) -> None:
+    """A socket made in this domain, in the namespaces `ns` (a user and a
+    network namespace's descriptors): a child joins them (its domain is
+    this one: a fork keeps it) and sends the socket back itself."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            socket.send_fds(sock, [b"ok"], [_socket_in(ns, args)])
+        except OSError as e:
+            sock.send(b"err %d" % (e.errno or errno.EINVAL))
+        finally:
+            os._exit(0)
+    for fd in ns:
+        os.close(fd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass                   # reaped already (SIGCHLD is ignored here)
+
+
+def _socket_in(ns: list[int], args: bytes) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for fd, kind in zip(ns, (_CLONE_NEWUSER, _CLONE_NEWNET)):
+        if libc.setns(fd, kind) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    family, type_, proto = _SOCKET_ARGS.unpack(args)
+    fd = libc.socket(family, type_, proto)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "socket")
+    return fd
 
 
 def _fork_nested(sock: socket.socket, ruleset: int) -> None:
@@ -167,6 +211,15 @@ class Domain:
         if err:
             raise OSError(err, os.strerror(err))
         return 0
+
+    def socket(self, family: int, type_: int, proto: int, ns: tuple[int, int]) -> int:
+        """socket(2) as the thread would make it: its file's credentials
+        carry (a copy of) the thread's domain. `ns`: descriptors of the
+        user and network namespaces to make it in (kept by the caller)."""
+        with self._lock:
+            socket.send_fds(self._sock, [_SOCKET + _SOCKET_ARGS.pack(family, type_, proto)], list(ns))
+            msg, fds, _, _ = socket.recv_fds(self._sock, 64, 1)
+        return helper_reply(msg, fds, 1, OSError(errno.ENOMEM, "the Landlock helper has gone"))[0]
 
     def bind(self, sock: int, addr: bytes) -> int:
         """bind(2) as the thread would: checked against its domain."""

@@ -336,6 +336,18 @@ class UnixNamespace:
             off += (alen + 3) & ~3
         return None
 
+    def namespace_fds(self) -> tuple[int, int]:
+        """Descriptors of the helper's user and network namespaces, for a
+        process of the host user's that must make a socket there itself
+        (platform/landlock.py); the caller closes them."""
+        user = os.open(f"/proc/{self.helper_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            net = os.open(f"/proc/{self.helper_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(user)
+            raise
+        return user, net
+
     def close(self) -> None:
         if self._diag >= 0:
             os.close(self._diag)

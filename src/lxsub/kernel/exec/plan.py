@@ -25,6 +25,7 @@ from lxsub.kernel.exec import binfmt, mapping
 from lxsub.kernel.vfs import perm
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
+from lxsub.platform import writers
 
 MAX_INTERP_DEPTH = 5
 
@@ -84,10 +85,27 @@ def _open_executable(walker: Walker, start: Node, path: bytes, follow: bool):
         if st.S_ISDIR(attr.mode) or not st.S_ISREG(attr.mode):
             raise OSError(errno.EACCES, "not a regular file")
         perm.check(walker.creds, attr.mode, attr.uid, attr.gid, perm.MAY_EXEC)
-        return node, node.fs.open(node, os.O_RDONLY, walker.caller), _set_ids(node, attr)
+        fd = node.fs.open(node, os.O_RDONLY, walker.caller)
     except BaseException:
         node.release()
         raise
+    try:
+        _deny_write_access(fd)
+    except BaseException:
+        os.close(fd)
+        node.release()
+        raise
+    return node, fd, _set_ids(node, attr)
+
+
+def _deny_write_access(fd: int) -> None:
+    """do_open_execat's deny_write_access: a file open for writing (by any
+    process) is not executed, ETXTBSY. The provider maps a dynamic program
+    (and reads a script) itself, so the host's exec never checks it; the
+    host is asked (platform/writers.py). Where it cannot tell, the exec
+    goes on, as it did before the check."""
+    if writers.open_for_writing(fd):
+        raise OSError(errno.ETXTBSY, "text file busy")
 
 
 def _set_ids(node: Node, attr) -> tuple[int | None, int | None]:

@@ -125,26 +125,62 @@ def _wait_for_a_message() -> Blocking:
     return job
 
 
-# -- reboot(2): an instance is a PID namespace of its own ---------------------
+# -- reboot(2): the instance is the machine its programs reboot ------------
 
 LINUX_REBOOT_MAGIC1 = 0xFEE1DEAD
 LINUX_REBOOT_MAGIC2S = (672274793, 85072278, 369367448, 537993216)
 LINUX_REBOOT_CMD_RESTART, LINUX_REBOOT_CMD_RESTART2 = 0x01234567, 0xA1B2C3D4
 LINUX_REBOOT_CMD_HALT, LINUX_REBOOT_CMD_POWER_OFF = 0xCDEF0123, 0x4321FEDC
+LINUX_REBOOT_CMD_CAD_ON, LINUX_REBOOT_CMD_CAD_OFF = 0x89ABCDEF, 0x00000000
+_ENDS_THE_INSTANCE = (LINUX_REBOOT_CMD_RESTART, LINUX_REBOOT_CMD_RESTART2, LINUX_REBOOT_CMD_HALT,
+                      LINUX_REBOOT_CMD_POWER_OFF)
+
+
+@dataclass
+class RebootState:
+    """kernel/reboot.c C_A_D: whether Ctrl-Alt-Del restarts at once (1,
+    the kernel's default) or signals init (0); reboot(2)'s CAD_ON/CAD_OFF
+    and /proc/sys/kernel/ctrl-alt-del set it. The instance has no keyboard
+    whose Ctrl-Alt-Del would act on it: it is state its programs read."""
+    ctrl_alt_del: int = 1
+
+
+def reboot_state(inst) -> RebootState:
+    """The instance's reboot state, made on first use."""
+    state = getattr(inst, "reboot_state", None)
+    if state is None:
+        state = inst.reboot_state = RebootState()
+    return state
+
+
+def set_ctrl_alt_del(inst, data: bytes) -> None:
+    """A write to /proc/sys/kernel/ctrl-alt-del (proc_dointvec: any int;
+    the file's mode 0644 leaves the write to root)."""
+    try:
+        value = int(data.split()[0]) if data.split() else None
+    except ValueError:
+        value = None
+    if value is None or not -(1 << 31) <= value < 1 << 31:
+        raise OSError(errno.EINVAL, "not an int")
+    reboot_state(inst).ctrl_alt_del = value
 
 
 def sys_reboot(c: Call) -> int:
-    """reboot(2) from inside a PID namespace (kernel/reboot.c, reboot_pid_ns):
-    CAP_SYS_BOOT (EPERM), the magic numbers (EINVAL); a restart, halt or
-    power-off ends the namespace, which is the instance: every process in
-    it is killed, the caller too; any other command is EINVAL. The host is
-    never rebooted."""
+    """reboot(2) (kernel/reboot.c): CAP_SYS_BOOT (EPERM), the magic numbers
+    (EINVAL), then the command. The instance is the machine: a restart,
+    halt or power-off ends it (every process in it is killed, the caller
+    too; the host is never rebooted), CAD_ON/CAD_OFF set its Ctrl-Alt-Del
+    flag; any other command (kexec, suspend: nothing of the kind is
+    loaded or possible) is EINVAL."""
     if not c.task.creds.capable(caps.CAP_SYS_BOOT):
         raise OSError(errno.EPERM, "CAP_SYS_BOOT needed")
     if c.uint(0) != LINUX_REBOOT_MAGIC1 or c.uint(1) not in LINUX_REBOOT_MAGIC2S:
         raise OSError(errno.EINVAL, "bad magic")
-    if c.uint(2) not in (LINUX_REBOOT_CMD_RESTART, LINUX_REBOOT_CMD_RESTART2, LINUX_REBOOT_CMD_HALT,
-                         LINUX_REBOOT_CMD_POWER_OFF):
-        raise OSError(errno.EINVAL, "not in a PID namespace")
+    cmd = c.uint(2)
+    if cmd in (LINUX_REBOOT_CMD_CAD_ON, LINUX_REBOOT_CMD_CAD_OFF):
+        reboot_state(c.inst).ctrl_alt_del = int(cmd == LINUX_REBOOT_CMD_CAD_ON)
+        return 0
+    if cmd not in _ENDS_THE_INSTANCE:
+        raise OSError(errno.EINVAL, "not a reboot command")
     c.inst.end()
     return 0

@@ -96,6 +96,7 @@ def sys_mount(c: Call) -> int:
         raise _e(errno.EINVAL, "unknown mount flags")
     at = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
     try:
+        _check_mount_point(at)
         if not at.is_dir():
             raise _e(errno.ENOTDIR)
         fs = registry.make(inst, fstype, source, data, by_user=True)
@@ -142,12 +143,19 @@ def _remount(c: Call, target: bytes, flags: int) -> int:
     return 0
 
 
+def _check_mount_point(at) -> None:
+    """lock_mount(): ENOENT for a file nothing may be mounted on."""
+    if at.fs.cant_mount(at):
+        raise _e(errno.ENOENT, "not a place to mount on")
+
+
 def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
     inst, task = c.inst, c.task
     src = lookup.resolve_at(inst.vfs, task, AT_FDCWD, source)
     try:
         at = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
         try:
+            _check_mount_point(at)
             if src.is_dir() != at.is_dir():
                 raise _e(errno.ENOTDIR if src.is_dir() else errno.EISDIR)
             src_path = inst.vfs.vpath_of(src)

@@ -125,14 +125,17 @@ def _check_privileged_port(c: Call, local: int, addr: bytes) -> None:
 
 
 def _landlock_domain(c: Call, addr: bytes):
-    """The domain helper (platform/landlock.py) that binds or connects an
-    inet socket for a Landlock-restricted thread, so that its rules on
-    ports hold (LANDLOCK_ACCESS_NET_BIND_TCP, _CONNECT_TCP); None for an
-    unrestricted one. Unix sockets stay the provider's: Landlock's scope
-    on abstract names compares domains themselves, which a copy is not."""
+    """The domain helper (platform/landlock.py) that binds or connects a
+    socket for a Landlock-restricted thread, so that its rules on ports
+    hold (LANDLOCK_ACCESS_NET_BIND_TCP, _CONNECT_TCP) and its scope on
+    abstract Unix names (a connect: the helper made the thread's Unix
+    sockets, see sys_socket); None for an unrestricted one, and for Unix
+    paths, which the provider resolves (Landlock does not scope them)."""
     if c.task.landlock is None or len(addr) < 2:
         return None
-    return None if struct.unpack_from("=H", addr)[0] == AF_UNIX else c.task.landlock
+    if struct.unpack_from("=H", addr)[0] == AF_UNIX and not _is_abstract(addr):
+        return None
+    return c.task.landlock
 
 
 def sys_bind(c: Call) -> int:
@@ -251,6 +254,14 @@ def _resolve_socket_file(c: Call, path: bytes):
 
 
 def sys_connect(c: Call):
+    """connect(2): a Unix path resolved in the instance, an abstract name
+    only through a socket of the instance's namespace; the provider
+    connects a copy of the socket. For a Landlock-restricted thread its
+    domain's helper connects to an abstract name: the kernel's
+    LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET check (security/landlock/task.c)
+    compares the connecting domain with the one the server's socket was
+    made in, and a restricted server's socket was made by its helper
+    (sys_socket)."""
     addr = _read_addr(c, c.ptr(1), c.int(2))
     path = _unix_path(addr)
     local = lookup.copy_fd(c.task, c.int(0))
@@ -604,7 +615,24 @@ def sys_socket(c: Call):
     family, type_, proto = c.int(0), c.int(1), c.int(2)
     if family != AF_UNIX:
         return _socket_netlink(c)
-    return NewFd(_namespace(c).socket(family, type_, proto), bool(type_ & SOCK_CLOEXEC))
+    ns = _namespace(c)
+    if c.task.landlock is not None:
+        return NewFd(_socket_in_domain(c.task.landlock, ns, family, type_, proto),
+                     bool(type_ & SOCK_CLOEXEC))
+    return NewFd(ns.socket(family, type_, proto), bool(type_ & SOCK_CLOEXEC))
+
+
+def _socket_in_domain(domain, ns: "unixns.UnixNamespace", family: int, type_: int, proto: int) -> int:
+    """A Landlock-restricted thread's Unix socket, made by its domain's
+    helper in the instance's namespace: the file's credentials carry the
+    domain, as LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET wants of a server's
+    socket (platform/landlock.py)."""
+    fds = ns.namespace_fds()
+    try:
+        return domain.socket(family, type_, proto, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def sys_socketpair(c: Call) -> NewFds:
@@ -641,12 +669,14 @@ def _peer(c: Call, local: int):
     if pid <= 0:
         return 0, None, None
     ns = c.inst.unix
-    if pid in (c.inst.init.host_pid, ns.helper_pid):
-        peer = ns.peer_inode(os.fstat(local).st_ino)
-        proc, creds = ns.made_by.get(peer, (None, None)) if peer else (None, None)
-        return pid, proc, creds           # as Linux, the ids it had, alive or not
     proc = c.inst.pids.processes_by_host.get(pid)
-    if proc is None or proc.exited or not proc.threads:
+    if proc is None or pid in (c.inst.init.host_pid, ns.helper_pid):
+        # The provider or one of its helpers (the socket helper, a Landlock
+        # domain's) may have connected or made the pair for a program.
+        peer = ns.peer_inode(os.fstat(local).st_ino)
+        found = ns.made_by.get(peer) if peer else None
+        return (pid, *found) if found else (pid, None, None)   # the ids it had, alive or not
+    if proc.exited or not proc.threads:
         return pid, None, None
     return pid, proc, next(iter(proc.threads.values())).creds
 

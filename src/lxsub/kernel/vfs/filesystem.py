@@ -127,6 +127,11 @@ class FileSystem:
         as a path (openat2's RESOLVE_NO_MAGICLINKS refuses both)."""
         return False
 
+    def cant_mount(self, node: "Node") -> bool:
+        """Whether nothing may be mounted on the file (Linux's dont_mount()
+        dentries: lock_mount() answers ENOENT)."""
+        return False
+
     def host_path(self, node: "Node") -> str | None:
         """Where the file is on the host, if it is a host file."""
         return None

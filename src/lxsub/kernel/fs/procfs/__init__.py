@@ -89,6 +89,12 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
 
     # -- magic links ---------------------------------------------------------
 
+    def cant_mount(self, node: Node) -> bool:
+        """A /proc/<pid>/fd/N link itself (reached through an O_PATH|O_NOFOLLOW
+        descriptor of it) is no mount point: Linux d80b065bb172 marks these
+        dentries dont_mount, so a mount there is ENOENT."""
+        return isinstance(node.obj, FdLink)
+
     def follow_magic(self, node: Node, caller) -> Node | None:
         e = node.obj
         if isinstance(e, FdLink):
