@@ -97,7 +97,7 @@ ROWS: list[Syscall] = [
         "preadv", "pwritev", "preadv2", "pwritev2", "copy_file_range", "close_range",
         "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
         "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
-        "timerfd_settime", "timerfd_gettime", "inotify_init", "inotify_init1",
+        "timerfd_settime", "timerfd_gettime",
         "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
@@ -395,6 +395,9 @@ ROWS: list[Syscall] = [
            "initial user namespace, which root inside (the host user) has not; the unprivileged "
            "FID subset would report host pids"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
+    *(notify(n, inotify.sys_inotify_init1, "the host's inotify instance, made in the provider "
+             "and counted per user against the instance's fs.inotify.max_user_instances (EMFILE)")
+      for n in ("inotify_init", "inotify_init1")),
     notify("inotify_add_watch", inotify.sys_inotify_add_watch, "path resolved in the instance; the "
            "watch is the host inode's, added through the caller's inotify descriptor"),
     # -- the key retention service (keyrings(7)), the instance's own
