@@ -372,8 +372,9 @@ ROWS: list[Syscall] = [
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
-    denied("swapon"), denied("swapoff"), notify("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
-           "ended process (its times from the host)", PARTIAL),
+    denied("swapon"), denied("swapoff"), trace("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
+          "ended process, written at its last thread's exit stop, which the host reports while "
+          "accounting is on (its times from the host)", PARTIAL),
     notify("reboot", klog.sys_reboot, "as in a PID namespace: restart, halt and power-off end the "
            "instance; other commands EINVAL"),
     denied("settimeofday"),
