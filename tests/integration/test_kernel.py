@@ -253,6 +253,11 @@ ACCT_AT_WAIT_PY = textwrap.dedent("""\
     import ctypes, os, signal, struct, threading, time
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open("/tmp/pacct-wait", os.O_RDWR | os.O_CREAT | os.O_TRUNC)   # read natively after each wait
+    hold, release = os.pipe()
+    blocked = os.fork()          # in a read when accounting goes on: its stop is asked for then
+    if blocked == 0:
+        os._exit(len(os.read(hold, 10)))
+    time.sleep(0.3)
     assert libc.acct(b"/tmp/pacct-wait") == 0
     def records():
         data = os.pread(fd, 1 << 16, 0)
@@ -289,6 +294,8 @@ ACCT_AT_WAIT_PY = textwrap.dedent("""\
         signal.pause()
     os.kill(child, signal.SIGTERM)
     print("signal", ended(child), flush=True)
+    os.write(release, b"abc")
+    print("blocked", ended(blocked), flush=True)
     libc.acct(None)
     """)
 
@@ -299,12 +306,14 @@ def test_acct_record_is_written_before_the_process_is_gone(debian):
     the file once a pipe the child held reads end-of-file (60 children in
     a row) and when the parent's wait returns, for a process whose
     exit_group leaves a thread running (one record), one whose main thread
-    leaves first (the last thread's end writes it) and one a signal ends
-    (AXSIG) (LTP acct02 reads the file right after its wait)."""
+    leaves first (the last thread's end writes it), one a signal ends
+    (AXSIG) and one that was blocked in a read when accounting went on
+    (LTP acct02 reads the file right after its wait)."""
     cp = debian.lx(["-u", "root", "-e", "python3", "-c", ACCT_AT_WAIT_PY], timeout=120)
     assert cp.returncode == 0, describe(cp)
     assert cp.stdout.decode().splitlines() == [
-        "late 0", "threads (61, 0, 1792)", "last thread (62, 0, 2304)", "signal (63, 16, 15)"], describe(cp)
+        "late 0", "threads (61, 0, 1792)", "last thread (62, 0, 2304)", "signal (63, 16, 15)",
+        "blocked (64, 0, 768)"], describe(cp)
 
 
 SECCOMP_STRICT_PY = textwrap.dedent("""\
