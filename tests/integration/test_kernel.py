@@ -314,6 +314,73 @@ def test_acct_writes_a_record_per_ended_process(debian):
         "nobody Operation not permitted"], describe(cp)
 
 
+ACCT_AT_WAIT_PY = textwrap.dedent("""\
+    import ctypes, os, signal, struct, threading, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open("/tmp/pacct-wait", os.O_RDWR | os.O_CREAT | os.O_TRUNC)   # read natively after each wait
+    hold, release = os.pipe()
+    blocked = os.fork()          # in a read when accounting goes on: its stop is asked for then
+    if blocked == 0:
+        os._exit(len(os.read(hold, 10)))
+    time.sleep(0.3)
+    assert libc.acct(b"/tmp/pacct-wait") == 0
+    def records():
+        data = os.pread(fd, 1 << 16, 0)
+        return [struct.unpack_from("<BBHII", data, i) for i in range(0, len(data) - 63, 64)]
+    def ended(child):            # the records there when wait returns, and the last one's flag and code
+        os.waitpid(child, 0)
+        found = records()
+        return len(found), found[-1][0] & 0x10, found[-1][3]
+    late = 0
+    for i in range(60):          # the end of a pipe the child held: its files go after the record
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os._exit(i)
+        os.close(w)
+        os.read(r, 1)
+        found = records()
+        late += len(found) != i + 1 or found[-1][3] != i << 8
+        os.close(r)
+        os.waitpid(child, 0)
+    print("late", late, flush=True)
+    child = os.fork()
+    if child == 0:               # exit_group with a thread still running: one record
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        os._exit(7)
+    print("threads", ended(child), flush=True)
+    child = os.fork()
+    if child == 0:               # the main thread leaves first, the last thread ends the process
+        threading.Thread(target=lambda: (time.sleep(0.3), libc.syscall(60, 9))).start()
+        libc.syscall(60, 0)
+    print("last thread", ended(child), flush=True)
+    child = os.fork()
+    if child == 0:
+        signal.pause()
+    os.kill(child, signal.SIGTERM)
+    print("signal", ended(child), flush=True)
+    os.write(release, b"abc")
+    print("blocked", ended(blocked), flush=True)
+    libc.acct(None)
+    """)
+
+
+def test_acct_record_is_written_before_the_process_is_gone(debian):
+    """Linux writes a process's record in do_exit before it closes the
+    process's files and before its parent can reap it: the record is in
+    the file once a pipe the child held reads end-of-file (60 children in
+    a row) and when the parent's wait returns, for a process whose
+    exit_group leaves a thread running (one record), one whose main thread
+    leaves first (the last thread's end writes it), one a signal ends
+    (AXSIG) and one that was blocked in a read when accounting went on
+    (LTP acct02 reads the file right after its wait)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", ACCT_AT_WAIT_PY], timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "late 0", "threads (61, 0, 1792)", "last thread (62, 0, 2304)", "signal (63, 16, 15)",
+        "blocked (64, 0, 768)"], describe(cp)
+
+
 SECCOMP_STRICT_PY = textwrap.dedent("""\
     import ctypes, errno, os, signal
     libc = ctypes.CDLL(None, use_errno=True)

@@ -181,3 +181,95 @@ def test_next_ids_are_the_instances(debian):
     cp = debian.lx(["-u", "root", "-e", "python3", "-c", NEXT_ID_PY], timeout=120)
     assert cp.returncode == 0, describe(cp)
     assert cp.stdout.decode().splitlines() == ["msg True -1 0 5", "sem 12345 -1", "taken True"], describe(cp)
+
+
+INOTIFY_PY = PRELUDE + textwrap.dedent("""\
+    IN_NONBLOCK = os.O_NONBLOCK
+    old = get("fs/inotify/max_user_instances")
+    held = [libc.inotify_init1(0) for _ in range(2)]
+    try:
+        put("fs/inotify/max_user_instances", 3)
+        put("fs/inotify/max_user_instances", -1)            # EINVAL: the value stays
+        print("read", get("fs/inotify/max_user_instances"))
+        third = libc.inotify_init1(IN_NONBLOCK)
+        print("third", third >= 0, fcntl.fcntl(third, fcntl.F_GETFL) & os.O_NONBLOCK != 0)
+        print("fourth", libc.inotify_init() == -1 and err())
+        # A descriptor a child still holds keeps its instance counted.
+        child = os.fork()
+        if child == 0:
+            os.close(held[0]); os.close(held[1]); os.close(third)
+            time_ = __import__("time"); time_.sleep(3); os._exit(0)
+        os.close(third)
+        print("held by child", libc.inotify_init1(0) == -1 and err())
+        os.kill(child, 9); os.waitpid(child, 0)
+        again = libc.inotify_init1(0)
+        print("after child", again >= 0)
+        # Another user has a count of its own.
+        print("nobody", as_nobody(lambda: libc.inotify_init1(0) >= 0))
+        print("flags", libc.inotify_init1(1) == -1 and err())
+    finally:
+        put("fs/inotify/max_user_instances", old)
+    print("restored", get("fs/inotify/max_user_instances") == old)
+    """)
+
+
+def test_inotify_max_user_instances_is_the_instances(debian):
+    """fs/inotify/max_user_instances: written and read back, and
+    inotify_init beyond it is EMFILE for that user; an inotify instance
+    counts until its last descriptor closes, wherever that is (LTP
+    inotify06 writes it)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", INOTIFY_PY], timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "read 3", "third True True", "fourth EMFILE", "held by child EMFILE", "after child True",
+        "nobody True", "flags EINVAL", "restored True"], describe(cp)
+
+
+NR_OPEN_PY = PRELUDE + textwrap.dedent("""\
+    CLONE_FILES, SIGCHLD, SYS_clone = 0x400, 17, 56
+    libc.syscall.restype = ctypes.c_long
+    def unshare_in_sharing_child():    # unshare(CLONE_FILES) in a child sharing our table
+        pid = libc.syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0)
+        if pid == 0:
+            os._exit(0 if libc.unshare(CLONE_FILES) == 0 else ctypes.get_errno())
+        return os.strerror(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    old = get("fs/nr_open")
+    os.dup2(2, 65)
+    try:
+        put("fs/nr_open", 64)
+        put("fs/nr_open", 63)                  # below a word: EINVAL, the value stays
+        print("read", get("fs/nr_open"))
+        print("shared", unshare_in_sharing_child())
+        print("own table", libc.unshare(CLONE_FILES))
+        os.close(65)
+        print("after close", unshare_in_sharing_child())
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        def set_limit(how):
+            try:
+                how()
+                return "ok"
+            except OSError as e:
+                return errno.errorcode[e.errno]
+            except ValueError:            # Python's word for setrlimit's EPERM
+                return "EPERM"
+        print("setrlimit", set_limit(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits)),
+              set_limit(lambda: resource.prlimit(0, resource.RLIMIT_NOFILE, limits)),
+              libc.syscall(160, resource.RLIMIT_NOFILE, (ctypes.c_ulong * 2)(*limits)) == -1 and err())
+    finally:
+        put("fs/nr_open", old)
+    print("restored", get("fs/nr_open") == old,
+          set_limit(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits)))
+    """)
+
+
+def test_nr_open_bounds_the_copy_of_a_shared_table(debian):
+    """fs/nr_open: written (64 at least) and read back; unshare(CLONE_FILES)
+    of a table shared with another process fails with EMFILE when its
+    highest descriptor is beyond it, and is a no-op for a table of one's
+    own (LTP unshare03); a hard RLIMIT_NOFILE above it is EPERM
+    (setrlimit, prlimit64, the old setrlimit call)."""
+    cp = debian.lx(["-u", "root", "-e", "python3", "-c", NR_OPEN_PY], timeout=120)
+    assert cp.returncode == 0, describe(cp)
+    assert cp.stdout.decode().splitlines() == [
+        "read 64", "shared Too many open files", "own table 0", "after close Success",
+        "setrlimit EPERM EPERM EPERM", "restored True ok"], describe(cp)

@@ -53,6 +53,23 @@ def test_rules_are_tried_in_order_before_the_default():
     assert run_bpf(prog, seccomp_data(56, (0x11,))) == bpf.RET_ALLOW
 
 
+def test_a_rule_may_hold_rules_on_other_arguments():
+    """A rule whose action is a ByArgs tests the other arguments of the
+    calls it matched (prlimit64's own NOFILE limit being set); the calls it
+    did not match go on to the next rules."""
+    inner = bpf.ByArgs((bpf.ArgRule(2, "eq", 0, bpf.RET_ALLOW, wide=True),), bpf.RET_TRACE)
+    act = bpf.ByArgs((bpf.ArgRule(0, "eq", 0, bpf.ByArgs((bpf.ArgRule(1, "eq", 7, inner),),
+                                                         bpf.RET_ALLOW)),
+                      bpf.ArgRule(0, "any_bit", 1, EPERM)), bpf.RET_USER_NOTIF)
+    prog = bpf.build_filter({302: act}, ENOSYS)
+    assert run_bpf(prog, seccomp_data(302, (0, 7, 0x1000))) == bpf.RET_TRACE
+    assert run_bpf(prog, seccomp_data(302, (0, 7, 0))) == bpf.RET_ALLOW
+    assert run_bpf(prog, seccomp_data(302, (0, 7, 1 << 32))) == bpf.RET_TRACE
+    assert run_bpf(prog, seccomp_data(302, (0, 3, 0x1000))) == bpf.RET_ALLOW
+    assert run_bpf(prog, seccomp_data(302, (5, 7, 0x1000))) == EPERM
+    assert run_bpf(prog, seccomp_data(302, (4, 7, 0x1000))) == bpf.RET_USER_NOTIF
+
+
 def test_a_rule_on_the_default_action_applies_above_the_table():
     """Numbers past the highest listed one take the default, rules included."""
     default = bpf.ByArgs((bpf.ArgRule(0, "eq", 7, EPERM),), bpf.RET_USER_NOTIF)

@@ -131,6 +131,8 @@ KERNEL_ARG_BITS = {
         "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",
         "sched_rr_get_interval", "sched_setattr", "sched_getattr", "prlimit64",
         "get_robust_list", "migrate_pages", "move_pages")},
+    ("setrlimit", 0): 32, ("prlimit64", 1): 32,     # unsigned int resource (kernel/sys.c)
+    ("prlimit64", 2): 64,                           # the new limit's pointer
 }
 
 
@@ -138,9 +140,29 @@ def _rule_rows():
     return [(row, rule) for row in table.BY_NR.values() for rule in row.rules]
 
 
+def _nested(rules):
+    """Rules and the rules inside their actions."""
+    for rule in rules:
+        yield rule
+        if isinstance(rule.action, bpf.ByArgs):
+            yield from _nested(rule.action.rules)
+
+
+def _decide(action, args) -> int:
+    """What a row's action gives for these arguments, by its rules read in
+    Python: the reference the filter is run against."""
+    if isinstance(action, int):
+        return action
+    for rule in action.rules:
+        arg = args[rule.index] if rule.wide else args[rule.index] & 0xFFFFFFFF
+        if (arg == rule.value) if rule.op == "eq" else bool(arg & rule.value):
+            return _decide(rule.action, args)
+    return action.default
+
+
 def test_every_argument_rule_tests_the_bits_the_kernel_reads():
     """A new rule needs its kernel width above, and must use it."""
-    for row, rule in _rule_rows():
+    for row, rule in [(row, r) for row in table.BY_NR.values() for r in _nested(row.rules)]:
         bits = KERNEL_ARG_BITS.get((row.name, rule.index))
         assert bits is not None, f"{row.name} arg {rule.index}: add its kernel width"
         assert rule.wide == (bits == 64), f"{row.name} arg {rule.index} is {bits}-bit"
@@ -177,10 +199,22 @@ def test_argument_rules_with_high_bits_set_and_cleared(prog, row, rule):
                 assert got == want, f"{row.name}: {value | high:#x}"
             elif rule.op == "eq":
                 assert got != rule.action or (value | high) == rule.value, row.name
-    # the first rule that matches decides (earlier rules may shadow a later one)
-    first = next(r for r in row.rules if (r.op == "eq" and hit == r.value)
-                 or (r.op == "any_bit" and hit & r.value))
-    assert run_bpf(prog, seccomp_data(nr, _args(rule.index, hit))) == first.action
+    # the first rule that matches decides (earlier rules may shadow a later
+    # one; a rule holding rules decides by them)
+    args = _args(rule.index, hit)
+    assert run_bpf(prog, seccomp_data(nr, args)) == _decide(row.action(), args)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((0, 7, 0x7000, 0), bpf.RET_TRACE),             # the caller's RLIMIT_NOFILE set
+    ((0, 7, 0, 0x7000), bpf.RET_ALLOW),             # ... only read
+    ((0, 7, 1 << 32, 0), bpf.RET_TRACE),            # a pointer above 4 GiB is no NULL
+    ((0, 7 | 1 << 32, 0x7000, 0), bpf.RET_TRACE),   # the resource is an unsigned int
+    ((0, 3, 0x7000, 0), bpf.RET_ALLOW),             # RLIMIT_STACK set
+    ((5, 7, 0, 0x7000), bpf.RET_TRACE),             # another process's
+], ids=["nofile-set", "nofile-get", "nofile-high-pointer", "nofile-high-resource", "stack-set", "other"])
+def test_prlimit64_stops_for_a_new_nofile_limit_only(prog, args, expected):
+    assert run_bpf(prog, seccomp_data(N["prlimit64"], args)) == expected
 
 
 @pytest.mark.parametrize("name, index, value, expected", [

@@ -24,6 +24,10 @@ IN_MASK_ADD = 0x20000000
 IN_ISDIR = 0x40000000
 IN_ONESHOT = 0x80000000
 
+# inotify_init1's flags: O_CLOEXEC and O_NONBLOCK's values.
+IN_CLOEXEC = 0o2000000
+IN_NONBLOCK = 0o4000
+
 # include/linux/inotify.h: every bit a program may pass (not exported).
 ALL_INOTIFY_BITS = (IN_ALL_EVENTS | IN_UNMOUNT | IN_Q_OVERFLOW | IN_IGNORED | IN_ONLYDIR | IN_DONT_FOLLOW
                     | IN_EXCL_UNLINK | IN_MASK_CREATE | IN_MASK_ADD | IN_ISDIR | IN_ONESHOT)

@@ -5,7 +5,16 @@ Linux keeps the accounting file per PID namespace (kernel/acct.c); an
 instance is one. The record is struct acct_v3 (CONFIG_BSD_PROCESS_ACCT_V3,
 as the host reports in /proc/config.gz): the Linux ids and names the
 instance gave the process, and its times as the host counted them (the
-ended process's /proc/PID/stat, read before its parent reaps it).
+ended process's /proc/PID/stat).
+
+Linux writes the record in do_exit, before the process is a zombie its
+parent's wait can report; here that is the PTRACE_EVENT_EXIT stop of the
+process's last thread, which the host holds until the provider lets it
+go. The provider asks the host for those stops only while accounting is
+on (`exit_events`, for every task of the instance; children inherit the
+option): a program pays nothing for it otherwise. A thread that ends
+without that stop (one SIGKILL took before its stop, or that was not yet
+asked) has its process's record written when the host reports the end.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lxsub.kernel.task import Process
+    from lxsub.kernel.task import Process, Task
 
 ACCT_VERSION = 3
 AHZ = 100                        # the records' clock, as USER_HZ
@@ -82,6 +91,12 @@ class Accounting:
     def __init__(self) -> None:
         self._fd = -1
         self._lock = threading.Lock()
+        self._exiting: set["Task"] = set()        # past their exit stop, not yet gone
+        self._written: set["Process"] = set()     # recorded at an exit stop, not yet gone
+
+    @property
+    def on(self) -> bool:
+        return self._fd >= 0
 
     def switch_to(self, fd: int) -> None:
         """Account to `fd` from now on (-1: stop), closing the former file."""
@@ -90,7 +105,33 @@ class Accounting:
         if old >= 0:
             os.close(old)
 
+    def exit_stop(self, task: "Task", status: int, whole: bool) -> None:
+        """`task` stopped at its exit with wait status `status`: the
+        process's record, if the `whole` process ends (exit_group, a fatal
+        signal) or it is the last of its threads to get there
+        (acct_process runs for a thread group that is dead)."""
+        self._exiting.add(task)
+        proc = task.process
+        if proc in self._written:
+            return
+        if not whole and any(t not in self._exiting for t in proc.threads.values()):
+            return
+        self._written.add(proc)
+        self._write(proc, status, task.creds.ruid, task.creds.rgid)
+
+    def task_gone(self, task: "Task") -> None:
+        if self._exiting:
+            self._exiting.discard(task)
+
     def process_ended(self, proc: "Process", status: int, ruid: int, rgid: int) -> None:
+        """The host reported the end of `proc`'s last thread: its record,
+        unless its exit stop wrote it."""
+        if self._written and proc in self._written:
+            self._written.discard(proc)
+            return
+        self._write(proc, status, ruid, rgid)
+
+    def _write(self, proc: "Process", status: int, ruid: int, rgid: int) -> None:
         with self._lock:
             if self._fd < 0:
                 return

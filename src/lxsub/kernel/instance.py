@@ -19,11 +19,12 @@ from typing import Callable
 from lxsub import LINUX_RELEASE
 from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
+from lxsub.abi.ptrace import PTRACE_O_TRACEEXIT
 from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_PARENT, CLONE_PARENT_SETTID,
                               CLONE_THREAD, CLONE_VFORK, CLONE_VM)
 from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
-from lxsub.abi.sysno import SYS_FORK, SYS_VFORK
+from lxsub.abi.sysno import NUMBERS, SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
 from lxsub.kernel import dispatch, keys, table
 from lxsub.kernel.acct import accounting_of
@@ -48,6 +49,8 @@ from lxsub.platform.engine import Engine
 from lxsub.platform.notify import Listener, Notification
 from lxsub.platform.ptrace import Regs
 from lxsub.platform.unixns import UnixNamespace
+
+_SYS_EXIT_GROUP = NUMBERS["exit_group"]
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Instance:
         self.pids.add_process(self.init)
         self.engine = Engine(self)
         self.ptrace = Ptrace(self)     # Linux tracers inside the instance (kernel/ptrace.py)
+        self.accounting = accounting_of(self)   # BSD process accounting (kernel/acct.py)
         # Orphans of the instance come to /init (us), as on Linux, not to the host's init.
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.filter_prog = table.seccomp_program()
@@ -258,9 +262,27 @@ class Instance:
         def before_start() -> None:
             if settid:
                 self._poke_tid(child, settid, vid)
+            if self.accounting.on:
+                # Its parent may have forked before it was asked for exit stops.
+                self.set_host_events(task)
             if self.ptrace.links:
                 self.ptrace.child_first_stop(task)
         self.engine.task_known(child, before_start)
+
+    def host_events(self, task: Task) -> int:
+        """The stops beyond the provider's own the host must report for
+        `task`: those its Linux tracer asked for (kernel/ptrace.py) and its
+        exit while the instance accounts processes (kernel/acct.py)."""
+        link = self.ptrace.link_of(task)
+        events = link.host_events if link is not None else 0
+        return events | (PTRACE_O_TRACEEXIT if self.accounting.on else 0)
+
+    def set_host_events(self, task: Task) -> None:
+        """Ask the host for host_events(task) now: `task` is stopped."""
+        try:
+            ptrace.set_options(task.host_tid, self.host_events(task))
+        except OSError:
+            pass                  # gone meanwhile
 
     def _clone_flags(self, event: int, regs: Regs) -> int:
         # The event says little: clone(2) with exit signal SIGCHLD and no
@@ -450,6 +472,7 @@ class Instance:
             return
         proc = task.process
         self._drop_task(task)
+        self.accounting.task_gone(task)
         if self.ptrace.links or self.ptrace.tracers:
             self.ptrace.on_exit(task, status, thread=task.tid != proc.pid)
         if proc.threads:
@@ -458,7 +481,7 @@ class Instance:
         proc.exit_creds = task.creds
         # acct_process: before the children go to their new reaper, while
         # the host still has the process's times.
-        accounting_of(self).process_ended(proc, status, task.creds.ruid, task.creds.rgid)
+        self.accounting.process_ended(proc, status, task.creds.ruid, task.creds.rgid)
         self._process_exited(proc, status)
 
     def _drop_task(self, task: Task) -> None:
@@ -557,8 +580,24 @@ class Instance:
         return task is not None and self.ptrace.on_group_stop(task, sig)
 
     def on_trace_event(self, tid: int, event: int) -> bool:
+        if event == ptrace.EVENT_EXIT and self.accounting.on:
+            self._account_exit_stop(tid)
         task = self.pids.tasks_by_host.get(tid) if self.ptrace.links else None
         return task is not None and self.ptrace.on_event(task, event)
+
+    def _account_exit_stop(self, tid: int) -> None:
+        task = self.pids.tasks_by_host.get(tid)
+        if task is None:
+            return
+        try:
+            status = ptrace.event_msg(tid)
+            regs = ptrace.get_regs(tid, Regs())
+        except OSError:
+            return                # killed meanwhile: its end is recorded when reported
+        # The whole process ends with a fatal signal or exit_group; its other
+        # threads, killed for it, may skip the stop (a SIGKILL is pending).
+        whole = os.WIFSIGNALED(status) or regs.orig_rax == _SYS_EXIT_GROUP
+        self.accounting.exit_stop(task, status, whole)
 
     def _suspends_session(self, tid: int, sig: int) -> bool:
         """A job-control stop signal for a session lx started, which Linux

@@ -286,8 +286,8 @@ class Ptrace:
         link.host_events = extra
 
         def apply(tid: int, regs=None) -> None:
-            try:
-                host.set_options(tid, link.host_events)
+            try:   # with the events others ask for it (Instance.host_events)
+                host.set_options(tid, self.inst.host_events(link.tracee))
             except OSError:
                 pass
         if link.stop is not None:

@@ -6,7 +6,9 @@ programs, so it starts with the host's values and root inside may change
 them for the instance alone (the host's own are never written). Each one
 here is honoured where lxsub does the work the tunable governs: the
 provider's get calls for the SysV limits (kernel/syscalls/ipc.py), its
-F_SETPIPE_SZ for pipe-max-size (kernel/syscalls/fcntl.py). The host's
+F_SETPIPE_SZ for pipe-max-size (kernel/syscalls/fcntl.py), inotify_init
+for inotify's max_user_instances (kernel/syscalls/inotify.py), unshare's
+CLONE_FILES for nr_open (kernel/syscalls/nsproxy.py). The host's
 limits stay in force beneath (an instance may set a higher one, which the
 host then still refuses, as it does for any of its users). pipe(2) runs
 natively, so a new pipe's capacity is the host's default, not capped by
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
 INT_MAX = (1 << 31) - 1
 ULONG_MAX = (1 << 64) - 1
 IPCMNI = 1 << 15                  # ipc/util.h: the ids' index range, the *mni ceiling
+# fs/file.c sysctl_nr_open_min and _max (64-bit): a word of descriptor bits
+# at least, at most INT_MAX rounded down to a whole word.
+NR_OPEN_MIN = 64
+NR_OPEN_MAX = INT_MAX & -64
 
 
 def read_host(name: str) -> int:
@@ -83,6 +89,8 @@ KNOBS = {k.name: k for k in (
     Knob("kernel/shmmni", 0, IPCMNI),
     Knob("kernel/shmmax", 0, ULONG_MAX),
     Knob("fs/pipe-max-size", 0, INT_MAX, _pipe_max_size),
+    Knob("fs/nr_open", NR_OPEN_MIN, NR_OPEN_MAX),
+    Knob("fs/inotify/max_user_instances", 0, INT_MAX),
 )}
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                               CLONE_NEWUTS, CLONE_UNTRACED)
+from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
@@ -84,6 +85,9 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
     return tuple(ArgRule(index, "eq", v, action) for v in values)
 
 
+# prlimit64's third argument, the new limit: NULL only reads the old one.
+_SETTING_LIMIT = ByArgs((ArgRule(2, "eq", 0, bpf.RET_ALLOW, wide=True),), bpf.RET_TRACE)
+
 _CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
                     | CLONE_UNTRACED)
 
@@ -97,7 +101,7 @@ ROWS: list[Syscall] = [
         "preadv", "pwritev", "preadv2", "pwritev2", "copy_file_range", "close_range",
         "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
         "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
-        "timerfd_settime", "timerfd_gettime", "inotify_init", "inotify_init1",
+        "timerfd_settime", "timerfd_gettime",
         "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
@@ -124,7 +128,7 @@ ROWS: list[Syscall] = [
         "getitimer", "setitimer", "alarm", "pause", "timer_settime",
         "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
         "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
-        "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit", "setrlimit",
+        "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit",
         "getrandom", "personality", "restart_syscall", "exit", "exit_group",
         "rt_sigaction", "rt_sigprocmask", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
@@ -322,7 +326,17 @@ ROWS: list[Syscall] = [
             "the provider's temporary one") for n in ("sched_setaffinity", "sched_getaffinity")),
     *(pid_arg(n) for n in (
         "sched_getparam", "sched_getscheduler", "sched_rr_get_interval", "sched_getattr")),
-    *(pid_arg(n, sched.sys_task_first) for n in ("prlimit64", "migrate_pages", "move_pages")),
+    *(pid_arg(n, sched.sys_task_first) for n in ("migrate_pages", "move_pages")),
+    # The caller's own limits are native but for setting RLIMIT_NOFILE: its
+    # hard limit is bounded by the instance's fs.nr_open.
+    Syscall("prlimit64", TRACE, sched.sys_prlimit64, FULL, "PID argument translated; the caller's "
+            "own (pid 0) native but for a new RLIMIT_NOFILE, whose hard limit the instance's "
+            "fs.nr_open bounds (EPERM)",
+            rules=(ArgRule(0, "eq", 0, ByArgs((ArgRule(1, "eq", RLIMIT_NOFILE, _SETTING_LIMIT),),
+                                              bpf.RET_ALLOW)),)),
+    Syscall("setrlimit", NATIVE, sched.sys_setrlimit, FULL, "RLIMIT_NOFILE stops: its hard limit is "
+            "bounded by the instance's fs.nr_open (EPERM)",
+            rules=(ArgRule(0, "eq", RLIMIT_NOFILE, bpf.RET_TRACE),)),
     *(trace(n, sched.sys_sched_set, "PID translated; stopped for the caller itself too: "
             "Linux's CAP_SYS_NICE, owner and RLIMIT_RTPRIO checks with the instance's "
             "credentials") for n in ("sched_setparam", "sched_setscheduler", "sched_setattr")),
@@ -376,8 +390,9 @@ ROWS: list[Syscall] = [
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
-    denied("swapon"), denied("swapoff"), notify("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
-           "ended process (its times from the host)", PARTIAL),
+    denied("swapon"), denied("swapoff"), trace("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
+          "ended process, written at its last thread's exit stop, which the host reports while "
+          "accounting is on (its times from the host)", PARTIAL),
     notify("reboot", klog.sys_reboot, "the instance is the machine: restart, halt and power-off end "
            "it, CAD_ON/CAD_OFF set its Ctrl-Alt-Del flag (/proc/sys/kernel/ctrl-alt-del); "
            "kexec and suspend EINVAL"),
@@ -400,6 +415,9 @@ ROWS: list[Syscall] = [
            "initial user namespace, which root inside (the host user) has not; the unprivileged "
            "FID subset would report host pids"), denied("fanotify_mark"),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
+    *(notify(n, inotify.sys_inotify_init1, "the host's inotify instance, made in the provider "
+             "and counted per user against the instance's fs.inotify.max_user_instances (EMFILE)")
+      for n in ("inotify_init", "inotify_init1")),
     notify("inotify_add_watch", inotify.sys_inotify_add_watch, "path resolved in the instance; the "
            "watch is the host inode's, added through the caller's inotify descriptor"),
     # -- the key retention service (keyrings(7)), the instance's own
@@ -456,7 +474,14 @@ def traced_by_provider(nr: int) -> bool:
     if row is None:
         return True                    # beyond the table: the provider answers ENOSYS
     ours = (bpf.RET_TRACE, bpf.RET_USER_NOTIF)
-    return row.via in (TRACE, NOTIFY) or any(rule.action in ours for rule in row.rules)
+    return row.via in (TRACE, NOTIFY) or any(a in ours for rule in row.rules for a in _actions(rule.action))
+
+
+def _actions(action: bpf.Action) -> list[int]:
+    """Every action a rule may end in, through nested rules."""
+    if isinstance(action, int):
+        return [action]
+    return [a for rule in action.rules for a in _actions(rule.action)] + [action.default]
 
 
 def seccomp_program() -> bytes:

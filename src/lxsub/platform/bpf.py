@@ -49,11 +49,13 @@ class ArgRule:
     truncated by the kernel (clone's flags: `lower_32_bits()` in
     kernel/fork.c): the kernel ignores their high half, so the rule must
     too, or a program sets a high bit to step around it. Pointers and
-    sizes are read whole (`wide`)."""
+    sizes are read whole (`wide`). The action may be a ByArgs of its own:
+    its rules then test the other arguments of the calls this one matched
+    (a conjunction)."""
     index: int
     op: str          # "eq" or "any_bit" (value & arg != 0)
     value: int
-    action: int
+    action: "int | ByArgs"
     wide: bool = False
 
     def __post_init__(self) -> None:
@@ -121,17 +123,29 @@ def _emit_rule(p: _Prog, rule: ArgRule, labels: _Labels) -> None:
             p.emit(_JEQ, 1, 0, high)
             p.jump(nxt)
         p.emit(_LD_ABS, k=_off_arg(rule.index))
-        p.emit(_JEQ, 0, 1, low)
-        p.emit(_RET, k=rule.action)
+        _emit_on_match(p, _JEQ, low, rule.action, labels)
         p.label(nxt)
     elif rule.op == "any_bit":      # a bit set in either tested half
         halves = [(False, low)] + ([(True, high)] if rule.wide and high else [])
         for is_high, bits in halves:
             p.emit(_LD_ABS, k=_off_arg(rule.index, high=is_high))
-            p.emit(_JSET, 0, 1, bits)
-            p.emit(_RET, k=rule.action)
+            _emit_on_match(p, _JSET, bits, rule.action, labels)
     else:
         raise ValueError(f"unknown argument rule operator {rule.op!r}")
+
+
+def _emit_on_match(p: _Prog, test: int, k: int, action: Action, labels: _Labels) -> None:
+    """`if test(A, k): action`, else on to what follows. A nested ByArgs
+    ends in a return of its own, so it needs the jump over it."""
+    if isinstance(action, int):
+        p.emit(test, 0, 1, k)
+        p.emit(_RET, k=action)
+        return
+    past = labels.new()
+    p.emit(test, 1, 0, k)
+    p.jump(past)
+    _emit_action(p, action, labels)
+    p.label(past)
 
 
 def _emit_tree(p: _Prog, ranges: list[tuple[int, Action]], labels: _Labels) -> None:

@@ -185,7 +185,14 @@ class Engine:
         That stop is a syscall-exit stop when PTRACE_SYSCALL is in effect
         (a blocked syscall is interrupted), a signal-delivery stop if a
         signal comes at the same time, else PTRACE_EVENT_STOP: at_stop runs
-        at the first of them. False if tid is gone."""
+        at the first of them. False if tid is gone. An interrupt asked
+        for before that stop came runs there too, first."""
+        earlier = self.interrupt_hooks.get(tid)
+        if earlier is not None:
+            def both(t: int, regs: Regs, first=earlier, then=at_stop) -> None:
+                first(t, regs)
+                then(t, regs)
+            at_stop = both
         self.interrupt_hooks[tid] = at_stop
         try:
             ptrace.interrupt(tid)

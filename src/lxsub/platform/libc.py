@@ -12,7 +12,7 @@ import errno
 import os
 
 from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
-from lxsub.abi.kcmp import KCMP_FILE
+from lxsub.abi.kcmp import KCMP_FILE, KCMP_FILES
 from lxsub.abi.seccomp import SECCOMP_SET_MODE_FILTER
 from lxsub.abi.stat import SIZEOF_STATX, STATX_BTIME
 from lxsub.platform import features
@@ -90,6 +90,30 @@ def inotify_add_watch(fd: int, path: bytes, mask: int) -> int:
     return _check(_inotify_add_watch(fd, path, mask))
 
 
+_inotify_init1 = _libc.inotify_init1
+_inotify_init1.argtypes = [ctypes.c_int]
+
+
+def inotify_init1(flags: int) -> int:
+    """A new host inotify instance (inotify_init1(2)) in the provider."""
+    return _check(_inotify_init1(flags))
+
+
+class _EpollEvent(ctypes.Structure):
+    _pack_ = 1                       # struct epoll_event is packed on x86_64
+    _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+
+
+_epoll_ctl = _libc.epoll_ctl
+_epoll_ctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_EpollEvent)]
+
+
+def epoll_add(epfd: int, fd: int, events: int, data: int) -> None:
+    """EPOLL_CTL_ADD with a data word of our choosing (Python's epoll
+    stores the descriptor number there)."""
+    _check(_epoll_ctl(epfd, 1, fd, ctypes.byref(_EpollEvent(events, data))))
+
+
 _name_to_handle_at = _libc.name_to_handle_at
 _name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
                                ctypes.c_int]
@@ -118,6 +142,15 @@ def same_open_file(fd1: int, fd2: int) -> bool:
     (kcmp(2) KCMP_FILE)."""
     pid = os.getpid()
     return syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
+
+
+def same_fd_table(tid1: int, tid2: int) -> bool:
+    """Whether two host threads share one descriptor table (kcmp(2)
+    KCMP_FILES; either gone: False)."""
+    try:
+        return syscall(SYS_KCMP, tid1, tid2, KCMP_FILES, 0, 0) == 0
+    except OSError:
+        return False
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -24,7 +24,9 @@ def sys_acct(c: Call) -> int:
         raise OSError(errno.EPERM, "CAP_SYS_PACCT needed")
     accounting = accounting_of(c.inst)
     if not c.args[0]:
-        accounting.switch_to(-1)
+        if accounting.on:
+            accounting.switch_to(-1)
+            _ask_exit_stops(c)
         return 0
     # O_NONBLOCK: a FIFO is refused without waiting for a reader (ENXIO
     # with none, where Linux would wait and then refuse it with EACCES).
@@ -33,5 +35,21 @@ def sys_acct(c: Call) -> int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EACCES, "not a regular file")
+    was_on = accounting.on
     accounting.switch_to(fd)
+    if not was_on:
+        _ask_exit_stops(c)
     return 0
+
+
+def _ask_exit_stops(c: Call) -> None:
+    """Accounting went on or off: every task of the instance gets its exit
+    stop asked for (or no longer) of the host (Instance.host_events). The
+    caller is stopped at this call (acct is traced); the others are at the
+    stop an interrupt brings, which a blocked call restarts from."""
+    inst = c.inst
+    for task in list(inst.pids.tasks_by_host.values()):
+        if task is c.task:
+            inst.set_host_events(task)
+        else:
+            inst.engine.interrupt(task.host_tid, lambda tid, regs, t=task: inst.set_host_events(t))

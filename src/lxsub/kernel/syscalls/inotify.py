@@ -1,7 +1,9 @@
-"""<sys/inotify.h>: inotify_add_watch, the one inotify call that names a path.
+"""<sys/inotify.h>: inotify_init1, which counts instances, and
+inotify_add_watch, the one inotify call that names a path.
 
-inotify_init1, inotify_rm_watch and reading events run natively on the
-host's inotify instance. Adding a watch needs the path resolved inside the
+inotify_init1 makes the host's inotify instance in the provider, where it
+is counted against the caller's user (fs.inotify.max_user_instances);
+inotify_rm_watch and reading events run natively on it. Adding a watch needs the path resolved inside the
 instance: the provider walks it as any path, then adds the watch on that very
 host inode through a duplicate of the caller's inotify descriptor
 (pidfd_getfd; a duplicate shares the inotify group, so the watch descriptor
@@ -17,10 +19,14 @@ import os
 from typing import TYPE_CHECKING
 
 from lxsub.abi.fcntl import AT_FDCWD, O_PATH
-from lxsub.abi.inotify import ALL_INOTIFY_BITS, IN_DONT_FOLLOW, IN_MASK_ADD, IN_MASK_CREATE, IN_ONLYDIR
-from lxsub.kernel.call import Call
+from lxsub.abi.inotify import (ALL_INOTIFY_BITS, IN_CLOEXEC, IN_DONT_FOLLOW, IN_MASK_ADD, IN_MASK_CREATE,
+                               IN_NONBLOCK, IN_ONLYDIR)
+from lxsub.abi.sysno import NUMBERS
+from lxsub.kernel.call import Call, NewFd
+from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.platform import libc
+from lxsub.platform.livefiles import LiveFiles
 
 if TYPE_CHECKING:
     from lxsub.kernel.vfs.caller import Caller
@@ -67,3 +73,34 @@ def _watch_host_object(group: int, node: "Node", mask: int, caller: "Caller") ->
     finally:
         if own != node.fd:
             os.close(own)
+
+
+_SYS_INOTIFY_INIT1 = NUMBERS["inotify_init1"]
+
+
+def sys_inotify_init1(c: Call) -> NewFd:
+    """inotify_init(2) and inotify_init1(2) (fs/notify/inotify/
+    inotify_user.c do_inotify_init): unknown flags EINVAL; then the new
+    group is charged to the caller's effective user, EMFILE when that user
+    already has fs.inotify.max_user_instances of them (inc_ucount: no
+    capability lifts it). An instance stops counting when its last
+    descriptor closes, in whichever process that is."""
+    flags = c.int(0) if c.nr == _SYS_INOTIFY_INIT1 else 0
+    if flags & ~(IN_CLOEXEC | IN_NONBLOCK):
+        raise OSError(errno.EINVAL, "unknown inotify_init1 flags")
+    groups = _groups_of(c.inst)
+    user = c.task.creds.euid
+    with groups.lock:
+        if groups.count(user) >= sysctls_of(c.inst).value("fs/inotify/max_user_instances"):
+            raise OSError(errno.EMFILE, "too many inotify instances")
+        fd = libc.inotify_init1(IN_CLOEXEC | flags & IN_NONBLOCK)
+        groups.add(fd, user)
+    return NewFd(fd, bool(flags & IN_CLOEXEC))
+
+
+def _groups_of(inst) -> LiveFiles:
+    """The instance's inotify instances, by the user charged for each."""
+    found = getattr(inst, "inotify_groups", None)
+    if found is None:
+        found = inst.inotify_groups = LiveFiles()
+    return found

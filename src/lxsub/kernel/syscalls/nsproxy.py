@@ -14,12 +14,15 @@ caller without CAP_SYS_ADMIN and a container's runtime does for root.
 from __future__ import annotations
 
 import errno
+import os
 
 from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS,
                               CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_SIGHAND, CLONE_SYSVSEM,
                               CLONE_THREAD, CLONE_VM)
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.task import ipc_of, uts_of
+from lxsub.platform import libc
 
 NAMESPACES = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
               | CLONE_NEWTIME | CLONE_NEWUSER)
@@ -54,6 +57,8 @@ def sys_unshare(c: Call):
         raise OSError(errno.EINVAL, "not single-threaded")
     if flags & NAMESPACES:
         _check_new_namespaces(c, flags)
+    if flags & CLONE_FILES:
+        _check_table_copy_fits(c)
     task = c.task
     if flags & EMULATED:
         # The host unshares the rest (CLONE_SYSVSEM: exit_sem, as Linux).
@@ -71,6 +76,25 @@ def sys_unshare(c: Call):
         if flags & CLONE_NEWIPC:
             c.inst.enter_ipc(task, c.inst.new_ipc())
     return Native(done)
+
+
+def _check_table_copy_fits(c: Call) -> None:
+    """unshare_fd: a descriptor table shared with another task is copied
+    (dup_fd), and the copy must hold every descriptor up to the highest
+    open one, counted in whole words of 64, within fs.nr_open rounded down
+    to a word (alloc_fdtable), else EMFILE. The host's own nr_open still
+    applies when the call runs."""
+    nr_open = sysctls_of(c.inst).value("fs/nr_open")
+    tid = c.task.host_tid
+    try:
+        highest = max((int(n) for n in os.listdir(f"/proc/{tid}/fd")), default=-1)
+    except OSError:
+        return
+    words = (highest + 1 + 63) // 64
+    if words * 64 <= nr_open // 64 * 64:
+        return
+    if any(other != tid and libc.same_fd_table(tid, other) for other in list(c.inst.pids.tasks_by_host)):
+        raise OSError(errno.EMFILE, "the descriptor table's copy would exceed fs.nr_open")
 
 
 def _check_new_namespaces(c: Call, flags: int) -> None:

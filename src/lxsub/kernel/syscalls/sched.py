@@ -6,10 +6,13 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import struct
 
+from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_SYS_NICE, CAP_SYS_RESOURCE, Creds
+from lxsub.kernel.sysctl import sysctls_of
 
 
 def _translate_arg(c: Call, i: int, negative: int = errno.EINVAL) -> Native:
@@ -48,6 +51,32 @@ def sys_task_first(c: Call) -> Native:
     if not allowed:
         raise OSError(errno.EPERM, "may not act on that process")
     return native
+
+
+def sys_prlimit64(c: Call) -> Native:
+    """prlimit64(2): the process looked up and the permission checked as
+    sys_task_first; then do_prlimit's bound for a new RLIMIT_NOFILE (the
+    filter stops only that): a hard limit above fs.nr_open is EPERM (the
+    host checks its own nr_open, not the instance's)."""
+    native = sys_task_first(c)
+    if c.uint(1) == RLIMIT_NOFILE and c.ptr(2):
+        _check_nofile_limit(c, c.ptr(2))
+    return native
+
+
+def sys_setrlimit(c: Call) -> Native:
+    """setrlimit(2) of RLIMIT_NOFILE (the only one the filter stops): the
+    instance's fs.nr_open bounds the hard limit (EPERM above it)."""
+    _check_nofile_limit(c, c.ptr(1))
+    return Native()
+
+
+def _check_nofile_limit(c: Call, addr: int) -> None:
+    """do_prlimit: a soft limit above the hard one is EINVAL (the host
+    says so itself), a hard one above fs.nr_open EPERM."""
+    soft, hard = struct.unpack("<QQ", c.read(addr, 16))
+    if soft <= hard and hard > sysctls_of(c.inst).value("fs/nr_open"):
+        raise OSError(errno.EPERM, "RLIMIT_NOFILE above fs.nr_open")
 
 
 def sys_get_robust_list(c: Call) -> Native | int:

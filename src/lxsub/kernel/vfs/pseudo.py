@@ -173,9 +173,10 @@ class HostDir(Dir):
     symlinks are left out: they lead out of what is shown (sysfs links
     point all over /sys). `keep` filters the names of this directory;
     `views` maps host file paths below it to what the instance reads
-    instead (a function of the host file's contents); `own` maps names of
-    this directory to the instance's own files that stand in for the
-    host's (/proc/sys tunables the instance sets for itself)."""
+    instead (a function of the host file's contents); `own` maps paths
+    below this directory ("nr_open", "inotify/max_user_instances") to the
+    instance's own files that stand in for the host's (/proc/sys tunables
+    the instance sets for itself)."""
 
     def __init__(self, path: str, host: str, keep: Callable[[str], bool] | None = None,
                  mode: int = 0o555, views: dict[str, Callable[[bytes], bytes]] | None = None,
@@ -210,7 +211,7 @@ class HostDir(Dir):
                 if de.name in self.own:
                     out[de.name] = self.own[de.name]
                 elif st.S_ISDIR(s.st_mode):
-                    out[de.name] = HostDir(child, de.path, views=self.views)
+                    out[de.name] = self._subdir(de.name, de.path)
                 elif st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
                     out[de.name] = self._file(child, de.path, st.S_IMODE(s.st_mode) & 0o444)
         return out
@@ -226,10 +227,16 @@ class HostDir(Dir):
         except OSError:
             raise OSError(errno.ENOENT, "no such file or directory") from None
         if st.S_ISDIR(s.st_mode):
-            return HostDir(self.child_path(name), host, views=self.views)
+            return self._subdir(name, host)
         if st.S_ISREG(s.st_mode) and s.st_mode & 0o004:
             return self._file(self.child_path(name), host, st.S_IMODE(s.st_mode) & 0o444)
         raise OSError(errno.ENOENT, "no such file or directory")
+
+    def _subdir(self, name: str, host: str) -> "HostDir":
+        """The view of the host subdirectory `name`, with the own files below it."""
+        prefix = name + "/"
+        own = {path[len(prefix):]: e for path, e in self.own.items() if path.startswith(prefix)}
+        return HostDir(self.child_path(name), host, views=self.views, own=own)
 
 
 class PseudoHost(Protocol):
