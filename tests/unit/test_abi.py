@@ -24,7 +24,7 @@ HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sy
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
            "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h", "linux/ptrace.h",
            "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h",
-           "sys/mman.h", "sys/personality.h")
+           "sys/mman.h", "sys/personality.h", "sys/resource.h")
 
 # Numbers that no header a program includes defines, each checked another way below.
 NOT_IN_HEADERS = {
