@@ -4,8 +4,8 @@ refuses user.* attributes, as NFS, Lustre or GPFS homes often do), mounted
 by root as such homes are, and used by lx as root and as the unprivileged
 host user.
 lx chooses the SQLite store there by itself; owners, modes, devices,
-FIFOs, symlinks, hard links, dpkg, export/import and a kill -9 in the
-middle of `dpkg -i` are checked against it."""
+FIFOs, symlinks, hard links, dpkg, export/import, a kill -9 in the
+middle of `dpkg -i` and `lx --install debian` are checked against it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.metastore import db_inos, tree_inos
-from tests.fixtures.rootfs import LOCAL_DEB
+from tests.fixtures.metastore import db_inos, tree_inos, unsure_inos
+from tests.fixtures.rootfs import LOCAL_DEB, cache_dir
 from tests.fixtures.runner import HostUser, LxRunner, describe, wait_for
 
 pytestmark = [pytest.mark.debian, pytest.mark.slow]
@@ -338,3 +338,46 @@ def test_the_fuse_view_uses_the_distros_store(nox):
         runner.run(["--umount", str(point)], timeout=60)
     nox.runner.run(["--terminate", "deb"], timeout=60, check=True)
     assert db_inos(nox.db()) == tree_inos(nox.rootfs())      # nothing left of tmp/v/gone
+
+
+def _apt_cache_of(runner: LxRunner) -> Path:
+    """The XDG cache with the test cache's Debian package lists and .debs
+    (test_lifecycle's), the user's own: the installer locks and writes it."""
+    shared = cache_dir() / "lx-cache"
+    if runner.user.is_self:
+        return shared
+    own = runner.root / "lx-cache"
+    if not own.exists():
+        shutil.copytree(shared, own, symlinks=True)
+        for dirpath, dirs, files in os.walk(own):
+            for name in [dirpath, *(os.path.join(dirpath, n) for n in dirs + files)]:
+                os.lchown(name, runner.user.uid, runner.user.gid)
+    return own
+
+
+def test_lx_install_debian_onto_it(nox):
+    """`lx --install debian` there: dpkg, inside, replaces the running
+    libc and shell while they are open (FUSE keeps them under hidden names
+    and deletes them unseen), mkdir -p meets the directories that are
+    there, the installer cleans up. Every record left without its file is
+    one the store was told it may have lost (unsure), and the first start
+    drops them: every file has its record and every record its file."""
+    runner = nox.runner
+    cp = runner.run(["--install", "debian", "--name", "inst", "--location",
+                     str(nox.mount / "inst")],
+                    env={"XDG_CACHE_HOME": str(_apt_cache_of(runner))}, timeout=3600)
+    assert cp.returncode == 0, describe(cp)
+    try:
+        db, rootfs = nox.db("inst"), nox.rootfs("inst")
+        assert nox.entry("inst")["meta_db"] == str(db)
+        tree, records = tree_inos(rootfs), db_inos(db)
+        assert tree <= records, f"{len(tree - records)} files without record"
+        assert records - tree <= unsure_inos(db)
+        out = nox.sh("dpkg -s coreutils | grep '^Status:'; "
+                     "stat -c '%U %G %a' /usr/bin/passwd /etc/shadow /bin", name="inst")
+        assert out.splitlines() == ["Status: install ok installed", "root root 4755",
+                                    "root shadow 640", "root root 777"], out
+        assert db_inos(db) == tree_inos(rootfs)
+        assert not unsure_inos(db)
+    finally:
+        runner.run(["--unregister", "inst"], timeout=300)

@@ -61,7 +61,8 @@ from lxsub.errors import (EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOUSER, EXIT_OSFILE
                           EXIT_TEMPFAIL, LxError)
 from lxsub.kernel.creds import Creds
 from lxsub.kernel.fs import lxattr
-from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, XattrStore, shown_size
+from lxsub.kernel.fs.linuxmeta import (HostFile, LinuxMeta, XattrStore, lost_a_name,
+                                       shown_size)
 from lxsub.kernel.fs.sqlitestore import SqliteStore
 from lxsub.kernel.fs.lxattr import LxMeta
 
@@ -406,8 +407,7 @@ def make_operations(rootfs: str | os.PathLike, owner: tuple[int, int] = (0, 0),
                 return None
 
         def _gone(self, s: os.stat_result | None) -> None:
-            if s is not None and (s.st_nlink <= 1 or stat.S_ISDIR(s.st_mode)):
-                self.linux.store.forget(s)
+            lost_a_name(self.linux.store, s)
 
         # -- data: host descriptors
 

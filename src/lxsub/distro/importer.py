@@ -202,7 +202,14 @@ class RootfsWriter:
         self.tree.make_file(_member_parts(path), meta, times or _now_ns(), _Bytes(data))
 
     def make_symlink(self, path: str, target: str, times: tuple[int, int] | None = None) -> None:
-        self.tree.make_symlink(_member_parts(path), target, times or _now_ns())
+        # Root's, as a member of an archive: in the SQLite store every file has its record.
+        self.tree.make_symlink(_member_parts(path), target, times or _now_ns(),
+                               LxMeta(stat.S_IFLNK | 0o777, 0, 0))
+
+    def remove(self, path: str) -> None:
+        """Remove a file or an empty directory, and its record: a record
+        must not outlive its file (a reused inode number would inherit it)."""
+        self.tree.remove(_member_parts(path))
 
     def finish(self) -> None:
         """Add missing mount points and set the directory times."""
@@ -642,6 +649,10 @@ class _Tree:
         os.unlink(parts[-1], dir_fd=parent)
         self.records.removed(st)
         return False
+
+    def remove(self, parts: list[str]) -> None:
+        """What tar does to make room for a member, for nothing (gone already: nothing)."""
+        self._clear_slot(self.parent_fd(parts), parts, making_directory=False)
 
     def exists(self, parts: list[str]) -> bool:
         try:

@@ -660,7 +660,7 @@ def stage_one(work: Path, apt: PrivateApt, packages: list[tuple[str, str, str]],
         # /etc files, apt's sources, the packages for the second stage.
         for d in ("var/lib/dpkg", "var/lib/dpkg/info", "var/lib/dpkg/updates",
                   "var/lib/dpkg/triggers", "var/cache/apt/archives", "var/cache/apt/archives/partial",
-                  "var/log", "etc/apt", "lx-install"):
+                  "var/log", "etc/apt"):
             writer.make_directory(d, root_dir)
         files = {
             "var/lib/dpkg/status": b"",
@@ -816,9 +816,11 @@ def stage_two(registry: Registry, name: str, work: Path, packages: list[tuple[st
         )
     watcher.unpack.done()
     watcher.setup.done()
-    os.unlink(work / SECOND_STAGE.lstrip("/"))
-    with contextlib.suppress(OSError):
-        os.rmdir(work / "lx-install")
+    writer = RootfsWriter(work, meta_db)     # the script's record goes with it
+    try:
+        writer.remove(SECOND_STAGE.lstrip("/"))
+    finally:
+        writer.close()
 
 
 def _keep_log(registry: Registry, name: str, log: Path) -> Path:

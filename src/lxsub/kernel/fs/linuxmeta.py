@@ -65,6 +65,13 @@ per distro for host file systems without user xattrs, must do):
   time, or drop it (the open file then shows as a host tool's until it
   closes). `tracks_inodes()` says whether `forget` is wanted at all (it
   costs the caller a host stat before the removal).
+- `maybe_gone(s)`: the inode lost a name while the host still counted
+  others (st_nlink > 1 before the removal). It may be gone all the same:
+  FUSE (libfuse without hard_remove) and NFS keep an open file that loses
+  its last name under a hidden one (.fuse_hidden*, .nfs*: a "silly
+  rename") and delete that at its last close, unseen by us. A store that
+  keys by inode number checks such inodes later (SqliteStore: at its next
+  start). `lost_a_name` chooses between the two.
 - `reborn(s)`: a new file got this inode: drop anything cached for the
   number.
 - Concurrency: one provider serves a distro at a time, but the FUSE view is
@@ -225,11 +232,26 @@ class MetaStore:
     def tracks_inodes(self) -> bool:
         return False
 
+    def maybe_gone(self, s: os.stat_result) -> None:
+        pass
+
     def reborn(self, s: os.stat_result) -> None:
         pass
 
     def close(self) -> None:
         """The file system's end: a persistent store says goodbye."""
+
+
+def lost_a_name(store: MetaStore, s: os.stat_result | None) -> None:
+    """Tell `store` that the file whose host stat (taken just before the
+    removal) is `s` lost a name: its last one (a directory has one), or
+    maybe not (see maybe_gone in the module docstring)."""
+    if s is None:
+        return
+    if s.st_nlink <= 1 or st.S_ISDIR(s.st_mode):
+        store.forget(s)
+    else:
+        store.maybe_gone(s)
 
 
 def _right_type(meta: LxMeta | None, s: os.stat_result) -> LxMeta | None:
@@ -358,6 +380,10 @@ class ByType(MetaStore):
     def forget(self, s: os.stat_result) -> None:
         for store in self.stores:
             store.forget(s)
+
+    def maybe_gone(self, s: os.stat_result) -> None:
+        for store in self.stores:
+            store.maybe_gone(s)
 
     def tracks_inodes(self) -> bool:
         return any(s.tracks_inodes() for s in self.stores)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.fcntl import RENAME_EXCHANGE
 from lxsub.kernel.fs.hostfs import HostTree
-from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, shown_size
+from lxsub.kernel.fs.linuxmeta import HostFile, LinuxMeta, lost_a_name, shown_size
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.stat import LinuxStat
@@ -99,8 +99,8 @@ class MetaTree(HostTree):
             return None
 
     def _gone(self, s: os.stat_result | None, kept: int | None = None) -> None:
-        if s is not None and s.st_ino != kept and (s.st_nlink <= 1 or st.S_ISDIR(s.st_mode)):
-            self.linux.store.forget(s)
+        if s is not None and s.st_ino != kept:
+            lost_a_name(self.linux.store, s)
 
     def unlink(self, parent: Node, name: bytes) -> None:
         s = self._doomed(parent, name)

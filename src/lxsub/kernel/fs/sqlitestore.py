@@ -24,6 +24,17 @@ them where the host keeps no birth time, e.g. NFSv3), and files without a
 record get one saying what the file shows anyway (root's, the host mode:
 `root_owned`), so the tree and the table agree again.
 
+The tree also changes without us on FUSE and NFS: an open file that loses
+its last name there is kept under a hidden one (.fuse_hidden*, .nfs*) and
+deleted at its last close, with nothing said to the store. What the store
+sees is a removal that left the inode other names (linuxmeta's
+`maybe_gone`: dpkg replacing a running program it has a backup link of);
+such inodes go into the table `unsure`, out again when they lose their
+last name before us, and an opener alone that finds any left reconciles
+as after a crash. A reconcile at every start would be the simpler rule,
+but it walks the whole tree: 1.3 s for Debian's minbase (8,700 files) on
+a bindfs mount, against 0.1 s on ext4, and so on with the tree's size.
+
 Journal: WAL with synchronous=NORMAL: readers never wait for the writer,
 a commit is an append to the -wal file with no fsync (measured: 31 us per
 record on ext4 and 0.5 ms on a FUSE mount, against 3-6 ms for the rollback
@@ -160,6 +171,9 @@ class SqliteStore(MetaStore):
                          "PRIMARY KEY (ino, birth)) WITHOUT ROWID")
         self._db.execute("CREATE TABLE IF NOT EXISTS openers (id INTEGER PRIMARY KEY, "
                          "pid INTEGER, host TEXT)")
+        # Inodes that lost a name and may have lost their last one unseen (maybe_gone).
+        self._db.execute("CREATE TABLE IF NOT EXISTS unsure (ino INTEGER PRIMARY KEY)")
+        self._unsure: set[int] = set()      # the ones this process put there
         # Records of inodes that lost their last name (forget) and may be
         # open still: an unlinked open file keeps its owner and mode, as its
         # xattr would; dropped when the number is reused (reborn).
@@ -197,11 +211,21 @@ class SqliteStore(MetaStore):
         # stays in memory for the open file until the number is reused.
         rows = self._db.execute("DELETE FROM meta WHERE ino = ? RETURNING birth, mode, uid, gid, "
                                 "rdev", (s.st_ino,)).fetchall()
+        if s.st_ino in self._unsure:         # its end seen after all
+            self._unsure.discard(s.st_ino)
+            self._db.execute("DELETE FROM unsure WHERE ino = ?", (s.st_ino,))
         if rows:
             if len(self._unlinked) >= _UNLINKED_MAX:
                 self._unlinked.pop(next(iter(self._unlinked)))
             birth, *meta = rows[-1]
             self._unlinked[s.st_ino] = (birth, LxMeta(*meta))
+
+    def maybe_gone(self, s: os.stat_result) -> None:
+        # Kept on disk: the hidden name goes at a last close that may come
+        # after our own end, so the check is the next opener's.
+        if s.st_ino not in self._unsure:
+            self._unsure.add(s.st_ino)
+            self._db.execute("INSERT OR IGNORE INTO unsure VALUES (?)", (s.st_ino,))
 
     def tracks_inodes(self) -> bool:
         return True
@@ -214,7 +238,8 @@ class SqliteStore(MetaStore):
 
     def _join(self, tree: str, lost: bool = False) -> None:
         """Register as a user of the database; reconcile with `tree` first
-        if we are the only user and an earlier one never said goodbye."""
+        if we are the only user and an earlier one never said goodbye or
+        left inodes it was unsure of."""
         with self._gate():
             self._users_fd = os.open(self.path + ".users", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                      0o600)
@@ -225,14 +250,21 @@ class SqliteStore(MetaStore):
                 alone = False
             if not alone and not self.local:
                 self._refuse_other_hosts()
-            if alone and (lost or self._db.execute("SELECT 1 FROM openers LIMIT 1").fetchone()):
+            if alone and (lost or self._left_behind()):
                 self.reconciled = self.reconcile(tree)
                 self._db.execute("DELETE FROM openers")
+                self._db.execute("DELETE FROM unsure")
             # Converting under the gate: no one else joins or leaves meanwhile.
             fcntl.flock(self._users_fd, fcntl.LOCK_SH)
             self._opener = self._db.execute(
                 "INSERT INTO openers (pid, host) VALUES (?, ?) RETURNING id",
                 (os.getpid(), socket.gethostname())).fetchone()[0]
+
+    def _left_behind(self) -> bool:
+        """An earlier user was killed (its row in openers), or left inodes
+        that may be gone unseen (unsure)."""
+        return self._db.execute("SELECT EXISTS (SELECT 1 FROM openers) OR "
+                                "EXISTS (SELECT 1 FROM unsure)").fetchone()[0] == 1
 
     def _refuse_other_hosts(self) -> None:
         here = socket.gethostname()

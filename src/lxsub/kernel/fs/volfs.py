@@ -156,18 +156,20 @@ class VolFs(MetaTree, HostFs):
                 if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
                 break
+            born = None
             try:
                 born = os.fstat(fd)
                 self.linux.store.reborn(born)
                 self.linux.store.save(HostFile.of_fd(fd, born), meta)
                 os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=parent.fd, follow_symlinks=True)
-            except OSError as e:
+            except BaseException as e:
+                # No name (EEXIST: another creator was first): the inode
+                # ends at this close, and its record with it.
+                if born is not None:
+                    self.linux.store.forget(born)
                 os.close(fd)
-                if e.errno == errno.EXDEV:      # the staging directory is on another mount
+                if isinstance(e, OSError) and e.errno == errno.EXDEV:   # staging: another mount
                     continue
-                raise
-            except BaseException:
-                os.close(fd)
                 raise
             return _open_as_asked(fd, born, parent, name, flags)
         return self._create_staged(parent, name, flags, meta)   # no O_TMPFILE here
@@ -201,6 +203,7 @@ class VolFs(MetaTree, HostFs):
         where = self._staging if self._staging is not None else parent.fd
         tmp = f".lxsub-new-{os.getpid()}-{next(_names)}".encode()
         make(where, tmp)
+        f = None
         try:
             f = HostFile.in_dir(where, tmp)
             self.linux.store.reborn(f.st)
@@ -214,7 +217,10 @@ class VolFs(MetaTree, HostFs):
                     raise
                 self._place_without_noreplace(where, tmp, f, parent, name, meta)
         except BaseException:
-            _remove_quietly(where, tmp)
+            # Not placed (EEXIST: mkdir(2) of a name that is taken): the
+            # object goes, and its record with it.
+            if _remove_quietly(where, tmp) and f is not None:
+                self.linux.store.forget(f.st)
             raise
 
     def _place_without_noreplace(self, where: int, tmp: bytes, f: HostFile, parent: Node,
@@ -279,14 +285,16 @@ def _open_staging(host_root: str) -> int | None:
     return fd
 
 
-def _remove_quietly(dir_fd: int, name: bytes) -> None:
+def _remove_quietly(dir_fd: int, name: bytes) -> bool:
+    """Remove `name` if it is there; whether it was."""
     try:
         os.unlink(name, dir_fd=dir_fd)
     except IsADirectoryError:
         try:
             os.rmdir(name, dir_fd=dir_fd)
         except OSError:
-            pass
+            return False
     except OSError:
-        pass
+        return False
+    return True
 
