@@ -197,7 +197,7 @@ INOTIFY_PY = PRELUDE + textwrap.dedent("""\
         # A descriptor a child still holds keeps its instance counted.
         child = os.fork()
         if child == 0:
-            os.close(held[0]); os.close(held[1]); os.close(third)
+            os.close(held[0]); os.close(held[1])        # keeps its copy of third
             time_ = __import__("time"); time_.sleep(3); os._exit(0)
         os.close(third)
         print("held by child", libc.inotify_init1(0) == -1 and err())
