@@ -72,6 +72,9 @@ class Knob:
     low: int = 0
     high: int = INT_MAX
     store: Callable[[int], int] | None = None
+    # The value before any write: None for the host's; a number where the
+    # instance starts as a booted kernel does, whatever the host was set to.
+    initial: int | None = None
 
     def parse(self, data: bytes) -> int:
         words = data.split()
@@ -91,6 +94,10 @@ KNOBS = {k.name: k for k in (
     Knob("fs/pipe-max-size", 0, INT_MAX, _pipe_max_size),
     Knob("fs/nr_open", NR_OPEN_MIN, NR_OPEN_MAX),
     Knob("fs/inotify/max_user_instances", 0, INT_MAX),
+    # kernel/reboot.c C_A_D: Ctrl-Alt-Del restarts at once (1, the
+    # kernel's default) or signals init (0); reboot(2)'s CAD_ON/CAD_OFF
+    # set it too. The instance has no keyboard: it is state its programs read.
+    Knob("kernel/ctrl-alt-del", -INT_MAX - 1, INT_MAX, initial=1),
 )}
 
 
@@ -108,8 +115,13 @@ class Sysctls:
     def value(self, name: str) -> int:
         self.flush_writes()
         if name not in self._values:
-            self._values[name] = read_host(name)
+            initial = KNOBS[name].initial
+            self._values[name] = read_host(name) if initial is None else initial
         return self._values[name]
+
+    def set(self, name: str, value: int) -> None:
+        """A value set by a call rather than a write (reboot's CAD_ON/OFF)."""
+        self._values[name] = value
 
     def read(self, name: str) -> bytes:
         return b"%d\n" % self.value(name)

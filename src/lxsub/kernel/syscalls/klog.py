@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Blocking, Call
+from lxsub.kernel.sysctl import sysctls_of
 from lxsub.platform import libc
 from lxsub.platform.memory import USER_END
 
@@ -136,35 +137,6 @@ _ENDS_THE_INSTANCE = (LINUX_REBOOT_CMD_RESTART, LINUX_REBOOT_CMD_RESTART2, LINUX
                       LINUX_REBOOT_CMD_POWER_OFF)
 
 
-@dataclass
-class RebootState:
-    """kernel/reboot.c C_A_D: whether Ctrl-Alt-Del restarts at once (1,
-    the kernel's default) or signals init (0); reboot(2)'s CAD_ON/CAD_OFF
-    and /proc/sys/kernel/ctrl-alt-del set it. The instance has no keyboard
-    whose Ctrl-Alt-Del would act on it: it is state its programs read."""
-    ctrl_alt_del: int = 1
-
-
-def reboot_state(inst) -> RebootState:
-    """The instance's reboot state, made on first use."""
-    state = getattr(inst, "reboot_state", None)
-    if state is None:
-        state = inst.reboot_state = RebootState()
-    return state
-
-
-def set_ctrl_alt_del(inst, data: bytes) -> None:
-    """A write to /proc/sys/kernel/ctrl-alt-del (proc_dointvec: any int;
-    the file's mode 0644 leaves the write to root)."""
-    try:
-        value = int(data.split()[0]) if data.split() else None
-    except ValueError:
-        value = None
-    if value is None or not -(1 << 31) <= value < 1 << 31:
-        raise OSError(errno.EINVAL, "not an int")
-    reboot_state(inst).ctrl_alt_del = value
-
-
 def sys_reboot(c: Call) -> int:
     """reboot(2) (kernel/reboot.c): CAP_SYS_BOOT (EPERM), the magic numbers
     (EINVAL), then the command. The instance is the machine: a restart,
@@ -178,7 +150,7 @@ def sys_reboot(c: Call) -> int:
         raise OSError(errno.EINVAL, "bad magic")
     cmd = c.uint(2)
     if cmd in (LINUX_REBOOT_CMD_CAD_ON, LINUX_REBOOT_CMD_CAD_OFF):
-        reboot_state(c.inst).ctrl_alt_del = int(cmd == LINUX_REBOOT_CMD_CAD_ON)
+        sysctls_of(c.inst).set("kernel/ctrl-alt-del", int(cmd == LINUX_REBOOT_CMD_CAD_ON))
         return 0
     if cmd not in _ENDS_THE_INSTANCE:
         raise OSError(errno.EINVAL, "not a reboot command")

@@ -10,7 +10,7 @@ import os
 import uuid
 
 from lxsub.kernel import keys
-from lxsub.kernel.syscalls.klog import kernel_log, reboot_state, set_ctrl_alt_del
+from lxsub.kernel.syscalls.klog import kernel_log
 from lxsub.kernel.sysctl import KNOBS, sysctls_of
 from lxsub.kernel.task import PID_MAX, ipc_of, uts_of
 from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
@@ -57,8 +57,6 @@ class SysTree:
         log = kernel_log(inst)
         kernel.add(File("/sys/kernel/printk", lambda t: log.printk(),
                         write=lambda t, data: log.set_printk(data), mode=0o444))
-        kernel.add(File("/sys/kernel/ctrl-alt-del", lambda t: b"%d\n" % reboot_state(inst).ctrl_alt_del,
-                        write=lambda t, data: set_ctrl_alt_del(inst, data), mode=0o444))
         for kind in ("shm", "sem", "msg"):
             kernel.add(File(f"/sys/kernel/{kind}_next_id", lambda t, k=kind: b"%d\n" % ipc_of(inst, t).sysv.next_id[k],
                             write=lambda t, data, k=kind: _set_next_id(inst, t, k, data), mode=0o444))
