@@ -120,6 +120,11 @@ CODE = bytes.fromhex(
 # the instance's filter hands the provider only that one.
 COOKIE = int.from_bytes(b"lxsubmap", "little")
 
+
+def is_last_call(nr: int, first_arg: int) -> bool:
+    """Whether a trapped call is the code's last (its rt_sigreturn)."""
+    return nr == _SYS_RT_SIGRETURN and first_arg == COOKIE
+
 KEEP_RESULT, KEPT_ARG4, KEPT_ARG0, FILL = 1, 2, 4, 8
 _ROW = struct.Struct("<8Q")
 _MASK64 = (1 << 64) - 1
@@ -281,7 +286,7 @@ class CodeRun:
 
     def _at_sigreturn(self) -> bool:
         regs = ptrace.get_regs(self.tid, Regs())
-        return regs.orig_rax == _SYS_RT_SIGRETURN and regs.rdi == COOKIE
+        return is_last_call(regs.orig_rax, regs.rdi)
 
     def on_sigreturn(self) -> None:
         """The code's rt_sigreturn, at its notification (the caller lets

@@ -25,13 +25,11 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from lxsub.abi.sysno import NUMBERS
 from lxsub.platform import affinity, coderun, features, inject, libc, ptrace
 from lxsub.platform.notify import USER_NOTIF_FLAG_CONTINUE, Listener, Notification
 from lxsub.platform.ptrace import Regs
 
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
-_SYS_RT_SIGRETURN = NUMBERS["rt_sigreturn"]
 
 ExitHook = Callable[[int, Regs], None]
 
@@ -235,7 +233,7 @@ class Engine:
         (the last of a code run's ends it)."""
         if self.injections and n.pid in self.injections:
             run = self.injections[n.pid]
-            if n.nr == _SYS_RT_SIGRETURN and n.args[0] == coderun.COOKIE and isinstance(run, coderun.CodeRun):
+            if isinstance(run, coderun.CodeRun) and coderun.is_last_call(n.nr, n.args[0]):
                 run.on_sigreturn()
             lst.reply(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
             return True
