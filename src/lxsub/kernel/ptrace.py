@@ -286,10 +286,7 @@ class Ptrace:
         link.host_events = extra
 
         def apply(tid: int, regs=None) -> None:
-            try:   # with the events others ask for it (Instance.host_events)
-                host.set_options(tid, self.inst.host_events(link.tracee))
-            except OSError:
-                pass
+            self.inst.set_host_events(link.tracee)     # with the events others ask for
         if link.stop is not None:
             apply(tid)
         else:
