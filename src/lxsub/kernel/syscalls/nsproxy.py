@@ -160,7 +160,6 @@ def sys_setns(c: Call) -> int:
         else:
             raise OSError(errno.EINVAL, "not a namespace file or pidfd")
     finally:
-        import os
         os.close(local)
     _install(c, kinds)
     if kinds & CLONE_NEWUTS and joined.get(CLONE_NEWUTS) is not None:
