@@ -12,9 +12,10 @@ bytes [lo_offset, lo_offset + size) copied in at LOOP_SET_FD/LOOP_CONFIGURE,
 sealed against growing and shrinking (the device has a fixed size) and,
 for a read-only device, against writing (write(2) is EPERM, as
 blkdev_write_iter answers). Like the block device's page cache, the view
-is written back to the backing file (only the bytes that differ) when the
-device is detached, at BLKFLSBUF, before its geometry changes and when the
-instance ends. An unbound device's view is empty.
+is written back to the backing file when the device is detached, at
+BLKFLSBUF, before its geometry changes and when the instance ends: the
+pages that changed since they were read (a digest of each page is kept),
+so the file's own later changes elsewhere are not undone. An unbound device's view is empty.
 
 A new binding makes a new view; a descriptor of an older one is brought up
 to date (replaced in the caller, offset and flags kept) the next time its
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat as st
 import struct
@@ -81,6 +83,7 @@ CONFIG = struct.Struct("<II232s64s")                            # 304 bytes
 
 UNBOUND, BOUND, RUNDOWN = "unbound", "bound", "rundown"
 _CHUNK = 1 << 20
+_PAGE = 4096
 _KCMP_FILE = 0
 
 
@@ -107,6 +110,7 @@ class LoopDevice:
         self.backing: int | None = None   # provider's reference to the backing file
         self.view: int | None = None      # provider's descriptor of the current view
         self.view_id: tuple[int, int] = (0, 0)
+        self.clean: dict[int, bytes] = {}  # view position -> digest of the page when clean
 
     @property
     def read_only(self) -> bool:
@@ -229,8 +233,9 @@ class LoopDevices:
         """The device's data as a new memfd: the backing bytes, or nothing."""
         fd = os.memfd_create(dev.memfd_name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
+            clean: dict[int, bytes] = {}
             if dev.state != UNBOUND and dev.backing is not None and dev.size:
-                _copy_in(dev.backing, dev.offset, fd, dev.size)
+                clean = _copy_in(dev.backing, dev.offset, fd, dev.size)
                 os.ftruncate(fd, dev.size)
             _seal(fd, write=dev.read_only or dev.state == UNBOUND)
             s = os.fstat(fd)
@@ -238,7 +243,7 @@ class LoopDevices:
             os.close(fd)
             raise
         self._drop_view(dev)
-        dev.view, dev.view_id = fd, (s.st_dev, s.st_ino)
+        dev.view, dev.view_id, dev.clean = fd, (s.st_dev, s.st_ino), clean
         self._views[dev.view_id] = dev.number
         if len(self._views) > 65536:               # views long gone: forget the oldest
             for key in list(self._views)[:1024]:
@@ -251,14 +256,14 @@ class LoopDevices:
             dev.view = None
 
     def write_back(self, dev: LoopDevice) -> None:
-        """The view's bytes that differ go to the backing file (writeback
-        of the block device's page cache)."""
+        """The view's pages written through the device go to the backing
+        file (writeback of the block device's dirty page cache)."""
         if dev.state == UNBOUND or dev.backing is None or dev.view is None:
             return
         if dev.flags & LO_FLAGS_READ_ONLY:
             return
         try:
-            _copy_out(dev.view, dev.backing, dev.offset, dev.size)
+            _copy_out(dev.view, dev.backing, dev.offset, dev.size, dev.clean)
         except OSError as e:
             self.log(f"loop{dev.number}: writeback to the backing file failed: {e}")
 
@@ -412,27 +417,42 @@ def _data_ranges(fd: int, start: int, end: int):
         pos = hole
 
 
-def _copy_in(backing: int, offset: int, view: int, size: int) -> None:
-    for start, end in _data_ranges(backing, offset, offset + size):
-        pos = start
-        while pos < end:
-            data = os.pread(backing, min(_CHUNK, end - pos), pos)
-            if not data:
-                return
-            os.pwrite(view, data, pos - offset)
-            pos += len(data)
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _copy_out(view: int, backing: int, offset: int, size: int) -> None:
-    for start, end in _data_ranges(view, 0, size):
-        pos = start
-        while pos < end:
-            data = os.pread(view, min(_CHUNK, end - pos), pos)
-            if not data:
+def _pages(fd: int, start: int, end: int):
+    """(position, bytes) of each page of fd's data between start and end,
+    pages counted from start."""
+    for first, last in _data_ranges(fd, start, end):
+        pos = first - (first - start) % _PAGE           # pages counted from start
+        while pos < last:
+            block = os.pread(fd, min(_CHUNK, last - pos), pos)
+            if not block:
                 return
-            if os.pread(backing, len(data), offset + pos) != data:
-                os.pwrite(backing, data, offset + pos)
-            pos += len(data)
+            for i in range(0, len(block), _PAGE):
+                yield pos + i, block[i:i + _PAGE]
+            pos += len(block)
+
+
+def _copy_in(backing: int, offset: int, view: int, size: int) -> dict[int, bytes]:
+    """The backing window into the view; the digest of each page copied,
+    by view position (what the page was when clean)."""
+    clean: dict[int, bytes] = {}
+    for pos, page in _pages(backing, offset, offset + size):
+        os.pwrite(view, page, pos - offset)
+        clean[pos - offset] = _digest(page)
+    return clean
+
+
+def _copy_out(view: int, backing: int, offset: int, size: int, clean: dict[int, bytes]) -> None:
+    """The view's pages written since they were clean go to the backing
+    file (pages the device never wrote are left as the file has them now)."""
+    for pos, page in _pages(view, 0, size):
+        digest = _digest(page)
+        if clean.get(pos) != digest and (pos in clean or page.count(0) != len(page)):
+            os.pwrite(backing, page, offset + pos)
+        clean[pos] = digest
 
 
 def _distinct_files(found: list[tuple[int, int]]) -> int:
