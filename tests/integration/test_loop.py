@@ -6,7 +6,8 @@ writes through the device, reads its status, sysfs attributes and
 /proc/partitions row, closes it (the autoclear detach writes the data back
 to the file), binds the file read-only (writes are EPERM), detaches with
 LOOP_CLR_FD (deferred while another descriptor is open), sees a binding
-through a descriptor opened before it, adds and removes devices, and, as
+through a descriptor opened before it, finds its writes in the file within
+seconds while the file's own changes are kept, adds and removes devices, and, as
 an unprivileged user, is refused /dev/loop-control. Before the driver,
 /dev/loop-control did not exist."""
 
@@ -108,6 +109,13 @@ def test_descriptor_opened_before_the_binding(out):
     assert out["early size"] == "8704", out          # 9000 bytes: 17 whole sectors
     assert out["early read"] == "1", out
     assert out["clr"] == "0", out
+
+
+def test_writeback_in_the_background_keeps_the_files_own_changes(out):
+    assert out["early write"] == "5", out
+    assert out["background writeback"] == "1", out
+    assert out["flsbuf"] == "0", out
+    assert out["file's own write kept"] == "1", out
 
 
 def test_add_and_remove(out):

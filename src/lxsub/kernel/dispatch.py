@@ -115,8 +115,13 @@ def _answer_fds(lst: "Listener", nid: int, pair: NewFds, tid: int) -> None:
 
 
 def _answer_swap(lst: "Listener", nid: int, swap: SwapFd) -> None:
+    """The request took effect: its result is the answer even if the new
+    file cannot go in (the caller keeps the one it had)."""
     try:
         lst.add_fd(nid, swap.fd, swap.cloexec, swap.number)
+    except OSError as e:
+        if e.errno == errno.ENOENT:       # the caller is gone
+            raise
     finally:
         os.close(swap.fd)
     lst.reply(nid, swap.result, 0)

@@ -710,7 +710,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
-        self.vfs.loops.flush_all()     # loop devices' data still in their views
+        self.vfs.loops.close()         # loop devices' data still in their views
         for ns in (self.ipc, *self.ipc_namespaces):
             ns.close()                 # SysV objects and message queues end with their instance
         self.volfs.remove_staging()

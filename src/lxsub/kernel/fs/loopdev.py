@@ -13,7 +13,8 @@ sealed against growing and shrinking (the device has a fixed size) and,
 for a read-only device, against writing (write(2) is EPERM, as
 blkdev_write_iter answers). Like the block device's page cache, the view
 is written back to the backing file when the device is detached, at
-BLKFLSBUF, before its geometry changes and when the instance ends: the
+BLKFLSBUF, before its geometry changes, within WRITEBACK_S of a write(2)
+(as the kernel's flusher) and when the instance ends: the
 pages that changed since they were read (a digest of each page is kept),
 so the file's own later changes elsewhere are not undone. An unbound device's view is empty.
 
@@ -29,7 +30,8 @@ for a loop request keeps showing that binding's data; a write crossing the
 end of the device stops at a page boundary (memfd sealing) instead of at
 the last byte; data written through the device reaches the backing file at
 the moments above, not at fsync(2) of the device (which runs natively on
-the view). Partition tables are not scanned (no loopNpM devices).
+the view), and stores through a shared mapping of the device only at the
+explicit moments (they leave the view's mtime as it was). Partition tables are not scanned (no loopNpM devices).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ LOOP_MAJOR = 7
 CONTROL_RDEV = os.makedev(10, 237)        # /dev/loop-control (LOOP_CTRL_MINOR)
 DISK_GID = 6                              # udev's rules: root:disk 0660
 MAX_INDEX = (1 << 20) - 1                 # MINORMASK with part_shift 0
+WRITEBACK_S = 2.0
 
 LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_STATUS, LOOP_GET_STATUS = 0x4C00, 0x4C01, 0x4C02, 0x4C03
 LOOP_SET_STATUS64, LOOP_GET_STATUS64, LOOP_CHANGE_FD, LOOP_SET_CAPACITY = 0x4C04, 0x4C05, 0x4C06, 0x4C07
@@ -111,6 +114,7 @@ class LoopDevice:
         self.view: int | None = None      # provider's descriptor of the current view
         self.view_id: tuple[int, int] = (0, 0)
         self.clean: dict[int, bytes] = {}  # view position -> digest of the page when clean
+        self.flushed: tuple[int, int] = (0, 0)   # the view's mtime, ctime at the last writeback
 
     @property
     def read_only(self) -> bool:
@@ -136,6 +140,8 @@ class LoopDevices:
         self.log: Callable[[str], None] = lambda _m: None
         self._control: int | None = None
         self._control_id = (0, 0)
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # -- which host objects are ours -------------------------------------------------
 
@@ -244,6 +250,7 @@ class LoopDevices:
             raise
         self._drop_view(dev)
         dev.view, dev.view_id, dev.clean = fd, (s.st_dev, s.st_ino), clean
+        dev.flushed = (s.st_mtime_ns, s.st_ctime_ns)
         self._views[dev.view_id] = dev.number
         if len(self._views) > 65536:               # views long gone: forget the oldest
             for key in list(self._views)[:1024]:
@@ -276,6 +283,37 @@ class LoopDevices:
         with self.lock:
             for dev in self.devices.values():
                 self.write_back(dev)
+
+    def _start_flusher(self) -> None:
+        """Background writeback, as the kernel's flusher writes dirty pages
+        back within seconds: every WRITEBACK_S, each bound device whose view
+        was written to (its mtime moved) since the last look."""
+        if self._flusher is not None:
+            return
+        self._flusher = threading.Thread(target=self._flush_loop, name="loop-writeback", daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(WRITEBACK_S):
+            try:
+                with self.lock:
+                    for dev in list(self.devices.values()):
+                        self._flush_if_written(dev)
+            except Exception as e:        # never let writeback end the provider
+                self.log(f"loop writeback: {e!r}")
+
+    def _flush_if_written(self, dev: LoopDevice) -> None:
+        if dev.state == UNBOUND or dev.view is None or dev.flags & LO_FLAGS_READ_ONLY:
+            return
+        s = os.fstat(dev.view)
+        stamp = (s.st_mtime_ns, s.st_ctime_ns)
+        if stamp != dev.flushed:
+            dev.flushed = stamp           # taken first: a write meanwhile is seen next time
+            self.write_back(dev)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush_all()
 
     # -- last close --------------------------------------------------------------------
 
@@ -354,6 +392,7 @@ class LoopDevices:
             dev.backing = None
             self.clear(dev)
             raise
+        self._start_flusher()
 
 
 def get_size(offset: int, sizelimit: int, backing: int) -> int:

@@ -26,7 +26,7 @@ def control_ioctl(loops: L.LoopDevices, c: "Call", cmd: int) -> int:
         return loops.remove(parm)
     if cmd == L.LOOP_CTL_GET_FREE:
         return loops.get_free()
-    raise OSError(errno.ENOTTY, "not a loop-control request")
+    raise OSError(errno.ENOSYS, "not a loop-control request")    # loop_control_ioctl's default
 
 
 def device_ioctl(loops: L.LoopDevices, c: "Call", cmd: int, local: int, s: os.stat_result):
@@ -75,8 +75,8 @@ def _fd_flags(host_pid: int, fd: int) -> int | None:
 def _device_request(loops: L.LoopDevices, dev: L.LoopDevice, req: L.Request) -> int:
     cmd = req.cmd
     handler = _HANDLERS.get(cmd)
-    if handler is None:
-        raise OSError(errno.ENOTTY, "inappropriate ioctl for device")
+    if handler is None:                   # lo_simple_ioctl's default (a LOOP_CTL_* request)
+        raise OSError(errno.EINVAL, "not a loop device request")
     if cmd in (L.LOOP_SET_STATUS, L.LOOP_SET_STATUS64, L.LOOP_SET_CAPACITY, L.LOOP_SET_DIRECT_IO,
                L.LOOP_SET_BLOCK_SIZE) and not (req.writable or req.admin):
         raise OSError(errno.EPERM, "device not open for writing")
