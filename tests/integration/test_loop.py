@@ -54,6 +54,8 @@ def test_control_finds_a_free_device_with_its_node(out):
     assert out["free"] == "1", out
     assert out["node"] == "1", out
     assert out["unbound status"] == str(-errno.ENXIO), out
+    assert out["fstat"] == "1", out                # the open file is the block device
+    assert out["fd link"] == "1", out              # /proc/self/fd/N names /dev/loopN
 
 
 def test_configure_with_offset_and_size_limit(out):

@@ -28,7 +28,7 @@ be observed: an open, a loop request, sysfs, /proc/partitions.
 Known differences: a descriptor of an older binding that is never used
 for a loop request keeps showing that binding's data; a write crossing the
 end of the device stops at a page boundary (memfd sealing) instead of at
-the last byte; data written through the device reaches the backing file at
+the last byte, and one at or past the end is EPERM, not ENOSPC; data written through the device reaches the backing file at
 the moments above, not at fsync(2) of the device (which runs natively on
 the view), and stores through a shared mapping of the device only at the
 explicit moments (they leave the view's mtime as it was). Partition tables are not scanned (no loopNpM devices).
