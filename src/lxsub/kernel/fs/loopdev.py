@@ -173,7 +173,11 @@ class LoopDevices:
                 return os.open(f"/proc/self/fd/{self._control_fd()}", (flags & keep) | os.O_CLOEXEC)
             self.settle()
             number = os.minor(rdev)
-            dev = self.devices.get(number) or self.add(number)
+            dev = self.devices.get(number)
+            if dev is None:                # loop_probe: a node of a device not made yet
+                if number > MAX_INDEX:
+                    raise OSError(errno.ENXIO, "no such loop device")
+                dev = self.add(number)
             if dev.state == RUNDOWN:
                 raise OSError(errno.ENXIO, "loop device being detached")
             return self._reopen(dev, flags & keep)
