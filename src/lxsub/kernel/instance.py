@@ -105,6 +105,8 @@ class Instance:
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.vfs = Vfs(self.volfs, "rootfs")
+        self.vfs.loops.host_pids = lambda: list(self.pids.processes_by_host)
+        self.vfs.loops.log = self.log.warn
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
@@ -708,6 +710,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        self.vfs.loops.close()         # loop devices' data still in their views
         for ns in (self.ipc, *self.ipc_namespaces):
             ns.close()                 # SysV objects and message queues end with their instance
         self.volfs.remove_staging()

@@ -21,7 +21,7 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
-from lxsub.kernel.fs import lxbusdev
+from lxsub.kernel.fs import loopdev, lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
                                    klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
@@ -112,11 +112,13 @@ ROWS: list[Syscall] = [
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
-            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the NS_GET_* "
+            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the loop and block "
+            "requests trap by notify: the instance's loop devices (/dev/loop-control, /dev/loopN); the NS_GET_* "
             "requests of namespace files answer for the instance's namespaces",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
                    *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, loopdev.REQUESTS, bpf.RET_USER_NOTIF),
                    *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (

@@ -6,7 +6,8 @@ is the caller's controlling one), so the id is rewritten into a copy below
 the caller's stack and the request runs natively; ids coming back are
 translated.
 
-A driver's requests (LxBus: kernel/fs/lxbusdev.py) trap by user-notify and
+A driver's requests (LxBus: kernel/fs/lxbusdev.py; the loop driver:
+kernel/fs/loopioctl.py) trap by user-notify and
 go to the open file's own ioctl (FileSystem.ioctl), as Linux's vfs_ioctl
 calls the file's f_op->unlocked_ioctl.
 """
@@ -20,7 +21,7 @@ import struct
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.fs import devices
+from lxsub.kernel.fs import devices, loopdev, loopioctl
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.node import Node
 from lxsub.platform import memory
@@ -88,11 +89,28 @@ def _file_ioctl(c: Call, cmd: int):
     except BaseException:
         os.close(local)
         raise
+    if cmd in loopdev.REQUESTS:
+        return _loop_ioctl(c, cmd, local, s)        # closes local
     node = c.inst.vfs.node_for_host_fd(local, s) or Node(c.inst.vfs.anon_mount, local, s)
     try:
         return node.fs.ioctl(node, c, cmd)
     finally:
         node.release()
+
+
+def _loop_ioctl(c: Call, cmd: int, local: int, s: os.stat_result):
+    """A loop or block request: the loop driver's, on its devices; any
+    other file has no such request (ENOTTY, as a regular file answers)."""
+    loops = c.inst.vfs.loops
+    try:
+        with loops.lock:
+            if loops.is_control(s):
+                return loopioctl.control_ioctl(loops, c, cmd)
+            if loops.device_of(s) is not None:
+                return loopioctl.device_ioctl(loops, c, cmd, local, s)
+        raise OSError(errno.ENOTTY, "inappropriate ioctl for device")
+    finally:
+        os.close(local)
 
 
 def sys_vhangup(c: Call) -> int:

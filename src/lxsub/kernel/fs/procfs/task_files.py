@@ -341,7 +341,9 @@ class FdLink(Link):
             if node is None:
                 return by_path()
             path = inst.vfs.vpath_of(node)
-            if deleted and not path.endswith(" (deleted)"):
+            # A pseudo file's host object (a memfd: an open /proc file, a
+            # loop device) is unlinked on the host, not in the instance.
+            if deleted and node.obj is None and not path.endswith(" (deleted)"):
                 path += " (deleted)"
             return path
         except OSError:
