@@ -65,6 +65,7 @@ class NsFile(File):
         self.obj = obj
         if obj is not None:
             self.inode = obj.inum
+        self.ino = self.inode          # fstat's st_ino is the namespace's, as nsfs's
 
     def ioctl(self, c: "Call", cmd: int, fd: int) -> object:
         if cmd == NS_GET_NSTYPE:
