@@ -38,6 +38,9 @@ def test_a_clone_in_a_new_pid_namespace_is_its_pid_1(busybox, program):
     # its own child is pid 2 there, and it kills and waits for it by that number
     assert out["clone grandchild"] == "2 1" and out["clone forked"] == "2", out
     assert out["clone kill-inner"] == "0" and out["clone waited"] == "2 15", out
+    assert out["clone waitid"] == "3 3 3", out
+    # process groups and sessions are numbered in the caller's namespace too
+    assert out["clone pgrp-outside"] == "0" and out["clone setsid"] == "1 1 1", out
     # the parent's number means nothing inside
     assert out["clone kill-outside"] == str(-errno.ESRCH), out
     # /proc/<pid>/status: its pid at each level, the instance's first
@@ -64,6 +67,14 @@ def test_unshare_sends_the_next_children_to_a_new_namespace(busybox, program):
 def test_the_death_of_a_namespaces_init_kills_the_rest(busybox, program):
     out = _run(busybox, program, "death")
     assert out["death eof"] == "0", out
+
+
+def test_orphans_go_to_the_namespaces_init(busybox, program):
+    """The init of a PID namespace reaps its orphans: getppid() turns 1
+    and its wait(2) gets them (it is a child subreaper on the host)."""
+    out = _run(busybox, program, "orphan")
+    assert out["orphan ppid"] == "1", out
+    assert out["orphan reaped"] == "2 3", out
 
 
 def test_ns_last_pid_steers_the_next_pid_of_the_writers_namespace(busybox, program):

@@ -266,12 +266,27 @@ class Instance:
         def before_start() -> None:
             if settid:
                 self._poke_tid(child, settid, own_vid)
+            if _is_pid_ns_init(task.process) and task.tid == task.process.pid:
+                self._make_host_reaper(task)
             if self.accounting.on:
                 # Its parent may have forked before it was asked for exit stops.
                 self.set_host_events(task)
             if self.ptrace.links:
                 self.ptrace.child_first_stop(task)
         self.engine.task_known(child, before_start)
+
+    def _make_host_reaper(self, task: Task) -> None:
+        """A PID namespace's init reaps the orphans of its namespace
+        (find_child_reaper): the host reparents them to it if it is a
+        child subreaper there, which only the process itself can ask for,
+        so the call runs inside it, at its first stop, before it runs."""
+        from lxsub.platform.inject import SysCall
+
+        def asked(result: int) -> None:
+            if result != 0:
+                self.log.warn(f"pid {task.pid}: its namespace's orphans go to /init ({result})")
+        self.engine.inject(task.host_tid, SysCall(NUMBERS["prctl"], (PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)),
+                           asked, lambda: None)
 
     def host_events(self, task: Task) -> int:
         """The stops beyond the provider's own the host must report for
@@ -564,11 +579,12 @@ class Instance:
     def _new_reaper(self, proc: Process) -> Process:
         """Where an exiting process's children go (kernel/exit.c
         find_new_reaper): the nearest living ancestor that is a child
-        subreaper, else /init. The host reparents the same way: the flag
-        is set on the host process too."""
+        subreaper or the init of its PID namespace, else /init. The host
+        reparents the same way: the flag is set on the host process too
+        (_make_host_reaper for a namespace's init)."""
         up = proc.parent
         while up is not None and up is not self.init:
-            if up.child_subreaper and not up.exited:
+            if (up.child_subreaper or _is_pid_ns_init(up)) and not up.exited:
                 return up
             up = up.parent
         return self.init
@@ -758,6 +774,12 @@ class Instance:
 
     def process_of_vpid(self, vpid: int) -> Process | None:
         return self.pids.processes_by_vid.get(vpid)
+
+
+def _is_pid_ns_init(proc: Process) -> bool:
+    """Whether proc is the init of a PID namespace a program made: the
+    reaper of that namespace's orphans (a host child subreaper too)."""
+    return proc.pid_ns is not None and proc.pid_ns.init is proc
 
 
 def _default_action(tid: int, sig: int) -> bool:

@@ -417,6 +417,22 @@ class PidSpace:
         host = self.host_of_vpid(vid)
         return host if host is not None else self._alias_v2h.get(vid)
 
+    def group_in(self, host: int, ns: "PidNamespace | None") -> int:
+        """A host process group or session id as a caller in ns sees it:
+        its leader's pid there, 0 for a leader outside ns (pid_vnr)."""
+        if ns is None:
+            return self.group_to_virtual(host)
+        if host <= 0:
+            return host
+        leader = self.processes_by_host.get(host) or self.zombies_by_host.get(host)
+        return pid_in(leader, ns) if leader is not None else 0
+
+    def group_host_in(self, ns: "PidNamespace | None", vid: int) -> int | None:
+        """The host id of the process group or session vid names in ns."""
+        if ns is None:
+            return self.group_to_host(vid)
+        return vid if vid <= 0 else self.host_pid_in(ns, vid)
+
     def host_of_vtid(self, vtid: int) -> int | None:
         task = self.tasks_by_vid.get(vtid)
         return task.host_tid if task is not None else None

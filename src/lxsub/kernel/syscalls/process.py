@@ -163,15 +163,15 @@ def _host_pid_or_esrch(c: Call, vpid: int) -> int:
 
 
 def sys_getpgid(c: Call) -> int:
-    return c.inst.pids.group_to_virtual(os.getpgid(_host_pid_or_esrch(c, c.int(0))))
+    return c.inst.pids.group_in(os.getpgid(_host_pid_or_esrch(c, c.int(0))), active_pid_ns(c.task))
 
 
 def sys_getpgrp(c: Call) -> int:
-    return c.inst.pids.group_to_virtual(os.getpgid(c.task.host_pid))
+    return c.inst.pids.group_in(os.getpgid(c.task.host_pid), active_pid_ns(c.task))
 
 
 def sys_getsid(c: Call) -> int:
-    return c.inst.pids.group_to_virtual(os.getsid(_host_pid_or_esrch(c, c.int(0))))
+    return c.inst.pids.group_in(os.getsid(_host_pid_or_esrch(c, c.int(0))), active_pid_ns(c.task))
 
 
 def sys_setpgid(c: Call):
@@ -179,7 +179,7 @@ def sys_setpgid(c: Call):
     if pid < 0 or pgid < 0:
         raise OSError(errno.EINVAL, "negative id")
     host_pid = 0 if pid == 0 else _host_pid_or_esrch(c, pid)
-    host_pgid = 0 if pgid == 0 else c.inst.pids.group_to_host(pgid)
+    host_pgid = 0 if pgid == 0 else c.inst.pids.group_host_in(active_pid_ns(c.task), pgid)
     if host_pgid is None:
         raise OSError(errno.EPERM, "no such process group")
     c.set_arg(0, host_pid)
@@ -188,8 +188,8 @@ def sys_setpgid(c: Call):
 
 
 def sys_setsid(c: Call):
-    pids = c.inst.pids
-    return Native(on_exit=lambda r: pids.group_to_virtual(r) if r > 0 else None)
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
+    return Native(on_exit=lambda r: pids.group_in(r, ns) if r > 0 else None)
 
 
 # -- waiting ----------------------------------------------------------------------
@@ -198,7 +198,7 @@ def _wait_target_to_host(c: Call, pid: int) -> int:
     if pid in (-1, 0):
         return pid
     if pid < -1:
-        host = c.inst.pids.group_to_host(-pid)
+        host = c.inst.pids.group_host_in(active_pid_ns(c.task), -pid)
         if host is None:
             raise OSError(errno.ECHILD, "no such child")
         return -host

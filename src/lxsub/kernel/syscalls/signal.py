@@ -105,7 +105,7 @@ def sys_kill(c: Call):
             if _discarded(c, leader, sig):
                 return 0
     else:
-        host = pids.group_to_host(-pid) if pid < -1 else os.getpgid(c.task.host_tid)
+        host = pids.group_host_in(ns, -pid) if pid < -1 else os.getpgid(c.task.host_tid)
         if host is None:
             raise OSError(errno.ESRCH, "no such process")
         members = _group(c, host)
