@@ -39,6 +39,8 @@ def test_a_clone_in_a_new_pid_namespace_is_its_pid_1(busybox, program):
     assert out["clone grandchild"] == "2 1" and out["clone forked"] == "2", out
     assert out["clone kill-inner"] == "0" and out["clone waited"] == "2 15", out
     assert out["clone waitid"] == "3 3 3", out
+    # SIGKILL and a default-action SIGTERM from inside do not reach its init
+    assert out["clone unkillable"] == "0 0", out
     # process groups and sessions are numbered in the caller's namespace too
     assert out["clone pgrp-outside"] == "0" and out["clone setsid"] == "1 1 1", out
     # the parent's number means nothing inside

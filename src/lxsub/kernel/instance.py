@@ -41,7 +41,7 @@ from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.task import (FsContext, PidNamespace, PidSpace, Process, Task, active_pid_ns, children_pid_ns,
-                               new_ns_inum, pid_in, tid_in, uts_of)
+                               is_pid_ns_init, new_ns_inum, pid_in, tid_in, uts_of)
 from lxsub.kernel.vfs import pseudo
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
@@ -266,7 +266,7 @@ class Instance:
         def before_start() -> None:
             if settid:
                 self._poke_tid(child, settid, own_vid)
-            if _is_pid_ns_init(task.process) and task.tid == task.process.pid:
+            if is_pid_ns_init(task.process) and task.tid == task.process.pid:
                 self._make_host_reaper(task)
             if self.accounting.on:
                 # Its parent may have forked before it was asked for exit stops.
@@ -584,7 +584,7 @@ class Instance:
         (_make_host_reaper for a namespace's init)."""
         up = proc.parent
         while up is not None and up is not self.init:
-            if (up.child_subreaper or _is_pid_ns_init(up)) and not up.exited:
+            if (up.child_subreaper or is_pid_ns_init(up)) and not up.exited:
                 return up
             up = up.parent
         return self.init
@@ -774,12 +774,6 @@ class Instance:
 
     def process_of_vpid(self, vpid: int) -> Process | None:
         return self.pids.processes_by_vid.get(vpid)
-
-
-def _is_pid_ns_init(proc: Process) -> bool:
-    """Whether proc is the init of a PID namespace a program made: the
-    reaper of that namespace's orphans (a host child subreaper too)."""
-    return proc.pid_ns is not None and proc.pid_ns.init is proc
 
 
 def _default_action(tid: int, sig: int) -> bool:

@@ -228,6 +228,13 @@ def active_pid_ns(task: "Task | None") -> "PidNamespace | None":
     return task.process.pid_ns if task is not None else None
 
 
+def is_pid_ns_init(proc: Process) -> bool:
+    """Whether proc is the init of a PID namespace a program made: the
+    reaper of that namespace's orphans, which no signal at its default
+    action reaches from inside (SIGNAL_UNKILLABLE)."""
+    return proc.pid_ns is not None and proc.pid_ns.init is proc
+
+
 def children_pid_ns(task: Task) -> "PidNamespace | None":
     """Where a task's new children go (/proc/<pid>/ns/pid_for_children)."""
     return task.child_pid_ns if task.child_pid_ns is not None else task.process.pid_ns

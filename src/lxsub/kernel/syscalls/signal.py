@@ -22,7 +22,7 @@ from lxsub.abi.signal import IGNORED_BY_DEFAULT, NSIG as _NSIG, SI_TKILL, SIGCON
 from lxsub.abi.sysno import SYS_KILL, SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE, SYS_RT_SIGQUEUEINFO
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import Creds, may_signal
-from lxsub.kernel.task import active_pid_ns, pid_in
+from lxsub.kernel.task import active_pid_ns, is_pid_ns_init, ns_within, pid_in
 from lxsub.platform import hostproc, memory
 from lxsub.platform.ptrace import SigInfo
 
@@ -73,8 +73,16 @@ def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
     target's rt_sigtimedwait or epoll_wait with EINTR. So the provider drops
     it, unless a tracer inside the instance traces the target. A signal
     the target is waiting for in rt_sigtimedwait counts as blocked if it
-    was blocked before the wait (the kernel's real_blocked)."""
-    if target is None or sig in (0, SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
+    was blocked before the wait (the kernel's real_blocked). The init of
+    a PID namespace ignores every signal it has no handler for, and
+    SIGKILL and SIGSTOP from inside its namespace (sig_task_ignored,
+    SIGNAL_UNKILLABLE): only an ancestor's process forces those."""
+    if target is None or sig == 0:
+        return False
+    init = is_pid_ns_init(target.process)
+    if init and sig in (SIGKILL, SIGSTOP):
+        return ns_within(active_pid_ns(c.task), target.process.pid_ns)
+    if sig in (SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
         return False
     masks = hostproc.signal_masks(target.host_tid)
     bit = 1 << (sig - 1)
@@ -82,7 +90,7 @@ def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
         return False
     if masks["SigIgn"] & bit:
         return True
-    return sig in IGNORED_BY_DEFAULT and not masks["SigCgt"] & bit
+    return (init or sig in IGNORED_BY_DEFAULT) and not masks["SigCgt"] & bit
 
 
 def sys_kill(c: Call):
