@@ -50,6 +50,8 @@ def test_a_clone_in_a_new_pid_namespace_is_its_pid_1(busybox, program):
     # another namespace, whose parent is the caller's; the caller's has none it may see
     assert out["clone ns-differs"] == "1" and out["clone ns-parent"] == "1", out
     assert out["clone ns-parent-of-own"] == str(-errno.EPERM), out
+    # NS_GET_PID_IN_PIDNS/NS_GET_PID_FROM_PIDNS: the child is 1 there; we are not in it
+    assert out["clone ns-pids"] == f"1 1 {-errno.ESRCH}", out
     # fstat of a namespace file gives the namespace's inode (LTP ioctl_ns05)
     assert out["clone ns-ino"] == "1 1", out
     assert out["clone reaped"] == "1 7", out

@@ -233,6 +233,11 @@ class Instance:
             return
         flags = self._clone_flags(event, regs)
         task = self._new_task(parent, child, flags)
+        ns = task.process.pid_ns
+        if ns is not None and not ns.open_to_new():
+            # A fork into a namespace whose init is gone: Linux fails it
+            # (ENOMEM); the host made the child, which must not run there.
+            os.kill(child, signal.SIGKILL)
         # The parent is told the child's id in its own namespace, the child
         # (CLONE_CHILD_SETTID) its id in its own (pid_vnr).
         vid = tid_in(task, active_pid_ns(parent))

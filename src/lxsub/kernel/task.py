@@ -210,6 +210,11 @@ class PidNamespace:
     def last(self) -> int:
         return self._next - 1 if self._next > 1 else PID_MAX - 1
 
+    def open_to_new(self) -> bool:
+        """Whether a process may still enter it: no namespace on its
+        chain has lost its init (alloc_pid's PIDNS_ADDING)."""
+        return not any(level.ended for level in namespaces_of(self))
+
 
 def ns_within(ns: "PidNamespace | None", outer: "PidNamespace | None") -> bool:
     """Whether ns is outer or a namespace below it (None: the instance's)."""

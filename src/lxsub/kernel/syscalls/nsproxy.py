@@ -140,6 +140,9 @@ def sys_clone_new_ns(c: Call) -> Native:
     _check_new_namespaces(c, flags)
     if flags & CLONE_NEWPID:
         _check_new_pid_ns(task)
+    where = children_pid_ns(task)
+    if where is not None and not where.open_to_new():
+        raise OSError(errno.ENOMEM, "the PID namespace's init has exited")     # alloc_pid
     if flags & CLONE_NEWIPC and flags & CLONE_SYSVSEM:
         raise OSError(errno.EINVAL, "CLONE_NEWIPC with CLONE_SYSVSEM")
     c.set_arg(0, c.args[0] & ~EMULATED)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
                               CLONE_NEWUSER, CLONE_NEWUTS)
-from lxsub.kernel.task import active_pid_ns, children_pid_ns, ipc_of, ns_within, uts_of
+from lxsub.kernel.task import active_pid_ns, children_pid_ns, ipc_of, ns_within, pid_in, tid_in, uts_of
 from lxsub.kernel.vfs.pseudo import File, Link
 
 if TYPE_CHECKING:
@@ -31,7 +31,11 @@ if TYPE_CHECKING:
 
 # include/uapi/linux/nsfs.h: _IO(NSIO, 0x1..0x4), NSIO 0xb7
 NS_GET_USERNS, NS_GET_PARENT, NS_GET_NSTYPE, NS_GET_OWNER_UID = 0xB701, 0xB702, 0xB703, 0xB704
-REQUESTS = (NS_GET_USERNS, NS_GET_PARENT, NS_GET_NSTYPE, NS_GET_OWNER_UID)
+# _IOR(NSIO, 0x6..0x9, int): a pid between a PID namespace's numbers and the caller's
+NS_GET_PID_FROM_PIDNS, NS_GET_TGID_FROM_PIDNS = 0x8004B706, 0x8004B707
+NS_GET_PID_IN_PIDNS, NS_GET_TGID_IN_PIDNS = 0x8004B708, 0x8004B709
+_PID_REQUESTS = (NS_GET_PID_FROM_PIDNS, NS_GET_TGID_FROM_PIDNS, NS_GET_PID_IN_PIDNS, NS_GET_TGID_IN_PIDNS)
+REQUESTS = (NS_GET_USERNS, NS_GET_PARENT, NS_GET_NSTYPE, NS_GET_OWNER_UID, *_PID_REQUESTS)
 
 # name: (type, inode). The instance is the root of each of its namespaces:
 # the inodes Linux gives its initial ones (include/linux/proc_ns.h), and
@@ -80,12 +84,34 @@ class NsFile(File):
             if self.kind in (CLONE_NEWUSER, CLONE_NEWPID):
                 raise OSError(errno.EPERM, "the parent is outside the instance")
             raise OSError(errno.EINVAL, "not a hierarchical namespace")
+        if cmd in _PID_REQUESTS:
+            return self._translate_pid(c, cmd, c.int(2))
         if cmd == NS_GET_OWNER_UID:
             if self.kind != CLONE_NEWUSER:
                 raise OSError(errno.EINVAL, "not a user namespace")
             c.write(c.ptr(2), OVERFLOW_UID.to_bytes(4, "little"))
             return 0
         return super().ioctl(c, cmd, fd)
+
+    def _translate_pid(self, c: "Call", cmd: int, nr: int) -> int:
+        """fs/nsfs.c: the pid (or thread group id) of the task numbered nr
+        in this PID namespace as the caller sees it (*_FROM_PIDNS), or of
+        the one nr names for the caller as this namespace sees it
+        (*_IN_PIDNS); ESRCH for no such task or one not seen there."""
+        if self.kind != CLONE_NEWPID:
+            raise OSError(errno.EINVAL, "not a PID namespace")
+        mine, pids = active_pid_ns(c.task), c.inst.pids
+        if cmd in (NS_GET_PID_IN_PIDNS, NS_GET_TGID_IN_PIDNS):
+            task, into = pids.task_in(mine, nr), self.obj
+        else:
+            task, into = pids.task_in(self.obj, nr), mine
+        if task is None:
+            raise OSError(errno.ESRCH, "no such task")
+        tgid = cmd in (NS_GET_TGID_FROM_PIDNS, NS_GET_TGID_IN_PIDNS)
+        seen = pid_in(task.process, into) if tgid else tid_in(task, into)
+        if not seen:
+            raise OSError(errno.ESRCH, "not in that namespace")
+        return seen
 
     def _pid_ns_parent(self, c: "Call") -> object:
         """pidns_get_parent: the parent of a PID namespace a program made,
