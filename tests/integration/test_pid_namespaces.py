@@ -12,6 +12,7 @@ BusyBox. Before, clone and unshare with CLONE_NEWPID were EPERM for root."""
 from __future__ import annotations
 
 import errno
+import signal
 
 import pytest
 
@@ -66,6 +67,10 @@ def test_unshare_sends_the_next_children_to_a_new_namespace(busybox, program):
     assert out["unshare child"] == "1 0" and out["unshare waited"] == "1", out
     # one level further down (LTP unshare05)
     assert out["unshare nested"] == "1", out
+    # once its init is gone nothing runs there: Linux's fork fails with
+    # ENOMEM; the host's fork is native, so the child is killed at birth
+    assert "unshare ran-in-dead-namespace" not in out, out
+    assert out["unshare after-init"] in (str(-errno.ENOMEM), str(-signal.SIGKILL)), out
 
 
 def test_the_death_of_a_namespaces_init_kills_the_rest(busybox, program):
