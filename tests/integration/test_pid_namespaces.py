@@ -35,11 +35,13 @@ def test_a_clone_in_a_new_pid_namespace_is_its_pid_1(busybox, program):
     # the child sees itself as pid 1 with no parent; its parent sees another pid
     assert out["clone getpid"] == "1" and out["clone gettid"] == "1", out
     assert out["clone getppid"] == "0", out
+    assert out["clone thread"] == "1 1", out
     assert out["clone outer-pid"] == "1", out
-    # its own child is pid 2 there, and it kills and waits for it by that number
-    assert out["clone grandchild"] == "2 1" and out["clone forked"] == "2", out
-    assert out["clone kill-inner"] == "0" and out["clone waited"] == "2 15", out
-    assert out["clone waitid"] == "3 3 3", out
+    # its thread had tid 2 there, so its own child is pid 3 (pids are given
+    # in turn, not reused at once); it kills and waits for it by that number
+    assert out["clone grandchild"] == "3 1" and out["clone forked"] == "3", out
+    assert out["clone kill-inner"] == "0" and out["clone waited"] == "3 15", out
+    assert out["clone waitid"] == "4 4 3", out
     # SIGKILL and a default-action SIGTERM from inside do not reach its init
     assert out["clone unkillable"] == "0 0", out
     # process groups and sessions are numbered in the caller's namespace too
