@@ -22,6 +22,7 @@ import struct
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.fs import devices, loopdev, loopioctl
+from lxsub.kernel.task import active_pid_ns
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.node import Node
 from lxsub.platform import memory
@@ -47,16 +48,16 @@ def sys_ioctl(c: Call):
 
 def _set_id(c: Call, cmd: int) -> Native:
     vid = struct.unpack("<i", c.read(c.ptr(2), 4))[0]
-    pids = c.inst.pids
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
     if cmd == TIOCSPGRP:
         if vid < 0:
             raise OSError(errno.EINVAL, "bad process group")
-        host = pids.group_to_host(vid)
+        host = pids.group_host_in(ns, vid)
     elif vid < 0:                     # FIOSETOWN/SIOCSPGRP: negative is a group
-        g = pids.group_to_host(-vid)
+        g = pids.group_host_in(ns, -vid)
         host = -g if g is not None else None
     else:
-        host = pids.host_of_vpid(vid) if vid else 0
+        host = pids.host_pid_in(ns, vid) if vid else 0
     if host is None:
         raise OSError(errno.ESRCH if cmd != TIOCSPGRP else errno.EPERM, "no such process")
     regs = c.regs
@@ -67,12 +68,12 @@ def _set_id(c: Call, cmd: int) -> Native:
 
 
 def _get_id(c: Call) -> Native:
-    pid, addr, pids = c.pid, c.ptr(2), c.inst.pids
+    pid, addr, pids, ns = c.pid, c.ptr(2), c.inst.pids, active_pid_ns(c.task)
 
     def translate(result: int):
         if result == 0:
             host = struct.unpack("<i", memory.read(pid, addr, 4))[0]
-            v = pids.group_to_virtual(host) if host > 0 else -pids.group_to_virtual(-host)
+            v = pids.group_in(host, ns) if host > 0 else -pids.group_in(-host, ns)
             memory.write(pid, addr, struct.pack("<i", v))
         return None
     return Native(on_exit=translate)
