@@ -220,6 +220,11 @@ class MetaStore:
     def keeps(self, mode: int) -> bool:
         return True
 
+    def saves_on_host(self, mode: int) -> bool:
+        """Whether saving a record of a file of this type changes the host
+        file itself (an attribute: an IN_ATTRIB for its inotify watchers)."""
+        return False
+
     def load(self, f: HostFile) -> LxMeta | None:
         raise NotImplementedError
 
@@ -282,6 +287,9 @@ class XattrStore(MetaStore):
             {} if cache else None
 
     def keeps(self, mode: int) -> bool:
+        return xattr_capable(mode)
+
+    def saves_on_host(self, mode: int) -> bool:
         return xattr_capable(mode)
 
     def load(self, f: HostFile) -> LxMeta | None:
@@ -366,6 +374,10 @@ class ByType(MetaStore):
     def keeps(self, mode: int) -> bool:
         return self._for(mode) is not None
 
+    def saves_on_host(self, mode: int) -> bool:
+        store = self._for(mode)
+        return store is not None and store.saves_on_host(mode)
+
     def load(self, f: HostFile) -> LxMeta | None:
         # The host type decides: a device node's record is on a regular file.
         store = self._for(f.st.st_mode)
@@ -439,9 +451,7 @@ class LinuxMeta:
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(old.mode) | (mode & 0o7777), old.uid, old.gid, old.rdev)
         host_bits = self.host_mode(new.mode)
-        # Only a change of the host bits is made: each host change is an
-        # IN_ATTRIB for inotify watchers, and Linux's chmod is one.
-        if st.S_IMODE(f.st.st_mode) != host_bits or not self.store.keeps(f.st.st_mode):
+        if self._host_chmod_needed(f, host_bits):
             try:
                 os.chmod(f.proc_path(), host_bits)
             except OSError:
@@ -450,6 +460,19 @@ class LinuxMeta:
         if self.store.keeps(f.st.st_mode):
             self.store.save(f.restat(), new)    # as the host file is now (MemoryStore compares)
         return new
+
+    def _host_chmod_needed(self, f: HostFile, host_bits: int) -> bool:
+        """Each host change is an IN_ATTRIB for inotify watchers, and Linux's
+        chmod is one (LTP inotify10). A record written on the host file is
+        that one change, so the host bits change only when the owner's do:
+        they are what the provider needs (read, write, the exec bit the host
+        kernel checks); the group's and others' then show the Linux mode as
+        of the file's creation. A record kept elsewhere makes no host change:
+        the host chmod is the event, made even to the same bits."""
+        kind = f.st.st_mode
+        if not self.store.keeps(kind) or not self.store.saves_on_host(kind):
+            return True
+        return bool((st.S_IMODE(kind) ^ host_bits) & 0o7700)
 
     def chown(self, f: HostFile, uid: int, gid: int, creds: "CredsLike | None" = None) -> LxMeta:
         """New owner and/or group (-1: unchanged), set-id bits cleared as
