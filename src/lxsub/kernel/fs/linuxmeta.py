@@ -418,6 +418,9 @@ class LinuxMeta:
     TmpFs: lxattr.host_mode_for, so the provider can always open the file).
     host_chmod_strict: whether a host chmod that fails fails the chmod (not
     on DrvFs, where the file may be another host user's).
+    host_bits_kept: the host bits that must follow a chmod when the record
+    is written on the host file anyway (VolFs: the owner's, which the
+    provider needs; DrvFs: all, host permissions apply there).
     unknown: the view of a file with no record, for the credentials asking
     (DrvFs shows the host user's files as the asker's own).
     """
@@ -425,10 +428,12 @@ class LinuxMeta:
     def __init__(self, store: MetaStore,
                  host_mode: Callable[[int], int] = lxattr.host_mode_for,
                  host_chmod_strict: bool = True,
+                 host_bits_kept: int = 0o7700,
                  unknown: Callable[[HostFile, "CredsLike | None"], LxMeta] = root_owned) -> None:
         self.store = store
         self.host_mode = host_mode
         self.host_chmod_strict = host_chmod_strict
+        self.host_bits_kept = host_bits_kept
         self.unknown = unknown
 
     def get(self, f: HostFile, creds: "CredsLike | None" = None) -> LxMeta:
@@ -464,15 +469,16 @@ class LinuxMeta:
     def _host_chmod_needed(self, f: HostFile, host_bits: int) -> bool:
         """Each host change is an IN_ATTRIB for inotify watchers, and Linux's
         chmod is one (LTP inotify10). A record written on the host file is
-        that one change, so the host bits change only when the owner's do:
-        they are what the provider needs (read, write, the exec bit the host
-        kernel checks); the group's and others' then show the Linux mode as
-        of the file's creation. A record kept elsewhere makes no host change:
-        the host chmod is the event, made even to the same bits."""
+        that one change, so the host bits change only when host_bits_kept
+        do (on VolFs the owner's: what the provider needs, read, write and
+        the exec bit the host kernel checks; the group's and others' then
+        show the Linux mode as of the file's creation). A record kept
+        elsewhere makes no host change: the host chmod is the event, made
+        even to the same bits."""
         kind = f.st.st_mode
         if not self.store.keeps(kind) or not self.store.saves_on_host(kind):
             return True
-        return bool((st.S_IMODE(kind) ^ host_bits) & 0o7700)
+        return bool((st.S_IMODE(kind) ^ host_bits) & self.host_bits_kept)
 
     def chown(self, f: HostFile, uid: int, gid: int, creds: "CredsLike | None" = None) -> LxMeta:
         """New owner and/or group (-1: unchanged), set-id bits cleared as
