@@ -68,6 +68,15 @@ def test_one_chmod_is_one_attrib_event(installed):
     assert _lines(installed, "attrib", f"{DIR}/w") == ["event attrib g parent", "event attrib - child"]
 
 
+def test_a_chmod_of_group_and_other_bits_is_one_attrib_event(installed):
+    # LTP inotify10: mkdir 0700 then chmod 0755 is one IN_ATTRIB|IN_ISDIR on
+    # the directory's watch and one, named, on its parent's. The host bits
+    # only keep what the provider needs (the owner's), so this chmod writes
+    # the Linux mode's xattr alone: one host change, one event.
+    assert _lines(installed, "attribdir", f"{DIR}/w") == [
+        "event attrib+isdir d parent", "event attrib+isdir - child"]
+
+
 def test_close_write_is_queued_when_close_returns(installed):
     # The provider's copy of a descriptor it opened for writing is gone
     # before the program runs again, so the program's close(2) is the last

@@ -62,9 +62,14 @@ class Native:
     """Run the syscall on the host (in the caller) with the registers as
     modified in `call.regs`; `on_exit(result) -> new result | None`.
     `own_cpu_mask`: the call reads or sets CPU masks, so the caller must
-    run it with its own (the platform may move threads for a wake-up)."""
+    run it with its own (the platform may move threads for a wake-up).
+    `stops_caller`: the call makes the kernel stop the caller before it
+    runs its code again (a standard signal sent to its own thread, not
+    blocked: its ptrace signal-delivery stop), so arguments rewritten for
+    the host go back at that stop, and no syscall-exit stop is needed."""
     on_exit: Callable[[int], int | None] | None = None
     own_cpu_mask: bool = False
+    stops_caller: bool = False
 
 
 @dataclass(slots=True)

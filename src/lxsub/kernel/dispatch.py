@@ -12,7 +12,7 @@ import errno
 import os
 import threading
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
@@ -258,9 +258,17 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
     tid = task.host_tid
     if isinstance(result, Native):
         rewritten = (regs.orig_rax, regs.args()) != original
-        inst.engine.run_natively(tid, regs, _exit_hook(result, original if rewritten else None),
-                                 wake_here=not result.own_cpu_mask)
+        hook = _exit_hook(result, original if rewritten else None)
+        if rewritten and result.stops_caller and result.on_exit is None:
+            inst.engine.run_natively_to_stop(tid, regs, _restore_args(original[1]), hook,
+                                             wake_here=not result.own_cpu_mask)
+        else:
+            inst.engine.run_natively(tid, regs, hook, wake_here=not result.own_cpu_mask)
     elif isinstance(result, int):
+        # A handler may have pointed arguments at host ids before deciding
+        # to answer itself (a signal dropped as ignored): the program's own
+        # registers go back with the answer.
+        regs.set_args(*original[1])
         inst.engine.finish_syscall(tid, regs, result)
     elif isinstance(result, SwapFd):          # no descriptor goes in at a ptrace stop
         os.close(result.fd)
@@ -268,6 +276,15 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
     else:
         inst.log.warn(f"traced handler answered {result!r}")
         inst.engine.finish_syscall(tid, regs, -errno.EIO)
+
+
+def _restore_args(args: tuple) -> "Callable[[int, Regs], None]":
+    """Put the program's own arguments back at a stop after its call (see
+    _exit_hook: the ABI keeps those registers)."""
+    def at_stop(t: int, r: "Regs") -> None:
+        r.set_args(*args)
+        ptrace.set_regs(t, r)
+    return at_stop
 
 
 def _exit_hook(result: Native, original):

@@ -393,6 +393,28 @@ class Engine:
             self.exit_hooks[tid] = on_exit
         self.resume(tid, wake_here=wake_here)
 
+    def run_natively_to_stop(self, tid: int, regs: Regs, at_stop: Callable[[int, Regs], None],
+                             on_exit: ExitHook | None, wake_here: bool = True) -> None:
+        """run_natively for a call that makes the kernel stop tid before
+        it runs its code again (a signal it sends itself: the
+        signal-delivery stop comes on its way back to user mode): at_stop
+        runs at that stop, and the syscall-exit stop, one more round trip,
+        is not asked for. A tid held, injected into or stepped by a Linux
+        tracer is resumed by others' rules: run_natively with on_exit."""
+        if (tid in self.holds or (self.injections and tid in self.injections)
+                or (self.resume_modes and tid in self.resume_modes)):
+            self.run_natively(tid, regs, on_exit, wake_here)
+            return
+        ptrace.set_regs(tid, regs)
+        earlier = self.interrupt_hooks.get(tid)
+        if earlier is not None:
+            def both(t: int, r: Regs, first=earlier, then=at_stop) -> None:
+                first(t, r)
+                then(t, r)
+            at_stop = both
+        self.interrupt_hooks[tid] = at_stop
+        self.resume(tid, wake_here=wake_here)
+
     # -- the loop -----------------------------------------------------------
 
     def run(self) -> None:

@@ -156,7 +156,7 @@ class DrvFs(MetaTree):
         # Host permissions apply: chmod's bits go to the host file when the
         # host lets us; without a record a file shows its host owner.
         self.linux = LinuxMeta(XattrStore() if self.opts.metadata else NoStore(),
-                               host_mode=_host_bits, host_chmod_strict=False,
+                               host_mode=_host_bits, host_chmod_strict=False, host_bits_kept=0o7777,
                                unknown=self._host_view)
         self.door = inst.drvfs_door          # checked by the walk, see kernel/vfs/path.py
         self.storage = inst.storage

@@ -220,6 +220,11 @@ class MetaStore:
     def keeps(self, mode: int) -> bool:
         return True
 
+    def saves_on_host(self, mode: int) -> bool:
+        """Whether saving a record of a file of this type changes the host
+        file itself (an attribute: an IN_ATTRIB for its inotify watchers)."""
+        return False
+
     def load(self, f: HostFile) -> LxMeta | None:
         raise NotImplementedError
 
@@ -282,6 +287,9 @@ class XattrStore(MetaStore):
             {} if cache else None
 
     def keeps(self, mode: int) -> bool:
+        return xattr_capable(mode)
+
+    def saves_on_host(self, mode: int) -> bool:
         return xattr_capable(mode)
 
     def load(self, f: HostFile) -> LxMeta | None:
@@ -366,6 +374,10 @@ class ByType(MetaStore):
     def keeps(self, mode: int) -> bool:
         return self._for(mode) is not None
 
+    def saves_on_host(self, mode: int) -> bool:
+        store = self._for(mode)
+        return store is not None and store.saves_on_host(mode)
+
     def load(self, f: HostFile) -> LxMeta | None:
         # The host type decides: a device node's record is on a regular file.
         store = self._for(f.st.st_mode)
@@ -406,6 +418,9 @@ class LinuxMeta:
     TmpFs: lxattr.host_mode_for, so the provider can always open the file).
     host_chmod_strict: whether a host chmod that fails fails the chmod (not
     on DrvFs, where the file may be another host user's).
+    host_bits_kept: the host bits that must follow a chmod when the record
+    is written on the host file anyway (VolFs: the owner's, which the
+    provider needs; DrvFs: all, host permissions apply there).
     unknown: the view of a file with no record, for the credentials asking
     (DrvFs shows the host user's files as the asker's own).
     """
@@ -413,10 +428,12 @@ class LinuxMeta:
     def __init__(self, store: MetaStore,
                  host_mode: Callable[[int], int] = lxattr.host_mode_for,
                  host_chmod_strict: bool = True,
+                 host_bits_kept: int = 0o7700,
                  unknown: Callable[[HostFile, "CredsLike | None"], LxMeta] = root_owned) -> None:
         self.store = store
         self.host_mode = host_mode
         self.host_chmod_strict = host_chmod_strict
+        self.host_bits_kept = host_bits_kept
         self.unknown = unknown
 
     def get(self, f: HostFile, creds: "CredsLike | None" = None) -> LxMeta:
@@ -439,9 +456,7 @@ class LinuxMeta:
             raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
         new = LxMeta(st.S_IFMT(old.mode) | (mode & 0o7777), old.uid, old.gid, old.rdev)
         host_bits = self.host_mode(new.mode)
-        # Only a change of the host bits is made: each host change is an
-        # IN_ATTRIB for inotify watchers, and Linux's chmod is one.
-        if st.S_IMODE(f.st.st_mode) != host_bits or not self.store.keeps(f.st.st_mode):
+        if self._host_chmod_needed(f, host_bits):
             try:
                 os.chmod(f.proc_path(), host_bits)
             except OSError:
@@ -450,6 +465,20 @@ class LinuxMeta:
         if self.store.keeps(f.st.st_mode):
             self.store.save(f.restat(), new)    # as the host file is now (MemoryStore compares)
         return new
+
+    def _host_chmod_needed(self, f: HostFile, host_bits: int) -> bool:
+        """Each host change is an IN_ATTRIB for inotify watchers, and Linux's
+        chmod is one (LTP inotify10). A record written on the host file is
+        that one change, so the host bits change only when host_bits_kept
+        do (on VolFs the owner's: what the provider needs, read, write and
+        the exec bit the host kernel checks; the group's and others' then
+        show the Linux mode as of the file's creation). A record kept
+        elsewhere makes no host change: the host chmod is the event, made
+        even to the same bits."""
+        kind = f.st.st_mode
+        if not self.store.keeps(kind) or not self.store.saves_on_host(kind):
+            return True
+        return bool((st.S_IMODE(kind) ^ host_bits) & self.host_bits_kept)
 
     def chown(self, f: HostFile, uid: int, gid: int, creds: "CredsLike | None" = None) -> LxMeta:
         """New owner and/or group (-1: unchanged), set-id bits cleared as

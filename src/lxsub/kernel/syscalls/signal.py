@@ -77,20 +77,52 @@ def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
     a PID namespace ignores every signal it has no handler for, and
     SIGKILL and SIGSTOP from inside its namespace (sig_task_ignored,
     SIGNAL_UNKILLABLE): only an ancestor's process forces those."""
-    if target is None or sig == 0:
-        return False
-    init = is_pid_ns_init(target.process)
-    if init and sig in (SIGKILL, SIGSTOP):
-        return ns_within(active_pid_ns(c.task), target.process.pid_ns)
-    if sig in (SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
-        return False
-    masks = hostproc.signal_masks(target.host_tid)
+    if _unkillable(c, target, sig):
+        return True
+    masks = _masks_for(c, target, sig)
+    return masks is not None and _ignored_by(target, sig, masks)
+
+
+def _unkillable(c: Call, target: "Task | None", sig: int) -> bool:
+    """SIGKILL or SIGSTOP for a PID namespace's init from inside it."""
+    return (target is not None and sig in (SIGKILL, SIGSTOP) and is_pid_ns_init(target.process)
+            and ns_within(active_pid_ns(c.task), target.process.pid_ns))
+
+
+def _masks_for(c: Call, target: "Task | None", sig: int) -> dict[str, int] | None:
+    """The target's signal masks when whether `sig` is dropped depends on
+    them (see _discarded); None when it is sent as it is."""
+    if target is None or sig in (0, SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
+        return None
+    return hostproc.handling_masks(target.host_tid, sig)
+
+
+def _ignored_by(target: "Task", sig: int, masks: dict[str, int]) -> bool:
     bit = 1 << (sig - 1)
     if (masks["SigBlk"] | target.real_blocked) & bit:
         return False
     if masks["SigIgn"] & bit:
         return True
+    init = is_pid_ns_init(target.process)
     return (init or sig in IGNORED_BY_DEFAULT) and not masks["SigCgt"] & bit
+
+
+# The kernel's SIGRTMIN (glibc's is 34: it keeps two): a real-time signal
+# may not be queued (EAGAIN past RLIMIT_SIGPENDING); a standard one always
+# is, or is pending already.
+_FIRST_RT_SIGNAL = 32
+
+
+def _thread_signal(c: Call, target: "Task | None", sig: int) -> Native | int:
+    """Send `sig` to the thread `target` natively (the arguments already
+    point at its host ids), or drop it (0) as _discarded says."""
+    if _unkillable(c, target, sig):
+        return 0
+    masks = _masks_for(c, target, sig)
+    if masks is not None and _ignored_by(target, sig, masks):
+        return 0
+    return Native(stops_caller=masks is not None and target is c.task
+                  and sig < _FIRST_RT_SIGNAL and not masks["SigBlk"] & (1 << (sig - 1)))
 
 
 def sys_kill(c: Call):
@@ -179,10 +211,8 @@ def _thread(c: Call, vtid: int, sig: int) -> int:
 def sys_tkill(c: Call):
     _check_signal(c.int(1))
     host = _thread(c, c.int(0), c.int(1))
-    if _discarded(c, c.inst.pids.tasks_by_host.get(host), c.int(1)):
-        return 0
     c.set_arg(0, host)
-    return Native()
+    return _thread_signal(c, c.inst.pids.tasks_by_host.get(host), c.int(1))
 
 
 def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> "Task":
@@ -201,9 +231,7 @@ def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> "Task":
 def sys_tgkill(c: Call):
     _check_signal(c.int(2))
     task = _thread_in_group(c, c.int(0), c.int(1), c.int(2))
-    if _discarded(c, task, c.int(2)):
-        return 0
-    return Native()
+    return _thread_signal(c, task, c.int(2))
 
 
 SIGINFO_SIZE = 128
