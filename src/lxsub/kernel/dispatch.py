@@ -51,8 +51,20 @@ def serve_notification(inst: "Instance", lst: "Listener", task: "Task", n: "Noti
     if task.lost_fd is not None and _replay_lost_fd(inst, lst, task, n):
         return
     result = _run_handler(inst, Call(inst, task, n.nr, n.args))
+    if getattr(inst, "fanotify_groups", None) is not None:
+        _deliver_fanotify(inst, lst, task, n)
     if not _answer(inst, lst, n.id, result, n.pid, keep_lost_fd=True):
         _remember_lost(inst, task, n, result)
+
+
+def _deliver_fanotify(inst: "Instance", lst: "Listener", task: "Task", n: "Notification") -> None:
+    """Queued fanotify events reach a process holding their group while it
+    waits here: only now can their descriptors go into its table."""
+    from lxsub.kernel import fanotify
+    try:
+        fanotify.deliver(inst, task, lambda fd, cloexec: lst.add_fd(n.id, fd, cloexec))
+    except Exception:
+        inst.log.warn(f"fanotify delivery failed: {traceback.format_exc()}")
 
 
 def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,

@@ -23,8 +23,8 @@ from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
-from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
-                                   klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
+from lxsub.kernel.syscalls import (acct, clock, crossproc, fanotify, fcntl, fhandle, identity, inotify, ioctl, ipc,
+                                   keys, klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
                                    unistd, utsname, xattr)
 from lxsub.platform import bpf, coderun
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -411,9 +411,14 @@ ROWS: list[Syscall] = [
     notify("vhangup", ioctl.sys_vhangup, "CAP_SYS_TTY_CONFIG; without a controlling terminal "
            "nothing to do; a pty is hung up by the host's TIOCVHANGUP, which needs the host's "
            "CAP_SYS_ADMIN (else EPERM)", PARTIAL),
-    denied("perf_event_open", errno.EACCES), denied("fanotify_init", note="needs CAP_SYS_ADMIN in the "
-           "initial user namespace, which root inside (the host user) has not; the unprivileged "
-           "FID subset would report host pids"), denied("fanotify_mark"),
+    denied("perf_event_open", errno.EACCES),
+    notify("fanotify_init", fanotify.sys_fanotify_init, "groups kept by the provider (a host group "
+           "needs the host's CAP_SYS_ADMIN); CAP_SYS_ADMIN inside; the descriptor is a stream socket "
+           "the provider writes event records to; no FID/pidfd/mount-id reporting (EINVAL)", PARTIAL),
+    notify("fanotify_mark", fanotify.sys_fanotify_mark, "inode, mount and filesystem marks (by host "
+           "device); only FAN_OPEN and FAN_OPEN_EXEC are raised (opens and execs the provider serves), "
+           "handed over at the holder's next trapped call; native reads and writes raise nothing, no "
+           "permission events", PARTIAL),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
     *(notify(n, inotify.sys_inotify_init1, "the host's inotify instance, made in the provider "
              "and counted per user against the instance's fs.inotify.max_user_instances (EMFILE)")

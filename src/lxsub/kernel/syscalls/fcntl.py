@@ -13,6 +13,7 @@ from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_GETPIPE
                               F_OWNER_TID, F_SETOWN, F_SETOWN_EX, F_SETPIPE_SZ, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH,
                               O_TMPFILE, RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT)
 from lxsub.abi.sysno import SYS_OPENAT
+from lxsub.kernel import fanotify
 from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.sysctl import round_pipe_size, sysctls_of
@@ -29,6 +30,8 @@ def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int 
     fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve)
     if isinstance(fd, int) and c.task.landlock is not None:
         _check_landlock(c.task.landlock, fd, flags)
+    if isinstance(fd, int):
+        fanotify.raise_open(c.inst, c.task, fd)
     return opened(fd, flags)
 
 
