@@ -252,6 +252,9 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
     original = (regs.orig_rax, regs.args())
     call = Call(inst, task, regs.orig_rax, original[1], regs)
     result = _run_handler(inst, call)
+    if getattr(inst, "fanotify_groups", None) is not None:
+        from lxsub.kernel import fanotify
+        fanotify.after_call(inst)          # an exec's FAN_OPEN_EXEC, to a holder
     tid = task.host_tid
     if isinstance(result, Native):
         rewritten = (regs.orig_rax, regs.args()) != original

@@ -8,17 +8,23 @@ natively, and the provider writes struct fanotify_event_metadata records
 into it. The provider's end reports EOF when the program's last copy
 closes, and the group goes (fanotify_release).
 
-Events are raised where the provider sees the operation: the opens it
-serves (FAN_OPEN) and the executables it opens for execve (FAN_OPEN |
-FAN_OPEN_EXEC), with the caller's instance pid (its tid with
-FAN_REPORT_TID). An event carries a descriptor of the object, opened with
-the group's event_f_flags in the reader's own descriptor table; the
-provider can only put one there while a process holding the group waits
-in a trapped call, so events queue here and are handed over (descriptors
-installed, records written) at the next call of such a process that the
-provider serves (`deliver`). Reads and writes that run natively are not
-seen, so FAN_ACCESS, FAN_MODIFY, FAN_CLOSE_* and the permission events are
-accepted in marks but not raised (see the issue's notes).
+Where events come from: the opens the provider serves (FAN_OPEN) and the
+executables it opens for execve (FAN_OPEN | FAN_OPEN_EXEC), with the
+caller's instance pid (its tid with FAN_REPORT_TID); reads, writes and
+closes run natively in the programs, so FAN_ACCESS, FAN_MODIFY and
+FAN_CLOSE_* come from the host's inotify, as inotify(7) inside does: one
+host inotify instance of the provider watches every marked inode that
+asks for them. inotify names no process, so such an event carries the
+pid of the inode's last opener the provider saw. Permission events are
+accepted in marks but never raised: the opens could wait for an answer,
+but the reads they guard run natively.
+
+An event carries a descriptor of the object, opened with the group's
+event_f_flags in the reader's own table. The provider can put one there
+while a process holding the group waits in a call it serves (ADDFD), or by
+stopping one of its threads (PTRACE_INTERRUPT) and running openat of the
+provider's O_PATH descriptor's /proc link in it (platform/inject.py); the
+records are written once the descriptors are in.
 """
 
 from __future__ import annotations
@@ -35,8 +41,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from lxsub.abi.fanotify import (FAN_EVENT_ON_CHILD, FAN_MARK_IGNORED_SURV_MODIFY, FAN_NOFD, FAN_ONDIR, FAN_OPEN,
+                                FAN_ACCESS, FAN_MODIFY, FAN_CLOSE_WRITE, FAN_CLOSE_NOWRITE,
                                 FAN_Q_OVERFLOW, FAN_REPORT_TID, FAN_UNLIMITED_MARKS, FAN_UNLIMITED_QUEUE,
                                 FANOTIFY_METADATA_VERSION, FANOTIFY_PERM_EVENTS, METADATA)
+from lxsub.abi.fcntl import AT_FDCWD
+from lxsub.abi.sysno import SYS_OPENAT
+from lxsub.platform import libc
+from lxsub.platform.inject import Scratch, SysCall
 from lxsub.platform.livefiles import LiveFiles
 
 if TYPE_CHECKING:
@@ -49,6 +60,14 @@ MAX_QUEUED_EVENTS = 16384
 MAX_MARKS = 8192
 _SIOCOUTQ = 0x5411
 _EVENT_BITS = 0x00FFFFFF           # the event bits, without ON_CHILD and ONDIR
+# The events only the host's inotify sees; their bits are inotify's too
+# (IN_ACCESS, IN_MODIFY, IN_CLOSE_WRITE, IN_CLOSE_NOWRITE).
+_HOST_EVENTS = FAN_ACCESS | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE
+_IN_ISDIR = 0x40000000
+_IN_IGNORED = 0x8000
+_IN_Q_OVERFLOW = 0x4000
+_INOTIFY_EVENT = struct.Struct("<iIII")
+_MAX_OPENERS = 4096
 
 Key = tuple   # ("ino", dev, ino) | ("mnt", dev) | ("sb", dev)
 
@@ -74,9 +93,11 @@ class Group:
     event_f_flags: int
     end: int                             # the provider's end of the pair
     prog_ino: int                        # the inode of the program's end
+    owner: int                           # the host pid of the process that made it
     marks: dict = field(default_factory=dict)
     pending: deque = field(default_factory=deque)
     overflowed: bool = False
+    delivering: bool = False             # a thread of a holder is being stopped for it
 
     def mark_for(self, key: Key, create: bool) -> Mark | None:
         found = self.marks.get(key)
@@ -112,7 +133,8 @@ class Group:
     def wanted(self, obj: "Object", mask: int) -> int:
         """fanotify_group_event_mask: the object's marks, its parent
         directory's when that mark has FAN_EVENT_ON_CHILD, its mount's and
-        file system's; an event on a directory needs FAN_ONDIR."""
+        file system's; an event on a directory needs FAN_ONDIR. A modify
+        clears ignore masks not marked FAN_MARK_IGNORED_SURV_MODIFY."""
         marks = [self.marks.get(obj.key), self.marks.get(("mnt", obj.dev)), self.marks.get(("sb", obj.dev))]
         parent = self.marks.get(obj.parent()) if self.marks else None
         if parent is not None and parent.mask & FAN_EVENT_ON_CHILD and obj.parent() != obj.key:
@@ -122,6 +144,8 @@ class Group:
             if m is not None:
                 want |= m.mask
                 ignore |= m.ignore
+                if mask & FAN_MODIFY and not m.ignore_survives_modify:
+                    m.ignore = 0
         if obj.is_dir and not want & FAN_ONDIR:
             return 0
         return mask & want & ~ignore & _EVENT_BITS
@@ -157,19 +181,15 @@ class Group:
                 continue
         return False
 
-    def hand_over(self, install: Callable[[int, bool], int]) -> None:
-        """Install the queued events' descriptors in the waiting caller and
-        write their records, as many as the socket takes now."""
-        records = []
-        room = self._room()
-        while self.pending and room >= METADATA.size:
-            ev = self.pending.popleft()
-            records.append(self._record(ev, install))
-            room -= METADATA.size
+    def take(self) -> list[Event]:
+        """The queued events the socket has room for now, off the queue."""
+        room = self._room() // METADATA.size
+        batch = []
+        while self.pending and len(batch) < room:
+            batch.append(self.pending.popleft())
         if not self.pending:
             self.overflowed = False
-        if records:
-            os.write(self.end, b"".join(records))
+        return batch
 
     def _room(self) -> int:
         """What the socket still takes: its send buffer less what is queued."""
@@ -177,23 +197,14 @@ class Group:
         queued = struct.unpack("i", _fcntl.ioctl(self.end, _SIOCOUTQ, b"\0" * 4))[0]
         return max(0, _SNDBUF // 2 - queued)
 
-    def _record(self, ev: Event, install: Callable[[int, bool], int]) -> bytes:
-        fd = FAN_NOFD
-        if ev.obj >= 0:
-            try:
-                mine = os.open(f"/proc/self/fd/{ev.obj}", (self.event_f_flags & ~os.O_CLOEXEC) | os.O_CLOEXEC)
-            except OSError:
-                mine = -1
-            finally:
-                _close(ev.obj)
-            if mine >= 0:
-                try:
-                    fd = install(mine, bool(self.event_f_flags & os.O_CLOEXEC))
-                except OSError:
-                    fd = FAN_NOFD
-                finally:
-                    os.close(mine)
-        return METADATA.pack(METADATA.size, FANOTIFY_METADATA_VERSION, 0, METADATA.size, ev.mask, fd, ev.pid)
+    def write(self, events: list[Event], fds: list[int]) -> None:
+        if events:
+            os.write(self.end, b"".join(
+                METADATA.pack(METADATA.size, FANOTIFY_METADATA_VERSION, 0, METADATA.size, ev.mask, fd, ev.pid)
+                for ev, fd in zip(events, fds)))
+
+    def open_flags(self) -> int:
+        return self.event_f_flags
 
     def close(self) -> None:
         while self.pending:
@@ -207,13 +218,13 @@ _SNDBUF = 212992   # net.core.wmem_default, what the pair is given below
 class Object:
     """What an event is about: a file the provider holds a descriptor of."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, parent: Key | None = None) -> None:
         self.fd = fd
         st = os.fstat(fd)
         self.dev = st.st_dev
         self.key: Key = ("ino", st.st_dev, st.st_ino)
         self.is_dir = stat.S_ISDIR(st.st_mode)
-        self._parent: Key | None = None
+        self._parent = parent
 
     def parent(self) -> Key | None:
         """The directory the file was opened in (its host path's parent)."""
@@ -227,19 +238,34 @@ class Object:
         return self._parent
 
 
+@dataclass
+class Watch:
+    """A host inotify watch of the provider's: the inode and an O_PATH of it."""
+    key: Key
+    opath: int
+
+
 class Groups:
-    """The instance's groups, and how many each user has open."""
+    """The instance's groups, how many each user has open, the host
+    inotify instance that sees native reads and writes, and who last
+    opened each inode (the pid such events carry)."""
 
     def __init__(self) -> None:
         self.live: list[Group] = []
         self.counts = LiveFiles()
         self.lock = threading.RLock()
+        self.inotify = -1
+        self.watches: dict[int, Watch] = {}      # wd -> watch
+        self.openers: dict[Key, tuple[int, int]] = {}   # key -> (pid, tid)
 
     def by_ino(self, ino: int) -> Group | None:
         for g in self.live:
             if g.prog_ino == ino:
                 return g
         return None
+
+    def watched(self, key: Key) -> bool:
+        return any(w.key == key for w in self.watches.values())
 
 
 def groups_of(inst) -> Groups:
@@ -249,7 +275,7 @@ def groups_of(inst) -> Groups:
     return found
 
 
-def new_group(inst, user: int, flags: int, event_f_flags: int, nonblock: bool) -> int:
+def new_group(inst, task: "Task", user: int, flags: int, event_f_flags: int, nonblock: bool) -> int:
     """A group charged to `user`; returns the program's end (EMFILE past
     max_user_groups)."""
     groups = groups_of(inst)
@@ -261,7 +287,7 @@ def new_group(inst, user: int, flags: int, event_f_flags: int, nonblock: bool) -
         theirs.setblocking(not nonblock)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF // 2)   # the kernel doubles it
         prog = theirs.detach()
-        group = Group(flags, event_f_flags, mine.detach(), os.fstat(prog).st_ino)
+        group = Group(flags, event_f_flags, mine.detach(), os.fstat(prog).st_ino, task.process.host_pid)
         groups.counts.add(prog, user)
         groups.live.append(group)
     inst.engine.watch_fd(group.end, lambda: _on_group_readable(inst, group))
@@ -283,9 +309,103 @@ def _on_group_readable(inst, group: Group) -> None:
     with groups.lock:
         if group in groups.live:
             groups.live.remove(group)
+        drop_stale_watches(groups)
     inst.engine.unwatch_fd(group.end)
     group.close()
 
+
+# -- host inotify: what runs natively -------------------------------------------------
+
+def watch_for(inst, key: Key, own: int) -> None:
+    """After a mark change on `key` (the provider's descriptor `own` of
+    it): watch it on the host if some group's marks there want native
+    events, and drop watches no mark wants any more."""
+    groups = groups_of(inst)
+    with groups.lock:
+        if any(_wants_host(g.marks.get(key)) for g in groups.live) and not groups.watched(key):
+            _add_watch(inst, groups, key, own)
+        drop_stale_watches(groups)
+
+
+def _wants_host(m: Mark | None) -> bool:
+    return m is not None and bool(m.mask & _HOST_EVENTS)
+
+
+def _add_watch(inst, groups: Groups, key: Key, own: int) -> None:
+    if groups.inotify < 0:
+        groups.inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        inst.engine.watch_fd(groups.inotify, lambda: _host_events(inst))
+    opath = os.open(f"/proc/self/fd/{own}", os.O_PATH | os.O_CLOEXEC)
+    try:
+        wd = libc.inotify_add_watch(groups.inotify, f"/proc/self/fd/{opath}".encode(), _HOST_EVENTS)
+    except OSError:
+        os.close(opath)
+        return                      # nothing to watch on (a pseudo file): no native events
+    old = groups.watches.pop(wd, None)
+    if old is not None:
+        os.close(old.opath)
+    groups.watches[wd] = Watch(key, opath)
+
+
+def drop_stale_watches(groups: Groups) -> None:
+    for wd, w in list(groups.watches.items()):
+        if not any(_wants_host(g.marks.get(w.key)) for g in groups.live):
+            del groups.watches[wd]
+            try:
+                libc.inotify_rm_watch(groups.inotify, wd)
+            except OSError:
+                pass
+            os.close(w.opath)
+
+
+def _host_events(inst) -> None:
+    """The host inotify is readable: queue its events, then hand them over."""
+    groups = groups_of(inst)
+    with groups.lock:
+        drain(groups)
+        for g in groups.live:
+            schedule(inst, g)
+
+
+def drain(groups: Groups) -> None:
+    """Queue what the host's inotify saw so far (before anything newer)."""
+    if groups.inotify < 0:
+        return
+    while True:
+        try:
+            data = os.read(groups.inotify, 65536)
+        except BlockingIOError:
+            return
+        off = 0
+        while off + _INOTIFY_EVENT.size <= len(data):
+            wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, off)
+            name = data[off + 16:off + 16 + length].rstrip(b"\0")
+            off += 16 + length
+            w = groups.watches.get(wd)
+            if w is not None and mask & _HOST_EVENTS:
+                _host_event(groups, w, name, mask & _HOST_EVENTS)
+
+
+def _host_event(groups: Groups, w: Watch, name: bytes, mask: int) -> None:
+    if name:
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=w.opath)
+        except OSError:
+            return                  # gone already
+        parent: Key | None = w.key
+    else:
+        fd, parent = os.open(f"/proc/self/fd/{w.opath}", os.O_PATH | os.O_CLOEXEC), None
+    try:
+        obj = Object(fd, parent)
+        if name and groups.watched(obj.key):
+            return                  # its own watch reports it
+        pid, tid = groups.openers.get(obj.key, (0, 0))
+        _queue_all(groups, obj, mask, pid, tid)
+    finally:
+        os.close(fd)
+
+
+# -- raising and handing over --------------------------------------------------------
 
 def raise_open(inst, task: "Task", fd: int, extra: int = 0) -> None:
     """FAN_OPEN (with `extra`: FAN_OPEN_EXEC) of the file the provider
@@ -293,20 +413,23 @@ def raise_open(inst, task: "Task", fd: int, extra: int = 0) -> None:
     groups = getattr(inst, "fanotify_groups", None)
     if groups is None or not groups.live:
         return
-    _raise(groups, task, fd, FAN_OPEN | extra)
-
-
-def _raise(groups: Groups, task: "Task", fd: int, mask: int) -> None:
     try:
         obj = Object(fd)
     except OSError:
         return
     with groups.lock:
-        for g in groups.live:
-            got = g.wanted(obj, mask)
-            if got:
-                pid = task.tid if g.flags & FAN_REPORT_TID else task.process.pid
-                g.queue(Event(got, obj.key, pid, _opath(fd)))
+        drain(groups)             # what ran natively before this open comes first
+        if len(groups.openers) >= _MAX_OPENERS:
+            groups.openers.clear()
+        groups.openers[obj.key] = (task.process.pid, task.tid)
+        _queue_all(groups, obj, FAN_OPEN | extra, task.process.pid, task.tid)
+
+
+def _queue_all(groups: Groups, obj: Object, mask: int, pid: int, tid: int) -> None:
+    for g in groups.live:
+        got = g.wanted(obj, mask)
+        if got:
+            g.queue(Event(got, obj.key, tid if g.flags & FAN_REPORT_TID else pid, _opath(obj.fd)))
 
 
 def _opath(fd: int) -> int:
@@ -318,14 +441,116 @@ def _opath(fd: int) -> int:
 
 def deliver(inst, task: "Task", install: Callable[[int, bool], int]) -> None:
     """At a served call of `task`: hand over the queued events of the
-    groups its process holds (their descriptors go into its table)."""
+    groups its process holds (their descriptors go into its table with
+    `install`); the others' go by stopping a holder."""
+    groups = getattr(inst, "fanotify_groups", None)
+    if groups is None or not groups.live:
+        return
+    with groups.lock:
+        drain(groups)
+        for g in groups.live:
+            if not g.pending or g.delivering:
+                continue
+            if g.held_by(task.process.host_pid):
+                batch = g.take()
+                g.write(batch, [_install(g, ev, install) for ev in batch])
+            schedule(inst, g)
+
+
+def _install(g: Group, ev: Event, install: Callable[[int, bool], int]) -> int:
+    if ev.obj < 0:
+        return FAN_NOFD
+    try:
+        mine = os.open(f"/proc/self/fd/{ev.obj}", g.open_flags() | os.O_CLOEXEC)
+    except OSError:
+        return FAN_NOFD
+    finally:
+        _close(ev.obj)
+        ev.obj = -1
+    try:
+        return install(mine, bool(g.event_f_flags & os.O_CLOEXEC))
+    except OSError:
+        return FAN_NOFD
+    finally:
+        os.close(mine)
+
+
+def after_call(inst) -> None:
+    """After a call the provider served: events still queued go to a holder."""
     groups = getattr(inst, "fanotify_groups", None)
     if groups is None or not groups.live:
         return
     with groups.lock:
         for g in groups.live:
-            if g.pending and g.held_by(task.process.host_pid):
-                g.hand_over(install)
+            schedule(inst, g)
+
+
+def schedule(inst, g: Group) -> None:
+    """Stop a thread of a process holding the group and open the queued
+    events' objects in it (the caller holds groups.lock)."""
+    if g.delivering or not g.pending:
+        return
+    proc = _holder(inst, g)
+    if proc is None:
+        return                      # they wait for a holder's next served call
+    tid = next(iter(proc.threads))
+    g.delivering = True
+    if not inst.engine.interrupt(tid, lambda t, regs: _deliver_in(inst, g, t)):
+        g.delivering = False
+
+
+def _holder(inst, g: Group):
+    procs = inst.pids.processes_by_host
+    first = procs.get(g.owner)
+    for proc in ([first] if first is not None else []) + list(procs.values()):
+        if proc.threads and not proc.exited and g.held_by(proc.host_pid):
+            return proc
+    return None
+
+
+def _deliver_in(inst, g: Group, tid: int) -> None:
+    """At the stop: what ran natively so far is queued too, then each
+    event's object is opened in the thread by its /proc link in ours."""
+    groups = groups_of(inst)
+    with groups.lock:
+        drain(groups)
+        if g not in groups.live:
+            g.delivering = False
+            return
+        batch = g.take()
+    todo = [i for i, ev in enumerate(batch) if ev.obj >= 0]
+    fds = [FAN_NOFD] * len(batch)
+    me = os.getpid()
+
+    def call(i: int) -> SysCall:
+        path = f"/proc/{me}/fd/{batch[i].obj}".encode() + b"\0"
+        return SysCall(SYS_OPENAT, (AT_FDCWD & 0xFFFFFFFFFFFFFFFF, Scratch(0), g.open_flags(), 0), path)
+
+    def after(result: int):
+        i = todo.pop(0)
+        fds[i] = result if result >= 0 else FAN_NOFD
+        _close(batch[i].obj)
+        batch[i].obj = -1
+        return call(todo[0]) if todo else None
+
+    def done() -> None:
+        with groups.lock:
+            g.delivering = False
+            if g in groups.live:
+                g.write(batch, fds)
+                schedule(inst, g)
+
+    def gone() -> None:
+        with groups.lock:
+            g.delivering = False
+            for ev in batch:
+                _close(ev.obj)
+            schedule(inst, g)
+
+    if not todo:
+        done()
+        return
+    inst.engine.inject(tid, call(todo[0]), after, done, gone)
 
 
 def _close(fd: int) -> None:

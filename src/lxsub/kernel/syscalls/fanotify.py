@@ -46,7 +46,7 @@ def sys_fanotify_init(c: Call) -> NewFd:
         raise OSError(errno.EINVAL, "FAN_REPORT_PIDFD with FAN_REPORT_TID")
     if flags & ~SUPPORTED_INIT_FLAGS:
         raise OSError(errno.EINVAL, "fanotify_init flag not served by lxsub")
-    fd = fanotify.new_group(c.inst, c.task.creds.euid, flags, event_f_flags, bool(flags & FAN_NONBLOCK))
+    fd = fanotify.new_group(c.inst, c.task, c.task.creds.euid, flags, event_f_flags, bool(flags & FAN_NONBLOCK))
     return NewFd(fd, bool(flags & FAN_CLOEXEC))
 
 
@@ -67,16 +67,22 @@ def sys_fanotify_mark(c: Call) -> int:
     if cmd == FAN_MARK_FLUSH:
         with groups.lock:
             group.flush(_KIND[kind])
+            fanotify.drop_stale_watches(groups)
         return 0
-    key, is_dir = _object_key(c, flags, kind)
-    if kind != FAN_MARK_INODE or not is_dir:
-        mask &= ~FAN_EVENT_ON_CHILD
-    ignored = bool(flags & (FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORE))
-    with groups.lock:
-        if cmd == FAN_MARK_ADD:
-            group.add(key, mask, ignored, flags)
-        else:
-            group.remove(key, mask, ignored)
+    key, is_dir, own = _object(c, flags, kind)
+    try:
+        if kind != FAN_MARK_INODE or not is_dir:
+            mask &= ~FAN_EVENT_ON_CHILD
+        ignored = bool(flags & (FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORE))
+        with groups.lock:
+            if cmd == FAN_MARK_ADD:
+                group.add(key, mask, ignored, flags)
+            else:
+                group.remove(key, mask, ignored)
+            if kind == FAN_MARK_INODE:
+                fanotify.watch_for(c.inst, key, own)
+    finally:
+        os.close(own)
     return 0
 
 
@@ -107,19 +113,26 @@ def _group_of(c: Call, fd: int) -> "fanotify.Group":
     return group
 
 
-def _object_key(c: Call, flags: int, kind: int) -> tuple:
+def _object(c: Call, flags: int, kind: int) -> tuple[tuple, bool, int]:
     """fanotify_find_path: the path (or the descriptor dirfd itself when
     it is NULL), followed unless FAN_MARK_DONT_FOLLOW, a directory with
-    FAN_MARK_ONLYDIR, readable by the caller; its host identity."""
+    FAN_MARK_ONLYDIR, readable by the caller: its mark key, whether a
+    directory, and a provider descriptor of it (the caller closes it)."""
     if not c.ptr(4):
-        local = lookup.copy_fd(c.task, c.int(3))
-        try:
-            st = os.fstat(local)
-        finally:
-            os.close(local)
+        own = lookup.copy_fd(c.task, c.int(3))
+    else:
+        own = _resolve(c, flags)
+    try:
+        st = os.fstat(own)
         if flags & FAN_MARK_ONLYDIR and not _isdir(st.st_mode):
             raise OSError(errno.ENOTDIR, "not a directory")
-        return _key(kind, st), _isdir(st.st_mode)
+    except BaseException:
+        os.close(own)
+        raise
+    return _key(kind, st), _isdir(st.st_mode), own
+
+
+def _resolve(c: Call, flags: int) -> int:
     node = lookup.resolve_at(c.inst.vfs, c.task, c.int(3), c.path(4), 0,
                              follow_default=not flags & FAN_MARK_DONT_FOLLOW)
     try:
@@ -127,13 +140,9 @@ def _object_key(c: Call, flags: int, kind: int) -> tuple:
             raise OSError(errno.ENOTDIR, "not a directory")
         a = node.fs.getattr(node, c.task)
         perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_READ)
-        own = node.fd if node.fd is not None else node.fs.open(node, O_PATH, c.task)
-        try:
-            st = os.fstat(own)
-        finally:
-            if own != node.fd:
-                os.close(own)
-        return _key(kind, st), _isdir(st.st_mode)
+        if node.fd is not None:
+            return os.dup(node.fd)
+        return node.fs.open(node, O_PATH, c.task)
     finally:
         node.release()
 
