@@ -68,6 +68,7 @@ _IN_IGNORED = 0x8000
 _IN_Q_OVERFLOW = 0x4000
 _INOTIFY_EVENT = struct.Struct("<iIII")
 _MAX_OPENERS = 4096
+_COALESCE = 0.002                  # seconds: see schedule()
 
 Key = tuple   # ("ino", dev, ino) | ("mnt", dev) | ("sb", dev)
 
@@ -85,6 +86,9 @@ class Event:
     key: Key | None
     pid: int
     obj: int = -1        # an O_PATH descriptor of the object, reopened at delivery
+    # The group also wants what runs natively on the object: hand it over
+    # with those events (after _COALESCE), not alone at once.
+    with_native: bool = False
 
 
 @dataclass(eq=False)
@@ -130,7 +134,7 @@ class Group:
         for key in [k for k in self.marks if k[0] == kind]:
             del self.marks[key]
 
-    def wanted(self, obj: "Object", mask: int) -> int:
+    def wanted(self, obj: "Object", mask: int, probe: bool = False) -> int:
         """fanotify_group_event_mask: the object's marks, its parent
         directory's when that mark has FAN_EVENT_ON_CHILD, its mount's and
         file system's; an event on a directory needs FAN_ONDIR. A modify
@@ -144,7 +148,7 @@ class Group:
             if m is not None:
                 want |= m.mask
                 ignore |= m.ignore
-                if mask & FAN_MODIFY and not m.ignore_survives_modify:
+                if mask & FAN_MODIFY and not m.ignore_survives_modify and not probe:
                     m.ignore = 0
         if obj.is_dir and not want & FAN_ONDIR:
             return 0
@@ -155,6 +159,7 @@ class Group:
         if (last is not None and last.key == event.key and last.pid == event.pid
                 and not (last.mask | event.mask) & FANOTIFY_PERM_EVENTS):
             last.mask |= event.mask          # fanotify_merge: same object, same process
+            last.with_native |= event.with_native
             _close(event.obj)
             return
         if len(self.pending) >= MAX_QUEUED_EVENTS and not self.flags & FAN_UNLIMITED_QUEUE:
@@ -429,7 +434,8 @@ def _queue_all(groups: Groups, obj: Object, mask: int, pid: int, tid: int) -> No
     for g in groups.live:
         got = g.wanted(obj, mask)
         if got:
-            g.queue(Event(got, obj.key, tid if g.flags & FAN_REPORT_TID else pid, _opath(obj.fd)))
+            g.queue(Event(got, obj.key, tid if g.flags & FAN_REPORT_TID else pid, _opath(obj.fd),
+                          bool(g.wanted(obj, _HOST_EVENTS, probe=True))))
 
 
 def _opath(fd: int) -> int:
@@ -451,7 +457,7 @@ def deliver(inst, task: "Task", install: Callable[[int, bool], int]) -> None:
         for g in groups.live:
             if not g.pending or g.delivering:
                 continue
-            if g.held_by(task.process.host_pid):
+            if not any(ev.with_native for ev in g.pending) and g.held_by(task.process.host_pid):
                 batch = g.take()
                 g.write(batch, [_install(g, ev, install) for ev in batch])
             schedule(inst, g)
@@ -486,17 +492,29 @@ def after_call(inst) -> None:
 
 
 def schedule(inst, g: Group) -> None:
-    """Stop a thread of a process holding the group and open the queued
-    events' objects in it (the caller holds groups.lock)."""
+    """In _COALESCE, stop a thread of a process holding the group and open
+    the queued events' objects in it (the caller holds groups.lock). The
+    wait lets what the program does natively next (an open's close) join
+    the open's event, as both would be queued when it reads in Linux."""
     if g.delivering or not g.pending:
         return
-    proc = _holder(inst, g)
-    if proc is None:
-        return                      # they wait for a holder's next served call
-    tid = next(iter(proc.threads))
     g.delivering = True
-    if not inst.engine.interrupt(tid, lambda t, regs: _deliver_in(inst, g, t)):
+    inst.engine.call_later(_COALESCE, lambda: _stop_holder(inst, g))
+
+
+def _stop_holder(inst, g: Group) -> None:
+    groups = groups_of(inst)
+    with groups.lock:
         g.delivering = False
+        if g not in groups.live or not g.pending:
+            return
+        proc = _holder(inst, g)
+        if proc is None:
+            return                  # they wait for a holder's next served call
+        g.delivering = True
+        tid = next(iter(proc.threads))
+        if not inst.engine.interrupt(tid, lambda t, regs: _deliver_in(inst, g, t)):
+            g.delivering = False
 
 
 def _holder(inst, g: Group):
