@@ -40,7 +40,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from lxsub.abi.fanotify import (FAN_EVENT_ON_CHILD, FAN_MARK_IGNORED_SURV_MODIFY, FAN_NOFD, FAN_ONDIR, FAN_OPEN,
+from lxsub.abi.fanotify import (FAN_EVENT_ON_CHILD, FAN_MARK_IGNORED_SURV_MODIFY, FAN_DENY, FAN_NOFD, FAN_ONDIR, FAN_OPEN,
+                                FAN_OPEN_EXEC, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM,
                                 FAN_ACCESS, FAN_MODIFY, FAN_CLOSE_WRITE, FAN_CLOSE_NOWRITE,
                                 FAN_Q_OVERFLOW, FAN_REPORT_TID, FAN_UNLIMITED_MARKS, FAN_UNLIMITED_QUEUE,
                                 FANOTIFY_METADATA_VERSION, FANOTIFY_PERM_EVENTS, METADATA)
@@ -67,6 +68,7 @@ _IN_ISDIR = 0x40000000
 _IN_IGNORED = 0x8000
 _IN_Q_OVERFLOW = 0x4000
 _INOTIFY_EVENT = struct.Struct("<iIII")
+_RESPONSE = struct.Struct("<iI")           # struct fanotify_response
 _MAX_OPENERS = 4096
 _COALESCE = 0.002                  # seconds: see schedule()
 
@@ -89,6 +91,9 @@ class Event:
     # The group also wants what runs natively on the object: hand it over
     # with those events (after _COALESCE), not alone at once.
     with_native: bool = False
+    # A permission event: set once answered (or the group gone), and how.
+    answered: threading.Event | None = None
+    allowed: bool = True
 
 
 @dataclass(eq=False)
@@ -102,6 +107,8 @@ class Group:
     pending: deque = field(default_factory=deque)
     overflowed: bool = False
     delivering: bool = False             # a thread of a holder is being stopped for it
+    awaiting: dict = field(default_factory=dict)   # event fd in the reader -> permission Event
+    answers: bytes = b""                 # a partial struct fanotify_response written
 
     def mark_for(self, key: Key, create: bool) -> Mark | None:
         found = self.marks.get(key)
@@ -203,6 +210,12 @@ class Group:
         return max(0, _SNDBUF // 2 - queued)
 
     def write(self, events: list[Event], fds: list[int]) -> None:
+        for ev, fd in zip(events, fds):
+            if ev.answered is not None:
+                if fd == FAN_NOFD:
+                    ev.answered.set()        # nothing to answer by: allowed
+                else:
+                    self.awaiting[fd] = ev
         if events:
             os.write(self.end, b"".join(
                 METADATA.pack(METADATA.size, FANOTIFY_METADATA_VERSION, 0, METADATA.size, ev.mask, fd, ev.pid)
@@ -211,7 +224,24 @@ class Group:
     def open_flags(self) -> int:
         return self.event_f_flags
 
+    def answer(self, data: bytes) -> None:
+        """struct fanotify_response records: FAN_ALLOW or FAN_DENY for the
+        permission event whose descriptor the reader was given."""
+        data = self.answers + data
+        whole = len(data) - len(data) % _RESPONSE.size
+        for fd, response in _RESPONSE.iter_unpack(data[:whole]):
+            ev = self.awaiting.pop(fd, None)
+            if ev is not None and ev.answered is not None:
+                ev.allowed = response & 0xFF != FAN_DENY
+                ev.answered.set()
+        self.answers = data[whole:]
+
     def close(self) -> None:
+        """fanotify_release: permission events still waiting are allowed."""
+        for ev in list(self.awaiting.values()) + list(self.pending):
+            if ev.answered is not None:
+                ev.answered.set()
+        self.awaiting.clear()
         while self.pending:
             _close(self.pending.popleft().obj)
         os.close(self.end)
@@ -262,6 +292,14 @@ class Groups:
         self.inotify = -1
         self.watches: dict[int, Watch] = {}      # wd -> watch
         self.openers: dict[Key, tuple[int, int]] = {}   # key -> (pid, tid)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def poke(self) -> None:
+        """From a worker thread: let the engine's loop hand over what was queued."""
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass
 
     def by_ino(self, ino: int) -> Group | None:
         for g in self.live:
@@ -277,7 +315,16 @@ def groups_of(inst) -> Groups:
     found = getattr(inst, "fanotify_groups", None)
     if found is None:
         found = inst.fanotify_groups = Groups()
+        inst.engine.watch_fd(found.wake_r, lambda: _poked(inst, found))
     return found
+
+
+def _poked(inst, groups: Groups) -> None:
+    try:
+        os.read(groups.wake_r, 4096)
+    except BlockingIOError:
+        pass
+    after_call(inst)
 
 
 def new_group(inst, task: "Task", user: int, flags: int, event_f_flags: int, nonblock: bool) -> int:
@@ -308,9 +355,11 @@ def _on_group_readable(inst, group: Group) -> None:
         return
     except OSError:
         data = b""
-    if data:
-        return
     groups = groups_of(inst)
+    if data:
+        with groups.lock:
+            group.answer(data)
+        return
     with groups.lock:
         if group in groups.live:
             groups.live.remove(group)
@@ -412,30 +461,68 @@ def _host_event(groups: Groups, w: Watch, name: bytes, mask: int) -> None:
 
 # -- raising and handing over --------------------------------------------------------
 
-def raise_open(inst, task: "Task", fd: int, extra: int = 0) -> None:
+def raise_open(inst, task: "Task", fd: int, extra: int = 0, may_wait: bool = True) -> "Permission | None":
     """FAN_OPEN (with `extra`: FAN_OPEN_EXEC) of the file the provider
-    opened as `fd` for the task."""
+    opened as `fd` for the task. With FAN_OPEN_PERM marks on it, the open
+    must first wait for the groups' answers: the Permission returned says
+    how (FAN_OPEN is then raised once allowed). An exec (`may_wait`
+    False: it is served at a ptrace stop, which cannot wait) asks none."""
     groups = getattr(inst, "fanotify_groups", None)
     if groups is None or not groups.live:
-        return
+        return None
     try:
         obj = Object(fd)
     except OSError:
-        return
+        return None
     with groups.lock:
         drain(groups)             # what ran natively before this open comes first
         if len(groups.openers) >= _MAX_OPENERS:
             groups.openers.clear()
         groups.openers[obj.key] = (task.process.pid, task.tid)
+        perm = FAN_OPEN_PERM | (FAN_OPEN_EXEC_PERM if extra & FAN_OPEN_EXEC else 0)
+        asked = _queue_all(groups, obj, perm, task.process.pid, task.tid, permission=True) if may_wait else []
+        if asked:
+            return Permission(inst, asked, obj, FAN_OPEN | extra, task)
         _queue_all(groups, obj, FAN_OPEN | extra, task.process.pid, task.tid)
+    return None
 
 
-def _queue_all(groups: Groups, obj: Object, mask: int, pid: int, tid: int) -> None:
+class Permission:
+    """An open waiting for the answers to its permission events."""
+
+    def __init__(self, inst, asked: list[Event], obj: Object, then: int, task: "Task") -> None:
+        self.inst, self.asked, self.obj, self.then = inst, asked, obj, then
+        self.pid, self.tid = task.process.pid, task.tid
+
+    def wait(self, still_wanted: Callable[[], bool] | None) -> bool:
+        """Block (a worker thread) until every group answered; whether all
+        allowed. Then the open's FAN_OPEN, if allowed."""
+        for ev in self.asked:
+            while not ev.answered.wait(0.05):
+                if still_wanted is not None and not still_wanted():
+                    raise OSError(errno.EINTR, "interrupted")
+        allowed = all(ev.allowed for ev in self.asked)
+        if allowed:
+            groups = groups_of(self.inst)
+            with groups.lock:
+                _queue_all(groups, self.obj, self.then, self.pid, self.tid)
+            groups.poke()
+        return allowed
+
+
+def _queue_all(groups: Groups, obj: Object, mask: int, pid: int, tid: int,
+               permission: bool = False) -> list[Event]:
+    queued = []
     for g in groups.live:
         got = g.wanted(obj, mask)
         if got:
-            g.queue(Event(got, obj.key, tid if g.flags & FAN_REPORT_TID else pid, _opath(obj.fd),
-                          bool(g.wanted(obj, _HOST_EVENTS, probe=True))))
+            ev = Event(got, obj.key, tid if g.flags & FAN_REPORT_TID else pid, _opath(obj.fd),
+                       bool(g.wanted(obj, _HOST_EVENTS, probe=True)))
+            if permission:
+                ev.answered = threading.Event()
+            g.queue(ev)
+            queued.append(ev)
+    return queued
 
 
 def _opath(fd: int) -> int:
@@ -457,10 +544,24 @@ def deliver(inst, task: "Task", install: Callable[[int, bool], int]) -> None:
         for g in groups.live:
             if not g.pending or g.delivering:
                 continue
-            if not any(ev.with_native for ev in g.pending) and g.held_by(task.process.host_pid):
+            if not any(ev.with_native for ev in g.pending) and _reader(inst, g, task.process.host_pid):
                 batch = g.take()
                 g.write(batch, [_install(g, ev, install) for ev in batch])
             schedule(inst, g)
+
+
+def _reader(inst, g: Group, host_pid: int) -> bool:
+    """Whether the process is the one to hand the group's events to: the
+    records are read by whichever holder reads, but the descriptors are in
+    one table, so the process that made the group while it holds it (a
+    forked child holds it too, and is often the one causing the events),
+    else any holder."""
+    if host_pid == g.owner:
+        return g.held_by(host_pid)
+    owner = inst.pids.processes_by_host.get(g.owner)
+    if owner is not None and owner.threads and not owner.exited and g.held_by(g.owner):
+        return False
+    return g.held_by(host_pid)
 
 
 def _install(g: Group, ev: Event, install: Callable[[int, bool], int]) -> int:

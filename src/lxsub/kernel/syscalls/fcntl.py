@@ -31,8 +31,30 @@ def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int 
     if isinstance(fd, int) and c.task.landlock is not None:
         _check_landlock(c.task.landlock, fd, flags)
     if isinstance(fd, int):
-        fanotify.raise_open(c.inst, c.task, fd)
+        permission = fanotify.raise_open(c.inst, c.task, fd)
+        if permission is not None:
+            return _when_permitted(permission, fd, flags)
     return opened(fd, flags)
+
+
+def _when_permitted(permission: "fanotify.Permission", fd: int, flags: int):
+    """do_dentry_open's fsnotify_open_perm: the open waits (on a worker)
+    for the fanotify listeners' answers; FAN_DENY fails it with EPERM (a
+    file O_CREAT made stays, as in Linux)."""
+    from lxsub.kernel.call import Blocking
+
+    def work():
+        try:
+            allowed = permission.wait(job.still_wanted)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not allowed:
+            os.close(fd)
+            raise OSError(errno.EPERM, "denied by a fanotify listener")
+        return opened(fd, flags)
+    job = Blocking(work)
+    return job
 
 
 def _check_landlock(domain, fd: int, flags: int) -> None:

@@ -88,7 +88,8 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
     task.exec_state = p
     if isinstance(p, exec_plan.ExecPlan):
         # do_open_execat's fsnotify_open: FAN_OPEN | FAN_OPEN_EXEC of the program.
-        fanotify.raise_open(inst, task, p.program_fd if p.program_fd >= 0 else p.host_fd, FAN_OPEN_EXEC)
+        fanotify.raise_open(inst, task, p.program_fd if p.program_fd >= 0 else p.host_fd, FAN_OPEN_EXEC,
+                            may_wait=False)
 
     def failed(result: int) -> None:
         # Still here: the host execve failed (E2BIG, ENOMEM...).
