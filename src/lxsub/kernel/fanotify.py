@@ -15,9 +15,10 @@ closes run natively in the programs, so FAN_ACCESS, FAN_MODIFY and
 FAN_CLOSE_* come from the host's inotify, as inotify(7) inside does: one
 host inotify instance of the provider watches every marked inode that
 asks for them. inotify names no process, so such an event carries the
-pid of the inode's last opener the provider saw. Permission events are
-accepted in marks but never raised: the opens could wait for an answer,
-but the reads they guard run natively.
+pid of the inode's last opener the provider saw. FAN_OPEN_PERM makes
+the open wait (on a worker) for every group's answer, written to the group
+as struct fanotify_response; FAN_ACCESS_PERM is accepted in marks but
+never raised: the reads it would guard run natively, out of reach.
 
 An event carries a descriptor of the object, opened with the group's
 event_f_flags in the reader's own table. The provider can put one there
@@ -347,8 +348,8 @@ def new_group(inst, task: "Task", user: int, flags: int, event_f_flags: int, non
 
 
 def _on_group_readable(inst, group: Group) -> None:
-    """Answers written to the group (read and dropped: no permission
-    events are raised), or EOF: the program's last descriptor closed."""
+    """Answers written to the group (to permission events), or EOF: the
+    program's last descriptor closed."""
     try:
         data = os.read(group.end, 4096)
     except BlockingIOError:

@@ -415,10 +415,11 @@ ROWS: list[Syscall] = [
     notify("fanotify_init", fanotify.sys_fanotify_init, "groups kept by the provider (a host group "
            "needs the host's CAP_SYS_ADMIN); CAP_SYS_ADMIN inside; the descriptor is a stream socket "
            "the provider writes event records to; no FID/pidfd/mount-id reporting (EINVAL)", PARTIAL),
-    notify("fanotify_mark", fanotify.sys_fanotify_mark, "inode, mount and filesystem marks (by host "
-           "device); only FAN_OPEN and FAN_OPEN_EXEC are raised (opens and execs the provider serves), "
-           "handed over at the holder's next trapped call; native reads and writes raise nothing, no "
-           "permission events", PARTIAL),
+    notify("fanotify_mark", fanotify.sys_fanotify_mark, "inode, mount and filesystem marks (the "
+           "last two by host device); FAN_OPEN/OPEN_EXEC/OPEN_PERM from the opens and execs the "
+           "provider serves, FAN_ACCESS/MODIFY/CLOSE_* of inode marks from the host's inotify (pid: "
+           "the inode's last opener); FAN_ACCESS_PERM never raised (reads run natively); a read "
+           "shorter than a record is cut, not EINVAL", PARTIAL),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
     *(notify(n, inotify.sys_inotify_init1, "the host's inotify instance, made in the provider "
              "and counted per user against the instance's fs.inotify.max_user_instances (EMFILE)")
