@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
-from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
+from lxsub.kernel.call import Blocking, Call, Held, Native, NewFd, NewFds
 from lxsub.platform import hostproc, memory, ptrace
 from lxsub.platform.memory import MemoryFault
 
@@ -262,6 +262,8 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
                                  wake_here=not result.own_cpu_mask)
     elif isinstance(result, int):
         inst.engine.finish_syscall(tid, regs, result)
+    elif isinstance(result, Held):
+        pass                               # the handler resumes it
     else:
         inst.log.warn(f"traced handler answered {result!r}")
         inst.engine.finish_syscall(tid, regs, -errno.EIO)

@@ -41,14 +41,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from lxsub.abi.fanotify import (FAN_EVENT_ON_CHILD, FAN_MARK_IGNORED_SURV_MODIFY, FAN_DENY, FAN_NOFD, FAN_ONDIR, FAN_OPEN,
+from lxsub.abi.fanotify import (FAN_EVENT_ON_CHILD, FAN_MARK_IGNORED_SURV_MODIFY, FAN_ACCESS_PERM, FAN_DENY, FAN_NOFD, FAN_ONDIR, FAN_OPEN,
                                 FAN_OPEN_EXEC, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM,
                                 FAN_ACCESS, FAN_MODIFY, FAN_CLOSE_WRITE, FAN_CLOSE_NOWRITE,
                                 FAN_Q_OVERFLOW, FAN_REPORT_TID, FAN_UNLIMITED_MARKS, FAN_UNLIMITED_QUEUE,
                                 FANOTIFY_METADATA_VERSION, FANOTIFY_PERM_EVENTS, METADATA)
 from lxsub.abi.fcntl import AT_FDCWD
-from lxsub.abi.sysno import SYS_OPENAT
-from lxsub.platform import libc
+from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_SET_MODE_FILTER
+from lxsub.abi.sysno import NUMBERS, SYS_OPENAT
+from lxsub.kernel.call import Call, Held, Native
+from lxsub.kernel.vfs import lookup
+from lxsub.platform import bpf, libc
 from lxsub.platform.inject import Scratch, SysCall
 from lxsub.platform.livefiles import LiveFiles
 
@@ -95,6 +98,7 @@ class Event:
     # A permission event: set once answered (or the group gone), and how.
     answered: threading.Event | None = None
     allowed: bool = True
+    on_answer: Callable[[], None] | None = None     # called in the provider's loop
 
 
 @dataclass(eq=False)
@@ -214,7 +218,7 @@ class Group:
         for ev, fd in zip(events, fds):
             if ev.answered is not None:
                 if fd == FAN_NOFD:
-                    ev.answered.set()        # nothing to answer by: allowed
+                    _answered(ev)            # nothing to answer by: allowed
                 else:
                     self.awaiting[fd] = ev
         if events:
@@ -234,14 +238,14 @@ class Group:
             ev = self.awaiting.pop(fd, None)
             if ev is not None and ev.answered is not None:
                 ev.allowed = response & 0xFF != FAN_DENY
-                ev.answered.set()
+                _answered(ev)
         self.answers = data[whole:]
 
     def close(self) -> None:
         """fanotify_release: permission events still waiting are allowed."""
         for ev in list(self.awaiting.values()) + list(self.pending):
             if ev.answered is not None:
-                ev.answered.set()
+                _answered(ev)
         self.awaiting.clear()
         while self.pending:
             _close(self.pending.popleft().obj)
@@ -480,6 +484,9 @@ def raise_open(inst, task: "Task", fd: int, extra: int = 0, may_wait: bool = Tru
         if len(groups.openers) >= _MAX_OPENERS:
             groups.openers.clear()
         groups.openers[obj.key] = (task.process.pid, task.tid)
+        if not task.process.access_filter and any(g.wanted(obj, FAN_ACCESS_PERM, probe=True)
+                                                   for g in groups.live):
+            _give_access_filter(inst, task)
         perm = FAN_OPEN_PERM | (FAN_OPEN_EXEC_PERM if extra & FAN_OPEN_EXEC else 0)
         asked = _queue_all(groups, obj, perm, task.process.pid, task.tid, permission=True) if may_wait else []
         if asked:
@@ -671,6 +678,101 @@ def _deliver_in(inst, g: Group, tid: int) -> None:
         done()
         return
     inst.engine.inject(tid, call(todo[0]), after, done, gone)
+
+
+def _answered(ev: Event) -> None:
+    if not ev.answered.is_set():
+        ev.answered.set()
+        if ev.on_answer is not None:
+            ev.on_answer()
+
+
+# -- FAN_ACCESS_PERM: reads stopped by an extra filter -------------------------------
+
+# The calls the filter below traces (its trace stops are the provider's).
+ACCESS_FILTER_TRACES = frozenset(NUMBERS[n] for n in ("read", "readv", "pread64", "preadv", "preadv2"))
+
+
+def _access_filter_call() -> SysCall:
+    """seccomp(SECCOMP_SET_MODE_FILTER, TSYNC, &prog): the read calls stop
+    (ptrace), everything else as the filters below say."""
+    prog = bpf.build_filter(dict.fromkeys(ACCESS_FILTER_TRACES, bpf.RET_TRACE), bpf.RET_ALLOW)
+    fprog = struct.pack("<H6xQ", len(prog) // 8, 0)
+    return SysCall(NUMBERS["seccomp"], (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, Scratch(0)),
+                   fprog + prog, pointers=((8, len(fprog)),))
+
+
+_ACCESS_FILTER = _access_filter_call()
+
+
+def _give_access_filter(inst, task: "Task") -> None:
+    """A process that opens a file some group wants FAN_ACCESS_PERM for
+    gets a filter that stops its reads (they run natively otherwise), at
+    the stop an interrupt brings: before it runs on from the open. Its
+    children inherit it, as any seccomp filter."""
+    proc = task.process
+    if proc.access_filter:
+        return
+    proc.access_filter = True
+
+    def installed(result: int) -> None:
+        if result != 0:
+            proc.access_filter = False
+            inst.log.warn(f"pid {proc.pid}: no FAN_ACCESS_PERM filter (seccomp: {result})")
+        return None
+
+    def gone() -> None:
+        proc.access_filter = False
+
+    def at_stop(tid: int, regs) -> None:
+        inst.engine.inject(tid, _ACCESS_FILTER, installed, lambda: None, gone)
+    if not inst.engine.interrupt(task.host_tid, at_stop):
+        proc.access_filter = False
+
+
+def sys_read_watched(c: Call):
+    """A read call of a process with the access filter (a ptrace stop):
+    with FAN_ACCESS_PERM marks on its file, the thread stays stopped until
+    every group answered, then reads, or fails with EPERM (FAN_DENY), as
+    fsnotify_file_area_perm makes it wait in Linux; otherwise it reads."""
+    groups = getattr(c.inst, "fanotify_groups", None)
+    if groups is None or not groups.live:
+        return Native()
+    try:
+        own = lookup.copy_fd(c.task, c.int(0))
+    except OSError:
+        return Native()                 # the read itself says EBADF
+    try:
+        obj = Object(own)
+        with groups.lock:
+            drain(groups)
+            asked = _queue_all(groups, obj, FAN_ACCESS_PERM, c.task.process.pid, c.task.tid, permission=True)
+    except OSError:
+        return Native()
+    finally:
+        os.close(own)
+    if not asked:
+        return Native()
+    _resume_when_answered(c.inst, c.task.host_tid, c.regs, asked)
+    with groups.lock:
+        for g in groups.live:
+            schedule(c.inst, g)
+    return Held()
+
+
+def _resume_when_answered(inst, tid: int, regs, asked: list[Event]) -> None:
+    def one_answered() -> None:
+        if not all(ev.answered.is_set() for ev in asked):
+            return
+        try:
+            if all(ev.allowed for ev in asked):
+                inst.engine.run_natively(tid, None, None)
+            else:
+                inst.engine.finish_syscall(tid, regs, -errno.EPERM)
+        except (ProcessLookupError, ChildProcessError):
+            pass                        # killed meanwhile
+    for ev in asked:
+        ev.on_answer = one_answered
 
 
 def _close(fd: int) -> None:

@@ -21,6 +21,7 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
+from lxsub.kernel import fanotify as kfanotify
 from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fanotify, fcntl, fhandle, identity, inotify, ioctl, ipc,
@@ -94,17 +95,20 @@ _CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
     *(native(n) for n in (
-        "read", "write", "close", "poll", "lseek", "pread64", "pwrite64", "readv", "writev",
+        "write", "close", "poll", "lseek", "pwrite64", "writev",
         "pipe", "pipe2", "select", "pselect6", "ppoll", "dup", "dup2", "dup3", "sendfile",
         "flock", "fsync", "fdatasync", "ftruncate", "getdents", "getdents64", "readahead",
         "fadvise64", "fallocate", "splice", "tee", "vmsplice", "sync_file_range",
-        "preadv", "pwritev", "preadv2", "pwritev2", "copy_file_range", "close_range",
+        "pwritev", "pwritev2", "copy_file_range", "close_range",
         "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
         "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
         "timerfd_settime", "timerfd_gettime",
         "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
+    *(Syscall(n, NATIVE, kfanotify.sys_read_watched, FULL, "stopped (ptrace) only in a process that "
+              "opened a file a fanotify group wants FAN_ACCESS_PERM for: the read waits for the answers")
+      for n in ("read", "pread64", "readv", "preadv", "preadv2")),
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated; "
             "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual; F_SETPIPE_SZ traps: the "
             "instance's pipe-max-size",
