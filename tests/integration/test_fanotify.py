@@ -79,6 +79,15 @@ def test_an_open_waits_for_the_listeners_answer(installed):
         f"open1 {-errno.EPERM} open2 0"]
 
 
+def test_a_read_waits_for_the_listeners_answer(installed):
+    # FAN_ACCESS_PERM: reads run natively, so the opener of a file with such
+    # a mark gets a filter that stops its reads until the listener answers;
+    # FAN_DENY fails the read with EPERM, FAN_ALLOW lets it read.
+    assert _lines(installed, "access", f"{DIR}/f") == [
+        "event access_perm pid=child fd=same", "event access_perm pid=child fd=same",
+        f"read1 {-errno.EPERM} read2 5"]
+
+
 def test_the_group_polls_and_reads_without_blocking(installed):
     # FAN_NONBLOCK: EAGAIN when empty; poll(2) says POLLIN once an event is queued.
     assert _lines(installed, "read", f"{DIR}/f") == [f"read empty {-errno.EAGAIN} poll 0 1 got 24"]
