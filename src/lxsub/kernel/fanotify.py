@@ -17,8 +17,10 @@ host inotify instance of the provider watches every marked inode that
 asks for them. inotify names no process, so such an event carries the
 pid of the inode's last opener the provider saw. FAN_OPEN_PERM makes
 the open wait (on a worker) for every group's answer, written to the group
-as struct fanotify_response; FAN_ACCESS_PERM is accepted in marks but
-never raised: the reads it would guard run natively, out of reach.
+as struct fanotify_response. Reads run natively, so a process that opens
+a file some group wants FAN_ACCESS_PERM for gets an extra seccomp filter
+that stops its read calls (ptrace); such a read waits stopped for the
+answers (not on the ptrace platform yet: see raise_open).
 
 An event carries a descriptor of the object, opened with the group's
 event_f_flags in the reader's own table. The provider can put one there
@@ -484,8 +486,11 @@ def raise_open(inst, task: "Task", fd: int, extra: int = 0, may_wait: bool = Tru
         if len(groups.openers) >= _MAX_OPENERS:
             groups.openers.clear()
         groups.openers[obj.key] = (task.process.pid, task.tid)
-        if not task.process.access_filter and any(g.wanted(obj, FAN_ACCESS_PERM, probe=True)
-                                                   for g in groups.live):
+        if (not task.process.access_filter and inst.engine.trace_listener is None
+                and any(g.wanted(obj, FAN_ACCESS_PERM, probe=True) for g in groups.live)):
+            # Not on the ptrace platform: there the filter's injection and
+            # the open's (an injected recvmsg) do not go together yet, and
+            # the opener hung: FAN_ACCESS_PERM is not raised there.
             _give_access_filter(inst, task)
         perm = FAN_OPEN_PERM | (FAN_OPEN_EXEC_PERM if extra & FAN_OPEN_EXEC else 0)
         asked = _queue_all(groups, obj, perm, task.process.pid, task.tid, permission=True) if may_wait else []
@@ -725,6 +730,12 @@ def _give_access_filter(inst, task: "Task") -> None:
         proc.access_filter = False
 
     def at_stop(tid: int, regs) -> None:
+        if tid in inst.engine.injections:
+            # The open's own answer is being injected (the ptrace platform
+            # hands descriptors over by an injected recvmsg): after it.
+            if not inst.engine.interrupt(tid, at_stop):
+                proc.access_filter = False
+            return
         inst.engine.inject(tid, _ACCESS_FILTER, installed, lambda: None, gone)
     if not inst.engine.interrupt(task.host_tid, at_stop):
         proc.access_filter = False

@@ -107,7 +107,8 @@ ROWS: list[Syscall] = [
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
     *(Syscall(n, NATIVE, kfanotify.sys_read_watched, FULL, "stopped (ptrace) only in a process that "
-              "opened a file a fanotify group wants FAN_ACCESS_PERM for: the read waits for the answers")
+              "opened a file a fanotify group wants FAN_ACCESS_PERM for: the read waits for the answers "
+              "(notify platform only)")
       for n in ("read", "pread64", "readv", "preadv", "preadv2")),
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated; "
             "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual; F_SETPIPE_SZ traps: the "
@@ -422,8 +423,8 @@ ROWS: list[Syscall] = [
     notify("fanotify_mark", fanotify.sys_fanotify_mark, "inode, mount and filesystem marks (the "
            "last two by host device); FAN_OPEN/OPEN_EXEC/OPEN_PERM from the opens and execs the "
            "provider serves, FAN_ACCESS/MODIFY/CLOSE_* of inode marks from the host's inotify (pid: "
-           "the inode's last opener); FAN_ACCESS_PERM never raised (reads run natively); a read "
-           "shorter than a record is cut, not EINVAL", PARTIAL),
+           "the inode's last opener); FAN_ACCESS_PERM stops the opener's reads by an extra filter "
+           "(not on the ptrace platform); a read shorter than a record is cut, not EINVAL", PARTIAL),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
     *(notify(n, inotify.sys_inotify_init1, "the host's inotify instance, made in the provider "
              "and counted per user against the instance's fs.inotify.max_user_instances (EMFILE)")
