@@ -77,6 +77,7 @@ _INOTIFY_EVENT = struct.Struct("<iIII")
 _RESPONSE = struct.Struct("<iI")           # struct fanotify_response
 _MAX_OPENERS = 4096
 _COALESCE = 0.002                  # seconds: see schedule()
+_FULL_RETRY = 0.1                  # seconds between looks at a full group socket
 
 Key = tuple   # ("ino", dev, ino) | ("mnt", dev) | ("sb", dev)
 
@@ -202,7 +203,7 @@ class Group:
 
     def take(self) -> list[Event]:
         """The queued events the socket has room for now, off the queue."""
-        room = self._room() // METADATA.size
+        room = self.room() // METADATA.size
         batch = []
         while self.pending and len(batch) < room:
             batch.append(self.pending.popleft())
@@ -210,7 +211,7 @@ class Group:
             self.overflowed = False
         return batch
 
-    def _room(self) -> int:
+    def room(self) -> int:
         """What the socket still takes: its send buffer less what is queued."""
         # SIOCOUTQ of a Unix socket counts the unread buffers' full size.
         queued = struct.unpack("i", _fcntl.ioctl(self.end, _SIOCOUTQ, b"\0" * 4))[0]
@@ -621,6 +622,12 @@ def _stop_holder(inst, g: Group) -> None:
     with groups.lock:
         g.delivering = False
         if g not in groups.live or not g.pending:
+            return
+        if g.room() < METADATA.size:
+            # The reader has not read what it was given: look again later
+            # rather than stop it for nothing.
+            g.delivering = True
+            inst.engine.call_later(_FULL_RETRY, lambda: _stop_holder(inst, g))
             return
         proc = _holder(inst, g)
         if proc is None:
