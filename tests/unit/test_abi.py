@@ -24,7 +24,7 @@ HEADERS = ("fcntl.h", "stdio.h", "sched.h", "signal.h", "elf.h", "limits.h", "sy
            "sys/prctl.h", "sys/statvfs.h", "sys/syscall.h", "linux/openat2.h", "linux/seccomp.h", "linux/magic.h",
            "linux/keyctl.h", "linux/kcmp.h", "linux/filter.h", "linux/ptrace.h",
            "sys/socket.h", "linux/netlink.h", "sys/ipc.h", "sys/shm.h", "sys/sem.h", "sys/msg.h", "sys/inotify.h",
-           "sys/mman.h", "sys/personality.h", "sys/resource.h")
+           "sys/fanotify.h", "sys/mman.h", "sys/personality.h", "sys/resource.h")
 
 # Numbers that no header a program includes defines, each checked another way below.
 NOT_IN_HEADERS = {
@@ -44,6 +44,13 @@ NOT_IN_HEADERS = {
     "ELF_ET_DYN_BASE",    # arch/x86/include/asm/elf.h, not exported: where a PIE is loaded
     "MMAP_RND_BITS",      # CONFIG_ARCH_MMAP_RND_BITS default: /proc/sys/vm/mmap_rnd_bits
     "SYS_SECCOMP",        # SIGSYS's si_code: only asm-generic/siginfo.h, which clashes with signal.h
+    "FAN_REPORT_FD_ERROR", "FAN_REPORT_MNT", "FAN_MARK_MNTNS",   # linux/fanotify.h of 6.13-6.14, checked if there
+    # include/linux/fanotify.h, not exported: unions of bits checked above
+    "FANOTIFY_INIT_FLAGS", "FANOTIFY_FID_BITS", "FANOTIFY_MARK_CMD_BITS", "FANOTIFY_MARK_TYPE_BITS",
+    "FANOTIFY_MARK_FLAGS", "FANOTIFY_PATH_EVENTS", "FANOTIFY_PERM_EVENTS", "FANOTIFY_DIRENT_EVENTS",
+    "FANOTIFY_INODE_EVENTS", "FANOTIFY_EVENT_FLAGS", "FANOTIFY_MARK_MASK", "FANOTIFY_FD_EVENTS",
+    "EVENT_F_BITS",       # FANOTIFY_INIT_ALL_EVENT_F_BITS: O_* flags checked above
+    "SUPPORTED_INIT_FLAGS",   # lxsub's own choice among the flags
 }
 # Not macros: C expressions that give them (glibc's F_OWNER_* and personality flags are enums).
 EXPRESSIONS = {"SIZEOF_STATX": "sizeof(struct statx)", "F_OWNER_TID": "F_OWNER_TID",

@@ -82,6 +82,14 @@ class Blocking:
     still_wanted: Callable[[], bool] | None = None
 
 
+@dataclass(slots=True)
+class Held:
+    """At a ptrace stop only: the thread stays stopped; the handler has
+    taken charge of ending the call later, from the provider's loop
+    (engine.run_natively or engine.finish_syscall), e.g. once a fanotify
+    listener answered a FAN_ACCESS_PERM event."""
+
+
 def _signed(v: int, bits: int) -> int:
     v &= (1 << bits) - 1
     return v - (1 << bits) if v >> (bits - 1) else v

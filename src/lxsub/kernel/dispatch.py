@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
-from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds, SwapFd
+from lxsub.kernel.call import Blocking, Call, Held, Native, NewFd, NewFds, SwapFd
 from lxsub.platform import hostproc, memory, ptrace
 from lxsub.platform.memory import MemoryFault
 
@@ -51,8 +51,20 @@ def serve_notification(inst: "Instance", lst: "Listener", task: "Task", n: "Noti
     if task.lost_fd is not None and _replay_lost_fd(inst, lst, task, n):
         return
     result = _run_handler(inst, Call(inst, task, n.nr, n.args))
+    if getattr(inst, "fanotify_groups", None) is not None:
+        _deliver_fanotify(inst, lst, task, n)
     if not _answer(inst, lst, n.id, result, n.pid, keep_lost_fd=True):
         _remember_lost(inst, task, n, result)
+
+
+def _deliver_fanotify(inst: "Instance", lst: "Listener", task: "Task", n: "Notification") -> None:
+    """Queued fanotify events reach a process holding their group while it
+    waits here: only now can their descriptors go into its table."""
+    from lxsub.kernel import fanotify
+    try:
+        fanotify.deliver(inst, task, lambda fd, cloexec: lst.add_fd(n.id, fd, cloexec))
+    except Exception:
+        inst.log.warn(f"fanotify delivery failed: {traceback.format_exc()}")
 
 
 def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,
@@ -255,6 +267,9 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
     original = (regs.orig_rax, regs.args())
     call = Call(inst, task, regs.orig_rax, original[1], regs)
     result = _run_handler(inst, call)
+    if getattr(inst, "fanotify_groups", None) is not None:
+        from lxsub.kernel import fanotify
+        fanotify.after_call(inst)          # an exec's FAN_OPEN_EXEC, to a holder
     tid = task.host_tid
     if isinstance(result, Native):
         rewritten = (regs.orig_rax, regs.args()) != original
@@ -273,6 +288,8 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
     elif isinstance(result, SwapFd):          # no descriptor goes in at a ptrace stop
         os.close(result.fd)
         inst.engine.finish_syscall(tid, regs, result.result)
+    elif isinstance(result, Held):
+        pass                               # the handler resumes it
     else:
         inst.log.warn(f"traced handler answered {result!r}")
         inst.engine.finish_syscall(tid, regs, -errno.EIO)

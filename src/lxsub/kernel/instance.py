@@ -26,7 +26,7 @@ from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import NUMBERS, SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
-from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel import dispatch, fanotify, keys, table
 from lxsub.kernel.acct import accounting_of
 from lxsub.kernel.syscalls import net
 from lxsub.kernel.ipc import IpcNamespace
@@ -213,8 +213,8 @@ class Instance:
     def _provider_traces(task: Task, nr: int) -> bool:
         """Whether a filter of the provider's traces nr in this process:
         the instance's, or the SCM_CREDENTIALS one it may have been given."""
-        return table.traced_by_provider(nr) or (task.process.creds_filter
-                                                and nr in net.CREDS_FILTER_TRACES)
+        return (table.traced_by_provider(nr) or (task.process.creds_filter and nr in net.CREDS_FILTER_TRACES)
+                or (task.process.access_filter and nr in fanotify.ACCESS_FILTER_TRACES))
 
     def _own_filter_traced(self, tid: int, task: Task, regs: Regs) -> None:
         """SECCOMP_RET_TRACE from a filter of the program's own: a
@@ -344,7 +344,8 @@ class Instance:
             proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, auxv=src.auxv,
                            oom_score_adj=src.oom_score_adj,
                            oom_score_adj_min=src.oom_score_adj_min, image=src.image,
-                           creds_filter=src.creds_filter, pid_ns=pid_ns, ns_pids=numbers)
+                           creds_filter=src.creds_filter, access_filter=src.access_filter,
+                           pid_ns=pid_ns, ns_pids=numbers)
             self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:
                 pp.children.add(proc)

@@ -21,10 +21,11 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
+from lxsub.kernel import fanotify as kfanotify
 from lxsub.kernel.fs import loopdev, lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
-from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
-                                   klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
+from lxsub.kernel.syscalls import (acct, clock, crossproc, fanotify, fcntl, fhandle, identity, inotify, ioctl, ipc,
+                                   keys, klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
                                    unistd, utsname, xattr)
 from lxsub.platform import bpf, coderun
 from lxsub.platform.bpf import ArgRule, ByArgs
@@ -93,17 +94,21 @@ _CLONE_FORBIDDEN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWNET 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
     *(native(n) for n in (
-        "read", "write", "close", "poll", "lseek", "pread64", "pwrite64", "readv", "writev",
+        "write", "close", "poll", "lseek", "pwrite64", "writev",
         "pipe", "pipe2", "select", "pselect6", "ppoll", "dup", "dup2", "dup3", "sendfile",
         "flock", "fsync", "fdatasync", "ftruncate", "getdents", "getdents64", "readahead",
         "fadvise64", "fallocate", "splice", "tee", "vmsplice", "sync_file_range",
-        "preadv", "pwritev", "preadv2", "pwritev2", "copy_file_range", "close_range",
+        "pwritev", "pwritev2", "copy_file_range", "close_range",
         "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
         "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
         "timerfd_settime", "timerfd_gettime",
         "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
+    *(Syscall(n, NATIVE, kfanotify.sys_read_watched, FULL, "stopped (ptrace) only in a process that "
+              "opened a file a fanotify group wants FAN_ACCESS_PERM for: the read waits for the answers "
+              "(notify platform only)")
+      for n in ("read", "pread64", "readv", "preadv", "preadv2")),
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated; "
             "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual; F_SETPIPE_SZ traps: the "
             "instance's pipe-max-size",
@@ -412,9 +417,15 @@ ROWS: list[Syscall] = [
     notify("vhangup", ioctl.sys_vhangup, "CAP_SYS_TTY_CONFIG; without a controlling terminal "
            "nothing to do; a pty is hung up by the host's TIOCVHANGUP, which needs the host's "
            "CAP_SYS_ADMIN (else EPERM)", PARTIAL),
-    denied("perf_event_open", errno.EACCES), denied("fanotify_init", note="needs CAP_SYS_ADMIN in the "
-           "initial user namespace, which root inside (the host user) has not; the unprivileged "
-           "FID subset would report host pids"), denied("fanotify_mark"),
+    denied("perf_event_open", errno.EACCES),
+    notify("fanotify_init", fanotify.sys_fanotify_init, "groups kept by the provider (a host group "
+           "needs the host's CAP_SYS_ADMIN); CAP_SYS_ADMIN inside; the descriptor is a stream socket "
+           "the provider writes event records to; no FID/pidfd/mount-id reporting (EINVAL)", PARTIAL),
+    notify("fanotify_mark", fanotify.sys_fanotify_mark, "inode, mount and filesystem marks (the "
+           "last two by host device); FAN_OPEN/OPEN_EXEC/OPEN_PERM from the opens and execs the "
+           "provider serves, FAN_ACCESS/MODIFY/CLOSE_* of inode marks from the host's inotify (pid: "
+           "the inode's last opener); FAN_ACCESS_PERM stops the opener's reads by an extra filter "
+           "(not on the ptrace platform); a read shorter than a record is cut, not EINVAL", PARTIAL),
     denied("modify_ldt", errno.EPERM), denied("lookup_dcookie"),
     *(notify(n, inotify.sys_inotify_init1, "the host's inotify instance, made in the provider "
              "and counted per user against the instance's fs.inotify.max_user_instances (EMFILE)")

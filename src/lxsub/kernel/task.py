@@ -44,6 +44,9 @@ class Process:
     # It has the extra filter that stops recvmsg/recvmmsg (SO_PASSCRED,
     # kernel/syscalls/net.py); inherited at fork and kept across exec.
     creds_filter: bool = False
+    # It has the extra filter that stops the read calls (FAN_ACCESS_PERM,
+    # kernel/fanotify.py); inherited at fork and kept across exec.
+    access_filter: bool = False
     # The auxiliary vector a dynamic program's exec patched (kernel/exec/
     # mapping.py): /proc/<pid>/auxv; None: the host's is right.
     auxv: bytes | None = None

@@ -90,6 +90,15 @@ def inotify_add_watch(fd: int, path: bytes, mask: int) -> int:
     return _check(_inotify_add_watch(fd, path, mask))
 
 
+_inotify_rm_watch = _libc.inotify_rm_watch
+_inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    """The host's inotify_rm_watch(2) on our inotify descriptor `fd`."""
+    _check(_inotify_rm_watch(fd, wd))
+
+
 _inotify_init1 = _libc.inotify_init1
 _inotify_init1.argtypes = [ctypes.c_int]
 

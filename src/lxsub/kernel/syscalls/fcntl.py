@@ -13,6 +13,7 @@ from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_GETPIPE
                               F_OWNER_TID, F_SETOWN, F_SETOWN_EX, F_SETPIPE_SZ, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH,
                               O_TMPFILE, RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT)
 from lxsub.abi.sysno import SYS_OPENAT
+from lxsub.kernel import fanotify
 from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.sysctl import round_pipe_size, sysctls_of
@@ -30,7 +31,31 @@ def _open(c: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int 
     fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, mode, resolve)
     if isinstance(fd, int) and c.task.landlock is not None:
         _check_landlock(c.task.landlock, fd, flags)
+    if isinstance(fd, int):
+        permission = fanotify.raise_open(c.inst, c.task, fd)
+        if permission is not None:
+            return _when_permitted(permission, fd, flags)
     return opened(fd, flags)
+
+
+def _when_permitted(permission: "fanotify.Permission", fd: int, flags: int):
+    """do_dentry_open's fsnotify_open_perm: the open waits (on a worker)
+    for the fanotify listeners' answers; FAN_DENY fails it with EPERM (a
+    file O_CREAT made stays, as in Linux)."""
+    from lxsub.kernel.call import Blocking
+
+    def work():
+        try:
+            allowed = permission.wait(job.still_wanted)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not allowed:
+            os.close(fd)
+            raise OSError(errno.EPERM, "denied by a fanotify listener")
+        return opened(fd, flags)
+    job = Blocking(work)
+    return job
 
 
 def _check_landlock(domain, fd: int, flags: int) -> None:

@@ -20,7 +20,8 @@ from lxsub.abi.prctl import (PR_CAP_AMBIENT, PR_CAPBSET_DROP, PR_CAPBSET_READ, P
 from lxsub.abi.seccomp import (BPF_MAXINSNS, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_TSYNC,
                                SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT, SECCOMP_SET_MODE_FILTER)
 from lxsub.abi.sysno import NUMBERS, SYS_EXECVE
-from lxsub.kernel import interop
+from lxsub.abi.fanotify import FAN_OPEN_EXEC
+from lxsub.kernel import fanotify, interop
 from lxsub.kernel.syscalls import ptrace
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel import creds as caps
@@ -86,6 +87,10 @@ def _execve(c: Call, dirfd: int, path: bytes, argv_ptr: int, envp_ptr: int, flag
             host_done(-1)          # the host program is not left running
         raise
     task.exec_state = p
+    if isinstance(p, exec_plan.ExecPlan):
+        # do_open_execat's fsnotify_open: FAN_OPEN | FAN_OPEN_EXEC of the program.
+        fanotify.raise_open(inst, task, p.program_fd if p.program_fd >= 0 else p.host_fd, FAN_OPEN_EXEC,
+                            may_wait=False)
 
     def failed(result: int) -> None:
         # Still here: the host execve failed (E2BIG, ENOMEM...).
