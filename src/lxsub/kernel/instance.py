@@ -26,7 +26,7 @@ from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import NUMBERS, SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
-from lxsub.kernel import dispatch, keys, table
+from lxsub.kernel import dispatch, keys, table, timekeeping
 from lxsub.kernel.acct import accounting_of
 from lxsub.kernel.syscalls import net
 from lxsub.kernel.ipc import IpcNamespace
@@ -233,6 +233,9 @@ class Instance:
         flags = self._clone_flags(event, regs)
         task = self._new_task(parent, child, flags)
         vid = task.tid
+        if not flags & CLONE_THREAD:
+            # Forked before the instance's clock was set: its vDSO may be the host's.
+            timekeeping.patch_new_image(self, child)
         self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {vid} (host {child})")
 
         # A clone the provider let run with rewritten arguments has its own
@@ -346,6 +349,7 @@ class Instance:
             if other is not task:
                 self._drop_task(other)
         dispatch.drop_lost_fd(task)
+        timekeeping.patch_new_image(self, tid)    # a fresh vDSO reads the host's clock
         plan = task.exec_state
         task.exec_state = None
         proc.auxv = None                 # the host's is right until a mapping patches it
