@@ -15,10 +15,18 @@ real syscalls (platform/vdso.py), and so does every exec and fork after
 that (kernel/instance.py); the filter sends clock_gettime of the
 realtime clocks, gettimeofday and time to the provider (kernel/table.py),
 which adds the offset. An instance whose clock was never set pays
-nothing on the vDSO path (no process is patched; a direct syscall of
-those calls traps and runs on the host unchanged). Once active, an
-instance stays so: its processes keep calling the syscalls even if the
-offset comes back to 0.
+nothing on the vDSO path (no process is patched); a direct syscall of
+those calls traps (a seccomp filter is the same for every instance and
+fixed at a process's start) and is answered with the host's time. Once
+active, an instance stays so: its processes keep calling the syscalls
+even if the offset comes back to 0. The offset lives as long as the
+instance runs: a restarted instance starts from the host's clock again.
+
+Why the vDSO is rewritten rather than its data: the vDSO's data page
+(vvar) is the host kernel's, shared by every process and not writable;
+the text is an ordinary private mapping a tracer may write (a breakpoint
+does the same), so one small write per process at exec sends the reads
+to the filter, with no code of the provider's mapped into the program.
 
 The NTP state (kernel/time/ntp.c) starts as the host's at the first use
 and is then the instance's: modes are applied as process_adjtimex_modes

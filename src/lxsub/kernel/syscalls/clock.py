@@ -1,14 +1,19 @@
-"""adjtimex, clock_adjtime and clock_settime: the host's clock, which an
-instance reads but never sets.
+"""The clock calls: the instance's wall clock (kernel/timekeeping.py).
 
-Linux lets anyone read the kernel clock's discipline (adjtimex(2): modes
-0, or ADJ_OFFSET_SS_READ); those queries run on the host with the caller's
-struct timex and it is written back. Any change needs CAP_SYS_TIME in the
-initial user namespace, which no instance has over the host clock: after
-the argument checks Linux makes (kernel/time/timekeeping.c
-timekeeping_validate_timex, in its order, with the instance's own
-capabilities deciding where a capable caller would pass), a change is
-EPERM.
+adjtimex, clock_adjtime, clock_settime and settimeofday change the
+instance's CLOCK_REALTIME and NTP state, never the host's, after the
+argument checks Linux makes in its order (kernel/time/timekeeping.c
+timekeeping_validate_timex, kernel/time/time.c) with the instance's own
+capabilities deciding (CAP_SYS_TIME: the instance's root). Reads of the
+realtime clocks that reach the provider (clock_gettime of REALTIME,
+REALTIME_COARSE, REALTIME_ALARM and TAI, gettimeofday, time: direct
+syscalls always, the vDSO's once the instance's clock was set) are
+answered with the instance's time. Absolute times on those clocks
+(clock_nanosleep, timer_settime, timerfd_settime with TIMER_ABSTIME) are
+made the host's in a copy below the caller's stack. What Linux does when
+the clock is set with such timers armed (clock_was_set: they fire at the
+new time; TFD_TIMER_CANCEL_ON_SET cancels) is not done: they keep the
+host time they were given.
 """
 
 from __future__ import annotations
