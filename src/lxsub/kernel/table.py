@@ -151,7 +151,8 @@ ROWS: list[Syscall] = [
     # host as they are until the instance's clock is set.
     Syscall("clock_gettime", NATIVE, clock.sys_clock_gettime, FULL, "CPU clocks of other processes "
             "(negative clockids) stop: the pid in them translated, outside the instance EINVAL; the "
-            "realtime clocks (REALTIME, its COARSE and ALARM, TAI) trap: the instance's wall clock",
+            "realtime clocks (REALTIME, its COARSE and ALARM, TAI) trap: the instance's wall clock; "
+            "in a time namespace with offsets the monotonic and boottime ones stop too",
             rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),
                    *_when(0, timekeeping.REALTIME_CLOCKS, bpf.RET_USER_NOTIF))),
     Syscall("clock_getres", NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes "
@@ -397,11 +398,13 @@ ROWS: list[Syscall] = [
            "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
            "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC: UTS and IPC namespaces "
-          "of the provider's; other new namespaces: EPERM", PARTIAL),
-    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS and IPC ones its "
-           "processes made (/proc/<pid>/ns files, pidfds of its processes): the install checks, "
-           "the mount namespace's root and cwd"),
+          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWTIME: UTS, IPC "
+          "and time namespaces of the provider's (a time namespace's offsets: the caller gets "
+          "a filter stopping its monotonic and boottime clock calls); other new namespaces: "
+          "EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC and time ones "
+           "its processes made (/proc/<pid>/ns files, pidfds of its processes): the install "
+           "checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "
            "keeps; MS_MOVE: EINVAL", PARTIAL),

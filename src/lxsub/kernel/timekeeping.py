@@ -135,8 +135,6 @@ class InstanceClock:
     last_sec: int = 0                # the instance second second_overflow last ran for
     tz: tuple[int, int] | None = None        # settimeofday's timezone, once set
     on_activate: Callable[[], None] | None = field(default=None, repr=False)
-    # tid -> the copy of its last absolute time made the host's (syscalls/clock.py)
-    converted: dict[int, int] = field(default_factory=dict, repr=False)
 
     # -- reading ---------------------------------------------------------------
     def realtime_ns(self) -> int:

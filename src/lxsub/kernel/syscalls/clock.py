@@ -24,7 +24,7 @@ import struct
 
 from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel import creds as caps
-from lxsub.kernel import timekeeping
+from lxsub.kernel import timekeeping, timens
 from lxsub.kernel.call import Call, Native
 from lxsub.platform import libc, memory
 
@@ -233,9 +233,17 @@ def sys_clock_gettime(c: Call):
     clockid = c.int(0)
     if clockid < 0:
         return sys_cpu_clock(c)
-    if clockid not in timekeeping.REALTIME_CLOCKS:
-        raise OSError(errno.EINVAL, "not a realtime clock")     # the filter sends no other
-    sec, nsec = divmod(_now(c, clockid), NSEC_PER_SEC)
+    if clockid in timens.SHIFTED_CLOCKS:
+        # Stopped by a time namespace's filter (kernel/timens.py).
+        shift = timens.offset(c.task, clockid)
+        if not shift:
+            return Native()
+        now = timekeeping.host_ns(clockid) + shift
+    elif clockid in timekeeping.REALTIME_CLOCKS:
+        now = _now(c, clockid)
+    else:
+        return Native() if c.regs is not None else -errno.EINVAL     # no filter sends others
+    sec, nsec = divmod(now, NSEC_PER_SEC)
     c.write(c.ptr(1), struct.pack("<qq", sec, nsec))
     return 0
 
@@ -267,14 +275,27 @@ def sys_time(c: Call) -> int:
     return sec
 
 
-# -- absolute times of the realtime clocks: the instance's, made the host's ------
+# -- absolute times: the instance's (or the time namespace's), made the host's ------
 
 
-def _convert_timespec(c: Call, arg: int, at: int, size: int, clockid: int) -> None:
+def _shift(c: Call, clockid: int | None) -> int:
+    """How far the caller's clockid is ahead of the host's: the instance's
+    wall clock for the realtime clocks, the caller's time namespace for the
+    monotonic and boottime ones; 0 for the rest."""
+    if clockid in timekeeping.REALTIME_CLOCKS:
+        clk = _clock(c)
+        return clk.clock_ns(clockid) - timekeeping.host_ns(clockid) if clk is not None else 0
+    if clockid in timens.SHIFTED_CLOCKS:
+        return timens.offset(c.task, clockid)
+    return 0
+
+
+def _convert_timespec(c: Call, arg: int, at: int, size: int, shift: int) -> None:
     """Point argument `arg` at a copy (below the caller's red zone) of the
-    `size`-byte struct it points to, whose timespec at byte `at` is the
-    host's absolute time for the instance's. A struct that cannot be read
-    or holds an invalid time is left to the host's checks."""
+    `size`-byte struct it points to, whose timespec at byte `at` is made the
+    host's absolute time (`shift` off; a time before the host clock's zero
+    has expired: do_timens_ktime_to_host). A struct that cannot be read or
+    holds an invalid time is left to the host's checks."""
     addr = c.ptr(arg)
     try:
         data = bytearray(c.read(addr, size))
@@ -283,49 +304,42 @@ def _convert_timespec(c: Call, arg: int, at: int, size: int, clockid: int) -> No
     sec, nsec = struct.unpack_from("<qq", data, at)
     if sec < 0 or not 0 <= nsec < NSEC_PER_SEC or (sec == 0 and nsec == 0 and size > 16):
         return                            # invalid, or a timer being disarmed
-    host = max(c.inst.clock.to_host(clockid, sec * NSEC_PER_SEC + nsec), 1)
+    host = max(sec * NSEC_PER_SEC + nsec - shift, 1)
     struct.pack_into("<qq", data, at, *divmod(host, NSEC_PER_SEC))
     assert c.regs is not None
     (copy,) = memory.write_below_sp(c.pid, c.regs.rsp, [bytes(data)])
-    c.set_arg(arg, copy)
-    c.inst.clock.converted[c.task.host_tid] = copy
-
-
-def _converted_before(c: Call, arg: int) -> bool:
-    """A restarted call (ERESTARTNOHAND) runs again with the copy made for it."""
-    return c.inst.clock.converted.get(c.task.host_tid) == c.ptr(arg)
+    c.set_arg(arg, copy)      # the program's own pointer is back at the exit, or for a restart
 
 
 def sys_clock_nanosleep(c: Call):
-    """A CPU clock's pid translated; an absolute sleep on a realtime clock
-    made the host's time."""
+    """A CPU clock's pid translated; an absolute sleep made the host's time."""
     clockid = c.int(0)
     if clockid < 0:
         return sys_cpu_clock(c)
-    if _clock(c) is not None and c.int(1) & TIMER_ABSTIME and clockid in timekeeping.REALTIME_CLOCKS \
-            and not _converted_before(c, 2):
-        _convert_timespec(c, 2, 0, 16, clockid)
+    shift = _shift(c, clockid) if c.int(1) & TIMER_ABSTIME else 0
+    if shift:
+        _convert_timespec(c, 2, 0, 16, shift)
     return Native()
 
 
 def sys_timer_settime(c: Call):
-    """timer_settime(2) with TIMER_ABSTIME on a realtime clock's timer
-    (its clock from /proc/<pid>/timers)."""
-    if _clock(c) is not None and c.int(1) & TIMER_ABSTIME:
-        clockid = _timer_clock(c.task.process.host_pid, c.int(0))
-        if clockid in timekeeping.REALTIME_CLOCKS:
-            _convert_timespec(c, 2, 16, 32, clockid)
+    """timer_settime(2) with TIMER_ABSTIME: the timer's clock (from
+    /proc/<pid>/timers) decides the shift."""
+    if c.int(1) & TIMER_ABSTIME and (_clock(c) is not None or timens.of(c.task) is not None):
+        shift = _shift(c, _timer_clock(c.task.process.host_pid, c.int(0)))
+        if shift:
+            _convert_timespec(c, 2, 16, 32, shift)
     return Native()
 
 
 def sys_timerfd_settime(c: Call):
-    """timerfd_settime(2) with TFD_TIMER_ABSTIME on a realtime timerfd (its
-    clock from the descriptor's fdinfo). TFD_TIMER_CANCEL_ON_SET does not
-    see the instance's clock being set (only the host's)."""
-    if _clock(c) is not None and c.int(1) & TIMER_ABSTIME:
-        clockid = _fdinfo_clock(c.task.host_tid, c.int(0))
-        if clockid in timekeeping.REALTIME_CLOCKS:
-            _convert_timespec(c, 2, 16, 32, clockid)
+    """timerfd_settime(2) with TFD_TIMER_ABSTIME: the timerfd's clock (from
+    its fdinfo) decides the shift. TFD_TIMER_CANCEL_ON_SET does not see the
+    instance's clock being set (only the host's)."""
+    if c.int(1) & TIMER_ABSTIME and (_clock(c) is not None or timens.of(c.task) is not None):
+        shift = _shift(c, _fdinfo_clock(c.task.host_tid, c.int(0)))
+        if shift:
+            _convert_timespec(c, 2, 16, 32, shift)
     return Native()
 
 
