@@ -6,9 +6,10 @@ gettimeofday, the coarse clock) sees the new time, in the process that set
 it, in one forked before the set and in one started after it; CLOCK_MONOTONIC
 does not move. An unprivileged user gets EPERM. Until the clock is set the
 vDSO is left alone (no trap on the vDSO path). Before this, every set was
-EPERM. The program is tests/fixtures/programs/clock_instance.c, run in a
-BusyBox instance of its own (setting the clock is seen by the whole
-instance)."""
+EPERM. Time namespaces (kernel/timens.py) move the monotonic and boottime
+clocks of the processes in them. The program is
+tests/fixtures/programs/clock_instance.c, run in a BusyBox instance of its
+own (setting the clock is seen by the whole instance)."""
 
 from __future__ import annotations
 
@@ -107,3 +108,36 @@ def test_unprivileged_users_cannot_set_it(box):
     from errno import EPERM
     out = _run(box, "user")
     assert out["user eperm"] == [-EPERM] * 4, out
+
+
+def _lines(box, *args: str) -> dict[str, str]:
+    cp = box.lx(["--", PATH, *args], timeout=60)
+    assert cp.returncode == 0, describe(cp)
+    return {" ".join(line.split()[:2]): " ".join(line.split()[2:]) for line in cp.stdout.decode().splitlines()}
+
+
+def test_a_time_namespace_moves_monotonic_and_boottime_for_children(box):
+    """unshare(CLONE_NEWTIME) makes a namespace for the caller's children
+    (/proc/self/ns/time_for_children differs from time); its offsets are
+    written to /proc/self/timens_offsets, and read by a child through the
+    vDSO (rewritten) and the syscalls, sysinfo's uptime and an absolute
+    sleep included; then they are fixed (the write changes nothing: its
+    EACCES does not reach write(2) through the provider's /proc). Before,
+    unshare of a time namespace was EPERM."""
+    out = _lines(box, "timens")
+    assert out["timens unshare"] == "0", out
+    assert out["timens write"] == str(len("1 1000 0\nboottime 2000 0\n")), out
+    assert out["timens offsets"] == "monotonic 1000 0,boottime 2000 0,", out     # spaces squeezed
+    assert out["timens links-differ"] == "1", out
+    shifts = [int(v) for v in out["child shift"].split()]
+    assert abs(shifts[0] - 1000) <= 2 and abs(shifts[1] - 1000) <= 2, out
+    assert abs(shifts[2] - 2000) <= 2 and abs(shifts[3] - 2000) <= 2, out
+    assert out["child patched"] == "1", out
+    assert out["child abs-sleep"] == "0 1", out
+    assert abs(int(out["parent shift"])) <= 2, out             # the caller stays in its own
+    assert out["parent after"] == "monotonic 1000 0,boottime 2000 0,", out
+
+
+def test_unprivileged_users_cannot_make_a_time_namespace(box):
+    from errno import EPERM
+    assert _lines(box, "timens-user")["user unshare"] == str(-EPERM)

@@ -101,6 +101,9 @@ def on_fork(inst: "Instance", parent: "Task", child: "Task", thread: bool) -> No
     if thread:
         child.timens, child.timens_for_children = of(parent), for_children(parent)
         return
+    from lxsub.kernel.vfs import pseudo
+    if pseudo.WRITES_PENDING:
+        pseudo.apply_pending_writes()      # offsets written before the fork are in
     enter(child, for_children(parent))
     patch_if_shifted(child)
 
@@ -128,7 +131,9 @@ def offsets_text(task: "Task") -> bytes:
 def write_offsets(writer: "Task", target: "Task", data: bytes) -> None:
     """proc_timens_set_offset: lines `<clock> <sec> <nsec>` (clock by number
     or name), for the target's time_for_children, before any task entered it;
-    the writer needs CAP_SYS_TIME."""
+    the writer needs CAP_SYS_TIME. (A write to a /proc file reaches the
+    provider through a pipe, kernel/vfs/pseudo.py: the errors raised here
+    leave the offsets as they were but do not reach write(2)'s caller.)"""
     from lxsub.kernel import creds as caps
     if not writer.creds.capable(caps.CAP_SYS_TIME):
         raise OSError(errno.EPERM, "CAP_SYS_TIME needed")
