@@ -103,6 +103,7 @@ TIOCSPGRP = 0x5410
     (seccomp_data(N["clock_nanosleep"], (1, 1)), bpf.RET_ALLOW),         # TIMER_ABSTIME, MONOTONIC
     (seccomp_data(N["timerfd_settime"], (3, 0)), bpf.RET_ALLOW),
     (seccomp_data(N["timerfd_settime"], (3, 1)), bpf.RET_TRACE),
+    (seccomp_data(N["timerfd_settime"], (3, 3)), bpf.RET_ALLOW),         # and TFD_TIMER_CANCEL_ON_SET
     (seccomp_data(N["clock_gettime"], ((~5 << 3 | 2) & 0xFFFFFFFFFFFFFFFF,)), bpf.RET_TRACE),
     (seccomp_data(N["read"], arch=0x40000003), ENOSYS),            # AUDIT_ARCH_I386
     (seccomp_data(bpf.X32_SYSCALL_BIT | N["read"]), ENOSYS),
@@ -110,7 +111,7 @@ TIOCSPGRP = 0x5410
 ], ids=["read", "openat", "execve", "ptrace", "clone-newuser", "clone-thread", "clone-fork",
         "ioctl-tiocspgrp", "ioctl-tcgets", "getppid", "getrusage", "clock_gettime", "clock_gettime-realtime", "clock_gettime-tai",
         "clock_nanosleep-relative", "clock_nanosleep-abs-realtime", "clock_nanosleep-abs-monotonic",
-        "timerfd_settime-relative", "timerfd_settime-abs", "clock_gettime-cpu-clock", "i386",
+        "timerfd_settime-relative", "timerfd_settime-abs", "timerfd_settime-abs-cancel-on-set", "clock_gettime-cpu-clock", "i386",
         "x32", "unknown-1000"])
 def test_filter_semantics(prog, data, expected):
     assert run_bpf(prog, data) == expected

@@ -167,11 +167,17 @@ ROWS: list[Syscall] = [
     notify("gettimeofday", clock.sys_gettimeofday, "the instance's wall clock and timezone (a "
            "direct call traps; the vDSO's runs natively until the instance's clock is set)"),
     notify("time", clock.sys_time, "the instance's wall clock (as gettimeofday)"),
-    *(Syscall(n, NATIVE, getattr(clock, "sys_" + n), FULL, "TIMER_ABSTIME stops: a realtime "
-              "clock's time made the host's" + (" (TFD_TIMER_CANCEL_ON_SET sees only the host's "
-                                                 "clock being set)" if n.startswith("timerfd") else ""),
-              rules=(ArgRule(1, "any_bit", clock.TIMER_ABSTIME, bpf.RET_TRACE),))
-      for n in ("timer_settime", "timerfd_settime")),
+    Syscall("timer_settime", NATIVE, clock.sys_timer_settime, FULL, "TIMER_ABSTIME stops: the "
+            "time of a realtime clock (the instance's) or of a time namespace's clock made the host's",
+            rules=(ArgRule(1, "any_bit", clock.TIMER_ABSTIME, bpf.RET_TRACE),)),
+    # A TFD_TIMER_CANCEL_ON_SET timer lives on the host's clock: it is
+    # cancelled when the host's is set, and its time is the host's.
+    Syscall("timerfd_settime", NATIVE, clock.sys_timerfd_settime, FULL, "TFD_TIMER_ABSTIME stops "
+            "as timer_settime's, except with TFD_TIMER_CANCEL_ON_SET (native: the host's clock, "
+            "its time and its being set)",
+            rules=(ArgRule(1, "any_bit", clock.TIMER_ABSTIME,
+                           ByArgs((ArgRule(1, "any_bit", clock.TFD_TIMER_CANCEL_ON_SET, bpf.RET_ALLOW),),
+                                  bpf.RET_TRACE)),)),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     # SysV IPC: keys and ids of the caller's IPC namespace, the provider's (kernel/syscalls/ipc.py).

@@ -10,10 +10,11 @@ REALTIME_COARSE, REALTIME_ALARM and TAI, gettimeofday, time: direct
 syscalls always, the vDSO's once the instance's clock was set) are
 answered with the instance's time. Absolute times on those clocks
 (clock_nanosleep, timer_settime, timerfd_settime with TIMER_ABSTIME) are
-made the host's in a copy below the caller's stack. What Linux does when
-the clock is set with such timers armed (clock_was_set: they fire at the
-new time; TFD_TIMER_CANCEL_ON_SET cancels) is not done: they keep the
-host time they were given.
+made the host's in a copy below the caller's stack (but a timerfd with
+TFD_TIMER_CANCEL_ON_SET stays the host clock's). What Linux does when the
+clock is set with such timers armed (clock_was_set: they fire at the new
+time; TFD_TIMER_CANCEL_ON_SET cancels) is not done: they keep the host
+time they were given.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lxsub.platform import libc, memory
 
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 TIMER_ABSTIME = 1
+TFD_TIMER_CANCEL_ON_SET = 2
 _SYS_GETTIMEOFDAY = NUMBERS["gettimeofday"]
 CLOCKFD, CLOCKFD_MASK = 3, 7
 
@@ -334,8 +336,9 @@ def sys_timer_settime(c: Call):
 
 def sys_timerfd_settime(c: Call):
     """timerfd_settime(2) with TFD_TIMER_ABSTIME: the timerfd's clock (from
-    its fdinfo) decides the shift. TFD_TIMER_CANCEL_ON_SET does not see the
-    instance's clock being set (only the host's)."""
+    its fdinfo) decides the shift. (With TFD_TIMER_CANCEL_ON_SET the call
+    runs natively: such a timer is the host clock's, cancelled when the
+    host's is set, never the instance's.)"""
     if c.int(1) & TIMER_ABSTIME and (_clock(c) is not None or timens.of(c.task) is not None):
         shift = _shift(c, _fdinfo_clock(c.task.host_tid, c.int(0)))
         if shift:
