@@ -95,13 +95,23 @@ TIOCSPGRP = 0x5410
     (seccomp_data(N["ioctl"], (0, TCGETS, 0)), bpf.RET_ALLOW),
     (seccomp_data(N["getppid"]), bpf.RET_USER_NOTIF),
     (seccomp_data(N["getrusage"]), bpf.RET_ALLOW),
-    (seccomp_data(N["clock_gettime"]), bpf.RET_ALLOW),
+    (seccomp_data(N["clock_gettime"], (1,)), bpf.RET_ALLOW),             # CLOCK_MONOTONIC
+    (seccomp_data(N["clock_gettime"], (0,)), bpf.RET_USER_NOTIF),        # the instance's wall clock
+    (seccomp_data(N["clock_gettime"], (11,)), bpf.RET_USER_NOTIF),       # CLOCK_TAI
+    (seccomp_data(N["clock_nanosleep"], (0, 0)), bpf.RET_ALLOW),         # relative
+    (seccomp_data(N["clock_nanosleep"], (0, 1)), bpf.RET_TRACE),         # TIMER_ABSTIME, REALTIME
+    (seccomp_data(N["clock_nanosleep"], (1, 1)), bpf.RET_ALLOW),         # TIMER_ABSTIME, MONOTONIC
+    (seccomp_data(N["timerfd_settime"], (3, 0)), bpf.RET_ALLOW),
+    (seccomp_data(N["timerfd_settime"], (3, 1)), bpf.RET_TRACE),
+    (seccomp_data(N["timerfd_settime"], (3, 3)), bpf.RET_ALLOW),         # and TFD_TIMER_CANCEL_ON_SET
     (seccomp_data(N["clock_gettime"], ((~5 << 3 | 2) & 0xFFFFFFFFFFFFFFFF,)), bpf.RET_TRACE),
     (seccomp_data(N["read"], arch=0x40000003), ENOSYS),            # AUDIT_ARCH_I386
     (seccomp_data(bpf.X32_SYSCALL_BIT | N["read"]), ENOSYS),
     (seccomp_data(1000), bpf.RET_USER_NOTIF),
 ], ids=["read", "openat", "execve", "ptrace", "clone-newuser", "clone-thread", "clone-fork",
-        "ioctl-tiocspgrp", "ioctl-tcgets", "getppid", "getrusage", "clock_gettime", "clock_gettime-cpu-clock", "i386",
+        "ioctl-tiocspgrp", "ioctl-tcgets", "getppid", "getrusage", "clock_gettime", "clock_gettime-realtime", "clock_gettime-tai",
+        "clock_nanosleep-relative", "clock_nanosleep-abs-realtime", "clock_nanosleep-abs-monotonic",
+        "timerfd_settime-relative", "timerfd_settime-abs", "timerfd_settime-abs-cancel-on-set", "clock_gettime-cpu-clock", "i386",
         "x32", "unknown-1000"])
 def test_filter_semantics(prog, data, expected):
     assert run_bpf(prog, data) == expected
@@ -127,6 +137,8 @@ KERNEL_ARG_BITS = {
     ("seccomp", 0): 32,     # unsigned int operation (kernel/seccomp.c)
     ("rt_sigreturn", 0): 64,     # takes no argument: the whole register is the cookie
     **{(name, 0): 32 for name in ("clock_gettime", "clock_getres", "clock_nanosleep")},  # clockid_t
+    # int flags (clock_nanosleep, timer_settime, timerfd_settime)
+    **{(name, 1): 32 for name in ("clock_nanosleep", "timer_settime", "timerfd_settime")},
     **{(name, 0): 32 for name in (
         "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",
         "sched_rr_get_interval", "sched_setattr", "sched_getattr", "prlimit64",

@@ -26,7 +26,7 @@ from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import NUMBERS, SYS_FORK, SYS_VFORK
 from lxsub.config import AutomountSection, DistroConfig
-from lxsub.kernel import dispatch, fanotify, keys, table
+from lxsub.kernel import dispatch, fanotify, keys, table, timekeeping, timens
 from lxsub.kernel.acct import accounting_of
 from lxsub.kernel.syscalls import net
 from lxsub.kernel.ipc import IpcNamespace
@@ -244,6 +244,11 @@ class Instance:
         # (CLONE_CHILD_SETTID) its id in its own (pid_vnr).
         vid = tid_in(task, active_pid_ns(parent))
         own_vid = tid_in(task, active_pid_ns(task))
+        if not flags & CLONE_THREAD:
+            # Forked before the instance's clock was set: its vDSO may be the host's.
+            timekeeping.patch_new_image(self, child)
+        # A CLONE_VM child (vfork) shares its parent's memory: and its time namespace.
+        timens.on_fork(self, parent, task, bool(flags & (CLONE_THREAD | CLONE_VM)))
         self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {task.tid} (host {child})")
 
         # A clone the provider let run with rewritten arguments has its own
@@ -345,7 +350,7 @@ class Instance:
                            oom_score_adj=src.oom_score_adj,
                            oom_score_adj_min=src.oom_score_adj_min, image=src.image,
                            creds_filter=src.creds_filter, access_filter=src.access_filter,
-                           pid_ns=pid_ns, ns_pids=numbers)
+                           timens_filter=src.timens_filter, pid_ns=pid_ns, ns_pids=numbers)
             self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:
                 pp.children.add(proc)
@@ -381,6 +386,8 @@ class Instance:
             if other is not task:
                 self._drop_task(other)
         dispatch.drop_lost_fd(task)
+        timekeeping.patch_new_image(self, tid)    # a fresh vDSO reads the host's clocks
+        timens.patch_if_shifted(task)
         plan = task.exec_state
         task.exec_state = None
         proc.auxv = None                 # the host's is right until a mapping patches it

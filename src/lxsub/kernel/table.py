@@ -22,6 +22,7 @@ from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import fanotify as kfanotify
+from lxsub.kernel import timekeeping
 from lxsub.kernel.fs import loopdev, lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fanotify, fcntl, fhandle, identity, inotify, ioctl, ipc,
@@ -101,7 +102,7 @@ ROWS: list[Syscall] = [
         "pwritev", "pwritev2", "copy_file_range", "close_range",
         "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
         "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
-        "timerfd_settime", "timerfd_gettime",
+        "timerfd_gettime",
         "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
@@ -130,8 +131,8 @@ ROWS: list[Syscall] = [
         "mlock", "munlock", "mlockall", "munlockall", "mlock2", "remap_file_pages", "mbind", "set_mempolicy",
         "get_mempolicy", "set_mempolicy_home_node", "pkey_mprotect", "pkey_alloc", "pkey_free",
         "membarrier", "mseal", "map_shadow_stack", "cachestat",
-        "nanosleep", "gettimeofday", "time",
-        "getitimer", "setitimer", "alarm", "pause", "timer_settime",
+        "nanosleep",
+        "getitimer", "setitimer", "alarm", "pause",
         "timer_gettime", "timer_getoverrun", "timer_delete", "times", "getrusage",
         "sched_yield", "sched_get_priority_max", "sched_get_priority_min", "getcpu", "futex", "futex_waitv", "futex_wake", "futex_wait",
         "futex_requeue", "set_robust_list", "rseq", "arch_prctl", "getrlimit",
@@ -150,11 +151,39 @@ ROWS: list[Syscall] = [
           "it refuses has happened); its Unix sockets are made and its connects to abstract names "
           "made by the helper too, so the abstract socket scope holds (not for a send with an "
           "address)", PARTIAL),
-    # A negative clockid is a CPU clock naming a pid: translated.
-    *(Syscall(n, NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes (negative "
-              "clockids) stop: the pid in them translated, outside the instance EINVAL",
-              rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),))
-      for n in ("clock_gettime", "clock_getres", "clock_nanosleep")),
+    # A negative clockid is a CPU clock naming a pid: translated. The
+    # realtime clocks are the instance's (kernel/timekeeping.py): their
+    # reads and absolute times reach the provider, which runs them on the
+    # host as they are until the instance's clock is set.
+    Syscall("clock_gettime", NATIVE, clock.sys_clock_gettime, FULL, "CPU clocks of other processes "
+            "(negative clockids) stop: the pid in them translated, outside the instance EINVAL; the "
+            "realtime clocks (REALTIME, its COARSE and ALARM, TAI) trap: the instance's wall clock; "
+            "in a time namespace with offsets the monotonic and boottime ones stop too",
+            rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),
+                   *_when(0, timekeeping.REALTIME_CLOCKS, bpf.RET_USER_NOTIF))),
+    Syscall("clock_getres", NATIVE, clock.sys_cpu_clock, FULL, "CPU clocks of other processes "
+            "(negative clockids) stop: the pid in them translated, outside the instance EINVAL",
+            rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),)),
+    Syscall("clock_nanosleep", NATIVE, clock.sys_clock_nanosleep, FULL, "CPU clocks of other "
+            "processes translated as clock_gettime's; TIMER_ABSTIME on a realtime clock stops: the "
+            "instance's time made the host's",
+            rules=(ArgRule(0, "any_bit", 0x80000000, bpf.RET_TRACE),
+                   ArgRule(1, "any_bit", clock.TIMER_ABSTIME,
+                           ByArgs(_when(0, timekeeping.REALTIME_CLOCKS, bpf.RET_TRACE), bpf.RET_ALLOW)))),
+    notify("gettimeofday", clock.sys_gettimeofday, "the instance's wall clock and timezone (a "
+           "direct call traps; the vDSO's runs natively until the instance's clock is set)"),
+    notify("time", clock.sys_time, "the instance's wall clock (as gettimeofday)"),
+    Syscall("timer_settime", NATIVE, clock.sys_timer_settime, FULL, "TIMER_ABSTIME stops: the "
+            "time of a realtime clock (the instance's) or of a time namespace's clock made the host's",
+            rules=(ArgRule(1, "any_bit", clock.TIMER_ABSTIME, bpf.RET_TRACE),)),
+    # A TFD_TIMER_CANCEL_ON_SET timer lives on the host's clock: it is
+    # cancelled when the host's is set, and its time is the host's.
+    Syscall("timerfd_settime", NATIVE, clock.sys_timerfd_settime, FULL, "TFD_TIMER_ABSTIME stops "
+            "as timer_settime's, except with TFD_TIMER_CANCEL_ON_SET (native: the host's clock, "
+            "its time and its being set)",
+            rules=(ArgRule(1, "any_bit", clock.TIMER_ABSTIME,
+                           ByArgs((ArgRule(1, "any_bit", clock.TFD_TIMER_CANCEL_ON_SET, bpf.RET_ALLOW),),
+                                  bpf.RET_TRACE)),)),
     *(notify(n, getattr(signal, "sys_" + n), "pidfds of the instance's processes only; "
              "outside: EINVAL") for n in ("process_madvise", "process_mrelease")),
     # SysV IPC: keys and ids of the caller's IPC namespace, the provider's (kernel/syscalls/ipc.py).
@@ -381,11 +410,13 @@ ROWS: list[Syscall] = [
            "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
            "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID: UTS, IPC and "
-          "PID namespaces of the provider's; other new namespaces: EPERM", PARTIAL),
-    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC and PID ones its "
-           "processes made (/proc/<pid>/ns files, pidfds of its processes): the install checks, "
-           "the mount namespace's root and cwd"),
+          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWTIME: "
+          "UTS, IPC, PID and time namespaces of the provider's (a time namespace's offsets: the "
+          "caller gets a filter stopping its monotonic and boottime clock calls); other new "
+          "namespaces: EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC, PID and time "
+           "ones its processes made (/proc/<pid>/ns files, pidfds of its processes): the install "
+           "checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "
            "keeps; MS_MOVE: EINVAL", PARTIAL),
@@ -402,12 +433,14 @@ ROWS: list[Syscall] = [
     notify("reboot", klog.sys_reboot, "the instance is the machine: restart, halt and power-off end "
            "it, CAD_ON/CAD_OFF set its Ctrl-Alt-Del flag (/proc/sys/kernel/ctrl-alt-del); "
            "kexec and suspend EINVAL"),
-    denied("settimeofday"),
-    notify("adjtimex", clock.sys_adjtimex, "queries (modes 0, ADJ_OFFSET_SS_READ) run on the "
-           "host; a change is checked like Linux, then EPERM (the host clock)", PARTIAL),
-    notify("clock_adjtime", clock.sys_clock_adjtime, "like adjtimex", PARTIAL),
-    notify("clock_settime", clock.sys_clock_settime, "arguments checked like Linux, then EPERM "
-           "(the host clock)", PARTIAL),
+    notify("settimeofday", clock.sys_settimeofday, "the instance's wall clock and timezone "
+           "(CAP_SYS_TIME); the host's clock is never set"),
+    notify("adjtimex", clock.sys_adjtimex, "the instance's NTP state (from the host's at first "
+           "use), ADJ_SETOFFSET and leap seconds move the instance's clock; the discipline does "
+           "not change its rate", PARTIAL),
+    notify("clock_adjtime", clock.sys_clock_adjtime, "like adjtimex for CLOCK_REALTIME", PARTIAL),
+    notify("clock_settime", clock.sys_clock_settime, "CLOCK_REALTIME: the instance's wall clock "
+           "(CAP_SYS_TIME); absolute timers already armed are not moved", PARTIAL),
     denied("init_module"), denied("finit_module"),
     denied("delete_module"), denied("kexec_load"), denied("kexec_file_load"),
     denied("iopl"), denied("ioperm"), denied("quotactl"),

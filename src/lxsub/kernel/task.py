@@ -47,6 +47,9 @@ class Process:
     # It has the extra filter that stops the read calls (FAN_ACCESS_PERM,
     # kernel/fanotify.py); inherited at fork and kept across exec.
     access_filter: bool = False
+    # It has the extra filter of a time namespace's clock calls
+    # (kernel/timens.py); inherited at fork and kept across exec.
+    timens_filter: bool = False
     # The auxiliary vector a dynamic program's exec patched (kernel/exec/
     # mapping.py): /proc/<pid>/auxv; None: the host's is right.
     auxv: bytes | None = None
@@ -118,6 +121,10 @@ class Task(Caller):
     # setns(2) joins another (uts_of, ipc_of). Inherited by clone.
     uts: object = None
     ipc: object = None
+    # The time namespace the task is in and the one its children will be
+    # in (kernel/timens.py); None: the instance's own.
+    timens: object = None
+    timens_for_children: object = None
     # The CLONE_NEWUTS/CLONE_NEWIPC of a clone of this task in flight: its
     # child gets new namespaces (the host runs the clone without the flags).
     clone_new_ns: int = 0

@@ -19,6 +19,7 @@ import os
 from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS,
                               CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_PARENT, CLONE_SIGHAND,
                               CLONE_SYSVSEM, CLONE_THREAD, CLONE_VM)
+from lxsub.kernel import timens
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.sysctl import sysctls_of
 from lxsub.kernel.task import PidNamespace, active_pid_ns, children_pid_ns, ipc_of, ns_within, uts_of
@@ -32,6 +33,8 @@ EMULATED = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
 # include/linux/pid_namespace.h: PID namespaces nest 32 deep (the
 # instance's is level 0 here as on a host).
 MAX_PID_NS_LEVEL = 32
+# ...and those unshare(2) may also make (kernel/timens.py; not clone's yet).
+UNSHARE_EMULATED = EMULATED | CLONE_NEWTIME
 
 
 def _implied(flags: int) -> int:
@@ -59,15 +62,15 @@ def sys_unshare(c: Call):
     if flags & (CLONE_THREAD | CLONE_SIGHAND | CLONE_VM) and len(c.task.process.threads) > 1:
         raise OSError(errno.EINVAL, "not single-threaded")
     if flags & NAMESPACES:
-        _check_new_namespaces(c, flags)
+        _check_new_namespaces(c, flags, UNSHARE_EMULATED)
     if flags & CLONE_FILES:
         _check_table_copy_fits(c)
     task = c.task
     if flags & CLONE_NEWPID:
         _check_new_pid_ns(task)
-    if flags & EMULATED:
+    if flags & UNSHARE_EMULATED:
         # The host unshares the rest (CLONE_SYSVSEM: exit_sem, as Linux).
-        c.set_arg(0, (c.args[0] | (flags & CLONE_SYSVSEM)) & ~EMULATED)
+        c.set_arg(0, (c.args[0] | (flags & CLONE_SYSVSEM)) & ~UNSHARE_EMULATED)
 
     def done(result: int) -> None:
         if result != 0:
@@ -83,6 +86,9 @@ def sys_unshare(c: Call):
         if flags & CLONE_NEWPID:
             # Its children go into a new namespace; it stays where it is.
             task.child_pid_ns = PidNamespace(children_pid_ns(task))
+        if flags & CLONE_NEWTIME:
+            timens.unshare(task)
+            timens.give_filter(c.inst, task)
     return Native(done)
 
 
@@ -115,12 +121,12 @@ def _check_table_copy_fits(c: Call) -> None:
         raise OSError(errno.EMFILE, "the descriptor table's copy would exceed fs.nr_open")
 
 
-def _check_new_namespaces(c: Call, flags: int) -> None:
+def _check_new_namespaces(c: Call, flags: int, emulated: int = EMULATED) -> None:
     """unshare_nsproxy_namespaces / copy_namespaces: CAP_SYS_ADMIN, else
-    EPERM. UTS and IPC namespaces are the provider's to keep; the others
-    are refused as a container's runtime does."""
+    EPERM. UTS, IPC (and for unshare time) namespaces are the provider's to
+    keep; the others are refused as a container's runtime does."""
     from lxsub.kernel import creds as caps
-    if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~EMULATED:
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~emulated:
         raise OSError(errno.EPERM, "new namespaces are not permitted")
 
 
@@ -186,7 +192,8 @@ def sys_setns(c: Call) -> int:
             owner = next(iter(target.threads.values()), None)
             kinds = nstype
             joined = {CLONE_NEWUTS: uts_of(c.inst, owner), CLONE_NEWIPC: ipc_of(c.inst, owner),
-                      CLONE_NEWPID: target.pid_ns}
+                      CLONE_NEWPID: target.pid_ns,
+                      CLONE_NEWTIME: timens.of(owner)}
         else:
             raise OSError(errno.EINVAL, "not a namespace file or pidfd")
     finally:
@@ -199,6 +206,8 @@ def sys_setns(c: Call) -> int:
         c.inst.enter_ipc(c.task, joined[CLONE_NEWIPC])
     if kinds & CLONE_NEWPID:
         _join_pid_ns(c.task, joined.get(CLONE_NEWPID))
+    if kinds & CLONE_NEWTIME:
+        _enter_timens(c, joined.get(CLONE_NEWTIME))
     return 0
 
 
@@ -209,6 +218,19 @@ def _join_pid_ns(task, ns) -> None:
     if not ns_within(ns, active):
         raise OSError(errno.EINVAL, "not the caller's PID namespace or below it")
     task.child_pid_ns = ns if ns is not active else None
+
+
+def _enter_timens(c: Call, ns) -> None:
+    """timens_install: the caller and its children are in ns from now on;
+    a namespace with offsets needs the caller's clock reads (its vDSO now,
+    its syscalls by the filter, given at the stop an interrupt brings)."""
+    task, inst = c.task, c.inst
+    timens.enter(task, ns)
+    if ns is None or not ns.shifts():
+        return
+    timens.patch_if_shifted(task)
+    if not task.process.timens_filter:
+        inst.engine.interrupt(task.host_tid, lambda tid, regs: timens.give_filter(inst, task))
 
 
 def _install(c: Call, kinds: int) -> None:

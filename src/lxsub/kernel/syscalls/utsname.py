@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import os
 
 from lxsub.kernel import creds as caps
@@ -44,13 +45,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def sys_sysinfo(c: Call) -> int:
     """The host's memory and load (the instance shares them); the uptime
-    since the instance started and its own number of tasks, as /proc says."""
+    since the instance started (moved by the caller's time namespace) and
+    its own number of tasks, as /proc says."""
+    from lxsub.kernel import timens
     from lxsub.kernel.fs.procfs import boot_of, task_count
     info = _SysInfo()
     if _libc.sysinfo(ctypes.byref(info)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    info.uptime = int(boot_of(c.inst).uptime())
+    # do_sysinfo: whole seconds, a started one counted (tv_nsec ? 1 : 0).
+    info.uptime = math.ceil(boot_of(c.inst).uptime() + timens.offset(c.task, timens.CLOCK_BOOTTIME) / 1e9)
     info.procs = min(task_count(c.inst), 0xFFFF)
     c.write(c.ptr(0), bytes(info))
     return 0

@@ -52,7 +52,10 @@ _NAME_OF_TYPE = {"pid_for_children": "pid", "time_for_children": "time"}
 # (None: the instance's own), by link name.
 _OBJECT_OF = {"uts": uts_of, "ipc": ipc_of,
               "pid": lambda inst, task: active_pid_ns(task),
-              "pid_for_children": lambda inst, task: children_pid_ns(task) if task is not None else None}
+              "pid_for_children": lambda inst, task: children_pid_ns(task) if task is not None else None,
+              # kernel/timens.py: None is the instance's own
+              "time": lambda inst, task: getattr(task, "timens", None),
+              "time_for_children": lambda inst, task: getattr(task, "timens_for_children", None)}
 OVERFLOW_UID = 65534     # /proc/sys/kernel/overflowuid: an owner not mapped inside
 
 
@@ -142,7 +145,7 @@ class NsLink(Link):
 
     def _file(self) -> NsFile:
         kind = _NAME_OF_TYPE.get(self.name, self.name)
-        object_of = _OBJECT_OF.get(self.name)
+        object_of = _OBJECT_OF.get(self.name) or _OBJECT_OF.get(kind)
         obj = object_of(self.fs.inst, self.task_of()) if object_of is not None else None
         return NsFile(self.fs, kind, obj)
 

@@ -91,6 +91,8 @@ class ProcessDir(TaskFiles, Dir):
                             mode=0o400),
             "oom_score_adj": File(p + "/oom_score_adj", lambda t: b"%d\n" % proc.oom_score_adj,
                                   write=self._set_oom_score_adj, mode=0o444),
+            "timens_offsets": File(p + "/timens_offsets", lambda t: _timens().offsets_text(self._task()),
+                                   write=lambda t, data: _timens().write_offsets(t, self._task(), data)),
             "mounts": File(p + "/mounts", lambda t: fs.mounts_text()),
             "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
             "cgroup": File(p + "/cgroup", lambda t: b"0::/\n"),
@@ -218,3 +220,9 @@ class InitDir(Dir):
         return (b"Name:\tinit\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\nPid:\t1\n"
                 b"PPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n"
                 b"NStgid:\t1\nNSpid:\t1\nNSpgid:\t1\nNSsid:\t1\nThreads:\t1\n")
+
+
+def _timens():
+    """kernel/timens.py (imported late: it needs kernel objects procfs is below)."""
+    from lxsub.kernel import timens
+    return timens

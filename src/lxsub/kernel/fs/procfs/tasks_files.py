@@ -52,6 +52,12 @@ def boot_of(inst) -> Boot:
     return boot
 
 
+def _boottime_offset(task) -> float:
+    """The boottime offset of the reader's time namespace (kernel/timens.py), seconds."""
+    ns = getattr(task, "timens", None)
+    return ns.boottime / 1e9 if ns is not None else 0.0
+
+
 def task_count(inst) -> int:
     """Threads of the instance, /init included (sysinfo's procs, pids.current)."""
     return 1 + sum(len(p.threads) for p in list(inst.pids.processes_by_vid.values())
@@ -92,12 +98,18 @@ class TasksFiles:
         return states
 
     def _uptime(self, t) -> bytes:
-        up = time.monotonic() - self.start_mono
+        # In a time namespace, moved by its boottime offset (timens_add_boottime).
+        up = time.monotonic() - self.start_mono + _boottime_offset(t)
         try:
             idle = max(0.0, float(read_host("/proc/uptime").split()[1]) - self.start_idle)
         except (OSError, IndexError, ValueError):
             idle = 0.0
-        return f"{up:.2f} {idle:.2f}\n".encode()
+        # A timespec's fields, as Linux prints it (tv_nsec in hundredths). The
+        # instance's uptime starts at 0: a time namespace's negative boottime
+        # offset may take it below (never the host's clock, which the offset
+        # is checked against): the seconds then show their sign.
+        sec, nsec = divmod(round(up * 1e9), 1_000_000_000)
+        return f"{sec}.{nsec // 10_000_000:02d} {idle:.2f}\n".encode()
 
     def _loadavg(self, t) -> bytes:
         loads = read_host("/proc/loadavg").decode().split()[:3]
