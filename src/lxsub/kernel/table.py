@@ -88,8 +88,7 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
 # prlimit64's third argument, the new limit: NULL only reads the old one.
 _SETTING_LIMIT = ByArgs((ArgRule(2, "eq", 0, bpf.RET_ALLOW, wide=True),), bpf.RET_TRACE)
 
-_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
-                    | CLONE_UNTRACED)
+_CLONE_FORBIDDEN = CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_UNTRACED
 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
@@ -173,12 +172,12 @@ ROWS: list[Syscall] = [
         "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
-    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS and IPC, "
-            "and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC stop: UTS and IPC "
-            "namespaces of the provider's; child tid translated in the result and in "
+    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS, IPC and mount, "
+            "and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC/CLONE_NEWNS stop: UTS, IPC "
+            "and mount namespaces of the provider's; child tid translated in the result and in "
             "PARENT/CHILD_SETTID memory",
             rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),
-                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC, bpf.RET_TRACE))),
+                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS, bpf.RET_TRACE))),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
             "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
@@ -375,10 +374,10 @@ ROWS: list[Syscall] = [
            "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
            "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC: UTS and IPC namespaces "
-          "of the provider's; other new namespaces: EPERM", PARTIAL),
-    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS and IPC ones its "
-           "processes made (/proc/<pid>/ns files, pidfds of its processes): the install checks, "
+          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNS: UTS, IPC and "
+          "mount namespaces of the provider's; other new namespaces: EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC and mount ones "
+           "its processes made (/proc/<pid>/ns files, pidfds of its processes): the install checks, "
            "the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "

@@ -1,12 +1,14 @@
-"""mount(2) and umount2(2) inside the instance: its own mount table only.
+"""mount(2) and umount2(2) inside the instance: the caller's mount namespace.
 
 Root inside (CAP_SYS_ADMIN in the instance's credentials) may mount the
 file systems lxsub has that kernel/fs/registry.py lets it make: `tmpfs`
 (a new private host tmpfs, see kernel/fs/tmpfs.py), `proc`, `sysfs`,
 `cgroup2`, `devpts`, and bind mounts of instance files and directories. Nothing
-reaches the host's mount table. Propagation changes (`--make-private`...)
-are accepted on mount points and change nothing: the instance has one
-mount namespace, so there is no peer to propagate to.
+reaches the host's mount table. Each mount and umount changes the table of
+the caller's mount namespace (vfs/mount.py), and of the namespaces its
+shared mounts propagate to (vfs/propagation.py: MS_SHARED, MS_SLAVE,
+MS_PRIVATE, MS_UNBINDABLE, with MS_REC); a mount point of another
+namespace is EINVAL, as Linux's check_mnt.
 
 Read-only mounts (MS_RDONLY, and MS_REMOUNT to or from it, with or without
 MS_BIND) are the provider's: every change it makes in such a mount asks
@@ -32,7 +34,8 @@ from lxsub.abi.fcntl import AT_FDCWD
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs import registry
-from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs import lookup, propagation
+from lxsub.kernel.vfs.mount import rebased
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_SYNCHRONOUS, MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC = 16, 32, 64, 128
@@ -42,6 +45,10 @@ MS_POSIXACL, MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED = 1 << 16, 1 << 17, 
 MS_RELATIME, MS_KERNMOUNT, MS_I_VERSION, MS_STRICTATIME, MS_LAZYTIME = 1 << 21, 1 << 22, 1 << 23, 1 << 24, 1 << 25
 MS_MGC_MSK, MS_MGC_VAL = 0xFFFF0000, 0xC0ED0000
 _PROPAGATION = MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
+# What path_mount takes out of the flags into the per-mount ones before it
+# looks at the rest (a propagation change with them is no error).
+_MNT_FLAGS = (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME
+              | MS_STRICTATIME | MS_NOSYMFOLLOW | MS_KERNMOUNT)
 
 MNT_FORCE, MNT_DETACH, MNT_EXPIRE, UMOUNT_NOFOLLOW = 1, 2, 4, 8
 
@@ -76,19 +83,13 @@ def sys_mount(c: Call) -> int:
     target = c.path(1)
     if flags & MS_REMOUNT:
         return _remount(c, target, flags)
+    if flags & MS_BIND:
+        return _bind(c, c.path(0), target, flags)
     if flags & _PROPAGATION:
-        node = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
-        try:
-            if inst.vfs.mounts.mount_of_root(node) is None:
-                raise _e(errno.EINVAL, "not a mount point")
-        finally:
-            node.release()
-        return 0
+        return _change_type(c, target, flags)
     if flags & MS_MOVE:
         inst.log.once("mount-flags", "mount: MS_MOVE is not supported")
         raise _e(errno.EINVAL, "unsupported mount flags")
-    if flags & MS_BIND:
-        return _bind(c, c.path(0), target, flags)
     fstype = _string(c, 2, 256).decode(errors="replace")
     data = _string(c, 4, 4096).decode(errors="replace")
     source = _string(c, 0, 4096).decode(errors="replace") or "none"
@@ -101,10 +102,55 @@ def sys_mount(c: Call) -> int:
             raise _e(errno.ENOTDIR)
         fs = registry.make(inst, fstype, source, data, by_user=True)
         options = _with_flags(fs.mount_options, flags)
-        m = inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), source, options)
+        m = _table_of(c, at).mount(fs, at, inst.vfs.vpath_of(at), source, options)
         m.read_only = bool(flags & MS_RDONLY)
+        propagation.propagate_mount(m.table, m, _mount_copy)
     finally:
         at.release()
+    return 0
+
+
+def _table_of(c: Call, node):
+    """The caller's mount namespace, where `node` must be (check_mnt: a
+    file reached through a mount of another namespace, EINVAL)."""
+    table = c.inst.vfs.mounts_of(c.task)
+    if node.mount.table is not table:
+        raise _e(errno.EINVAL, "not a mount of the caller's namespace")
+    return table
+
+
+def _mount_copy(receiver, new, path: str, group: int, master: int):
+    """A propagated copy of the mount `new` on the same directory of
+    `receiver` (in its namespace), unless something is mounted there."""
+    table, point = receiver.table, new.mountpoint
+    if table is None or point is None or table.mounted_at(receiver, point.key) is not None:
+        return None
+    at = rebased(point, receiver)
+    try:
+        m = table.mount(new.fs, at, path, new.source, new.options, root=new.root_node,
+                        root_path=new.root_path)
+    finally:
+        at.release()
+    m.read_only, m.group, m.master = new.read_only, group, master
+    return m
+
+
+def _change_type(c: Call, target: bytes, flags: int) -> int:
+    """do_change_type: the target must be a mount's root in the caller's
+    namespace; exactly one type, with MS_REC and MS_SILENT only (EINVAL)."""
+    node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, target)
+    try:
+        table = _table_of(c, node)
+        m = table.mount_of_root(node)
+    finally:
+        node.release()
+    if m is None:
+        raise _e(errno.EINVAL, "not a mount point")
+    kind = flags & ~(MS_REC | MS_SILENT | _MNT_FLAGS)
+    if kind & ~_PROPAGATION:
+        raise _e(errno.EINVAL, "other flags with a propagation change")
+    kind = propagation.check_type_flags(kind)
+    propagation.change_type(table, m, kind, bool(flags & MS_REC))
     return 0
 
 
@@ -122,7 +168,7 @@ def _mount_rooted_at(inst, node):
     """The mount whose root `node` is (released here); EINVAL if none, as
     for a remount or umount of a path that is no mount point."""
     try:
-        m = inst.vfs.mounts.mount_of_root(node)
+        m = inst.vfs.mounts.mount_of_root(node)      # (node's own mount: any table answers)
     finally:
         node.release()
     if m is None:
@@ -136,6 +182,8 @@ def _remount(c: Call, target: bytes, flags: int) -> int:
     the ones given, as /proc/mounts then shows."""
     inst = c.inst
     m = _mount_rooted_at(inst, lookup.resolve_at(inst.vfs, c.task, AT_FDCWD, target))
+    if m.table is not inst.vfs.mounts_of(c.task):
+        raise _e(errno.EINVAL, "not a mount of the caller's namespace")
     shown = {name for _bit, name in _SHOWN}
     kept = [p for p in (m.options.split(",") if m.options else []) if p not in shown | {"rw", "ro"}]
     m.options = _with_flags(",".join(["rw", *kept]), flags & (_ACCEPTED | MS_RDONLY))
@@ -150,12 +198,17 @@ def _check_mount_point(at) -> None:
 
 
 def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
+    """do_loopback: the source's mount must be bindable (EINVAL); the new
+    mount is its peer if it is shared (vfs/propagation.py)."""
     inst, task = c.inst, c.task
     src = lookup.resolve_at(inst.vfs, task, AT_FDCWD, source)
     try:
         at = lookup.resolve_at(inst.vfs, task, AT_FDCWD, target)
         try:
             _check_mount_point(at)
+            table = _table_of(c, at)
+            if src.mount.unbindable:
+                raise _e(errno.EINVAL, "an unbindable mount")
             if src.is_dir() != at.is_dir():
                 raise _e(errno.ENOTDIR if src.is_dir() else errno.EISDIR)
             src_path = inst.vfs.vpath_of(src)
@@ -165,8 +218,10 @@ def _bind(c: Call, source: bytes, target: bytes, flags: int) -> int:
             root_path = (m.root_path.rstrip("/") + "/" + inside.lstrip("/")).rstrip("/") or "/"
             options = _with_flags(m.options, flags & _ACCEPTED)
             fs = m.fs.for_bind(src)
-            inst.vfs.mounts.mount(fs, at, inst.vfs.vpath_of(at), m.source, options,
+            new = table.mount(fs, at, inst.vfs.vpath_of(at), m.source, options,
                               root=src, root_path=root_path)
+            propagation.as_peer_of(m, new)
+            propagation.propagate_mount(table, new, _mount_copy)
         finally:
             at.release()
     finally:
@@ -186,18 +241,22 @@ def sys_umount2(c: Call) -> int:
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
         node.release()
         raise _e(errno.EPERM)
+    table = inst.vfs.mounts_of(task)
     m = _mount_rooted_at(inst, node)
-    if m is inst.vfs.mounts.root_mount:
+    if m.table is not table:
+        raise _e(errno.EINVAL, "not a mount of the caller's namespace")
+    if m is table.root_mount:
         raise _e(errno.EBUSY)
     if flags & MNT_EXPIRE:
         raise _e(errno.EAGAIN)     # never marked expired before: Linux's first answer
-    below = inst.vfs.mounts.descendants(m)
+    below = table.descendants(m)
     if not flags & MNT_DETACH:
         if below or _in_use(inst, m):
             raise _e(errno.EBUSY)
     for child in below:
-        inst.vfs.mounts.umount(child)
-    inst.vfs.mounts.umount(m)
+        table.umount(child)
+    propagation.propagate_umount(table, m, lambda t, copy: t.umount(copy))
+    table.umount(m)
     return 0
 
 
