@@ -156,3 +156,17 @@ def test_clone_newns_and_who_may_make_a_mount_namespace(debian, mount_ns):
     # CLONE_FS would share the root and cwd the new namespace moves
     assert out["clone with-fs"] == str(-errno.EINVAL), out
     assert out["nobody unshare"] == str(-errno.EPERM), out
+
+
+def test_pivot_root_swaps_the_root_mount_in_a_namespace(debian, mount_ns):
+    """pivot_root(2), before EPERM for every caller: in a namespace of its
+    own, chrooted into a tmpfs, the tmpfs on /new becomes the root and the
+    old root goes to /new/old."""
+    out = _mount_ns(debian, mount_ns, "pivot")
+    assert out["pivot unshare"] == "0" and out["pivot private"] == "0", out
+    # new_root on the root's own file system
+    assert out["pivot same-fs"] == str(-errno.EBUSY), out
+    assert out["pivot rc"] == "0" and out["pivot cwd"] == "/", out
+    assert out["pivot sees"] == "yes yes no", out
+    assert out["pivot umount-old"] == "0 no", out
+    assert out["pivot child"] == "0", out

@@ -385,7 +385,9 @@ ROWS: list[Syscall] = [
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
     notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
            "them busy", PARTIAL),
-    denied("pivot_root"),
+    notify("pivot_root", mount.sys_pivot_root, "in the caller's mount namespace (root only): "
+           "new_root's mount takes the root mount's place, which moves to put_old; roots and "
+           "cwds on the old root move to the new one"),
     denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),

@@ -260,6 +260,72 @@ def sys_umount2(c: Call) -> int:
     return 0
 
 
+def sys_pivot_root(c: Call) -> int:
+    """pivot_root(2) (fs/namespace.c): in the caller's mount namespace, the
+    mount at `new_root` takes the place of the caller's root mount, which
+    moves to `put_old`; the processes whose root or cwd was the old root
+    get the new one (chroot_fs_refs)."""
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        raise _e(errno.EPERM)
+    vfs = c.inst.vfs
+    new = lookup.resolve_at(vfs, c.task, AT_FDCWD, _as_dir(c.path(0)))
+    try:
+        old = lookup.resolve_at(vfs, c.task, AT_FDCWD, _as_dir(c.path(1)))
+        try:
+            table, new_mnt, root = _check_pivot(c, new, old)
+            old_root = root.root()
+            table.pivot(new_mnt, root, old, vfs.vpath_of(old))
+            _move_fs_refs(c.inst, old_root, new_mnt)
+            old_root.release()
+        finally:
+            old.release()
+    finally:
+        new.release()
+    return 0
+
+
+def _as_dir(path: bytes) -> bytes:
+    """LOOKUP_DIRECTORY: a path that must name a directory (ENOTDIR)."""
+    return path + b"/" if path else path
+
+
+def _check_pivot(c: Call, new, old):
+    """pivot_root's checks, in its order: the table, the mount at new_root
+    and the caller's root mount, or the error."""
+    vfs = c.inst.vfs
+    table = vfs.mounts_of(c.task)
+    root_node = c.task.fs.root
+    new_mnt, old_mnt, root = new.mount, old.mount, root_node.mount
+    if old_mnt.group or (new_mnt.parent and new_mnt.parent.group) or (root.parent and root.parent.group):
+        raise _e(errno.EINVAL, "a shared mount")
+    if root.table is not table or new_mnt.table is not table:
+        raise _e(errno.EINVAL, "not a mount of the caller's namespace")
+    if new_mnt is root or old_mnt is root:
+        raise _e(errno.EBUSY, "on the root's file system")
+    if root_node.key != root.root_key() or root.parent is None:
+        raise _e(errno.EINVAL, "the root is no mount's root")
+    if new.key != new_mnt.root_key() or new_mnt.parent is None:
+        raise _e(errno.EINVAL, "new_root is no mount point")
+    new_path, root_path = vfs.vpath_of(new), vfs.vpath_of(root_node)
+    if not _under(vfs.vpath_of(old), new_path) or not _under(new_path, root_path):
+        raise _e(errno.EINVAL, "put_old not below new_root, or new_root not below the root")
+    return table, new_mnt, root
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def _move_fs_refs(inst, old_root, new_mnt) -> None:
+    """chroot_fs_refs: a root or cwd that was the old root becomes the new one."""
+    for task in list(inst.pids.tasks_by_host.values()):
+        fs = task.fs
+        if fs.root.mount is old_root.mount and fs.root.key == old_root.key:
+            fs.set_root(new_mnt.root())
+        if fs.cwd.mount is old_root.mount and fs.cwd.key == old_root.key:
+            fs.set_cwd(new_mnt.root())
+
+
 def _in_use(inst, m) -> bool:
     """A process has its cwd or root in the mount."""
     for task in inst.pids.tasks_by_host.values():

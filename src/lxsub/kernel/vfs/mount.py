@@ -214,6 +214,32 @@ class MountTable:
         if not self.initial:
             self.root_mount.root_node.release()
 
+    def pivot(self, new: Mount, root: Mount, put_old: Node, put_old_path: str) -> None:
+        """pivot_root's move (the caller checked it may be made): `new`
+        takes the place of `root`, whose mount point `root` leaves for the
+        directory `put_old` (at `put_old_path` before the move). The paths
+        of every mount are those of the namespace after the move."""
+        rel = {id(m): _below(m.path, m.parent.path) for m in self.mounts if m.parent is not None}
+        rel[id(root)] = _below(put_old_path, put_old.mount.path)
+        rel[id(new)] = _below(root.path, root.parent.path)
+        for m in (new, root):
+            del self._by_point[_point(m.mountpoint)]
+        assert new.mountpoint is not None
+        left = new.mountpoint
+        new.parent, new.mountpoint, root.parent, root.mountpoint = \
+            root.parent, root.mountpoint, put_old.mount, put_old.dup()
+        left.release()
+        for m in (new, root):
+            self._by_point[_point(m.mountpoint)] = m
+        self._set_paths(self.root_mount, rel)
+        self._paths = None
+        self.generation += 1
+
+    def _set_paths(self, m: Mount, rel: dict[int, str]) -> None:
+        for c in self.children(m):
+            c.path = m.path.rstrip("/") + rel[id(c)] or "/"
+            self._set_paths(c, rel)
+
     def children(self, m: Mount) -> list[Mount]:
         return [c for c in self.mounts if c.parent is m]
 
@@ -252,6 +278,13 @@ class MountTable:
             if plain.startswith(p) and (len(plain) == len(p) or plain[len(p)] == 0x2F):
                 return True
         return False
+
+
+def _below(path: str, base: str) -> str:
+    """`path` relative to the mount path `base` ("" or "/..."), as a mount
+    below it is placed."""
+    base = base.rstrip("/")
+    return path[len(base):] if path.startswith(base) else path
 
 
 def rebased(node: Node, mount: Mount) -> Node:
