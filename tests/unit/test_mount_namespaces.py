@@ -173,3 +173,28 @@ def test_enter_namespace_moves_root_and_cwd(world):
     finally:
         joiner.detach()
         child.detach()
+
+
+def test_pivot_moves_the_mounts_and_a_copy_keeps_them(world):
+    """MountTable.pivot (pivot_root): the mount on /a/new takes the place of
+    the one on /a, which goes to /a/new/old, i.e. /a/old; a copy made after
+    (where a parent now comes after its child in the table) is the same."""
+    vfs, first, tmp = world
+    (tmp / "one" / "new").mkdir()
+    (tmp / "two" / "old").mkdir()
+    r = _mount(vfs, first, VolFs(str(tmp / "one")), b"/a")
+    n = _mount(vfs, first, VolFs(str(tmp / "two")), b"/a/new")
+    put_old = _walk(vfs, first, b"/a/new/old")
+    try:
+        vfs.mounts.pivot(n, r, put_old, vfs.vpath_of(put_old))
+    finally:
+        put_old.release()
+    assert (n.path, r.path) == ("/a", "/a/old")
+    assert _sees(vfs, first, b"/a/in-two") and _sees(vfs, first, b"/a/old/in-one")
+    assert not _sees(vfs, first, b"/a/in-one")
+    child = _new_ns(vfs, first)
+    try:
+        assert _sees(vfs, child, b"/a/in-two") and _sees(vfs, child, b"/a/old/in-one")
+        assert sorted(m.path for m in child.mounts.mounts) == ["/", "/a", "/a/old"]
+    finally:
+        child.detach()

@@ -100,9 +100,10 @@ def sys_mount(c: Call) -> int:
         _check_mount_point(at)
         if not at.is_dir():
             raise _e(errno.ENOTDIR)
+        table = _table_of(c, at)
         fs = registry.make(inst, fstype, source, data, by_user=True)
         options = _with_flags(fs.mount_options, flags)
-        m = _table_of(c, at).mount(fs, at, inst.vfs.vpath_of(at), source, options)
+        m = table.mount(fs, at, inst.vfs.vpath_of(at), source, options)
         m.read_only = bool(flags & MS_RDONLY)
         propagation.propagate_mount(m.table, m, _mount_copy)
     finally:

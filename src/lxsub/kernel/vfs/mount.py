@@ -137,13 +137,15 @@ class MountTable:
         (to move a fs context's root and cwd into it)."""
         clones: dict[int, Mount] = {}
         for m in self.mounts:
-            parent = clones.get(id(m.parent)) if m.parent is not None else None
-            c = Mount(m.fs, m.source, m.options, parent=parent, path=m.path, root_path=m.root_path,
+            c = Mount(m.fs, m.source, m.options, path=m.path, root_path=m.root_path,
                       read_only=m.read_only, group=m.group, master=m.master, unbindable=m.unbindable)
             c.root_node = rebased(m.root_node, c)
-            if m.mountpoint is not None and parent is not None:
-                c.mountpoint = rebased(m.mountpoint, parent)
             clones[id(m)] = c
+        # Parents after: since a pivot_root a parent may come after its child.
+        for m in self.mounts[1:]:
+            c = clones[id(m)]
+            c.parent = clones[id(m.parent)]
+            c.mountpoint = rebased(m.mountpoint, c.parent)
         new = MountTable.__new__(MountTable)
         new._start(clones[id(self.root_mount)], self.family, inum)
         for m in self.mounts[1:]:
@@ -223,7 +225,8 @@ class MountTable:
         rel[id(root)] = _below(put_old_path, put_old.mount.path)
         rel[id(new)] = _below(root.path, root.parent.path)
         for m in (new, root):
-            del self._by_point[_point(m.mountpoint)]
+            if self._by_point.get(_point(m.mountpoint)) is m:
+                del self._by_point[_point(m.mountpoint)]
         assert new.mountpoint is not None
         left = new.mountpoint
         new.parent, new.mountpoint, root.parent, root.mountpoint = \
