@@ -170,3 +170,14 @@ def test_pivot_root_swaps_the_root_mount_in_a_namespace(debian, mount_ns):
     assert out["pivot sees"] == "yes yes no", out
     assert out["pivot umount-old"] == "0 no", out
     assert out["pivot child"] == "0", out
+
+
+def test_open_tree_clone_and_move_mount_beneath(debian, mount_ns):
+    """open_tree(2) and move_mount(2), before EPERM: a detached clone of a
+    tmpfs mount, attached beneath the tmpfs on top of another directory,
+    is uncovered by that one's umount (LTP move_mount03)."""
+    out = _mount_ns(debian, mount_ns, "tree")
+    assert out["tree plain-is-path"] == "yes", out
+    assert out["tree clone"] == "ok" and out["tree bad-flags"] == str(-errno.EINVAL), out
+    assert out["tree beneath"] == "0" and out["tree sees"] == "yes yes no", out
+    assert out["tree umount-top"] == "0 yes" and out["tree umount-beneath"] == "0 no", out

@@ -388,7 +388,14 @@ ROWS: list[Syscall] = [
     notify("pivot_root", mount.sys_pivot_root, "in the caller's mount namespace (root only): "
            "new_root's mount takes the root mount's place, which moves to put_old; roots and "
            "cwds on the old root move to the new one"),
-    denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
+    Syscall("open_tree", TRACE, mount.sys_open_tree, PARTIAL, "an O_PATH descriptor (traps by "
+            "ptrace, as O_PATH opens); OPEN_TREE_CLONE (root only): a detached bind mount of the file "
+            "in the caller's namespace, without the mounts below it, its descriptor O_RDONLY",
+            rules=(ArgRule(2, "any_bit", mount.OPEN_TREE_CLONE, bpf.RET_USER_NOTIF),)),
+    notify("move_mount", mount.sys_move_mount, "attaches a detached mount (OPEN_TREE_CLONE) in the "
+           "caller's namespace, MOVE_MOUNT_BENEATH under the top mount; moving an attached mount and "
+           "MOVE_MOUNT_SET_GROUP: EINVAL", PARTIAL),
+    denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
     denied("swapon"), denied("swapoff"), trace("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "

@@ -30,12 +30,14 @@ from __future__ import annotations
 import errno
 import os
 
-from lxsub.abi.fcntl import AT_FDCWD
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_SYMLINK_NOFOLLOW, O_PATH
 from lxsub.kernel import creds as caps
-from lxsub.kernel.call import Call
+from lxsub.kernel.call import Call, NewFd
 from lxsub.kernel.fs import registry
+from lxsub.kernel.syscalls.fcntl import install_path_fd
 from lxsub.kernel.vfs import lookup, propagation
-from lxsub.kernel.vfs.mount import rebased
+from lxsub.kernel.vfs.mount import Mount, rebased
+from lxsub.platform import libc
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_SYNCHRONOUS, MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC = 16, 32, 64, 128
@@ -325,6 +327,133 @@ def _move_fs_refs(inst, old_root, new_mnt) -> None:
             fs.set_root(new_mnt.root())
         if fs.cwd.mount is old_root.mount and fs.cwd.key == old_root.key:
             fs.set_cwd(new_mnt.root())
+
+
+# -- the new mount API: open_tree(2), move_mount(2) -------------------------------
+
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, AT_RECURSIVE = 1, os.O_CLOEXEC, 0x8000
+MOVE_MOUNT_F_SYMLINKS, MOVE_MOUNT_F_AUTOMOUNTS, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x2, 0x4
+MOVE_MOUNT_T_SYMLINKS, MOVE_MOUNT_T_AUTOMOUNTS, MOVE_MOUNT_T_EMPTY_PATH = 0x10, 0x20, 0x40
+MOVE_MOUNT_SET_GROUP, MOVE_MOUNT_BENEATH = 0x100, 0x200
+_MOVE_MOUNT_MASK = 0x377
+_DETACHED_KEPT = 64          # detached trees remembered (their descriptors cannot be watched)
+
+
+def sys_open_tree(c: Call):
+    """open_tree(2): an O_PATH descriptor of the file (the call traps by
+    ptrace, as an O_PATH open: fcntl.install_path_fd); with OPEN_TREE_CLONE
+    (root only) a descriptor of the root of a detached bind mount of it,
+    which move_mount(2) attaches (AT_RECURSIVE: the mounts below it are
+    not copied, as MS_BIND|MS_REC here). That one is opened O_RDONLY, not
+    O_PATH: seccomp hands over no O_PATH file, and the provider finds the
+    detached mount again by the very open file (kcmp)."""
+    flags = c.uint(2)
+    if flags & ~(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_NO_AUTOMOUNT | AT_RECURSIVE
+                 | AT_SYMLINK_NOFOLLOW) or flags & AT_RECURSIVE and not flags & OPEN_TREE_CLONE:
+        raise _e(errno.EINVAL, "bad flags")
+    if flags & OPEN_TREE_CLONE and not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        raise _e(errno.EPERM)
+    vfs = c.inst.vfs
+    node = lookup.resolve_at(vfs, c.task, c.int(0), c.path_or_empty(1, flags),
+                             flags & (AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+    try:
+        if not flags & OPEN_TREE_CLONE:
+            if c.regs is None:
+                raise _e(errno.ENOSYS, "open_tree without OPEN_TREE_CLONE traps by ptrace")
+            return install_path_fd(c, node.fs.open(node, O_PATH, c.task), flags & OPEN_TREE_CLOEXEC)
+        detached = _detached_bind(c, node)
+        fd = node.fs.open(node, os.O_RDONLY | (os.O_DIRECTORY if node.is_dir() else 0), c.task)
+    finally:
+        node.release()
+    _keep_detached(vfs, fd, detached)
+    return NewFd(fd, bool(flags & OPEN_TREE_CLOEXEC))
+
+
+def _detached_bind(c: Call, src) -> Mount:
+    """__do_loopback: a bind mount of `src` in no namespace (EINVAL for an
+    unbindable mount or one of another namespace)."""
+    m = src.mount
+    if m.unbindable or m.table is not c.inst.vfs.mounts_of(c.task):
+        raise _e(errno.EINVAL, "not a mount that may be bound")
+    src_path = c.inst.vfs.vpath_of(src)
+    base = m.path.rstrip("/")
+    inside = src_path[len(base):] if src_path.startswith(base) else "/"
+    root_path = (m.root_path.rstrip("/") + "/" + inside.lstrip("/")).rstrip("/") or "/"
+    new = Mount(m.fs.for_bind(src), m.source, m.options, root_path=root_path, read_only=m.read_only)
+    new.root_node = rebased(src, new)
+    propagation.as_peer_of(m, new)
+    return new
+
+
+def _keep_detached(vfs, fd: int, m: Mount) -> None:
+    """Remember the detached mount by a copy of the descriptor that names
+    it (the program's shares its open file: kcmp finds it again)."""
+    kept = vfs.detached
+    kept.append((os.dup(fd), m))
+    while len(kept) > _DETACHED_KEPT:
+        old, gone = kept.pop(0)
+        os.close(old)
+        gone.root_node.release()
+
+
+def _detached_of(c: Call, fd: int) -> "Mount | None":
+    """The detached mount the caller's descriptor `fd` was opened for, or None."""
+    local = lookup.copy_fd(c.task, fd)
+    try:
+        for kept, m in c.inst.vfs.detached:
+            if libc.same_open_file(kept, local):
+                return m
+    finally:
+        os.close(local)
+    return None
+
+
+def _attached(vfs, m: Mount) -> None:
+    """A detached mount is in a table now: no descriptor names it any more."""
+    for i, (kept, other) in enumerate(vfs.detached):
+        if other is m:
+            del vfs.detached[i]
+            os.close(kept)
+            return
+
+
+def sys_move_mount(c: Call) -> int:
+    """move_mount(2) of a detached mount (open_tree's OPEN_TREE_CLONE) onto
+    a file of the caller's namespace, or with MOVE_MOUNT_BENEATH under the
+    mount on top there. Moving an attached mount is not done (EINVAL), nor
+    MOVE_MOUNT_SET_GROUP."""
+    if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+        raise _e(errno.EPERM)
+    flags = c.uint(4)
+    if flags & ~_MOVE_MOUNT_MASK or flags & MOVE_MOUNT_SET_GROUP:
+        raise _e(errno.EINVAL, "bad flags")
+    from_empty = flags & MOVE_MOUNT_F_EMPTY_PATH and not c.path_or_empty(1, AT_EMPTY_PATH)
+    m = _detached_of(c, c.int(0)) if from_empty else None
+    if m is None:
+        c.inst.log.once("move-mount", "move_mount: only open_tree clones are attached")
+        raise _e(errno.EINVAL, "not a detached mount")
+    vfs = c.inst.vfs
+    at_flags = (AT_EMPTY_PATH if flags & MOVE_MOUNT_T_EMPTY_PATH else 0) | \
+        (0 if flags & MOVE_MOUNT_T_SYMLINKS else AT_SYMLINK_NOFOLLOW)
+    at = lookup.resolve_at(vfs, c.task, c.int(2), c.path_or_empty(3, at_flags), at_flags)
+    try:
+        table = _table_of(c, at)
+        _check_mount_point(at)
+        if m.root_node.is_dir() != at.is_dir():
+            raise _e(errno.ENOTDIR if m.root_node.is_dir() else errno.EISDIR)
+        if flags & MOVE_MOUNT_BENEATH:
+            top = table.mount_of_root(at)
+            if top is None or top is table.root_mount or table.mounted_on(at) is not None:
+                raise _e(errno.EINVAL, "not the top mount of a mount point")
+            _attached(vfs, m)
+            table.tuck(m, top)
+        else:
+            _attached(vfs, m)
+            table.attach(m, at, vfs.vpath_of(at))
+            propagation.propagate_mount(table, m, _mount_copy)
+    finally:
+        at.release()
+    return 0
 
 
 def _in_use(inst, m) -> bool:

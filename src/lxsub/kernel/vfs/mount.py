@@ -175,19 +175,33 @@ class MountTable:
         """Mount fs on `at` (the table keeps its own reference). `root`, for a
         bind mount, is the file of fs that becomes the mount's root (copied;
         the caller keeps its Node); else the file system's own root."""
-        m = Mount(fs, source, options, parent=at.mount, mountpoint=at.dup(), path=path,
-                  root_path=root_path, table=self)
+        m = Mount(fs, source, options, root_path=root_path)
         if root is None:
             m.root_node = fs.root(m)
         else:
-            r = root.dup()
-            r.mount = m
-            m.root_node = r
+            m.root_node = rebased(root, m)
+        return self.attach(m, at, path)
+
+    def attach(self, m: Mount, at: Node, path: str) -> Mount:
+        """Put the mount `m` of no table (new, or detached: open_tree) on
+        `at` (the table keeps its own reference to it)."""
+        m.parent, m.mountpoint, m.path, m.table = at.mount, at.dup(), path, self
         self.mounts.append(m)
         self._paths = None
         self.generation += 1
         self._by_point[_point(at)] = m
         return m
+
+    def tuck(self, m: Mount, top: Mount) -> None:
+        """move_mount's MOVE_MOUNT_BENEATH: `m` goes where `top` is mounted,
+        and `top` onto m's root, so that an umount of `top` uncovers `m`."""
+        assert top.mountpoint is not None and top.parent is not None
+        point = top.mountpoint
+        del self._by_point[_point(point)]
+        self.attach(m, point, top.path)
+        point.release()
+        top.parent, top.mountpoint = m, m.root()
+        self._by_point[_point(top.mountpoint)] = top
 
     def umount(self, m: Mount) -> None:
         """Take m out of the table (its children must be gone first)."""

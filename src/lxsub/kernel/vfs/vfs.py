@@ -45,6 +45,10 @@ class Vfs:
         self.ptys = PtyOwners()
         # Devices opened through a node of their own (mknod on a host tree).
         self.opened_devices = OpenedDevices()
+        # Mounts of no namespace (open_tree's OPEN_TREE_CLONE), each with a
+        # copy of the descriptor that names it, until move_mount attaches it
+        # (kernel/syscalls/mount.py).
+        self.detached: list[tuple[int, Mount]] = []
         self.images = RunningImages()          # program files being run (ETXTBSY)
 
     # -- mount namespaces -----------------------------------------------------------
