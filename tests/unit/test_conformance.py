@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tools.conformance import report
+from tools.conformance import devices, report
 from tools.conformance.run import classify, kill_rooted_in
 
 
@@ -52,6 +52,21 @@ def test_report_counts_natively_passing_tests_and_block_devices_apart():
     assert "| mount01 (block device) | fail | `TBROK: no loop` |" in text
     assert "kill01" not in text.split("## Passing natively")[1]
     assert "| open | 2 | 1 | 50% |" in text
+
+
+def test_entries_that_acquire_a_device_count_as_block_device_tests(tmp_path):
+    """The `_64`/`_16` builds of a listed test and the old API's
+    tst_acquire_device() callers need a device too; others do not."""
+    needing = {name for name, text in [
+        ("linkat02", b"setup(void) { device = tst_acquire_device(cleanup); }"),
+        ("lstat03", b"static struct tst_test test = { .needs_device = 1, };"),
+        ("open01", b"static struct tst_test test = { .needs_tmpdir = 1, };"),
+    ] if devices._NEEDS_DEVICE.search(text)}
+    assert needing == {"linkat02", "lstat03"}
+    entries = [("linkat02", "linkat02"), ("lstat03_64", "lstat03_64"), ("open01", "open01"),
+               ("fchown04_16", "fchown04_16"), ("open01_64", "open01_64")]
+    found = devices.entries_needing_a_device({"fchown04"}, needing, entries)
+    assert found == {"fchown04", "fchown04_16", "linkat02", "lstat03_64"}
 
 
 def test_runtest_lines_split_at_blanks_or_tabs():

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from tests.fixtures import rootfs  # noqa: E402
-from tools.conformance import build, report, run  # noqa: E402
+from tools.conformance import build, devices, report, run  # noqa: E402
 
 # ../shared/conformance beside the checkout (LXSUB_SHARED names another shared/).
 SHARED = Path(os.environ.get("LXSUB_SHARED", REPO.parent / "shared")) / "conformance"
@@ -45,9 +45,11 @@ def default_tarball() -> Path:
     return found[-1]
 
 
-def _block_device_tests() -> set[str]:
+def _block_device_tests(tarball: Path | None) -> set[str]:
+    """The shared list, completed from the tests' sources (devices.py)."""
     path = SHARED / "needs-block-device.txt"
-    return set(path.read_text().split()) if path.exists() else set()
+    listed = set(path.read_text().split()) if path.exists() else set()
+    return devices.block_device_tests(listed, tarball, rootfs.cache_dir())
 
 
 def _names(path: Path) -> list[str]:
@@ -122,7 +124,7 @@ def cmd_run(args) -> int:
     full = not args.only and not args.names
     if args.doc or full:
         doc = Path(args.doc) if args.doc else REPO / "docs" / "CONFORMANCE.md"
-        report.write(doc, data, _block_device_tests(), data["meta"])
+        report.write(doc, data, _block_device_tests(tarball), data["meta"])
         build.log(f"wrote {doc}")
     _print_summary(data)
     return _check_expectations(data, Path(args.expect)) if args.expect else 0
@@ -156,7 +158,8 @@ def _check_expectations(data: dict, expect: Path) -> int:
 def cmd_report(args) -> int:
     data = json.loads(Path(args.results).read_text())
     doc = Path(args.doc) if args.doc else REPO / "docs" / "CONFORMANCE.md"
-    report.write(doc, data, _block_device_tests(), data.get("meta", {}))
+    tarball = Path(args.tarball) if args.tarball else default_tarball()
+    report.write(doc, data, _block_device_tests(tarball), data.get("meta", {}))
     print(doc)
     return 0
 
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="regenerate the report from a results.json")
     rep.add_argument("results")
     rep.add_argument("--doc")
+    rep.add_argument("--tarball", help="the LTP source the results came from (default: the shared one)")
     b = sub.add_parser("build", help="build LTP into the cache")
     b.add_argument("--tarball")
     b.add_argument("--names", help="build only what these runtest entries need")

@@ -10,6 +10,7 @@ build is renamed into place, so a directory under its final name is whole.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -154,9 +155,22 @@ def build(tarball: Path, cache: Path, jobs: int | None = None,
     found = built(_key(tarball, None)) or (names and built(_key(tarball, names)))
     if found:
         return found
-    final = cache / f"ltp-{_key(tarball, names)}"
-    install_build_packages()
+    key = _key(tarball, names)
     cache.mkdir(parents=True, exist_ok=True)
+    # Two runs that need the same build (engineers' runs beside CI's) make
+    # it once: the second waits for the first and takes its result.
+    with open(cache / f".ltp-{key}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another build of the same tree")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return built(key) or _build(tarball, cache, cache / f"ltp-{key}", jobs, names)
+
+
+def _build(tarball: Path, cache: Path, final: Path, jobs: int | None,
+           names: list[str] | None) -> Path:
+    install_build_packages()
     work = Path(tempfile.mkdtemp(prefix=".ltp-build-", dir=cache))
     build_log = work / "build.log"
     try:

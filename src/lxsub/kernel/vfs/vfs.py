@@ -23,6 +23,7 @@ import weakref
 from lxsub.kernel.fs.anon import HostObjectFs
 from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.fs.devices import OpenedDevices
+from lxsub.kernel.fs.loopdev import LoopDevices
 from lxsub.kernel.vfs.images import RunningImages
 from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, CLAIM_OWN, CLAIM_REST, FileSystem
 from lxsub.kernel.vfs.mount import Mount, MountTable, rebased
@@ -49,6 +50,8 @@ class Vfs:
         # copy of the descriptor that names it, until move_mount attaches it
         # (kernel/syscalls/mount.py).
         self.detached: list[tuple[int, Mount]] = []
+        # The instance's loop devices (kernel/fs/loopdev.py).
+        self.loops = LoopDevices()
         self.images = RunningImages()          # program files being run (ETXTBSY)
 
     # -- mount namespaces -----------------------------------------------------------
