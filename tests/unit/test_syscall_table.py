@@ -132,7 +132,7 @@ def test_filter_matches_table_for_every_plain_row(prog):
 # (kernel/fork.c), and sendto's address, a whole pointer (net/socket.c).
 KERNEL_ARG_BITS = {
     ("fcntl", 1): 32, ("ioctl", 1): 32, ("prctl", 0): 32, ("clone", 0): 32,
-    ("open", 1): 32, ("openat", 2): 32, ("sendto", 4): 64,
+    ("open", 1): 32, ("openat", 2): 32, ("sendto", 4): 64, ("open_tree", 2): 32,
     ("socket", 0): 32, ("socketpair", 0): 32, ("getsockopt", 2): 32, ("setsockopt", 2): 32,    # int family, optname
     ("seccomp", 0): 32,     # unsigned int operation (kernel/seccomp.c)
     ("rt_sigreturn", 0): 64,     # takes no argument: the whole register is the cookie

@@ -20,8 +20,8 @@ from lxsub import LINUX_RELEASE
 from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.ptrace import PTRACE_O_TRACEEXIT
-from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, CLONE_PARENT,
-                              CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK, CLONE_VM)
+from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS,
+                              CLONE_PARENT, CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK, CLONE_VM)
 from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import NUMBERS, SYS_FORK, SYS_VFORK
@@ -361,6 +361,8 @@ class Instance:
                     uts=uts_of(self, parent).copy() if parent.clone_new_ns & CLONE_NEWUTS else parent.uts,
                     ns_tids=numbers)
         self.enter_ipc(task, self.new_ipc() if parent.clone_new_ns & CLONE_NEWIPC else parent.ipc)
+        if parent.clone_new_ns & CLONE_NEWNS:
+            self.vfs.new_namespace(fs, new_ns_inum())      # fs is the child's own (no CLONE_FS)
         parent.clone_new_ns = 0
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
         self.pids.add_task(task)

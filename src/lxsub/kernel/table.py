@@ -90,7 +90,7 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
 # prlimit64's third argument, the new limit: NULL only reads the old one.
 _SETTING_LIMIT = ByArgs((ArgRule(2, "eq", 0, bpf.RET_ALLOW, wide=True),), bpf.RET_TRACE)
 
-_CLONE_FORBIDDEN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWNET | CLONE_UNTRACED
+_CLONE_FORBIDDEN = CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWNET | CLONE_UNTRACED
 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
@@ -208,12 +208,13 @@ ROWS: list[Syscall] = [
         "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
-    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS, IPC and PID, "
-            "and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC/CLONE_NEWPID stop: "
-            "UTS, IPC and PID namespaces of the provider's; child tid translated (to the "
+    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS, IPC, PID and "
+            "mount, and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC/CLONE_NEWPID/CLONE_NEWNS "
+            "stop: UTS, IPC, PID and mount namespaces of the provider's; child tid translated (to the "
             "caller's PID namespace) in the result and in PARENT/CHILD_SETTID memory",
             rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),
-                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID, bpf.RET_TRACE))),
+                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNS,
+                           bpf.RET_TRACE))),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
             "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
@@ -410,21 +411,30 @@ ROWS: list[Syscall] = [
            "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
            "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWTIME: "
-          "UTS, IPC, PID and time namespaces of the provider's (a time namespace's offsets: the "
-          "caller gets a filter stopping its monotonic and boottime clock calls); other new "
-          "namespaces: EPERM", PARTIAL),
-    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC, PID and time "
-           "ones its processes made (/proc/<pid>/ns files, pidfds of its processes): the install "
-           "checks, the mount namespace's root and cwd"),
+          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNS, "
+          "CLONE_NEWTIME: UTS, IPC, PID, mount and time namespaces of the provider's (a time "
+          "namespace's offsets: the caller gets a filter stopping its monotonic and boottime clock "
+          "calls; CLONE_NEWTIME by unshare only); other new namespaces: EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC, PID, mount and "
+           "time ones its processes made (/proc/<pid>/ns files, pidfds of its processes): the "
+           "install checks, the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "
            "bind mounts (root only); MS_RDONLY and MS_REMOUNT: read-only mounts (EROFS) the provider "
            "keeps; MS_MOVE: EINVAL", PARTIAL),
     notify("sysfs", mount.sys_sysfs, "the file system types of /proc/filesystems"),
     notify("umount2", mount.sys_umount2, "the instance's own mounts; open files do not make "
            "them busy", PARTIAL),
-    denied("pivot_root"),
-    denied("open_tree"), denied("move_mount"), denied("fsopen"), denied("fsconfig"),
+    notify("pivot_root", mount.sys_pivot_root, "in the caller's mount namespace (root only): "
+           "new_root's mount takes the root mount's place, which moves to put_old; roots and "
+           "cwds on the old root move to the new one"),
+    Syscall("open_tree", TRACE, mount.sys_open_tree, PARTIAL, "an O_PATH descriptor (traps by "
+            "ptrace, as O_PATH opens); OPEN_TREE_CLONE (root only): a detached bind mount of the file "
+            "in the caller's namespace, without the mounts below it, its descriptor O_RDONLY",
+            rules=(ArgRule(2, "any_bit", mount.OPEN_TREE_CLONE, bpf.RET_USER_NOTIF),)),
+    notify("move_mount", mount.sys_move_mount, "attaches a detached mount (OPEN_TREE_CLONE) in the "
+           "caller's namespace, MOVE_MOUNT_BENEATH under the top mount; moving an attached mount and "
+           "MOVE_MOUNT_SET_GROUP: EINVAL", PARTIAL),
+    denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
     denied("statmount"), denied("listmount"),
     denied("swapon"), denied("swapoff"), trace("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "

@@ -177,6 +177,12 @@ def ipc_of(inst, task) -> object:
     return task.ipc if task is not None and task.ipc is not None else inst.ipc
 
 
+def mnt_of(inst, task) -> object:
+    """The mount namespace of a task (vfs/mount.py MountTable): its fs
+    context's, else the instance's first one."""
+    return inst.vfs.mounts_of(task)
+
+
 # Inode numbers of the namespaces programs make (after the instance's own
 # mount and network namespaces', kernel/fs/procfs/ns.py).
 _NS_INUMS = itertools.count(0xF0000002)

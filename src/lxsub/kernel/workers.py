@@ -22,7 +22,7 @@ trapped calls. What they read, and how the worker's copy is kept exact:
   the old one (its exit bumped the epoch);
 - the mount table and VolFs's records in memory: the fork's copy, good
   while the SNAPSHOT epoch stands; the provider bumps it before changing
-  either (MountTable.mount/umount, VolFs.watch_memory). A worker that sees
+  either (MountTable.attach/umount/pivot/tuck, VolFs.watch_memory). A worker that sees
   it moved passes the call on and exits; the provider forks a new one;
 - everything else from the host, afresh: the distro tree, its metadata
   attribute, the caller's memory and descriptors (pidfd_getfd).
@@ -146,18 +146,23 @@ class WorkerPool:
         """Bump SNAPSHOT before the mount table or a file system's records
         in memory change (before: the change cannot be seen yet)."""
         table_ = self.inst.vfs.mounts
-        mount, umount = table_.mount, table_.umount
+        attach, umount, pivot, tuck = table_.attach, table_.umount, table_.pivot, table_.tuck
 
-        def mounting(fs, *args, **kw):
+        def attaching(m, *args):           # (MountTable.mount attaches too)
             self._snapshot_changing()
-            fs.watch_memory(self._snapshot_changing)
-            return mount(fs, *args, **kw)
+            m.fs.watch_memory(self._snapshot_changing)
+            return attach(m, *args)
 
-        def unmounting(m):
-            self._snapshot_changing()
-            return umount(m)
+        def changing(change):
+            def run(*args):
+                self._snapshot_changing()
+                return change(*args)
+            return run
 
-        table_.mount, table_.umount = mounting, unmounting
+        # (Only the instance's first mount namespace: a worker passes on
+        # the calls of a task in another, whose mounts it does not know.)
+        table_.attach = attaching
+        table_.umount, table_.pivot, table_.tuck = changing(umount), changing(pivot), changing(tuck)
         for m in table_.mounts:
             m.fs.watch_memory(self._snapshot_changing)
 

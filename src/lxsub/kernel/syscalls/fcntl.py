@@ -100,13 +100,18 @@ def _open_path_in_caller(c: Call, dirfd: int, path: bytes, flags: int) -> Native
     the caller opens the provider's descriptor through its /proc magic link.
     A sibling thread could rewrite that path meanwhile; the result is checked
     to be the file we resolved, and a caller that swapped it is killed."""
-    fd = open_at(c.inst.vfs, c.task, dirfd, path, flags, 0)
+    return install_path_fd(c, open_at(c.inst.vfs, c.task, dirfd, path, flags, 0), flags & O_CLOEXEC)
+
+
+def install_path_fd(c: Call, fd: int, cloexec: int) -> Native:
+    """The traced caller opens the provider's O_PATH descriptor `fd`
+    (closed here) through its magic link, as _open_path_in_caller says."""
     st = os.fstat(fd)
     regs = c.regs
     magic = f"/proc/{os.getpid()}/fd/{fd}".encode() + b"\0"
     (addr,) = memory.write_below_sp(c.pid, regs.rsp, [magic])
     regs.orig_rax = SYS_OPENAT
-    regs.set_args(AT_FDCWD & 0xFFFFFFFFFFFFFFFF, addr, O_PATH | (flags & O_CLOEXEC), 0)
+    regs.set_args(AT_FDCWD & 0xFFFFFFFFFFFFFFFF, addr, O_PATH | cloexec, 0)
     task, inst = c.task, c.inst
 
     def check(result: int):

@@ -139,7 +139,7 @@ def _node_of_handle(c: Call, anchor: Node, handle) -> Node:
     if not _inside_mount_root(fd, anchor.mount):
         os.close(fd)
         raise OSError(errno.ESTALE, "not a file below the mount's root")
-    node = c.inst.vfs.node_for_host_fd(fd, os.fstat(fd))
+    node = c.inst.vfs.node_for_host_fd(fd, os.fstat(fd), table=c.inst.vfs.mounts_of(c.task))
     if node is None:
         os.close(fd)
         raise OSError(errno.ESTALE, "not a file of this instance")

@@ -92,7 +92,8 @@ def _file_ioctl(c: Call, cmd: int):
         raise
     if cmd in loopdev.REQUESTS:
         return _loop_ioctl(c, cmd, local, s)        # closes local
-    node = c.inst.vfs.node_for_host_fd(local, s) or Node(c.inst.vfs.anon_mount, local, s)
+    vfs = c.inst.vfs
+    node = vfs.node_for_host_fd(local, s, table=vfs.mounts_of(c.task)) or Node(vfs.anon_mount, local, s)
     try:
         return node.fs.ioctl(node, c, cmd)
     finally:

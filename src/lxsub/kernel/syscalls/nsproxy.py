@@ -5,10 +5,12 @@ table with CLONE_FILES, SysV semaphore undo list with CLONE_SYSVSEM, a
 single-threaded check with CLONE_THREAD/SIGHAND/VM) runs natively: those
 are no namespaces and need no privilege. CLONE_FS also gives the task its
 own root, working directory and umask here (task.FsContext), as Linux's
-unshare_fs does. New UTS, IPC and PID namespaces are the provider's
-(kernel/task.py uts_of, ipc_of, PidNamespace): the host runs the call
-without their flags. Other new namespaces are refused with EPERM, as Linux does for a
-caller without CAP_SYS_ADMIN and a container's runtime does for root.
+unshare_fs does. New UTS, IPC, PID and mount namespaces are the
+provider's (kernel/task.py uts_of, ipc_of, PidNamespace, mnt_of; a mount
+namespace is a copy of the caller's mount table, vfs/mount.py): the host
+runs the call without their flags. Other new namespaces are refused with
+EPERM, as Linux does for a caller without CAP_SYS_ADMIN and a container's
+runtime does for root.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIP
 from lxsub.kernel import timens
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.sysctl import sysctls_of
-from lxsub.kernel.task import PidNamespace, active_pid_ns, children_pid_ns, ipc_of, ns_within, uts_of
+from lxsub.kernel.task import (PidNamespace, active_pid_ns, children_pid_ns, ipc_of, mnt_of, new_ns_inum, ns_within,
+                               uts_of)
 from lxsub.platform import libc
 
 NAMESPACES = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
               | CLONE_NEWTIME | CLONE_NEWUSER)
 _UNSHAREABLE = CLONE_THREAD | CLONE_FS | CLONE_SIGHAND | CLONE_VM | CLONE_FILES | CLONE_SYSVSEM | NAMESPACES
 # The namespaces the provider keeps for the instance's processes.
-EMULATED = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+EMULATED = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNS
 # include/linux/pid_namespace.h: PID namespaces nest 32 deep (the
 # instance's is level 0 here as on a host).
 MAX_PID_NS_LEVEL = 32
@@ -83,6 +86,8 @@ def sys_unshare(c: Call):
             task.uts = uts_of(c.inst, task).copy()
         if flags & CLONE_NEWIPC:
             c.inst.enter_ipc(task, c.inst.new_ipc())
+        if flags & CLONE_NEWNS:
+            c.inst.vfs.new_namespace(task.fs, new_ns_inum())
         if flags & CLONE_NEWPID:
             # Its children go into a new namespace; it stays where it is.
             task.child_pid_ns = PidNamespace(children_pid_ns(task))
@@ -123,22 +128,26 @@ def _check_table_copy_fits(c: Call) -> None:
 
 def _check_new_namespaces(c: Call, flags: int, emulated: int = EMULATED) -> None:
     """unshare_nsproxy_namespaces / copy_namespaces: CAP_SYS_ADMIN, else
-    EPERM. UTS, IPC (and for unshare time) namespaces are the provider's to
-    keep; the others are refused as a container's runtime does."""
+    EPERM. UTS, IPC, PID and mount (and for unshare time) namespaces are
+    the provider's to keep; the others are refused as a container's runtime does."""
     from lxsub.kernel import creds as caps
     if not c.task.creds.capable(caps.CAP_SYS_ADMIN) or flags & NAMESPACES & ~emulated:
         raise OSError(errno.EPERM, "new namespaces are not permitted")
 
 
 def sys_clone_new_ns(c: Call) -> Native:
-    """clone(2) with CLONE_NEWUTS, CLONE_NEWIPC or CLONE_NEWPID (and no
-    other namespace: the filter refuses those): the host clones without
-    them and the child gets new ones (Instance._new_task). CLONE_SYSVSEM
-    shares the undo list of semaphores the new namespace cannot reach:
-    EINVAL (copy_namespaces); a thread cannot be in another PID namespace
-    than its group, nor a sibling of a namespace's init (copy_process)."""
+    """clone(2) with CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID or CLONE_NEWNS
+    (and no other namespace: the filter refuses those): the host clones
+    without them and the child gets new ones (Instance._new_task).
+    CLONE_SYSVSEM shares the undo list of semaphores the new namespace
+    cannot reach, CLONE_FS the root and cwd a new mount namespace moves:
+    EINVAL (copy_namespaces, copy_process); a thread cannot be in another
+    PID namespace than its group, nor a sibling of a namespace's init
+    (copy_process)."""
     flags = c.uint(0)
     task = c.task
+    if flags & CLONE_NEWNS and flags & CLONE_FS:
+        raise OSError(errno.EINVAL, "CLONE_NEWNS with CLONE_FS")
     if flags & CLONE_NEWPID and flags & (CLONE_THREAD | CLONE_PARENT):
         raise OSError(errno.EINVAL, "CLONE_NEWPID with CLONE_THREAD or CLONE_PARENT")
     if flags & CLONE_THREAD and children_pid_ns(task) is not active_pid_ns(task):
@@ -169,11 +178,11 @@ def sys_setns(c: Call) -> int:
     type must be `nstype` when that is given) or a pidfd of an instance
     process with namespace flags; anything else EINVAL, no descriptor
     EBADF. The UTS and IPC namespaces joined are the file's or the
-    process's; of the other types the instance has one, so joining one is
-    joining the caller's own: only each type's install checks apply
-    (CAP_SYS_ADMIN, EPERM; re-entering one's own user namespace EINVAL),
-    and joining the mount namespace moves root and cwd to its root, as
-    mntns_install does."""
+    process's, and so is the mount namespace (its root and cwd move to the
+    namespace's root, as mntns_install does); of the other types the
+    instance has one, so joining one is joining the caller's own: only each
+    type's install checks apply (CAP_SYS_ADMIN, EPERM; re-entering one's
+    own user namespace EINVAL)."""
     from lxsub.kernel.fs.procfs.ns import namespace_of_fd
     from lxsub.kernel.syscalls.signal import pidfd_host_pid, process_of_pidfd
     from lxsub.kernel.vfs import lookup
@@ -192,13 +201,13 @@ def sys_setns(c: Call) -> int:
             owner = next(iter(target.threads.values()), None)
             kinds = nstype
             joined = {CLONE_NEWUTS: uts_of(c.inst, owner), CLONE_NEWIPC: ipc_of(c.inst, owner),
-                      CLONE_NEWPID: target.pid_ns,
+                      CLONE_NEWPID: target.pid_ns, CLONE_NEWNS: mnt_of(c.inst, owner),
                       CLONE_NEWTIME: timens.of(owner)}
         else:
             raise OSError(errno.EINVAL, "not a namespace file or pidfd")
     finally:
         os.close(local)
-    _install(c, kinds)
+    _install(c, kinds, joined.get(CLONE_NEWNS))
     if kinds & CLONE_NEWUTS and joined.get(CLONE_NEWUTS) is not None:
         uts = joined[CLONE_NEWUTS]          # its names from now on
         c.task.uts = uts if uts is not c.inst.uts else None
@@ -233,9 +242,10 @@ def _enter_timens(c: Call, ns) -> None:
         inst.engine.interrupt(task.host_tid, lambda tid, regs: timens.give_filter(inst, task))
 
 
-def _install(c: Call, kinds: int) -> None:
+def _install(c: Call, kinds: int, mnt) -> None:
     """The install checks of each namespace type joined, as validate_nsset
-    runs them (user, then the others), then the mount namespace's effect."""
+    runs them (user, then the others), then the mount namespace's effect
+    (`mnt`: the namespace joined; None: the caller's own)."""
     from lxsub.kernel import creds as caps
     cr = c.task.creds
     if kinds & CLONE_NEWUSER:
@@ -249,6 +259,4 @@ def _install(c: Call, kinds: int) -> None:
             raise OSError(errno.EPERM, "CAP_SYS_CHROOT needed")
         if c.task.fs.users != 1:
             raise OSError(errno.EINVAL, "the fs context is shared")
-        root = c.inst.vfs.mounts.root_mount.root()
-        c.task.fs.set_cwd(root.dup())
-        c.task.fs.set_root(root)
+        c.inst.vfs.enter_namespace(c.task.fs, mnt if mnt is not None else mnt_of(c.inst, c.task))

@@ -169,7 +169,7 @@ def sys_fstatfs(c: Call) -> int:
     local = lookup.copy_fd(c.task, c.int(0))
     try:
         s = os.fstat(local)
-        node = fdview.node_or_none(c.inst.vfs, local, s)
+        node = fdview.node_or_none(c.inst.vfs, local, s, c.task)
         if node is None:
             v = os.statvfs(f"/proc/self/fd/{local}")
             data = _STATFS.pack(PIPEFS_MAGIC if st.S_ISFIFO(s.st_mode) else SOCKFS_MAGIC,
@@ -322,7 +322,7 @@ def _new_decode_dev(dev: int) -> int:
 def _mounted_root_with_dev(c: Call, dev: int):
     """The root node of a mounted file system whose st_dev is `dev` (Linux
     user_get_super), or None."""
-    for m in c.inst.vfs.mounts.mounts:
+    for m in c.inst.vfs.mounts_of(c.task).mounts:
         if m.root_node is None:
             continue
         try:

@@ -20,20 +20,43 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lxsub.kernel.creds import Creds
+    from lxsub.kernel.vfs.mount import MountTable
     from lxsub.kernel.vfs.node import Node
 
 
 @dataclass
 class FsContext:
     """Root, working directory and umask (Linux's fs_struct): shared by
-    CLONE_FS threads."""
+    CLONE_FS threads. `mounts`: the mount namespace its tasks are in (None:
+    the instance's first one, Vfs.mounts); root and cwd are on its mounts.
+    Linux keeps the namespace in the nsproxy, but a task may change it only
+    with a fs_struct of its own (CLONE_NEWNS implies CLONE_FS, setns
+    refuses a shared one), so each fs context is in one."""
     root: "Node"
     cwd: "Node"
     umask: int = 0o022
     users: int = 0             # tasks sharing it; the nodes are released with the last
+    mounts: "MountTable | None" = None
+
+    def __post_init__(self) -> None:
+        if self.mounts is not None:
+            self.mounts.enter()
 
     def copy(self) -> "FsContext":
-        return FsContext(self.root.dup(), self.cwd.dup(), self.umask)
+        return FsContext(self.root.dup(), self.cwd.dup(), self.umask, mounts=self.mounts)
+
+    def set_mounts(self, table: "MountTable | None", root: "Node", cwd: "Node") -> None:
+        """Move to another mount namespace (None: the first), with root and
+        cwd on its mounts (the Nodes are taken)."""
+        if table is not None and table.initial:
+            table = None
+        if table is not None:
+            table.enter()
+        old, self.mounts = self.mounts, table
+        self.set_root(root)
+        self.set_cwd(cwd)
+        if old is not None:
+            old.leave()
 
     def attach(self) -> "FsContext":
         self.users += 1
@@ -55,6 +78,9 @@ class FsContext:
     def release(self) -> None:
         self.root.release()
         self.cwd.release()
+        if self.mounts is not None:
+            self.mounts.leave()
+            self.mounts = None
 
 
 class Caller:

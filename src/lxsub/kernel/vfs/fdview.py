@@ -21,8 +21,9 @@ _HOST_UID = os.getuid()
 _HOST_GID = os.getgid()
 
 
-def node_or_none(vfs: "Vfs", local: int, s: os.stat_result) -> Node | None:
-    """A Node for a provider-side fd if it is a file of a mounted file system."""
+def node_or_none(vfs: "Vfs", local: int, s: os.stat_result, caller: "Caller | None" = None) -> Node | None:
+    """A Node for a provider-side fd if it is a file of a mounted file
+    system (on a mount of the caller's namespace if it is in one)."""
     if st.S_ISFIFO(s.st_mode) or st.S_ISSOCK(s.st_mode):
         return None          # pipes and sockets: only named ones live in file systems
     try:
@@ -31,7 +32,7 @@ def node_or_none(vfs: "Vfs", local: int, s: os.stat_result) -> Node | None:
         return None
     if not host.startswith("/"):
         return None          # anon_inode:..., pipe:[...], socket:[...]
-    return vfs.node_for_host_fd(local, s, host)
+    return vfs.node_for_host_fd(local, s, host, vfs.mounts_of(caller))
 
 
 def stat_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> LinuxStat:
@@ -43,7 +44,7 @@ def stat_and_mount_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> tuple[LinuxSt
     local = lookup.copy_fd(caller, fd)
     try:
         s = os.fstat(local)
-        node = node_or_none(vfs, local, s)
+        node = node_or_none(vfs, local, s, caller)
         if node is not None:
             return node.fs.getattr(node, caller), node.mount.id
         return host_object_stat(caller, s), 0

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def walker(vfs: "Vfs", caller: "Caller") -> Walker:
-    return Walker(vfs.mounts, caller.fs.root, caller)
+    """A walk in the caller's mount namespace, from its root."""
+    return Walker(vfs.mounts_of(caller), caller.fs.root, caller)
 
 
 def restricted_walk(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, resolve: int) -> tuple[Walker, Node]:
@@ -31,12 +32,12 @@ def restricted_walk(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, resol
     the dirfd's directory (the cwd for AT_FDCWD): it is the walk's root, an
     absolute path included (openat2(2))."""
     if not resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
-        return Walker(vfs.mounts, caller.fs.root, caller, resolve), start_node(vfs, caller, dirfd, path)
+        return Walker(vfs.mounts_of(caller), caller.fs.root, caller, resolve), start_node(vfs, caller, dirfd, path)
     scope = caller.fs.cwd.dup() if dirfd == AT_FDCWD else node_of_fd(vfs, caller, dirfd)
     if not scope.is_dir():
         scope.release()
         raise OSError(errno.ENOTDIR, "not a directory")
-    return Walker(vfs.mounts, scope, caller, resolve), scope
+    return Walker(vfs.mounts_of(caller), scope, caller, resolve), scope
 
 
 def copy_fd(caller: "Caller", fd: int) -> int:
@@ -46,7 +47,7 @@ def copy_fd(caller: "Caller", fd: int) -> int:
 
 def node_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
     """The file the caller's descriptor refers to, as a Node (caller owns it)."""
-    return vfs.node_of_host_fd(copy_fd(caller, fd))     # owns the copy, or closes it
+    return vfs.node_of_host_fd(copy_fd(caller, fd), vfs.mounts_of(caller))   # owns the copy, or closes it
 
 
 def node_of_open_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
@@ -61,7 +62,7 @@ def node_of_open_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
     if is_path:
         os.close(copy)
         raise OSError(errno.EBADF, "an O_PATH descriptor")
-    return vfs.node_of_host_fd(copy)
+    return vfs.node_of_host_fd(copy, vfs.mounts_of(caller))
 
 
 def start_node(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes) -> Node:

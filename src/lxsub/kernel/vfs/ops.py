@@ -128,7 +128,7 @@ def unlink(vfs: "Vfs", caller: "Caller", dirfd: int, path: bytes, rmdir: bool) -
         want_write(parent)          # do_unlinkat/do_rmdir: before the last name's lookup
         victim = _entry(vfs, caller, parent, name)
         try:
-            if vfs.mounts.mounted_on(victim) or victim.key == victim.mount.root_key():
+            if vfs.mounts_of(caller).mounted_on(victim) or victim.key == victim.mount.root_key():
                 raise _e(errno.EBUSY)
             _may_modify_dir(caller, parent)
             _sticky_allows(caller, parent, victim)
@@ -203,7 +203,7 @@ def rename(vfs: "Vfs", caller: "Caller", olddirfd: int, old: bytes, newdirfd: in
             want_write(op)
             victim = _entry(vfs, caller, op, oname)
             try:
-                if vfs.mounts.mounted_on(victim):
+                if vfs.mounts_of(caller).mounted_on(victim):
                     raise _e(errno.EBUSY)
                 _may_modify_dir(caller, op)
                 _may_modify_dir(caller, np)

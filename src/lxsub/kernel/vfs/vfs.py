@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+import weakref
 
 from lxsub.kernel.fs.anon import HostObjectFs
 from lxsub.kernel.fs.devfs import PtyOwners
@@ -25,39 +26,71 @@ from lxsub.kernel.fs.devices import OpenedDevices
 from lxsub.kernel.fs.loopdev import LoopDevices
 from lxsub.kernel.vfs.images import RunningImages
 from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, CLAIM_OWN, CLAIM_REST, FileSystem
-from lxsub.kernel.vfs.mount import Mount, MountTable
-from lxsub.kernel.vfs.caller import Caller
+from lxsub.kernel.vfs.mount import Mount, MountTable, rebased
+from lxsub.kernel.vfs.caller import Caller, FsContext
 from lxsub.kernel.vfs.node import Node
 from lxsub.kernel.vfs.path import Walker
 
 class Vfs:
     def __init__(self, root_fs: FileSystem, source: str) -> None:
+        # The instance's first mount namespace (the provider's own work
+        # walks it); the others are copies of it (mounts_of, new_namespace).
         self.mounts = MountTable(root_fs, source)
         # Pipes, sockets, memfds, anonymous inodes: files of no mounted file
         # system (Linux's anon_inode_mnt, pipe_mnt, sock_mnt), for stat and
         # /proc/<pid>/fd/N.
         self.anon_mount = Mount(HostObjectFs(), "anon")
-        self._index: tuple[int, list, list, list] | None = None
+        self._index: "weakref.WeakKeyDictionary[MountTable, tuple]" = weakref.WeakKeyDictionary()
         # The Linux owners of the ptys (devpts(5)): set by opening /dev/ptmx,
         # shown by every devpts mount.
         self.ptys = PtyOwners()
         # Devices opened through a node of their own (mknod on a host tree).
         self.opened_devices = OpenedDevices()
+        # Mounts of no namespace (open_tree's OPEN_TREE_CLONE), each with a
+        # copy of the descriptor that names it, until move_mount attaches it
+        # (kernel/syscalls/mount.py).
+        self.detached: list[tuple[int, Mount]] = []
         # The instance's loop devices (kernel/fs/loopdev.py).
         self.loops = LoopDevices()
         self.images = RunningImages()          # program files being run (ETXTBSY)
 
+    # -- mount namespaces -----------------------------------------------------------
+
+    def mounts_of(self, caller: "Caller | None") -> MountTable:
+        """The mount namespace `caller` walks in: its fs context's, the
+        first one for the provider's own work."""
+        fs = caller.fs if caller is not None else None
+        table = fs.mounts if fs is not None else None
+        return table if table is not None else self.mounts
+
+    def new_namespace(self, fs: FsContext, inum: int) -> None:
+        """copy_mnt_ns: `fs` (a context of one task's) moves to a copy of
+        its namespace, its root and cwd to their clones there."""
+        table, clones = self.mounts_of(Caller(None, fs)).copy(inum)
+        fs.set_mounts(table, _moved(fs.root, clones), _moved(fs.cwd, clones))
+
+    def enter_namespace(self, fs: FsContext, table: MountTable) -> None:
+        """mntns_install: `fs` moves to the namespace `table`, its root and
+        cwd to the namespace's root."""
+        table.enter()              # (revives a namespace no task was left in)
+        try:
+            root = table.root_mount.root()
+            fs.set_mounts(table, root, root.dup())
+        finally:
+            table.leave()
+
     # -- host descriptor -> Node ---------------------------------------------------
 
-    def _host_index(self) -> tuple[list, list, list]:
-        """How a host descriptor's path finds its mount, in the order asked:
-        file systems that claim their own descriptors (pseudo files, TmpFs),
-        then those found by host root, longest first, then the ones that take
-        what no other claims (DrvFs), longest root first."""
-        gen = self.mounts.generation
-        if self._index is None or self._index[0] != gen:
+    def _host_index(self, table: MountTable) -> tuple[list, list, list]:
+        """How a host descriptor's path finds its mount in `table`, in the
+        order asked: file systems that claim their own descriptors (pseudo
+        files, TmpFs), then those found by host root, longest first, then
+        the ones that take what no other claims (DrvFs), longest root first."""
+        gen = table.generation
+        index = self._index.get(table)
+        if index is None or index[0] != gen:
             own, by_root, rest = [], [], []
-            for m in self.mounts.mounts:
+            for m in table.mounts:
                 claim, root = m.fs.host_claim, m.fs.host_root
                 if claim == CLAIM_OWN:
                     own.append(m)
@@ -67,12 +100,16 @@ class Vfs:
                     rest.append(m)
             by_root.sort(key=lambda e: -len(e[1]))
             rest.sort(key=lambda m: -len(m.fs.host_root or ""))
-            self._index = (gen, own, by_root, rest)
-        return self._index[1:]
+            index = self._index[table] = (gen, own, by_root, rest)
+        return index[1:]
 
-    def node_for_host_fd(self, fd: int, s: os.stat_result, host: str | None = None) -> Node | None:
+    def node_for_host_fd(self, fd: int, s: os.stat_result, host: str | None = None,
+                         table: MountTable | None = None) -> Node | None:
         """A Node using fd (not a copy) if it is a file of a mounted file
-        system. `host` is fd's host path if the caller has read it already."""
+        system: on a mount of `table` (the caller's namespace; None: the
+        first), else of another namespace's (a descriptor passed from a
+        process of another). `host` is fd's host path if the caller has
+        read it already."""
         if host is None:
             try:
                 host = os.readlink(f"/proc/self/fd/{fd}")
@@ -82,7 +119,18 @@ class Vfs:
             node = self.opened_devices.node_of(fd, s)
             if node is not None:
                 return node
-        own, by_root, rest = self._host_index()
+        first = table if table is not None else self.mounts
+        node = self._node_in(first, fd, s, host)
+        if node is None:
+            for other in list(first.family):
+                if other is not first:
+                    node = self._node_in(other, fd, s, host)
+                    if node is not None:
+                        break
+        return node
+
+    def _node_in(self, table: MountTable, fd: int, s: os.stat_result, host: str) -> Node | None:
+        own, by_root, rest = self._host_index(table)
         for m in own:
             found = m.fs.node_from_host(m, fd, host, s)
             if found is not None:
@@ -96,27 +144,28 @@ class Vfs:
                 return found
         return None
 
-    def node_of_host_fd(self, fd: int) -> Node:
+    def node_of_host_fd(self, fd: int, table: MountTable | None = None) -> Node:
         """A Node owning the provider-side descriptor fd (closed if it is no
-        file of the instance: ENOTDIR, or ENOENT for a directory)."""
+        file of the instance: ENOTDIR, or ENOENT for a directory); `table`
+        as for node_for_host_fd."""
         s = os.fstat(fd)
-        node = self.node_for_host_fd(fd, s)
+        node = self.node_for_host_fd(fd, s, table=table)
         if node is None:
             os.close(fd)
             raise OSError(errno.ENOTDIR if not st.S_ISDIR(s.st_mode) else errno.ENOENT,
                           "not a file of this instance")
         return node
 
-    def node_or_anon(self, fd: int) -> Node:
+    def node_or_anon(self, fd: int, table: MountTable | None = None) -> Node:
         """A Node owning fd: its file in the instance, else the anonymous
         mount's (a magic link to a pipe or socket opens the object itself)."""
         s = os.fstat(fd)
-        node = self.node_for_host_fd(fd, s)
+        node = self.node_for_host_fd(fd, s, table=table)
         return node if node is not None else Node(self.anon_mount, fd, s)
 
-    def mount_id_of_host_fd(self, fd: int) -> int:
+    def mount_id_of_host_fd(self, fd: int, table: MountTable | None = None) -> int:
         """The mount id fdinfo's mnt_id shows for a host descriptor."""
-        node = self.node_for_host_fd(fd, os.fstat(fd))
+        node = self.node_for_host_fd(fd, os.fstat(fd), table=table)
         return node.mount.id if node is not None else self.anon_mount.id
 
     # -- instance path <-> Node ------------------------------------------------------
@@ -143,11 +192,12 @@ class Vfs:
 
     # -- host paths -> instance paths (/proc/<pid>/maps, fd links) -------------------
 
-    def host_roots(self) -> list[tuple[str, Mount]]:
-        """The host directory at the root of each host-backed mount, deepest
-        first; only those the host can name by path (a private tmpfs has none)."""
+    def host_roots(self, table: MountTable | None = None) -> list[tuple[str, Mount]]:
+        """The host directory at the root of each host-backed mount of
+        `table` (None: the first namespace), deepest first; only those the
+        host can name by path (a private tmpfs has none)."""
         roots = []
-        for m in list(self.mounts.mounts):
+        for m in list((table or self.mounts).mounts):
             node = m.root_node
             if node is None or node.fd is None or m.fs.host_root is None:
                 continue
@@ -161,12 +211,13 @@ class Vfs:
         roots.sort(key=lambda rm: len(rm[0]), reverse=True)
         return roots
 
-    def detached_mounts(self, roots: list[tuple[str, Mount]] | None = None) -> dict[int, Mount]:
+    def detached_mounts(self, roots: list[tuple[str, Mount]] | None = None,
+                        table: MountTable | None = None) -> dict[int, Mount]:
         """Host-backed mounts on a file system of their own that the host names
         by no path (private tmpfs): device number -> mount."""
-        named = {id(m) for _, m in (self.host_roots() if roots is None else roots)}
+        named = {id(m) for _, m in (self.host_roots(table) if roots is None else roots)}
         out = {}
-        for m in list(self.mounts.mounts):
+        for m in list((table or self.mounts).mounts):
             node = m.root_node
             if node is None or node.fd is None or id(m) in named or m.fs.host_root is None:
                 continue
@@ -187,3 +238,9 @@ class Vfs:
                 return (base + "/" + rel) if rel else (m.path or "/")
         return None
 
+
+def _moved(node: Node, clones: dict[int, Mount]) -> Node:
+    """A copy of `node` on the clone of its mount (itself where its mount
+    was not cloned: lazily unmounted)."""
+    clone = clones.get(id(node.mount))
+    return rebased(node, clone) if clone is not None else node.dup()

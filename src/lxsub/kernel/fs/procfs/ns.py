@@ -2,9 +2,9 @@
 
 An instance is one set of namespaces of its own (its PID space, its host
 and domain names, its mounts, its IPC keys...); its processes may make
-UTS, IPC and PID namespaces of their own (kernel/syscalls/nsproxy.py).
+UTS, IPC, PID and mount namespaces of their own (kernel/syscalls/nsproxy.py).
 Each /proc/<pid>/ns/<type> reads as `type:[inode]`: the instance's inode
-of the type, or that of the process's own UTS, IPC or PID namespace.
+of the type, or that of the process's own UTS, IPC, PID or mount namespace.
 Opening one gives a namespace file (nsfs) whose ioctl(2)s answer as
 Linux's ns_ioctl (fs/nsfs.c) does inside a container: every namespace is
 owned by the instance's user namespace, whose own owner and parent are
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
                               CLONE_NEWUSER, CLONE_NEWUTS)
-from lxsub.kernel.task import active_pid_ns, children_pid_ns, ipc_of, ns_within, pid_in, tid_in, uts_of
+from lxsub.kernel.task import active_pid_ns, children_pid_ns, ipc_of, mnt_of, ns_within, pid_in, tid_in, uts_of
 from lxsub.kernel.vfs.pseudo import File, Link
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ TYPES = {
 _NAME_OF_TYPE = {"pid_for_children": "pid", "time_for_children": "time"}
 # The types of which an instance has several: a task's namespace of each
 # (None: the instance's own), by link name.
-_OBJECT_OF = {"uts": uts_of, "ipc": ipc_of,
+_OBJECT_OF = {"uts": uts_of, "ipc": ipc_of, "mnt": mnt_of,
               "pid": lambda inst, task: active_pid_ns(task),
               "pid_for_children": lambda inst, task: children_pid_ns(task) if task is not None else None,
               # kernel/timens.py: None is the instance's own
@@ -61,7 +61,7 @@ OVERFLOW_UID = 65534     # /proc/sys/kernel/overflowuid: an owner not mapped ins
 
 class NsFile(File):
     """An open namespace (what a /proc/<pid>/ns link opens); `obj` is the
-    namespace where there can be several (UtsInfo, IpcNamespace)."""
+    namespace where there can be several (UtsInfo, IpcNamespace, MountTable)."""
 
     def __init__(self, fs, name: str, obj: object = None) -> None:
         super().__init__(f"/.ns/{name}", lambda t: b"")

@@ -59,6 +59,11 @@ class ProcessDir(TaskFiles, Dir):
     def _task(self):
         return _need(self.thread or _main_thread(self.proc))
 
+    def _mounts(self):
+        """The mount namespace of the process (of the thread: tasks of one
+        process may be in different ones)."""
+        return self.fs.inst.vfs.mounts_of(self._task())
+
     def _owner(self) -> tuple[int, int]:
         task = self.thread or _main_thread(self.proc)
         c = task.creds if task is not None else self.proc.exit_creds   # a zombie's
@@ -93,8 +98,8 @@ class ProcessDir(TaskFiles, Dir):
                                   write=self._set_oom_score_adj, mode=0o444),
             "timens_offsets": File(p + "/timens_offsets", lambda t: _timens().offsets_text(self._task()),
                                    write=lambda t, data: _timens().write_offsets(t, self._task(), data)),
-            "mounts": File(p + "/mounts", lambda t: fs.mounts_text()),
-            "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text()),
+            "mounts": File(p + "/mounts", lambda t: fs.mounts_text(self._mounts())),
+            "mountinfo": File(p + "/mountinfo", lambda t: fs.mountinfo_text(self._mounts())),
             "cgroup": File(p + "/cgroup", lambda t: b"0::/\n"),
             "fd": Dir(p + "/fd", lambda t: self._inspect(t) or self._fds(), 0o500),
             "fdinfo": Dir(p + "/fdinfo", lambda t: self._inspect(t) or self._fdinfos(), 0o500),

@@ -18,22 +18,23 @@ from lxsub.platform import hostfd
 if TYPE_CHECKING:
     from lxsub.kernel.fs.procfs import ProcFs
     from lxsub.kernel.task import Process, Task
-    from lxsub.kernel.vfs.mount import Mount
+    from lxsub.kernel.vfs.mount import Mount, MountTable
 
 _ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
 
 
 class MountFiles:
-    """/proc/<pid>/mounts and mountinfo: the instance's mount table, for a ProcFs."""
+    """/proc/<pid>/mounts and mountinfo: the mount table of the process's
+    namespace (`table`; None: the instance's first), for a ProcFs."""
 
-    def mounts_text(self) -> bytes:
+    def mounts_text(self, table: "MountTable | None" = None) -> bytes:
         lines = [f"{_esc(m.source)} {_esc(m.path)} {m.fs.fstype} {m.options} 0 0"
-                 for m in self.inst.vfs.mounts.mounts]
+                 for m in (table or self.inst.vfs.mounts).mounts]
         return ("\n".join(lines) + "\n").encode()
 
-    def mountinfo_text(self) -> bytes:
+    def mountinfo_text(self, table: "MountTable | None" = None) -> bytes:
         lines = []
-        for m in self.inst.vfs.mounts.mounts:
+        for m in (table or self.inst.vfs.mounts).mounts:
             parent = m.parent.id if m.parent is not None else 1
             dev = _mount_dev(m)
             opts = m.options.split(",")
@@ -43,13 +44,31 @@ class MountFiles:
             if extra:
                 super_opts += "," + ",".join(extra)
             lines.append(f"{m.id} {parent} {os.major(dev)}:{os.minor(dev)} {_esc(_mount_root(m))} "
-                         f"{_esc(m.path)} "
-                         f"{mount_opts} - {m.fs.fstype} {_esc(m.source)} {super_opts}")
+                         f"{_esc(m.path)} {mount_opts}{_propagation(m)} - "
+                         f"{m.fs.fstype} {_esc(m.source)} {super_opts}")
         return ("\n".join(lines) + "\n").encode()
 
 
 _PER_MOUNT = ("rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "nodiratime",
               "strictatime", "sync", "dirsync", "mand")
+
+
+def _propagation(m: "Mount") -> str:
+    """mountinfo's optional fields (show_mountinfo): shared:N, master:N,
+    unbindable, each after a space."""
+    out = ""
+    if m.group:
+        out += f" shared:{m.group}"
+    if m.master:
+        out += f" master:{m.master}"
+    if m.unbindable:
+        out += " unbindable"
+    return out
+
+
+def mounts_of_process(inst, proc: "Process") -> "MountTable":
+    """The mount namespace a process is in (its main thread's)."""
+    return inst.vfs.mounts_of(_main_thread(proc))
 
 
 def _esc(s: str) -> str:
@@ -211,8 +230,9 @@ class TaskFiles:
         """Mapped files named by their instance paths (the distro's under /,
         host files under their DrvFs mount, tmpfs files under theirs)."""
         vfs = self.fs.inst.vfs
-        roots = vfs.host_roots()
-        detached = vfs.detached_mounts(roots)
+        table = mounts_of_process(self.fs.inst, self.proc)
+        roots = vfs.host_roots(table)
+        detached = vfs.detached_mounts(roots, table)
         out = []
         for line in read_host(f"{self.hp}/{name}").decode(errors="surrogateescape").splitlines():
             parts = line.split(None, 5)
@@ -259,7 +279,7 @@ class TaskFiles:
             local = -1
         if local >= 0:
             try:
-                mnt_id = inst.vfs.mount_id_of_host_fd(local)
+                mnt_id = inst.vfs.mount_id_of_host_fd(local, mounts_of_process(inst, self.proc))
             finally:
                 os.close(local)
         out = []
@@ -336,14 +356,15 @@ class FdLink(Link):
         deleted = host.endswith(" (deleted)")
         def by_path() -> str:
             plain = host[: -len(" (deleted)")] if deleted else host
-            v = inst.vfs.host_to_vpath(inst.vfs.host_roots(), plain)
+            v = inst.vfs.host_to_vpath(inst.vfs.host_roots(mounts_of_process(inst, self.proc)), plain)
             return host if v is None else v + (" (deleted)" if deleted else "")
         try:
             local = _open_fd_target(self.proc, self.fd)
         except OSError:
             return by_path()
         try:
-            node = inst.vfs.node_for_host_fd(local, os.fstat(local))
+            node = inst.vfs.node_for_host_fd(local, os.fstat(local),
+                                             table=mounts_of_process(inst, self.proc))
             if node is None:
                 return by_path()
             path = inst.vfs.vpath_of(node)
@@ -362,4 +383,4 @@ class FdLink(Link):
             fd = _open_fd_target(self.proc, self.fd)
         except OSError:
             raise OSError(errno.ENOENT, "no such file descriptor") from None
-        return inst.vfs.node_or_anon(fd)
+        return inst.vfs.node_or_anon(fd, mounts_of_process(inst, self.proc))
