@@ -10,11 +10,18 @@ Layout (see docs/ARCHITECTURE.md):
 __version__ = "0.1.0"
 
 # The release string `uname -r` reports inside an instance: the newest Linux
-# whose new system calls lxsub has (programs and test suites check the
-# release before they use what it brought). 6.2-6.7 added cachestat, fchmodat2,
-# map_shadow_stack and futex_wake/wait/requeue (all implemented); 6.8 adds
-# statmount, listmount (denied) and the lsm_* calls (not implemented), so
-# lxsub is not 6.8 (tests/unit/test_syscall_table.py holds this).
-LINUX_RELEASE = "6.7.0-lxsub"
-# The last syscall number LINUX_RELEASE introduced (futex_requeue, 6.7).
-LINUX_RELEASE_LAST_SYSCALL = 456
+# whose additions to the user interface lxsub keeps (programs and test suites
+# check the release before they use what it brought). Up to 6.13:
+# - run by the host as they are (native): cachestat (6.5), map_shadow_stack
+#   (6.6), futex_wake/wait/requeue (6.7),
+#   mseal (6.10), uretprobe (6.11), F_DUPFD_QUERY (6.10) and F_CREATED_QUERY
+#   (6.12: the provider opens files with the caller's O_CREAT itself, so the
+#   host's flag is the caller's), MADV_GUARD_INSTALL (6.13), UFFDIO_MOVE (6.8);
+# - answered by the provider: fchmodat2 (6.6), statmount and listmount (6.8, with the 6.9-6.13
+#   fields and LISTMOUNT_REVERSE) over the instance's mount table, statx's
+#   STATX_MNT_ID_UNIQUE (6.8), the lsm_* calls (6.8; no LSM but capability),
+#   PROCMAP_QUERY on /proc/<pid>/maps (6.11), the *xattrat calls (6.13).
+# tests/unit/test_release.py holds the calls to the release.
+LINUX_RELEASE = "6.13.0-lxsub"
+# The last syscall number LINUX_RELEASE introduced (removexattrat, 6.13).
+LINUX_RELEASE_LAST_SYSCALL = 466
