@@ -5,9 +5,10 @@ instance's own mounts (ids and places as /proc/self/mountinfo shows them),
 statx(STATX_MNT_ID_UNIQUE) names the same ids, PROCMAP_QUERY on
 /proc/self/maps finds the program's own code under its instance path,
 lsm_list_modules(2) shows the capability module alone, and the *xattrat
-calls set and read an attribute. Before, statmount and listmount were
+calls set and read an attribute; F_CREATED_QUERY says which open made a
+file. Before, statmount and listmount were
 EPERM, lsm_list_modules and the *xattrat calls ENOSYS and PROCMAP_QUERY
-ENOTTY (the maps file was a memfd)."""
+ENOTTY (the maps file was a memfd), F_CREATED_QUERY 0 on VolFs."""
 
 from __future__ import annotations
 
@@ -76,6 +77,16 @@ def test_procmap_query_names_the_program_by_its_instance_path(run):
 def test_lsm_list_modules_shows_capability_alone(run):
     assert _lines(run, "lsm") == [["1", "8", "100"]], run
     assert _lines(run, "lsm_small") == [[str(-errno.E2BIG), "8"]], run
+
+
+def test_created_query_says_which_open_made_the_file(run):
+    """On VolFs (the distro's tree) and wherever /tmp is; a dup shares the
+    description; the mark VolFs's files carry is no owner (F_GETOWN 0)."""
+    assert _lines(run, "created") == [["1"]], run
+    assert _lines(run, "dup_created") == [["1"]], run
+    assert _lines(run, "owner") == [["0"]], run
+    assert _lines(run, "reopened") == [["0"]], run
+    assert _lines(run, "tmp_created") == [["1"]], run
 
 
 def test_xattrat_calls(run):

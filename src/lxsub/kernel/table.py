@@ -108,8 +108,9 @@ ROWS: list[Syscall] = [
         "memfd_secret")),
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated; "
             "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual; F_SETPIPE_SZ traps: the "
-            "instance's pipe-max-size",
-            rules=(*_when(1, (8, 9, 15, 16, fcntl.F_SETPIPE_SZ), bpf.RET_USER_NOTIF),
+            "instance's pipe-max-size; F_CREATED_QUERY traps: VolFs's created files are marked "
+            "(kernel/vfs/created.py)",
+            rules=(*_when(1, (8, 9, 15, 16, fcntl.F_SETPIPE_SZ, fcntl.F_CREATED_QUERY), bpf.RET_USER_NOTIF),
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
