@@ -10,6 +10,7 @@ import struct
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs.procfs.task_files import _mount_dev, _mount_root
 from lxsub.kernel.vfs import statmount as sm
+from lxsub.platform.memory import USER_END
 
 
 def _request(c: Call, addr: int) -> sm.MntIdReq:
@@ -18,10 +19,17 @@ def _request(c: Call, addr: int) -> sm.MntIdReq:
     return sm.parse_request(size, raw)
 
 
+def _access_ok(addr: int, size: int) -> None:
+    """access_ok: the range must lie in user space (EFAULT), not be mapped."""
+    if addr + size > USER_END:
+        raise OSError(errno.EFAULT, "buffer beyond user space")
+
+
 def sys_statmount(c: Call) -> int:
-    buf, bufsize, flags = c.ptr(1), c.long(2), c.uint(3)
+    buf, bufsize, flags = c.ptr(1), c.args[2], c.uint(3)
     if flags:
         raise OSError(errno.EINVAL, "statmount flags")
+    _access_ok(buf, bufsize)
     req = _request(c, c.ptr(0))
     view = sm.View.of(c)
     view.check_ns(req)
@@ -38,6 +46,7 @@ def sys_listmount(c: Call) -> int:
         raise OSError(errno.EINVAL, "listmount flags")
     if count > sm.LISTMOUNT_MAX:
         raise OSError(errno.EOVERFLOW, "more than a million mount ids asked for")
+    _access_ok(ids, count * 8)
     req = _request(c, c.ptr(0))
     if req.param and req.param <= sm.MNT_UNIQUE_ID_OFFSET:
         raise OSError(errno.EINVAL, "not a unique mount id to continue after")

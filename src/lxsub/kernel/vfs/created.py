@@ -30,8 +30,11 @@ PROVIDER_PID = os.getpid()
 def mark(fd: int) -> int:
     """Mark the new regular file's description fd as created, unless the
     host already knows it; returns fd."""
-    if fcntl.fcntl(fd, F_CREATED_QUERY) == 0 and stat.S_ISREG(os.fstat(fd).st_mode):
-        fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("<ii", F_OWNER_PID, PROVIDER_PID))
+    try:
+        if fcntl.fcntl(fd, F_CREATED_QUERY) == 0 and stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("<ii", F_OWNER_PID, PROVIDER_PID))
+    except OSError:
+        pass            # a host before 6.12 (EINVAL): the query is EINVAL there too
     return fd
 
 
