@@ -21,10 +21,10 @@ __version__ = "0.1.0"
 #   with the 6.9-6.13 fields and LISTMOUNT_REVERSE) over the instance's mount
 #   table, statx's STATX_MNT_ID_UNIQUE and the lsm_* calls (6.8; no LSM but
 #   capability); PROCMAP_QUERY on /proc/<pid>/maps (6.11); the *xattrat
-#   calls (6.13).
-# Not kept yet: the pidfd ioctls PIDFD_GET_*_NAMESPACE (6.11) and
-# PIDFD_GET_INFO (6.13) reach the host's pidfd as they are (host namespaces,
-# host pids and ids); nsfs's NS_GET_MNTNS_ID (6.11) and NS_MNT_GET_* (6.12)
+#   calls and PIDFD_GET_INFO's pids and ids (6.13; its cgroup id is the
+#   host's).
+# Not kept yet: the pidfd ioctls PIDFD_GET_*_NAMESPACE (6.11) reach the
+# host's pidfd as they are (the host's namespace files); nsfs's NS_GET_MNTNS_ID (6.11) and NS_MNT_GET_* (6.12)
 # are ENOTTY; statmount knows one mount namespace and private mounts only.
 # tests/unit/test_release.py holds the calls to the release.
 LINUX_RELEASE = "6.13.0-lxsub"

@@ -6,9 +6,9 @@ statx(STATX_MNT_ID_UNIQUE) names the same ids, PROCMAP_QUERY on
 /proc/self/maps finds the program's own code under its instance path,
 lsm_list_modules(2) shows the capability module alone, and the *xattrat
 calls set and read an attribute; F_CREATED_QUERY says which open made a
-file. Before, statmount and listmount were
+file; PIDFD_GET_INFO gives the instance's pids and ids. Before, statmount and listmount were
 EPERM, lsm_list_modules and the *xattrat calls ENOSYS and PROCMAP_QUERY
-ENOTTY (the maps file was a memfd), F_CREATED_QUERY 0 on VolFs."""
+ENOTTY (the maps file was a memfd), F_CREATED_QUERY 0 on VolFs, PIDFD_GET_INFO the host's pids and ids."""
 
 from __future__ import annotations
 
@@ -87,6 +87,11 @@ def test_created_query_says_which_open_made_the_file(run):
     assert _lines(run, "owner") == [["0"]], run
     assert _lines(run, "reopened") == [["0"]], run
     assert _lines(run, "tmp_created") == [["1"]], run
+
+
+def test_pidfd_get_info_gives_the_instance_s_pids_and_ids(run):
+    # The child of a root program in the instance: its pids, its parent, uid/gid 0.
+    assert _lines(run, "pidfd_info") == [["0", "1", "1", "1", "0", "0", "0"]], run
 
 
 def test_xattrat_calls(run):

@@ -25,8 +25,8 @@ from lxsub.kernel.fs import lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.fs.procfs import procmap
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
-                                   klog, lsm, mount, mountinfo, mqueue, net, nsproxy, process, ptrace, sched, signal,
-                                   stat, stdio, unistd, utsname, xattr)
+                                   klog, lsm, mount, mountinfo, mqueue, net, nsproxy, pidfd_info, process, ptrace,
+                                   sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf, coderun
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -116,12 +116,14 @@ ROWS: list[Syscall] = [
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
             "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the NS_GET_* "
             "requests of namespace files answer for the instance's namespaces; PROCMAP_QUERY on "
-            "/proc/<pid>/maps asks the host's and names the file by its instance path",
+            "/proc/<pid>/maps asks the host's and names the file by its instance path; PIDFD_GET_INFO "
+            "gives the instance's pids and credentials",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
                    *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF),
                    *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF),
-                   *_when(1, procmap.REQUESTS, bpf.RET_USER_NOTIF))),
+                   *_when(1, procmap.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, pidfd_info.REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
