@@ -131,3 +131,59 @@ def test_removing_a_task_keeps_a_newer_owner_of_its_id():
     pids.remove_task(old)
     assert pids.host_of_vtid(old.tid) == 102
     assert 101 not in proc.threads and 102 in proc.threads
+
+
+def _in_namespace(pids: PidSpace, host_pid: int, ns, parent: Process | None = None) -> Process:
+    """A process made in PID namespace ns (None: the instance's), as
+    Instance._new_task makes one: its numbers at every level."""
+    proc = Process(pids.allocate(), host_pid, parent, pid_ns=ns, ns_pids=pids.numbers_below(ns))
+    pids.add_process(proc)
+    return proc
+
+
+def test_a_nested_pid_namespace_numbers_its_processes_from_1():
+    """pid_namespaces(7): the first process of a new namespace is its pid
+    1 there and its init; a namespace below has its own numbers too; each
+    process is seen from its namespace and those above it, not from below."""
+    pids = PidSpace()
+    outer = _process(pids, 6001)
+    ns1 = task_mod.PidNamespace(None)
+    init1 = _in_namespace(pids, 6002, ns1, outer)
+    child1 = _in_namespace(pids, 6003, ns1, init1)
+    ns2 = task_mod.PidNamespace(ns1)
+    init2 = _in_namespace(pids, 6004, ns2, child1)
+    assert (ns1.level, ns2.level) == (1, 2)
+    assert ns1.init is init1 and ns2.init is init2
+    assert init1.ns_pids == (1,) and child1.ns_pids == (2,) and init2.ns_pids == (3, 1)
+    # seen from each namespace
+    assert [task_mod.pid_in(init2, ns) for ns in (None, ns1, ns2)] == [init2.pid, 3, 1]
+    assert task_mod.pid_in(outer, ns1) == 0 and task_mod.pid_in(child1, ns2) == 0
+    # looked up by each namespace's numbers
+    assert pids.process_in(ns1, 1) is init1 and pids.process_in(ns2, 1) is init2
+    assert pids.process_in(ns1, 3) is init2 and pids.process_in(ns2, 2) is None
+    assert pids.process_in(None, init2.pid) is init2
+    assert {p.pid for p in pids.visible(ns1)} == {init1.pid, child1.pid, init2.pid}
+    assert task_mod.ns_within(ns2, ns1) and not task_mod.ns_within(ns1, ns2)
+    assert task_mod.ns_within(None, None) and not task_mod.ns_within(None, ns1)
+    # a process gone frees its numbers at every level
+    pids.forget_process(init2)
+    assert pids.process_in(ns1, 3) is None and pids.process_in(ns2, 1) is None
+
+
+def test_ns_last_pid_of_a_nested_namespace_steers_its_own_numbers():
+    """pid_ns_ctl_handler: the next pid of that namespace only."""
+    pids = PidSpace()
+    ns = task_mod.PidNamespace(None)
+    _in_namespace(pids, 7001, ns)
+    ns.set_last(41)
+    proc = _in_namespace(pids, 7002, ns)
+    assert proc.ns_pids == (42,) and ns.last() == 42
+    assert proc.pid == 3                          # the instance's numbers go on as before
+
+
+def test_a_namespace_whose_init_is_gone_takes_no_process():
+    ns1 = task_mod.PidNamespace(None)
+    ns2 = task_mod.PidNamespace(ns1)
+    assert ns2.open_to_new()
+    ns1.ended = True
+    assert not ns2.open_to_new()                  # PIDNS_ADDING is cleared below too

@@ -44,6 +44,20 @@ class NewFds:
 
 
 @dataclass(slots=True)
+class SwapFd:
+    """Answer `result`, having first put this provider-side descriptor in
+    the caller at its descriptor number `number` in place of the file there
+    (dup2's way: seccomp's ADDFD with SETFD). A driver brings a caller's
+    open file up to date this way (kernel/fs/loopioctl.py). The provider's
+    copy is closed afterwards; where the platform cannot install it, the
+    result alone is answered."""
+    fd: int
+    number: int
+    cloexec: bool
+    result: int
+
+
+@dataclass(slots=True)
 class Native:
     """Run the syscall on the host (in the caller) with the registers as
     modified in `call.regs`; `on_exit(result) -> new result | None`.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.sysno import NAMES, NUMBERS
 from lxsub.kernel import table
-from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
+from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds, SwapFd
 from lxsub.platform import hostproc, memory, ptrace
 from lxsub.platform.memory import MemoryFault
 
@@ -76,6 +76,8 @@ def _answer(inst: "Instance", lst: "Listener", nid: int, result, tid: int = 0,
             os.close(result.fd)
         elif isinstance(result, NewFds):
             _answer_fds(lst, nid, result, tid)
+        elif isinstance(result, SwapFd):
+            _answer_swap(lst, nid, result)
         elif isinstance(result, Blocking):
             _BlockingAnswer(inst, lst, nid, tid).start(result)
         else:
@@ -110,6 +112,19 @@ def _answer_fds(lst: "Listener", nid: int, pair: NewFds, tid: int) -> None:
         lst.reply(nid, 0, -errno.EFAULT)
         return
     lst.reply(nid, 0, 0)
+
+
+def _answer_swap(lst: "Listener", nid: int, swap: SwapFd) -> None:
+    """The request took effect: its result is the answer even if the new
+    file cannot go in (the caller keeps the one it had)."""
+    try:
+        lst.add_fd(nid, swap.fd, swap.cloexec, swap.number)
+    except OSError as e:
+        if e.errno == errno.ENOENT:       # the caller is gone
+            raise
+    finally:
+        os.close(swap.fd)
+    lst.reply(nid, swap.result, 0)
 
 
 def _remember_lost(inst: "Instance", task: "Task", n: "Notification", result) -> None:
@@ -247,6 +262,9 @@ def serve_trace_stop(inst: "Instance", task: "Task", regs: "Regs") -> None:
                                  wake_here=not result.own_cpu_mask)
     elif isinstance(result, int):
         inst.engine.finish_syscall(tid, regs, result)
+    elif isinstance(result, SwapFd):          # no descriptor goes in at a ptrace stop
+        os.close(result.fd)
+        inst.engine.finish_syscall(tid, regs, result.result)
     else:
         inst.log.warn(f"traced handler answered {result!r}")
         inst.engine.finish_syscall(tid, regs, -errno.EIO)

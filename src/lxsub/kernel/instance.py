@@ -20,8 +20,8 @@ from lxsub import LINUX_RELEASE
 from lxsub.abi.auxvec import AT_EXECFN, AT_SECURE
 from lxsub.abi.prctl import PR_SET_CHILD_SUBREAPER
 from lxsub.abi.ptrace import PTRACE_O_TRACEEXIT
-from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_PARENT, CLONE_PARENT_SETTID,
-                              CLONE_THREAD, CLONE_VFORK, CLONE_VM)
+from lxsub.abi.sched import (CLONE_CHILD_SETTID, CLONE_FS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, CLONE_PARENT,
+                              CLONE_PARENT_SETTID, CLONE_THREAD, CLONE_VFORK, CLONE_VM)
 from lxsub.abi.seccomp import SECCOMP_MODE_STRICT, SYS_SECCOMP
 from lxsub.abi.signal import SI_MESGQ, SI_TKILL, SI_USER
 from lxsub.abi.sysno import NUMBERS, SYS_FORK, SYS_VFORK
@@ -40,7 +40,8 @@ from lxsub.kernel.interop import HostPrograms
 from lxsub.kernel.log import Log
 from lxsub.kernel.ptrace import Ptrace
 from lxsub.kernel.sysctl import sysctls_of
-from lxsub.kernel.task import FsContext, PidSpace, Process, Task, new_ns_inum, uts_of
+from lxsub.kernel.task import (FsContext, PidNamespace, PidSpace, Process, Task, active_pid_ns, children_pid_ns,
+                               is_pid_ns_init, new_ns_inum, pid_in, tid_in, uts_of)
 from lxsub.kernel.vfs import pseudo
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.vfs import Vfs
@@ -105,6 +106,8 @@ class Instance:
         self.pids = PidSpace()
         self.volfs = VolFs(self.rootfs, volfs_store(meta_db, self.rootfs))
         self.vfs = Vfs(self.volfs, "rootfs")
+        self.vfs.loops.host_pids = lambda: list(self.pids.processes_by_host)
+        self.vfs.loops.log = self.log.warn
         self.init = Process(pid=1, host_pid=os.getpid(), parent=None)
         self.pids.add_process(self.init)
         self.engine = Engine(self)
@@ -232,8 +235,16 @@ class Instance:
             return
         flags = self._clone_flags(event, regs)
         task = self._new_task(parent, child, flags)
-        vid = task.tid
-        self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {vid} (host {child})")
+        ns = task.process.pid_ns
+        if ns is not None and not ns.open_to_new():
+            # A fork into a namespace whose init is gone: Linux fails it
+            # (ENOMEM); the host made the child, which must not run there.
+            os.kill(child, signal.SIGKILL)
+        # The parent is told the child's id in its own namespace, the child
+        # (CLONE_CHILD_SETTID) its id in its own (pid_vnr).
+        vid = tid_in(task, active_pid_ns(parent))
+        own_vid = tid_in(task, active_pid_ns(task))
+        self.log.syscall(parent.tid, f"clone event {event} flags={flags:#x} -> {task.tid} (host {child})")
 
         # A clone the provider let run with rewritten arguments has its own
         # exit work (dispatch._exit_hook): it runs after the pid is fixed.
@@ -261,13 +272,28 @@ class Instance:
 
         def before_start() -> None:
             if settid:
-                self._poke_tid(child, settid, vid)
+                self._poke_tid(child, settid, own_vid)
+            if is_pid_ns_init(task.process) and task.tid == task.process.pid:
+                self._make_host_reaper(task)
             if self.accounting.on:
                 # Its parent may have forked before it was asked for exit stops.
                 self.set_host_events(task)
             if self.ptrace.links:
                 self.ptrace.child_first_stop(task)
         self.engine.task_known(child, before_start)
+
+    def _make_host_reaper(self, task: Task) -> None:
+        """A PID namespace's init reaps the orphans of its namespace
+        (find_child_reaper): the host reparents them to it if it is a
+        child subreaper there, which only the process itself can ask for,
+        so the call runs inside it, at its first stop, before it runs."""
+        from lxsub.platform.inject import SysCall
+
+        def asked(result: int) -> None:
+            if result != 0:
+                self.log.warn(f"pid {task.pid}: its namespace's orphans go to /init ({result})")
+        self.engine.inject(task.host_tid, SysCall(NUMBERS["prctl"], (PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)),
+                           asked, lambda: None)
 
     def host_events(self, task: Task) -> int:
         """The stops beyond the provider's own the host must report for
@@ -306,13 +332,19 @@ class Instance:
         fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
         if flags & CLONE_THREAD:
             proc = parent.process
+            numbers = self.pids.numbers_below(proc.pid_ns)
         else:
             pp = parent.process.parent if flags & CLONE_PARENT else parent.process
             src = parent.process
+            # copy_pid_ns: a new namespace below where its children go.
+            pid_ns = children_pid_ns(parent)
+            if parent.clone_new_ns & CLONE_NEWPID:
+                pid_ns = PidNamespace(pid_ns)
+            numbers = self.pids.numbers_below(pid_ns)
             proc = Process(vid, host_tid, pp, exe=src.exe, comm=src.comm, auxv=src.auxv,
                            oom_score_adj=src.oom_score_adj,
                            oom_score_adj_min=src.oom_score_adj_min, image=src.image,
-                           creds_filter=src.creds_filter)
+                           creds_filter=src.creds_filter, pid_ns=pid_ns, ns_pids=numbers)
             self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:
                 pp.children.add(proc)
@@ -320,7 +352,8 @@ class Instance:
         task = Task(vid, host_tid, proc, parent.creds.copy(), fs.attach(),
                     no_new_privs=parent.no_new_privs, seccomp_mode=parent.seccomp_mode,
                     seccomp_filters=parent.seccomp_filters, landlock=parent.landlock,
-                    uts=uts_of(self, parent).copy() if parent.clone_new_ns & CLONE_NEWUTS else parent.uts)
+                    uts=uts_of(self, parent).copy() if parent.clone_new_ns & CLONE_NEWUTS else parent.uts,
+                    ns_tids=numbers)
         self.enter_ipc(task, self.new_ipc() if parent.clone_new_ns & CLONE_NEWIPC else parent.ipc)
         parent.clone_new_ns = 0
         keys.service(self).clone_creds(task.creds, bool(flags & CLONE_THREAD))
@@ -341,6 +374,7 @@ class Instance:
             self.pids.remove_task(task)
             task.host_tid = tid
             task.tid = proc.pid
+            task.ns_tids = proc.ns_pids
             self.pids.add_task(task)
         for other in list(proc.threads.values()):
             if other is not task:
@@ -516,6 +550,8 @@ class Instance:
         self.vfs.images.ended(proc.image)
         proc.image = None
         proc.close_pidfd()
+        if proc.pid_ns is not None and proc.pid_ns.init is proc:
+            self._end_pid_ns(proc.pid_ns)
         reaper = self._new_reaper(proc)
         for child in list(proc.children):
             child.parent = reaper
@@ -535,27 +571,50 @@ class Instance:
         else:
             self.pids.zombies_by_host[proc.host_pid] = proc
 
+    @staticmethod
+    def _end_pid_ns(ns: PidNamespace) -> None:
+        """A PID namespace's init has exited (zap_pid_ns_processes): every
+        other process in it and below it is killed, and none may enter."""
+        ns.ended = True
+        for other in list(ns.processes.values()):
+            if other is not ns.init and not other.exited:
+                try:
+                    os.kill(other.host_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def _new_reaper(self, proc: Process) -> Process:
         """Where an exiting process's children go (kernel/exit.c
         find_new_reaper): the nearest living ancestor that is a child
-        subreaper, else /init. The host reparents the same way: the flag
-        is set on the host process too."""
+        subreaper or the init of its PID namespace, else /init. The host
+        reparents the same way: the flag is set on the host process too
+        (_make_host_reaper for a namespace's init)."""
         up = proc.parent
         while up is not None and up is not self.init:
-            if up.child_subreaper and not up.exited:
+            if (up.child_subreaper or is_pid_ns_init(up)) and not up.exited:
                 return up
             up = up.parent
         return self.init
 
-    def reaped(self, host_pid: int) -> int | None:
-        """A parent's wait returned host_pid: forget it; return its virtual pid."""
+    def reaped(self, host_pid: int, ns: PidNamespace | None = None) -> int | None:
+        """A parent's wait returned host_pid: forget it; return its pid in
+        the waiter's namespace ns."""
         proc = self.pids.zombies_by_host.pop(host_pid, None)
         if proc is None:
-            return self.pids.vpid_of_host(host_pid)
+            return self.pid_of_host(host_pid, ns)
         if proc.parent is not None:
             proc.parent.children.discard(proc)
         self.pids.forget_process(proc)
-        return proc.pid
+        return pid_in(proc, ns)
+
+    def pid_of_host(self, host_pid: int, ns: PidNamespace | None = None) -> int | None:
+        """A host pid as a caller in ns names it (None: none of the
+        instance's processes; 0: one outside ns)."""
+        proc = self.pids.processes_by_host.get(host_pid) or self.pids.zombies_by_host.get(host_pid)
+        if proc is not None:
+            return pid_in(proc, ns)
+        task = self.pids.tasks_by_host.get(host_pid)
+        return tid_in(task, ns) if task is not None else None
 
     def on_signal(self, tid: int, sig: int) -> int:
         if sig == signal.SIGSYS and self._strict_mode_violated(tid):
@@ -638,7 +697,8 @@ class Instance:
             info = ptrace.get_siginfo(tid)
         except OSError:
             return
-        if self._provider_sent_child_info(tid, info) or self.translate_sender(info):
+        receiver = self.pids.tasks_by_host.get(tid)
+        if self._provider_sent_child_info(tid, info) or self.translate_sender(info, active_pid_ns(receiver)):
             try:
                 ptrace.set_siginfo(tid, info)
             except OSError:
@@ -653,9 +713,10 @@ class Instance:
         task = self.pids.tasks_by_host.get(tid)
         return task is not None and self.ptrace.fill_child_info(task.process, info)
 
-    def translate_sender(self, info: ptrace.SigInfo) -> bool:
-        """Make si_pid/si_uid of a signal sent by a process the instance's
-        view of the sender; False when there is nothing to change."""
+    def translate_sender(self, info: ptrace.SigInfo, ns: PidNamespace | None = None) -> bool:
+        """Make si_pid/si_uid of a signal sent by a process the view of the
+        sender from the receiver's namespace ns (0 when the sender is
+        outside it); False when there is nothing to change."""
         # The kernel fills in the sender for kill/tkill, a message queue's
         # notification and SIGCHLD; sigqueue's siginfo is the sender's own
         # (glibc writes its getpid()/getuid(), virtual already).
@@ -666,7 +727,7 @@ class Instance:
         # The pid the sender had when it sent it, as Linux's si_pid: it may
         # have exited, and been reaped, since.
         sender = self.pids.processes_by_host.get(info.si_pid) or self.pids.zombies_by_host.get(info.si_pid)
-        info.si_pid = sender.pid if sender is not None else self.pids.vpid_or_zero(info.si_pid)
+        info.si_pid = pid_in(sender, ns) if sender is not None else self.pids.vpid_or_zero(info.si_pid)
         info.si_uid = self.ruid_of(sender) if sender is not None else 0
         return True
 
@@ -708,6 +769,7 @@ class Instance:
         return self._scratch
 
     def cleanup(self) -> None:
+        self.vfs.loops.close()         # loop devices' data still in their views
         for ns in (self.ipc, *self.ipc_namespaces):
             ns.close()                 # SysV objects and message queues end with their instance
         self.volfs.remove_staging()

@@ -21,7 +21,7 @@ from lxsub.abi.sched import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_
 from lxsub.abi.resource import RLIMIT_NOFILE
 from lxsub.abi.socket import AF_NETLINK, AF_UNIX, SO_PASSCRED, SO_PASSPIDFD
 from lxsub.abi.sysno import NAMES, NUMBERS
-from lxsub.kernel.fs import lxbusdev
+from lxsub.kernel.fs import loopdev, lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
 from lxsub.kernel.fs.procfs import procmap
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fcntl, fhandle, identity, inotify, ioctl, ipc, keys,
@@ -89,8 +89,7 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
 # prlimit64's third argument, the new limit: NULL only reads the old one.
 _SETTING_LIMIT = ByArgs((ArgRule(2, "eq", 0, bpf.RET_ALLOW, wide=True),), bpf.RET_TRACE)
 
-_CLONE_FORBIDDEN = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
-                    | CLONE_UNTRACED)
+_CLONE_FORBIDDEN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWNET | CLONE_UNTRACED
 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
@@ -114,13 +113,15 @@ ROWS: list[Syscall] = [
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
-            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the NS_GET_* "
+            "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the loop and block "
+            "requests trap by notify: the instance's loop devices (/dev/loop-control, /dev/loopN); the NS_GET_* "
             "requests of namespace files answer for the instance's namespaces; PROCMAP_QUERY on "
             "/proc/<pid>/maps asks the host's and names the file by its instance path; PIDFD_GET_INFO "
             "gives the instance's pids and credentials",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
                    *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, loopdev.REQUESTS, bpf.RET_USER_NOTIF),
                    *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF),
                    *_when(1, procmap.REQUESTS, bpf.RET_USER_NOTIF),
                    *_when(1, pidfd_info.REQUESTS, bpf.RET_USER_NOTIF))),
@@ -181,12 +182,12 @@ ROWS: list[Syscall] = [
         "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")),
     native("fork", "child's pid translated at the ptrace fork event"),
     native("vfork", "child's pid translated at the ptrace vfork event"),
-    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS and IPC, "
-            "and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC stop: UTS and IPC "
-            "namespaces of the provider's; child tid translated in the result and in "
-            "PARENT/CHILD_SETTID memory",
+    Syscall("clone", NATIVE, nsproxy.sys_clone_new_ns, FULL, "new namespaces but UTS, IPC and PID, "
+            "and CLONE_UNTRACED denied (EPERM); CLONE_NEWUTS/CLONE_NEWIPC/CLONE_NEWPID stop: "
+            "UTS, IPC and PID namespaces of the provider's; child tid translated (to the "
+            "caller's PID namespace) in the result and in PARENT/CHILD_SETTID memory",
             rules=(ArgRule(0, "any_bit", _CLONE_FORBIDDEN, bpf.errno_action(errno.EPERM)),
-                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC, bpf.RET_TRACE))),
+                   ArgRule(0, "any_bit", CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID, bpf.RET_TRACE))),
     denied("clone3", errno.ENOSYS, "glibc falls back to clone, whose flags the filter can check"),
     Syscall("prctl", NATIVE, process.sys_prctl, PARTIAL,
             "PR_SET/GET_NAME, PR_SET/GET_DUMPABLE, PR_SET/GET_KEEPCAPS, PR_SET/GET_NO_NEW_PRIVS, "
@@ -383,9 +384,9 @@ ROWS: list[Syscall] = [
            "decodes the handle, which it does only for a host user with CAP_DAC_READ_SEARCH (root; else "
            "EPERM); only the instance's own files (ESTALE), opened as open(2); O_PATH: EINVAL", PARTIAL),
     trace("unshare", nsproxy.sys_unshare, "CLONE_FILES, CLONE_FS, CLONE_SYSVSEM and the "
-          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC: UTS and IPC namespaces "
-          "of the provider's; other new namespaces: EPERM", PARTIAL),
-    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS and IPC ones its "
+          "single-thread checks as Linux; CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID: UTS, IPC and "
+          "PID namespaces of the provider's; other new namespaces: EPERM", PARTIAL),
+    notify("setns", nsproxy.sys_setns, "the instance's namespaces and the UTS, IPC and PID ones its "
            "processes made (/proc/<pid>/ns files, pidfds of its processes): the install checks, "
            "the mount namespace's root and cwd"),
     notify("mount", mount.sys_mount, "the instance's own mount table: tmpfs, proc, sysfs, devpts, "

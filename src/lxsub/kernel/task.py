@@ -47,6 +47,12 @@ class Process:
     # The auxiliary vector a dynamic program's exec patched (kernel/exec/
     # mapping.py): /proc/<pid>/auxv; None: the host's is right.
     auxv: bytes | None = None
+    # The PID namespace below the instance's it is in (pid_namespaces(7);
+    # None: the instance's own) and its numbers in each namespace from the
+    # instance's child down to that one (struct pid's numbers[1..level]):
+    # `pid` is its number at level 0.
+    pid_ns: "PidNamespace | None" = None
+    ns_pids: tuple[int, ...] = ()
     _pidfd: int = -1
     _memfd: int = -1
 
@@ -115,6 +121,11 @@ class Task(Caller):
     # The signal mask before the rt_sigtimedwait it is in (Linux's
     # real_blocked): a signal blocked there is never discarded as ignored.
     real_blocked: int = 0
+    # Its numbers in the namespaces below the instance's (Process.ns_pids)
+    # and the PID namespace its children go into (pid_for_children; None:
+    # its process's own): unshare(CLONE_NEWPID) and setns(2) change it.
+    ns_tids: tuple[int, ...] = ()
+    child_pid_ns: "PidNamespace | None" = None
 
     @property
     def task(self) -> "Task":
@@ -166,8 +177,102 @@ def new_ns_inum() -> int:
     return next(_NS_INUMS)
 
 
+class PidNamespace:
+    """A PID namespace a program made (clone(2) or unshare(2) with
+    CLONE_NEWPID, kernel/pid_namespace.c), below the instance's own (which
+    is None wherever a namespace is named: PidSpace keeps its numbers). Its
+    first process is its init, pid 1; the processes in it and below it have
+    a number here besides their other levels' (Process.ns_pids)."""
+
+    def __init__(self, parent: "PidNamespace | None") -> None:
+        self.parent = parent
+        self.level = parent.level + 1 if parent is not None else 1
+        self.inum = new_ns_inum()
+        self.processes: dict[int, Process] = {}
+        self.tasks: dict[int, Task] = {}
+        self.init: Process | None = None
+        # Its init has exited: the rest were killed and no process may
+        # enter any more (PIDNS_ADDING cleared, fork ENOMEM).
+        self.ended = False
+        self._next = 1
+
+    def allocate(self) -> int:
+        for _ in range(PID_MAX):
+            nr = self._next
+            self._next = nr + 1 if nr + 1 < PID_MAX else 2
+            if nr not in self.tasks and nr not in self.processes:
+                return nr
+        raise OSError(errno.EAGAIN, "no free pid")
+
+    def set_last(self, nr: int) -> None:
+        self._next = nr + 1 if nr + 1 < PID_MAX else 2
+
+    def last(self) -> int:
+        return self._next - 1 if self._next > 1 else PID_MAX - 1
+
+    def open_to_new(self) -> bool:
+        """Whether a process may still enter it: no namespace on its
+        chain has lost its init (alloc_pid's PIDNS_ADDING)."""
+        return not any(level.ended for level in namespaces_of(self))
+
+
+def ns_within(ns: "PidNamespace | None", outer: "PidNamespace | None") -> bool:
+    """Whether ns is outer or a namespace below it (None: the instance's)."""
+    if outer is None:
+        return True
+    while ns is not None and ns.level >= outer.level:
+        if ns is outer:
+            return True
+        ns = ns.parent
+    return False
+
+
+def active_pid_ns(task: "Task | None") -> "PidNamespace | None":
+    """The PID namespace a task sees pids in (task_active_pid_ns); None:
+    the instance's (also for the provider's own work)."""
+    return task.process.pid_ns if task is not None else None
+
+
+def is_pid_ns_init(proc: Process) -> bool:
+    """Whether proc is the init of a PID namespace a program made: the
+    reaper of that namespace's orphans, which no signal at its default
+    action reaches from inside (SIGNAL_UNKILLABLE)."""
+    return proc.pid_ns is not None and proc.pid_ns.init is proc
+
+
+def children_pid_ns(task: Task) -> "PidNamespace | None":
+    """Where a task's new children go (/proc/<pid>/ns/pid_for_children)."""
+    return task.child_pid_ns if task.child_pid_ns is not None else task.process.pid_ns
+
+
+def pid_in(proc: Process, ns: "PidNamespace | None") -> int:
+    """proc's pid as seen from ns (pid_nr_ns): 0 when it is not in ns or below."""
+    if ns is None:
+        return proc.pid
+    return proc.ns_pids[ns.level - 1] if ns_within(proc.pid_ns, ns) else 0
+
+
+def tid_in(task: Task, ns: "PidNamespace | None") -> int:
+    """A thread's id as seen from ns: 0 when it is not in ns or below."""
+    if ns is None:
+        return task.tid
+    return task.ns_tids[ns.level - 1] if ns_within(task.process.pid_ns, ns) else 0
+
+
+def namespaces_of(ns: "PidNamespace | None") -> list["PidNamespace"]:
+    """ns and its ancestors below the instance's, outermost first."""
+    chain = []
+    while ns is not None:
+        chain.append(ns)
+        ns = ns.parent
+    return chain[::-1]
+
+
 class PidSpace:
-    """Virtual ids <-> host ids for one instance."""
+    """Virtual ids <-> host ids for one instance, and the numbers of the PID
+    namespaces below its own (PidNamespace): every pid a call takes or
+    gives is looked up or shown in the caller's namespace (process_in,
+    task_in, pid_in, tid_in)."""
 
     def __init__(self) -> None:
         self._next = 2
@@ -212,10 +317,40 @@ class PidSpace:
         self._drop_alias(host)
         return False
 
+    def numbers_below(self, ns: "PidNamespace | None") -> tuple[int, ...]:
+        """A new task's numbers in ns and the namespaces above it (below
+        the instance's), outermost first (alloc_pid)."""
+        return tuple(level.allocate() for level in namespaces_of(ns))
+
     def add_process(self, proc: Process) -> None:
         self.processes_by_vid[proc.pid] = proc
         self.processes_by_host[proc.host_pid] = proc
         self._drop_alias(proc.host_pid)
+        for ns, nr in zip(namespaces_of(proc.pid_ns), proc.ns_pids):
+            ns.processes[nr] = proc
+            if ns.init is None:
+                ns.init = proc             # its first process (pid 1 there)
+
+    def process_in(self, ns: "PidNamespace | None", nr: int) -> Process | None:
+        """The process (or zombie) that has pid nr in ns (find_task_by_pid_ns)."""
+        if ns is None:
+            return self.processes_by_vid.get(nr)
+        return ns.processes.get(nr)
+
+    def task_in(self, ns: "PidNamespace | None", nr: int) -> Task | None:
+        """The thread that has tid nr in ns."""
+        if ns is None:
+            return self.tasks_by_vid.get(nr)
+        return ns.tasks.get(nr)
+
+    def host_pid_in(self, ns: "PidNamespace | None", nr: int) -> int | None:
+        proc = self.process_in(ns, nr)
+        return proc.host_pid if proc is not None else None
+
+    def visible(self, ns: "PidNamespace | None") -> list[Process]:
+        """The processes a caller in ns can name (it and those below it)."""
+        procs = self.processes_by_vid if ns is None else ns.processes
+        return list(procs.values())
 
     def _drop_alias(self, host: int) -> None:
         v = self._alias_h2v.pop(host, None)
@@ -226,12 +361,17 @@ class PidSpace:
         self.tasks_by_host[task.host_tid] = task
         self.tasks_by_vid[task.tid] = task
         task.process.threads[task.host_tid] = task
+        for ns, nr in zip(namespaces_of(task.process.pid_ns), task.ns_tids):
+            ns.tasks[nr] = task
 
     def remove_task(self, task: Task) -> None:
         self.tasks_by_host.pop(task.host_tid, None)
         if self.tasks_by_vid.get(task.tid) is task:
             del self.tasks_by_vid[task.tid]
         task.process.threads.pop(task.host_tid, None)
+        for ns, nr in zip(namespaces_of(task.process.pid_ns), task.ns_tids):
+            if ns.tasks.get(nr) is task:
+                del ns.tasks[nr]
 
     def forget_process(self, proc: Process) -> None:
         self.zombies_by_host.pop(proc.host_pid, None)
@@ -239,6 +379,9 @@ class PidSpace:
             del self.processes_by_vid[proc.pid]
         if self.processes_by_host.get(proc.host_pid) is proc:
             del self.processes_by_host[proc.host_pid]
+        for ns, nr in zip(namespaces_of(proc.pid_ns), proc.ns_pids):
+            if ns.processes.get(nr) is proc:
+                del ns.processes[nr]
         # Its pid may live on as a process group or session id.
         self._alias_h2v[proc.host_pid] = proc.pid
         self._alias_v2h[proc.pid] = proc.host_pid
@@ -285,6 +428,22 @@ class PidSpace:
             return vid
         host = self.host_of_vpid(vid)
         return host if host is not None else self._alias_v2h.get(vid)
+
+    def group_in(self, host: int, ns: "PidNamespace | None") -> int:
+        """A host process group or session id as a caller in ns sees it:
+        its leader's pid there, 0 for a leader outside ns (pid_vnr)."""
+        if ns is None:
+            return self.group_to_virtual(host)
+        if host <= 0:
+            return host
+        leader = self.processes_by_host.get(host) or self.zombies_by_host.get(host)
+        return pid_in(leader, ns) if leader is not None else 0
+
+    def group_host_in(self, ns: "PidNamespace | None", vid: int) -> int | None:
+        """The host id of the process group or session vid names in ns."""
+        if ns is None:
+            return self.group_to_host(vid)
+        return vid if vid <= 0 else self.host_pid_in(ns, vid)
 
     def host_of_vtid(self, vtid: int) -> int | None:
         task = self.tasks_by_vid.get(vtid)

@@ -10,7 +10,7 @@ import struct
 
 from lxsub.abi.limits import OVERFLOW_ID
 from lxsub.abi.magic import DEVPTS_SUPER_MAGIC as DEVPTS_MAGIC, TMPFS_MAGIC
-from lxsub.kernel.fs import devices, lxbusdev
+from lxsub.kernel.fs import devices, loopdev, lxbusdev
 from lxsub.kernel.fs.hostfs import HostFs
 from lxsub.kernel.fs.lxattr import LxMeta
 from lxsub.kernel.vfs.node import Node
@@ -36,7 +36,7 @@ class DevFs(PseudoFs):
 
     def __init__(self, inst) -> None:
         super().__init__(inst)
-        root = StaticDir("/", 0o755)
+        root = _DevRoot(self)
         # An open device is a host device: fstat of it must be the node
         # stat gives (one file, one identity: install(1) compares them).
         self._by_rdev: dict[int, Device] = {}
@@ -53,6 +53,9 @@ class DevFs(PseudoFs):
             root.add(Link("/" + name, lambda _t, target=target: target))
         # LxBus (docs/LXBUS.md): any user of the instance may open it.
         self._lxbus = root.add(lxbusdev.LxBusDevice("/lxbus"))
+        # The loop driver (kernel/fs/loopdev.py): root:disk 0660, as udev makes them.
+        self._loop_control = root.add(_disk_node("/loop-control", st.S_IFCHR, loopdev.CONTROL_RDEV))
+        self._loops: dict[int, Device] = {}
         root.add(StaticDir("/pts", 0o755))
         root.add(StaticDir("/shm", 0o1777))
         root.add(StaticDir("/mqueue", 0o1777))
@@ -61,7 +64,22 @@ class DevFs(PseudoFs):
     def root_entry(self) -> StaticDir:
         return self._root
 
+    def loop_nodes(self) -> dict[str, Device]:
+        """/dev/loopN for each loop device the instance has (devtmpfs adds
+        and removes them with the devices)."""
+        numbers = sorted(self.inst.vfs.loops.devices)
+        for n in numbers:
+            if n not in self._loops:
+                self._loops[n] = _disk_node(f"/loop{n}", st.S_IFBLK, os.makedev(loopdev.LOOP_MAJOR, n))
+        return {f"loop{n}": self._loops[n] for n in numbers}
+
     def node_from_host(self, mount, fd: int, host: str, s: os.stat_result) -> Node | None:
+        loops = self.inst.vfs.loops
+        if loops.is_control(s):
+            return Node(mount, fd, None, self._loop_control)
+        dev = loops.device_of(s)
+        if dev is not None:                # an open /dev/loopN: its view of the device
+            return Node(mount, fd, None, self.loop_nodes().get(f"loop{dev.number}"))
         if lxbusdev.is_device(s):          # fstat and /proc/<pid>/fd show /dev/lxbus
             return Node(mount, fd, None, self._lxbus)
         if st.S_ISCHR(s.st_mode) and devices.host_path_of(st.S_IFCHR, s.st_rdev) == host:
@@ -69,6 +87,23 @@ class DevFs(PseudoFs):
             if dev is not None:
                 return Node(mount, fd, None, dev)
         return super().node_from_host(mount, fd, host, s)
+
+
+class _DevRoot(StaticDir):
+    """/dev: its fixed entries and the loop devices of the moment."""
+
+    def __init__(self, devfs: DevFs) -> None:
+        super().__init__("/", 0o755)
+        self._devfs = devfs
+
+    def children(self, task) -> dict:
+        return {**self.entries, **self._devfs.loop_nodes()}
+
+
+def _disk_node(path: str, kind: int, rdev: int) -> Device:
+    node = Device(path, kind, rdev, 0o660)
+    node.gid = loopdev.DISK_GID
+    return node
 
 
 def pty_index(master_fd: int) -> int:

@@ -18,6 +18,7 @@ import struct
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.task import active_pid_ns, tid_in
 from lxsub.platform import libc
 
 CLOCK_REALTIME = 0
@@ -141,12 +142,12 @@ def translate_cpu_clock(c: Call, i: int) -> None:
     pid = ~(clock >> 3)
     if pid == 0:
         return
-    pids = c.inst.pids
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
     if clock & CPUCLOCK_PERTHREAD_MASK:
-        task = pids.tasks_by_vid.get(pid)
+        task = pids.task_in(ns, pid)
         host = task.host_tid if task is not None and task.process is c.task.process else None
     else:
-        proc = c.task.process if pid == c.task.tid else pids.processes_by_vid.get(pid)
+        proc = c.task.process if pid == tid_in(c.task, ns) else pids.process_in(ns, pid)
         host = proc.host_pid if proc is not None else None
     if host is None:
         raise OSError(errno.EINVAL, "no such clock")

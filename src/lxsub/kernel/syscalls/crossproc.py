@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from lxsub.abi.kcmp import KCMP_EPOLL_TFD, KCMP_TYPES
 from lxsub.abi.sysno import SYS_KCMP
 from lxsub.kernel.call import Call
+from lxsub.kernel.task import active_pid_ns
 from lxsub.platform import libc, memory
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 def _task(c: Call, vtid: int) -> "Task":
     """find_task_by_vpid: any thread of the instance; ESRCH otherwise."""
-    task = c.inst.pids.tasks_by_vid.get(vtid) if vtid > 0 else None
+    task = c.inst.pids.task_in(active_pid_ns(c.task), vtid) if vtid > 0 else None
     if task is None:
         raise OSError(errno.ESRCH, "no such process")
     return task

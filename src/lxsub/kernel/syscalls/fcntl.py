@@ -17,6 +17,7 @@ from lxsub.abi.sysno import SYS_OPENAT
 from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.sysctl import round_pipe_size, sysctls_of
+from lxsub.kernel.task import active_pid_ns
 from lxsub.kernel.vfs import created, lookup
 from lxsub.kernel.vfs.open import open_at
 from lxsub.platform import memory
@@ -193,7 +194,8 @@ def sys_fcntl(c: Call):
             kind, pid = struct.unpack("<ii", c.read(c.ptr(2), 8))
             host = abs(_owner_to_host(c, -pid if kind == F_OWNER_PGRP else pid))
             if kind == F_OWNER_TID and pid:
-                host = c.inst.pids.host_of_vtid(pid) or _no_such(pid)
+                task = c.inst.pids.task_in(active_pid_ns(c.task), pid)
+                host = task.host_tid if task is not None else _no_such(pid)
             _fcntl.fcntl(local, F_SETOWN_EX, struct.pack("<ii", kind, host))
             return 0
         raise OSError(errno.EINVAL, "unexpected fcntl command")
@@ -220,14 +222,14 @@ def _lock_test(c: Call):
     with it, which a test from the provider would not know); the holder's
     l_pid the host wrote is then made the instance's: fcntl(2) gives 0 for
     a holder outside the caller's PID namespace, and -1 stays for OFD locks."""
-    pid, addr, inst = c.pid, c.ptr(2), c.inst
+    pid, addr, inst, ns = c.pid, c.ptr(2), c.inst, active_pid_ns(c.task)
 
     def translate(result: int):
         if result == 0 and addr:
             l_type = struct.unpack("<h", memory.read(pid, addr, 2))[0]
             host = struct.unpack("<i", memory.read(pid, addr + _FLOCK_L_PID, 4))[0]
             if l_type != F_UNLCK and host > 0:
-                memory.write(pid, addr + _FLOCK_L_PID, struct.pack("<i", inst.pids.vpid_of_host(host) or 0))
+                memory.write(pid, addr + _FLOCK_L_PID, struct.pack("<i", inst.pid_of_host(host, ns) or 0))
         return None
     return Native(on_exit=translate)
 
@@ -239,7 +241,7 @@ def _no_such(_pid: int) -> int:
 def _owner_to_host(c: Call, owner: int) -> int:
     if owner == 0:
         return 0
-    host = c.inst.pids.host_of_vpid(abs(owner))
+    host = c.inst.pids.host_pid_in(active_pid_ns(c.task), abs(owner))
     if host is None:
         raise OSError(errno.ESRCH, "no such process")
     return host if owner > 0 else -host
@@ -248,5 +250,5 @@ def _owner_to_host(c: Call, owner: int) -> int:
 def _owner_to_virtual(c: Call, owner: int) -> int:
     if owner == 0:
         return 0
-    v = c.inst.pids.vpid_of_host(abs(owner)) or 0
+    v = c.inst.pid_of_host(abs(owner), active_pid_ns(c.task)) or 0
     return v if owner > 0 else -v

@@ -11,6 +11,7 @@ import struct
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
+from lxsub.kernel.task import active_pid_ns, pid_in
 
 _ID_MAX = 0xFFFFFFFF
 NGROUPS_MAX = 65536
@@ -218,8 +219,9 @@ def sys_capget(c: Call) -> int:
     if pid < 0:
         raise OSError(errno.EINVAL, "negative pid")
     cr = c.task.creds
-    if pid not in (0, c.task.pid):
-        proc = c.inst.process_of_vpid(pid)
+    ns = active_pid_ns(c.task)
+    if pid not in (0, pid_in(c.task.process, ns)):
+        proc = c.inst.pids.process_in(ns, pid)
         if proc is None or not proc.threads:
             raise OSError(errno.ESRCH, "no such process")
         cr = next(iter(proc.threads.values())).creds

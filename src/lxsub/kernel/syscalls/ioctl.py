@@ -6,7 +6,8 @@ is the caller's controlling one), so the id is rewritten into a copy below
 the caller's stack and the request runs natively; ids coming back are
 translated.
 
-A driver's requests (LxBus: kernel/fs/lxbusdev.py) trap by user-notify and
+A driver's requests (LxBus: kernel/fs/lxbusdev.py; the loop driver:
+kernel/fs/loopioctl.py) trap by user-notify and
 go to the open file's own ioctl (FileSystem.ioctl), as Linux's vfs_ioctl
 calls the file's f_op->unlocked_ioctl.
 """
@@ -20,8 +21,9 @@ import struct
 
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call, Native
-from lxsub.kernel.fs import devices
+from lxsub.kernel.fs import devices, loopdev, loopioctl
 from lxsub.kernel.syscalls import pidfd_info
+from lxsub.kernel.task import active_pid_ns
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.node import Node
 from lxsub.platform import memory
@@ -49,16 +51,16 @@ def sys_ioctl(c: Call):
 
 def _set_id(c: Call, cmd: int) -> Native:
     vid = struct.unpack("<i", c.read(c.ptr(2), 4))[0]
-    pids = c.inst.pids
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
     if cmd == TIOCSPGRP:
         if vid < 0:
             raise OSError(errno.EINVAL, "bad process group")
-        host = pids.group_to_host(vid)
+        host = pids.group_host_in(ns, vid)
     elif vid < 0:                     # FIOSETOWN/SIOCSPGRP: negative is a group
-        g = pids.group_to_host(-vid)
+        g = pids.group_host_in(ns, -vid)
         host = -g if g is not None else None
     else:
-        host = pids.host_of_vpid(vid) if vid else 0
+        host = pids.host_pid_in(ns, vid) if vid else 0
     if host is None:
         raise OSError(errno.ESRCH if cmd != TIOCSPGRP else errno.EPERM, "no such process")
     regs = c.regs
@@ -69,12 +71,12 @@ def _set_id(c: Call, cmd: int) -> Native:
 
 
 def _get_id(c: Call) -> Native:
-    pid, addr, pids = c.pid, c.ptr(2), c.inst.pids
+    pid, addr, pids, ns = c.pid, c.ptr(2), c.inst.pids, active_pid_ns(c.task)
 
     def translate(result: int):
         if result == 0:
             host = struct.unpack("<i", memory.read(pid, addr, 4))[0]
-            v = pids.group_to_virtual(host) if host > 0 else -pids.group_to_virtual(-host)
+            v = pids.group_in(host, ns) if host > 0 else -pids.group_in(-host, ns)
             memory.write(pid, addr, struct.pack("<i", v))
         return None
     return Native(on_exit=translate)
@@ -91,11 +93,28 @@ def _file_ioctl(c: Call, cmd: int):
     except BaseException:
         os.close(local)
         raise
+    if cmd in loopdev.REQUESTS:
+        return _loop_ioctl(c, cmd, local, s)        # closes local
     node = c.inst.vfs.node_for_host_fd(local, s) or Node(c.inst.vfs.anon_mount, local, s)
     try:
         return node.fs.ioctl(node, c, cmd)
     finally:
         node.release()
+
+
+def _loop_ioctl(c: Call, cmd: int, local: int, s: os.stat_result):
+    """A loop or block request: the loop driver's, on its devices; any
+    other file has no such request (ENOTTY, as a regular file answers)."""
+    loops = c.inst.vfs.loops
+    try:
+        with loops.lock:
+            if loops.is_control(s):
+                return loopioctl.control_ioctl(loops, c, cmd)
+            if loops.device_of(s) is not None:
+                return loopioctl.device_ioctl(loops, c, cmd, local, s)
+        raise OSError(errno.ENOTTY, "inappropriate ioctl for device")
+    finally:
+        os.close(local)
 
 
 def sys_vhangup(c: Call) -> int:

@@ -38,7 +38,7 @@ from lxsub.kernel.creds import CAP_IPC_LOCK, CAP_SYS_RESOURCE
 from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXUGO, SEM, SHM, IpcObject, IpcSpace,
                               index_of, ipcperms, may_control, seq_of)
 from lxsub.kernel.sysctl import read_host, sysctls_of
-from lxsub.kernel.task import ipc_of
+from lxsub.kernel.task import active_pid_ns, ipc_of
 from lxsub.platform import libc
 
 # ctl commands on the whole table rather than an object (their first
@@ -246,7 +246,7 @@ def _virtual_pid(c: Call, host_pid: int) -> int:
     """A pid an object recorded, as the instance numbers it (0: none of its)."""
     if host_pid <= 0:
         return host_pid
-    return c.inst.pids.vpid_of_host(host_pid) or 0
+    return c.inst.pid_of_host(host_pid, active_pid_ns(c.task)) or 0
 
 
 def _show(c: Call, kind: str, ident: int, obj: IpcObject, result: int) -> None:

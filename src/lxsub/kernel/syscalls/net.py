@@ -32,6 +32,7 @@ from lxsub.abi.socket import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, MSG_NOSI
 from lxsub.abi.sysno import NUMBERS, SYS_TGKILL
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
+from lxsub.kernel.task import active_pid_ns, pid_in
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
 from lxsub.platform import bpf, features, libc, unixns
@@ -458,13 +459,15 @@ def _check_credentials(c: Call, body: bytes, msg: _Message) -> bytes:
     cr = c.task.creds
     if uid == 0xFFFFFFFF or gid == 0xFFFFFFFF:
         raise OSError(errno.EINVAL, "invalid id")
-    if not ((pid == c.task.process.pid or cr.capable(CAP_SYS_ADMIN))
+    ns = active_pid_ns(c.task)
+    if not ((pid == pid_in(c.task.process, ns) or cr.capable(CAP_SYS_ADMIN))
             and (uid in (cr.ruid, cr.euid, cr.suid) or cr.capable(CAP_SETUID))
             and (gid in (cr.rgid, cr.egid, cr.sgid) or cr.capable(CAP_SETGID))):
         raise OSError(errno.EPERM, "not the sender's credentials")
-    if pid not in c.inst.pids.processes_by_vid:
+    sender = c.inst.pids.process_in(ns, pid)
+    if sender is None:
         raise OSError(errno.ESRCH, "no such process")
-    msg.creds = (pid, uid, gid)
+    msg.creds = (sender.pid, uid, gid)     # the instance's number: each receiver sees its own
     return struct.pack("<iII", os.getpid(), os.getuid(), os.getgid())
 
 
@@ -965,9 +968,10 @@ def _instance_creds(c: Call, body: tuple[int, int, int], receiver: list[int],
     if proc is None:
         return 0, OVERFLOW_ID, OVERFLOW_ID
     creds = next(iter(proc.threads.values())).creds if proc.threads else proc.exit_creds
+    seen = pid_in(proc, active_pid_ns(c.task))
     if creds is None:
-        return proc.pid, OVERFLOW_ID, OVERFLOW_ID
-    return proc.pid, creds.ruid, creds.rgid
+        return seen, OVERFLOW_ID, OVERFLOW_ID
+    return seen, creds.ruid, creds.rgid
 
 
 def _sent_by_provider(c: Call, receiver: list[int], peek: int) -> tuple[int, int, int]:
@@ -979,6 +983,9 @@ def _sent_by_provider(c: Call, receiver: list[int], peek: int) -> tuple[int, int
         except OSError:
             receiver.append(-1)
     queue = c.inst.unix.sent_creds.get(receiver[0])
+    ns = active_pid_ns(c.task)
     if queue:
-        return queue[0] if peek else queue.popleft()
-    return 1, 0, 0
+        pid, uid, gid = queue[0] if peek else queue.popleft()
+        sender = c.inst.pids.process_in(None, pid)
+        return (pid_in(sender, ns) if sender is not None else 0), uid, gid
+    return (1 if ns is None else 0), 0, 0

@@ -5,9 +5,9 @@ table with CLONE_FILES, SysV semaphore undo list with CLONE_SYSVSEM, a
 single-threaded check with CLONE_THREAD/SIGHAND/VM) runs natively: those
 are no namespaces and need no privilege. CLONE_FS also gives the task its
 own root, working directory and umask here (task.FsContext), as Linux's
-unshare_fs does. New UTS and IPC namespaces are the provider's
-(kernel/task.py uts_of, ipc_of): the host runs the call without their
-flags. Other new namespaces are refused with EPERM, as Linux does for a
+unshare_fs does. New UTS, IPC and PID namespaces are the provider's
+(kernel/task.py uts_of, ipc_of, PidNamespace): the host runs the call
+without their flags. Other new namespaces are refused with EPERM, as Linux does for a
 caller without CAP_SYS_ADMIN and a container's runtime does for root.
 """
 
@@ -17,18 +17,21 @@ import errno
 import os
 
 from lxsub.abi.sched import (CLONE_FILES, CLONE_FS, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS,
-                              CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_SIGHAND, CLONE_SYSVSEM,
-                              CLONE_THREAD, CLONE_VM)
+                              CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_PARENT, CLONE_SIGHAND,
+                              CLONE_SYSVSEM, CLONE_THREAD, CLONE_VM)
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.sysctl import sysctls_of
-from lxsub.kernel.task import ipc_of, uts_of
+from lxsub.kernel.task import PidNamespace, active_pid_ns, children_pid_ns, ipc_of, ns_within, uts_of
 from lxsub.platform import libc
 
 NAMESPACES = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
               | CLONE_NEWTIME | CLONE_NEWUSER)
 _UNSHAREABLE = CLONE_THREAD | CLONE_FS | CLONE_SIGHAND | CLONE_VM | CLONE_FILES | CLONE_SYSVSEM | NAMESPACES
 # The namespaces the provider keeps for the instance's processes.
-EMULATED = CLONE_NEWUTS | CLONE_NEWIPC
+EMULATED = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+# include/linux/pid_namespace.h: PID namespaces nest 32 deep (the
+# instance's is level 0 here as on a host).
+MAX_PID_NS_LEVEL = 32
 
 
 def _implied(flags: int) -> int:
@@ -60,6 +63,8 @@ def sys_unshare(c: Call):
     if flags & CLONE_FILES:
         _check_table_copy_fits(c)
     task = c.task
+    if flags & CLONE_NEWPID:
+        _check_new_pid_ns(task)
     if flags & EMULATED:
         # The host unshares the rest (CLONE_SYSVSEM: exit_sem, as Linux).
         c.set_arg(0, (c.args[0] | (flags & CLONE_SYSVSEM)) & ~EMULATED)
@@ -75,7 +80,20 @@ def sys_unshare(c: Call):
             task.uts = uts_of(c.inst, task).copy()
         if flags & CLONE_NEWIPC:
             c.inst.enter_ipc(task, c.inst.new_ipc())
+        if flags & CLONE_NEWPID:
+            # Its children go into a new namespace; it stays where it is.
+            task.child_pid_ns = PidNamespace(children_pid_ns(task))
     return Native(done)
+
+
+def _check_new_pid_ns(task) -> None:
+    """copy_pid_ns: a task whose children already go to a namespace it
+    is not in cannot make another (EINVAL); 32 levels at most (ENOSPC)."""
+    where = children_pid_ns(task)
+    if where is not active_pid_ns(task):
+        raise OSError(errno.EINVAL, "pid_for_children is not the caller's namespace")
+    if where is not None and where.level >= MAX_PID_NS_LEVEL:
+        raise OSError(errno.ENOSPC, "too many nested PID namespaces")
 
 
 def _check_table_copy_fits(c: Call) -> None:
@@ -107,16 +125,27 @@ def _check_new_namespaces(c: Call, flags: int) -> None:
 
 
 def sys_clone_new_ns(c: Call) -> Native:
-    """clone(2) with CLONE_NEWUTS or CLONE_NEWIPC (and no other namespace:
-    the filter refuses those): the host clones without them and the child
-    gets new ones (Instance._new_task). CLONE_SYSVSEM shares the undo list
-    of semaphores the new namespace cannot reach: EINVAL (copy_namespaces)."""
+    """clone(2) with CLONE_NEWUTS, CLONE_NEWIPC or CLONE_NEWPID (and no
+    other namespace: the filter refuses those): the host clones without
+    them and the child gets new ones (Instance._new_task). CLONE_SYSVSEM
+    shares the undo list of semaphores the new namespace cannot reach:
+    EINVAL (copy_namespaces); a thread cannot be in another PID namespace
+    than its group, nor a sibling of a namespace's init (copy_process)."""
     flags = c.uint(0)
+    task = c.task
+    if flags & CLONE_NEWPID and flags & (CLONE_THREAD | CLONE_PARENT):
+        raise OSError(errno.EINVAL, "CLONE_NEWPID with CLONE_THREAD or CLONE_PARENT")
+    if flags & CLONE_THREAD and children_pid_ns(task) is not active_pid_ns(task):
+        raise OSError(errno.EINVAL, "a thread in another PID namespace")
     _check_new_namespaces(c, flags)
+    if flags & CLONE_NEWPID:
+        _check_new_pid_ns(task)
+    where = children_pid_ns(task)
+    if where is not None and not where.open_to_new():
+        raise OSError(errno.ENOMEM, "the PID namespace's init has exited")     # alloc_pid
     if flags & CLONE_NEWIPC and flags & CLONE_SYSVSEM:
         raise OSError(errno.EINVAL, "CLONE_NEWIPC with CLONE_SYSVSEM")
     c.set_arg(0, c.args[0] & ~EMULATED)
-    task = c.task
     task.clone_new_ns = flags & EMULATED
 
     def done(result: int) -> None:
@@ -156,7 +185,8 @@ def sys_setns(c: Call) -> int:
                 raise OSError(errno.EINVAL, "bad namespace flags")
             owner = next(iter(target.threads.values()), None)
             kinds = nstype
-            joined = {CLONE_NEWUTS: uts_of(c.inst, owner), CLONE_NEWIPC: ipc_of(c.inst, owner)}
+            joined = {CLONE_NEWUTS: uts_of(c.inst, owner), CLONE_NEWIPC: ipc_of(c.inst, owner),
+                      CLONE_NEWPID: target.pid_ns}
         else:
             raise OSError(errno.EINVAL, "not a namespace file or pidfd")
     finally:
@@ -167,7 +197,18 @@ def sys_setns(c: Call) -> int:
         c.task.uts = uts if uts is not c.inst.uts else None
     if kinds & CLONE_NEWIPC and joined.get(CLONE_NEWIPC) is not None:
         c.inst.enter_ipc(c.task, joined[CLONE_NEWIPC])
+    if kinds & CLONE_NEWPID:
+        _join_pid_ns(c.task, joined.get(CLONE_NEWPID))
     return 0
+
+
+def _join_pid_ns(task, ns) -> None:
+    """pidns_install: the caller's children go to ns (None: the
+    instance's), which must be its own namespace or one below it (EINVAL)."""
+    active = active_pid_ns(task)
+    if not ns_within(ns, active):
+        raise OSError(errno.EINVAL, "not the caller's PID namespace or below it")
+    task.child_pid_ns = ns if ns is not active else None
 
 
 def _install(c: Call, kinds: int) -> None:

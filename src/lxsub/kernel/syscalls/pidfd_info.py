@@ -15,6 +15,7 @@ import os
 import struct
 
 from lxsub.kernel.call import Call
+from lxsub.kernel.task import active_pid_ns, pid_in
 from lxsub.kernel.vfs import lookup
 
 # _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info): the size is part of
@@ -42,14 +43,8 @@ def get_info(c: Call, cmd: int) -> int:
         os.close(local)
     mask = struct.unpack_from("<Q", buf, 0)[0]
     host_pid, host_tgid, host_ppid = _IDS.unpack_from(buf, 16)
-    pids = c.inst.pids
     if mask & PIDFD_INFO_PID:
-        proc = pids.processes_by_host.get(host_tgid)
-        if proc is not None and proc.parent is not None:
-            ppid = proc.parent.pid                   # as getppid(2) answers it
-        else:
-            ppid = (pids.vpid_of_host(host_ppid) or 0) if host_ppid else 0
-        _IDS.pack_into(buf, 16, pids.vpid_of_host(host_pid) or 0, pids.vpid_of_host(host_tgid) or 0, ppid)
+        _IDS.pack_into(buf, 16, *_pids(c, host_pid, host_tgid, host_ppid))
     if mask & PIDFD_INFO_CREDS:
         creds = _creds_of(c, host_pid, host_tgid)
         if creds is not None:
@@ -59,10 +54,23 @@ def get_info(c: Call, cmd: int) -> int:
     return 0
 
 
+def _pids(c: Call, host_pid: int, host_tgid: int, host_ppid: int) -> tuple[int, int, int]:
+    """pid, tgid and ppid as the caller's PID namespace names them (0: outside it)."""
+    ns = active_pid_ns(c.task)
+    pid = c.inst.pid_of_host(host_pid, ns) or 0
+    tgid = c.inst.pid_of_host(host_tgid, ns) or 0
+    proc = c.inst.pids.processes_by_host.get(host_tgid) or c.inst.pids.zombies_by_host.get(host_tgid)
+    if proc is not None and proc.parent is not None:
+        ppid = pid_in(proc.parent, ns)                  # as getppid(2) answers it
+    else:
+        ppid = (c.inst.pid_of_host(host_ppid, ns) or 0) if host_ppid else 0
+    return pid, tgid, ppid
+
+
 def _creds_of(c: Call, host_pid: int, host_tgid: int):
     """The instance credentials of the thread (a zombie's: its last ones)."""
     task = c.inst.pids.tasks_by_host.get(host_pid)
     if task is not None:
         return task.creds
-    proc = c.inst.pids.processes_by_host.get(host_tgid)
+    proc = c.inst.pids.processes_by_host.get(host_tgid) or c.inst.pids.zombies_by_host.get(host_tgid)
     return proc.exit_creds if proc is not None else None

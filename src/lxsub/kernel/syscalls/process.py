@@ -27,6 +27,7 @@ from lxsub.kernel import creds as caps
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.exec import plan as exec_plan
 from lxsub.kernel.vfs import lookup
+from lxsub.kernel.task import active_pid_ns, pid_in, tid_in
 from lxsub.platform import bpf, landlock, memory
 
 
@@ -133,42 +134,44 @@ def _point_registers_at(c: Call, p: exec_plan.ExecPlan, envp_ptr: int, sp: int,
 # -- ids ----------------------------------------------------------------------
 
 def sys_getpid(c: Call) -> int:
-    return c.task.pid
+    return pid_in(c.task.process, active_pid_ns(c.task))
 
 
 def sys_gettid(c: Call) -> int:
-    return c.task.tid
+    return tid_in(c.task, active_pid_ns(c.task))
 
 
 def sys_getppid(c: Call) -> int:
+    """The parent's pid in the caller's namespace: 0 for a namespace's
+    init, whose parent is outside it."""
     parent = c.task.process.parent
-    return parent.pid if parent is not None else 0
+    return pid_in(parent, active_pid_ns(c.task)) if parent is not None else 0
 
 
 def sys_set_tid_address(c: Call):
-    tid = c.task.tid
+    tid = tid_in(c.task, active_pid_ns(c.task))
     return Native(on_exit=lambda _r: tid)
 
 
 def _host_pid_or_esrch(c: Call, vpid: int) -> int:
     if vpid == 0:
         return c.task.host_pid
-    host = c.inst.pids.host_of_vpid(vpid)
+    host = c.inst.pids.host_pid_in(active_pid_ns(c.task), vpid)
     if host is None:
         raise OSError(errno.ESRCH, "no such process")
     return host
 
 
 def sys_getpgid(c: Call) -> int:
-    return c.inst.pids.group_to_virtual(os.getpgid(_host_pid_or_esrch(c, c.int(0))))
+    return c.inst.pids.group_in(os.getpgid(_host_pid_or_esrch(c, c.int(0))), active_pid_ns(c.task))
 
 
 def sys_getpgrp(c: Call) -> int:
-    return c.inst.pids.group_to_virtual(os.getpgid(c.task.host_pid))
+    return c.inst.pids.group_in(os.getpgid(c.task.host_pid), active_pid_ns(c.task))
 
 
 def sys_getsid(c: Call) -> int:
-    return c.inst.pids.group_to_virtual(os.getsid(_host_pid_or_esrch(c, c.int(0))))
+    return c.inst.pids.group_in(os.getsid(_host_pid_or_esrch(c, c.int(0))), active_pid_ns(c.task))
 
 
 def sys_setpgid(c: Call):
@@ -176,7 +179,7 @@ def sys_setpgid(c: Call):
     if pid < 0 or pgid < 0:
         raise OSError(errno.EINVAL, "negative id")
     host_pid = 0 if pid == 0 else _host_pid_or_esrch(c, pid)
-    host_pgid = 0 if pgid == 0 else c.inst.pids.group_to_host(pgid)
+    host_pgid = 0 if pgid == 0 else c.inst.pids.group_host_in(active_pid_ns(c.task), pgid)
     if host_pgid is None:
         raise OSError(errno.EPERM, "no such process group")
     c.set_arg(0, host_pid)
@@ -185,8 +188,8 @@ def sys_setpgid(c: Call):
 
 
 def sys_setsid(c: Call):
-    pids = c.inst.pids
-    return Native(on_exit=lambda r: pids.group_to_virtual(r) if r > 0 else None)
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
+    return Native(on_exit=lambda r: pids.group_in(r, ns) if r > 0 else None)
 
 
 # -- waiting ----------------------------------------------------------------------
@@ -195,11 +198,11 @@ def _wait_target_to_host(c: Call, pid: int) -> int:
     if pid in (-1, 0):
         return pid
     if pid < -1:
-        host = c.inst.pids.group_to_host(-pid)
+        host = c.inst.pids.group_host_in(active_pid_ns(c.task), -pid)
         if host is None:
             raise OSError(errno.ECHILD, "no such child")
         return -host
-    host = c.inst.pids.host_of_vpid(pid)
+    host = c.inst.pids.host_pid_in(active_pid_ns(c.task), pid)
     if host is None:
         raise OSError(errno.ECHILD, "no such child")
     return host
@@ -221,11 +224,11 @@ def sys_wait4(c: Call):
         if traced is not None:
             return traced
     c.set_arg(0, _wait_target_to_host(c, c.int(0)))
-    inst = c.inst
+    inst, ns = c.inst, active_pid_ns(c.task)
 
     def translate(result: int):
         if result > 0:
-            return inst.reaped(result) or result
+            return inst.reaped(result, ns) or result
         return None
     return Native(on_exit=translate)
 
@@ -248,7 +251,7 @@ def _plain_waitid(c: Call):
         c.set_arg(1, _wait_target_to_host(c, ident))
     elif idtype == P_PGID and ident > 0:
         c.set_arg(1, -_wait_target_to_host(c, -ident))
-    inst, pid = c.inst, c.pid
+    inst, pid, ns = c.inst, c.pid, active_pid_ns(c.task)
 
     def translate(result: int):
         # siginfo_t: si_pid at 16, si_uid at 20 (the child's, as waitid(2) says).
@@ -258,7 +261,7 @@ def _plain_waitid(c: Call):
             if host > 0:
                 child = inst.pids.zombies_by_host.get(host) or inst.pids.processes_by_host.get(host)
                 uid = inst.ruid_of(child) if child is not None else 0
-                v = inst.reaped(host) if not options & _WNOWAIT else inst.pids.vpid_of_host(host)
+                v = inst.reaped(host, ns) if not options & _WNOWAIT else inst.pid_of_host(host, ns)
                 memory.write(pid, infop + 16, struct.pack("<iI", v or host, uid))
         return None
     return Native(on_exit=translate)

@@ -19,6 +19,7 @@ from lxsub.abi.signal import NSIG
 from lxsub.abi.sysno import NUMBERS, SYS_TGKILL
 from lxsub.kernel import ptrace as kptrace
 from lxsub.kernel.call import Call, Native
+from lxsub.kernel.task import active_pid_ns
 from lxsub.platform import libc, memory
 from lxsub.platform.bpf import AUDIT_ARCH_X86_64
 from lxsub.platform import ptrace as host
@@ -42,8 +43,9 @@ def sys_ptrace(c: Call) -> int:
     space = c.inst.ptrace
     if request == pt.PTRACE_TRACEME:
         return _traceme(c, space)
-    target = c.inst.pids.tasks_by_vid.get(pid) if pid > 0 else None
-    if pid == 1 and request in (pt.PTRACE_ATTACH, pt.PTRACE_SEIZE):
+    ns = active_pid_ns(c.task)
+    target = c.inst.pids.task_in(ns, pid) if pid > 0 else None
+    if pid == 1 and ns is None and request in (pt.PTRACE_ATTACH, pt.PTRACE_SEIZE):
         # /init is the provider: it exists, and may not be traced.
         raise OSError(errno.EPERM, "not permitted")
     if target is None:

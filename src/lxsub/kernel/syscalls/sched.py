@@ -13,12 +13,15 @@ from lxsub.abi.sysno import NUMBERS
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import CAP_SYS_NICE, CAP_SYS_RESOURCE, Creds
 from lxsub.kernel.sysctl import sysctls_of
+from lxsub.kernel.task import active_pid_ns
 
 
 def _translate_arg(c: Call, i: int, negative: int = errno.EINVAL) -> Native:
     pid = c.int(i)
     if pid != 0:
-        host = c.inst.pids.host_of_vtid(pid) or c.inst.pids.host_of_vpid(pid)
+        ns = active_pid_ns(c.task)
+        task = c.inst.pids.task_in(ns, pid)
+        host = task.host_tid if task is not None else c.inst.pids.host_pid_in(ns, pid)
         if host is None or pid < 0:
             raise OSError(errno.ESRCH if pid > 0 else negative, "no such process")
         c.set_arg(i, host)
@@ -39,7 +42,7 @@ def sys_task_first(c: Call) -> Native:
     or with CAP_SYS_RESOURCE. The host sees one user and checks neither."""
     pid = c.int(0)
     native = _translate_arg(c, 0, errno.ESRCH)
-    target = c.inst.pids.tasks_by_vid.get(pid) if pid > 0 else None
+    target = c.inst.pids.task_in(active_pid_ns(c.task), pid) if pid > 0 else None
     if target is None or target.process is c.task.process:
         return native
     me, them = c.task.creds, target.creds
@@ -85,7 +88,7 @@ def sys_get_robust_list(c: Call) -> Native | int:
     (kernel/futex/syscalls.c, PTRACE_MODE_READ_REALCREDS)."""
     pid = c.int(0)
     pids = c.inst.pids
-    target = pids.tasks_by_vid.get(pid) if pid > 0 else None
+    target = pids.task_in(active_pid_ns(c.task), pid) if pid > 0 else None
     if target is None and pid == 1:
         return _init_robust_list(c)
     if target is None:
@@ -134,7 +137,7 @@ def _sched_target(c: Call, pid: int) -> tuple[Creds, int] | None:
     where the host answers anyway (ESRCH, EINVAL for a negative pid)."""
     if pid == 0:
         return c.task.creds, c.task.host_tid
-    task = c.inst.pids.tasks_by_vid.get(pid) if pid > 0 else None
+    task = c.inst.pids.task_in(active_pid_ns(c.task), pid) if pid > 0 else None
     if task is None:
         return (Creds(), c.inst.init.host_pid) if pid == 1 else None
     return task.creds, task.host_tid
@@ -229,19 +232,19 @@ MIN_NICE, MAX_NICE = -20, 19
 
 def _renice_targets(c: Call, which: int, who: int) -> list[tuple[Creds, int, int]]:
     """(creds, host pid, host tid) of each thread setpriority would change."""
-    pids = c.inst.pids
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
     if which == PRIO_PROCESS:
-        task = c.task if who == 0 else pids.tasks_by_vid.get(who) if who > 0 else None
+        task = c.task if who == 0 else pids.task_in(ns, who) if who > 0 else None
         if task is not None:
             return [(task.creds, task.process.host_pid, task.host_tid)]
-        if who == 1:    # /init is the provider, running as root
+        if who == 1 and ns is None:    # /init is the provider, running as root
             return [(Creds(), c.inst.init.host_pid, c.inst.init.host_pid)]
         return []
-    group = os.getpgid(c.task.process.host_pid) if who == 0 else pids.group_to_host(who)
+    group = os.getpgid(c.task.process.host_pid) if who == 0 else pids.group_host_in(ns, who)
     out = []
     # Newest first, as the kernel's pid lists hold a group (attach_pid adds
     # at the head): the last refusal, which is the answer, is the oldest's.
-    for proc in reversed(list(pids.processes_by_vid.values())):
+    for proc in reversed(pids.visible(ns)):
         try:
             if proc is c.inst.init or group is None or os.getpgid(proc.host_pid) != group:
                 continue
@@ -338,7 +341,7 @@ def _check_renice(c: Call, which: int, who: int, nice: int) -> None:
 
 
 def _translate_group(c: Call, i: int) -> Native:
-    host = c.inst.pids.group_to_host(c.int(i))
+    host = c.inst.pids.group_host_in(active_pid_ns(c.task), c.int(i))
     if host is None:
         raise OSError(errno.ESRCH, "no such process group")
     c.set_arg(i, host)

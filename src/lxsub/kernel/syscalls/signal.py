@@ -22,6 +22,7 @@ from lxsub.abi.signal import IGNORED_BY_DEFAULT, NSIG as _NSIG, SI_TKILL, SIGCON
 from lxsub.abi.sysno import SYS_KILL, SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE, SYS_RT_SIGQUEUEINFO
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import Creds, may_signal
+from lxsub.kernel.task import active_pid_ns, is_pid_ns_init, ns_within, pid_in
 from lxsub.platform import hostproc, memory
 from lxsub.platform.ptrace import SigInfo
 
@@ -72,8 +73,16 @@ def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
     target's rt_sigtimedwait or epoll_wait with EINTR. So the provider drops
     it, unless a tracer inside the instance traces the target. A signal
     the target is waiting for in rt_sigtimedwait counts as blocked if it
-    was blocked before the wait (the kernel's real_blocked)."""
-    if target is None or sig in (0, SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
+    was blocked before the wait (the kernel's real_blocked). The init of
+    a PID namespace ignores every signal it has no handler for, and
+    SIGKILL and SIGSTOP from inside its namespace (sig_task_ignored,
+    SIGNAL_UNKILLABLE): only an ancestor's process forces those."""
+    if target is None or sig == 0:
+        return False
+    init = is_pid_ns_init(target.process)
+    if init and sig in (SIGKILL, SIGSTOP):
+        return ns_within(active_pid_ns(c.task), target.process.pid_ns)
+    if sig in (SIGKILL, SIGSTOP, SIGCONT) or c.inst.ptrace.link_of(target):
         return False
     masks = hostproc.signal_masks(target.host_tid)
     bit = 1 << (sig - 1)
@@ -81,14 +90,14 @@ def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
         return False
     if masks["SigIgn"] & bit:
         return True
-    return sig in IGNORED_BY_DEFAULT and not masks["SigCgt"] & bit
+    return (init or sig in IGNORED_BY_DEFAULT) and not masks["SigCgt"] & bit
 
 
 def sys_kill(c: Call):
     pid, sig = c.int(0), c.int(1)
     _check_signal(sig)
-    pids = c.inst.pids
-    if pid == 1:
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
+    if pid == 1 and ns is None:
         # /init takes no signals it has not asked for, after the permission
         # check against its (root's) credentials, as for any process.
         if not may_signal(c.task.creds, Creds()):
@@ -97,14 +106,14 @@ def sys_kill(c: Call):
     if pid == -1:
         return _kill_each(c, sig, _others(c))
     if pid > 0:
-        host = pids.host_of_vpid(pid)
+        host = pids.host_pid_in(ns, pid)
         if host is not None:
-            leader = _leader(pids.processes_by_vid[pid])
+            leader = _leader(pids.process_in(ns, pid))
             _check_permission(c, leader, sig)
             if _discarded(c, leader, sig):
                 return 0
     else:
-        host = pids.group_to_host(-pid) if pid < -1 else os.getpgid(c.task.host_tid)
+        host = pids.group_host_in(ns, -pid) if pid < -1 else os.getpgid(c.task.host_tid)
         if host is None:
             raise OSError(errno.ESRCH, "no such process")
         members = _group(c, host)
@@ -118,14 +127,16 @@ def sys_kill(c: Call):
 
 
 def _others(c: Call) -> list["Process"]:
-    """kill(-1): every instance process but init and the caller."""
-    return [p for p in list(c.inst.pids.processes_by_vid.values())
-            if not (p.is_init() or p is c.task.process or p.exited)]
+    """kill(-1): every process of the caller's namespace (and below) but
+    its init and the caller."""
+    ns = active_pid_ns(c.task)
+    return [p for p in c.inst.pids.visible(ns)
+            if not (p.is_init() or p is c.task.process or p.exited or pid_in(p, ns) == 1)]
 
 
 def _group(c: Call, host_pgid: int) -> list["Process"]:
     out = []
-    for p in list(c.inst.pids.processes_by_vid.values()):
+    for p in c.inst.pids.visible(active_pid_ns(c.task)):
         if p.exited or p.is_init():
             continue
         try:
@@ -157,7 +168,8 @@ def _kill_each(c: Call, sig: int, procs: list["Process"]) -> int:
 
 
 def _thread(c: Call, vtid: int, sig: int) -> int:
-    host = c.inst.pids.host_of_vtid(vtid)
+    task = c.inst.pids.task_in(active_pid_ns(c.task), vtid) if vtid > 0 else None
+    host = task.host_tid if task is not None else None
     if host is None or vtid <= 0:
         raise OSError(errno.ESRCH if vtid > 0 else errno.EINVAL, "no such thread")
     _check_permission(c, c.inst.pids.tasks_by_host.get(host), sig)
@@ -179,7 +191,7 @@ def _thread_in_group(c: Call, tgid: int, tid: int, sig: int) -> "Task":
         raise OSError(errno.EINVAL, "bad tgid")
     host_tid = _thread(c, tid, sig)
     task = c.inst.pids.tasks_by_host[host_tid]
-    if task.pid != tgid:
+    if pid_in(task.process, active_pid_ns(c.task)) != tgid:
         raise OSError(errno.ESRCH, "no such thread in that group")
     c.set_arg(0, task.host_pid)
     c.set_arg(1, host_tid)
@@ -200,13 +212,13 @@ SIGINFO_SIZE = 128
 def sys_rt_sigqueueinfo(c: Call):
     c.read(c.ptr(2), SIGINFO_SIZE)      # copy_siginfo_from_user comes first: EFAULT
     pid, sig = c.int(0), c.int(1)
-    pids = c.inst.pids
-    proc = pids.processes_by_vid.get(pid) if pid > 0 else None
+    pids, ns = c.inst.pids, active_pid_ns(c.task)
+    proc = pids.process_in(ns, pid) if pid > 0 else None
     host = proc.host_pid if proc is not None else None
     if proc is None and pid > 0:
         # kill_proc_info finds any task by its pid, a thread's too, and
         # signals its thread group (rt_sigqueueinfo(2)); so does the host's.
-        thread = pids.tasks_by_vid.get(pid)
+        thread = pids.task_in(ns, pid)
         if thread is not None:
             proc, host = thread.process, thread.host_tid
     if proc is None:
@@ -224,7 +236,7 @@ def sys_rt_tgsigqueueinfo(c: Call):
 
 def sys_pidfd_open(c: Call):
     pid = c.int(0)
-    host = c.inst.pids.host_of_vpid(pid) if pid > 0 else None
+    host = c.inst.pids.host_pid_in(active_pid_ns(c.task), pid) if pid > 0 else None
     if host is None:
         raise OSError(errno.ESRCH if pid > 0 else errno.EINVAL, "no such process")
     c.set_arg(0, host)
@@ -337,7 +349,7 @@ def sys_timer_create(c: Call):
     notify = struct.unpack_from("<i", event, _SIGEV_NOTIFY)[0]
     if notify & SIGEV_THREAD_ID:
         vtid = struct.unpack_from("<i", event, _SIGEV_TID)[0]
-        task = c.inst.pids.tasks_by_vid.get(vtid)
+        task = c.inst.pids.task_in(active_pid_ns(c.task), vtid)
         if task is None or task.process is not c.task.process:
             raise OSError(errno.EINVAL, "not a thread of the caller")
         struct.pack_into("<i", event, _SIGEV_TID, task.host_tid)
@@ -426,7 +438,7 @@ def sys_rt_sigtimedwait(c: Call):
         if result > 0 and info_addr:
             raw = memory.read(pid, info_addr, ctypes.sizeof(SigInfo))
             info = SigInfo.from_buffer_copy(raw)
-            if inst.translate_sender(info):
+            if inst.translate_sender(info, active_pid_ns(task)):
                 memory.write(pid, info_addr, bytes(info))
         return None
     return Native(on_exit=translate)

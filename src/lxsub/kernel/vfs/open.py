@@ -141,6 +141,8 @@ def open_node(vfs: "Vfs", caller: "Caller", node: Node, flags: int):
         raise OSError(errno.EPERM, "O_NOATIME on a file the caller does not own")
     if st.S_ISREG(mode) and (flags & os.O_ACCMODE or flags & O_TRUNC) and node.host_st is not None:
         vfs.images.check_writable((node.host_st.st_dev, node.host_st.st_ino))
+    if (st.S_ISCHR(mode) or st.S_ISBLK(mode)) and vfs.loops.claims(st.S_IFMT(mode), attr.rdev):
+        return vfs.loops.open(st.S_IFMT(mode), attr.rdev, flags)
     if st.S_ISCHR(mode) or st.S_ISBLK(mode):
         fd = devices.open_device(st.S_IFMT(mode), attr.rdev, flags,
                                  caller.task.host_pid if caller.task is not None else None)

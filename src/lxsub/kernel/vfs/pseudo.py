@@ -54,6 +54,9 @@ class Entry:
     mode = st.S_IFREG | 0o444
     uid = gid = 0
     rdev = 0
+    # Its inode number where it has one of its own (a namespace's, as nsfs
+    # gives it); else one made from its path.
+    ino: int = 0
     # (uid, gid) computed when asked, for files owned by someone that can
     # change (/proc/<pid>/... belongs to the process's effective ids).
     owner_of: Callable[[], tuple[int, int]] | None = None
@@ -304,7 +307,7 @@ class PseudoFs(FileSystem):
             uid, gid = e.owner()
         except OSError:          # the process it belongs to is gone
             uid, gid = e.uid, e.gid
-        return LinuxStat(self.dev, _ino(e.key), nlink, e.mode, uid, gid, e.rdev, 0, 1024, 0,
+        return LinuxStat(self.dev, e.ino or _ino(e.key), nlink, e.mode, uid, gid, e.rdev, 0, 1024, 0,
                          self.born, self.born, self.born)
 
     def statfs(self, node: Node) -> tuple:

@@ -22,6 +22,7 @@ import stat as st
 from lxsub.kernel.fs.anon import HostObjectFs
 from lxsub.kernel.fs.devfs import PtyOwners
 from lxsub.kernel.fs.devices import OpenedDevices
+from lxsub.kernel.fs.loopdev import LoopDevices
 from lxsub.kernel.vfs.images import RunningImages
 from lxsub.kernel.vfs.filesystem import CLAIM_BY_ROOT, CLAIM_OWN, CLAIM_REST, FileSystem
 from lxsub.kernel.vfs.mount import Mount, MountTable
@@ -42,6 +43,8 @@ class Vfs:
         self.ptys = PtyOwners()
         # Devices opened through a node of their own (mknod on a host tree).
         self.opened_devices = OpenedDevices()
+        # The instance's loop devices (kernel/fs/loopdev.py).
+        self.loops = LoopDevices()
         self.images = RunningImages()          # program files being run (ETXTBSY)
 
     # -- host descriptor -> Node ---------------------------------------------------

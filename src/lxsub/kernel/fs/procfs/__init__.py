@@ -70,7 +70,9 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
         static.add(File("/cmdline", lambda t: b"BOOT_IMAGE=/lxsub init=/init\n"))
         for name in _PASSTHROUGH:         # those any host user may read
             try:
-                if os.stat("/proc/" + name).st_mode & 0o004:
+                if name == "partitions":
+                    static.add(File("/partitions", lambda t: self._partitions()))
+                elif os.stat("/proc/" + name).st_mode & 0o004:
                     static.add(HostFile("/" + name, "/proc/" + name))
             except OSError:
                 continue
@@ -78,6 +80,20 @@ class ProcFs(TasksFiles, MountFiles, SysTree, PseudoFs):
         for entry in (*keys.proc_entries(self.inst), *sysvipc.proc_entries(self.inst)):
             static.add(entry)
         return static
+
+    def _partitions(self) -> bytes:
+        """The host's disks (the instance's files are on them), less the
+        host's loop devices, and the instance's own loop devices."""
+        from lxsub.kernel.fs import loopdev
+        try:
+            with open("/proc/partitions") as f:
+                host = f.read().splitlines()
+        except OSError:
+            host = []
+        head = host[:2] if host else ["major minor  #blocks  name", ""]
+        rows = [r for r in host[2:] if r.split() and r.split()[0] != str(loopdev.LOOP_MAJOR)]
+        rows += loopdev.partitions_lines(self.inst.vfs.loops)
+        return ("\n".join(head + rows) + "\n").encode()
 
     def process_dir(self, proc: "Process", thread: "Task | None" = None,
                     path: str | None = None) -> "Dir":

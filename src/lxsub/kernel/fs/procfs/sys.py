@@ -12,7 +12,7 @@ import uuid
 from lxsub.kernel import keys
 from lxsub.kernel.syscalls.klog import kernel_log
 from lxsub.kernel.sysctl import KNOBS, sysctls_of
-from lxsub.kernel.task import PID_MAX, ipc_of, uts_of
+from lxsub.kernel.task import PID_MAX, active_pid_ns, ipc_of, uts_of
 from lxsub.kernel.vfs.pseudo import File, HostDir, HostFile, StaticDir
 
 
@@ -52,8 +52,9 @@ class SysTree:
         kernel.add(File("/sys/kernel/ostype", lambda t: b"Linux\n"))
         kernel.add(File("/sys/kernel/version", lambda t: os.uname().version.encode() + b"\n"))
         kernel.add(File("/sys/kernel/pid_max", lambda t: f"{PID_MAX}\n".encode()))
-        kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid()}\n".encode(),
-                        write=lambda t, data: _set_last_pid(inst, t, data), mode=0o444))
+        kernel.add(File("/sys/kernel/ns_last_pid", lambda t: f"{self._last_pid_in(active_pid_ns(t))}\n".encode(),
+                        # 0666 (pid_ns_ctl_table): anyone opens it, the write checks the writer
+                        write=lambda t, data: _set_last_pid(inst, t, data), mode=0o666))
         log = kernel_log(inst)
         kernel.add(File("/sys/kernel/printk", lambda t: log.printk(),
                         write=lambda t, data: log.set_printk(data), mode=0o444))
@@ -112,9 +113,11 @@ def _checkpoint_restore_value(t, data: bytes, low: int, high: int) -> int:
 
 
 def _set_last_pid(inst, t, data: bytes) -> None:
-    """kernel/pid_namespace.c pid_ns_ctl_handler: the pid the namespace
-    allocated last, so the next process gets the one after it."""
-    inst.pids.set_last(_checkpoint_restore_value(t, data, 0, PID_MAX - 1))
+    """kernel/pid_namespace.c pid_ns_ctl_handler: the pid the writer's
+    namespace allocated last, so its next process gets the one after it."""
+    value = _checkpoint_restore_value(t, data, 0, PID_MAX - 1)
+    ns = active_pid_ns(t)
+    (inst.pids if ns is None else ns).set_last(value)
 
 
 def _set_next_id(inst, t, kind: str, data: bytes) -> None:

@@ -175,10 +175,16 @@ class TaskFiles:
             key, _, val = line.partition(":")
             if key == "Name":
                 val = "\t" + proc.comm
-            elif key in ("Tgid", "NStgid"):
+            elif key == "Tgid":
                 val = f"\t{proc.pid}"
-            elif key in ("Pid", "NSpid"):
+            elif key == "Pid":
                 val = f"\t{vid}"
+            elif key == "NStgid":
+                # Its pid in each namespace from /proc's (the instance's) down.
+                val = "".join(f"\t{n}" for n in (proc.pid, *proc.ns_pids))
+            elif key == "NSpid":
+                val = "".join(f"\t{n}" for n in ((thread.tid, *thread.ns_tids) if thread else
+                                                  (proc.pid, *proc.ns_pids)))
             elif key == "PPid":
                 val = f"\t{proc.parent.pid if proc.parent else 0}"
             elif key == "TracerPid":
@@ -348,7 +354,9 @@ class FdLink(Link):
             if node is None:
                 return by_path()
             path = inst.vfs.vpath_of(node)
-            if deleted and not path.endswith(" (deleted)"):
+            # A pseudo file's host object (a memfd: an open /proc file, a
+            # loop device) is unlinked on the host, not in the instance.
+            if deleted and node.obj is None and not path.endswith(" (deleted)"):
                 path += " (deleted)"
             return path
         except OSError:

@@ -65,6 +65,10 @@ class TasksFiles:
         nxt = getattr(self.inst.pids, "_next", 2)
         return nxt - 1 if nxt > 2 else PID_MAX - 1
 
+    def _last_pid_in(self, ns) -> int:
+        """The pid a PID namespace (None: the instance's) allocated last."""
+        return self._last_pid() if ns is None else ns.last()
+
     def _tasks(self):
         for proc in list(self.inst.pids.processes_by_vid.values()):
             if proc.exited or proc.is_init():
