@@ -39,6 +39,8 @@ NOT_IN_HEADERS = {
     "ALL_INOTIFY_BITS",   # include/linux/inotify.h, not exported; its parts are checked
     "AT_HANDLE_FID", "AT_HANDLE_CONNECTABLE",   # linux/fcntl.h of Linux 6.5 and 6.13, checked if there
     "SO_PASSPIDFD", "SO_PEERPIDFD",     # asm/socket.h of Linux 6.5, checked if there
+    "STATX_MNT_ID_UNIQUE",               # linux/stat.h of Linux 6.8, checked if there
+    "F_CREATED_QUERY",                   # linux/fcntl.h of Linux 6.12, checked if there
     "SCM_MAX_FD",         # include/net/scm.h, not exported to programs
     "UIO_MAXIOV",         # linux/uio.h clashes with glibc's struct iovec: sysconf(_SC_IOV_MAX)
     "ELF_ET_DYN_BASE",    # arch/x86/include/asm/elf.h, not exported: where a PIE is loaded

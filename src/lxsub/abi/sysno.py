@@ -341,6 +341,7 @@ NUMBERS: dict[str, int] = {
     "statx": 332,
     "io_pgetevents": 333,
     "rseq": 334,
+    "uretprobe": 335,
     "pidfd_send_signal": 424,
     "io_uring_setup": 425,
     "io_uring_enter": 426,

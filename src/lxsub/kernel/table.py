@@ -25,9 +25,10 @@ from lxsub.kernel import fanotify as kfanotify
 from lxsub.kernel import timekeeping
 from lxsub.kernel.fs import loopdev, lxbusdev
 from lxsub.kernel.fs.procfs import ns as procfs_ns
+from lxsub.kernel.fs.procfs import procmap
 from lxsub.kernel.syscalls import (acct, clock, crossproc, fanotify, fcntl, fhandle, identity, inotify, ioctl, ipc,
-                                   keys, klog, mount, mqueue, net, nsproxy, process, ptrace, sched, signal, stat, stdio,
-                                   unistd, utsname, xattr)
+                                   keys, klog, lsm, mount, mountinfo, mqueue, net, nsproxy, pidfd_info, process,
+                                   ptrace, sched, signal, stat, stdio, unistd, utsname, xattr)
 from lxsub.platform import bpf, coderun
 from lxsub.platform.bpf import ArgRule, ByArgs
 
@@ -112,19 +113,24 @@ ROWS: list[Syscall] = [
       for n in ("read", "pread64", "readv", "preadv", "preadv2")),
     Syscall("fcntl", NATIVE, fcntl.sys_fcntl, FULL, "F_SETOWN/F_GETOWN(_EX) trap: PIDs translated; "
             "F_GETLK/F_OFD_GETLK traced: the holder's l_pid made virtual; F_SETPIPE_SZ traps: the "
-            "instance's pipe-max-size",
-            rules=(*_when(1, (8, 9, 15, 16, fcntl.F_SETPIPE_SZ), bpf.RET_USER_NOTIF),
+            "instance's pipe-max-size; F_CREATED_QUERY traps: VolFs's created files are marked "
+            "(kernel/vfs/created.py)",
+            rules=(*_when(1, (8, 9, 15, 16, fcntl.F_SETPIPE_SZ, fcntl.F_CREATED_QUERY), bpf.RET_USER_NOTIF),
                    *_when(1, (fcntl.F_GETLK, fcntl.F_OFD_GETLK), bpf.RET_TRACE))),
     Syscall("ioctl", NATIVE, ioctl.sys_ioctl, FULL,
             "terminal/socket owner and process group requests trap: PIDs translated; TIOCSTI denied; "
             "the LxBus requests of /dev/lxbus trap by notify (docs/LXBUS.md); the loop and block "
             "requests trap by notify: the instance's loop devices (/dev/loop-control, /dev/loopN); the NS_GET_* "
-            "requests of namespace files answer for the instance's namespaces",
+            "requests of namespace files answer for the instance's namespaces; PROCMAP_QUERY on "
+            "/proc/<pid>/maps asks the host's and names the file by its instance path; PIDFD_GET_INFO "
+            "gives the instance's pids and credentials",
             rules=(ArgRule(1, "eq", ioctl.TIOCSTI, bpf.errno_action(errno.EPERM)),
                    *_when(1, ioctl.TRAPPED, bpf.RET_TRACE),
                    *_when(1, lxbusdev.REQUESTS, bpf.RET_USER_NOTIF),
                    *_when(1, loopdev.REQUESTS, bpf.RET_USER_NOTIF),
-                   *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF))),
+                   *_when(1, procfs_ns.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, procmap.REQUESTS, bpf.RET_USER_NOTIF),
+                   *_when(1, pidfd_info.REQUESTS, bpf.RET_USER_NOTIF))),
     # -- memory, time, scheduling of the caller itself
     *(native(n) for n in (
         "mmap", "mprotect", "munmap", "brk", "mremap", "msync", "mincore", "madvise",
@@ -140,6 +146,8 @@ ROWS: list[Syscall] = [
         "rt_sigaction", "rt_sigprocmask", "rt_sigpending",
         "rt_sigsuspend", "sigaltstack", "landlock_create_ruleset",
         "landlock_add_rule")),
+    native("uretprobe", "the host's: only the host's uretprobe trampoline may call it (elsewhere "
+           "SIGILL, as on Linux)"),
     Syscall("rt_sigreturn", NATIVE, signal.sys_rt_sigreturn, FULL, "one first argument (it takes "
             "none) traps: the end of the provider's code that maps a dynamic program at its exec "
             "(platform/coderun.py); the call then runs as asked",
@@ -326,7 +334,7 @@ ROWS: list[Syscall] = [
     *(notify(n, getattr(xattr, "sys_" + n), "VolFs's own attributes are hidden")
       for n in ("getxattr", "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr",
                 "listxattr", "llistxattr", "flistxattr", "removexattr", "lremovexattr",
-                "fremovexattr")),
+                "fremovexattr", "setxattrat", "getxattrat", "listxattrat", "removexattrat")),
     # -- processes: virtual PIDs
     trace("execve", process.sys_execve, "interpreters resolved in the instance; dynamic "
           "programs run through the instance's ld.so"),
@@ -436,7 +444,10 @@ ROWS: list[Syscall] = [
            "MOVE_MOUNT_SET_GROUP: EINVAL", PARTIAL),
     denied("fsopen"), denied("fsconfig"),
     denied("fsmount"), denied("fspick"), denied("mount_setattr"), denied("open_tree_attr"),
-    denied("statmount"), denied("listmount"),
+    notify("statmount", mountinfo.sys_statmount, "the instance's mounts (kernel/vfs/statmount.py): "
+           "unique ids are mountinfo's plus 2^31; all mounts private; no LSM options, no fs subtypes"),
+    notify("listmount", mountinfo.sys_listmount, "the instance's mounts below a mount or the "
+           "caller's root, in id order (LISTMOUNT_REVERSE too)"),
     denied("swapon"), denied("swapoff"), trace("acct", acct.sys_acct, "the instance's accounting file: an acct_v3 record per "
           "ended process, written at its last thread's exit stop, which the host reports while "
           "accounting is on (its times from the host)", PARTIAL),
@@ -480,6 +491,13 @@ ROWS: list[Syscall] = [
     notify("request_key", keys.sys_request_key, "no /sbin/request-key upcall: a key not found "
            "is ENOKEY (with callout info a negative key is left for 60 s, as when the upcall "
            "fails)", PARTIAL),
+    # -- Linux security modules: none but "capability" in the instance
+    notify("lsm_list_modules", lsm.sys_lsm_list_modules, "capability only (LSM_ID_CAPABILITY): "
+           "the host's modules guard the provider, not the instance"),
+    notify("lsm_get_self_attr", lsm.sys_lsm_get_self_attr, "checked like Linux; no module keeps "
+           "process attributes: EOPNOTSUPP"),
+    notify("lsm_set_self_attr", lsm.sys_lsm_set_self_attr, "checked like Linux; no module takes "
+           "process attributes: EOPNOTSUPP"),
     notify("keyctl", keys.sys_keyctl, "instantiation by an upcall's authority (EPERM), "
            "DH/public-key operations, RESTRICT_KEYRING and WATCH_KEY (EOPNOTSUPP) aside",
            PARTIAL),
@@ -506,10 +524,6 @@ _ENOSYS_WHY = {
                            "epoll_ctl_old", "epoll_wait_old")},
     **{n: _NI_64 + "; 64-bit programs set their TLS with arch_prctl"
        for n in ("set_thread_area", "get_thread_area")},
-    **{n: "added in Linux 6.8, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
-       for n in ("lsm_get_self_attr", "lsm_set_self_attr", "lsm_list_modules")},
-    **{n: "added in Linux 6.13, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
-       for n in ("setxattrat", "getxattrat", "listxattrat", "removexattrat")},
     **{n: "added in Linux 6.17, after the release lxsub reports (LINUX_RELEASE): ENOSYS as there"
        for n in ("file_getattr", "file_setattr")},
 }

@@ -9,16 +9,17 @@ import os
 import stat
 import struct
 
-from lxsub.abi.fcntl import (AT_FDCWD, F_GETLK, F_GETOWN, F_GETOWN_EX, F_GETPIPE_SZ, F_OFD_GETLK, F_OWNER_PGRP,
-                              F_OWNER_TID, F_SETOWN, F_SETOWN_EX, F_SETPIPE_SZ, F_UNLCK, O_CLOEXEC, O_CREAT, O_PATH,
-                              O_TMPFILE, RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT)
+from lxsub.abi.fcntl import (AT_FDCWD, F_CREATED_QUERY, F_GETLK, F_GETOWN, F_GETOWN_EX, F_GETPIPE_SZ, F_OFD_GETLK,
+                              F_OWNER_PGRP, F_OWNER_PID, F_OWNER_TID, F_SETOWN, F_SETOWN_EX, F_SETPIPE_SZ, F_UNLCK,
+                              O_CLOEXEC, O_CREAT, O_PATH, O_TMPFILE, RESOLVE_BENEATH, RESOLVE_CACHED,
+                              RESOLVE_IN_ROOT)
 from lxsub.abi.sysno import SYS_OPENAT
 from lxsub.kernel import fanotify
 from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.creds import CAP_SYS_RESOURCE
 from lxsub.kernel.sysctl import round_pipe_size, sysctls_of
 from lxsub.kernel.task import active_pid_ns
-from lxsub.kernel.vfs import lookup
+from lxsub.kernel.vfs import created, lookup
 from lxsub.kernel.vfs.open import open_at
 from lxsub.platform import memory
 
@@ -199,12 +200,19 @@ def sys_fcntl(c: Call):
     try:
         if cmd == F_SETPIPE_SZ:
             return _set_pipe_size(c, local, c.uint(2))
+        if cmd == F_CREATED_QUERY:
+            return created.created(local)
         if cmd == F_GETOWN:
+            kind, pid = struct.unpack("<ii", _fcntl.fcntl(local, F_GETOWN_EX, bytes(8)))
+            if created.is_marked_owner(kind, pid):
+                return 0                    # the mark of a created file: no owner
             return _owner_to_virtual(c, _fcntl.fcntl(local, F_GETOWN))
         if cmd == F_SETOWN:
             return _fcntl.fcntl(local, F_SETOWN, _owner_to_host(c, c.int(2)))
         if cmd == F_GETOWN_EX:
             kind, pid = struct.unpack("<ii", _fcntl.fcntl(local, F_GETOWN_EX, bytes(8)))
+            if created.is_marked_owner(kind, pid):
+                kind, pid = F_OWNER_PID, 0
             if kind == F_OWNER_TID:
                 task = c.inst.pids.tasks_by_host.get(pid)
                 vpid = task.tid if task is not None else 0

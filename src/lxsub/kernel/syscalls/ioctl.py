@@ -22,6 +22,7 @@ import struct
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.fs import devices, loopdev, loopioctl
+from lxsub.kernel.syscalls import pidfd_info
 from lxsub.kernel.task import active_pid_ns
 from lxsub.kernel.vfs import lookup
 from lxsub.kernel.vfs.node import Node
@@ -43,6 +44,8 @@ def sys_ioctl(c: Call):
         return _set_id(c, cmd)
     if cmd in GETTERS:
         return _get_id(c)
+    if cmd in pidfd_info.REQUESTS:
+        return pidfd_info.get_info(c, cmd)
     return _file_ioctl(c, cmd)          # the filter traps no other but drivers' requests
 
 

@@ -10,9 +10,9 @@ import struct
 from lxsub.abi.fcntl import (AT_EACCESS, AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_STATX_SYNC_TYPE,
                               AT_SYMLINK_NOFOLLOW, UTIME_NOW, UTIME_OMIT)
 from lxsub.abi.magic import PIPEFS_MAGIC, SOCKFS_MAGIC
-from lxsub.abi.stat import STATX__RESERVED
+from lxsub.abi.stat import STATX_MNT_ID_UNIQUE, STATX__RESERVED
 from lxsub.kernel.call import Call
-from lxsub.kernel.vfs import fdview, lookup, perm
+from lxsub.kernel.vfs import fdview, lookup, perm, statmount
 from lxsub.kernel.vfs.mount import want_write
 from lxsub.kernel.vfs.stat import LinuxStat
 
@@ -73,7 +73,12 @@ def sys_statx(c: Call) -> int:
             or flags & AT_STATX_SYNC_TYPE == AT_STATX_SYNC_TYPE or c.uint(3) & STATX__RESERVED):
         raise OSError(errno.EINVAL, "bad statx flags or mask")
     s, mnt_id = _stat_and_mount_at(c, c.int(0), path, flags)
-    c.write(c.ptr(4), s.pack_statx(mnt_id))    # stx_mnt_id: /proc/self/mountinfo's first field
+    # stx_mnt_id: /proc/self/mountinfo's first field, or with
+    # STATX_MNT_ID_UNIQUE the id statmount(2) and listmount(2) use.
+    if c.uint(3) & STATX_MNT_ID_UNIQUE:
+        c.write(c.ptr(4), s.pack_statx(statmount.unique_id_of(mnt_id), STATX_MNT_ID_UNIQUE))
+    else:
+        c.write(c.ptr(4), s.pack_statx(mnt_id))
     return 0
 
 

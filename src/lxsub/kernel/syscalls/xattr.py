@@ -6,7 +6,7 @@ import errno
 import os
 import stat as st
 
-from lxsub.abi.fcntl import AT_FDCWD, AT_SYMLINK_NOFOLLOW
+from lxsub.abi.fcntl import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Call
 from lxsub.kernel.fs.lxattr import RESERVED_PREFIX
@@ -52,24 +52,28 @@ def _shown(node, name: str) -> bool:
     return not name.startswith(RESERVED_PREFIX) and (node.fs.host_acls or name not in POSIX_ACLS)
 
 
-def _name(c: Call) -> str:
-    name = c.read_str(c.ptr(1), 256).decode("utf-8", "surrogateescape")
+def _name(c: Call, addr: int) -> str:
+    name = c.read_str(addr, 256).decode("utf-8", "surrogateescape")
     if not name:
         raise OSError(errno.ERANGE, "empty name")
     return name
 
 
 def _get(c: Call, kind: str) -> int:
-    name = _name(c)
+    return _get_from(c, lambda: _node(c, kind), c.ptr(1), c.ptr(2), c.long(3))
+
+
+def _get_from(c: Call, node_of, name_addr: int, value: int, size: int) -> int:
+    name = _name(c, name_addr)
     if name.startswith(RESERVED_PREFIX):
         raise OSError(errno.ENODATA, "no such attribute")
-    node = _node(c, kind)
+    node = node_of()
     try:
         _user_permission(c, node, name, write=False)
-        value = os.getxattr(_host_target(node, name), name)
+        data = os.getxattr(_host_target(node, name), name)
     finally:
         node.release()
-    return _copy_out(c, c.ptr(2), c.long(3), value)
+    return _copy_out(c, value, size, data)
 
 
 def _copy_out(c: Call, addr: int, size: int, data: bytes) -> int:
@@ -83,14 +87,17 @@ def _copy_out(c: Call, addr: int, size: int, data: bytes) -> int:
 
 
 def _set(c: Call, kind: str) -> int:
-    name = _name(c)
+    return _set_on(c, lambda: _node(c, kind), c.ptr(1), c.ptr(2), c.long(3), c.int(4))
+
+
+def _set_on(c: Call, node_of, name_addr: int, value_addr: int, size: int, flags: int) -> int:
+    name = _name(c, name_addr)
     if name.startswith(RESERVED_PREFIX):
         raise OSError(errno.EPERM, "reserved attribute")
-    size, flags = c.long(3), c.int(4)
     if not 0 <= size <= XATTR_SIZE_MAX:
         raise OSError(errno.E2BIG, "value too large")
-    value = c.read(c.ptr(2), size)
-    node = _node(c, kind)
+    value = c.read(value_addr, size)
+    node = node_of()
     try:
         want_write(node)            # path_setxattr/file_setxattr: mnt_want_write
         _user_permission(c, node, name, write=True)
@@ -101,20 +108,28 @@ def _set(c: Call, kind: str) -> int:
 
 
 def _list(c: Call, kind: str) -> int:
-    node = _node(c, kind)
+    return _list_of(c, lambda: _node(c, kind), c.ptr(1), c.long(2))
+
+
+def _list_of(c: Call, node_of, addr: int, size: int) -> int:
+    node = node_of()
     try:
         names = [n for n in os.listxattr(_host_target(node)) if _shown(node, n)]
     finally:
         node.release()
     data = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-    return _copy_out(c, c.ptr(1), c.long(2), data)
+    return _copy_out(c, addr, size, data)
 
 
 def _remove(c: Call, kind: str) -> int:
-    name = _name(c)
+    return _remove_from(c, lambda: _node(c, kind), c.ptr(1))
+
+
+def _remove_from(c: Call, node_of, name_addr: int) -> int:
+    name = _name(c, name_addr)
     if name.startswith(RESERVED_PREFIX):
         raise OSError(errno.EPERM, "reserved attribute")
-    node = _node(c, kind)
+    node = node_of()
     try:
         want_write(node)
         _user_permission(c, node, name, write=True)
@@ -136,3 +151,57 @@ def sys_flistxattr(c): return _list(c, "f")
 def sys_removexattr(c): return _remove(c, "p")
 def sys_lremovexattr(c): return _remove(c, "l")
 def sys_fremovexattr(c): return _remove(c, "f")
+
+
+# -- the *xattrat calls (Linux 6.13): a dirfd, a path and AT_* flags; the
+# value and its size in a struct xattr_args for the set and get calls.
+
+XATTR_ARGS_SIZE_VER0 = 16                   # struct xattr_args: value, size, flags
+PAGE_SIZE = 4096
+
+
+def _node_at(c: Call):
+    """The file of (dfd, path, at_flags), the first three arguments: only
+    AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH (a NULL or empty path with it:
+    the descriptor's own file) are known (EINVAL)."""
+    at_flags = c.uint(2)
+    if at_flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise OSError(errno.EINVAL, "bad *xattrat flags")
+    path = c.path_or_empty(1, at_flags)
+    return lambda: lookup.resolve_at(c.inst.vfs, c.task, c.int(0), path, at_flags)
+
+
+def _xattr_args(c: Call) -> tuple[int, int, int]:
+    """copy_struct_from_user of struct xattr_args (arguments 4 and 5)."""
+    usize = c.args[5]
+    if usize < XATTR_ARGS_SIZE_VER0:
+        raise OSError(errno.EINVAL, "xattr_args too small")
+    if usize > PAGE_SIZE:
+        raise OSError(errno.E2BIG, "xattr_args larger than a page")
+    raw = c.read(c.ptr(4), usize)
+    if any(raw[XATTR_ARGS_SIZE_VER0:]):
+        raise OSError(errno.E2BIG, "unknown xattr_args fields set")
+    value = int.from_bytes(raw[0:8], "little")
+    return value, int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
+
+
+def sys_setxattrat(c: Call) -> int:
+    value, size, flags = _xattr_args(c)
+    if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+        raise OSError(errno.EINVAL, "bad setxattr flags")
+    return _set_on(c, _node_at(c), c.ptr(3), value, size, flags)
+
+
+def sys_getxattrat(c: Call) -> int:
+    value, size, flags = _xattr_args(c)
+    if flags:
+        raise OSError(errno.EINVAL, "getxattrat takes no flags")
+    return _get_from(c, _node_at(c), c.ptr(3), value, size)
+
+
+def sys_listxattrat(c: Call) -> int:
+    return _list_of(c, _node_at(c), c.ptr(3), c.args[4])
+
+
+def sys_removexattrat(c: Call) -> int:
+    return _remove_from(c, _node_at(c), c.ptr(3))

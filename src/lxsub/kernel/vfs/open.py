@@ -13,7 +13,7 @@ from lxsub.abi.fcntl import (O_CREAT, O_DIRECTORY, O_EXCL, O_NOATIME, O_NOFOLLOW
 from lxsub.kernel import creds as caps
 from lxsub.kernel.call import Blocking
 from lxsub.kernel.fs import devices
-from lxsub.kernel.vfs import lookup, perm
+from lxsub.kernel.vfs import created, lookup, perm
 from lxsub.kernel.vfs.mount import want_write
 from lxsub.kernel.vfs.node import Node
 
@@ -94,7 +94,9 @@ def _lookup_or_create_in(w, caller, parent: Node, path: bytes, name: bytes, flag
             want_write(parent)      # lookup_open: O_CREAT without write access to the mount
             check_may_create(caller, parent)
             umask = caller.fs.umask
-            return parent, parent.fs.create(parent, name, flags, mode & 0o7777 & ~umask, caller.creds)
+            # F_CREATED_QUERY: the description handed over says it made the file.
+            return parent, created.mark(parent.fs.create(parent, name, flags, mode & 0o7777 & ~umask,
+                                                         caller.creds))
         if flags & O_EXCL:
             node.release()
             raise OSError(errno.EEXIST, "file exists")

@@ -43,8 +43,8 @@ class LinuxStat:
                           self.rdev, self.size, self.blksize, self.blocks,
                           a // _NS, a % _NS, m // _NS, m % _NS, c // _NS, c % _NS)
 
-    def pack_statx(self, mnt_id: int = 0) -> bytes:
-        head = _STATX_HEAD.pack(STATX_BASIC_STATS | STATX_MNT_ID, self.blksize, 0, self.nlink,
+    def pack_statx(self, mnt_id: int = 0, mnt_mask: int = STATX_MNT_ID) -> bytes:
+        head = _STATX_HEAD.pack(STATX_BASIC_STATS | mnt_mask, self.blksize, 0, self.nlink,
                                 self.uid, self.gid, self.mode & 0xFFFF, 0, self.ino,
                                 self.size, self.blocks, 0)
         times = b"".join(_STATX_TS.pack(*divmod(t, 10**9), 0)

@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from lxsub.kernel.fs.procfs.ns import ns_entries
+from lxsub.kernel.fs.procfs.procmap import MapsFile
 from lxsub.kernel.fs.procfs.task_files import TaskFiles, _main_thread, _need, _net_entries
 from lxsub.kernel.vfs.pseudo import Dir, Entry, File, HostFile, HostOpen, Link, read_host
 
@@ -88,7 +89,8 @@ class ProcessDir(TaskFiles, Dir):
                          write=self._set_comm, mode=0o444),
             "stat": File(p + "/stat", lambda t: self._stat(t)),
             "status": File(p + "/status", lambda t: self._status(t)),
-            "maps": File(p + "/maps", lambda t: self._inspect(t) or self._maps("maps")),
+            "maps": MapsFile(p + "/maps", lambda t: self._inspect(t) or self._maps("maps"), hp,
+                             inst.vfs),
             "smaps": File(p + "/smaps", lambda t: self._inspect(t) or self._maps("smaps")),
             "smaps_rollup": File(p + "/smaps_rollup",
                                  lambda t: self._inspect(t) or self._maps("smaps_rollup")),

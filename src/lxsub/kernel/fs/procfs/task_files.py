@@ -115,6 +115,16 @@ def _need(task):
     return task
 
 
+def mapped_name(vfs, roots, detached, host: str, dev: int | None) -> str | None:
+    """The instance path of a mapped host file `host` on device `dev`
+    (roots, detached: the Vfs's host_roots() and detached_mounts()); None
+    if no mount shows it."""
+    m = detached.get(dev) if dev is not None else None
+    if m is not None:         # the path is below that file system's root
+        return m.path.rstrip("/") + host if host != "/" else m.path
+    return vfs.host_to_vpath(roots, host)
+
+
 class TaskFiles:
     """The contents of a ProcessDir's files."""
 
@@ -241,11 +251,8 @@ class TaskFiles:
                 deleted = path.endswith(" (deleted)")
                 plain = path[: -len(" (deleted)")] if deleted else path
                 major, _, minor = parts[3].partition(":")
-                m = detached.get(os.makedev(int(major, 16), int(minor, 16))) if minor else None
-                if m is not None:         # the path is below that file system's root
-                    v = m.path.rstrip("/") + plain if plain != "/" else m.path
-                else:
-                    v = vfs.host_to_vpath(roots, plain)
+                dev = os.makedev(int(major, 16), int(minor, 16)) if minor else None
+                v = mapped_name(vfs, roots, detached, plain, dev)
                 if v is not None:
                     line = line[: len(line) - len(path)] + v + (" (deleted)" if deleted else "")
             out.append(line)
