@@ -49,8 +49,8 @@ from lxsub.abi.fanotify import (FAN_EVENT_ON_CHILD, FAN_MARK_IGNORED_SURV_MODIFY
                                 FAN_Q_OVERFLOW, FAN_REPORT_TID, FAN_UNLIMITED_MARKS, FAN_UNLIMITED_QUEUE,
                                 FANOTIFY_METADATA_VERSION, FANOTIFY_PERM_EVENTS, METADATA)
 from lxsub.abi.fcntl import AT_FDCWD
-from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_SET_MODE_FILTER
 from lxsub.abi.sysno import NUMBERS, SYS_OPENAT
+from lxsub.kernel import extra_filter
 from lxsub.kernel.call import Call, Held, Native
 from lxsub.kernel.vfs import lookup
 from lxsub.platform import bpf, libc
@@ -705,16 +705,8 @@ def _answered(ev: Event) -> None:
 ACCESS_FILTER_TRACES = frozenset(NUMBERS[n] for n in ("read", "readv", "pread64", "preadv", "preadv2"))
 
 
-def _access_filter_call() -> SysCall:
-    """seccomp(SECCOMP_SET_MODE_FILTER, TSYNC, &prog): the read calls stop
-    (ptrace), everything else as the filters below say."""
-    prog = bpf.build_filter(dict.fromkeys(ACCESS_FILTER_TRACES, bpf.RET_TRACE), bpf.RET_ALLOW)
-    fprog = struct.pack("<H6xQ", len(prog) // 8, 0)
-    return SysCall(NUMBERS["seccomp"], (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, Scratch(0)),
-                   fprog + prog, pointers=((8, len(fprog)),))
-
-
-_ACCESS_FILTER = _access_filter_call()
+# The read calls stop (ptrace), everything else as the instance filter says.
+_ACCESS_FILTER = extra_filter.seccomp_call(dict.fromkeys(ACCESS_FILTER_TRACES, bpf.RET_TRACE))
 
 
 def _give_access_filter(inst, task: "Task") -> None:
@@ -727,15 +719,6 @@ def _give_access_filter(inst, task: "Task") -> None:
         return
     proc.access_filter = True
 
-    def installed(result: int) -> None:
-        if result != 0:
-            proc.access_filter = False
-            inst.log.warn(f"pid {proc.pid}: no FAN_ACCESS_PERM filter (seccomp: {result})")
-        return None
-
-    def gone() -> None:
-        proc.access_filter = False
-
     def at_stop(tid: int, regs) -> None:
         if tid in inst.engine.injections:
             # The open's own answer is being injected (the ptrace platform
@@ -743,7 +726,7 @@ def _give_access_filter(inst, task: "Task") -> None:
             if not inst.engine.interrupt(tid, at_stop):
                 proc.access_filter = False
             return
-        inst.engine.inject(tid, _ACCESS_FILTER, installed, lambda: None, gone)
+        extra_filter.inject(inst, proc, tid, "access_filter", _ACCESS_FILTER, "FAN_ACCESS_PERM")
     if not inst.engine.interrupt(task.host_tid, at_stop):
         proc.access_filter = False
 

@@ -23,16 +23,16 @@ processes pay nothing.
 from __future__ import annotations
 
 import errno
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lxsub.abi.sysno import NUMBERS
+from lxsub.kernel import extra_filter
 from lxsub.kernel.task import new_ns_inum
 from lxsub.platform import bpf
 from lxsub.platform.bpf import ArgRule, ByArgs
-from lxsub.platform.inject import Scratch, SysCall
+from lxsub.platform.inject import SysCall
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -179,17 +179,13 @@ def _filter_call() -> SysCall:
     """seccomp(SET_MODE_FILTER, TSYNC): clock_gettime of the shifted clocks
     and absolute clock_nanosleep on them stop (TRACE: loses to the instance
     filter's USER_NOTIF, wins over its ALLOW)."""
-    from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_SET_MODE_FILTER
     actions = {
         NUMBERS["clock_gettime"]: ByArgs(_rules_on(0, SHIFTED_CLOCKS), bpf.RET_ALLOW),
         NUMBERS["clock_nanosleep"]: ByArgs((ArgRule(1, "any_bit", 1, ByArgs(_rules_on(0, _SLEEP_CLOCKS),
                                                                              bpf.RET_ALLOW)),),
                                            bpf.RET_ALLOW),
     }
-    prog = bpf.build_filter(actions, bpf.RET_ALLOW)
-    fprog = struct.pack("<H6xQ", len(prog) // 8, 0)
-    return SysCall(NUMBERS["seccomp"], (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, Scratch(0)),
-                   fprog + prog, pointers=((8, len(fprog)),))
+    return extra_filter.seccomp_call(actions)
 
 
 FILTER = _filter_call()
@@ -201,12 +197,4 @@ def give_filter(inst: "Instance", task: "Task") -> None:
     if getattr(proc, "timens_filter", False):
         return
     proc.timens_filter = True
-
-    def installed(result: int) -> None:
-        if result != 0:
-            proc.timens_filter = False
-            inst.log.warn(f"pid {proc.pid}: no time namespace filter (seccomp: {result})")
-
-    def gone() -> None:
-        proc.timens_filter = False
-    inst.engine.inject(task.host_tid, FILTER, installed, lambda: None, gone)
+    extra_filter.inject(inst, proc, task.host_tid, "timens_filter", FILTER, "time namespace")

@@ -25,18 +25,17 @@ import struct
 
 from lxsub.abi.fcntl import AT_FDCWD, O_CLOEXEC
 from lxsub.abi.limits import OVERFLOW_ID, UIO_MAXIOV
-from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_SET_MODE_FILTER
 from lxsub.abi.socket import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, NETLINK_AUDIT,
                               SCM_CREDENTIALS, SCM_MAX_FD, SCM_RIGHTS, SO_DOMAIN, SO_PASSCRED, SO_PASSPIDFD,
                               SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
 from lxsub.abi.sysno import NUMBERS, SYS_TGKILL
+from lxsub.kernel import extra_filter
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.task import active_pid_ns, pid_in
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
 from lxsub.platform import bpf, features, libc, unixns
-from lxsub.platform.inject import Scratch, SysCall
 
 _SUN_PATH = 108
 SOCK_CLOEXEC = O_CLOEXEC
@@ -789,16 +788,8 @@ _CREDS = struct.Struct("<iII")
 CREDS_FILTER_TRACES = frozenset((NUMBERS["recvmsg"], NUMBERS["recvmmsg"]))
 
 
-def _creds_filter_call() -> SysCall:
-    """seccomp(SECCOMP_SET_MODE_FILTER, TSYNC, &prog): recvmsg and
-    recvmmsg stop (ptrace), everything else as the filters below say."""
-    prog = bpf.build_filter(dict.fromkeys(CREDS_FILTER_TRACES, bpf.RET_TRACE), bpf.RET_ALLOW)
-    fprog = struct.pack("<H6xQ", len(prog) // 8, 0)
-    return SysCall(NUMBERS["seccomp"], (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, Scratch(0)),
-                   fprog + prog, pointers=((8, len(fprog)),))
-
-
-_CREDS_FILTER = _creds_filter_call()
+# recvmsg and recvmmsg stop (ptrace), everything else as the instance filter says.
+_CREDS_FILTER = extra_filter.seccomp_call(dict.fromkeys(CREDS_FILTER_TRACES, bpf.RET_TRACE))
 
 
 def _set_passcred(c: Call) -> Native:
@@ -835,15 +826,7 @@ def _give_creds_filter(inst, task) -> None:
 
 
 def _inject_creds_filter(inst, proc, tid: int) -> None:
-    def installed(result: int) -> None:
-        if result != 0:                # < 0: errno; > 0: a thread TSYNC could not reach
-            proc.creds_filter = False
-            inst.log.warn(f"pid {proc.pid}: no SCM_CREDENTIALS filter (seccomp: {result})")
-        return None
-
-    def gone() -> None:
-        proc.creds_filter = False
-    inst.engine.inject(tid, _CREDS_FILTER, installed, lambda: None, gone)
+    extra_filter.inject(inst, proc, tid, "creds_filter", _CREDS_FILTER, "SCM_CREDENTIALS")
 
 
 def _give_creds_filter_to_holders(inst, ino: int) -> None:
