@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tools.conformance import devices, report
-from tools.conformance.run import classify, kill_rooted_in
+from tools.conformance.run import Result, classify, kill_rooted_in, run_all
 
 
 def test_ltp_exit_statuses():
@@ -120,3 +120,27 @@ def test_processes_left_in_the_native_tree_are_ended(tmp_path):
         for p in (inside, outside):
             p.kill()
             p.wait()
+
+
+def test_a_native_clock_setter_runs_while_no_other_entry_does():
+    """Natively, settimeofday01 and its kind set the host's clock, which the
+    lxsub run's tests read: no entry of the other environment overlaps one."""
+    spans: list[tuple[str, str, float, float]] = []
+
+    class Env:
+        def __init__(self, name: str, seconds: float) -> None:
+            self.name, self.seconds = name, seconds
+
+        def run(self, name: str, command: str, timeout: float) -> Result:
+            t0 = time.monotonic()
+            time.sleep(self.seconds)
+            spans.append((self.name, name, t0, time.monotonic()))
+            return Result(name, "pass", 0, self.seconds, "")
+
+    entries = [(n, n) for n in ("open01", "settimeofday01", "open02", "stime01", "open03", "open04")]
+    run_all([Env("native", 0.05), Env("lxsub", 0.03)], entries, 10, lambda env, res: None)
+    setters = [s for s in spans if s[0] == "native" and s[1] in ("settimeofday01", "stime01")]
+    assert len(setters) == 2 and len(spans) == 12
+    for _, _, a, b in setters:
+        overlapping = [s for s in spans if s[0] == "lxsub" and s[2] < b and a < s[3]]
+        assert overlapping == [], overlapping
