@@ -495,6 +495,27 @@ def _helpers_of(built, comm: str) -> list[int]:
     return found
 
 
+def _describe_strays(built) -> str:
+    """pid, comm and owner of each of the runner's host processes (for a
+    failure's message: which helper is missing, and what runs instead)."""
+    out = []
+    for pid in built.runner.strays():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                out.append(f"{pid}:{f.read().strip()}:uid{os.stat(f'/proc/{pid}').st_uid}")
+        except OSError:
+            continue
+    anywhere = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == "lx-mqueues":
+                    anywhere.append(f"{entry}:uid{os.stat(f'/proc/{entry}').st_uid}")
+        except OSError:
+            continue
+    return (" ".join(out) or "none") + "; every lx-mqueues on the host: " + (" ".join(anywhere) or "none")
+
+
 def test_message_queues_are_the_instances_own(built, busybox, tmp_path_factory):
     """Issue 11, item 4 (POSIX message queues): a host program's queue is
     neither opened nor taken from inside, O_CREAT of its name makes the
@@ -514,7 +535,8 @@ def test_message_queues_are_the_instances_own(built, busybox, tmp_path_factory):
         assert _host_has_queue(hostq), "the host program's queue was removed from inside"
         assert not _host_has_queue(own.encode()), "a queue made inside is the host's"
         helpers = _helpers_of(built, "lx-mqueues")
-        assert helpers, "no message queue helper runs for the instance"
+        assert helpers, "no message queue helper runs for the instance; the runner's processes: " + \
+            _describe_strays(built)
 
         d = tmp_path_factory.mktemp("mq")
         os.chmod(d, 0o755)
