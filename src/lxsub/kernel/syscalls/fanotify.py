@@ -20,7 +20,8 @@ from lxsub.abi.fcntl import O_PATH
 from lxsub.kernel import fanotify
 from lxsub.kernel.call import Call, NewFd
 from lxsub.kernel.creds import CAP_SYS_ADMIN
-from lxsub.kernel.vfs import lookup, perm
+from lxsub.kernel.syscalls.inotify import watched_node
+from lxsub.kernel.vfs import lookup
 
 # FANOTIFY_ADMIN_INIT_FLAGS: what an unprivileged group may not ask for.
 _ADMIN_INIT_FLAGS = (FAN_ALL_CLASS_BITS | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS | FAN_ENABLE_AUDIT
@@ -133,13 +134,9 @@ def _object(c: Call, flags: int, kind: int) -> tuple[tuple, bool, int]:
 
 
 def _resolve(c: Call, flags: int) -> int:
-    node = lookup.resolve_at(c.inst.vfs, c.task, c.int(3), c.path(4), 0,
-                             follow_default=not flags & FAN_MARK_DONT_FOLLOW)
+    node = watched_node(c, c.int(3), c.path(4), follow=not flags & FAN_MARK_DONT_FOLLOW,
+                        only_dir=bool(flags & FAN_MARK_ONLYDIR))
     try:
-        if flags & FAN_MARK_ONLYDIR and not node.is_dir():
-            raise OSError(errno.ENOTDIR, "not a directory")
-        a = node.fs.getattr(node, c.task)
-        perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_READ)
         if node.fd is not None:
             return os.dup(node.fd)
         return node.fs.open(node, O_PATH, c.task)

@@ -44,20 +44,32 @@ def sys_inotify_add_watch(c: Call) -> int:
     try:
         if os.readlink(f"/proc/self/fd/{group}") != "anon_inode:inotify":
             raise OSError(errno.EINVAL, "not an inotify descriptor")
-        node = lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(1), 0,
-                                 follow_default=not mask & IN_DONT_FOLLOW)
+        node = watched_node(c, AT_FDCWD, c.path(1), follow=not mask & IN_DONT_FOLLOW,
+                            only_dir=bool(mask & IN_ONLYDIR))
         try:
-            if mask & IN_ONLYDIR and not node.is_dir():
-                raise OSError(errno.ENOTDIR, "not a directory")
-            # inotify_find_inode: "you can only watch an inode if you have
-            # read permissions on it" (the Linux owner and mode, not the host's).
-            a = node.fs.getattr(node, c.task)
-            perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_READ)
             return _watch_host_object(group, node, mask, c.task)
         finally:
             node.release()
     finally:
         os.close(group)
+
+
+def watched_node(c: Call, dirfd: int, path: bytes, follow: bool, only_dir: bool) -> "Node":
+    """The object an inotify watch or a fanotify mark is put on
+    (inotify_find_inode, fanotify_find_path): the path walked from dirfd,
+    ENOTDIR when only a directory is wanted, and "you can only watch an
+    inode if you have read permissions on it" (the Linux owner and mode,
+    not the host's). The caller releases the node."""
+    node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, 0, follow_default=follow)
+    try:
+        if only_dir and not node.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        a = node.fs.getattr(node, c.task)
+        perm.check(c.task.creds, a.mode, a.uid, a.gid, perm.MAY_READ)
+    except BaseException:
+        node.release()
+        raise
+    return node
 
 
 def _watch_host_object(group: int, node: "Node", mask: int, caller: "Caller") -> int:
