@@ -77,10 +77,16 @@ def _discarded(c: Call, target: "Task | None", sig: int) -> bool:
     a PID namespace ignores every signal it has no handler for, and
     SIGKILL and SIGSTOP from inside its namespace (sig_task_ignored,
     SIGNAL_UNKILLABLE): only an ancestor's process forces those."""
+    return _verdict(c, target, sig)[0]
+
+
+def _verdict(c: Call, target: "Task | None", sig: int) -> tuple[bool, dict[str, int] | None]:
+    """(whether `sig` is dropped as _discarded says, the target's signal
+    masks when they were read)."""
     if _unkillable(c, target, sig):
-        return True
+        return True, None
     masks = _masks_for(c, target, sig)
-    return masks is not None and _ignored_by(target, sig, masks)
+    return masks is not None and _ignored_by(target, sig, masks), masks
 
 
 def _unkillable(c: Call, target: "Task | None", sig: int) -> bool:
@@ -116,10 +122,8 @@ _FIRST_RT_SIGNAL = 32
 def _thread_signal(c: Call, target: "Task | None", sig: int) -> Native | int:
     """Send `sig` to the thread `target` natively (the arguments already
     point at its host ids), or drop it (0) as _discarded says."""
-    if _unkillable(c, target, sig):
-        return 0
-    masks = _masks_for(c, target, sig)
-    if masks is not None and _ignored_by(target, sig, masks):
+    dropped, masks = _verdict(c, target, sig)
+    if dropped:
         return 0
     return Native(stops_caller=masks is not None and target is c.task
                   and sig < _FIRST_RT_SIGNAL and not masks["SigBlk"] & (1 << (sig - 1)))
