@@ -149,27 +149,32 @@ LANDLOCK_SCOPE_PY = textwrap.dedent("""\
         libc.prctl(38, 1, 0, 0, 0)                  # PR_SET_NO_NEW_PRIVS
         assert call(446, fd, 0) == 0
         os.close(fd)
+    keep = []
     def connect(name, where):
         if where == "client":
             scope()
         s = socket.socket(socket.AF_UNIX)
         try:
-            s.connect(name); return "ok"
+            s.connect(name)
         except OSError as e:
             return errno.errorcode[e.errno]
+        keep.append(s)                              # open until the server read SO_PEERCRED
+        return "ok"
     def trial(where):                               # in a child of its own, as LTP landlock09
         r, w = os.pipe()
         ready_r, ready_w = os.pipe()
         peer_r, peer_w = os.pipe()
+        asked_r, asked_w = os.pipe()
         if os.fork() == 0:
             if where == "both":
                 scope()
             name = b"\\0lxsub-scope-" + where.encode()
             client = os.fork()
             if client == 0:                         # the client, before the server restricts itself
-                os.close(ready_w)
+                os.close(ready_w); os.close(asked_w)
                 got = os.read(ready_r, 1) and connect(name, where)
-                os.write(w, (got or "no-server").encode()); os._exit(0)
+                os.write(w, (got or "no-server").encode())
+                os.read(asked_r, 1); os._exit(0)
             if where == "server":
                 scope()
             try:
@@ -181,9 +186,9 @@ LANDLOCK_SCOPE_PY = textwrap.dedent("""\
                     cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
                     os.write(peer_w, b"" if struct.unpack("<i", cred[:4])[0] == client else b"-peer")
             finally:
-                os.close(ready_w)
+                os.close(ready_w); os.close(asked_w)
                 os.wait(); os._exit(0)
-        os.close(w); os.close(peer_w); os.wait()
+        os.close(w); os.close(peer_w); os.close(asked_w); os.wait()
         return os.read(r, 100).decode() + os.read(peer_r, 100).decode()
     print(" ".join(where + " " + trial(where) for where in ("client", "server", "both")))
     """)

@@ -249,8 +249,10 @@ ROWS: list[Syscall] = [
     Syscall("socketpair", NATIVE, net.sys_socketpair, FULL, "AF_UNIX: made in the instance's "
             "own network namespace (abstract names are the instance's)",
             rules=(ArgRule(0, "eq", AF_UNIX, bpf.RET_USER_NOTIF),)),
-    Syscall("getsockopt", NATIVE, net.sys_getsockopt, FULL, "SO_PEERCRED, SO_PEERGROUPS, "
-            "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance",
+    Syscall("getsockopt", NATIVE, net.sys_getsockopt, PARTIAL, "SO_PEERCRED, SO_PEERGROUPS, "
+            "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance. "
+            "Gap: the provider connects Unix sockets for programs, so when a client closes its "
+            "socket before the server asks, the server sees nobody (pid 0, overflow ids)",
             rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
     Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
             "would give pidfds of host senders); SO_PASSCRED stops and runs natively: once on, "
