@@ -1,3 +1,3 @@
-from lxsub.cli.main import main
+from lxsub.cli.main import run
 
-raise SystemExit(main())
+run()

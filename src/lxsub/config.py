@@ -55,7 +55,7 @@ from typing import Callable
 
 from lxsub.abi.fcntl import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
 from lxsub.errors import EXIT_DATAERR, LxError
-from lxsub.platform import libc
+from lxsub.state import host_config_path
 
 DISTRO_CONFIG_PATH = "/etc/lx.conf"
 _MAX_CONFIG_BYTES = 1 << 20
@@ -386,13 +386,6 @@ def load_distro_config(rootfs: str | Path, lenient: bool = False) -> DistroConfi
 # -- host config --
 
 
-def host_config_path() -> Path:
-    """$XDG_CONFIG_HOME/lx/config, else ~/.config/lx/config."""
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".config"
-    return base / "lx" / "config"
-
-
 def _display(path: Path) -> str:
     home = str(Path.home())
     text = str(path)
@@ -445,6 +438,8 @@ def _decode(raw: bytes, label: str) -> str:
 
 
 def _openat2_in_root(root_fd: int, path: str) -> int:
+    from lxsub.platform import libc       # ctypes: not for `lx`'s launches, which read no distro file
+
     return libc.openat2(root_fd, os.fsencode(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, 0,
                         RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 

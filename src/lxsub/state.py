@@ -72,6 +72,14 @@ def lx_home() -> Path:
     return Path.home() / ".local" / "share" / "lx"
 
 
+def host_config_path() -> Path:
+    """$XDG_CONFIG_HOME/lx/config, else ~/.config/lx/config (lxsub.config
+    reads it)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".config"
+    return base / "lx" / "config"
+
+
 @dataclass
 class Distro:
     name: str

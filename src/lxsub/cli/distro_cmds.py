@@ -14,7 +14,8 @@ import sys
 
 from lxsub.distro.progress import Progress
 from lxsub.errors import EXIT_TEMPFAIL, EXIT_USAGE, LxError
-from lxsub.state import (INSTALLED, Distro, Registry, check_launchable, running_distros)
+from lxsub.state import (INSTALLED, Distro, Registry, check_launchable, host_config_path,
+                         running_distros)
 
 
 def _warn(message: str) -> None:
@@ -38,7 +39,8 @@ def launch_distro(registry: Registry, name: str | None) -> Distro:
     """The distro a launch goes to: -d NAME, else the host config's
     [manager] default_distro, else the registry's default; refused with a
     clear message when it is being installed or unregistered."""
-    if name is None:
+    if name is None and host_config_path().exists():
+        # Most hosts have no such file: a launch then never imports lxsub.config.
         from lxsub.config import load_host_config
 
         host = load_host_config()

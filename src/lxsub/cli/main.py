@@ -14,18 +14,19 @@ and `lx ls -l` must not read `-l` as ours).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 import lxsub
 from lxsub.errors import EXIT_IOERR, EXIT_USAGE, LxError
 from lxsub.cli import distro_cmds, pathcmd
 from lxsub.manager import client
 from lxsub.state import Registry, lx_home, set_running_provider
+
+if TYPE_CHECKING:
+    import argparse
 
 # Options of ours that take a value: the value may look like `-e` or `--`.
 _OPTIONS_WITH_VALUE = {"-d", "--distribution", "-u", "--user", "--cd"}
@@ -82,18 +83,15 @@ class _UsageError(LxError):
         super().__init__(f"{message} (see 'lx --help')", EXIT_USAGE)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse would print the whole usage and exit 2; lx says one line, exits 64.
-        raise _UsageError(message)
-
-
-@dataclass
 class _Command:
     """What follows `--` or `-e`: the Linux command line, untouched."""
 
-    mode: str = "login"
-    argv: list[str] = field(default_factory=list)
+    def __init__(self, mode: str = "login", argv: list[str] | None = None) -> None:
+        self.mode = mode
+        self.argv = argv if argv is not None else []
+
+    def __repr__(self) -> str:
+        return f"_Command({self.mode!r}, {self.argv!r})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_IOERR
 
 
+def run() -> NoReturn:
+    """The `lx` command (the console script and `python -m lxsub`): main's
+    status without the interpreter's teardown, which collects every module
+    and costs a launch some 8 ms; what lx wrote is flushed first."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):    # a reader gone (`lx ... | head`), a closed stream
+            pass
+    os._exit(code)
+
+
 def _main(args: list[str]) -> int:
     if args[:1] == ["--complete"]:     # for the shell completion only (cli/complete.py)
         from lxsub.cli import complete
@@ -124,6 +135,9 @@ def _main(args: list[str]) -> int:
         if command is not None:
             raise _UsageError("--path does not take a command")
         return pathcmd.main(ours)
+    plain = _plain_launch(ours)
+    if plain is not None:
+        return _run(_registry(), plain.get("distribution"), plain.get("user"), plain.get("cd"), command)
     opts = _parse(ours)
     _check_combination(opts, command)
     if opts.help:
@@ -132,9 +146,7 @@ def _main(args: list[str]) -> int:
     if opts.version:
         print(f"lx (lxsub) {lxsub.__version__}\nLinux kernel interface: {lxsub.LINUX_RELEASE}")
         return 0
-    registry = Registry(lx_home())
-    set_running_provider(client.running_distros)
-    distro_cmds.recover(registry)
+    registry = _registry()
     if opts.list:
         return distro_cmds.list_(registry, opts.verbose)
     if opts.install:
@@ -164,7 +176,34 @@ def _main(args: list[str]) -> int:
         distro = registry.get(opts.mount[0])
         return fusemount.mount(distro.rootfs, opts.mount[0], opts.mount[1], opts.user,
                                meta_db=distro.meta_db)
-    return _run(registry, opts, command)
+    return _run(registry, opts.distribution, opts.user, opts.cd, command)
+
+
+def _registry() -> Registry:
+    registry = Registry(lx_home())
+    set_running_provider(client.running_distros)
+    distro_cmds.recover(registry)
+    return registry
+
+
+_LAUNCH_OPTIONS = {"-d": "distribution", "--distribution": "distribution", "-u": "user",
+                   "--user": "user", "--cd": "cd"}
+
+
+def _plain_launch(ours: list[str]) -> dict[str, str] | None:
+    """lx's options when they are only -d, -u and --cd, each at most once
+    with a value of its own: a launch, read without argparse (importing it
+    and building the parser cost every launch a few ms). None for anything
+    else, which argparse reads and checks."""
+    if len(ours) % 2:
+        return None
+    got: dict[str, str] = {}
+    for flag, value in zip(ours[::2], ours[1::2]):
+        key = _LAUNCH_OPTIONS.get(flag)
+        if key is None or key in got or value.startswith("-"):
+            return None
+        got[key] = value
+    return got
 
 
 def split_command(args: list[str]) -> tuple[list[str], _Command | None]:
@@ -199,7 +238,14 @@ def split_command(args: list[str]) -> tuple[list[str], _Command | None]:
     return args, None
 
 
-def _parser() -> _Parser:
+def _parser() -> "argparse.ArgumentParser":
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # argparse would print the whole usage and exit 2; lx says one line, exits 64.
+            raise _UsageError(message)
+
     p = _Parser(
         prog="lx",
         usage="lx [-d NAME] [-u USER] [--cd DIR] [-- CMD ARGS... | -e CMD ARGS... | CMD ARGS...]",
@@ -274,9 +320,10 @@ def _check_combination(opts: argparse.Namespace, command: _Command | None) -> No
 # -- running --
 
 
-def _run(registry: Registry, opts: argparse.Namespace, command: _Command | None) -> int:
-    distro = distro_cmds.launch_distro(registry, opts.distribution)
-    return _launch(distro.name, opts.user, _cd(opts.cd), command or _Command())
+def _run(registry: Registry, distribution: str | None, user: str | None, cd: str | None,
+         command: _Command | None) -> int:
+    distro = distro_cmds.launch_distro(registry, distribution)
+    return _launch(distro.name, user, _cd(cd), command or _Command())
 
 
 def _first_password(registry: Registry, name: str, user: str) -> int:

@@ -532,7 +532,7 @@ def lx_command_script(inst: "Instance") -> str | None:
     # explicitly, as this process has them.
     path = [p for p in sys.path if p and os.path.isdir(p)]
     code = (f"import sys; sys.path[:0] = {json.dumps(path)}; "
-            "from lxsub.cli.main import main; raise SystemExit(main())")
+            "from lxsub.cli.main import run; run()")
     return ("#!/bin/sh\n"
             "# lx: the host's lx, run on the host through interop (like wsl.exe inside WSL).\n"
             "# Written by lxsub when the instance starts (interop enabled); do not edit.\n"

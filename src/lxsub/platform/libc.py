@@ -7,7 +7,6 @@ lxsub sees the small interfaces in platform/__init__.py.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -19,7 +18,9 @@ from lxsub.platform import features
 from lxsub.abi.sysno import (SYS_CLOCK_ADJTIME, SYS_KCMP, SYS_OPENAT2, SYS_PIDFD_GETFD, SYS_PIDFD_OPEN,
                              SYS_SECCOMP)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter links libc, so its symbols are in the global namespace;
+# find_library would fork ldconfig -p at every start.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
