@@ -104,6 +104,19 @@ def test_absolute_sleeps_on_the_instance_clock(box):
     assert _near(out["abs nanosleep"][2:], before, 5), out
 
 
+def test_sysv_ipc_times_are_on_the_instance_clock(box):
+    """msgctl(IPC_STAT) shows the times the host kernel stamped on the
+    instance's clock (so does /proc/sysvipc, through the same helper). Before, a queue's msg_stime was the
+    host's, a day off from time() once the clock was set (LTP msgsnd01 and
+    shmctl01 failed when an earlier clock test left the clock seconds off)."""
+    if _near(_run(box, "now")["self now"], time.time()):
+        _run(box, "set", str(DELTA))          # run alone: the clock is not set yet
+    out = _run(box, "ipc")
+    stime, ctime, now = out["ipc stime"]
+    assert abs(stime - now) <= 1 and abs(ctime - now) <= 1, out
+    assert abs(now - time.time() - DELTA) < 5, out
+
+
 def test_unprivileged_users_cannot_set_it(box):
     from errno import EPERM
     out = _run(box, "user")

@@ -367,6 +367,18 @@ def clock_of(inst: "Instance") -> InstanceClock:
     return clk
 
 
+def instance_seconds(inst: "Instance", host_sec: int) -> int:
+    """A time the host kernel stamped in seconds (a SysV object's
+    msg_stime, shm_ctime, ...) on the instance's wall clock, 0 (never)
+    kept. The host keeps whole seconds only, so the stamp is taken as the
+    middle of its second; and the offset applied is today's, where Linux
+    would have stamped with the clock as it was then."""
+    clk = getattr(inst, "clock", None)
+    if not host_sec or clk is None or not clk.offset_ns:
+        return host_sec
+    return (host_sec * NSEC_PER_SEC + NSEC_PER_SEC // 2 + clk.offset_ns) // NSEC_PER_SEC
+
+
 def active(inst: "Instance") -> bool:
     clk = getattr(inst, "clock", None)
     return clk is not None and clk.active

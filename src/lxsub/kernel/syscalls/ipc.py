@@ -39,6 +39,7 @@ from lxsub.kernel.ipc import (HOST_MODE, MODE_BITS, MSG, S_IRUGO, S_IWUGO, S_IXU
                               index_of, ipcperms, may_control, seq_of)
 from lxsub.kernel.sysctl import read_host, sysctls_of
 from lxsub.kernel.task import active_pid_ns, ipc_of
+from lxsub.kernel.timekeeping import instance_seconds
 from lxsub.platform import libc
 
 # ctl commands on the whole table rather than an object (their first
@@ -68,6 +69,8 @@ _CMD_ARG = {SHM: 1, MSG: 1, SEM: 2}
 _PERM = struct.Struct("<iIIIII")
 # The pids in shmid64_ds (shm_cpid, shm_lpid) and msqid64_ds (msg_lspid, msg_lrpid).
 _PIDS = {SHM: (80, 84), MSG: (96, 100), SEM: ()}
+# The times: shm_atime/dtime/ctime, msg_stime/rtime/ctime, sem_otime/ctime.
+_TIMES = {SHM: (56, 64, 72), MSG: (48, 56, 64), SEM: (48, 64)}
 _DS_SIZE = {SHM: 112, MSG: 120, SEM: 104}
 _MSG_QBYTES = 88
 _CTL_NR = {SHM: NUMBERS["shmctl"], SEM: NUMBERS["semctl"], MSG: NUMBERS["msgctl"]}
@@ -263,7 +266,7 @@ def _linux_view(c: Call, kind: str, ident: int, obj: IpcObject, host_ds: bytes) 
     with (the host's is IPC_PRIVATE: msgctl(2) msg_perm.__key), its Linux
     owner, creator and mode (the host's state bits, SHM_DEST and
     SHM_LOCKED, kept), its id's sequence number (__seq), the creator's and
-    last users' pids in the instance."""
+    last users' pids in the instance, its times on the instance's clock."""
     ds = bytearray(host_ds)
     host_mode = struct.unpack_from("<I", ds, 20)[0]
     _PERM.pack_into(ds, 0, obj.key, obj.uid, obj.gid, obj.cuid, obj.cgid, (host_mode & ~MODE_BITS) | obj.mode)
@@ -272,6 +275,8 @@ def _linux_view(c: Call, kind: str, ident: int, obj: IpcObject, host_ds: bytes) 
         host = struct.unpack_from("<i", ds, off)[0]
         pid = obj.cpid if kind == SHM and i == 0 else _virtual_pid(c, host)
         struct.pack_into("<i", ds, off, pid)
+    for off in _TIMES[kind]:
+        struct.pack_into("<q", ds, off, instance_seconds(c.inst, struct.unpack_from("<q", ds, off)[0]))
     return bytes(ds)
 
 

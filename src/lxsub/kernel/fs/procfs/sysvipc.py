@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.kernel.ipc import MODE_BITS, MSG, SEM, SHM, IpcObject
 from lxsub.kernel.task import ipc_of
+from lxsub.kernel.timekeeping import instance_seconds
 from lxsub.kernel.vfs.pseudo import File, StaticDir
 
 if TYPE_CHECKING:
@@ -33,22 +34,26 @@ _HEADERS = {
 def _shm(inst: "Instance", ident: int, obj: IpcObject, mode: int, f: list[str]) -> str:
     lpid = _pid(inst, int(f[5]))
     return (f"{obj.key:10d} {ident:10d}  {mode:4o} {int(f[3]):21d} {obj.cpid:5d} {lpid:5d}  "
-            f"{int(f[6]):5d} {obj.uid:5d} {obj.gid:5d} {obj.cuid:5d} {obj.cgid:5d} {int(f[11]):10d} "
-            f"{int(f[12]):10d} {int(f[13]):10d} {int(f[14]):21d} {int(f[15]):21d}\n")
+            f"{int(f[6]):5d} {obj.uid:5d} {obj.gid:5d} {obj.cuid:5d} {obj.cgid:5d} {_time(inst, f[11])} "
+            f"{_time(inst, f[12])} {_time(inst, f[13])} {int(f[14]):21d} {int(f[15]):21d}\n")
 
 
 def _msg(inst: "Instance", ident: int, obj: IpcObject, mode: int, f: list[str]) -> str:
     return (f"{obj.key:10d} {ident:10d}  {mode:4o}  {int(f[3]):10d} {int(f[4]):10d} "
             f"{_pid(inst, int(f[5])):5d} {_pid(inst, int(f[6])):5d} {obj.uid:5d} {obj.gid:5d} "
-            f"{obj.cuid:5d} {obj.cgid:5d} {int(f[11]):10d} {int(f[12]):10d} {int(f[13]):10d}\n")
+            f"{obj.cuid:5d} {obj.cgid:5d} {_time(inst, f[11])} {_time(inst, f[12])} {_time(inst, f[13])}\n")
 
 
 def _sem(inst: "Instance", ident: int, obj: IpcObject, mode: int, f: list[str]) -> str:
     return (f"{obj.key:10d} {ident:10d}  {mode:4o} {int(f[3]):10d} {obj.uid:5d} {obj.gid:5d} "
-            f"{obj.cuid:5d} {obj.cgid:5d} {int(f[8]):10d} {int(f[9]):10d}\n")
+            f"{obj.cuid:5d} {obj.cgid:5d} {_time(inst, f[8])} {_time(inst, f[9])}\n")
 
 
 _ROW = {SHM: _shm, MSG: _msg, SEM: _sem}
+
+
+def _time(inst: "Instance", host_sec: str) -> str:
+    return f"{instance_seconds(inst, int(host_sec)):10d}"
 
 
 def _pid(inst: "Instance", host_pid: int) -> int:
