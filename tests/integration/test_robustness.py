@@ -382,6 +382,41 @@ def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, bus
     assert not [n for n in names if not n[1:].isdigit()], names     # no half-made stray
 
 
+# -- 8. a provider stopped and continued answers every call right ------------------------------
+
+_OPEN_LOOP = ("i=0; while [ $i -lt 4000 ]; do read line < /etc/passwd; case $line in root:*) ;; "
+              "*) echo \"open $i read: $line\"; exit 1;; esac; i=$((i+1)); done; echo ok")
+
+
+def test_opens_stay_right_while_the_provider_is_stopped_and_continued(lx, busybox_tar):
+    """SIGSTOP and SIGCONT to the provider, over and over (what a debugger
+    or profiler attaching does, or a batch scheduler suspending a job)
+    while a shell opens a file thousands of times: every open gives the
+    file. Before, a stop that came while the provider waited for a caller
+    to install its descriptor (ADDFD with SEND) made the kernel take the
+    descriptor back and answer 0: the shell read its stdin instead."""
+    lx.import_distro("bb", busybox_tar)
+    loop = lx.popen(["-d", "bb", "--", _OPEN_LOOP], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stops = 0
+    try:
+        pid = _instance_pid(lx)
+        while loop.poll() is None and stops < 3000:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.0005)
+            os.kill(pid, signal.SIGCONT)
+            stops += 1
+            time.sleep(0.002)
+        out, err = loop.communicate(timeout=120)
+    finally:
+        if loop.poll() is None:
+            os.kill(pid, signal.SIGCONT)
+            loop.kill()
+            loop.wait()
+    assert (loop.returncode, out) == (0, b"ok\n"), (stops, loop.returncode, out, err)
+    assert stops > 50, f"the loop ended after {stops} stops: too few to tell"
+
+
 # -- the fuzzers (tools/fuzz), about half a minute each in CI ------------------------------
 
 FUZZ_SECONDS = float(os.environ.get("LXSUB_FUZZ_SECONDS", "25"))

@@ -101,8 +101,22 @@ class Listener:
 
     def reply_fd(self, nid: int, srcfd: int, cloexec: bool, tid: int = 0) -> int:
         """Install srcfd in the caller (thread `tid`, if known) and return its
-        number as the syscall result."""
+        number as the syscall result.
+
+        With WAIT_KILLABLE_RECV in two steps, ADDFD then SEND: ADDFD with
+        SEND marks the call answered before the caller has installed the
+        descriptor, and a signal or stop (a debugger or profiler attaching,
+        SIGSTOP from a batch scheduler's suspend) that interrupts our wait
+        for it makes the kernel take the descriptor back but leave the
+        answer, so the caller's call returns 0 (Linux 6.18
+        seccomp_notify_addfd). Without WAIT_KILLABLE_RECV the atomic SEND is
+        still needed: there any signal could wake the caller between the
+        two steps."""
         flags = O_CLOEXEC if cloexec else 0
+        if KILLABLE_WAIT:
+            number = self._add_fd(bytearray(_ADDFD_ARG.pack(nid, 0, srcfd, 0, flags)), tid)
+            self.reply(nid, number, 0)
+            return number
         arg = bytearray(_ADDFD_ARG.pack(nid, ADDFD_FLAG_SEND, srcfd, 0, flags))
         if not tid:
             return fcntl.ioctl(self.fd, _ADDFD, arg, True)
@@ -110,6 +124,20 @@ class Listener:
         # SYNC_WAKE_UP's help, then wakes us: keep both wakes on our CPU.
         with WakeHere(tid):
             return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+
+    def _add_fd(self, arg: bytearray, tid: int = 0) -> int:
+        """ADDFD without SEND. An interrupted wait for the caller to install
+        the descriptor leaves it either installed (the kernel returns its
+        number) or taken back (EINTR, or a restart after a stop): asking
+        again is always right."""
+        while True:
+            try:
+                if not tid:
+                    return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+                with WakeHere(tid):         # the caller installs it itself
+                    return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+            except InterruptedError:
+                continue
 
     def reply_fd_last_holder(self, nid: int, srcfd: int, cloexec: bool, tid: int = 0) -> None:
         """Install srcfd in the caller (ADDFD without SEND), close it here,
@@ -124,11 +152,7 @@ class Listener:
         flags = O_CLOEXEC if cloexec else 0
         arg = bytearray(_ADDFD_ARG.pack(nid, 0, srcfd, 0, flags))
         try:
-            if tid:
-                with WakeHere(tid):         # the caller installs it itself
-                    number = fcntl.ioctl(self.fd, _ADDFD, arg, True)
-            else:
-                number = fcntl.ioctl(self.fd, _ADDFD, arg, True)
+            number = self._add_fd(arg, tid)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 return
@@ -144,8 +168,7 @@ class Listener:
     def add_fd(self, nid: int, srcfd: int, cloexec: bool, newfd: int | None = None) -> int:
         flags = O_CLOEXEC if cloexec else 0
         how = ADDFD_FLAG_SETFD if newfd is not None else 0
-        arg = bytearray(_ADDFD_ARG.pack(nid, how, srcfd, newfd or 0, flags))
-        return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+        return self._add_fd(bytearray(_ADDFD_ARG.pack(nid, how, srcfd, newfd or 0, flags)))
 
     def still_valid(self, nid: int) -> bool:
         try:
