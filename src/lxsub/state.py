@@ -29,9 +29,7 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -356,6 +354,7 @@ class Registry:
                 raise LxError(f"{rootfs} already exists; install into a new directory",
                               EXIT_CANTCREAT)
             made_parent = _make_parent(rootfs.parent)
+            import tempfile
             try:
                 work = Path(tempfile.mkdtemp(prefix=f".{rootfs.name}.partial-",
                                              dir=rootfs.parent))
@@ -623,6 +622,7 @@ def remove_tree(path: Path) -> None:
     """rm -rf that copes with directories lacking owner permissions."""
     if not os.path.lexists(path):
         return
+    import shutil           # as tempfile below: not for a launch, which only reads the registry
     try:
         shutil.rmtree(path)
     except PermissionError:
@@ -632,6 +632,7 @@ def remove_tree(path: Path) -> None:
 
 def atomic_write(path: Path, content: bytes) -> None:
     """Replace `path` with `content` so that a crash leaves the old or the new file."""
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
