@@ -350,6 +350,7 @@ def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, bus
     mode (umask 022), as Linux makes them, none without its attribute."""
     import random
     from lxsub.kernel.fs import lxattr
+    from tests.fixtures.runner import wait_for
     lx.import_distro("bb", busybox_tar)
     rootfs = lx.distros / "bb" / "rootfs"
     cp = lx.run(["-d", "bb", "-u", "root", "--", "mkdir /born && chown user:user /born"])
@@ -363,6 +364,9 @@ def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, bus
             time.sleep(0.3 + rng.random() * 0.5)
             os.kill(pid, signal.SIGKILL)
             loop.wait(timeout=30)
+            # Gone (reaped by the manager) before the next round looks for
+            # its instance, which must not find this one.
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what=f"instance {pid} to be reaped")
         finally:
             if loop.poll() is None:
                 loop.kill()
