@@ -1,12 +1,13 @@
 """Extra seccomp filters for one process, injected by the provider and
 inherited by its children: SCM_CREDENTIALS' recvmsg stops
-(syscalls/net.py), FAN_ACCESS_PERM's read stops (kernel/fanotify.py), a
-time namespace's clock stops (kernel/timens.py).
+(syscalls/net.py), FAN_ACCESS_PERM's read stops and a fanotify group
+holder's socket and splice stops (kernel/fanotify.py), a time namespace's
+clock stops (kernel/timens.py).
 
 The kernel runs every filter of a process and takes the strictest action,
 so an extra filter only adds stops to the instance filter's answers. Each
 process gets each filter at most once: a flag on its Process
-(`creds_filter`, `access_filter`, `timens_filter`) says it has it or that it
+(`creds_filter`, `access_filter`, `group_filter`, `timens_filter`) says it has it or that it
 is on its way; a failed injection or the thread's end clears it, so a later
 call may try again."""
 
@@ -46,3 +47,24 @@ def inject(inst: "Instance", proc: "Process", tid: int, flag: str, call: SysCall
     def gone() -> None:
         setattr(proc, flag, False)
     inst.engine.inject(tid, call, installed, lambda: None, gone)
+
+
+def give(inst: "Instance", task, flag: str, call: SysCall, what: str) -> None:
+    """Inject `call` into the process of `task`, which runs or waits in a
+    call the provider serves, at the stop an interrupt brings: before it
+    runs on from that call. Once per process (`flag`)."""
+    proc = task.process
+    if getattr(proc, flag):
+        return
+    setattr(proc, flag, True)
+
+    def at_stop(tid: int, regs) -> None:
+        if tid in inst.engine.injections:
+            # The call's own answer is being injected (the ptrace platform
+            # hands descriptors over by an injected recvmsg): after it.
+            if not inst.engine.interrupt(tid, at_stop):
+                setattr(proc, flag, False)
+            return
+        inject(inst, proc, tid, flag, call, what)
+    if not inst.engine.interrupt(task.host_tid, at_stop):
+        setattr(proc, flag, False)
