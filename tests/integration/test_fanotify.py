@@ -117,3 +117,12 @@ def test_the_group_descriptor_is_no_socket(installed):
         f"splice in {-errno.EINVAL} out {-errno.EINVAL} sendfile in {-errno.EINVAL} out {-errno.EINVAL} "
         f"socket 0 1 child {notsock} mode 600 fstype 9041934",
         "got 24"]
+
+
+def test_a_group_handed_to_another_process_is_no_socket_there(installed):
+    # Processes forked before the group was made get it by SCM_RIGHTS and by
+    # pidfd_getfd(2): accept on it is ENOTSOCK there too (they get the
+    # group filter when the descriptor is handed to them).
+    if features.platform()[0] == "ptrace":
+        pytest.skip("the group filter is not given on the ptrace platform (kernel/fanotify.py)")
+    assert _lines(installed, "handed") == [f"handed rights {-errno.ENOTSOCK} getfd {-errno.ENOTSOCK}"]

@@ -14,7 +14,7 @@ call may try again."""
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from lxsub.abi.seccomp import SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_SET_MODE_FILTER
 from lxsub.abi.sysno import NUMBERS
@@ -68,3 +68,17 @@ def give(inst: "Instance", task, flag: str, call: SysCall, what: str) -> None:
         inject(inst, proc, tid, flag, call, what)
     if not inst.engine.interrupt(task.host_tid, at_stop):
         setattr(proc, flag, False)
+
+
+def give_to_holders(inst: "Instance", holds: Callable[["Process"], bool], flag: str, call: SysCall,
+                    what: str) -> None:
+    """Every process of the instance for which `holds` is true and that
+    lacks the filter gets it, at the stop an interrupt of one of its
+    threads brings."""
+    for proc in list(inst.pids.processes_by_host.values()):
+        if getattr(proc, flag) or not proc.threads or not holds(proc):
+            continue
+        tid = next(iter(proc.threads))
+        setattr(proc, flag, True)
+        if not inst.engine.interrupt(tid, lambda tid, regs, proc=proc: inject(inst, proc, tid, flag, call, what)):
+            setattr(proc, flag, False)

@@ -731,6 +731,27 @@ def give_group_filter(inst, task: "Task") -> None:
         extra_filter.give(inst, task, "group_filter", _GROUP_FILTER, "fanotify descriptor")
 
 
+def give_group_filter_to_holders(inst, holds: Callable[..., bool]) -> None:
+    """A group's descriptor is on its way to whichever process `holds`
+    says (an SCM_RIGHTS message to a socket it holds)."""
+    if inst.engine.trace_listener is None:
+        extra_filter.give_to_holders(inst, holds, "group_filter", _GROUP_FILTER, "fanotify descriptor")
+
+
+def any_group(inst, fds: list[int]) -> bool:
+    """Whether one of the provider's descriptors is a group's."""
+    groups = getattr(inst, "fanotify_groups", None)
+    if groups is None or not groups.live:
+        return False
+    for fd in fds:
+        try:
+            if is_group_file(inst, os.fstat(fd)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def is_group_fd(inst, task: "Task", fd: int) -> bool:
     """Whether the task's descriptor `fd` is a fanotify group's."""
     groups = getattr(inst, "fanotify_groups", None)
