@@ -102,7 +102,8 @@ def test_the_group_descriptor_is_no_socket(installed):
     # file: every socket call on it fails with ENOTSOCK (after the checks of
     # other arguments that come first: accept4's flags), splice and
     # sendfile fail with EINVAL (no splice_read or splice_write), fstat
-    # shows the anonymous inode and fstatfs its file system. A real socket
+    # shows the anonymous inode, fstatfs its file system, /proc/self/fd its
+    # name. A real socket
     # still works in the same process, a child holds the group too, and
     # the calls did nothing to the group, which still reports an open.
     # Before this the socket calls acted on the pair and splice blocked.
@@ -115,7 +116,7 @@ def test_the_group_descriptor_is_no_socket(installed):
         f"setsockopt {notsock} sendto {notsock} recvfrom {notsock} bind {notsock} "
         f"connect {notsock} sendmsg {notsock} recvmsg {notsock}",
         f"splice in {-errno.EINVAL} out {-errno.EINVAL} sendfile in {-errno.EINVAL} out {-errno.EINVAL} "
-        f"socket 0 1 child {notsock} mode 600 fstype 9041934",
+        f"socket 0 1 child {notsock} mode 600 fstype 9041934 link anon_inode:[fanotify]",
         "got 24"]
 
 

@@ -776,6 +776,18 @@ def is_group_file(inst, st: os.stat_result) -> bool:
         return groups.by_ino(st.st_ino) is not None
 
 
+def link_name(inst, host: str) -> str:
+    """/proc/<pid>/fd/N of a group descriptor reads as Linux's
+    anon_inode:[fanotify], not as the socket it is on the host."""
+    if host.startswith("socket:[") and host.endswith("]"):
+        groups = getattr(inst, "fanotify_groups", None)
+        if groups is not None and groups.live:
+            with groups.lock:
+                if groups.by_ino(int(host[len("socket:["):-1])) is not None:
+                    return "anon_inode:[fanotify]"
+    return host
+
+
 _anon_inode: os.stat_result | None = None
 
 
