@@ -6,7 +6,10 @@ group descriptor a program holds is one end of a Unix stream socket pair
 whose other end the provider keeps: the program reads, polls and epolls it
 natively, and the provider writes struct fanotify_event_metadata records
 into it. The provider's end reports EOF when the program's last copy
-closes, and the group goes (fanotify_release).
+closes, and the group goes (fanotify_release). What else a program
+might do with a socket fails on the group as on Linux's anonymous-inode
+file (ENOTSOCK, splice's EINVAL; fstat shows the anonymous inode): see
+the group filter below.
 
 Where events come from: the opens the provider serves (FAN_OPEN) and the
 executables it opens for execve (FAN_OPEN | FAN_OPEN_EXEC), with the
@@ -699,6 +702,108 @@ def _answered(ev: Event) -> None:
             ev.on_answer()
 
 
+# -- the group descriptor: a socket to the host, not to the program ----------------
+#
+# Linux's group descriptor is an anonymous-inode file whose only
+# operations are read, write, poll and FIONREAD (fanotify_fops): the socket
+# calls fail with ENOTSOCK and splice and sendfile with EINVAL (no
+# splice_read or splice_write). Here it is a Unix socket, on which those
+# would act on the pair. The socket calls that reach the provider anyway
+# (sendmsg, bind, connect, getsockname, ...) check their descriptor there;
+# the ones that run natively, and splice and sendfile, are stopped by a
+# filter a process holding a group is given (fanotify_init), as the
+# access filter above: no other process pays for them. Whether a
+# descriptor is a group is one readlink of its /proc link, made only when
+# the instance has groups.
+
+GROUP_FILTER_TRACES = frozenset(NUMBERS[n] for n in (
+    "accept", "accept4", "listen", "shutdown", "recvfrom", "recvmsg", "recvmmsg", "getsockopt",
+    "setsockopt", "sendto", "splice", "sendfile"))
+
+_GROUP_FILTER = extra_filter.seccomp_call(dict.fromkeys(GROUP_FILTER_TRACES, bpf.RET_TRACE))
+
+
+def give_group_filter(inst, task: "Task") -> None:
+    """The process of `task` now holds a group: its calls above stop, so
+    that the provider answers for a group descriptor (not on the ptrace
+    platform yet, as the access filter)."""
+    if inst.engine.trace_listener is None:
+        extra_filter.give(inst, task, "group_filter", _GROUP_FILTER, "fanotify descriptor")
+
+
+def give_group_filter_to_holders(inst, holds: Callable[..., bool]) -> None:
+    """A group's descriptor is on its way to whichever process `holds`
+    says (an SCM_RIGHTS message to a socket it holds)."""
+    if inst.engine.trace_listener is None:
+        extra_filter.give_to_holders(inst, holds, "group_filter", _GROUP_FILTER, "fanotify descriptor")
+
+
+def any_group(inst, fds: list[int]) -> bool:
+    """Whether one of the provider's descriptors is a group's."""
+    groups = getattr(inst, "fanotify_groups", None)
+    if groups is None or not groups.live:
+        return False
+    for fd in fds:
+        try:
+            if is_group_file(inst, os.fstat(fd)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def is_group_fd(inst, task: "Task", fd: int) -> bool:
+    """Whether the task's descriptor `fd` is a fanotify group's."""
+    groups = getattr(inst, "fanotify_groups", None)
+    if groups is None or not groups.live or fd < 0:
+        return False
+    try:
+        link = os.readlink(f"/proc/{task.host_tid}/fd/{fd}")
+    except OSError:
+        return False
+    if not (link.startswith("socket:[") and link.endswith("]")):
+        return False
+    with groups.lock:
+        return groups.by_ino(int(link[len("socket:["):-1])) is not None
+
+
+def is_group_file(inst, st: os.stat_result) -> bool:
+    """Whether a provider copy of a descriptor, as fstat shows it, is a group's."""
+    groups = getattr(inst, "fanotify_groups", None)
+    if groups is None or not groups.live or not stat.S_ISSOCK(st.st_mode):
+        return False
+    with groups.lock:
+        return groups.by_ino(st.st_ino) is not None
+
+
+def link_name(inst, host: str) -> str:
+    """/proc/<pid>/fd/N of a group descriptor reads as Linux's
+    anon_inode:[fanotify], not as the socket it is on the host."""
+    if host.startswith("socket:[") and host.endswith("]"):
+        groups = getattr(inst, "fanotify_groups", None)
+        if groups is not None and groups.live:
+            with groups.lock:
+                if groups.by_ino(int(host[len("socket:["):-1])) is not None:
+                    return "anon_inode:[fanotify]"
+    return host
+
+
+_anon_inode: os.stat_result | None = None
+
+
+def anon_inode_stat() -> os.stat_result:
+    """What fstat of a group descriptor shows in Linux: the anonymous inode
+    every anon_inode_getfile file shares (an eventfd's is the same one)."""
+    global _anon_inode
+    if _anon_inode is None:
+        fd = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            _anon_inode = os.fstat(fd)
+        finally:
+            os.close(fd)
+    return _anon_inode
+
+
 # -- FAN_ACCESS_PERM: reads stopped by an extra filter -------------------------------
 
 # The calls the filter below traces (its trace stops are the provider's).
@@ -714,21 +819,7 @@ def _give_access_filter(inst, task: "Task") -> None:
     gets a filter that stops its reads (they run natively otherwise), at
     the stop an interrupt brings: before it runs on from the open. Its
     children inherit it, as any seccomp filter."""
-    proc = task.process
-    if proc.access_filter:
-        return
-    proc.access_filter = True
-
-    def at_stop(tid: int, regs) -> None:
-        if tid in inst.engine.injections:
-            # The open's own answer is being injected (the ptrace platform
-            # hands descriptors over by an injected recvmsg): after it.
-            if not inst.engine.interrupt(tid, at_stop):
-                proc.access_filter = False
-            return
-        extra_filter.inject(inst, proc, tid, "access_filter", _ACCESS_FILTER, "FAN_ACCESS_PERM")
-    if not inst.engine.interrupt(task.host_tid, at_stop):
-        proc.access_filter = False
+    extra_filter.give(inst, task, "access_filter", _ACCESS_FILTER, "FAN_ACCESS_PERM")
 
 
 def sys_read_watched(c: Call):

@@ -212,9 +212,12 @@ class Instance:
     @staticmethod
     def _provider_traces(task: Task, nr: int) -> bool:
         """Whether a filter of the provider's traces nr in this process:
-        the instance's, or the SCM_CREDENTIALS one it may have been given."""
-        return (table.traced_by_provider(nr) or (task.process.creds_filter and nr in net.CREDS_FILTER_TRACES)
-                or (task.process.access_filter and nr in fanotify.ACCESS_FILTER_TRACES))
+        the instance's, or an extra one it may have been given
+        (kernel/extra_filter.py)."""
+        proc = task.process
+        return (table.traced_by_provider(nr) or (proc.creds_filter and nr in net.CREDS_FILTER_TRACES)
+                or (proc.access_filter and nr in fanotify.ACCESS_FILTER_TRACES)
+                or (proc.group_filter and nr in fanotify.GROUP_FILTER_TRACES))
 
     def _own_filter_traced(self, tid: int, task: Task, regs: Regs) -> None:
         """SECCOMP_RET_TRACE from a filter of the program's own: a
@@ -350,6 +353,7 @@ class Instance:
                            oom_score_adj=src.oom_score_adj,
                            oom_score_adj_min=src.oom_score_adj_min, image=src.image,
                            creds_filter=src.creds_filter, access_filter=src.access_filter,
+                           group_filter=src.group_filter,
                            timens_filter=src.timens_filter, pid_ns=pid_ns, ns_pids=numbers)
             self.vfs.images.started(proc.image)     # a fork runs its parent's image too
             if pp is not None:

@@ -91,15 +91,35 @@ def _when(index: int, values, action: int) -> tuple[ArgRule, ...]:
 # prlimit64's third argument, the new limit: NULL only reads the old one.
 _SETTING_LIMIT = ByArgs((ArgRule(2, "eq", 0, bpf.RET_ALLOW, wide=True),), bpf.RET_TRACE)
 
+# The calls kernel/fanotify.py's group filter stops in a process holding a group.
+_GROUP_STOPS = "stopped (ptrace) only in a process holding a fanotify group: "
+_NOT_SOCK = "; ENOTSOCK for a fanotify descriptor"
+
 _CLONE_FORBIDDEN = CLONE_NEWCGROUP | CLONE_NEWUSER | CLONE_NEWNET | CLONE_UNTRACED
+
+def _peer_option(c) -> bool:
+    return c.int(2) in net.PEER_OPTIONS          # the names the getsockopt row traps
+
+
+def _pass_option(c) -> bool:
+    return c.int(2) in (SO_PASSPIDFD, SO_PASSCRED)     # the names the setsockopt row traps
+
+
+def _passes_creds(c) -> bool:
+    return c.task.process.creds_filter           # SCM_CREDENTIALS to translate
+
+
+def _has_address(c) -> bool:
+    return c.ptr(4) != 0                          # the sendto row traps those
+
 
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
     *(native(n) for n in (
         "write", "close", "poll", "lseek", "pwrite64", "writev",
-        "pipe", "pipe2", "select", "pselect6", "ppoll", "dup", "dup2", "dup3", "sendfile",
+        "pipe", "pipe2", "select", "pselect6", "ppoll", "dup", "dup2", "dup3",
         "flock", "fsync", "fdatasync", "ftruncate", "getdents", "getdents64", "readahead",
-        "fadvise64", "fallocate", "splice", "tee", "vmsplice", "sync_file_range",
+        "fadvise64", "fallocate", "tee", "vmsplice", "sync_file_range",
         "pwritev", "pwritev2", "copy_file_range", "close_range",
         "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
         "epoll_pwait2", "eventfd", "eventfd2", "signalfd", "signalfd4", "timerfd_create",
@@ -107,6 +127,11 @@ ROWS: list[Syscall] = [
         "inotify_rm_watch", "memfd_create", "sync", "syncfs", "io_setup", "io_destroy",
         "io_getevents", "io_submit", "io_cancel", "io_pgetevents", "userfaultfd",
         "memfd_secret")),
+    Syscall("splice", NATIVE, fanotify.sys_splice, FULL, _GROUP_STOPS + "EINVAL for a fanotify descriptor "
+            "(no splice_read or splice_write; Linux's wait for room in a full output pipe first is not "
+            "made)"),
+    Syscall("sendfile", NATIVE, fanotify.sys_sendfile, FULL, _GROUP_STOPS + "EINVAL for a fanotify "
+            "descriptor"),
     *(Syscall(n, NATIVE, kfanotify.sys_read_watched, FULL, "stopped (ptrace) only in a process that "
               "opened a file a fanotify group wants FAN_ACCESS_PERM for: the read waits for the answers "
               "(notify platform only)")
@@ -249,35 +274,47 @@ ROWS: list[Syscall] = [
     Syscall("socketpair", NATIVE, net.sys_socketpair, FULL, "AF_UNIX: made in the instance's "
             "own network namespace (abstract names are the instance's)",
             rules=(ArgRule(0, "eq", AF_UNIX, bpf.RET_USER_NOTIF),)),
-    Syscall("getsockopt", NATIVE, net.sys_getsockopt, PARTIAL, "SO_PEERCRED, SO_PEERGROUPS, "
+    Syscall("getsockopt", NATIVE, fanotify.socket_call(net.sys_getsockopt, own=_peer_option), PARTIAL,
+            "SO_PEERCRED, SO_PEERGROUPS, "
             "SO_PEERPIDFD trap: the peer's virtual pid and Linux ids, nobody outside the instance. "
             "Gap: the provider connects Unix sockets for programs, so when a client closes its "
-            "socket before the server asks, the server sees nobody (pid 0, overflow ids)",
+            "socket before the server asks, the server sees nobody (pid 0, overflow ids)" + _NOT_SOCK,
             rules=_when(2, net.PEER_OPTIONS, bpf.RET_USER_NOTIF)),
-    Syscall("setsockopt", NATIVE, net.sys_setsockopt, FULL, "SO_PASSPIDFD: ENOPROTOOPT (it "
+    Syscall("setsockopt", NATIVE, fanotify.socket_call(net.sys_setsockopt, own=_pass_option,
+                                                       checked_first=fanotify.bad_optlen), FULL,
+            "SO_PASSPIDFD: ENOPROTOOPT (it "
             "would give pidfds of host senders); SO_PASSCRED stops and runs natively: once on, "
-            "the process gets a filter of its own that stops recvmsg/recvmmsg",
+            "the process gets a filter of its own that stops recvmsg/recvmmsg" + _NOT_SOCK,
             rules=(ArgRule(2, "eq", SO_PASSPIDFD, bpf.RET_USER_NOTIF),
                    ArgRule(2, "eq", SO_PASSCRED, bpf.RET_TRACE))),
-    *(native(n) for n in ("listen", "accept", "accept4", "shutdown", "recvfrom")),
-    *(Syscall(n, NATIVE, getattr(net, "sys_" + n), FULL, "in a process that turned SO_PASSCRED "
+    *(Syscall(n, NATIVE, fanotify.socket_call(checked_first=first), FULL, _GROUP_STOPS + "ENOTSOCK for "
+              "a fanotify descriptor")
+      for n, first in (("listen", None), ("accept", None), ("accept4", fanotify.bad_accept4_flags),
+                       ("shutdown", None), ("recvfrom", None))),
+    *(Syscall(n, NATIVE, fanotify.socket_call(getattr(net, "sys_" + n), own=_passes_creds,
+                                              checked_first=fanotify.bad_msg_flags(flags_at)), FULL,
+              "in a process that turned SO_PASSCRED "
               "on, its own filter stops it: SCM_CREDENTIALS received show the sender's pid in "
-              "the instance and Linux ids") for n in ("recvmsg", "recvmmsg")),
-    notify("getsockname", net.sys_getsockname, "a Unix socket bound in the instance shows "
-           "its instance path"),
-    notify("getpeername", net.sys_getpeername, "a Unix socket's peer bound in the instance "
-           "shows its instance path"),
+              "the instance and Linux ids" + _NOT_SOCK) for n, flags_at in (("recvmsg", 2), ("recvmmsg", 3))),
+    notify("getsockname", fanotify.socket_call(net.sys_getsockname), "a Unix socket bound in the instance shows "
+           "its instance path" + _NOT_SOCK),
+    notify("getpeername", fanotify.socket_call(net.sys_getpeername), "a Unix socket's peer bound in the "
+           "instance shows its instance path" + _NOT_SOCK),
     # The destination and descriptors are in memory the filter cannot read
     # and another thread may change: the provider sends from its copies.
-    notify("sendmsg", net.sys_sendmsg, "sent by the provider: AF_UNIX destinations resolved "
+    notify("sendmsg", fanotify.socket_call(net.sys_sendmsg, checked_first=fanotify.bad_msg_flags(2)),
+           "sent by the provider: AF_UNIX destinations resolved "
            "in the instance, SCM_RIGHTS from the caller's descriptors, SCM_CREDENTIALS "
-           "checked in the instance's ids (unix(7))"),
-    notify("sendmmsg", net.sys_sendmmsg, "as sendmsg, message by message"),
-    notify("bind", net.sys_bind, "AF_UNIX paths resolved in the instance"),
-    notify("connect", net.sys_connect, "AF_UNIX paths resolved in the instance"),
+           "checked in the instance's ids (unix(7))" + _NOT_SOCK),
+    notify("sendmmsg", fanotify.socket_call(net.sys_sendmmsg, checked_first=fanotify.bad_msg_flags(3)),
+           "as sendmsg, message by message" + _NOT_SOCK),
+    notify("bind", fanotify.socket_call(net.sys_bind), "AF_UNIX paths resolved in the instance" + _NOT_SOCK),
+    notify("connect", fanotify.socket_call(net.sys_connect, checked_first=fanotify.bad_address),
+           "AF_UNIX paths resolved in the instance" + _NOT_SOCK),
     # The address is a pointer: all 64 bits tell whether there is one.
-    Syscall("sendto", NOTIFY, net.sys_sendto, FULL, "without an address native; with one "
-            "resolved like connect",
+    Syscall("sendto", NOTIFY, fanotify.socket_call(net.sys_sendto, own=_has_address), FULL,
+            "without an address native; with one "
+            "resolved like connect" + _NOT_SOCK,
             rules=(ArgRule(4, "eq", 0, bpf.RET_ALLOW, wide=True),)),
     # -- paths: all resolved by the provider inside the instance
     Syscall("open", NOTIFY, fcntl.sys_open, FULL, "O_PATH opens trap by ptrace (ADDFD refuses O_PATH files)",

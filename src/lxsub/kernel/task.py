@@ -47,6 +47,10 @@ class Process:
     # It has the extra filter that stops the read calls (FAN_ACCESS_PERM,
     # kernel/fanotify.py); inherited at fork and kept across exec.
     access_filter: bool = False
+    # It has the extra filter that stops the socket calls, splice and
+    # sendfile (it holds a fanotify group, kernel/fanotify.py); inherited
+    # at fork and kept across exec.
+    group_filter: bool = False
     # It has the extra filter of a time namespace's clock calls
     # (kernel/timens.py); inherited at fork and kept across exec.
     timens_filter: bool = False

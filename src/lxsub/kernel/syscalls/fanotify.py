@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Callable
 
 from lxsub.abi.fanotify import (EVENT_F_BITS, FAN_ALL_CLASS_BITS, FAN_CLASS_NOTIF, FAN_CLOEXEC,
                                 FAN_ENABLE_AUDIT, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_MARK_DONT_FOLLOW,
@@ -18,7 +19,7 @@ from lxsub.abi.fanotify import (EVENT_F_BITS, FAN_ALL_CLASS_BITS, FAN_CLASS_NOTI
                                 FANOTIFY_MARK_TYPE_BITS, FANOTIFY_PERM_EVENTS, SUPPORTED_INIT_FLAGS)
 from lxsub.abi.fcntl import O_PATH
 from lxsub.kernel import fanotify
-from lxsub.kernel.call import Call, NewFd
+from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.syscalls.inotify import watched_node
 from lxsub.kernel.vfs import lookup
@@ -48,6 +49,7 @@ def sys_fanotify_init(c: Call) -> NewFd:
     if flags & ~SUPPORTED_INIT_FLAGS:
         raise OSError(errno.EINVAL, "fanotify_init flag not served by lxsub")
     fd = fanotify.new_group(c.inst, c.task, c.task.creds.euid, flags, event_f_flags, bool(flags & FAN_NONBLOCK))
+    fanotify.give_group_filter(c.inst, c.task)
     return NewFd(fd, bool(flags & FAN_CLOEXEC))
 
 
@@ -152,3 +154,134 @@ def _key(kind: int, st: os.stat_result) -> tuple:
     if kind == FAN_MARK_INODE:
         return ("ino", st.st_dev, st.st_ino)
     return (_KIND[kind], st.st_dev)
+
+
+# -- calls on a group descriptor (kernel/fanotify.py: the group filter) ---------------
+#
+# A group descriptor is a socket here, an anonymous-inode file in Linux:
+# the socket calls fail with ENOTSOCK once the descriptor is looked up
+# (net/socket.c sockfd_lookup_light), after the checks each makes of its
+# other arguments first; splice and sendfile fail as on a file without
+# splice_read or splice_write. Any other descriptor runs as it would.
+
+_MSG_CMSG_COMPAT = 0x80000000
+_SOCK_FLAGS = os.O_CLOEXEC | os.O_NONBLOCK
+_SPLICE_F_ALL = 0xF          # SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE | SPLICE_F_GIFT
+
+
+def _not_a_socket(c: Call) -> None:
+    if fanotify.is_group_fd(c.inst, c.task, c.int(0)):
+        raise OSError(errno.ENOTSOCK, "a fanotify descriptor")
+
+
+def socket_call(handler: Callable[[Call], object] | None = None,
+                own: Callable[[Call], bool] | None = None,
+                checked_first: Callable[[Call], bool] | None = None) -> Callable[[Call], object]:
+    """A socket call's handler: ENOTSOCK for a group descriptor, unless
+    `checked_first` (the arguments the kernel checks before the descriptor
+    are wrong: the host says how); then `handler` where `own` (default:
+    always) says the call is one it serves, else the host runs it."""
+    def run(c: Call):
+        if checked_first is None or not checked_first(c):
+            _not_a_socket(c)
+        if handler is not None and (own is None or own(c)):
+            return handler(c)
+        return Native()
+    run.__name__ = run.__qualname__ = getattr(handler, "__name__", "socket_call")
+    run.__doc__ = handler.__doc__ if handler is not None else _not_a_socket.__doc__
+    return run
+
+
+def bad_accept4_flags(c: Call) -> bool:
+    return bool(c.int(3) & ~_SOCK_FLAGS)
+
+
+def bad_msg_flags(index: int) -> Callable[[Call], bool]:
+    """sendmsg, recvmsg and their mmsg forms refuse MSG_CMSG_COMPAT first."""
+    return lambda c: bool(c.uint(index) & _MSG_CMSG_COMPAT)
+
+
+def bad_optlen(c: Call) -> bool:
+    return c.int(4) < 0
+
+
+def bad_address(c: Call) -> bool:
+    """connect copies its address in before it looks at the descriptor."""
+    length = c.int(2)
+    if length < 0 or length > 128:
+        return True
+    try:
+        c.read(c.ptr(1), length)
+    except OSError:
+        return True
+    return False
+
+
+def sys_splice(c: Call):
+    """splice(2) with a group descriptor at either end (do_splice): no
+    length is 0, bad flags EINVAL, a closed descriptor EBADF, an offset
+    for a pipe ESPIPE, an end not open for its direction EBADF; then
+    EINVAL, as the group is no pipe and has neither splice_read nor
+    splice_write. (Linux first waits for room in an output pipe that is
+    full; this does not.)"""
+    fd_in, fd_out, length, flags = c.int(0), c.int(2), c.args[4] & 0xFFFFFFFFFFFFFFFF, c.uint(5)
+    groups = (fanotify.is_group_fd(c.inst, c.task, fd_in), fanotify.is_group_fd(c.inst, c.task, fd_out))
+    if not any(groups) or not length or flags & ~_SPLICE_F_ALL:
+        return Native()
+    (acc_in, mode_in), (acc_out, mode_out) = _open_file(c, fd_in), _open_file(c, fd_out)
+    if stat.S_ISFIFO(mode_in) and c.ptr(1) or stat.S_ISFIFO(mode_out) and c.ptr(3):
+        raise OSError(errno.ESPIPE, "an offset for a pipe")
+    for at in (c.ptr(3), c.ptr(1)):
+        if at:
+            c.read(at, 8)
+    if acc_in == os.O_WRONLY or acc_out == os.O_RDONLY:
+        raise OSError(errno.EBADF, "not open for that direction")
+    raise OSError(errno.EINVAL, "splice of a fanotify descriptor")
+
+
+def sys_sendfile(c: Call):
+    """sendfile(2) with a group descriptor at either end (do_sendfile):
+    the input must be open for reading (EBADF), an offset needs one it can
+    pread (ESPIPE), the output open for writing (EBADF); then a group
+    input reads nothing into a pipe for a count of 0 and is EINVAL
+    otherwise (no splice_read), and a group output takes nothing from a
+    regular file for a count of 0 and is EINVAL otherwise (no
+    splice_write; a non-regular input is EINVAL first)."""
+    fd_out, fd_in, offset, count = c.int(0), c.int(1), c.ptr(2), c.args[3] & 0xFFFFFFFFFFFFFFFF
+    group_in = fanotify.is_group_fd(c.inst, c.task, fd_in)
+    if not (group_in or fanotify.is_group_fd(c.inst, c.task, fd_out)):
+        return Native()
+    if offset:
+        c.read(offset, 8)
+    acc_in, mode_in = _open_file(c, fd_in)
+    if acc_in == os.O_WRONLY:
+        raise OSError(errno.EBADF, "input not open for reading")
+    if offset and (group_in or stat.S_ISFIFO(mode_in) or stat.S_ISSOCK(mode_in)):
+        raise OSError(errno.ESPIPE, "an input without pread")
+    acc_out, mode_out = _open_file(c, fd_out)
+    if acc_out == os.O_RDONLY:
+        raise OSError(errno.EBADF, "output not open for writing")
+    if group_in:
+        if not count and stat.S_ISFIFO(mode_out):
+            return 0
+    elif (stat.S_ISREG(mode_in) or stat.S_ISBLK(mode_in)) and not count:
+        return 0
+    raise OSError(errno.EINVAL, "sendfile of a fanotify descriptor")
+
+
+def _open_file(c: Call, fd: int) -> tuple[int, int]:
+    """The access mode and file type of the caller's descriptor, read from
+    its /proc entries (no copy: a group's is a socket, O_RDWR as Linux's);
+    EBADF if it has none or it is O_PATH (fdget)."""
+    if fanotify.is_group_fd(c.inst, c.task, fd):
+        return os.O_RDWR, 0o600
+    base = f"/proc/{c.task.host_tid}"
+    try:
+        with open(f"{base}/fdinfo/{fd}") as f:
+            flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
+        mode = os.stat(f"{base}/fd/{fd}").st_mode
+    except (OSError, StopIteration, ValueError):
+        raise OSError(errno.EBADF, "no such descriptor") from None
+    if flags & O_PATH:
+        raise OSError(errno.EBADF, "an O_PATH descriptor")
+    return flags & os.O_ACCMODE, mode

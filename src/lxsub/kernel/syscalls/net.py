@@ -29,7 +29,7 @@ from lxsub.abi.socket import (AF_INET, AF_INET6, AF_UNIX, MSG_DONTWAIT, MSG_NOSI
                               SCM_CREDENTIALS, SCM_MAX_FD, SCM_RIGHTS, SO_DOMAIN, SO_PASSCRED, SO_PASSPIDFD,
                               SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, SO_TYPE, SOCK_STREAM, SOL_SOCKET)
 from lxsub.abi.sysno import NUMBERS, SYS_TGKILL
-from lxsub.kernel import extra_filter
+from lxsub.kernel import extra_filter, fanotify
 from lxsub.kernel.call import Blocking, Call, Native, NewFd, NewFds
 from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN
 from lxsub.kernel.task import active_pid_ns, pid_in
@@ -495,6 +495,11 @@ def _host_sendmsg(task, sock: int, msg: _Message, flags: int, inst) -> int:
         receiver = _receiver_inode(sock, msg, ns)
         if receiver is not None:
             _give_creds_filter_to_holders(inst, receiver)
+    if msg.fds and fanotify.any_group(inst, msg.fds):
+        # Whoever receives a fanotify group needs the group filter too.
+        receiver = _receiver_inode(sock, msg, ns)
+        if receiver is not None:
+            fanotify.give_group_filter_to_holders(inst, lambda proc: _holds_socket(proc.host_pid, receiver))
     try:
         return _sent(task, flags, _c.sendmsg(sock, ctypes.byref(hdr), flags | MSG_NOSIGNAL))
     except OSError:
@@ -834,13 +839,8 @@ def _give_creds_filter_to_holders(inst, ino: int) -> None:
     had before SO_PASSCRED went on, or is being sent one that has it) gets
     the filter too, at the stop an interrupt brings: the credentials it
     reads from that socket are the instance's view as well."""
-    for proc in list(inst.pids.processes_by_host.values()):
-        if proc.creds_filter or not proc.threads or not _holds_socket(proc.host_pid, ino):
-            continue
-        tid = next(iter(proc.threads))
-        proc.creds_filter = True
-        if not inst.engine.interrupt(tid, lambda tid, regs, proc=proc: _inject_creds_filter(inst, proc, tid)):
-            proc.creds_filter = False
+    extra_filter.give_to_holders(inst, lambda proc: _holds_socket(proc.host_pid, ino), "creds_filter",
+                                 _CREDS_FILTER, "SCM_CREDENTIALS")
 
 
 def _holds_socket(host_pid: int, ino: int) -> bool:

@@ -413,7 +413,11 @@ def sys_pidfd_getfd(c: Call):
     if proc is not c.task.process and not c.task.creds.may_ptrace_read(
             owner.creds, bool(proc.dumpable), realcreds=True):
         raise OSError(errno.EPERM, "not permitted")
-    return NewFd(lookup.copy_fd(owner, target), True)   # always O_CLOEXEC
+    got = lookup.copy_fd(owner, target)
+    from lxsub.kernel import fanotify
+    if fanotify.any_group(c.inst, [got]):
+        fanotify.give_group_filter(c.inst, c.task)     # it holds the group now
+    return NewFd(got, True)   # always O_CLOEXEC
 
 
 def sys_process_madvise(c: Call) -> int:

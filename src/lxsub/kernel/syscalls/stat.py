@@ -9,8 +9,9 @@ import struct
 
 from lxsub.abi.fcntl import (AT_EACCESS, AT_EMPTY_PATH, AT_FDCWD, AT_NO_AUTOMOUNT, AT_STATX_SYNC_TYPE,
                               AT_SYMLINK_NOFOLLOW, UTIME_NOW, UTIME_OMIT)
-from lxsub.abi.magic import PIPEFS_MAGIC, SOCKFS_MAGIC
+from lxsub.abi.magic import ANON_INODE_FS_MAGIC, PIPEFS_MAGIC, SOCKFS_MAGIC
 from lxsub.abi.stat import STATX_MNT_ID_UNIQUE, STATX__RESERVED
+from lxsub.kernel import fanotify
 from lxsub.kernel.call import Call
 from lxsub.kernel.vfs import fdview, lookup, perm, statmount
 from lxsub.kernel.vfs.mount import want_write
@@ -27,12 +28,21 @@ def _stat_and_mount_at(c: Call, dirfd: int, path: bytes, flags: int) -> tuple[Li
     """The file's attributes and the id of the mount it is on (0 for a host
     object: a pipe, a socket)."""
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        return fdview.stat_and_mount_of_fd(c.inst.vfs, c.task, dirfd)
+        return _stat_and_mount_of_fd(c, dirfd)
     node = lookup.resolve_at(c.inst.vfs, c.task, dirfd, path, flags)
     try:
         return node.fs.getattr(node, c.task), node.mount.id
     finally:
         node.release()
+
+
+def _stat_and_mount_of_fd(c: Call, fd: int) -> tuple[LinuxStat, int]:
+    found = fdview.stat_and_mount_of_fd(c.inst.vfs, c.task, fd)
+    if fanotify.is_group_fd(c.inst, c.task, fd):
+        # A fanotify group's descriptor is a socket here; in Linux its
+        # file is on the anonymous inode (anon_inode_getfile).
+        return fdview.host_object_stat(c.task, fanotify.anon_inode_stat()), 0
+    return found
 
 
 def sys_stat(c: Call) -> int:
@@ -46,7 +56,7 @@ def sys_lstat(c: Call) -> int:
 
 
 def sys_fstat(c: Call) -> int:
-    c.write(c.ptr(1), fdview.stat_of_fd(c.inst.vfs, c.task, c.int(0)).pack_stat())
+    c.write(c.ptr(1), _stat_and_mount_of_fd(c, c.int(0))[0].pack_stat())
     return 0
 
 
@@ -177,7 +187,7 @@ def sys_fstatfs(c: Call) -> int:
         node = fdview.node_or_none(c.inst.vfs, local, s, c.task)
         if node is None:
             v = os.statvfs(f"/proc/self/fd/{local}")
-            data = _STATFS.pack(PIPEFS_MAGIC if st.S_ISFIFO(s.st_mode) else SOCKFS_MAGIC,
+            data = _STATFS.pack(_host_object_magic(c, s),
                                 v.f_bsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files,
                                 v.f_ffree, 0, 0, v.f_namemax, v.f_frsize, v.f_flag, 0, 0, 0, 0)
         else:
@@ -186,6 +196,14 @@ def sys_fstatfs(c: Call) -> int:
         return 0
     finally:
         os.close(local)
+
+
+def _host_object_magic(c: Call, s: os.stat_result) -> int:
+    if st.S_ISFIFO(s.st_mode):
+        return PIPEFS_MAGIC
+    if fanotify.is_group_file(c.inst, s):
+        return ANON_INODE_FS_MAGIC          # a fanotify group's file in Linux
+    return SOCKFS_MAGIC
 
 
 # -- creating and changing ----------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import stat as st
 from typing import TYPE_CHECKING
 
+from lxsub.kernel import fanotify
 from lxsub.kernel.creds import CAP_SYS_RESOURCE, Creds
 from lxsub.kernel.vfs.caller import Caller
 from lxsub.kernel.vfs.node import Node
@@ -359,7 +360,7 @@ class FdLink(Link):
         inst = self.fs.inst
         host = os.readlink(f"/proc/{self.proc.host_pid}/fd/{self.fd}")
         if not host.startswith("/"):
-            return host                   # pipe:[...], socket:[...], anon_inode:...
+            return fanotify.link_name(inst, host)   # pipe:[...], socket:[...], anon_inode:...
         deleted = host.endswith(" (deleted)")
         def by_path() -> str:
             plain = host[: -len(" (deleted)")] if deleted else host
