@@ -56,7 +56,7 @@ from lxsub.abi.sysno import NUMBERS, SYS_OPENAT
 from lxsub.kernel import extra_filter
 from lxsub.kernel.call import Call, Held, Native
 from lxsub.kernel.vfs import lookup
-from lxsub.platform import bpf, libc
+from lxsub.platform import bpf, hostfd, libc
 from lxsub.platform.inject import Scratch, SysCall
 from lxsub.platform.livefiles import LiveFiles
 
@@ -757,14 +757,11 @@ def is_group_fd(inst, task: "Task", fd: int) -> bool:
     groups = getattr(inst, "fanotify_groups", None)
     if groups is None or not groups.live or fd < 0:
         return False
-    try:
-        link = os.readlink(f"/proc/{task.host_tid}/fd/{fd}")
-    except OSError:
-        return False
-    if not (link.startswith("socket:[") and link.endswith("]")):
+    ino = hostfd.socket_inode(task.host_tid, fd)
+    if ino is None:
         return False
     with groups.lock:
-        return groups.by_ino(int(link[len("socket:["):-1])) is not None
+        return groups.by_ino(ino) is not None
 
 
 def is_group_file(inst, st: os.stat_result) -> bool:

@@ -113,3 +113,15 @@ def close_fds_except(keep: int, low: int = 3) -> None:
                 os.close(n)
             except OSError:
                 pass      # the listing's own descriptor, already closed
+
+
+def socket_inode(host_pid: int, fd: int) -> int | None:
+    """The inode of descriptor `fd` of a host process when it is a socket
+    (its /proc link reads socket:[INODE]), else None."""
+    try:
+        link = os.readlink(f"/proc/{host_pid}/fd/{fd}")
+    except OSError:
+        return None
+    if not (link.startswith("socket:[") and link.endswith("]")):
+        return None
+    return int(link[len("socket:["):-1])

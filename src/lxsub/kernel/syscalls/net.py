@@ -35,7 +35,7 @@ from lxsub.kernel.creds import CAP_NET_BIND_SERVICE, CAP_SETGID, CAP_SETUID, CAP
 from lxsub.kernel.task import active_pid_ns, pid_in
 from lxsub.kernel.vfs import lookup, perm
 from lxsub.kernel.vfs.open import check_may_create
-from lxsub.platform import bpf, features, libc, unixns
+from lxsub.platform import bpf, features, hostfd, libc, unixns
 
 _SUN_PATH = 108
 SOCK_CLOEXEC = O_CLOEXEC
@@ -817,7 +817,7 @@ def _set_passcred(c: Call) -> Native:
         c.inst.unix.passcred = True
         if not task.process.creds_filter:
             _give_creds_filter(c.inst, task)
-        ino = _socket_inode(task.host_pid, fd)
+        ino = hostfd.socket_inode(task.host_pid, fd)
         if ino is not None:
             _give_creds_filter_to_holders(c.inst, ino)
         return None
@@ -856,17 +856,6 @@ def _holds_socket(host_pid: int, ino: int) -> bool:
         except OSError:
             continue
     return False
-
-
-def _socket_inode(host_pid: int, fd: int) -> int | None:
-    """The inode of socket `fd` of a process, from its host descriptor link."""
-    try:
-        link = os.readlink(f"/proc/{host_pid}/fd/{fd}")
-    except OSError:
-        return None
-    if not (link.startswith("socket:[") and link.endswith("]")):
-        return None
-    return int(link[len("socket:["):-1])
 
 
 def _passes_passcred_socket(msg: _Message) -> bool:
