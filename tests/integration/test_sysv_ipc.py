@@ -74,9 +74,7 @@ def _host_objects() -> set[tuple[str, int]]:
 
 def test_sysv_objects_end_with_the_instance(debian):
     """Objects a program leaves behind are removed when its instance ends."""
-    import time
-    keep = debian.runner.popen(["-d", debian.name, "-e", "sleep", "120"])   # the instance runs
-    time.sleep(3)
+    keep = debian.runner.hold(debian.name, 120)
     make = ("import ctypes; l = ctypes.CDLL(None); "
             f"l.shmget(0x4C5854, {_SEGMENT_SIZE}, 0o1000 | 0o600); q = l.msgget(0x4C5854, 0o1000 | 0o600); "
             f"print(l.msgsnd(q, (1).to_bytes(8, 'little') + bytes({_MESSAGE_SIZE}), {_MESSAGE_SIZE}, 0))")

@@ -174,7 +174,7 @@ def test_control_sockets_take_no_request_from_inside(built):
     its is answered. The same program run natively as the same host user
     gets answers: the test can fail."""
     assert built.sh("test -d /mnt/host/tmp").returncode == 0, "automount is off"
-    keep = built.runner.popen(["-d", built.name, "-e", "sleep", "120"])   # the instance runs
+    keep = built.runner.hold(built.name, 120)
     try:
         for _ in range(100):
             socks = _control_sockets(built)
@@ -527,7 +527,7 @@ def test_message_queues_are_the_instances_own(built, busybox, tmp_path_factory):
     tag = uuid.uuid4().hex[:10]
     hostq, own = f"/lxsec-host-{tag}".encode(), f"/lxsec-own-{tag}"
     host = _HostQueue(hostq)
-    keep = built.runner.popen(["-d", built.name, "-e", "sleep", "300"])   # the instance runs
+    keep = built.runner.hold(built.name)
     try:
         cp = built.exe("/opt/lxsec/mq_escape", hostq.decode(), SECRET, own, timeout=400)
         _check(cp)
