@@ -31,9 +31,8 @@ import os
 import re
 import stat
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from lxsub.errors import (
     EXIT_CANTCREAT,
@@ -78,8 +77,10 @@ def host_config_path() -> Path:
     return base / "lx" / "config"
 
 
-@dataclass
-class Distro:
+class Distro(NamedTuple):
+    """A registry entry (immutable: Registry.update writes a changed copy).
+    A named tuple, not a dataclass: `dataclasses` imports `inspect`, a
+    quarter of what every `lx` launch spent importing."""
     name: str
     rootfs: Path
     default_user: str = "root"
@@ -97,7 +98,7 @@ class Distro:
     meta_db: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         data["rootfs"] = str(self.rootfs)
         if self.work is None:
             del data["work"], data["made_parent"]
@@ -278,7 +279,7 @@ class Registry:
         with self.locked():
             default_name, distros = self._load()
             old = self._find(distros, name)
-            new = replace(old, **changes)
+            new = old._replace(**changes)
             distros[distros.index(old)] = new
             self._store(default_name, distros)
         return new

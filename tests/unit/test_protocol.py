@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ LAUNCH = {"v": 1, "op": "launch", "distro": None, "argv": ["ls", "-l"], "mode": 
 
 
 def test_page_is_fresh():
-    assert protocol.DOC.read_text() == protocol.render_doc(), \
+    assert Path(protocol.DOC).read_text() == protocol.render_doc(), \
         "docs/PROTOCOL.md is stale: run python3 -m lxsub.manager.protocol --write"
 
 

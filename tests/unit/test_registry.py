@@ -429,7 +429,7 @@ def test_check_launchable(tmp_path: Path) -> None:
     assert info.value.exit_code == EXIT_UNAVAILABLE and "are missing" in info.value.message
     d.rootfs.mkdir(parents=True)
     check_launchable(d)
-    d.state = UNINSTALLING
+    d = d._replace(state=UNINSTALLING)
     with pytest.raises(LxError, match="being unregistered") as info:
         check_launchable(d)
     assert info.value.exit_code == EXIT_TEMPFAIL

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 
-from lxsub.distro.progress import Progress
 from lxsub.errors import EXIT_TEMPFAIL, EXIT_USAGE, LxError
 from lxsub.state import (INSTALLED, Distro, Registry, check_launchable, host_config_path,
                          running_distros)
@@ -55,6 +54,7 @@ def launch_distro(registry: Registry, name: str | None) -> Distro:
 def install(registry: Registry, kind: str, *, name: str | None = None,
             location: str | None = None, user: str | None = None) -> int:
     from lxsub.distro.installer import install as do_install
+    from lxsub.distro.progress import Progress
 
     do_install(registry, kind, name=name, location=location, user=user,
                progress=Progress.for_terminal(verbose=True))
@@ -63,6 +63,7 @@ def install(registry: Registry, kind: str, *, name: str | None = None,
 
 def import_(registry: Registry, name: str, directory: str, tarball: str) -> int:
     from lxsub.distro.importer import import_tarball
+    from lxsub.distro.progress import Progress
 
     with Progress.for_terminal() as progress:
         import_tarball(registry, name, directory, tarball, progress=progress)
@@ -71,6 +72,7 @@ def import_(registry: Registry, name: str, directory: str, tarball: str) -> int:
 
 def export(registry: Registry, name: str, tarball: str) -> int:
     from lxsub.distro.exporter import compression_for, export_tarball
+    from lxsub.distro.progress import Progress
 
     compression_for(tarball)   # a name that is no tar archive's fails first
     registry.get(name)  # unknown names fail before taking a lock

@@ -21,9 +21,8 @@ import signal
 import socket
 import struct
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple
 
 from lxsub.errors import EXIT_CANNOT_EXEC
 from lxsub.kernel.exec import limits
@@ -65,12 +64,13 @@ class ProtocolError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class Message:
+# The request types are named tuples, not dataclasses: `dataclasses` imports
+# `inspect`, and this module is on every `lx` launch's path.
+class Message(NamedTuple):
     op: str
     path: str                    # "client -> manager", ...
     summary: str
-    fields: dict[str, str] = field(default_factory=dict)   # name -> type (see check_type)
+    fields: Mapping[str, str] = MappingProxyType({})   # name -> type (see check_type)
     fds: str = ""                 # what descriptors come with it, if any
     reply: str = ""
 
@@ -133,8 +133,7 @@ SCHEMA: list[Message] = [
 OPS = {m.op: m for m in SCHEMA}
 
 
-@dataclass(frozen=True)
-class LaunchRequest:
+class LaunchRequest(NamedTuple):
     """A `launch` (or the `session` the manager makes of it), typed and
     checked beyond the schema: window size in range, Linux's E2BIG."""
 
@@ -173,8 +172,7 @@ class LaunchRequest:
         return {**fields, "op": "session", "distro": distro, "default_user": default_user}
 
 
-@dataclass(frozen=True)
-class TerminateRequest:
+class TerminateRequest(NamedTuple):
     """`terminate`: end a distro's instance now."""
     distro: str
 
@@ -183,8 +181,7 @@ class TerminateRequest:
         return cls(message["distro"])
 
 
-@dataclass(frozen=True)
-class EndRequest:
+class EndRequest(NamedTuple):
     """`end`: the manager ends an instance (lx --terminate or --shutdown)."""
     reason: str
 
@@ -193,8 +190,7 @@ class EndRequest:
         return cls(message.get("reason") or "terminate")
 
 
-@dataclass(frozen=True)
-class SignalRequest:
+class SignalRequest(NamedTuple):
     """`signal`: a signal the client got, for its command's process group."""
     signal: int
 
@@ -515,7 +511,7 @@ def check_type(value: Any, kind: str) -> bool:
 
 # -- the published page ----------------------------------------------------------------
 
-DOC = Path(__file__).resolve().parents[3] / "docs" / "PROTOCOL.md"
+DOC = os.path.normpath(os.path.join(os.path.realpath(__file__), "../../../../docs/PROTOCOL.md"))
 
 
 def render_doc() -> str:
@@ -553,7 +549,8 @@ def render_doc() -> str:
 
 def main(argv: list[str]) -> int:
     if argv == ["--write"]:
-        DOC.write_text(render_doc())
+        with open(DOC, "w") as f:
+            f.write(render_doc())
         print(f"wrote {DOC}")
         return 0
     sys.stdout.write(render_doc())
