@@ -62,10 +62,7 @@ def multi(debian):
 def alive(multi):
     """The instance kept running for the test (it ends with its last client
     otherwise, taking servers such as tmux with it)."""
-    keeper = multi.runner.popen(["-d", multi.name, "-e", "sleep", "1020"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cp = multi.sh("true")            # the instance is up once a command ran in it
-    assert cp.returncode == 0, describe(cp)
+    keeper = multi.runner.hold(multi.name, 1020)
     yield multi
     keeper.kill()
     keeper.wait()

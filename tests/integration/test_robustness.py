@@ -492,7 +492,7 @@ def test_a_hostname_of_any_bytes_keeps_the_instance_usable(busybox, tmp_path):
     from tests.fixtures.cbuild import PROGRAMS, gcc_static
     from tests.integration.distros import run_probe
     program = gcc_static(tmp_path, "odd_hostname", PROGRAMS / "odd_hostname.c").read_bytes()
-    keeper = busybox.runner.popen(["-d", busybox.name, "-e", "sleep", "1000"])    # the instance lives on
+    keeper = busybox.runner.hold(busybox.name, 1000)      # the instance lives on
     try:
         out = run_probe(busybox, program, "/odd/h", b"lx\0junk".hex(), user="root")
         assert out == {"set 0": "", "nodename 6c78": ""}, out
