@@ -30,7 +30,13 @@ tests/fixtures/programs/file_calls.c, built static on the host, in Debian.
 - truncate(2) of a FIFO or a device: EINVAL, of a directory EISDIR
   (vfs_truncate). Before, the provider opened the FIFO for writing to
   truncate it and waited for a reader that never came: the whole instance
-  hung (found by the syscall fuzzer)."""
+  hung (found by the syscall fuzzer).
+- the f*xattr calls on a socket or a pipe: the sockfs or pipefs inode's
+  answers (xattr_permission's ENODATA and EPERM for user.*, sockfs's
+  system.sockprotoname). Before, ENOTDIR: the provider looked for the
+  descriptor's file in the instance (LTP fgetxattr02). An attribute name
+  longer than 255 bytes is ERANGE (import_xattr_name), not ENAMETOOLONG
+  (LTP fsetxattr01)."""
 
 from __future__ import annotations
 
@@ -196,3 +202,14 @@ def test_truncate_of_what_is_not_a_regular_file(installed, tmp_path):
     assert native.stdout.decode().splitlines() == expected      # what Linux itself answers
     assert lines == expected, lines
     assert installed.lx(["-e", "true"], timeout=30).returncode == 0     # the instance still serves
+
+
+def test_xattr_calls_on_a_socket_and_a_pipe(installed):
+    nodata, perm, notsup = -errno.ENODATA, -errno.EPERM, -errno.EOPNOTSUPP
+    name = b"system.sockprotoname\0"         # flistxattr: the one name, NUL-ended
+    assert _run(installed, "xattr", DIR) == [
+        f"sock get {nodata} set {perm} remove {perm} proto 12 UNIX-STREAM list {len(name)} acl {notsup}",
+        f"pipe get {nodata} set {perm} list 0 trusted {notsup} long {-errno.ERANGE}"]
+    # trusted.* is judged by the caller's CAP_SYS_ADMIN in the instance, not the host user's.
+    assert _run(installed, "xattr", "/tmp", user="nobody")[1] \
+        == f"pipe get {nodata} set {perm} list 0 trusted {nodata} long {-errno.ERANGE}"

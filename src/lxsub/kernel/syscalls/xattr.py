@@ -20,7 +20,9 @@ POSIX_ACLS = ("system.posix_acl_access", "system.posix_acl_default")
 
 def _node(c: Call, kind: str):
     if kind == "f":
-        return lookup.node_of_open_fd(c.inst.vfs, c.task, c.int(0))
+        # A socket or pipe too: its attributes are the host object's, as
+        # Linux's sockfs and pipefs inodes have them (fgetxattr(2)).
+        return lookup.node_of_open_fd(c.inst.vfs, c.task, c.int(0), host_objects=True)
     flags = AT_SYMLINK_NOFOLLOW if kind == "l" else 0
     return lookup.resolve_at(c.inst.vfs, c.task, AT_FDCWD, c.path(0), flags)
 
@@ -38,6 +40,12 @@ def _user_permission(c: Call, node, name: str, write: bool) -> None:
     files and directories only (EPERM to set, ENODATA to read on others,
     where VolFs keeps devices, FIFOs and sockets as plain host files); on a
     sticky directory only its owner (or CAP_FOWNER) sets them."""
+    if name.startswith("trusted.") and node.mount is c.inst.vfs.anon_mount:
+        # A pipe or socket: the host would judge trusted.* by the host
+        # user's CAP_SYS_ADMIN; pipefs and sockfs keep none for the capable.
+        if not c.task.creds.capable(caps.CAP_SYS_ADMIN):
+            raise OSError(errno.EPERM if write else errno.ENODATA, "trusted attributes need CAP_SYS_ADMIN")
+        raise OSError(errno.EOPNOTSUPP, "no trusted attributes on this object")
     if not name.startswith("user."):
         return
     a = node.fs.getattr(node, c.task)
@@ -53,7 +61,14 @@ def _shown(node, name: str) -> bool:
 
 
 def _name(c: Call, addr: int) -> str:
-    name = c.read_str(addr, 256).decode("utf-8", "surrogateescape")
+    """import_xattr_name: an empty name or one longer than XATTR_NAME_MAX
+    (255) is ERANGE."""
+    try:
+        name = c.read_str(addr, 256).decode("utf-8", "surrogateescape")
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise OSError(errno.ERANGE, "name longer than 255 bytes") from None
+        raise
     if not name:
         raise OSError(errno.ERANGE, "empty name")
     return name

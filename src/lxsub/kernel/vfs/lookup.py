@@ -50,10 +50,12 @@ def node_of_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
     return vfs.node_of_host_fd(copy_fd(caller, fd), vfs.mounts_of(caller))   # owns the copy, or closes it
 
 
-def node_of_open_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
+def node_of_open_fd(vfs: "Vfs", caller: "Caller", fd: int, host_objects: bool = False) -> Node:
     """node_of_fd for the calls that take a file opened for I/O (Linux's
     fdget, not fdget_raw: fchmod, fchown, the f*xattr calls): an O_PATH
-    descriptor is EBADF there (open(2), O_PATH)."""
+    descriptor is EBADF there (open(2), O_PATH). With `host_objects`, a
+    pipe, socket or anonymous inode is a Node of the anonymous mount
+    (whose calls act on the host object itself) instead of ENOTDIR."""
     copy = copy_fd(caller, fd)
     try:
         is_path = fcntl.fcntl(copy, fcntl.F_GETFL) & O_PATH
@@ -62,6 +64,8 @@ def node_of_open_fd(vfs: "Vfs", caller: "Caller", fd: int) -> Node:
     if is_path:
         os.close(copy)
         raise OSError(errno.EBADF, "an O_PATH descriptor")
+    if host_objects:
+        return vfs.node_or_anon(copy, vfs.mounts_of(caller))
     return vfs.node_of_host_fd(copy, vfs.mounts_of(caller))
 
 
