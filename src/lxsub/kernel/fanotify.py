@@ -718,7 +718,7 @@ def _answered(ev: Event) -> None:
 
 GROUP_FILTER_TRACES = frozenset(NUMBERS[n] for n in (
     "accept", "accept4", "listen", "shutdown", "recvfrom", "recvmsg", "recvmmsg", "getsockopt",
-    "setsockopt", "sendto", "splice", "sendfile"))
+    "setsockopt", "sendto", "splice", "sendfile", "lseek"))
 
 _GROUP_FILTER = extra_filter.seccomp_call(dict.fromkeys(GROUP_FILTER_TRACES, bpf.RET_TRACE))
 

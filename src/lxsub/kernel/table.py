@@ -116,7 +116,7 @@ def _has_address(c) -> bool:
 ROWS: list[Syscall] = [
     # -- I/O on descriptors the program holds: the host's own
     *(native(n) for n in (
-        "write", "close", "poll", "lseek", "pwrite64", "writev",
+        "write", "close", "poll", "pwrite64", "writev",
         "pipe", "pipe2", "select", "pselect6", "ppoll", "dup", "dup2", "dup3",
         "flock", "fsync", "fdatasync", "ftruncate", "getdents", "getdents64", "readahead",
         "fadvise64", "fallocate", "tee", "vmsplice", "sync_file_range",
@@ -132,6 +132,8 @@ ROWS: list[Syscall] = [
             "made)"),
     Syscall("sendfile", NATIVE, fanotify.sys_sendfile, FULL, _GROUP_STOPS + "EINVAL for a fanotify "
             "descriptor"),
+    Syscall("lseek", NATIVE, fanotify.sys_lseek, FULL, _GROUP_STOPS + "0 for a fanotify descriptor "
+            "(noop_llseek)"),
     *(Syscall(n, NATIVE, kfanotify.sys_read_watched, FULL, "stopped (ptrace) only in a process that "
               "opened a file a fanotify group wants FAN_ACCESS_PERM for: the read waits for the answers "
               "(notify platform only)")

@@ -239,6 +239,20 @@ def sys_splice(c: Call):
     raise OSError(errno.EINVAL, "splice of a fanotify descriptor")
 
 
+_SEEK_MAX = 4                # SEEK_HOLE
+
+
+def sys_lseek(c: Call):
+    """lseek(2) of a group descriptor: fanotify's noop_llseek keeps the
+    position at 0 and says so (a socket would be ESPIPE); a whence past
+    SEEK_MAX is EINVAL first (ksys_lseek)."""
+    if not fanotify.is_group_fd(c.inst, c.task, c.int(0)):
+        return Native()
+    if c.uint(2) > _SEEK_MAX:
+        raise OSError(errno.EINVAL, "bad whence")
+    return 0
+
+
 def sys_sendfile(c: Call):
     """sendfile(2) with a group descriptor at either end (do_sendfile):
     the input must be open for reading (EBADF), an offset needs one it can
