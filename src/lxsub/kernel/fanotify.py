@@ -330,6 +330,13 @@ def groups_of(inst) -> Groups:
     return found
 
 
+def _live_groups(inst) -> Groups | None:
+    """The instance's groups while at least one lives, else None (most
+    instances never make one: the callers return at once)."""
+    groups = getattr(inst, "fanotify_groups", None)
+    return groups if groups is not None and groups.live else None
+
+
 def _poked(inst, groups: Groups) -> None:
     try:
         os.read(groups.wake_r, 4096)
@@ -478,8 +485,8 @@ def raise_open(inst, task: "Task", fd: int, extra: int = 0, may_wait: bool = Tru
     must first wait for the groups' answers: the Permission returned says
     how (FAN_OPEN is then raised once allowed). An exec (`may_wait`
     False: it is served at a ptrace stop, which cannot wait) asks none."""
-    groups = getattr(inst, "fanotify_groups", None)
-    if groups is None or not groups.live:
+    groups = _live_groups(inst)
+    if groups is None:
         return None
     try:
         obj = Object(fd)
@@ -553,8 +560,8 @@ def deliver(inst, task: "Task", install: Callable[[int, bool], int]) -> None:
     """At a served call of `task`: hand over the queued events of the
     groups its process holds (their descriptors go into its table with
     `install`); the others' go by stopping a holder."""
-    groups = getattr(inst, "fanotify_groups", None)
-    if groups is None or not groups.live:
+    groups = _live_groups(inst)
+    if groups is None:
         return
     with groups.lock:
         drain(groups)
@@ -601,8 +608,8 @@ def _install(g: Group, ev: Event, install: Callable[[int, bool], int]) -> int:
 
 def after_call(inst) -> None:
     """After a call the provider served: events still queued go to a holder."""
-    groups = getattr(inst, "fanotify_groups", None)
-    if groups is None or not groups.live:
+    groups = _live_groups(inst)
+    if groups is None:
         return
     with groups.lock:
         for g in groups.live:
@@ -740,8 +747,7 @@ def give_group_filter_to_holders(inst, holds: Callable[..., bool]) -> None:
 
 def any_group(inst, fds: list[int]) -> bool:
     """Whether one of the provider's descriptors is a group's."""
-    groups = getattr(inst, "fanotify_groups", None)
-    if groups is None or not groups.live:
+    if _live_groups(inst) is None:
         return False
     for fd in fds:
         try:
@@ -754,35 +760,31 @@ def any_group(inst, fds: list[int]) -> bool:
 
 def is_group_fd(inst, task: "Task", fd: int) -> bool:
     """Whether the task's descriptor `fd` is a fanotify group's."""
-    groups = getattr(inst, "fanotify_groups", None)
-    if groups is None or not groups.live or fd < 0:
+    if _live_groups(inst) is None or fd < 0:
         return False
-    ino = hostfd.socket_inode(task.host_tid, fd)
-    if ino is None:
-        return False
-    with groups.lock:
-        return groups.by_ino(ino) is not None
+    return _is_group_socket(inst, hostfd.socket_inode(task.host_tid, fd))
 
 
 def is_group_file(inst, st: os.stat_result) -> bool:
     """Whether a provider copy of a descriptor, as fstat shows it, is a group's."""
-    groups = getattr(inst, "fanotify_groups", None)
-    if groups is None or not groups.live or not stat.S_ISSOCK(st.st_mode):
-        return False
-    with groups.lock:
-        return groups.by_ino(st.st_ino) is not None
+    return stat.S_ISSOCK(st.st_mode) and _is_group_socket(inst, st.st_ino)
 
 
 def link_name(inst, host: str) -> str:
     """/proc/<pid>/fd/N of a group descriptor reads as Linux's
     anon_inode:[fanotify], not as the socket it is on the host."""
-    if host.startswith("socket:[") and host.endswith("]"):
-        groups = getattr(inst, "fanotify_groups", None)
-        if groups is not None and groups.live:
-            with groups.lock:
-                if groups.by_ino(int(host[len("socket:["):-1])) is not None:
-                    return "anon_inode:[fanotify]"
+    if _is_group_socket(inst, hostfd.socket_inode_of_link(host)):
+        return "anon_inode:[fanotify]"
     return host
+
+
+def _is_group_socket(inst, ino: int | None) -> bool:
+    """Whether the socket of inode `ino` (None: no socket) is a live group's."""
+    groups = _live_groups(inst)
+    if groups is None or ino is None:
+        return False
+    with groups.lock:
+        return groups.by_ino(ino) is not None
 
 
 _anon_inode: os.stat_result | None = None
@@ -824,8 +826,8 @@ def sys_read_watched(c: Call):
     with FAN_ACCESS_PERM marks on its file, the thread stays stopped until
     every group answered, then reads, or fails with EPERM (FAN_DENY), as
     fsnotify_file_area_perm makes it wait in Linux; otherwise it reads."""
-    groups = getattr(c.inst, "fanotify_groups", None)
-    if groups is None or not groups.live:
+    groups = _live_groups(c.inst)
+    if groups is None:
         return Native()
     try:
         own = lookup.copy_fd(c.task, c.int(0))

@@ -67,7 +67,7 @@ def reopen(host_pid: int, fd: int) -> int:
     """Open the file behind /proc/<pid>/fd/<fd> again (EBADF if no such descriptor)."""
     path = f"/proc/{host_pid}/fd/{fd}"
     try:
-        flags = _fdinfo_flags(host_pid, fd)
+        flags = fdinfo_flags(host_pid, fd)
         if flags & _O_PATH:
             return os.open(path, _O_PATH | os.O_CLOEXEC)
         mode = os.stat(path).st_mode
@@ -87,7 +87,9 @@ def reopen(host_pid: int, fd: int) -> int:
     return new
 
 
-def _fdinfo_flags(host_pid: int, fd: int) -> int:
+def fdinfo_flags(host_pid: int, fd: int) -> int:
+    """The status flags (and O_CLOEXEC) of a process's descriptor, octal in
+    its fdinfo; OSError if it has no such descriptor."""
     with open(f"/proc/{host_pid}/fdinfo/{fd}", "rb") as f:
         for line in f:
             if line.startswith(b"flags:"):
@@ -122,6 +124,11 @@ def socket_inode(host_pid: int, fd: int) -> int | None:
         link = os.readlink(f"/proc/{host_pid}/fd/{fd}")
     except OSError:
         return None
+    return socket_inode_of_link(link)
+
+
+def socket_inode_of_link(link: str) -> int | None:
+    """The inode a /proc/<pid>/fd link names when it is a socket's."""
     if not (link.startswith("socket:[") and link.endswith("]")):
         return None
     return int(link[len("socket:["):-1])

@@ -117,7 +117,9 @@ class Listener:
             number = self._add_fd(bytearray(_ADDFD_ARG.pack(nid, 0, srcfd, 0, flags)), tid)
             self.reply(nid, number, 0)
             return number
-        arg = bytearray(_ADDFD_ARG.pack(nid, ADDFD_FLAG_SEND, srcfd, 0, flags))
+        return self._addfd_ioctl(bytearray(_ADDFD_ARG.pack(nid, ADDFD_FLAG_SEND, srcfd, 0, flags)), tid)
+
+    def _addfd_ioctl(self, arg: bytearray, tid: int) -> int:
         if not tid:
             return fcntl.ioctl(self.fd, _ADDFD, arg, True)
         # The caller installs the descriptor itself, woken without
@@ -132,10 +134,7 @@ class Listener:
         again is always right."""
         while True:
             try:
-                if not tid:
-                    return fcntl.ioctl(self.fd, _ADDFD, arg, True)
-                with WakeHere(tid):         # the caller installs it itself
-                    return fcntl.ioctl(self.fd, _ADDFD, arg, True)
+                return self._addfd_ioctl(arg, tid)
             except InterruptedError:
                 continue
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.kernel.call import SwapFd
 from lxsub.kernel.fs import loopdev as L
+from lxsub.platform import hostfd
 
 if TYPE_CHECKING:
     from lxsub.kernel.call import Call
@@ -47,8 +48,9 @@ def device_ioctl(loops: L.LoopDevices, c: "Call", cmd: int, local: int, s: os.st
 
 def _swapped(loops: L.LoopDevices, dev: L.LoopDevice, c: "Call", local: int, result: int):
     number = c.int(0)
-    flags = _fd_flags(c.task.host_pid, number)
-    if flags is None:
+    try:
+        flags = hostfd.fdinfo_flags(c.task.host_pid, number)
+    except (OSError, ValueError, IndexError):
         return result
     keep = os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND
     new = loops._reopen(dev, flags & keep)
@@ -58,18 +60,6 @@ def _swapped(loops: L.LoopDevices, dev: L.LoopDevice, c: "Call", local: int, res
     except OSError:
         pass
     return SwapFd(new, number, bool(flags & os.O_CLOEXEC), result)
-
-
-def _fd_flags(host_pid: int, fd: int) -> int | None:
-    """The status flags (and O_CLOEXEC) of a process's descriptor, octal in fdinfo."""
-    try:
-        with open(f"/proc/{host_pid}/fdinfo/{fd}", "rb") as f:
-            for line in f:
-                if line.startswith(b"flags:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _device_request(loops: L.LoopDevices, dev: L.LoopDevice, req: L.Request) -> int:

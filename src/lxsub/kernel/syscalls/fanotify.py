@@ -23,6 +23,7 @@ from lxsub.kernel.call import Call, Native, NewFd
 from lxsub.kernel.creds import CAP_SYS_ADMIN
 from lxsub.kernel.syscalls.inotify import watched_node
 from lxsub.kernel.vfs import lookup
+from lxsub.platform import hostfd
 
 # FANOTIFY_ADMIN_INIT_FLAGS: what an unprivileged group may not ask for.
 _ADMIN_INIT_FLAGS = (FAN_ALL_CLASS_BITS | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS | FAN_ENABLE_AUDIT
@@ -228,7 +229,7 @@ def sys_splice(c: Call):
     groups = (fanotify.is_group_fd(c.inst, c.task, fd_in), fanotify.is_group_fd(c.inst, c.task, fd_out))
     if not any(groups) or not length or flags & ~_SPLICE_F_ALL:
         return Native()
-    (acc_in, mode_in), (acc_out, mode_out) = _open_file(c, fd_in), _open_file(c, fd_out)
+    (acc_in, mode_in), (acc_out, mode_out) = _open_file(c, fd_in, groups[0]), _open_file(c, fd_out, groups[1])
     if stat.S_ISFIFO(mode_in) and c.ptr(1) or stat.S_ISFIFO(mode_out) and c.ptr(3):
         raise OSError(errno.ESPIPE, "an offset for a pipe")
     for at in (c.ptr(3), c.ptr(1)):
@@ -263,16 +264,17 @@ def sys_sendfile(c: Call):
     splice_write; a non-regular input is EINVAL first)."""
     fd_out, fd_in, offset, count = c.int(0), c.int(1), c.ptr(2), c.args[3] & 0xFFFFFFFFFFFFFFFF
     group_in = fanotify.is_group_fd(c.inst, c.task, fd_in)
-    if not (group_in or fanotify.is_group_fd(c.inst, c.task, fd_out)):
+    group_out = fanotify.is_group_fd(c.inst, c.task, fd_out)
+    if not (group_in or group_out):
         return Native()
     if offset:
         c.read(offset, 8)
-    acc_in, mode_in = _open_file(c, fd_in)
+    acc_in, mode_in = _open_file(c, fd_in, group_in)
     if acc_in == os.O_WRONLY:
         raise OSError(errno.EBADF, "input not open for reading")
     if offset and (group_in or stat.S_ISFIFO(mode_in) or stat.S_ISSOCK(mode_in)):
         raise OSError(errno.ESPIPE, "an input without pread")
-    acc_out, mode_out = _open_file(c, fd_out)
+    acc_out, mode_out = _open_file(c, fd_out, group_out)
     if acc_out == os.O_RDONLY:
         raise OSError(errno.EBADF, "output not open for writing")
     if group_in:
@@ -283,18 +285,17 @@ def sys_sendfile(c: Call):
     raise OSError(errno.EINVAL, "sendfile of a fanotify descriptor")
 
 
-def _open_file(c: Call, fd: int) -> tuple[int, int]:
+def _open_file(c: Call, fd: int, group: bool) -> tuple[int, int]:
     """The access mode and file type of the caller's descriptor, read from
-    its /proc entries (no copy: a group's is a socket, O_RDWR as Linux's);
-    EBADF if it has none or it is O_PATH (fdget)."""
-    if fanotify.is_group_fd(c.inst, c.task, fd):
+    its /proc entries (no copy; a `group` descriptor is a socket here,
+    O_RDWR on the anonymous inode in Linux); EBADF if it has none or it is
+    O_PATH (fdget)."""
+    if group:
         return os.O_RDWR, 0o600
-    base = f"/proc/{c.task.host_tid}"
     try:
-        with open(f"{base}/fdinfo/{fd}") as f:
-            flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
-        mode = os.stat(f"{base}/fd/{fd}").st_mode
-    except (OSError, StopIteration, ValueError):
+        flags = hostfd.fdinfo_flags(c.task.host_tid, fd)
+        mode = os.stat(f"/proc/{c.task.host_tid}/fd/{fd}").st_mode
+    except (OSError, ValueError, IndexError):
         raise OSError(errno.EBADF, "no such descriptor") from None
     if flags & O_PATH:
         raise OSError(errno.EBADF, "an O_PATH descriptor")

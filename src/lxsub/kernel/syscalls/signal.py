@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from lxsub.abi.signal import IGNORED_BY_DEFAULT, NSIG as _NSIG, SI_TKILL, SIGCONT, SIGKILL, SIGSTOP
 from lxsub.abi.sysno import SYS_KILL, SYS_PROCESS_MADVISE, SYS_PROCESS_MRELEASE, SYS_RT_SIGQUEUEINFO
+from lxsub.kernel import fanotify
 from lxsub.kernel.call import Call, Native
 from lxsub.kernel.creds import Creds, may_signal
 from lxsub.kernel.task import active_pid_ns, is_pid_ns_init, ns_within, pid_in
@@ -414,7 +415,6 @@ def sys_pidfd_getfd(c: Call):
             owner.creds, bool(proc.dumpable), realcreds=True):
         raise OSError(errno.EPERM, "not permitted")
     got = lookup.copy_fd(owner, target)
-    from lxsub.kernel import fanotify
     if fanotify.any_group(c.inst, [got]):
         fanotify.give_group_filter(c.inst, c.task)     # it holds the group now
     return NewFd(got, True)   # always O_CLOEXEC
