@@ -80,6 +80,7 @@ _INOTIFY_EVENT = struct.Struct("<iIII")
 _RESPONSE = struct.Struct("<iI")           # struct fanotify_response
 _MAX_OPENERS = 4096
 _COALESCE = 0.002                  # seconds: see schedule()
+_COALESCE_MAX = 0.05               # seconds a running holder may put its delivery off
 _FULL_RETRY = 0.1                  # seconds between looks at a full group socket
 
 Key = tuple   # ("ino", dev, ino) | ("mnt", dev) | ("sb", dev)
@@ -619,33 +620,54 @@ def after_call(inst) -> None:
 def schedule(inst, g: Group) -> None:
     """In _COALESCE, stop a thread of a process holding the group and open
     the queued events' objects in it (the caller holds groups.lock). The
-    wait lets what the program does natively next (an open's close) join
-    the open's event, as both would be queued when it reads in Linux."""
+    wait lets what the program does natively next (an open's read and
+    close) join the open's event, as all would be queued when it reads in
+    Linux."""
     if g.delivering or not g.pending:
         return
     g.delivering = True
-    inst.engine.call_later(_COALESCE, lambda: _stop_holder(inst, g))
+    inst.engine.call_later(_COALESCE, lambda: _stop_holder(inst, g, _COALESCE))
 
 
-def _stop_holder(inst, g: Group) -> None:
+def _stop_holder(inst, g: Group, waited: float) -> None:
     groups = groups_of(inst)
     with groups.lock:
         g.delivering = False
         if g not in groups.live or not g.pending:
             return
+        proc = _holder(inst, g)
+        if proc is not None and waited < _COALESCE_MAX and _running(proc):
+            # Natively, what it does before it reads the group (an open's
+            # read and close) is queued before that read: a holder that
+            # still runs, or waits for a CPU, is let go on until it waits
+            # (in a read or poll of the group, or anything else).
+            g.delivering = True
+            inst.engine.call_later(_COALESCE, lambda: _stop_holder(inst, g, waited + _COALESCE))
+            return
         if g.room() < METADATA.size:
             # The reader has not read what it was given: look again later
             # rather than stop it for nothing.
             g.delivering = True
-            inst.engine.call_later(_FULL_RETRY, lambda: _stop_holder(inst, g))
+            inst.engine.call_later(_FULL_RETRY, lambda: _stop_holder(inst, g, waited))
             return
-        proc = _holder(inst, g)
         if proc is None:
             return                  # they wait for a holder's next served call
         g.delivering = True
         tid = next(iter(proc.threads))
         if not inst.engine.interrupt(tid, lambda t, regs: _deliver_in(inst, g, t)):
             g.delivering = False
+
+
+def _running(proc) -> bool:
+    """Whether a thread of the process runs or waits for a CPU (state R)."""
+    for tid in list(proc.threads):
+        try:
+            with open(f"/proc/{proc.host_pid}/task/{tid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"R":
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
 
 
 def _holder(inst, g: Group):
