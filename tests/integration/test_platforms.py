@@ -60,17 +60,6 @@ def _seccomp_listeners(host_pid: int) -> int:
     return n
 
 
-def _instance_pid(runner, env) -> int:
-    for _ in range(100):
-        out = runner.run(["--status"], env=env).stdout.decode()
-        for line in out.splitlines():
-            cols = line.split()
-            if cols and cols[0] == "bb" and cols[1].isdigit():
-                return int(cols[1])
-        time.sleep(0.1)
-    raise AssertionError(f"no running instance:\n{out}")
-
-
 @pytest.mark.parametrize("platform,listeners", [("ptrace", False), ("notify", True)])
 def test_files_are_served_with_or_without_a_listener(bb_ptrace, platform, listeners):
     """Opening files (a notify row) works on both platforms; on ptrace the
@@ -83,7 +72,7 @@ def test_files_are_served_with_or_without_a_listener(bb_ptrace, platform, listen
     p = bb_ptrace.popen(["-d", "bb", "--", "head -c 4 /etc/passwd; echo; sleep 3"],
                         env=bb_ptrace.env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        pid = _instance_pid(bb_ptrace, env)
+        pid = bb_ptrace.serving_instance("bb", env)
         time.sleep(0.5)
         assert (_seccomp_listeners(pid) > 0) == listeners
     finally:
@@ -124,7 +113,7 @@ def test_a_host_process_connecting_to_the_channel_gets_no_file(bb_ptrace):
                         env=bb_ptrace.env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     intruders = []
     try:
-        pid = _instance_pid(bb_ptrace, env)
+        pid = bb_ptrace.serving_instance("bb", env)
         names = []
         for _ in range(50):
             names = _fdpass_names(pid)

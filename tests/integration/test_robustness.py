@@ -193,21 +193,6 @@ def test_every_pointer_argument_is_efault(busybox, bad_pointers_probe):
 
 # -- 8. manager.log says why every instance ended ------------------------------------------
 
-def _instance_pid(lx) -> int:
-    from tests.fixtures.runner import wait_for
-
-    def find():
-        for pid in lx.strays():
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().startswith("lx:"):
-                        return pid
-            except OSError:
-                pass
-        return None
-    return wait_for(find, what="the instance process")
-
-
 def test_manager_log_says_why_each_instance_ended(lx, busybox_tar):
     from tests.fixtures.runner import wait_for
     lx.import_distro("bb", busybox_tar)
@@ -219,14 +204,14 @@ def test_manager_log_says_why_each_instance_ended(lx, busybox_tar):
     assert "instance bb" in text and "ending: idle" in text, text
     sleeper = lx.popen(["-d", "bb", "-e", "sleep", "1000"])              # killed
     try:
-        os.kill(_instance_pid(lx), signal.SIGKILL)
+        os.kill(lx.serving_instance("bb"), signal.SIGKILL)
         wait_for(lambda: "ended: killed by SIGKILL" in log.read_text(), what="the kill in manager.log")
     finally:
         sleeper.kill()
         sleeper.wait()
     sleeper = lx.popen(["-d", "bb", "-e", "sleep", "1000"])              # terminated
     try:
-        _instance_pid(lx)
+        lx.serving_instance("bb")
         assert lx.run(["--terminate", "bb"]).returncode == 0
         wait_for(lambda: "ending: the manager asked" in log.read_text(), what="the terminate")
     finally:
@@ -360,7 +345,7 @@ def test_objects_are_born_with_their_metadata_whenever_the_provider_dies(lx, bus
         loop = lx.popen(["-d", "bb", "-u", "user", "--", _CREATE_LOOP],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            pid = _instance_pid(lx)
+            pid = lx.serving_instance("bb")
             time.sleep(0.3 + rng.random() * 0.5)
             os.kill(pid, signal.SIGKILL)
             loop.wait(timeout=30)
@@ -404,7 +389,7 @@ def test_opens_stay_right_while_the_provider_is_stopped_and_continued(lx, busybo
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stops = 0
     try:
-        pid = _instance_pid(lx)
+        pid = lx.serving_instance("bb")
         while loop.poll() is None and stops < 3000:
             os.kill(pid, signal.SIGSTOP)
             time.sleep(0.0005)
@@ -452,7 +437,7 @@ def test_request_fuzzer_keeps_manager_and_instance_up(lx, busybox_tar):
     lx.configure("[instance]\nidle_timeout = 600\n")
     session = lx.popen(["-d", "bb", "-e", "sleep", "1000"])        # an instance to fuzz too
     try:
-        _instance_pid(lx)
+        lx.serving_instance("bb")
         summary = _fuzz(lx, "requests", "--seconds", str(FUZZ_SECONDS), "--seed", "18")
         assert summary["sent"] > 100 and len(summary["pids"]) == 2 and not summary["lost"]
         for start, end in summary["rss_kib"].values():
