@@ -24,8 +24,6 @@ from tests.fixtures.runner import HostUser, LxRunner, describe, wait_for
 
 pytestmark = [pytest.mark.debian, pytest.mark.slow]
 
-INSTANCE_PREFIX = "lx:"      # an instance's process name (manager/protocol.INSTANCE_NAME_PREFIX)
-
 
 class NoXattrDistro:
     """The Debian fixture on a bindfs --xattr-none mount, run as one host user."""
@@ -246,32 +244,6 @@ def _big_deb(where: Path, files: int) -> Path:
     return out
 
 
-def _instance_pid(runner: LxRunner, name: str) -> int:
-    """The provider of distro `name` of this runner (its LX_HOME; not a
-    child it forked, which has its name until it executes)."""
-    needle = b"LX_HOME=" + os.fsencode(runner.lx_home)
-    found: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != runner.user.uid:
-                continue
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != f"{INSTANCE_PREFIX}{name}"[:15]:
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                found[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-    providers = [pid for pid, ppid in found.items() if ppid not in found]
-    assert len(providers) == 1, found
-    return providers[0]
-
-
 def test_kill_9_in_the_middle_of_dpkg_then_restart(nox, tmp_path):
     """The provider dies with SIGKILL while dpkg unpacks: after the next
     start, every file has its record and every record its file, and dpkg
@@ -286,7 +258,7 @@ def test_kill_9_in_the_middle_of_dpkg_then_restart(nox, tmp_path):
     try:
         wait_for(lambda: unpacked.is_dir() and len(os.listdir(unpacked)) >= 5, timeout=240,
                  what="dpkg unpacking nox-big")
-        os.kill(_instance_pid(nox.runner, "deb"), signal.SIGKILL)
+        os.kill(nox.runner.serving_instance("deb"), signal.SIGKILL)
         client.communicate(timeout=60)
     finally:
         if client.poll() is None:
