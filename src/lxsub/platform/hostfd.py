@@ -89,7 +89,8 @@ def reopen(host_pid: int, fd: int) -> int:
 
 def fdinfo_flags(host_pid: int, fd: int) -> int:
     """The status flags (and O_CLOEXEC) of a process's descriptor, octal in
-    its fdinfo; OSError if it has no such descriptor."""
+    its fdinfo (the kernel's own format: only OSError, if it has no such
+    descriptor, is for callers to expect)."""
     with open(f"/proc/{host_pid}/fdinfo/{fd}", "rb") as f:
         for line in f:
             if line.startswith(b"flags:"):

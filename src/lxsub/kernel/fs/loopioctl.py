@@ -50,7 +50,7 @@ def _swapped(loops: L.LoopDevices, dev: L.LoopDevice, c: "Call", local: int, res
     number = c.int(0)
     try:
         flags = hostfd.fdinfo_flags(c.task.host_pid, number)
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return result
     keep = os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND
     new = loops._reopen(dev, flags & keep)

@@ -295,7 +295,7 @@ def _open_file(c: Call, fd: int, group: bool) -> tuple[int, int]:
     try:
         flags = hostfd.fdinfo_flags(c.task.host_tid, fd)
         mode = os.stat(f"/proc/{c.task.host_tid}/fd/{fd}").st_mode
-    except (OSError, ValueError, IndexError):
+    except OSError:
         raise OSError(errno.EBADF, "no such descriptor") from None
     if flags & O_PATH:
         raise OSError(errno.EBADF, "an O_PATH descriptor")
