@@ -8,10 +8,13 @@ tests/fixtures/programs/worker_probe.c, built static on the host."""
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import pytest
 
 from lxsub.platform import notify
+from lxsub.platform.fanout import RECEIVER_NAME
 
 from tests.fixtures.cbuild import PROGRAMS, gcc_static
 from tests.fixtures.runner import LxRunner
@@ -61,3 +64,52 @@ def test_no_workers_by_default(lx_self: LxRunner, busybox_tar, monkeypatch):
     assert cp.returncode == 0, describe(cp)
     lx_self.run(["--shutdown"], timeout=60)
     assert _answered(lx_self) == []
+
+
+def _receiving_threads(provider: int) -> int:
+    """Receiving threads (platform/fanout.py) in the provider's workers."""
+    count = 0
+    children = Path(f"/proc/{provider}/task/{provider}/children").read_text().split()
+    for child in children:
+        try:
+            for task in Path(f"/proc/{child}/task").iterdir():
+                if (task / "comm").read_bytes().strip() == RECEIVER_NAME:
+                    count += 1
+        except OSError:
+            pass          # a pico process that just ended
+    return count
+
+
+def _wait_for(what, want: int, timeout: float = 20.0) -> int:
+    end = time.monotonic() + timeout
+    while (got := what()) != want and time.monotonic() < end:
+        time.sleep(0.1)
+    return got
+
+
+def test_workers_serve_sessions_that_come_and_go(lx_self: LxRunner, busybox_tar, monkeypatch):
+    """Each session's filter has its own listener: a worker receives from
+    one it inherited and from ones opened later (sent to it), and lets go
+    of each whose processes have all ended, while serving the others."""
+    if not (notify.LISTENERS and notify.KILLABLE_WAIT):
+        pytest.skip("workers receive from seccomp listeners with killable waits (none here)")
+    monkeypatch.setenv("LX_WORKERS", "1")
+    lx_self.import_distro("bb", busybox_tar)
+    keep = lx_self.hold("bb")
+    try:
+        provider = lx_self.serving_instance("bb")
+        assert _wait_for(lambda: _receiving_threads(provider), 1) == 1
+        for session in range(2):
+            cp = lx_self.run(["-d", "bb", "--", "i=0; while [ $i -lt 300 ]; do [ -e / ] || exit 3; "
+                              "i=$((i+1)); done; echo done"], timeout=120)
+            assert cp.returncode == 0 and cp.stdout == b"done\n", describe(cp)
+            # Its listener is let go: only the holding session's is left.
+            assert _wait_for(lambda: _receiving_threads(provider), 1) == 1, session
+    finally:
+        keep.kill()
+        keep.wait()
+    lx_self.run(["--shutdown"], timeout=60)
+    answered = sum(a for a, _ in _answered(lx_self))
+    # Two sessions of 300 stat() calls each, on listeners made after the
+    # holding one: the worker answered them.
+    assert answered >= 600, _answered(lx_self)

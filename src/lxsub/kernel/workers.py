@@ -54,10 +54,9 @@ from lxsub.kernel.vfs.caller import FsContext
 from lxsub.kernel.vfs.filesystem import NotCurrent
 from lxsub.kernel.vfs.node import Node
 from lxsub.platform import affinity
-from lxsub.platform.fanout import (MAX_SLOTS, SNAPSHOT, TASKS, Epochs, ReceiveLock, SharedListeners,
-                                   become_worker, socket_pair)
+from lxsub.platform.fanout import MAX_SLOTS, SNAPSHOT, TASKS, Epochs, Receivers, become_worker, socket_pair
 from lxsub.platform.memory import MemoryFault
-from lxsub.platform.notify import KILLABLE_WAIT, LISTENERS, Notification
+from lxsub.platform.notify import KILLABLE_WAIT, LISTENERS, Listener, Notification
 
 if TYPE_CHECKING:
     from lxsub.kernel.instance import Instance
@@ -70,6 +69,7 @@ QUIET = SERVED | frozenset(NUMBERS[n] for n in ("open", "openat", "openat2", "ge
 
 _NOTE = struct.Struct("<iQIi6Q")       # provider's listener fd, id, pid, nr, args
 _TID = struct.Struct("<I")
+_FDS_SPACE = socket.CMSG_SPACE(4 * 4)   # up to 4 descriptors with a message
 _FD = struct.Struct("<i")
 _STALE_EXIT = 3                       # a worker's exit status: its snapshot is out of date
 _RESPAWN_GAP_S = 0.05                 # at most one fork per slot in this time
@@ -115,7 +115,6 @@ class WorkerPool:
         self.inst = inst
         self.count = count
         self.epochs = Epochs()
-        self.lock = ReceiveLock()
         self.live: dict[int, _Handle] = {}
         self.last_fork: dict[int, float] = {}
         self.stopping = False
@@ -176,7 +175,7 @@ class WorkerPool:
             status = 1
             try:
                 mine.close()
-                status = _Worker(self.inst, slot, theirs, self.epochs, self.lock).run()
+                status = _Worker(self.inst, slot, theirs, self.epochs).run()
             except BaseException:
                 self.inst.log.warn(f"provider worker {slot} failed: {traceback.format_exc()}")
             finally:
@@ -327,9 +326,8 @@ class _RefusedDevices:
 
 
 class _Worker:
-    def __init__(self, inst: "Instance", slot: int, sock: socket.socket, epochs: Epochs,
-                 lock: ReceiveLock) -> None:
-        self.inst, self.slot, self.sock, self.epochs, self.lock = inst, slot, sock, epochs, lock
+    def __init__(self, inst: "Instance", slot: int, sock: socket.socket, epochs: Epochs) -> None:
+        self.inst, self.slot, self.sock, self.epochs = inst, slot, sock, epochs
         self.snapshot = epochs.get(SNAPSHOT)
         self.task_epoch = -1
         self.tasks: dict[int, Task | None] = {}
@@ -337,23 +335,32 @@ class _Worker:
 
     def run(self) -> int:
         listeners = list(self.inst.engine.listeners)
-        become_worker({self.sock.fileno(), self.lock.fd, *listeners})
+        become_worker({self.sock.fileno(), *listeners})
         self._keep_only_exact_state()
-        self.shared = SharedListeners(self.lock, self.sock.fileno())
+        self.receivers = Receivers(self.sock.fileno(), self._serve)
         for fd in listeners:
-            self.shared.add(fd, fd)
-        while not self.stale:
-            for fd, ended in self.shared.wait():
-                if fd == self.sock.fileno():
+            self.receivers.add(fd, fd)
+        try:
+            return self._watch()
+        finally:
+            self.receivers.stop()   # each thread answers or passes on what it holds first
+
+    def _watch(self) -> int:
+        """The main thread: messages from the provider and the listeners'
+        ends, until the snapshot is stale or a receiving thread failed."""
+        receivers = self.receivers
+        while not self.stale and receivers.failure is None:
+            for fd in receivers.wait():
+                if fd != self.sock.fileno():
+                    receivers.drop(fd)          # every process of its filter is gone
+                    continue
+                with receivers.turn:
                     if not self._from_provider():
                         return 0
-                elif fd in self.shared.listeners:
-                    if ended:
-                        self.shared.drop(fd)
-                        continue
-                    n = self.shared.receive(fd)
-                    if n is not None:
-                        self._serve(n, self.shared.listeners[fd])
+        if receivers.failure is not None:
+            err = receivers.failure
+            self.inst.log.warn("provider worker failed: " + "".join(traceback.format_exception(err)))
+            return 1
         return _STALE_EXIT
 
     def _keep_only_exact_state(self) -> None:
@@ -373,20 +380,32 @@ class _Worker:
     # -- messages from the provider ---------------------------------------------
 
     def _from_provider(self) -> bool:
-        """Take one message; False when the provider is gone."""
-        msg, fds = self._receive_message()
-        if msg is None:
-            return False
-        if msg[:1] == b"L":
-            self.shared.add(fds[0], _FD.unpack(msg[1:5])[0])
-        return True
+        """Take the messages waiting (a receiving thread asking about a task
+        may have read them already); False when the provider is gone."""
+        while True:
+            msg, fds = self._receive_message(socket.MSG_DONTWAIT)
+            if msg is None:
+                return False
+            if not msg:
+                return True
+            if msg[:1] == b"L":
+                self.receivers.add(fds[0], _FD.unpack(msg[1:5])[0])
 
-    def _receive_message(self) -> tuple[bytes | None, list[int]]:
+    def _receive_message(self, flags: int = 0) -> tuple[bytes | None, list[int]]:
+        """(message, descriptors); None when the provider is gone, b"" when
+        nothing waits (with MSG_DONTWAIT)."""
         try:
-            msg, fds, _, _ = socket.recv_fds(self.sock, 4096, 4)
+            # (socket.recv_fds drops its flags argument before Python 3.12.)
+            msg, ancillary, _, _ = self.sock.recvmsg(4096, _FDS_SPACE, flags)
+        except BlockingIOError:
+            return b"", []
         except OSError:
             return None, []
-        return (msg or None), list(fds)
+        fds: list[int] = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"<{len(data) // 4}i", data[:len(data) - len(data) % 4]))
+        return (msg or None), fds
 
     def _task(self, tid: int) -> Task | None:
         epoch = self.epochs.get(TASKS)
@@ -406,7 +425,7 @@ class _Worker:
             if msg is None:
                 raise NotCurrent("the provider is gone")
             if msg[:1] == b"L":
-                self.shared.add(fds[0], _FD.unpack(msg[1:5])[0])
+                self.receivers.add(fds[0], _FD.unpack(msg[1:5])[0])
                 continue
             epoch, asked, state = pickle.loads(msg[1:])
             break
@@ -441,10 +460,12 @@ class _Worker:
 
     # -- serving ------------------------------------------------------------------
 
-    def _serve(self, n: Notification, entry: tuple) -> None:
-        lst, provider_fd = entry
+    def _serve(self, n: Notification, lst: Listener, provider_fd: int) -> None:
+        """On a receiving thread, holding the turn: answer n or pass it on."""
         if n.nr not in SERVED or not self._snapshot_current():
-            self.stale = not self._snapshot_current()
+            if not self._snapshot_current():
+                self.stale = True
+                self.receivers.wake_main()
             self._pass_on(n, provider_fd)
             return
         try:

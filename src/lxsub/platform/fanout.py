@@ -3,14 +3,19 @@ set of seccomp listeners (kernel/workers.py says what they serve).
 
 Any holder of a listener descriptor may receive a notification and answer
 it; the kernel hands each notification to exactly one SECCOMP_IOCTL_NOTIF_RECV.
-The RECV ioctl cannot be non-blocking, so a receiver that lost the race for
-a notification would sleep in it until the next one on that listener,
-while others wait elsewhere. Receivers therefore take a lock (a POSIX
-record lock, one per pool) around "is one pending (poll, no wait)? then
-RECV": under the lock a pending notification cannot vanish, and no worker
-ever sleeps in RECV. Each worker waits in its own epoll set, where every
-listener is added with EPOLLEXCLUSIVE: a new notification wakes one idle
-worker, not all of them (epoll(7)).
+A worker gives each listener a thread of its own that waits in RECV itself:
+RECV cannot be non-blocking, and a receiver that waited in poll or epoll
+first would need a lock to be sure the notification it saw is still there
+when it asks (another worker may take it between the two), which cost
+four host calls per call (the lock's two record-lock calls, the epoll
+wait, the probing poll). A thread waiting in RECV is only ever woken for
+a notification it gets, for a notification another receiver took first
+(it waits again), or when the filter has no process left (Linux 6.6 and
+later return ENOENT then; older kernels keep waiting, so the worker's main
+thread, which watches each listener for EPOLLHUP, interrupts it with a
+signal). Python runs one thread at a time, so a worker serves one call at
+a time whatever its number of threads; the threads only let it wait on
+every listener at once.
 
 The epochs are counters in a shared anonymous mapping: the provider bumps
 them before it changes state a worker may hold a copy of; a worker compares
@@ -19,18 +24,24 @@ them with the values its copy was taken at.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
 import select
+import signal
 import socket
 import stat
 import struct
+import threading
+from typing import Callable
 
 from lxsub.platform import affinity, libc
 from lxsub.platform.notify import Listener, Notification
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+RECEIVER_NAME = b"lx-recv"
 _O_PATH = 0o10000000
 
 # Shared words: 0 task epoch, 1 snapshot epoch, then per worker slot
@@ -66,71 +77,127 @@ class Epochs:
         return served, forwarded
 
 
-class ReceiveLock:
-    """One pool's lock around poll-then-RECV (see the module's docstring).
-    POSIX record locks belong to a process, so the one descriptor every
-    worker inherits still excludes them from each other (fcntl(2))."""
-
-    def __init__(self) -> None:
-        self.fd = os.memfd_create("lxsub-recv-lock", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, 1)
-
-    def take(self) -> None:
-        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0)
-
-    def give(self) -> None:
-        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0)
+_INTERRUPT = signal.SIGUSR1
 
 
-class SharedListeners:
-    """A worker's side: its epoll set over the pool's listeners and its own
-    control socket."""
+class _Receiver:
+    """One listener's thread in a worker: RECV, then serve, until told to stop."""
 
-    def __init__(self, lock: ReceiveLock, control: int) -> None:
-        self.lock = lock
+    def __init__(self, fd: int, provider_fd: int, serve: Callable[[Notification, Listener, int], None],
+                 turn: threading.Lock, failed: Callable[[BaseException], None]) -> None:
+        self.fd = fd
+        self.provider_fd = provider_fd
+        self.listener = Listener(fd)
+        self.stopping = False
+        self.in_recv = False
+        self._serve = serve
+        self._turn = turn
+        self._failed = failed
+        self._thread = threading.Thread(target=self._run, name=f"recv-{fd}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        libc._libc.prctl(_PR_SET_NAME, RECEIVER_NAME, 0, 0, 0)    # for ps -L, top -H
+        while not self.stopping:
+            self.in_recv = True
+            try:
+                n = self.listener.receive()
+            except InterruptedError:
+                continue           # told to stop, or a stray signal
+            except OSError as e:
+                if e.errno == errno.ENOENT and not self._hung_up():
+                    continue       # its caller went away, or another receiver took it
+                return             # no process left on the filter (Linux 6.6+: ENOENT)
+            finally:
+                self.in_recv = False
+            # Whatever happens next, a received notification is served or
+            # passed on: a call nobody answers would never return.
+            with self._turn:
+                try:
+                    self._serve(n, self.listener, self.provider_fd)
+                except BaseException as e:
+                    # The worker ends (and the provider forks another): a
+                    # listener nobody here receives from any more would
+                    # leave its callers to the other workers, or to none.
+                    self._failed(e)
+                    return
+
+    def _hung_up(self) -> bool:
+        ready = select.poll()
+        ready.register(self.fd, 0)
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in ready.poll(0))
+
+    def stop(self) -> None:
+        """Stop the thread once its current call, if any, is answered or passed on."""
+        self.stopping = True
+        while self._thread.is_alive():
+            # Only a waiting RECV is interrupted: a signal elsewhere could
+            # end another host call of the call being served with EINTR.
+            if self.in_recv:
+                try:
+                    signal.pthread_kill(self._thread.ident, _INTERRUPT)
+                except ProcessLookupError:
+                    break          # it has just ended
+            self._thread.join(0.005)
+
+
+class Receivers:
+    """A worker's side: a receiving thread per listener (see the module's
+    docstring), and an epoll set over its control socket and the listeners'
+    ends, for the worker's main thread. `turn` is held while a call is
+    served and while the main thread reads the control socket: one at a time."""
+
+    def __init__(self, control: int, serve: Callable[[Notification, Listener, int], None]) -> None:
+        self.failure: BaseException | None = None
+        # The interrupting signal only has to end a waiting RECV with EINTR:
+        # a handler that does nothing, installed without SA_RESTART.
+        signal.signal(_INTERRUPT, lambda *_: None)
         self.control = control
+        self.turn = threading.Lock()
         self.epoll = select.epoll()
         self.epoll.register(control, select.EPOLLIN)
-        self.listeners: dict[int, tuple[Listener, int]] = {}   # our fd -> (listener, provider's fd)
-        self._probes: dict[int, select.poll] = {}
+        self.receivers: dict[int, _Receiver] = {}
+        self._serve = serve
+        self._woken = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.epoll.register(self._woken, select.EPOLLIN)
 
     def add(self, fd: int, provider_fd: int) -> None:
-        self.listeners[fd] = (Listener(fd), provider_fd)
-        probe = self._probes[fd] = select.poll()
-        probe.register(fd, select.POLLIN)
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self.epoll.register(fd, 0)          # only its end: EPOLLHUP and EPOLLERR are always reported
+        self.receivers[fd] = _Receiver(fd, provider_fd, self._serve, self.turn, self._thread_failed)
+
+    def _thread_failed(self, e: BaseException) -> None:
+        self.failure = e
+        self.wake_main()
 
     def drop(self, fd: int) -> None:
-        if self.listeners.pop(fd, None) is not None:
-            del self._probes[fd]
+        r = self.receivers.pop(fd, None)
+        if r is not None:
+            r.stop()
             self.epoll.unregister(fd)
             os.close(fd)
 
-    def wait(self) -> list[tuple[int, bool]]:
-        """(fd, ended) for the control socket and the listeners with
-        something to say; `ended`: every process of its filter is gone."""
+    def wait(self) -> list[int]:
+        """The control socket, if it has something to say, and the
+        listeners whose every process is gone; empty when `wake_main` was
+        called."""
         while True:
             try:
-                events = self.epoll.poll()
+                fds = [fd for fd, _ in self.epoll.poll()]
                 break
             except InterruptedError:
                 continue
-        return [(fd, bool(ev & (select.EPOLLHUP | select.EPOLLERR))) for fd, ev in events]
+        if self._woken in fds:
+            os.eventfd_read(self._woken)
+            fds.remove(self._woken)
+        return fds
 
-    def receive(self, fd: int) -> Notification | None:
-        """The pending notification of listener fd, if one is still pending."""
-        lst = self.listeners[fd][0]
-        self.lock.take()
-        try:
-            ready = self._probes[fd].poll(0)
-            if not ready or not ready[0][1] & select.POLLIN:
-                return None
-            try:
-                return lst.receive()
-            except OSError:
-                return None      # ENOENT: its caller went away between poll and RECV
-        finally:
-            self.lock.give()
+    def wake_main(self) -> None:
+        """From a receiving thread: make the main thread's `wait` return."""
+        os.eventfd_write(self._woken, 1)
+
+    def stop(self) -> None:
+        for fd in list(self.receivers):
+            self.drop(fd)
 
 
 def become_worker(keep: set[int]) -> None:
