@@ -112,7 +112,10 @@ def cmd_run(args) -> int:
         for env in envs:
             env.close()
         log.close()
-        # Keep the results and the log, not the trees (hundreds of MB each).
+        # Keep the results, the log and lxsub's own logs (why an instance
+        # ended, the provider's warnings), not the trees (hundreds of MB each).
+        for own_log in (work / "lx" / "home").glob("*.log"):
+            shutil.copy(own_log, work / f"lxsub-{own_log.name}")
         for bulky in (work / "tree", work / "lx"):
             shutil.rmtree(bulky, ignore_errors=True)
         (work / "tree.tar").unlink(missing_ok=True)

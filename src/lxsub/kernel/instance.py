@@ -190,7 +190,9 @@ class Instance:
             pseudo.apply_pending_writes()
         task = self.pids.tasks_by_host.get(n.pid)
         if task is None:
-            listener.reply(n.id, 0, -errno.ENOSYS)
+            # Not a thread of the instance, or one that has ended since
+            # (its exit handled while a worker passed its call on).
+            listener.reply_unless_gone(n.id, 0, -errno.ENOSYS)
             return
         dispatch.serve_notification(self, listener, task, n)
 

@@ -235,7 +235,7 @@ class Engine:
             run = self.injections[n.pid]
             if isinstance(run, coderun.CodeRun) and coderun.is_last_call(n.nr, n.args[0]):
                 run.on_sigreturn()
-            lst.reply(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+            lst.reply_unless_gone(n.id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
             return True
         return False
 

@@ -8,14 +8,15 @@ RECV cannot be non-blocking, and a receiver that waited in poll or epoll
 first would need a lock to be sure the notification it saw is still there
 when it asks (another worker may take it between the two), which cost
 four host calls per call (the lock's two record-lock calls, the epoll
-wait, the probing poll). A thread waiting in RECV is only ever woken for
-a notification it gets, for a notification another receiver took first
-(it waits again), or when the filter has no process left (Linux 6.6 and
-later return ENOENT then; older kernels keep waiting, so the worker's main
-thread, which watches each listener for EPOLLHUP, interrupts it with a
-signal). Python runs one thread at a time, so a worker serves one call at
-a time whatever its number of threads; the threads only let it wait on
-every listener at once.
+wait, the probing poll). A thread waiting in RECV wakes for a
+notification it gets, for one another receiver took first (then it waits
+again: since Linux 6.6 every waiting RECV is woken for each notification,
+before that a semaphore woke one), or when the filter has no process
+left: newer kernels (6.18 here) wake RECV then and it fails with ENOENT;
+older ones keep it waiting, so the worker's main thread, which watches
+each listener for EPOLLHUP, interrupts it with a signal. Python runs one
+thread at a time, so a worker serves one call at a time whatever its
+number of threads; the threads only let it wait on every listener at once.
 
 The epochs are counters in a shared anonymous mapping: the provider bumps
 them before it changes state a worker may hold a copy of; a worker compares
@@ -107,7 +108,7 @@ class _Receiver:
             except OSError as e:
                 if e.errno == errno.ENOENT and not self._hung_up():
                     continue       # its caller went away, or another receiver took it
-                return             # no process left on the filter (Linux 6.6+: ENOENT)
+                return             # no process left on the filter
             finally:
                 self.in_recv = False
             # Whatever happens next, a received notification is served or

@@ -176,6 +176,13 @@ def _fork_nested(sock: socket.socket, ruleset: int) -> None:
         end.close()
 
 
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass      # the provider's loop reaps every child (waitpid(-1)) and got it first
+
+
 class Domain:
     """One Landlock domain of the instance's threads, as its helper."""
 
@@ -193,7 +200,7 @@ class Domain:
                 end.close()
                 os.waitpid(pid, 0)
                 raise OSError(errno.EPERM, "no Landlock domain helper")
-            threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True).start()
+            threading.Thread(target=_reap, args=(pid,), daemon=True).start()
             return cls(end)
         with parent._lock:
             socket.send_fds(parent._sock, [_FORK], [ruleset])

@@ -99,6 +99,18 @@ class Listener:
         # error is the negative errno, as the kernel wants it.
         fcntl.ioctl(self.fd, _SEND, bytearray(_RESP.pack(nid, val, error, flags)), True)
 
+    def reply_unless_gone(self, nid: int, val: int = 0, error: int = 0, flags: int = 0) -> bool:
+        """reply(); False if the caller is no longer waiting (ENOENT: it was
+        killed, or its thread ended, since the call was received: a window
+        that a call passed on by a provider worker widens)."""
+        try:
+            self.reply(nid, val, error, flags)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return False
+        return True
+
     def reply_fd(self, nid: int, srcfd: int, cloexec: bool, tid: int = 0) -> int:
         """Install srcfd in the caller (thread `tid`, if known) and return its
         number as the syscall result.
