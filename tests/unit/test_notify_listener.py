@@ -44,7 +44,9 @@ def _caller_waiting_in_getppid() -> tuple[int, int]:
     return pid, fds[0]
 
 
-def test_reply_to_a_killed_caller_is_not_an_error():
+@pytest.fixture
+def waiting_call():
+    """(caller's pid, its listener, the notification it waits on)."""
     if not notify.LISTENERS:
         pytest.skip("no seccomp listeners on this platform")
     pid, fd = _caller_waiting_in_getppid()
@@ -52,24 +54,27 @@ def test_reply_to_a_killed_caller_is_not_an_error():
         lst = Listener(fd)
         n = lst.receive()
         assert n.nr == NUMBERS["getppid"] and n.pid == pid
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        assert lst.reply_unless_gone(n.id, 0, 0) is False
-        with pytest.raises(FileNotFoundError):
-            lst.reply(n.id, 0, 0)
+        yield pid, lst, n
     finally:
         os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass          # the test reaped it
 
 
-def test_reply_to_a_waiting_caller_is_delivered():
-    if not notify.LISTENERS:
-        pytest.skip("no seccomp listeners on this platform")
-    pid, fd = _caller_waiting_in_getppid()
-    try:
-        lst = Listener(fd)
-        n = lst.receive()
-        assert lst.reply_unless_gone(n.id, 0, 0) is True
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    finally:
-        os.close(fd)
+def test_reply_to_a_killed_caller_is_not_an_error(waiting_call):
+    pid, lst, n = waiting_call
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert lst.reply_unless_gone(n.id, 0, 0) is False
+    with pytest.raises(FileNotFoundError):
+        lst.reply(n.id, 0, 0)
+
+
+def test_reply_to_a_waiting_caller_is_delivered(waiting_call):
+    pid, lst, n = waiting_call
+    assert lst.reply_unless_gone(n.id, 0, 0) is True
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
