@@ -8,7 +8,6 @@ tests/fixtures/programs/worker_probe.c, built static on the host."""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from lxsub.platform import notify
 from lxsub.platform.fanout import RECEIVER_NAME
 
 from tests.fixtures.cbuild import PROGRAMS, gcc_static
-from tests.fixtures.runner import LxRunner
+from tests.fixtures.runner import LxRunner, wait_for
 from tests.integration.distros import describe
 
 
@@ -80,13 +79,6 @@ def _receiving_threads(provider: int) -> int:
     return count
 
 
-def _wait_for(what, want: int, timeout: float = 20.0) -> int:
-    end = time.monotonic() + timeout
-    while (got := what()) != want and time.monotonic() < end:
-        time.sleep(0.1)
-    return got
-
-
 def test_workers_serve_sessions_that_come_and_go(lx_self: LxRunner, busybox_tar, monkeypatch):
     """Each session's filter has its own listener: a worker receives from
     one it inherited and from ones opened later (sent to it), and lets go
@@ -98,13 +90,14 @@ def test_workers_serve_sessions_that_come_and_go(lx_self: LxRunner, busybox_tar,
     keep = lx_self.hold("bb")
     try:
         provider = lx_self.serving_instance("bb")
-        assert _wait_for(lambda: _receiving_threads(provider), 1) == 1
+        wait_for(lambda: _receiving_threads(provider) == 1, what="the worker's one receiving thread")
         for session in range(2):
             cp = lx_self.run(["-d", "bb", "--", "i=0; while [ $i -lt 300 ]; do [ -e / ] || exit 3; "
                               "i=$((i+1)); done; echo done"], timeout=120)
             assert cp.returncode == 0 and cp.stdout == b"done\n", describe(cp)
             # Its listener is let go: only the holding session's is left.
-            assert _wait_for(lambda: _receiving_threads(provider), 1) == 1, session
+            wait_for(lambda: _receiving_threads(provider) == 1,
+                     what=f"session {session}'s receiving thread to end")
     finally:
         keep.kill()
         keep.wait()

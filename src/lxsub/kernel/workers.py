@@ -462,8 +462,9 @@ class _Worker:
 
     def _serve(self, n: Notification, lst: Listener, provider_fd: int) -> None:
         """On a receiving thread, holding the turn: answer n or pass it on."""
-        if n.nr not in SERVED or not self._snapshot_current():
-            if not self._snapshot_current():
+        current = self._snapshot_current()
+        if n.nr not in SERVED or not current:
+            if not current:
                 self.stale = True
                 self.receivers.wake_main()
             self._pass_on(n, provider_fd)
